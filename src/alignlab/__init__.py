@@ -1,0 +1,3 @@
+"""alignlab: post-training for language models. Importing this package does no work."""
+
+__version__ = "0.1.0"
