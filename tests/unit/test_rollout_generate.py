@@ -1,0 +1,133 @@
+"""rollout.generate: our KV-cache loop against transformers' own `generate`, and the sampling rules."""
+
+import math
+
+import pytest
+import torch
+from test_rollout_tiny import tiny_lm
+
+from alignlab.errors import AlignlabError
+from alignlab.rollout.generate import SamplingConfig, encode_prompt, generate, sample_next
+
+PROMPTS = ["Hi", "The quick brown fox", "a=1;", "Once upon a time, in a land far away"]
+
+
+def hf_greedy(model, tok, prompts, max_new):
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**enc, do_sample=False, max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
+    new = out[:, enc.input_ids.shape[1]:].tolist()
+    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
+              else [model.generation_config.eos_token_id])
+    cut = []
+    for row in new:  # HF pads finished rows; keep up to and including the first EOS
+        end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        cut.append(row[:end])
+    return cut
+
+
+def test_greedy_equals_hf_generate_token_for_token():
+    model, tok = tiny_lm()
+    res = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=12))
+    assert [s.completion_ids for s in res.samples] == hf_greedy(model, tok, PROMPTS, 12)
+    assert all(s.finish_reason == "length" for s in res.samples)
+    assert res.num_tokens == 4 * 12 and res.tokens_per_second > 0
+
+
+def test_eos_stops_one_row_while_others_continue():
+    """Make a token that row 1 greedily emits at step 4 an EOS: row 1 must end there (5 tokens, EOS
+    included, reason 'eos'), rows without that token run to max_new_tokens, all equal to HF's output."""
+    model, tok = tiny_lm()
+    base = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=12)).samples
+    stop_tok = base[1].completion_ids[4]
+    model.generation_config.eos_token_id = [2, stop_tok]
+    res = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=12)).samples
+    expected = hf_greedy(model, tok, PROMPTS, 12)
+    assert [s.completion_ids for s in res] == expected
+    first = base[1].completion_ids.index(stop_tok)
+    assert len(res[1].completion_ids) == first + 1 and res[1].finish_reason == "eos"
+    assert any(s.finish_reason == "length" and len(s.completion_ids) == 12 for s in res)
+
+
+def test_sampling_reproducible_under_seed_and_independent_of_global_rng():
+    model, tok = tiny_lm()
+    cfg = SamplingConfig(max_new_tokens=10, seed=7)
+    a = generate(model, tok, PROMPTS, cfg, n=3)
+    torch.manual_seed(123)
+    torch.rand(5)
+    b = generate(model, tok, PROMPTS, cfg, n=3)
+    c = generate(model, tok, PROMPTS, SamplingConfig(max_new_tokens=10, seed=8), n=3)
+    ids = lambda r: [s.completion_ids for s in r.samples]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    assert len(a.samples) == 12 and [s.prompt_index for s in a.samples[:4]] == [0, 0, 0, 1]
+    assert len(set(map(tuple, ids(a)[:3]))) > 1  # the 3 samples of one prompt differ
+
+
+def test_top_k_1_equals_greedy_and_n_samples_share_the_prefill():
+    model, tok = tiny_lm()
+    greedy = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=8))
+    topk1 = generate(model, tok, PROMPTS, SamplingConfig(top_k=1, temperature=0.7, max_new_tokens=8), n=2)
+    g = [s.completion_ids for s in greedy.samples]
+    assert [s.completion_ids for s in topk1.samples] == [x for x in g for _ in range(2)]
+
+
+def test_small_batches_and_unsorted_prompts_give_the_same_greedy_output():
+    model, tok = tiny_lm()
+    a = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=8))
+    b = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=8, batch_size=1,
+                                                     sort_by_length=False))
+    assert [s.completion_ids for s in a.samples] == [s.completion_ids for s in b.samples]
+
+
+def test_stop_string_cuts_text_before_it():
+    model, tok = tiny_lm()
+    base = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=16)).samples
+    text = base[3].text  # char tokenizer: one token per character
+    stop = text[5:7]
+    at = text.find(stop)
+    res = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=16, stop=[stop])).samples
+    assert res[3].finish_reason == "stop"
+    assert res[3].text == text[:at]
+    assert res[3].completion_ids == base[3].completion_ids[:at + len(stop)]
+    for b, r in zip(base, res):  # other rows: cut where the stop string first appears, or untouched
+        cut = b.text.find(stop)
+        assert r.text == (b.text[:cut] if cut >= 0 else b.text)
+
+
+def test_logprobs_match_a_full_forward_at_the_temperature():
+    model, tok = tiny_lm()
+    res = generate(model, tok, PROMPTS[:2], SamplingConfig(max_new_tokens=6, temperature=0.8, top_k=20,
+                                                           logprobs=True, seed=3))
+    for s in res.samples:
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(s.prompt_ids) - 1:-1] / 0.8
+        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(s.completion_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(s.logprobs), want, atol=1e-4)
+
+
+def test_sample_next_top_p_and_top_k_keep_the_right_tokens():
+    """p = [.5, .3, .15, .05]; top_p=0.7 keeps tokens 0 and 1 (mass before token 2 is .8 >= .7), renormalised
+    to [.625, .375]; top_k=2 keeps the same two. 4000 draws: frequencies within 0.03 of these."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    gen = torch.Generator().manual_seed(0)
+    for cfg in (SamplingConfig(top_p=0.7), SamplingConfig(top_k=2)):
+        tok, _ = sample_next(logits, cfg, gen)
+        freq = torch.bincount(tok, minlength=4).float() / 4000
+        assert freq[2] == 0 and freq[3] == 0
+        assert abs(freq[0].item() - 0.625) < 0.03
+    tok, lp = sample_next(logits, SamplingConfig(logprobs=True), gen)
+    freq = torch.bincount(tok, minlength=4).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+    assert math.isclose(lp[tok == 1][0].item(), math.log(0.3), rel_tol=1e-5)
+
+
+def test_chat_messages_use_the_template_and_bad_input_is_an_alignlab_error():
+    _, tok = tiny_lm()
+    ids = encode_prompt(tok, [{"role": "user", "content": "hi"}])
+    assert tok.decode(ids) == "<user>hi\n<assistant>"
+    with pytest.raises(AlignlabError, match="prompt must be"):
+        encode_prompt(tok, 3.5)
+    with pytest.raises(AlignlabError, match="top_p"):
+        SamplingConfig(top_p=0).validate()
