@@ -1,0 +1,150 @@
+"""Token and sequence log-probabilities: the one place that gathers label log-probs from logits.
+
+Everything here computes in float32 whatever the model's dtype, because log-softmax over a 50k+
+vocabulary in bf16 loses about two decimal digits and the DPO family takes differences of sums
+of these numbers. Label shifting is the caller's job (labels[t] is the token predicted at t).
+
+`chunked_token_logprobs` fuses the LM head with the log-softmax chunk by chunk. The full
+`[N, V]` float32 logits are the largest tensor of a preference step (N tokens x 49k vocab x 4
+bytes = 200 MB per 1k tokens for SmolLM2); here at most one `[chunk_size, V]` block exists at a
+time, in the forward pass and in the backward pass, because backward recomputes each chunk's
+logits from the saved hidden states instead of keeping them (the trade of Liger's fused linear
+cross-entropy and of activation checkpointing: one extra matmul per chunk for O(chunk * V) memory).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """log p(labels) under `logits`, float32, with 0.0 where `labels == ignore_index`.
+
+    Shapes: logits [..., V], labels [...] -> [...]. Computed as the negated fused cross-entropy
+    (logsumexp minus the label's logit), which never builds the full log-softmax tensor and
+    whose backward is the usual softmax-minus-one-hot.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
+    flat = logits.reshape(-1, logits.shape[-1])
+    flat = flat.to(_acc_dtype(flat.dtype))
+    nll = F.cross_entropy(flat, labels.reshape(-1), reduction="none", ignore_index=ignore_index)
+    return (-nll).reshape(labels.shape)
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # Matmul in the model's dtype (as the plain lm_head does), then upcast: same numbers as the plain path.
+    out = hidden @ weight.t()
+    if bias is not None:
+        out = out + bias
+    return out.to(_acc_dtype(out.dtype))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # float32 at least (bf16/fp16 are upcast); float64 stays float64 so gradient checks stay exact.
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """Fused lm_head + log-softmax + gather; saves only its inputs and the per-token logsumexp."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, ignore_index):  # noqa: D401
+        n, acc = hidden.shape[0], _acc_dtype(hidden.dtype)
+        out = hidden.new_zeros(n, dtype=acc)
+        lse = hidden.new_zeros(n, dtype=acc)
+        valid = labels != ignore_index
+        safe = labels.masked_fill(~valid, 0)
+        for start in range(0, n, chunk_size):
+            sl = slice(start, start + chunk_size)
+            logits = _chunk_logits(hidden[sl], weight, bias)
+            lse[sl] = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(-1, safe[sl].unsqueeze(-1)).squeeze(-1)
+            out[sl] = torch.where(valid[sl], picked - lse[sl], 0.0)
+            del logits
+        ctx.save_for_backward(hidden, weight, bias, safe, valid, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, safe, valid, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        acc = lse.dtype
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if (need_b and bias is not None) else None
+        g = torch.where(valid, grad_out.to(acc), 0.0)
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            # d(logit_y - lse)/d logits = onehot(y) - softmax; scaled by the incoming gradient.
+            dlogits = torch.exp(_chunk_logits(hidden[sl], weight, bias) - lse[sl, None])
+            dlogits.mul_(-g[sl, None])
+            dlogits.scatter_add_(-1, safe[sl, None], g[sl, None])
+            if grad_h is not None:
+                grad_h[sl] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w.add_(dlogits.t() @ hidden[sl].to(acc))
+            if grad_b is not None:
+                grad_b.add_(dlogits.sum(0))
+            del dlogits
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Same as `token_logprobs(hidden @ weight.T + bias, labels)` without the full logits.
+
+    Shapes: hidden [N, H] (final hidden states, already shifted to align with labels),
+    weight [V, H] (the lm_head / tied embedding), labels [N], bias [V] or None -> [N] float32
+    (float64 for float64 inputs).
+    Gradients flow to hidden, weight and bias; peak extra memory is O(chunk_size * V) floats.
+    """
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be [N, H] and labels [N]; got {tuple(hidden.shape)}, {tuple(labels.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _ChunkedLogprobs.apply(hidden, weight, bias, labels, chunk_size, ignore_index)
+
+
+def sequence_logprobs(token_lp: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Per-sequence log-prob [B] from token log-probs [B, T] and a 0/1 completion mask [B, T].
+
+    average=False: the sum over completion tokens (DPO, Rafailov et al. 2023: log pi(y|x)).
+    average=True: the mean over completion tokens (IPO as in TRL, SimPO, ORPO, length-normalised
+    DPO). A sequence with no completion tokens averages to 0 instead of NaN.
+    """
+    mask = mask.to(token_lp.dtype)
+    total = (token_lp * mask).sum(-1)
+    if not average:
+        return total
+    return total / mask.sum(-1).clamp(min=1.0)
+
+
+def entropy_from_logits(logits: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last dim, float32, [..., V] -> [...].
+
+    H = logsumexp(z) - sum softmax(z) * z. With `chunk_size`, rows are processed in blocks so the
+    float32 copy of the logits exists one block at a time (useful for bf16 logits).
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    step = chunk_size or max(flat.shape[0], 1)
+    parts = []
+    for start in range(0, flat.shape[0], step):
+        z = flat[start : start + step].float()
+        p = torch.softmax(z, dim=-1)
+        parts.append(torch.logsumexp(z, dim=-1) - (p * z).sum(-1))
+    if not parts:
+        return logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
+    return torch.cat(parts).reshape(logits.shape[:-1])
