@@ -1,0 +1,216 @@
+"""Advantage estimators for online RL: GAE (PPO), group-normalised (GRPO, Dr. GRPO), leave-one-out
+(RLOO), globally normalised returns (REINFORCE++ and its group-baseline variant), whitening, and
+reward shaping with a per-token KL penalty.
+
+Pure functions on tensors, computed without gradient. Shapes: ``B`` sequences, ``T`` response tokens
+(right-padded), ``mask`` [B, T] is 1.0 on response tokens. Sequence-level rewards are [B]. Grouped
+estimators take the ``K = group_size`` samples of one prompt as *contiguous* rows (rows
+``g*K .. g*K+K-1`` belong to prompt ``g``), as rollout generation produces them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alignlab.errors import AlignlabError
+from alignlab.ops.masked import masked_whiten
+
+__all__ = [
+    "discounted_returns",
+    "dr_grpo_advantages",
+    "gae",
+    "group_normalized_advantages",
+    "grpo_advantages",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "rloo_advantages",
+    "shape_rewards",
+    "whiten",
+    "zero_spread_fraction",
+]
+
+
+@torch.no_grad()
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, "High-Dimensional Continuous Control
+    Using GAE", Eq. 16): ``delta_t = r_t + gamma V_{t+1} - V_t``, ``A_t = delta_t + gamma lam A_{t+1}``.
+
+    The value after the last response token is 0 (the episode ends). Masked positions are skipped:
+    the recursion carries ``V_{t+1}`` and ``A_{t+1}`` across them, so holes inside a response (e.g.
+    tool output) and right padding both work; values at masked positions are ignored.
+
+    Args:
+        rewards: [B, T] per-token rewards (see :func:`shape_rewards`).
+        values: [B, T] value-model predictions at rollout time.
+        mask: [B, T] response mask.
+    Returns:
+        (advantages [B, T], returns [B, T] = advantages + values), both 0 where ``mask`` is 0.
+    """
+    mask = mask.to(rewards.dtype)
+    keep = mask > 0
+    values = torch.where(keep, values.to(rewards.dtype), torch.zeros_like(rewards))
+    next_value = torch.zeros_like(rewards[:, 0])
+    last_adv = torch.zeros_like(rewards[:, 0])
+    advantages = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv_t = delta + gamma * lam * last_adv
+        next_value = torch.where(keep[:, t], values[:, t], next_value)
+        last_adv = torch.where(keep[:, t], adv_t, last_adv)
+        advantages[:, t] = adv_t * mask[:, t]
+    return advantages, (advantages + values) * mask
+
+
+@torch.no_grad()
+def discounted_returns(rewards: Tensor, mask: Tensor, *, gamma: float = 1.0) -> Tensor:
+    """Reward-to-go ``G_t = sum_{s >= t} gamma^(s - t) r_s`` over response tokens, [B, T] -> [B, T].
+
+    Masked positions are skipped (the sum carries across them) and come back as 0.
+    """
+    mask = mask.to(rewards.dtype)
+    running = torch.zeros_like(rewards[:, 0])
+    out = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        candidate = rewards[:, t] + gamma * running
+        running = torch.where(mask[:, t] > 0, candidate, running)
+        out[:, t] = candidate * mask[:, t]
+    return out
+
+
+@torch.no_grad()
+def shape_rewards(
+    seq_rewards: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0
+) -> Tensor:
+    """Per-token rewards: ``-kl_coef * kl_t`` on every response token plus the sequence reward on the
+    last response token (Ziegler et al. 2019, Eq. 2; Ouyang et al. 2022, Eq. 2).
+
+    Args:
+        seq_rewards: [B] scalar reward of each response (reward model, verifier, ...).
+        mask: [B, T] response mask; each row needs at least one response token.
+        kl: [B, T] per-token KL estimate, e.g. ``policy.kl_penalty(logp, ref_logp, "k1")``; None for none.
+        kl_coef: the KL coefficient beta (e.g. ``AdaptiveKLController.value``).
+    """
+    mask = mask.to(seq_rewards.dtype)
+    if bool((mask.sum(-1) == 0).any()):
+        raise AlignlabError("shape_rewards: a sequence has no response tokens (mask row is all zero)")
+    rewards = torch.zeros_like(mask)
+    if kl is not None and kl_coef != 0.0:
+        rewards = -kl_coef * kl.to(mask.dtype) * mask
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=mask.dtype)
+    last = (mask * positions).argmax(-1)
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += seq_rewards
+    return rewards
+
+
+def whiten(x: Tensor, mask: Tensor | None = None, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over mask-1 positions (Bessel-corrected variance, as TRL and
+    OpenRLHF); ``shift_mean=False`` keeps the mean. Masked positions come back as 0."""
+    if mask is None:
+        mask = torch.ones_like(x)
+    if int(mask.sum().item()) < 2:
+        raise AlignlabError("whiten: needs at least 2 unmasked elements")
+    return masked_whiten(x, mask, shift_mean=shift_mean, eps=eps) * mask.to(x.dtype)
+
+
+def _groups(rewards: Tensor, group_size: int, min_size: int, who: str) -> Tensor:
+    """View [N] rewards as [N / K, K] groups of contiguous samples, with a clear error when impossible."""
+    if rewards.dim() != 1:
+        raise AlignlabError(f"{who}: rewards must be 1-D [N] (got shape {tuple(rewards.shape)})")
+    if group_size < min_size or rewards.numel() % group_size != 0:
+        raise AlignlabError(
+            f"{who}: group_size must be >= {min_size} and divide the number of rewards "
+            f"(got group_size={group_size}, N={rewards.numel()})"
+        )
+    return rewards.reshape(-1, group_size)
+
+
+@torch.no_grad()
+def group_normalized_advantages(
+    rewards: Tensor, group_size: int, *, scale_by_std: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """Per-sequence advantages relative to the other samples of the same prompt, [N] -> [N].
+
+    ``scale_by_std=True``: ``(r - mean_g) / (std_g + eps)`` with the Bessel-corrected group std
+    (GRPO, Shao et al. 2024, "DeepSeekMath", Sec. 4.1.2, outcome supervision).
+    ``scale_by_std=False``: ``r - mean_g`` (Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-Like
+    Training", Sec. 3.1: the std division over-weights prompts that are nearly all right or all wrong).
+    Groups whose rewards are all equal get advantage 0 (no learning signal).
+    """
+    groups = _groups(rewards, group_size, 2, "group_normalized_advantages")
+    centred = groups - groups.mean(-1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (groups.std(-1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def grpo_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> Tensor:
+    """GRPO advantages ``(r - mean_g) / (std_g + eps)``; see :func:`group_normalized_advantages`."""
+    return group_normalized_advantages(rewards, group_size, scale_by_std=True, eps=eps)
+
+
+def dr_grpo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """Dr. GRPO advantages ``r - mean_g`` (no std division); pair with ``loss_agg="seq-mean-token-sum-norm"``."""
+    return group_normalized_advantages(rewards, group_size, scale_by_std=False)
+
+
+@torch.no_grad()
+def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to Basics", Eq. 8; Kool et al. 2019):
+    ``A_i = r_i - mean_{j != i} r_j = K / (K - 1) * (r_i - mean_g)``, [N] -> [N]. Needs K >= 2."""
+    groups = _groups(rewards, group_size, 2, "rloo_advantages")
+    baseline = (groups.sum(-1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - baseline).reshape(-1)
+
+
+@torch.no_grad()
+def reinforce_pp_advantages(
+    seq_rewards: Tensor,
+    mask: Tensor,
+    *,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ (Hu 2025, "REINFORCE++", Sec. 3): per-token rewards (sequence reward on the last
+    token, minus ``kl_coef * kl`` on every token), reward-to-go returns, then the advantages are the
+    returns whitened over *all* response tokens of the global batch (no critic, no per-prompt group).
+
+    Returns:
+        (advantages [B, T], returns [B, T]), 0 where ``mask`` is 0.
+    """
+    token_rewards = shape_rewards(seq_rewards, mask, kl, kl_coef)
+    returns = discounted_returns(token_rewards, mask, gamma=gamma)
+    return whiten(returns, mask), returns
+
+
+@torch.no_grad()
+def reinforce_pp_baseline_advantages(
+    seq_rewards: Tensor,
+    mask: Tensor,
+    group_size: int,
+    *,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE++-baseline (Hu 2025): subtract each prompt's group-mean reward from its samples'
+    rewards first (a baseline that removes prompt difficulty), then proceed as
+    :func:`reinforce_pp_advantages` (shape, reward-to-go, global whitening)."""
+    groups = _groups(seq_rewards, group_size, 1, "reinforce_pp_baseline_advantages")
+    centred = (groups - groups.mean(-1, keepdim=True)).reshape(-1)
+    return reinforce_pp_advantages(centred, mask, kl=kl, kl_coef=kl_coef, gamma=gamma)
+
+
+@torch.no_grad()
+def zero_spread_fraction(rewards: Tensor, group_size: int, *, atol: float = 0.0) -> float:
+    """Fraction of prompt groups whose rewards are all equal (max - min <= atol).
+
+    Such groups give zero group-normalised advantage, so no gradient: a high value means the task is
+    too easy or too hard for the current policy (the DAPO "dynamic sampling" signal).
+    """
+    groups = _groups(rewards, group_size, 1, "zero_spread_fraction")
+    spread = groups.max(-1).values - groups.min(-1).values
+    return float((spread <= atol).float().mean().item())

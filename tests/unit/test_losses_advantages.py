@@ -1,0 +1,147 @@
+"""Hand-computed tests for the advantage estimators (GAE, GRPO, Dr. GRPO, RLOO, REINFORCE++)."""
+
+import math
+
+import pytest
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.losses.advantages import (
+    discounted_returns,
+    dr_grpo_advantages,
+    gae,
+    grpo_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    rloo_advantages,
+    shape_rewards,
+    whiten,
+    zero_spread_fraction,
+)
+
+
+def _t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_gae_three_steps_and_padding():
+    """gamma = 0.9, lam = 0.5 (gamma * lam = 0.45).
+
+    Row 0: r = (0, 0, 1), V = (0.5, 0.6, 0.7), all real; V after the end = 0.
+      t=2: delta = 1 + 0 - 0.7 = 0.3                       A2 = 0.3
+      t=1: delta = 0 + 0.9*0.7 - 0.6 = 0.03                A1 = 0.03 + 0.45*0.3 = 0.165
+      t=0: delta = 0 + 0.9*0.6 - 0.5 = 0.04                A0 = 0.04 + 0.45*0.165 = 0.11425
+      returns = A + V = (0.61425, 0.765, 1.0)
+    Row 1: r = (0, 2, pad), V = (1, 0.5, 9 at the pad: ignored), mask (1, 1, 0).
+      t=1: delta = 2 + 0 - 0.5 = 1.5                       A1 = 1.5
+      t=0: delta = 0 + 0.9*0.5 - 1 = -0.55                 A0 = -0.55 + 0.45*1.5 = 0.125
+      returns = (1.125, 2.0, 0)
+    """
+    rewards = _t([0.0, 0.0, 1.0], [0.0, 2.0, 0.0])
+    values = _t([0.5, 0.6, 0.7], [1.0, 0.5, 9.0])
+    mask = _t([1, 1, 1], [1, 1, 0])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    assert torch.allclose(adv, _t([0.11425, 0.165, 0.3], [0.125, 1.5, 0.0]))
+    assert torch.allclose(ret, _t([0.61425, 0.765, 1.0], [1.125, 2.0, 0.0]))
+
+
+def test_gae_lambda_one_is_monte_carlo_and_skips_holes():
+    """lam = 1, gamma = 1: A_t = (sum of future rewards) - V_t, returns = reward-to-go.
+    r = (1, x, 2) with the middle masked (a hole, its reward 5 and value 7 ignored), V = (0.5, 7, 0.25):
+    A = (3 - 0.5, 0, 2 - 0.25) = (2.5, 0, 1.75); returns = (3, 0, 2)."""
+    rewards, values, mask = _t([1.0, 5.0, 2.0]), _t([0.5, 7.0, 0.25]), _t([1, 0, 1])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(adv, _t([2.5, 0.0, 1.75]))
+    assert torch.allclose(ret, _t([3.0, 0.0, 2.0]))
+    assert torch.allclose(discounted_returns(rewards, mask), _t([3.0, 0.0, 2.0]))
+
+
+def test_discounted_returns_gamma():
+    """gamma = 0.5, r = (1, 2, 4): G2 = 4, G1 = 2 + 2 = 4, G0 = 1 + 2 = 3."""
+    assert torch.allclose(
+        discounted_returns(_t([1.0, 2.0, 4.0]), _t([1, 1, 1]), gamma=0.5), _t([3.0, 4.0, 4.0])
+    )
+
+
+def test_shape_rewards_last_token_minus_kl():
+    """kl_coef = 0.1, kl = (1, 2, 3) per token. Row 0 has 3 tokens, sequence reward 5:
+    (-0.1, -0.2, 5 - 0.3) = (-0.1, -0.2, 4.7). Row 1 has 2 tokens (third is pad), reward -1:
+    (-0.1, -1 - 0.2, 0) = (-0.1, -1.2, 0)."""
+    mask = _t([1, 1, 1], [1, 1, 0])
+    kl = _t([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    shaped = shape_rewards(torch.tensor([5.0, -1.0], dtype=torch.float64), mask, kl, kl_coef=0.1)
+    assert torch.allclose(shaped, _t([-0.1, -0.2, 4.7], [-0.1, -1.2, 0.0]))
+    no_kl = shape_rewards(torch.tensor([5.0, -1.0], dtype=torch.float64), mask)
+    assert torch.allclose(no_kl, _t([0.0, 0.0, 5.0], [0.0, -1.0, 0.0]))
+    with pytest.raises(AlignlabError):
+        shape_rewards(torch.tensor([1.0], dtype=torch.float64), _t([0, 0]))
+
+
+def test_grpo_and_dr_grpo_group_advantages():
+    """Group 1 rewards (1, 0, 0, 1): mean 0.5, Bessel std sqrt(4 * 0.25 / 3) = 0.577350,
+    GRPO A = +-0.5 / 0.577350 = +-0.866025; Dr. GRPO A = +-0.5.
+    Group 2 (2, 2, 2, 2): zero spread -> all advantages 0."""
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0], dtype=torch.float64)
+    a = 0.5 / math.sqrt(1 / 3)
+    assert torch.allclose(
+        grpo_advantages(r, 4, eps=1e-12), torch.tensor([a, -a, -a, a, 0, 0, 0, 0], dtype=torch.float64)
+    )
+    assert torch.allclose(
+        dr_grpo_advantages(r, 4), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0], dtype=torch.float64)
+    )
+    assert zero_spread_fraction(r, 4) == 0.5
+    with pytest.raises(AlignlabError):
+        grpo_advantages(r, 3)
+
+
+def test_rloo_leave_one_out():
+    """Group (1, 0, 0, 1): A_0 = 1 - mean(0, 0, 1) = 2/3, A_1 = 0 - mean(1, 0, 1) = -2/3.
+    Group (3, 1): A = (3 - 1, 1 - 3) = (2, -2)."""
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(rloo_advantages(r, 4), torch.tensor([2, -2, -2, 2], dtype=torch.float64) / 3)
+    assert torch.allclose(rloo_advantages(torch.tensor([3.0, 1.0]), 2), torch.tensor([2.0, -2.0]))
+    with pytest.raises(AlignlabError):
+        rloo_advantages(r, 1)
+
+
+def test_whiten_masked():
+    """x = (1, 2, 3, pad 100): mean 2, Bessel var 1 -> (-1, 0, 1, 0) (eps 1e-8 negligible)."""
+    out = whiten(_t([1.0, 2.0, 3.0, 100.0]), _t([1, 1, 1, 0]))
+    assert torch.allclose(out, _t([-1.0, 0.0, 1.0, 0.0]), atol=1e-6)
+    kept = whiten(_t([1.0, 2.0, 3.0]), shift_mean=False)
+    assert torch.allclose(kept, _t([1.0, 2.0, 3.0]), atol=1e-6)
+    with pytest.raises(AlignlabError):
+        whiten(_t([1.0, 2.0]), _t([1, 0]))
+
+
+def test_reinforce_pp_global_normalisation():
+    """Rewards (1, 0); row 0 has 3 tokens, row 1 has 2 (gamma 1, no KL): returns (1,1,1 | 0,0,pad).
+    Over the 5 real tokens: mean 0.6, Bessel var (3*0.16 + 2*0.36)/4 = 0.3, std 0.547723:
+    A = 0.4/0.547723 = 0.730297 on row 0, -0.6/0.547723 = -1.095445 on row 1."""
+    mask = _t([1, 1, 1], [1, 1, 0])
+    adv, ret = reinforce_pp_advantages(torch.tensor([1.0, 0.0], dtype=torch.float64), mask)
+    assert torch.allclose(ret, _t([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]))
+    a, b = 0.4 / math.sqrt(0.3), -0.6 / math.sqrt(0.3)
+    assert torch.allclose(adv, _t([a, a, a], [b, b, 0.0]), atol=1e-6)
+
+
+def test_reinforce_pp_with_kl_in_reward():
+    """One row of 2 tokens, reward 1, kl (0.5, 0.5), coef 1: shaped (-0.5, 0.5), returns (0, 0.5)."""
+    _, ret = reinforce_pp_advantages(
+        torch.tensor([1.0], dtype=torch.float64), _t([1, 1]), kl=_t([0.5, 0.5]), kl_coef=1.0
+    )
+    assert torch.allclose(ret, _t([0.0, 0.5]))
+
+
+def test_reinforce_pp_baseline_centres_groups_first():
+    """Rewards (1, 0 | 3, 1), group size 2 -> centred (0.5, -0.5, 1, -1); T = 2, all real tokens:
+    returns repeat each value twice; mean 0, Bessel var 2*(0.25+0.25+1+1)/7 = 5/7;
+    A = centred / sqrt(5/7), e.g. 0.5 / 0.845154 = 0.591608."""
+    mask = torch.ones(4, 2, dtype=torch.float64)
+    adv, ret = reinforce_pp_baseline_advantages(
+        torch.tensor([1.0, 0.0, 3.0, 1.0], dtype=torch.float64), mask, 2
+    )
+    centred = torch.tensor([0.5, -0.5, 1.0, -1.0], dtype=torch.float64)
+    assert torch.allclose(ret, centred[:, None].expand(4, 2))
+    assert torch.allclose(adv, (centred / math.sqrt(5 / 7))[:, None].expand(4, 2), atol=1e-6)
+    assert adv[0, 0].item() == pytest.approx(0.591608, abs=1e-6)
