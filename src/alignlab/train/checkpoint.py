@@ -1,0 +1,210 @@
+"""Resumable checkpoints in Hugging Face format, written so that a crash never leaves a broken one.
+
+A checkpoint is `output_dir/checkpoint-<step>/` holding:
+  model.safetensors + config.json (or adapter_model.safetensors + adapter_config.json for peft),
+  the tokenizer files, optimizer.pt (AdamW moments), rng.pt (python, numpy, torch RNG states),
+  config.yaml (the resolved run config) and trainer_state.json (step, data position, schedule).
+Everything is written into `.tmp-checkpoint-<step>` first and the directory is renamed only when
+complete; rename is atomic on POSIX, so any `checkpoint-<step>` directory is whole, and a kill -9
+mid-write leaves only a temp directory that the next run deletes. trainer_state.json is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(AlignlabError):
+    """A checkpoint could not be written or read; the message says which and why."""
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush file contents before the rename so the renamed directory is complete on disk too."""
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model: Any, directory: Path, tokenizer: Any = None) -> None:
+    """HF `save_pretrained` (safetensors); a peft model writes only its adapter."""
+    model.save_pretrained(str(directory))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (a renamed directory with its trainer_state.json)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def remove_stale_temps(output_dir: str | Path) -> None:
+    """Delete half-written checkpoints left by a crash (never a complete one)."""
+    root = Path(output_dir)
+    if root.is_dir():
+        for p in root.glob(".tmp-checkpoint-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    state: dict[str, Any],
+    *,
+    tokenizer: Any = None,
+    config_yaml: str | None = None,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint-<step> atomically, then drop the oldest beyond `keep_last`."""
+    import torch
+
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        save_model(model, tmp, tokenizer)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        if config_yaml is not None:
+            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step after a resume: swap, never leave neither
+            trash = root / f".tmp-checkpoint-{step}-old"
+            final.rename(trash)
+            tmp.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {final}: {e.strerror or e}; earlier checkpoints are kept"
+        ) from e
+    for _, old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_resume(output_dir: str | Path, resume: str) -> Path | None:
+    """Checkpoint to resume from: `never` -> None, `auto` -> newest complete one (or None), else the path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE} in it)")
+    return path
+
+
+def _weights(directory: Path, adapter: bool) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    pattern = "adapter_model*.safetensors" if adapter else "model*.safetensors"
+    files = sorted(directory.glob(pattern))
+    if not files:
+        raise CheckpointError(f"{directory}: no {pattern} to resume from")
+    weights: dict[str, Any] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    return weights
+
+
+def load_model_weights(model: Any, directory: Path) -> None:
+    """Load a checkpoint's weights in place; tied params (lm_head = embeddings) may be absent from the file."""
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, _weights(directory, adapter=True))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise CheckpointError(f"{directory}: adapter keys not in the model: {unexpected[:3]}")
+        return
+    missing, unexpected = model.load_state_dict(_weights(directory, adapter=False), strict=False)
+    loaded = {p.data_ptr() for n, p in model.named_parameters() if n not in missing}
+    untied = [k for k in missing if model.get_parameter(k).data_ptr() not in loaded]
+    if untied or unexpected:
+        raise CheckpointError(
+            f"{directory}: checkpoint does not match the model (missing {untied[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG states; returns trainer_state (step, data position, ...)."""
+    import torch
+
+    directory = Path(directory)
+    state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    load_model_weights(model, directory)
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True))
+    set_rng_state(torch.load(directory / "rng.pt", map_location="cpu", weights_only=True))
+    return state

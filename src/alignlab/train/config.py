@@ -1,0 +1,121 @@
+"""The loop's config keys, shared by every training command; recipe configs inherit from `TrainConfig`.
+
+Every key can be set in YAML or as `key=value` on the command line (`alignlab sft max_steps=30 lora.r=8`).
+Batch arithmetic: `batch_size` sequences (or pairs) make one optimizer step; they are split into
+`grad_accum` micro-batches, and under data parallelism each of `world_size` ranks takes its share, so
+micro_batch = batch_size / (grad_accum * world_size) and the global batch never depends on the launcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from alignlab.config import ConfigError
+
+try:  # the models helper owns LoraConfig; keep the loop importable while it lands
+    from alignlab.models.lora import LoraConfig
+except ImportError:  # pragma: no cover - only while models/lora.py does not exist yet
+    LoraConfig = dict  # type: ignore[misc,assignment]
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny-random"
+    """Model to train: a local HF directory, a hub id (offline cache) or an alias such as smollm2-135m-instruct."""
+    data: str = ""
+    """Training data file (jsonl, json, parquet, txt; TRL, Alpaca, ShareGPT formats are detected)."""
+    eval_data: str | None = None
+    """Validation file; when empty, `eval_split` of the training rows are held out instead."""
+    eval_split: float = 0.05
+    """Fraction of training rows held out for evaluation when `eval_data` is not given (0 disables evaluation)."""
+    max_eval_rows: int = 200
+    """At most this many validation rows are scored at each evaluation (bounds the cost of eval on CPU)."""
+    output_dir: str = "runs/train"
+    """Where checkpoints, the final model, metrics.jsonl and config.yaml go."""
+    max_steps: int = -1
+    """Optimizer steps to run; -1 means run `epochs` passes over the data instead."""
+    epochs: float = 1.0
+    """Passes over the training data when max_steps is -1 (fractions allowed)."""
+    batch_size: int = 8
+    """Sequences (or pairs) per optimizer step, summed over micro-batches and ranks."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; more saves memory at the same global batch, costs speed."""
+    learning_rate: float = 2e-5
+    """Peak learning rate reached after warmup (LoRA usually wants ~1e-4..3e-4, full fine-tuning ~1e-5..5e-5)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay, applied to matrices only (biases, norms and 1-D params are not decayed)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2 (0.95 is common for pretraining from scratch)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine or linear to min_lr_ratio * learning_rate at the last step, or constant."""
+    warmup_steps: int = 0
+    """Linear warmup steps; wins over warmup_ratio when > 0."""
+    warmup_ratio: float = 0.0
+    """Warmup as a fraction of the total steps (used when warmup_steps is 0)."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak (cosine and linear schedules)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
+    max_length: int = 1024
+    """Longest tokenised sequence; longer rows are truncated by the data layer."""
+    seed: int = 42
+    """Seeds python, numpy and torch, the data order and dropout; the same seed gives the same run."""
+    logging_steps: int = 10
+    """Write a metrics.jsonl line (and a progress update) every N optimizer steps."""
+    eval_steps: int = 0
+    """Evaluate every N optimizer steps (0: only before and after training when there is eval data)."""
+    save_steps: int = 0
+    """Write a resumable checkpoint every N optimizer steps (0: only the final model)."""
+    keep_last: int = 2
+    """Keep only the newest N checkpoints (the final model in output_dir is always kept)."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in output_dir if any; never; or a checkpoint path."""
+    bf16: bool = False
+    """Run forward passes under bfloat16 autocast (weights and optimizer stay fp32). Useful on GPU; slow on most CPUs."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1 ... or auto (cuda when available, else cpu)."""
+    lora: LoraConfig | None = None
+    """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A malformed data row stops before training (error) or is counted and skipped (skip)."""
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    """Progress display: rich bar on a terminal, plain periodic lines otherwise (auto), or forced."""
+
+    def validate(self) -> None:
+        """Cross-field checks; called by `load_config` after the fields are filled."""
+        positive = ("batch_size", "grad_accum", "logging_steps", "max_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps: must be -1 (use epochs) or positive, got {self.max_steps}")
+        if self.max_steps == -1 and self.epochs <= 0:
+            raise ConfigError(f"epochs: must be positive when max_steps is -1, got {self.epochs}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")
+        if min(self.eval_steps, self.save_steps, self.warmup_steps) < 0:
+            raise ConfigError("eval_steps, save_steps and warmup_steps must not be negative")
+        if self.keep_last < 1:
+            raise ConfigError(f"keep_last: must be at least 1, got {self.keep_last}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be positive, got {self.learning_rate}")
+
+    def micro_batch_size(self, world_size: int = 1) -> int:
+        """Sequences one rank feeds to one forward/backward pass."""
+        per_step = self.grad_accum * world_size
+        if self.batch_size % per_step:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum x world_size ({per_step})"
+            )
+        return self.batch_size // per_step

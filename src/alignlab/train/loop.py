@@ -1,0 +1,316 @@
+"""The one training loop every recipe uses (read top to bottom, nanoGPT-style).
+
+A recipe supplies a model, a dataset (any sequence of already-tokenised examples), a `collate`
+that turns a list of examples into a batch dict, and a step function
+
+    step_fn(model, batch) -> (loss, metrics)
+
+where `loss` is a scalar tensor: the MEAN over the batch's units (trained tokens for LM losses,
+pairs for preference losses) and `metrics` a dict of detached floats/tensors with the same
+weighting. The loop weighs micro-batches by `batch_weight(batch)` (the batch's `num_items`, else
+its count of trained label tokens, else 1) so that an optimizer step's gradient is the mean over
+the whole global batch whatever grad_accum and world size are (the gradient-accumulation fix
+HF Trainer applies with `num_items_in_batch`).
+
+Data order is a pure function of (seed, step): each epoch is a seeded permutation, an optimizer
+step takes the next `batch_size` indices, micro-step m on rank r takes its slice. Resuming therefore
+needs only the step; checkpoints still record the data position for readers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.train.checkpoint import (
+    find_resume,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+    save_model,
+)
+from alignlab.train.config import TrainConfig
+from alignlab.train.metrics import MetricsLogger, peak_memory_mb
+from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
+from alignlab.train.world import World
+
+StepFn = Callable[[Any, dict], tuple[Any, dict]]
+
+
+class TrainingDiverged(AlignlabError):
+    """The loss or gradient norm became NaN/inf; the message names the step and the batch."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    """Optimizer steps completed."""
+    total_steps: int
+    train_runtime: float
+    """Seconds spent in the loop (excluding model loading and data preparation)."""
+    last_log: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    """Every evaluation's metrics with its step, first (before training) to last."""
+    finished: bool = True
+    """False when the run was stopped early by `stop_at` (simulated crash)."""
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def total_steps(cfg: TrainConfig, num_examples: int) -> int:
+    steps_per_epoch = num_examples // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise AlignlabError(f"only {num_examples} training examples for batch_size {cfg.batch_size}")
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+class Sampler:
+    """Global sample j -> dataset index; epochs are seeded permutations, the partial last batch is dropped."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.per_epoch = (num_examples // batch_size) * batch_size
+        self._epoch, self._perm = -1, None
+
+    def _perm_of(self, epoch: int):
+        import torch
+
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
+        return self._perm
+
+    def step_indices(self, step: int) -> list[int]:
+        """The `batch_size` dataset indices of optimizer step `step` (all ranks, all micro-steps)."""
+        out = []
+        for j in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, pos = divmod(j, self.per_epoch)
+            out.append(self._perm_of(epoch)[pos])
+        return out
+
+    def micro_indices(self, step: int, grad_accum: int, world: World) -> list[list[int]]:
+        """This rank's indices for each micro-step of optimizer step `step`."""
+        idx = self.step_indices(step)
+        chunk = len(idx) // grad_accum
+        micro = chunk // world.size
+        return [idx[m * chunk + world.rank * micro: m * chunk + (world.rank + 1) * micro] for m in range(grad_accum)]
+
+
+def batch_weight(batch: dict) -> float:
+    """How many loss units a batch holds: `num_items`, else trained tokens (labels shifted by one), else 1."""
+    if "num_items" in batch:
+        return float(batch["num_items"])
+    labels = batch.get("labels")
+    if labels is not None and hasattr(labels, "ne"):
+        return float(labels[..., 1:].ne(-100).sum().item())
+    return 1.0
+
+
+def count_tokens(batch: dict) -> int:
+    """Real (non-pad) input tokens in a batch, for tokens/s."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum().item())
+    ids = batch.get("input_ids")
+    return int(ids.numel()) if ids is not None else 0
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def autocast(cfg: TrainConfig, device: str):
+    import torch
+
+    if not cfg.bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def _float(x: Any) -> float:
+    return float(x.item()) if hasattr(x, "item") else float(x)
+
+
+def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, *, batch_size: int,
+             device: str, cfg: TrainConfig | None = None, prefix: str = "eval_") -> dict[str, float]:
+    """Weighted mean of the step function's loss and metrics over `dataset` (no grad, eval mode)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(dataset), batch_size):
+            batch = to_device(collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]), device)
+            with autocast(cfg, device) if cfg else nullcontext():
+                loss, metrics = step_fn(model, batch)
+            w = batch_weight(batch)
+            total += w
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + _float(v) * w
+    model.train(was_training)
+    return {prefix + k: v / max(total, 1e-12) for k, v in sums.items()}
+
+
+def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str) -> Path:
+    import json
+
+    path = Path(cfg.output_dir) / "bad_batch.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"step": step, "what": what, "indices": indices}) + "\n", encoding="utf-8")
+    return path
+
+
+def train(
+    cfg: TrainConfig,
+    model: Any,
+    step_fn: StepFn,
+    dataset: Sequence,
+    collate: Callable[[list], dict],
+    *,
+    eval_fn: Callable[[Any], dict[str, float]] | None = None,
+    tokenizer: Any = None,
+    world: World | None = None,
+    config_yaml: str | None = None,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train `model` on `dataset` with `step_fn`; see the module docstring for the contract.
+
+    eval_fn(model) -> {"eval_loss": ..., ...} runs before training, every `eval_steps`, and at the end
+    (model in eval mode, no grad). `tokenizer` is saved with every checkpoint and the final model.
+    `config_yaml` (the resolved run config) is written next to them. `stop_at=k` ends the call after
+    optimizer step k without the final save, exactly as if the process had died there (resume tests).
+    """
+    import torch
+
+    world = world or World.from_env(cfg.device)
+    device = world.device
+    out = Path(cfg.output_dir)
+    n_total = total_steps(cfg, len(dataset))
+    warmup = warmup_steps_for(cfg, n_total)
+    sampler = Sampler(len(dataset), cfg.batch_size, cfg.seed)
+    cfg.micro_batch_size(world.size)  # fails early when the batch does not split evenly
+
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        if config_yaml is not None:
+            (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    start = 0
+    ckpt = find_resume(out, cfg.resume)
+    seed_everything(cfg.seed)
+    if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
+        start = load_checkpoint(ckpt, model, optimizer)["step"]
+        print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
+    wrapped = world.wrap(model)
+    logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress)
+    evals: list[dict[str, Any]] = []
+
+    def run_eval(step: int) -> None:
+        if eval_fn is None:
+            return
+        with autocast(cfg, device):
+            metrics = {k: _float(v) for k, v in eval_fn(world.unwrap(wrapped)).items()}
+        model.train()
+        evals.append({"step": step, **metrics})
+        logger.log(step, metrics)
+
+    def checkpoint(step: int) -> None:
+        if world.is_main:
+            state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / sampler.per_epoch,
+                     "total_steps": n_total, "lr_scheduler": {"step": step}}
+            save_checkpoint(out, step, model, optimizer, state, tokenizer=tokenizer,
+                            config_yaml=config_yaml, keep_last=cfg.keep_last)
+        world.barrier()
+
+    if start == 0:
+        run_eval(0)
+    model.train()
+    t_loop = time.perf_counter()
+    acc: dict[str, float] = {}
+    acc_steps, acc_tokens, acc_time, last_log = 0, 0, 0.0, {}
+    for step in range(start, n_total):
+        t0 = time.perf_counter()
+        micro = sampler.micro_indices(step, cfg.grad_accum, world)
+        batches = [collate([dataset[i] for i in idx]) for idx in micro]
+        weights = [batch_weight(b) for b in batches]
+        step_total = world.all_reduce_sum(sum(weights))
+        lr = lr_at(step, base_lr=cfg.learning_rate, total_steps=n_total, warmup_steps=warmup,
+                   schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for m, (batch, w, idx) in enumerate(zip(batches, weights, micro)):
+            acc_tokens += count_tokens(batch)
+            # Scale so that the sum over micro-steps and ranks is the global-batch mean (DDP averages
+            # over ranks, hence the world.size factor).
+            scale = w * world.size / max(step_total, 1e-12)
+            with world.no_sync(wrapped, m < len(batches) - 1), autocast(cfg, device):
+                loss, metrics = step_fn(wrapped, to_device(batch, device))
+            if not torch.isfinite(loss.detach()):
+                logger.close()
+                bad = _write_bad_batch(cfg, step + 1, idx, f"loss {loss.item()}")
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {step + 1} (micro-batch {m}, dataset indices {idx[:8]}"
+                    f"{'...' if len(idx) > 8 else ''}; all in {bad}); stopping. The newest checkpoint in "
+                    f"{out} is from before the divergence: lower learning_rate or check those rows."
+                )
+            (loss * scale).backward()
+            for k, v in {"loss": loss, **metrics}.items():
+                acc[k] = acc.get(k, 0.0) + _float(v) * scale / world.size
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm):
+            logger.close()
+            _write_bad_batch(cfg, step + 1, sampler.step_indices(step), f"grad_norm {grad_norm}")
+            raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}; stopping before the update")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        acc["grad_norm"] = acc.get("grad_norm", 0.0) + grad_norm
+        acc_steps += 1
+        acc_time += time.perf_counter() - t0
+        done = step + 1
+
+        if done % cfg.logging_steps == 0 or done == n_total:
+            row = {k: world.all_reduce_sum(v) / acc_steps for k, v in acc.items() if k != "grad_norm"}
+            row["grad_norm"] = acc["grad_norm"] / acc_steps
+            row["learning_rate"] = lr
+            row["tokens_per_second"] = world.all_reduce_sum(acc_tokens) / max(acc_time, 1e-9)
+            row["peak_memory_mb"] = peak_memory_mb(device)
+            row["epoch"] = done * cfg.batch_size / sampler.per_epoch
+            logger.log(done, row)
+            last_log = row
+            acc, acc_steps, acc_tokens, acc_time = {}, 0, 0, 0.0
+        if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total):
+            run_eval(done)
+        if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
+            checkpoint(done)
+        if stop_at is not None and done >= stop_at and done < n_total:
+            logger.close()
+            return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, evals, finished=False)
+
+    runtime = time.perf_counter() - t_loop
+    if world.is_main:
+        save_model(model, out, tokenizer)
+    logger.close({"step": n_total, "train_runtime": runtime})
+    world.barrier()
+    return TrainResult(n_total, n_total, runtime, last_log, evals)

@@ -1,0 +1,123 @@
+"""Where numbers go: output_dir/metrics.jsonl, TensorBoard (when installed) and a progress display.
+
+metrics.jsonl has one JSON object per logged step (step, loss, learning_rate, grad_norm,
+tokens_per_second, peak_memory_mb and the step function's own metrics) and a final object with
+train_runtime. Only rank 0 creates a `MetricsLogger` that writes; other ranks get a silent one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak accelerator memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe numbers: tensors become floats, NaN/inf become strings instead of invalid JSON."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class _Progress:
+    """A rich bar (loss, tokens/s, ETA) on a terminal, or one plain line per logged step."""
+
+    def __init__(self, mode: str, total: int, start_step: int):
+        if mode == "auto":
+            mode = "rich" if sys.stderr.isatty() else "plain"
+        self.mode, self.total, self.bar, self.task = mode, total, None, None
+        self.t0, self.s0 = time.perf_counter(), start_step
+        if mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start_step, info="")
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        loss, tps = row.get("loss"), row.get("tokens_per_second")
+        info = f"loss {loss:.4f}  {tps:,.0f} tok/s" if isinstance(loss, float) and tps else ""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.mode == "plain":
+            done = step - self.s0
+            eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("eval") and isinstance(v, float))
+            print(f"step {step}/{self.total}  {info}  eta {eta:.0f}s  {extra}".rstrip(), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class MetricsLogger:
+    """Append-only metrics.jsonl + optional TensorBoard + progress; a no-op when `enabled` is False."""
+
+    def __init__(self, output_dir: str | Path, *, enabled: bool = True, total_steps: int = 0,
+                 start_step: int = 0, progress: str = "auto"):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.tb = None
+        self.progress = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")  # append: a resumed run continues the file
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+        if progress != "none":
+            self.progress = _Progress(progress, total_steps, start_step)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.progress is not None:
+            self.progress.update(step, row)
+
+    def close(self, final: dict[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        if final is not None:
+            self.file.write(json.dumps({k: _clean(v) for k, v in final.items()}) + "\n")
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.progress is not None:
+            self.progress.close()
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    """All rows of output_dir/metrics.jsonl (tests and reports use this)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,48 @@
+"""Step functions: `step_fn(model, batch) -> (loss, metrics)` for the loop.
+
+`causal_lm_step` is next-token cross-entropy averaged over trained tokens (labels != -100), shared by
+pretraining and SFT (completion-only / assistant-only losses come from the labels the data layer
+masks). It works on padded and on packed batches: packed rows carry position_ids and no attention
+mask, and `use_cache=False` keeps transformers' packed-sequence detection on (see data/collate.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def lm_forward(model: Any, batch: dict) -> Any:
+    """Logits [B, T, V] for a padded or packed batch."""
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).logits
+
+
+def shifted_token_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Per-token negative log-likelihood [B, T-1] (0 where not trained) and the trained-token mask.
+
+    logits[:, t] predicts labels[:, t + 1]; log_softmax runs in float32 so bf16 autocast does not
+    round the loss.
+    """
+    import torch.nn.functional as F
+
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target.ne(-100)
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
+    return nll, mask
+
+
+def causal_lm_step(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
+    """Mean next-token cross-entropy over the batch's trained tokens; reports token accuracy too."""
+    logits = lm_forward(model, batch)
+    nll, mask = shifted_token_nll(logits, batch["labels"])
+    n = mask.sum().clamp(min=1)
+    loss = nll.sum() / n
+    correct = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
+    return loss, {"mean_token_accuracy": (correct.sum() / n).detach()}

@@ -1,0 +1,104 @@
+"""Padding and padding-free packing: packed sequences see only themselves (transformers 5 masking_utils)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignlab.data.collate import Collator, left_pad, pack, pad, sequence_ids
+from alignlab.train.steps import causal_lm_step
+
+
+def tiny_llama(attn: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).eval()
+
+
+SEQS = [[5, 9, 13, 2, 7], [11, 4, 60], [3, 3, 8, 21, 40, 41, 90]]
+
+
+def alone_logprobs(model, ids):
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+    return torch.log_softmax(logits.float(), -1)
+
+
+def packed_logprobs(model, seqs, use_cache=False):
+    batch = pack([{"input_ids": s} for s in seqs])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       attention_mask=None, use_cache=use_cache).logits[0]
+    return torch.log_softmax(logits.float(), -1).split(batch["seq_lens"])
+
+
+def test_pad_values():
+    """[[1,2,3],[4]] with pad 0 -> ids [[1,2,3],[4,0,0]], mask [[1,1,1],[1,0,0]], labels pad -100."""
+    b = pad([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4]}], pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+    assert pad([{"input_ids": [1]}], 0, pad_to_multiple_of=4)["input_ids"].tolist() == [[1, 0, 0, 0]]
+
+
+def test_pack_layout():
+    """Two sequences [1,2,3] and [4,5]: positions 0,1,2,0,1; each sequence's first label ignored."""
+    b = pack([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}])
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert b["labels"].tolist() == [[-100, 2, 3, -100, 5]]
+    assert b["attention_mask"] is None and b["seq_lens"] == [3, 2] and b["num_tokens"] == 5
+    assert sequence_ids([3, 2]).tolist() == [0, 0, 0, 1, 1]
+
+
+def test_left_pad():
+    b = left_pad([[1, 2], [3]], pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2], [0, 3]] and b["attention_mask"].tolist() == [[1, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logprobs_equal_alone(attn):
+    model = tiny_llama(attn)
+    for lp, ids in zip(packed_logprobs(model, SEQS), SEQS):
+        torch.testing.assert_close(lp, alone_logprobs(model, ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_no_attention_across_sequences(attn):
+    """Changing every token of sequence 0 leaves sequences 1 and 2 unchanged, bit for bit up to 1e-6."""
+    model = tiny_llama(attn)
+    base = packed_logprobs(model, SEQS)
+    changed = packed_logprobs(model, [[t + 1 for t in SEQS[0]], *SEQS[1:]])
+    assert (base[0] - changed[0]).abs().max() > 1e-3  # the change is visible where it should be
+    for a, b in zip(base[1:], changed[1:]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_plain_concatenation_would_leak():
+    """Control: the same row WITHOUT restarting positions lets sequence 1 see sequence 0."""
+    model = tiny_llama()
+    ids = torch.tensor([SEQS[0] + SEQS[1]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, len(SEQS[0]):]
+    leak = torch.log_softmax(logits, -1)
+    assert (leak - alone_logprobs(model, SEQS[1])).abs().max() > 1e-3
+
+
+def test_packed_loss_equals_padded_loss():
+    """Token-mean cross-entropy is the same packed or padded (the pack drops no trained token)."""
+    model = tiny_llama()
+    examples = [{"input_ids": s, "labels": [-100] + s[1:]} for s in SEQS]
+    with torch.no_grad():
+        packed, _ = causal_lm_step(model, Collator(0, packing=True)(examples))
+        padded, _ = causal_lm_step(model, Collator(0)(examples))
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_disables_packed_detection():
+    """Why step functions pass use_cache=False: with a cache (the config default, even in train mode)
+    transformers skips packed-sequence detection and sequence 1 attends to sequence 0."""
+    model = tiny_llama().train()
+    model.config.attention_dropout = 0.0
+    leaked = packed_logprobs(model, SEQS, use_cache=None)[1]
+    assert (leaked - alone_logprobs(model, SEQS[1])).abs().max() > 1e-3

@@ -1,0 +1,174 @@
+"""The loop: learning, accumulation equivalence, metrics, exact resume (in-process and SIGKILL), NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignlab.data.collate import Collator
+from alignlab.train import TrainConfig, TrainingDiverged, evaluate, train
+from alignlab.train.checkpoint import list_checkpoints
+from alignlab.train.metrics import read_metrics
+from alignlab.train.steps import causal_lm_step
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def tiny_llama(dropout: float = 0.0) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      attention_dropout=dropout)
+    return LlamaForCausalLM(cfg)
+
+
+def counting_data(n: int = 48) -> list[dict]:
+    """Sequences that count up by a per-row stride mod 64: learnable, of varying length (3..12)."""
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for _ in range(n):
+        start, stride = torch.randint(0, 64, (2,), generator=g).tolist()
+        length = int(torch.randint(3, 13, (1,), generator=g))
+        ids = [(start + i * (stride % 5 + 1)) % 64 for i in range(length)]
+        rows.append({"input_ids": ids, "labels": [-100] + ids[1:]})
+    return rows
+
+
+def cfg_for(tmp_path, **kw) -> TrainConfig:
+    base = dict(output_dir=str(tmp_path), max_steps=6, batch_size=4, learning_rate=3e-3, logging_steps=1,
+                progress="none", device="cpu", warmup_steps=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b, atol=1e-6):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_loss_falls_and_metrics_are_written(tmp_path):
+    data = counting_data()
+    collate = Collator(0, packing=True)
+    model = tiny_llama()
+    evals = lambda m: evaluate(m, causal_lm_step, data[:16], collate, batch_size=8, device="cpu")  # noqa: E731
+    res = train(cfg_for(tmp_path, max_steps=30, eval_steps=15), model, causal_lm_step, data, collate,
+                eval_fn=evals)
+    rows = read_metrics(tmp_path)
+    logged = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in logged] == list(range(1, 31))
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "peak_memory_mb", "mean_token_accuracy"):
+        assert isinstance(logged[0][key], float), key
+    assert logged[-1]["loss"] < logged[0]["loss"] - 0.5
+    assert [e["step"] for e in res.evals] == [0, 15, 30]
+    assert res.evals[-1]["eval_loss"] < res.evals[0]["eval_loss"] - 0.5
+    assert "train_runtime" in rows[-1] and rows[-1]["train_runtime"] > 0
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+
+
+def test_grad_accum_matches_one_big_batch(tmp_path):
+    """batch 4 as 1x4 or 2x2 micro-batches (unequal token counts) gives the same weights: the loop
+    weighs micro-batches by trained tokens, so both are the mean over all tokens of the step."""
+    data = counting_data()
+    runs = []
+    for accum in (1, 2, 4):
+        model = tiny_llama()
+        train(cfg_for(tmp_path / str(accum), grad_accum=accum), model, causal_lm_step, data, Collator(0))
+        runs.append(weights(model))
+    assert_same(runs[0], runs[1], atol=2e-6)
+    assert_same(runs[0], runs[2], atol=2e-6)
+
+
+def test_resume_after_in_process_crash_equals_uninterrupted(tmp_path):
+    """Dropout on, so RNG state must be restored too. Crash after step 5 (checkpoint at 4), resume."""
+    data = counting_data()
+    kw = dict(max_steps=8, save_steps=2, keep_last=2)
+    full = tiny_llama(dropout=0.2)
+    train(cfg_for(tmp_path / "full", **kw), full, causal_lm_step, data, Collator(0, packing=True))
+
+    crashed = tiny_llama(dropout=0.2)
+    res = train(cfg_for(tmp_path / "run", **kw), crashed, causal_lm_step, data, Collator(0, packing=True),
+                stop_at=5)
+    assert not res.finished and [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    resumed = tiny_llama(dropout=0.2)  # a fresh process would build the model from scratch
+    train(cfg_for(tmp_path / "run", **kw), resumed, causal_lm_step, data, Collator(0, packing=True))
+    assert_same(weights(full), weights(resumed))
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [6, 8]  # keep_last=2
+
+
+def test_resume_ignores_half_written_checkpoint(tmp_path):
+    data = counting_data()
+    train(cfg_for(tmp_path, max_steps=4, save_steps=2), tiny_llama(), causal_lm_step, data, Collator(0),
+          stop_at=2)
+    (tmp_path / ".tmp-checkpoint-3").mkdir()  # what a kill during a write leaves
+    (tmp_path / ".tmp-checkpoint-3" / "model.safetensors").write_bytes(b"truncated")
+    (tmp_path / "checkpoint-3").mkdir()  # no trainer_state.json: incomplete, must be ignored
+    train(cfg_for(tmp_path, max_steps=4, save_steps=2), tiny_llama(), causal_lm_step, data, Collator(0))
+    assert not (tmp_path / ".tmp-checkpoint-3").exists()
+    # resumed from checkpoint-2 (not 3, not from scratch): steps 1-2 logged before the "crash", 3-4 after
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+    data = counting_data()
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        loss, metrics = causal_lm_step(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+
+    with pytest.raises(TrainingDiverged, match="at step 3"):
+        train(cfg_for(tmp_path, save_steps=2), tiny_llama(), poisoned, data, Collator(0))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    bad = json.loads((tmp_path / "bad_batch.json").read_text())
+    assert bad["step"] == 3 and len(bad["indices"]) == 4
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_train_loop import tiny_llama, counting_data, cfg_for, causal_lm_step
+    from alignlab.data.collate import Collator
+    from alignlab.train import train
+    slow = sys.argv[2] == "slow"
+    def step(model, batch):
+        if slow:
+            time.sleep(0.25)  # gives the parent time to kill us between checkpoints
+        return causal_lm_step(model, batch)
+    model = tiny_llama(dropout=0.2)
+    train(cfg_for(sys.argv[1], max_steps=10, save_steps=3), model, step, counting_data(), Collator(0, packing=True))
+""")
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": SRC}
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir), "slow"], env=env)
+    deadline = time.time() + 60
+    while not list_checkpoints(run_dir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [s for s, _ in list_checkpoints(run_dir)]
+    assert done and done[-1] < 10, "the kill must land mid-run"
+    subprocess.run([sys.executable, str(script), str(run_dir), "fast"], env=env, check=True)
+    full = tiny_llama(dropout=0.2)
+    train(cfg_for(tmp_path / "full", max_steps=10, save_steps=3), full, causal_lm_step, counting_data(),
+          Collator(0, packing=True))
+    reloaded = LlamaForCausalLM.from_pretrained(run_dir)
+    assert_same(weights(full), weights(reloaded))

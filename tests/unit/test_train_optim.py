@@ -1,0 +1,56 @@
+"""Learning-rate schedule and AdamW parameter groups."""
+
+import math
+
+import pytest
+import torch
+
+from alignlab.train.config import TrainConfig
+from alignlab.train.optim import build_optimizer, lr_at, param_groups, warmup_steps_for
+
+
+def test_warmup_is_linear_from_first_step():
+    """warmup 3, peak 1.0: steps 0,1,2 -> 1/4, 2/4, 3/4 (nanoGPT's (s+1)/(w+1))."""
+    got = [lr_at(s, base_lr=1.0, total_steps=10, warmup_steps=3) for s in range(3)]
+    assert got == pytest.approx([0.25, 0.5, 0.75])
+
+
+def test_cosine_values():
+    """warmup 2, total 7 -> decay over steps 2..6 (span 4); progress 0, .25, .5, .75, 1.
+
+    cosine: (1 + cos(pi p)) / 2 = 1, 0.853553, 0.5, 0.146447, 0; with min_lr_ratio 0.1:
+    0.1 + 0.9 * those = 1, 0.868198, 0.55, 0.231802, 0.1.
+    """
+    got = [lr_at(s, base_lr=1.0, total_steps=7, warmup_steps=2) for s in range(2, 7)]
+    assert got == pytest.approx([1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    floor = [lr_at(s, base_lr=1.0, total_steps=7, warmup_steps=2, min_lr_ratio=0.1) for s in range(2, 7)]
+    assert floor == pytest.approx([1.0, 0.868198, 0.55, 0.231802, 0.1], abs=1e-6)
+
+
+def test_linear_and_constant():
+    """linear, no warmup, total 5: 1, .75, .5, .25, 0; constant stays at the peak after warmup."""
+    lin = [lr_at(s, base_lr=1.0, total_steps=5, schedule="linear") for s in range(5)]
+    assert lin == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    const = [lr_at(s, base_lr=2.0, total_steps=5, warmup_steps=1, schedule="constant") for s in range(3)]
+    assert const == pytest.approx([1.0, 2.0, 2.0])
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_at(3, base_lr=1.0, total_steps=5, schedule="step")
+
+
+def test_warmup_ratio_rounds_up():
+    """ratio 0.05 of 30 steps = 1.5 -> 2 warmup steps; explicit warmup_steps wins."""
+    assert warmup_steps_for(TrainConfig(warmup_ratio=0.05), 30) == 2
+    assert warmup_steps_for(TrainConfig(warmup_ratio=0.05, warmup_steps=7), 30) == 7
+    assert math.isclose(lr_at(0, base_lr=1.0, total_steps=30, warmup_steps=2), 1 / 3)
+
+
+def test_param_groups_decay_only_matrices_and_skip_frozen():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    model[2].weight.requires_grad_(False)
+    groups = param_groups(model, weight_decay=0.1)
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 0.1 and [p.shape for p in decay["params"]] == [(3, 4)]
+    assert no_decay["weight_decay"] == 0.0
+    assert sorted(p.numel() for p in no_decay["params"]) == [2, 3, 3, 3]  # 3 biases/gains of 3, bias of 2
+    opt = build_optimizer(model, TrainConfig(learning_rate=1e-3, weight_decay=0.1, adam_beta2=0.95))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
