@@ -102,3 +102,21 @@ def test_kv_cache_disables_packed_detection():
     model.config.attention_dropout = 0.0
     leaked = packed_logprobs(model, SEQS, use_cache=None)[1]
     assert (leaked - alone_logprobs(model, SEQS[1])).abs().max() > 1e-3
+
+
+def test_chunked_step_equals_plain_step_and_gradients():
+    """Chunked head (trained tokens only) gives the plain loss and the same gradients, packed or padded."""
+    from alignlab.train.steps import chunked_causal_lm_step
+
+    examples = [{"input_ids": s, "labels": [-100, -100] + s[2:]} for s in SEQS]
+    for packing in (True, False):
+        batch = Collator(0, packing=packing)(examples)
+        grads = []
+        for step in (causal_lm_step, lambda m, b: chunked_causal_lm_step(m, b, chunk_size=3)):
+            model = tiny_llama().train()
+            loss, _ = step(model, batch)
+            loss.backward()
+            grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=0)
+        for a, b in zip(grads[0][1], grads[1][1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -38,6 +38,45 @@ def shifted_token_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
     return nll, mask
 
 
+def output_weights(model: Any) -> tuple[Any, Any]:
+    """(weight [V, H], bias or None) of the LM head, through DDP and peft wrappers."""
+    head = getattr(model, "module", model).get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def supports_chunked(model: Any) -> bool:
+    """Chunked log-probs recompute logits as hidden @ W.T (+ b); models that post-process logits
+    (final soft-capping, logit scaling) need the plain path."""
+    cfg = getattr(getattr(model, "module", model), "config", None)
+    return getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+
+
+def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> tuple[Any, dict[str, Any]]:
+    """Same loss as `causal_lm_step`, but the [tokens, vocab] logits never exist.
+
+    The model returns its final (normed) hidden states and only one position of logits
+    (`logits_to_keep=1`); the LM head is applied chunk by chunk to the TRAINED positions only
+    (`ops.logprobs.chunked_token_logprobs`), so prompt tokens cost no head FLOPs and the peak
+    memory of the head drops from O(N * V) to O(chunk_size * V).
+    """
+    from alignlab.ops.logprobs import chunked_token_logprobs
+
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    target = batch["labels"][:, 1:]
+    mask = target.ne(-100)
+    hidden = out.hidden_states[-1][:, :-1][mask]  # [trained tokens, H]
+    weight, bias = output_weights(model)
+    logps = chunked_token_logprobs(hidden, weight, target[mask], chunk_size=chunk_size, bias=bias)
+    return -logps.sum() / mask.sum().clamp(min=1), {}
+
+
 def causal_lm_step(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
     """Mean next-token cross-entropy over the batch's trained tokens; reports token accuracy too."""
     logits = lm_forward(model, batch)

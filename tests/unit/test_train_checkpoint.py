@@ -1,0 +1,107 @@
+"""Checkpoints: atomic writes, keep_last, resume selection, RNG and adapter round trips."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignlab.train.checkpoint import (
+    CheckpointError,
+    find_resume,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def tiny(tie: bool = True) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tie))
+
+
+def opt_for(model):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_round_trip_weights_optimizer_rng(tmp_path, tie):
+    model = tiny(tie)
+    opt = opt_for(model)
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    path = save_checkpoint(tmp_path, 5, model, opt, {"samples_seen": 40})
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+
+    other = tiny(tie)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    other_opt = opt_for(other)
+    state = load_checkpoint(path, other, other_opt)
+    assert state["step"] == 5 and state["samples_seen"] == 40
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], other_opt.state_dict()["state"][0]["exp_avg"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_rng_state_survives_torch_save(tmp_path):
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    a = (random.random(), np.random.randn(), torch.randn(2).tolist())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.randn(), torch.randn(2).tolist()) == a
+
+
+def test_keep_last_and_auto_resume(tmp_path):
+    model = tiny()
+    opt = opt_for(model)
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, step, model, opt, {}, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert find_resume(tmp_path, "auto") == tmp_path / "checkpoint-6"
+    assert find_resume(tmp_path, "never") is None
+    assert find_resume(tmp_path / "empty", "auto") is None
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        find_resume(tmp_path, str(tmp_path / "checkpoint-3"))
+
+
+class DiskFull(LlamaForCausalLM):
+    def save_pretrained(self, *a, **k):  # what ENOSPC looks like half-way through a write
+        super().save_pretrained(*a, **k)
+        raise OSError(28, "No space left on device")
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path):
+    model = tiny()
+    opt = opt_for(model)
+    save_checkpoint(tmp_path, 2, model, opt, {})
+    broken = DiskFull(model.config)
+    with pytest.raises(CheckpointError, match="No space left on device.*earlier checkpoints are kept"):
+        save_checkpoint(tmp_path, 4, broken, opt, {})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+
+
+def test_peft_adapter_checkpoint_is_adapter_only(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    def lora_model():
+        m = get_peft_model(tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        return m
+
+    model = lora_model()
+    opt = opt_for(model)
+    path = save_checkpoint(tmp_path, 1, model, opt, {})
+    assert (path / "adapter_model.safetensors").is_file() and not (path / "model.safetensors").exists()
+    fresh = lora_model()
+    load_checkpoint(path, fresh, opt_for(fresh))
+    for (n, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), n

@@ -1,0 +1,30 @@
+"""metrics.jsonl rows, NaN-safe JSON, plain progress lines off a terminal."""
+
+import json
+
+from alignlab.train.metrics import MetricsLogger, peak_memory_mb, read_metrics
+
+
+def test_rows_final_object_and_plain_progress(tmp_path, capsys):
+    log = MetricsLogger(tmp_path, total_steps=4, progress="plain")
+    log.log(2, {"loss": 1.5, "tokens_per_second": 100.0, "grad_norm": float("nan")})
+    log.log(4, {"loss": 1.25, "tokens_per_second": 120.0})
+    log.close({"step": 4, "train_runtime": 3.5})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == read_metrics(tmp_path)
+    rows = read_metrics(tmp_path)
+    assert rows[0] == {"step": 2, "loss": 1.5, "tokens_per_second": 100.0, "grad_norm": "nan"}
+    assert rows[-1] == {"step": 4, "train_runtime": 3.5}
+    err = capsys.readouterr().err
+    assert "step 2/4  loss 1.5000  100 tok/s" in err and "step 4/4  loss 1.2500  120 tok/s" in err
+
+
+def test_disabled_logger_writes_nothing(tmp_path):
+    log = MetricsLogger(tmp_path, enabled=False)
+    log.log(1, {"loss": 1.0})
+    log.close({"train_runtime": 1.0})
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_peak_memory_is_positive():
+    assert peak_memory_mb("cpu") > 10
