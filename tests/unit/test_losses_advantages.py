@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignlab.errors import AlignlabError
 from alignlab.losses.advantages import (
@@ -145,3 +147,49 @@ def test_reinforce_pp_baseline_centres_groups_first():
     assert torch.allclose(ret, centred[:, None].expand(4, 2))
     assert torch.allclose(adv, (centred / math.sqrt(5 / 7))[:, None].expand(4, 2), atol=1e-6)
     assert adv[0, 0].item() == pytest.approx(0.591608, abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    length=st.integers(1, 6),
+    pad=st.integers(0, 3),
+    gamma=st.floats(0.5, 1.0),
+    lam=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_gae_matches_closed_form_sum(length, pad, gamma, lam, seed):
+    """GAE equals its closed form A_t = sum_l (gamma lam)^l delta_{t+l} (Schulman et al. 2016, Eq. 16),
+    computed here directly with V = 0 after the last real token; padding never changes the result."""
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(1, length, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, length, generator=gen, dtype=torch.float64)
+    v_next = torch.cat([v[0, 1:], torch.zeros(1, dtype=torch.float64)])
+    delta = r[0] + gamma * v_next - v[0]
+    expected = torch.tensor(
+        [sum((gamma * lam) ** (s - t) * delta[s] for s in range(t, length)) for t in range(length)],
+        dtype=torch.float64,
+    )
+
+    def padded(x, fill):
+        return torch.cat([x, torch.full((1, pad), fill, dtype=torch.float64)], 1)
+
+    mask = padded(torch.ones(1, length, dtype=torch.float64), 0.0)
+    adv, ret = gae(padded(r, 3.0), padded(v, -7.0), mask, gamma=gamma, lam=lam)
+    assert torch.allclose(adv[0, :length], expected)
+    assert torch.allclose(ret[0, :length], expected + v[0])
+    assert torch.all(adv[0, length:] == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 6))
+def test_group_estimators_properties(seed, k):
+    """For any rewards: GRPO / Dr. GRPO / RLOO advantages sum to 0 within each group, RLOO =
+    K/(K-1) * Dr. GRPO, and GRPO = Dr. GRPO / (std + eps)."""
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(3 * k, generator=gen, dtype=torch.float64)
+    dr = dr_grpo_advantages(r, k)
+    for adv in (dr, grpo_advantages(r, k), rloo_advantages(r, k)):
+        assert torch.allclose(adv.reshape(3, k).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(rloo_advantages(r, k), dr * k / (k - 1))
+    std = r.reshape(3, k).std(-1, keepdim=True)
+    assert torch.allclose(grpo_advantages(r, k, eps=1e-6), (dr.reshape(3, k) / (std + 1e-6)).reshape(-1))

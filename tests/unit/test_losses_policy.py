@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignlab.errors import AlignlabError
 from alignlab.losses.policy import (
@@ -184,3 +186,33 @@ def test_adaptive_kl_controller_update():
     with pytest.raises(AlignlabError):
         ctl.update(float("nan"), 1)
     assert FixedKLController(0.05).update(123.0, 10).value == 0.05
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    log_ratio=st.floats(-2.0, 2.0),
+    adv=st.floats(-3.0, 3.0).filter(lambda a: abs(a) > 1e-3),
+    eps=st.floats(0.05, 0.4),
+)
+def test_ppo_clip_is_pessimistic_and_gradient_vanishes_when_clipped(log_ratio, adv, eps):
+    """For any ratio and advantage: the PPO loss is >= the unclipped loss -A r (a pessimistic bound,
+    Schulman et al. 2017 Sec. 3), and its gradient is either the unclipped one (-A r) or exactly 0."""
+    logp = torch.tensor([[log_ratio]], dtype=torch.float64, requires_grad=True)
+    out = ppo_clip_loss(
+        logp, torch.zeros_like(logp), torch.tensor([[adv]], dtype=torch.float64), clip_eps=eps
+    )
+    r = math.exp(log_ratio)
+    assert out.loss.item() >= -adv * r - 1e-12
+    out.loss.sum().backward()
+    grad = logp.grad.item()
+    assert grad == pytest.approx(-adv * r) or grad == 0.0
+    assert (grad == 0.0) == bool(out.clip_frac.item() == 1.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=st.floats(-20.0, 0.0), b=st.floats(-20.0, 0.0))
+def test_k2_k3_nonnegative(a, b):
+    """k2 and k3 are >= 0 for any pair of log-probs (k3: (r - 1) - log r >= 0 since log r <= r - 1)."""
+    x, y = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    assert kl_k2(x, y).item() >= 0.0
+    assert kl_k3(x, y).item() >= 0.0
