@@ -216,3 +216,15 @@ def test_k2_k3_nonnegative(a, b):
     x, y = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
     assert kl_k2(x, y).item() >= 0.0
     assert kl_k3(x, y).item() >= 0.0
+
+
+def test_extreme_ratios_stay_finite():
+    """log r = 500 (an overflow for exp in float32): the PPO loss and k3 with max_log_ratio=20 stay finite;
+    k3 with the clamp equals (e^20 - 1) - 20 for log(ref/pi) = 20."""
+    logp = torch.tensor([[0.0, -500.0]])
+    old = torch.tensor([[-500.0, 0.0]])
+    out = ppo_clip_loss(logp, old, torch.tensor([[-1.0, 1.0]]))
+    assert torch.isfinite(out.loss).all() and torch.isfinite(out.approx_kl)
+    k3 = kl_penalty(torch.tensor([-500.0]), torch.tensor([0.0]), "k3", max_log_ratio=20.0)
+    assert k3.item() == pytest.approx(math.expm1(20.0) - 20.0, rel=1e-5)
+    assert kl_penalty(torch.tensor([-0.5]), torch.tensor([-1.0]), "k1", max_log_ratio=20.0).item() == 0.5

@@ -103,7 +103,9 @@ def ppo_clip_loss(
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logprobs - old_logprobs
+    # Clamp before exp so one wildly off-policy token gives a large finite ratio rather than inf/NaN
+    # (as verl does); |log r| > 20 is far outside any clip range, so only that token's gradient changes.
+    log_ratio = torch.clamp(logprobs - old_logprobs, -20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
@@ -118,7 +120,8 @@ def ppo_clip_loss(
         dual_active = (negative & (loss > bound)).to(logprobs.dtype)
         loss = torch.where(negative, dual, loss)
     with torch.no_grad():
-        approx_kl = _masked_mean(kl_k3(old_logprobs, logprobs.detach()), mask)
+        # k3 of KL(old || new): samples came from old, r = new / old.
+        approx_kl = _masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
         clip_frac = _masked_mean(clip_active, mask)
         dual_frac = _masked_mean(dual_active, mask)
     return PPOLossOutput(loss, clip_frac, approx_kl, dual_frac)
@@ -176,13 +179,24 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return torch.expm1(log_r) - log_r
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k1") -> Tensor:
+def kl_penalty(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    estimator: KLEstimator = "k1",
+    *,
+    max_log_ratio: float | None = None,
+) -> Tensor:
     """Per-token KL(pi || ref) estimate with the chosen estimator, [B, T] -> [B, T].
+
+    ``max_log_ratio`` clamps ``log pi - log ref`` to ``[-m, m]`` first (e.g. 20, like verl's
+    ``low_var_kl``), so a token the policy sampled at near-zero probability cannot overflow k3's exp.
 
     Use it either shaped into the reward (``advantages.shape_rewards(..., kl=kl_penalty(...).detach())``,
     InstructGPT/PPO style, usually k1) or added to the loss (``loss + beta * kl_penalty(...)``, GRPO
     style, usually k3 or k2 because k1's gradient as a loss has zero expectation).
     """
+    if max_log_ratio is not None:
+        ref_logprobs = logprobs - torch.clamp(logprobs - ref_logprobs, -max_log_ratio, max_log_ratio)
     if estimator == "k1":
         return kl_k1(logprobs, ref_logprobs)
     if estimator == "k2":
