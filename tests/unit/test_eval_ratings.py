@@ -77,3 +77,20 @@ def test_bad_battles_raise():
         fit_bradley_terry([("A", "A", 1)])
     with pytest.raises(AlignlabError):
         fit_bradley_terry([("A", "B", 1)], anchor="Z")
+
+
+def test_chatbot_arena_records():
+    """Records {"model_a", "model_b", "winner"} fit the same as tuples; A scores 4 of 6 -> gap 120.41."""
+    records = [
+        {"model_a": "A", "model_b": "B", "winner": "model_a"},
+        {"model_a": "A", "model_b": "B", "winner": "model_a"},
+        {"model_a": "B", "model_b": "A", "winner": "model_a"},
+        {"model_a": "B", "model_b": "A", "winner": "model_b"},
+        {"model_a": "A", "model_b": "B", "winner": "tie"},
+        {"model_a": "A", "model_b": "B", "winner": "tie (bothbad)"},
+    ]
+    fit = fit_bradley_terry(records)
+    # A's score: 1 + 1 + 0 + 1 + 0.5 + 0.5 = 4 of 6 -> sigmoid(d) = 2/3, d = ln 2.
+    assert fit["A"] - fit["B"] == pytest.approx(400 * math.log10(2), abs=0.01)
+    with pytest.raises(AlignlabError, match="winner"):
+        fit_bradley_terry([{"model_a": "A", "model_b": "B"}])

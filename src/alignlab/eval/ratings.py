@@ -2,7 +2,7 @@
 (the Chatbot Arena method: Chiang et al. 2024, "Chatbot Arena", Sec. 5).
 
 Model: P(a beats b) = sigmoid(theta_a - theta_b) (Bradley & Terry 1952). A battle is
-``(model_a, model_b, outcome)`` with ``outcome`` A's score: 1 (or "a"/"model_a") for a win, 0 (or
+``(model_a, model_b, outcome)`` (or a Chatbot Arena record ``{"model_a", "model_b", "winner"}``) with ``outcome`` A's score: 1 (or "a"/"model_a") for a win, 0 (or
 "b"/"model_b") for a loss, 0.5 (or "tie", "tie (bothbad)") for a tie, or any probability in [0, 1].
 A tie counts as half a win for each side, i.e. the likelihood is the fractional-outcome logistic one,
 ``s log sigmoid(d) + (1 - s) log sigmoid(-d)``. The maximum-likelihood theta is found by Newton's
@@ -15,7 +15,7 @@ over battles.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -116,10 +116,15 @@ class _Encoded:
     s: np.ndarray  # [M] A's score per battle
 
 
-def _encode(battles: Iterable[Battle]) -> _Encoded:
+def _encode(battles: Iterable[Battle | Mapping]) -> _Encoded:
     index: dict[str, int] = {}
     a, b, s = [], [], []
     for k, battle in enumerate(battles):
+        if isinstance(battle, Mapping):  # a Chatbot Arena record: model_a, model_b, winner
+            missing = [f for f in ("model_a", "model_b", "winner") if f not in battle]
+            if missing:
+                raise AlignlabError(f"ratings: battle {k} lacks field(s) {missing}")
+            battle = (battle["model_a"], battle["model_b"], battle["winner"])
         if len(battle) != 3:
             raise AlignlabError(f"ratings: battle {k} must be (model_a, model_b, outcome), got {battle!r}")
         ma, mb, outcome = str(battle[0]), str(battle[1]), battle[2]
@@ -191,7 +196,7 @@ def _anchor_index(enc: _Encoded, anchor: str | None) -> int | None:
 
 
 def fit_bradley_terry(
-    battles: Sequence[Battle],
+    battles: Sequence[Battle | Mapping],
     *,
     anchor: str | None = None,
     base: float = 1000.0,
@@ -210,7 +215,7 @@ def fit_bradley_terry(
 
 
 def bradley_terry_ratings(
-    battles: Sequence[Battle],
+    battles: Sequence[Battle | Mapping],
     *,
     n_boot: int = 200,
     confidence: float = 0.95,
