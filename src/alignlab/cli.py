@@ -19,6 +19,8 @@ from alignlab.errors import AlignlabError
 
 # Modules whose import registers commands. Add one line per new command module.
 COMMAND_MODULES: tuple[str, ...] = (
+    "alignlab.data.commands",
+    "alignlab.recipes.commands",
 )
 
 

@@ -1,0 +1,147 @@
+"""`alignlab pretrain`: a byte-level BPE tokenizer and a small Llama trained from scratch on a text corpus.
+
+The path for research on tiny models and for tests that need a model that knows some language.
+The corpus is split by position (the last `val_fraction` of the text is validation, never seen by
+the tokenizer or the model), cut into non-overlapping blocks of `max_length` tokens, and trained
+with the shared loop and LM step; validation perplexity is exp(mean token cross-entropy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import ConfigError
+from alignlab.errors import AlignlabError
+from alignlab.train.config import TrainConfig
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    model: str = "scratch"
+    """scratch: build a new Llama from the size keys below; or a model directory to continue pretraining."""
+    data: str = "../shared/data/tinyshakespeare/input.txt"
+    """Plain-text corpus (UTF-8)."""
+    tokenizer: str | None = None
+    """Existing tokenizer directory; null trains a byte-level BPE tokenizer on the training text."""
+    vocab_size: int = 512
+    """BPE vocabulary size (including the byte alphabet and special tokens)."""
+    hidden_size: int = 64
+    """Model width; parameters grow with its square."""
+    num_layers: int = 2
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (hidden_size must divide evenly)."""
+    num_kv_heads: int = 4
+    """Key/value heads; fewer than num_heads is grouped-query attention."""
+    intermediate_size: int = 256
+    """SwiGLU MLP width (~2.7x hidden_size in Llama)."""
+    val_fraction: float = 0.1
+    """Last fraction of the corpus held out for validation perplexity."""
+    max_length: int = 128
+    """Block length in tokens (the model's context during training)."""
+    learning_rate: float = 3e-3
+    """Peak learning rate (small models trained from scratch take large ones)."""
+    adam_beta2: float = 0.95
+    """AdamW beta2; 0.95 is steadier than 0.999 for pretraining."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices."""
+    packing: bool = False
+    """Blocks already fill max_length exactly, so padding-free packing gains nothing here."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError("hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+
+
+def build_llama(cfg: PretrainConfig, tokenizer: Any):
+    """A fresh LlamaForCausalLM sized by the config, with the tokenizer's special ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_length,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def blocks(ids: list[int], length: int) -> list[dict[str, list[int]]]:
+    """Non-overlapping windows of `length` tokens; every token is a label (first is never predicted)."""
+    return [{"input_ids": ids[i: i + length], "labels": ids[i: i + length]}
+            for i in range(0, len(ids) - length + 1, length)]
+
+
+def read_corpus(path: str, val_fraction: float) -> tuple[str, str]:
+    p = Path(path)
+    if not p.is_file():
+        raise AlignlabError(f"data: corpus file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AlignlabError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    cut = int(len(text) * (1 - val_fraction))
+    # Cut at a line break so no word is split across the two parts.
+    cut = text.rfind("\n", 0, cut) + 1 or cut
+    return text[:cut], text[cut:]
+
+
+def prepare(cfg: PretrainConfig) -> tuple[Any, Any, str, str]:
+    """Tokenizer (trained on the training text only) and the model, plus the two text parts."""
+    train_text, val_text = read_corpus(cfg.data, cfg.val_fraction)
+    if cfg.model != "scratch":
+        from alignlab.models.load import load_model, load_tokenizer
+
+        return load_tokenizer(cfg.model), load_model(cfg.model), train_text, val_text
+    if cfg.tokenizer:
+        from alignlab.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    else:
+        from alignlab.models.tokenizer import train_bpe_tokenizer
+
+        tokenizer = train_bpe_tokenizer([train_text], vocab_size=cfg.vocab_size)
+    return tokenizer, build_llama(cfg, tokenizer), train_text, val_text
+
+
+def run(cfg: PretrainConfig):
+    """Train and return the loop's TrainResult; the model and tokenizer land in cfg.output_dir."""
+    from alignlab.data.collate import Collator
+    from alignlab.recipes.sft import perplexity_eval, saved_config_text
+    from alignlab.train.loop import seed_everything, train
+    from alignlab.train.steps import causal_lm_step
+    from alignlab.train.world import World
+
+    world = World.from_env(cfg.device)
+    seed_everything(cfg.seed)
+    tokenizer, model, train_text, val_text = prepare(cfg)
+    train_set = blocks(tokenizer(train_text, add_special_tokens=False)["input_ids"], cfg.max_length)
+    val_set = blocks(tokenizer(val_text, add_special_tokens=False)["input_ids"], cfg.max_length)[: cfg.max_eval_rows]
+    if not train_set or not val_set:
+        raise AlignlabError(f"{cfg.data}: corpus too short for blocks of {cfg.max_length} tokens")
+    n_params = sum(p.numel() for p in model.parameters())
+    if world.is_main:
+        print(f"pretrain: {n_params / 1e6:.2f}M params, vocab {len(tokenizer)}, "
+              f"{len(train_set)} train / {len(val_set)} val blocks of {cfg.max_length}", flush=True)
+    collate = Collator(tokenizer.pad_token_id or 0, packing=cfg.packing)
+    eval_fn = perplexity_eval(causal_lm_step, val_set, collate, cfg, world.device)
+    result = train(cfg, model, causal_lm_step, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,
+                   world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
+    if world.is_main and result.evals:
+        ppl = result.evals[-1]["eval_perplexity"]
+        print(f"pretrain done: {result.step} steps in {result.train_runtime:.1f}s; "
+              f"validation perplexity {ppl:.2f} (log {math.log(ppl):.3f})")
+    return result
