@@ -1,0 +1,67 @@
+"""Chat templates: render message lists to text, with a documented default for tokenizers without one.
+
+`DEFAULT_CHAT_TEMPLATE` is ChatML, the layout SmolLM2, Qwen and many others use:
+
+    <|im_start|>system\\nYou are terse.<|im_end|>\\n
+    <|im_start|>user\\nHi<|im_end|>\\n
+    <|im_start|>assistant\\nHello!<|im_end|>\\n
+
+A generation prompt is `<|im_start|>assistant\\n`. The end-of-turn marker `<|im_end|>` should be a
+single special token of the tokenizer (add it with `tok.add_special_tokens(...)` and resize the model's
+embeddings when it is not) so the model can learn to stop; the text works with any tokenizer either way.
+No system turn is invented when the conversation has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignlab.data.rows import Message, text_of
+from alignlab.errors import AlignlabError
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+END_OF_TURN = "<|im_end|>"
+
+
+def ensure_chat_template(tok: Any) -> Any:
+    """Give `tok` the default template when it has none (in place); returns `tok`."""
+    if getattr(tok, "chat_template", None) is None:
+        tok.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tok
+
+
+def render(tok: Any, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """The tokenizer's chat template (or the default) applied to `messages`, as text."""
+    template = getattr(tok, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    try:
+        text = tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+        )
+    except Exception as e:  # jinja raises TemplateError (or whatever the template's raise_exception says)
+        roles = [m["role"] for m in messages]
+        raise AlignlabError(f"the chat template cannot render a conversation with roles {roles}: {e}") from None
+    return text if isinstance(text, str) else "".join(text)
+
+
+def split_last_turn(messages: list[Message]) -> tuple[list[Message], list[Message]]:
+    """Conversation -> (prompt, completion): the completion is the final run of assistant messages."""
+    cut = len(messages)
+    while cut and messages[cut - 1]["role"] == "assistant":
+        cut -= 1
+    return messages[:cut], messages[cut:]
+
+
+def prompt_and_full_text(
+    tok: Any, prompt: list[Message], completion: list[Message], chat: bool
+) -> tuple[str, str]:
+    """(prompt text, prompt+completion text): with the template and the generation prompt on the prompt
+    side for chat data, or the plain concatenation for text data."""
+    if not chat:
+        p = text_of(prompt)
+        return p, p + text_of(completion)
+    return render(tok, prompt, add_generation_prompt=True), render(tok, prompt + completion)

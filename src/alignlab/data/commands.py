@@ -1,0 +1,155 @@
+"""`alignlab data inspect PATH`: what a file holds and what training would make of it.
+
+Prints the detected format and task, the usable rows, problems by kind with their first locations,
+rows dropped on purpose (ties), and token-length statistics when `--tokenizer` is given. `--json`
+prints one JSON object instead (keys: path, format, task, rows, records, skipped, dropped, notes,
+problems, tokens). The whole file is always checked; with the default `--on-bad-row error` the exit
+status is 2 when any row is bad (training would stop), with `--on-bad-row skip` it is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from typing import Any
+
+from alignlab.cli import command
+from alignlab.errors import AlignlabError
+
+_TASKS = ("sft", "preference", "unpaired", "prompt")
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="file (.jsonl .json .gz .parquet .csv .tsv), datasets save folder, or hub id")
+    p.add_argument("--format", help="skip detection: sharegpt, messages, preference, prompt-completion, unpaired, "
+                   "prompt-only, alpaca, question-answer, hh")
+    p.add_argument("--task", choices=_TASKS, help="convert rows to this task (default: the format's own)")
+    p.add_argument("--columns", help="column mapping, e.g. 'prompt=Question,chosen=Best Answer,"
+                   "rejected=Incorrect Answers[0]' (see alignlab.data.mapping)")
+    p.add_argument("--tokenizer", help="tokenizer (HF dir, hub id or alias) for token-length statistics")
+    p.add_argument("--max-length", type=int, help="with --tokenizer: count rows truncation would cut")
+    p.add_argument("--sample", type=int, default=2000, help="rows tokenised for statistics (default 2000)")
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="error (default): exit 2 when any row is bad; skip: report and exit 0")
+    p.add_argument("--show", type=int, default=3, help="locations listed per problem kind (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def problem_summary(problems: list, show: int) -> dict[str, dict[str, Any]]:
+    """kind -> {count, first: [problem dicts]}"""
+    out: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "first": []})
+    for p in problems:
+        entry = out[p.kind]
+        entry["count"] += 1
+        if len(entry["first"]) < show:
+            entry["first"].append(p.to_dict())
+    return dict(out)
+
+
+def _load_tokenizer(name: str) -> Any:
+    from alignlab.data.chat import ensure_chat_template
+
+    try:
+        from alignlab.models.load import load_tokenizer
+    except ImportError:
+        from transformers import AutoTokenizer as _Auto
+
+        load_tokenizer = _Auto.from_pretrained
+    try:
+        tok = load_tokenizer(name)
+    except AlignlabError:
+        raise
+    except Exception as e:  # transformers raises OSError / ValueError / HF errors for a bad name
+        raise AlignlabError(f"cannot load tokenizer {name!r}: {type(e).__name__}: {e}") from None
+    return ensure_chat_template(tok)
+
+
+def _lengths(row: Any, task: str, tok: Any, max_length: int | None) -> tuple[dict[str, int], Any]:
+    from alignlab.data import tokenize as T
+
+    if task == "sft":
+        t = T.tokenize_sft(row, tok, max_length)
+        trained = sum(1 for lab in t.labels if lab != T.IGNORE)
+        return {"total": len(t.input_ids), "trained": trained}, t
+    if task == "preference":
+        t = T.tokenize_pair(row, tok, max_length)
+        return {"prompt": len(t.prompt_ids), "chosen": len(t.chosen_ids), "rejected": len(t.rejected_ids),
+                "total": len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids))}, t
+    if task == "unpaired":
+        t = T.tokenize_unpaired(row, tok, max_length)
+        return {"prompt": len(t.prompt_ids), "completion": len(t.completion_ids),
+                "total": len(t.prompt_ids) + len(t.completion_ids)}, t
+    return {"prompt": len(T.tokenize_prompt(row, tok))}, None
+
+
+def token_stats(rows: list, task: str, tok: Any, sample: int, max_length: int | None) -> dict[str, Any]:
+    """min / mean / p50 / p95 / max of each length over the first `sample` rows (+ truncation counts)."""
+    from alignlab.data.tokenize import truncation_stats
+
+    per: dict[str, list[int]] = defaultdict(list)
+    done = []
+    for row in rows[:sample]:
+        lengths, t = _lengths(row, task, tok, max_length)
+        for k, v in lengths.items():
+            per[k].append(v)
+        if t is not None:
+            done.append(t)
+    out: dict[str, Any] = {"rows_measured": len(rows[:sample])}
+    for k, vals in per.items():
+        vals.sort()
+        out[k] = {"min": vals[0], "mean": round(statistics.fmean(vals), 1), "p50": vals[len(vals) // 2],
+                  "p95": vals[min(len(vals) - 1, int(0.95 * len(vals)))], "max": vals[-1]}
+    if max_length is not None and done:
+        out["truncation"] = truncation_stats(done)
+    return out
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    print(f"{rep['path']}: format {rep['format']}, task {rep['task']}")
+    print(f"  usable rows: {rep['rows']} (records read: {rep['records']})")
+    for title, key in (("skipped (bad rows)", "skipped"), ("dropped on purpose", "dropped"), ("notes", "notes")):
+        if rep[key]:
+            print(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in rep[key].items()))
+    for kind, entry in rep["problems"].items():
+        print(f"  problem {kind}: {entry['count']}")
+        for p in entry["first"]:
+            where = p["file"] + (f":{p['line']}" if p["line"] is not None else "")
+            where += f" (record {p['index']})" if p["index"] is not None else ""
+            field = f" field '{p['field']}'" if p["field"] else ""
+            print(f"    {where}{field}: {p['message']}")
+    if rep.get("tokens"):
+        tokens = rep["tokens"]
+        print(f"  tokens over {tokens['rows_measured']} rows:")
+        for k, s in tokens.items():
+            if isinstance(s, dict) and "min" in s:
+                print(f"    {k:<10} min {s['min']:>6}  mean {s['mean']:>8}  p50 {s['p50']:>6}  "
+                      f"p95 {s['p95']:>6}  max {s['max']:>6}")
+        if "truncation" in tokens:
+            print("    truncation: " + ", ".join(f"{k} {v}" for k, v in tokens["truncation"].items()))
+
+
+@command("data inspect", "detected format and task, usable rows, problems, token lengths", _configure)
+def inspect_cmd(args: argparse.Namespace) -> int:
+    from alignlab.data.sources import load_rows
+
+    res = load_rows(args.path, task=args.task, format=args.format, columns=args.columns, on_bad_row="skip")
+    rep: dict[str, Any] = {
+        "path": str(args.path), "format": res.format, "task": res.task, "rows": len(res.rows),
+        "records": res.records, "skipped": res.skipped, "dropped": res.dropped, "notes": res.notes,
+        "problems": problem_summary(res.problems, args.show), "tokens": None,
+    }
+    if args.tokenizer:
+        rep["tokens"] = token_stats(res.rows, res.task, _load_tokenizer(args.tokenizer), args.sample,
+                                    args.max_length)
+    if args.json:
+        print(json.dumps(rep, ensure_ascii=False))
+    else:
+        _print_report(rep)
+    if res.problems and args.on_bad_row == "error":
+        print(f"alignlab data inspect: {len(res.problems)} problem(s); training with on_bad_row=error would stop "
+              "(pass --on-bad-row skip to drop the bad rows)", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,189 @@
+"""Rows -> token ids with labels, the one place tokenisation rules live (DESIGN §4).
+
+Joint tokenisation: the prompt and the prompt+completion texts are tokenised separately and the
+completion starts where the two id sequences stop matching. A BPE merge across the boundary (prompt
+"Hello wor" + completion "ld" -> " world") therefore lands in the completion, and
+`prompt_ids + completion_ids` is exactly the tokenisation of the whole text.
+
+- Plain text (`chat=False`): texts are tokenised with the tokenizer's special tokens (BOS if it adds
+  one) and EOS is appended to the completion exactly once (not when the tokenizer already added it).
+- Chat (`chat=True`): the chat template renders the prompt with `add_generation_prompt=True` and the
+  full conversation without; the text is tokenised without special tokens (the template holds BOS
+  when the model wants one). A completion ends at the template's end-of-turn marker: whitespace the
+  template writes after it (ChatML's "\\n") is not part of what the model generates, so it is dropped
+  from completions and never trained.
+- Multi-turn SFT: each assistant message at index >= `num_prompt` is located the same way (the
+  conversation before it with a generation prompt, vs. the conversation through it); every other
+  token, system and user turns and turn headers included, gets label -100.
+
+Truncation (`max_length` counts prompt + completion): when the longest completion does not fit, or
+the prompt is longer than `max_prompt_length`, the prompt is cut to `max_prompt_length` (default
+`max_length // 2`) keeping its end (`keep_prompt="end"`, default: the question nearest the answer
+survives) or its start; then completions are cut to the room left. Every result records
+`prompt_cut` / `completion_cut` (tokens removed); `truncation_stats` sums them over a dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from alignlab.data.chat import prompt_and_full_text, render
+from alignlab.data.formats import common_prefix_len
+from alignlab.data.rows import PreferenceRow, PromptRow, SFTRow, UnpairedRow, text_of
+from alignlab.errors import AlignlabError
+
+IGNORE = -100
+Keep = Literal["end", "start"]
+
+
+@dataclass
+class TokenizedSFT:
+    input_ids: list[int]
+    labels: list[int]  # == -100 where not trained
+    prompt_cut: int = 0  # prompt tokens removed by truncation
+    completion_cut: int = 0  # trained-side tokens removed by truncation
+
+
+@dataclass
+class TokenizedPair:
+    prompt_ids: list[int]  # common prefix of the joint tokenisations of prompt+chosen and prompt+rejected
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    prompt_cut: int = 0
+    chosen_cut: int = 0
+    rejected_cut: int = 0
+
+
+@dataclass
+class TokenizedUnpaired:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+    prompt_cut: int = 0
+    completion_cut: int = 0
+
+
+def encode(tok: Any, text: str, special: bool) -> list[int]:
+    return list(tok(text, add_special_tokens=special)["input_ids"])
+
+
+def _eos(tok: Any) -> int:
+    if tok.eos_token_id is None:
+        raise AlignlabError("plain-text completions need an EOS token, and the tokenizer has none")
+    return tok.eos_token_id
+
+
+def _trim_tail(tok: Any, ids: list[int], start: int, end: int) -> int:
+    """End of a chat completion span without the whitespace the template writes after end-of-turn."""
+    while end - start > 1 and not tok.decode([ids[end - 1]]).strip():
+        end -= 1
+    return end
+
+
+def _joint(tok: Any, prompt: list, completions: list[list], chat: bool) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids shared by every completion, and each completion's ids (see module docstring)."""
+    texts = [prompt_and_full_text(tok, prompt, c, chat) for c in completions]
+    p_ids = encode(tok, texts[0][0], special=not chat)
+    fulls = [encode(tok, full, special=not chat) for _, full in texts]
+    k = min(common_prefix_len(p_ids, f) for f in fulls)
+    outs = []
+    for f in fulls:
+        if chat:
+            outs.append(f[k:_trim_tail(tok, f, k, len(f))])
+        else:
+            eos = _eos(tok)
+            outs.append(f[k:] if f[k:] and f[-1] == eos else f[k:] + [eos])
+    return fulls[0][:k], outs
+
+
+def _truncate(prompt: list, comps: list[list], max_length: int | None, max_prompt_length: int | None,
+              keep: Keep) -> tuple[list, list[list], int, list[int]]:
+    """(prompt, completions, prompt tokens cut, completion tokens cut each) under the module's rule."""
+    if keep not in ("end", "start"):
+        raise AlignlabError(f"keep_prompt must be 'end' or 'start', got {keep!r}")
+    longest = max((len(c) for c in comps), default=0)
+    overflow = max_length is not None and len(prompt) + longest > max_length
+    too_long = max_prompt_length is not None and len(prompt) > max_prompt_length
+    if not (overflow or too_long):
+        return prompt, comps, 0, [0] * len(comps)
+    budget = max_prompt_length if max_prompt_length is not None else max_length // 2
+    cut = max(0, len(prompt) - budget)
+    if cut:
+        prompt = prompt[cut:] if keep == "end" else prompt[:budget]
+    room = len(prompt) + longest if max_length is None else max(max_length - len(prompt), 0)
+    return prompt, [c[:room] for c in comps], cut, [max(0, len(c) - room) for c in comps]
+
+
+def tokenize_pair(row: PreferenceRow, tok: Any, max_length: int | None, max_prompt_length: int | None = None,
+                  *, keep_prompt: Keep = "end") -> TokenizedPair:
+    prompt, (chosen, rejected) = _joint(tok, row.prompt, [row.chosen, row.rejected], row.chat)
+    prompt, (chosen, rejected), pcut, (ccut, rcut) = _truncate(
+        prompt, [chosen, rejected], max_length, max_prompt_length, keep_prompt)
+    return TokenizedPair(prompt, chosen, rejected, pcut, ccut, rcut)
+
+
+def tokenize_unpaired(row: UnpairedRow, tok: Any, max_length: int | None, max_prompt_length: int | None = None,
+                      *, keep_prompt: Keep = "end") -> TokenizedUnpaired:
+    prompt, (comp,) = _joint(tok, row.prompt, [row.completion], row.chat)
+    prompt, (comp,), pcut, (ccut,) = _truncate(prompt, [comp], max_length, max_prompt_length, keep_prompt)
+    return TokenizedUnpaired(prompt, comp, row.label, pcut, ccut)
+
+
+def tokenize_prompt(row: PromptRow, tok: Any, max_length: int | None = None, *, keep_prompt: Keep = "end") -> list[int]:
+    """Prompt ids ready for generation (chat: with the generation prompt)."""
+    if row.chat:
+        ids = encode(tok, render(tok, row.prompt, add_generation_prompt=True), special=False)
+    else:
+        ids = encode(tok, text_of(row.prompt), special=True)
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[len(ids) - max_length:] if keep_prompt == "end" else ids[:max_length]
+    return ids
+
+
+def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
+    """input ids of the whole conversation and labels that keep only the trained assistant messages."""
+    msgs = row.messages
+    ids = encode(tok, render(tok, msgs), special=False)
+    labels = [IGNORE] * len(ids)
+    for i in range(row.num_prompt, len(msgs)):
+        if msgs[i]["role"] != "assistant":
+            continue
+        start = common_prefix_len(encode(tok, render(tok, msgs[:i], add_generation_prompt=True), False), ids)
+        if i == len(msgs) - 1:
+            end = len(ids)
+        else:
+            end = common_prefix_len(encode(tok, render(tok, msgs[: i + 1]), False), ids)
+        end = _trim_tail(tok, ids, start, end)
+        labels[start:end] = ids[start:end]
+    return ids, labels
+
+
+def tokenize_sft(row: SFTRow, tok: Any, max_length: int | None, max_prompt_length: int | None = None,
+                 *, keep_prompt: Keep = "end") -> TokenizedSFT:
+    """input_ids and labels (-100 except on trained assistant tokens and, for plain text, EOS)."""
+    if row.chat:
+        ids, labels = _chat_sft_labels(row, tok)
+    else:
+        prompt, (comp,) = _joint(tok, row.messages[: row.num_prompt], [row.messages[row.num_prompt:]], False)
+        ids, labels = prompt + comp, [IGNORE] * len(prompt) + comp
+    # Truncation treats everything before the first trained token as the prompt.
+    first = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
+    head, (tail,), pcut, (ccut,) = _truncate(ids[:first], [ids[first:]], max_length, max_prompt_length, keep_prompt)
+    start = pcut if keep_prompt == "end" else 0
+    tail_labels = labels[first:first + len(tail)]
+    return TokenizedSFT(head + tail, labels[start:start + len(head)] + tail_labels, pcut, ccut)
+
+
+def truncation_stats(items: list) -> dict[str, int]:
+    """Totals over tokenised examples: rows whose prompt / completion was cut, and tokens removed."""
+    def comp_cuts(x: Any) -> list[int]:
+        return [x.chosen_cut, x.rejected_cut] if isinstance(x, TokenizedPair) else [x.completion_cut]
+
+    return {
+        "rows": len(items),
+        "prompt_truncated": sum(1 for x in items if x.prompt_cut),
+        "completion_truncated": sum(1 for x in items if any(comp_cuts(x))),
+        "prompt_tokens_cut": sum(x.prompt_cut for x in items),
+        "completion_tokens_cut": sum(sum(comp_cuts(x)) for x in items),
+    }
