@@ -326,10 +326,11 @@ def sample_next(logits, cfg: SamplingConfig, gen):
         probs = torch.softmax(sorted_l, -1)
         drop = (probs.cumsum(-1) - probs) >= cfg.top_p
         filtered = filtered.scatter(-1, sorted_i, sorted_l.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(filtered, -1)
-    # Exponential race: argmax(p / E), E ~ Exp(1), draws exactly from p with one random tensor and no cumsum.
-    noise = torch.empty_like(probs).exponential_(generator=gen)
-    tok = (probs / noise).argmax(-1)
+    # Inverse-CDF draw: one uniform per row and one cumsum; cheaper than torch.multinomial or an
+    # exponential race over the vocabulary (both draw a random number per vocabulary entry).
+    cdf = torch.softmax(filtered, -1).cumsum_(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
+    tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
     lp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0] if cfg.logprobs else None
     return tok, lp
 

@@ -1,0 +1,138 @@
+"""Generation throughput: alignlab.rollout.generate against the path TRL's GRPOTrainer takes without vLLM.
+
+TRL (GRPOTrainer._generate, use_vllm=False) repeats every prompt `num_generations` times, left-pads the
+batch and calls `model.generate(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=...)`
+with its GRPOConfig defaults. Both sides here get the same model, the same token ids, the same sampling
+settings and the same batch, in alternating rounds on the same machine. Tokens are counted the same way
+on both sides: each completion up to and including its first EOS (padding after EOS is not counted).
+
+    python bench/gen_vs_hf.py --model tiny-random
+    python bench/gen_vs_hf.py --model smollm2-135m-instruct --prompts 8 --n 8 --max-new-tokens 64
+
+The last output line is one JSON object: {"ours_tokens_per_s", "hf_tokens_per_s", "speedup", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+# Openings of movie reviews (the sentiment task's kind of prompt); used when the IMDb file is absent.
+FALLBACK_PROMPTS = [
+    "This movie was", "I went to see this film with", "The acting in this picture", "Honestly, the plot",
+    "From the first scene I knew", "My wife and I watched", "The director's last work", "What a waste of",
+    "I have never laughed so", "The soundtrack alone", "Ten minutes in, the", "If you like horror films",
+]
+
+
+def load(name: str):
+    try:
+        from alignlab.models.load import load_model, load_tokenizer
+    except ImportError:  # models helper not merged yet: accept a local HF directory
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(name)
+        tok.pad_token = tok.pad_token or tok.eos_token
+        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval(), tok
+    return load_model(name).eval(), load_tokenizer(name)
+
+
+def review_openings(k: int) -> list[str]:
+    path = Path(os.environ.get("ALIGNLAB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    path = path / "imdb" / "movie_review.jsonl"
+    if not path.is_file():
+        return (FALLBACK_PROMPTS * k)[:k]
+    out = []
+    with path.open() as f:
+        for line in f:
+            words = json.loads(line)["review"].replace("<br />", " ").split()
+            out.append(" ".join(words[: 4 + len(out) % 9]))  # 4..12 words: ragged lengths, as real prompts
+            if len(out) == k:
+                break
+    return out
+
+
+def encode(tok, texts: list[str]) -> list[list[int]]:
+    if tok.chat_template:  # instruct model: conversational prompts, as TRL renders them
+        msgs = [[{"role": "user", "content": f"Continue this movie review: {t}"}] for t in texts]
+        rendered = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
+        return [tok(r, add_special_tokens=False).input_ids for r in rendered]
+    return [tok(t).input_ids for t in texts]
+
+
+def eos_ids(model, tok) -> set[int]:
+    from alignlab.rollout.generate import eos_token_ids
+
+    return set(eos_token_ids(model, tok))
+
+
+def run_hf(model, tok, prompts, n, max_new, seed) -> tuple[int, float]:
+    """TRL's transformers path: prompts repeated n times, one left-padded batch, model.generate."""
+    rows = [p for p in prompts for _ in range(n)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    eos = eos_ids(model, tok)
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                         max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos),
+                         disable_compile=True)
+    secs = time.perf_counter() - t
+    tokens = 0
+    for row in out[:, width:].tolist():
+        tokens += next((i + 1 for i, x in enumerate(row) if x in eos), len(row))
+    return tokens, secs
+
+
+def run_ours(model, tok, prompts, n, max_new, seed) -> tuple[int, float]:
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    cfg = SamplingConfig(max_new_tokens=max_new, temperature=1.0, top_p=1.0, top_k=0, seed=seed,
+                         batch_size=len(prompts) * n)
+    res = generate(model, tok, prompts, cfg, n=n)
+    return res.num_tokens, res.seconds
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="tiny-random")
+    ap.add_argument("--prompts", type=int, default=8, help="distinct prompts")
+    ap.add_argument("--n", type=int, default=8, help="samples per prompt (GRPO num_generations)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per side, alternating")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load(args.model)
+    prompts = encode(tok, review_openings(args.prompts))
+    run_ours(model, tok, prompts[:2], 2, 4, 0)  # warm-up both paths (allocator, kernels)
+    run_hf(model, tok, prompts[:2], 2, 4, 0)
+    ours, hf = [], []
+    for r in range(args.rounds):
+        for side, fn, acc in (("ours", run_ours, ours), ("hf", run_hf, hf)):
+            tokens, secs = fn(model, tok, prompts, args.n, args.max_new_tokens, 1000 + r)
+            acc.append((tokens, secs))
+            print(f"round {r} {side:4s}: {tokens:5d} tokens in {secs:6.2f} s = {tokens / secs:8.1f} tokens/s",
+                  flush=True)
+    o = statistics.median(t / s for t, s in ours)
+    h = statistics.median(t / s for t, s in hf)
+    result = {
+        "bench": "gen_vs_hf", "model": args.model, "prompts": args.prompts, "n": args.n,
+        "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
+        "ours_tokens": [t for t, _ in ours], "hf_tokens": [t for t, _ in hf],
+        "ours_tokens_per_s": round(o, 1), "hf_tokens_per_s": round(h, 1), "speedup": round(o / h, 2),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
