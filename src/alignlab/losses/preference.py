@@ -49,7 +49,7 @@ def dpo(pi_c: Tensor, pi_r: Tensor, ref_c: Tensor | None, ref_r: Tensor | None, 
     """DPO, sigmoid loss: -log sigmoid(beta * h).
 
     Rafailov et al. 2023, "Direct Preference Optimization", Eq. 7. SUMMED log-probs over
-    completion tokens (log pi(y|x)). Equals TRL `loss_type="sigmoid"` with label_smoothing=0.
+    completion tokens (log pi(y|x)). Equals TRL `loss_type="sigmoid"`.
     """
     ref_c, ref_r = _need_refs("dpo", ref_c, ref_r)
     losses = -F.logsigmoid(beta * _margin(pi_c, pi_r, ref_c, ref_r))
@@ -68,7 +68,8 @@ def cdpo(
     """Conservative DPO: labels flipped with probability eps = label_smoothing.
 
     loss = -(1 - eps) log s(beta h) - eps log s(-beta h) (Mitchell 2023, "A note on DPO with noisy
-    preferences"; TRL `loss_type="sigmoid"` with `label_smoothing`). SUMMED log-probs. eps=0 is DPO.
+    preferences"; TRL's `loss_type="sigmoid"` with `label_smoothing` before 1.0). SUMMED log-probs.
+    eps=0 is DPO.
     """
     ref_c, ref_r = _need_refs("cdpo", ref_c, ref_r)
     losses = _smoothed_sigmoid(beta * _margin(pi_c, pi_r, ref_c, ref_r), label_smoothing)
@@ -105,9 +106,9 @@ def ipo(pi_c: Tensor, pi_r: Tensor, ref_c: Tensor | None, ref_r: Tensor | None, 
     """IPO: squared loss (h - 1/(2 beta))^2, with beta playing the paper's tau.
 
     Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
-    Preferences", Eq. 17. Uses per-token AVERAGED log-probs, as TRL does (it divides the summed
-    log-probs by the completion length for `loss_type="ipo"`); the paper's h uses sequence
-    log-likelihoods, which makes the 1/(2 tau) target scale with length.
+    Preferences", Eq. 17. Uses per-token AVERAGED log-probs, as TRL does (it divides each summed
+    log-ratio by its completion length, clamped at 1, for `loss_type="ipo"`; TRL says the IPO
+    authors confirmed this normalised form); summed log-probs would make the loss scale with length.
     """
     ref_c, ref_r = _need_refs("ipo", ref_c, ref_r)
     losses = (_margin(pi_c, pi_r, ref_c, ref_r) - 1 / (2 * beta)) ** 2
@@ -134,8 +135,8 @@ def sigmoid_norm(
     """Length-normalised DPO: the DPO sigmoid loss on per-token AVERAGED log-probs.
 
     Lambert et al. 2024, "Tulu 3" (`dpo_norm` in open-instruct; they use beta = 5, since
-    averaged log-ratios are ~length times smaller than summed ones). Same formula as `dpo`
-    (Rafailov et al. 2023, Eq. 7); the registry asks the caller for averaged log-probs.
+    averaged log-ratios are ~length times smaller than summed ones); TRL `loss_type="sigmoid_norm"`.
+    Same formula as `dpo` (Rafailov et al. 2023, Eq. 7); the registry asks for averaged log-probs.
     """
     ref_c, ref_r = _need_refs("sigmoid_norm", ref_c, ref_r)
     losses = -F.logsigmoid(beta * _margin(pi_c, pi_r, ref_c, ref_r))
@@ -231,16 +232,17 @@ def bco_pair(
     ref_r: Tensor | None,
     *,
     beta: float,
-    reward_mean: Tensor | float,
+    reward_mean: Tensor | float = 0.0,
 ) -> LossTriple:
     """Paired BCO: a binary classifier of chosen vs rejected implicit rewards, shifted by delta.
 
     Jung et al. 2024, "Binary Classifier Optimization", reward shift delta, in TRL's paired form
     (`loss_type="bco_pair"`): -log s(beta r_c - delta) - log s(-(beta r_r - delta)), r = log pi/ref.
-    delta = `reward_mean`, the running mean of past batches' mean implicit reward. TRL keeps it as
-    hidden trainer state and updates it with the current batch BEFORE computing the loss; here the
-    caller does that explicitly: `state = state.update(batch_reward_mean(...))`, then pass
-    `reward_mean=state.mean` (see `alignlab.losses.registry.RunningMean`). SUMMED log-probs.
+    delta = `reward_mean`, the running mean of past batches' mean implicit reward. TRL 0.x
+    kept it as hidden trainer state, updated with the current batch BEFORE computing the loss; here
+    the caller does that explicitly (`LossMix.compute` does it for you: `RunningMean.update` with
+    `batch_reward_mean`). TRL 1.16 dropped the shift; reward_mean=0 (the default) gives its numbers.
+    SUMMED log-probs.
     """
     ref_c, ref_r = _need_refs("bco_pair", ref_c, ref_r)
     delta = torch.as_tensor(reward_mean, dtype=pi_c.dtype, device=pi_c.device).detach()

@@ -1,0 +1,74 @@
+"""KTO against hand-computed values (TRL KTOTrainer.kto_loss conventions).
+
+Three completions, beta = 0.1, SUMMED log-probs:
+    policy = [-10, -12, -9], ref = [-11, -11, -9] -> r = [1, -1, 0]; labels [desirable, undesirable, desirable]
+"""
+
+import torch
+
+from alignlab.losses import combine
+from alignlab.losses.unpaired import kto, kto_kl_estimate
+
+POLICY = torch.tensor([-10.0, -12.0, -9.0])
+REF = torch.tensor([-11.0, -11.0, -9.0])
+LABELS = torch.tensor([True, False, True])
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=1e-6, rtol=0)
+
+
+def test_kl_estimate_is_clamped_and_detached():
+    """Mismatched-pair diffs [1, -3] average -1 -> clamped to 0; diffs [1, 2] average 1.5, no gradient."""
+    close(kto_kl_estimate(torch.tensor([-20.0, -22.0]), torch.tensor([-21.0, -19.0])), 0.0)
+    p = torch.tensor([-20.0, -20.0], requires_grad=True)
+    kl = kto_kl_estimate(p, torch.tensor([-21.0, -22.0]))
+    close(kl, 1.5)
+    assert not kl.requires_grad
+
+
+def test_kto_with_positive_kl_and_weights():
+    """z0 = 1.5, desirable_weight 1, undesirable_weight 1.33:
+    desirable r=1:   1 - s(0.1 (1 - 1.5)) = 1 - s(-0.05) = s(0.05) = 0.512497
+    undesirable r=-1: 1.33 (1 - s(0.1 (1.5 + 1))) = 1.33 s(-0.25) = 1.33 * 0.437823 = 0.582305
+    desirable r=0:   1 - s(-0.15) = s(0.15) = 0.537430
+    rewards beta r: chosen [0.1, 0.0], rejected [-0.1].
+    """
+    policy = POLICY.clone().requires_grad_(True)
+    losses, chosen, rejected, kl = kto(
+        policy,
+        REF,
+        LABELS,
+        torch.tensor([-20.0, -20.0]),
+        torch.tensor([-21.0, -22.0]),
+        beta=0.1,
+        undesirable_weight=1.33,
+    )
+    close(kl, 1.5)
+    close(losses, [0.512497, 0.582305, 0.537430])
+    close(chosen, [0.1, 0.0])
+    close(rejected, [-0.1])
+    losses.sum().backward()
+    # Desirable completions are pushed up, the undesirable one down.
+    assert policy.grad[0] < 0 and policy.grad[2] < 0 and policy.grad[1] > 0
+
+
+def test_kto_with_zero_kl():
+    """z0 = max(0, mean([1, -3])) = 0: desirable r=1: 1 - s(0.1) = 0.475021; undesirable r=-1: 1 - s(0.1) = 0.475021;
+    desirable r=0: 1 - s(0) = 0.5.
+    """
+    losses, _, _, kl = kto(
+        POLICY, REF, LABELS, torch.tensor([-20.0, -22.0]), torch.tensor([-21.0, -19.0]), beta=0.1
+    )
+    close(kl, 0.0)
+    close(losses, [0.475021, 0.475021, 0.5])
+
+
+def test_kto_through_registry_mix():
+    mix = combine("kto", params={"kto": {"undesirable_weight": 1.33}})
+    assert not mix.paired and mix.needs_reference and mix.needs_summed and not mix.needs_averaged
+    out = mix.compute_unpaired(
+        POLICY, REF, LABELS, torch.tensor([-20.0, -20.0]), torch.tensor([-21.0, -22.0]), beta=0.1
+    )
+    close(out.losses, [0.512497, 0.582305, 0.537430])
+    close(out.terms["kl"], 1.5)
