@@ -1,0 +1,254 @@
+"""Preference training step: per-sequence log-probs for any forward path, references, the loss mix.
+
+`sequence_logps(model, batch)` runs the decoder WITHOUT the lm_head on a batch from
+`alignlab.data.pairs` (plain, packed or prefix-shared layout), picks the hidden states that predict
+completion tokens (`pred_index`) and scores them with `ops.logprobs.chunked_token_logprobs`, so the
+float32 [tokens, vocab] logits never exist at once and prompt positions never reach the lm_head.
+Sums go to the sequences named by `seq_index` (chosen 0..B-1, rejected B..2B-1).
+
+References (issue 4 item 2) are objects with `logps(policy, batch) -> [2B] summed log-probs | None`:
+a separate frozen model, the LoRA base with the adapter disabled, precomputed values carried by the
+batch (train/refcache.py), or none. `choose_reference` picks one from the config and the LossMix's
+`needs_reference`; no loss name is ever compared here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.ops.logprobs import chunked_token_logprobs, token_logprobs
+
+REFERENCE_KINDS = ("auto", "model", "adapter", "cache", "none")
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside DDP (`.module`) and peft (`get_base_model`) wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "get_decoder"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _is_wrapped(model: Any) -> bool:
+    # DDP must see the call: calling a submodule directly would skip its gradient-sync bookkeeping.
+    return hasattr(model, "module") and not hasattr(model, "get_decoder")
+
+
+def _attention_mask(model: Any, batch: dict) -> Any:
+    """The batch's mask in the form the model's attention wants (built here for the prefix layout)."""
+    if "block_ids" not in batch:
+        return batch.get("attention_mask")
+    from alignlab.data.pairs import prefix_attention_mask
+
+    config = _unwrap(model).config
+    impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
+    mask = prefix_attention_mask(batch["block_ids"], batch["branch"])
+    if impl == "sdpa":
+        return mask  # transformers hands a 4D mask to sdpa as it is: bool, True = attend
+    if impl == "eager":  # eager adds the mask to the scores: 0 where allowed, the dtype's min elsewhere
+        dtype = _unwrap(model).get_input_embeddings().weight.dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    raise AlignlabError(
+        f"forward_path: prefix needs sdpa or eager attention, the model uses {impl!r}; use forward_path: packed"
+    )
+
+
+def final_hidden(model: Any, batch: dict) -> torch.Tensor:
+    """Final (normed) hidden states [R, T, H] of the batch's rows."""
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=_attention_mask(model, batch),
+                  position_ids=batch.get("position_ids"), use_cache=False)
+    if _is_wrapped(model):
+        # Through the wrapper's forward: no logits at all (empty logits_to_keep), only the last hidden state.
+        empty = torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
+        out = model(**kwargs, logits_to_keep=empty, output_hidden_states=[-1])
+        return out.hidden_states[-1]
+    return _unwrap(model).get_decoder()(**kwargs).last_hidden_state
+
+
+def _score(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """log p(target) for each row of hidden [N, H]."""
+    base = _unwrap(model)
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    if type(head) is torch.nn.Linear and not softcap:
+        return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias)
+    # A wrapped head (LoRA on lm_head) or logit soft-capping: per-chunk logits through the module itself.
+    out = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = head(hidden[start : start + chunk_size])
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        out.append(token_logprobs(logits, targets[start : start + chunk_size]))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def sequence_logps(model: Any, batch: dict, *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs [2B] (float32) and the per-token log-probs [N] of a pair batch."""
+    hidden = final_hidden(model, batch)
+    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["pred_index"])
+    tok = _score(model, flat, batch["target_ids"], chunk_size)
+    n_seq = batch["token_counts"].shape[0]
+    sums = torch.zeros(n_seq, dtype=tok.dtype, device=tok.device).index_add(0, batch["seq_index"], tok)
+    return sums, tok
+
+
+# --------------------------------------------------------------------------- references
+
+
+class NoReference:
+    """Reference-free losses (SimPO, ORPO, SFT): nothing runs."""
+
+    kind = "none"
+
+    def logps(self, policy: Any, batch: dict) -> None:
+        return None
+
+
+class ModelReference:
+    """A separate frozen model (its own path; it may differ from the policy's start)."""
+
+    kind = "model"
+
+    def __init__(self, model: Any, chunk_size: int = 1024):
+        self.model = model.eval().requires_grad_(False)
+        self.chunk_size = chunk_size
+
+    def logps(self, policy: Any, batch: dict) -> torch.Tensor:
+        device = batch["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        with torch.no_grad():
+            return sequence_logps(self.model, batch, chunk_size=self.chunk_size)[0]
+
+
+class AdapterReference:
+    """The policy's own base weights with the LoRA adapter switched off: no second copy in memory."""
+
+    kind = "adapter"
+
+    def __init__(self, chunk_size: int = 1024):
+        self.chunk_size = chunk_size
+
+    def logps(self, policy: Any, batch: dict) -> torch.Tensor:
+        try:
+            from alignlab.models.lora import adapter_disabled
+        except ImportError:  # the models layer not there yet: peft's own context manager does the same
+
+            def adapter_disabled(m: Any) -> Any:
+                return m.disable_adapter()
+
+        peft_model = policy
+        while hasattr(peft_model, "module") and not hasattr(peft_model, "disable_adapter"):
+            peft_model = peft_model.module
+        was_training = peft_model.training
+        peft_model.eval()  # no dropout in the reference, as for a frozen model
+        try:
+            with torch.no_grad(), adapter_disabled(peft_model):
+                return sequence_logps(peft_model, batch, chunk_size=self.chunk_size)[0]
+        finally:
+            peft_model.train(was_training)
+
+
+class CachedReference:
+    """Reference log-probs precomputed once (train/refcache.py) and carried by every batch."""
+
+    kind = "cache"
+
+    def logps(self, policy: Any, batch: dict) -> torch.Tensor:
+        if "ref_chosen_logps" not in batch:
+            raise AlignlabError("reference: cache, but the batch carries no ref_chosen_logps (was the cache built?)")
+        return torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(torch.float32)
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def choose_reference_kind(kind: str, needs_reference: bool, policy: Any, has_ref_model: bool) -> str:
+    """Resolve `reference: auto` (and check the others) from what the losses need and what exists.
+
+    auto: none when no loss needs a reference; the disabled adapter for a LoRA policy without a
+    separate ref_model (no second copy); a frozen model otherwise.
+    """
+    if kind not in REFERENCE_KINDS:
+        raise AlignlabError(f"reference: must be one of {REFERENCE_KINDS}, got {kind!r}")
+    if not needs_reference:
+        return "none"
+    if kind == "none":
+        raise AlignlabError("reference: none, but a chosen loss needs reference log-probs")
+    if kind == "auto":
+        return "adapter" if is_peft(policy) and not has_ref_model else "model"
+    if kind == "adapter" and not is_peft(policy):
+        raise AlignlabError("reference: adapter needs a LoRA policy (set lora.enabled) or use reference: model")
+    return kind
+
+
+# --------------------------------------------------------------------------- the step function
+
+
+def _split(x: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[:b], x[b : 2 * b]
+
+
+class PreferenceStep:
+    """`step_fn(model, batch) -> (loss, metrics)` for paired preference losses.
+
+    `mix` is an `alignlab.losses.LossMix`; summed and/or per-token averaged log-probs are computed
+    as its specs ask (averages divide policy AND reference sums by the completion length, as TRL
+    does for IPO). Metrics use TRL's names.
+    """
+
+    def __init__(self, mix: Any, reference: Any, *, beta: float, chunk_size: int = 1024):
+        if not mix.paired:
+            raise AlignlabError(f"loss {list(mix.names)} is unpaired; PreferenceStep handles paired losses")
+        self.mix, self.reference, self.beta, self.chunk_size = mix, reference, beta, chunk_size
+        self.reward_mean = None  # BCO's running mean, kept across steps
+
+    def logps(self, model: Any, batch: dict) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+        """(summed PairLogps | None, averaged PairLogps | None, chosen token-mean NLL, policy sums [2B])."""
+        from alignlab.losses import PairLogps
+
+        b = int(batch["num_pairs"])
+        pol, tok = sequence_logps(model, batch, chunk_size=self.chunk_size)
+        ref = self.reference.logps(model, batch)
+        counts = batch["token_counts"].to(pol.dtype)
+        chosen_tok = batch["seq_index"] < b
+        nll = -(tok * chosen_tok).sum() / counts[:b].sum().clamp(min=1.0)
+
+        def pack(p: torch.Tensor, r: torch.Tensor | None) -> Any:
+            return PairLogps(*_split(p, b), *(_split(r, b) if r is not None else (None, None)))
+
+        summed = pack(pol, ref) if self.mix.needs_summed else None
+        averaged = None
+        if self.mix.needs_averaged:
+            denom = counts.clamp(min=1.0)
+            averaged = pack(pol / denom, ref / denom if ref is not None else None)
+        return summed, averaged, nll, pol
+
+    def __call__(self, model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        b = int(batch["num_pairs"])
+        summed, averaged, nll, pol = self.logps(model, batch)
+        out = self.mix.compute(summed, averaged, beta=self.beta, nll=nll if self.mix.uses_nll else None,
+                               reward_mean=self.reward_mean)
+        if out.reward_mean is not None and torch.is_grad_enabled():
+            self.reward_mean = out.reward_mean
+        c, r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
+        pc, pr = _split(pol.detach(), b)
+        metrics = {
+            "rewards/chosen": c.mean(),
+            "rewards/rejected": r.mean(),
+            "rewards/accuracies": (c > r).float().mean(),
+            "rewards/margins": (c - r).mean(),
+            "logps/chosen": pc.mean(),
+            "logps/rejected": pr.mean(),
+        }
+        if len(out.terms) > 1:
+            metrics.update({f"loss/{name}": v for name, v in out.terms.items()})
+        return out.loss, metrics

@@ -1,0 +1,209 @@
+"""The three forward paths give the same per-sequence log-probs, losses and gradients.
+
+The expected values come from the plainest computation there is: each prompt+completion run
+ALONE through the full model (`model(ids).logits`, float32 log_softmax), summing the log-probs of
+the completion tokens (token t predicted by the logits at t-1). Pairs have prompts and
+completions of different lengths so padding, packing offsets and prefix sharing all matter.
+"""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignlab.data.pairs import PairCollator
+from alignlab.errors import AlignlabError
+from alignlab.losses import combine
+from alignlab.train.preference import (
+    AdapterReference,
+    ModelReference,
+    NoReference,
+    PreferenceStep,
+    choose_reference_kind,
+    sequence_logps,
+)
+
+VOCAB = 96
+LAYOUTS = [("plain", None), ("packed", None), ("packed", 24), ("prefix", None), ("prefix", 30)]
+
+
+def tiny(attn="sdpa", seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=False)
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).to(dtype)
+
+
+def make_pairs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(1, VOCAB, (n,), generator=g).tolist()
+
+    shapes = [(5, 3, 7), (9, 6, 2), (2, 1, 4), (12, 4, 4), (1, 8, 3)]
+    return [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)} for p, c, r in shapes]
+
+
+def direct_logps(model, pairs):
+    """[2B] summed completion log-probs, each sequence on its own (chosen first, then rejected)."""
+    out = []
+    for key in ("chosen_ids", "rejected_ids"):
+        for p in pairs:
+            ids = torch.tensor([p["prompt_ids"] + p[key]])
+            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+            out.append(lp[len(p["prompt_ids"]) - 1:].sum())
+    return torch.stack(out)
+
+
+def collate(path, row_tokens, pairs):
+    return PairCollator(0, path, row_tokens=row_tokens)(pairs)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_all_paths_equal_direct_logps(attn):
+    model, pairs = tiny(attn), make_pairs()
+    with torch.no_grad():
+        expected = direct_logps(model, pairs)
+        for path, rows in LAYOUTS:
+            got, _ = sequence_logps(model, collate(path, rows, pairs), chunk_size=7)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=f"{path} rows={rows}")
+
+
+def test_token_counts_and_packed_rows_have_no_cross_attention():
+    """Changing one pair's tokens must not move any other pair's log-probs in packed/prefix rows."""
+    model, pairs = tiny(), make_pairs()
+    other = [dict(p) for p in pairs]
+    other[0] = {"prompt_ids": [7] * 11, "chosen_ids": [8] * 5, "rejected_ids": [9] * 6}
+    with torch.no_grad():
+        for path in ("packed", "prefix"):
+            a, _ = sequence_logps(model, collate(path, None, pairs))
+            b, _ = sequence_logps(model, collate(path, None, other))
+            keep = [i for i in range(10) if i not in (0, 5)]
+            torch.testing.assert_close(a[keep], b[keep], atol=1e-6, rtol=0)
+    counts = collate("prefix", None, pairs)["token_counts"].tolist()
+    assert counts == [3, 6, 1, 4, 8, 7, 2, 4, 4, 3]
+
+
+def _grads(model, batch, weights):
+    model.zero_grad()
+    logps, _ = sequence_logps(model, batch)
+    (logps * weights).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_gradients_equal_across_paths():
+    """d(sum_i w_i logp_i)/d(theta) is the same whichever layout computed the log-probs.
+
+    In the prefix layout the prompt runs once and receives the gradient of BOTH completions;
+    equality with the plain path (prompt run twice) shows the shared prompt gets the sum.
+    """
+    model, pairs = tiny(), make_pairs()
+    w = torch.linspace(-1.0, 1.5, 10)
+    ref = _grads(model, collate("plain", None, pairs), w)
+    for path, rows in LAYOUTS[1:]:
+        got = _grads(model, collate(path, rows, pairs), w)
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], atol=1e-5, rtol=1e-4, msg=f"{path} {name}")
+
+
+class DDPLike(torch.nn.Module):
+    """Stands in for DistributedDataParallel: the model sits in `.module` and must be called whole."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.module(*args, **kwargs)
+
+
+def test_wrapped_model_goes_through_the_wrappers_forward():
+    model, pairs = tiny(), make_pairs()
+    wrapped = DDPLike(model)
+    with torch.no_grad():
+        for path in ("plain", "packed", "prefix"):
+            batch = collate(path, None, pairs)
+            torch.testing.assert_close(sequence_logps(wrapped, batch)[0], sequence_logps(model, batch)[0],
+                                       atol=1e-6, rtol=0)
+    assert wrapped.calls == 3
+
+
+def _lora(model):
+    peft = pytest.importorskip("peft")
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.0)
+    lora = peft.get_peft_model(model, cfg)
+    with torch.no_grad():  # non-zero B so the adapter changes the outputs
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    return lora
+
+
+def test_lora_model_paths_and_disabled_adapter_reference():
+    """Through the peft wrapper all paths agree; the disabled adapter reproduces the base model."""
+    base_copy = tiny()
+    lora, pairs = _lora(tiny()), make_pairs()
+    lora.train()
+    with torch.no_grad():
+        expected = direct_logps(lora, pairs)
+        base_expected = direct_logps(base_copy, pairs)
+        assert (expected - base_expected).abs().max() > 1e-3  # the adapter really matters
+        for path, rows in LAYOUTS:
+            batch = collate(path, rows, pairs)
+            torch.testing.assert_close(sequence_logps(lora, batch)[0], expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(AdapterReference().logps(lora, batch), base_expected, atol=1e-5, rtol=0)
+    assert lora.training  # the reference forward ran in eval mode and handed train mode back
+
+
+def _dpo_by_hand(pol, ref, beta, b):
+    """-log sigmoid(beta * ((pc - pr) - (rc - rr))) averaged over pairs (Rafailov et al. 2023, Eq. 7)."""
+    h = (pol[:b] - pol[b:]) - (ref[:b] - ref[b:])
+    return torch.nn.functional.softplus(-beta * h).mean()
+
+
+def test_dpo_step_equal_across_paths_with_model_reference():
+    policy, ref_model, pairs = tiny(seed=0), tiny(seed=3), make_pairs()
+    with torch.no_grad():
+        pol, ref = direct_logps(policy, pairs), direct_logps(ref_model, pairs)
+    expected = _dpo_by_hand(pol, ref, 0.1, 5)
+    step = PreferenceStep(combine("dpo"), ModelReference(ref_model), beta=0.1)
+    for path, rows in LAYOUTS:
+        loss, metrics = step(policy, collate(path, rows, pairs))
+        torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(metrics["logps/chosen"], pol[:5].mean(), atol=1e-5, rtol=0)
+        rc, rr = 0.1 * (pol[:5] - ref[:5]), 0.1 * (pol[5:] - ref[5:])
+        torch.testing.assert_close(metrics["rewards/margins"], (rc - rr).mean(), atol=1e-6, rtol=0)
+        assert float(metrics["rewards/accuracies"]) == float((rc > rr).float().mean())
+
+
+def test_averaged_losses_use_token_counts_and_need_no_reference():
+    """SimPO (reference-free): -log sigmoid(beta * (avg_c - avg_r) - gamma) with avg = sum / count."""
+    policy, pairs = tiny(), make_pairs()
+    with torch.no_grad():
+        pol = direct_logps(policy, pairs)
+    counts = torch.tensor([3, 6, 1, 4, 8, 7, 2, 4, 4, 3], dtype=torch.float32)
+    avg = pol / counts
+    expected = torch.nn.functional.softplus(-(2.0 * (avg[:5] - avg[5:]) - 0.5)).mean()
+    step = PreferenceStep(combine("simpo"), NoReference(), beta=2.0)
+    for path in ("plain", "prefix"):
+        loss, _ = step(policy, collate(path, None, pairs))
+        torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
+
+
+def test_choose_reference_kind_reads_the_specs_not_names():
+    plain_model = tiny()
+    assert choose_reference_kind("auto", False, plain_model, False) == "none"
+    assert choose_reference_kind("auto", True, plain_model, False) == "model"
+    assert choose_reference_kind("cache", True, plain_model, True) == "cache"
+    lora = _lora(tiny())
+    assert choose_reference_kind("auto", True, lora, False) == "adapter"
+    assert choose_reference_kind("auto", True, lora, True) == "model"
+    with pytest.raises(AlignlabError, match="needs reference"):
+        choose_reference_kind("none", True, plain_model, False)
+    with pytest.raises(AlignlabError, match="LoRA"):
+        choose_reference_kind("adapter", True, plain_model, False)
+    with pytest.raises(AlignlabError, match="one of"):
+        choose_reference_kind("frozen", True, plain_model, False)
