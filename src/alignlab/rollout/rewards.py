@@ -1,0 +1,272 @@
+"""Reward functions for rollouts, best-of-N and online RL: one interface, a registry by name.
+
+    RewardFn(prompts, completions, **row_fields) -> list[float]
+
+`prompts[i]` is what was sent to the model (a string or a list of chat messages), `completions[i]` the
+generated text (a string), and every extra dataset column arrives as a keyword holding one value per
+completion (TRL's convention), e.g. `answer=[...]` for GSM8K. Functions accept **kwargs they do not use.
+
+Built in: `sentiment` (VADER compound score in [-1, 1]), `gsm8k` (numeric answer match, 1.0 or 0.0),
+`format` (regex check, 1.0 or 0.0), `reward_model` (a scalar-head checkpoint as scorer). Any other
+callable is named as "module.path:function" (or "path/to/file.py:function").
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from alignlab.errors import AlignlabError
+
+
+class RewardFn(Protocol):
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **row_fields: Any) -> list[float]: ...
+
+
+_REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register_reward(name: str):
+    """Register a factory `make(**options) -> RewardFn` under `name` (options come from config)."""
+
+    def deco(factory: Callable[..., RewardFn]):
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def reward_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_reward(spec: str | Callable, **options: Any) -> RewardFn:
+    """A reward function from a registry name, "module.path:function", "file.py:function", or a callable.
+    `options` go to the registered factory (e.g. pattern= for "format", path= for "reward_model")."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise AlignlabError(f"reward: expected a name or 'module.path:function', got {spec!r}")
+    if spec in _REGISTRY:
+        return _REGISTRY[spec](**options)
+    if ":" in spec:
+        fn = import_callable(spec)
+        return fn if not options else _bind(fn, options)
+    raise AlignlabError(
+        f"reward: unknown reward {spec!r}; built in: {', '.join(reward_names())}, "
+        "or name a Python function as 'module.path:function'"
+    )
+
+
+def _bind(fn: Callable, options: dict) -> RewardFn:
+    def bound(prompts, completions, **fields):
+        return fn(prompts, completions, **options, **fields)
+
+    return bound
+
+
+def import_callable(spec: str) -> Callable:
+    """Import "module.path:function" or "path/to/file.py:function"; AlignlabError saying what failed."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise AlignlabError(f"reward: {spec!r} is not of the form 'module.path:function'")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise AlignlabError(f"reward: file {module_name} (from {spec!r}) does not exist")
+            loaded = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except AlignlabError:
+        raise
+    except Exception as e:  # ImportError, SyntaxError, or whatever the module raises at import
+        raise AlignlabError(f"reward: cannot import module {module_name!r} for {spec!r}: "
+                            f"{type(e).__name__}: {e}") from e
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise AlignlabError(f"reward: module {module_name!r} has no attribute {attr!r} (from {spec!r})")
+    if not callable(fn):
+        raise AlignlabError(f"reward: {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def score(fn: RewardFn, prompts: Sequence[Any], completions: Sequence[str], **row_fields: Any) -> list[float]:
+    """Call a reward and check its answer: one finite float per completion, else AlignlabError."""
+    out = fn(list(prompts), list(completions), **row_fields)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    try:
+        values = [float(v) for v in out]
+    except (TypeError, ValueError) as e:
+        raise AlignlabError(f"reward {name}: must return a list of numbers, got {str(out)[:80]!r}") from e
+    if len(values) != len(completions):
+        raise AlignlabError(f"reward {name}: returned {len(values)} values for {len(completions)} completions")
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise AlignlabError(f"reward {name}: non-finite value {values[bad[0]]} for completion {bad[0]}")
+    return values
+
+
+# ---------------------------------------------------------------- sentiment
+
+
+@register_reward("sentiment")
+def sentiment_reward() -> RewardFn:
+    """VADER compound score of each completion (Hutto & Gilbert 2014), in [-1, 1]; positive is good."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def sentiment(prompts, completions, **_):
+        return [analyzer.polarity_scores(c)["compound"] for c in completions]
+
+    return sentiment
+
+
+# ---------------------------------------------------------------- GSM8K numeric answer
+
+_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+
+
+def extract_number(text: str) -> float | None:
+    """The final numeric answer in `text`: the last \\boxed{...}, else the number after the last '####',
+    else the last number anywhere. Commas, '$' and a trailing '.' are ignored; fractions a/b are divided."""
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
+    if boxed:
+        return _to_number(boxed[-1])
+    if "####" in text:
+        value = _to_number(text.rsplit("####", 1)[1])
+        if value is not None:
+            return value
+    numbers = re.findall(_NUMBER, text)
+    return _parse(numbers[-1]) if numbers else None
+
+
+def _to_number(text: str) -> float | None:
+    frac = re.search(r"(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)", text)
+    if frac and float(frac.group(2)) != 0:
+        return float(frac.group(1)) / float(frac.group(2))
+    found = re.search(_NUMBER, text)
+    return _parse(found.group(0)) if found else None
+
+
+def _parse(token: str) -> float | None:
+    try:
+        return float(token.replace(",", "").replace("$", ""))
+    except ValueError:
+        return None
+
+
+def numbers_match(a: float | None, b: float | None, rel_tol: float = 1e-6) -> bool:
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+
+
+@register_reward("gsm8k")
+def gsm8k_reward(answer_field: str = "answer") -> RewardFn:
+    """1.0 when the completion's final number equals the row's reference answer numerically, else 0.0.
+    The reference may be a full GSM8K solution ('... #### 72') or the bare number."""
+
+    def gsm8k(prompts, completions, **fields):
+        refs = fields.get(answer_field)
+        if refs is None:
+            raise AlignlabError(f"reward gsm8k: the rows have no '{answer_field}' field with reference answers")
+        return [1.0 if numbers_match(extract_number(c), extract_number(str(r)) if r is not None else None)
+                else 0.0 for c, r in zip(completions, refs)]
+
+    return gsm8k
+
+
+# ---------------------------------------------------------------- format check
+
+DEFAULT_FORMAT = r"####\s*-?[\d,]*\.?\d+\s*$"
+
+
+@register_reward("format")
+def format_reward(pattern: str = DEFAULT_FORMAT, full_match: bool = False) -> RewardFn:
+    """1.0 when the completion matches `pattern` (re.search, or re.fullmatch with full_match), else 0.0.
+    The default asks for a GSM8K-style final line '#### <number>'."""
+    try:
+        rx = re.compile(pattern, re.DOTALL)
+    except re.error as e:
+        raise AlignlabError(f"reward format: bad regular expression {pattern!r}: {e}") from e
+    test = rx.fullmatch if full_match else rx.search
+
+    def format_check(prompts, completions, **_):
+        return [1.0 if test(c) else 0.0 for c in completions]
+
+    return format_check
+
+
+# ---------------------------------------------------------------- reward model
+
+
+@register_reward("reward_model")
+def reward_model_reward(path: str | None = None, model: Any = None, tokenizer: Any = None,
+                        batch_size: int = 16) -> RewardFn:
+    """Scores from a trained reward model: the scalar at the last non-pad token of prompt + completion.
+    Give `path` (a checkpoint `alignlab rm` wrote) or an already loaded `model` and `tokenizer`."""
+    if model is None:
+        if path is None:
+            raise AlignlabError("reward reward_model: give path: <reward model checkpoint>")
+        model, tokenizer = _load_scorer(path)
+    if tokenizer is None:
+        raise AlignlabError("reward reward_model: a loaded model needs its tokenizer too")
+    return _RewardModelScorer(model, tokenizer, batch_size)
+
+
+def _load_scorer(path: str):
+    try:  # the models helper's loader knows alignlab's own head format when it exists
+        from alignlab.models import heads
+    except ImportError:
+        heads = None
+    loader = getattr(heads, "load_reward_model", None) if heads else None
+    from alignlab.models.load import load_tokenizer, resolve_model
+
+    if loader is not None:
+        return loader(path), load_tokenizer(path)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), num_labels=1).eval()
+    return model, load_tokenizer(path)
+
+
+class _RewardModelScorer:
+    """Adapter: reward model -> RewardFn. Prompts are rendered as the generator saw them (chat template for
+    messages), the completion text is appended, and the head's scalar at the last real token is the reward."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int):
+        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+
+    def _text(self, prompt: Any, completion: str) -> str:
+        if isinstance(prompt, str):
+            return prompt + completion
+        msgs = list(prompt) + [{"role": "assistant", "content": completion}]
+        return self.tok.apply_chat_template(msgs, tokenize=False)
+
+    def __call__(self, prompts, completions, **_):
+        import torch
+
+        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
+        out: list[float] = []
+        self.tok.padding_side = "right"
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                               add_special_tokens=False).to(self.model.device)
+                res = self.model(**enc)
+                values = res.logits if hasattr(res, "logits") else res
+                values = values.float().reshape(values.shape[0], -1)
+                if values.shape[1] > 1:  # per-token scores: take the last real token of each row
+                    last = enc.attention_mask.sum(-1) - 1
+                    values = values.gather(1, last[:, None])
+                out.extend(values[:, 0].tolist())
+        return out

@@ -1,0 +1,98 @@
+"""rollout.rewards: each built-in reward on hand-checked inputs, the registry and the import errors."""
+
+import pytest
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.rollout.rewards import extract_number, get_reward, reward_names, score
+
+
+def test_registry_names():
+    assert {"sentiment", "gsm8k", "format", "reward_model"} <= set(reward_names())
+
+
+def test_sentiment_is_vader_compound():
+    """VADER lexicon: 'good' has valence 1.9, compound = 1.9 / sqrt(1.9^2 + 15) = 0.4404 (4 d.p.);
+    a sentence with no lexicon word scores 0.0; 'terrible' (-2.1) gives -2.1 / sqrt(2.1^2 + 15) = -0.4767."""
+    fn = get_reward("sentiment")
+    out = fn(["p"] * 3, ["good", "The table is in the room.", "terrible"])
+    assert out == pytest.approx([0.4404, 0.0, -0.4767], abs=1e-4)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("so the answer is 42.", 42.0),
+    ("3 apples and 4 pears make 7", 7.0),
+    ("Step 1: 10 + 5 = 15\n#### 1,234", 1234.0),
+    ("#### 72\nthen I added 5", 72.0),               # '####' wins over a later number
+    ("we get \\boxed{3/4} and 9 more", 0.75),        # \boxed wins over everything
+    ("costs $1,000.50 in total", 1000.5),
+    ("it is -3", -3.0),
+    ("no numbers here", None),
+])
+def test_extract_number(text, value):
+    assert extract_number(text) == value
+
+
+def test_gsm8k_matches_reference_numerically():
+    fn = get_reward("gsm8k")
+    comps = ["The total is 18.", "#### 18.0", "I think 17", "nothing"]
+    refs = ["Janet sells 16 - 3 - 4 = 9 eggs... #### 18", "18", "18", "18"]
+    assert score(fn, ["q"] * 4, comps, answer=refs) == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(AlignlabError, match="answer"):
+        fn(["q"], ["1"])
+
+
+def test_format_reward_default_and_custom_pattern():
+    fn = get_reward("format")
+    assert fn([""] * 3, ["work...\n#### 5", "#### 5 apples", "5"]) == [1.0, 0.0, 0.0]
+    tagged = get_reward("format", pattern=r"<answer>.*</answer>", full_match=True)
+    assert tagged([""] * 2, ["<answer>4</answer>", "x <answer>4</answer>"]) == [1.0, 0.0]
+    with pytest.raises(AlignlabError, match="regular expression"):
+        get_reward("format", pattern="(")
+
+
+def test_callable_named_module_colon_function(tmp_path):
+    f = tmp_path / "my_reward.py"
+    f.write_text("def length(prompts, completions, scale=1.0, **kw):\n"
+                 "    return [scale * len(c) for c in completions]\n")
+    fn = get_reward(f"{f}:length", scale=0.5)
+    assert fn(["a", "b"], ["abcd", ""]) == [2.0, 0.0]
+    assert get_reward("math:fsum") is not None  # an importable module path resolves
+    with pytest.raises(AlignlabError, match="cannot import module 'no_such_mod_xyz'"):
+        get_reward("no_such_mod_xyz:fn")
+    with pytest.raises(AlignlabError, match="has no attribute 'nope'"):
+        get_reward("math:nope")
+    with pytest.raises(AlignlabError, match="unknown reward"):
+        get_reward("sentimental")
+    with pytest.raises(AlignlabError, match="does not exist"):
+        get_reward(f"{tmp_path}/missing.py:fn")
+
+
+def test_score_checks_length_and_finiteness():
+    with pytest.raises(AlignlabError, match="returned 1 values for 2"):
+        score(lambda p, c, **k: [1.0], ["a", "b"], ["x", "y"])
+    with pytest.raises(AlignlabError, match="non-finite"):
+        score(lambda p, c, **k: [float("nan")], ["a"], ["x"])
+
+
+def test_reward_model_adapter_scores_each_text_as_if_alone():
+    """Right-padded batch scores equal the scalar of each text run alone (last real token pooling)."""
+    from test_rollout_tiny import char_tokenizer
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    model = LlamaForSequenceClassification(cfg).eval()
+    fn = get_reward("reward_model", model=model, tokenizer=tok, batch_size=2)
+    prompts = ["Hello ", [{"role": "user", "content": "hi"}], "A much longer prompt here "]
+    comps = ["world", "yo", "ok"]
+    got = fn(prompts, comps)
+    texts = ["Hello world", tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False),
+        "A much longer prompt here ok"]
+    for g, t in zip(got, texts):
+        ids = tok(t, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            assert g == pytest.approx(model(ids).logits[0, 0].item(), abs=1e-5)
