@@ -6,7 +6,8 @@ completion starts where the two id sequences stop matching. A BPE merge across t
 `prompt_ids + completion_ids` is exactly the tokenisation of the whole text.
 
 - Plain text (`chat=False`): texts are tokenised with the tokenizer's special tokens (BOS if it adds
-  one) and EOS is appended to the completion exactly once (not when the tokenizer already added it).
+  one) and the completion ends with exactly one EOS (trailing EOS from the text or from a tokenizer that
+  appends its own are folded into one).
 - Chat (`chat=True`): the chat template renders the prompt with `add_generation_prompt=True` and the
   full conversation without; the text is tokenised without special tokens (the template holds BOS
   when the model wants one). A completion ends at the template's end-of-turn marker: whitespace the
@@ -92,8 +93,11 @@ def _joint(tok: Any, prompt: list, completions: list[list], chat: bool) -> tuple
         if chat:
             outs.append(f[k:_trim_tail(tok, f, k, len(f))])
         else:
-            eos = _eos(tok)
-            outs.append(f[k:] if f[k:] and f[-1] == eos else f[k:] + [eos])
+            # Exactly one EOS at the end, whether the text or the tokenizer's post-processor brought one.
+            eos, comp = _eos(tok), f[k:]
+            while comp and comp[-1] == eos:
+                comp.pop()
+            outs.append(comp + [eos])
     return fulls[0][:k], outs
 
 

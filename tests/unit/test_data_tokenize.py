@@ -1,0 +1,186 @@
+"""Tokenisation with real BPE tokenizers: boundary merges, EOS once, chat masks, truncation counts.
+
+The tokenizer is a byte-level BPE trained in the test (a second of work, no files needed); one test
+also uses the real GPT-2 BPE from the shared data folder.
+"""
+
+import itertools
+import shutil
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+
+from alignlab.data.chat import DEFAULT_CHAT_TEMPLATE, render, split_last_turn
+from alignlab.data.rows import PreferenceRow, PromptRow, SFTRow, UnpairedRow
+from alignlab.data.tokenize import (
+    IGNORE,
+    encode,
+    tokenize_pair,
+    tokenize_prompt,
+    tokenize_sft,
+    tokenize_unpaired,
+    truncation_stats,
+)
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = ["hello world, the world is wide.", "Be terse. See you soon.", "good bad answer question"] * 40
+
+
+def _bpe(eos_post_processor: bool = False) -> PreTrainedTokenizerFast:
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS, trainer)
+    if eos_post_processor:  # a tokenizer that appends EOS itself whenever special tokens are added
+        tk.post_processor = processors.TemplateProcessing(
+            single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", tk.token_to_id("<|endoftext|>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIALS[1:])
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return _bpe()
+
+
+def U(t):
+    return {"role": "user", "content": t}
+
+
+def A(t):
+    return {"role": "assistant", "content": t}
+
+
+def S(t):
+    return {"role": "system", "content": t}
+
+
+def trained_spans(tok, ids, labels):
+    """Decoded runs of consecutive trained tokens; also checks labels equal ids wherever trained."""
+    assert all(lab == IGNORE or lab == i for i, lab in zip(ids, labels))
+    runs = itertools.groupby(zip(ids, labels), key=lambda x: x[1] != IGNORE)
+    return [tok.decode([i for i, _ in run]) for trained, run in runs if trained]
+
+
+def test_bpe_merge_across_the_prompt_completion_boundary(tok):
+    """'hello wor' + 'ld': the joint text has ' world' as one token, so it belongs to the completion."""
+    prompt, completion = "hello wor", "ld"
+    assert encode(tok, prompt, True) + encode(tok, completion, False) != encode(tok, prompt + completion, True)
+    row = PreferenceRow([U(prompt)], [A(completion)], [A("m")], chat=False)
+    t = tokenize_pair(row, tok, None)
+    eos = tok.eos_token_id
+    assert t.prompt_ids + t.chosen_ids == encode(tok, "hello world", True) + [eos]
+    assert t.prompt_ids + t.rejected_ids == encode(tok, "hello worm", True) + [eos]
+    assert tok.decode(t.chosen_ids) == " world<|endoftext|>"
+    assert tok.decode(t.prompt_ids) == "hello"  # the shared prefix, cut before the merged token
+
+
+def test_gpt2_bpe_boundary_merge(data_dir, tmp_path):
+    src = data_dir / "cs336_fixtures"
+    shutil.copy(src / "gpt2_vocab.json", tmp_path / "vocab.json")
+    shutil.copy(src / "gpt2_merges.txt", tmp_path / "merges.txt")
+    gpt2 = GPT2TokenizerFast.from_pretrained(tmp_path)
+    assert len(gpt2) == 50257
+    t = tokenize_sft(SFTRow([U("Hello wor"), A("ld")], 1, chat=False), gpt2, None)
+    assert t.input_ids == [15496, 995, 50256]  # "Hello", " world", <|endoftext|>
+    assert t.labels == [IGNORE, 995, 50256]
+
+
+@pytest.mark.parametrize("completion", ["ld", "ld<|endoftext|>"])
+@pytest.mark.parametrize("auto_eos", [False, True])
+def test_eos_appended_exactly_once(completion, auto_eos):
+    tk = _bpe(eos_post_processor=auto_eos)
+    t = tokenize_sft(SFTRow([U("hello wor"), A(completion)], 1, chat=False), tk, None)
+    assert t.input_ids.count(tk.eos_token_id) == 1 and t.input_ids[-1] == tk.eos_token_id
+    assert trained_spans(tk, t.input_ids, t.labels) == [" world<|endoftext|>"]
+
+
+def test_chat_pair_uses_generation_prompt_and_ends_at_end_of_turn(tok):
+    assert tok.chat_template is None  # the default ChatML template is used
+    row = PreferenceRow([S("Be terse."), U("question")], [A("good answer")], [A("bad answer")])
+    t = tokenize_pair(row, tok, None)
+    assert tok.decode(t.prompt_ids) == ("<|im_start|>system\nBe terse.<|im_end|>\n"
+                                        "<|im_start|>user\nquestion<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(t.chosen_ids) == "good answer<|im_end|>"
+    assert tok.decode(t.rejected_ids) == "bad answer<|im_end|>"
+    full = encode(tok, render(tok, row.prompt + row.chosen), False)
+    assert t.prompt_ids + t.chosen_ids == full[:-1]  # all but the template's "\n" after <|im_end|>
+
+
+def test_multi_turn_sft_masks_everything_but_trained_assistant_turns(tok):
+    msgs = [S("Be terse."), U("hello"), A("hello world"), U("question"), A("See you soon.")]
+    t = tokenize_sft(SFTRow(msgs, num_prompt=2), tok, None)
+    assert tok.decode(t.input_ids) == render(tok, msgs)
+    assert trained_spans(tok, t.input_ids, t.labels) == ["hello world<|im_end|>", "See you soon.<|im_end|>"]
+    n_trained = sum(lab != IGNORE for lab in t.labels)
+    assert n_trained == len(encode(tok, "hello world<|im_end|>See you soon.<|im_end|>", False))
+    # num_prompt past the first answer: only the final assistant turn is trained
+    t = tokenize_sft(SFTRow(msgs, num_prompt=4), tok, None)
+    assert trained_spans(tok, t.input_ids, t.labels) == ["See you soon.<|im_end|>"]
+
+
+def test_model_chat_template_without_special_end_marker(tok):
+    """A template with plain-text headers: 'Bot:' then ' answer' + EOS; the merge at ':'/' ' is handled."""
+    custom = _bpe()
+    custom.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
+        "{% else %}Bot: {{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}Bot:{% endif %}")
+    msgs = [U("hello"), A("good"), U("question"), A("bad answer")]
+    t = tokenize_sft(SFTRow(msgs, 1), custom, None)
+    assert [s.strip() for s in trained_spans(custom, t.input_ids, t.labels)] == [
+        "good<|endoftext|>", "bad answer<|endoftext|>"]
+    assert "User" not in "".join(trained_spans(custom, t.input_ids, t.labels))
+
+
+def test_truncation_keeps_prompt_end_or_start_and_counts_cuts(tok):
+    row = UnpairedRow([U("a " * 30)], [A("b " * 30)], True, chat=False)
+    full = tokenize_unpaired(row, tok, None)
+    p, c = len(full.prompt_ids), len(full.completion_ids)
+    t = tokenize_unpaired(row, tok, 20)
+    # prompt over budget 20 // 2 = 10: keep its last 10 tokens; completion gets the other 10
+    assert t.prompt_ids == full.prompt_ids[-10:] and t.completion_ids == full.completion_ids[:10]
+    assert (t.prompt_cut, t.completion_cut) == (p - 10, c - 10)
+    t = tokenize_unpaired(row, tok, 20, max_prompt_length=4, keep_prompt="start")
+    assert t.prompt_ids == full.prompt_ids[:4] and t.completion_ids == full.completion_ids[:16]
+    # short rows are untouched
+    short = tokenize_unpaired(UnpairedRow([U("hi")], [A("yo")], False, chat=False), tok, 20)
+    assert (short.prompt_cut, short.completion_cut) == (0, 0)
+    assert truncation_stats([t, short]) == {"rows": 2, "prompt_truncated": 1, "completion_truncated": 1,
+                                            "prompt_tokens_cut": p - 4, "completion_tokens_cut": c - 16}
+
+
+def test_pair_truncation_cuts_both_answers_to_the_same_room(tok):
+    row = PreferenceRow([U("question " * 3)], [A("good " * 20)], [A("bad")], chat=False)
+    t = tokenize_pair(row, tok, 16)
+    assert len(t.prompt_ids) + len(t.chosen_ids) == 16 and t.chosen_cut > 0 and t.rejected_cut == 0
+    assert t.rejected_ids[-1] == tok.eos_token_id
+
+
+def test_sft_truncation_keeps_labels_aligned(tok):
+    msgs = [U("hello " * 20), A("world " * 20)]
+    full = tokenize_sft(SFTRow(msgs, 1), tok, None)
+    t = tokenize_sft(SFTRow(msgs, 1), tok, 24)
+    assert len(t.input_ids) == 24 and t.prompt_cut > 0 and t.completion_cut > 0
+    first = full.labels.index(next(lab for lab in full.labels if lab != IGNORE))
+    assert t.input_ids == full.input_ids[first - 12:first] + full.input_ids[first:first + 12]
+    assert t.labels == [IGNORE] * 12 + full.labels[first:first + 12]
+
+
+def test_tokenize_prompt_chat_and_plain(tok):
+    ids = tokenize_prompt(PromptRow([U("question")]), tok)
+    assert tok.decode(ids) == "<|im_start|>user\nquestion<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenize_prompt(PromptRow([U("hello world")], chat=False), tok) == encode(tok, "hello world", True)
+    assert tokenize_prompt(PromptRow([U("a " * 10)], chat=False), tok, max_length=3) == \
+        encode(tok, "a " * 10, True)[-3:]
+
+
+def test_default_template_text_and_split_last_turn(tok):
+    from jinja2 import Template
+
+    text = Template(DEFAULT_CHAT_TEMPLATE).render(messages=[U("q"), A("a")], add_generation_prompt=False)
+    assert text == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
+    assert split_last_turn([U("q"), A("a1"), A("a2")]) == ([U("q")], [A("a1"), A("a2")])
