@@ -1,0 +1,105 @@
+"""Scalar-head models for reward and value: a causal-LM backbone with a linear `hidden -> 1` head.
+
+A reward model scores a whole sequence by the head's output at its last real (non-pad) token, as in
+InstructGPT (Ouyang et al. 2022, sec. 3.5) and TRL's RewardTrainer; a value model uses the head's output at
+every token (PPO's V(s_t)). We pool with the attention mask, not by searching for pad ids, so a sequence
+that ends in EOS == pad (common: SmolLM2 pads with <|im_end|>) is still scored at its real last token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignlab.errors import AlignlabError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+def load_scorer(
+    name: str,
+    *,
+    dtype: Any = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> PreTrainedModel:
+    """An `AutoModelForSequenceClassification` with one output from `name` (alias, dir or hub id).
+
+    From a causal-LM checkpoint the backbone is reused and the head `score` is new (normal(0, initializer_range)
+    from torch's current RNG state: seed before calling for reproducible heads). A checkpoint saved from a
+    scorer reloads with its trained head. `config.pad_token_id` is set (from the tokenizer) so batched
+    forwards work.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from alignlab.models.load import load_tokenizer, resolve_device, resolve_model, to_dtype, weights_format
+
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise AlignlabError(f"could not read the config of {name!r} ({path}): {e}") from e
+    config.num_labels = 1
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = load_tokenizer(path, trust_remote_code=trust_remote_code).pad_token_id
+    if not allow_pickle and Path(path).is_dir() and weights_format(Path(path)) == "pickle":
+        raise AlignlabError(
+            f"{path!r} has only pickle weights (.bin/.pt); convert to safetensors or pass allow_pickle=True"
+        )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            config=config,
+            dtype=to_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, ValueError) as e:
+        raise AlignlabError(f"could not load {name!r} as a scorer: {e}") from e
+    return model.to(resolve_device(device))
+
+
+def _head_module(model: Any) -> Any:
+    """The scalar head (`score` for Llama/Mistral/Qwen/GPT-2, `classifier` elsewhere), peft-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for attr in ("score", "classifier"):
+        head = getattr(inner, attr, None)
+        if head is not None:
+            return head
+    raise AlignlabError(f"{type(inner).__name__} has no scalar head (expected a `score` or `classifier` module)")
+
+
+def values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token head outputs [B, T] (float32); left or right padding both work (positions count real
+    tokens only). Values at pad positions are meaningless: mask them."""
+    captured: list[torch.Tensor] = []
+    hook = _head_module(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    # position ids from the mask so a left-padded row sees the same positions as when run alone
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    finally:
+        hook.remove()
+    if not captured:
+        raise AlignlabError("the scorer's head was not called during the forward pass")
+    out = captured[-1]
+    if out.shape[-1] != 1:
+        raise AlignlabError(f"scorer head has {out.shape[-1]} outputs; reward and value models need num_labels=1")
+    return out[..., 0].float()
+
+
+def score(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sequence scores [B] (float32): the head's output at each row's last attended token."""
+    import torch
+
+    per_token = values(model, input_ids, attention_mask)
+    mask = attention_mask.bool()
+    if not bool(mask.any(-1).all()):
+        raise AlignlabError("score: a row has no attended tokens (empty sequence)")
+    # index of the last 1 in each row; works for left padding (last column) and right padding alike
+    positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+    last = torch.where(mask, positions, torch.full_like(positions, -1)).max(-1).values
+    return per_token.gather(-1, last[:, None])[:, 0]
