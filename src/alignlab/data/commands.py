@@ -50,16 +50,20 @@ def problem_summary(problems: list, show: int) -> dict[str, dict[str, Any]]:
 
 
 def _load_tokenizer(name: str) -> Any:
+    """A tokenizer folder is read as it is; model names and aliases go through alignlab.models.load."""
+    from pathlib import Path
+
     from alignlab.data.chat import ensure_chat_template
 
     try:
-        from alignlab.models.load import load_tokenizer
-    except ImportError:
-        from transformers import AutoTokenizer as _Auto
+        if Path(name).is_dir():
+            from transformers import AutoTokenizer
 
-        load_tokenizer = _Auto.from_pretrained
-    try:
-        tok = load_tokenizer(name)
+            tok = AutoTokenizer.from_pretrained(name)
+        else:
+            from alignlab.models.load import load_tokenizer
+
+            tok = load_tokenizer(name)
     except AlignlabError:
         raise
     except Exception as e:  # transformers raises OSError / ValueError / HF errors for a bad name
@@ -68,25 +72,27 @@ def _load_tokenizer(name: str) -> Any:
 
 
 def _lengths(row: Any, task: str, tok: Any, max_length: int | None) -> tuple[dict[str, int], Any]:
+    """Token counts before truncation (kept + cut) and the tokenised example (for truncation counts)."""
     from alignlab.data import tokenize as T
 
     if task == "sft":
         t = T.tokenize_sft(row, tok, max_length)
         trained = sum(1 for lab in t.labels if lab != T.IGNORE)
-        return {"total": len(t.input_ids), "trained": trained}, t
+        return {"total": len(t.input_ids) + t.prompt_cut + t.completion_cut, "trained": trained}, t
     if task == "preference":
         t = T.tokenize_pair(row, tok, max_length)
-        return {"prompt": len(t.prompt_ids), "chosen": len(t.chosen_ids), "rejected": len(t.rejected_ids),
-                "total": len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids))}, t
+        p, c, r = len(t.prompt_ids) + t.prompt_cut, len(t.chosen_ids) + t.chosen_cut, len(t.rejected_ids) + t.rejected_cut
+        return {"prompt": p, "chosen": c, "rejected": r, "total": p + max(c, r)}, t
     if task == "unpaired":
         t = T.tokenize_unpaired(row, tok, max_length)
-        return {"prompt": len(t.prompt_ids), "completion": len(t.completion_ids),
-                "total": len(t.prompt_ids) + len(t.completion_ids)}, t
+        p, c = len(t.prompt_ids) + t.prompt_cut, len(t.completion_ids) + t.completion_cut
+        return {"prompt": p, "completion": c, "total": p + c}, t
     return {"prompt": len(T.tokenize_prompt(row, tok))}, None
 
 
 def token_stats(rows: list, task: str, tok: Any, sample: int, max_length: int | None) -> dict[str, Any]:
-    """min / mean / p50 / p95 / max of each length over the first `sample` rows (+ truncation counts)."""
+    """min / mean / p50 / p95 / max of each length (before truncation) over the first `sample` rows, and
+    with `max_length` what truncation would cut. For sft, `trained` counts trained tokens after truncation."""
     from alignlab.data.tokenize import truncation_stats
 
     per: dict[str, list[int]] = defaultdict(list)

@@ -1,0 +1,87 @@
+"""`alignlab data inspect`: report keys and values, exit codes, and no traceback on bad input."""
+
+import json
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from alignlab.cli import main
+
+
+def run_json(capsys, *argv):
+    code = main(["data", "inspect", *argv, "--json"])
+    out = capsys.readouterr()
+    return code, json.loads(out.out), out.err
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    p = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "hello", "chosen": " world", "rejected": " there"},
+            {"prompt": "hello", "chosen": "same", "rejected": "same"},
+            {"prompt": "good bad", "chosen": " answer question", "rejected": " bad"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"prompt": "trunc')
+    return p
+
+
+def test_json_report_counts_and_locates_problems(capsys, pairs):
+    code, rep, err = run_json(capsys, str(pairs), "--on-bad-row", "skip")
+    assert code == 0
+    assert {k: rep[k] for k in ("format", "task", "rows", "records", "skipped")} == {
+        "format": "preference", "task": "preference", "rows": 2, "records": 4,
+        "skipped": {"invalid_json": 1, "identical_pair": 1}}
+    assert rep["problems"]["identical_pair"]["count"] == 1
+    (first,) = rep["problems"]["identical_pair"]["first"]
+    assert (first["file"], first["line"], first["index"], first["field"]) == (str(pairs), 2, 1, "chosen")
+    assert rep["problems"]["invalid_json"]["first"][0]["line"] == 4
+    assert rep["tokens"] is None
+
+
+def test_error_mode_still_reports_then_exits_2(capsys, pairs):
+    code, rep, err = run_json(capsys, str(pairs))
+    assert code == 2 and rep["rows"] == 2 and "would stop" in err
+
+
+def test_human_report(capsys, pairs):
+    assert main(["data", "inspect", str(pairs), "--on-bad-row", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "format preference, task preference" in out and "usable rows: 2" in out
+    assert f"{pairs}:2 (record 1) field 'chosen': chosen and rejected are identical" in out
+
+
+def test_bad_input_is_a_clean_error_not_a_traceback(capsys, tmp_path):
+    assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "weird.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    assert main(["data", "inspect", str(bad)]) == 2
+    assert "cannot tell the format" in capsys.readouterr().err
+    assert main(["data", "inspect", str(bad), "--columns", "prompt=text,oops=1"]) == 2
+    assert "unknown field 'oops'" in capsys.readouterr().err
+
+
+def test_column_mapping_and_task_flags(capsys, tmp_path):
+    p = tmp_path / "votes.csv"
+    p.write_text("q,r1,r2,v1,v2,v3\nQ1,a,b,1,1,2\nQ2,a,b,0,0,1\nQ3,a,b,2,2,2\n")
+    cols = "prompt=q,responses=r1+r2,votes=v1+v2+v3"
+    code, rep, _ = run_json(capsys, str(p), "--columns", cols)
+    assert (code, rep["format"], rep["rows"], rep["dropped"]) == (0, "columns", 2, {"tie": 1})
+    code, rep, _ = run_json(capsys, str(p), "--columns", cols, "--task", "unpaired")
+    assert (rep["task"], rep["rows"]) == ("unpaired", 4)
+
+
+def test_token_stats_with_a_tokenizer(capsys, pairs, tmp_path):
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(["hello world good bad answer question"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
+    code, rep, _ = run_json(capsys, str(pairs), "--on-bad-row", "skip", "--tokenizer", str(tmp_path / "tok"),
+                            "--max-length", "3")
+    tokens = rep["tokens"]
+    # row 1: "hello" | " world" + EOS -> 1 + 2 tokens; row 3: "good bad" | " answer question" + EOS
+    assert tokens["rows_measured"] == 2
+    assert tokens["chosen"]["min"] == 2 and tokens["truncation"]["rows"] == 2
+    assert tokens["truncation"]["completion_truncated"] >= 1
