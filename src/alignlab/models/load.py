@@ -287,7 +287,7 @@ def _build_smollm2(out: Path) -> None:
     _check_smollm2_tokenizer(tok)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
 
 
@@ -329,5 +329,5 @@ def _build_tiny_random(out: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = LlamaForCausalLM(config)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -190,7 +190,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
