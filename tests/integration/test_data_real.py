@@ -84,3 +84,25 @@ def test_truthfulqa_pairs(data_dir, capsys):
 def test_other_real_files_load_cleanly(data_dir, name, fmt, task, rows):
     res = load_rows(data_dir / name)
     assert (res.format, res.task, len(res.rows), res.problems) == (fmt, task, rows, [])
+
+
+@pytest.mark.slow
+def test_smollm2_template_masks_exactly_the_assistant_turns(data_dir):
+    """950 real multi-turn conversations (system turns, tool calls) under SmolLM2's own chat template:
+    the trained tokens decode to exactly each assistant message + <|im_end|>, nothing else."""
+    import itertools
+
+    from alignlab.data.tokenize import IGNORE, tokenize_sft
+    from alignlab.models.load import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    demo = data_dir / "llamafactory_demo"
+    rows = (load_rows(demo / "v1_sft_demo.jsonl").rows + load_rows(demo / "kto_en_demo.json", task="sft").rows
+            + load_rows(demo / "glaive_toolcall_en_demo.json").rows)
+    assert len(rows) == 950
+    for row in rows:
+        t = tokenize_sft(row, tok, None)
+        runs = itertools.groupby(zip(t.input_ids, t.labels), key=lambda x: x[1] != IGNORE)
+        spans = [tok.decode([i for i, _ in run]) for trained, run in runs if trained]
+        want = [m["content"] + "<|im_end|>" for m in row.messages[row.num_prompt:] if m["role"] == "assistant"]
+        assert spans == want, row.origin
