@@ -105,7 +105,9 @@ def test_list_cell_without_selector_is_a_problem_not_a_silent_join():
 def test_sft_unpaired_and_prompt_mappings_with_system_and_plain_text():
     m = parse_columns("prompt=q,completion=a,system=s,chat=false")
     (row,) = convert({"q": "Q", "a": "A", "s": "S"}, m)
-    assert row == SFTRow([{"role": "system", "content": "S"}, U("Q"), A("A")], 2, chat=False)
+    assert row == SFTRow([U("S\n\nQ"), A("A")], 1, chat=False)
+    (row,) = convert({"q": "Q", "a": "A", "s": "S"}, parse_columns("prompt=q,completion=a,system=s"))
+    assert row == SFTRow([{"role": "system", "content": "S"}, U("Q"), A("A")], 2)
     (row,) = convert({"q": "Q", "a": "A", "ok": "no"}, parse_columns("prompt=q,completion=a,label=ok"))
     assert row == UnpairedRow([U("Q")], [A("A")], False)
     (row,) = convert({"q": "Q", "a": 7}, parse_columns("prompt=q,answer=a"))

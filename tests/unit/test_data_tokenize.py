@@ -136,6 +136,17 @@ def test_model_chat_template_without_special_end_marker(tok):
     assert "User" not in "".join(trained_spans(custom, t.input_ids, t.labels))
 
 
+def test_template_that_drops_assistant_messages_is_a_clean_error():
+    from alignlab.errors import AlignlabError
+
+    broken = _bpe()
+    broken.chat_template = "{% for m in messages %}{% if m['role'] == 'user' %}U: {{ m['content'] }}\n{% endif %}{% endfor %}"
+    with pytest.raises(AlignlabError, match="tokenises to nothing"):
+        tokenize_pair(PreferenceRow([U("q")], [A("good")], [A("bad")]), broken, None)
+    with pytest.raises(AlignlabError, match="renders to no tokens"):
+        tokenize_sft(SFTRow([U("q"), A("good")], 1), broken, None)
+
+
 def test_truncation_keeps_prompt_end_or_start_and_counts_cuts(tok):
     row = UnpairedRow([U("a " * 30)], [A("b " * 30)], True, chat=False)
     full = tokenize_unpaired(row, tok, None)

@@ -9,7 +9,8 @@ on purpose (a tied vote). Formats (name: what a record looks like -> natural tas
 - `messages`: the same with `messages` [{role, content}] (OpenAI / TRL conversational, LLaMA-Factory KTO).
 - `preference`: TRL `prompt`/`chosen`/`rejected`, strings (standard, chat=False) or message lists
   (conversational); without `prompt` the prompt is the longest common prefix of the chosen and rejected
-  message lists (TRL's implicit prompt). `chosen_messages`/`rejected_messages` are read the same way.
+  message lists (TRL's implicit prompt; plain-text pairs need `prompt`, or are HH transcripts).
+  `chosen_messages`/`rejected_messages` are read the same way.
 - `prompt-completion`: TRL `prompt`/`completion` -> sft; `unpaired`: with `label` -> unpaired;
   `prompt-only`: `prompt` -> prompt.
 - `alpaca`: `instruction`, `input`, `output` (+ optional `system`, `history` [[q, a], ...]) -> sft;

@@ -170,7 +170,10 @@ def convert(rec: Any, m: ColumnMapping) -> list[Row]:
         raise RowProblem("wrong_type", None, f"expected a record with columns, got {type(rec).__name__}")
     prompt_text = _joined(rec, m, "prompt")
     system = _joined(rec, m, "system")
-    prompt: list[Message] = ([{"role": "system", "content": system}] if system else []) + [user(prompt_text)]
+    if m.chat:
+        prompt: list[Message] = ([{"role": "system", "content": system}] if system else []) + [user(prompt_text)]
+    else:  # plain text is one prompt message (rows.SFTRow contract); the system text leads it
+        prompt = [user(join_parts([system, prompt_text]))]
     f, sep = m.fields, m.list_sep
     if "responses" in f:
         win = _vote_winner(rec, m)

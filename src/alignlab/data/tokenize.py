@@ -82,7 +82,8 @@ def _trim_tail(tok: Any, ids: list[int], start: int, end: int) -> int:
     return end
 
 
-def _joint(tok: Any, prompt: list, completions: list[list], chat: bool) -> tuple[list[int], list[list[int]]]:
+def _joint(tok: Any, prompt: list, completions: list[list], chat: bool,
+           origin: Any = None) -> tuple[list[int], list[list[int]]]:
     """Prompt ids shared by every completion, and each completion's ids (see module docstring)."""
     texts = [prompt_and_full_text(tok, prompt, c, chat) for c in completions]
     p_ids = encode(tok, texts[0][0], special=not chat)
@@ -98,6 +99,9 @@ def _joint(tok: Any, prompt: list, completions: list[list], chat: bool) -> tuple
             while comp and comp[-1] == eos:
                 comp.pop()
             outs.append(comp + [eos])
+    if any(not o for o in outs):
+        raise AlignlabError(f"{origin}: a completion tokenises to nothing; does the chat template render "
+                            "the final assistant message?")
     return fulls[0][:k], outs
 
 
@@ -121,7 +125,7 @@ def _truncate(prompt: list, comps: list[list], max_length: int | None, max_promp
 
 def tokenize_pair(row: PreferenceRow, tok: Any, max_length: int | None, max_prompt_length: int | None = None,
                   *, keep_prompt: Keep = "end") -> TokenizedPair:
-    prompt, (chosen, rejected) = _joint(tok, row.prompt, [row.chosen, row.rejected], row.chat)
+    prompt, (chosen, rejected) = _joint(tok, row.prompt, [row.chosen, row.rejected], row.chat, row.origin)
     prompt, (chosen, rejected), pcut, (ccut, rcut) = _truncate(
         prompt, [chosen, rejected], max_length, max_prompt_length, keep_prompt)
     return TokenizedPair(prompt, chosen, rejected, pcut, ccut, rcut)
@@ -129,7 +133,7 @@ def tokenize_pair(row: PreferenceRow, tok: Any, max_length: int | None, max_prom
 
 def tokenize_unpaired(row: UnpairedRow, tok: Any, max_length: int | None, max_prompt_length: int | None = None,
                       *, keep_prompt: Keep = "end") -> TokenizedUnpaired:
-    prompt, (comp,) = _joint(tok, row.prompt, [row.completion], row.chat)
+    prompt, (comp,) = _joint(tok, row.prompt, [row.completion], row.chat, row.origin)
     prompt, (comp,), pcut, (ccut,) = _truncate(prompt, [comp], max_length, max_prompt_length, keep_prompt)
     return TokenizedUnpaired(prompt, comp, row.label, pcut, ccut)
 
@@ -159,6 +163,9 @@ def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
         else:
             end = common_prefix_len(encode(tok, render(tok, msgs[: i + 1]), False), ids)
         end = _trim_tail(tok, ids, start, end)
+        if end <= start:
+            raise AlignlabError(f"{row.origin}: assistant message {i} renders to no tokens; does the chat "
+                                "template render assistant messages?")
         labels[start:end] = ids[start:end]
     return ids, labels
 
@@ -169,7 +176,7 @@ def tokenize_sft(row: SFTRow, tok: Any, max_length: int | None, max_prompt_lengt
     if row.chat:
         ids, labels = _chat_sft_labels(row, tok)
     else:
-        prompt, (comp,) = _joint(tok, row.messages[: row.num_prompt], [row.messages[row.num_prompt:]], False)
+        prompt, (comp,) = _joint(tok, row.messages[: row.num_prompt], [row.messages[row.num_prompt:]], False, row.origin)
         ids, labels = prompt + comp, [IGNORE] * len(prompt) + comp
     # Truncation treats everything before the first trained token as the prompt.
     first = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
