@@ -20,6 +20,7 @@ from alignlab.errors import AlignlabError
 # Modules whose import registers commands. Add one line per new command module.
 COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.data.commands",
+    "alignlab.eval.commands",
     "alignlab.models.commands",
     "alignlab.recipes.commands",
 )

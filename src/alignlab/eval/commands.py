@@ -1,0 +1,57 @@
+"""CLI registration for `alignlab eval --config FILE` and `alignlab serve MODEL` (imports stay light)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from alignlab.cli import command, config_command
+from alignlab.eval.runner import EvalConfig
+
+
+def _eval(cfg: EvalConfig) -> None:
+    from alignlab.eval.runner import run
+
+    run(cfg)
+
+
+config_command(
+    "eval",
+    "Evaluate checkpoints: reward / DPO accuracy, win rate under a judge, ratings, KL, perplexity, mean reward; "
+    "writes eval.json and report.html.",
+    EvalConfig,
+    _eval,
+)
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model to serve: alias (tiny-random, smollm2-135m-instruct), HF dir or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the bound URL is printed)")
+    p.add_argument("--model-id", default=None, help="model id reported by /v1/models (default: MODEL)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or auto")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask")
+    p.add_argument("--timeout", type=float, default=30.0, help="socket timeout per connection, seconds")
+    p.add_argument("--quiet", action="store_true", help="do not log one line per request")
+
+
+@command("serve", "Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions).",
+         _serve_args)
+def _serve(args: argparse.Namespace) -> None:
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.serve import ModelServer, base_url, make_http_server
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    tokenizer = load_tokenizer(args.model)
+    server = ModelServer(model, tokenizer, model_id=args.model_id or args.model,
+                         max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit)
+    httpd = make_http_server(server, args.host, args.port, socket_timeout=args.timeout, quiet=args.quiet)
+    print(f"alignlab serve: {args.model} at {base_url(httpd)}", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("alignlab serve: warning: bound beyond loopback; there is no authentication", file=sys.stderr)
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()

@@ -1,0 +1,153 @@
+"""The HTML report of an `alignlab eval` run: one self-contained file plus the PNG plots it shows.
+
+Plots are drawn with matplotlib's Agg backend (no display needed), saved under `plots/` and also embedded
+in the page as base64 data URIs, so report.html can be mailed or archived alone. Every piece of text
+that came from data, models or judges is HTML-escaped (a model's answer is untrusted input). Values of
+the environment variables a config names as API-key holders (`api_key_env`) are redacted from anything
+written, in case an endpoint echoed one back in a reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_evaluation", "redact", "render_html", "secret_values", "write_report"]
+
+
+def secret_values(config: Any) -> list[str]:
+    """Values of every environment variable named by an `api_key_env` key anywhere in a config mapping."""
+    names: list[str] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "api_key_env" and isinstance(v, str):
+                    names.append(v)
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(config)
+    return [os.environ[n] for n in names if os.environ.get(n)]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if len(s) >= 4:  # a 1-3 character "key" would blank out ordinary text
+            text = text.replace(s, "[redacted]")
+    return text
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:60] or "evaluation"
+
+
+def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
+    """One PNG: each model's headline value with its interval as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r.get("value") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.5 * max(len(rows), 1)), dpi=100)
+    try:
+        labels = [str(r["model"]) for r in rows]
+        values = [float(r["value"]) for r in rows]
+        lows = [max(v - float(r["low"]), 0.0) if r.get("low") is not None else 0.0 for v, r in zip(values, rows)]
+        highs = [max(float(r["high"]) - v, 0.0) if r.get("high") is not None else 0.0 for v, r in zip(values, rows)]
+        ax.barh(range(len(rows)), values, xerr=[lows, highs], color="#4c72b0", capsize=4)
+        ax.set_yticks(range(len(rows)), labels)
+        ax.invert_yaxis()
+        metric = records[0].get("metric", "value") if records else "value"
+        ax.set_xlabel(metric)
+        if metric == "win_rate":
+            ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(name)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _e(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return html.escape("-" if x is None else str(x), quote=True)
+
+
+def _table(records: list[dict]) -> str:
+    head = "".join(f"<th>{c}</th>" for c in ("evaluation", "model", "metric", "value", "interval", "n"))
+    body = []
+    for r in records:
+        interval = f"[{_e(r.get('low'))}, {_e(r.get('high'))}]" if r.get("low") is not None else "-"
+        body.append("<tr>" + "".join(f"<td>{v}</td>" for v in (
+            _e(r["evaluation"]), _e(r["model"]), _e(r["metric"]), _e(r["value"]), interval, _e(r.get("n")))) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _details(r: dict) -> str:
+    d = dict(r.get("details", {}))
+    examples = d.pop("examples", [])
+    d.pop("outcomes", None)
+    parts = [f"<h4>{_e(r['model'])}</h4><pre>{html.escape(json.dumps(d, indent=1, default=str))}</pre>"]
+    for k, ex in enumerate(examples):
+        parts.append(
+            f"<details><summary>example {k + 1}: outcome {_e(ex.get('outcome'))}</summary>"
+            f"<p><b>prompt</b></p><pre>{_e(ex.get('prompt'))}</pre>"
+            f"<p><b>answer A</b></p><pre>{_e(ex.get('answer_a'))}</pre>"
+            f"<p><b>answer B</b></p><pre>{_e(ex.get('answer_b'))}</pre>"
+            f"<p><b>judge</b></p><pre>{html.escape(json.dumps(ex.get('judge'), indent=1, default=str))}</pre>"
+            "</details>")
+    return "".join(parts)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;word-break:break-word;max-height:24em;overflow:auto}
+img{max-width:100%}"""
+
+
+def render_html(payload: dict, images: dict[str, bytes]) -> str:
+    """The report page; `images` maps evaluation name -> PNG bytes (embedded as data URIs)."""
+    results = payload.get("results", [])
+    sections = []
+    for name in dict.fromkeys(r["evaluation"] for r in results):
+        recs = [r for r in results if r["evaluation"] == name]
+        img = images.get(name)
+        tag = (f'<img alt="{_e(name)}" src="data:image/png;base64,{base64.b64encode(img).decode()}">'
+               if img else "")
+        sections.append(f"<h2>{_e(name)} ({_e(recs[0]['kind'])})</h2>{tag}{''.join(_details(r) for r in recs)}")
+    config = html.escape(json.dumps(payload.get("config", {}), indent=1, default=str))
+    seconds = payload.get("seconds")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>alignlab eval</title>"
+            f"<style>{_STYLE}</style></head><body><h1>alignlab eval</h1>"
+            f"<p>{len(results)} results in {_e(seconds)} s.</p>{_table(results)}{''.join(sections)}"
+            f"<h2>config</h2><pre>{config}</pre></body></html>")
+
+
+def write_report(payload: dict, out_dir: str | Path) -> Path:
+    """Write `out_dir/plots/<evaluation>.png` and `out_dir/report.html`; returns the HTML path."""
+    out = Path(out_dir)
+    images: dict[str, bytes] = {}
+    results = payload.get("results", [])
+    for name in dict.fromkeys(r["evaluation"] for r in results):
+        recs = [r for r in results if r["evaluation"] == name]
+        if any(r.get("value") is not None for r in recs):
+            images[name] = plot_evaluation(name, recs, out / "plots" / f"{_slug(name)}.png").read_bytes()
+    page = redact(render_html(payload, images), secret_values(payload.get("config", {})))
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

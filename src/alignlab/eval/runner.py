@@ -1,0 +1,324 @@
+"""`alignlab eval`: run a list of evaluations against one or more checkpoints; write eval.json + report.html.
+
+Every result is one record `{evaluation, kind, model, metric, value, low, high, n, details}` so the
+table, the JSON and the plots treat all measures alike; `details` holds each measure's full numbers
+(judge replies counted by malformed kind, KL k1/k3 with standard errors, rating battles, ...).
+Models are loaded once and answers generated once per (model, prompt set, sampling), then reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from alignlab.errors import AlignlabError
+from alignlab.eval.pairwise import JudgeConfig
+from alignlab.rollout.generate import SamplingConfig
+
+__all__ = ["EvalConfig", "EvaluationSpec", "run"]
+
+KINDS = ("reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "kl", "perplexity", "mean_reward")
+
+
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=64, temperature=1.0, seed=0)
+
+
+@dataclass
+class EvaluationSpec:
+    """One evaluation, run against every checkpoint (ratings: against all of them at once)."""
+
+    kind: Literal["reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "kl", "perplexity", "mean_reward"]
+    """reward_accuracy: a scorer ranks chosen above rejected; dpo_accuracy: DPO implicit reward does;
+    win_rate: checkpoint vs baseline under a judge; ratings: Bradley-Terry ratings of all checkpoints (and
+    the baseline) from round-robin battles; kl: KL(checkpoint || reference) from samples (k1, k3);
+    perplexity: on SFT rows; mean_reward: of sampled answers under a reward function."""
+    data: str
+    """File (or hub id) with the rows: preference pairs (accuracies), prompts (win_rate, ratings, kl,
+    mean_reward), or SFT / text rows (perplexity)."""
+    name: str | None = None
+    """Label in the table and report; defaults to the kind."""
+    format: str | None = None
+    """Data format when detection is not enough (see `alignlab data inspect`)."""
+    columns: dict[str, Any] = field(default_factory=dict)
+    """Column mapping for files in no known format (as for training recipes)."""
+    offset: int = 0
+    """Rows skipped from the start: point past the training split to evaluate held-out rows."""
+    limit: int = 32
+    """Rows used after the offset (evaluation cost grows with it)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """win_rate / ratings: the judge (llm over a local model or HTTP endpoint, reward_model, function)."""
+    baseline: str | None = None
+    """win_rate: model B (defaults to the top-level baseline)."""
+    reference: str | None = None
+    """kl / dpo_accuracy: the reference model (defaults to the top-level reference)."""
+    scorer: str | None = None
+    """reward_accuracy: scorer checkpoint; null scores with each checkpoint itself (a reward model)."""
+    reward: str | None = None
+    """mean_reward: reward registry name (sentiment, gsm8k, format) or module.path:function."""
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    """mean_reward: options for the reward factory."""
+    beta: float = 0.1
+    """dpo_accuracy: the beta the policy was trained with (scales the implicit reward, not the accuracy)."""
+    samples: int = 1
+    """kl: samples per prompt."""
+    sampling: SamplingConfig = field(default_factory=_default_sampling)
+    """How answers are sampled (win_rate, ratings, kl, mean_reward). KL estimates are unbiased only for
+    temperature 1 and no top-p/top-k (samples from the policy itself)."""
+    max_length: int = 512
+    """Token budget per scored sequence (prompt + completion) for accuracies and perplexity."""
+
+    def validate(self) -> None:
+        if self.limit < 1 or self.offset < 0 or self.samples < 1:
+            raise AlignlabError(f"evaluation {self.name or self.kind}: limit >= 1, offset >= 0, samples >= 1")
+        if self.kind == "mean_reward" and not self.reward:
+            raise AlignlabError(f"evaluation {self.name or self.kind}: mean_reward needs reward: <name>")
+
+
+@dataclass
+class EvalConfig:
+    """`alignlab eval`: checkpoints, baseline / reference, and the evaluations to run."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    """Models to evaluate: aliases (tiny-random, smollm2-135m-instruct), checkpoint dirs or hub ids."""
+    evaluations: list[EvaluationSpec] = field(default_factory=list)
+    """What to measure; see EvaluationSpec (each item is a mapping with at least kind and data)."""
+    baseline: str | None = None
+    """Model B for win_rate evaluations (also rated in ratings evaluations)."""
+    reference: str | None = None
+    """Reference model for kl and dpo_accuracy (usually the SFT model the policy started from)."""
+    output_dir: str = "eval_out"
+    """Where eval.json and report.html (with its PNG plots) are written."""
+    device: str = "auto"
+    """cpu, cuda, or auto (CUDA when present)."""
+    n_boot: int = 1000
+    """Bootstrap resamples for every interval."""
+    seed: int = 0
+    """Seed for the bootstrap (sampling has its own seed under each evaluation's sampling)."""
+    batch_size: int = 8
+    """Sequences per forward when scoring log-probs; comparisons per judge call."""
+    report: bool = True
+    """Write report.html and the PNG plots next to eval.json."""
+
+    def validate(self) -> None:
+        if not self.checkpoints:
+            raise AlignlabError("eval: checkpoints is empty; name at least one model to evaluate")
+        if not self.evaluations:
+            raise AlignlabError("eval: evaluations is empty; add e.g. {kind: win_rate, data: prompts.jsonl}")
+        for spec in self.evaluations:
+            if spec.kind == "win_rate" and not (spec.baseline or self.baseline):
+                raise AlignlabError("eval: a win_rate evaluation needs a baseline (top level or in the item)")
+            if spec.kind in ("kl", "dpo_accuracy") and not (spec.reference or self.reference):
+                raise AlignlabError(f"eval: a {spec.kind} evaluation needs a reference (top level or in the item)")
+
+
+class _Context:
+    """Loaded models and generated answers shared by every evaluation of one run."""
+
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+        self.models: dict[str, tuple[Any, Any]] = {}
+        self.answers: dict[tuple, Any] = {}
+
+    def model(self, name: str) -> tuple[Any, Any]:
+        if name not in self.models:
+            from alignlab.models.load import load_model, load_tokenizer
+
+            self.models[name] = (load_model(name, device=self.cfg.device).eval(), load_tokenizer(name))
+        return self.models[name]
+
+    def generations(self, name: str, spec: EvaluationSpec, rows: list, n: int = 1) -> Any:
+        key = (name, spec.data, spec.offset, spec.limit, repr(spec.sampling), n)
+        if key not in self.answers:
+            from alignlab.rollout.generate import generate
+
+            model, tok = self.model(name)
+            self.answers[key] = generate(model, tok, rows, spec.sampling, n=n)
+        return self.answers[key]
+
+    def texts(self, name: str, spec: EvaluationSpec, rows: list) -> list[str]:
+        return [s.text for s in self.generations(name, spec, rows).samples]
+
+
+def _rows(spec: EvaluationSpec, task: str) -> tuple[list, dict]:
+    from alignlab.data.sources import load_rows
+
+    res = load_rows(spec.data, task=task, format=spec.format, columns=spec.columns or None, on_bad_row="skip")
+    rows = res.rows[spec.offset:spec.offset + spec.limit]
+    if not rows:
+        raise AlignlabError(f"evaluation {spec.name or spec.kind}: {spec.data} has no {task} rows after "
+                            f"offset {spec.offset} (it has {len(res.rows)})")
+    return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
+
+
+def _record(spec: EvaluationSpec, model: str, metric: str, value: float, low: float | None = None,
+            high: float | None = None, n: int | None = None, details: dict | None = None) -> dict[str, Any]:
+    return {"evaluation": spec.name or spec.kind, "kind": spec.kind, "model": model, "metric": metric,
+            "value": value, "low": low, "high": high, "n": n, "details": details or {}}
+
+
+def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval import measures
+
+    rows, info = _rows(spec, "preference")
+    out = []
+    for name in ctx.cfg.checkpoints:
+        if spec.kind == "reward_accuracy":
+            from alignlab.rollout.rewards import get_reward
+
+            res = measures.reward_accuracy(get_reward("reward_model", path=spec.scorer or name), rows,
+                                           seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
+        else:
+            policy, tok = ctx.model(name)
+            reference, _ = ctx.model(spec.reference or ctx.cfg.reference)
+            res = measures.dpo_accuracy(policy, reference, tok, rows, beta=spec.beta, max_length=spec.max_length,
+                                        batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
+        out.append(_record(spec, name, "accuracy", res["accuracy"], res["low"], res["high"], res["n"],
+                           {**res, **info}))
+    return out
+
+
+def _examples(rows, a, b, result, k: int = 3) -> list[dict]:
+    from alignlab.eval.judges import prompt_text
+
+    return [{"prompt": prompt_text(rows[i]), "answer_a": a[i], "answer_b": b[i],
+             "outcome": result.outcomes[i], "judge": result.results[i].raw} for i in range(min(k, len(rows)))]
+
+
+def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval.pairwise import build_judge, compare_answers
+
+    rows, info = _rows(spec, "prompt")
+    judge = build_judge(spec.judge, device=ctx.cfg.device)
+    baseline = spec.baseline or ctx.cfg.baseline
+    b = ctx.texts(baseline, spec, rows)
+    out = []
+    for name in ctx.cfg.checkpoints:
+        a = ctx.texts(name, spec, rows)
+        res = compare_answers(judge, rows, a, b, batch_size=ctx.cfg.batch_size, n_boot=ctx.cfg.n_boot,
+                              seed=ctx.cfg.seed)
+        wr = res.win_rate
+        details = {**res.to_dict(), **info, "baseline": baseline, "judge": judge.stats(),
+                   "examples": _examples(rows, a, b, res)}
+        out.append(_record(spec, name, "win_rate", wr.rate if wr else None, wr.low if wr else None,
+                           wr.high if wr else None, wr.n if wr else 0, details))
+    return out
+
+
+def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval.pairwise import build_judge, round_robin
+    from alignlab.eval.ratings import bradley_terry_ratings
+
+    rows, info = _rows(spec, "prompt")
+    judge = build_judge(spec.judge, device=ctx.cfg.device)
+    names = list(dict.fromkeys(ctx.cfg.checkpoints + ([spec.baseline or ctx.cfg.baseline]
+                                                      if (spec.baseline or ctx.cfg.baseline) else [])))
+    answers = {name: ctx.texts(name, spec, rows) for name in names}
+    battles, malformed = round_robin(judge, rows, answers, batch_size=ctx.cfg.batch_size)
+    details = {**info, "battles": len(battles), "malformed": malformed, "judge": judge.stats()}
+    if len({m for b in battles for m in b[:2]}) < 2:
+        return [_record(spec, name, "rating", None, n=0, details=details) for name in names]
+    table = bradley_terry_ratings(battles, n_boot=min(ctx.cfg.n_boot, 200), seed=ctx.cfg.seed)
+    rated = {r.model: r for r in table.ratings}
+    return [_record(spec, name, "rating", rated[name].rating, rated[name].low, rated[name].high,
+                    rated[name].battles, {**details, "score": rated[name].score}) if name in rated
+            else _record(spec, name, "rating", None, n=0, details=details) for name in names]
+
+
+def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval.measures import kl_from_samples
+
+    rows, info = _rows(spec, "prompt")
+    reference, _ = ctx.model(spec.reference or ctx.cfg.reference)
+    out = []
+    for name in ctx.cfg.checkpoints:
+        policy, tok = ctx.model(name)
+        gen = ctx.generations(name, spec, rows, n=spec.samples)
+        res = kl_from_samples(policy, reference, gen, batch_size=ctx.cfg.batch_size, pad_id=tok.pad_token_id or 0)
+        se = res["k3_se"] if res["k3_se"] == res["k3_se"] else 0.0  # nan with one sample
+        out.append(_record(spec, name, "kl_k3", res["k3"], res["k3"] - 1.96 * se, res["k3"] + 1.96 * se, res["n"],
+                           {**res, **info}))
+    return out
+
+
+def _perplexity(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval.measures import perplexity_on_rows
+
+    rows, info = _rows(spec, "sft")
+    out = []
+    for name in ctx.cfg.checkpoints:
+        model, tok = ctx.model(name)
+        res = perplexity_on_rows(model, tok, rows, max_length=spec.max_length, batch_size=ctx.cfg.batch_size)
+        out.append(_record(spec, name, "perplexity", res["perplexity"], n=res["n"], details={**res, **info}))
+    return out
+
+
+def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval.measures import mean_reward, prompt_arg
+    from alignlab.rollout.rewards import get_reward
+
+    rows, info = _rows(spec, "prompt")
+    fn = get_reward(spec.reward, **spec.reward_options)
+    fields = {"answer": [r.answer for r in rows]} if any(r.answer is not None for r in rows) else {}
+    out = []
+    for name in ctx.cfg.checkpoints:
+        res = mean_reward(fn, [prompt_arg(r) for r in rows], ctx.texts(name, spec, rows), seed=ctx.cfg.seed,
+                          n_boot=ctx.cfg.n_boot, **fields)
+        out.append(_record(spec, name, "mean_reward", res["mean"], res["low"], res["high"], res["n"],
+                           {**res, **info, "reward": spec.reward}))
+    return out
+
+
+_RUNNERS = {"reward_accuracy": _accuracy, "dpo_accuracy": _accuracy, "win_rate": _win_rate, "ratings": _ratings,
+            "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward}
+
+
+def run(cfg: EvalConfig, *, console: Any = None) -> dict[str, Any]:
+    """Run every evaluation, write `output_dir/eval.json` (+ report.html), print a table; return the payload."""
+    from alignlab.config import to_dict
+
+    cfg.validate()
+    start = time.perf_counter()
+    ctx = _Context(cfg)
+    results: list[dict] = []
+    for spec in cfg.evaluations:
+        results += _RUNNERS[spec.kind](spec, ctx)
+    payload = {"config": to_dict(cfg), "results": results, "seconds": time.perf_counter() - start}
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "eval.json.tmp"
+    from alignlab.eval.report import redact, secret_values
+
+    text = redact(json.dumps(payload, indent=2, default=str), secret_values(payload["config"]))
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out / "eval.json")
+    if cfg.report:
+        from alignlab.eval.report import write_report
+
+        write_report(payload, out)
+    print_table(results, console=console)
+    return payload
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def print_table(results: list[dict], console: Any = None) -> None:
+    """The results as a rich table: evaluation, model, metric, value, interval, n, undecided judge replies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="alignlab eval")
+    for col in ("evaluation", "model", "metric", "value", "interval", "n", "malformed"):
+        table.add_column(col, justify="right" if col in ("value", "n", "malformed") else "left")
+    for r in results:
+        interval = f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r["low"] is not None else "-"
+        bad = r["details"].get("malformed")
+        table.add_row(r["evaluation"], r["model"], r["metric"], _fmt(r["value"]), interval, _fmt(r["n"]),
+                      _fmt(sum(bad.values())) if isinstance(bad, dict) else "-")
+    (console or Console()).print(table)
