@@ -53,7 +53,9 @@ def test_chunked_equals_plain_values_and_grads(chunk_size, with_bias):
 
     def plain(hd, w, b=None):
         logits = hd @ w.t() + (b if b is not None else 0)
-        return torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[:, None]).squeeze(-1) * (labels != -100)
+        return torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[:, None]).squeeze(-1) * (
+            labels != -100
+        )
 
     def chunked(hd, w, b=None):
         return chunked_token_logprobs(hd, w, labels, chunk_size=chunk_size, bias=b)
@@ -131,7 +133,9 @@ def test_chunked_peak_memory_well_below_full_logits():
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
 
     def probe(kind):
-        out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, kind], env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, kind], env=env, capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr
         return int(out.stdout.split()[-1])
 
@@ -157,3 +161,55 @@ def test_entropy_hand_values_and_chunking():
     p = torch.softmax(logits[2], -1)
     assert abs(ent[2].item() - float(-(p * p.log()).sum())) < 1e-6
     torch.testing.assert_close(entropy_from_logits(logits, chunk_size=2), ent)
+
+
+def test_chunked_bf16_matches_plain_bf16_autograd():
+    """bf16 model: logits matmul in bf16 then float32 log-softmax, on both paths; grads come back in bf16."""
+    torch.manual_seed(3)
+    hidden = torch.randn(40, 16).to(torch.bfloat16).requires_grad_(True)
+    weight = (torch.randn(64, 16) * 0.2).to(torch.bfloat16).requires_grad_(True)
+    labels = torch.randint(0, 64, (40,))
+    plain = token_logprobs(hidden @ weight.t(), labels)
+    chunked = chunked_token_logprobs(hidden, weight, labels, chunk_size=16)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, plain, atol=1e-6, rtol=0)
+    gp = torch.autograd.grad(plain.sum(), (hidden, weight))
+    gc = torch.autograd.grad(chunked.sum(), (hidden, weight))
+    for a, b in zip(gp, gc):
+        assert b.dtype == torch.bfloat16
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunked_peak_memory_cuda():
+    """On a GPU the allocator reports the peak directly: chunked fwd+bwd stays well under N*V*4 bytes."""
+    n, h, v = 4096, 64, 32768
+    dev = torch.device("cuda")
+    hidden = torch.randn(n, h, device=dev, requires_grad=True)
+    weight = torch.randn(v, h, device=dev, requires_grad=True)
+    labels = torch.randint(0, v, (n,), device=dev)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    chunked_token_logprobs(hidden, weight, labels, chunk_size=512).sum().backward()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < 0.5 * n * v * 4
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-6)])
+def test_chunked_frozen_head_grad_matches_plain(dtype, atol):
+    """LoRA case: lm_head frozen, so the hidden-state gradient is formed in the forward pass; same numbers."""
+    torch.manual_seed(4)
+    hidden = torch.randn(37, 12, dtype=dtype)
+    weight = torch.randn(50, 12, dtype=dtype) * 0.5  # requires_grad False: a frozen head
+    labels = torch.randint(0, 50, (37,))
+    labels[3] = -100
+    upstream = torch.randn(37, dtype=dtype)
+    h1, h2 = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
+    plain = token_logprobs(h1 @ weight.t(), labels)
+    chunked = chunked_token_logprobs(h2, weight, labels, chunk_size=8)
+    torch.testing.assert_close(chunked, plain, atol=atol, rtol=0)
+    (plain * upstream).sum().backward()
+    (chunked * upstream).sum().backward()
+    torch.testing.assert_close(h2.grad, h1.grad, atol=atol, rtol=0)
+    assert h2.grad[3].abs().max() == 0  # an ignored label sends no gradient

@@ -34,7 +34,9 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over mask-1 positions; with shift_mean=False the mean is added back.
 
     Masked positions are transformed too (callers multiply by the mask where it matters).
