@@ -49,6 +49,7 @@ def test_rpo_mix_is_dpo_plus_weighted_nll():
     """
     mix = combine(["dpo", "sft"], [1.0, 0.2])
     assert mix.needs_reference and mix.needs_summed and mix.needs_averaged and mix.uses_nll
+    assert mix.logp_kinds == {"summed", "averaged"} and mix.names == ("dpo", "sft")
     out = mix.compute(SUMMED, AVERAGED, beta=0.1, nll=torch.tensor(1.5))
     torch.testing.assert_close(out.losses, torch.tensor([0.898139, 1.274077]), atol=1e-6, rtol=0)
     torch.testing.assert_close(out.chosen_rewards, torch.tensor([0.1, -0.5]))

@@ -193,6 +193,11 @@ class LossMix:
         return any(s.average_logps for s in self.specs)
 
     @property
+    def logp_kinds(self) -> frozenset[str]:
+        """Subset of {"summed", "averaged"}: the sequence log-probs `compute` needs."""
+        return frozenset(s.logp_kind for s in self.specs)
+
+    @property
     def paired(self) -> bool:
         return self.specs[0].paired
 
