@@ -106,6 +106,11 @@ def test_alpaca_joins_instruction_and_input_and_keeps_history():
     assert convert({"instruction": "Say hi", "input": "", "output": "hi"})[1].messages[0] == U("Say hi")
 
 
+def test_alpaca_preference():
+    fmt, row = convert({"instruction": "Pick", "input": "", "chosen": "a", "rejected": "b"})
+    assert (fmt, row) == ("alpaca", PreferenceRow([U("Pick")], [A("a")], [A("b")]))
+
+
 def test_question_answer():
     assert convert({"question": "1+1?", "answer": "so 2\n#### 2"}) == (
         "question-answer", SFTRow([U("1+1?"), A("so 2\n#### 2")], 1))

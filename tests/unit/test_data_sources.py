@@ -159,3 +159,11 @@ def test_hh_mismatch_is_reported_with_its_line(tmp_path):
     res = load_rows(p, on_bad_row="skip")
     assert res.format == "hh" and len(res.rows) == 1 and isinstance(res.rows[0], PreferenceRow)
     assert [(x.kind, x.line, x.field) for x in res.problems] == [("prompt_mismatch", 2, "rejected")]
+
+
+def test_misspelt_mapped_column_is_one_clear_error(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("Question,Best Answer\nQ,A\n")
+    with pytest.raises(AlignlabError, match=r"\['Best answer'\] from the mapping are not in the file; "
+                                            r"its columns are: \['Question', 'Best Answer'\]"):
+        load_rows(p, columns="prompt=Question,completion=Best answer")

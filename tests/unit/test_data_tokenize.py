@@ -8,6 +8,8 @@ import itertools
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
 
@@ -195,3 +197,45 @@ def test_default_template_text_and_split_last_turn(tok):
     text = Template(DEFAULT_CHAT_TEMPLATE).render(messages=[U("q"), A("a")], add_generation_prompt=False)
     assert text == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
     assert split_last_turn([U("q"), A("a1"), A("a2")]) == ([U("q")], [A("a1"), A("a2")])
+
+
+# -- properties over random texts (hypothesis) ----------------------------------------------------
+
+_TOK = _bpe()
+TEXT = st.text(alphabet="helowrd ,.abgq\n", min_size=1, max_size=30).filter(lambda s: s.strip())
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt=TEXT, chosen=TEXT, rejected=TEXT)
+def test_joint_tokenisation_reproduces_the_whole_text(prompt, chosen, rejected):
+    """For any texts, prompt_ids + X_ids is exactly the tokenisation of prompt + X (+ one EOS)."""
+    t = tokenize_pair(PreferenceRow([U(prompt)], [A(chosen)], [A(rejected)], chat=False), _TOK, None)
+    eos = _TOK.eos_token_id
+    assert t.prompt_ids + t.chosen_ids == encode(_TOK, prompt + chosen, True) + [eos]
+    assert t.prompt_ids + t.rejected_ids == encode(_TOK, prompt + rejected, True) + [eos]
+    assert len(t.prompt_ids) <= len(encode(_TOK, prompt, True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(system=TEXT, prompt=TEXT, answer=TEXT)
+def test_chat_completion_is_the_answer_and_end_of_turn(system, prompt, answer):
+    row = PreferenceRow([S(system), U(prompt)], [A(answer)], [A(answer + "x")])
+    t = tokenize_pair(row, _TOK, None)
+    assert _TOK.decode(t.chosen_ids) == answer + "<|im_end|>"
+    full = encode(_TOK, render(_TOK, row.prompt + row.chosen), False)
+    tail = full[len(t.prompt_ids) + len(t.chosen_ids):]
+    assert full[: len(t.prompt_ids) + len(t.chosen_ids)] == t.prompt_ids + t.chosen_ids
+    assert _TOK.decode(tail).strip() == ""
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompt=TEXT, completion=TEXT, max_length=st.integers(4, 24), keep=st.sampled_from(["end", "start"]))
+def test_truncation_fits_and_keeps_a_contiguous_prompt_piece(prompt, completion, max_length, keep):
+    row = UnpairedRow([U(prompt * 3)], [A(completion * 3)], True, chat=False)
+    full = tokenize_unpaired(row, _TOK, None)
+    t = tokenize_unpaired(row, _TOK, max_length, keep_prompt=keep)
+    assert len(t.prompt_ids) + len(t.completion_ids) <= max_length
+    assert len(t.prompt_ids) + t.prompt_cut == len(full.prompt_ids)
+    assert len(t.completion_ids) + t.completion_cut == len(full.completion_ids)
+    want = full.prompt_ids[t.prompt_cut:] if keep == "end" else full.prompt_ids[: len(t.prompt_ids)]
+    assert t.prompt_ids == want and t.completion_ids == full.completion_ids[: len(t.completion_ids)]

@@ -13,8 +13,9 @@ on purpose (a tied vote). Formats (name: what a record looks like -> natural tas
   `chosen_messages`/`rejected_messages` are read the same way.
 - `prompt-completion`: TRL `prompt`/`completion` -> sft; `unpaired`: with `label` -> unpaired;
   `prompt-only`: `prompt` -> prompt.
-- `alpaca`: `instruction`, `input`, `output` (+ optional `system`, `history` [[q, a], ...]) -> sft;
-  the user turn is instruction and input joined by a blank line.
+- `alpaca`: `instruction`, `input`, `output` (+ optional `system`, `history` [[q, a], ...]) -> sft, or
+  with `chosen`/`rejected` strings instead of `output` -> preference; the user turn is instruction and
+  input joined by a blank line.
 - `question-answer`: `question`, `answer` (GSM8K) -> sft.
 - `hh`: Anthropic HH `chosen`/`rejected` transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") split into
   turns; the dialogue before the last answer must be the same in both, else a `prompt_mismatch` problem.
@@ -232,8 +233,10 @@ def alpaca(rec: dict) -> Row:
         if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
             raise RowProblem("wrong_type", f"history[{i}]", "expected [instruction, response] strings")
         msgs += [user(turn[0]), assistant(turn[1])]
-    prompt = join_parts([need_text(rec, "instruction"), need_text(rec, "input", optional=True)])
-    msgs += [user(prompt), assistant(need_text(rec, "output"))]
+    msgs.append(user(join_parts([need_text(rec, "instruction"), need_text(rec, "input", optional=True)])))
+    if "chosen" in rec or "rejected" in rec:  # LLaMA-Factory's Alpaca-style preference data
+        return PreferenceRow(msgs, [assistant(need_text(rec, "chosen"))], [assistant(need_text(rec, "rejected"))])
+    msgs.append(assistant(need_text(rec, "output")))
     return SFTRow(msgs, len(msgs) - 1)
 
 
@@ -296,7 +299,7 @@ def detect_format(rec: Any) -> str | None:
         return "sharegpt" if isinstance(first, dict) and "from" in first else "messages"
     if {"chosen_messages", "rejected_messages"} <= keys:
         return "preference"
-    if {"instruction", "output"} <= keys:
+    if {"instruction", "output"} <= keys or {"instruction", "chosen", "rejected"} <= keys:
         return "alpaca"
     if {"chosen", "rejected"} <= keys:
         return "hh" if "prompt" not in keys and _is_hh(rec["chosen"]) else "preference"

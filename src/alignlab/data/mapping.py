@@ -54,6 +54,10 @@ class ColumnMapping:
     list_sep: str = ";"
     chat: bool = True
 
+    def columns(self) -> list[str]:
+        """Every column the mapping reads."""
+        return [col for cols in self.fields.values() for col, _ in cols]
+
     @property
     def judged(self) -> bool:
         """Pairs chosen by votes between two given responses."""

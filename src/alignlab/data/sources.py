@@ -106,6 +106,15 @@ def _check_args(task: str | None, format: str | None, on_bad_row: str) -> None:
         raise AlignlabError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
 
 
+def _check_mapped_columns(records: list, wanted: list[str], source: str) -> None:
+    """A misspelt column would make every record a problem; say it once, with the columns there are."""
+    first = next((r.value for r in records if isinstance(r.value, dict)), None)
+    missing = [c for c in wanted if first is not None and c not in first]
+    if missing:
+        raise AlignlabError(f"{source}: column(s) {missing} from the mapping are not in the file; "
+                            f"its columns are: {list(first)}")
+
+
 def _detect(records: list, source: str) -> str:
     for rec in records:
         fmt = detect_format(rec.value)
@@ -132,6 +141,7 @@ def load_rows(
     read = read_records(path)
     src = read.source
     if mapping is not None:
+        _check_mapped_columns(read.records, mapping.columns(), src)
         fmt, convert = "columns", partial(convert_columns, m=mapping)
     else:
         if format == "columns":
