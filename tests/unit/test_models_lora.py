@@ -1,0 +1,108 @@
+"""LoRA wiring: the disabled adapter is exactly the base model; merging reproduces the adapted model."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignlab.config import load_config
+from alignlab.errors import AlignlabError
+from alignlab.models.load import load_model, load_tokenizer
+from alignlab.models.lora import LoraConfig, adapter_disabled, apply_lora, merge_adapter, qlora_available
+
+IDS = torch.tensor([[5, 80, 123, 7, 300, 42, 9, 511]])
+
+
+def _adapted(cfg: LoraConfig | None = None):
+    """tiny-random with LoRA whose B matrices are made non-zero (fresh LoRA has B = 0, i.e. no change)."""
+    model = apply_lora(load_model("tiny-random"), cfg or LoraConfig(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_only_adapters_train_and_fresh_lora_is_the_base():
+    """r=4 on 7 projections x 2 layers: A [4, in] + B [out, 4] per projection = 4*(in+out) parameters.
+    q: 4*(64+64)=512, k: 4*(64+32)=384, v: 384, o: 512, gate: 4*(64+128)=768, up: 768, down: 768
+    -> 4096 per layer, 8192 in total."""
+    base = load_model("tiny-random").eval()
+    expected = _logits(base)
+    model = apply_lora(load_model("tiny-random"), LoraConfig(r=4, alpha=8, dropout=0.0)).eval()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 8192
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert torch.equal(_logits(model), expected)  # B = 0 at initialisation
+
+
+def test_adapter_disabled_gives_exactly_the_base_logits():
+    base_logits = _logits(load_model("tiny-random").eval())
+    model = _adapted()
+    adapted = _logits(model)
+    assert (adapted - base_logits).abs().max() > 1e-3  # the adapter really changes the model
+    with adapter_disabled(model) as ref:
+        assert ref is model
+        assert torch.equal(_logits(model), base_logits)
+    assert torch.equal(_logits(model), adapted)  # re-enabled on exit
+
+
+def test_adapter_disabled_refuses_a_plain_model():
+    with pytest.raises(AlignlabError, match="no LoRA adapter"):
+        with adapter_disabled(load_model("tiny-random")):
+            pass
+
+
+def test_merge_reproduces_the_adapted_model(tmp_path):
+    model = _adapted()
+    adapted = _logits(model)
+    model.save_pretrained(tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert meta["base_model_name_or_path"].endswith("tiny-random-v1")
+    out = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(_logits(merged), adapted, atol=1e-5, rtol=0)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.encode("hello world") == load_tokenizer("tiny-random").encode("hello world")
+    assert tok.chat_template
+    with pytest.raises(AlignlabError, match="not empty"):
+        merge_adapter(tmp_path / "adapter", tmp_path / "merged")
+    with pytest.raises(AlignlabError, match="no adapter_config.json"):
+        merge_adapter(tmp_path / "merged", tmp_path / "again")
+
+
+def test_adapter_dir_loads_as_peft_model(tmp_path):
+    model = _adapted()
+    model.save_pretrained(tmp_path / "adapter")
+    again = load_model(str(tmp_path / "adapter")).eval()
+    assert torch.equal(_logits(again), _logits(model))
+    assert load_tokenizer(str(tmp_path / "adapter")).eos_token == "<|im_end|>"
+
+
+def test_target_modules_that_do_not_exist():
+    with pytest.raises(AlignlabError, match="linear layers are named .*'q_proj'"):
+        apply_lora(load_model("tiny-random"), LoraConfig(target_modules=["c_attn"]))
+
+
+def test_all_linear_and_config_from_overrides():
+    cfg = load_config(LoraConfig, None, ["r=2", "alpha=4", "target_modules=all-linear"])
+    assert (cfg.r, cfg.alpha, cfg.target_modules, cfg.qlora) == (2, 4, ["all-linear"], False)
+    model = apply_lora(load_model("tiny-random"), cfg)
+    # all-linear = the same 7 projections (peft skips the output head); r=2 halves the r=4 count: 4096
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 8192 // 2
+    with pytest.raises(AlignlabError, match="lora.r"):
+        LoraConfig(r=0)
+
+
+@pytest.mark.skipif(qlora_available() is None, reason="CUDA and bitsandbytes present: QLoRA would run")
+def test_qlora_refused_without_cuda():
+    with pytest.raises(AlignlabError, match="lora.qlora: QLoRA needs"):
+        apply_lora(load_model("tiny-random"), LoraConfig(qlora=True))
