@@ -149,6 +149,19 @@ def test_template_that_drops_assistant_messages_is_a_clean_error():
         tokenize_sft(SFTRow([U("q"), A("good")], 1), broken, None)
 
 
+def test_template_errors_name_the_row():
+    from alignlab.data.rows import Origin
+    from alignlab.errors import AlignlabError
+
+    strict = _bpe()
+    strict.chat_template = ("{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+                            "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}{{ m['content'] }}"
+                            "{% endfor %}")
+    row = SFTRow([U("q"), {"role": "tool", "content": "r"}, A("a")], 1, origin=Origin("f.jsonl", 3, 4))
+    with pytest.raises(AlignlabError, match=r"f.jsonl:4 \(record 3\): the chat template cannot render .*'tool'"):
+        tokenize_sft(row, strict, None)
+
+
 def test_truncation_keeps_prompt_end_or_start_and_counts_cuts(tok):
     row = UnpairedRow([U("a " * 30)], [A("b " * 30)], True, chat=False)
     full = tokenize_unpaired(row, tok, None)

@@ -35,8 +35,9 @@ def ensure_chat_template(tok: Any) -> Any:
     return tok
 
 
-def render(tok: Any, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    """The tokenizer's chat template (or the default) applied to `messages`, as text."""
+def render(tok: Any, messages: list[Message], add_generation_prompt: bool = False, where: Any = None) -> str:
+    """The tokenizer's chat template (or the default) applied to `messages`, as text; `where` (a row's
+    origin) goes into the error message."""
     template = getattr(tok, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
     try:
         text = tok.apply_chat_template(
@@ -44,7 +45,8 @@ def render(tok: Any, messages: list[Message], add_generation_prompt: bool = Fals
         )
     except Exception as e:  # jinja raises TemplateError (or whatever the template's raise_exception says)
         roles = [m["role"] for m in messages]
-        raise AlignlabError(f"the chat template cannot render a conversation with roles {roles}: {e}") from None
+        at = f"{where}: " if where is not None else ""
+        raise AlignlabError(f"{at}the chat template cannot render a conversation with roles {roles}: {e}") from None
     return text if isinstance(text, str) else "".join(text)
 
 
@@ -57,11 +59,11 @@ def split_last_turn(messages: list[Message]) -> tuple[list[Message], list[Messag
 
 
 def prompt_and_full_text(
-    tok: Any, prompt: list[Message], completion: list[Message], chat: bool
+    tok: Any, prompt: list[Message], completion: list[Message], chat: bool, where: Any = None
 ) -> tuple[str, str]:
     """(prompt text, prompt+completion text): with the template and the generation prompt on the prompt
     side for chat data, or the plain concatenation for text data."""
     if not chat:
         p = text_of(prompt)
         return p, p + text_of(completion)
-    return render(tok, prompt, add_generation_prompt=True), render(tok, prompt + completion)
+    return render(tok, prompt, True, where), render(tok, prompt + completion, False, where)

@@ -85,7 +85,7 @@ def _trim_tail(tok: Any, ids: list[int], start: int, end: int) -> int:
 def _joint(tok: Any, prompt: list, completions: list[list], chat: bool,
            origin: Any = None) -> tuple[list[int], list[list[int]]]:
     """Prompt ids shared by every completion, and each completion's ids (see module docstring)."""
-    texts = [prompt_and_full_text(tok, prompt, c, chat) for c in completions]
+    texts = [prompt_and_full_text(tok, prompt, c, chat, origin) for c in completions]
     p_ids = encode(tok, texts[0][0], special=not chat)
     fulls = [encode(tok, full, special=not chat) for _, full in texts]
     k = min(common_prefix_len(p_ids, f) for f in fulls)
@@ -141,7 +141,7 @@ def tokenize_unpaired(row: UnpairedRow, tok: Any, max_length: int | None, max_pr
 def tokenize_prompt(row: PromptRow, tok: Any, max_length: int | None = None, *, keep_prompt: Keep = "end") -> list[int]:
     """Prompt ids ready for generation (chat: with the generation prompt)."""
     if row.chat:
-        ids = encode(tok, render(tok, row.prompt, add_generation_prompt=True), special=False)
+        ids = encode(tok, render(tok, row.prompt, True, row.origin), special=False)
     else:
         ids = encode(tok, text_of(row.prompt), special=True)
     if max_length is not None and len(ids) > max_length:
@@ -152,16 +152,16 @@ def tokenize_prompt(row: PromptRow, tok: Any, max_length: int | None = None, *, 
 def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     """input ids of the whole conversation and labels that keep only the trained assistant messages."""
     msgs = row.messages
-    ids = encode(tok, render(tok, msgs), special=False)
+    ids = encode(tok, render(tok, msgs, where=row.origin), special=False)
     labels = [IGNORE] * len(ids)
     for i in range(row.num_prompt, len(msgs)):
         if msgs[i]["role"] != "assistant":
             continue
-        start = common_prefix_len(encode(tok, render(tok, msgs[:i], add_generation_prompt=True), False), ids)
+        start = common_prefix_len(encode(tok, render(tok, msgs[:i], True, row.origin), False), ids)
         if i == len(msgs) - 1:
             end = len(ids)
         else:
-            end = common_prefix_len(encode(tok, render(tok, msgs[: i + 1]), False), ids)
+            end = common_prefix_len(encode(tok, render(tok, msgs[: i + 1], False, row.origin), False), ids)
         end = _trim_tail(tok, ids, start, end)
         if end <= start:
             raise AlignlabError(f"{row.origin}: assistant message {i} renders to no tokens; does the chat "
