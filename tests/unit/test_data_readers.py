@@ -47,10 +47,14 @@ def test_truncated_json_array_keeps_the_records_before_the_break(tmp_path):
     assert [(x.kind, x.line, x.index) for x in out.problems] == [("invalid_json", 2, 1)]
 
 
-def test_json_file_holding_json_lines_is_read_as_lines(tmp_path):
+def test_json_file_holding_json_lines_or_a_wrapped_list(tmp_path):
     p = tmp_path / "d.json"
     p.write_text("\n".join(json.dumps(r) for r in RECS))
     assert _values(read_records(p)) == RECS
+    p.write_text(json.dumps({"data": RECS}, indent=2))
+    assert _values(read_records(p)) == RECS
+    p.write_text(json.dumps(RECS[0], indent=2))
+    assert _values(read_records(p)) == RECS[:1]
 
 
 @pytest.mark.parametrize("name", ["d.jsonl.gz", "d.json.gz"])

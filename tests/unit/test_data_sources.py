@@ -167,3 +167,13 @@ def test_misspelt_mapped_column_is_one_clear_error(tmp_path):
     with pytest.raises(AlignlabError, match=r"\['Best answer'\] from the mapping are not in the file; "
                                             r"its columns are: \['Question', 'Best Answer'\]"):
         load_rows(p, columns="prompt=Question,completion=Best answer")
+
+
+def test_error_message_shows_the_first_ten_and_counts_the_rest(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": f"p{i}", "chosen": "x", "rejected": "x"}) for i in range(13)))
+    with pytest.raises(DataError) as e:
+        load_rows(p)
+    msg = str(e.value)
+    assert msg.startswith(f"13 problem(s) in {p} (identical_pair: 13):")
+    assert f"{p}:10 (record 9)" in msg and f"{p}:11 (record 10)" not in msg and "... and 3 more" in msg

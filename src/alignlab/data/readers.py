@@ -3,7 +3,7 @@
 Text is decoded with `surrogateescape`: a byte that is not UTF-8 becomes a lone surrogate instead of
 stopping the read, so one bad line costs one record and the problem names its line and field
 (`find_bad_text`). A truncated or otherwise broken JSON line is reported with its line number and
-the rest of the file is still read. Supported: .jsonl / .json (array, or JSON lines in a .json file),
+the rest of the file is still read. Supported: .jsonl / .json (an array, `{"key": [records]}`, or JSON lines in a .json file),
 either gzipped; .parquet; .csv / .tsv (first line is the header); a `datasets.save_to_disk` folder;
 a hub dataset id (`owner/name` or `owner/name:split`) through `datasets` when a network exists.
 """
@@ -65,7 +65,9 @@ def read_records(path: str | Path) -> ReadOutput:
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     if name.endswith((".csv", ".tsv")):
         records, problems = _read_csv(text, source, "\t" if name.endswith(".tsv") else ",")
-    elif name.endswith(".jsonl") or (name.endswith(".json") and not text.lstrip().startswith("[")):
+    elif name.endswith(".json") and not text.lstrip().startswith("["):
+        records, problems = _read_json_object_or_lines(text, source)
+    elif name.endswith(".jsonl"):
         records, problems = _read_json_lines(text, source)
     elif name.endswith(".json"):
         records, problems = _read_json_array(text, source)
@@ -111,6 +113,18 @@ def _read_json_lines(text: str, source: str) -> tuple[list[Record], list[Problem
             problems.append(_json_problem(source, index, lineno, e, "not a JSON value (truncated line?)"))
         index += 1
     return records, problems
+
+
+def _read_json_object_or_lines(text: str, source: str) -> tuple[list[Record], list[Problem]]:
+    """A .json that is not an array: one object whose only value is the record list ({"data": [...]}),
+    one object (one record), or JSON lines under a .json name."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_json_lines(text, source)
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+        return [Record(v, i) for i, v in enumerate(next(iter(value.values())))], []
+    return [Record(value, 0, 1)], []
 
 
 def _read_json_array(text: str, source: str) -> tuple[list[Record], list[Problem]]:
