@@ -85,6 +85,14 @@ def blocks(ids: list[int], length: int) -> list[dict[str, list[int]]]:
             for i in range(0, len(ids) - length + 1, length)]
 
 
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of a whole corpus (the fast backend directly: no max-length warning, no special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.encode(text, add_special_tokens=False).ids
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def read_corpus(path: str, val_fraction: float) -> tuple[str, str]:
     p = Path(path)
     if not p.is_file():
@@ -113,7 +121,7 @@ def prepare(cfg: PretrainConfig) -> tuple[Any, Any, str, str]:
     else:
         from alignlab.models.tokenizer import train_bpe_tokenizer
 
-        tokenizer = train_bpe_tokenizer([train_text], vocab_size=cfg.vocab_size)
+        tokenizer = train_bpe_tokenizer(train_text.splitlines(keepends=True), vocab_size=cfg.vocab_size)
     return tokenizer, build_llama(cfg, tokenizer), train_text, val_text
 
 
@@ -128,8 +136,8 @@ def run(cfg: PretrainConfig):
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
     tokenizer, model, train_text, val_text = prepare(cfg)
-    train_set = blocks(tokenizer(train_text, add_special_tokens=False)["input_ids"], cfg.max_length)
-    val_set = blocks(tokenizer(val_text, add_special_tokens=False)["input_ids"], cfg.max_length)[: cfg.max_eval_rows]
+    train_set = blocks(encode_text(tokenizer, train_text), cfg.max_length)
+    val_set = blocks(encode_text(tokenizer, val_text), cfg.max_length)[: cfg.max_eval_rows]
     if not train_set or not val_set:
         raise AlignlabError(f"{cfg.data}: corpus too short for blocks of {cfg.max_length} tokens")
     n_params = sum(p.numel() for p in model.parameters())

@@ -52,6 +52,9 @@ def is_peft(model: Any) -> bool:
 
 def save_model(model: Any, directory: Path, tokenizer: Any = None) -> None:
     """HF `save_pretrained` (safetensors); a peft model writes only its adapter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar per checkpoint is only log noise
     model.save_pretrained(str(directory))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))

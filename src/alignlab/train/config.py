@@ -79,6 +79,9 @@ class TrainConfig:
     """Run forward passes under bfloat16 autocast (weights and optimizer stay fp32). Useful on GPU; slow on most CPUs."""
     device: str = "auto"
     """cpu, cuda, cuda:1 ... or auto (cuda when available, else cpu)."""
+    cpu_threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default (one per core). 1 is much faster when other
+    jobs share the cores (oversubscribed threads spin)."""
     lora: LoraConfig | None = None
     """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
     on_bad_row: Literal["error", "skip"] = "error"

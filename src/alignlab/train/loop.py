@@ -208,6 +208,8 @@ def train(
     sampler = Sampler(len(dataset), cfg.batch_size, cfg.seed)
     cfg.micro_batch_size(world.size)  # fails early when the batch does not split evenly
 
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
     model.to(device)
     optimizer = build_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
