@@ -1,10 +1,8 @@
-"""CLI registration for `alignlab sft`, `alignlab pretrain` and `alignlab merge` (imports stay light)."""
+"""CLI registration for `alignlab sft` and `alignlab pretrain` (imports stay light; `merge` lives in models)."""
 
 from __future__ import annotations
 
-import argparse
-
-from alignlab.cli import command, config_command
+from alignlab.cli import config_command
 from alignlab.recipes.pretrain import PretrainConfig
 from alignlab.recipes.sft import SFTConfig
 
@@ -34,15 +32,3 @@ config_command(
     _pretrain,
 )
 
-
-def _merge_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("adapter_dir", help="directory with adapter_config.json (an `alignlab sft lora=...` output)")
-    p.add_argument("out_dir", help="where to write the merged plain model (safetensors) and tokenizer")
-
-
-@command("merge", "Merge a LoRA adapter into its base model and save a plain HF model.", _merge_args)
-def _merge(args: argparse.Namespace) -> None:
-    from alignlab.models.lora import merge_adapter
-
-    merge_adapter(args.adapter_dir, args.out_dir)
-    print(f"merged model written to {args.out_dir}")

@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignlab.config import ConfigError
-
-try:  # the models helper owns LoraConfig; keep the loop importable while it lands
-    from alignlab.models.lora import LoraConfig
-except ImportError:  # pragma: no cover - only while models/lora.py does not exist yet
-    LoraConfig = dict  # type: ignore[misc,assignment]
+from alignlab.models.lora import LoraConfig
 
 
 @dataclass

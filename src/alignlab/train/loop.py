@@ -210,7 +210,8 @@ def train(
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
-    model.to(device)
+    if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
+        model.to(device)
     optimizer = build_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if world.is_main:
