@@ -236,7 +236,8 @@ def _to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
 
 def forward_kwargs(model: Any) -> str:
     """Name of the forward's KV-cache argument: `cache` in transformers >= 5.2x, `past_key_values` before."""
-    params = inspect.signature(model.forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model wraps it
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
