@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.eval.commands",
     "alignlab.models.commands",
     "alignlab.recipes.commands",
+    "alignlab.rollout.commands",
 )
 
 
