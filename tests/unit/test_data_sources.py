@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from alignlab.data.rows import DataError, PreferenceRow, PromptRow, SFTRow, UnpairedRow
 from alignlab.data.sources import extract_answer, load_rows
@@ -177,3 +179,33 @@ def test_error_message_shows_the_first_ten_and_counts_the_rest(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"13 problem(s) in {p} (identical_pair: 13):")
     assert f"{p}:10 (record 9)" in msg and f"{p}:11 (record 10)" not in msg and "... and 3 more" in msg
+
+
+def test_invalid_utf8_in_csv_and_json_array_names_line_and_column(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"q,a\nfine,ok\nbad,caf\xe9\n")
+    with pytest.raises(DataError, match=r"d.csv:3 \(record 1\) field 'a': invalid_utf8"):
+        load_rows(p, columns="prompt=q,completion=a")
+    j = tmp_path / "d.json"
+    j.write_bytes(b'[\n{"question": "q", "answer": "a"},\n{"question": "\xff", "answer": "a"}\n]')
+    with pytest.raises(DataError, match=r"d.json:3 \(record 1\) field 'question': invalid_utf8"):
+        load_rows(j)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.sampled_from([b'{"prompt": "p", "chosen": "a", "rejected": "b"}', b'{"prompt": ', b"[", b"]",
+                              b'{"messages": [{"role": "x"}]}', b'{"conversations": 3}', b'"s"', b"\xff\xfe",
+                              b'{"instruction": 1, "output": []}', b'{"chosen": "\\n\\nHuman: a", "rejected": 2}',
+                              b"q,a", b'"x', b"\t", b"null", b"{}"]), max_size=8).map(b"\n".join)),
+       suffix=st.sampled_from([".jsonl", ".json", ".csv", ".tsv"]), skip=st.booleans())
+def test_no_input_crashes_with_anything_but_an_alignlab_error(tmp_path, body, suffix, skip):
+    """Arbitrary bytes under every text suffix: load_rows returns or raises AlignlabError, nothing else."""
+    p = tmp_path / f"fuzz{suffix}"
+    p.write_bytes(body)
+    columns = "prompt=q,completion=a" if suffix in (".csv", ".tsv") else None
+    try:
+        load_rows(p, columns=columns, on_bad_row="skip" if skip else "error")
+    except AlignlabError:
+        pass
