@@ -55,7 +55,10 @@ def read_records(path: str | Path) -> ReadOutput:
     name = p.name.lower()
     if name.endswith(".parquet"):
         return ReadOutput(_read_parquet(p), [], source)
-    raw = p.read_bytes()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise AlignlabError(f"{source}: cannot read ({e.strerror or e})") from None
     if name.endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
