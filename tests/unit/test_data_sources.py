@@ -209,3 +209,10 @@ def test_no_input_crashes_with_anything_but_an_alignlab_error(tmp_path, body, su
         load_rows(p, columns=columns, on_bad_row="skip" if skip else "error")
     except AlignlabError:
         pass
+
+
+def test_task_is_reported_even_when_no_row_is_usable(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"prompt": "p", "chosen": "x", "rejected": "x"}) + "\n")
+    res = load_rows(p, on_bad_row="skip")
+    assert (res.rows, res.format, res.task, res.skipped) == ([], "preference", "preference", {"identical_pair": 1})

@@ -115,6 +115,16 @@ def _check_mapped_columns(records: list, wanted: list[str], source: str) -> None
                             f"its columns are: {list(first)}")
 
 
+def _natural_task(fmt: str, records: list) -> str:
+    """The task a format's rows have, read from its first record; used when no record was usable."""
+    first = next((r.value for r in records if isinstance(r.value, dict)), {})
+    if fmt in ("preference", "hh") or "chosen" in first or "chosen_messages" in first:
+        return "preference"
+    if fmt == "unpaired" or "label" in first or "kto_tag" in first:
+        return "unpaired"
+    return "prompt" if fmt == "prompt-only" else "sft"
+
+
 def _detect(records: list, source: str) -> str:
     for rec in records:
         fmt = detect_format(rec.value)
@@ -162,7 +172,7 @@ def load_rows(
             skipped[issues[0][0]] += 1
     if result.problems and on_bad_row == "error":
         raise DataError(result.problems, src)
-    result.task = result.task or (mapping.task if mapping else "sft")
+    result.task = result.task or (mapping.task if mapping else _natural_task(fmt, read.records))
     result.skipped, result.dropped = dict(skipped), dict(dropped)
     return result
 
