@@ -204,6 +204,18 @@ def test_tokenize_prompt_chat_and_plain(tok):
         encode(tok, "a " * 10, True)[-3:]
 
 
+def test_plain_prompt_never_ends_with_eos_and_bad_lengths_are_errors(tok):
+    from alignlab.errors import AlignlabError
+
+    auto = _bpe(eos_post_processor=True)
+    assert tokenize_prompt(PromptRow([U("hello world")], chat=False), auto) == encode(tok, "hello world", False)
+    row = UnpairedRow([U("hi")], [A("yo")], True, chat=False)
+    with pytest.raises(AlignlabError, match="must be below max_length"):
+        tokenize_unpaired(row, tok, 8, max_prompt_length=8)
+    with pytest.raises(AlignlabError, match="keep_prompt"):
+        tokenize_unpaired(row, tok, 8, keep_prompt="middle")
+
+
 def test_default_template_text_and_split_last_turn(tok):
     from jinja2 import Template
 

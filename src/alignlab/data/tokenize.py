@@ -110,6 +110,9 @@ def _truncate(prompt: list, comps: list[list], max_length: int | None, max_promp
     """(prompt, completions, prompt tokens cut, completion tokens cut each) under the module's rule."""
     if keep not in ("end", "start"):
         raise AlignlabError(f"keep_prompt must be 'end' or 'start', got {keep!r}")
+    if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
+        raise AlignlabError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length}), "
+                            "or no completion token would fit")
     longest = max((len(c) for c in comps), default=0)
     overflow = max_length is not None and len(prompt) + longest > max_length
     too_long = max_prompt_length is not None and len(prompt) > max_prompt_length
@@ -144,6 +147,8 @@ def tokenize_prompt(row: PromptRow, tok: Any, max_length: int | None = None, *, 
         ids = encode(tok, render(tok, row.prompt, True, row.origin), special=False)
     else:
         ids = encode(tok, text_of(row.prompt), special=True)
+        while ids and ids[-1] == tok.eos_token_id:  # a post-processor's EOS would end generation at once
+            ids.pop()
     if max_length is not None and len(ids) > max_length:
         ids = ids[len(ids) - max_length:] if keep_prompt == "end" else ids[:max_length]
     return ids
