@@ -74,13 +74,13 @@ def _file_prompts(path: str, limit: int | None) -> list[Any]:
     return rows
 
 
-def _report(res, out=sys.stderr) -> None:
+def _report(res) -> None:
     from collections import Counter
 
     reasons = Counter(s.finish_reason for s in res.samples)
     finish = ", ".join(f"{k} {reasons[k]}" for k in ("eos", "stop", "length") if reasons[k])
     print(f"generated {res.num_tokens} tokens in {len(res.samples)} completions in {res.seconds:.2f} s: "
-          f"{res.tokens_per_second:.1f} tokens/s (finish: {finish})", file=out)
+          f"{res.tokens_per_second:.1f} tokens/s (finish: {finish})", file=sys.stderr)
 
 
 @command("generate", "Sample completions with alignlab's batched KV-cache sampler; prints tokens/s.",
