@@ -22,7 +22,26 @@ from alignlab.errors import AlignlabError
 _TASKS = ("sft", "preference", "unpaired", "prompt")
 
 
+_EPILOG = """column mappings (--columns FIELD=COLUMN,...; quote the whole argument):
+  prompt=A+B        prompt from columns A and B (non-empty cells joined by a blank line); also system=
+  chosen=C,rejected=R               a preference pair
+  completion=C [,label=L]           sft (or unpaired with a true/false label column)
+  responses=R1+R2,votes=V1+V2+V3    pair by majority vote: a vote is 1/2 (a/b) for a response,
+                                    0/tie/empty for a tie; ties are dropped and counted
+  answer=A                          reference answer for prompt rows
+  COL[N] / COL[*]   element N / one row per element of a list cell (JSON array, or text split on
+                    list_sep, default ';'); a list cell without a selector is reported, never joined
+  list_sep=S, chat=false            options
+examples:
+  alignlab data inspect TruthfulQA.csv --columns 'prompt=Question,chosen=Best Answer,rejected=Incorrect Answers[0]'
+  alignlab data inspect testset-v1.json --columns 'prompt=instruction+input,responses=response1+response2,\
+votes=annotator1+annotator2+annotator3'
+"""
+
+
 def _configure(p: argparse.ArgumentParser) -> None:
+    p.epilog = _EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("path", help="file (.jsonl .json .gz .parquet .csv .tsv), datasets save folder, or hub id")
     p.add_argument("--format", help="skip detection: sharegpt, messages, preference, prompt-completion, unpaired, "
                    "prompt-only, alpaca, question-answer, hh")
