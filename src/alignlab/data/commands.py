@@ -30,7 +30,8 @@ _EPILOG = """column mappings (--columns FIELD=COLUMN,...; quote the whole argume
                                     0/tie/empty for a tie; ties are dropped and counted
   answer=A                          reference answer for prompt rows
   COL[N] / COL[*]   element N / one row per element of a list cell (JSON array, or text split on
-                    list_sep, default ';'); a list cell without a selector is reported, never joined
+                    list_sep, default ';'); text is split only when a selector asks, and a JSON
+                    array without a selector is reported, never joined
   list_sep=S, chat=false            options
 examples:
   alignlab data inspect TruthfulQA.csv --columns 'prompt=Question,chosen=Best Answer,rejected=Incorrect Answers[0]'
