@@ -81,6 +81,10 @@ def test_saved_scorer_reloads_with_its_head(scorer, tmp_path):
         plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
         assert torch.equal(score(again, ids, mask), want)
         assert torch.equal(score(plain, ids, mask), want)
+    from alignlab.models.commands import model_info
+
+    info = model_info(str(tmp_path / "rm"))  # the tiny model's 106,816 + the 64-weight head
+    assert info["architecture"] == "LlamaForSequenceClassification" and info["parameters"] == 106_816 + 64
 
 
 def test_lora_scorer_trains_the_head(scorer):

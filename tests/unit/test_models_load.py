@@ -99,6 +99,13 @@ def test_missing_path_and_non_model_dir(tmp_path):
         load_model(str(tmp_path / "empty"))
 
 
+def test_weights_without_tokenizer(tiny, tmp_path):
+    tiny[0].save_pretrained(tmp_path / "m")
+    assert load_model(str(tmp_path / "m")).config.vocab_size == 512
+    with pytest.raises(AlignlabError, match="no tokenizer files"):
+        load_tokenizer(str(tmp_path / "m"))
+
+
 def test_hub_id_offline_not_cached(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(AlignlabError, match="unreachable offline"):
@@ -147,6 +154,7 @@ def test_smollm2_converts_loads_fast_and_answers():
     assert load_s < 2.0, f"cached load took {load_s:.2f}s"
     assert path.endswith("smollm2-135m-instruct-v1")
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert tok.model_max_length == 8192  # the GGUF tokenizer's 1e30 sentinel is capped at the context length
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.config.eos_token_id == 2
     assert "<|im_start|>" in tok.chat_template
     msgs = [{"role": "user", "content": "What is the capital of France?"}]

@@ -43,7 +43,7 @@ def model_info(name: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
     tied embeddings are counted once, as `sum(p.numel() for p in model.parameters())` does.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from alignlab.models.load import load_tokenizer, resolve_model
 
@@ -52,29 +52,33 @@ def model_info(name: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not read the config of {name!r} ({path}): {e}") from e
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    auto = AutoModelForSequenceClassification if arch.endswith("ForSequenceClassification") else AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        model = auto.from_config(config, trust_remote_code=trust_remote_code)
     n_params = sum(p.numel() for p in model.parameters())
-    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    raw_template = _has_own_chat_template(path, tok)
+    try:
+        tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    except AlignlabError:  # a weights-only folder still has an architecture and a size worth reporting
+        tok = None
     dtype = _stored_dtype(Path(path)) if Path(path).is_dir() else None
     return {
         "name": name,
         "path": path,
-        "architecture": (config.architectures or [type(model).__name__])[0],
+        "architecture": arch or type(model).__name__,
         "model_type": config.model_type,
         "parameters": n_params,
         "parameters_human": format_count(n_params),
         "dtype": dtype or str(getattr(config, "dtype", None) or "float32").replace("torch.", ""),
         "vocab_size": config.vocab_size,
-        "tokenizer_size": len(tok),
-        "chat_template": raw_template,
-        "context_length": getattr(config, "max_position_embeddings", None) or tok.model_max_length,
+        "tokenizer_size": len(tok) if tok is not None else None,
+        "chat_template": _has_own_chat_template(path, tok) if tok is not None else None,
+        "context_length": getattr(config, "max_position_embeddings", None) or getattr(tok, "model_max_length", None),
         "layers": getattr(config, "num_hidden_layers", None),
         "hidden_size": getattr(config, "hidden_size", None),
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
-        "eos_token": tok.eos_token,
-        "pad_token": tok.pad_token,
+        "eos_token": getattr(tok, "eos_token", None),
+        "pad_token": getattr(tok, "pad_token", None),
     }
 
 
@@ -88,6 +92,16 @@ def _has_own_chat_template(path: str, tok: Any) -> bool:
         return True
     raw = AutoTokenizer.from_pretrained(path)
     return bool(getattr(raw, "chat_template", None))
+
+
+def _count_or_missing(n: int | None) -> str:
+    return f"{n:,}" if n else "missing"
+
+
+def _template_line(present: bool | None) -> str:
+    if present is None:
+        return "no tokenizer in this folder"
+    return "yes" if present else "no (the default ChatML template is used)"
 
 
 def _configure_info(p: argparse.ArgumentParser) -> None:
@@ -107,8 +121,8 @@ def _info(args: argparse.Namespace) -> int:
         ("architecture", f"{info['architecture']} ({info['layers']} layers, hidden {info['hidden_size']})"),
         ("parameters", f"{info['parameters_human']} ({info['parameters']:,})"),
         ("dtype", info["dtype"]),
-        ("vocabulary", f"{info['vocab_size']:,} (tokenizer {info['tokenizer_size']:,})"),
-        ("chat template", "yes" if info["chat_template"] else "no (the default ChatML template is used)"),
+        ("vocabulary", f"{info['vocab_size']:,} (tokenizer {_count_or_missing(info['tokenizer_size'])})"),
+        ("chat template", _template_line(info["chat_template"])),
         ("context length", f"{info['context_length']:,}"),
         ("eos / pad", f"{info['eos_token']} / {info['pad_token']}"),
     ]

@@ -204,11 +204,26 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
         base = json.loads((local / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if base:
             return load_tokenizer(base, trust_remote_code=trust_remote_code)
+    if local.is_dir() and not _has_tokenizer_files(local):
+        raise AlignlabError(
+            f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json); save the tokenizer next to "
+            "the model (tokenizer.save_pretrained) or name a tokenizer separately"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not load a tokenizer for {name!r} from {path!r}: {e}") from e
+    _cap_model_max_length(tok, local)
     return ensure_chat_ready(tok)
+
+
+def _cap_model_max_length(tok: Any, path: Path) -> None:
+    """Many tokenizers carry a 1e30 'no limit' sentinel; the model's context length is the real limit."""
+    config = path / "config.json"
+    if tok.model_max_length > 1e9 and config.is_file():
+        context = json.loads(config.read_text()).get("max_position_embeddings")
+        if isinstance(context, int) and context > 0:
+            tok.model_max_length = context
 
 
 def _has_tokenizer_files(path: Path) -> bool:
