@@ -131,3 +131,24 @@ def test_chat_messages_use_the_template_and_bad_input_is_an_alignlab_error():
         encode_prompt(tok, 3.5)
     with pytest.raises(AlignlabError, match="top_p"):
         SamplingConfig(top_p=0).validate()
+
+
+def test_sliding_window_model_uses_transformers_cache_and_still_matches_hf():
+    """A layer type our growing cache does not model (sliding window) falls back to DynamicCache; greedy output
+    still equals HF's, with one row ending on EOS early (batch compaction through batch_select_indices)."""
+    from test_rollout_tiny import char_tokenizer
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from alignlab.rollout.generate import _new_cache
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
+                      layer_types=["sliding_attention", "full_attention"], pad_token_id=0, eos_token_id=2)
+    model = Qwen2ForCausalLM(cfg).eval()
+    assert _new_cache(model)[1] is False
+    prompts = ["Hi", "The quick brown fox", "a=1;"]
+    res = generate(model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=12)).samples
+    assert [s.completion_ids for s in res] == hf_greedy(model, tok, prompts, 12)
+    assert res[0].finish_reason == "eos"
