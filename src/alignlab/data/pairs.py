@@ -135,7 +135,32 @@ def _attach_refs(batch: dict[str, Any], examples: Sequence[Any]) -> dict[str, An
         vals = [_field(e, key) for e in examples]
         if all(v is not None for v in vals):
             batch[key] = torch.tensor(vals, dtype=torch.float64)
+    labels = [_field(e, "label") for e in examples]
+    if all(v is not None for v in labels):  # unpaired (KTO) examples, see `unpaired_as_pairs`
+        batch["desirable"] = torch.tensor([bool(v) for v in labels], dtype=torch.bool)
     return batch
+
+
+def unpaired_as_pairs(examples: Sequence[Any], group_size: int) -> list[dict[str, Any]]:
+    """KTO examples in the pair layout: (prompt, completion, mismatched completion, label).
+
+    KTO's reference point z0 is a KL estimate from MISMATCHED pairs (Ethayarajh et al. 2024,
+    Sec. 4.1): completion j scored under prompt i != j. As TRL's KTOTrainer does when it builds
+    its KL dataset, the mismatch is fixed before training: within each group of `group_size`
+    consecutive examples, example i borrows the completion of example i - 1 (rolled). The borrowed
+    completion takes the "rejected" slot, so the prefix-shared path runs each prompt once for both,
+    and cached reference log-probs cover the KL term too.
+    """
+    if group_size < 2:
+        raise ValueError("KTO needs at least 2 examples per micro-batch to form mismatched pairs")
+    out = []
+    for start in range(0, len(examples), group_size):
+        group = examples[start : start + group_size]
+        for i, ex in enumerate(group):
+            other = group[i - 1] if len(group) > 1 else group[0]
+            out.append({"prompt_ids": list(_field(ex, "prompt_ids")), "chosen_ids": list(_field(ex, "completion_ids")),
+                        "rejected_ids": list(_field(other, "completion_ids")), "label": bool(_field(ex, "label"))})
+    return out
 
 
 def collate_plain(examples: Sequence[Any], pad_id: int, *, pad_to_multiple_of: int | None = None) -> dict[str, Any]:

@@ -252,3 +252,40 @@ class PreferenceStep:
         if len(out.terms) > 1:
             metrics.update({f"loss/{name}": v for name, v in out.terms.items()})
         return out.loss, metrics
+
+
+class UnpairedStep:
+    """`step_fn` for unpaired losses (KTO) on batches of `data.pairs.unpaired_as_pairs` examples.
+
+    The "chosen" slot holds each example's own completion, the "rejected" slot the mismatched
+    completion whose log-ratio estimates KTO's reference point z0 (no gradient flows from it:
+    the loss detaches z0). Metrics follow TRL's KTOTrainer names.
+    """
+
+    def __init__(self, mix: Any, reference: Any, *, beta: float, chunk_size: int = 1024):
+        if mix.paired:
+            raise AlignlabError(f"loss {list(mix.names)} is paired; UnpairedStep handles unpaired losses")
+        self.mix, self.reference, self.beta, self.chunk_size = mix, reference, beta, chunk_size
+
+    def __call__(self, model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        b = int(batch["num_pairs"])
+        pol, _ = sequence_logps(model, batch, chunk_size=self.chunk_size)
+        ref = self.reference.logps(model, batch)
+        if ref is None:
+            raise AlignlabError(f"loss {list(self.mix.names)} needs a reference; got reference: none")
+        if self.mix.needs_averaged:
+            denom = batch["token_counts"].to(pol.dtype).clamp(min=1.0)
+            pol, ref = pol / denom, ref / denom
+        labels = batch["desirable"]
+        out = self.mix.compute_unpaired(pol[:b], ref[:b], labels, pol[b:].detach(), ref[b:], beta=self.beta)
+        metrics: dict[str, Any] = {"kl": out.terms["kl"]}
+        pc, pr = pol[:b][labels].detach(), pol[:b][~labels].detach()
+        if labels.any():
+            metrics["rewards/chosen"] = out.chosen_rewards.mean()
+            metrics["logps/chosen"] = pc.mean()
+        if (~labels).any():
+            metrics["rewards/rejected"] = out.rejected_rewards.mean()
+            metrics["logps/rejected"] = pr.mean()
+        if labels.any() and (~labels).any():
+            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        return out.loss, metrics

@@ -142,9 +142,14 @@ class RefCache:
 
     def attach(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
         """The pairs as dicts carrying `ref_chosen_logps` / `ref_rejected_logps` (read by data/pairs.py)."""
-        return [{"prompt_ids": _ids(p, "prompt_ids"), "chosen_ids": _ids(p, "chosen_ids"),
-                 "rejected_ids": _ids(p, "rejected_ids"), "ref_chosen_logps": float(v[0]),
-                 "ref_rejected_logps": float(v[1])} for p, v in zip(pairs, self.values)]
+        out = []
+        for p, v in zip(pairs, self.values):
+            row = {name: _ids(p, name) for name in ("prompt_ids", "chosen_ids", "rejected_ids")}
+            label = p.get("label") if isinstance(p, dict) else getattr(p, "label", None)
+            if label is not None:  # KTO examples keep their desirable/undesirable label
+                row["label"] = label
+            out.append({**row, "ref_chosen_logps": float(v[0]), "ref_rejected_logps": float(v[1])})
+        return out
 
 
 def _save_atomic(path: Path, values: torch.Tensor, key: str) -> None:
