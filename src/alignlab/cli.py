@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.data.commands",
     "alignlab.eval.commands",
     "alignlab.models.commands",
+    "alignlab.recipes.dpo_commands",
     "alignlab.recipes.commands",
     "alignlab.rollout.commands",
 )
