@@ -119,6 +119,8 @@ def test_merged_scorer_adapter_matches(tmp_path):
     with torch.no_grad():
         want = score(model, ids, mask)
     model.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():  # the adapter folder itself loads as a scorer too
+        assert torch.equal(score(load_scorer(str(tmp_path / "adapter")).eval(), ids, mask), want)
     out = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():

@@ -38,6 +38,9 @@ def load_scorer(
     from alignlab.models.load import load_tokenizer, resolve_device, resolve_model, to_dtype, weights_format
 
     path = resolve_model(name)
+    if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
+        return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                    allow_pickle=allow_pickle)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -60,6 +63,18 @@ def load_scorer(
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not load {name!r} as a scorer: {e}") from e
     return model.to(resolve_device(device))
+
+
+def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
+    """A LoRA reward/value adapter: its base as a scorer, then the adapter (and its trained head) on top."""
+    import json
+
+    from peft import PeftModel
+
+    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty")
+    return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
 
 
 def _head_module(model: Any) -> Any:

