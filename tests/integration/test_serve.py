@@ -245,3 +245,15 @@ def test_llm_judge_against_alignlab_serve_subprocess(tmp_path, tiny):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_llm_judge_over_a_local_model(tmp_path, tiny):
+    """The same protocol without HTTP: build_judge on a local model dir runs the judge in-process."""
+    from alignlab.eval.pairwise import JudgeConfig, build_judge
+
+    judge = build_judge(JudgeConfig(model=str(_always_a_model(tmp_path / "always_a", tiny)), max_tokens=4),
+                        device="cpu")
+    res = compare_answers(judge, ["q1", "q2"], ["a1", "a2"], ["b1", "b2"], n_boot=10)
+    assert res.outcomes == [0.5, 0.5] and res.malformed == {}
+    grades = LLMJudge(judge.backend, mode="single").grade_batch(["q"], ["x"])
+    assert grades == [(None, "no_verdict")]

@@ -58,7 +58,7 @@ def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in records if r.get("value") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.5 * max(len(rows), 1)), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.45 * max(len(rows), 1)), dpi=100)
     try:
         labels = [str(r["model"]) for r in rows]
         values = [float(r["value"]) for r in rows]

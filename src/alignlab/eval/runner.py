@@ -315,7 +315,8 @@ def print_table(results: list[dict], console: Any = None) -> None:
 
     table = Table(title="alignlab eval")
     for col in ("evaluation", "model", "metric", "value", "interval", "n", "malformed"):
-        table.add_column(col, justify="right" if col in ("value", "n", "malformed") else "left")
+        # fold, not ellipsis: a truncated checkpoint path or evaluation name would be useless
+        table.add_column(col, justify="right" if col in ("value", "n", "malformed") else "left", overflow="fold")
     for r in results:
         interval = f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r["low"] is not None else "-"
         bad = r["details"].get("malformed")
