@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from alignlab.data.chat import prompt_and_full_text, render
+from alignlab.data.chat import render
 from alignlab.data.formats import common_prefix_len
 from alignlab.data.rows import PreferenceRow, PromptRow, SFTRow, UnpairedRow, text_of
 from alignlab.errors import AlignlabError
@@ -85,9 +85,14 @@ def _trim_tail(tok: Any, ids: list[int], start: int, end: int) -> int:
 def _joint(tok: Any, prompt: list, completions: list[list], chat: bool,
            origin: Any = None) -> tuple[list[int], list[list[int]]]:
     """Prompt ids shared by every completion, and each completion's ids (see module docstring)."""
-    texts = [prompt_and_full_text(tok, prompt, c, chat, origin) for c in completions]
-    p_ids = encode(tok, texts[0][0], special=not chat)
-    fulls = [encode(tok, full, special=not chat) for _, full in texts]
+    if chat:  # the generation prompt on the prompt side, as the model will see it when generating
+        p_text = render(tok, prompt, True, origin)
+        texts = [render(tok, prompt + c, False, origin) for c in completions]
+    else:
+        p_text = text_of(prompt)
+        texts = [p_text + text_of(c) for c in completions]
+    # One batch call: the fast tokenizer encodes the texts in parallel.
+    p_ids, *fulls = (list(x) for x in tok([p_text, *texts], add_special_tokens=not chat)["input_ids"])
     k = min(common_prefix_len(p_ids, f) for f in fulls)
     outs = []
     for f in fulls:
@@ -156,20 +161,21 @@ def tokenize_prompt(row: PromptRow, tok: Any, max_length: int | None = None, *, 
 
 def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     """input ids of the whole conversation and labels that keep only the trained assistant messages."""
-    msgs = row.messages
-    ids = encode(tok, render(tok, msgs, where=row.origin), special=False)
+    msgs, where = row.messages, row.origin
+    trained = [i for i in range(row.num_prompt, len(msgs)) if msgs[i]["role"] == "assistant"]
+    # For turn i: the conversation before it with a generation prompt (where its tokens start) and the
+    # conversation through it (where they end); all texts go to the tokenizer in one batch.
+    texts = [render(tok, msgs, False, where)]
+    for i in trained:
+        texts += [render(tok, msgs[:i], True, where), render(tok, msgs[: i + 1], False, where)]
+    ids, *parts = (list(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
     labels = [IGNORE] * len(ids)
-    for i in range(row.num_prompt, len(msgs)):
-        if msgs[i]["role"] != "assistant":
-            continue
-        start = common_prefix_len(encode(tok, render(tok, msgs[:i], True, row.origin), False), ids)
-        if i == len(msgs) - 1:
-            end = len(ids)
-        else:
-            end = common_prefix_len(encode(tok, render(tok, msgs[: i + 1], False, row.origin), False), ids)
+    for n, i in enumerate(trained):
+        start = common_prefix_len(parts[2 * n], ids)
+        end = len(ids) if i == len(msgs) - 1 else common_prefix_len(parts[2 * n + 1], ids)
         end = _trim_tail(tok, ids, start, end)
         if end <= start:
-            raise AlignlabError(f"{row.origin}: assistant message {i} renders to no tokens; does the chat "
+            raise AlignlabError(f"{where}: assistant message {i} renders to no tokens; does the chat "
                                 "template render assistant messages?")
         labels[start:end] = ids[start:end]
     return ids, labels
