@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
 
-from alignlab.data.chat import DEFAULT_CHAT_TEMPLATE, render, split_last_turn
+from alignlab.data.chat import DEFAULT_CHAT_TEMPLATE, prompt_and_full_text, render, split_last_turn
 from alignlab.data.rows import PreferenceRow, PromptRow, SFTRow, UnpairedRow
 from alignlab.data.tokenize import (
     IGNORE,
@@ -222,6 +222,10 @@ def test_default_template_text_and_split_last_turn(tok):
     text = Template(DEFAULT_CHAT_TEMPLATE).render(messages=[U("q"), A("a")], add_generation_prompt=False)
     assert text == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
     assert split_last_turn([U("q"), A("a1"), A("a2")]) == ([U("q")], [A("a1"), A("a2")])
+    assert prompt_and_full_text(tok, [U("q")], [A("a")], chat=True) == (
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n")
+    assert prompt_and_full_text(tok, [U("q")], [A("a")], chat=False) == ("q", "qa")
 
 
 # -- properties over random texts (hypothesis) ----------------------------------------------------
