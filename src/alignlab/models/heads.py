@@ -25,13 +25,14 @@ def load_scorer(
     device: str = "cpu",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    **kwargs: Any,
 ) -> PreTrainedModel:
     """An `AutoModelForSequenceClassification` with one output from `name` (alias, dir or hub id).
 
     From a causal-LM checkpoint the backbone is reused and the head `score` is new (normal(0, initializer_range)
     from torch's current RNG state: seed before calling for reproducible heads). A checkpoint saved from a
     scorer reloads with its trained head. `config.pad_token_id` is set (from the tokenizer) so batched
-    forwards work.
+    forwards work. Extra keyword arguments go to `from_pretrained` (e.g. quantization_config, device_map).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -59,9 +60,12 @@ def load_scorer(
             dtype=to_dtype(dtype),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
+            **kwargs,
         )
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not load {name!r} as a scorer: {e}") from e
+    if "device_map" in kwargs or "quantization_config" in kwargs:
+        return model  # placed (and quantised) by from_pretrained
     return model.to(resolve_device(device))
 
 

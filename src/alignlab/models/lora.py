@@ -90,7 +90,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> Any:
     """Wrap `model` with fresh LoRA adapters (a peft model; only adapter weights are trainable).
 
     With `cfg.qlora` the base must sit in 4-bit: a model already loaded with `qlora_quantization_config()`
-    is used as is, otherwise it is reloaded in 4-bit from its checkpoint directory. Scorer models (reward,
+    is used as is, otherwise it is reloaded in 4-bit from its checkpoint directory (on GPU 0). Scorer models (reward,
     value) also train their scalar head. Raises AlignlabError when QLoRA cannot run here.
     """
     from peft import LoraConfig as PeftLoraConfig
@@ -124,6 +124,7 @@ def _as_4bit(model: Any) -> Any:
     from peft import prepare_model_for_kbit_training
 
     if not _is_4bit(model):
+        from alignlab.models.heads import load_scorer
         from alignlab.models.load import load_model
 
         source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
@@ -133,7 +134,9 @@ def _as_4bit(model: Any) -> Any:
                 "quantization_config=qlora_quantization_config(), device_map={'': 0})) or come from a local "
                 "checkpoint directory it can be reloaded from"
             )
-        model = load_model(source, quantization_config=qlora_quantization_config(), device_map={"": 0})
+        # reloaded from disk: weights changed in memory since loading (e.g. a fresh scorer head) are not kept
+        loader = load_scorer if _is_scorer(model) else load_model
+        model = loader(source, quantization_config=qlora_quantization_config(), device_map={"": 0})
     # casts norms to fp32 and enables input grads so LoRA on a frozen 4-bit base trains stably
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
