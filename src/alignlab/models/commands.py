@@ -110,7 +110,7 @@ def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
 
 
-@command("model info", "show a model's architecture, size, dtype, vocabulary and chat template", _configure_info)
+@command("model info", "Show a model's architecture, parameter count, dtype, vocabulary, chat template and context length.", _configure_info)
 def _info(args: argparse.Namespace) -> int:
     info = model_info(args.name, trust_remote_code=args.trust_remote_code)
     if args.json:
@@ -137,7 +137,7 @@ def _configure_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="dtype to merge and save in (float32, bfloat16, float16)")
 
 
-@command("merge", "fold a LoRA adapter into its base model and save a plain HF checkpoint", _configure_merge)
+@command("merge", "Fold a LoRA adapter into its base model and write a plain HF checkpoint (safetensors) plus tokenizer.", _configure_merge)
 def _merge(args: argparse.Namespace) -> int:
     from alignlab.models.lora import merge_adapter
 
