@@ -20,6 +20,7 @@ Nothing from a request's headers is ever logged (a client's Authorization header
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -57,6 +58,8 @@ def _number(body: dict, key: str, default: float, low: float, high: float, low_o
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(f"{key} must be a number, got {type(value).__name__}", key, "invalid_type")
+    if not math.isfinite(value):  # Python's json reads NaN and Infinity; OpenAI's API does not take them
+        raise _bad(f"{key} must be finite, got {value}", key)
     if value < low or value > high or (low_open and value == low):
         raise _bad(f"{key} must be in {'(' if low_open else '['}{low}, {high}], got {value}", key)
     return float(value)
@@ -275,6 +278,8 @@ def _handler(server: ModelServer, socket_timeout: float, quiet: bool) -> type[Ba
                 body = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise RequestError(400, f"request body is not valid JSON: {e}", None, "invalid_json") from None
+            except RecursionError:  # e.g. 100k nested brackets: within the size limit, beyond the parser
+                raise RequestError(400, "request body is nested too deeply", None, "invalid_json") from None
             if not isinstance(body, dict):
                 raise RequestError(400, "request body must be a JSON object", None, "invalid_json")
             return body

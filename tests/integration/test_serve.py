@@ -257,3 +257,12 @@ def test_llm_judge_over_a_local_model(tmp_path, tiny):
     assert res.outcomes == [0.5, 0.5] and res.malformed == {}
     grades = LLMJudge(judge.backend, mode="single").grade_batch(["q"], ["x"])
     assert grades == [(None, "no_verdict")]
+
+
+def test_hostile_json_bodies(served):
+    _, url = served
+    status, out = post(url + "/chat/completions", None, raw=b"[" * 2000 + b"]" * 2000)
+    assert status == 400 and out["error"]["code"] == "invalid_json"
+    raw = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+    status, out = post(url + "/chat/completions", None, raw=raw)
+    assert status == 400 and out["error"]["param"] == "temperature"

@@ -56,8 +56,17 @@ class LocalBackend:
 
         if not conversations:
             return []
-        result = generate(self.model, self.tokenizer, list(conversations), self.sampling)
-        return [s.text for s in result.samples]
+        try:
+            return [s.text for s in generate(self.model, self.tokenizer, list(conversations), self.sampling).samples]
+        except Exception:  # find the conversation(s) that fail (e.g. too long for the judge's context)
+            pass
+        out: list[str | BackendError] = []
+        for conv in conversations:
+            try:
+                out.append(generate(self.model, self.tokenizer, [conv], self.sampling).samples[0].text)
+            except Exception as e:  # one failed judge request is counted by the judge, not fatal
+                out.append(BackendError(f"local judge: {type(e).__name__}: {e}"[:300]))
+        return out
 
 
 class OpenAIBackend:
