@@ -38,6 +38,19 @@ def test_tiny_random_is_identical_when_rebuilt(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "a" / "models").iterdir()] == [a.name]
 
 
+def test_tiny_random_fingerprint(tiny):
+    """Pinned values, so 'the same on every machine' is checked across machines and library versions too
+    (if this fails after an upgrade, bump the tiny-random cache version in load.py)."""
+    model, tok = tiny
+    assert tok.encode("The model reads the question.") == [268, 397, 455, 262, 470, 17]
+    emb = model.model.embed_tokens.weight
+    want = torch.tensor([0.004572269041091204, 0.03685334324836731, -0.017890622839331627, -0.03025399148464203])
+    assert torch.allclose(emb[0, :4], want, atol=1e-7, rtol=0)
+    down = model.model.layers[1].mlp.down_proj.weight[0, :3]
+    assert torch.allclose(down, torch.tensor([0.017100222408771515, -0.008908145129680634, -0.0006457302370108664]),
+                          atol=1e-7, rtol=0)
+
+
 def test_tiny_random_shape(tiny):
     """hidden 64, 2 layers, 4 heads / 2 KV heads, vocab 512, tied embeddings: 106,816 parameters
     (32,768 embedding + 2 x 36,992 per layer + 64 final norm; see test_models_commands)."""
