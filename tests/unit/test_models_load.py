@@ -144,6 +144,26 @@ def test_load_tokenizer_gives_pad_and_template_to_a_bare_tokenizer(tiny, tmp_pat
     assert got.chat_template == DEFAULT_CHAT_TEMPLATE
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(AlignlabError, match="no CUDA GPU"):
+        load_model("tiny-random", device="cuda")
+    assert load_model("tiny-random", device="auto").device.type == "cpu"
+
+
+def test_failed_build_leaves_no_cache(tmp_path):
+    """A crash while building an alias leaves neither the final folder nor a temporary one."""
+    from alignlab.models.load import _build_atomically
+
+    def crash(out):
+        (out / "config.json").write_text("{}")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        _build_atomically(tmp_path / "models" / "x", crash)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
 def test_missing_smollm2_package_message(monkeypatch):
     import importlib.util
 

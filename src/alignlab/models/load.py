@@ -127,10 +127,13 @@ def to_dtype(dtype: Any) -> Any:
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    """'auto' -> 'cuda' when a GPU is visible else 'cpu'; asking for CUDA without one is a clear error."""
+    import torch
 
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise AlignlabError(f"device {device!r}: no CUDA GPU is available here (use device=cpu or auto)")
     return device
 
 
