@@ -82,6 +82,8 @@ def _config(s: dict) -> dict:
             {"kind": "ratings", "data": s["prompts"], "sampling": sampling,
              "judge": {"kind": "function", "reward": "sentiment", "score_mode": "soft"}},
             {"kind": "mean_reward", "data": s["prompts"], "reward": "sentiment", "sampling": sampling},
+            {"kind": "grade", "data": s["prompts"], "sampling": sampling,
+             "judge": {"kind": "llm", "base_url": s["url"], "model_name": "tiny-random", "max_tokens": 4}},
         ],
     }
 
@@ -112,7 +114,7 @@ def test_eval_json_records(evaluated, setup):
     payload = evaluated["payload"]
     assert set(payload) == {"config", "results", "seconds"}
     names = {"dpo_accuracy", "reward_accuracy", "kl", "perplexity", "wr_sentiment", "wr_llm", "ratings",
-             "mean_reward"}
+             "mean_reward", "grade"}
     assert {r["evaluation"] for r in payload["results"]} == names
     assert len(payload["results"]) == 2 * len(names)
     for r in payload["results"]:
@@ -200,6 +202,8 @@ def test_win_rates_and_ratings(evaluated, setup):
 
 def test_malformed_llm_judge_replies_are_reported_not_fatal(evaluated, setup):
     for model in (setup["policy"], "tiny-random"):
+        grade = evaluated["by"][("grade", model)]
+        assert grade["value"] is None and grade["n"] == 0 and sum(grade["details"]["malformed"].values()) == 3
         rec = evaluated["by"][("wr_llm", model)]
         assert rec["value"] is None  # tiny-random never gives a verdict
         assert rec["details"]["undecided"] == 3
@@ -214,7 +218,7 @@ def test_secret_never_written_and_report_files(evaluated):
         assert SECRET not in text
     assert "ALIGNLAB_EVAL_TEST_KEY" in (out / "eval.json").read_text()  # the variable's name is fine
     pngs = list((out / "plots").glob("*.png"))
-    assert len(pngs) == 7  # every evaluation but wr_llm has a value to plot
+    assert len(pngs) == 7  # every evaluation but wr_llm and grade has a value to plot
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 

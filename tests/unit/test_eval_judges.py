@@ -233,3 +233,12 @@ def test_openai_backend_gives_up_on_a_dead_port():
     assert isinstance(err, BackendError) and "gave up after 2 attempts" in str(err)
     with pytest.raises(AlignlabError, match="NOT_SET_ANYWHERE is not set"):
         OpenAIBackend("http://127.0.0.1:9/v1", "m", api_key_env="NOT_SET_ANYWHERE")
+
+
+def test_function_judge_passes_row_fields_to_the_reward():
+    """GSM8K exact match needs each prompt's reference: 4 vs 5 with reference 4 -> A wins (1.0); swapped
+    -> 0.0; both right -> tie 0.5. Without the field the reward raises: counted, not fatal."""
+    judge = FunctionJudge("gsm8k")
+    res = judge.compare_batch(["2+2?"] * 3, ["It is 4.", "#### 5", "4"], ["5", "4", "#### 4"], answer=["4"] * 3)
+    assert [r.prob_a_better for r in res] == [1.0, 0.0, 0.5]
+    assert judge.compare("2+2?", "4", "5").error == "function_error"

@@ -70,11 +70,13 @@ class Judge:
         self.malformed: Counter[str] = Counter()
         self.comparisons = 0
 
-    def compare(self, prompt: Any, answer_a: str, answer_b: str) -> JudgeResult:
-        return self.compare_batch([prompt], [answer_a], [answer_b])[0]
+    def compare(self, prompt: Any, answer_a: str, answer_b: str, **fields: Any) -> JudgeResult:
+        return self.compare_batch([prompt], [answer_a], [answer_b], **{k: [v] for k, v in fields.items()})[0]
 
-    def compare_batch(self, prompts: Sequence[Any], answers_a: Sequence[str],
-                      answers_b: Sequence[str]) -> list[JudgeResult]:
+    def compare_batch(self, prompts: Sequence[Any], answers_a: Sequence[str], answers_b: Sequence[str],
+                      **fields: Sequence[Any]) -> list[JudgeResult]:
+        """`fields`: per-prompt dataset columns (e.g. answer=[...] for GSM8K) that reward functions take;
+        LLM judges ignore them."""
         raise NotImplementedError
 
     def _check(self, prompts, answers_a, answers_b) -> None:
@@ -118,23 +120,24 @@ class RewardModelJudge(Judge):
 
         return cls(get_reward("reward_model", path=path), **kwargs)
 
-    def _scores(self, prompts: list[str], completions: list[str]) -> list[Any]:
+    def _scores(self, prompts: list[Any], completions: list[str], fields: dict[str, list]) -> list[Any]:
         try:
-            return [_number(x) for x in self.score_fn(prompts, completions)]
+            return [_number(x) for x in self.score_fn(prompts, completions, **fields)]
         except Exception:  # isolate the culprit(s): score one at a time
             pass
         out: list[Any] = []
-        for p, c in zip(prompts, completions):
+        for i, (p, c) in enumerate(zip(prompts, completions)):
             try:
-                out.append(_number(self.score_fn([p], [c])[0]))
+                out.append(_number(self.score_fn([p], [c], **{k: [v[i]] for k, v in fields.items()})[0]))
             except Exception as e:  # a user's scorer failing on one answer must not end the evaluation
                 out.append(e)
         return out
 
-    def compare_batch(self, prompts, answers_a, answers_b) -> list[JudgeResult]:
+    def compare_batch(self, prompts, answers_a, answers_b, **fields) -> list[JudgeResult]:
         self._check(prompts, answers_a, answers_b)
-        texts = [prompt_text(p) for p in prompts]
-        scores = self._scores(texts + texts, list(answers_a) + list(answers_b))
+        texts = [_reward_prompt(p) for p in prompts]
+        both = {k: list(v) + list(v) for k, v in fields.items()}
+        scores = self._scores(texts + texts, list(answers_a) + list(answers_b), both)
         n = len(texts)
         if len(scores) != 2 * n:
             raise AlignlabError(f"{self.name} judge: scorer returned {len(scores)} values for {2 * n} answers")
@@ -158,6 +161,13 @@ class RewardModelJudge(Judge):
         return JudgeResult(p, raw)
 
 
+def _reward_prompt(prompt: Any) -> Any:
+    """What a reward function takes (rollout.rewards): the text, or the chat messages of a chat row."""
+    if hasattr(prompt, "prompt") and hasattr(prompt, "chat"):
+        return prompt.prompt if prompt.chat else prompt_text(prompt)
+    return prompt
+
+
 def _number(x: Any) -> float | None:
     try:
         return float(x)
@@ -176,7 +186,7 @@ class FunctionJudge(RewardModelJudge):
                  scale: float = 1.0, tie_tolerance: float = 0.0, **reward_options: Any):
         if per_item:
             item_fn = fn
-            fn = lambda ps, cs, **_: [item_fn(p, c) for p, c in zip(ps, cs)]  # noqa: E731
+            fn = lambda ps, cs, **_: [item_fn(prompt_text(p), c) for p, c in zip(ps, cs)]  # noqa: E731
         elif isinstance(fn, str) or reward_options:
             from alignlab.rollout.rewards import get_reward
 
@@ -306,7 +316,7 @@ class LLMJudge(Judge):
             self.malformed[kind] += 1
         return value, kind, reply
 
-    def compare_batch(self, prompts, answers_a, answers_b) -> list[JudgeResult]:
+    def compare_batch(self, prompts, answers_a, answers_b, **fields) -> list[JudgeResult]:
         self._check(prompts, answers_a, answers_b)
         texts = [prompt_text(p) for p in prompts]
         if self.mode == "single":

@@ -132,13 +132,17 @@ class PairwiseResult:
 
 
 def compare_answers(judge: Judge, prompts: Sequence[Any], answers_a: Sequence[str], answers_b: Sequence[str],
-                    *, batch_size: int = 16, n_boot: int = 2000, seed: int = 0) -> PairwiseResult:
-    """Judge A's answers against B's on every prompt; win rate of A with ties counted half."""
+                    *, batch_size: int = 16, n_boot: int = 2000, seed: int = 0,
+                    fields: dict[str, Sequence[Any]] | None = None) -> PairwiseResult:
+    """Judge A's answers against B's on every prompt; win rate of A with ties counted half.
+    `fields`: per-prompt columns for reward-function judges (e.g. {"answer": [...]} for gsm8k)."""
     before = Counter(judge.malformed)
     results: list[JudgeResult] = []
+    fields = fields or {}
     for i in range(0, len(prompts), batch_size):
-        results += judge.compare_batch(prompts[i:i + batch_size], answers_a[i:i + batch_size],
-                                       answers_b[i:i + batch_size])
+        cut = slice(i, i + batch_size)
+        results += judge.compare_batch(prompts[cut], answers_a[cut], answers_b[cut],
+                                       **{k: list(v)[cut] for k, v in fields.items()})
     outcomes = [r.prob_a_better for r in results]
     decided = [o for o in outcomes if o is not None]
     rate = win_rate(decided, n_boot=n_boot, seed=seed) if decided else None
@@ -147,8 +151,8 @@ def compare_answers(judge: Judge, prompts: Sequence[Any], answers_a: Sequence[st
     return PairwiseResult(outcomes, results, rate, {k: v for k, v in malformed.items() if v})
 
 
-def round_robin(judge: Judge, prompts: Sequence[Any], answers: dict[str, Sequence[str]], *,
-                batch_size: int = 16) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
+def round_robin(judge: Judge, prompts: Sequence[Any], answers: dict[str, Sequence[str]], *, batch_size: int = 16,
+                fields: dict[str, Sequence[Any]] | None = None) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
     """Every pair of models on every prompt -> (battles (model_a, model_b, A's score), malformed counts).
     Undecided comparisons are not battles; they are counted in the second value."""
     names = list(answers)
@@ -157,7 +161,7 @@ def round_robin(judge: Judge, prompts: Sequence[Any], answers: dict[str, Sequenc
     battles: list[tuple[str, str, float]] = []
     malformed: Counter[str] = Counter()
     for a, b in combinations(names, 2):
-        res = compare_answers(judge, prompts, answers[a], answers[b], batch_size=batch_size, n_boot=1)
+        res = compare_answers(judge, prompts, answers[a], answers[b], batch_size=batch_size, n_boot=1, fields=fields)
         battles += [(a, b, o) for o in res.outcomes if o is not None]
         malformed.update(res.malformed)
     return battles, dict(malformed)

@@ -21,7 +21,7 @@ from alignlab.rollout.generate import SamplingConfig
 
 __all__ = ["EvalConfig", "EvaluationSpec", "run"]
 
-KINDS = ("reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "kl", "perplexity", "mean_reward")
+KINDS = ("reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "grade", "kl", "perplexity", "mean_reward")
 
 
 def _default_sampling() -> SamplingConfig:
@@ -32,10 +32,12 @@ def _default_sampling() -> SamplingConfig:
 class EvaluationSpec:
     """One evaluation, run against every checkpoint (ratings: against all of them at once)."""
 
-    kind: Literal["reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "kl", "perplexity", "mean_reward"]
+    kind: Literal["reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "grade", "kl", "perplexity",
+                  "mean_reward"]
     """reward_accuracy: a scorer ranks chosen above rejected; dpo_accuracy: DPO implicit reward does;
     win_rate: checkpoint vs baseline under a judge; ratings: Bradley-Terry ratings of all checkpoints (and
-    the baseline) from round-robin battles; kl: KL(checkpoint || reference) from samples (k1, k3);
+    the baseline) from round-robin battles; grade: mean 1-10 grade of each checkpoint's answers from an
+    llm judge (MT-Bench single-answer grading); kl: KL(checkpoint || reference) from samples (k1, k3);
     perplexity: on SFT rows; mean_reward: of sampled answers under a reward function."""
     data: str
     """File (or hub id) with the rows: preference pairs (accuracies), prompts (win_rate, ratings, kl,
@@ -77,6 +79,8 @@ class EvaluationSpec:
             raise AlignlabError(f"evaluation {self.name or self.kind}: limit >= 1, offset >= 0, samples >= 1")
         if self.kind == "mean_reward" and not self.reward:
             raise AlignlabError(f"evaluation {self.name or self.kind}: mean_reward needs reward: <name>")
+        if self.kind == "grade" and self.judge.kind != "llm":
+            raise AlignlabError(f"evaluation {self.name or self.kind}: grade needs an llm judge (judge.kind: llm)")
 
 
 @dataclass
@@ -155,6 +159,11 @@ def _rows(spec: EvaluationSpec, task: str) -> tuple[list, dict]:
     return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
 
 
+def _fields(rows: list) -> dict[str, list]:
+    """Dataset columns reward functions take (TRL convention): the reference answer when rows have one."""
+    return {"answer": [r.answer for r in rows]} if any(r.answer is not None for r in rows) else {}
+
+
 def _record(spec: EvaluationSpec, model: str, metric: str, value: float, low: float | None = None,
             high: float | None = None, n: int | None = None, details: dict | None = None) -> dict[str, Any]:
     return {"evaluation": spec.name or spec.kind, "kind": spec.kind, "model": model, "metric": metric,
@@ -200,7 +209,7 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     for name in ctx.cfg.checkpoints:
         a = ctx.texts(name, spec, rows)
         res = compare_answers(judge, rows, a, b, batch_size=ctx.cfg.batch_size, n_boot=ctx.cfg.n_boot,
-                              seed=ctx.cfg.seed)
+                              seed=ctx.cfg.seed, fields=_fields(rows))
         wr = res.win_rate
         details = {**res.to_dict(), **info, "baseline": baseline, "judge": judge.stats(),
                    "examples": _examples(rows, a, b, res)}
@@ -218,7 +227,7 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     names = list(dict.fromkeys(ctx.cfg.checkpoints + ([spec.baseline or ctx.cfg.baseline]
                                                       if (spec.baseline or ctx.cfg.baseline) else [])))
     answers = {name: ctx.texts(name, spec, rows) for name in names}
-    battles, malformed = round_robin(judge, rows, answers, batch_size=ctx.cfg.batch_size)
+    battles, malformed = round_robin(judge, rows, answers, batch_size=ctx.cfg.batch_size, fields=_fields(rows))
     details = {**info, "battles": len(battles), "malformed": malformed, "judge": judge.stats()}
     if len({m for b in battles for m in b[:2]}) < 2:
         return [_record(spec, name, "rating", None, n=0, details=details) for name in names]
@@ -227,6 +236,32 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return [_record(spec, name, "rating", rated[name].rating, rated[name].low, rated[name].high,
                     rated[name].battles, {**details, "score": rated[name].score}) if name in rated
             else _record(spec, name, "rating", None, n=0, details=details) for name in names]
+
+
+def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from alignlab.eval.pairwise import build_judge
+    from alignlab.eval.winrate import bootstrap_mean_interval
+
+    rows, info = _rows(spec, "prompt")
+    judge = build_judge(replace(spec.judge, mode="single"), device=ctx.cfg.device)
+    out = []
+    for name in ctx.cfg.checkpoints:
+        grades = judge.grade_batch(rows, ctx.texts(name, spec, rows))
+        values = np.array([g for g, _ in grades if g is not None])
+        malformed: dict[str, int] = {}
+        for _, kind in grades:
+            if kind:
+                malformed[kind] = malformed.get(kind, 0) + 1
+        low, high = (bootstrap_mean_interval(values, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
+                     if values.size > 1 else (None, None))
+        mean = float(values.mean()) if values.size else None
+        details = {**info, "grades": [g for g, _ in grades], "malformed": malformed, "judge": judge.stats()}
+        out.append(_record(spec, name, "grade", mean, low, high, int(values.size), details))
+    return out
 
 
 def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
@@ -263,7 +298,7 @@ def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
     rows, info = _rows(spec, "prompt")
     fn = get_reward(spec.reward, **spec.reward_options)
-    fields = {"answer": [r.answer for r in rows]} if any(r.answer is not None for r in rows) else {}
+    fields = _fields(rows)
     out = []
     for name in ctx.cfg.checkpoints:
         res = mean_reward(fn, [prompt_arg(r) for r in rows], ctx.texts(name, spec, rows), seed=ctx.cfg.seed,
@@ -274,7 +309,7 @@ def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
 
 _RUNNERS = {"reward_accuracy": _accuracy, "dpo_accuracy": _accuracy, "win_rate": _win_rate, "ratings": _ratings,
-            "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward}
+            "grade": _grade, "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward}
 
 
 def run(cfg: EvalConfig, *, console: Any = None) -> dict[str, Any]:
