@@ -1,0 +1,39 @@
+"""CLI registration for `alignlab ppo`, `alignlab grpo` and `alignlab online-dpo` (imports stay light)."""
+
+from __future__ import annotations
+
+from alignlab.cli import config_command
+from alignlab.recipes.online import OnlineConfig, PPOConfig
+from alignlab.recipes.online_dpo import OnlineDPOConfig
+
+
+def _online(cfg: OnlineConfig) -> None:
+    from alignlab.recipes.online import run
+
+    run(cfg)
+
+
+def _online_dpo(cfg: OnlineDPOConfig) -> None:
+    from alignlab.recipes.online_dpo import run
+
+    run(cfg)
+
+
+config_command(
+    "ppo",
+    "PPO from a reward: rollouts with the KV-cache sampler, a separate critic (GAE), KL shaped into the reward.",
+    PPOConfig,
+    _online,
+)
+config_command(
+    "grpo",
+    "GRPO and the critic-free estimators (estimator: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline).",
+    OnlineConfig,
+    _online,
+)
+config_command(
+    "online-dpo",
+    "Online DPO: sample two answers per prompt, rank them by the reward, take a DPO step; repeat.",
+    OnlineDPOConfig,
+    _online_dpo,
+)
