@@ -217,9 +217,7 @@ def test_plain_prompt_never_ends_with_eos_and_bad_lengths_are_errors(tok):
 
 
 def test_default_template_text_and_split_last_turn(tok):
-    from jinja2 import Template
-
-    text = Template(DEFAULT_CHAT_TEMPLATE).render(messages=[U("q"), A("a")], add_generation_prompt=False)
+    text = tok.apply_chat_template([U("q"), A("a")], tokenize=False, chat_template=DEFAULT_CHAT_TEMPLATE)
     assert text == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
     assert split_last_turn([U("q"), A("a1"), A("a2")]) == ([U("q")], [A("a1"), A("a2")])
     assert prompt_and_full_text(tok, [U("q")], [A("a")], chat=True) == (

@@ -81,9 +81,11 @@ def test_assistant_spans_are_findable(tok):
     assert tok.decode(trained) == "Hello!<|im_end|>4<|im_end|>"
 
 
-def test_unknown_role_is_rejected(tok):
-    with pytest.raises(Exception, match="unknown chat role: tool"):
-        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+def test_tool_role_renders_unknown_role_is_rejected(tok):
+    text = tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+    assert text == "<|im_start|>tool\nx<|im_end|>\n"
+    with pytest.raises(Exception, match="unknown chat role: robot"):
+        tok.apply_chat_template([{"role": "robot", "content": "x"}], tokenize=False)
 
 
 def test_ensure_chat_ready_fills_pad_and_template(tok):

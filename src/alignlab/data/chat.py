@@ -1,6 +1,6 @@
 """Chat templates: render message lists to text, with a documented default for tokenizers without one.
 
-`DEFAULT_CHAT_TEMPLATE` is ChatML, the layout SmolLM2, Qwen and many others use:
+`DEFAULT_CHAT_TEMPLATE` (defined in alignlab.models.tokenizer, the one copy) is ChatML, the layout SmolLM2, Qwen and many others use:
 
     <|im_start|>system\\nYou are terse.<|im_end|>\\n
     <|im_start|>user\\nHi<|im_end|>\\n
@@ -18,13 +18,8 @@ from typing import Any
 
 from alignlab.data.rows import Message, text_of
 from alignlab.errors import AlignlabError
+from alignlab.models.tokenizer import DEFAULT_CHAT_TEMPLATE
 
-DEFAULT_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
 END_OF_TURN = "<|im_end|>"
 
 

@@ -23,11 +23,12 @@ PAD = "<|pad|>"
 # assistant spans by rendering and matching. With add_generation_prompt the text ends in
 # `<|im_start|>assistant\n`, where the model's answer starts. The {% generation %} block marks the trained
 # part of an assistant turn (content + <|im_end|>) for transformers' `return_assistant_tokens_mask`.
-# Roles other than system/user/assistant are rejected rather than rendered silently.
+# Tool results (role `tool`, from ShareGPT observation turns) render like user turns; any other role is
+# rejected rather than rendered silently.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{- raise_exception('unknown chat role: ' + message['role'] + ' (expected system, user or assistant)') -}}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
+    "{{- raise_exception('unknown chat role: ' + message['role'] + ' (expected system, user, assistant or tool)') -}}"
     "{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
