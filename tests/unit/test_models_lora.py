@@ -65,7 +65,7 @@ def test_merge_reproduces_the_adapted_model(tmp_path):
     adapted = _logits(model)
     model.save_pretrained(tmp_path / "adapter")
     meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert meta["base_model_name_or_path"].endswith("tiny-random-v1")
+    assert "tiny-random-v1" in meta["base_model_name_or_path"]
     out = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())

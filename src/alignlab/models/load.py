@@ -237,7 +237,7 @@ def _has_tokenizer_files(path: Path) -> bool:
 
 
 def _ensure_alias(alias: str) -> Path:
-    final = cache_dir() / "models" / _ALIAS_DIRS[alias]
+    final = cache_dir() / "models" / _alias_dirname(alias)
     if (final / "config.json").is_file():
         return final
     builder: Callable[[Path], None] = {"smollm2-135m-instruct": _build_smollm2, "tiny-random": _build_tiny_random}[alias]
@@ -248,6 +248,18 @@ def _ensure_alias(alias: str) -> Path:
               "this takes about 30-60 s on a small CPU", file=sys.stderr)
     _build_atomically(final, builder)
     return final
+
+
+def _alias_dirname(alias: str) -> str:
+    """tiny-random bakes in the default chat template, so its folder name carries the template's hash:
+    editing the template gives a fresh cache instead of a stale one."""
+    if alias != "tiny-random":
+        return _ALIAS_DIRS[alias]
+    import hashlib
+
+    from alignlab.models.tokenizer import DEFAULT_CHAT_TEMPLATE
+
+    return f"{_ALIAS_DIRS[alias]}-{hashlib.sha256(DEFAULT_CHAT_TEMPLATE.encode()).hexdigest()[:8]}"
 
 
 def _build_atomically(final: Path, builder: Callable[[Path], None]) -> None:
