@@ -251,7 +251,7 @@ def train(
     model.train()
     t_loop = time.perf_counter()
     acc: dict[str, float] = {}
-    acc_steps, acc_tokens, acc_time, last_log = 0, 0, 0.0, {}
+    acc_steps, acc_tokens, acc_time, last_log, seen_tokens = 0, 0, 0.0, {}, 0.0
     for step in range(start, n_total):
         t0 = time.perf_counter()
         micro = sampler.micro_indices(step, cfg.grad_accum, world)
@@ -297,7 +297,10 @@ def train(
             row = {k: world.all_reduce_sum(v) / acc_steps for k, v in acc.items() if k != "grad_norm"}
             row["grad_norm"] = acc["grad_norm"] / acc_steps
             row["learning_rate"] = lr
-            row["tokens_per_second"] = world.all_reduce_sum(acc_tokens) / max(acc_time, 1e-9)
+            step_tokens = world.all_reduce_sum(acc_tokens)
+            seen_tokens += step_tokens
+            row["tokens_per_second"] = step_tokens / max(acc_time, 1e-9)
+            row["num_tokens"] = seen_tokens  # input tokens (no padding) since this run started, as TRL logs
             row["peak_memory_mb"] = peak_memory_mb(device)
             row["epoch"] = done * cfg.batch_size / sampler.per_epoch
             logger.log(done, row)

@@ -1,0 +1,200 @@
+"""Same SFT job through alignlab and through TRL's SFTTrainer; prints tokens/s, peak memory and the ratios.
+
+    .venv/bin/python bench/sft_vs_trl.py                       # SmolLM2-135M-Instruct, alpaca_en_demo
+    .venv/bin/python bench/sft_vs_trl.py --steps 6 --threads 1 # quicker; 1 thread on a shared machine
+
+The job: the same model directory (fp32, full fine-tuning), the same rows (steps x batch_size rows of
+alpaca_en_demo.json, written once as TRL conversational prompt/completion JSONL and read by both),
+the same batch (batch_size per optimizer step, grad_accum micro-batches), max_length, learning rate,
+schedule, seed and torch thread count, completion-only loss on both. Each side runs in its own
+process (so peak RSS is its own); TRL runs in its own virtual environment (default
+/tmp/alignlab-bench-trl, created here with `pip install torch==<ours> trl`, no system site packages);
+it is never a dependency of alignlab. Both sides use their defaults otherwise: alignlab packs
+padding-free and applies the LM head chunk-wise to completion tokens; TRL pads each micro-batch
+(its default `padding_free=False`) and computes full logits plus its entropy/accuracy metrics.
+
+Throughput = non-padding input tokens / seconds inside optimizer steps, skipping the first step
+(warm-up). Peak memory = the process's peak RSS (model load included, the same on both sides).
+The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def alignlab_worker(spec: dict) -> dict:
+    """Runs inside alignlab's venv: `alignlab sft` on the shared JSONL, timings from metrics.jsonl."""
+    from alignlab.recipes.sft import SFTConfig, run
+    from alignlab.train.metrics import read_metrics
+
+    cfg = SFTConfig(
+        model=spec["model_dir"], data=spec["data"], output_dir=spec["out"] + "/alignlab", eval_split=0.0,
+        max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
+        max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
+        logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
+        packing=not spec["no_packing"], device="cpu",
+    )
+    run(cfg)
+    rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
+    tokens = [rows[0]["num_tokens"]] + [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
+    seconds = [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
+    return {"step_tokens": tokens, "step_seconds": seconds, "peak_memory_mb": peak_rss_mb(),
+            "final_loss": rows[-1]["loss"]}
+
+
+def trl_worker(spec: dict) -> dict:
+    """Runs inside the TRL venv (no alignlab import): SFTTrainer with its defaults on the same JSONL."""
+    import torch
+    import trl
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    data = load_dataset("json", data_files=spec["data"], split="train")
+    micro = spec["batch_size"] // spec["grad_accum"]
+    args = trl.SFTConfig(
+        output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
+        gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
+        max_length=spec["max_length"], seed=spec["seed"], logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, bf16=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.t0 = [], 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.seconds.append(time.perf_counter() - self.t0)
+
+    timer = Timer()
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "num_tokens" in r and "loss" in r]
+    cum = [r["num_tokens"] for r in logs]
+    tokens = [cum[0]] + [b - a for a, b in zip(cum, cum[1:])]
+    return {"step_tokens": tokens, "step_seconds": timer.seconds[: len(tokens)], "peak_memory_mb": peak_rss_mb(),
+            "final_loss": logs[-1]["loss"], "trl_version": trl.__version__}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def ensure_trl_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0:
+        return python
+    import torch
+
+    torch_version = torch.__version__.split("+")[0]
+    print(f"creating {venv} with torch=={torch_version} and trl (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", "trl"], check=True)
+    return python
+
+
+def write_rows(data: str, n: int, out: Path) -> Path:
+    """The first n SFT rows as TRL conversational prompt/completion JSONL (both sides read this file)."""
+    from alignlab.data.sources import load_rows
+
+    rows = load_rows(data, task="sft").rows[:n]
+    path = out / "rows.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"prompt": r.messages[: r.num_prompt], "completion": r.messages[r.num_prompt:]}) + "\n")
+    return path
+
+
+def summarize(res: dict) -> dict:
+    """Throughput over steps 2..n (the first step pays one-off costs)."""
+    tokens, seconds = res["step_tokens"][1:], res["step_seconds"][1:]
+    return {"tokens_per_second": round(sum(tokens) / sum(seconds), 1), "tokens": int(sum(tokens)),
+            "seconds": round(sum(seconds), 2), "peak_memory_mb": round(res["peak_memory_mb"], 1),
+            "final_loss": round(res["final_loss"], 4), **({"trl_version": res["trl_version"]} if "trl_version" in res else {})}
+
+
+def run_worker(python: str, side: str, spec: dict, spec_path: Path) -> dict:
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "src")}
+    if side == "trl":
+        env.pop("PYTHONPATH")  # the TRL side must not see alignlab
+    if spec["threads"]:
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    proc = subprocess.run([python, str(HERE), "--worker", side, "--spec", str(spec_path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{side} worker failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--data", default=str(Path(os.environ.get("ALIGNLAB_DATA", ROOT.parent / "shared" / "data"))
+                                         / "llamafactory_demo" / "alpaca_en_demo.json"))
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
+    p.add_argument("--no-packing", action="store_true", help="alignlab pads too (isolates the packing gain)")
+    p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
+    p.add_argument("--order", default="alignlab,trl", help="which side runs first")
+    p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        spec = json.loads(Path(args.spec).read_text())
+        result = alignlab_worker(spec) if args.worker == "alignlab" else trl_worker(spec)
+        print(json.dumps(result))
+        return
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from alignlab.models.load import resolve_model
+
+    trl_python = ensure_trl_venv(Path(args.trl_venv))
+    out = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    spec = {"model_dir": resolve_model(args.model), "data": str(write_rows(args.data, args.steps * args.batch_size, out)),
+            "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
+            "no_packing": args.no_packing}
+    results = {}
+    for side in args.order.split(","):
+        python = sys.executable if side == "alignlab" else str(trl_python)
+        t0 = time.perf_counter()
+        results[side] = summarize(run_worker(python, side, spec, out / f"{side}.json"))
+        print(f"{side:9s} {results[side]['tokens_per_second']:>9,.1f} tokens/s  peak {results[side]['peak_memory_mb']:,.0f} MB"
+              f"  final loss {results[side]['final_loss']:.4f}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
+    speedup = results["alignlab"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
+    memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
+    print(f"speedup (alignlab / TRL tokens/s): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
+    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads")}
+    print(json.dumps({"job": {"model": args.model, **job}, "alignlab": results["alignlab"], "trl": results["trl"],
+                      "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
+
+
+if __name__ == "__main__":
+    main()
