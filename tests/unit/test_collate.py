@@ -52,6 +52,30 @@ def test_pack_layout():
     assert sequence_ids([3, 2]).tolist() == [0, 0, 0, 1, 1]
 
 
+def test_pack_into_capped_rows():
+    """Lengths 5, 3, 7 with rows of at most 8 tokens, first-fit decreasing: 7 alone, then 5 + 3.
+
+    Row 0 = seq 2 (7 tokens) + 1 pad token (position 0, label -100); row 1 = seq 0 then seq 1.
+    """
+    b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8)
+    assert b["input_ids"].tolist() == [SEQS[2] + [0], SEQS[0] + SEQS[1]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 6, 0], [0, 1, 2, 3, 4, 0, 1, 2]]
+    assert b["labels"][0].tolist() == [-100] + SEQS[2][1:] + [-100]
+    assert b["segments"] == [(0, 0, 7, 2), (1, 0, 5, 0), (1, 5, 3, 1)]
+    assert b["num_tokens"] == 15
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_capped_rows_logprobs_equal_alone(attn):
+    model = tiny_llama(attn)
+    b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8)
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+    for row, start, n, i in b["segments"]:
+        lp = torch.log_softmax(logits[row, start: start + n].float(), -1)
+        torch.testing.assert_close(lp, alone_logprobs(model, SEQS[i]), atol=1e-5, rtol=0)
+
+
 def test_left_pad():
     b = left_pad([[1, 2], [3]], pad_id=0)
     assert b["input_ids"].tolist() == [[1, 2], [0, 3]] and b["attention_mask"].tolist() == [[1, 1], [0, 1]]
@@ -109,8 +133,8 @@ def test_chunked_step_equals_plain_step_and_gradients():
     from alignlab.train.steps import chunked_causal_lm_step
 
     examples = [{"input_ids": s, "labels": [-100, -100] + s[2:]} for s in SEQS]
-    for packing in (True, False):
-        batch = Collator(0, packing=packing)(examples)
+    for packing, cap in ((True, None), (True, 8), (False, None)):
+        batch = Collator(0, packing=packing, max_row_tokens=cap)(examples)
         grads = []
         for step in (causal_lm_step, lambda m, b: chunked_causal_lm_step(m, b, chunk_size=3)):
             model = tiny_llama().train()

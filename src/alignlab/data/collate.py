@@ -3,8 +3,9 @@
 Examples are anything with `input_ids` and (optionally) `labels` as attributes or keys, e.g.
 `alignlab.data.tokenize.TokenizedSFT`; labels use -100 where nothing is trained.
 
-Padding-free packing (`pack`): all sequences of a micro-batch are laid end to end in ONE row, with
-`position_ids` restarting at 0 for each sequence and no attention mask. transformers 5 detects
+Padding-free packing (`pack`): the sequences of a micro-batch are laid end to end in one row (or in
+as few rows of at most `max_row_tokens` as fit), with `position_ids` restarting at 0 for each
+sequence and no attention mask. transformers 5 detects
 packed rows from the position ids (masking_utils.find_packed_sequence_indices: a new sequence
 starts wherever position_ids[t] - position_ids[t-1] != 1) and builds a block-diagonal causal mask
 for sdpa/eager (flash-attention reads the same position ids), so no token attends to another
@@ -52,32 +53,63 @@ def pad(examples: Sequence[Any], pad_id: int, *, pad_to_multiple_of: int | None 
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def pack(examples: Sequence[Any]) -> dict[str, Any]:
-    """One padding-free row [1, sum(len)]: input_ids, labels, position_ids restarting per sequence.
+def _bins(lengths: list[int], capacity: int | None) -> list[list[int]]:
+    """First-fit-decreasing bin packing of example indices into rows of at most `capacity` tokens."""
+    if capacity is None:
+        return [list(range(len(lengths)))]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:  # a sequence longer than capacity gets a row of its own
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[slot].append(i)
+            room[slot] -= lengths[i]
+    return rows
 
-    Also returns `seq_lens` (python ints, in order) so callers can split per-sequence results.
+
+def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None = None) -> dict[str, Any]:
+    """Padding-free rows: input_ids, labels, position_ids [R, L] with positions restarting per sequence.
+
+    max_row_tokens=None puts every sequence in ONE row. A cap (e.g. max_length) bins sequences into
+    rows of at most that many tokens (first-fit decreasing): attention costs O(row length^2) even
+    with the block-diagonal mask, so one very long row would spend more on attention than padding
+    ever did. Rows shorter than the longest are filled with pad tokens that form their own
+    "sequence" (positions 0, 1, ...; labels -100): real tokens never see them (they come later).
+    `segments` lists (row, start, length, example index) for every sequence; `seq_lens` gives the
+    lengths in layout order (row by row).
     """
     import torch
 
-    ids_all: list[int] = []
-    labels_all: list[int] = []
-    positions: list[int] = []
-    lens = []
-    for e in examples:
-        ids, lab = _ids_and_labels(e)
-        if not ids:
-            continue
-        ids_all += ids
-        labels_all += [IGNORE] + lab[1:]  # never predict a sequence's first token from the previous one
-        positions += range(len(ids))
-        lens.append(len(ids))
+    pairs = [_ids_and_labels(e) for e in examples]
+    keep = [i for i, (ids, _) in enumerate(pairs) if ids]
+    rows = [[keep[j] for j in b] for b in _bins([len(pairs[i][0]) for i in keep], max_row_tokens)]
+    width = max(sum(len(pairs[i][0]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = []
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            ids, lab = pairs[i]
+            n = len(ids)
+            input_ids[r, start: start + n] = torch.tensor(ids)
+            labels[r, start + 1: start + n] = torch.tensor(lab[1:n])  # never predict a sequence's first token
+            positions[r, start: start + n] = torch.arange(n)
+            segments.append((r, start, n, i))
+            start += n
+        positions[r, start:] = torch.arange(width - start)
     return {
-        "input_ids": torch.tensor([ids_all], dtype=torch.long),
-        "labels": torch.tensor([labels_all], dtype=torch.long),
-        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": positions,
         "attention_mask": None,
-        "seq_lens": lens,
-        "num_tokens": len(ids_all),
+        "segments": segments,
+        "seq_lens": [n for _, _, n, _ in segments],
+        "num_tokens": sum(n for _, _, n, _ in segments),
     }
 
 
@@ -105,10 +137,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any]:
 class Collator:
     """`collate(examples) -> batch` for the loop: padded or packed, chosen by config."""
 
-    def __init__(self, pad_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None,
+                 max_row_tokens: int | None = None):
         self.pad_id, self.packing, self.pad_to_multiple_of = pad_id, packing, pad_to_multiple_of
+        self.max_row_tokens = max_row_tokens
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         if self.packing:
-            return pack(examples)
+            return pack(examples, pad_id=self.pad_id, max_row_tokens=self.max_row_tokens)
         return pad(examples, self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of)

@@ -27,6 +27,9 @@ class SFTConfig(TrainConfig):
     """Force the data format (e.g. alpaca, sharegpt, messages, prompt_completion); null detects it."""
     packing: bool = True
     """Padding-free packing: a micro-batch's sequences share one row with restarting positions (no pad FLOPs)."""
+    pack_length: int | None = None
+    """Longest packed row in tokens (null: max_length). Attention costs O(row length^2) even for masked-out
+    blocks, so a micro-batch is binned into rows of this size rather than one long row."""
     chunked_logprobs: bool = True
     """Apply the LM head chunk-wise to trained tokens only; same loss, far less memory than full logits."""
     logprob_chunk_size: int = 1024
@@ -132,7 +135,7 @@ def run(cfg: SFTConfig):
         rows, eval_rows = split_eval(rows, cfg.eval_split, cfg.seed, cfg.max_eval_rows)
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.data)
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
-    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing)
+    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length)
     step_fn = lm_step_for(model, cfg)
     eval_fn = perplexity_eval(step_fn, eval_set, collate, cfg, world.device) if eval_set else None
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,
