@@ -1,0 +1,168 @@
+"""Data parallelism under `torchrun`: 2 CPU processes (gloo) train like 1 process with the same global batch.
+
+Each test launches `python -m torch.distributed.run --nproc_per_node 2` on a tiny model (tiny-random: 2-layer
+Llama, 512-token vocab) and compares with the same command run in one process. What must hold:
+- the logged loss curve (all-reduced over ranks, weighted by trained tokens / pairs) equals the 1-process
+  curve to float tolerance, and so do the final weights: the loop splits every optimizer step's
+  `batch_size` examples across ranks and micro-steps, so the gradient is the same mean over the same rows;
+- only rank 0 writes checkpoints and the final model (a launcher shim records which rank called the writers);
+- a 2-process run that dies right after a checkpoint resumes (resume=auto) to the uninterrupted result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab.cli import main
+from alignlab.train.checkpoint import list_checkpoints
+from alignlab.train.metrics import read_metrics
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+WORDS = "alpha beta gamma delta red green blue one two three cat dog sun moon".split()
+COMMON = ["model=tiny-random", "eval_split=0", "progress=none", "logging_steps=1", "cpu_threads=1",
+          "max_length=64", "learning_rate=2e-3", "warmup_steps=1", "seed=3"]
+
+# Runs `alignlab <args>` and records every call of the loop's checkpoint / final-model writers with the
+# caller's rank. ALIGNLAB_TEST_CRASH_AFTER=k makes rank 0 die (os._exit, no cleanup) right after it has
+# written checkpoint-k, which torchrun turns into the whole job's failure, as a real crash would.
+LAUNCHER = textwrap.dedent("""
+    import os, sys
+    from alignlab.train import loop
+    rank = os.environ.get("RANK", "0")
+    log = os.environ["ALIGNLAB_TEST_WRITES"]
+    crash_after = int(os.environ.get("ALIGNLAB_TEST_CRASH_AFTER", "0"))
+    save_checkpoint, save_model = loop.save_checkpoint, loop.save_model
+
+    def note(what):
+        with open(log, "a") as f:
+            f.write(f"{what} rank{rank}\\n")
+
+    def checkpoint_writer(out, step, *args, **kwargs):
+        path = save_checkpoint(out, step, *args, **kwargs)
+        note(f"checkpoint-{step}")
+        if step == crash_after:
+            os._exit(3)
+        return path
+
+    def model_writer(*args, **kwargs):
+        note("final")
+        return save_model(*args, **kwargs)
+
+    loop.save_checkpoint, loop.save_model = checkpoint_writer, model_writer
+    from alignlab.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def sft_file(path: Path, n: int = 32) -> Path:
+    r = random.Random(0)
+    with path.open("w") as f:
+        for _ in range(n):
+            prompt = " ".join(r.choice(WORDS) for _ in range(r.randint(2, 6)))
+            completion = " ".join(r.choice(WORDS) for _ in range(r.randint(1, 5)))
+            f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
+    return path
+
+
+def preference_file(path: Path, n: int = 32) -> Path:
+    r = random.Random(1)
+    with path.open("w") as f:
+        for _ in range(n):
+            prompt = " ".join(r.choice(WORDS) for _ in range(r.randint(2, 6)))
+            chosen = " ".join(r.choice(WORDS[:7]) for _ in range(r.randint(2, 4)))
+            rejected = " ".join(r.choice(WORDS[7:]) for _ in range(r.randint(1, 4)))
+            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+    return path
+
+
+def torchrun(tmp_path: Path, args: list[str], crash_after: int = 0) -> subprocess.CompletedProcess:
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCHER)
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "ALIGNLAB_TEST_WRITES": str(tmp_path / "writes.log"), "ALIGNLAB_TEST_CRASH_AFTER": str(crash_after)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def curve(out: Path, key: str = "loss") -> dict[int, float]:
+    """step -> logged value; a resumed run re-logs steps after its checkpoint, so the last line wins."""
+    return {r["step"]: r[key] for r in read_metrics(out) if key in r}
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def assert_close_weights(a: dict, b: dict, atol: float) -> float:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < atol, f"largest weight difference {worst}"
+    return worst
+
+
+def writes(tmp_path: Path) -> list[str]:
+    return (tmp_path / "writes.log").read_text().split()
+
+
+def test_sft_two_ranks_match_one_rank_and_resume_after_crash(tmp_path):
+    """6 steps x 4 sequences, grad_accum 2: on 2 ranks each micro-batch holds 1 sequence, on 1 rank 2.
+
+    The 2-process run dies right after checkpoint-4 (rank 0 exits), is relaunched and resumes at step 4;
+    its curve and final weights equal the single-process run's (float32 reduction order only).
+    """
+    data = sft_file(tmp_path / "sft.jsonl")
+    args = ["sft", f"data={data}", "max_steps=6", "batch_size=4", "grad_accum=2", "save_steps=2", *COMMON]
+    one = tmp_path / "one"
+    assert main([*args, f"output_dir={one}"]) == 0
+
+    two = tmp_path / "two"
+    crashed = torchrun(tmp_path, [*args, f"output_dir={two}"], crash_after=4)
+    assert crashed.returncode != 0, crashed.stdout[-2000:] + crashed.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(two)] == [2, 4]
+    assert not (two / "model.safetensors").exists()
+    resumed = torchrun(tmp_path, [*args, f"output_dir={two}"])
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "at step 4/6" in resumed.stdout
+
+    # Rank 0 alone wrote: checkpoints 2 and 4 before the crash, 6 and the final model after the resume.
+    assert writes(tmp_path) == ["checkpoint-2", "rank0", "checkpoint-4", "rank0",
+                                "checkpoint-6", "rank0", "final", "rank0"]
+    a, b = curve(one), curve(two)
+    assert sorted(b) == list(range(1, 7))
+    assert [b[s] for s in sorted(b)] == pytest.approx([a[s] for s in sorted(a)], abs=1e-4)
+    assert a[6] < a[1] - 0.05, "the curve must move for the comparison to mean anything"
+    assert_close_weights(final_weights(one), final_weights(two), atol=1e-4)
+
+
+def test_dpo_two_ranks_match_one_rank(tmp_path):
+    """DPO (sigmoid loss, frozen reference copy, prefix-shared forward): 4 steps x 4 pairs on 2 ranks vs 1.
+
+    The logged loss and rewards/accuracies are pair-weighted means all-reduced over ranks, so they match
+    the 1-process values; at step 1 the policy equals the reference, so the loss is log 2 = 0.6931 exactly.
+    """
+    data = preference_file(tmp_path / "pref.jsonl")
+    args = ["dpo", f"data={data}", "max_steps=4", "batch_size=4", "save_steps=2", *COMMON]
+    one = tmp_path / "one"
+    assert main([*args, f"output_dir={one}"]) == 0
+    two = tmp_path / "two"
+    run = torchrun(tmp_path, [*args, f"output_dir={two}"])
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert writes(tmp_path) == ["checkpoint-2", "rank0", "checkpoint-4", "rank0", "final", "rank0"]
+    a, b = curve(one), curve(two)
+    assert a[1] == pytest.approx(0.693147, abs=1e-5)
+    assert [b[s] for s in range(1, 5)] == pytest.approx([a[s] for s in range(1, 5)], abs=1e-4)
+    assert a[4] < a[1] - 0.01
+    acc_a, acc_b = curve(one, "rewards/accuracies"), curve(two, "rewards/accuracies")
+    assert [acc_b[s] for s in range(2, 5)] == pytest.approx([acc_a[s] for s in range(2, 5)], abs=1e-6)
+    assert_close_weights(final_weights(one), final_weights(two), atol=1e-4)
