@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -17,12 +18,10 @@ from typing import Any
 
 def peak_memory_mb(device: str = "cpu") -> float:
     """Peak accelerator memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB."""
-    import torch
+    if device.startswith("cuda"):
+        import torch
 
-    if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
@@ -57,13 +56,15 @@ class _Progress:
     def update(self, step: int, row: dict[str, Any]) -> None:
         loss, tps = row.get("loss"), row.get("tokens_per_second")
         info = f"loss {loss:.4f}  {tps:,.0f} tok/s" if isinstance(loss, float) and tps else ""
+        evals = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("eval") and isinstance(v, float))
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
+            self.bar.update(self.task, completed=step, **({"info": info} if info else {}))
+            if evals:
+                self.bar.console.print(f"step {step}: {evals}")
         elif self.mode == "plain":
             done = step - self.s0
             eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("eval") and isinstance(v, float))
-            print(f"step {step}/{self.total}  {info}  eta {eta:.0f}s  {extra}".rstrip(), file=sys.stderr, flush=True)
+            print(f"step {step}/{self.total}  {info}  eta {eta:.0f}s  {evals}".rstrip(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
