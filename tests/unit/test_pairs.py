@@ -58,7 +58,7 @@ def test_packed_layout_one_row_positions_restart():
     Offsets 0, 3, 6, 10; seq 0: 3 at offset 0 + 2 -> pred 1; seq 1: 7,8 at 3+1, 3+2 -> 3, 4;
     seq 2: 4,5 at 6+2, 6+3 -> 7, 8; seq 3: 9 at 10+1 -> 10.
     """
-    b = collate_packed(PAIRS, pad_id=0, row_tokens=None)
+    b = collate_packed(PAIRS, pad_id=0, row_tokens=10_000)
     assert b["input_ids"].tolist() == [[1, 2, 3, 6, 7, 8, 1, 2, 4, 5, 6, 9]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 0, 1]]
     assert b["attention_mask"] is None
@@ -89,7 +89,7 @@ def test_prefix_layout_rejected_positions_restart_after_prompt():
     the LAST PROMPT token: seq 0: 3 <- 1; seq 2: 4 <- 1, 5 <- 3 (the 4);
     seq 1: 7 <- 5, 8 <- 6; seq 3: 9 <- 5. Order of the lists: pair 0 chosen, pair 0 rejected, pair 1 ...
     """
-    b = collate_prefix(PAIRS, pad_id=0, row_tokens=None)
+    b = collate_prefix(PAIRS, pad_id=0, row_tokens=10_000)
     assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 2, 3, 0, 1, 2, 1]]
     assert b["block_ids"].tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1]]
@@ -106,7 +106,7 @@ def test_prefix_mask_hides_chosen_from_rejected_and_other_pairs():
 
     Pair 1's tokens (cols 5..8) see nothing of pair 0; 9 (col 8) sees 6 and itself only.
     """
-    b = collate_prefix(PAIRS, pad_id=0, row_tokens=None)
+    b = collate_prefix(PAIRS, pad_id=0, row_tokens=10_000)
     m = prefix_attention_mask(b["block_ids"], b["branch"])
     assert m.shape == (1, 1, 9, 9) and m.dtype == torch.bool
     rows = m[0, 0].int().tolist()

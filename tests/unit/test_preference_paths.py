@@ -23,7 +23,8 @@ from alignlab.train.preference import (
 )
 
 VOCAB = 96
-LAYOUTS = [("plain", None), ("packed", None), ("packed", 24), ("prefix", None), ("prefix", 30)]
+LAYOUTS = [("plain", None), ("packed", 10_000), ("packed", 24), ("packed", None), ("prefix", 10_000), ("prefix", 30),
+           ("prefix", None)]
 
 
 def tiny(attn="sdpa", seed=0, dtype=torch.float32):
@@ -77,8 +78,8 @@ def test_token_counts_and_packed_rows_have_no_cross_attention():
     other[0] = {"prompt_ids": [7] * 11, "chosen_ids": [8] * 5, "rejected_ids": [9] * 6}
     with torch.no_grad():
         for path in ("packed", "prefix"):
-            a, _ = sequence_logps(model, collate(path, None, pairs))
-            b, _ = sequence_logps(model, collate(path, None, other))
+            a, _ = sequence_logps(model, collate(path, 10_000, pairs))
+            b, _ = sequence_logps(model, collate(path, 10_000, other))
             keep = [i for i in range(10) if i not in (0, 5)]
             torch.testing.assert_close(a[keep], b[keep], atol=1e-6, rtol=0)
     counts = collate("prefix", None, pairs)["token_counts"].tolist()

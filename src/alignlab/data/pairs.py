@@ -24,9 +24,11 @@ Paths (all give the same log-probs; tests/unit/test_preference_paths.py pins it 
   The prompt is run once for both completions; its hidden states feed both, so gradients from
   both completions flow through it. Several pairs share a row (block-diagonal).
 
-Rows are capped at `row_tokens` tokens (a longer unit gets a row of its own) because sdpa on CPU
-computes the full T x T score matrix of a row whatever the mask: packing everything into one
-row would turn the linear attention saving of packing into a quadratic cost.
+Rows are capped at max(`row_tokens`, longest unit) tokens, by default the longest unit, because
+sdpa with a mask computes the full T x T score matrix of a row (only a plain causal row lets the
+kernel skip the upper triangle): packing everything into one long row would turn the linear
+saving of packing into a quadratic attention cost. Measured on the tiny model with the demo
+pairs: rows of 2048 tokens ran 2.9 pairs/s, rows capped at the longest pair 4.9 (plain: 3.8).
 
 The first token of a sequence with an empty prompt has no predecessor and is not scored, in every
 path alike (TRL never scores position 0 either).
@@ -83,8 +85,12 @@ class _Targets:
 
 
 def _rows_first_fit(lengths: Sequence[int], row_tokens: int | None) -> list[list[int]]:
-    """Unit indices per row, in order, first fit into rows of `row_tokens` (None: one row for all)."""
-    cap = max(max(lengths), row_tokens) if row_tokens else sum(lengths)
+    """Unit indices per row, in order, first fit into rows of max(row_tokens, longest unit) tokens.
+
+    row_tokens None (the default) caps rows at the longest unit: short units share a row, and no
+    row is longer than it has to be, which keeps sdpa's T x T cost at its minimum.
+    """
+    cap = max(max(lengths), row_tokens or 0)
     rows: list[list[int]] = []
     fill: list[int] = []
     for i, n in enumerate(lengths):
@@ -197,7 +203,7 @@ def _layout_rows(units: list[list[int]], row_tokens: int | None) -> tuple[list[l
     return rows, row_of, offset_of
 
 
-def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = 2048) -> dict[str, Any]:
+def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = None) -> dict[str, Any]:
     """Padding-free rows: every sequence with its own position ids, no attention mask."""
     pairs = _pairs(examples)
     seqs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
@@ -216,7 +222,7 @@ def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
     return _attach_refs(batch, examples)
 
 
-def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = 2048) -> dict[str, Any]:
+def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = None) -> dict[str, Any]:
     """Prefix-shared rows of [prompt | chosen | rejected] blocks; see `prefix_attention_mask`.
 
     Besides the common keys it returns `block_ids` [R, T] (which pair a token belongs to; the
@@ -283,7 +289,7 @@ def prefix_attention_mask(block_ids: Any, branch: Any) -> Any:
 class PairCollator:
     """`collate(examples) -> batch` for the loop, for one forward path."""
 
-    def __init__(self, pad_id: int, path: str = "prefix", *, row_tokens: int | None = 2048,
+    def __init__(self, pad_id: int, path: str = "prefix", *, row_tokens: int | None = None,
                  pad_to_multiple_of: int | None = None):
         if path not in PATHS:
             raise ValueError(f"forward path must be one of {PATHS}, got {path!r}")

@@ -42,8 +42,9 @@ class DPOConfig(TrainConfig):
     forward_path: Literal["plain", "packed", "prefix"] = "prefix"
     """prefix: [prompt|chosen|rejected] in one block, the prompt computed once (fastest, same numbers);
     packed: padding-free rows; plain: 2B padded rows as TRL."""
-    row_tokens: int = 2048
-    """Packed/prefix rows hold about this many tokens (attention cost grows with the row length squared)."""
+    row_tokens: int = 0
+    """Packed/prefix rows hold up to max(row_tokens, longest pair) tokens; 0 caps rows at the longest pair,
+    fastest with sdpa on CPU (a masked row costs its length squared in attention)."""
     max_prompt_length: int | None = None
     """Truncate longer prompts (from the start, keeping the end); null: half of max_length when needed."""
     logprob_chunk_size: int = 1024
@@ -55,8 +56,8 @@ class DPOConfig(TrainConfig):
         super().validate()
         if self.beta is not None and self.beta <= 0:
             raise ConfigError(f"beta: must be positive, got {self.beta}")
-        if self.row_tokens < 1 or self.logprob_chunk_size < 1:
-            raise ConfigError("row_tokens and logprob_chunk_size must be at least 1")
+        if self.row_tokens < 0 or self.logprob_chunk_size < 1:
+            raise ConfigError("row_tokens must be >= 0 and logprob_chunk_size >= 1")
 
 
 def load_split(cfg: DPOConfig, task: str) -> tuple[list, list]:
@@ -191,7 +192,7 @@ def run(cfg: DPOConfig):
     micro = cfg.micro_batch_size(world.size)
     if not mix.paired:
         train_set, eval_set = unpaired_as_pairs(train_set, micro), unpaired_as_pairs(eval_set, micro) if eval_set else []
-    collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens)
+    collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None)
     kind = choose_reference_kind(cfg.reference, mix.needs_reference, policy, bool(cfg.ref_model))
     if kind == "cache":
         train_set, eval_set = cached_sets(cfg, [train_set, eval_set], policy, collate, world.device)

@@ -1,0 +1,226 @@
+"""Same DPO job through alignlab and through TRL's DPOTrainer; prints pairs/s, peak memory and the ratios.
+
+    .venv/bin/python bench/dpo_vs_trl.py --model tiny-random              # seconds
+    .venv/bin/python bench/dpo_vs_trl.py                                  # SmolLM2-135M-Instruct, dpo_en_demo
+    .venv/bin/python bench/dpo_vs_trl.py --steps 4 --threads 1            # quicker; 1 thread on a shared machine
+
+The job: the same model directory as policy (fp32, full fine-tuning) and as frozen reference (each
+side loads its own second copy), the same pairs (the first steps x batch_size pairs of
+dpo_en_demo.json that fit in max_length without truncation, written once as TRL conversational
+preference JSONL and read by both), the same batch, grad_accum, max_length, beta, learning rate,
+schedule, seed and torch thread count, the sigmoid DPO loss on both. Each side runs in its own
+process (so peak RSS is its own); TRL runs in its own virtual environment (default
+/tmp/alignlab-bench-trl, created here: a venv that sees alignlab's torch/transformers, so both sides
+run the same kernels, plus `pip install trl`); it is never a dependency of alignlab.
+TRL's fastest settings for this job on CPU: gradient_checkpointing off (its default is on), fp32
+(bf16 autocast is slower on CPU), its fused LM head (always on in 1.16; padding_free is disabled
+there). alignlab uses its defaults: prefix-shared rows (the prompt runs once for chosen and
+rejected), no padding, LM head only on completion tokens.
+
+Throughput = pairs / seconds inside optimizer steps, skipping the first step (warm-up). Peak memory
+= the process's peak RSS (model loads included, the same on both sides).
+The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def alignlab_worker(spec: dict) -> dict:
+    """Runs inside alignlab's venv: `alignlab dpo` on the shared JSONL, timings from metrics.jsonl."""
+    from alignlab.recipes.dpo import DPOConfig, run
+    from alignlab.train.metrics import read_metrics
+
+    cfg = DPOConfig(
+        model=spec["model_dir"], data=spec["data"], output_dir=spec["out"] + "/alignlab", eval_split=0.0,
+        max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
+        max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
+        beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
+        cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto",
+    )
+    run(cfg)
+    rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
+    tokens = [rows[0]["num_tokens"]] + [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
+    seconds = [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
+    return {"step_seconds": seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in rows]}
+
+
+def trl_worker(spec: dict) -> dict:
+    """Runs inside the TRL venv (no alignlab import): DPOTrainer on the same JSONL."""
+    import torch
+    import trl
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    data = load_dataset("json", data_files=spec["data"], split="train")
+    micro = spec["batch_size"] // spec["grad_accum"]
+    args = trl.DPOConfig(
+        output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
+        gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
+        max_length=spec["max_length"], beta=spec["beta"], seed=spec["seed"], logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.t0 = [], 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.seconds.append(time.perf_counter() - self.t0)
+
+    timer = Timer()
+    trainer = trl.DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
+                             callbacks=[timer])
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "loss" in r and "rewards/chosen" in r]
+    return {"step_seconds": timer.seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in logs],
+            "trl_version": trl.__version__}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def ensure_trl_venv(venv: Path) -> Path:
+    """A venv with TRL that reuses this interpreter's site-packages (same torch/transformers) via a .pth."""
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0:
+        return python
+    import torch
+
+    print(f"creating {venv} with trl (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    inner = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    base = Path(torch.__file__).resolve().parents[1]  # the site-packages holding our torch
+    Path(inner, "_alignlab_base.pth").write_text(f"{base}\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "trl"], check=True)
+    return python
+
+
+def write_pairs(data: str, n: int, max_length: int, model: str, out: Path) -> Path:
+    """The first n pairs that fit max_length untruncated, as TRL conversational preference JSONL."""
+    from alignlab.data.sources import load_rows
+    from alignlab.data.tokenize import tokenize_pair
+    from alignlab.models.load import load_tokenizer
+
+    tok = load_tokenizer(model)
+    rows, kept = load_rows(data, task="preference").rows, []
+    for r in rows:
+        ids = tokenize_pair(r, tok, None)
+        # +1: TRL also trains the newline the chat template writes after the end-of-turn token.
+        if len(ids.prompt_ids) + max(len(ids.chosen_ids), len(ids.rejected_ids)) + 1 <= max_length:
+            kept.append({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected})
+        if len(kept) == n:
+            break
+    if len(kept) < n:
+        raise SystemExit(f"only {len(kept)} pairs of {data} fit max_length {max_length}; need {n}")
+    path = out / "pairs.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for row in kept:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def summarize(res: dict, batch_size: int) -> dict:
+    """Throughput over steps 2..n (the first step pays one-off costs)."""
+    seconds = res["step_seconds"][1:]
+    out = {"pairs_per_second": round(batch_size * len(seconds) / sum(seconds), 3), "seconds": round(sum(seconds), 2),
+           "peak_memory_mb": round(res["peak_memory_mb"], 1), "first_loss": round(res["losses"][0], 4),
+           "final_loss": round(res["losses"][-1], 4)}
+    if "trl_version" in res:
+        out["trl_version"] = res["trl_version"]
+    return out
+
+
+def run_worker(python: str, side: str, spec: dict, spec_path: Path) -> dict:
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "src")}
+    if side == "trl":
+        env.pop("PYTHONPATH")  # the TRL side must not see alignlab
+    if spec["threads"]:
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    proc = subprocess.run([python, str(HERE), "--worker", side, "--spec", str(spec_path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{side} worker failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--data", default=str(Path(os.environ.get("ALIGNLAB_DATA", ROOT.parent / "shared" / "data"))
+                                         / "llamafactory_demo" / "dpo_en_demo.json"))
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=5e-7)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
+    p.add_argument("--path", default="prefix", choices=["prefix", "packed", "plain"], help="alignlab forward path")
+    p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
+    p.add_argument("--order", default="alignlab,trl", help="which side runs first")
+    p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        spec = json.loads(Path(args.spec).read_text())
+        result = alignlab_worker(spec) if args.worker == "alignlab" else trl_worker(spec)
+        print(json.dumps(result))
+        return
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from alignlab.models.load import resolve_model
+
+    trl_python = ensure_trl_venv(Path(args.trl_venv))
+    out = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
+    n_pairs = args.steps * args.batch_size
+    spec = {"model_dir": resolve_model(args.model),
+            "data": str(write_pairs(args.data, n_pairs, args.max_length, args.model, out)),
+            "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
+            "threads": args.threads, "path": args.path}
+    results = {}
+    for side in args.order.split(","):
+        python = sys.executable if side == "alignlab" else str(trl_python)
+        t0 = time.perf_counter()
+        results[side] = summarize(run_worker(python, side, spec, out / f"{side}.json"), args.batch_size)
+        r = results[side]
+        print(f"{side:9s} {r['pairs_per_second']:>8.3f} pairs/s  peak {r['peak_memory_mb']:,.0f} MB  "
+              f"loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
+    speedup = results["alignlab"]["pairs_per_second"] / results["trl"]["pairs_per_second"]
+    memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
+    print(f"speedup (alignlab / TRL pairs/s): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
+    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path")}
+    print(json.dumps({"job": {"model": args.model, **job}, "alignlab": results["alignlab"], "trl": results["trl"],
+                      "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
+
+
+if __name__ == "__main__":
+    main()
