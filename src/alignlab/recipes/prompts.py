@@ -46,9 +46,9 @@ _OPENERS = (
 
 
 def sentiment_prompts(n: int, seed: int = 0) -> list[str]:
-    """`n` seeded movie-review openings: the 1,152 combinations of opener x genre x film noun in a seeded
-    order (cycled when n is larger)."""
-    combos = [o.format(genre=g, film=f) for o in _OPENERS for g in _GENRES for f in _FILMS]
+    """`n` seeded movie-review openings: the 712 distinct openings (opener x genre x film noun) in a seeded
+    order, cycled when n is larger."""
+    combos = sorted({o.format(genre=g, film=f) for o in _OPENERS for g in _GENRES for f in _FILMS})
     random.Random(seed).shuffle(combos)
     return [combos[i % len(combos)] for i in range(n)]
 

@@ -1,0 +1,193 @@
+"""Online RL recipe parts: rollout packing, log-probs vs the sampler, estimator wiring, micro-batch
+weighting, prompt sets, online-DPO pairing, config checks and the shipped configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignlab.config import load_config
+from alignlab.errors import AlignlabError
+from alignlab.recipes import prompts as P
+from alignlab.recipes.online import OnlineConfig, OnlineState, PPOConfig
+from alignlab.recipes.online_dpo import OnlineDPOConfig, preference_pairs
+from alignlab.recipes.rl_step import Rollout, compute_advantages, pack_rollout, policy_logprobs, policy_update
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class _S:  # the fields of rollout.generate.Sample that the packing reads
+    prompt_ids: list
+    completion_ids: list
+
+
+def test_pack_rollout_layout():
+    """Prompts [5, 6] and [7]; completions [8, 9, 2] and [3]. P = 2, T = 3:
+    row 0 = [5, 6 | 8, 9, 2], row 1 = [0, 7 | 3, 0, 0] (pad 0); positions count real tokens only."""
+    ro = pack_rollout([_S([5, 6], [8, 9, 2]), _S([7], [3])], pad_id=0, device="cpu")
+    assert ro.prompt_len == 2 and ro.resp_len == 3
+    assert ro.input_ids.tolist() == [[5, 6, 8, 9, 2], [0, 7, 3, 0, 0]]
+    assert ro.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]
+    assert ro.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 1, 1]]
+    assert ro.response.tolist() == [[8, 9, 2], [3, -100, -100]]
+    assert ro.mask.tolist() == [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from alignlab.models.load import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    return load_model("tiny-random").eval(), load_tokenizer("tiny-random")
+
+
+def test_training_logprobs_equal_sampler_logprobs(tiny):
+    """The packed training forward reproduces the sampler's per-token log-probs (same positions, same
+    temperature), so `old_logprobs: sampler` gives ratio 1 before the first update."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    res = generate(model, tok, ["The film", "A long review of this movie"],
+                   SamplingConfig(max_new_tokens=8, temperature=0.7, logprobs=True, seed=3), n=3)
+    ro = pack_rollout(res.samples, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        lp, ent = policy_logprobs(model, ro, torch.arange(len(res.samples)), 0.7, want_entropy=True)
+    for r, s in enumerate(res.samples):
+        assert torch.allclose(lp[r, :len(s.logprobs)], torch.tensor(s.logprobs), atol=1e-4)
+        assert torch.all(lp[r, len(s.logprobs):] == 0)
+    assert torch.all(ent[ro.mask > 0] > 0)
+
+
+def _rollout(rewards, mask, old=None, ref=None):
+    n, t = mask.shape
+    z = torch.zeros(n, t)
+    return Rollout(torch.zeros(n, t + 1, dtype=torch.long), torch.ones(n, t + 1), torch.zeros(n, t + 1),
+                   torch.zeros(n, t, dtype=torch.long), mask, 1, t, torch.tensor(rewards),
+                   z if old is None else old, z if ref is None else ref, None)
+
+
+def test_grpo_and_rloo_advantages_broadcast_over_tokens():
+    """Group [1, 0] (K = 2): mean 0.5, Bessel std 0.7071 -> GRPO +-0.7071; RLOO: 1 - 0 = 1, 0 - 1 = -1.
+    Each sequence's advantage sits on its response tokens only."""
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    cfg = OnlineConfig(estimator="grpo", num_generations=2)
+    adv, ret = compute_advantages(cfg, _rollout([1.0, 0.0], mask), 0.05)
+    assert ret is None
+    assert torch.allclose(adv, torch.tensor([[0.70710, 0.70710], [-0.70710, 0.0]]), atol=1e-4)
+    cfg.estimator = "rloo"
+    adv, _ = compute_advantages(cfg, _rollout([1.0, 0.0], mask), 0.05)
+    assert torch.allclose(adv, torch.tensor([[1.0, 1.0], [-1.0, 0.0]]))
+
+
+def test_kl_shaped_into_grouped_reward():
+    """kl_in_reward with k1: sequence 0 has log pi - log ref = 0.5 on each of its 2 tokens (KL 1.0),
+    sequence 1 none. With beta 0.5 the rewards [1, 1] become [0.5, 1.0]; RLOO: [-0.5, 0.5]."""
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    old = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -1.5], [-1.0, -1.0]])
+    cfg = OnlineConfig(estimator="rloo", num_generations=2, kl_in_reward=True, kl_estimator="k1")
+    adv, _ = compute_advantages(cfg, _rollout([1.0, 1.0], mask, old, ref), 0.5)
+    assert torch.allclose(adv, torch.tensor([[-0.5, -0.5], [0.5, 0.5]]))
+
+
+def test_gae_wiring_gives_returns_for_the_critic():
+    """One sequence, 2 tokens, reward 1, values [0.5, 0.25], gamma 1, lam 1, no KL: returns are [1, 1]
+    (reward-to-go); advantages [0.5, 0.75] before whitening."""
+    ro = _rollout([1.0], torch.ones(1, 2))
+    ro.values = torch.tensor([[0.5, 0.25]])
+    cfg = PPOConfig(lam=1.0, whiten_advantages=False, kl_coef=0.0)
+    adv, ret = compute_advantages(cfg, ro, 0.0)
+    assert torch.allclose(ret, torch.tensor([[1.0, 1.0]]))
+    assert torch.allclose(adv, torch.tensor([[0.5, 0.75]]))
+
+
+def test_policy_update_gradient_does_not_depend_on_grad_accum(tiny):
+    """token-mean over a minibatch of 4 sequences: one micro-batch of 4 or two of 2 give the same SGD
+    update (each micro-batch weighted by its share of the minibatch's tokens)."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    res = generate(model, tok, ["The film", "A long review"], SamplingConfig(max_new_tokens=6, seed=1), n=2)
+    ro = pack_rollout(res.samples, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        ro.old_logprobs = policy_logprobs(model, ro, torch.arange(4), 1.0)[0] - 0.05
+    ro.ref_logprobs = ro.old_logprobs - 0.1
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * ro.mask
+    deltas = []
+    for accum in (1, 2):
+        m = __import__("copy").deepcopy(model)
+        before = [p.detach().clone() for p in m.parameters()]
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        cfg = OnlineConfig(grad_accum=accum, max_grad_norm=0.0, kl_coef=0.1, entropy_coef=0.01)
+        policy_update(OnlineState(cfg, m, tok, None, [opt], "cpu"), ro, adv, torch.arange(4), 0.1)
+        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)]))
+    assert deltas[0].abs().max() > 0
+    assert torch.allclose(deltas[0], deltas[1], atol=1e-6)
+
+
+def test_prompt_sets_are_seeded_and_correct():
+    assert P.sentiment_prompts(5, seed=1) == P.sentiment_prompts(5, seed=1)
+    assert P.sentiment_prompts(5, seed=1) != P.sentiment_prompts(5, seed=2)
+    assert len(set(P.sentiment_prompts(200))) == 200
+    for p, a in P.digit_problems("reverse", 50, seed=0):
+        assert p.endswith("=") and a == p[:-1][::-1]
+    for p, a in P.digit_problems("add", 50, seed=0):
+        x, y = p[:-1].split("+")
+        assert int(a) == int(x) + int(y)
+    rows = P.builtin_rows("builtin:reverse", 3)
+    assert rows[0].chat is False and rows[0].answer == rows[0].prompt[0]["content"][:-1][::-1]
+    with pytest.raises(AlignlabError, match="builtin:sentiment"):
+        P.builtin_rows("builtin:nope", 3)
+
+
+def test_exact_match_reward():
+    """' 321' strips to '321' (1.0); '32' and '3210' are wrong (0.0); a missing answer is an error."""
+    out = P.exact_match_reward(["123="] * 3, [" 321", "32", "3210"], answer=["321"] * 3)
+    assert out == [1.0, 0.0, 0.0]
+    with pytest.raises(AlignlabError, match="answer"):
+        P.exact_match_reward(["1="], ["1"])
+
+
+def test_write_digit_sft_loads_as_plain_prompt_completion(tmp_path):
+    from alignlab.data.sources import load_rows
+
+    path = P.write_digit_sft(tmp_path / "rev.jsonl", "reverse", 10, seed=4)
+    rows = load_rows(path, task="sft").rows
+    assert len(rows) == 10 and rows[0].chat is False
+    prompt, answer = P.digit_problems("reverse", 10, seed=4)[0]
+    assert [m["content"] for m in rows[0].messages] == [prompt, answer]
+
+
+def test_preference_pairs_best_vs_worst_ties_skipped():
+    """Group 0 rewards [0.2, 0.9, 0.5] -> chosen sample 1, rejected sample 0; group 1 ties -> skipped."""
+    s = [_S([1], [10 + i]) for i in range(6)]
+    pairs = preference_pairs(s, [0.2, 0.9, 0.5, 0.3, 0.3, 0.3], 3)
+    assert pairs == [{"prompt_ids": [1], "chosen_ids": [11], "rejected_ids": [10]}]
+
+
+def test_config_checks():
+    with pytest.raises(AlignlabError, match="num_generations"):
+        load_config(OnlineConfig, None, ["estimator=grpo", "num_generations=1", "max_steps=2"])
+    with pytest.raises(AlignlabError, match="mini_batch_size"):
+        load_config(OnlineConfig, None, ["batch_size=4", "num_generations=4", "mini_batch_size=5", "max_steps=2"])
+    with pytest.raises(AlignlabError, match="max_steps"):
+        load_config(OnlineConfig, None, [])
+    ppo = load_config(PPOConfig, None, ["max_steps=2"])
+    assert ppo.estimator == "gae" and ppo.kl_in_reward and ppo.kl_estimator == "k1"
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("grpo_gsm8k_smollm2.yaml", OnlineConfig),
+    ("ppo_sentiment_tiny.yaml", PPOConfig),
+    ("grpo_sentiment_tiny.yaml", OnlineConfig),
+    ("ppo_sentiment_smollm2.yaml", PPOConfig),
+    ("grpo_sentiment_smollm2.yaml", OnlineConfig),
+    ("online_dpo_sentiment_tiny.yaml", OnlineDPOConfig),
+])
+def test_shipped_configs_load(name, cls):
+    cfg = load_config(cls, CONFIGS / name)
+    assert cfg.max_steps >= 1 and cfg.reward
