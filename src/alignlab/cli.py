@@ -24,6 +24,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.models.commands",
     "alignlab.recipes.dpo_commands",
     "alignlab.recipes.commands",
+    "alignlab.recipes.demo_commands",
+    "alignlab.recipes.online_commands",
+    "alignlab.recipes.reward_commands",
     "alignlab.rollout.commands",
 )
 
