@@ -73,7 +73,7 @@ class OpenAIBackend:
     """An OpenAI-compatible chat endpoint (`alignlab serve`, vLLM, llama.cpp server, OpenAI itself)."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, max_tokens: int = 256,
-                 temperature: float = 0.0, timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5,
+                 temperature: float = 0.0, timeout: float = 300.0, max_retries: int = 3, backoff: float = 0.5,
                  concurrency: int = 4, seed: int | None = 0):
         if not base_url.startswith(("http://", "https://")):
             raise AlignlabError(f"judge base_url must start with http:// or https://, got {base_url!r}")

@@ -56,8 +56,9 @@ class JudgeConfig:
     """llm: most tokens in one judge reply."""
     temperature: float = 0.0
     """llm: sampling temperature of the judge (0 = greedy, the usual choice for judging)."""
-    timeout: float = 60.0
-    """llm over base_url: seconds before one HTTP request is abandoned (then retried)."""
+    timeout: float = 300.0
+    """llm over base_url: seconds before one HTTP request is abandoned (then retried). Generous because a
+    CPU server answers one request at a time: with `concurrency` requests queued, the last waits for all."""
     max_retries: int = 3
     """llm over base_url: retries on 429 / 5xx / connection errors, with exponential backoff."""
     concurrency: int = 4
