@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from alignlab.errors import AlignlabError
@@ -171,6 +172,14 @@ def prompt_text(row: Any) -> Any:
     return "".join(m["content"] for m in row.prompt) if not row.chat else row.prompt
 
 
+def encode_rows(state: OnlineState, rows: list) -> list[list[int]]:
+    """Prompt ids for generation, cut to `max_prompt_length` (the last tokens are kept) BEFORE sampling,
+    so the sampler and the training forward see the same prompt."""
+    from alignlab.data.tokenize import tokenize_prompt
+
+    return [tokenize_prompt(r, state.tokenizer, state.cfg.max_prompt_length) for r in rows]
+
+
 def score_rows(reward_fn: Callable, rows: list, texts: list[str], k: int) -> list[float]:
     """Reward of each completion; rows[i] is repeated k times to line up with its samples."""
     from alignlab.rollout.rewards import score
@@ -202,7 +211,7 @@ def greedy_eval(state: OnlineState, rows: list) -> dict[str, float]:
 
     cfg = state.cfg
     sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.generation_batch_size)
-    res = generate(state.policy, state.tokenizer, rows, sc)
+    res = generate(state.policy, state.tokenizer, encode_rows(state, rows), sc)
     rewards = score_rows(state.reward_fn, rows, [s.text for s in res.samples], 1)
     return {"eval_reward": sum(rewards) / len(rewards)}
 
@@ -252,7 +261,7 @@ def online_loop(state: OnlineState, prompts: list, step_fn: Callable, eval_rows:
         if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == cfg.max_steps:
             evaluate(done)
     runtime = time.perf_counter() - t0
-    save_model(state.policy, __import__("pathlib").Path(cfg.output_dir), state.tokenizer)
+    save_model(state.policy, Path(cfg.output_dir), state.tokenizer)
     logger.close({"step": cfg.max_steps, "train_runtime": runtime})
     return history
 

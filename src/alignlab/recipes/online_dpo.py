@@ -60,7 +60,7 @@ def dpo_step(state: OnlineState, step: int, rows: list) -> dict[str, float]:
     import torch
 
     from alignlab.data.pairs import PairCollator
-    from alignlab.recipes.online import score_rows
+    from alignlab.recipes.online import encode_rows, score_rows
     from alignlab.rollout.generate import SamplingConfig, generate
     from alignlab.train.loop import to_device
 
@@ -68,7 +68,7 @@ def dpo_step(state: OnlineState, step: int, rows: list) -> dict[str, float]:
     t0 = time.perf_counter()
     sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         seed=cfg.seed * 1_000_003 + step, batch_size=cfg.generation_batch_size)
-    res = generate(state.policy, state.tokenizer, rows, sc, n=k)
+    res = generate(state.policy, state.tokenizer, encode_rows(state, rows), sc, n=k)
     t_gen = time.perf_counter() - t0
     rewards = score_rows(state.reward_fn, rows, [s.text for s in res.samples], k)
     r = torch.tensor(rewards)

@@ -96,16 +96,14 @@ def reference_logprobs(state: Any, ro: Rollout, size: int) -> torch.Tensor:
 
 def collect(state: Any, step: int, rows: list) -> tuple[Rollout, dict[str, float]]:
     """Sample, score and annotate one rollout; returns it with its rollout-side metrics."""
-    from alignlab.recipes.online import score_rows
+    from alignlab.recipes.online import encode_rows, score_rows
     from alignlab.rollout.generate import SamplingConfig, generate
 
     cfg, k = state.cfg, state.cfg.num_generations
     t0 = time.perf_counter()
     sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         seed=cfg.seed * 1_000_003 + step, logprobs=True, batch_size=cfg.generation_batch_size)
-    res = generate(state.policy, state.tokenizer, rows, sc, n=k)
-    for s in res.samples:  # keep the prompt's last tokens (truncation rule of the data layer)
-        s.prompt_ids = s.prompt_ids[-cfg.max_prompt_length:]
+    res = generate(state.policy, state.tokenizer, encode_rows(state, rows), sc, n=k)
     t_gen = time.perf_counter() - t0
     ro = pack_rollout(res.samples, state.tokenizer.pad_token_id, state.device)
     ro.rewards = torch.tensor(score_rows(state.reward_fn, rows, [s.text for s in res.samples], k),
