@@ -230,7 +230,10 @@ def _handler(server: ModelServer, socket_timeout: float, quiet: bool) -> type[Ba
 
         def _error(self, e: RequestError) -> None:
             self.close_connection = True
-            self._send(e.status, e.body())
+            try:
+                self._send(e.status, e.body())
+            except OSError:  # the client is gone; there is nobody left to tell
+                return
             if e.status == 413:
                 self._drain()
 
@@ -308,12 +311,42 @@ def _handler(server: ModelServer, socket_timeout: float, quiet: bool) -> type[Ba
     return Handler
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, but at most `max_connections` at once: beyond that a connection gets an
+    immediate 503 instead of a thread, so a flood of idle connections cannot exhaust the process."""
+
+    daemon_threads = True  # a stuck connection thread never keeps the process alive at shutdown
+    max_connections = 64
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps(RequestError(503, "server busy: too many open connections", None,
+                                           "too_many_connections").body()).encode()
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def make_http_server(server: ModelServer, host: str = "127.0.0.1", port: int = 0, *, socket_timeout: float = 30.0,
-                     quiet: bool = False) -> ThreadingHTTPServer:
+                     quiet: bool = False, max_connections: int = 64) -> ThreadingHTTPServer:
     """Bind (port 0 = any free port) and return the HTTP server; call `serve_forever()` to run it."""
-    httpd = ThreadingHTTPServer((host, port), _handler(server, socket_timeout, quiet))
-    httpd.daemon_threads = True  # a stuck connection thread never keeps the process alive at shutdown
-    return httpd
+    cls = type("AlignlabHTTPServer", (_BoundedServer,), {"max_connections": max_connections})
+    return cls((host, port), _handler(server, socket_timeout, quiet))
 
 
 def base_url(httpd: ThreadingHTTPServer) -> str:

@@ -266,3 +266,25 @@ def test_hostile_json_bodies(served):
     raw = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
     status, out = post(url + "/chat/completions", None, raw=raw)
     assert status == 400 and out["error"]["param"] == "temperature"
+
+
+def test_connection_flood_gets_503_and_the_server_recovers(tiny):
+    httpd = make_http_server(ModelServer(*tiny), HOST, 0, socket_timeout=30.0, quiet=True, max_connections=2)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = base_url(httpd)
+    port = httpd.server_address[1]
+    idle = [socket.create_connection((HOST, port), timeout=10) for _ in range(2)]
+    try:
+        for s in idle:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")  # then silence: each holds a thread
+        time.sleep(0.3)
+        reply = _raw(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.0 503") and b"too_many_connections" in reply
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as r:
+        assert r.status == 200
+    httpd.shutdown()
+    httpd.server_close()

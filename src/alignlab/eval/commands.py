@@ -34,6 +34,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout per connection, seconds")
+    p.add_argument("--max-connections", type=int, default=64, help="open connections at once; beyond: 503")
     p.add_argument("--quiet", action="store_true", help="do not log one line per request")
 
 
@@ -47,7 +48,8 @@ def _serve(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model)
     server = ModelServer(model, tokenizer, model_id=args.model_id or args.model,
                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit)
-    httpd = make_http_server(server, args.host, args.port, socket_timeout=args.timeout, quiet=args.quiet)
+    httpd = make_http_server(server, args.host, args.port, socket_timeout=args.timeout, quiet=args.quiet,
+                             max_connections=args.max_connections)
     print(f"alignlab serve: {args.model} at {base_url(httpd)}", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("alignlab serve: warning: bound beyond loopback; there is no authentication", file=sys.stderr)

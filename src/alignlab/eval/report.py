@@ -51,7 +51,7 @@ def _slug(name: str) -> str:
 
 
 def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
-    """One PNG: each model's headline value with its interval as an error bar."""
+    """One PNG: each model's headline value as a point with its interval as whiskers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +64,9 @@ def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
         values = [float(r["value"]) for r in rows]
         lows = [max(v - float(r["low"]), 0.0) if r.get("low") is not None else 0.0 for v, r in zip(values, rows)]
         highs = [max(float(r["high"]) - v, 0.0) if r.get("high") is not None else 0.0 for v, r in zip(values, rows)]
-        ax.barh(range(len(rows)), values, xerr=[lows, highs], color="#4c72b0", capsize=4)
+        # Points with interval whiskers, not bars: ratings sit near 1000 and perplexities far from 0.
+        ax.errorbar(values, range(len(rows)), xerr=[lows, highs], fmt="o", color="#4c72b0", capsize=4)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_yticks(range(len(rows)), labels)
         ax.invert_yaxis()
         metric = records[0].get("metric", "value") if records else "value"
