@@ -17,6 +17,13 @@ several busy processes) multi-threaded ops stall whenever another process holds 
 of the same run varied 10x; one thread's CPU seconds measure the work each side does and are stable.
 Both clocks are always reported; `speedup` uses the chosen one. `--threads 0 --clock wall` measures
 as-is.
+
+Measured on the shared 2-core CPU box (1 thread, CPU clock, 8 prompts x 8 samples, 64 new tokens):
+tiny-random 49.5k vs 26.3k tokens/s (1.88x); smollm2-135m-instruct 222 vs 144 tokens/s (1.55x). With
+256 new tokens (4 x 8), smollm2 177 vs 131 (1.35x): almost every row runs to the limit, so batch
+compaction has little to drop and both sides sit on the same matmul floor. Where the gain comes from:
+one prefill per prompt instead of n, an inverse-CDF draw instead of torch.multinomial over the vocabulary,
+and no decoding of rows that already ended.
 """
 
 from __future__ import annotations

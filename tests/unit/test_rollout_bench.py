@@ -1,0 +1,25 @@
+"""bench/gen_vs_hf.py runs end to end on tiny-random and ends with one JSON line holding both sides' rates."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gen_vs_hf.py"
+
+
+def test_gen_bench_last_line_is_json_with_both_rates(capsys):
+    spec = importlib.util.spec_from_file_location("gen_vs_hf", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--model", "tiny-random", "--prompts", "2", "--n", "2", "--max-new-tokens", "4", "--rounds", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the bench pins one thread on CPU; give the rest of the run its own
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"ours_tokens_per_s", "hf_tokens_per_s", "speedup"} <= set(last)
+    # tokens counted up to and including EOS: at most prompts x n x max_new_tokens on each side
+    assert 4 <= last["ours_tokens"][0] <= 16 and 4 <= last["hf_tokens"][0] <= 16
+    assert abs(last["speedup"] - last["ours_tokens_per_s"] / last["hf_tokens_per_s"]) < 0.02
