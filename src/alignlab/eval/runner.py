@@ -194,7 +194,10 @@ def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 def _examples(rows, a, b, result, k: int = 3) -> list[dict]:
     from alignlab.eval.judges import prompt_text
 
-    return [{"prompt": prompt_text(rows[i]), "answer_a": a[i], "answer_b": b[i],
+    def cut(text: str, limit: int = 2000) -> str:  # examples illustrate; they must not bloat the report
+        return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters]"
+
+    return [{"prompt": cut(prompt_text(rows[i])), "answer_a": cut(a[i]), "answer_b": cut(b[i]),
              "outcome": result.outcomes[i], "judge": result.results[i].raw} for i in range(min(k, len(rows)))]
 
 
