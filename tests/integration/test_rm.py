@@ -1,0 +1,139 @@
+"""`alignlab rm` end to end: a learnable preference reaches high held-out accuracy, the saved scorer (full or
+LoRA-merged) reloads with `load_scorer` and reproduces the run's own final evaluation, ranked lists train
+with Plackett-Luce, bad data stops with the file and line; the slow test trains SmolLM2 on real pairs.
+
+Fast tests use `tiny-random` (2-layer Llama, 512-token BPE) on hand-made data where the better answer
+contains the word "please" (or more of them, for lists): a fact a scorer can pick up in a few dozen steps.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from alignlab.cli import main
+from alignlab.config import load_config
+from alignlab.models.heads import load_scorer
+from alignlab.models.load import load_tokenizer
+from alignlab.recipes.reward import RewardCollator, RewardConfig, RewardStep, load_split, tokenize_rows
+from alignlab.train.loop import evaluate
+from alignlab.train.metrics import read_metrics
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FAST = ["model=tiny-random", "progress=none", "cpu_threads=1", "logging_steps=5", "resume=never",
+        "eval_split=0.2", "batch_size=8"]
+WORDS = "the cat dog sat on mat ran far away home big small red blue tree house water".split()
+
+
+def marker_pairs(path: Path, n: int = 120, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(6)]
+            at = rng.randrange(7)
+            chosen = " ".join(words[:at] + ["please"] + words[at:])
+            rejected = " ".join(rng.choice(WORDS) for _ in range(7))
+            f.write(json.dumps({"prompt": f"Tell me about the {rng.choice(WORDS)}.", "chosen": chosen,
+                                "rejected": rejected}) + "\n")
+    return path
+
+
+def marker_lists(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """Best has two markers, the middle one, the worst none (so the order is learnable, not just the top)."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            comps = []
+            for markers in (2, 1, 0):
+                words = [rng.choice(WORDS) for _ in range(7 - markers)]
+                for _ in range(markers):
+                    words.insert(rng.randrange(len(words) + 1), "please")
+                comps.append(" ".join(words))
+            f.write(json.dumps({"prompt": f"Tell me about the {rng.choice(WORDS)}.", "completions": comps}) + "\n")
+    return path
+
+
+def rm(*args: str) -> int:
+    return main(["rm", *FAST, *args])
+
+
+def reevaluate(out: Path, cfg: RewardConfig, scorer) -> dict[str, float]:
+    """The held-out examples rebuilt from the saved config (same seeded split) and scored by `scorer`."""
+    tok = load_tokenizer(str(out))
+    _, held = load_split(cfg)
+    examples = tokenize_rows(held, tok, cfg, "held-out")
+    return evaluate(scorer, RewardStep(cfg.loss, cfg.use_margin, cfg.center_coef), examples,
+                    RewardCollator(tok.pad_token_id), batch_size=8, device="cpu")
+
+
+def final_eval(out: Path) -> dict[str, float]:
+    return [r for r in read_metrics(out) if "eval_accuracy" in r][-1]
+
+
+def test_rm_learns_a_marker_and_the_scorer_reloads(tmp_path):
+    data, out = marker_pairs(tmp_path / "pairs.jsonl"), tmp_path / "rm"
+    assert rm(f"data={data}", f"output_dir={out}", "max_steps=30", "learning_rate=3e-3") == 0
+    evals = [r for r in read_metrics(out) if "eval_accuracy" in r]
+    assert [e["step"] for e in evals] == [0, 30]
+    assert evals[-1]["eval_accuracy"] >= 0.95  # measured 1.0 (24 held-out pairs)
+    assert evals[-1]["eval_margin"] > 2.0 and evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.5
+    train_rows = [r for r in read_metrics(out) if "accuracy" in r]
+    assert train_rows[-1]["loss"] < 0.1 and {"margin", "chosen_score", "rejected_score"} <= set(train_rows[-1])
+    # the checkpoint is a plain HF scorer that reproduces the run's final evaluation exactly
+    cfg = load_config(RewardConfig, out / "config.yaml")
+    again = reevaluate(out, cfg, load_scorer(str(out)).eval())
+    for k in ("eval_loss", "eval_accuracy", "eval_chosen_score", "eval_rejected_score"):
+        assert again[k] == pytest.approx(evals[-1][k], abs=1e-5), k
+    assert type(AutoModelForSequenceClassification.from_pretrained(out)).__name__ == "LlamaForSequenceClassification"
+
+
+def test_rm_lora_trains_the_head_and_merges(tmp_path):
+    data, out = marker_pairs(tmp_path / "pairs.jsonl"), tmp_path / "rm_lora"
+    assert rm(f"data={data}", f"output_dir={out}", "max_steps=30", "learning_rate=1e-2",
+              "lora={r: 8, alpha: 16, dropout: 0.0}") == 0
+    last = final_eval(out)
+    assert last["eval_accuracy"] >= 0.9  # measured 1.0
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert "score" in adapter["modules_to_save"] and adapter["task_type"] == "SEQ_CLS"
+    assert not (out / "adapter_config.json").exists()  # output_dir itself is the merged scorer
+    cfg = load_config(RewardConfig, out / "config.yaml")
+    merged = reevaluate(out, cfg, load_scorer(str(out)).eval())
+    assert merged["eval_accuracy"] == last["eval_accuracy"]
+    assert merged["eval_chosen_score"] == pytest.approx(last["eval_chosen_score"], abs=1e-4)
+    from peft import PeftModel
+
+    torch.manual_seed(1)  # the base head is replaced by the adapter's trained copy, whatever its init
+    adapted = PeftModel.from_pretrained(load_scorer("tiny-random"), str(out / "adapter")).eval()
+    assert reevaluate(out, cfg, adapted)["eval_loss"] == pytest.approx(merged["eval_loss"], abs=1e-4)
+
+
+def test_rm_plackett_luce_on_ranked_lists(tmp_path):
+    data, out = marker_lists(tmp_path / "lists.jsonl"), tmp_path / "rm_pl"
+    assert rm(f"data={data}", f"output_dir={out}", "max_steps=30", "learning_rate=3e-3", "loss=plackett_luce") == 0
+    evals = [r for r in read_metrics(out) if "eval_accuracy" in r]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0  # untrained: about log 3! = 1.8
+    assert evals[-1]["eval_accuracy"] >= 0.9  # measured 1.0
+    # the same lists under bradley_terry become 3 pairs each
+    out_bt = tmp_path / "rm_bt"
+    assert rm(f"data={data}", f"output_dir={out_bt}", "max_steps=2", "eval_split=0.2") == 0
+    cfg = load_config(RewardConfig, out_bt / "config.yaml")
+    train, held = load_split(cfg)
+    assert (len(train), len(held)) == (96 * 3, 24 * 3)
+
+
+def test_rm_bad_record_names_file_and_line(tmp_path, capsys):
+    data = marker_lists(tmp_path / "lists.jsonl", n=5)
+    lines = data.read_text().splitlines()
+    lines[3] = json.dumps({"prompt": "Q", "completions": ["just one"]})
+    data.write_text("\n".join(lines) + "\n")
+    assert rm(f"data={data}", f"output_dir={tmp_path / 'x'}", "max_steps=1", "progress=none") == 2
+    err = capsys.readouterr().err
+    assert "lists.jsonl:4 (record 3): field 'completions'" in err and "at least two" in err
+
+
+def test_rm_needs_data(capsys):
+    assert rm() == 2
+    assert "data: give a preference file" in capsys.readouterr().err
