@@ -201,13 +201,23 @@ def load_model_weights(model: Any, directory: Path) -> None:
         )
 
 
-def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states; returns trainer_state (step, data position, ...)."""
+def _load_tensors(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers (weights_only: a crafted pickle cannot run code);
+    a tampered or truncated file is a CheckpointError naming it, not a raw unpickler traceback."""
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, EOFError, IndexError, RuntimeError ... all mean "not ours, or broken"
+        raise CheckpointError(f"{path}: unreadable or not a plain tensor file ({type(e).__name__}); "
+                              "resume from another checkpoint or resume=never") from None
+
+
+def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG states; returns trainer_state (step, data position, ...)."""
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     load_model_weights(model, directory)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True))
-    set_rng_state(torch.load(directory / "rng.pt", map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(_load_tensors(directory / "optimizer.pt"))
+    set_rng_state(_load_tensors(directory / "rng.pt"))
     return state
