@@ -1,7 +1,11 @@
 """Same SFT job through alignlab and through TRL's SFTTrainer; prints tokens/s, peak memory and the ratios.
 
     .venv/bin/python bench/sft_vs_trl.py                       # SmolLM2-135M-Instruct, alpaca_en_demo
-    .venv/bin/python bench/sft_vs_trl.py --steps 6 --threads 1 # quicker; 1 thread on a shared machine
+    .venv/bin/python bench/sft_vs_trl.py --threads 1           # 1 thread: much faster on a shared machine
+    .venv/bin/python bench/sft_vs_trl.py --steps 10 --grad-accum 2 --max-length 512   # a machine of one's own
+
+Defaults (5 steps of 8 rows, micro-batch 2, 256 tokens, full fine-tuning) keep each side under ~3 GB
+and ~10 minutes on a busy 2-core CPU; micro-batch 4 x 512 needed ~5 GB and was OOM-killed there.
 
 The job: the same model directory (fp32, full fine-tuning), the same rows (steps x batch_size rows of
 alpaca_en_demo.json, written once as TRL conversational prompt/completion JSONL and read by both),
@@ -153,10 +157,10 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data", default=str(Path(os.environ.get("ALIGNLAB_DATA", ROOT.parent / "shared" / "data"))
                                          / "llamafactory_demo" / "alpaca_en_demo.json"))
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=2)
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")

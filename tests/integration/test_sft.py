@@ -93,13 +93,20 @@ def test_sft_lora_then_merge_generates(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sft_smollm2_lora_30_steps_lowers_eval_loss_and_merges(data_dir, tmp_path):
-    """Issue 3 acceptance: LoRA on alpaca_en_demo, 30 steps (configs/sft_smollm2_lora.yaml)."""
+    """Issue 3 acceptance: LoRA on alpaca_en_demo, 30 steps (configs/sft_smollm2_lora.yaml).
+
+    Batch 4 x 256 tokens and 20 eval rows keep it to ~20 min on a shared 2-core CPU (the config's
+    batch 8 x 512 is for a machine of one's own). Measured (2026-11-24, shared 2-core CPU, 1 thread):
+    eval loss 1.580 -> 1.510 (perplexity 4.85 -> 4.53) in 1068 s of training; the merged model
+    answers "1. Stay hydrated: Drink at least 8 glasses of water per day to stay healthy."
+    """
     out, merged = tmp_path / "lora", tmp_path / "merged"
     cfg = load_config(SFTConfig, CONFIGS / "sft_smollm2_lora.yaml")
     assert cfg.max_steps == 30 and cfg.lora is not None
     code = sft("--config", str(CONFIGS / "sft_smollm2_lora.yaml"),
                f"data={data_dir / 'llamafactory_demo' / 'alpaca_en_demo.json'}", f"output_dir={out}",
-               "progress=plain", "save_steps=0", "eval_steps=0")
+               "progress=plain", "save_steps=0", "eval_steps=0", "batch_size=4", "max_length=256",
+               "max_eval_rows=20", "cpu_threads=1")
     assert code == 0
     evals = [r for r in read_metrics(out) if "eval_loss" in r]
     print("evals:", evals)
