@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alignlab.cli import config_command
+from alignlab.cli import command, config_command
 from alignlab.recipes.demo import DemoConfig
 
 
@@ -18,3 +18,78 @@ config_command(
     DemoConfig,
     _demo,
 )
+
+
+def _explain_configure(p) -> None:
+    p.add_argument("model", help="trained policy: a LoRA adapter folder (its base, adapter off, is the default "
+                   "reference), a model folder or an alias")
+    p.add_argument("--ref", default=None, help="reference model (needed when MODEL is not a LoRA adapter)")
+    p.add_argument("--data", default=None, help="jsonl/json of completions: preference rows (chosen and rejected "
+                   "are both explained) or prompt/completion or messages rows")
+    p.add_argument("--prompt", default=None, help="one prompt (plain text) instead of --data")
+    p.add_argument("--completion", default=None, help="its completion (plain text; EOS is appended)")
+    p.add_argument("--beta", type=float, default=0.1, help="the DPO beta the policy was trained with (default 0.1)")
+    p.add_argument("--limit", type=int, default=8, help="explain at most this many rows of --data (default 8)")
+    p.add_argument("--html", default=None, help="also write the heat-map as an HTML page here")
+
+
+def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[int]]]:
+    """(labels, prompt ids, completion ids) tokenised exactly as training tokenised them (data.tokenize)."""
+    from alignlab.data.rows import PreferenceRow, SFTRow
+    from alignlab.data.sources import load_rows
+    from alignlab.data.tokenize import tokenize_pair, tokenize_sft
+    from alignlab.errors import AlignlabError
+
+    if args.data:
+        rows = load_rows(args.data).rows[: args.limit]
+    elif args.prompt is not None and args.completion is not None:
+        rows = [SFTRow([{"role": "user", "content": args.prompt}, {"role": "assistant", "content": args.completion}],
+                       num_prompt=1, chat=False)]
+    else:
+        raise AlignlabError("explain: give --data FILE, or --prompt and --completion")
+    labels, prompts, comps = [], [], []
+    for i, row in enumerate(rows):
+        if isinstance(row, PreferenceRow):
+            pair = tokenize_pair(row, tokenizer, None)
+            for name, ids in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
+                labels.append(f"row {i} {name}"), prompts.append(pair.prompt_ids), comps.append(ids)
+        elif isinstance(row, SFTRow):
+            ex = tokenize_sft(row, tokenizer, None)
+            first = next((k for k, lab in enumerate(ex.labels) if lab != -100), len(ex.input_ids))
+            labels.append(f"row {i}"), prompts.append(ex.input_ids[:first]), comps.append(ex.input_ids[first:])
+        else:
+            raise AlignlabError(f"explain: {args.data} row {i}: need preference or prompt/completion rows, "
+                                f"got {type(row).__name__}")
+    return labels, prompts, comps
+
+
+def _explain(args) -> None:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from alignlab.errors import AlignlabError
+    from alignlab.eval.credit import implicit_rewards, render_html, render_rich
+    from alignlab.models.lora import has_adapter
+    from alignlab.models.load import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    policy = load_model(args.model)
+    reference = load_model(args.ref) if args.ref else None
+    if reference is None and not has_adapter(policy):
+        raise AlignlabError(f"explain: {args.model} is not a LoRA adapter, so it has no built-in reference; "
+                            "give --ref REF (e.g. the model it was trained from)")
+    labels, prompts, comps = _examples(args, tokenizer)
+    credits = implicit_rewards(policy, tokenizer, prompts, comps, beta=args.beta, reference=reference)
+    heads = [f"[{lab}] {tokenizer.decode(p, skip_special_tokens=True)}" for lab, p in zip(labels, prompts)]
+    render_rich(credits, heads, Console())
+    if args.html:
+        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>alignlab explain</title></head><body>"
+                f"<h1>Per-token implicit reward, beta {args.beta}</h1>{render_html(credits, heads)}</body></html>")
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(page, encoding="utf-8")
+        print(f"wrote {args.html}")
+
+
+command("explain", "Per-token implicit reward beta*log(pi/pi_ref) of given completions (terminal colours, HTML).",
+        _explain_configure)(_explain)
