@@ -70,8 +70,8 @@ def _explain(args) -> None:
 
     from alignlab.errors import AlignlabError
     from alignlab.eval.credit import implicit_rewards, render_html, render_rich
-    from alignlab.models.lora import has_adapter
     from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.lora import has_adapter
 
     tokenizer = load_tokenizer(args.model)
     policy = load_model(args.model)
