@@ -1,8 +1,9 @@
 """Every YAML in configs/ loads into its config class (unknown keys and bad values fail here, not at run time).
 
-Which class a file uses is read from its name: the part before the first underscore is looked up in
-CONFIG_CLASSES (e.g. sft_smollm2_lora.yaml -> "sft" -> SFTConfig). Adding a recipe? Add its prefix here;
-a config whose prefix is missing fails with a message saying so.
+Which class a file uses is read from its name: the longest CONFIG_CLASSES key that is the file's stem or
+a prefix of it followed by "_" wins (sft_smollm2_lora.yaml -> "sft" -> SFTConfig; online_dpo_x.yaml ->
+"online_dpo", not "online"). Adding a recipe? Add one line here (prefix = the command name, with "_" for
+"-"); a config whose prefix is missing fails with a message saying so.
 """
 
 import importlib
@@ -13,17 +14,24 @@ import pytest
 from alignlab.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-CONFIG_CLASSES = {  # file-name prefix -> "module:Class"
+CONFIG_CLASSES = {  # file-name prefix (the command) -> "module:Class"
     "sft": "alignlab.recipes.sft:SFTConfig",
     "pretrain": "alignlab.recipes.pretrain:PretrainConfig",
+    "dpo": "alignlab.recipes.dpo:DPOConfig",
+    "rm": "alignlab.recipes.reward:RewardConfig",
+    "ppo": "alignlab.recipes.online:PPOConfig",
+    "grpo": "alignlab.recipes.online:OnlineConfig",
+    "online_dpo": "alignlab.recipes.online_dpo:OnlineDPOConfig",
+    "eval": "alignlab.eval.runner:EvalConfig",
+    "demo": "alignlab.recipes.demo:DemoConfig",
 }
 
 
 def config_class(path: Path) -> type:
-    prefix = path.stem.split("_")[0]
-    if prefix not in CONFIG_CLASSES:
-        pytest.fail(f"{path.name}: prefix {prefix!r} is not in CONFIG_CLASSES of {__file__}; add it there")
-    module, _, name = CONFIG_CLASSES[prefix].partition(":")
+    matches = [k for k in CONFIG_CLASSES if path.stem == k or path.stem.startswith(k + "_")]
+    if not matches:
+        pytest.fail(f"{path.name}: no prefix of it is in CONFIG_CLASSES of {__file__}; add one there")
+    module, _, name = CONFIG_CLASSES[max(matches, key=len)].partition(":")
     return getattr(importlib.import_module(module), name)
 
 
