@@ -187,7 +187,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)
-    print(f"alignlab demo: loading {cfg.model} (the first use converts SmolLM2's GGUF once, ~1 min)", flush=True)
+    once = " (the first use converts SmolLM2's GGUF once, ~1 min)" if "smollm2" in cfg.model else ""
+    print(f"alignlab demo: loading {cfg.model}{once}", flush=True)
     tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model)
     reward_fn = get_reward("sentiment")
     train_rows, held, progress_rows = prompt_sets(cfg)

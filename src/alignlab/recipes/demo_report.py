@@ -19,10 +19,11 @@ def results_dict(cfg: Any, cmp: dict[str, Any], result: Any, seconds: float) -> 
     base, trained, wr = cmp["base"], cmp["trained"], cmp["win_rate"]
     return {
         "model": cfg.model,
-        "base": {"mean_reward": base.reward, "reward_se": base.reward_se, "n": len(base.rewards)},
+        "base": {"mean_reward": base.reward, "reward_se": base.reward_se, "n": len(base.rewards),
+                 "rewards": base.rewards},
         "trained": {"mean_reward": trained.reward, "reward_se": trained.reward_se, "n": len(trained.rewards),
                     "kl_k1": trained.kl.k1, "kl_k1_se": trained.kl.k1_se, "kl_k3": trained.kl.k3,
-                    "kl_k3_se": trained.kl.k3_se},
+                    "kl_k3_se": trained.kl.k3_se, "rewards": trained.rewards},
         "win_rate": wr.to_dict(),
         "train": {"steps": result.step, "seconds": result.train_runtime,
                   "evals": [{k: v for k, v in e.items() if k in ("step", "eval_reward", "eval_kl", "eval_kl_k1")}
