@@ -1,0 +1,122 @@
+"""Fully sharded data parallel (PyTorch FSDP2, `fully_shard`) for the shared loop: `distributed: fsdp`.
+
+DDP keeps a whole copy of the weights, gradients and AdamW moments on every rank; FSDP splits all three
+across ranks (ZeRO-3, Rajbhandari et al. 2020) and gathers one transformer block's weights just before
+its forward/backward, freeing them after. The wrap unit is the decoder layer: Hugging Face models name
+their block classes in `_no_split_modules` (`LlamaDecoderLayer`, `Qwen2DecoderLayer`, ...), the same
+hint accelerate's FSDP auto-wrap policy reads. Each block is one FSDP unit (one all-gather per block),
+and the root module holds the rest (embeddings, final norm, LM head, tied or not).
+
+What changes for the loop, all behind `World(strategy="fsdp")`:
+- sharding replaces the parameters by DTensor shards, so the optimizer is built AFTER `shard`;
+- gradient sync is turned off on micro-steps before the last (`set_requires_gradient_sync`), as
+  DDP's `no_sync`;
+- checkpoints gather a full (unsharded) state dict onto rank 0's CPU (a collective: every rank calls
+  `gather_full_state`), so `checkpoint-N/` is the same Hugging Face folder as under DDP and the final
+  model loads with plain `from_pretrained`. The optimizer file holds AdamW state keyed by parameter
+  name (torch.distributed.checkpoint's full optimizer state dict); resume reads both back on every rank
+  and scatters the shards (`load_full_state`). Gathering the full state on one rank is simple and
+  portable but needs the whole model in rank 0's CPU memory: fine to ~10B parameters on a large host.
+
+Tested here on CPU with the gloo backend (2 processes); on GPUs the same calls run over NCCL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+
+def decoder_layer_classes(model: Any) -> tuple[type, ...]:
+    """The transformer block classes of `model` (through a peft wrapper), from HF's `_no_split_modules`."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        raise AlignlabError(
+            f"distributed=fsdp: {type(model).__name__} names no transformer block class in _no_split_modules, "
+            "so there is no layer to shard by; use distributed=ddp for this model"
+        )
+    return tuple(sorted(classes, key=lambda c: c.__name__))
+
+
+def shard(model: Any, *, bf16: bool = False, cpu_offload: bool = False) -> Any:
+    """Shard `model` in place over the default process group: each decoder layer, then the root.
+
+    bf16: compute in bfloat16 with float32 master weights and float32 gradient reduction (the usual
+    FSDP mixed-precision policy). cpu_offload: keep shards and optimizer state on CPU (slow, for memory).
+    """
+    import torch
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    blocks = decoder_layer_classes(model)
+    for module in list(model.modules()):
+        if isinstance(module, blocks):
+            fully_shard(module, mp_policy=mp, offload_policy=offload)
+    fully_shard(model, mp_policy=mp, offload_policy=offload)
+    return model
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def gradient_sync(model: Any, enabled: bool):
+    """Context: skip the gradient reduce-scatter on micro-steps before the last (FSDP's no_sync)."""
+    if enabled or not is_sharded(model):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def off():
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+    return off()
+
+
+def gather_full_state(model: Any, optimizer: Any) -> tuple[dict, dict]:
+    """(model state, optimizer state), unsharded on rank 0's CPU; empty dicts on other ranks. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Resume a sharded run: every rank reads the full weights and optimizer state of `directory` and keeps
+    its own shards; RNG states as in a DDP resume. Returns trainer_state (step, data position, ...)."""
+    import json
+
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    from alignlab.train.checkpoint import STATE_FILE, CheckpointError, _load_tensors, set_rng_state
+
+    directory = Path(directory)
+    state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    files = sorted(directory.glob("model*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory}: no model*.safetensors to resume an FSDP run from")
+    weights: dict[str, Any] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    optim = _load_tensors(directory / "optimizer.pt")
+    if any(isinstance(k, int) for k in optim.get("state", {})):
+        raise CheckpointError(f"{directory}: written by a distributed=ddp run (optimizer state keyed by position); "
+                              "resume it with distributed=ddp, or start the FSDP run with resume=never")
+    # strict=False: save_pretrained leaves out a tied LM head, which shares the embedding's parameter anyway.
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
+                   options=StateDictOptions(full_state_dict=True, strict=False))
+    set_rng_state(_load_tensors(directory / "rng.pt"))
+    return state
