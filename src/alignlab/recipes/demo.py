@@ -120,16 +120,10 @@ def _bar(label: str, total: int):
     return ctx()
 
 
-def train_dpo(cfg: DemoConfig, policy: Any, tokenizer: Any, pairs: Path, progress_fn: Any):
-    """LoRA-DPO through recipes.dpo's parts and the shared loop; returns (peft policy, TrainResult, beta)."""
-    from alignlab.data.pairs import PairCollator
-    from alignlab.data.sources import load_rows
-    from alignlab.losses import combine
-    from alignlab.models.lora import LoraConfig, apply_lora
-    from alignlab.recipes.dpo import DPOConfig, make_reference, tokenize_rows
-    from alignlab.recipes.sft import saved_config_text
-    from alignlab.train.loop import train
-    from alignlab.train.preference import PreferenceStep
+def dpo_config(cfg: DemoConfig, pairs: Path) -> Any:
+    """The demo's DPO settings as recipes.dpo's config (LoRA, the disabled adapter as reference)."""
+    from alignlab.models.lora import LoraConfig
+    from alignlab.recipes.dpo import DPOConfig
 
     dcfg = DPOConfig(model=cfg.model, data=str(pairs), output_dir=str(Path(cfg.output_dir) / "model"),
                      lora=LoraConfig(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0), beta=cfg.beta,
@@ -138,9 +132,27 @@ def train_dpo(cfg: DemoConfig, policy: Any, tokenizer: Any, pairs: Path, progres
                      max_length=256, seed=cfg.seed, cpu_threads=cfg.cpu_threads, progress=cfg.progress,
                      reference="adapter", resume="never", eval_split=0.0)
     dcfg.validate()
+    return dcfg
+
+
+def train_dpo(dcfg: Any, policy: Any, tokenizer: Any, progress_fn: Any) -> tuple[Any, Any]:
+    """LoRA-DPO (any paired loss of dcfg.loss) through recipes.dpo's parts and the shared loop on the pairs
+    file dcfg.data; `progress_fn(policy) -> {eval_...}` runs at every evaluation. Returns (policy, TrainResult)."""
+    from alignlab.data.pairs import PairCollator
+    from alignlab.data.sources import load_rows
+    from alignlab.losses import combine
+    from alignlab.models.lora import apply_lora
+    from alignlab.recipes.dpo import make_reference, tokenize_rows
+    from alignlab.recipes.sft import saved_config_text
+    from alignlab.train.loop import train
+    from alignlab.train.preference import PreferenceStep
+
     policy = apply_lora(policy, dcfg.lora)
-    examples = tokenize_rows(load_rows(pairs, task="preference").rows, tokenizer, dcfg, str(pairs), True)
-    step_fn = PreferenceStep(combine(dcfg.loss), make_reference(dcfg, "adapter", policy, policy), beta=cfg.beta,
+    mix = combine(dcfg.loss, dcfg.loss_weights, dcfg.loss_params)
+    beta = dcfg.beta if dcfg.beta is not None else mix.default_beta
+    examples = tokenize_rows(load_rows(dcfg.data, task="preference").rows, tokenizer, dcfg, dcfg.data, True)
+    kind = "adapter" if mix.needs_reference else "none"
+    step_fn = PreferenceStep(mix, make_reference(dcfg, kind, policy, policy), beta=beta,
                              chunk_size=dcfg.logprob_chunk_size)
     collate = PairCollator(tokenizer.pad_token_id, dcfg.forward_path, row_tokens=dcfg.row_tokens)
     result = train(dcfg, policy, step_fn, examples, collate, eval_fn=progress_fn, tokenizer=tokenizer,
@@ -199,7 +211,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                          seed=cfg.seed + 2)
         return {"eval_reward": s.reward, "eval_kl": s.kl.k3, "eval_kl_k1": s.kl.k1}
 
-    policy, result = train_dpo(cfg, model, tokenizer, pairs, progress_fn)
+    policy, result = train_dpo(dpo_config(cfg, pairs), model, tokenizer, progress_fn)
     cmp = compare(cfg, policy, tokenizer, held, reward_fn)
     tr = cmp["trained"]
     k = min(cfg.explain_examples, len(tr.texts))

@@ -93,3 +93,24 @@ def _explain(args) -> None:
 
 command("explain", "Per-token implicit reward beta*log(pi/pi_ref) of given completions (terminal colours, HTML).",
         _explain_configure)(_explain)
+
+
+def _frontier(cfg) -> None:
+    from alignlab.recipes.frontier import run
+
+    run(cfg)
+
+
+def _register_frontier() -> None:
+    from alignlab.recipes.frontier import FrontierConfig
+
+    config_command(
+        "experiment frontier",
+        "The DPO paper's reward-vs-KL frontier at CPU scale: sweep DPO beta, PPO/GRPO KL coefficient, best-of-N's N; "
+        "points.json (resumable) and frontier.png.",
+        FrontierConfig,
+        _frontier,
+    )
+
+
+_register_frontier()
