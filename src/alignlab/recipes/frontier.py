@@ -257,7 +257,7 @@ def frontier_summary(runs: dict[str, dict]) -> dict:
     env = {m: envelope(ps) for m, ps in by_method.items() if ps}
     if not env:
         return {"envelopes": {}, "highest": None}
-    kl_max = min(e[-1][0] for e in env.values())
+    kl_max = min(max(p["kl"] for p in ps) for ps in by_method.values() if ps)
     grid = [kl_max * i / 49 for i in range(50)] if kl_max > 0 else [0.0]
 
     def height(e: list[tuple[float, float]]) -> float:

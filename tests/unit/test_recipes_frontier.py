@@ -1,0 +1,52 @@
+"""The frontier experiment's arithmetic (recipes/frontier.py): envelopes, the 'highest frontier' verdict, and
+the config checks. Values worked out by hand in each docstring."""
+
+import math
+
+import pytest
+
+from alignlab.errors import AlignlabError
+from alignlab.recipes.frontier import FrontierConfig, envelope, frontier_summary, run_key
+
+
+def _p(kl, reward):
+    return {"kl": kl, "reward": reward}
+
+
+def test_envelope_keeps_only_points_that_raise_the_best_reward_so_far():
+    """Sorted by KL: (0, .1) starts; (.5, .05) is below .1: dropped; (1, .3) rises; (2, .2) dropped;
+    (3, .4) rises. Equal KL: the higher reward comes first, so (1, .25) is dropped."""
+    pts = [_p(2, 0.2), _p(0, 0.1), _p(1, 0.25), _p(0.5, 0.05), _p(1, 0.3), _p(3, 0.4)]
+    assert envelope(pts) == [(0, 0.1), (1, 0.3), (3, 0.4)]
+
+
+def test_summary_compares_methods_on_the_common_kl_range():
+    """Method a reaches KL 2, b only 1, so the common range is [0, 1] (50 grid points 0, 1/49, ..., 1).
+    a: .0 below KL 1, .5 at KL 1 -> mean (49 * 0 + .5) / 50 = .01; b: .2 everywhere -> .2. b is highest
+    although a's best reward (1.0 at KL 2) is higher: beyond b's range nothing is compared."""
+    runs = {"a 1": {"method": "a", "points": [_p(0, 0.0), _p(1, 0.5), _p(2, 1.0)]},
+            "b 1": {"method": "b", "points": [_p(0, 0.2), _p(1, 0.1)]}}
+    s = frontier_summary(runs)
+    assert s["common_kl_range"] == [0.0, 1]
+    assert s["mean_reward_on_common_kl"]["a"] == pytest.approx(0.01)
+    assert s["mean_reward_on_common_kl"]["b"] == pytest.approx(0.2)
+    assert s["highest"] == "b"
+
+
+def test_summary_says_tie_when_envelopes_are_equal():
+    runs = {"a 1": {"method": "a", "points": [_p(0, 0.0)]}, "b 1": {"method": "b", "points": [_p(0, 0.0)]}}
+    assert frontier_summary(runs)["highest"] == "tie: a, b"
+
+
+def test_best_of_n_kl_formula_values():
+    """log N - (N - 1) / N: N=1 -> 0, N=2 -> log 2 - 1/2 = 0.1931, N=16 -> log 16 - 15/16 = 1.8351."""
+    assert [round(math.log(n) - (n - 1) / n, 4) for n in (1, 2, 16)] == [0.0, 0.1931, 1.8351]
+
+
+def test_run_keys_and_config_checks():
+    assert run_key("dpo", 0.1) == "dpo 0.1" and run_key("best_of_n", 4.0) == "best_of_n 4"
+    with pytest.raises(AlignlabError, match="unknown methods"):
+        FrontierConfig(sweep={"dop": [0.1]}).validate()
+    with pytest.raises(AlignlabError, match="712"):
+        FrontierConfig(train_prompts=700, eval_prompts=32).validate()
+    FrontierConfig().validate()
