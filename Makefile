@@ -32,5 +32,17 @@ test-slow: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 
+# Benchmarks against the peers on the same job (not part of `make test`; each prints a JSON last line).
+bench-sft: $(BIN)/.installed
+	$(BIN)/python bench/sft_vs_trl.py
+
+bench-dpo: $(BIN)/.installed
+	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random
+	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct
+
+bench-gen: $(BIN)/.installed
+	$(BIN)/python bench/gen_vs_hf.py --model tiny-random
+	$(BIN)/python bench/gen_vs_hf.py --model smollm2-135m-instruct
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
