@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from alignlab.config import ConfigError
 
@@ -55,7 +55,7 @@ class DemoConfig:
     """Seeds prompts, sampling and training."""
     cpu_threads: int = 0
     """torch threads (0: torch's default, one per core; 1 is faster when other jobs share the cores)."""
-    progress: str = "auto"
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
     """Training progress display: auto, rich, plain or none."""
 
     def validate(self) -> None:
