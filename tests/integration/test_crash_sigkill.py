@@ -83,7 +83,8 @@ def counting_data(n: int = 40, poison: int | None = None) -> list[dict]:
 
 def config(out, **kw) -> TrainConfig:
     base = dict(output_dir=str(out), max_steps=14, batch_size=4, learning_rate=3e-3, logging_steps=1,
-                save_steps=2, keep_last=2, progress="none", device="cpu", warmup_steps=2)
+                save_steps=2, keep_last=2, progress="none", device="cpu", warmup_steps=2,
+                cpu_threads=1)
     return TrainConfig(**{**base, **kw})
 
 

@@ -30,6 +30,27 @@ from typing import Any
 from alignlab.errors import AlignlabError
 
 
+def resolve_strategy(configured: str, world_size: int) -> str:
+    """The engine to run: alignlab's `distributed` key, or FSDP when `accelerate launch` was configured for it.
+
+    accelerate's FSDP / DeepSpeed plugins act only on code that calls `Accelerator.prepare`; alignlab's loop
+    does not, so an accelerate config asking for them would otherwise be silently ignored.
+    """
+    import os
+
+    if world_size < 2:
+        return "ddp"  # one process: nothing to shard or synchronise
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise AlignlabError(
+            "accelerate launch is configured for DeepSpeed, which alignlab's training loop does not drive. "
+            "Use distributed=fsdp (full sharding of weights, gradients and optimizer state, as ZeRO-3) with "
+            "an accelerate config without DeepSpeed, or launch with torchrun; see docs/distributed.md"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "fsdp"
+    return configured
+
+
 def decoder_layer_classes(model: Any) -> tuple[type, ...]:
     """The transformer block classes of `model` (through a peft wrapper), from HF's `_no_split_modules`."""
     names: set[str] = set()
@@ -90,7 +111,12 @@ def gather_full_state(model: Any, optimizer: Any) -> tuple[dict, dict]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=options)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    # A tied parameter (LM head = embeddings) comes back as two separate copies, which save_pretrained would
+    # then write twice; keep only its first name, as save_pretrained does for an unsharded model.
+    first = {name for name, _ in model.named_parameters()}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first
+    return {k: v for k, v in model_state.items() if k not in aliases}, optim_state
 
 
 def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
