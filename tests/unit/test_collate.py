@@ -52,12 +52,21 @@ def test_pack_layout():
     assert sequence_ids([3, 2]).tolist() == [0, 0, 0, 1, 1]
 
 
+def test_pack_picks_the_cheaper_layout():
+    """Lengths 5, 3, 7, cap 8: capped rows [7+1 pad], [5+3] cost 2*8*(1 + 8/r); one row 15*(1 + 15/r).
+    r = 4096 (real models): 16.03 > 15.05 -> one row. r = 1 (attention-dominated): 144 < 240 -> capped."""
+    one = pack([{"input_ids": s} for s in SEQS], max_row_tokens=8)
+    assert one["input_ids"].shape == (1, 15)
+    capped = pack([{"input_ids": s} for s in SEQS], max_row_tokens=8, attn_ratio=1)
+    assert capped["input_ids"].shape == (2, 8)
+
+
 def test_pack_into_capped_rows():
     """Lengths 5, 3, 7 with rows of at most 8 tokens, first-fit decreasing: 7 alone, then 5 + 3.
 
     Row 0 = seq 2 (7 tokens) + 1 pad token (position 0, label -100); row 1 = seq 0 then seq 1.
     """
-    b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8)
+    b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8, attn_ratio=1)
     assert b["input_ids"].tolist() == [SEQS[2] + [0], SEQS[0] + SEQS[1]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 6, 0], [0, 1, 2, 3, 4, 0, 1, 2]]
     assert b["labels"][0].tolist() == [-100] + SEQS[2][1:] + [-100]
@@ -68,7 +77,7 @@ def test_pack_into_capped_rows():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_capped_rows_logprobs_equal_alone(attn):
     model = tiny_llama(attn)
-    b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8)
+    b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8, attn_ratio=1)
     with torch.no_grad():
         logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
     for row, start, n, i in b["segments"]:

@@ -70,13 +70,38 @@ def _bins(lengths: list[int], capacity: int | None) -> list[list[int]]:
     return rows
 
 
-def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None = None) -> dict[str, Any]:
+# Cost of a row of width W in units of one token's linear FLOPs: W * (1 + W / ATTN_RATIO). For a Llama
+# block, linear FLOPs per token are ~2(4d^2 + 3d*ffn) and attention FLOPs per token pair ~4d, so the
+# ratio is ~2d + 1.5 ffn: ~3.5k for SmolLM2-135M (d=576, ffn=1536). 4096 is a round middle value.
+ATTN_RATIO = 4096
+
+
+def _layout_cost(rows: int, width: int, attn_ratio: float) -> float:
+    return rows * width * (1 + width / attn_ratio)
+
+
+def _choose_rows(lengths: list[int], capacity: int | None, attn_ratio: float) -> list[list[int]]:
+    """Capped bins, unless one unpadded row is cheaper (capped bins of unequal width pay padding)."""
+    one = [list(range(len(lengths)))]
+    if capacity is None:
+        return one
+    binned = _bins(lengths, capacity)
+    total = sum(lengths)
+    widest = max(sum(lengths[i] for i in row) for row in binned)
+    if _layout_cost(1, total, attn_ratio) <= _layout_cost(len(binned), widest, attn_ratio):
+        return one
+    return binned
+
+
+def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None = None,
+         attn_ratio: float = ATTN_RATIO) -> dict[str, Any]:
     """Padding-free rows: input_ids, labels, position_ids [R, L] with positions restarting per sequence.
 
     max_row_tokens=None puts every sequence in ONE row. A cap (e.g. max_length) bins sequences into
     rows of at most that many tokens (first-fit decreasing): attention costs O(row length^2) even
-    with the block-diagonal mask, so one very long row would spend more on attention than padding
-    ever did. Rows shorter than the longest are filled with pad tokens that form their own
+    with the block-diagonal mask, so one very long row can spend more on attention than padding
+    would. Capped rows of unequal width pay padding instead, so the cheaper layout under the cost
+    model above is used. Rows shorter than the longest are filled with pad tokens that form their own
     "sequence" (positions 0, 1, ...; labels -100): real tokens never see them (they come later).
     `segments` lists (row, start, length, example index) for every sequence; `seq_lens` gives the
     lengths in layout order (row by row).
@@ -85,7 +110,7 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
 
     pairs = [_ids_and_labels(e) for e in examples]
     keep = [i for i, (ids, _) in enumerate(pairs) if ids]
-    rows = [[keep[j] for j in b] for b in _bins([len(pairs[i][0]) for i in keep], max_row_tokens)]
+    rows = [[keep[j] for j in b] for b in _choose_rows([len(pairs[i][0]) for i in keep], max_row_tokens, attn_ratio)]
     width = max(sum(len(pairs[i][0]) for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)

@@ -28,8 +28,8 @@ class SFTConfig(TrainConfig):
     packing: bool = True
     """Padding-free packing: a micro-batch's sequences share one row with restarting positions (no pad FLOPs)."""
     pack_length: int | None = None
-    """Longest packed row in tokens (null: max_length). Attention costs O(row length^2) even for masked-out
-    blocks, so a micro-batch is binned into rows of this size rather than one long row."""
+    """Longest packed row in tokens (null: max_length) when binning is cheaper than one long row: attention
+    costs O(row length^2) even for masked-out blocks, binned rows pay padding; collate picks the cheaper."""
     chunked_logprobs: bool = True
     """Apply the LM head chunk-wise to trained tokens only; same loss, far less memory than full logits."""
     logprob_chunk_size: int = 1024
