@@ -137,3 +137,26 @@ def test_rm_bad_record_names_file_and_line(tmp_path, capsys):
 def test_rm_needs_data(capsys):
     assert rm() == 2
     assert "data: give a preference file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rm_smollm2_truthfulqa_beats_chance(data_dir, tmp_path):
+    """Issue 5 acceptance: configs/rm_smollm2_lora.yaml as shipped (LoRA r=16 + the score head on
+    SmolLM2-135M-Instruct, 48 steps x 8 TruthfulQA pairs: best answer over its first incorrect answer), scored
+    on 150 held-out questions. Chance is 50%; with 150 pairs, 58% is ~2 standard errors above it.
+    Measured (2026-11-24, shared 2-core CPU, 1 thread): held-out accuracy 0.387 untrained -> 0.800 after
+    48 steps (eval loss 0.720 -> 0.370), 765 s of training, 930 s for the whole test. For scale, surface
+    rules on the same 150 pairs: "the longer answer wins" 0.587, "the answer with a negation wins" 0.703.
+    """
+    out = tmp_path / "rm"
+    code = main(["rm", "--config", str(CONFIGS / "rm_smollm2_lora.yaml"),
+                 f"data={data_dir / 'truthfulqa' / 'TruthfulQA.csv'}", f"output_dir={out}", "progress=none"])
+    assert code == 0
+    evals = [r for r in read_metrics(out) if "eval_accuracy" in r]
+    print("held-out reward accuracy:", [(e["step"], round(e["eval_accuracy"], 4), round(e["eval_loss"], 4))
+                                         for e in evals])
+    assert evals[-1]["eval_accuracy"] >= 0.58
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    scorer = load_scorer(str(out))  # the merged scorer is a plain HF checkpoint
+    assert type(scorer).__name__ == "LlamaForSequenceClassification"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
