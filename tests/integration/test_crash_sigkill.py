@@ -44,7 +44,7 @@ CHILD = textwrap.dedent("""
     from alignlab.data.collate import Collator
     from alignlab.train import train
 
-    out, pause = sys.argv[1], float(sys.argv[2])
+    out, pause, steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     marker = os.path.join(os.path.dirname(out), "writing")
     real_save = torch.save
 
@@ -57,7 +57,7 @@ CHILD = textwrap.dedent("""
         real_save(obj, f, *args, **kwargs)
 
     torch.save = pausing_save
-    train(config(out), tiny_llama(), slow_step, counting_data(), Collator(0, packing=True))
+    train(config(out, max_steps=steps), tiny_llama(), slow_step, counting_data(), Collator(0, packing=True))
     print("finished", flush=True)
 """)
 
@@ -118,13 +118,13 @@ def writing_step(marker: Path) -> int:
         return 0
 
 
-def kill_run(out: Path, rng: random.Random, in_write: bool, env: dict, script: Path) -> dict:
+def kill_run(out: Path, rng: random.Random, in_write: bool, env: dict, script: Path, steps: int) -> dict:
     """Start the child, SIGKILL it inside a checkpoint write (in_write) or at a random moment; report what happened."""
     marker = out.parent / "writing"
     marker.unlink(missing_ok=True)
     at_launch = list_checkpoints(out)[-1][0] if list_checkpoints(out) else 0
     pause = "0.4" if in_write else "0.05"
-    proc = subprocess.Popen([sys.executable, str(script), str(out), pause], env=env,
+    proc = subprocess.Popen([sys.executable, str(script), str(out), pause, str(steps)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
@@ -133,7 +133,7 @@ def kill_run(out: Path, rng: random.Random, in_write: bool, env: dict, script: P
             time.sleep(rng.uniform(0.0, 0.3))  # the writer pauses 0.4 s: the kill lands inside the write
             break
         if not in_write and newest > at_launch:  # training is running: kill at a random moment from here
-            time.sleep(rng.uniform(0.0, 0.8))
+            time.sleep(rng.uniform(0.0, 0.4))
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -151,21 +151,22 @@ def test_random_sigkills_then_resume_equal_uninterrupted_run(tmp_path, kills):
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     rng = random.Random(kills)
-    events = [kill_run(out, rng, in_write=(i % 2 == 0), env=env, script=script) for i in range(kills)]
+    steps = 6 * kills + 4  # each launch gets past at least one checkpoint (two for a kill inside a write)
+    events = [kill_run(out, rng, in_write=(i % 2 == 0), env=env, script=script, steps=steps) for i in range(kills)]
     in_write = [e for e in events if e["in_write"]]
     # A kill inside a write leaves the temp dir and no new checkpoint-<step> for it (the next start removes it).
     assert all(e["temps"] for e in in_write), events
     assert sum(e["in_write"] for e in events) == (kills + 1) // 2
-    steps = [e["newest"] for e in events]
-    assert steps == sorted(steps) and steps[-1] < 14, events
-    print(f"{kills} SIGKILLs, newest checkpoint after each: {steps}, temp dirs left: {[e['temps'] for e in events]}")
+    newest = [e["newest"] for e in events]
+    assert newest == sorted(newest) and newest[-1] < steps, events
+    print(f"{kills} SIGKILLs, newest checkpoint after each: {newest}, temp dirs left: {[e['temps'] for e in events]}")
 
-    finished = subprocess.run([sys.executable, str(script), str(out), "0"], env=env, capture_output=True,
+    finished = subprocess.run([sys.executable, str(script), str(out), "0", str(steps)], env=env, capture_output=True,
                               text=True, timeout=300)
     assert finished.returncode == 0 and "finished" in finished.stdout, finished.stdout + finished.stderr
     assert not list(out.glob(".tmp-checkpoint-*"))
     reference = tiny_llama()
-    train(config(tmp_path / "uninterrupted"), reference, causal_lm_step, counting_data(), Collator(0, packing=True))
+    train(config(tmp_path / "uninterrupted", max_steps=steps), reference, causal_lm_step, counting_data(), Collator(0, packing=True))
     resumed = load_file(str(out / "model.safetensors"))
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=0, msg=name)

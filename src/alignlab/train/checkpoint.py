@@ -152,7 +152,12 @@ def save_checkpoint(
             f"could not write checkpoint {final}: {e.strerror or e}; earlier checkpoints are kept"
         ) from e
     for _, old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Rename (atomic) before deleting: a kill mid-delete then leaves a temp folder that the next start
+        # removes, never a half-deleted checkpoint-N that still holds trainer_state.json and looks complete.
+        trash = root / f".tmp-{old.name}-old"
+        shutil.rmtree(trash, ignore_errors=True)
+        old.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return final
 
 
