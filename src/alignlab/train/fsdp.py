@@ -85,8 +85,11 @@ def shard(model: Any, *, bf16: bool = False, cpu_offload: bool = False) -> Any:
 
 
 def is_sharded(model: Any) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
+    """True for a module `shard` has wrapped (False where torch was built without torch.distributed)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
     return isinstance(model, FSDPModule)
 
 
