@@ -127,19 +127,13 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[s
     its own shards; RNG states as in a DDP resume. Returns trainer_state (step, data position, ...)."""
     import json
 
-    from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     from alignlab.train.checkpoint import STATE_FILE, CheckpointError, _load_tensors, set_rng_state
 
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-    files = sorted(directory.glob("model*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory}: no model*.safetensors to resume an FSDP run from")
-    weights: dict[str, Any] = {}
-    for f in files:
-        weights.update(load_file(str(f)))
+    weights = _checkpoint_weights(model, directory)
     optim = _load_tensors(directory / "optimizer.pt")
     if any(isinstance(k, int) for k in optim.get("state", {})):
         raise CheckpointError(f"{directory}: written by a distributed=ddp run (optimizer state keyed by position); "
@@ -149,3 +143,18 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[s
                    options=StateDictOptions(full_state_dict=True, strict=False))
     set_rng_state(_load_tensors(directory / "rng.pt"))
     return state
+
+
+def _checkpoint_weights(model: Any, directory: Path) -> dict[str, Any]:
+    """The checkpoint's weights under the model's own parameter names. A peft checkpoint holds only the
+    adapter, saved without the adapter name (`lora_A.weight` for the model's `lora_A.default.weight`)."""
+    from alignlab.train.checkpoint import CheckpointError, _weights, is_peft
+
+    if not is_peft(model):
+        return _weights(directory, adapter=False)
+    saved = _weights(directory, adapter=True)
+    name = f".{model.active_adapter}."
+    out = {key: saved[key.replace(name, ".")] for key in model.state_dict() if key.replace(name, ".") in saved}
+    if len(out) != len(saved):
+        raise CheckpointError(f"{directory}: {len(saved) - len(out)} adapter tensors match no parameter of the model")
+    return out
