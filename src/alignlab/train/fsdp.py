@@ -72,25 +72,42 @@ def shard(model: Any, *, bf16: bool = False, cpu_offload: bool = False) -> Any:
     FSDP mixed-precision policy). cpu_offload: keep shards and optimizer state on CPU (slow, for memory).
     """
     import torch
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    api = _fsdp2()
+    mp = api.MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else api.MixedPrecisionPolicy()
+    offload = api.CPUOffloadPolicy() if cpu_offload else api.OffloadPolicy()
     blocks = decoder_layer_classes(model)
     for module in list(model.modules()):
         if isinstance(module, blocks):
-            fully_shard(module, mp_policy=mp, offload_policy=offload)
-    fully_shard(model, mp_policy=mp, offload_policy=offload)
+            api.fully_shard(module, mp_policy=mp, offload_policy=offload)
+    api.fully_shard(model, mp_policy=mp, offload_policy=offload)
     return model
+
+
+def _fsdp2() -> Any:
+    """FSDP2's namespace: public since torch 2.6, under _composable before (2.4, 2.5)."""
+    try:
+        import torch.distributed.fsdp as api
+
+        api.fully_shard  # noqa: B018 -- older torch has the module but not FSDP2 in it
+        return api
+    except (ImportError, AttributeError):
+        pass
+    try:
+        import torch.distributed._composable.fsdp as api
+
+        return api
+    except ImportError:
+        raise AlignlabError("distributed=fsdp needs torch >= 2.4 built with torch.distributed") from None
 
 
 def is_sharded(model: Any) -> bool:
     """True for a module `shard` has wrapped (False where torch was built without torch.distributed)."""
     try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
+        return isinstance(model, _fsdp2().FSDPModule)
+    except AlignlabError:
         return False
-    return isinstance(model, FSDPModule)
 
 
 def gradient_sync(model: Any, enabled: bool):
