@@ -183,6 +183,22 @@ def test_mixed_formats_in_one_file(tmp_path, tok, picks, task):
         assert_accounted(result)
 
 
+MAPPINGS = ["prompt=q,completion=a", "prompt=q,chosen=a,rejected=b", "prompt=q+b,chosen=a[0],rejected=b[*]",
+            "prompt=q,responses=a+b,votes=v1+v2", "prompt=q,chosen=a,rejected=b,margin=m",
+            "prompt=q,completion=a,label=v1", "prompt=q,answer=a", "prompt=q[1],chosen=a,rejected=b,list_sep=,",
+            "prompt=,chosen=a", "prompt=q,chosen=a,rejected=b,chat=maybe", "prompt=nope,completion=a",
+            "reward=q", "prompt=q,completion=a[x]"]
+
+
+@FAST
+@given(cells=st.lists(st.fixed_dictionaries({k: JSON_VALUE for k in ("q", "a", "b", "v1", "v2", "m")}),
+                      min_size=1, max_size=4), spec=st.sampled_from(MAPPINGS))
+def test_column_mappings_over_cells_of_any_type(tmp_path, tok, cells, spec):
+    """The `columns=` path (any table): every mapping, valid or not, over cells holding any JSON value."""
+    path = write_jsonl(tmp_path / "table.jsonl", cells)
+    assert_accounted(load_or_clean_error(path, tok, columns=spec))
+
+
 @FAST
 @given(body=st.binary(max_size=300), kind=st.sampled_from([".jsonl.gz", ".json.gz", ".parquet", ".gz-of-junk"]))
 def test_random_bytes_as_gzip_and_parquet(tmp_path, body, kind):
