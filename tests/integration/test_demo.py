@@ -49,6 +49,13 @@ def test_tiny_demo_writes_consistent_report(tmp_path, capsys):
     assert res["train"]["steps"] >= 2
     printed = capsys.readouterr().out
     assert "report:" in printed and str((out / "report.html").resolve()) in printed.replace("\n", "")
+    # alignlab explain on the demo's own adapter and pairs: chosen and rejected of one row, as HTML too
+    page = tmp_path / "explain.html"
+    assert main(["explain", str(out / "model"), "--data", str(out / "preferences.jsonl"), "--limit", "1",
+                 "--html", str(page)]) == 0
+    html = page.read_text()
+    assert html.count("<small>implicit reward") == 2 and "<span title=" in html
+    assert "row 0 chosen" in capsys.readouterr().out
 
 
 def test_demo_rejects_overlapping_prompt_sets(tmp_path, capsys):
