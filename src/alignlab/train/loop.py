@@ -210,6 +210,8 @@ def train(
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
+    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen (LoRA) inputs without extra hooks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
         model.to(device)
     optimizer = build_optimizer(model, cfg)
