@@ -31,6 +31,7 @@ def test_summary_compares_methods_on_the_common_kl_range():
     assert s["mean_reward_on_common_kl"]["a"] == pytest.approx(0.01)
     assert s["mean_reward_on_common_kl"]["b"] == pytest.approx(0.2)
     assert s["highest"] == "b"
+    assert s["best"] == {"a": {"reward": 1.0, "kl": 2}, "b": {"reward": 0.2, "kl": 0}}
 
 
 def test_summary_says_tie_when_envelopes_are_equal():

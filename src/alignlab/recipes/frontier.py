@@ -256,7 +256,7 @@ def frontier_summary(runs: dict[str, dict]) -> dict:
         by_method.setdefault(r["method"], []).extend(p for p in r["points"] if p.get("kl") is not None)
     env = {m: envelope(ps) for m, ps in by_method.items() if ps}
     if not env:
-        return {"envelopes": {}, "highest": None}
+        return {"envelopes": {}, "highest": None, "best": {}}
     kl_max = min(max(p["kl"] for p in ps) for ps in by_method.values() if ps)
     grid = [kl_max * i / 49 for i in range(50)] if kl_max > 0 else [0.0]
 
@@ -267,8 +267,9 @@ def frontier_summary(runs: dict[str, dict]) -> dict:
     heights = {m: height(e) for m, e in env.items()}
     top = max(heights.values())
     leaders = [m for m, h in heights.items() if h == top]
+    best = {m: {"reward": e[-1][1], "kl": e[-1][0]} for m, e in env.items()}
     return {"envelopes": env, "mean_reward_on_common_kl": heights, "common_kl_range": [0.0, kl_max],
-            "highest": leaders[0] if len(leaders) == 1 else "tie: " + ", ".join(leaders)}
+            "highest": leaders[0] if len(leaders) == 1 else "tie: " + ", ".join(leaders), "best": best}
 
 
 def plot_frontier(runs: dict[str, dict], summary: dict, path: Path) -> Path:
@@ -366,5 +367,7 @@ def run(cfg: FrontierConfig) -> dict:
     data["summary"] = frontier_summary(data["runs"])
     _save(path, data)
     png = plot_frontier(data["runs"], data["summary"], out / "frontier.png")
-    print(f"frontier: highest frontier: {data['summary']['highest']}; points {path}, plot {png}", flush=True)
+    best = ", ".join(f"{m} {b['reward']:.3f} at KL {b['kl']:.2f}" for m, b in data["summary"]["best"].items())
+    print(f"frontier: highest frontier on the common KL range {data['summary']['common_kl_range']}: "
+          f"{data['summary']['highest']}; best reward per method: {best}; points {path}, plot {png}", flush=True)
     return data
