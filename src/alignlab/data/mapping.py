@@ -95,6 +95,8 @@ def parse_columns(spec: str | dict) -> ColumnMapping:
         if key not in known:
             raise AlignlabError(f"columns: unknown field {key!r}; allowed: {', '.join(known)}")
         if key == "list_sep":
+            if not str(value):  # `list_sep=,` reads as empty: commas separate the mapping's own items
+                raise AlignlabError("columns: list_sep must not be empty (a comma cannot be given inline)")
             out.list_sep = str(value)
             continue
         if key == "chat":
