@@ -82,8 +82,9 @@ def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
 
 
 def _head_module(model: Any) -> Any:
-    """The scalar head (`score` for Llama/Mistral/Qwen/GPT-2, `classifier` elsewhere), peft-wrapped or not."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The scalar head (`score` for Llama/Mistral/Qwen/GPT-2, `classifier` elsewhere), peft- or DDP-wrapped or not."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel / FSDP wrapper
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     for attr in ("score", "classifier"):
         head = getattr(inner, attr, None)
         if head is not None:
