@@ -112,6 +112,18 @@ def weights_format(path: Path) -> str:
     return "none"
 
 
+def check_weights(path: Path, allow_pickle: bool) -> str:
+    """`weights_format(path)`, refusing a pickle-only folder (model or peft adapter) unless allow_pickle:
+    checked before transformers or peft see the folder, so nothing is unpickled."""
+    fmt = weights_format(path)
+    if fmt == "pickle" and not allow_pickle:
+        raise AlignlabError(
+            f"{str(path)!r} has only pickle weights (.bin/.pt): loading pickle can run arbitrary code. Convert the "
+            "checkpoint to safetensors, or pass allow_pickle=True if you trust its source"
+        )
+    return fmt
+
+
 def to_dtype(dtype: Any) -> Any:
     import torch
 
@@ -158,15 +170,8 @@ def load_model(
     if local.is_dir() and (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
         return _load_adapter_model(local, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                    allow_pickle=allow_pickle)
-    if local.is_dir():
-        fmt = weights_format(local)
-        if fmt == "pickle" and not allow_pickle:
-            raise AlignlabError(
-                f"{path!r} has only pickle weights (.bin/.pt): loading pickle can run arbitrary code. Convert the "
-                "checkpoint to safetensors, or pass allow_pickle=True if you trust its source"
-            )
-        if fmt == "none":
-            raise AlignlabError(f"{path!r} has a config.json but no weights (*.safetensors or *.bin)")
+    if local.is_dir() and check_weights(local, allow_pickle) == "none":
+        raise AlignlabError(f"{path!r} has a config.json but no weights (*.safetensors or *.bin)")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -187,6 +192,7 @@ def load_model(
 def _load_adapter_model(path: Path, **kw: Any) -> PreTrainedModel:
     from peft import PeftModel
 
+    check_weights(path, kw["allow_pickle"])
     base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_name:
         raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty")
