@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import re
 import sys
@@ -22,7 +23,9 @@ from typing import Any
 from alignlab.data.rows import Problem
 from alignlab.errors import AlignlabError
 
-_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
+# Every lone surrogate: \udc80-\udcff from undecodable bytes (surrogateescape), any of them from a JSON
+# escape such as "\ud800" (tokenizers refuse both).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _WS = re.compile(r"\s*")
 
 
@@ -33,6 +36,25 @@ class Record:
     value: Any
     index: int
     line: int | None = None
+
+
+class _HugeInt:
+    """Stands in for an integer literal past Python's int digit limit (sys.get_int_max_str_digits), so the
+    rest of the record still parses and the problem names the field."""
+
+    def __init__(self, digits: str):
+        self.digits = len(digits.lstrip("-"))
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    try:
+        return int(text)
+    except ValueError:
+        return _HugeInt(text)
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+_TOO_DEEP = "nested deeper than the JSON parser allows"
 
 
 @dataclass
@@ -83,21 +105,41 @@ def read_records(path: str | Path) -> ReadOutput:
 
 
 def find_bad_text(value: Any, path: str = "") -> str | None:
-    """Dotted path of the first string holding undecodable bytes (lone surrogates), or None."""
-    if isinstance(value, str):
-        return path or "(record)" if _LONE_SURROGATE.search(value) else None
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = ((f"[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    for k, v in items:
-        sub = f"{path}{k}" if str(k).startswith("[") else (f"{path}.{k}" if path else str(k))
-        found = find_bad_text(v, sub)
-        if found:
-            return found
+    """Dotted path of the first string holding undecodable bytes or lone surrogates, or None."""
+    found = _find(value, lambda v: isinstance(v, str) and _LONE_SURROGATE.search(v) is not None, path)
+    return found and found[0]
+
+
+def _find(value: Any, bad: Any, path: str = "") -> tuple[str, Any] | None:
+    """(dotted path such as `a.b[2]`, value) of the first value, depth first, for which `bad(value)`, or None.
+    Iterative, so a record nested as deep as the parser allows cannot overflow the Python stack here."""
+    stack = [(path, value)]
+    while stack:
+        where, v = stack.pop()
+        if bad(v):
+            return where or "(record)", v
+        if isinstance(v, dict):
+            items = [(where + "." + str(k) if where else str(k), x) for k, x in v.items()]
+        elif isinstance(v, list):
+            items = [(f"{where}[{i}]", x) for i, x in enumerate(v)]
+        else:
+            continue
+        stack.extend(reversed(items))
     return None
+
+
+def _parsed(value: Any, index: int, line: int | None, source: str) -> Record | Problem:
+    """The record, or a problem naming the field whose integer was too long to read."""
+    found = _find(value, lambda v: isinstance(v, _HugeInt))
+    if found is None:
+        return Record(value, index, line)
+    field, huge = found
+    return Problem("bad_value", source, index, line, None if field == "(record)" else field,
+                   f"an integer of {huge.digits} digits (Python reads at most {sys.get_int_max_str_digits()})")
+
+
+def _split(items: list[Record | Problem]) -> tuple[list[Record], list[Problem]]:
+    return [r for r in items if isinstance(r, Record)], [p for p in items if isinstance(p, Problem)]
 
 
 def _json_problem(source: str, index: int, line: int, err: json.JSONDecodeError, what: str) -> Problem:
@@ -105,59 +147,66 @@ def _json_problem(source: str, index: int, line: int, err: json.JSONDecodeError,
 
 
 def _read_json_lines(text: str, source: str) -> tuple[list[Record], list[Problem]]:
-    records, problems = [], []
-    index = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(Record(json.loads(line), index, lineno))
-        except json.JSONDecodeError as e:
-            problems.append(_json_problem(source, index, lineno, e, "not a JSON value (truncated line?)"))
-        index += 1
-    return records, problems
+    """JSON lines end at \n (a \r before it is JSON whitespace). Not str.splitlines(): U+2028, U+0085 and
+    friends may stand unescaped inside a JSON string and must not cut the record."""
+    items = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            items.append(_parse_line(line, len(items), lineno, source))
+    return _split(items)
+
+
+def _parse_line(line: str, index: int, lineno: int, source: str) -> Record | Problem:
+    try:
+        return _parsed(_DECODER.decode(line), index, lineno, source)
+    except json.JSONDecodeError as e:
+        return _json_problem(source, index, lineno, e, "not a JSON value (truncated line?)")
+    except RecursionError:  # e.g. 100k nested brackets: valid JSON, beyond the C parser's depth
+        return Problem("invalid_json", source, index, lineno, None, _TOO_DEEP)
 
 
 def _read_json_object_or_lines(text: str, source: str) -> tuple[list[Record], list[Problem]]:
     """A .json that is not an array: one object whose only value is the record list ({"data": [...]}),
     one object (one record), or JSON lines under a .json name."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = _DECODER.decode(text)
+    except (json.JSONDecodeError, RecursionError):  # line by line, each problem then names its line
         return _read_json_lines(text, source)
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
-        return [Record(v, i) for i, v in enumerate(next(iter(value.values())))], []
-    return [Record(value, 0, 1)], []
+        return _split([_parsed(v, i, None, source) for i, v in enumerate(next(iter(value.values())))])
+    return _split([_parsed(value, 0, 1, source)])
 
 
 def _read_json_array(text: str, source: str) -> tuple[list[Record], list[Problem]]:
     """Parse `[v0, v1, ...]` element by element so every record keeps the line it starts on.
 
-    A syntax error cannot be stepped over inside an array (where the next element starts is unknown),
-    so it ends the read with one problem at its line; the elements before it are kept.
+    A syntax error (or nesting too deep to parse) cannot be stepped over inside an array (where the next
+    element starts is unknown), so it ends the read with one problem at its line; the elements before it
+    are kept.
     """
-    decoder = json.JSONDecoder()
-    records: list[Record] = []
+    items: list[Record | Problem] = []
     pos = _WS.match(text, 0).end() + 1  # past '['
     line, counted = 1, 0
     while True:
         pos = _WS.match(text, pos).end()
         if pos >= len(text):
-            return records, [_eof_problem(source, len(records), text)]
-        if text[pos] == "]" and not records:
-            return records, []
+            return _split([*items, _eof_problem(source, len(items), text)])
+        if text[pos] == "]" and not items:
+            return [], []
         line += text.count("\n", counted, pos)
         counted = pos
         try:
-            value, pos = decoder.raw_decode(text, pos)
+            value, pos = _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            return records, [_json_problem(source, len(records), e.lineno, e, "invalid JSON in array")]
-        records.append(Record(value, len(records), line))
+            return _split([*items, _json_problem(source, len(items), e.lineno, e, "invalid JSON in array")])
+        except RecursionError:
+            return _split([*items, Problem("invalid_json", source, len(items), line, None, _TOO_DEEP)])
+        items.append(_parsed(value, len(items), line, source))
         pos = _WS.match(text, pos).end()
         if pos < len(text) and text[pos] == "]":
-            return records, []
+            return _split(items)
         if pos >= len(text) or text[pos] != ",":
-            return records, [_eof_problem(source, len(records), text, pos)]
+            return _split([*items, _eof_problem(source, len(items), text, pos)])
         pos += 1
 
 
@@ -172,7 +221,9 @@ def _read_csv(text: str, source: str, delimiter: str) -> tuple[list[Record], lis
     """CSV follows RFC 4180 quoting; TSV is read without quote processing, as GLUE-style TSVs are written."""
     csv.field_size_limit(sys.maxsize)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, quoting=quoting)
+    # newline="": records end at \r, \n or \r\n outside quotes only (not at \x0b, \x85, U+2028, ... as
+    # str.splitlines() would), and reader.line_num still counts physical lines for the problem reports.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     records, problems = [], []
     try:
         header = next(reader)
