@@ -82,3 +82,16 @@ def test_dpo_accepts_best_of_n_pairs_as_they_are(tmp_path, prompts_file):
                  "batch_size=1", "eval_split=0", "save_steps=0", "progress=plain"])
     assert code == 0
     assert (tmp_path / "dpo" / "metrics.jsonl").is_file()
+
+
+def test_generate_with_one_beam_equals_greedy(tmp_path):
+    """`--beams 1` is beam search of width one, which must pick exactly the greedy tokens."""
+    outs = {}
+    for mode, extra in (("beam", ["--beams", "1"]), ("greedy", ["--greedy"])):
+        outs[mode] = tmp_path / f"{mode}.jsonl"
+        assert main(["generate", "tiny-random", "--prompt", "Hello there", "--prompt", "Once upon",
+                     "--max-new-tokens", "12", "--out", str(outs[mode]), *extra]) == 0
+    beam, greedy = ([json.loads(line) for line in p.read_text().splitlines()] for p in outs.values())
+    assert [r["completion"] for r in beam] == [r["completion"] for r in greedy]
+    assert [r["num_tokens"] for r in beam] == [r["num_tokens"] for r in greedy]
+    assert all(r["logp"] < 0 for r in beam)

@@ -34,6 +34,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="a prompt given inline (repeatable); sent as a user message through the chat template")
     p.add_argument("--raw", action="store_true", help="send --prompt texts as plain text, without chat template")
+    p.add_argument("--beams", type=int, default=None, metavar="N",
+                   help="beam search with N beams over the model's log-probs (for a DPO policy: search on the "
+                        "implicit reward, Rafailov et al. 2024); one completion per prompt, 1 = greedy")
 
 
 def _best_of_n_args(p: argparse.ArgumentParser) -> None:
@@ -97,6 +100,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         prompts = list(args.prompt) if args.raw else [[{"role": "user", "content": t}] for t in args.prompt]
     model, tok = _load(args)
+    if args.beams is not None:
+        return _run_beams(args, model, tok, prompts)
     res = generate(model, tok, prompts, cfg, n=args.n or 1)
     records = []
     for s in res.samples:
@@ -113,6 +118,30 @@ def run_generate(args: argparse.Namespace) -> int:
         for s in res.samples:
             print(f"--- prompt {s.prompt_index} sample {s.sample_index} ({s.finish_reason})\n{s.text}")
     _report(res)
+    return 0
+
+
+def _run_beams(args: argparse.Namespace, model: Any, tok: Any, prompts: list[Any]) -> int:
+    from alignlab.rollout.beam import BeamConfig, beam_search
+    from alignlab.rollout.sampling import prompt_messages, write_jsonl
+
+    if args.n not in (None, 1):
+        raise AlignlabError("generate: --beams returns one completion per prompt; drop --n")
+    hyps = beam_search(model, tok, prompts, BeamConfig(num_beams=args.beams, max_new_tokens=args.max_new_tokens))
+    records = []
+    for i, h in enumerate(hyps):
+        msgs, chat = prompt_messages(prompts[i])
+        records.append({"prompt": msgs if chat else "".join(m["content"] for m in msgs),
+                        "completion": [{"role": "assistant", "content": h.text}] if chat else h.text,
+                        "finish_reason": h.finish_reason, "num_tokens": len(h.completion_ids),
+                        "logp": h.logp, "prompt_index": i, "sample_index": 0})
+    if args.out:
+        write_jsonl(args.out, records)
+        print(f"wrote {len(records)} beam-search completions to {args.out}", file=sys.stderr)
+    else:
+        for r in records:
+            text = r["completion"][0]["content"] if isinstance(r["completion"], list) else r["completion"]
+            print(f"--- prompt {r['prompt_index']} (beam {args.beams}, {r['finish_reason']}, logp {r['logp']:.3f})\n{text}")
     return 0
 
 
