@@ -50,12 +50,13 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_model(model: Any, directory: Path, tokenizer: Any = None) -> None:
-    """HF `save_pretrained` (safetensors); a peft model writes only its adapter."""
+def save_model(model: Any, directory: Path, tokenizer: Any = None, state_dict: dict | None = None) -> None:
+    """HF `save_pretrained` (safetensors); a peft model writes only its adapter. `state_dict`: the full
+    weights gathered from a sharded (FSDP) model, which cannot produce them itself on one rank."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar per checkpoint is only log noise
-    model.save_pretrained(str(directory))
+    model.save_pretrained(str(directory), state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 
@@ -120,8 +121,11 @@ def save_checkpoint(
     tokenizer: Any = None,
     config_yaml: str | None = None,
     keep_last: int = 2,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write checkpoint-<step> atomically, then drop the oldest beyond `keep_last`."""
+    """Write checkpoint-<step> atomically, then drop the oldest beyond `keep_last`. model_state /
+    optimizer_state: full states gathered from a sharded model (FSDP); by default the objects' own."""
     import torch
 
     root = Path(output_dir)
@@ -131,8 +135,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        save_model(model, tmp, tokenizer)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_model(model, tmp, tokenizer, state_dict=model_state)
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")

@@ -83,6 +83,10 @@ class TrainConfig:
     jobs share the cores (oversubscribed threads spin)."""
     lora: LoraConfig | None = None
     """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under torchrun / accelerate launch: ddp keeps a full copy per rank and all-reduces
+    gradients; fsdp shards weights, gradients and AdamW state across ranks (ZeRO-3, the decoder layer as the
+    wrap unit), for models whose training state does not fit one device. No effect in a single process."""
     on_bad_row: Literal["error", "skip"] = "error"
     """A malformed data row stops before training (error) or is counted and skipped (skip)."""
     progress: Literal["auto", "rich", "plain", "none"] = "auto"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.train import fsdp
 from alignlab.train.checkpoint import (
     find_resume,
     load_checkpoint,
@@ -214,6 +215,9 @@ def train(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
         model.to(device)
+    # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
+    sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
+    wrapped = fsdp.shard(model, bf16=cfg.bf16) if sharded else None
     optimizer = build_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if world.is_main:
@@ -225,9 +229,10 @@ def train(
     ckpt = find_resume(out, cfg.resume)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
-        start = load_checkpoint(ckpt, model, optimizer)["step"]
+        start = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)["step"]
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
-    wrapped = world.wrap(model)
+    if not sharded:
+        wrapped = world.wrap(model)
     logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress)
     evals: list[dict[str, Any]] = []
 
@@ -241,11 +246,13 @@ def train(
         logger.log(step, metrics)
 
     def checkpoint(step: int) -> None:
+        full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)  # collective
         if world.is_main:
             state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / sampler.per_epoch,
                      "total_steps": n_total, "lr_scheduler": {"step": step}}
             save_checkpoint(out, step, model, optimizer, state, tokenizer=tokenizer,
-                            config_yaml=config_yaml, keep_last=cfg.keep_last)
+                            config_yaml=config_yaml, keep_last=cfg.keep_last, model_state=full[0],
+                            optimizer_state=full[1])
         world.barrier()
 
     if start == 0:
@@ -269,7 +276,9 @@ def train(
             # Scale so that the sum over micro-steps and ranks is the global-batch mean (DDP averages
             # over ranks, hence the world.size factor).
             scale = w * world.size / max(step_total, 1e-12)
-            with world.no_sync(wrapped, m < len(batches) - 1), autocast(cfg, device):
+            skip_sync = m < len(batches) - 1
+            sync = fsdp.gradient_sync(wrapped, not skip_sync) if sharded else world.no_sync(wrapped, skip_sync)
+            with sync, autocast(cfg, device):
                 loss, metrics = step_fn(wrapped, to_device(batch, device))
             if not torch.isfinite(loss.detach()):
                 logger.close()
@@ -317,8 +326,9 @@ def train(
             return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, evals, finished=False)
 
     runtime = time.perf_counter() - t_loop
+    full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)
     if world.is_main:
-        save_model(model, out, tokenizer)
+        save_model(model, out, tokenizer, state_dict=full[0])
     logger.close({"step": n_total, "train_runtime": runtime})
     world.barrier()
     return TrainResult(n_total, n_total, runtime, last_log, evals)

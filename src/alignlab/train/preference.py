@@ -37,8 +37,11 @@ def _unwrap(model: Any) -> Any:
 
 
 def _is_wrapped(model: Any) -> bool:
-    # DDP must see the call: calling a submodule directly would skip its gradient-sync bookkeeping.
-    return hasattr(model, "module") and not hasattr(model, "get_decoder")
+    # DDP must see the call: calling a submodule directly would skip its gradient-sync bookkeeping; FSDP
+    # gathers the root's weights (embeddings, LM head) only inside the root's own forward.
+    from alignlab.train.fsdp import is_sharded
+
+    return (hasattr(model, "module") and not hasattr(model, "get_decoder")) or is_sharded(model)
 
 
 def _attention_mask(model: Any, batch: dict) -> Any:
