@@ -36,7 +36,7 @@ def load_scorer(
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from alignlab.models.load import load_tokenizer, resolve_device, resolve_model, to_dtype, weights_format
+    from alignlab.models.load import check_weights, load_tokenizer, resolve_device, resolve_model, to_dtype
 
     path = resolve_model(name)
     if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
@@ -49,10 +49,8 @@ def load_scorer(
     config.num_labels = 1
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = load_tokenizer(path, trust_remote_code=trust_remote_code).pad_token_id
-    if not allow_pickle and Path(path).is_dir() and weights_format(Path(path)) == "pickle":
-        raise AlignlabError(
-            f"{path!r} has only pickle weights (.bin/.pt); convert to safetensors or pass allow_pickle=True"
-        )
+    if Path(path).is_dir():
+        check_weights(Path(path), allow_pickle)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -75,9 +73,12 @@ def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
 
     from peft import PeftModel
 
+    from alignlab.models.load import check_weights
+
     base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_name:
         raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty")
+    check_weights(path, kw.get("allow_pickle", False))  # before peft unpickles anything
     return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
 
 

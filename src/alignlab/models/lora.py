@@ -161,7 +161,8 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         yield model
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32") -> Path:
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32",
+                  allow_pickle: bool = False) -> Path:
     """Fold a saved LoRA adapter into its base weights and write a plain HF checkpoint (safetensors) plus
     the tokenizer to `out_dir`, loadable by `AutoModelForCausalLM.from_pretrained` (or, for a reward/value
     adapter, `AutoModelForSequenceClassification`). The output appears complete or not at all."""
@@ -169,12 +170,13 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = 
 
     from peft import PeftModel
 
-    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.load import check_weights, load_model, load_tokenizer
 
     adapter_dir, out_dir = Path(adapter_dir).expanduser(), Path(out_dir).expanduser()
     cfg_file = adapter_dir / "adapter_config.json"
     if not cfg_file.is_file():
         raise AlignlabError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json)")
+    check_weights(adapter_dir, allow_pickle)  # before peft unpickles anything
     if out_dir.exists() and any(out_dir.iterdir()):
         raise AlignlabError(f"{out_dir}: output directory exists and is not empty; choose a new one")
     meta = json.loads(cfg_file.read_text())
