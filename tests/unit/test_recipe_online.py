@@ -191,3 +191,13 @@ def test_config_checks():
 def test_shipped_configs_load(name, cls):
     cfg = load_config(cls, CONFIGS / name)
     assert cfg.max_steps >= 1 and cfg.reward
+
+
+def test_online_rl_refuses_a_multi_process_launch(monkeypatch):
+    """Under torchrun every rank would run the whole job into one output_dir: refuse before loading anything."""
+    from alignlab.errors import AlignlabError
+    from alignlab.recipes.online import OnlineConfig, build_state
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(AlignlabError, match="one process"):
+        build_state(OnlineConfig(model="tiny-random"))

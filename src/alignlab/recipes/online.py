@@ -17,6 +17,7 @@ The progress signal is `reward_mean` (and `eval_reward`), never the loss: a grou
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -280,6 +281,9 @@ def build_state(cfg: OnlineConfig) -> OnlineState:
     from alignlab.train.optim import build_optimizer
     from alignlab.train.world import World
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Each rank would run the whole job into the same output_dir; see docs/distributed.md.
+        raise AlignlabError("online RL (ppo, grpo, online-dpo) runs in one process; launch it without torchrun")
     device = World.resolve_device(cfg.device)
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
