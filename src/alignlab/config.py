@@ -72,9 +72,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         concrete = [a for a in args if a is not type(None)]
         if len(concrete) == 1:  # Optional[X]: X's own error message is the useful one
             return _coerce(value, concrete[0], key)
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in concrete:
             try:
                 return _coerce(value, arg, key)
             except ConfigError:
@@ -105,6 +103,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """bool, float, int, str and Path leaves; anything else passes through unchecked."""
     if tp is bool:
         if isinstance(value, bool):
             return value
