@@ -39,8 +39,9 @@ def test_tiny_config_trains_and_logs_trl_metric_names(data_dir, tmp_path):
     rows = read_metrics(tmp_path)
     train_rows = [r for r in rows if "grad_norm" in r]
     assert len(train_rows) == 3
-    for name in TRL_NAMES:
+    for name in [*TRL_NAMES, "pairs_per_second"]:
         assert math.isfinite(train_rows[-1][name]), name
+    assert train_rows[-1]["pairs_per_second"] > 0
     evals = [r for r in rows if "eval_loss" in r]
     assert len(evals) == 2  # before and after training
     assert evals[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0

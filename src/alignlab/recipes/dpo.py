@@ -209,7 +209,8 @@ def run(cfg: DPOConfig):
         return evaluate(model, step_fn, eval_set, collate, batch_size=micro, device=world.device, cfg=cfg)
 
     result = train(cfg, policy, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
-                   tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
+                   tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
+                   unit="pairs" if mix.paired else "samples")
     if world.is_main:
         print(f"dpo done: {result.step} steps in {result.train_runtime:.1f}s; {_summary(result, cfg)}; "
               f"model in {cfg.output_dir}", flush=True)

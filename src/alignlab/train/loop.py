@@ -191,6 +191,7 @@ def train(
     world: World | None = None,
     config_yaml: str | None = None,
     stop_at: int | None = None,
+    unit: str = "samples",
 ) -> TrainResult:
     """Train `model` on `dataset` with `step_fn`; see the module docstring for the contract.
 
@@ -198,6 +199,7 @@ def train(
     (model in eval mode, no grad). `tokenizer` is saved with every checkpoint and the final model.
     `config_yaml` (the resolved run config) is written next to them. `stop_at=k` ends the call after
     optimizer step k without the final save, exactly as if the process had died there (resume tests).
+    `unit` names what `batch_size` counts for the logged throughput `{unit}_per_second` ("pairs" for DPO).
     """
     import torch
 
@@ -311,6 +313,7 @@ def train(
             step_tokens = world.all_reduce_sum(acc_tokens)
             seen_tokens += step_tokens
             row["tokens_per_second"] = step_tokens / max(acc_time, 1e-9)
+            row[f"{unit}_per_second"] = acc_steps * cfg.batch_size / max(acc_time, 1e-9)  # batch_size is global
             row["num_tokens"] = seen_tokens  # input tokens (no padding) since this run started, as TRL logs
             row["peak_memory_mb"] = peak_memory_mb(device)
             row["epoch"] = done * cfg.batch_size / sampler.per_epoch
