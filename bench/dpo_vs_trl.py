@@ -21,11 +21,12 @@ Throughput = pairs / seconds inside optimizer steps, skipping the first step (wa
 = the process's peak RSS (model loads included, the same on both sides).
 The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
 
-Measured on the shared 2-core CPU (load 6-11 from other jobs, so wall times are noisy), --threads 1:
-  tiny-random, 6 steps x 4 pairs, max_length 1024: alignlab 4.47 pairs/s, 540 MB; TRL 2.82 pairs/s,
-      717 MB -> speedup 1.58x, memory ratio 0.75 (same loss trajectory 0.6931 -> 0.6929 on both).
-  smollm2-135m-instruct, 4 steps x 2 pairs, max_length 512: 0.031 vs 0.030 pairs/s -> 1.03x (CPU
-      starved: ~100 s a step on both sides), peak 5.3 GB vs 7.7 GB -> memory ratio 0.69.
+Measured on the 2-core CPU with no other job running (load ~2), torch's default threads, TRL 1.16.0:
+  tiny-random, 6 steps x 4 pairs, max_length 1024: alignlab 29.2 pairs/s, 520 MB; TRL 19.1 pairs/s,
+      728 MB -> speedup 1.53x, memory ratio 0.71 (same loss trajectory 0.6931 -> 0.6929 on both).
+  smollm2-135m-instruct, 4 steps x 2 pairs, max_length 512 (`--batch-size 2 --steps 4 --max-length 512`):
+      alignlab 0.241 pairs/s, 5.4 GB; TRL 0.139 pairs/s, 7.9 GB -> speedup 1.73x, memory ratio 0.68.
+  The goal (2x on both) is not reached yet.
 """
 
 from __future__ import annotations

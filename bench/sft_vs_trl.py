@@ -20,6 +20,11 @@ padding-free and applies the LM head chunk-wise to completion tokens; TRL pads e
 Throughput = non-padding input tokens / seconds inside optimizer steps, skipping the first step
 (warm-up). Peak memory = the process's peak RSS (model load included, the same on both sides).
 The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+
+Measured on the 2-core CPU with no other job running (load ~2), defaults (SmolLM2, 5 steps x 8 rows,
+grad_accum 4, 256 tokens, gradient checkpointing on both sides), TRL 1.16.0: alignlab 146.1 tokens/s,
+3.1 GB; TRL 108.0 tokens/s, 3.6 GB -> speedup 1.35x, memory ratio 0.88 (same 5,510 tokens; final loss
+1.7597 vs 1.7512). The goal (1.5x) is not reached yet.
 """
 
 from __future__ import annotations
