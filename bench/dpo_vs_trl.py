@@ -10,8 +10,8 @@ dpo_en_demo.json that fit in max_length without truncation, written once as TRL 
 preference JSONL and read by both), the same batch, grad_accum, max_length, beta, learning rate,
 schedule, seed and torch thread count, the sigmoid DPO loss on both. Each side runs in its own
 process (so peak RSS is its own); TRL runs in its own virtual environment (default
-/tmp/alignlab-bench-trl, created here: a venv that sees alignlab's torch/transformers, so both sides
-run the same kernels, plus `pip install trl`); it is never a dependency of alignlab.
+/tmp/alignlab-bench-trl, created once by bench/peer.py with `pip install torch==<ours> trl`, so both
+sides run the same torch release); it is never a dependency of alignlab.
 TRL's fastest settings for this job on CPU: gradient_checkpointing off (its default is on), fp32
 (bf16 autocast is slower on CPU), its fused LM head (always on in 1.16; padding_free is disabled
 there). alignlab uses its defaults: prefix-shared rows (the prompt runs once for chosen and
@@ -34,19 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from peer import ensure_trl_venv, peak_rss_mb, run_worker
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -110,21 +108,6 @@ def trl_worker(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def ensure_trl_venv(venv: Path) -> Path:
-    """A venv with TRL that reuses this interpreter's site-packages (same torch/transformers) via a .pth."""
-    python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0:
-        return python
-    import torch
-
-    print(f"creating {venv} with trl (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    inner = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    base = Path(torch.__file__).resolve().parents[1]  # the site-packages holding our torch
-    Path(inner, "_alignlab_base.pth").write_text(f"{base}\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "trl"], check=True)
-    return python
 
 
 def write_pairs(data: str, n: int, max_length: int, model: str, out: Path) -> Path:
@@ -162,19 +145,6 @@ def summarize(res: dict, batch_size: int) -> dict:
     return out
 
 
-def run_worker(python: str, side: str, spec: dict, spec_path: Path) -> dict:
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "src")}
-    if side == "trl":
-        env.pop("PYTHONPATH")  # the TRL side must not see alignlab
-    if spec["threads"]:
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
-    proc = subprocess.run([python, str(HERE), "--worker", side, "--spec", str(spec_path)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"{side} worker failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -217,7 +187,7 @@ def main() -> None:
     for side in args.order.split(","):
         python = sys.executable if side == "alignlab" else str(trl_python)
         t0 = time.perf_counter()
-        results[side] = summarize(run_worker(python, side, spec, out / f"{side}.json"), args.batch_size)
+        results[side] = summarize(run_worker(HERE, python, side, spec, out / f"{side}.json"), args.batch_size)
         r = results[side]
         print(f"{side:9s} {r['pairs_per_second']:>8.3f} pairs/s  peak {r['peak_memory_mb']:,.0f} MB  "
               f"loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)

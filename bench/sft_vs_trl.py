@@ -32,19 +32,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from peer import ensure_trl_venv, peak_rss_mb, run_worker
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -110,17 +108,6 @@ def trl_worker(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def ensure_trl_venv(venv: Path) -> Path:
-    python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0:
-        return python
-    import torch
-
-    torch_version = torch.__version__.split("+")[0]
-    print(f"creating {venv} with torch=={torch_version} and trl (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", "trl"], check=True)
-    return python
 
 
 def write_rows(data: str, n: int, out: Path) -> Path:
@@ -143,19 +130,6 @@ def summarize(res: dict) -> dict:
             "final_loss": round(res["final_loss"], 4), **({"trl_version": res["trl_version"]} if "trl_version" in res else {})}
 
 
-def run_worker(python: str, side: str, spec: dict, spec_path: Path) -> dict:
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "src")}
-    if side == "trl":
-        env.pop("PYTHONPATH")  # the TRL side must not see alignlab
-    if spec["threads"]:
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
-    proc = subprocess.run([python, str(HERE), "--worker", side, "--spec", str(spec_path)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"{side} worker failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -197,7 +171,7 @@ def main() -> None:
     for side in args.order.split(","):
         python = sys.executable if side == "alignlab" else str(trl_python)
         t0 = time.perf_counter()
-        results[side] = summarize(run_worker(python, side, spec, out / f"{side}.json"))
+        results[side] = summarize(run_worker(HERE, python, side, spec, out / f"{side}.json"))
         print(f"{side:9s} {results[side]['tokens_per_second']:>9,.1f} tokens/s  peak {results[side]['peak_memory_mb']:,.0f} MB"
               f"  final loss {results[side]['final_loss']:.4f}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
     speedup = results["alignlab"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
