@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -98,7 +99,21 @@ def torchrun(tmp_path: Path, args: list[str], crash_after: int = 0, launcher: li
     script.write_text(LAUNCHER)
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "ALIGNLAB_TEST_WRITES": str(tmp_path / "writes.log"), "ALIGNLAB_TEST_CRASH_AFTER": str(crash_after)}
-    return subprocess.run([*launcher, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+    outs = [Path(a.partition("=")[2]) for a in args if a.startswith("output_dir=")]
+    fresh = not any(o.exists() for o in outs)  # a resume run keeps its checkpoints: never retried
+    log = Path(env["ALIGNLAB_TEST_WRITES"])
+    logged = log.stat().st_size if log.exists() else 0
+    proc = subprocess.run([*launcher, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+    if fresh and crash_after == 0 and proc.returncode != 0 and "exitcode: -6" in proc.stderr:
+        # On a loaded 2-core machine gloo occasionally aborts a rank (SIGABRT, about 1 run in 20 here) while
+        # the ranks tear down; one clean retry. Any other failure, or a second abort, still fails the test.
+        for out in outs:
+            shutil.rmtree(out, ignore_errors=True)
+        if log.exists():
+            with log.open("r+") as f:  # forget only the failed attempt's writes
+                f.truncate(logged)
+        proc = subprocess.run([*launcher, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+    return proc
 
 
 def curve(out: Path, key: str = "loss") -> dict[int, float]:
