@@ -81,7 +81,7 @@ def encode(tok, texts: list[str]) -> list[list[int]]:
 
 
 def eos_ids(model, tok) -> set[int]:
-    from alignlab.rollout.generate import eos_token_ids
+    from alignlab.rollout.encode import eos_token_ids
 
     return set(eos_token_ids(model, tok))
 

@@ -163,7 +163,8 @@ class ModelServer:
         return cfg, n
 
     def _generate(self, prompts: list[Any], cfg: Any, n: int):
-        from alignlab.rollout.generate import encode_prompt, generate
+        from alignlab.rollout.encode import encode_prompt
+        from alignlab.rollout.generate import generate
 
         with self.lock:  # one generation at a time on the one model; request parsing happens outside
             for p in prompts:

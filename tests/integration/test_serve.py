@@ -59,7 +59,7 @@ CHAT = [{"role": "user", "content": "Say something."}]
 
 
 def test_chat_completion_protocol_and_usage(served, tiny):
-    from alignlab.rollout.generate import encode_prompt
+    from alignlab.rollout.encode import encode_prompt
 
     server, url = served
     status, out = post(url + "/chat/completions", {"model": "x", "messages": CHAT, "max_tokens": 5,

@@ -7,7 +7,8 @@ import torch
 from test_rollout_tiny import tiny_lm
 
 from alignlab.errors import AlignlabError
-from alignlab.rollout.generate import SamplingConfig, encode_prompt, generate, sample_next
+from alignlab.rollout.encode import encode_prompt
+from alignlab.rollout.generate import SamplingConfig, generate, sample_next
 
 PROMPTS = ["Hi", "The quick brown fox", "a=1;", "Once upon a time, in a land far away"]
 

@@ -64,7 +64,7 @@ def beam_search(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: BeamCon
     """The highest-scoring completion of each prompt (string, token ids, chat messages or a PromptRow)."""
     import torch
 
-    from alignlab.rollout.generate import encode_prompt, eos_token_ids
+    from alignlab.rollout.encode import encode_prompt, eos_token_ids
 
     cfg = cfg or BeamConfig()
     cfg.validate()
