@@ -45,8 +45,6 @@ HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 
 
-
-
 # ---------------------------------------------------------------------------------------------- workers
 def alignlab_worker(spec: dict) -> dict:
     """Runs inside alignlab's venv: `alignlab dpo` on the shared JSONL, timings from metrics.jsonl."""
