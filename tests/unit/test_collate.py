@@ -5,15 +5,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.data.collate import Collator, left_pad, pack, pad, sequence_ids
-from alignlab.train.steps import causal_lm_step
+from alignlab.models.attention import enable_span_attention
+from alignlab.train.steps import causal_lm_step, model_inputs
 
 
 def tiny_llama(attn: str = "sdpa") -> LlamaForCausalLM:
+    """attn: sdpa, eager, or spans (sdpa switched to span attention, as load_model does)."""
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    cfg._attn_implementation = attn
-    return LlamaForCausalLM(cfg).eval()
+    cfg._attn_implementation = "sdpa" if attn == "spans" else attn
+    model = LlamaForCausalLM(cfg).eval()
+    if attn == "spans":
+        assert enable_span_attention(model)
+    return model
 
 
 SEQS = [[5, 9, 13, 2, 7], [11, 4, 60], [3, 3, 8, 21, 40, 41, 90]]
@@ -28,8 +33,7 @@ def alone_logprobs(model, ids):
 def packed_logprobs(model, seqs, use_cache=False):
     batch = pack([{"input_ids": s} for s in seqs])
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       attention_mask=None, use_cache=use_cache).logits[0]
+        logits = model(**{**model_inputs(model, batch), "use_cache": use_cache}).logits[0]
     return torch.log_softmax(logits.float(), -1).split(batch["seq_lens"])
 
 
@@ -74,12 +78,12 @@ def test_pack_into_capped_rows():
     assert b["num_tokens"] == 15
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "spans"])
 def test_capped_rows_logprobs_equal_alone(attn):
     model = tiny_llama(attn)
     b = pack([{"input_ids": s} for s in SEQS], pad_id=0, max_row_tokens=8, attn_ratio=1)
     with torch.no_grad():
-        logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        logits = model(**model_inputs(model, b)).logits
     for row, start, n, i in b["segments"]:
         lp = torch.log_softmax(logits[row, start: start + n].float(), -1)
         torch.testing.assert_close(lp, alone_logprobs(model, SEQS[i]), atol=1e-5, rtol=0)
@@ -90,14 +94,14 @@ def test_left_pad():
     assert b["input_ids"].tolist() == [[1, 2], [0, 3]] and b["attention_mask"].tolist() == [[1, 1], [0, 1]]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "spans"])
 def test_packed_logprobs_equal_alone(attn):
     model = tiny_llama(attn)
     for lp, ids in zip(packed_logprobs(model, SEQS), SEQS):
         torch.testing.assert_close(lp, alone_logprobs(model, ids), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "spans"])
 def test_no_attention_across_sequences(attn):
     """Changing every token of sequence 0 leaves sequences 1 and 2 unchanged, bit for bit up to 1e-6."""
     model = tiny_llama(attn)
@@ -137,8 +141,10 @@ def test_kv_cache_disables_packed_detection():
     assert (leaked - alone_logprobs(model, SEQS[1])).abs().max() > 1e-3
 
 
-def test_chunked_step_equals_plain_step_and_gradients():
-    """Chunked head (trained tokens only) gives the plain loss and the same gradients, packed or padded."""
+@pytest.mark.parametrize("attn", ["sdpa", "spans"])
+def test_chunked_step_equals_plain_step_and_gradients(attn):
+    """Chunked head (trained tokens only) gives the plain loss and the same gradients, packed or padded;
+    span attention gives the plain path's numbers."""
     from alignlab.train.steps import chunked_causal_lm_step
 
     examples = [{"input_ids": s, "labels": [-100, -100] + s[2:]} for s in SEQS]
@@ -146,7 +152,7 @@ def test_chunked_step_equals_plain_step_and_gradients():
         batch = Collator(0, packing=packing, max_row_tokens=cap)(examples)
         grads = []
         for step in (causal_lm_step, lambda m, b: chunked_causal_lm_step(m, b, chunk_size=3)):
-            model = tiny_llama().train()
+            model = tiny_llama("sdpa" if step is causal_lm_step else attn).train()
             loss, _ = step(model, batch)
             loss.backward()
             grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))

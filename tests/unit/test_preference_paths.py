@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from alignlab.data.pairs import PairCollator
 from alignlab.errors import AlignlabError
 from alignlab.losses import combine
+from alignlab.models.attention import enable_span_attention
 from alignlab.train.preference import (
     AdapterReference,
     ModelReference,
@@ -28,12 +29,16 @@ LAYOUTS = [("plain", None), ("packed", 10_000), ("packed", 24), ("packed", None)
 
 
 def tiny(attn="sdpa", seed=0, dtype=torch.float32):
+    """attn: sdpa, eager, or spans (sdpa switched to span attention, as load_model does)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=False)
-    cfg._attn_implementation = attn
-    return LlamaForCausalLM(cfg).to(dtype)
+    cfg._attn_implementation = "sdpa" if attn == "spans" else attn
+    model = LlamaForCausalLM(cfg).to(dtype)
+    if attn == "spans":
+        assert enable_span_attention(model)
+    return model
 
 
 def make_pairs(seed=1):
@@ -61,7 +66,7 @@ def collate(path, row_tokens, pairs):
     return PairCollator(0, path, row_tokens=row_tokens)(pairs)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "spans"])
 def test_all_paths_equal_direct_logps(attn):
     model, pairs = tiny(attn), make_pairs()
     with torch.no_grad():
@@ -71,9 +76,10 @@ def test_all_paths_equal_direct_logps(attn):
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=f"{path} rows={rows}")
 
 
-def test_token_counts_and_packed_rows_have_no_cross_attention():
+@pytest.mark.parametrize("attn", ["sdpa", "spans"])
+def test_token_counts_and_packed_rows_have_no_cross_attention(attn):
     """Changing one pair's tokens must not move any other pair's log-probs in packed/prefix rows."""
-    model, pairs = tiny(), make_pairs()
+    model, pairs = tiny(attn), make_pairs()
     other = [dict(p) for p in pairs]
     other[0] = {"prompt_ids": [7] * 11, "chosen_ids": [8] * 5, "rejected_ids": [9] * 6}
     with torch.no_grad():
@@ -93,13 +99,14 @@ def _grads(model, batch, weights):
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_gradients_equal_across_paths():
+@pytest.mark.parametrize("attn", ["sdpa", "spans"])
+def test_gradients_equal_across_paths(attn):
     """d(sum_i w_i logp_i)/d(theta) is the same whichever layout computed the log-probs.
 
     In the prefix layout the prompt runs once and receives the gradient of BOTH completions;
     equality with the plain path (prompt run twice) shows the shared prompt gets the sum.
     """
-    model, pairs = tiny(), make_pairs()
+    model, pairs = tiny(attn), make_pairs()
     w = torch.linspace(-1.0, 1.5, 10)
     ref = _grads(model, collate("plain", None, pairs), w)
     for path, rows in LAYOUTS[1:]:

@@ -104,9 +104,12 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
     model above is used. Rows shorter than the longest are filled with pad tokens that form their own
     "sequence" (positions 0, 1, ...; labels -100): real tokens never see them (they come later).
     `segments` lists (row, start, length, example index) for every sequence; `seq_lens` gives the
-    lengths in layout order (row by row).
+    lengths in layout order (row by row); `attn_spans` is the same layout for span attention
+    (models/attention.py), which skips the blocks the block-diagonal mask would hide.
     """
     import torch
+
+    from alignlab.models.attention import packed_plan
 
     pairs = [_ids_and_labels(e) for e in examples]
     keep = [i for i, (ids, _) in enumerate(pairs) if ids]
@@ -135,6 +138,7 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
         "segments": segments,
         "seq_lens": [n for _, _, n, _ in segments],
         "num_tokens": sum(n for _, _, n, _ in segments),
+        "attn_spans": packed_plan([[n for r2, _, n, _ in segments if r2 == r] for r in range(len(rows))], width),
     }
 
 

@@ -21,6 +21,8 @@ Paths (all give the same log-probs; tests/unit/test_preference_paths.py pins it 
 - `prefix` (prefix-shared): each pair as ONE block [prompt | chosen | rejected]; rejected's
   position ids restart at len(prompt), so it sees the exact positions it would see after the
   prompt alone, and a block mask (built by `prefix_attention_mask`) hides chosen from rejected.
+  Models loaded by alignlab use span attention instead of the mask (`attn_spans`,
+  models/attention.py): the same result without computing the masked-out score blocks.
   The prompt is run once for both completions; its hidden states feed both, so gradients from
   both completions flow through it. Several pairs share a row (block-diagonal).
 
@@ -44,6 +46,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from alignlab.models.attention import packed_plan, prefix_plan
 
 PATHS = ("plain", "packed", "prefix")
 # Branch codes of the prefix layout (per token): which part of its pair a token is.
@@ -224,6 +228,7 @@ def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
     batch = _finish(ids, pos, tg, pad_id, len(pairs), None)
     batch["attention_mask"] = None
     batch["num_tokens"] = sum(len(s) for s in seqs)
+    batch["attn_spans"] = packed_plan([[len(seqs[i]) for i in members] for members in rows], width)
     return _attach_refs(batch, examples)
 
 
@@ -268,6 +273,8 @@ def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
     batch["block_ids"] = block_ids
     batch["branch"] = branch
     batch["attention_mask"] = None
+    batch["attn_spans"] = prefix_plan([[(len(pairs[i].prompt), len(pairs[i].chosen), len(pairs[i].rejected))
+                                        for i in members] for members in rows], width)
     batch["num_tokens"] = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)
     return _attach_refs(batch, examples)
 

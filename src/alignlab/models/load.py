@@ -186,6 +186,9 @@ def load_model(
         raise AlignlabError(f"could not load model {name!r}: {e}") from e
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         model = model.to(resolve_device(device))
+    from alignlab.models.attention import enable_span_attention
+
+    enable_span_attention(model)  # sdpa unless a forward passes a span plan (packed / prefix-shared rows)
     return model
 
 

@@ -49,11 +49,12 @@ def _attention_mask(model: Any, batch: dict) -> Any:
     if "block_ids" not in batch:
         return batch.get("attention_mask")
     from alignlab.data.pairs import prefix_attention_mask
+    from alignlab.models.attention import SPANS
 
     config = _unwrap(model).config
     impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
     mask = prefix_attention_mask(batch["block_ids"], batch["branch"])
-    if impl == "sdpa":
+    if impl in ("sdpa", SPANS):  # span attention without a plan is sdpa
         return mask  # transformers hands a 4D mask to sdpa as it is: bool, True = attend
     if impl == "eager":  # eager adds the mask to the scores: 0 where allowed, the dtype's min elsewhere
         dtype = _unwrap(model).get_input_embeddings().weight.dtype
@@ -65,8 +66,13 @@ def _attention_mask(model: Any, batch: dict) -> Any:
 
 def final_hidden(model: Any, batch: dict) -> torch.Tensor:
     """Final (normed) hidden states [R, T, H] of the batch's rows."""
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=_attention_mask(model, batch),
-                  position_ids=batch.get("position_ids"), use_cache=False)
+    from alignlab.models.attention import uses_spans
+
+    kwargs = dict(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False)
+    if batch.get("attn_spans") is not None and uses_spans(model):
+        kwargs.update(attention_mask=None, attn_spans=batch["attn_spans"])  # no T x T mask to build
+    else:
+        kwargs["attention_mask"] = _attention_mask(model, batch)
     if _is_wrapped(model):
         # Through the wrapper's forward: no logits at all (empty logits_to_keep), only the last hidden state.
         empty = torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)

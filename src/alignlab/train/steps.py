@@ -11,14 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 
+def model_inputs(model: Any, batch: dict) -> dict[str, Any]:
+    """Forward kwargs of a padded or packed batch; a packed batch's span plan when the model takes one."""
+    from alignlab.models.attention import uses_spans
+
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                  position_ids=batch.get("position_ids"), use_cache=False)
+    if batch.get("attn_spans") is not None and uses_spans(model):
+        kwargs["attn_spans"] = batch["attn_spans"]
+    return kwargs
+
+
 def lm_forward(model: Any, batch: dict) -> Any:
     """Logits [B, T, V] for a padded or packed batch."""
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-    ).logits
+    return model(**model_inputs(model, batch)).logits
 
 
 def shifted_token_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
@@ -61,14 +67,7 @@ def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> t
     """
     from alignlab.ops.logprobs import chunked_token_logprobs
 
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-        output_hidden_states=True,
-        logits_to_keep=1,
-    )
+    out = model(**model_inputs(model, batch), output_hidden_states=True, logits_to_keep=1)
     target = batch["labels"][:, 1:]
     mask = target.ne(-100)
     hidden = out.hidden_states[-1][:, :-1][mask]  # [trained tokens, H]

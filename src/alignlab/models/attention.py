@@ -1,0 +1,149 @@
+"""Span attention: exact attention for packed and prefix-shared rows, computing only the blocks a token sees.
+
+sdpa given a 4D mask (the block-diagonal mask of a packed row, or the prefix-shared mask of
+`data.pairs`) computes the full T x T score matrix of a row and throws most of it away; only a
+plain causal row lets the kernel skip the upper triangle. Here a row is cut into spans: a
+contiguous range of queries and the key ranges those queries see, the queries being the last keys
+(so inside a span the mask is causal, aligned bottom-right). Each span is one sdpa call:
+
+- a packed sequence, or the [prompt | chosen] part of a prefix-shared pair: queries = keys, a
+  square causal span, `is_causal=True` (the kernel skips the upper triangle);
+- the rejected part of a prefix-shared pair: queries R, keys prompt + R, with a small explicit
+  [R, P + R] mask (every prompt key, then causal).
+
+Score entries per prefix-shared pair drop from (its row's T)^2 to about (P + C)^2 / 2 + R (P + R),
+and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are those of the
+masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
+
+Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
+(`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
+`packed_plan` / `prefix_plan`). transformers passes unknown forward kwargs down to the attention
+function, and does not save the implementation in config.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SPANS = "alignlab_spans"
+
+
+@dataclass(frozen=True)
+class Span:
+    """Queries [q0, q1) of row `row` attend to the concatenated key ranges `keys`; q1 is the last key's end."""
+
+    row: int
+    q0: int
+    q1: int
+    keys: tuple[tuple[int, int], ...]
+
+
+def packed_plan(row_lengths: Sequence[Sequence[int]], width: int) -> tuple[Span, ...]:
+    """Spans of padding-free rows: each sequence causal over itself, the pad tail a span of its own."""
+    spans = []
+    for r, lengths in enumerate(row_lengths):
+        start = 0
+        for n in [*lengths, width - sum(lengths)]:
+            if n > 0:
+                spans.append(Span(r, start, start + n, ((start, start + n),)))
+                start += n
+    return tuple(spans)
+
+
+def prefix_plan(row_blocks: Sequence[Sequence[tuple[int, int, int]]], width: int) -> tuple[Span, ...]:
+    """Spans of prefix-shared rows of (prompt, chosen, rejected) lengths: [prompt | chosen] causal, then
+    rejected over prompt + rejected (never chosen); the pad tail a span of its own."""
+    spans = []
+    for r, blocks in enumerate(row_blocks):
+        start = 0
+        for p, c, rej in blocks:
+            if p + c > 0:
+                spans.append(Span(r, start, start + p + c, ((start, start + p + c),)))
+            if rej > 0:
+                r0 = start + p + c
+                spans.append(Span(r, r0, r0 + rej, ((start, start + p), (r0, r0 + rej))))
+            start += p + c + rej
+        if width > start:
+            spans.append(Span(r, start, width, ((start, width),)))
+    return tuple(spans)
+
+
+def _keys(x: Any, row: int, ranges: tuple[tuple[int, int], ...]) -> Any:
+    import torch
+
+    parts = [x[row : row + 1, :, a:b] for a, b in ranges if b > a]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, scaling: float | None = None,
+                   dropout: float = 0.0) -> Any:
+    """Attention output [B, H, T, D] of query/key/value [B, H, T, D] (same head count) under `plan`."""
+    import torch
+    import torch.nn.functional as F
+
+    rows: dict[int, list[Any]] = {}
+    for s in plan:
+        q = query[s.row : s.row + 1, :, s.q0 : s.q1]
+        k, v = _keys(key, s.row, s.keys), _keys(value, s.row, s.keys)
+        lq, lk = q.shape[2], k.shape[2]
+        if lq == lk:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
+            mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        rows.setdefault(s.row, []).append(out)
+    if sorted(rows) != list(range(query.shape[0])):
+        raise ValueError(f"attention plan covers rows {sorted(rows)}, the batch has {query.shape[0]}")
+    out = torch.cat([torch.cat(rows[r], dim=2) for r in range(query.shape[0])], dim=0)
+    if out.shape[2] != query.shape[2]:
+        raise ValueError(f"attention plan covers {out.shape[2]} positions per row, the batch has {query.shape[2]}")
+    return out
+
+
+def span_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                           dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers attention function: span attention with `attn_spans`, otherwise exactly sdpa."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    plan = kwargs.pop("attn_spans", None)
+    if plan is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:  # grouped-query attention: every query head gets its key/value head
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    out = span_attention(query, key, value, plan, scaling=scaling, dropout=dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SPANS, span_attention_forward)
+    # Without a plan the layer is plain sdpa, so it needs sdpa's masks (padding, KV-cache decoding).
+    AttentionMaskInterface.register(SPANS, sdpa_mask)
+
+
+def _impl(model: Any) -> str | None:
+    # peft models forward attribute access to the transformers model; DDP keeps it in .module
+    return getattr(getattr(getattr(model, "module", model), "config", None), "_attn_implementation", None)
+
+
+def enable_span_attention(model: Any) -> bool:
+    """Switch an sdpa model (also inside peft/DDP wrappers) to span attention; False when it uses another kernel."""
+    impl = _impl(model)
+    if impl == SPANS:
+        return True
+    if impl != "sdpa":
+        return False
+    _register()
+    getattr(model, "module", model).set_attn_implementation(SPANS)
+    return True
+
+
+def uses_spans(model: Any) -> bool:
+    """True when the model's layers take an `attn_spans` plan."""
+    return _impl(model) == SPANS
