@@ -213,3 +213,31 @@ def test_chunked_frozen_head_grad_matches_plain(dtype, atol):
     (chunked * upstream).sum().backward()
     torch.testing.assert_close(h2.grad, h1.grad, atol=atol, rtol=0)
     assert h2.grad[3].abs().max() == 0  # an ignored label sends no gradient
+
+
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_chunked_under_autocast_matches_plain_under_autocast(frozen_head):
+    """float32 weights under bf16 autocast (mixed precision): the head matmuls run in bf16 forward AND
+    backward, so backward recomputes exactly the forward's logits: the hidden-state gradient equals the plain path's,
+    and the head's differs only by where bf16 rounds (per chunk here, once there), inside the gap between
+    the autocast and the float32 gradients."""
+    torch.manual_seed(4)
+    hidden = torch.randn(50, 32, requires_grad=True)
+    weight = (torch.randn(96, 32) * 0.2).requires_grad_(not frozen_head)
+    labels, g = torch.randint(0, 96, (50,)), torch.randn(50)
+    inputs = (hidden,) if frozen_head else (hidden, weight)
+
+    def grads(fn, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fn()
+        return out, torch.autograd.grad((out * g).sum(), inputs)
+
+    plain, gp = grads(lambda: token_logprobs(hidden @ weight.t(), labels), True)
+    _, g32 = grads(lambda: token_logprobs(hidden @ weight.t(), labels), False)
+    chunked, gc = grads(lambda: chunked_token_logprobs(hidden, weight, labels, chunk_size=16), True)
+    torch.testing.assert_close(chunked, plain, atol=1e-6, rtol=0)
+    if frozen_head:  # the unit gradient is formed in the forward and scaled after bf16 rounding
+        torch.testing.assert_close(gc[0], gp[0], atol=2e-2, rtol=2e-2)
+    else:
+        torch.testing.assert_close(gc[0], gp[0], atol=1e-6, rtol=0)
+        assert (gc[1] - gp[1]).norm() < 0.8 * (g32[1] - gp[1]).norm()

@@ -94,10 +94,20 @@ class _ChunkedLogprobs(torch.autograd.Function):
             del logits
         ctx.save_for_backward(hidden, weight, bias, safe, valid, lse, unit_grad_h)
         ctx.chunk_size = chunk_size
+        device = hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Backward runs outside autocast; re-enter the forward's state so the recomputed logits are the
+        # forward's logits bit for bit (the saved logsumexp belongs to them) and the matmuls keep its speed.
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _ChunkedLogprobs._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         hidden, weight, bias, safe, valid, lse, unit_grad_h = ctx.saved_tensors
         acc = lse.dtype
         g = torch.where(valid, grad_out.to(acc), 0.0)
