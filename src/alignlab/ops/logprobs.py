@@ -40,6 +40,15 @@ def token_logprobs(
     return (-nll).reshape(labels.shape)
 
 
+def _head_weight(weight: torch.Tensor) -> torch.Tensor:
+    # Under autocast, cast the [V, H] head once per pass: autocast caches casts of leaf weights but not of
+    # the transposed view the matmul takes, so every chunk (and the backward) paid a full copy of it.
+    device = weight.device.type
+    if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
+        return weight.to(torch.get_autocast_dtype(device))
+    return weight
+
+
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     # Matmul in the model's dtype (as the plain lm_head does), then upcast: same numbers as the plain path.
     out = hidden @ weight.t()
@@ -82,15 +91,16 @@ class _ChunkedLogprobs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         eager_h = need_h and not need_w and not (need_b and bias is not None)
         unit_grad_h = torch.zeros_like(hidden) if eager_h else None
+        w = _head_weight(weight)
         for start in range(0, n, chunk_size):
             sl = slice(start, start + chunk_size)
-            logits = _chunk_logits(hidden[sl], weight, bias)
+            logits = _chunk_logits(hidden[sl], w, bias)
             lse[sl] = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(-1, safe[sl].unsqueeze(-1)).squeeze(-1)
             out[sl] = torch.where(valid[sl], picked - lse[sl], 0.0)
             if unit_grad_h is not None:
                 dlogits = _logit_grad_(logits, lse[sl], safe[sl], valid[sl].to(acc))
-                unit_grad_h[sl] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+                unit_grad_h[sl] = (dlogits.to(w.dtype) @ w).to(hidden.dtype)
             del logits
         ctx.save_for_backward(hidden, weight, bias, safe, valid, lse, unit_grad_h)
         ctx.chunk_size = chunk_size
@@ -115,18 +125,22 @@ class _ChunkedLogprobs(torch.autograd.Function):
             return (unit_grad_h * g[:, None]).to(hidden.dtype), None, None, None, None, None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_w = None  # [V, H]: the first chunk's product, later chunks added (no zero-filled buffer)
         grad_b = torch.zeros_like(bias, dtype=acc) if (need_b and bias is not None) else None
+        w = _head_weight(weight)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
-            dlogits = _logit_grad_(_chunk_logits(hidden[sl], weight, bias), lse[sl], safe[sl], g[sl])
+            dlogits = _logit_grad_(_chunk_logits(hidden[sl], w, bias), lse[sl], safe[sl], g[sl])
             if grad_h is not None:
-                grad_h[sl] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if grad_w is not None:
-                grad_w.add_(dlogits.t() @ hidden[sl].to(acc))
+                grad_h[sl] = (dlogits.to(w.dtype) @ w).to(hidden.dtype)
+            if need_w:
+                part = dlogits.t() @ hidden[sl].to(acc)
+                grad_w = part.to(acc) if grad_w is None else grad_w.add_(part)
             if grad_b is not None:
                 grad_b.add_(dlogits.sum(0))
             del dlogits
+        if need_w and grad_w is None:  # no tokens at all
+            grad_w = torch.zeros_like(weight)
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
         return grad_h, grad_w, grad_b, None, None, None
