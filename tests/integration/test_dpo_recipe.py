@@ -49,6 +49,14 @@ def test_tiny_config_trains_and_logs_trl_metric_names(data_dir, tmp_path):
         assert name in evals[-1]
 
 
+def test_bf16_autocast_trains_with_a_bf16_reference(data_dir, tmp_path):
+    """bf16=true: policy under autocast, the separate reference stored in bf16 (same numbers); step 0 is log 2."""
+    assert dpo(data_dir, tmp_path, "max_steps=2", "bf16=true", "reference=model") == 0
+    rows = read_metrics(tmp_path)
+    assert all(math.isfinite(r["loss"]) for r in rows if "grad_norm" in r)
+    assert [r for r in rows if "eval_loss" in r][0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
 def test_cached_reference_computed_once_then_reused(data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
     assert dpo(data_dir, tmp_path / "a", "max_steps=2", "reference=cache") == 0

@@ -215,3 +215,15 @@ def test_choose_reference_kind_reads_the_specs_not_names():
         choose_reference_kind("adapter", True, plain_model, False)
     with pytest.raises(AlignlabError, match="one of"):
         choose_reference_kind("frozen", True, plain_model, False)
+
+
+def test_model_reference_with_bf16_linear_weights_equals_autocast_over_fp32():
+    """A frozen reference stored with bf16 Linear weights gives exactly what autocast gives over fp32 weights."""
+    model, pairs = tiny("spans", seed=3), make_pairs()
+    batch = collate("prefix", None, pairs)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, _ = sequence_logps(model, batch)
+    ref = ModelReference(tiny("spans", seed=3), autocast_dtype=torch.bfloat16)
+    assert ref.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert ref.model.get_input_embeddings().weight.dtype == torch.float32
+    torch.testing.assert_close(ref.logps(None, batch), expected, atol=0, rtol=0)

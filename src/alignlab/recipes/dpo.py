@@ -119,7 +119,10 @@ def make_reference(cfg: DPOConfig, kind: str, policy: Any, source: Any):
         return CachedReference()
     if kind == "adapter":
         return AdapterReference(chunk)
-    return ModelReference(source, chunk)
+    import torch
+
+    # Under bf16 autocast the frozen reference keeps its Linear weights in bf16: same numbers, no per-step casts.
+    return ModelReference(source, chunk, autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
 
 
 def reference_source(cfg: DPOConfig, kind: str, policy: Any) -> tuple[Any, str]:
@@ -146,6 +149,8 @@ def cached_sets(cfg: DPOConfig, sets: list[list], policy: Any, collate: Any, dev
     live = make_reference(cfg, live_kind, policy, source)
     settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "model": cfg.model,
                 "ref_model": cfg.ref_model, "data_format": cfg.data_format}
+    if cfg.bf16:  # a separate reference then computes under bf16 autocast (make_reference); float32 keys unchanged
+        settings["bf16"] = True
     out = []
     for examples in sets:
         if not examples:

@@ -14,6 +14,7 @@ batch (train/refcache.py), or none. `choose_reference` picks one from the config
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -125,16 +126,34 @@ class ModelReference:
 
     kind = "model"
 
-    def __init__(self, model: Any, chunk_size: int = 1024):
+    def __init__(self, model: Any, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None):
         self.model = model.eval().requires_grad_(False)
         self.chunk_size = chunk_size
+        self.autocast_dtype = autocast_dtype
+        if autocast_dtype is not None:
+            _lower_linear_weights(self.model, autocast_dtype)
 
     def logps(self, policy: Any, batch: dict) -> torch.Tensor:
         device = batch["input_ids"].device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
-        with torch.no_grad():
+        amp = torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with torch.no_grad(), amp:
             return sequence_logps(self.model, batch, chunk_size=self.chunk_size)[0]
+
+
+def _lower_linear_weights(model: Any, dtype: torch.dtype) -> None:
+    """Store a frozen model's Linear weights in the autocast dtype, once.
+
+    Autocast casts every Linear weight to `dtype` before its matmul anyway, and caches nothing for
+    frozen weights, so a reference under mixed precision paid a cast of each weight on every forward.
+    Embeddings (also a tied LM head) and norms keep their dtype, so the residual stream and every
+    result are exactly those of autocast over the full-precision weights, with about half the memory.
+    """
+    embedding = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
+            module.to(dtype)
 
 
 class AdapterReference:
