@@ -136,12 +136,15 @@ def to_device(batch: dict, device: str) -> dict:
     return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def autocast(cfg: TrainConfig, device: str):
+def autocast(cfg: TrainConfig, device: str, *, cache: bool = True):
+    """bf16 autocast when cfg.bf16. cache=False for training steps: autocast's cache keeps a bf16 copy of
+    every trainable weight until the region ends, but a training forward uses each weight once, so it
+    buys nothing there and costs memory (214 MB for SmolLM2) and fresh allocations (SFT step 11% slower)."""
     import torch
 
     if not cfg.bf16:
         return nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _float(x: Any) -> float:
@@ -280,7 +283,7 @@ def train(
             scale = w * world.size / max(step_total, 1e-12)
             skip_sync = m < len(batches) - 1
             sync = fsdp.gradient_sync(wrapped, not skip_sync) if sharded else world.no_sync(wrapped, skip_sync)
-            with sync, autocast(cfg, device):
+            with sync, autocast(cfg, device, cache=False):
                 loss, metrics = step_fn(wrapped, to_device(batch, device))
             if not torch.isfinite(loss.detach()):
                 logger.close()
