@@ -56,7 +56,7 @@ def alignlab_worker(spec: dict) -> dict:
         max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
         beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
-        cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto",
+        cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto", bf16=spec["bf16"],
     )
     run(cfg)
     rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
@@ -82,7 +82,7 @@ def trl_worker(spec: dict) -> dict:
         output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
         gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
         max_length=spec["max_length"], beta=spec["beta"], seed=spec["seed"], logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, dataloader_num_workers=0,
+        report_to="none", use_cpu=True, bf16=spec["bf16"], gradient_checkpointing=False, dataloader_num_workers=0,
         disable_tqdm=True,
     )
 
@@ -159,6 +159,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
     p.add_argument("--path", default="prefix", choices=["prefix", "packed", "plain"], help="alignlab forward path")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
     p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
     p.add_argument("--order", default="alignlab,trl", help="which side runs first")
     p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
@@ -180,7 +181,7 @@ def main() -> None:
             "data": str(write_pairs(args.data, n_pairs, args.max_length, args.model, out)),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
-            "threads": args.threads, "path": args.path}
+            "threads": args.threads, "path": args.path, "bf16": args.bf16}
     results = {}
     for side in args.order.split(","):
         python = sys.executable if side == "alignlab" else str(trl_python)
@@ -192,7 +193,7 @@ def main() -> None:
     speedup = results["alignlab"]["pairs_per_second"] / results["trl"]["pairs_per_second"]
     memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
     print(f"speedup (alignlab / TRL pairs/s): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
-    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path")}
+    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16")}
     print(json.dumps({"job": {"model": args.model, **job}, "alignlab": results["alignlab"], "trl": results["trl"],
                       "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
 

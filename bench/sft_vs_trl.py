@@ -55,6 +55,7 @@ def alignlab_worker(spec: dict) -> dict:
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
         logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
         packing=not spec["no_packing"], device="cpu", gradient_checkpointing=spec["gradient_checkpointing"],
+        bf16=spec["bf16"],
     )
     run(cfg)
     rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
@@ -81,7 +82,7 @@ def trl_worker(spec: dict) -> dict:
         output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
         gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
         max_length=spec["max_length"], seed=spec["seed"], logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=True, bf16=False, dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0, disable_tqdm=True,
         gradient_checkpointing=spec["gradient_checkpointing"],
     )
 
@@ -145,6 +146,7 @@ def main() -> None:
     p.add_argument("--no-packing", action="store_true", help="alignlab pads too (isolates the packing gain)")
     p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                    help="the same on both sides (TRL's SFT default is on, alignlab's off)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
     p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
     p.add_argument("--order", default="alignlab,trl", help="which side runs first")
     p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
@@ -164,7 +166,7 @@ def main() -> None:
     spec = {"model_dir": resolve_model(args.model), "data": str(write_rows(args.data, args.steps * args.batch_size, out)),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-            "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing == "on"}
+            "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing == "on", "bf16": args.bf16}
     results = {}
     for side in args.order.split(","):
         python = sys.executable if side == "alignlab" else str(trl_python)
@@ -175,7 +177,7 @@ def main() -> None:
     speedup = results["alignlab"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
     memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
     print(f"speedup (alignlab / TRL tokens/s): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
-    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing")}
+    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16")}
     print(json.dumps({"job": {"model": args.model, **job}, "alignlab": results["alignlab"], "trl": results["trl"],
                       "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
 
