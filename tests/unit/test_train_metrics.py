@@ -28,3 +28,16 @@ def test_disabled_logger_writes_nothing(tmp_path):
 
 def test_peak_memory_is_positive():
     assert peak_memory_mb("cpu") > 10
+
+
+def test_fresh_run_sets_an_earlier_runs_metrics_aside_and_a_resumed_run_appends(tmp_path):
+    for run in (1, 2):
+        log = MetricsLogger(tmp_path, progress="none")
+        log.log(1, {"loss": float(run)})
+        log.close()
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]
+    assert (tmp_path / "metrics.1.jsonl").read_text().strip() == '{"step": 1, "loss": 1.0}'
+    log = MetricsLogger(tmp_path, progress="none", start_step=1)  # resuming: the same run goes on
+    log.log(2, {"loss": 3.0})
+    log.close()
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [2.0, 3.0]

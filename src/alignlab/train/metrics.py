@@ -83,6 +83,8 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if start_step == 0:
+            _set_aside(self.path)
         self.file = open(self.path, "a", encoding="utf-8")  # append: a resumed run continues the file
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -116,6 +118,18 @@ class MetricsLogger:
             self.tb.close()
         if self.progress is not None:
             self.progress.close()
+
+
+def _set_aside(path: Path) -> None:
+    """A fresh run (step 0) into a directory holding an earlier run's metrics.jsonl renames that file to
+    metrics.N.jsonl instead of appending to it: two runs' rows in one file would read as one run."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    n = 1
+    while (old := path.with_name(f"metrics.{n}.jsonl")).exists():
+        n += 1
+    path.rename(old)
+    print(f"{path} held an earlier run's metrics; kept as {old.name}", flush=True)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
