@@ -34,11 +34,11 @@ lint: $(BIN)/.installed
 
 # Benchmarks against the peers on the same job (not part of `make test`; each prints a JSON last line).
 bench-sft: $(BIN)/.installed
-	$(BIN)/python bench/sft_vs_trl.py
+	$(BIN)/python bench/sft_vs_trl.py --bf16
 
 bench-dpo: $(BIN)/.installed
-	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random
-	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct
+	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random --steps 16
+	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16
 
 bench-gen: $(BIN)/.installed
 	$(BIN)/python bench/gen_vs_hf.py --model tiny-random

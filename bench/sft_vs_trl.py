@@ -21,10 +21,16 @@ Throughput = non-padding input tokens / seconds inside optimizer steps, skipping
 (warm-up). Peak memory = the process's peak RSS (model load included, the same on both sides).
 The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
 
-Measured on the 2-core CPU with no other job running (load ~2), defaults (SmolLM2, 5 steps x 8 rows,
-grad_accum 4, 256 tokens, gradient checkpointing on both sides), TRL 1.16.0: alignlab 146.1 tokens/s,
-3.1 GB; TRL 108.0 tokens/s, 3.6 GB -> speedup 1.35x, memory ratio 0.88 (same 5,510 tokens; final loss
-1.7597 vs 1.7512). The goal (1.5x) is not reached yet.
+Measured on the 2-core CPU (AMD EPYC with AVX512-BF16) with no other job running, torch's default
+threads, TRL 1.16.0, defaults (SmolLM2, 5 steps x 8 rows, grad_accum 4, 256 tokens, gradient
+checkpointing on both sides, as TRL's SFT default), same 5,510 tokens on both sides:
+  --bf16 (bf16 autocast on both; the faster setting for both here, `make bench-sft`):
+      alignlab 272.0 tokens/s, 3.4 GB; TRL 159.6 tokens/s, 3.7 GB -> speedup 1.70x, memory ratio 0.91
+      (an earlier run: 1.70x, 0.94; final loss 1.7626 vs 1.7554, TRL also trains the template's newline).
+  float32: alignlab 149.3 tokens/s, 3.1 GB; TRL 101.5 tokens/s, 3.6 GB -> 1.47x, memory ratio 0.85.
+The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
+tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
+float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
 """
 
 from __future__ import annotations
