@@ -4,5 +4,6 @@ scalar-head models for reward and value.
 
 Modules: `load` (resolve_model, load_model, load_tokenizer), `tokenizer` (DEFAULT_CHAT_TEMPLATE,
 train_bpe_tokenizer, ensure_chat_ready), `lora` (LoraConfig, apply_lora, adapter_disabled, merge_adapter),
-`heads` (load_scorer, score). Importing this package does no work.
+`heads` (load_scorer, score), `attention` (span attention for packed and prefix-shared rows). Importing this
+package does no work.
 """
