@@ -41,12 +41,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from peer import ensure_trl_venv, peak_rss_mb, run_worker
+from peer import add_shared_args, compare, peak_rss_mb, run_as_worker, step_timer
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -77,7 +75,7 @@ def trl_worker(spec: dict) -> dict:
     import torch
     import trl
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -93,17 +91,7 @@ def trl_worker(spec: dict) -> dict:
         disable_tqdm=True,
     )
 
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.seconds, self.t0 = [], 0.0
-
-        def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            self.seconds.append(time.perf_counter() - self.t0)
-
-    timer = Timer()
+    timer = step_timer()
     trainer = trl.DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
                              callbacks=[timer])
     trainer.train()
@@ -164,24 +152,15 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=5e-7)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
     p.add_argument("--path", default="prefix", choices=["prefix", "packed", "plain"], help="alignlab forward path")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
-    p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
-    p.add_argument("--order", default="alignlab,trl", help="which side runs first")
-    p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
+    add_shared_args(p)
     args = p.parse_args()
-    if args.worker:
-        spec = json.loads(Path(args.spec).read_text())
-        result = alignlab_worker(spec) if args.worker == "alignlab" else trl_worker(spec)
-        print(json.dumps(result))
+    if run_as_worker(args, {"alignlab": alignlab_worker, "trl": trl_worker}):
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from alignlab.models.load import resolve_model
 
-    trl_python = ensure_trl_venv(Path(args.trl_venv))
     out = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     n_pairs = args.steps * args.batch_size
     spec = {"model_dir": resolve_model(args.model),
@@ -189,20 +168,11 @@ def main() -> None:
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
             "threads": args.threads, "path": args.path, "bf16": args.bf16}
-    results = {}
-    for side in args.order.split(","):
-        python = sys.executable if side == "alignlab" else str(trl_python)
-        t0 = time.perf_counter()
-        results[side] = summarize(run_worker(HERE, python, side, spec, out / f"{side}.json"), args.batch_size)
-        r = results[side]
-        print(f"{side:9s} {r['pairs_per_second']:>8.3f} pairs/s  peak {r['peak_memory_mb']:,.0f} MB  "
-              f"loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
-    speedup = results["alignlab"]["pairs_per_second"] / results["trl"]["pairs_per_second"]
-    memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
-    print(f"speedup (alignlab / TRL pairs/s): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16")}
-    print(json.dumps({"job": {"model": args.model, **job}, "alignlab": results["alignlab"], "trl": results["trl"],
-                      "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
+    compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second",
+            job={"model": args.model, **job},
+            describe=lambda r: f"{r['pairs_per_second']:>8.3f} pairs/s  peak {r['peak_memory_mb']:,.0f} MB  "
+                               f"loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}")
 
 
 if __name__ == "__main__":

@@ -38,12 +38,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from peer import ensure_trl_venv, peak_rss_mb, run_worker
+from peer import add_shared_args, compare, peak_rss_mb, run_as_worker, step_timer
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -76,7 +74,7 @@ def trl_worker(spec: dict) -> dict:
     import torch
     import trl
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -92,17 +90,7 @@ def trl_worker(spec: dict) -> dict:
         gradient_checkpointing=spec["gradient_checkpointing"],
     )
 
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.seconds, self.t0 = [], 0.0
-
-        def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            self.seconds.append(time.perf_counter() - self.t0)
-
-    timer = Timer()
+    timer = step_timer()
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
     trainer.train()
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "loss" in r]
@@ -148,44 +136,26 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
     p.add_argument("--no-packing", action="store_true", help="alignlab pads too (isolates the packing gain)")
     p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                    help="the same on both sides (TRL's SFT default is on, alignlab's off)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
-    p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
-    p.add_argument("--order", default="alignlab,trl", help="which side runs first")
-    p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
+    add_shared_args(p)
     args = p.parse_args()
-    if args.worker:
-        spec = json.loads(Path(args.spec).read_text())
-        result = alignlab_worker(spec) if args.worker == "alignlab" else trl_worker(spec)
-        print(json.dumps(result))
+    if run_as_worker(args, {"alignlab": alignlab_worker, "trl": trl_worker}):
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from alignlab.models.load import resolve_model
 
-    trl_python = ensure_trl_venv(Path(args.trl_venv))
     out = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     spec = {"model_dir": resolve_model(args.model), "data": str(write_rows(args.data, args.steps * args.batch_size, out)),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing == "on", "bf16": args.bf16}
-    results = {}
-    for side in args.order.split(","):
-        python = sys.executable if side == "alignlab" else str(trl_python)
-        t0 = time.perf_counter()
-        results[side] = summarize(run_worker(HERE, python, side, spec, out / f"{side}.json"))
-        print(f"{side:9s} {results[side]['tokens_per_second']:>9,.1f} tokens/s  peak {results[side]['peak_memory_mb']:,.0f} MB"
-              f"  final loss {results[side]['final_loss']:.4f}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
-    speedup = results["alignlab"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
-    memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
-    print(f"speedup (alignlab / TRL tokens/s): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16")}
-    print(json.dumps({"job": {"model": args.model, **job}, "alignlab": results["alignlab"], "trl": results["trl"],
-                      "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
+    compare(HERE, args, spec, out, summarize, rate="tokens_per_second", job={"model": args.model, **job},
+            describe=lambda r: f"{r['tokens_per_second']:>9,.1f} tokens/s  peak {r['peak_memory_mb']:,.0f} MB"
+                               f"  final loss {r['final_loss']:.4f}")
 
 
 if __name__ == "__main__":
