@@ -67,12 +67,10 @@ def _attention_mask(model: Any, batch: dict) -> Any:
 
 def final_hidden(model: Any, batch: dict) -> torch.Tensor:
     """Final (normed) hidden states [R, T, H] of the batch's rows."""
-    from alignlab.models.attention import uses_spans
+    from alignlab.train.steps import model_inputs
 
-    kwargs = dict(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False)
-    if batch.get("attn_spans") is not None and uses_spans(model):
-        kwargs.update(attention_mask=None, attn_spans=batch["attn_spans"])  # no T x T mask to build
-    else:
+    kwargs = model_inputs(model, batch)
+    if "attn_spans" not in kwargs:  # with a span plan no T x T mask is built
         kwargs["attention_mask"] = _attention_mask(model, batch)
     if _is_wrapped(model):
         # Through the wrapper's forward: no logits at all (empty logits_to_keep), only the last hidden state.
