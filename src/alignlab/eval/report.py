@@ -14,7 +14,8 @@ import html
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +51,29 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:60] or "evaluation"
 
 
-def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
-    """One PNG: each model's headline value as a point with its interval as whiskers."""
+@contextmanager
+def png_figure(path: Path, figsize: tuple[float, float], dpi: int = 100) -> Iterator[tuple[Any, Any]]:
+    """(fig, ax) on matplotlib's Agg backend (no display); saved to `path` as PNG when the block succeeds,
+    closed either way (pyplot keeps every open figure alive otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in records if r.get("value") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.45 * max(len(rows), 1)), dpi=100)
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     try:
+        yield fig, ax
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
+    """One PNG: each model's headline value as a point with its interval as whiskers."""
+    rows = [r for r in records if r.get("value") is not None]
+    with png_figure(path, (6.4, 1.6 + 0.45 * max(len(rows), 1))) as (fig, ax):
         labels = [str(r["model"]) for r in rows]
         values = [float(r["value"]) for r in rows]
         lows = [max(v - float(r["low"]), 0.0) if r.get("low") is not None else 0.0 for v, r in zip(values, rows)]
@@ -74,11 +88,6 @@ def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
         if metric == "win_rate":
             ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_title(name)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from alignlab.eval.report import png_figure
+
 
 def results_dict(cfg: Any, cmp: dict[str, Any], result: Any, seconds: float) -> dict[str, Any]:
     """The numbers of the run (results.json): rewards, win rate with its interval, KL, training curve."""
@@ -35,14 +37,8 @@ def results_dict(cfg: Any, cmp: dict[str, Any], result: Any, seconds: float) -> 
 
 def plot_training(evals: list[dict], path: Path) -> Path:
     """Held-out mean reward and KL to the base over training steps, two y axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [e["step"] for e in evals]
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
-    try:
+    with png_figure(path, (6.4, 3.4)) as (fig, ax):
         ax.plot(steps, [e["eval_reward"] for e in evals], "o-", color="#2a7", label="mean reward (VADER)")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("mean reward", color="#2a7")
@@ -50,11 +46,6 @@ def plot_training(evals: list[dict], path: Path) -> Path:
         ax2.plot(steps, [e["eval_kl"] for e in evals], "s--", color="#c44", label="KL to base (k3, nats)")
         ax2.set_ylabel("KL(policy || base), nats", color="#c44")
         ax.set_title("held-out progress prompts during DPO")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.eval.report import png_figure
 
 
 @dataclass
@@ -274,15 +275,9 @@ def frontier_summary(runs: dict[str, dict]) -> dict:
 
 def plot_frontier(runs: dict[str, dict], summary: dict, path: Path) -> Path:
     """Reward against KL: every point faint, each method's envelope as a line (DPO paper, Fig. 2 left)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {"dpo": "#1f77b4", "ipo": "#17becf", "simpo": "#9467bd", "ppo": "#d62728", "grpo": "#ff7f0e",
                "best_of_n": "#2ca02c"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=90)
-    try:
+    with png_figure(path, (6.4, 4.2), dpi=90) as (fig, ax):
         for r in runs.values():
             pts = [p for p in r["points"] if p.get("kl") is not None]
             ax.scatter([p["kl"] for p in pts], [p["reward"] for p in pts], s=12, alpha=0.35,
@@ -293,11 +288,6 @@ def plot_frontier(runs: dict[str, dict], summary: dict, path: Path) -> Path:
         ax.set_ylabel("mean VADER reward, held-out prompts")
         ax.set_title("reward vs KL frontier")
         ax.legend()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
