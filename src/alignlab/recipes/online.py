@@ -318,10 +318,16 @@ def run(cfg: OnlineConfig) -> list[dict]:
     state = build_state(cfg)
     state.extra["kl_ctl"] = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                              if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
-    prompts = load_prompt_rows(cfg.data, cfg.num_prompts, cfg.seed)
-    history = online_loop(state, prompts, rl_step, eval_rows_for(cfg))
+    return train_on_prompts(state, rl_step, cfg.estimator)
+
+
+def train_on_prompts(state: OnlineState, step_fn: Callable, label: str) -> list[dict]:
+    """`online_loop` on cfg.data's prompts with cfg's held-out eval rows; prints the reward's change."""
+    cfg = state.cfg
+    history = online_loop(state, load_prompt_rows(cfg.data, cfg.num_prompts, cfg.seed), step_fn, eval_rows_for(cfg))
     steps = [h for h in history if "reward_mean" in h]
     if steps:
-        print(f"{cfg.estimator}: reward_mean {steps[0]['reward_mean']:.3f} -> {steps[-1]['reward_mean']:.3f}, "
-              f"kl {steps[-1]['kl']:.3f}; model in {cfg.output_dir}", flush=True)
+        kl = f", kl {steps[-1]['kl']:.3f}" if "kl" in steps[-1] else ""
+        print(f"{label}: reward_mean {steps[0]['reward_mean']:.3f} -> {steps[-1]['reward_mean']:.3f}{kl}; "
+              f"model in {cfg.output_dir}", flush=True)
     return history

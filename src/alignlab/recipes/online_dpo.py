@@ -98,7 +98,7 @@ def dpo_step(state: OnlineState, step: int, rows: list) -> dict[str, float]:
 def run(cfg: OnlineDPOConfig) -> list[dict]:
     """Train; returns per-step metrics (also in output_dir/metrics.jsonl) and saves the policy."""
     from alignlab.losses import combine
-    from alignlab.recipes.online import build_state, eval_rows_for, load_prompt_rows, online_loop
+    from alignlab.recipes.online import build_state, train_on_prompts
     from alignlab.recipes.sft import saved_config_text
     from alignlab.train.loop import seed_everything
     from alignlab.train.preference import AdapterReference, ModelReference, NoReference, PreferenceStep
@@ -113,10 +113,4 @@ def run(cfg: OnlineDPOConfig) -> list[dict]:
     else:
         reference = ModelReference(frozen) if frozen is not None else AdapterReference()
     state.extra["step"] = PreferenceStep(mix, reference, beta=cfg.beta)
-    prompts = load_prompt_rows(cfg.data, cfg.num_prompts, cfg.seed)
-    history = online_loop(state, prompts, dpo_step, eval_rows_for(cfg))
-    steps = [h for h in history if "reward_mean" in h]
-    if steps:
-        print(f"online-dpo: reward_mean {steps[0]['reward_mean']:.3f} -> {steps[-1]['reward_mean']:.3f}; "
-              f"model in {cfg.output_dir}", flush=True)
-    return history
+    return train_on_prompts(state, dpo_step, "online-dpo")
