@@ -182,6 +182,56 @@ def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str)
     return path
 
 
+def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
+    """Threads, gradient checkpointing, device placement and FSDP sharding: (sharded, FSDP-wrapped model or None)."""
+    import torch
+
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen (LoRA) inputs without extra hooks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
+        model.to(world.device)
+    # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
+    sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
+    return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
+
+
+class _LogWindow:
+    """What the optimizer steps since the last logged one add up to; `row()` makes the metrics.jsonl row."""
+
+    def __init__(self) -> None:
+        self.seen_tokens = 0.0  # input tokens (no padding) since this run started, as TRL logs num_tokens
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.grad_norm, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
+
+    def add(self, metrics: dict[str, Any], weight: float) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + _float(v) * weight
+
+    def end_step(self, grad_norm: float, seconds: float) -> None:
+        self.grad_norm += grad_norm
+        self.steps += 1
+        self.seconds += seconds
+
+    def row(self, world: World, *, lr: float, batch_size: int, unit: str, device: str) -> dict[str, float]:
+        """Means over the window (task metrics summed over ranks; the grad norm is already global), then reset."""
+        row = {k: world.all_reduce_sum(v) / self.steps for k, v in self.sums.items()}
+        row["grad_norm"] = self.grad_norm / self.steps
+        row["learning_rate"] = lr
+        tokens = world.all_reduce_sum(self.tokens)
+        self.seen_tokens += tokens
+        row["tokens_per_second"] = tokens / max(self.seconds, 1e-9)
+        row[f"{unit}_per_second"] = self.steps * batch_size / max(self.seconds, 1e-9)  # batch_size is global
+        row["num_tokens"] = self.seen_tokens
+        row["peak_memory_mb"] = peak_memory_mb(device)
+        self._reset()
+        return row
+
+
 def train(
     cfg: TrainConfig,
     model: Any,
@@ -214,15 +264,7 @@ def train(
     sampler = Sampler(len(dataset), cfg.batch_size, cfg.seed)
     cfg.micro_batch_size(world.size)  # fails early when the batch does not split evenly
 
-    if cfg.cpu_threads > 0:
-        torch.set_num_threads(cfg.cpu_threads)
-    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen (LoRA) inputs without extra hooks
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
-        model.to(device)
-    # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
-    sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
-    wrapped = fsdp.shard(model, bf16=cfg.bf16) if sharded else None
+    sharded, wrapped = _prepare_model(cfg, model, world)
     optimizer = build_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if world.is_main:
@@ -264,8 +306,7 @@ def train(
         run_eval(0)
     model.train()
     t_loop = time.perf_counter()
-    acc: dict[str, float] = {}
-    acc_steps, acc_tokens, acc_time, last_log, seen_tokens = 0, 0, 0.0, {}, 0.0
+    window, last_log = _LogWindow(), {}
     for step in range(start, n_total):
         t0 = time.perf_counter()
         micro = sampler.micro_indices(step, cfg.grad_accum, world)
@@ -277,7 +318,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         for m, (batch, w, idx) in enumerate(zip(batches, weights, micro)):
-            acc_tokens += count_tokens(batch)
+            window.tokens += count_tokens(batch)
             # Scale so that the sum over micro-steps and ranks is the global-batch mean (DDP averages
             # over ranks, hence the world.size factor).
             scale = w * world.size / max(step_total, 1e-12)
@@ -294,8 +335,7 @@ def train(
                     f"{out} is from before the divergence: lower learning_rate or check those rows."
                 )
             (loss * scale).backward()
-            for k, v in {"loss": loss, **metrics}.items():
-                acc[k] = acc.get(k, 0.0) + _float(v) * scale / world.size
+            window.add({"loss": loss, **metrics}, scale / world.size)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(grad_norm):
@@ -304,25 +344,13 @@ def train(
             raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}; stopping before the update")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        acc["grad_norm"] = acc.get("grad_norm", 0.0) + grad_norm
-        acc_steps += 1
-        acc_time += time.perf_counter() - t0
+        window.end_step(grad_norm, time.perf_counter() - t0)
         done = step + 1
 
         if done % cfg.logging_steps == 0 or done == n_total:
-            row = {k: world.all_reduce_sum(v) / acc_steps for k, v in acc.items() if k != "grad_norm"}
-            row["grad_norm"] = acc["grad_norm"] / acc_steps
-            row["learning_rate"] = lr
-            step_tokens = world.all_reduce_sum(acc_tokens)
-            seen_tokens += step_tokens
-            row["tokens_per_second"] = step_tokens / max(acc_time, 1e-9)
-            row[f"{unit}_per_second"] = acc_steps * cfg.batch_size / max(acc_time, 1e-9)  # batch_size is global
-            row["num_tokens"] = seen_tokens  # input tokens (no padding) since this run started, as TRL logs
-            row["peak_memory_mb"] = peak_memory_mb(device)
-            row["epoch"] = done * cfg.batch_size / sampler.per_epoch
-            logger.log(done, row)
-            last_log = row
-            acc, acc_steps, acc_tokens, acc_time = {}, 0, 0, 0.0
+            last_log = window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=device)
+            last_log["epoch"] = done * cfg.batch_size / sampler.per_epoch
+            logger.log(done, last_log)
         if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total):
             run_eval(done)
         if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
