@@ -40,6 +40,7 @@ from alignlab.train.checkpoint import (
 from alignlab.train.config import TrainConfig
 from alignlab.train.metrics import MetricsLogger, peak_memory_mb
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
+from alignlab.train.step import NonFiniteStep, optimizer_step
 from alignlab.train.world import World
 
 StepFn = Callable[[Any, dict], tuple[Any, dict]]
@@ -266,7 +267,6 @@ def train(
 
     sharded, wrapped = _prepare_model(cfg, model, world)
     optimizer = build_optimizer(model, cfg)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
@@ -302,6 +302,9 @@ def train(
                             optimizer_state=full[1])
         world.barrier()
 
+    def sync(last: bool):  # gradients all-reduce on the last micro-batch only
+        return fsdp.gradient_sync(wrapped, last) if sharded else world.no_sync(wrapped, not last)
+
     if start == 0:
         run_eval(0)
     model.train()
@@ -317,34 +320,25 @@ def train(
                    schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        for m, (batch, w, idx) in enumerate(zip(batches, weights, micro)):
-            window.tokens += count_tokens(batch)
-            # Scale so that the sum over micro-steps and ranks is the global-batch mean (DDP averages
-            # over ranks, hence the world.size factor).
-            scale = w * world.size / max(step_total, 1e-12)
-            skip_sync = m < len(batches) - 1
-            sync = fsdp.gradient_sync(wrapped, not skip_sync) if sharded else world.no_sync(wrapped, skip_sync)
-            with sync, autocast(cfg, device, cache=False):
-                loss, metrics = step_fn(wrapped, to_device(batch, device))
-            if not torch.isfinite(loss.detach()):
-                logger.close()
-                bad = _write_bad_batch(cfg, step + 1, idx, f"loss {loss.item()}")
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {step + 1} (micro-batch {m}, dataset indices {idx[:8]}"
-                    f"{'...' if len(idx) > 8 else ''}; all in {bad}); stopping. The newest checkpoint in "
-                    f"{out} is from before the divergence: lower learning_rate or check those rows."
-                )
-            (loss * scale).backward()
-            window.add({"loss": loss, **metrics}, scale / world.size)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not math.isfinite(grad_norm):
+        window.tokens += sum(count_tokens(b) for b in batches)
+
+        forwards = [lambda b=b: step_fn(wrapped, to_device(b, device)) for b in batches]
+        try:
+            out_step = optimizer_step(optimizer, forwards, weights, total=step_total, world_size=world.size,
+                                      max_grad_norm=cfg.max_grad_norm, sync=sync,
+                                      compute=lambda: autocast(cfg, device, cache=False))
+        except NonFiniteStep as e:
             logger.close()
-            _write_bad_batch(cfg, step + 1, sampler.step_indices(step), f"grad_norm {grad_norm}")
-            raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}; stopping before the update")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.end_step(grad_norm, time.perf_counter() - t0)
+            idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
+            bad = _write_bad_batch(cfg, step + 1, idx, f"{e.what} {e.value}")
+            where = f"micro-batch {e.micro}, " if e.micro is not None else ""
+            raise TrainingDiverged(
+                f"{e.what} is {e.value} at step {step + 1} ({where}dataset indices {idx[:8]}"
+                f"{'...' if len(idx) > 8 else ''}; all in {bad}); stopping before the update. The newest "
+                f"checkpoint in {out} is from before the divergence: lower learning_rate or check those rows."
+            ) from None
+        window.add(out_step.metrics, 1.0)
+        window.end_step(out_step.grad_norm, time.perf_counter() - t0)
         done = step + 1
 
         if done % cfg.logging_steps == 0 or done == n_total:
