@@ -217,18 +217,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         raise ConfigError(f"{e}{where}") from None
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, each key preceded by its docstring as a comment."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Resolved {type(cfg).__name__}; reload with --config {path.name}"]
+def config_text(cfg: Any) -> str:
+    """The resolved config as YAML, each key preceded by its docstring as a comment."""
+    lines = [f"# Resolved {type(cfg).__name__}; reload with --config config.yaml"]
     docs = field_docs(type(cfg))
     for key, value in to_dict(cfg).items():
         if key in docs:
             lines.append(f"# {docs[key]}")
         lines.append(yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write `config_text(cfg)` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.write_text(config_text(cfg), encoding="utf-8")
     tmp.replace(path)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from alignlab.cli import main
-from alignlab.recipes.online import OnlineConfig, run
+from alignlab.recipes.rl import run
+from alignlab.rl.config import PolicyGradientConfig as OnlineConfig
 from alignlab.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,21 +40,26 @@ def sft_reverse(tmp_path_factory):
 
 
 def test_grpo_raises_reversal_accuracy_from_sft_start(sft_reverse, tmp_path):
-    """Greedy accuracy on 128 held-out prompts rises from the SFT start (0.41 measured) by >= 0.08
-    (0.54 measured) in 20 GRPO steps; the sampled reward (temperature 0.5) rises as well."""
-    cfg = OnlineConfig(model=sft_reverse, data="builtin:reverse", reward=EXACT, estimator="grpo", max_steps=20,
-                       batch_size=16, num_generations=8, max_new_tokens=6, temperature=0.5, learning_rate=1e-3,
-                       kl_coef=0.0, eval_prompts=128, output_dir=str(tmp_path), cpu_threads=1, progress="none")
+    """The sampled reward (temperature 0.5) on the training prompts rises by > 0.1 in 20 GRPO steps (0.07 ->
+    0.31 measured). Greedy accuracy on held-out prompts that the run never trains on (72 unseen digit strings,
+    mostly 3-digit: the 2-digit ones are nearly all among the 200 training prompts) stays at 0.19: the earlier
+    version of this test drew its "held-out" prompts with another seed, half of them training prompts, and
+    measured 0.41 -> 0.54 on them. It must not fall."""
+    cfg = OnlineConfig(model=sft_reverse, data="builtin:reverse", num_prompts=200, reward=EXACT, estimator="grpo",
+                       max_steps=20, batch_size=16, num_generations=8, max_new_tokens=6, temperature=0.5,
+                       learning_rate=1e-3, kl_coef=0.0, eval_prompts=128, output_dir=str(tmp_path), cpu_threads=1,
+                       progress="none")
     cfg.validate()
     history = run(cfg)
     evals = [h["eval_reward"] for h in history if "eval_reward" in h]
     steps = [h for h in history if "reward_mean" in h]
-    assert 0.2 < evals[0] < 0.7, evals
-    assert evals[-1] >= evals[0] + 0.08, evals
+    assert 0.05 < evals[0] < 0.7 and evals[-1] >= evals[0] - 0.03, evals
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["train_prompts"] == 200 and 50 < split["eval_prompts"] <= 128
     first = sum(h["reward_mean"] for h in steps[:5]) / 5
     last = sum(h["reward_mean"] for h in steps[-5:]) / 5
     assert last > first + 0.1, (first, last)
-    for key in ("zero_spread_frac", "kl", "clip_frac", "approx_kl", "entropy", "response_length",
+    for key in ("zero_spread_frac", "kl_k3", "clip_frac", "approx_kl", "entropy", "response_length",
                 "truncated_frac", "time/generation", "time/training", "reward_std"):
         assert key in steps[0] and math.isfinite(steps[0][key]), key
     # on-policy single minibatch: old == sampler log-probs == the training forward's, so nothing clips
@@ -70,7 +76,7 @@ def test_ppo_lora_cli_with_adaptive_kl(tmp_path):
     assert code == 0
     rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
     assert len(rows) == 3
-    assert abs(rows[0]["kl"]) < 1e-4 and rows[0]["kl_coef"] == pytest.approx(0.05)
+    assert abs(rows[0]["kl_k1"]) < 1e-4 and rows[0]["kl_coef"] == pytest.approx(0.05)
     assert rows[1]["kl_coef"] == pytest.approx(0.04992, abs=1e-7)
     assert all(math.isfinite(r["value_loss"]) and 0 <= r["value_clip_frac"] <= 1 for r in rows)
     assert (tmp_path / "adapter_config.json").is_file()

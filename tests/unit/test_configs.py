@@ -19,9 +19,9 @@ CONFIG_CLASSES = {  # file-name prefix (the command) -> "module:Class"
     "pretrain": "alignlab.recipes.pretrain:PretrainConfig",
     "dpo": "alignlab.recipes.dpo:DPOConfig",
     "rm": "alignlab.recipes.reward:RewardConfig",
-    "ppo": "alignlab.recipes.online:PPOConfig",
-    "grpo": "alignlab.recipes.online:OnlineConfig",
-    "online_dpo": "alignlab.recipes.online_dpo:OnlineDPOConfig",
+    "ppo": "alignlab.rl.config:PPOConfig",
+    "grpo": "alignlab.rl.config:PolicyGradientConfig",
+    "online_dpo": "alignlab.rl.config:OnlineDPOConfig",
     "eval": "alignlab.eval.runner:EvalConfig",
     "demo": "alignlab.recipes.demo:DemoConfig",
 }

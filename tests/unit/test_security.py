@@ -177,7 +177,7 @@ def config_classes() -> list[type]:
     """Every config dataclass the CLI builds (recipes and eval), found through their modules."""
     found = []
     for name in ("alignlab.recipes.sft", "alignlab.recipes.pretrain", "alignlab.recipes.dpo",
-                 "alignlab.recipes.reward", "alignlab.recipes.online", "alignlab.eval.runner"):
+                 "alignlab.recipes.reward", "alignlab.rl.config", "alignlab.eval.runner"):
         try:
             module = importlib.import_module(name)
         except ImportError:

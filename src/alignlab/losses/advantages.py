@@ -10,6 +10,9 @@ estimators take the ``K = group_size`` samples of one prompt as *contiguous* row
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -17,6 +20,10 @@ from alignlab.errors import AlignlabError
 from alignlab.ops.masked import masked_whiten
 
 __all__ = [
+    "ESTIMATORS",
+    "AdvantageInputs",
+    "AdvantageSpec",
+    "get_estimator",
     "discounted_returns",
     "dr_grpo_advantages",
     "gae",
@@ -214,3 +221,88 @@ def zero_spread_fraction(rewards: Tensor, group_size: int, *, atol: float = 0.0)
     groups = _groups(rewards, group_size, 1, "zero_spread_fraction")
     spread = groups.max(-1).values - groups.min(-1).values
     return float((spread <= atol).float().mean().item())
+
+
+# ---------------------------------------------------------------- the estimator registry (config `estimator`)
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What any estimator may read; each takes what it needs. Rows are prompt-major groups of `group_size`."""
+
+    rewards: Tensor
+    """[N] sequence rewards."""
+    mask: Tensor
+    """[N, T] 1.0 on response tokens."""
+    group_size: int
+    kl: Tensor | None = None
+    """[N, T] per-token KL to the reference, when it is shaped into the reward (else None)."""
+    kl_coef: float = 0.0
+    values: Tensor | None = None
+    """[N, T] critic values (estimators with needs_critic)."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True
+    """Whiten GAE advantages over the batch (PPO practice)."""
+    scale_rewards: str = "group"
+    """grpo only: divide by the group std (group), the batch std (batch), or not at all (none)."""
+
+
+@dataclass(frozen=True)
+class AdvantageSpec:
+    """An estimator and what the RL loop must provide for it (read by the loop instead of comparing names)."""
+
+    fn: Callable[[AdvantageInputs], tuple[Tensor, Tensor | None]]
+    """inputs -> (advantages [N, T], critic returns [N, T] or None)."""
+    grouped: bool
+    """Needs >= 2 samples per prompt (a group baseline)."""
+    needs_critic: bool
+    """Needs critic values (and trains the critic on the returns)."""
+
+
+def _seq_reward(x: AdvantageInputs) -> Tensor:
+    return x.rewards - x.kl_coef * x.kl.sum(-1) if x.kl is not None else x.rewards
+
+
+def _gae_spec(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    adv, returns = gae(shape_rewards(x.rewards, x.mask, x.kl, x.kl_coef), x.values, x.mask, gamma=x.gamma, lam=x.lam)
+    return (whiten(adv, x.mask) if x.whiten and x.mask.sum() > 1 else adv), returns
+
+
+@torch.no_grad()
+def _grpo_spec(x: AdvantageInputs) -> tuple[Tensor, None]:
+    """GRPO; scale_rewards=batch divides the group-centred rewards by the batch std (Hu et al. 2025, REINFORCE++
+    and Liu et al. 2025 discuss both), none is Dr. GRPO's centring alone."""
+    r = _seq_reward(x)
+    if x.scale_rewards == "group":
+        adv = grpo_advantages(r, x.group_size)
+    else:
+        adv = dr_grpo_advantages(r, x.group_size)
+        if x.scale_rewards == "batch":
+            adv = adv / (r.std() + 1e-6)
+    return adv[:, None] * x.mask, None
+
+
+def _per_sequence(fn: Callable[[Tensor, int], Tensor]) -> Callable[[AdvantageInputs], tuple[Tensor, None]]:
+    return lambda x: (fn(_seq_reward(x), x.group_size)[:, None] * x.mask, None)
+
+
+ESTIMATORS: dict[str, AdvantageSpec] = {
+    "gae": AdvantageSpec(_gae_spec, grouped=False, needs_critic=True),
+    "grpo": AdvantageSpec(_grpo_spec, grouped=True, needs_critic=False),
+    "dr_grpo": AdvantageSpec(_per_sequence(dr_grpo_advantages), grouped=True, needs_critic=False),
+    "rloo": AdvantageSpec(_per_sequence(rloo_advantages), grouped=True, needs_critic=False),
+    "reinforce_pp": AdvantageSpec(
+        lambda x: (reinforce_pp_advantages(x.rewards, x.mask, kl=x.kl, kl_coef=x.kl_coef, gamma=x.gamma)[0], None),
+        grouped=False, needs_critic=False),
+    "reinforce_pp_baseline": AdvantageSpec(
+        lambda x: (reinforce_pp_baseline_advantages(x.rewards, x.mask, x.group_size, kl=x.kl, kl_coef=x.kl_coef,
+                                                    gamma=x.gamma)[0], None),
+        grouped=True, needs_critic=False),
+}
+
+
+def get_estimator(name: str) -> AdvantageSpec:
+    if name not in ESTIMATORS:
+        raise AlignlabError(f"estimator: unknown {name!r}; expected one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]

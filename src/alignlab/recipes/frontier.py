@@ -7,7 +7,7 @@ checkpoint): the "frontier" is the best reward reached at each KL budget. Here a
 - the task: openings of movie reviews (recipes/prompts.py) continued by the policy, reward = VADER compound
   sentiment (rollout/rewards.py "sentiment") instead of the paper's IMDB prompts and SiEBERT classifier;
 - dpo (and optionally ipo, simpo): a beta sweep, offline on best-vs-worst pairs sampled from the base model;
-- ppo and grpo: a KL-coefficient sweep (recipes/online.py);
+- ppo and grpo: a KL-coefficient sweep (rl/);
 - best-of-N: N sweep; its KL is the analytic log N - (N - 1) / N (Stiennon et al. 2020, App. G.3).
 
 Every `eval_every` steps a point is measured on held-out prompts by `score_policy`: mean reward of samples
@@ -52,7 +52,7 @@ def score_policy(model: Any, tokenizer: Any, rows: Sequence[Any], reward_fn: Cal
 
     from alignlab.eval.credit import completion_logps, reference_forward
     from alignlab.eval.kl import sequence_kl
-    from alignlab.recipes.online import score_rows
+    from alignlab.rl.rollout import score_rows
     from alignlab.rollout.generate import SamplingConfig, generate
 
     sc = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size)
@@ -179,7 +179,7 @@ def run_dpo(cfg: FrontierConfig, method: str, beta: float, ctx: dict) -> dict:
 
 def beam_reward(cfg: FrontierConfig, policy: Any, ctx: dict) -> dict:
     """Mean reward of beam search on the policy (= search on the implicit reward) vs one sample per prompt."""
-    from alignlab.recipes.online import score_rows
+    from alignlab.rl.rollout import score_rows
     from alignlab.rollout.beam import BeamConfig, beam_search
 
     hyps = beam_search(policy, ctx["tokenizer"], ctx["eval_rows"], BeamConfig(cfg.beam_width, cfg.max_new_tokens))
@@ -188,30 +188,33 @@ def beam_reward(cfg: FrontierConfig, policy: Any, ctx: dict) -> dict:
 
 
 def run_rl(cfg: FrontierConfig, method: str, coef: float, ctx: dict) -> dict:
-    """One PPO or GRPO run (recipes.online) with a fixed KL coefficient; points every eval_every steps."""
+    """One PPO or GRPO run (rl/) with a fixed KL coefficient; points every eval_every steps."""
+    from alignlab.losses.advantages import get_estimator
     from alignlab.losses.policy import FixedKLController
     from alignlab.models.lora import LoraConfig
-    from alignlab.recipes.online import OnlineConfig, PPOConfig, build_state, online_loop
-    from alignlab.recipes.rl_step import rl_step
+    from alignlab.rl.config import PolicyGradientConfig, PPOConfig
+    from alignlab.rl.loop import build_state, train_rl
+    from alignlab.rl.update import pg_step
+    from alignlab.train.world import World
 
-    cls = PPOConfig if method == "ppo" else OnlineConfig
+    cls = PPOConfig if method == "ppo" else PolicyGradientConfig
     rcfg = cls(model=cfg.model, output_dir=ctx["run_dir"], max_steps=cfg.steps, batch_size=cfg.batch_size,
                num_generations=1 if method == "ppo" else cfg.num_generations, kl_coef=coef,
                learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens, eval_prompts=0,
+               resume="never",
                lora=LoraConfig(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0), seed=cfg.seed,
                cpu_threads=cfg.cpu_threads, progress="plain", logging_steps=max(1, cfg.eval_every // 2))
     rcfg.validate()
-    state = build_state(rcfg)
-    state.extra["kl_ctl"] = FixedKLController(coef)
+    state = build_state(rcfg, World.from_env(rcfg.device), reference=True,
+                        critic=get_estimator(rcfg.estimator).needs_critic)
+    state.estimator, state.kl_ctl = get_estimator(rcfg.estimator), FixedKLController(coef)
     points = [_point(0, ctx["eval_fn"](state.policy))]
 
-    def step_fn(st: Any, step: int, rows: list) -> dict[str, float]:
-        metrics = rl_step(st, step, rows)
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            points.append(_point(step + 1, ctx["eval_fn"](st.policy)))
-        return metrics
+    def on_step(st: Any, done: int) -> None:
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            points.append(_point(done, ctx["eval_fn"](st.policy)))
 
-    online_loop(state, ctx["train_rows"], step_fn, [])
+    train_rl(state, pg_step, method, on_step=on_step, prompts=(ctx["train_rows"], []))
     return {"method": method, "value": coef, "points": points}
 
 
@@ -220,7 +223,7 @@ def run_best_of_n(cfg: FrontierConfig, ns: list[float], ctx: dict) -> list[dict]
     the analytic log N - (N - 1) / N (Stiennon et al. 2020), exact for distinct samples."""
     import math
 
-    from alignlab.recipes.online import score_rows
+    from alignlab.rl.rollout import score_rows
     from alignlab.rollout.generate import SamplingConfig, generate
 
     rows, k, top = ctx["eval_rows"], cfg.eval_samples, int(max(ns))

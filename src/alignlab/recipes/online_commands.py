@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from alignlab.cli import config_command
-from alignlab.recipes.online import OnlineConfig, PPOConfig
-from alignlab.recipes.online_dpo import OnlineDPOConfig
+from alignlab.rl.config import OnlineDPOConfig, PolicyGradientConfig, PPOConfig
 
 
-def _online(cfg: OnlineConfig) -> None:
-    from alignlab.recipes.online import run
+def _grpo(cfg: PolicyGradientConfig) -> None:
+    from alignlab.recipes.rl import run
 
-    run(cfg)
+    run(cfg, "grpo")
+
+
+def _ppo(cfg: PPOConfig) -> None:
+    from alignlab.recipes.rl import run
+
+    run(cfg, "ppo")
 
 
 def _online_dpo(cfg: OnlineDPOConfig) -> None:
@@ -23,13 +28,13 @@ config_command(
     "ppo",
     "PPO from a reward: rollouts with the KV-cache sampler, a separate critic (GAE), KL shaped into the reward.",
     PPOConfig,
-    _online,
+    _ppo,
 )
 config_command(
     "grpo",
     "GRPO and the critic-free estimators (estimator: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline).",
-    OnlineConfig,
-    _online,
+    PolicyGradientConfig,
+    _grpo,
 )
 config_command(
     "online-dpo",

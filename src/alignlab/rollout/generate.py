@@ -57,6 +57,11 @@ class SamplingConfig:
     """Sequences decoded together (prompts x samples); bounds memory."""
     sort_by_length: bool = True
     """Batch prompts of similar length together to cut padding; output order is unchanged."""
+    per_row_seed: bool = False
+    """Draw each sequence's randomness from (seed, its global index, token position) alone, so its sample does not
+    depend on what else shares its batch: data-parallel ranks each sampling their share reproduce one process."""
+    first_prompt: int = 0
+    """Global index of prompts[0] under per_row_seed (a rank's offset into the global batch)."""
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -135,8 +140,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
         with torch.inference_mode():
             for b in range(0, len(order), per_batch):
                 idx = order[b:b + per_batch]
+                row_ids = [(cfg.first_prompt + i) * n + j for i in idx for j in range(n)]
                 rows = decode_batch(model, [encoded[i] for i in idx], n, cfg, gen, eos, pad_id,
-                                    _stop_checker(tokenizer, cfg.stop))
+                                    _stop_checker(tokenizer, cfg.stop), row_ids=row_ids)
                 for k, i in enumerate(idx):
                     out[i] = rows[k * n:(k + 1) * n]
         samples = _to_samples(tokenizer, encoded, out, n, cfg.stop)
@@ -252,9 +258,22 @@ def _new_cache(model: Any):
 # ---------------------------------------------------------------- sampling
 
 
-def sample_next(logits, cfg: SamplingConfig, gen):
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def keyed_uniforms(seed: int, rows: list[int], step: int) -> list[float]:
+    """One uniform in [0, 1) per (seed, row, step), a pure function of the three (counter-based, SplitMix64)."""
+    return [(_splitmix64(_splitmix64(_splitmix64(seed) ^ r) ^ step) >> 11) / 2.0**53 for r in rows]
+
+
+def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], int] | None = None):
     """Pick one token per row from last-position logits [B, V] in one function (no processor chain).
-    Returns (tokens [B], log-probs [B] under softmax(logits / T), or None when not asked for)."""
+    Returns (tokens [B], log-probs [B] under softmax(logits / T), or None when not asked for).
+    keys=(global row ids, token position): per-row keyed uniforms instead of the batch generator."""
     import torch
 
     logits = logits.float()
@@ -276,7 +295,11 @@ def sample_next(logits, cfg: SamplingConfig, gen):
     # Inverse-CDF draw: one uniform per row and one cumsum; cheaper than torch.multinomial or an
     # exponential race over the vocabulary (both draw a random number per vocabulary entry).
     cdf = torch.softmax(filtered, -1).cumsum_(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
+    if keys is None:
+        u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device)
+    else:
+        u = torch.tensor(keyed_uniforms(cfg.seed, *keys), dtype=cdf.dtype, device=cdf.device)[:, None]
+    u = u * cdf[:, -1:]
     tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
     lp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0] if cfg.logprobs else None
     return tok, lp
@@ -298,7 +321,8 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device):
 
 
 def decode_batch(model, prompts: list[list[int]], n: int, cfg: SamplingConfig, gen, eos: list[int],
-                 pad_id: int, stop_hit=None) -> list[tuple[list[int], list[float] | None, str]]:
+                 pad_id: int, stop_hit=None, row_ids: list[int] | None = None
+                 ) -> list[tuple[list[int], list[float] | None, str]]:
     """Prefill `prompts` once, repeat each prompt's cache rows n times, then decode one token per step,
     dropping finished rows. Returns (completion ids, log-probs, finish reason) per sequence, prompt-major."""
     import torch
@@ -323,7 +347,8 @@ def decode_batch(model, prompts: list[list[int]], n: int, cfg: SamplingConfig, g
     live = torch.arange(total, device=device)
     eos_t = torch.tensor(eos or [-1], device=device)
     for step in range(cfg.max_new_tokens):
-        tok, lp = sample_next(logits, cfg, gen)
+        keys = ([row_ids[r] for r in live.tolist()], step) if cfg.per_row_seed and row_ids else None
+        tok, lp = sample_next(logits, cfg, gen, keys)
         toks[live, step] = tok
         if lps is not None:
             lps[live, step] = lp

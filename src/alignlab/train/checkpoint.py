@@ -123,9 +123,11 @@ def save_checkpoint(
     keep_last: int = 2,
     model_state: dict | None = None,
     optimizer_state: dict | None = None,
+    extras: Any = None,
 ) -> Path:
     """Write checkpoint-<step> atomically, then drop the oldest beyond `keep_last`. model_state /
-    optimizer_state: full states gathered from a sharded model (FSDP); by default the objects' own."""
+    optimizer_state: full states gathered from a sharded model (FSDP); by default the objects' own.
+    extras(dir): writes more state into the checkpoint before it is sealed (RL: the critic and its optimizer)."""
     import torch
 
     root = Path(output_dir)
@@ -140,6 +142,8 @@ def save_checkpoint(
         torch.save(rng_state(), tmp / "rng.pt")
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if extras is not None:
+            extras(tmp)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step after a resume: swap, never leave neither
@@ -178,6 +182,30 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
     return path
 
 
+# Keys that may change between a run and its resumption: how long it runs and how it reports, never what it learns.
+RESUME_FREE_KEYS = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "keep_last",
+                              "resume", "progress", "output_dir", "cpu_threads"})
+
+
+def check_resume_config(ckpt_dir: Path, config_yaml: str) -> None:
+    """Refuse to continue a checkpoint under a config that changes the training (any key outside
+    RESUME_FREE_KEYS); the error lists each differing key with old -> new and the two ways on."""
+    import yaml
+
+    saved_path = Path(ckpt_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    old = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    new = yaml.safe_load(config_yaml) or {}
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k)]
+    if diff:
+        raise CheckpointError(
+            f"resume: {ckpt_dir} was trained with another config ({'; '.join(diff)}). Use a new output_dir, "
+            "or resume=never to start over in this one."
+        )
+
+
 def _weights(directory: Path, adapter: bool) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -210,7 +238,7 @@ def load_model_weights(model: Any, directory: Path) -> None:
         )
 
 
-def _load_tensors(path: Path) -> Any:
+def load_tensors(path: Path) -> Any:
     """torch.load restricted to tensors and plain containers (weights_only: a crafted pickle cannot run code);
     a tampered or truncated file is a CheckpointError naming it, not a raw unpickler traceback."""
     import torch
@@ -227,6 +255,6 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[s
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     load_model_weights(model, directory)
-    optimizer.load_state_dict(_load_tensors(directory / "optimizer.pt"))
-    set_rng_state(_load_tensors(directory / "rng.pt"))
+    optimizer.load_state_dict(load_tensors(directory / "optimizer.pt"))
+    set_rng_state(load_tensors(directory / "rng.pt"))
     return state

@@ -1,4 +1,7 @@
-"""The loop's config keys, shared by every training command; recipe configs inherit from `TrainConfig`.
+"""The training commands' config keys, in three groups so a command holds only what it honours:
+`RunConfig` (model, output, cadence, resume, precision: every trainer), `OptimConfig` (optimizer, schedule,
+batch arithmetic: every trainer), and `TrainConfig` = both + an offline data file, its split and truncation
+(sft, dpo, rm, pretrain). Online RL (rl/config.py) builds on RunConfig + OptimConfig with its own data keys.
 
 Every key can be set in YAML or as `key=value` on the command line (`alignlab sft max_steps=30 lora.r=8`).
 Batch arithmetic: `batch_size` sequences (or pairs) make one optimizer step; they are split into
@@ -16,19 +19,56 @@ from alignlab.models.lora import LoraConfig
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training command honours, offline or online: the model, where results go, when to log,
+    evaluate and save, how to resume, precision, device and adapters."""
+
     model: str = "tiny-random"
     """Model to train: a local HF directory, a hub id (offline cache) or an alias such as smollm2-135m-instruct."""
-    data: str = ""
-    """Training data file (jsonl, json, parquet, txt; TRL, Alpaca, ShareGPT formats are detected)."""
-    eval_data: str | None = None
-    """Validation file; when empty, `eval_split` of the training rows are held out instead."""
-    eval_split: float = 0.05
-    """Fraction of training rows held out for evaluation when `eval_data` is not given (0 disables evaluation)."""
-    max_eval_rows: int = 200
-    """At most this many validation rows are scored at each evaluation (bounds the cost of eval on CPU)."""
     output_dir: str = "runs/train"
     """Where checkpoints, the final model, metrics.jsonl and config.yaml go."""
+    seed: int = 42
+    """Seeds python, numpy and torch, the data order and dropout; the same seed gives the same run."""
+    logging_steps: int = 10
+    """Write a metrics.jsonl line (and a progress update) every N optimizer steps."""
+    eval_steps: int = 0
+    """Evaluate every N optimizer steps (0: only before and after training when there is eval data)."""
+    save_steps: int = 0
+    """Write a resumable checkpoint every N optimizer steps (0: only the final model)."""
+    keep_last: int = 2
+    """Keep only the newest N checkpoints (the final model in output_dir is always kept)."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in output_dir if any; never; or a checkpoint path."""
+    bf16: bool = False
+    """Run forward passes under bfloat16 autocast (weights and optimizer stay fp32). Faster on GPUs and on CPUs with
+    bf16 matrix instructions (AVX512-BF16, AMX: SmolLM2 SFT ~1.7x here); slower on CPUs without them."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1 ... or auto (cuda when available, else cpu)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in backward instead of storing them: much less activation memory
+    for ~1/3 more compute (TRL's SFT default is on; ours is off, favouring speed)."""
+    cpu_threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default (one per core). 1 is much faster when other
+    jobs share the cores (oversubscribed threads spin)."""
+    lora: LoraConfig | None = None
+    """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    """Progress display: rich bar on a terminal, plain periodic lines otherwise (auto), or forced."""
+
+    def validate(self) -> None:
+        for name in ("logging_steps",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if min(self.eval_steps, self.save_steps) < 0:
+            raise ConfigError("eval_steps and save_steps must not be negative")
+        if self.keep_last < 1:
+            raise ConfigError(f"keep_last: must be at least 1, got {self.keep_last}")
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer, its schedule and the batch arithmetic of one optimizer step."""
+
     max_steps: int = -1
     """Optimizer steps to run; -1 means run `epochs` passes over the data instead."""
     epochs: float = 1.0
@@ -57,46 +97,9 @@ class TrainConfig:
     """Final learning rate as a fraction of the peak (cosine and linear schedules)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
-    max_length: int = 1024
-    """Longest tokenised sequence; longer rows are truncated by the data layer."""
-    seed: int = 42
-    """Seeds python, numpy and torch, the data order and dropout; the same seed gives the same run."""
-    logging_steps: int = 10
-    """Write a metrics.jsonl line (and a progress update) every N optimizer steps."""
-    eval_steps: int = 0
-    """Evaluate every N optimizer steps (0: only before and after training when there is eval data)."""
-    save_steps: int = 0
-    """Write a resumable checkpoint every N optimizer steps (0: only the final model)."""
-    keep_last: int = 2
-    """Keep only the newest N checkpoints (the final model in output_dir is always kept)."""
-    resume: str = "auto"
-    """auto: continue from the newest complete checkpoint in output_dir if any; never; or a checkpoint path."""
-    bf16: bool = False
-    """Run forward passes under bfloat16 autocast (weights and optimizer stay fp32). Faster on GPUs and on CPUs with
-    bf16 matrix instructions (AVX512-BF16, AMX: SmolLM2 SFT ~1.7x here); slower on CPUs without them."""
-    device: str = "auto"
-    """cpu, cuda, cuda:1 ... or auto (cuda when available, else cpu)."""
-    gradient_checkpointing: bool = False
-    """Recompute each block's activations in backward instead of storing them: much less activation memory
-    for ~1/3 more compute (TRL's SFT default is on; ours is off, favouring speed)."""
-    cpu_threads: int = 0
-    """torch intra-op threads on CPU; 0 keeps torch's default (one per core). 1 is much faster when other
-    jobs share the cores (oversubscribed threads spin)."""
-    lora: LoraConfig | None = None
-    """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
-    distributed: Literal["ddp", "fsdp"] = "ddp"
-    """Data parallelism under torchrun / accelerate launch: ddp keeps a full copy per rank and all-reduces
-    gradients; fsdp shards weights, gradients and AdamW state across ranks (ZeRO-3, the decoder layer as the
-    wrap unit), for models whose training state does not fit one device. No effect in a single process."""
-    on_bad_row: Literal["error", "skip"] = "error"
-    """A malformed data row stops before training (error) or is counted and skipped (skip)."""
-    progress: Literal["auto", "rich", "plain", "none"] = "auto"
-    """Progress display: rich bar on a terminal, plain periodic lines otherwise (auto), or forced."""
 
     def validate(self) -> None:
-        """Cross-field checks; called by `load_config` after the fields are filled."""
-        positive = ("batch_size", "grad_accum", "logging_steps", "max_length")
-        for name in positive:
+        for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
@@ -109,12 +112,8 @@ class TrainConfig:
             raise ConfigError(f"epochs: must be positive when max_steps is -1, got {self.epochs}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")
-        if min(self.eval_steps, self.save_steps, self.warmup_steps) < 0:
-            raise ConfigError("eval_steps, save_steps and warmup_steps must not be negative")
-        if self.keep_last < 1:
-            raise ConfigError(f"keep_last: must be at least 1, got {self.keep_last}")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps must not be negative")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: must be positive, got {self.learning_rate}")
 
@@ -126,3 +125,35 @@ class TrainConfig:
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum x world_size ({per_step})"
             )
         return self.batch_size // per_step
+
+
+@dataclass
+class TrainConfig(OptimConfig, RunConfig):  # base order: RunConfig's keys list first
+    """The offline recipes' keys (sft, dpo, rm, pretrain): RunConfig + OptimConfig + a data file, its held-out
+    split, truncation and the distributed strategy."""
+
+    data: str = ""
+    """Training data file (jsonl, json, parquet, txt; TRL, Alpaca, ShareGPT formats are detected)."""
+    eval_data: str | None = None
+    """Validation file; when empty, `eval_split` of the training rows are held out instead."""
+    eval_split: float = 0.05
+    """Fraction of training rows held out for evaluation when `eval_data` is not given (0 disables evaluation)."""
+    max_eval_rows: int = 200
+    """At most this many validation rows are scored at each evaluation (bounds the cost of eval on CPU)."""
+    max_length: int = 1024
+    """Longest tokenised sequence; longer rows are truncated by the data layer."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under torchrun / accelerate launch: ddp keeps a full copy per rank and all-reduces
+    gradients; fsdp shards weights, gradients and AdamW state across ranks (ZeRO-3, the decoder layer as the
+    wrap unit), for models whose training state does not fit one device. No effect in a single process."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A malformed data row stops before training (error) or is counted and skipped (skip)."""
+
+    def validate(self) -> None:
+        """Cross-field checks; called by `load_config` after the fields are filled."""
+        RunConfig.validate(self)
+        OptimConfig.validate(self)
+        if self.max_length < 1:
+            raise ConfigError(f"max_length: must be at least 1, got {self.max_length}")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")

@@ -146,19 +146,19 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[s
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    from alignlab.train.checkpoint import STATE_FILE, CheckpointError, _load_tensors, set_rng_state
+    from alignlab.train.checkpoint import STATE_FILE, CheckpointError, load_tensors, set_rng_state
 
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     weights = _checkpoint_weights(model, directory)
-    optim = _load_tensors(directory / "optimizer.pt")
+    optim = load_tensors(directory / "optimizer.pt")
     if any(isinstance(k, int) for k in optim.get("state", {})):
         raise CheckpointError(f"{directory}: written by a distributed=ddp run (optimizer state keyed by position); "
                               "resume it with distributed=ddp, or start the FSDP run with resume=never")
     # strict=False: save_pretrained leaves out a tied LM head, which shares the embedding's parameter anyway.
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                    options=StateDictOptions(full_state_dict=True, strict=False))
-    set_rng_state(_load_tensors(directory / "rng.pt"))
+    set_rng_state(load_tensors(directory / "rng.pt"))
     return state
 
 

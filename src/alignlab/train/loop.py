@@ -255,7 +255,6 @@ def train(
     optimizer step k without the final save, exactly as if the process had died there (resume tests).
     `unit` names what `batch_size` counts for the logged throughput `{unit}_per_second` ("pairs" for DPO).
     """
-    import torch
 
     world = world or World.from_env(cfg.device)
     device = world.device

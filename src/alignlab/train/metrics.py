@@ -35,6 +35,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# What a console line shows when the row has it: the loss, then RL's reward, KL (named by estimator), response
+# length and clip fraction; throughput last.
+HEADLINE_KEYS = ("loss", "reward_mean", "kl_k1", "kl_k2", "kl_k3", "response_length", "clip_frac")
+
+
+def headline(row: dict[str, Any]) -> str:
+    parts = [f"{k} {row[k]:.4f}" if k == "loss" else f"{k} {row[k]:.4g}"
+             for k in HEADLINE_KEYS if isinstance(row.get(k), (int, float))]
+    tps = row.get("tokens_per_second")
+    if parts and isinstance(tps, (int, float)):
+        parts.append(f"{tps:,.0f} tok/s")
+    return "  ".join(parts)
+
+
 class _Progress:
     """A rich bar (loss, tokens/s, ETA) on a terminal, or one plain line per logged step."""
 
@@ -54,8 +68,7 @@ class _Progress:
             self.task = self.bar.add_task("train", total=total, completed=start_step, info="")
 
     def update(self, step: int, row: dict[str, Any]) -> None:
-        loss, tps = row.get("loss"), row.get("tokens_per_second")
-        info = f"loss {loss:.4f}  {tps:,.0f} tok/s" if isinstance(loss, float) and tps else ""
+        info = headline(row)
         evals = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("eval") and isinstance(v, float))
         if self.bar is not None:
             self.bar.update(self.task, completed=step, **({"info": info} if info else {}))

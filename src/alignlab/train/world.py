@@ -89,3 +89,24 @@ class World:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def all_gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (picklable Python objects: samples, rewards)."""
+        if self.size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_gather_cat(self, tensor: Any) -> Any:
+        """Concatenate every rank's tensor along dim 0, in rank order (same shape on every rank)."""
+        if self.size == 1:
+            return tensor
+        import torch
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)

@@ -6,6 +6,7 @@ with the policy loss's (a shared trunk needs a tuned `vf_coef` and lets a bad cr
 (Ouyang et al. 2022, Sec. 3.5), or from any model with the same tokenizer; (3) LoRA on the policy keeps its
 "adapter off = reference" property without a value head living outside the adapter. The cost is one more
 forward/backward per minibatch; critic-free estimators (grpo, rloo, reinforce_pp) skip the critic entirely.
+Its weights (HF format, under checkpoint-N/critic) and its AdamW state are part of every RL checkpoint.
 
 V(s_t) for response token t is the head's output at the position that predicts token t (the token before
 it), the same positions whose logits give the token's log-prob.
@@ -17,6 +18,20 @@ import dataclasses
 from typing import Any
 
 import torch
+
+
+def without_dropout(model: Any, gradient_checkpointing: bool) -> Any:
+    """Every dropout off (p = 0) and the model left in train mode, so that gradient checkpointing (which
+    transformers applies only in train mode) works while every forward stays deterministic: RL ratios and
+    values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout)."""
+    for m in model.modules():  # module attributes, not the config: the saved config.json stays the user's
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):  # HF attention reads its own copy
+            m.attention_dropout = 0.0
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.train()
 
 
 def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
@@ -31,41 +46,15 @@ def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
         from alignlab.models.lora import apply_lora
 
         critic = apply_lora(critic, cfg.lora)
-    critic.eval()  # no dropout: values at rollout and update time come from the same function
+    without_dropout(critic, cfg.gradient_checkpointing)  # values at rollout and update: the same function
     opt = build_optimizer(critic, dataclasses.replace(cfg, learning_rate=cfg.value_learning_rate))
     return critic, opt
 
 
 def critic_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                   resp_len: int) -> torch.Tensor:
-    """[n, T] values of the response tokens of a packed rollout slice (see rl_step.Rollout)."""
+    """[n, T] values of the response tokens of a packed rollout slice (see rl.rollout.Rollout)."""
     from alignlab.models.heads import values
 
     per_pos = values(critic, input_ids, attention_mask)
     return per_pos[:, prompt_len - 1: prompt_len - 1 + resp_len]
-
-
-def value_update(state: Any, ro: Any, idx_mb: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-    """One critic optimizer step on the clipped value loss (losses/policy.value_loss) over a minibatch."""
-    from alignlab.losses.policy import aggregate_loss, value_loss
-
-    cfg, critic = state.cfg, state.extra["critic"]
-    opt = state.optimizers[1]
-    micro = len(idx_mb) // cfg.grad_accum
-    total = ro.mask[idx_mb].sum().clamp(min=1.0)
-    loss_sum, frac_sum = 0.0, 0.0
-    for m in range(cfg.grad_accum):
-        idx = idx_mb[m * micro:(m + 1) * micro]
-        v = critic_values(critic, ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_len, ro.resp_len)
-        per_tok, frac = value_loss(v, ro.values[idx], returns[idx], ro.mask[idx], clip_eps=cfg.value_clip)
-        w = ro.mask[idx].sum() / total
-        loss = aggregate_loss(per_tok, ro.mask[idx], "token-mean")
-        (loss * w).backward()
-        loss_sum += float(loss.detach()) * float(w)
-        frac_sum += float(frac) * float(w)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return {"value_loss": loss_sum, "value_clip_frac": frac_sum}

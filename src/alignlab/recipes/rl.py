@@ -1,0 +1,34 @@
+"""`alignlab grpo` / `alignlab ppo`: online RL from a reward (wiring only; the parts live in rl/).
+
+Each step (Ouyang et al. 2022 Sec. 3.5; Shao et al. 2024 Alg. 1): sample num_generations answers for each of
+batch_size prompts and score them (rl/rollout.py); old-policy and reference log-probs and, for gae, critic
+values; advantages from the `estimator` registry (losses/advantages.py), the KL either shaped into the reward
+(InstructGPT) or added to the loss (GRPO); ppo_epochs x minibatch optimizer steps (rl/update.py) on the shared
+optimizer-step core; checkpoints with exact resume, held-out evals and live metrics (rl/loop.py).
+
+The progress signal is `reward_mean` (and `eval_reward`), never the loss: a group-normalised loss is about 0 at
+every step by construction.
+"""
+
+from __future__ import annotations
+
+from alignlab.rl.config import PolicyGradientConfig
+
+
+def run(cfg: PolicyGradientConfig, label: str = "grpo") -> list[dict]:
+    """Train; returns the per-step metrics (also in output_dir/metrics.jsonl) and saves the policy."""
+    from alignlab.losses.advantages import get_estimator
+    from alignlab.losses.policy import AdaptiveKLController, FixedKLController
+    from alignlab.rl.loop import build_state, train_rl
+    from alignlab.rl.update import pg_step
+    from alignlab.train.loop import seed_everything
+    from alignlab.train.world import World
+
+    world = World.from_env(cfg.device)
+    seed_everything(cfg.seed)
+    estimator = get_estimator(cfg.estimator)
+    state = build_state(cfg, world, reference=True, critic=estimator.needs_critic)
+    state.estimator = estimator
+    state.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+                    if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
+    return train_rl(state, pg_step, label)

@@ -1,0 +1,182 @@
+"""Config of the online RL commands (`alignlab grpo`, `ppo`, `online-dpo`).
+
+Built from RunConfig + OptimConfig (train/config.py), NOT from the offline TrainConfig: keys that cannot
+apply to RL (max_length, max_eval_rows, distributed: RL data-parallelism is DDP only) are not here and are
+unknown-key errors. Every key below is read by the RL code (tests/unit/test_rl_config_keys.py proves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignlab.config import ConfigError
+from alignlab.train.config import OptimConfig, RunConfig
+
+Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+
+
+@dataclass
+class RLConfig(OptimConfig, RunConfig):
+    output_dir: str = "runs/rl"
+    """Where checkpoints, the final model, metrics.jsonl, split.json and config.yaml go."""
+    data: str = "builtin:sentiment"
+    """Prompts: a file read as task=prompt (GSM8K's `answer` is kept for the gsm8k reward) or a built-in set
+    builtin:sentiment | builtin:reverse | builtin:add."""
+    eval_data: str | None = None
+    """Held-out prompt file for eval_reward; when empty, `eval_split` of the prompts are held out instead."""
+    eval_split: float = 0.05
+    """Fraction of the prompts held out for evaluation when eval_data is empty (never trained on; the split
+    is written to output_dir/split.json). Built-in sets hold out `eval_prompts` prompts of their own."""
+    eval_prompts: int = 32
+    """At most this many held-out prompts are scored greedily at each evaluation (0 disables evaluation)."""
+    num_prompts: int = 512
+    """Prompts drawn from a built-in set (a file uses all its rows)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A malformed prompt row stops before training (error) or is counted and skipped (skip)."""
+    data_format: str | None = None
+    """Force the prompt file's format (e.g. sharegpt, alpaca, hh); null detects it."""
+    columns: dict[str, str] | str | None = None
+    """Column mapping for a prompt table in no known format, e.g. {prompt: Question} for TruthfulQA's CSV."""
+    batch_size: int = 8
+    """PROMPTS per RL step (all ranks); each gets num_generations samples."""
+    learning_rate: float = 1e-5
+    """Policy learning rate (RL wants it small: ~1e-6..1e-5 full fine-tuning, ~1e-5..1e-4 LoRA)."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "constant"
+    """Decay after warmup; RL recipes usually keep it constant."""
+    logging_steps: int = 1
+    """Write a metrics.jsonl line (and a console line) every N RL steps."""
+    reward: str = "sentiment"
+    """Reward: sentiment | gsm8k | format | reward_model | "module.path:function" (RewardFn signature)."""
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options for the reward factory, e.g. {path: runs/rm} for reward_model."""
+    num_generations: int = 4
+    """Samples per prompt (the group size of grouped estimators; >= 2 for them)."""
+    max_new_tokens: int = 32
+    """Longest completion; rows that reach it count as truncated."""
+    temperature: float = 1.0
+    """Sampling temperature; the training forward divides logits by it too, so ratios compare like with like."""
+    top_p: float = 1.0
+    """Nucleus sampling during rollouts (1.0 = off)."""
+    max_prompt_length: int = 256
+    """Prompts longer than this keep their last tokens."""
+    generation_batch_size: int = 64
+    """Sequences decoded together during rollouts."""
+    reference: Literal["auto", "model", "adapter"] = "auto"
+    """KL reference: adapter (LoRA policy, adapter off: no second copy), model (frozen copy), auto picks."""
+
+    def validate(self) -> None:
+        RunConfig.validate(self)
+        OptimConfig.validate(self)
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")
+        for name in ("num_generations", "max_new_tokens", "max_prompt_length", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.eval_prompts < 0 or self.num_prompts < 1:
+            raise ConfigError("eval_prompts must be >= 0 and num_prompts >= 1")
+
+
+@dataclass
+class PolicyGradientConfig(RLConfig):
+    """`alignlab grpo` (and, with other defaults, `alignlab ppo`): clipped policy-gradient updates."""
+
+    estimator: Estimator = "grpo"
+    """Advantages: gae (PPO with a critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """grpo: divide centred rewards by the group std (GRPO), the batch std, or not at all (Dr. GRPO)."""
+    mini_batch_size: int = 0
+    """Sequences per optimizer step inside a rollout (0: the whole rollout, one step per epoch = on-policy)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout; >1 reuses samples (the ratio clip then matters)."""
+    epsilon_low: float = 0.2
+    """Lower ratio clip: ratios below 1 - epsilon_low stop the gradient (Schulman et al. 2017, Eq. 7)."""
+    epsilon_high: float | None = None
+    """Upper ratio clip 1 + epsilon_high (DAPO clip-higher, Yu et al. 2025, Eq. 10); null = epsilon_low."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); null disables."""
+    kl_coef: float = 0.05
+    """KL-to-reference coefficient beta (start value when adaptive_kl); 0 skips the reference forward."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman 2020): k1 for a shaped reward, k3 (or k2) as a loss term; metrics log it as kl_<name>."""
+    kl_in_reward: bool = False
+    """true: subtract beta*KL from the reward (InstructGPT/PPO); false: add beta*KL to the loss (GRPO)."""
+    adaptive_kl: bool = False
+    """Adapt beta toward kl_target (Ziegler et al. 2019, Eq. 2) instead of keeping it fixed."""
+    kl_target: float = 6.0
+    """Target sequence KL (nats) for adaptive_kl."""
+    kl_horizon: int = 10000
+    """Samples over which adaptive_kl moves beta by its full clipped error."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (Schulman et al. 2017, Eq. 9); 0 disables (entropy is still logged)."""
+    loss_agg: LossAgg = "token-mean"
+    """How token losses reduce: token-mean (DAPO), seq-mean-token-mean (GRPO paper), seq-mean-token-sum-norm (Dr. GRPO)."""
+    whiten_advantages: bool = True
+    """Whiten GAE advantages over the rollout (PPO practice); grouped estimators are already normalised."""
+    gamma: float = 1.0
+    """Discount for gae and reinforce_pp (1.0 is standard for LM episodes)."""
+    lam: float = 0.95
+    """GAE lambda."""
+    value_model: str | None = None
+    """Critic for estimator gae: a model/scorer path; null starts it from the policy's model with a new head."""
+    value_learning_rate: float = 1e-5
+    """Critic learning rate (its own AdamW, same schedule as the policy's)."""
+    value_clip: float | None = 0.2
+    """Clip of the value update around the rollout values; null disables."""
+    old_logprobs: Literal["sampler", "forward"] = "sampler"
+    """Old-policy log-probs from the sampler (free) or a separate no-grad forward (bit-identical to training math)."""
+
+    def validate(self) -> None:
+        super().validate()
+        from alignlab.losses.advantages import get_estimator  # torch: only when validating
+
+        spec = get_estimator(self.estimator)
+        if spec.grouped and self.num_generations < 2:
+            raise ConfigError(f"num_generations: {self.estimator} needs >= 2 samples per prompt, "
+                              f"got {self.num_generations}")
+        n = self.batch_size * self.num_generations
+        mb = self.mini_batch_size or n
+        if n % mb or mb % self.grad_accum:
+            raise ConfigError(f"mini_batch_size ({mb}) must divide the rollout ({self.batch_size} prompts x "
+                              f"{self.num_generations} samples = {n}) and be a multiple of grad_accum "
+                              f"({self.grad_accum})")
+        if self.ppo_epochs < 1:
+            raise ConfigError(f"ppo_epochs: must be >= 1, got {self.ppo_epochs}")
+
+
+@dataclass
+class PPOConfig(PolicyGradientConfig):
+    estimator: Estimator = "gae"
+    """Advantages: gae (critic, PPO proper) or any critic-free estimator."""
+    kl_in_reward: bool = True
+    """PPO shapes -beta*KL into the per-token reward (InstructGPT)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """k1 = log pi - log ref per token, the shaped-reward estimator; metrics log it as kl_k1."""
+    num_generations: int = 1
+    """Samples per prompt; PPO with a critic needs no groups."""
+
+
+@dataclass
+class OnlineDPOConfig(RLConfig):
+    """`alignlab online-dpo`: sample answers, rank them by the reward, one DPO-family step on best vs worst."""
+
+    learning_rate: float = 5e-6
+    """Policy learning rate (TRL OnlineDPO's default scale)."""
+    num_generations: int = 2
+    """Answers sampled per prompt; the best and the worst by reward form the pair."""
+    loss: list[str] = field(default_factory=lambda: ["dpo"])
+    """Paired preference loss(es) from the registry (dpo, ipo, simpo, ..., or a mix such as [dpo, sft])."""
+    loss_weights: list[float] | None = None
+    """Weights of a loss mix (default 1 each)."""
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    """Per-loss parameters, e.g. {ipo: {...}}."""
+    beta: float = 0.1
+    """DPO beta: strength of the implicit KL to the reference."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ConfigError(f"num_generations: online DPO needs >= 2 answers per prompt, got {self.num_generations}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError("batch_size must be a multiple of grad_accum")

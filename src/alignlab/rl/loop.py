@@ -1,0 +1,232 @@
+"""The RL outer loop: for each step, this step's prompts -> a step function (rollout, advantages, updates:
+rl/update.py) -> metrics, evaluation, checkpoint. One loop for grpo, ppo and online-dpo.
+
+Exact resume (kill -9 anywhere): a checkpoint holds the policy (full or adapter) and its AdamW state, the critic
+and its AdamW state, the KL controller's coefficient, the RNG states and the step. Everything else that changes
+the numbers is a pure function of (seed, step): the prompt order (train/loop.Sampler), the sampler's seed, the
+minibatch permutation, the learning rate. The reference is built from the starting weights before a
+checkpoint is loaded. metrics.jsonl is cut back to the checkpoint's step on resume, so each step appears once.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.train.world import World
+
+
+@dataclass
+class RLState:
+    """What the step functions read: the models, their optimizers, and the pieces the config selects."""
+
+    cfg: Any
+    world: World
+    policy: Any
+    """The policy itself (sampling, saving); `train_policy` is the same model, DDP-wrapped under torchrun."""
+    train_policy: Any
+    tokenizer: Any
+    reward_fn: Callable
+    optimizers: list
+    reference: Any = None
+    """Frozen copy of the starting policy, or None when the LoRA policy with its adapter off is the reference."""
+    needs_reference: bool = False
+    critic: Any = None
+    train_critic: Any = None
+    kl_ctl: Any = None
+    estimator: Any = None
+    """The estimator's AdvantageSpec (policy-gradient recipes)."""
+    dpo: Any = None
+    """The preference step (online-dpo)."""
+
+    @property
+    def device(self) -> str:
+        return self.world.device
+
+    def compute(self, cache: bool):
+        """bf16 autocast when cfg.bf16 (cache=False for training forwards: see train.loop.autocast)."""
+        from alignlab.train.loop import autocast
+
+        return autocast(self.cfg, self.device, cache=cache)
+
+    def sync(self, model: Any) -> Callable[[bool], Any]:
+        """Gradient-sync context per micro-batch: DDP all-reduces on the last one only."""
+        return lambda last: self.world.no_sync(model, not last)
+
+
+def build_state(cfg: Any, world: World, *, reference: bool, critic: bool) -> RLState:
+    """Policy (LoRA or full, dropout off), tokenizer, reward, the reference (before any resume), critic, optimizers."""
+    import torch
+
+    from alignlab.recipes.sft import prepare_model
+    from alignlab.rl.critic import build_critic, without_dropout
+    from alignlab.rollout.rewards import get_reward
+    from alignlab.train.optim import build_optimizer
+
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    tokenizer, policy = prepare_model(cfg)
+    without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
+    lora = cfg.lora is not None
+    kind = cfg.reference if cfg.reference != "auto" else ("adapter" if lora else "model")
+    if kind == "adapter" and not lora:
+        raise AlignlabError("reference: adapter needs a LoRA policy (set lora: {...}) or use reference: model")
+    frozen = copy.deepcopy(policy).eval().requires_grad_(False) if reference and kind == "model" else None
+    state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, get_reward(cfg.reward, **cfg.reward_options),
+                    [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
+    if critic:
+        state.critic, opt = build_critic(cfg, world.device)
+        state.train_critic = world.wrap(state.critic)
+        state.optimizers.append(opt)
+    return state
+
+
+def greedy_eval(state: RLState, rows: list) -> dict[str, float]:
+    """Mean reward of greedy completions on held-out prompts (accuracy for 0/1 rewards); rank 0 only."""
+    from alignlab.rl.rollout import encode_rows, score_rows
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    cfg = state.cfg
+    sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.generation_batch_size)
+    with state.compute(cache=True):
+        res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, rows, cfg.max_prompt_length), sc)
+    rewards = score_rows(state.reward_fn, rows, [s.text for s in res.samples], 1)
+    return {"eval_reward": sum(rewards) / len(rewards)}
+
+
+def _save(state: RLState, out: Path, step: int, config_yaml: str) -> None:
+    """checkpoint-<step> with the critic and its optimizer and the KL coefficient (rank 0; others wait)."""
+    import torch
+
+    from alignlab.train.checkpoint import save_checkpoint, save_model
+
+    if state.world.is_main:
+        def extras(d: Path) -> None:
+            if state.critic is not None:
+                save_model(state.critic, d / "critic")
+                torch.save(state.optimizers[1].state_dict(), d / "critic_optimizer.pt")
+
+        kl = state.kl_ctl.value if state.kl_ctl is not None else None
+        save_checkpoint(out, step, state.policy, state.optimizers[0], {"kl_coef": kl}, tokenizer=state.tokenizer,
+                        config_yaml=config_yaml, keep_last=state.cfg.keep_last, extras=extras)
+    state.world.barrier()
+
+
+def _resume(state: RLState, ckpt: Path) -> int:
+    """Load a checkpoint into the state; returns its step."""
+    from dataclasses import replace
+
+    from alignlab.train.checkpoint import load_checkpoint, load_model_weights, load_tensors
+
+    info = load_checkpoint(ckpt, state.policy, state.optimizers[0])
+    if state.critic is not None:
+        load_model_weights(state.critic, ckpt / "critic")
+        state.optimizers[1].load_state_dict(load_tensors(ckpt / "critic_optimizer.pt"))
+    if state.kl_ctl is not None and info.get("kl_coef") is not None:
+        state.kl_ctl = replace(state.kl_ctl, value=float(info["kl_coef"]))
+    return int(info["step"])
+
+
+def _set_lr(state: RLState, step: int, total: int, warmup: int) -> float:
+    from alignlab.train.optim import lr_at
+
+    cfg = state.cfg
+    for opt in state.optimizers:
+        lr = lr_at(step, base_lr=opt.defaults["lr"], total_steps=total, warmup_steps=warmup,
+                   schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return state.optimizers[0].param_groups[0]["lr"]
+
+
+def _summary(label: str, history: list[dict], out: Path) -> None:
+    steps = [h for h in history if "reward_mean" in h]
+    if steps:
+        kl = "".join(f", {k} {steps[-1][k]:.3f}" for k in steps[-1] if k.startswith("kl_k"))
+        print(f"{label}: reward_mean {steps[0]['reward_mean']:.3f} -> {steps[-1]['reward_mean']:.3f}{kl}; "
+              f"model in {out}", flush=True)
+
+
+def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], label: str, *,
+             on_step: Callable[[RLState, int], None] | None = None,
+             prompts: tuple[list, list] | None = None) -> list[dict]:
+    """Run the RL steps with checkpoints, exact resume, held-out evals and live metrics; returns this
+    process's per-step metrics (also in output_dir/metrics.jsonl) and saves the policy (and critic).
+    prompts: (train, held-out) PromptRows given in memory instead of cfg.data's split."""
+    from alignlab.config import config_text
+    from alignlab.rl.prompts import split_prompts, write_split
+    from alignlab.train.checkpoint import check_resume_config, find_resume, remove_stale_temps, save_model
+    from alignlab.train.loop import Sampler, total_steps
+    from alignlab.train.metrics import MetricsLogger
+    from alignlab.train.optim import warmup_steps_for
+    from alignlab.train.step import NonFiniteStep
+
+    cfg, world, out = state.cfg, state.world, Path(state.cfg.output_dir)
+    if cfg.batch_size % world.size:
+        raise AlignlabError(f"batch_size ({cfg.batch_size} prompts) must be a multiple of the world size ({world.size})")
+    if prompts is None:
+        train_rows, eval_rows, split = split_prompts(cfg)
+    else:
+        (train_rows, eval_rows), split = prompts, {"data": "in memory", "train_prompts": len(prompts[0]),
+                                                   "eval_prompts": len(prompts[1])}
+    n_total = total_steps(cfg, len(train_rows))
+    warmup, sampler, config_yaml = warmup_steps_for(cfg, n_total), Sampler(len(train_rows), cfg.batch_size, cfg.seed), \
+        config_text(cfg)
+    ckpt = find_resume(out, cfg.resume)
+    if ckpt is not None:
+        check_resume_config(ckpt, config_yaml)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        write_split(out, split)
+    start = _resume(state, ckpt) if ckpt is not None else 0
+    if ckpt is not None:
+        print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
+    logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress)
+    history: list[dict] = []
+
+    def evaluate(step: int) -> None:
+        if eval_rows and world.is_main:
+            row = greedy_eval(state, eval_rows)
+            logger.log(step, row)
+            history.append({"step": step, **row})
+        world.barrier()
+
+    if start == 0:
+        evaluate(0)
+    t0 = time.perf_counter()
+    for step in range(start, n_total):
+        lr = _set_lr(state, step, n_total, warmup)
+        try:
+            metrics = step_fn(state, step, [train_rows[i] for i in sampler.step_indices(step)])
+        except NonFiniteStep as e:
+            logger.close()
+            raise AlignlabError(f"step {step + 1}: {e}; stopped before the update. The newest checkpoint in {out} "
+                                "is from before it: lower learning_rate") from None
+        metrics["learning_rate"] = lr
+        done = step + 1
+        if done % cfg.logging_steps == 0 or done == n_total:
+            logger.log(done, metrics)
+        history.append({"step": done, **metrics})
+        if on_step is not None:
+            on_step(state, done)
+        if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total:
+            evaluate(done)
+        if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
+            _save(state, out, done, config_yaml)
+    runtime = time.perf_counter() - t0
+    if world.is_main:
+        save_model(state.policy, out, state.tokenizer)
+        if state.critic is not None:  # a PPO run can be continued or its critic reused
+            save_model(state.critic, out / "critic")
+    logger.close({"step": n_total, "train_runtime": runtime})
+    world.barrier()
+    if world.is_main:
+        _summary(label, history, out)
+    return history

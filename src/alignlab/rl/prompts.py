@@ -1,0 +1,74 @@
+"""The prompts an RL run trains on and the held-out prompts it evaluates on, split once and written down.
+
+Held-out prompts are never trained on: a file's prompts are split by `eval_split` with a seeded permutation
+(or `eval_data` is used); a built-in set draws num_prompts + eval_prompts prompts and drops held-out ones whose
+text also occurs in training. output_dir/split.json records the sources, the counts, the held-out indices and
+a hash of the held-out texts, so an evaluation can check it scores nothing the run trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+
+def read_prompts(spec: str, n: int, seed: int, cfg: Any) -> list:
+    """PromptRows of a built-in set (n of them) or of a file (all its rows, task=prompt)."""
+    from alignlab.recipes.prompts import BUILTIN_PREFIX, builtin_rows
+
+    if spec.startswith(BUILTIN_PREFIX):
+        return builtin_rows(spec, n, seed)
+    if not spec:
+        raise AlignlabError("data: give a prompt file or a built-in set such as builtin:sentiment")
+    from alignlab.data.sources import load_rows
+
+    rows = load_rows(spec, task="prompt", format=cfg.data_format, columns=cfg.columns or None,
+                     on_bad_row=cfg.on_bad_row).rows
+    if not rows:
+        raise AlignlabError(f"{spec}: no prompt rows")
+    return rows
+
+
+def _text(row: Any) -> str:
+    return json.dumps(row.prompt, sort_keys=True)
+
+
+def split_prompts(cfg: Any) -> tuple[list, list, dict[str, Any]]:
+    """(train prompts, held-out prompts, the split record)."""
+    import torch
+
+    n_eval = cfg.eval_prompts
+    if cfg.data.startswith("builtin:"):
+        rows = read_prompts(cfg.data, cfg.num_prompts + n_eval, cfg.seed, cfg)
+        train, tail = rows[:cfg.num_prompts], rows[cfg.num_prompts:]
+        seen = {_text(r) for r in train}
+        held = [i for i, r in enumerate(tail, cfg.num_prompts) if _text(r) not in seen]
+        evals = [rows[i] for i in held]
+    else:
+        rows = read_prompts(cfg.data, 0, cfg.seed, cfg)
+        if cfg.eval_data or cfg.eval_split == 0 or n_eval == 0:
+            train, held = rows, []
+            evals = read_prompts(cfg.eval_data, 0, cfg.seed, cfg) if cfg.eval_data and n_eval else []
+        else:
+            k = max(1, round(cfg.eval_split * len(rows)))
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            held = sorted(perm[:k])
+            drop = set(held)
+            train = [r for i, r in enumerate(rows) if i not in drop]
+            evals = [rows[i] for i in held]
+    evals = evals[:n_eval]
+    record = {"data": cfg.data, "eval_data": cfg.eval_data, "train_prompts": len(train),
+              "eval_prompts": len(evals), "eval_indices": held[:n_eval] if not cfg.eval_data else None,
+              "eval_sha256": hashlib.sha256("\n".join(_text(r) for r in evals).encode()).hexdigest()}
+    if len(train) < cfg.batch_size:
+        raise AlignlabError(f"data: {len(train)} training prompts for batch_size {cfg.batch_size}")
+    return train, evals, record
+
+
+def write_split(out: Path, record: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "split.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

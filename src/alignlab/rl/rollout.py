@@ -1,0 +1,199 @@
+"""Experience making (collect): sample, score, and annotate a rollout with old-policy and reference log-probs
+and critic values, the tensors the advantage estimators and the policy losses take.
+
+A rollout is packed as [left-padded prompt | right-padded completion] rows, so every response token t sits at
+column P + t in every row and its log-prob comes from the logits at column P + t - 1: the same positions (ids
+from the attention mask) the KV-cache sampler used. Slices [N, T] of the response are what the pure losses in
+losses/policy.py and losses/advantages.py take.
+
+Data parallelism: each rank samples and scores ITS prompts (a prompt's group never straddles ranks), the
+samples are gathered so that every rank holds the same global rollout, and the no-grad forwards (old,
+reference, values) are split by rows and gathered too. Advantages and the minibatch order are then computed
+on the whole batch on every rank, exactly as one process would (rl/update.py takes each rank's share).
+The policy runs without dropout (rl/loop.py removes it), as TRL and OpenRLHF do for RL: with dropout the
+ratio new/old would be noisy even before the first update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from alignlab.ops.logprobs import entropy_from_logits, token_logprobs
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor
+    """[N, P + T] prompt (left-padded) then completion (right-padded)."""
+    attention_mask: torch.Tensor
+    """[N, P + T] 1 on real tokens."""
+    position_ids: torch.Tensor
+    """[N, P + T] positions counted over real tokens (what the sampler used)."""
+    response: torch.Tensor
+    """[N, T] completion ids, -100 on padding (labels for token_logprobs)."""
+    mask: torch.Tensor
+    """[N, T] float, 1.0 on completion tokens."""
+    prompt_len: int
+    resp_len: int
+    rewards: torch.Tensor | None = None
+    """[N] sequence rewards."""
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+def pack_rollout(samples: list, pad_id: int, device: str) -> Rollout:
+    """Tensors of a rollout from generate()'s samples (prompt-major order kept)."""
+    P = max(len(s.prompt_ids) for s in samples)
+    T = max(1, max(len(s.completion_ids) for s in samples))
+    n = len(samples)
+    ids = torch.full((n, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, P + T), dtype=torch.long)
+    resp = torch.full((n, T), -100, dtype=torch.long)
+    for r, s in enumerate(samples):
+        p, c = s.prompt_ids, s.completion_ids
+        ids[r, P - len(p):P] = torch.tensor(p)
+        attn[r, P - len(p):P] = 1
+        if c:
+            ids[r, P:P + len(c)] = torch.tensor(c)
+            attn[r, P:P + len(c)] = 1
+            resp[r, :len(c)] = torch.tensor(c)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    mask = (resp != -100).float()
+    return Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device), P, T)
+
+
+def policy_logprobs(model: Any, ro: Rollout, idx: torch.Tensor, temperature: float,
+                    want_entropy: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [n, T] of the rollout's tokens (and per-token entropy, with its graph when `entropy_grad`)
+    under softmax(logits / temperature). Only the last T + 1 positions reach the LM head (`logits_to_keep`)."""
+    out = model(input_ids=ro.input_ids[idx], attention_mask=ro.attention_mask[idx],
+                position_ids=ro.position_ids[idx], use_cache=False, logits_to_keep=ro.resp_len + 1)
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = token_logprobs(logits, ro.response[idx])
+    ent = entropy_from_logits(logits if entropy_grad else logits.detach()) if want_entropy else None
+    return lp, ent
+
+
+@torch.no_grad()
+def sharded_forward(fn: Callable[[torch.Tensor], torch.Tensor], n: int, size: int, world: Any) -> torch.Tensor:
+    """fn over this rank's rows of [0, n) in chunks of `size`, gathered so every rank gets all n rows."""
+    per = n // world.size
+    mine = torch.arange(world.rank * per, (world.rank + 1) * per)
+    local = torch.cat([fn(mine[s:s + size]) for s in range(0, per, size)])
+    return world.all_gather_cat(local)
+
+
+def prompt_text(row: Any) -> Any:
+    """What the reward sees as the prompt: plain text for chat=False rows, the messages otherwise."""
+    return "".join(m["content"] for m in row.prompt) if not row.chat else row.prompt
+
+
+def score_rows(reward_fn: Callable, rows: list, texts: list[str], k: int) -> list[float]:
+    """Reward of each completion; rows[i] is repeated k times to line up with its samples."""
+    from alignlab.rollout.rewards import score
+
+    expanded = [r for r in rows for _ in range(k)]
+    fields = {"answer": [r.answer for r in expanded]} if any(r.answer is not None for r in rows) else {}
+    return score(reward_fn, [prompt_text(r) for r in expanded], texts, **fields)
+
+
+def encode_rows(tokenizer: Any, rows: list, max_prompt_length: int) -> list[list[int]]:
+    """Prompt ids for generation, cut to `max_prompt_length` (the last tokens are kept) BEFORE sampling,
+    so the sampler and the training forward see the same prompt."""
+    from alignlab.data.tokenize import tokenize_prompt
+
+    return [tokenize_prompt(r, tokenizer, max_prompt_length) for r in rows]
+
+
+def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool) -> tuple[list, list[float], dict]:
+    """This rank's share of the step's prompts sampled (per-row seeded: the same samples in any sharding) and
+    scored, then gathered: (all samples, all rewards, timings), prompt-major, identical on every rank."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    cfg, world, k = state.cfg, state.world, state.cfg.num_generations
+    per = len(rows) // world.size
+    mine = rows[world.rank * per:(world.rank + 1) * per]
+    t0 = time.perf_counter()
+    sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        seed=cfg.seed * 1_000_003 + step, logprobs=logprobs, batch_size=cfg.generation_batch_size,
+                        per_row_seed=True, first_prompt=world.rank * per)
+    with state.compute(cache=True):
+        res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, mine, cfg.max_prompt_length),
+                       sc, n=k)
+    t_gen = time.perf_counter() - t0
+    rewards = score_rows(state.reward_fn, mine, [s.text for s in res.samples], k)
+    gathered = world.all_gather_objects((res.samples, rewards))
+    samples = [s for part, _ in gathered for s in part]
+    all_rewards = [r for _, part in gathered for r in part]
+    timing = {"time/generation": t_gen, "time/scoring": time.perf_counter() - t0 - t_gen,
+              "tokens_per_second": world.all_reduce_sum(res.num_tokens) / max(t_gen, 1e-9)}
+    return samples, all_rewards, timing
+
+
+def reference_logprobs(state: Any, ro: Rollout, size: int) -> torch.Tensor:
+    """Reference log-probs: the frozen copy, or the policy with its LoRA adapter switched off."""
+    from alignlab.models.lora import adapter_disabled
+
+    ref, temp, n = state.reference, state.cfg.temperature, ro.input_ids.shape[0]
+    model = ref if ref is not None else state.policy
+    with adapter_disabled(state.policy) if ref is None else nullcontext(), state.compute(cache=True):
+        return sharded_forward(lambda i: policy_logprobs(model, ro, i, temp)[0], n, size, state.world)
+
+
+def rollout_metrics(ro: Rollout, samples: list, k: int, kl_name: str) -> dict[str, float]:
+    """Rollout-side metrics; the KL is the named estimator's sequence sum, averaged over sequences."""
+    from alignlab.losses.advantages import zero_spread_fraction
+    from alignlab.losses.policy import kl_penalty
+
+    n = ro.mask.shape[0]
+    metrics = {
+        "reward_mean": float(ro.rewards.mean()),
+        "reward_std": float(ro.rewards.std()) if n > 1 else 0.0,
+        "response_length": float(ro.mask.sum(-1).mean()),
+        "truncated_frac": sum(s.finish_reason == "length" for s in samples) / n,
+    }
+    if ro.ref_logprobs is not None:
+        kl = kl_penalty(ro.old_logprobs, ro.ref_logprobs, kl_name, max_log_ratio=20.0) * ro.mask
+        metrics[f"kl_{kl_name}"] = float(kl.sum(-1).mean())
+    if k > 1:
+        metrics["zero_spread_frac"] = zero_spread_fraction(ro.rewards, k)
+    return metrics
+
+
+def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str, float]]:
+    """Sample, score and annotate one global rollout (identical on every rank); returns it, its samples and
+    its rollout-side metrics."""
+    cfg, world = state.cfg, state.world
+    samples, rewards, timing = sample_and_score(state, step, rows, logprobs=cfg.old_logprobs == "sampler")
+    ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
+    ro.rewards = torch.tensor(rewards, dtype=torch.float32, device=state.device)
+    n = ro.mask.shape[0]
+    size = max(1, (cfg.mini_batch_size or n) // (cfg.grad_accum * world.size))
+    if cfg.old_logprobs == "sampler":
+        old = torch.zeros_like(ro.mask)
+        for r, s in enumerate(samples):
+            old[r, :len(s.logprobs)] = torch.tensor(s.logprobs)
+        ro.old_logprobs = old
+    else:
+        with state.compute(cache=True):
+            ro.old_logprobs = sharded_forward(lambda i: policy_logprobs(state.policy, ro, i, cfg.temperature)[0],
+                                              n, size, world)
+    if state.needs_reference:
+        ro.ref_logprobs = reference_logprobs(state, ro, size)
+    if state.critic is not None:
+        from alignlab.rl.critic import critic_values
+
+        with state.compute(cache=True):
+            ro.values = sharded_forward(lambda i: critic_values(state.critic, ro.input_ids[i], ro.attention_mask[i],
+                                                                ro.prompt_len, ro.resp_len), n, size, world)
+    metrics = rollout_metrics(ro, samples, cfg.num_generations, cfg.kl_estimator)
+    return ro, samples, {**metrics, **timing}

@@ -1,0 +1,181 @@
+"""The learning half of an RL step, on train/step.py's optimizer-step core (no copy of its mechanics here).
+
+`pg_step`: rollout (rl/rollout.py) -> advantages (the `estimator` registry, losses/advantages.py) ->
+`ppo_epochs` passes over the rollout in minibatches of `mini_batch_size` sequences, each one optimizer step
+of the PPO clipped surrogate (losses/policy.py) plus GRPO's KL term and an entropy bonus, and (gae) one
+critic step on the clipped value loss. Under data parallelism every rank holds the global rollout and the
+same minibatch order; rank r takes its slice of each minibatch's micro-batches (as train/loop.Sampler does),
+weighted by its share of the minibatch's units, so 2 ranks give 1 rank's gradient.
+
+`dpo_step`: online DPO (Guo et al. 2024; Xiong et al. 2024): best vs worst sample of each prompt by reward,
+one DPO-family optimizer step on the pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from alignlab.rl.rollout import Rollout, collect, policy_logprobs, sample_and_score
+from alignlab.train.step import optimizer_step
+
+
+def micro_slices(idx_mb: torch.Tensor, grad_accum: int, world: Any) -> list[torch.Tensor]:
+    """This rank's micro-batches of a global minibatch: micro-step m, rank r takes its equal share."""
+    chunk = len(idx_mb) // grad_accum
+    per = chunk // world.size
+    return [idx_mb[m * chunk + world.rank * per: m * chunk + (world.rank + 1) * per] for m in range(grad_accum)]
+
+
+def _units(mask: torch.Tensor, loss_agg: str) -> float:
+    """Loss units of a slice: tokens for token-mean, sequences for the per-sequence aggregations."""
+    return float(mask.sum()) if loss_agg == "token-mean" else float(mask.shape[0])
+
+
+def _global_mean(sums: dict[str, float], world: Any) -> dict[str, float]:
+    return {k: world.all_reduce_sum(v) for k, v in sums.items()}
+
+
+def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tensor, kl_coef: float) -> dict:
+    """One policy optimizer step over a global minibatch (this rank's micro-batches of it)."""
+    from alignlab.losses.policy import aggregate_loss, kl_penalty, ppo_clip_loss
+
+    cfg, world = state.cfg, state.world
+
+    def forward(idx: torch.Tensor):
+        mask = ro.mask[idx]
+        lp, ent = policy_logprobs(state.train_policy, ro, idx, cfg.temperature, want_entropy=True,
+                                  entropy_grad=cfg.entropy_coef > 0)
+        out = ppo_clip_loss(lp, ro.old_logprobs[idx], adv[idx], mask, clip_eps=cfg.epsilon_low,
+                            clip_eps_high=cfg.epsilon_high, dual_clip=cfg.dual_clip)
+        pg = aggregate_loss(out.loss, mask, cfg.loss_agg, norm=ro.resp_len)
+        loss = pg
+        if not cfg.kl_in_reward and kl_coef > 0:  # GRPO's KL term (Shao et al. 2024, Eq. 3-4)
+            kl_tok = kl_penalty(lp, ro.ref_logprobs[idx], cfg.kl_estimator, max_log_ratio=20.0)
+            loss = loss + kl_coef * aggregate_loss(kl_tok, mask, cfg.loss_agg, norm=ro.resp_len)
+        if cfg.entropy_coef > 0:  # entropy bonus (Schulman et al. 2017, Eq. 9)
+            loss = loss - cfg.entropy_coef * aggregate_loss(ent, mask, cfg.loss_agg, norm=ro.resp_len)
+        return loss, {"pg_loss": pg, "clip_frac": out.clip_frac, "approx_kl": out.approx_kl,
+                      "entropy": aggregate_loss(ent, mask, "token-mean")}
+
+    micro = micro_slices(idx_mb, cfg.grad_accum, world)
+    out = optimizer_step(state.optimizers[0], [lambda i=i: forward(i) for i in micro],
+                         [_units(ro.mask[i], cfg.loss_agg) for i in micro],
+                         total=_units(ro.mask[idx_mb], cfg.loss_agg), world_size=world.size,
+                         max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
+                         compute=lambda: state.compute(cache=False))
+    return {**_global_mean(out.metrics, world), "grad_norm": out.grad_norm}
+
+
+def value_update(state: Any, ro: Rollout, idx_mb: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    """One critic optimizer step on the clipped value loss (losses/policy.value_loss) over a global minibatch."""
+    from alignlab.losses.policy import aggregate_loss, value_loss
+    from alignlab.rl.critic import critic_values
+
+    cfg, world = state.cfg, state.world
+
+    def forward(idx: torch.Tensor):
+        v = critic_values(state.train_critic, ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_len, ro.resp_len)
+        per_tok, frac = value_loss(v, ro.values[idx], returns[idx], ro.mask[idx], clip_eps=cfg.value_clip)
+        return aggregate_loss(per_tok, ro.mask[idx], "token-mean"), {"value_clip_frac": frac}
+
+    micro = micro_slices(idx_mb, cfg.grad_accum, world)
+    out = optimizer_step(state.optimizers[1], [lambda i=i: forward(i) for i in micro],
+                         [float(ro.mask[i].sum()) for i in micro], total=float(ro.mask[idx_mb].sum()),
+                         world_size=world.size, max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_critic),
+                         compute=lambda: state.compute(cache=False))
+    m = _global_mean(out.metrics, world)
+    return {"value_loss": m.pop("loss"), **m, "value_grad_norm": out.grad_norm}
+
+
+def advantages(state: Any, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token advantages [N, T] (and critic returns) from the configured estimator's registry entry."""
+    from alignlab.losses.advantages import AdvantageInputs
+    from alignlab.losses.policy import kl_penalty
+
+    cfg = state.cfg
+    shaped = None
+    if cfg.kl_in_reward:
+        shaped = kl_penalty(ro.old_logprobs, ro.ref_logprobs, cfg.kl_estimator, max_log_ratio=20.0) * ro.mask
+    x = AdvantageInputs(ro.rewards, ro.mask, cfg.num_generations, kl=shaped,
+                        kl_coef=state.kl_ctl.value if cfg.kl_in_reward else 0.0, values=ro.values, gamma=cfg.gamma,
+                        lam=cfg.lam, whiten=cfg.whiten_advantages, scale_rewards=cfg.scale_rewards)
+    return state.estimator.fn(x)
+
+
+def pg_step(state: Any, step: int, rows: list) -> dict[str, float]:
+    """Rollout, advantages, then ppo_epochs x minibatches of policy (and critic) updates."""
+    cfg = state.cfg
+    ro, _, metrics = collect(state, step, rows)
+    t0 = time.perf_counter()
+    adv, returns = advantages(state, ro)
+    n = ro.mask.shape[0]
+    mb = cfg.mini_batch_size or n
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    sums: dict[str, float] = {}
+    updates = 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
+        for s in range(0, n, mb):
+            idx_mb = order[s:s + mb].to(ro.mask.device)
+            part = policy_update(state, ro, adv, idx_mb, state.kl_ctl.value)
+            if returns is not None:
+                part.update(value_update(state, ro, idx_mb, returns))
+            for key, v in part.items():
+                sums[key] = sums.get(key, 0.0) + v
+            updates += 1
+    metrics.update({key: v / updates for key, v in sums.items()})
+    metrics["kl_coef"] = state.kl_ctl.value
+    state.kl_ctl = state.kl_ctl.update(metrics[f"kl_{cfg.kl_estimator}"], n)
+    metrics["time/training"] = time.perf_counter() - t0
+    return metrics
+
+
+def preference_pairs(samples: list, rewards: list[float], k: int) -> list[dict[str, list[int]]]:
+    """Best-vs-worst pair per prompt (samples are prompt-major, k per prompt); ties are skipped."""
+    pairs = []
+    for g in range(len(samples) // k):
+        group = list(range(g * k, (g + 1) * k))
+        best = max(group, key=lambda i: rewards[i])
+        worst = min(group, key=lambda i: rewards[i])
+        if rewards[best] > rewards[worst]:
+            s_best, s_worst = samples[best], samples[worst]
+            pairs.append({"prompt_ids": s_best.prompt_ids, "chosen_ids": s_best.completion_ids,
+                          "rejected_ids": s_worst.completion_ids})
+    return pairs
+
+
+def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
+    """Sample, rank, one DPO optimizer step on the pairs (no step when every group tied)."""
+    from alignlab.data.pairs import PairCollator
+    from alignlab.train.loop import to_device
+
+    cfg, world, k = state.cfg, state.world, state.cfg.num_generations
+    samples, rewards, timing = sample_and_score(state, step, rows, logprobs=False)
+    r = torch.tensor(rewards)
+    pairs = preference_pairs(samples, rewards, k)
+    metrics = {"reward_mean": float(r.mean()), "reward_std": float(r.std()),
+               "zero_spread_frac": 1.0 - len(pairs) / len(rows), "pairs": float(len(pairs)),
+               "response_length": sum(len(s.completion_ids) for s in samples) / len(samples),
+               "truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples), **timing}
+    t1 = time.perf_counter()
+    # Every rank holds all pairs; rank r takes its share of each of grad_accum chunks. Pairs need not split
+    # evenly: a rank without pairs in a chunk runs the chunk's first pair at weight 0 (DDP needs every rank's
+    # backward for its all-reduce; the zero weight keeps it out of the gradient and the metrics).
+    chunks = [pairs[m::cfg.grad_accum] for m in range(cfg.grad_accum)]
+    mine = [c[world.rank::world.size] for c in chunks]
+    if pairs:
+        collate = PairCollator(state.tokenizer.pad_token_id, "plain")
+        parts = [p or c[:1] or pairs[:1] for p, c in zip(mine, chunks)]
+        out = optimizer_step(state.optimizers[0],
+                             [lambda p=p: state.dpo(state.train_policy, to_device(collate(p), state.device))
+                              for p in parts],
+                             [float(len(p)) for p in mine], total=float(len(pairs)), world_size=world.size,
+                             max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
+                             compute=lambda: state.compute(cache=False))
+        metrics.update(_global_mean(out.metrics, world))
+        metrics["grad_norm"] = out.grad_norm
+    metrics["time/training"] = time.perf_counter() - t1
+    return metrics
