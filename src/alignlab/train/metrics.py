@@ -98,6 +98,8 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if start_step == 0:
             _set_aside(self.path)
+        else:
+            _truncate_after(self.path, start_step)
         self.file = open(self.path, "a", encoding="utf-8")  # append: a resumed run continues the file
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -143,6 +145,30 @@ def _set_aside(path: Path) -> None:
         n += 1
     path.rename(old)
     print(f"{path} held an earlier run's metrics; kept as {old.name}", flush=True)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """A resumed run continues from checkpoint `step`: rows the killed run logged after it are dropped (they
+    are recomputed), kept in metrics.discarded.jsonl, so each step appears once. Written atomically."""
+    if not path.is_file():
+        return
+    keep, drop = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            drop.append(line)
+            continue
+        (keep if isinstance(row.get("step"), int) and row["step"] <= step and "train_runtime" not in row
+         else drop).append(line)
+    if drop:
+        with open(path.with_name("metrics.discarded.jsonl"), "a", encoding="utf-8") as f:
+            f.write("\n".join(drop) + "\n")
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        tmp.replace(path)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
