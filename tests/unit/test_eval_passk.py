@@ -6,7 +6,7 @@ import math
 import pytest
 
 from alignlab.errors import AlignlabError
-from alignlab.eval.passk import maj_at_k, mean_and_stderr, pass_at_k
+from alignlab.eval.passk import evaluate_passk, maj_at_k, mean_and_stderr, pass_at_k, passk_summary
 
 
 def test_pass_at_k_hand_values():
@@ -53,3 +53,36 @@ def test_mean_and_stderr():
     mean, se = mean_and_stderr([1.0, 0.0, 1.0, 0.0])
     assert mean == 0.5 and se == pytest.approx(math.sqrt(1 / 12))
     assert mean_and_stderr([0.3]) == (0.3, 0.0)
+
+
+def test_passk_summary_threshold_and_maj():
+    """Problem 1 rewards (1, 0, 0.5) with threshold 1 -> c = 1 of n = 3; problem 2 (1, 1, 1) -> c = 3.
+    pass@1 = mean(1/3, 1) = 2/3; pass@2 = mean(1 - C(2,2)/C(3,2), 1) = mean(2/3, 1) = 5/6.
+    maj@3: problem 1 answers (7, 8, 8) -> 8 wins, wrong -> 0; problem 2 (5, 5, 5) -> 1; mean 0.5."""
+    out = passk_summary([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]], [1, 2, 3], answers=[[7, 8, 8], [5, 5, 5]])
+    assert out["pass@1"] == pytest.approx(2 / 3) and out["pass@2"] == pytest.approx(5 / 6)
+    assert out["maj@3"] == 0.5 and out["n"] == 3 and out["problems"] == 2
+    assert passk_summary([[0.5, 0.0]], [1], threshold=0.5)["pass@1"] == 0.5
+    with pytest.raises(AlignlabError, match="same number"):
+        passk_summary([[1.0], [1.0, 0.0]], [1])
+
+
+@pytest.mark.slow  # loads transformers and tiny-random: ~18 s on the shared 2-core box
+def test_evaluate_passk_keeps_samples_aligned_with_their_problem():
+    """tiny-random's answers are noise, so the reward reads the row field: problem 0 ('yes') is right for
+    every sample, problem 1 ('no') for none. pass@k = 0.5 for every k only if each sample was scored
+    with its own problem's field (prompt-major order)."""
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rollout.generate import SamplingConfig
+
+    model, tok = load_model("tiny-random", device="cpu"), load_tokenizer("tiny-random")
+
+    def reward(prompts, completions, answer, **_):
+        return [1.0 if a == "yes" else 0.0 for a in answer]
+
+    out = evaluate_passk(model, tok, ["What is 1+1?", "Name a colour."], {"answer": ["yes", "no"]}, reward,
+                         n=3, ks=[1, 3], sampling=SamplingConfig(max_new_tokens=4), extract=lambda t: "same")
+    assert out["pass@1"] == 0.5 and out["pass@3"] == 0.5 and out["maj@3"] == 0.5
+    assert out["mean_reward"] == 0.5
+    with pytest.raises(AlignlabError, match="k must be"):
+        evaluate_passk(model, tok, ["x"], {}, reward, n=2, ks=[3])
