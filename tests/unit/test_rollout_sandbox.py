@@ -116,3 +116,16 @@ def test_bad_tests_and_file_names_are_clear_errors():
     with pytest.raises(AlignlabError, match="relative"):
         run_python("pass", files={"../escape.py": ""})
     assert run_tests("x = 1", "assert x == 1", FAST) == (1, 1)
+
+
+def test_self_check_passes_here_and_reports_a_broken_sandbox(monkeypatch):
+    from alignlab.rollout import sandbox
+
+    sandbox.self_check()  # this host runs programs
+    sandbox.self_check.cache_clear()
+    monkeypatch.setattr(sandbox, "_BOOT", sandbox._BOOT.with_name("no_such_boot.py"))
+    try:
+        with pytest.raises(AlignlabError, match="trivial program failed"):
+            sandbox.self_check()
+    finally:
+        sandbox.self_check.cache_clear()

@@ -120,3 +120,10 @@ def test_judge_reward_pairwise_against_reference():
         fn(["q"], ["a"])
     with pytest.raises(AlignlabError, match="judge"):
         get_reward("judge")
+    with pytest.raises(AlignlabError, match="cannot grade one answer"):
+        get_reward("judge", judge=judge, mode="pointwise")
+
+
+def test_plain_numbers_respect_thousands_groups():
+    assert math_equal("1,000", "1000") and not math_equal("1,2", "12")
+    assert math_equal("12,345.5 m", "12345.5")

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alignlab.errors import AlignlabError
-from alignlab.rollout.sandbox import SandboxLimits, run_python
+from alignlab.rollout.sandbox import SandboxLimits, run_python, self_check
 
 __all__ = ["extract_program", "make_code_reward", "run_tests"]
 
@@ -82,6 +82,7 @@ def make_code_reward(
     limits = SandboxLimits(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb)
     if workers < 1:
         raise AlignlabError(f"reward code: workers must be >= 1 (got {workers})")
+    self_check()
 
     def one(i: int, completion: str, tests: Any) -> float:
         if tests is None:

@@ -1,8 +1,8 @@
 """The `judge` reward: any judge from :mod:`alignlab.eval.judges` as an RL reward, with a cache.
 
-- ``pointwise``: the judge grades each completion alone. An LLM judge grades 1-10 (MT-Bench single
-  grading) and the reward is ``(rating - 1) / 9`` in [0, 1]; a reward-model or function judge gives
-  its score as it is.
+- ``pointwise``: an LLM judge grades each completion alone, 1-10 (MT-Bench single grading), and the
+  reward is ``(rating - 1) / 9`` in [0, 1]. (A reward-model or function scorer needs no judge around
+  it: use the ``reward_model`` reward or the function itself.)
 - ``pairwise``: the judge compares the completion (as answer A) with the row's reference answer
   (field ``reference`` by default); the reward is ``P(completion better)`` in [0, 1], 0.5 a tie.
 
@@ -33,8 +33,11 @@ class JudgeReward:
                  reference_field: str = "reference", cache_size: int = 100_000, failed_value: float = 0.0):
         if mode not in ("pointwise", "pairwise"):
             raise AlignlabError(f"reward judge: mode must be 'pointwise' or 'pairwise', got {mode!r}")
-        if mode == "pointwise" and not (hasattr(judge, "grade_batch") or hasattr(judge, "score_fn")):
-            raise AlignlabError(f"reward judge: judge {judge.name!r} cannot grade one answer; use mode: pairwise")
+        if mode == "pointwise" and not hasattr(judge, "grade_batch"):
+            raise AlignlabError(
+                f"reward judge: judge {judge.name!r} cannot grade one answer; use mode: pairwise, or use its "
+                "scorer directly as the reward (reward_model, or the function's name)"
+            )
         self.judge, self.mode, self.reference_field = judge, mode, reference_field
         self.cache_size, self.failed_value = cache_size, failed_value
         self._cache: OrderedDict[tuple, float] = OrderedDict()
@@ -77,10 +80,7 @@ class JudgeReward:
         if self.mode == "pairwise":
             results = self.judge.compare_batch(prompts, completions, [str(r) for r in refs])
             return [r.prob_a_better for r in results]
-        if hasattr(self.judge, "grade_batch"):
-            return [None if g is None else (g - 1.0) / 9.0 for g, _ in self.judge.grade_batch(prompts, completions)]
-        scores = self.judge._scores(list(prompts), list(completions), {})
-        return [s if isinstance(s, float) else None for s in scores]
+        return [None if g is None else (g - 1.0) / 9.0 for g, _ in self.judge.grade_batch(prompts, completions)]
 
 
 def make_judge_reward(judge: Judge | dict | None = None, mode: str = "pointwise", reference_field: str = "reference",

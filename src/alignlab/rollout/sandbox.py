@@ -40,7 +40,7 @@ from pathlib import Path
 
 from alignlab.errors import AlignlabError
 
-__all__ = ["SandboxLimits", "SandboxResult", "isolation", "run_python"]
+__all__ = ["SandboxLimits", "SandboxResult", "isolation", "run_python", "self_check"]
 
 _BOOT = Path(__file__).with_name("_sandbox_boot.py")
 
@@ -98,6 +98,18 @@ def isolation() -> dict[str, int | bool]:
         abi = max(int(res), 0)
     seccomp = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
     return {"landlock_abi": abi, "seccomp": seccomp}
+
+
+@lru_cache(maxsize=1)
+def self_check() -> None:
+    """Run a trivial program once per process; AlignlabError (with the sandbox's own message) when the
+    sandbox cannot start here, so a broken host fails loudly instead of scoring every program 0."""
+    res = run_python("print('ok')", limits=SandboxLimits(timeout_s=30.0))
+    if not res.passed or res.stdout.strip() != "ok":
+        raise AlignlabError(
+            f"sandbox: a trivial program failed here (exit {res.returncode}, timed out {res.timed_out}): "
+            f"{res.stderr.strip()[-500:]}"
+        )
 
 
 def _env(scratch: str, token: str) -> dict[str, str]:

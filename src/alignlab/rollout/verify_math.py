@@ -24,7 +24,8 @@ __all__ = ["extract_final_answer", "make_math_reward", "math_equal"]
 MAX_ANSWER_CHARS = 300
 """Longer extracted answers score 0 unparsed: parsing is unbounded in time off the main thread."""
 
-_PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?[\d,]*\.?\d+)\s*(?:\\%|%)?\s*[A-Za-z .]*$")
+# A number (thousands separated by commas only in groups of three, so "1,2" is not 12) and maybe a unit.
+_PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:\\%|%)?\s*[A-Za-z .]*$")
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -62,7 +63,7 @@ def extract_final_answer(text: str) -> str | None:
 
 def _plain_number(answer: str) -> float | None:
     m = _PLAIN_NUMBER.match(answer)
-    if not m:
+    if not m or not any(ch.isdigit() for ch in m.group(1)):
         return None
     try:
         return float(m.group(1).replace(",", ""))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignlab.rl.envs.base import ToolEnvironment, register_env
-from alignlab.rollout.sandbox import SandboxLimits, run_python
+from alignlab.rollout.sandbox import SandboxLimits, run_python, self_check
 
 __all__ = ["PythonToolEnv"]
 
@@ -29,6 +29,7 @@ class PythonToolEnv(ToolEnvironment):
 
     def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512, **options: Any):
         super().__init__(**options)
+        self_check()
         self.limits = SandboxLimits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s)), memory_mb=memory_mb)
         self.tools = {"python": self._run_code}
 
