@@ -129,3 +129,39 @@ def test_self_check_passes_here_and_reports_a_broken_sandbox(monkeypatch):
             sandbox.self_check()
     finally:
         sandbox.self_check.cache_clear()
+
+
+def test_rlimits_are_in_force_inside():
+    limits = SandboxLimits(timeout_s=5.0, cpu_s=3, memory_mb=300, file_size_mb=2, nproc=17, open_files=33)
+    probe = ("import resource as r\n"
+             "for name in ('CPU', 'AS', 'FSIZE', 'NPROC', 'NOFILE', 'CORE'):\n"
+             "    print(name, *r.getrlimit(getattr(r, 'RLIMIT_' + name)))")
+    res = run_python(probe, limits=limits)
+    got = {line.split()[0]: tuple(map(int, line.split()[1:])) for line in res.stdout.splitlines()}
+    mb = 1024 * 1024
+    assert got == {"CPU": (3, 4), "AS": (300 * mb,) * 2, "FSIZE": (2 * mb,) * 2, "NPROC": (17, 17),
+                   "NOFILE": (33, 33), "CORE": (0, 0)}
+
+
+def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock():
+    res = run_python("while True:\n    pass", limits=SandboxLimits(timeout_s=30.0, cpu_s=1))
+    assert not res.timed_out and res.returncode in (-24, -9)  # SIGXCPU, then SIGKILL at the hard limit
+
+
+def test_no_network_and_no_signals_outside():
+    import socket
+
+    abi = isolation()["landlock_abi"]
+    if abi < 6:
+        pytest.skip(f"Landlock ABI {abi} < 6: TCP and signal scoping are not available on this kernel")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        port = server.getsockname()[1]
+        res = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)", limits=FAST)
+        assert not res.passed and "PermissionError" in res.stderr
+    finally:
+        server.close()
+    res = run_python(f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)", limits=FAST)
+    assert not res.passed and "PermissionError" in res.stderr  # and this test process is still here
