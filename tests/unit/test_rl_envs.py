@@ -157,3 +157,54 @@ def test_multi_turn_tokens_keep_sampled_ids_and_render_the_conversation(tiny_tok
 def test_continuation_text_refuses_a_template_that_rewrites_the_turn(tiny_tokenizer):
     with pytest.raises(AlignlabError, match="prefix"):
         continuation_text(tiny_tokenizer, [{"role": "user", "content": "hi"}], "hello", "HELLO", [])
+
+
+class _ScriptedPolicy:
+    """Stands in for the sampler: answers each episode (found by its question in the context) with the
+    next scripted turn, as token ids ending in EOS, log-prob -0.5 per token; records every context."""
+
+    def __init__(self, tok, script):
+        self.tok, self.script, self.calls = tok, {q: list(turns) for q, turns in script.items()}, []
+
+    def __call__(self, contexts):
+        from types import SimpleNamespace
+
+        self.calls.append([list(c) for c in contexts])
+        outs = []
+        for ctx in contexts:
+            question = next(q for q in self.script if q in self.tok.decode(ctx))
+            ids = self.tok(self.script[question].pop(0) + self.tok.eos_token, add_special_tokens=False)["input_ids"]
+            outs.append(SimpleNamespace(completion_ids=ids, finish_reason="eos", logprobs=[-0.5] * len(ids)))
+        return outs
+
+
+def test_run_episodes_batches_turns_keeps_ids_and_masks(tiny_tokenizer):
+    from alignlab.rl.envs.episode import run_episodes
+
+    tok = tiny_tokenizer
+    rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
+    policy = _ScriptedPolicy(tok, {"6 * 7": [_tool_call("6*7"), "It is \\boxed{42}"],
+                                   "2 + 2": ["\\boxed{5}"]})
+    eps = run_episodes(lambda: get_env("calculator"), rows, tok, policy, max_response_tokens=400)
+    assert [len(c) for c in policy.calls] == [2, 1]  # turn 1 batched both episodes; turn 2 only the first
+    first, second = eps
+    assert (first.reward, first.done, first.truncated, first.info["tool_calls"]) == (1.0, True, False, 1)
+    assert (second.reward, second.done) == (0.0, True)
+    # The second turn's context is exactly prompt + sampled ids + inserted ids of the first turn.
+    assert policy.calls[1][0] == first.prompt_ids + list(first.segments[0].ids) + list(first.segments[1].ids)
+    ids, mask = first.response_ids, first.loss_mask
+    assert len(ids) == len(mask) == len(first.logprobs)
+    assert all((lp == -0.5) == bool(m) for lp, m in zip(first.logprobs, mask))
+    assert [s.generated for s in first.segments] == [True, False, True]
+    assert [m["role"] for m in first.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert first.messages[3]["content"] == "42"
+
+
+def test_run_episodes_token_budget_truncates(tiny_tokenizer):
+    from alignlab.rl.envs.episode import run_episodes
+
+    tok = tiny_tokenizer
+    policy = _ScriptedPolicy(tok, {"6 * 7": [_tool_call("6*7"), "\\boxed{42}"]})
+    (ep,) = run_episodes(lambda: get_env("calculator"), [{"question": "What is 6 * 7?", "answer": "42"}], tok,
+                         policy, max_response_tokens=len(policy.tok(_tool_call("6*7"))["input_ids"]) + 2)
+    assert ep.truncated and not ep.done and ep.reward == 0.0 and len(policy.calls) == 1
