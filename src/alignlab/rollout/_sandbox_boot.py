@@ -113,7 +113,7 @@ def main() -> None:
         set_limits(cfg)
     except (OSError, ValueError) as e:
         _die(f"setrlimit failed: {e}")
-    if _LIBC.prctl(PR_SET_NO_NEW_PRIVS, *(ctypes.c_ulong(v) for v in (1, 0, 0, 0))):
+    if sys.platform == "linux" and _LIBC.prctl(PR_SET_NO_NEW_PRIVS, *(ctypes.c_ulong(v) for v in (1, 0, 0, 0))):
         _die(f"no_new_privs failed: {os.strerror(ctypes.get_errno())}")
     if cfg["landlock_abi"] > 0:
         landlock(cfg["scratch"], cfg["landlock_abi"])
