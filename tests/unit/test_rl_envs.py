@@ -179,7 +179,7 @@ class _ScriptedPolicy:
 
 
 def test_run_episodes_batches_turns_keeps_ids_and_masks(tiny_tokenizer):
-    from alignlab.rl.envs.episode import run_episodes
+    from alignlab.rl.envs.episode import padded_loss_mask, run_episodes
 
     tok = tiny_tokenizer
     rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
@@ -198,6 +198,9 @@ def test_run_episodes_batches_turns_keeps_ids_and_masks(tiny_tokenizer):
     assert [s.generated for s in first.segments] == [True, False, True]
     assert [m["role"] for m in first.messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert first.messages[3]["content"] == "42"
+    padded = padded_loss_mask(eps)
+    assert padded.shape == (2, len(first.loss_mask)) and padded[0].tolist() == [float(m) for m in first.loss_mask]
+    assert padded[1, len(second.loss_mask):].sum() == 0 and first.completion_ids == first.response_ids
 
 
 def test_run_episodes_token_budget_truncates(tiny_tokenizer):

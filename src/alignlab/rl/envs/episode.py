@@ -23,7 +23,7 @@ from alignlab.errors import AlignlabError
 from alignlab.rl.envs.base import Environment, Message
 from alignlab.rl.envs.tokens import Segment, assemble, continuation_text
 
-__all__ = ["Episode", "run_episodes"]
+__all__ = ["Episode", "padded_loss_mask", "run_episodes"]
 
 
 @dataclass
@@ -52,6 +52,28 @@ class Episode:
     @property
     def loss_mask(self) -> list[int]:
         return assemble(self.segments)[1]
+
+    @property
+    def completion_ids(self) -> list[int]:
+        """The response ids under the name ``rollout.generate.Sample`` uses, so code that packs samples
+        (prompt_ids + completion_ids) packs episodes too; then apply :func:`padded_loss_mask`."""
+        return self.response_ids
+
+
+def padded_loss_mask(episodes: Sequence[Episode], length: int | None = None):
+    """float32 tensor [n, T] of the episodes' loss masks, right-padded with 0 to ``length`` (default: the
+    longest response): multiply it into a packed rollout's response mask so that tool output and
+    template tokens carry no loss."""
+    import torch
+
+    masks = [ep.loss_mask for ep in episodes]
+    T = max((len(m) for m in masks), default=0) if length is None else length
+    if any(len(m) > T for m in masks):
+        raise AlignlabError(f"multi-turn: a response of {max(len(m) for m in masks)} tokens exceeds length {T}")
+    out = torch.zeros((len(masks), T), dtype=torch.float32)
+    for r, m in enumerate(masks):
+        out[r, :len(m)] = torch.tensor(m, dtype=torch.float32)
+    return out
 
 
 def run_episodes(
