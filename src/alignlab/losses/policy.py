@@ -1,5 +1,7 @@
-"""Policy-gradient losses for online RL: PPO clip (with dual clip), clipped value loss, KL estimators,
-entropy, loss aggregation, and KL-coefficient controllers.
+"""Policy-gradient losses for online RL: PPO clip (clip-higher, dual clip), GSPO and CISPO with their
+registry (``POLICY_LOSSES`` / ``get_policy_loss``), clipped value loss, entropy and loss aggregation.
+The KL estimators and KL-coefficient controllers live in :mod:`alignlab.losses.kl` and are
+re-exported here unchanged.
 
 Every function is pure: tensors in, tensors out; no module, config or model inside. Shapes use
 ``B`` (sequences in the batch) and ``T`` (response tokens, right-padded); ``mask`` is 1.0 on real
@@ -12,40 +14,57 @@ Log-probabilities are of the *sampled* tokens (``ops.logprobs.token_logprobs``),
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from alignlab.errors import AlignlabError
+from alignlab.losses.kl import (  # re-exported: callers import the KL parts from here
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_penalty,
+)
 from alignlab.ops.logprobs import entropy_from_logits
 from alignlab.ops.masked import masked_mean
 
-LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+LossAgg = Literal[
+    "token-mean", "token-sum-norm", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+]
 LOSS_AGG_MODES: tuple[str, ...] = (
     "token-mean",
+    "token-sum-norm",
     "seq-mean-token-mean",
     "seq-mean-token-sum",
     "seq-mean-token-sum-norm",
 )
-KLEstimator = Literal["k1", "k2", "k3"]
-KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 
 __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
     "AdaptiveKLController",
     "FixedKLController",
+    "POLICY_LOSSES",
     "PPOLossOutput",
+    "PolicyLossOutput",
+    "PolicyLossSpec",
     "aggregate_loss",
+    "cispo",
+    "get_policy_loss",
+    "gspo",
     "entropy_bonus",
     "entropy_from_logits",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "kl_penalty",
+    "ppo_clip",
     "ppo_clip_loss",
     "value_loss",
 ]
@@ -56,17 +75,104 @@ def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     return x.mean() if mask is None else masked_mean(x, mask)
 
 
-class PPOLossOutput(NamedTuple):
-    """Result of :func:`ppo_clip_loss`. ``loss`` keeps its graph; the diagnostics are detached scalars."""
+class PolicyLossOutput(NamedTuple):
+    """Result of every policy objective. ``loss`` keeps its graph; the diagnostics are detached scalars."""
 
     loss: Tensor
     """[B, T] per-token loss (to be minimised); aggregate with :func:`aggregate_loss`."""
     clip_frac: Tensor
-    """Scalar: fraction of (masked) tokens where the ratio clip was active (gradient zeroed)."""
+    """Scalar: fraction of (masked) tokens where the ratio clip was active (for ppo_clip/gspo the
+    gradient is zeroed there; for cispo only the weight is capped, the gradient stays)."""
     approx_kl: Tensor
     """Scalar: k3 estimate of KL(old || new) over (masked) tokens, ``(r - 1) - log r`` with r = new/old."""
     dual_clip_frac: Tensor
     """Scalar: fraction of (masked) tokens where the dual clip bound was active (0 if disabled)."""
+
+
+PPOLossOutput = PolicyLossOutput
+"""Former name of :class:`PolicyLossOutput`, kept for existing callers."""
+
+
+def _clipped_surrogate(
+    ratio: Tensor, advantages: Tensor, lo: float, hi: float, dual_clip: float | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token ``-min(r A, clip(r, lo, hi) A)``, optionally dual-clipped; (loss, clip_active, dual_active)."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, lo, hi)
+    loss = torch.maximum(unclipped, clipped)
+    clip_active = (clipped > unclipped).to(ratio.dtype)
+    dual_active = torch.zeros_like(clip_active)
+    if dual_clip is not None:
+        # -max(L, cA) == min(loss, -cA); only applied where A < 0 (Ye et al. 2020, Eq. 5).
+        bound = -dual_clip * advantages
+        negative = (advantages < 0).expand_as(loss)
+        dual_active = (negative & (loss > bound)).to(ratio.dtype)
+        loss = torch.where(negative, torch.minimum(loss, bound), loss)
+    return loss, clip_active, dual_active
+
+
+def _check_clip(name: str, epsilon_low: float, epsilon_high: float | None, dual_clip: float | None) -> float:
+    """Validate the clip range; returns epsilon_high (defaulting to epsilon_low)."""
+    high = epsilon_low if epsilon_high is None else epsilon_high
+    if epsilon_low < 0 or high < 0:
+        raise AlignlabError(f"{name}: epsilon_low and epsilon_high must be >= 0 (got {epsilon_low}, {high})")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise AlignlabError(f"{name}: dual_clip must be > 1 (got {dual_clip})")
+    return high
+
+
+def _log_ratio(logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
+    # Clamp before exp so one wildly off-policy token gives a large finite ratio rather than inf/NaN
+    # (as verl does); |log r| > 20 is far outside any clip range, so only that token's gradient changes.
+    return torch.clamp(logprobs - old_logprobs, -20.0, 20.0)
+
+
+def _seq_adv(advantages: Tensor) -> Tensor:
+    return advantages[:, None] if advantages.dim() == 1 else advantages
+
+
+def ppo_clip(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None = None,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    dual_clip: float | None = None,
+) -> PolicyLossOutput:
+    """PPO clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", Eq. 7)
+    with DAPO's clip-higher (Yu et al. 2025, Eq. 10) and the dual clip.
+
+    With ratio ``r = exp(logprobs - old_logprobs)`` the objective per token is
+    ``L^CLIP = min(r * A, clip(r, 1 - epsilon_low, 1 + epsilon_high) * A)``; the returned loss is
+    ``-L^CLIP``. ``epsilon_high`` (default ``epsilon_low``) > ``epsilon_low`` is DAPO's decoupled
+    "clip-higher" (0.2 / 0.28 in the paper), which leaves low-probability tokens room to grow.
+
+    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", Eq. 5): for
+    negative advantages the objective is further bounded below, ``max(L^CLIP, c * A)`` with ``c > 1``,
+    so a huge ratio on a bad action cannot produce an unbounded loss. Positive advantages are untouched.
+
+    Args:
+        logprobs: [B, T] log-probs of the sampled tokens under the current policy (with grad).
+        old_logprobs: [B, T] the same under the policy that generated the rollout (no grad).
+        advantages: [B, T] per-token advantages, or [B] / [B, 1] per-sequence (broadcast over T).
+        mask: [B, T] response mask for the diagnostics; None counts every position.
+        epsilon_low: epsilon of the lower clip bound ``1 - epsilon_low``.
+        epsilon_high: epsilon of the upper clip bound ``1 + epsilon_high`` (None: ``epsilon_low``).
+        dual_clip: constant ``c`` (> 1, typically 3) of the dual clip; None disables it.
+    """
+    high = _check_clip("ppo_clip", epsilon_low, epsilon_high, dual_clip)
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    loss, clip_active, dual_active = _clipped_surrogate(
+        torch.exp(log_ratio), _seq_adv(advantages), 1.0 - epsilon_low, 1.0 + high, dual_clip
+    )
+    with torch.no_grad():
+        # k3 of KL(old || new): samples came from old, r = new / old.
+        approx_kl = _masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+        clip_frac = _masked_mean(clip_active, mask)
+        dual_frac = _masked_mean(dual_active, mask)
+    return PolicyLossOutput(loss, clip_frac, approx_kl, dual_frac)
 
 
 def ppo_clip_loss(
@@ -78,53 +184,134 @@ def ppo_clip_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     dual_clip: float | None = None,
-) -> PPOLossOutput:
-    """PPO clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", Eq. 7).
+) -> PolicyLossOutput:
+    """:func:`ppo_clip` under its former keyword names (``clip_eps`` = ``epsilon_low``,
+    ``clip_eps_high`` = ``epsilon_high``), kept so existing callers keep working."""
+    return ppo_clip(
+        logprobs, old_logprobs, advantages, mask,
+        epsilon_low=clip_eps, epsilon_high=clip_eps_high, dual_clip=dual_clip,
+    )
 
-    With ratio ``r = exp(logprobs - old_logprobs)`` the objective per token is
-    ``L^CLIP = min(r * A, clip(r, 1 - eps, 1 + eps_high) * A)``; the returned loss is ``-L^CLIP``.
-    ``clip_eps_high`` (default ``clip_eps``) allows the asymmetric "clip-higher" of DAPO (Yu et al. 2025).
 
-    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", Eq. 5): for
-    negative advantages the objective is further bounded below, ``max(L^CLIP, c * A)`` with ``c > 1``,
-    so a huge ratio on a bad action cannot produce an unbounded loss. Positive advantages are untouched.
+def gspo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None = None,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    dual_clip: float | None = None,
+) -> PolicyLossOutput:
+    """GSPO: sequence-level importance ratio, clipped per sequence (Zheng et al. 2025, "Group Sequence
+    Policy Optimization", Eq. 5-7).
 
-    Args:
-        logprobs: [B, T] log-probs of the sampled tokens under the current policy (with grad).
-        old_logprobs: [B, T] the same under the policy that generated the rollout (no grad).
-        advantages: [B, T] per-token advantages, or [B] / [B, 1] per-sequence (broadcast over T).
-        mask: [B, T] response mask for the diagnostics; None counts every position.
-        clip_eps: epsilon of the lower clip bound (and upper one unless ``clip_eps_high``).
-        clip_eps_high: epsilon of the upper clip bound.
-        dual_clip: constant ``c`` (> 1, typically 3) of the dual clip; None disables it.
+    ``s_i = (pi(y_i|x) / pi_old(y_i|x))^(1/|y_i|) = exp(mean_t log r_it)`` (Eq. 7, the geometric mean of
+    the token ratios over the sequence's real tokens) replaces PPO's token ratio in the clipped
+    surrogate ``min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i)`` (Eq. 5).
+
+    The loss comes back per token in the paper's GSPO-token form (as verl implements it):
+    token t of sequence i carries ``s_it = sg(s_i) * pi(y_it) / sg(pi(y_it))``, whose value is ``s_i`` and
+    whose gradient is ``s_i * grad log pi(y_it)``. Aggregated with ``seq-mean-token-mean`` (the paper's
+    ``1/G sum_i`` of a per-sequence term) and a per-sequence advantage, the gradient is exactly that of
+    Eq. 5, since ``grad s_i = s_i * mean_t grad log pi(y_it)``. With one token per sequence it equals
+    :func:`ppo_clip`. The paper's clip range is tiny (3e-4 / 4e-4) because ``s_i`` is a per-token mean.
+
+    Args: as :func:`ppo_clip`; ``mask`` decides which tokens enter the geometric mean (None: all).
     """
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise AlignlabError(f"ppo_clip_loss: dual_clip must be > 1 (got {dual_clip})")
-    if advantages.dim() == 1:
-        advantages = advantages[:, None]
-    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    # Clamp before exp so one wildly off-policy token gives a large finite ratio rather than inf/NaN
-    # (as verl does); |log r| > 20 is far outside any clip range, so only that token's gradient changes.
-    log_ratio = torch.clamp(logprobs - old_logprobs, -20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
-    loss = torch.maximum(unclipped, clipped)
-    clip_active = (clipped > unclipped).to(logprobs.dtype)
-    dual_active = torch.zeros_like(clip_active)
-    if dual_clip is not None:
-        # -max(L, cA) == min(loss, -cA); only applied where A < 0 (Ye et al. 2020, Eq. 5).
-        bound = -dual_clip * advantages
-        dual = torch.minimum(loss, bound)
-        negative = (advantages < 0).expand_as(loss)
-        dual_active = (negative & (loss > bound)).to(logprobs.dtype)
-        loss = torch.where(negative, dual, loss)
+    high = _check_clip("gspo", epsilon_low, epsilon_high, dual_clip)
+    m = torch.ones_like(logprobs) if mask is None else mask.to(logprobs.dtype)
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    seq_log_ratio = (log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
+    # Value s_i on every token, gradient through this token's log-prob only (GSPO-token).
+    token_log_s = logprobs - logprobs.detach() + seq_log_ratio.detach()
+    ratio = torch.exp(torch.clamp(token_log_s, max=20.0))
+    loss, clip_active, dual_active = _clipped_surrogate(
+        ratio, _seq_adv(advantages), 1.0 - epsilon_low, 1.0 + high, dual_clip
+    )
     with torch.no_grad():
-        # k3 of KL(old || new): samples came from old, r = new / old.
         approx_kl = _masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
         clip_frac = _masked_mean(clip_active, mask)
         dual_frac = _masked_mean(dual_active, mask)
-    return PPOLossOutput(loss, clip_frac, approx_kl, dual_frac)
+    return PolicyLossOutput(loss, clip_frac, approx_kl, dual_frac)
+
+
+def cispo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None = None,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    dual_clip: float | None = None,
+) -> PolicyLossOutput:
+    """CISPO: a clipped, stop-gradient importance weight on a REINFORCE term; no token is dropped
+    (MiniMax et al. 2025, "MiniMax-M1", Sec. 3, Eq. 4-5).
+
+    Per token ``loss = -sg(r_hat) * A * log pi(y_t)`` with ``r_hat = clip(r, 1 - eps_low, 1 + eps_high)``
+    (Eq. 5). Unlike PPO, a token whose ratio left the range still gets gradient ``-r_hat * A * grad log
+    pi``: only its weight is capped. Where the clip is inactive the gradient equals that of the
+    unclipped importance-sampled objective ``-r * A`` (since ``grad r = r * grad log pi``). The loss
+    *value* is the paper's surrogate (not ``-r A``); use ``approx_kl``/``clip_frac`` to monitor. The paper
+    imposes no lower bound (a large ``eps_low``, here 1.0 so the weight is only kept >= 0) and tunes
+    ``eps_high`` only. ``dual_clip`` is not part of CISPO (its weight is already bounded): giving one
+    is an error.
+    """
+    high = _check_clip("cispo", epsilon_low, epsilon_high, None)
+    if dual_clip is not None:
+        raise AlignlabError("cispo: dual_clip does not apply (the IS weight is already capped); leave it unset")
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    ratio = torch.exp(log_ratio.detach())
+    weight = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + high)
+    loss = -weight * _seq_adv(advantages) * logprobs
+    with torch.no_grad():
+        approx_kl = _masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+        clip_frac = _masked_mean((weight != ratio).to(logprobs.dtype), mask)
+    return PolicyLossOutput(loss, clip_frac, approx_kl, torch.zeros_like(approx_kl))
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    """One policy objective and the settings its paper uses (the loop reads these, never the name)."""
+
+    name: str
+    """Registry key, the value of the config's ``policy_loss``."""
+    fn: Callable[..., PolicyLossOutput]
+    """``fn(logprobs, old_logprobs, advantages, mask, *, epsilon_low, epsilon_high, dual_clip)``."""
+    loss_agg: str
+    """The :func:`aggregate_loss` mode the paper uses (a sensible default for ``loss_agg``)."""
+    epsilon_low: float
+    """The paper's lower clip epsilon."""
+    epsilon_high: float
+    """The paper's upper clip epsilon."""
+    supports_dual_clip: bool
+    """False: passing ``dual_clip`` raises (the objective has no such bound)."""
+    summary: str
+    """One line for ``--help`` and docs."""
+
+
+POLICY_LOSSES: dict[str, PolicyLossSpec] = {
+    s.name: s
+    for s in (
+        PolicyLossSpec("ppo_clip", ppo_clip, "token-mean", 0.2, 0.28, True,
+                       "PPO clipped surrogate with DAPO clip-higher and optional dual clip"),
+        PolicyLossSpec("gspo", gspo, "seq-mean-token-mean", 3e-4, 4e-4, True,
+                       "GSPO: sequence-level (geometric-mean) ratio clipped per sequence"),
+        PolicyLossSpec("cispo", cispo, "token-mean", 1.0, 0.28, False,
+                       "CISPO: clipped stop-gradient IS weight on REINFORCE, no token dropped"),
+    )
+}
+
+
+def get_policy_loss(name: str) -> PolicyLossSpec:
+    """The spec registered under ``name``; an AlignlabError listing the valid names otherwise."""
+    try:
+        return POLICY_LOSSES[name]
+    except (KeyError, TypeError):
+        raise AlignlabError(
+            f"unknown policy_loss {name!r}; valid: {', '.join(sorted(POLICY_LOSSES))}"
+        ) from None
 
 
 def value_loss(
@@ -159,62 +346,20 @@ def value_loss(
     return 0.5 * torch.maximum(plain, clipped), frac
 
 
-def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k1 = ``log pi(x) - log ref(x)`` per token, x sampled from pi (Schulman 2020, "Approximating KL
-    divergence"). Unbiased for KL(pi || ref), high variance, can be negative per sample."""
-    return logprobs - ref_logprobs
-
-
-def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k2 = ``0.5 * (log ref(x) - log pi(x))^2`` (Schulman 2020). Biased but low variance and >= 0;
-    its gradient as a loss term is the gradient of the true reverse KL in expectation."""
-    return 0.5 * (ref_logprobs - logprobs) ** 2
-
-
-def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k3 = ``(r - 1) - log r`` with ``r = ref(x) / pi(x)``, x sampled from pi (Schulman 2020).
-    Unbiased for KL(pi || ref) (since E_pi[r] = 1), always >= 0, lower variance than k1; the GRPO
-    KL term (Shao et al. 2024, Eq. 4)."""
-    log_r = ref_logprobs - logprobs
-    return torch.expm1(log_r) - log_r
-
-
-def kl_penalty(
-    logprobs: Tensor,
-    ref_logprobs: Tensor,
-    estimator: KLEstimator = "k1",
-    *,
-    max_log_ratio: float | None = None,
-) -> Tensor:
-    """Per-token KL(pi || ref) estimate with the chosen estimator, [B, T] -> [B, T].
-
-    ``max_log_ratio`` clamps ``log pi - log ref`` to ``[-m, m]`` first (e.g. 20, like verl's
-    ``low_var_kl``), so a token the policy sampled at near-zero probability cannot overflow k3's exp.
-
-    Use it either shaped into the reward (``advantages.shape_rewards(..., kl=kl_penalty(...).detach())``,
-    InstructGPT/PPO style, usually k1) or added to the loss (``loss + beta * kl_penalty(...)``, GRPO
-    style, usually k3 or k2 because k1's gradient as a loss has zero expectation).
-    """
-    if max_log_ratio is not None:
-        ref_logprobs = logprobs - torch.clamp(logprobs - ref_logprobs, -max_log_ratio, max_log_ratio)
-    if estimator == "k1":
-        return kl_k1(logprobs, ref_logprobs)
-    if estimator == "k2":
-        return kl_k2(logprobs, ref_logprobs)
-    if estimator == "k3":
-        return kl_k3(logprobs, ref_logprobs)
-    raise AlignlabError(f"kl_penalty: unknown estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
-
-
 def entropy_bonus(
-    logits: Tensor, mask: Tensor, loss_agg: LossAgg = "token-mean", *, chunk_size: int | None = None
+    logits: Tensor,
+    mask: Tensor,
+    loss_agg: LossAgg = "token-mean",
+    *,
+    chunk_size: int | None = None,
+    norm: float | None = None,
 ) -> Tensor:
     """Mean policy entropy over response tokens from logits [B, T, V] (float32), aggregated like the loss.
 
     Subtract ``coef * entropy_bonus(...)`` from the loss to encourage exploration (Schulman et al. 2017,
     Eq. 9, the ``c2 S[pi](s_t)`` term). Keeps the graph; detach it for a diagnostic.
     """
-    return aggregate_loss(entropy_from_logits(logits, chunk_size=chunk_size), mask, loss_agg)
+    return aggregate_loss(entropy_from_logits(logits, chunk_size=chunk_size), mask, loss_agg, norm=norm)
 
 
 def aggregate_loss(
@@ -230,10 +375,23 @@ def aggregate_loss(
     - ``"seq-mean-token-sum-norm"``: ``sum(loss * mask) / (B * norm)`` with a constant ``norm``
       (default: ``T``, the padded/maximum response length) - Dr. GRPO (Liu et al. 2025, Sec. 3.1),
       which removes GRPO's length bias by dividing by a constant instead of each sequence's length.
+    - ``"token-sum-norm"``: ``sum(loss * mask) / norm``, ``norm`` REQUIRED: DAPO's token-level loss (Yu et
+      al. 2025, Sec. 3.3) split across micro-batches. The caller passes the same constant for every
+      micro-batch of one optimizer step: the number of real response tokens in the whole step's batch
+      (all micro-batches; under DDP, which averages gradients over ranks, the global count divided by
+      the world size). Each micro-batch's loss is then backpropagated as is (weight 1, no division by
+      the number of micro-batches), and the summed gradients equal those of ``token-mean`` over the
+      whole batch exactly, whatever the split.
     """
     mask = mask.to(loss.dtype)
     if loss_agg == "token-mean":
         return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+    if loss_agg == "token-sum-norm":
+        if norm is None or float(norm) <= 0:
+            raise AlignlabError(
+                f"aggregate_loss: token-sum-norm needs norm > 0, the step's total response tokens (got {norm})"
+            )
+        return (loss * mask).sum() / float(norm)
     if loss_agg == "seq-mean-token-mean":
         per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         return per_seq.mean()
@@ -245,47 +403,3 @@ def aggregate_loss(
             raise AlignlabError(f"aggregate_loss: norm must be > 0 (got {norm})")
         return (loss * mask).sum() / (mask.shape[0] * denom)
     raise AlignlabError(f"aggregate_loss: unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGG_MODES}")
-
-
-@dataclass(frozen=True)
-class AdaptiveKLController:
-    """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences", Eq. 2).
-
-    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta <- beta * (1 + e * n_steps / horizon)``.
-    The coefficient rises when the measured KL exceeds the target and falls when it is below.
-    Immutable: :meth:`update` returns a new controller.
-    """
-
-    value: float = 0.1
-    """Current KL coefficient beta."""
-    target: float = 6.0
-    """Target KL (nats per sequence, in the units of the KL passed to ``update``)."""
-    horizon: int = 10000
-    """Horizon in samples: how many samples it takes to move beta by the full clipped error."""
-
-    def __post_init__(self) -> None:
-        if self.target <= 0 or self.horizon <= 0 or self.value < 0:
-            raise AlignlabError(
-                f"AdaptiveKLController: need target > 0, horizon > 0, value >= 0 (got {self.target}, "
-                f"{self.horizon}, {self.value})"
-            )
-
-    def update(self, current_kl: float, n_steps: int) -> AdaptiveKLController:
-        """New controller after observing ``current_kl`` over a batch of ``n_steps`` samples."""
-        if not math.isfinite(current_kl):
-            # A NaN KL would silently poison beta for the rest of the run.
-            raise AlignlabError(f"AdaptiveKLController.update: KL is not finite ({current_kl})")
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        return replace(self, value=self.value * (1.0 + error * n_steps / self.horizon))
-
-
-@dataclass(frozen=True)
-class FixedKLController:
-    """Constant KL coefficient; same interface as :class:`AdaptiveKLController`."""
-
-    value: float = 0.1
-    """The KL coefficient beta."""
-
-    def update(self, current_kl: float, n_steps: int) -> FixedKLController:
-        """Returns itself: the coefficient never changes."""
-        return self

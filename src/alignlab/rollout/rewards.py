@@ -7,8 +7,13 @@ generated text (a string), and every extra dataset column arrives as a keyword h
 completion (TRL's convention), e.g. `answer=[...]` for GSM8K. Functions accept **kwargs they do not use.
 
 Built in: `sentiment` (VADER compound score in [-1, 1]), `gsm8k` (numeric answer match, 1.0 or 0.0),
-`format` (regex check, 1.0 or 0.0), `reward_model` (a scalar-head checkpoint as scorer). Any other
-callable is named as "module.path:function" (or "path/to/file.py:function").
+`format` (regex check, 1.0 or 0.0), `reward_model` (a scalar-head checkpoint as scorer), `math`
+(final-answer equivalence with math-verify, 1.0 or 0.0), `code` (the program run against the row's
+tests in a sandbox), `judge` (an eval judge, pointwise or pairwise against a reference, cached). Any
+other callable is named as "module.path:function" (or "path/to/file.py:function").
+
+A list of rewards is their weighted sum: `get_reward(["math", "format"], weights=[1.0, 0.2],
+format={"pattern": ...})`, options per reward by name (see :class:`WeightedReward`).
 """
 
 from __future__ import annotations
@@ -45,9 +50,17 @@ def reward_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_reward(spec: str | Callable, **options: Any) -> RewardFn:
+def get_reward(spec: str | Callable | Sequence[str | Callable], weights: Sequence[float] | None = None,
+               **options: Any) -> RewardFn:
     """A reward function from a registry name, "module.path:function", "file.py:function", or a callable.
-    `options` go to the registered factory (e.g. pattern= for "format", path= for "reward_model")."""
+    `options` go to the registered factory (e.g. pattern= for "format", path= for "reward_model").
+
+    A list or tuple of specs gives a :class:`WeightedReward`: `weights` (default all 1.0) one per
+    reward, and `options` keyed by reward name, each a dict for that reward's factory."""
+    if isinstance(spec, (list, tuple)):
+        return _weighted(list(spec), weights, options)
+    if weights is not None:
+        raise AlignlabError(f"reward: weights are for a list of rewards; {spec!r} is one reward")
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec.strip():
@@ -61,6 +74,45 @@ def get_reward(spec: str | Callable, **options: Any) -> RewardFn:
         f"reward: unknown reward {spec!r}; built in: {', '.join(reward_names())}, "
         "or name a Python function as 'module.path:function'"
     )
+
+
+def _weighted(specs: list, weights: Sequence[float] | None, options: dict) -> WeightedReward:
+    if not specs:
+        raise AlignlabError("reward: an empty list of rewards")
+    names = [s if isinstance(s, str) else getattr(s, "__name__", f"reward{i}") for i, s in enumerate(specs)]
+    if len(set(names)) != len(names):
+        raise AlignlabError(f"reward: {names} names a reward twice; give it one weight instead")
+    weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(specs):
+        raise AlignlabError(f"reward_weights: {len(weights)} weights for {len(specs)} rewards {names}")
+    unknown = set(options) - set(names)
+    if unknown:
+        raise AlignlabError(f"reward options {sorted(unknown)} do not name one of the rewards {names}")
+    for name, opts in options.items():
+        if not isinstance(opts, dict):
+            raise AlignlabError(f"reward options for {name!r}: expected a mapping, got {type(opts).__name__}")
+    fns = [get_reward(s, **options.get(n, {})) for s, n in zip(specs, names)]
+    return WeightedReward(tuple(names), tuple(fns), tuple(weights))
+
+
+class WeightedReward:
+    """The weighted sum of several rewards (e.g. `math` + 0.2 * `format`). After each call,
+    `last_components` maps each reward's name to its unweighted scores, for logging."""
+
+    __name__ = "weighted"
+
+    def __init__(self, names: tuple[str, ...], fns: tuple[RewardFn, ...], weights: tuple[float, ...]):
+        self.names, self.fns, self.weights = names, fns, weights
+        self.last_components: dict[str, list[float]] = {}
+
+    def __call__(self, prompts, completions, **fields) -> list[float]:
+        total = [0.0] * len(completions)
+        self.last_components = {}
+        for name, fn, w in zip(self.names, self.fns, self.weights):
+            values = score(fn, prompts, completions, **fields)
+            self.last_components[name] = values
+            total = [t + w * v for t, v in zip(total, values)]
+        return total
 
 
 def _bind(fn: Callable, options: dict) -> RewardFn:
@@ -270,3 +322,33 @@ class _RewardModelScorer:
                     values = values.gather(1, last[:, None])
                 out.extend(values[:, 0].tolist())
         return out
+
+
+# ---------------------------------------------------------------- verifiable rewards (modules of their own)
+
+
+@register_reward("math")
+def math_reward(answer_field: str = "answer") -> RewardFn:
+    """1.0 when the completion's final answer (\\boxed{}, ####, "answer is", last number) is
+    mathematically equal to the row's reference (math-verify), else 0.0; see rollout.verify_math."""
+    from alignlab.rollout.verify_math import make_math_reward
+
+    return make_math_reward(answer_field)
+
+
+@register_reward("code")
+def code_reward(tests_field: str = "tests", partial: bool = False, timeout_s: float = 5.0, cpu_s: int = 5,
+                memory_mb: int = 1024, workers: int = 1) -> RewardFn:
+    """The completion's program run against the row's tests in the sandbox; see rollout.code_reward."""
+    from alignlab.rollout.code_reward import make_code_reward
+
+    return make_code_reward(tests_field, partial, timeout_s, cpu_s, memory_mb, workers)
+
+
+@register_reward("judge")
+def judge_reward(judge: Any = None, mode: str = "pointwise", reference_field: str = "reference",
+                 cache_size: int = 100_000, failed_value: float = 0.0) -> RewardFn:
+    """An eval judge as reward, pointwise or pairwise against a reference, cached; see rollout.judge_reward."""
+    from alignlab.rollout.judge_reward import make_judge_reward
+
+    return make_judge_reward(judge, mode, reference_field, cache_size, failed_value)

@@ -1,0 +1,103 @@
+"""The `code` reward: run the completion's program against the row's tests in the sandbox.
+
+The program is the last fenced code block of the completion (```python ... ``` preferred, else any
+fence), or the whole completion when it has no fence. The row's tests (field ``tests`` by default)
+come in one of three shapes:
+
+- a string of Python (asserts, a ``check(...)`` call): run once after the program in the same file;
+  the test passes when the process exits 0;
+- a list of strings: each run separately after the program (one test case each);
+- a list of ``{"input": ..., "output": ...}``: the program runs with ``input`` on stdin and passes when
+  its stdout equals ``output`` (trailing whitespace of each line and trailing blank lines ignored).
+
+Reward: 1.0 when every case passes, else 0.0; with ``partial: true`` the fraction of cases passed.
+A program that loops, forks, allocates without bound, writes outside its directory or reads the
+host's environment gets nothing it wants: see :mod:`alignlab.rollout.sandbox`.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.rollout.sandbox import SandboxLimits, run_python, self_check
+
+__all__ = ["extract_program", "make_code_reward", "run_tests"]
+
+_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_program(completion: str) -> str:
+    """The last ```python block (also ```py / ```python3), else the last fenced block, else the text."""
+    blocks = _FENCE.findall(completion)
+    python = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
+    if python:
+        return python[-1]
+    return blocks[-1][1] if blocks else completion
+
+
+def _same_output(got: str, want: str) -> bool:
+    def norm(s: str) -> list[str]:
+        lines = [line.rstrip() for line in s.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    return norm(got) == norm(want)
+
+
+def run_tests(program: str, tests: Any, limits: SandboxLimits, *, where: str = "") -> tuple[int, int]:
+    """(cases passed, cases) for one program; ``tests`` in one of the module's three shapes."""
+    if isinstance(tests, str):
+        return int(run_python(program + "\n\n" + tests + "\n", limits=limits).passed), 1
+    if not isinstance(tests, (list, tuple)) or not tests:
+        raise AlignlabError(f"reward code: {where}tests must be a string or a non-empty list, got {type(tests).__name__}")
+    passed = 0
+    for i, case in enumerate(tests):
+        if isinstance(case, str):
+            passed += run_python(program + "\n\n" + case + "\n", limits=limits).passed
+        elif isinstance(case, dict) and "input" in case and "output" in case:
+            res = run_python(program, stdin=str(case["input"]), limits=limits)
+            passed += res.passed and _same_output(res.stdout, str(case["output"]))
+        else:
+            raise AlignlabError(
+                f"reward code: {where}test case {i} must be a string or {{'input': ..., 'output': ...}}"
+            )
+    return passed, len(tests)
+
+
+def make_code_reward(
+    tests_field: str = "tests",
+    partial: bool = False,
+    timeout_s: float = 5.0,
+    cpu_s: int = 5,
+    memory_mb: int = 1024,
+    workers: int = 1,
+):
+    """RewardFn running each completion's program against its row's ``tests_field`` in the sandbox.
+
+    ``workers`` > 1 runs that many completions at once (each in its own process)."""
+    limits = SandboxLimits(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb)
+    if workers < 1:
+        raise AlignlabError(f"reward code: workers must be >= 1 (got {workers})")
+    self_check()
+
+    def one(i: int, completion: str, tests: Any) -> float:
+        if tests is None:
+            raise AlignlabError(f"reward code: row {i} has no '{tests_field}'")
+        passed, total = run_tests(extract_program(completion), tests, limits, where=f"row {i}: ")
+        return passed / total if partial else float(passed == total)
+
+    def code(prompts: Any, completions: list[str], **fields: Any) -> list[float]:
+        rows = fields.get(tests_field)
+        if rows is None:
+            raise AlignlabError(f"reward code: the rows have no '{tests_field}' field with tests")
+        jobs = list(zip(range(len(completions)), completions, rows))
+        if workers == 1:
+            return [one(*job) for job in jobs]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda job: one(*job), jobs))
+
+    return code

@@ -1,0 +1,88 @@
+"""Hand-computed tests for pass@k (Chen et al. 2021) and maj@k."""
+
+import itertools
+import math
+
+import pytest
+
+from alignlab.errors import AlignlabError
+from alignlab.eval.passk import evaluate_passk, maj_at_k, mean_and_stderr, pass_at_k, passk_summary
+
+
+def test_pass_at_k_hand_values():
+    """n = 5, c = 2: pass@1 = c/n = 0.4; pass@2 = 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7;
+    pass@4 = 1 - C(3,4)/C(5,4) = 1 (n - c < k); c = 0 -> 0."""
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    assert pass_at_k(5, 2, 4) == 1.0
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(200, 13, 100) == pytest.approx(1 - math.comb(187, 100) / math.comb(200, 100))
+
+
+def test_pass_at_k_is_the_subset_average():
+    """Unbiased: equals the fraction of all k-subsets of the n samples containing a correct one."""
+    samples = [True, False, False, True, False, False]
+    for k in range(1, 7):
+        subsets = list(itertools.combinations(samples, k))
+        exact = sum(any(s) for s in subsets) / len(subsets)
+        assert pass_at_k(6, 2, k) == pytest.approx(exact)
+
+
+def test_pass_at_k_rejects_bad_counts():
+    for n, c, k in ((3, 4, 1), (3, 1, 4), (3, 1, 0)):
+        with pytest.raises(AlignlabError):
+            pass_at_k(n, c, k)
+
+
+def test_maj_at_k_votes_ties_and_missing_answers():
+    """answers (72, 70, 72, None, 70, 70), right answer 72.
+    maj@3: 72 twice vs 70 once -> 72 -> 1. maj@6: 70 three times vs 72 twice -> 0.
+    maj@2: one each, tie -> first seen (72) -> 1. All None -> 0."""
+    answers = [72.0, 70.0, 72.0, None, 70.0, 70.0]
+    correct = [a == 72.0 for a in answers]
+    assert maj_at_k(answers, correct, 3) == 1.0
+    assert maj_at_k(answers, correct, 6) == 0.0
+    assert maj_at_k(answers, correct, 2) == 1.0
+    assert maj_at_k([None, None], [False, False], 2) == 0.0
+    with pytest.raises(AlignlabError):
+        maj_at_k(answers, correct, 7)
+
+
+def test_mean_and_stderr():
+    """values (1, 0, 1, 0): mean 0.5, sample var = 4 * 0.25 / 3 = 1/3, se = sqrt(1/12)."""
+    mean, se = mean_and_stderr([1.0, 0.0, 1.0, 0.0])
+    assert mean == 0.5 and se == pytest.approx(math.sqrt(1 / 12))
+    assert mean_and_stderr([0.3]) == (0.3, 0.0)
+
+
+def test_passk_summary_threshold_and_maj():
+    """Problem 1 rewards (1, 0, 0.5) with threshold 1 -> c = 1 of n = 3; problem 2 (1, 1, 1) -> c = 3.
+    pass@1 = mean(1/3, 1) = 2/3; pass@2 = mean(1 - C(2,2)/C(3,2), 1) = mean(2/3, 1) = 5/6.
+    maj@3: problem 1 answers (7, 8, 8) -> 8 wins, wrong -> 0; problem 2 (5, 5, 5) -> 1; mean 0.5."""
+    out = passk_summary([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]], [1, 2, 3], answers=[[7, 8, 8], [5, 5, 5]])
+    assert out["pass@1"] == pytest.approx(2 / 3) and out["pass@2"] == pytest.approx(5 / 6)
+    assert out["maj@3"] == 0.5 and out["n"] == 3 and out["problems"] == 2
+    assert passk_summary([[0.5, 0.0]], [1], threshold=0.5)["pass@1"] == 0.5
+    with pytest.raises(AlignlabError, match="same number"):
+        passk_summary([[1.0], [1.0, 0.0]], [1])
+
+
+@pytest.mark.slow  # loads transformers and tiny-random: ~18 s on the shared 2-core box
+def test_evaluate_passk_keeps_samples_aligned_with_their_problem():
+    """tiny-random's answers are noise, so the reward reads the row field: problem 0 ('yes') is right for
+    every sample, problem 1 ('no') for none. pass@k = 0.5 for every k only if each sample was scored
+    with its own problem's field (prompt-major order)."""
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rollout.generate import SamplingConfig
+
+    model, tok = load_model("tiny-random", device="cpu"), load_tokenizer("tiny-random")
+
+    def reward(prompts, completions, answer, **_):
+        return [1.0 if a == "yes" else 0.0 for a in answer]
+
+    out = evaluate_passk(model, tok, ["What is 1+1?", "Name a colour."], {"answer": ["yes", "no"]}, reward,
+                         n=3, ks=[1, 3], sampling=SamplingConfig(max_new_tokens=4), extract=lambda t: "same")
+    assert out["pass@1"] == 0.5 and out["pass@3"] == 0.5 and out["maj@3"] == 0.5
+    assert out["mean_reward"] == 0.5
+    with pytest.raises(AlignlabError, match="k must be"):
+        evaluate_passk(model, tok, ["x"], {}, reward, n=2, ks=[3])

@@ -1,0 +1,213 @@
+"""Multi-turn environments: the safe calculator evaluator, tool-call parsing, the env protocol (calculator
+and python), and the token bookkeeping that keeps sampled ids exact and masks non-generated tokens."""
+
+import math
+import time
+
+import pytest
+
+from alignlab.errors import AlignlabError
+from alignlab.rl.envs import Segment, assemble, continuation_text, get_env, parse_tool_calls
+from alignlab.rl.envs.calculator import format_number, safe_eval
+
+
+@pytest.mark.parametrize("expr, value", [
+    ("2 + 3 * 4", 14), ("(2 + 3) * 4", 20), ("7 / 2", 3.5), ("7 // 2", 3), ("7 % 4", 3), ("2 ** 10", 1024),
+    ("-3 + +5", 2), ("sqrt(16)", 4.0), ("max(1, 5, 3)", 5), ("round(2.567, 2)", 2.57), ("1.5e3", 1500.0),
+    ("2 ** -1", 0.5),
+])
+def test_safe_eval_arithmetic(expr, value):
+    assert safe_eval(expr) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("expr, reason", [
+    ("().__class__.__bases__", "not allowed"),           # attribute access
+    ("__import__('os').system('ls')", "not allowed"),    # calls outside the whitelist
+    ("open('/etc/passwd')", "not allowed"),
+    ("x + 1", "not allowed"),                             # names
+    ("'a' * 3", "only numbers"),                          # strings
+    ("[1, 2][0]", "not allowed"),                         # subscripts / lists
+    ("lambda: 1", "not allowed"),
+    ("9 ** 9 ** 9", "too large"),                         # huge power, refused before computing
+    ("10 ** 999 * 10 ** 999", "too large"),               # huge product
+    ("2.0 ** 5000", "too large"),
+    ("round(5, -10 ** 9)", "round"),
+    ("1 / 0", "division by zero"),
+    ("(-8) ** 0.5", "complex"),
+    ("2 ^ 3", "write \\*\\*"),
+    ("1,000 + 1", "not allowed"),                         # a tuple
+    ("1 +", "not a valid expression"),
+    ("1" + " + 1" * 200, "longer than"),
+    ("", "empty"),
+])
+def test_safe_eval_rejects(expr, reason):
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=reason):
+        safe_eval(expr)
+    assert time.monotonic() - start < 1.0
+
+
+def test_format_number():
+    assert format_number(14.0) == "14" and format_number(3.5) == "3.5" and format_number(7) == "7"
+    assert format_number(1 / 3) == "0.3333333333"
+    assert not math.isnan(float(format_number(2.0 ** 0.5)))
+
+
+def test_parse_tool_calls():
+    text = ('Let me compute. <tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+            '<tool_call>{"name": "calculator", "arguments": "{\\"expression\\": \\"3\\"}"}</tool_call>'
+            '<tool_call>not json</tool_call><tool_call>{"arguments": {}}</tool_call>')
+    calls = parse_tool_calls(text)
+    assert [(c.name, c.arguments, c.error is None) for c in calls[:2]] == [
+        ("calculator", {"expression": "2+2"}, True), ("calculator", {"expression": "3"}, True)]
+    assert "JSON" in calls[2].error and "name" in calls[3].error
+    assert parse_tool_calls("The answer is \\boxed{4}.") == []
+
+
+def _tool_call(expression: str) -> str:
+    return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{expression}"}}}}</tool_call>'
+
+
+def test_calculator_episode_tool_then_correct_answer():
+    env = get_env("calculator", max_turns=4)
+    messages = env.reset({"question": "Janet has 16 eggs, eats 3, bakes 4, sells the rest at $2.",
+                          "answer": "... #### 18"})
+    assert [m["role"] for m in messages] == ["system", "user"] and "<tool_call>" in messages[0]["content"]
+    turn = "Remaining eggs: " + _tool_call("(16 - 3 - 4) * 2")
+    messages.append({"role": "assistant", "content": turn})
+    res = env.step(messages, turn)
+    assert not res.done and res.reward == 0.0
+    assert res.observation == {"role": "tool", "content": "18"}
+    messages += [res.observation, {"role": "assistant", "content": "She makes \\boxed{18} dollars."}]
+    res = env.step(messages, "She makes \\boxed{18} dollars.")
+    assert res.done and res.observation is None and res.reward == 1.0
+    assert res.info == {"turns": 2, "tool_calls": 1, "tool_errors": 0}
+
+
+def test_calculator_episode_errors_wrong_answer_and_turn_limit():
+    env = get_env("calculator", max_turns=2)
+    env.reset({"question": "What is 6 * 7?", "answer": "42"})
+    bad = env.step([], _tool_call("__import__('os')") + '<tool_call>{"name": "search", "arguments": {}}</tool_call>')
+    assert not bad.done and bad.observation["content"].count("error:") == 2
+    assert "unknown tool 'search'" in bad.observation["content"]
+    last = env.step([], "I will compute " + _tool_call("6*7"))  # turn 2 of 2: the episode ends here
+    assert last.done and last.reward == 0.0 and last.info["tool_errors"] == 2
+    env.reset({"question": "What is 6 * 7?", "answer": "42"})
+    assert env.step([], "\\boxed{41}").reward == 0.0
+    with pytest.raises(AlignlabError, match="'question'"):
+        env.reset({"prompt": "x"})
+    with pytest.raises(AlignlabError, match="unknown environment"):
+        get_env("chess")
+
+
+def test_python_tool_env_runs_code_in_the_sandbox(monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_TEST_SECRET", "s3cr3t")
+    env = get_env("python", timeout_s=2.0)
+    env.reset({"question": "What is 2**20?", "answer": "1048576"})
+    call = '<tool_call>{"name": "python", "arguments": {"code": "import os\\nprint(2**20, os.environ.get(\'ALIGNLAB_TEST_SECRET\'))"}}</tool_call>'
+    res = env.step([], call)
+    assert res.observation["content"].strip() == "1048576 None"
+    loop = '<tool_call>{"name": "python", "arguments": {"code": "while True: pass"}}</tool_call>'
+    assert "timed out" in env.step([], loop).observation["content"]
+    assert env.step([], "\\boxed{1048576}").reward == 1.0
+
+
+def test_assemble_masks_only_generated_tokens():
+    segs = [Segment((1, 2, 3), False), Segment((10, 11), True), Segment((4, 5), False), Segment((12,), True)]
+    ids, mask = assemble(segs)
+    assert ids == [1, 2, 3, 10, 11, 4, 5, 12]
+    assert mask == [0, 0, 0, 1, 1, 0, 0, 1]
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from alignlab.models.load import load_tokenizer
+
+    return load_tokenizer("tiny-random")
+
+
+def test_multi_turn_tokens_keep_sampled_ids_and_render_the_conversation(tiny_tokenizer):
+    """Build a 2-turn calculator episode at the token level: the sampled ids stay exactly as sampled,
+    the inserted template/tool text is masked, and the whole decodes to what the chat template renders
+    for the same conversation."""
+    tok = tiny_tokenizer
+    env = get_env("calculator")
+    prompt = env.reset({"question": "What is 6 * 7?", "answer": "42"})
+    first = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    segs = [Segment(tuple(tok(first, add_special_tokens=False)["input_ids"]), False)]
+    eos = tok.eos_token
+    turn1 = _tool_call("6*7")
+    sampled1 = tuple(tok(turn1 + eos, add_special_tokens=False)["input_ids"])  # as if the sampler drew it
+    segs.append(Segment(sampled1, True))
+    obs = env.step(prompt + [{"role": "assistant", "content": turn1}], turn1).observation
+    delta = continuation_text(tok, prompt, turn1, tok.decode(list(sampled1)), [obs])
+    assert delta.startswith("\n") and "42" in delta  # closes the turn, the tool reply, the next prompt
+    segs.append(Segment(tuple(tok(delta, add_special_tokens=False)["input_ids"]), False))
+    turn2 = "\\boxed{42}"
+    sampled2 = tuple(tok(turn2 + eos, add_special_tokens=False)["input_ids"])
+    segs.append(Segment(sampled2, True))
+    ids, mask = assemble(segs)
+    assert [t for t, m in zip(ids, mask) if m] == list(sampled1 + sampled2)
+    conversation = prompt + [{"role": "assistant", "content": turn1}, obs, {"role": "assistant", "content": turn2}]
+    rendered = tok.apply_chat_template(conversation, tokenize=False)
+    assert tok.decode(ids) == rendered.rstrip("\n")
+    assert env.step(conversation, turn2).reward == 1.0
+
+
+def test_continuation_text_refuses_a_template_that_rewrites_the_turn(tiny_tokenizer):
+    with pytest.raises(AlignlabError, match="prefix"):
+        continuation_text(tiny_tokenizer, [{"role": "user", "content": "hi"}], "hello", "HELLO", [])
+
+
+class _ScriptedPolicy:
+    """Stands in for the sampler: answers each episode (found by its question in the context) with the
+    next scripted turn, as token ids ending in EOS, log-prob -0.5 per token; records every context."""
+
+    def __init__(self, tok, script):
+        self.tok, self.script, self.calls = tok, {q: list(turns) for q, turns in script.items()}, []
+
+    def __call__(self, contexts):
+        from types import SimpleNamespace
+
+        self.calls.append([list(c) for c in contexts])
+        outs = []
+        for ctx in contexts:
+            question = next(q for q in self.script if q in self.tok.decode(ctx))
+            ids = self.tok(self.script[question].pop(0) + self.tok.eos_token, add_special_tokens=False)["input_ids"]
+            outs.append(SimpleNamespace(completion_ids=ids, finish_reason="eos", logprobs=[-0.5] * len(ids)))
+        return outs
+
+
+def test_run_episodes_batches_turns_keeps_ids_and_masks(tiny_tokenizer):
+    from alignlab.rl.envs.episode import padded_loss_mask, run_episodes
+
+    tok = tiny_tokenizer
+    rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
+    policy = _ScriptedPolicy(tok, {"6 * 7": [_tool_call("6*7"), "It is \\boxed{42}"],
+                                   "2 + 2": ["\\boxed{5}"]})
+    eps = run_episodes(lambda: get_env("calculator"), rows, tok, policy, max_response_tokens=400)
+    assert [len(c) for c in policy.calls] == [2, 1]  # turn 1 batched both episodes; turn 2 only the first
+    first, second = eps
+    assert (first.reward, first.done, first.truncated, first.info["tool_calls"]) == (1.0, True, False, 1)
+    assert (second.reward, second.done) == (0.0, True)
+    # The second turn's context is exactly prompt + sampled ids + inserted ids of the first turn.
+    assert policy.calls[1][0] == first.prompt_ids + list(first.segments[0].ids) + list(first.segments[1].ids)
+    ids, mask = first.response_ids, first.loss_mask
+    assert len(ids) == len(mask) == len(first.logprobs)
+    assert all((lp == -0.5) == bool(m) for lp, m in zip(first.logprobs, mask))
+    assert [s.generated for s in first.segments] == [True, False, True]
+    assert [m["role"] for m in first.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert first.messages[3]["content"] == "42"
+    padded = padded_loss_mask(eps)
+    assert padded.shape == (2, len(first.loss_mask)) and padded[0].tolist() == [float(m) for m in first.loss_mask]
+    assert padded[1, len(second.loss_mask):].sum() == 0 and first.completion_ids == first.response_ids
+
+
+def test_run_episodes_token_budget_truncates(tiny_tokenizer):
+    from alignlab.rl.envs.episode import run_episodes
+
+    tok = tiny_tokenizer
+    policy = _ScriptedPolicy(tok, {"6 * 7": [_tool_call("6*7"), "\\boxed{42}"]})
+    (ep,) = run_episodes(lambda: get_env("calculator"), [{"question": "What is 6 * 7?", "answer": "42"}], tok,
+                         policy, max_response_tokens=len(policy.tok(_tool_call("6*7"))["input_ids"]) + 2)
+    assert ep.truncated and not ep.done and ep.reward == 0.0 and len(policy.calls) == 1

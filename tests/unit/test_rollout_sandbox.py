@@ -1,0 +1,167 @@
+"""The code sandbox and the `code` reward: hostile programs get reward 0 within their timeout and leave
+the host untouched; a correct program gets 1 (so each test can fail)."""
+
+import os
+import time
+
+import pytest
+
+from alignlab.errors import AlignlabError
+from alignlab.rollout.code_reward import extract_program, run_tests
+from alignlab.rollout.rewards import get_reward
+from alignlab.rollout.sandbox import SandboxLimits, isolation, run_python
+
+FAST = SandboxLimits(timeout_s=2.0, cpu_s=2, memory_mb=512)
+
+
+def _code_reward(completion: str, tests, **options) -> tuple[float, float]:
+    fn = get_reward("code", timeout_s=2.0, cpu_s=2, memory_mb=512, **options)
+    start = time.monotonic()
+    value = fn(["p"], [completion], tests=[tests])[0]
+    return value, time.monotonic() - start
+
+
+def _fenced(code: str) -> str:
+    return f"Here is my solution:\n```python\n{code}\n```\nDone."
+
+
+def test_correct_program_passes_all_three_test_shapes():
+    program = _fenced("import sys\ndef add(a, b):\n    return a + b\ndata = sys.stdin.read().split()\n"
+                      "if data:\n    print(add(int(data[0]), int(data[1])))")
+    assert _code_reward(program, "assert add(2, 3) == 5")[0] == 1.0
+    assert _code_reward(program, ["assert add(1, 1) == 2", "assert add(0, 0) == 0"])[0] == 1.0
+    io = [{"input": "2 3\n", "output": "5\n"}, {"input": "1 1", "output": "2"}]
+    assert _code_reward(program, io)[0] == 1.0
+    assert _code_reward(program, io + [{"input": "1 1", "output": "3"}])[0] == 0.0
+    assert _code_reward(program, io + [{"input": "1 1", "output": "3"}], partial=True)[0] == pytest.approx(2 / 3)
+
+
+def test_extract_program_prefers_last_python_fence():
+    text = "```\nplain\n```\n```python\nfirst\n```\n```py\nsecond\n```\n```bash\nls\n```"
+    assert extract_program(text).strip() == "second"
+    assert extract_program("x = 1").strip() == "x = 1"
+
+
+def test_infinite_loop_gets_zero_within_its_timeout():
+    value, took = _code_reward(_fenced("while True:\n    pass"), "assert True")
+    assert value == 0.0 and took < 4.0
+    res = run_python("import time\ntime.sleep(60)", limits=SandboxLimits(timeout_s=1.0))
+    assert res.timed_out and res.returncode is None and res.wall_s < 3.0
+
+
+def _leftover_sandbox_processes() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if b"ALIGNLAB_SANDBOX=" in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_fork_bomb_is_bounded_and_leaves_nothing_behind():
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    value, took = _code_reward(_fenced(bomb), "assert True")
+    assert value == 0.0 and took < 4.0
+    res = run_python("import os\npid = os.fork()\nprint('forked', pid)", limits=FAST)
+    assert not res.passed
+    if isolation()["seccomp"]:
+        assert "forked" not in res.stdout  # no new process at all
+    assert _leftover_sandbox_processes() == []
+
+
+def test_ten_gigabyte_allocation_fails_fast():
+    value, took = _code_reward(_fenced("block = bytearray(10 * 1024 ** 3)"), "assert len(block) > 0")
+    assert value == 0.0 and took < 4.0
+    assert "MemoryError" in run_python("bytearray(10 * 1024 ** 3)", limits=FAST).stderr
+
+
+def test_writing_or_deleting_outside_its_directory_fails(tmp_path):
+    if isolation()["landlock_abi"] == 0:
+        pytest.skip("Landlock is not available on this kernel: writes are limited by file permissions only")
+    sentinel = tmp_path / "keep.txt"
+    sentinel.write_text("host data")
+    target = tmp_path / "pwned.txt"
+    program = (f"open({str(target)!r}, 'w').write('x')\n")
+    assert _code_reward(_fenced(program), "assert True")[0] == 0.0
+    assert _code_reward(_fenced(f"import os\nos.remove({str(sentinel)!r})"), "assert True")[0] == 0.0
+    assert _code_reward(_fenced("open('/tmp/alignlab-sandbox-escape', 'w').write('x')"), "assert True")[0] == 0.0
+    assert not target.exists() and sentinel.read_text() == "host data"
+    assert not os.path.exists("/tmp/alignlab-sandbox-escape")
+    # Writing inside its own scratch directory works.
+    assert _code_reward(_fenced("open('local.txt', 'w').write('ok')"), "assert open('local.txt').read() == 'ok'")[0] == 1.0
+
+
+def test_host_environment_is_not_visible(monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_TEST_SECRET", "s3cr3t")
+    program = _fenced("import os\nSECRET = os.environ.get('ALIGNLAB_TEST_SECRET')")
+    assert _code_reward(program, "assert SECRET == 's3cr3t'")[0] == 0.0
+    assert _code_reward(program, "assert SECRET is None")[0] == 1.0
+
+
+def test_output_is_bounded():
+    res = run_python("while True:\n    print('x' * 1000)", limits=SandboxLimits(timeout_s=2.0, file_size_mb=1,
+                                                                               max_output_bytes=1000))
+    assert not res.passed and res.output_truncated and len(res.stdout) == 1000
+
+
+def test_bad_tests_and_file_names_are_clear_errors():
+    with pytest.raises(AlignlabError, match="row 0"):
+        get_reward("code")(["p"], ["x = 1"], tests=[[42]])
+    with pytest.raises(AlignlabError, match="no 'tests'"):
+        get_reward("code")(["p"], ["x = 1"])
+    with pytest.raises(AlignlabError, match="relative"):
+        run_python("pass", files={"../escape.py": ""})
+    assert run_tests("x = 1", "assert x == 1", FAST) == (1, 1)
+
+
+def test_self_check_passes_here_and_reports_a_broken_sandbox(monkeypatch):
+    from alignlab.rollout import sandbox
+
+    sandbox.self_check()  # this host runs programs
+    sandbox.self_check.cache_clear()
+    monkeypatch.setattr(sandbox, "_BOOT", sandbox._BOOT.with_name("no_such_boot.py"))
+    try:
+        with pytest.raises(AlignlabError, match="trivial program failed"):
+            sandbox.self_check()
+    finally:
+        sandbox.self_check.cache_clear()
+
+
+def test_rlimits_are_in_force_inside():
+    limits = SandboxLimits(timeout_s=5.0, cpu_s=3, memory_mb=300, file_size_mb=2, nproc=17, open_files=33)
+    probe = ("import resource as r\n"
+             "for name in ('CPU', 'AS', 'FSIZE', 'NPROC', 'NOFILE', 'CORE'):\n"
+             "    print(name, *r.getrlimit(getattr(r, 'RLIMIT_' + name)))")
+    res = run_python(probe, limits=limits)
+    got = {line.split()[0]: tuple(map(int, line.split()[1:])) for line in res.stdout.splitlines()}
+    mb = 1024 * 1024
+    assert got == {"CPU": (3, 4), "AS": (300 * mb,) * 2, "FSIZE": (2 * mb,) * 2, "NPROC": (17, 17),
+                   "NOFILE": (33, 33), "CORE": (0, 0)}
+
+
+def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock():
+    res = run_python("while True:\n    pass", limits=SandboxLimits(timeout_s=30.0, cpu_s=1))
+    assert not res.timed_out and res.returncode in (-24, -9)  # SIGXCPU, then SIGKILL at the hard limit
+
+
+def test_no_network_and_no_signals_outside():
+    import socket
+
+    abi = isolation()["landlock_abi"]
+    if abi < 6:
+        pytest.skip(f"Landlock ABI {abi} < 6: TCP and signal scoping are not available on this kernel")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        port = server.getsockname()[1]
+        res = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)", limits=FAST)
+        assert not res.passed and "PermissionError" in res.stderr
+    finally:
+        server.close()
+    res = run_python(f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)", limits=FAST)
+    assert not res.passed and "PermissionError" in res.stderr  # and this test process is still here

@@ -1,0 +1,129 @@
+"""The math and judge rewards and weighted reward lists (the code reward is in test_rollout_sandbox)."""
+
+import json
+
+import pytest
+
+from alignlab.errors import AlignlabError
+from alignlab.eval.judges import FunctionJudge, LLMJudge
+from alignlab.rollout.rewards import WeightedReward, get_reward, reward_names
+from alignlab.rollout.verify_math import extract_final_answer, math_equal
+
+
+def test_new_rewards_are_registered():
+    assert {"math", "code", "judge"} <= set(reward_names())
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("so the result is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+    ("nested \\boxed{\\frac{\\sqrt{2}}{2}} end", "\\frac{\\sqrt{2}}{2}"),
+    ("first \\boxed{1} then \\boxed{2}", "2"),
+    ("Natalia sold 72 clips.\n#### 72", "72"),
+    ("The answer is 1,000 apples.", "1,000 apples"),
+    ("3 + 4 = 7, then 7 * 2 = 14", "14"),
+    ("no digits here", None),
+])
+def test_extract_final_answer(text, answer):
+    assert extract_final_answer(text) == answer
+
+
+@pytest.mark.parametrize("pred, ref, equal", [
+    ("\\frac{1}{2}", "0.5", True),
+    ("\\dfrac{3}{4}", "3/4", True),
+    ("x^2+1", "1+x^2", True),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", True),
+    ("18 dollars", "18", True),
+    ("1,000", "1000", True),
+    ("x^2+1", "1", False),
+    ("0.49", "0.5", False),
+    (None, "1", False),
+])
+def test_math_equal_is_symbolic(pred, ref, equal):
+    assert math_equal(pred, ref) is equal
+
+
+def test_math_reward_on_gsm8k_style_rows():
+    fn = get_reward("math")
+    refs = ["Janet ... 16 - 3 - 4 = 9 eggs.\n#### 18", "#### 1,000", "\\frac{2}{3}"]
+    completions = ["She makes 9 * 2 = $18 every day.", "It costs \\boxed{1000}.", "The answer is 0.6667"]
+    assert fn(["q"] * 3, completions, answer=refs) == [1.0, 1.0, 0.0]
+    with pytest.raises(AlignlabError, match="'answer'"):
+        fn(["q"], ["1"])
+
+
+def test_math_reward_agrees_with_gsm8k_on_real_references(data_dir):
+    """On real GSM8K references, a completion ending in the gold number scores 1 with both rewards and
+    one ending in gold + 1 scores 0 with both."""
+    path = data_dir / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"GSM8K test split not found at {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:20]]
+    refs = [r["answer"] for r in rows]
+    gold = [r["answer"].rsplit("####", 1)[1].strip().replace(",", "") for r in rows]
+    right = [f"Reasoning...\n#### {g}" for g in gold]
+    wrong = [f"Reasoning...\n#### {float(g) + 1:g}" for g in gold]
+    for name in ("math", "gsm8k"):
+        fn = get_reward(name)
+        assert fn(["q"] * len(rows), right, answer=refs) == [1.0] * len(rows)
+        assert fn(["q"] * len(rows), wrong, answer=refs) == [0.0] * len(rows)
+
+
+def test_weighted_reward_list():
+    fn = get_reward(["math", "format"], weights=[1.0, 0.2], format={"pattern": r"\\boxed"})
+    assert isinstance(fn, WeightedReward)
+    out = fn(["q", "q"], ["\\boxed{4}", "4"], answer=["4", "5"])
+    assert out == pytest.approx([1.2, 0.0])
+    assert fn.last_components == {"math": [1.0, 0.0], "format": [1.0, 0.0]}
+    assert get_reward(["math", "format"])(["q"], ["#### 4"], answer=["4"]) == [2.0]
+    with pytest.raises(AlignlabError, match="reward_weights"):
+        get_reward(["math", "format"], weights=[1.0])
+    with pytest.raises(AlignlabError, match="do not name"):
+        get_reward(["math"], gsm8k={})
+    with pytest.raises(AlignlabError, match="one reward"):
+        get_reward("math", weights=[1.0])
+
+
+class _ScriptedBackend:
+    """Stands in for an external LLM endpoint: replies from a table, counts requests."""
+
+    def __init__(self, replies):
+        self.replies, self.requests = replies, 0
+
+    def chat_many(self, conversations):
+        self.requests += len(conversations)
+        out = []
+        for conv in conversations:
+            text = conv[-1]["content"]
+            out.append(next((r for key, r in self.replies.items() if key in text), "no idea"))
+        return out
+
+
+def test_judge_reward_pointwise_llm_scales_and_caches():
+    """Ratings [[10]] -> 1.0, [[1]] -> 0.0, unparsable -> failed_value (not cached, asked again)."""
+    backend = _ScriptedBackend({"GOOD": "Rating: [[10]]", "BAD": "Rating: [[1]]"})
+    fn = get_reward("judge", judge=LLMJudge(backend, mode="single"), mode="pointwise")
+    out = fn(["q", "q", "q", "q"], ["GOOD", "BAD", "GOOD", "???"])
+    assert out == [1.0, 0.0, 1.0, 0.0]
+    assert backend.requests == 3  # the duplicate GOOD was judged once
+    assert fn(["q", "q"], ["GOOD", "???"]) == [1.0, 0.0]
+    assert backend.requests == 4  # GOOD from the cache; the failure is asked again
+    assert fn.failures == 2 and fn.hits == 2
+
+
+def test_judge_reward_pairwise_against_reference():
+    """A function judge comparing lengths (hard): longer than the reference wins (1), equal ties (0.5)."""
+    judge = FunctionJudge(lambda prompts, completions, **_: [float(len(c)) for c in completions])
+    fn = get_reward("judge", judge=judge, mode="pairwise")
+    out = fn(["q"] * 3, ["long answer", "abc", "a"], reference=["short", "xyz", "ab"])
+    assert out == [1.0, 0.5, 0.0]
+    with pytest.raises(AlignlabError, match="'reference'"):
+        fn(["q"], ["a"])
+    with pytest.raises(AlignlabError, match="judge"):
+        get_reward("judge")
+    with pytest.raises(AlignlabError, match="cannot grade one answer"):
+        get_reward("judge", judge=judge, mode="pointwise")
+
+
+def test_plain_numbers_respect_thousands_groups():
+    assert math_equal("1,000", "1000") and not math_equal("1,2", "12")
+    assert math_equal("12,345.5 m", "12345.5")
