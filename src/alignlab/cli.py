@@ -21,6 +21,7 @@ from alignlab.errors import AlignlabError
 COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.data.commands",
     "alignlab.eval.commands",
+    "alignlab.eval.run_report_commands",
     "alignlab.models.commands",
     "alignlab.recipes.dpo_commands",
     "alignlab.recipes.commands",
