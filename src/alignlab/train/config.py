@@ -8,7 +8,7 @@ micro_batch = batch_size / (grad_accum * world_size) and the global batch never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from alignlab.config import ConfigError
@@ -92,6 +92,10 @@ class TrainConfig:
     """A malformed data row stops before training (error) or is counted and skipped (skip)."""
     progress: Literal["auto", "rich", "plain", "none"] = "auto"
     """Progress display: rich bar on a terminal, plain periodic lines otherwise (auto), or forced."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that also receive every logged row: any of tensorboard, wandb (offline unless
+    WANDB_MODE), mlflow (file store in output_dir/mlruns unless MLFLOW_TRACKING_URI), trackio. Each needs its
+    own package; a missing one is an error when the config is read. metrics.jsonl and report.html are always written."""
 
     def validate(self) -> None:
         """Cross-field checks; called by `load_config` after the fields are filled."""
@@ -117,6 +121,9 @@ class TrainConfig:
             raise ConfigError(f"keep_last: must be at least 1, got {self.keep_last}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: must be positive, got {self.learning_rate}")
+        from alignlab.train.callbacks import check_trackers
+
+        check_trackers(self.report_to)
 
     def micro_batch_size(self, world_size: int = 1) -> int:
         """Sequences one rank feeds to one forward/backward pass."""
