@@ -1,0 +1,107 @@
+"""alignlab from Python: lazy import, one code path with the CLI (same metrics), objects for paths."""
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import alignlab
+from alignlab.cli import main
+from alignlab.config import ConfigError
+from alignlab.errors import AlignlabError
+from alignlab.train.callbacks import Callback
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+COMMON = {"model": "tiny-random", "max_steps": 3, "batch_size": 4, "logging_steps": 1, "progress": "none",
+          "cpu_threads": 1, "device": "cpu", "eval_split": 0.1, "max_length": 64}
+# Wall-clock measurements differ between any two runs; everything else must be identical.
+TIMING = {"tokens_per_second", "pairs_per_second", "samples_per_second", "peak_memory_mb", "train_runtime"}
+
+SFT_ROWS = [{"prompt": f"Count to {i % 7 + 1}:", "completion": " ".join(str(j) for j in range(i % 7 + 2))}
+            for i in range(30)]
+PAIRS = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+          "rejected": "no" if i % 2 == 0 else "yes"} for i in range(30)]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cli_args(keys):
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in keys.items()]
+
+
+def test_import_alignlab_is_lazy():
+    code = ("import sys, alignlab; heavy = [m for m in ('torch', 'transformers', 'datasets', 'matplotlib', "
+            "'alignlab.api') if m in sys.modules]; print(heavy, sorted(alignlab.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}).stdout
+    assert out.startswith("[] ['Callback', 'RunResult', 'dpo', 'evaluate', 'generate', 'reward_model', 'sft']")
+    with pytest.raises(AttributeError, match="no attribute 'grpo'"):
+        alignlab.grpo  # noqa: B018 (added after the RL rewrite)
+
+
+@pytest.mark.parametrize(("command", "function", "rows", "extra"), [
+    ("sft", "sft", SFT_ROWS, {"learning_rate": 1e-3}),
+    ("dpo", "dpo", PAIRS, {"learning_rate": 1e-3, "loss": ["dpo", "sft"], "loss_weights": [1.0, 0.2]}),
+    ("rm", "reward_model", PAIRS, {"learning_rate": 1e-3}),
+])
+def test_cli_and_python_function_give_the_same_metrics(tmp_path, command, function, rows, extra):
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    keys = {**COMMON, **extra}
+    assert main([command, f"data={data}", f"output_dir={tmp_path / 'cli'}", *cli_args(keys)]) == 0
+    from_file = getattr(alignlab, function)(data=str(data), output_dir=str(tmp_path / "py"), **keys)
+    from_list = getattr(alignlab, function)(data=rows, output_dir=None, **keys)
+    cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in cli if "loss" in r]) == 3 and any("eval_loss" in r for r in cli)
+    assert without_timing(from_file.metrics) == without_timing(cli)
+    assert without_timing(from_list.metrics) == without_timing(cli)  # in-memory rows: the same run
+    assert from_file.output_dir == tmp_path / "py" and (tmp_path / "py" / "report.html").is_file()
+    assert from_list.output_dir is None and from_file.final_eval == {
+        k: v for k, v in from_file.train.evals[-1].items() if k != "step"}
+
+
+def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key nope for SFTConfig"):
+        alignlab.sft(data=SFT_ROWS, nope=1)
+    with pytest.raises(ConfigError, match="max_steps: expected an integer"):
+        alignlab.sft(data=SFT_ROWS, max_steps="many")
+    with pytest.raises(AlignlabError, match="record 1 is a str"):
+        alignlab.sft(data=[SFT_ROWS[0], "text"], output_dir=None, **COMMON)
+    with pytest.raises(AlignlabError, match="tokenizer"):
+        alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
+    before = set(Path(tempfile.gettempdir()).glob("alignlab-run-*"))
+    with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records>.*field"):
+        alignlab.sft(data=[{"prompt": "x", "completion": ""}], output_dir=None, **COMMON)
+    assert set(Path(tempfile.gettempdir()).glob("alignlab-run-*")) == before
+
+
+def test_datasets_objects_in_memory_model_and_a_stopping_callback(tmp_path):
+    import datasets
+
+    from alignlab.models.load import load_model, load_tokenizer
+
+    ds = datasets.Dataset.from_list(SFT_ROWS)
+    model, tok = load_model("tiny-random"), load_tokenizer("tiny-random")
+    calls = []
+
+    class StopAt2(Callback):
+        def on_step_end(self, step, metrics):
+            calls.append(step)
+            return step == 2
+
+    res = alignlab.sft(model=model, tokenizer=tok, data=datasets.DatasetDict({"train": ds}), output_dir=str(tmp_path),
+                       callbacks=[StopAt2()], **{k: v for k, v in COMMON.items() if k != "model"})
+    assert res.model is model and calls == [1, 2] and res.train.step == 2
+    assert "model: <in-memory LlamaForCausalLM" in (tmp_path / "config.yaml").read_text()
+    assert "data: '<in-memory datasets.Dataset: 30 records>'" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(AlignlabError, match="none is 'train'"):
+        alignlab.sft(data=datasets.DatasetDict({"test": ds}), output_dir=None)
