@@ -104,7 +104,9 @@ def _plot(base: str, runs: list[RunLog], path: Path) -> Path:
     """One PNG: each run's train series (solid) and eval series (dashed, dots) of one metric."""
     from alignlab.eval.report import png_figure
 
-    with png_figure(path, (5.6, 3.0), dpi=80) as (fig, ax):
+    # Fixed margins instead of tight_layout: a run has ~20 metrics and the report is written after every run.
+    with png_figure(path, (5.0, 2.8), dpi=80, tight=False) as (fig, ax):
+        fig.subplots_adjust(left=0.13, right=0.97, top=0.89, bottom=0.17)
         colours = [f"C{i % 10}" for i in range(len(runs))]
         for run, colour in zip(runs, colours):
             for key, style in ((base, "-"), ("eval_" + base, "--o")):
@@ -142,7 +144,7 @@ def _timing(run: RunLog) -> str:
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;max-height:30em;overflow:auto}
-.plots{display:flex;flex-wrap:wrap;gap:8px}.plots img{width:448px}"""
+.plots{display:flex;flex-wrap:wrap;gap:8px}.plots img{width:400px}"""
 
 
 def render_run_report(runs: list[RunLog], images: dict[str, bytes]) -> str:
