@@ -94,12 +94,27 @@ def _is_path(x: Any) -> bool:
 
 
 def build_config(cls: type, config: Any, keys: dict[str, Any]) -> Any:
-    """`config` (an instance of `cls` or None) with `keys` on top, checked as the command line checks."""
-    from alignlab.config import from_dict, to_dict
+    """`config` (an instance of `cls` or None) with `keys` on top, checked as the command line checks.
+    Always a new object: the caller's config is never changed."""
+    import dataclasses
+    import typing
 
-    if config is not None and not isinstance(config, cls):
+    from alignlab.config import ConfigError, _coerce, from_dict
+
+    if config is None:
+        return from_dict(cls, keys)
+    if not isinstance(config, cls):
         raise TypeError(f"config: expected a {cls.__name__}, got {type(config).__name__}")
-    return from_dict(cls, {**(to_dict(config) if config is not None else {}), **keys})
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(keys) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]} for {cls.__name__}; allowed keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    cfg = dataclasses.replace(config, **{k: _coerce(v, hints[k], k) for k, v in keys.items()})
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
+    return cfg
 
 
 @dataclass

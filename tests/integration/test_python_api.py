@@ -78,6 +78,9 @@ def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_p
         alignlab.sft(data=[SFT_ROWS[0], "text"], output_dir=None, **COMMON)
     with pytest.raises(AlignlabError, match="tokenizer"):
         alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
+    with pytest.raises(AlignlabError, match=r"models: \['b'\] are not named"):
+        alignlab.evaluate(checkpoints=["a"], evaluations=[{"kind": "perplexity", "data": "x.jsonl"}],
+                          models={"b": (None, None)})
     before = set(Path(tempfile.gettempdir()).glob("alignlab-run-*"))
     with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records>.*field"):
         alignlab.sft(data=[{"prompt": "x", "completion": ""}], output_dir=None, **COMMON)
@@ -105,3 +108,23 @@ def test_datasets_objects_in_memory_model_and_a_stopping_callback(tmp_path):
     assert "data: '<in-memory datasets.Dataset: 30 records>'" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(AlignlabError, match="none is 'train'"):
         alignlab.sft(data=datasets.DatasetDict({"test": ds}), output_dir=None)
+
+
+def test_a_config_object_with_keys_on_top_is_checked_and_left_unchanged():
+    from alignlab.api import build_config
+    from alignlab.config import from_dict
+    from alignlab.eval.runner import EvalConfig
+    from alignlab.recipes.sft import SFTConfig
+
+    base = SFTConfig(model="tiny-random", max_steps=5)
+    cfg = build_config(SFTConfig, base, {"max_steps": 7, "lora": {"r": 4}})
+    assert (cfg.max_steps, cfg.lora.r, cfg.model, base.max_steps, base.lora) == (7, 4, "tiny-random", 5, None)
+    with pytest.raises(ConfigError, match="max_steps: must be -1"):
+        build_config(SFTConfig, base, {"max_steps": 0})
+    with pytest.raises(ConfigError, match="unknown key nope"):
+        build_config(SFTConfig, base, {"nope": 1})
+    with pytest.raises(TypeError, match="expected a SFTConfig"):
+        build_config(SFTConfig, EvalConfig(), {})
+    # An eval config whose items keep default sub-configs (the llm judge of a kl item) passes through as is.
+    ev = from_dict(EvalConfig, {"checkpoints": ["a"], "reference": "r", "evaluations": [{"kind": "kl", "data": "y"}]})
+    assert build_config(EvalConfig, ev, {"n_boot": 5}).n_boot == 5 and ev.n_boot == 1000

@@ -145,3 +145,14 @@ def test_mlflow_tracker_uses_a_local_file_store(tmp_path, monkeypatch):
     assert mlflow.calls[0][1][0] == (tmp_path / "mlruns").resolve().as_uri()
     assert mlflow.calls[3][1][0]["lora"] == "None" and names.count("log_metrics") == 3
     assert mlflow.calls[-1] == ("end_run", (), {"status": "FINISHED"})
+
+
+def test_tensorboard_tracker_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    run_toy(tmp_path, report_to=["tensorboard"], max_steps=2)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_no_tracker_means_no_tensorboard_folder(tmp_path):
+    run_toy(tmp_path, max_steps=2)
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.jsonl").is_file()
