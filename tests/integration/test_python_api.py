@@ -128,3 +128,17 @@ def test_a_config_object_with_keys_on_top_is_checked_and_left_unchanged():
     # An eval config whose items keep default sub-configs (the llm judge of a kl item) passes through as is.
     ev = from_dict(EvalConfig, {"checkpoints": ["a"], "reference": "r", "evaluations": [{"kind": "kl", "data": "y"}]})
     assert build_config(EvalConfig, ev, {"n_boot": 5}).n_boot == 5 and ev.n_boot == 1000
+
+
+def test_generate_takes_an_alias_or_an_in_memory_model_and_strings_or_records():
+    from alignlab.models.load import load_model, load_tokenizer
+
+    by_alias = alignlab.generate("tiny-random", ["Hi there"], max_new_tokens=4, greedy=True)
+    model, tok = load_model("tiny-random"), load_tokenizer("tiny-random")
+    in_memory = alignlab.generate(model, [{"prompt": "Hi there"}], tokenizer=tok, max_new_tokens=4, greedy=True)
+    assert [s.completion_ids for s in by_alias.samples] == [s.completion_ids for s in in_memory.samples]
+    assert len(by_alias.samples[0].completion_ids) == 4
+    with pytest.raises(ConfigError, match="unknown key beams"):
+        alignlab.generate(model, ["x"], tokenizer=tok, beams=2)
+    with pytest.raises(AlignlabError, match="tokenizer"):
+        alignlab.generate(model, ["x"])
