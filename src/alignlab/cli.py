@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.data.commands",
     "alignlab.eval.commands",
     "alignlab.eval.passk_command",
+    "alignlab.eval.run_report_commands",
     "alignlab.models.commands",
     "alignlab.recipes.dpo_commands",
     "alignlab.recipes.commands",

@@ -66,6 +66,8 @@ class ReadOutput:
 
 def read_records(path: str | Path) -> ReadOutput:
     """Every record of a file, folder or hub id, plus problems for parts that could not be parsed."""
+    if isinstance(path, list):  # in-memory records (alignlab.api): its str() names it in messages
+        return ReadOutput([Record(r, i) for i, r in enumerate(path)], [], str(path))
     p = Path(path)
     source = str(path)
     if p.is_dir():

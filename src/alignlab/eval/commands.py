@@ -10,9 +10,9 @@ from alignlab.eval.runner import EvalConfig
 
 
 def _eval(cfg: EvalConfig) -> None:
-    from alignlab.eval.runner import run
+    from alignlab.api import evaluate
 
-    run(cfg)
+    evaluate(cfg)
 
 
 config_command(

@@ -52,9 +52,10 @@ def _slug(name: str) -> str:
 
 
 @contextmanager
-def png_figure(path: Path, figsize: tuple[float, float], dpi: int = 100) -> Iterator[tuple[Any, Any]]:
+def png_figure(path: Path, figsize: tuple[float, float], dpi: int = 100, tight: bool = True) -> Iterator[tuple[Any, Any]]:
     """(fig, ax) on matplotlib's Agg backend (no display); saved to `path` as PNG when the block succeeds,
-    closed either way (pyplot keeps every open figure alive otherwise)."""
+    closed either way (pyplot keeps every open figure alive otherwise). tight=False skips tight_layout
+    (~40% of a small plot's time) for callers that set fixed margins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +64,8 @@ def png_figure(path: Path, figsize: tuple[float, float], dpi: int = 100) -> Iter
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     try:
         yield fig, ax
-        fig.tight_layout()
+        if tight:
+            fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
     finally:

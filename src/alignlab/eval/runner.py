@@ -315,13 +315,15 @@ _RUNNERS = {"reward_accuracy": _accuracy, "dpo_accuracy": _accuracy, "win_rate":
             "grade": _grade, "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward}
 
 
-def run(cfg: EvalConfig, *, console: Any = None) -> dict[str, Any]:
-    """Run every evaluation, write `output_dir/eval.json` (+ report.html), print a table; return the payload."""
+def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    """Run every evaluation, write `output_dir/eval.json` (+ report.html), print a table; return the payload.
+    `models`: name -> in-memory (model, tokenizer) used instead of loading that name (alignlab.evaluate)."""
     from alignlab.config import to_dict
 
     cfg.validate()
     start = time.perf_counter()
     ctx = _Context(cfg)
+    ctx.models.update(models or {})
     results: list[dict] = []
     for spec in cfg.evaluations:
         results += _RUNNERS[spec.kind](spec, ctx)

@@ -8,9 +8,9 @@ from alignlab.recipes.sft import SFTConfig
 
 
 def _sft(cfg: SFTConfig) -> None:
-    from alignlab.recipes.sft import run
+    from alignlab.api import sft
 
-    run(cfg)
+    sft(cfg)
 
 
 def _pretrain(cfg: PretrainConfig) -> None:

@@ -60,12 +60,14 @@ class DPOConfig(TrainConfig):
             raise ConfigError("row_tokens must be >= 0 and logprob_chunk_size >= 1")
 
 
-def load_split(cfg: DPOConfig, task: str) -> tuple[list, list]:
-    """(train rows, eval rows) of the task, eval from eval_data or a seeded held-out split."""
+def load_split(cfg: DPOConfig, task: str, records: list | None = None,
+               eval_records: list | None = None) -> tuple[list, list]:
+    """(train rows, eval rows) of the task, eval from eval_data or a seeded held-out split; in-memory
+    `records` / `eval_records` replace the files."""
     from alignlab.data.sources import load_rows
     from alignlab.recipes.sft import split_eval
 
-    if not cfg.data:
+    if not cfg.data and records is None:
         raise AlignlabError("data: give a preference file, e.g. data=../shared/data/llamafactory_demo/dpo_en_demo.json")
 
     def load(path: str) -> list:
@@ -74,9 +76,9 @@ def load_split(cfg: DPOConfig, task: str) -> tuple[list, list]:
             print(f"{path}: skipped bad records {dict(result.skipped)}", flush=True)
         return result.rows
 
-    rows = load(cfg.data)
-    if cfg.eval_data:
-        return rows, load(cfg.eval_data)[: cfg.max_eval_rows]
+    rows = load(cfg.data if records is None else records)
+    if cfg.eval_data or eval_records is not None:
+        return rows, load(cfg.eval_data if eval_records is None else eval_records)[: cfg.max_eval_rows]
     return split_eval(rows, cfg.eval_split, cfg.seed, cfg.max_eval_rows)
 
 
@@ -125,13 +127,15 @@ def make_reference(cfg: DPOConfig, kind: str, policy: Any, source: Any):
     return ModelReference(source, chunk, autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
 
 
-def reference_source(cfg: DPOConfig, kind: str, policy: Any) -> tuple[Any, str]:
-    """(model holding the reference weights, live kind that computes from it)."""
+def reference_source(cfg: DPOConfig, kind: str, policy: Any, ref_model: Any = None) -> tuple[Any, str]:
+    """(model holding the reference weights, live kind that computes from it); `ref_model`: an in-memory one."""
     from alignlab.models.load import load_model
     from alignlab.train.preference import is_peft
 
     if kind in ("none", "adapter"):
         return policy, kind
+    if ref_model is not None:
+        return ref_model, "model"
     if cfg.ref_model:
         return load_model(cfg.ref_model), "model"
     if is_peft(policy):
@@ -173,8 +177,10 @@ def _summary(result: Any, cfg: DPOConfig) -> dict[str, float]:
     return {"pairs_per_second": round(pairs_s, 3), **{k: round(v, 4) for k, v in last.items()}}
 
 
-def run(cfg: DPOConfig):
-    """Train and return the loop's TrainResult; the model lands in cfg.output_dir."""
+def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: Any = None,
+        rows: list | None = None, eval_rows: list | None = None, callbacks: Any = ()):
+    """Train and return the loop's TrainResult; the model lands in cfg.output_dir. alignlab.api passes an
+    in-memory policy + tokenizer, reference model and records (used instead of cfg.model, ref_model, data)."""
     import torch
 
     from alignlab.data.pairs import PairCollator, unpaired_as_pairs
@@ -190,8 +196,8 @@ def run(cfg: DPOConfig):
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)
-    tokenizer, policy = load_policy(cfg)
-    rows, eval_rows = load_split(cfg, "preference" if mix.paired else "unpaired")
+    tokenizer, policy = load_policy(cfg) if model is None else (tokenizer, model)
+    rows, eval_rows = load_split(cfg, "preference" if mix.paired else "unpaired", rows, eval_rows)
     train_set = tokenize_rows(rows, tokenizer, cfg, cfg.data, mix.paired)
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
     micro = cfg.micro_batch_size(world.size)
@@ -203,7 +209,7 @@ def run(cfg: DPOConfig):
         train_set, eval_set = cached_sets(cfg, [train_set, eval_set], policy, collate, world.device)
         reference = make_reference(cfg, "cache", policy, None)
     else:
-        source, kind = reference_source(cfg, kind, policy)
+        source, kind = reference_source(cfg, kind, policy, ref_model)
         reference = make_reference(cfg, kind, policy, source)
     step_cls = PreferenceStep if mix.paired else UnpairedStep
     step_fn = step_cls(mix, reference, beta=beta, chunk_size=cfg.logprob_chunk_size)
@@ -215,7 +221,7 @@ def run(cfg: DPOConfig):
 
     result = train(cfg, policy, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
-                   unit="pairs" if mix.paired else "samples")
+                   unit="pairs" if mix.paired else "samples", callbacks=callbacks)
     if world.is_main:
         print(f"dpo done: {result.step} steps in {result.train_runtime:.1f}s; {_summary(result, cfg)}; "
               f"model in {cfg.output_dir}", flush=True)

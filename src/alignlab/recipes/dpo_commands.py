@@ -7,9 +7,9 @@ from alignlab.recipes.dpo import DPOConfig
 
 
 def _dpo(cfg: DPOConfig) -> None:
-    from alignlab.recipes.dpo import run
+    from alignlab.api import dpo
 
-    run(cfg)
+    dpo(cfg)
 
 
 config_command(

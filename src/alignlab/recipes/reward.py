@@ -273,16 +273,17 @@ class RewardStep:
 # -- run ----------------------------------------------------------------------------------------
 
 
-def load_split(cfg: RewardConfig) -> tuple[list[RankedRow], list[RankedRow]]:
+def load_split(cfg: RewardConfig, records: list | None = None,
+               eval_records: list | None = None) -> tuple[list[RankedRow], list[RankedRow]]:
     """(train rows, eval rows): eval from eval_data or a seeded held-out split, made before lists become
     pairs so no prompt's ranking is in both."""
     from alignlab.recipes.sft import split_eval
 
-    if not cfg.data:
+    if not cfg.data and records is None:
         raise AlignlabError("data: give a preference file, e.g. data=../shared/data/llamafactory_demo/dpo_en_demo.json")
-    rows = load_examples_rows(cfg.data, cfg)
-    if cfg.eval_data:
-        held = load_examples_rows(cfg.eval_data, cfg)[: cfg.max_eval_rows]
+    rows = load_examples_rows(cfg.data if records is None else records, cfg)
+    if cfg.eval_data or eval_records is not None:
+        held = load_examples_rows(cfg.eval_data if eval_records is None else eval_records, cfg)[: cfg.max_eval_rows]
     else:
         rows, held = split_eval(rows, cfg.eval_split, cfg.seed, cfg.max_eval_rows)
     if cfg.loss == "bradley_terry":
@@ -323,8 +324,10 @@ def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def run(cfg: RewardConfig):
-    """Train and return the loop's TrainResult; the scorer lands in cfg.output_dir."""
+def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: list | None = None,
+        eval_rows: list | None = None, callbacks: Any = ()):
+    """Train and return the loop's TrainResult; the scorer lands in cfg.output_dir. alignlab.api passes an
+    in-memory scorer + tokenizer and records (used instead of cfg.model / data / eval_data)."""
     import torch
 
     from alignlab.recipes.sft import saved_config_text
@@ -336,8 +339,8 @@ def run(cfg: RewardConfig):
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)  # the new head's initial weights come from this seed
-    tokenizer, model = load_reward_model(cfg)
-    rows, held = load_split(cfg)
+    tokenizer, model = load_reward_model(cfg) if model is None else (tokenizer, model)
+    rows, held = load_split(cfg, rows, eval_rows)
     train_set = tokenize_rows(rows, tokenizer, cfg, cfg.data)
     eval_set = tokenize_rows(held, tokenizer, cfg, cfg.eval_data or "held-out") if held else []
     collate = RewardCollator(tokenizer.pad_token_id)
@@ -350,7 +353,8 @@ def run(cfg: RewardConfig):
         return evaluate(m, step_fn, eval_set, collate, batch_size=micro, device=world.device, cfg=cfg)
 
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
-                   tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
+                   tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
+                   callbacks=callbacks)
     if world.is_main:
         if is_peft(model) and cfg.merge_lora:
             finish_lora(model, tokenizer, cfg.output_dir)

@@ -7,9 +7,9 @@ from alignlab.recipes.reward import RewardConfig
 
 
 def _rm(cfg: RewardConfig) -> None:
-    from alignlab.recipes.reward import run
+    from alignlab.api import reward_model
 
-    run(cfg)
+    reward_model(cfg)
 
 
 config_command(

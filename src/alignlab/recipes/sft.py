@@ -117,20 +117,22 @@ def saved_config_text(cfg: Any) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def run(cfg: SFTConfig):
-    """Train and return the loop's TrainResult; the model lands in cfg.output_dir."""
+def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list | None = None,
+        eval_rows: list | None = None, callbacks: Any = ()):
+    """Train and return the loop's TrainResult; the model lands in cfg.output_dir. alignlab.api passes an
+    in-memory model + tokenizer (used as they are) and in-memory records (used instead of cfg.data / eval_data)."""
     from alignlab.data.collate import Collator
     from alignlab.train.loop import seed_everything, train
     from alignlab.train.world import World
 
-    if not cfg.data:
+    if not cfg.data and rows is None:
         raise AlignlabError("data: give a training file, e.g. data=../shared/data/llamafactory_demo/alpaca_en_demo.json")
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
-    tokenizer, model = prepare_model(cfg)
-    rows = load_sft_rows(cfg.data, cfg)
-    if cfg.eval_data:
-        eval_rows = load_sft_rows(cfg.eval_data, cfg)[: cfg.max_eval_rows]
+    tokenizer, model = prepare_model(cfg) if model is None else (tokenizer, model)
+    rows = load_sft_rows(cfg.data if rows is None else rows, cfg)
+    if cfg.eval_data or eval_rows is not None:
+        eval_rows = load_sft_rows(cfg.eval_data if eval_rows is None else eval_rows, cfg)[: cfg.max_eval_rows]
     else:
         rows, eval_rows = split_eval(rows, cfg.eval_split, cfg.seed, cfg.max_eval_rows)
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.data)
@@ -139,7 +141,7 @@ def run(cfg: SFTConfig):
     step_fn = lm_step_for(model, cfg)
     eval_fn = perplexity_eval(step_fn, eval_set, collate, cfg, world.device) if eval_set else None
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,
-                   world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
+                   world=world, config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks)
     if world.is_main:
         summary = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else {}).items()}
         print(f"sft done: {result.step} steps in {result.train_runtime:.1f}s; {summary}; model in {cfg.output_dir}")

@@ -11,7 +11,7 @@ micro_batch = batch_size / (grad_accum * world_size) and the global batch never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from alignlab.config import ConfigError
@@ -54,6 +54,10 @@ class RunConfig:
     """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
     progress: Literal["auto", "rich", "plain", "none"] = "auto"
     """Progress display: rich bar on a terminal, plain periodic lines otherwise (auto), or forced."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that also receive every logged row: any of tensorboard, wandb (offline unless
+    WANDB_MODE), mlflow (file store in output_dir/mlruns unless MLFLOW_TRACKING_URI), trackio. Each needs its
+    own package; a missing one is an error when the config is read. metrics.jsonl and report.html are always written."""
 
     def validate(self) -> None:
         for name in ("logging_steps",):
@@ -63,6 +67,9 @@ class RunConfig:
             raise ConfigError("eval_steps and save_steps must not be negative")
         if self.keep_last < 1:
             raise ConfigError(f"keep_last: must be at least 1, got {self.keep_last}")
+        from alignlab.train.callbacks import check_trackers
+
+        check_trackers(self.report_to)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.train import fsdp
+from alignlab.train.callbacks import Callback, CallbackList, MetricsSink, ReportSink, make_trackers
 from alignlab.train.checkpoint import (
     find_resume,
     load_checkpoint,
@@ -246,6 +247,7 @@ def train(
     config_yaml: str | None = None,
     stop_at: int | None = None,
     unit: str = "samples",
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train `model` on `dataset` with `step_fn`; see the module docstring for the contract.
 
@@ -254,6 +256,7 @@ def train(
     `config_yaml` (the resolved run config) is written next to them. `stop_at=k` ends the call after
     optimizer step k without the final save, exactly as if the process had died there (resume tests).
     `unit` names what `batch_size` counts for the logged throughput `{unit}_per_second` ("pairs" for DPO).
+    `callbacks` (train.callbacks.Callback) see every log, eval, save and step end; one may request a stop.
     """
 
     world = world or World.from_env(cfg.device)
@@ -279,7 +282,11 @@ def train(
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
     if not sharded:
         wrapped = world.wrap(model)
-    logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress)
+    logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress,
+                           tensorboard=False)
+    sinks = [MetricsSink(logger), *make_trackers(cfg.report_to, out, cfg), ReportSink(out)] if world.is_main else []
+    events = CallbackList([*sinks, *callbacks])
+    events.on_train_begin(out, n_total, start)
     evals: list[dict[str, Any]] = []
 
     def run_eval(step: int) -> None:
@@ -289,7 +296,7 @@ def train(
             metrics = {k: _float(v) for k, v in eval_fn(world.unwrap(wrapped)).items()}
         model.train()
         evals.append({"step": step, **metrics})
-        logger.log(step, metrics)
+        events.on_eval(step, metrics)
 
     def checkpoint(step: int) -> None:
         full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)  # collective
@@ -300,6 +307,7 @@ def train(
                             config_yaml=config_yaml, keep_last=cfg.keep_last, model_state=full[0],
                             optimizer_state=full[1])
         world.barrier()
+        events.on_save(step, out / f"checkpoint-{step}")
 
     def sync(last: bool):  # gradients all-reduce on the last micro-batch only
         return fsdp.gradient_sync(wrapped, last) if sharded else world.no_sync(wrapped, not last)
@@ -308,7 +316,7 @@ def train(
         run_eval(0)
     model.train()
     t_loop = time.perf_counter()
-    window, last_log = _LogWindow(), {}
+    window, last_log, done = _LogWindow(), {}, start
     for step in range(start, n_total):
         t0 = time.perf_counter()
         micro = sampler.micro_indices(step, cfg.grad_accum, world)
@@ -327,7 +335,7 @@ def train(
                                       max_grad_norm=cfg.max_grad_norm, sync=sync,
                                       compute=lambda: autocast(cfg, device, cache=False))
         except NonFiniteStep as e:
-            logger.close()
+            events.on_train_end(step, None)
             idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
             bad = _write_bad_batch(cfg, step + 1, idx, f"{e.what} {e.value}")
             where = f"micro-batch {e.micro}, " if e.micro is not None else ""
@@ -337,25 +345,31 @@ def train(
                 f"checkpoint in {out} is from before the divergence: lower learning_rate or check those rows."
             ) from None
         window.add(out_step.metrics, 1.0)
-        window.end_step(out_step.grad_norm, time.perf_counter() - t0)
+        grad_norm = out_step.grad_norm
+        window.end_step(grad_norm, time.perf_counter() - t0)
         done = step + 1
+        # A stop any callback on any rank asks for: this step is logged and evaluated, then the final save.
+        stop = world.all_reduce_sum(float(events.on_step_end(done, {"grad_norm": grad_norm, "learning_rate": lr}))) > 0
 
-        if done % cfg.logging_steps == 0 or done == n_total:
+        if done % cfg.logging_steps == 0 or done == n_total or stop:
             last_log = window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=device)
             last_log["epoch"] = done * cfg.batch_size / sampler.per_epoch
-            logger.log(done, last_log)
-        if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total):
+            events.on_log(done, last_log)
+        if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop):
             run_eval(done)
         if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
             checkpoint(done)
         if stop_at is not None and done >= stop_at and done < n_total:
-            logger.close()
+            events.on_train_end(done, None)
             return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, evals, finished=False)
+        if stop:
+            break
 
     runtime = time.perf_counter() - t_loop
     full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)
     if world.is_main:
         save_model(model, out, tokenizer, state_dict=full[0])
-    logger.close({"step": n_total, "train_runtime": runtime})
+    events.on_save(done, out)
+    events.on_train_end(done, {"step": done, "train_runtime": runtime})
     world.barrier()
-    return TrainResult(n_total, n_total, runtime, last_log, evals)
+    return TrainResult(done, n_total, runtime, last_log, evals)

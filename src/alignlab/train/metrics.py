@@ -88,7 +88,7 @@ class MetricsLogger:
     """Append-only metrics.jsonl + optional TensorBoard + progress; a no-op when `enabled` is False."""
 
     def __init__(self, output_dir: str | Path, *, enabled: bool = True, total_steps: int = 0,
-                 start_step: int = 0, progress: str = "auto"):
+                 start_step: int = 0, progress: str = "auto", tensorboard: bool = True):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tb = None
@@ -104,7 +104,8 @@ class MetricsLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            # tensorboard=False: the loop writes TensorBoard only when report_to asks (train.callbacks).
+            self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard")) if tensorboard else None
         except ImportError:  # tensorboard is optional
             self.tb = None
         if progress != "none":

@@ -1,0 +1,292 @@
+"""alignlab from Python: one function per command, the code path the command line itself runs.
+
+    import alignlab
+    sft = alignlab.sft(model="tiny-random", data=[{"prompt": "2+2=", "completion": "4"}] * 16,
+                       output_dir=None, max_steps=4, batch_size=4)
+    dpo = alignlab.dpo(model=sft.model, tokenizer=sft.tokenizer, data=pairs, output_dir=None, max_steps=4)
+
+Each training function takes its config dataclass (`SFTConfig`, `DPOConfig`, `RewardConfig`) and/or the same
+keys as keyword arguments; keywords win over the config object, and the result is checked exactly as
+`--config FILE key=value` is on the command line (unknown keys, wrong types and cross-field errors raise
+`ConfigError`). Where the command line takes a path, these also take objects:
+
+- `model` (and DPO's `ref_model`): a `PreTrainedModel`, plain or peft, used as it is (not copied; training
+  changes it in place) with its `tokenizer=`. With `lora` set, adapters are added to a plain model. DPO's
+  reference for an in-memory policy without `ref_model` is a frozen copy of it taken before training.
+- `data` / `eval_data`: a list of dicts in any format the files may hold (`columns` mapping included), a
+  `datasets.Dataset`, or a `DatasetDict` (its `train` split). Records are validated as file rows are.
+- `callbacks`: `alignlab.train.callbacks.Callback` objects (log, eval, save, step end; a stop request).
+
+`output_dir=None` trains in a temporary folder that is removed afterwards: nothing is left on disk and the
+result holds the model, tokenizer and metrics in memory (`result.output_dir` is None). Any other value
+behaves as on the command line (checkpoints, final model, metrics.jsonl, config.yaml, report.html).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+__all__ = ["RunResult", "dpo", "evaluate", "generate", "reward_model", "sft"]
+
+
+@dataclass
+class RunResult:
+    """What a training function returns."""
+
+    model: Any
+    """The trained model, in memory (peft-wrapped when LoRA was used)."""
+    tokenizer: Any
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    """Every metrics.jsonl row: training rows, evaluations (eval_ keys) and the closing train_runtime row."""
+    final_eval: dict[str, float] = field(default_factory=dict)
+    """The last evaluation's metrics (empty without eval data)."""
+    output_dir: Path | None = None
+    """Where the model, metrics.jsonl, config.yaml and report.html are; None for output_dir=None."""
+    train: Any = None
+    """The loop's TrainResult (steps, runtime, every evaluation)."""
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The training rows only (those with a loss), in step order."""
+        return [r for r in self.metrics if "loss" in r]
+
+
+class Records(list):
+    """In-memory records passed to the data layer; `str()` names them in messages and in config.yaml."""
+
+    def __init__(self, items: Any, what: str):
+        super().__init__(items)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"<in-memory {self.what}: {len(self)} records>"
+
+    __repr__ = __str__
+
+
+def as_records(obj: Any, key: str) -> Records:
+    """A list of dicts, a datasets.Dataset or a DatasetDict (train split) as Records."""
+    if isinstance(obj, dict) and hasattr(obj, "column_names"):  # a DatasetDict
+        if "train" not in obj:
+            raise AlignlabError(f"{key}: the DatasetDict has splits {list(obj)} and none is 'train'; pass ds[SPLIT]")
+        obj = obj["train"]
+    if hasattr(obj, "to_list") and hasattr(obj, "column_names"):  # a datasets.Dataset
+        return Records(obj.to_list(), "datasets.Dataset")
+    if isinstance(obj, (list, tuple)):
+        bad = next((i for i, r in enumerate(obj) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise AlignlabError(f"{key}: record {bad} is a {type(obj[bad]).__name__}, expected a dict")
+        return Records(obj, "list")
+    raise AlignlabError(f"{key}: expected a path, a list of dicts, a datasets.Dataset or DatasetDict; "
+                        f"got {type(obj).__name__}")
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def build_config(cls: type, config: Any, keys: dict[str, Any]) -> Any:
+    """`config` (an instance of `cls` or None) with `keys` on top, checked as the command line checks.
+    Always a new object: the caller's config is never changed."""
+    import dataclasses
+    import typing
+
+    from alignlab.config import ConfigError, _coerce, from_dict
+
+    if config is None:
+        return from_dict(cls, keys)
+    if not isinstance(config, cls):
+        raise TypeError(f"config: expected a {cls.__name__}, got {type(config).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(keys) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]} for {cls.__name__}; allowed keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    cfg = dataclasses.replace(config, **{k: _coerce(v, hints[k], k) for k, v in keys.items()})
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
+    return cfg
+
+
+@dataclass
+class _Job:
+    """A training call's config plus the objects that stand in for paths."""
+
+    cfg: Any
+    model: Any = None
+    tokenizer: Any = None
+    records: Records | None = None
+    eval_records: Records | None = None
+    temp_dir: str | None = None
+
+
+def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: Any, data: Any,
+         eval_data: Any) -> _Job:
+    objects: dict[str, Any] = {}
+    for key, value in (("model", model), ("data", data), ("eval_data", eval_data)):
+        if value is None:
+            continue
+        if _is_path(value):
+            keys[key] = os.fspath(value)
+        else:
+            objects[key] = value if key == "model" else as_records(value, key)
+            keys[key] = str(objects[key]) if key != "model" else _model_label(value)
+    temp = None
+    if "output_dir" in keys and keys["output_dir"] is None:
+        temp = tempfile.mkdtemp(prefix="alignlab-run-")
+        keys["output_dir"] = temp
+    try:
+        cfg = build_config(cls, config, keys)
+    except BaseException:
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if "model" in objects and tokenizer is None:
+        raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
+    return _Job(cfg, objects.get("model"), tokenizer, objects.get("data"), objects.get("eval_data"), temp)
+
+
+def _model_label(model: Any) -> str:
+    return f"<in-memory {type(model).__name__} from {getattr(model, 'name_or_path', '') or '?'}>"
+
+
+def _with_lora(model: Any, cfg: Any) -> Any:
+    from alignlab.train.checkpoint import is_peft
+
+    if cfg.lora is None:
+        return model
+    if is_peft(model):
+        raise AlignlabError("lora: the in-memory model already has peft adapters; drop lora= to train them")
+    from alignlab.models.lora import apply_lora
+
+    return apply_lora(model, cfg.lora)
+
+
+def _finish(job: _Job, model: Any, tokenizer: Any, result: Any) -> RunResult:
+    from alignlab.train.metrics import read_metrics
+
+    out = Path(job.cfg.output_dir)
+    try:
+        metrics = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
+    finally:
+        if job.temp_dir:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
+    final = {k: v for k, v in (result.evals[-1] if result.evals else {}).items() if k != "step"}
+    return RunResult(model, tokenizer, metrics, final, None if job.temp_dir else out, result)
+
+
+def _run(job: _Job, load: Any, recipe_run: Any, callbacks: Any, **extra: Any) -> RunResult:
+    """Seed, load (or take) the model, run the recipe; the temporary output_dir goes whatever happens."""
+    from alignlab.train.loop import seed_everything
+
+    try:
+        seed_everything(job.cfg.seed)  # as the recipe does before loading: LoRA and new heads start the same
+        if job.model is None:
+            tokenizer, model = load(job.cfg)
+        else:
+            tokenizer, model = job.tokenizer, _with_lora(job.model, job.cfg)
+        result = recipe_run(job.cfg, model=model, tokenizer=tokenizer, rows=job.records,
+                            eval_rows=job.eval_records, callbacks=list(callbacks or ()), **extra)
+    except BaseException:
+        if job.temp_dir:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
+        raise
+    return _finish(job, model, tokenizer, result)
+
+
+def sft(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
+        eval_data: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """Supervised fine-tuning (`alignlab sft`); keys are SFTConfig's (see `alignlab sft --help`)."""
+    from alignlab.recipes import sft as recipe
+
+    job = _job(recipe.SFTConfig, config, keys, model, tokenizer, data, eval_data)
+    return _run(job, recipe.prepare_model, recipe.run, callbacks)
+
+
+def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_model: Any = None,
+        data: Any = None, eval_data: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """The DPO family (`alignlab dpo`); keys are DPOConfig's (see `alignlab dpo --help`)."""
+    from alignlab.recipes import dpo as recipe
+
+    if ref_model is not None and _is_path(ref_model):
+        keys["ref_model"], ref_model = os.fspath(ref_model), None
+    job = _job(recipe.DPOConfig, config, keys, model, tokenizer, data, eval_data)
+    if (job.model is not None or ref_model is not None) and job.cfg.reference == "cache":
+        raise AlignlabError("reference: cache keys its files by model path; with an in-memory model use "
+                            "reference=model (or auto)")
+    if ref_model is not None:
+        job.cfg.ref_model = _model_label(ref_model)
+    elif job.model is not None and job.cfg.ref_model is None and job.cfg.lora is None:
+        ref_model = _frozen_start(job)
+    return _run(job, recipe.load_policy, recipe.run, callbacks, ref_model=ref_model)
+
+
+def _frozen_start(job: _Job) -> Any:
+    """The reference of an in-memory policy: a copy of its weights before training, when a loss needs one."""
+    from alignlab.losses import combine
+    from alignlab.train.preference import choose_reference_kind
+
+    cfg = job.cfg
+    needs = combine(cfg.loss, cfg.loss_weights, cfg.loss_params).needs_reference
+    if choose_reference_kind(cfg.reference, needs, job.model, False) != "model":
+        return None
+    return copy.deepcopy(job.model)
+
+
+def reward_model(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
+                 eval_data: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """A reward model (`alignlab rm`); keys are RewardConfig's. An in-memory `model` must be a scorer
+    (AutoModelForSequenceClassification with num_labels=1); a path or alias gets a new scalar head."""
+    from alignlab.recipes import reward as recipe
+
+    job = _job(recipe.RewardConfig, config, keys, model, tokenizer, data, eval_data)
+    if job.model is not None and getattr(job.model.config, "pad_token_id", 0) is None:
+        job.model.config.pad_token_id = job.tokenizer.pad_token_id
+    return _run(job, recipe.load_reward_model, recipe.run, callbacks)
+
+
+def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None = None,
+             **keys: Any) -> dict[str, Any]:
+    """Evaluations (`alignlab eval`); keys are EvalConfig's. `models` maps a name used in checkpoints,
+    baseline or reference to an in-memory (model, tokenizer) used instead of loading that name.
+    Returns the eval.json payload (config, results, seconds); eval.json and report.html go to output_dir."""
+    from alignlab.eval.runner import EvalConfig, run
+
+    cfg = build_config(EvalConfig, config, keys)
+    named = {*cfg.checkpoints, cfg.baseline, cfg.reference}
+    unused = sorted(set(models or {}) - named)
+    if unused:
+        raise AlignlabError(f"models: {unused} are not named in checkpoints, baseline or reference")
+    return run(cfg, models=models)
+
+
+def generate(model: Any, prompts: Any, *, tokenizer: Any = None, n: int = 1, **sampling: Any) -> Any:
+    """Sample `n` completions per prompt (`alignlab generate`). `model`: alias, directory or an in-memory
+    model (then `tokenizer=` too); `prompts`: a path, or a list of strings (raw text), message lists
+    ([{role, content}, ...], chat template applied) or prompt records. `sampling`: SamplingConfig keys
+    (max_new_tokens, temperature, top_p, top_k, seed, ...). Returns a GenerationResult (`.samples[i].text`)."""
+    from alignlab.rollout.generate import SamplingConfig
+    from alignlab.rollout.generate import generate as sample
+
+    cfg = build_config(SamplingConfig, None, sampling)
+    if _is_path(model):
+        from alignlab.models.load import load_model, load_tokenizer
+
+        model, tokenizer = load_model(os.fspath(model)), tokenizer or load_tokenizer(os.fspath(model))
+    elif tokenizer is None:
+        raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
+    if _is_path(prompts) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)
+                             and "role" not in prompts[0]):
+        from alignlab.data.sources import load_rows
+
+        prompts = load_rows(prompts if _is_path(prompts) else as_records(prompts, "prompts"), task="prompt").rows
+    return sample(model, tokenizer, list(prompts), cfg, n=n)

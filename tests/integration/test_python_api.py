@@ -1,0 +1,144 @@
+"""alignlab from Python: lazy import, one code path with the CLI (same metrics), objects for paths."""
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import alignlab
+from alignlab.cli import main
+from alignlab.config import ConfigError
+from alignlab.errors import AlignlabError
+from alignlab.train.callbacks import Callback
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+COMMON = {"model": "tiny-random", "max_steps": 3, "batch_size": 4, "logging_steps": 1, "progress": "none",
+          "cpu_threads": 1, "device": "cpu", "eval_split": 0.1, "max_length": 64}
+# Wall-clock measurements differ between any two runs; everything else must be identical.
+TIMING = {"tokens_per_second", "pairs_per_second", "samples_per_second", "peak_memory_mb", "train_runtime"}
+
+SFT_ROWS = [{"prompt": f"Count to {i % 7 + 1}:", "completion": " ".join(str(j) for j in range(i % 7 + 2))}
+            for i in range(30)]
+PAIRS = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+          "rejected": "no" if i % 2 == 0 else "yes"} for i in range(30)]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cli_args(keys):
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in keys.items()]
+
+
+def test_import_alignlab_is_lazy():
+    code = ("import sys, alignlab; heavy = [m for m in ('torch', 'transformers', 'datasets', 'matplotlib', "
+            "'alignlab.api') if m in sys.modules]; print(heavy, sorted(alignlab.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}).stdout
+    assert out.startswith("[] ['Callback', 'RunResult', 'dpo', 'evaluate', 'generate', 'reward_model', 'sft']")
+    with pytest.raises(AttributeError, match="no attribute 'grpo'"):
+        alignlab.grpo  # noqa: B018 (added after the RL rewrite)
+
+
+@pytest.mark.parametrize(("command", "function", "rows", "extra"), [
+    ("sft", "sft", SFT_ROWS, {"learning_rate": 1e-3}),
+    ("dpo", "dpo", PAIRS, {"learning_rate": 1e-3, "loss": ["dpo", "sft"], "loss_weights": [1.0, 0.2]}),
+    ("rm", "reward_model", PAIRS, {"learning_rate": 1e-3}),
+])
+def test_cli_and_python_function_give_the_same_metrics(tmp_path, command, function, rows, extra):
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    keys = {**COMMON, **extra}
+    assert main([command, f"data={data}", f"output_dir={tmp_path / 'cli'}", *cli_args(keys)]) == 0
+    from_file = getattr(alignlab, function)(data=str(data), output_dir=str(tmp_path / "py"), **keys)
+    from_list = getattr(alignlab, function)(data=rows, output_dir=None, **keys)
+    cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in cli if "loss" in r]) == 3 and any("eval_loss" in r for r in cli)
+    assert without_timing(from_file.metrics) == without_timing(cli)
+    assert without_timing(from_list.metrics) == without_timing(cli)  # in-memory rows: the same run
+    assert from_file.output_dir == tmp_path / "py" and (tmp_path / "py" / "report.html").is_file()
+    assert from_list.output_dir is None and from_file.final_eval == {
+        k: v for k, v in from_file.train.evals[-1].items() if k != "step"}
+
+
+def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key nope for SFTConfig"):
+        alignlab.sft(data=SFT_ROWS, nope=1)
+    with pytest.raises(ConfigError, match="max_steps: expected an integer"):
+        alignlab.sft(data=SFT_ROWS, max_steps="many")
+    with pytest.raises(AlignlabError, match="record 1 is a str"):
+        alignlab.sft(data=[SFT_ROWS[0], "text"], output_dir=None, **COMMON)
+    with pytest.raises(AlignlabError, match="tokenizer"):
+        alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
+    with pytest.raises(AlignlabError, match=r"models: \['b'\] are not named"):
+        alignlab.evaluate(checkpoints=["a"], evaluations=[{"kind": "perplexity", "data": "x.jsonl"}],
+                          models={"b": (None, None)})
+    before = set(Path(tempfile.gettempdir()).glob("alignlab-run-*"))
+    with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records>.*field"):
+        alignlab.sft(data=[{"prompt": "x", "completion": ""}], output_dir=None, **COMMON)
+    assert set(Path(tempfile.gettempdir()).glob("alignlab-run-*")) == before
+
+
+def test_datasets_objects_in_memory_model_and_a_stopping_callback(tmp_path):
+    import datasets
+
+    from alignlab.models.load import load_model, load_tokenizer
+
+    ds = datasets.Dataset.from_list(SFT_ROWS)
+    model, tok = load_model("tiny-random"), load_tokenizer("tiny-random")
+    calls = []
+
+    class StopAt2(Callback):
+        def on_step_end(self, step, metrics):
+            calls.append(step)
+            return step == 2
+
+    res = alignlab.sft(model=model, tokenizer=tok, data=datasets.DatasetDict({"train": ds}), output_dir=str(tmp_path),
+                       callbacks=[StopAt2()], **{k: v for k, v in COMMON.items() if k != "model"})
+    assert res.model is model and calls == [1, 2] and res.train.step == 2
+    assert "model: <in-memory LlamaForCausalLM" in (tmp_path / "config.yaml").read_text()
+    assert "data: '<in-memory datasets.Dataset: 30 records>'" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(AlignlabError, match="none is 'train'"):
+        alignlab.sft(data=datasets.DatasetDict({"test": ds}), output_dir=None)
+
+
+def test_a_config_object_with_keys_on_top_is_checked_and_left_unchanged():
+    from alignlab.api import build_config
+    from alignlab.config import from_dict
+    from alignlab.eval.runner import EvalConfig
+    from alignlab.recipes.sft import SFTConfig
+
+    base = SFTConfig(model="tiny-random", max_steps=5)
+    cfg = build_config(SFTConfig, base, {"max_steps": 7, "lora": {"r": 4}})
+    assert (cfg.max_steps, cfg.lora.r, cfg.model, base.max_steps, base.lora) == (7, 4, "tiny-random", 5, None)
+    with pytest.raises(ConfigError, match="max_steps: must be -1"):
+        build_config(SFTConfig, base, {"max_steps": 0})
+    with pytest.raises(ConfigError, match="unknown key nope"):
+        build_config(SFTConfig, base, {"nope": 1})
+    with pytest.raises(TypeError, match="expected a SFTConfig"):
+        build_config(SFTConfig, EvalConfig(), {})
+    # An eval config whose items keep default sub-configs (the llm judge of a kl item) passes through as is.
+    ev = from_dict(EvalConfig, {"checkpoints": ["a"], "reference": "r", "evaluations": [{"kind": "kl", "data": "y"}]})
+    assert build_config(EvalConfig, ev, {"n_boot": 5}).n_boot == 5 and ev.n_boot == 1000
+
+
+def test_generate_takes_an_alias_or_an_in_memory_model_and_strings_or_records():
+    from alignlab.models.load import load_model, load_tokenizer
+
+    by_alias = alignlab.generate("tiny-random", ["Hi there"], max_new_tokens=4, greedy=True)
+    model, tok = load_model("tiny-random"), load_tokenizer("tiny-random")
+    in_memory = alignlab.generate(model, [{"prompt": "Hi there"}], tokenizer=tok, max_new_tokens=4, greedy=True)
+    assert [s.completion_ids for s in by_alias.samples] == [s.completion_ids for s in in_memory.samples]
+    assert len(by_alias.samples[0].completion_ids) == 4
+    with pytest.raises(ConfigError, match="unknown key beams"):
+        alignlab.generate(model, ["x"], tokenizer=tok, beams=2)
+    with pytest.raises(AlignlabError, match="tokenizer"):
+        alignlab.generate(model, ["x"])
