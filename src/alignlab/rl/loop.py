@@ -154,15 +154,16 @@ def _summary(label: str, history: list[dict], out: Path) -> None:
 
 def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], label: str, *,
              on_step: Callable[[RLState, int], None] | None = None,
-             prompts: tuple[list, list] | None = None) -> list[dict]:
+             prompts: tuple[list, list] | None = None, callbacks: tuple = ()) -> list[dict]:
     """Run the RL steps with checkpoints, exact resume, held-out evals and live metrics; returns this
     process's per-step metrics (also in output_dir/metrics.jsonl) and saves the policy (and critic).
-    prompts: (train, held-out) PromptRows given in memory instead of cfg.data's split."""
+    prompts: (train, held-out) PromptRows given in memory instead of cfg.data's split. callbacks (train.callbacks)
+    see every log, eval, save and step end; one may ask to stop (the step is evaluated and the model saved)."""
     from alignlab.config import config_text
     from alignlab.rl.prompts import split_prompts, write_split
+    from alignlab.train.callbacks import run_events
     from alignlab.train.checkpoint import check_resume_config, find_resume, remove_stale_temps, save_model
     from alignlab.train.loop import Sampler, total_steps
-    from alignlab.train.metrics import MetricsLogger
     from alignlab.train.optim import warmup_steps_for
     from alignlab.train.step import NonFiniteStep
 
@@ -186,46 +187,55 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
         (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
         write_split(out, split)
     start = _resume(state, ckpt) if ckpt is not None else 0
+    if start >= n_total:
+        print(f"{label}: {out} holds a finished run ({start}/{n_total} steps); nothing to do (a larger max_steps "
+              "continues it, resume=never starts over)", flush=True)
+        return []
     if ckpt is not None:
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
-    logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress)
+    events = run_events(cfg, out, world, n_total, start, callbacks)
     history: list[dict] = []
 
     def evaluate(step: int) -> None:
         if eval_rows and world.is_main:
             row = greedy_eval(state, eval_rows)
-            logger.log(step, row)
+            events.on_eval(step, row)
             history.append({"step": step, **row})
         world.barrier()
 
     if start == 0:
         evaluate(0)
-    t0 = time.perf_counter()
+    t0, done = time.perf_counter(), start
     for step in range(start, n_total):
         lr = _set_lr(state, step, n_total, warmup)
         try:
             metrics = step_fn(state, step, [train_rows[i] for i in sampler.step_indices(step)])
         except NonFiniteStep as e:
-            logger.close()
+            events.on_train_end(step, None)
             raise AlignlabError(f"step {step + 1}: {e}; stopped before the update. The newest checkpoint in {out} "
                                 "is from before it: lower learning_rate") from None
         metrics["learning_rate"] = lr
         done = step + 1
-        if done % cfg.logging_steps == 0 or done == n_total:
-            logger.log(done, metrics)
+        stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
+        if done % cfg.logging_steps == 0 or done == n_total or stop:
+            events.on_log(done, metrics)
         history.append({"step": done, **metrics})
         if on_step is not None:
             on_step(state, done)
-        if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total:
+        if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop:
             evaluate(done)
         if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
             _save(state, out, done, config_yaml)
+            events.on_save(done, out / f"checkpoint-{done}")
+        if stop:
+            break
     runtime = time.perf_counter() - t0
     if world.is_main:
         save_model(state.policy, out, state.tokenizer)
         if state.critic is not None:  # a PPO run can be continued or its critic reused
             save_model(state.critic, out / "critic")
-    logger.close({"step": n_total, "train_runtime": runtime})
+    events.on_save(done, out)
+    events.on_train_end(done, {"step": done, "train_runtime": runtime})
     world.barrier()
     if world.is_main:
         _summary(label, history, out)

@@ -240,3 +240,19 @@ def make_trackers(names: Iterable[str], run_dir: str | Path, config: Any) -> lis
     check_trackers(names)
     plain = to_dict(config) if not isinstance(config, dict) else config
     return [TRACKERS[n][1](Path(run_dir), plain) for n in names]
+
+
+def run_events(cfg: Any, out: Path, world: Any, total_steps: int, start_step: int,
+               callbacks: Iterable[Callback] = ()) -> CallbackList:
+    """The callbacks of one run: on the main rank metrics.jsonl + progress, the `report_to` trackers and
+    report.html; then the user's. Every trainer (train/loop.py, rl/loop.py) starts its run through this."""
+    from alignlab.train.metrics import MetricsLogger
+
+    sinks: list[Callback] = []
+    if world.is_main:
+        logger = MetricsLogger(out, total_steps=total_steps, start_step=start_step, progress=cfg.progress,
+                               tensorboard=False)
+        sinks = [MetricsSink(logger), *make_trackers(cfg.report_to, out, cfg), ReportSink(out)]
+    events = CallbackList([*sinks, *callbacks])
+    events.on_train_begin(out, total_steps, start_step)
+    return events

@@ -30,7 +30,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.train import fsdp
-from alignlab.train.callbacks import Callback, CallbackList, MetricsSink, ReportSink, make_trackers
+from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
     find_resume,
     load_checkpoint,
@@ -39,7 +39,7 @@ from alignlab.train.checkpoint import (
     save_model,
 )
 from alignlab.train.config import TrainConfig
-from alignlab.train.metrics import MetricsLogger, peak_memory_mb
+from alignlab.train.metrics import peak_memory_mb
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
 from alignlab.train.step import NonFiniteStep, optimizer_step
 from alignlab.train.world import World
@@ -282,11 +282,7 @@ def train(
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
     if not sharded:
         wrapped = world.wrap(model)
-    logger = MetricsLogger(out, enabled=world.is_main, total_steps=n_total, start_step=start, progress=cfg.progress,
-                           tensorboard=False)
-    sinks = [MetricsSink(logger), *make_trackers(cfg.report_to, out, cfg), ReportSink(out)] if world.is_main else []
-    events = CallbackList([*sinks, *callbacks])
-    events.on_train_begin(out, n_total, start)
+    events = run_events(cfg, out, world, n_total, start, callbacks)
     evals: list[dict[str, Any]] = []
 
     def run_eval(step: int) -> None:
