@@ -119,3 +119,42 @@ def test_sentiment_reward_rises_for_smollm2(command, config, tmp_path):
     assert main([command, "--config", str(ROOT / "configs" / config), f"output_dir={tmp_path}"]) == 0
     evals = [r["eval_reward"] for r in read_metrics(tmp_path) if "eval_reward" in r]
     assert evals[-1] > evals[0] + 0.2, json.dumps(evals)
+
+
+def half_length_reward(prompts, completions, **_):
+    return [0.5 * len(c) for c in completions]
+
+
+@pytest.mark.parametrize("objective", ["gspo", "cispo"])
+def test_rlvr_objectives_and_shaping_run_through_the_cli(objective, tmp_path):
+    """GSPO / CISPO with a weighted reward list, DAPO's overlong punishment and truncation mask and Kimi's
+    length reward: each component is logged, the shaped reward differs from the task reward, and the policy moves."""
+    code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
+                 f"policy_loss={objective}", "max_steps=2", "eval_prompts=0",
+                 f"reward=[{__file__}:length_reward, {__file__}:half_length_reward]", "reward_weights=[1.0, -0.5]",
+                 "overlong={buffer: 8}", "mask_truncated=true", "length_penalty=kimi", "epsilon_high=0.28"])
+    assert code == 0
+    rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert f"reward/{__file__}:length_reward" in r and "reward_shaped_mean" in r and 0 <= r["trained_frac"] <= 1
+        assert r["reward_mean"] == pytest.approx(0.75 * r[f"reward/{__file__}:length_reward"], rel=1e-5)
+    assert any(r["grad_norm"] > 0 for r in rows)
+
+
+def test_ppo_value_warmup_keeps_the_policy_still(tmp_path):
+    """value_warmup_steps=2 of 2 with decoupled, length-adaptive GAE: the critic learns, the policy is saved
+    unchanged from its start (VAPO's warm-up)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from alignlab.models.load import resolve_model
+
+    code = main(["ppo", "--config", str(ROOT / "configs/ppo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
+                 "max_steps=2", "eval_prompts=0", "value_warmup_steps=2", "lam_critic=1.0", "lam_alpha=0.05"])
+    assert code == 0
+    rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
+    assert all("value_loss" in r and "pg_loss" not in r for r in rows)
+    start = load_file(str(Path(resolve_model("tiny-random")) / "model.safetensors"))
+    end = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(start[k], end[k]) for k in start if k in end)

@@ -12,7 +12,7 @@ import torch
 from alignlab.config import load_config
 from alignlab.errors import AlignlabError
 from alignlab.losses.advantages import get_estimator
-from alignlab.losses.policy import FixedKLController
+from alignlab.losses.policy import FixedKLController, get_policy_loss
 from alignlab.recipes import prompts as P
 from alignlab.rl.config import OnlineDPOConfig, PPOConfig
 from alignlab.rl.config import PolicyGradientConfig as OnlineConfig
@@ -134,7 +134,8 @@ def test_policy_update_gradient_does_not_depend_on_grad_accum(tiny):
         before = [p.detach().clone() for p in m.parameters()]
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
         cfg = OnlineConfig(grad_accum=accum, max_grad_norm=0.0, kl_coef=0.1, entropy_coef=0.01)
-        policy_update(RLState(cfg, World(), m, m, tok, None, [opt]), ro, adv, torch.arange(4), 0.1)
+        policy_update(RLState(cfg, World(), m, m, tok, None, [opt], objective=get_policy_loss("ppo_clip")), ro, adv,
+                      torch.arange(4), 0.1)
         deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)]))
     assert deltas[0].abs().max() > 0
     assert torch.allclose(deltas[0], deltas[1], atol=1e-6)
@@ -202,3 +203,49 @@ def test_config_checks():
 def test_shipped_configs_load(name, cls):
     cfg = load_config(cls, CONFIGS / name)
     assert cfg.max_steps >= 1 and cfg.reward
+
+
+def test_decoupled_and_length_adaptive_gae():
+    """One answer of 2 tokens, reward 1, values [0.5, 0.25], gamma 1. deltas: d1 = 1 - 0.25 = 0.75,
+    d0 = 0.25 - 0.5 = -0.25. lam 0 for the policy: A = [-0.25, 0.75]; the critic's lam_critic 1: returns
+    [1, 1]. Length-adaptive lam_alpha 1: lam = 1 - 1/(1 * 2) = 0.5, A0 = -0.25 + 0.5 * 0.75 = 0.125."""
+    ro = _rollout([1.0], torch.ones(1, 2))
+    ro.values = torch.tensor([[0.5, 0.25]])
+    cfg = PPOConfig(lam=0.0, lam_critic=1.0, whiten_advantages=False, kl_coef=0.0)
+    adv, ret = compute_advantages(cfg, ro, 0.0)
+    assert torch.allclose(adv, torch.tensor([[-0.25, 0.75]])) and torch.allclose(ret, torch.tensor([[1.0, 1.0]]))
+    cfg = PPOConfig(lam_alpha=1.0, whiten_advantages=False, kl_coef=0.0)
+    adv, _ = compute_advantages(cfg, ro, 0.0)
+    assert torch.allclose(adv, torch.tensor([[0.125, 0.75]]))
+
+
+def test_scale_rewards_group_batch_none():
+    """Groups [1, 0] and [3, 3] (K = 2). none: centred [0.5, -0.5, 0, 0]; group: / Bessel group std 0.7071
+    -> +-0.7071 (the tied group stays 0); batch: / Bessel std of all four rewards (mean 1.75, squared
+    deviations 0.5625 + 3.0625 + 1.5625 + 1.5625 = 6.75, / 3 = 2.25, std 1.5) -> +-0.3333."""
+    mask = torch.ones(4, 1)
+    out = {}
+    for scale in ("none", "group", "batch"):
+        cfg = OnlineConfig(estimator="grpo", num_generations=2, scale_rewards=scale)
+        out[scale] = compute_advantages(cfg, _rollout([1.0, 0.0, 3.0, 3.0], mask), 0.0)[0][:, 0]
+    assert torch.allclose(out["none"], torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    assert torch.allclose(out["group"], torch.tensor([0.70710, -0.70710, 0.0, 0.0]), atol=1e-4)
+    assert torch.allclose(out["batch"], torch.tensor([0.33333, -0.33333, 0.0, 0.0]), atol=1e-4)
+
+
+def test_shaping_adds_overlong_and_kimi_and_masks_truncated():
+    """Two answers of one group, lengths 4 (ended) and 8 (cut at max_new_tokens 8), rewards [1, 1].
+    Kimi: the short one +0.5, the long one -0.5 -> [1.5, 0.5]. Overlong (max 8, buffer 4): length 4 is at
+    the soft start (0), length 8 = -(8 - 4)/4 = -1 -> [1.5, -0.5]. mask_truncated zeroes the second row."""
+    from alignlab.rl.config import OverlongConfig
+    from alignlab.rl.rollout import shape_rollout
+
+    mask = torch.tensor([[1.0] * 4 + [0.0] * 4, [1.0] * 8])
+    ro = _rollout([1.0, 1.0], mask)
+    samples = [type("S", (), {"finish_reason": r})() for r in ("eos", "length")]
+    cfg = OnlineConfig(num_generations=2, max_new_tokens=8, length_penalty="kimi",
+                       overlong=OverlongConfig(buffer=4), mask_truncated=True)
+    metrics = shape_rollout(cfg, ro, samples)
+    assert torch.allclose(ro.rewards, torch.tensor([1.5, -0.5]))
+    assert ro.mask[1].sum() == 0 and ro.mask[0].sum() == 4
+    assert metrics["trained_frac"] == 0.5 and metrics["reward_shaped_mean"] == pytest.approx(0.5)

@@ -40,7 +40,7 @@ __all__ = [
 
 @torch.no_grad()
 def gae(
-    rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float = 0.95
+    rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float | Tensor = 0.95
 ) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, "High-Dimensional Continuous Control
     Using GAE", Eq. 16): ``delta_t = r_t + gamma V_{t+1} - V_t``, ``A_t = delta_t + gamma lam A_{t+1}``.
@@ -53,6 +53,7 @@ def gae(
         rewards: [B, T] per-token rewards (see :func:`shape_rewards`).
         values: [B, T] value-model predictions at rollout time.
         mask: [B, T] response mask.
+        lam: a float, or [B] one lambda per sequence (VAPO's length-adaptive lambda).
     Returns:
         (advantages [B, T], returns [B, T] = advantages + values), both 0 where ``mask`` is 0.
     """
@@ -244,6 +245,10 @@ class AdvantageInputs:
     lam: float = 0.95
     whiten: bool = True
     """Whiten GAE advantages over the batch (PPO practice)."""
+    lam_critic: float | None = None
+    """gae: lambda of the critic's returns when decoupled from the policy's (VAPO, Yuan et al. 2025, Sec. 4.1)."""
+    lam_alpha: float | None = None
+    """gae: length-adaptive policy lambda = 1 - 1 / (alpha * length) per sequence (VAPO Eq. 7)."""
     scale_rewards: str = "group"
     """grpo only: divide by the group std (group), the batch std (batch), or not at all (none)."""
 
@@ -265,7 +270,15 @@ def _seq_reward(x: AdvantageInputs) -> Tensor:
 
 
 def _gae_spec(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
-    adv, returns = gae(shape_rewards(x.rewards, x.mask, x.kl, x.kl_coef), x.values, x.mask, gamma=x.gamma, lam=x.lam)
+    """GAE; with lam_critic and/or lam_alpha the critic's returns and the policy's advantages use different
+    lambdas (VAPO's decoupled GAE: returns from lam_critic, usually 1.0, unbiased for the value target)."""
+    rewards = shape_rewards(x.rewards, x.mask, x.kl, x.kl_coef)
+    lam: float | Tensor = x.lam
+    if x.lam_alpha is not None:
+        lam = 1.0 - 1.0 / (x.lam_alpha * x.mask.sum(-1).clamp(min=1.0))
+    adv, returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=lam)
+    if x.lam_critic is not None:
+        returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=x.lam_critic)[1]
     return (whiten(adv, x.mask) if x.whiten and x.mask.sum() > 1 else adv), returns
 
 

@@ -294,7 +294,7 @@ class PolicyLossSpec:
 POLICY_LOSSES: dict[str, PolicyLossSpec] = {
     s.name: s
     for s in (
-        PolicyLossSpec("ppo_clip", ppo_clip, "token-mean", 0.2, 0.28, True,
+        PolicyLossSpec("ppo_clip", ppo_clip, "token-mean", 0.2, 0.2, True,
                        "PPO clipped surrogate with DAPO clip-higher and optional dual clip"),
         PolicyLossSpec("gspo", gspo, "seq-mean-token-mean", 3e-4, 4e-4, True,
                        "GSPO: sequence-level (geometric-mean) ratio clipped per sequence"),

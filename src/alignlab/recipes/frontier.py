@@ -190,7 +190,7 @@ def beam_reward(cfg: FrontierConfig, policy: Any, ctx: dict) -> dict:
 def run_rl(cfg: FrontierConfig, method: str, coef: float, ctx: dict) -> dict:
     """One PPO or GRPO run (rl/) with a fixed KL coefficient; points every eval_every steps."""
     from alignlab.losses.advantages import get_estimator
-    from alignlab.losses.policy import FixedKLController
+    from alignlab.losses.policy import FixedKLController, get_policy_loss
     from alignlab.models.lora import LoraConfig
     from alignlab.rl.config import PolicyGradientConfig, PPOConfig
     from alignlab.rl.loop import build_state, train_rl
@@ -208,6 +208,7 @@ def run_rl(cfg: FrontierConfig, method: str, coef: float, ctx: dict) -> dict:
     state = build_state(rcfg, World.from_env(rcfg.device), reference=True,
                         critic=get_estimator(rcfg.estimator).needs_critic)
     state.estimator, state.kl_ctl = get_estimator(rcfg.estimator), FixedKLController(coef)
+    state.objective = get_policy_loss(rcfg.policy_loss)
     points = [_point(0, ctx["eval_fn"](state.policy))]
 
     def on_step(st: Any, done: int) -> None:

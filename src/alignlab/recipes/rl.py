@@ -18,7 +18,7 @@ from alignlab.rl.config import PolicyGradientConfig
 def run(cfg: PolicyGradientConfig, label: str = "grpo") -> list[dict]:
     """Train; returns the per-step metrics (also in output_dir/metrics.jsonl) and saves the policy."""
     from alignlab.losses.advantages import get_estimator
-    from alignlab.losses.policy import AdaptiveKLController, FixedKLController
+    from alignlab.losses.policy import AdaptiveKLController, FixedKLController, get_policy_loss
     from alignlab.rl.loop import build_state, train_rl
     from alignlab.rl.update import pg_step
     from alignlab.train.loop import seed_everything
@@ -28,7 +28,7 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo") -> list[dict]:
     seed_everything(cfg.seed)
     estimator = get_estimator(cfg.estimator)
     state = build_state(cfg, world, reference=True, critic=estimator.needs_critic)
-    state.estimator = estimator
+    state.estimator, state.objective = estimator, get_policy_loss(cfg.policy_loss)
     state.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                     if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
     return train_rl(state, pg_step, label)

@@ -14,7 +14,7 @@ from alignlab.config import ConfigError
 from alignlab.train.config import OptimConfig, RunConfig
 
 Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
-LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+LossAgg = Literal["token-mean", "token-sum-norm", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
 @dataclass
@@ -47,10 +47,14 @@ class RLConfig(OptimConfig, RunConfig):
     """Decay after warmup; RL recipes usually keep it constant."""
     logging_steps: int = 1
     """Write a metrics.jsonl line (and a console line) every N RL steps."""
-    reward: str = "sentiment"
-    """Reward: sentiment | gsm8k | format | reward_model | "module.path:function" (RewardFn signature)."""
+    reward: str | list[str] = "sentiment"
+    """Reward: sentiment | gsm8k | math | code | judge | format | reward_model | "module.path:function", or a list
+    of them summed with reward_weights (e.g. [math, format])."""
+    reward_weights: list[float] | None = None
+    """Weights of a reward list (default 1 each); each component is logged as reward/<name>."""
     reward_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword options for the reward factory, e.g. {path: runs/rm} for reward_model."""
+    """Keyword options for the reward factory, e.g. {path: runs/rm} for reward_model; for a list, keyed by name
+    ({format: {pattern: ...}})."""
     num_generations: int = 4
     """Samples per prompt (the group size of grouped estimators; >= 2 for them)."""
     max_new_tokens: int = 32
@@ -79,6 +83,18 @@ class RLConfig(OptimConfig, RunConfig):
 
 
 @dataclass
+class OverlongConfig:
+    """DAPO's soft overlong punishment (Yu et al. 2025, Sec. 3.4, Eq. 13), added to the reward."""
+
+    max_tokens: int = 0
+    """L_max: answers longer than this get -penalty (0: max_new_tokens)."""
+    buffer: int = 4
+    """L_cache: the penalty ramps linearly from 0 to -penalty over the last `buffer` tokens before max_tokens."""
+    penalty: float = 1.0
+    """Size of the full penalty."""
+
+
+@dataclass
 class PolicyGradientConfig(RLConfig):
     """`alignlab grpo` (and, with other defaults, `alignlab ppo`): clipped policy-gradient updates."""
 
@@ -86,14 +102,19 @@ class PolicyGradientConfig(RLConfig):
     """Advantages: gae (PPO with a critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """grpo: divide centred rewards by the group std (GRPO), the batch std, or not at all (Dr. GRPO)."""
+    policy_loss: Literal["ppo_clip", "gspo", "cispo"] = "ppo_clip"
+    """Objective (losses/policy.py registry): ppo_clip (PPO, DAPO clip-higher via epsilon_high), gspo (sequence-level
+    ratio, Zheng et al. 2025), cispo (clipped stop-gradient IS weight, no token dropped; MiniMax-M1)."""
     mini_batch_size: int = 0
     """Sequences per optimizer step inside a rollout (0: the whole rollout, one step per epoch = on-policy)."""
     ppo_epochs: int = 1
     """Passes over each rollout; >1 reuses samples (the ratio clip then matters)."""
-    epsilon_low: float = 0.2
-    """Lower ratio clip: ratios below 1 - epsilon_low stop the gradient (Schulman et al. 2017, Eq. 7)."""
+    epsilon_low: float | None = None
+    """Lower ratio clip 1 - epsilon_low (Schulman et al. 2017, Eq. 7); null: the objective's paper value
+    (ppo_clip 0.2, gspo 3e-4, cispo 1.0 = no lower bound)."""
     epsilon_high: float | None = None
-    """Upper ratio clip 1 + epsilon_high (DAPO clip-higher, Yu et al. 2025, Eq. 10); null = epsilon_low."""
+    """Upper ratio clip 1 + epsilon_high (DAPO clip-higher, Yu et al. 2025, Eq. 10: 0.28); null: the objective's
+    paper value (ppo_clip 0.2, gspo 4e-4, cispo 0.28)."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); null disables."""
     kl_coef: float = 0.05
@@ -111,13 +132,28 @@ class PolicyGradientConfig(RLConfig):
     entropy_coef: float = 0.0
     """Entropy bonus weight (Schulman et al. 2017, Eq. 9); 0 disables (entropy is still logged)."""
     loss_agg: LossAgg = "token-mean"
-    """How token losses reduce: token-mean (DAPO), seq-mean-token-mean (GRPO paper), seq-mean-token-sum-norm (Dr. GRPO)."""
+    """How token losses reduce: token-mean = token-sum-norm (DAPO's token-level sum over the whole minibatch: every
+    token weighs the same however micro-batches split it), seq-mean-token-mean (GRPO paper),
+    seq-mean-token-sum-norm (Dr. GRPO)."""
+    overlong: OverlongConfig | None = None
+    """DAPO soft overlong punishment {max_tokens, buffer, penalty}, added to the reward; null: off."""
+    mask_truncated: bool = False
+    """Answers cut at max_new_tokens carry no loss (DAPO's overlong filtering)."""
+    length_penalty: Literal["none", "kimi"] = "none"
+    """kimi: add Kimi k1.5's length reward (Sec. 2.3.3): within a group, shorter correct answers (reward > 0) gain up
+    to +0.5, longer ones lose up to 0.5; wrong answers are only penalised."""
     whiten_advantages: bool = True
     """Whiten GAE advantages over the rollout (PPO practice); grouped estimators are already normalised."""
     gamma: float = 1.0
     """Discount for gae and reinforce_pp (1.0 is standard for LM episodes)."""
     lam: float = 0.95
-    """GAE lambda."""
+    """GAE lambda (of the policy's advantages)."""
+    lam_critic: float | None = None
+    """Decoupled GAE (VAPO, Yuan et al. 2025): lambda of the critic's returns (1.0 in the paper); null = lam."""
+    lam_alpha: float | None = None
+    """Length-adaptive policy lambda = 1 - 1/(lam_alpha * length) per answer (VAPO Eq. 7, alpha 0.05); null: lam."""
+    value_warmup_steps: int = 0
+    """gae: the first N steps train only the critic; the policy starts moving once its values are meaningful (VAPO)."""
     value_model: str | None = None
     """Critic for estimator gae: a model/scorer path; null starts it from the policy's model with a new head."""
     value_learning_rate: float = 1e-5
@@ -143,6 +179,12 @@ class PolicyGradientConfig(RLConfig):
                               f"({self.grad_accum})")
         if self.ppo_epochs < 1:
             raise ConfigError(f"ppo_epochs: must be >= 1, got {self.ppo_epochs}")
+        from alignlab.losses.policy import get_policy_loss
+
+        if self.dual_clip is not None and not get_policy_loss(self.policy_loss).supports_dual_clip:
+            raise ConfigError(f"dual_clip: {self.policy_loss} has no dual clip")
+        if self.value_warmup_steps and not spec.needs_critic:
+            raise ConfigError(f"value_warmup_steps: {self.estimator} has no critic to warm up")
 
 
 @dataclass

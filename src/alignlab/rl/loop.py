@@ -41,6 +41,8 @@ class RLState:
     kl_ctl: Any = None
     estimator: Any = None
     """The estimator's AdvantageSpec (policy-gradient recipes)."""
+    objective: Any = None
+    """The policy loss's PolicyLossSpec (policy-gradient recipes)."""
     dpo: Any = None
     """The preference step (online-dpo)."""
 
@@ -77,7 +79,8 @@ def build_state(cfg: Any, world: World, *, reference: bool, critic: bool) -> RLS
     if kind == "adapter" and not lora:
         raise AlignlabError("reference: adapter needs a LoRA policy (set lora: {...}) or use reference: model")
     frozen = copy.deepcopy(policy).eval().requires_grad_(False) if reference and kind == "model" else None
-    state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, get_reward(cfg.reward, **cfg.reward_options),
+    reward = get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options)
+    state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:
         state.critic, opt = build_critic(cfg, world.device)

@@ -131,12 +131,16 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool) -> tu
                        sc, n=k)
     t_gen = time.perf_counter() - t0
     rewards = score_rows(state.reward_fn, mine, [s.text for s in res.samples], k)
-    gathered = world.all_gather_objects((res.samples, rewards))
-    samples = [s for part, _ in gathered for s in part]
-    all_rewards = [r for _, part in gathered for r in part]
-    timing = {"time/generation": t_gen, "time/scoring": time.perf_counter() - t0 - t_gen,
-              "tokens_per_second": world.all_reduce_sum(res.num_tokens) / max(t_gen, 1e-9)}
-    return samples, all_rewards, timing
+    parts = getattr(state.reward_fn, "last_components", {})  # a weighted reward list: each component, unweighted
+    gathered = world.all_gather_objects((res.samples, rewards, parts))
+    samples = [s for part, _, _ in gathered for s in part]
+    all_rewards = [r for _, part, _ in gathered for r in part]
+    stats = {"time/generation": t_gen, "time/scoring": time.perf_counter() - t0 - t_gen,
+             "tokens_per_second": world.all_reduce_sum(res.num_tokens) / max(t_gen, 1e-9)}
+    for name in parts:
+        values = [v for _, _, p in gathered for v in p[name]]
+        stats[f"reward/{name}"] = sum(values) / len(values)
+    return samples, all_rewards, stats
 
 
 def reference_logprobs(state: Any, ro: Rollout, size: int) -> torch.Tensor:
@@ -196,4 +200,26 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str,
             ro.values = sharded_forward(lambda i: critic_values(state.critic, ro.input_ids[i], ro.attention_mask[i],
                                                                 ro.prompt_len, ro.resp_len), n, size, world)
     metrics = rollout_metrics(ro, samples, cfg.num_generations, cfg.kl_estimator)
+    metrics.update(shape_rollout(cfg, ro, samples))
     return ro, samples, {**metrics, **timing}
+
+
+def shape_rollout(cfg: Any, ro: Rollout, samples: list) -> dict[str, float]:
+    """Batch shaping on the scored rollout, in place: DAPO's soft overlong punishment and Kimi k1.5's length
+    reward are added to the rewards (reward_mean stays the task's reward), mask_truncated drops truncated
+    answers from the loss (DAPO Sec. 3.4)."""
+    from alignlab.losses.shaping import kimi_length_penalty, overlong_penalty, truncation_mask
+
+    lengths, out = ro.mask.sum(-1), {}
+    if cfg.length_penalty == "kimi":
+        ro.rewards = ro.rewards + kimi_length_penalty(ro.rewards > 0, lengths, cfg.num_generations).to(ro.rewards)
+    if cfg.overlong is not None:
+        o = cfg.overlong
+        ro.rewards = ro.rewards + overlong_penalty(lengths, o.max_tokens or cfg.max_new_tokens, o.buffer,
+                                                   o.penalty).to(ro.rewards)
+    if cfg.mask_truncated:
+        ro.mask = ro.mask * truncation_mask([s.finish_reason for s in samples]).to(ro.mask)[:, None]
+        out["trained_frac"] = float((ro.mask.sum(-1) > 0).float().mean())
+    if cfg.overlong is not None or cfg.length_penalty != "none":
+        out["reward_shaped_mean"] = float(ro.rewards.mean())
+    return out

@@ -30,8 +30,8 @@ def micro_slices(idx_mb: torch.Tensor, grad_accum: int, world: Any) -> list[torc
 
 
 def _units(mask: torch.Tensor, loss_agg: str) -> float:
-    """Loss units of a slice: tokens for token-mean, sequences for the per-sequence aggregations."""
-    return float(mask.sum()) if loss_agg == "token-mean" else float(mask.shape[0])
+    """Loss units of a slice: tokens for the token-level aggregations, sequences for the per-sequence ones."""
+    return float(mask.sum()) if loss_agg in ("token-mean", "token-sum-norm") else float(mask.shape[0])
 
 
 def _global_mean(sums: dict[str, float], world: Any) -> dict[str, float]:
@@ -40,23 +40,30 @@ def _global_mean(sums: dict[str, float], world: Any) -> dict[str, float]:
 
 def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tensor, kl_coef: float) -> dict:
     """One policy optimizer step over a global minibatch (this rank's micro-batches of it)."""
-    from alignlab.losses.policy import aggregate_loss, kl_penalty, ppo_clip_loss
+    from alignlab.losses.policy import aggregate_loss, kl_penalty
 
-    cfg, world = state.cfg, state.world
+    cfg, world, spec = state.cfg, state.world, state.objective
+    lo = cfg.epsilon_low if cfg.epsilon_low is not None else spec.epsilon_low
+    hi = cfg.epsilon_high if cfg.epsilon_high is not None else spec.epsilon_high
+
+    def agg(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # a micro-batch's mean over its units; token-sum-norm's constant is then its token count (see _units)
+        return aggregate_loss(x, mask, cfg.loss_agg, norm=mask.sum() if cfg.loss_agg == "token-sum-norm"
+                              else ro.resp_len)
 
     def forward(idx: torch.Tensor):
         mask = ro.mask[idx]
         lp, ent = policy_logprobs(state.train_policy, ro, idx, cfg.temperature, want_entropy=True,
                                   entropy_grad=cfg.entropy_coef > 0)
-        out = ppo_clip_loss(lp, ro.old_logprobs[idx], adv[idx], mask, clip_eps=cfg.epsilon_low,
-                            clip_eps_high=cfg.epsilon_high, dual_clip=cfg.dual_clip)
-        pg = aggregate_loss(out.loss, mask, cfg.loss_agg, norm=ro.resp_len)
+        out = spec.fn(lp, ro.old_logprobs[idx], adv[idx], mask, epsilon_low=lo, epsilon_high=hi,
+                      dual_clip=cfg.dual_clip)
+        pg = agg(out.loss, mask)
         loss = pg
         if not cfg.kl_in_reward and kl_coef > 0:  # GRPO's KL term (Shao et al. 2024, Eq. 3-4)
             kl_tok = kl_penalty(lp, ro.ref_logprobs[idx], cfg.kl_estimator, max_log_ratio=20.0)
-            loss = loss + kl_coef * aggregate_loss(kl_tok, mask, cfg.loss_agg, norm=ro.resp_len)
+            loss = loss + kl_coef * agg(kl_tok, mask)
         if cfg.entropy_coef > 0:  # entropy bonus (Schulman et al. 2017, Eq. 9)
-            loss = loss - cfg.entropy_coef * aggregate_loss(ent, mask, cfg.loss_agg, norm=ro.resp_len)
+            loss = loss - cfg.entropy_coef * agg(ent, mask)
         return loss, {"pg_loss": pg, "clip_frac": out.clip_frac, "approx_kl": out.approx_kl,
                       "entropy": aggregate_loss(ent, mask, "token-mean")}
 
@@ -101,7 +108,8 @@ def advantages(state: Any, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor | No
         shaped = kl_penalty(ro.old_logprobs, ro.ref_logprobs, cfg.kl_estimator, max_log_ratio=20.0) * ro.mask
     x = AdvantageInputs(ro.rewards, ro.mask, cfg.num_generations, kl=shaped,
                         kl_coef=state.kl_ctl.value if cfg.kl_in_reward else 0.0, values=ro.values, gamma=cfg.gamma,
-                        lam=cfg.lam, whiten=cfg.whiten_advantages, scale_rewards=cfg.scale_rewards)
+                        lam=cfg.lam, whiten=cfg.whiten_advantages, scale_rewards=cfg.scale_rewards,
+                        lam_critic=cfg.lam_critic, lam_alpha=cfg.lam_alpha)
     return state.estimator.fn(x)
 
 
@@ -120,7 +128,8 @@ def pg_step(state: Any, step: int, rows: list) -> dict[str, float]:
         order = torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
         for s in range(0, n, mb):
             idx_mb = order[s:s + mb].to(ro.mask.device)
-            part = policy_update(state, ro, adv, idx_mb, state.kl_ctl.value)
+            warming = step < cfg.value_warmup_steps  # VAPO: the critic learns first, the policy waits
+            part = {} if warming else policy_update(state, ro, adv, idx_mb, state.kl_ctl.value)
             if returns is not None:
                 part.update(value_update(state, ro, idx_mb, returns))
             for key, v in part.items():
