@@ -158,3 +158,22 @@ def test_ppo_value_warmup_keeps_the_policy_still(tmp_path):
     start = load_file(str(Path(resolve_model("tiny-random")) / "model.safetensors"))
     end = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.equal(start[k], end[k]) for k in start if k in end)
+
+
+def constant_then_length(prompts, completions, **_):
+    """Equal rewards for prompts of even length, the answer's length otherwise: about half the groups tie."""
+    return [1.0 if len(p) % 2 == 0 else float(len(c)) for p, c in zip(prompts, completions)]
+
+
+def test_dynamic_sampling_never_trains_on_a_zero_spread_group(tmp_path):
+    """With a reward that ties every answer of some prompts, each step's rollout holds only groups whose rewards
+    differ (zero_spread_frac 0), the dropped groups are counted, and rollout_is with the trainer's own sampler
+    gives weights of 1 up to float noise (rollout_kl_k3 about 0)."""
+    code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
+                 "max_steps=3", "eval_prompts=0", f"reward={__file__}:constant_then_length", "dynamic_sampling=true",
+                 "max_resample_rounds=4", "rollout_is=tis"])
+    assert code == 0
+    rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
+    assert all(r["zero_spread_frac"] == 0.0 for r in rows)
+    assert sum(r["dynamic_sampling/dropped_groups"] for r in rows) > 0
+    assert all(abs(r["rollout_kl_k3"]) < 1e-6 and r["rollout_is_capped_frac"] == 0.0 for r in rows)

@@ -17,6 +17,10 @@ TINY = dict(model="tiny-random", max_steps=2, batch_size=2, max_new_tokens=4, ev
             progress="none", cpu_threads=1, save_steps=1, eval_steps=1, logging_steps=1)
 
 
+def length_reward(prompts, completions, **_):
+    return [float(len(c)) for c in completions]
+
+
 def recording(cls: type, seen: set[str]) -> type:
     names = {f.name for f in dataclasses.fields(cls)}
 
@@ -39,7 +43,8 @@ def run(command: str, cfg):
 
 
 @pytest.mark.parametrize("command,cls,extra", [
-    ("grpo", PolicyGradientConfig, dict(num_generations=2)),
+    ("grpo", PolicyGradientConfig, dict(num_generations=2, dynamic_sampling=True, rollout_is="tis",
+                                        reward=f"{__file__}:length_reward")),
     ("ppo", PPOConfig, dict(mini_batch_size=1, grad_accum=1)),
     ("online-dpo", OnlineDPOConfig, dict()),
 ])

@@ -162,6 +162,18 @@ class PolicyGradientConfig(RLConfig):
     """Clip of the value update around the rollout values; null disables."""
     old_logprobs: Literal["sampler", "forward"] = "sampler"
     """Old-policy log-probs from the sampler (free) or a separate no-grad forward (bit-identical to training math)."""
+    rollout_is: Literal["none", "tis", "mis"] = "none"
+    """Sampler/trainer mismatch correction (Yao et al. 2025) when samples come from other weights or kernels (bf16
+    sampling, an external engine): the ratio uses the trainer's old log-probs and each token's loss is weighted by
+    trainer/sampler probability, truncated at rollout_is_cap (tis) or dropped above it (mis); rollout_kl_k3 logs
+    the mismatch."""
+    rollout_is_cap: float = 2.0
+    """Cap of the rollout_is weight (> 1)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling (Yu et al. 2025, Sec. 3.2): groups whose rewards are all equal carry no signal; drop them
+    and sample more prompts until batch_size groups have spread (a shorter batch after max_resample_rounds)."""
+    max_resample_rounds: int = 3
+    """Extra sampling rounds dynamic_sampling may take per step."""
 
     def validate(self) -> None:
         super().validate()
@@ -183,6 +195,10 @@ class PolicyGradientConfig(RLConfig):
 
         if self.dual_clip is not None and not get_policy_loss(self.policy_loss).supports_dual_clip:
             raise ConfigError(f"dual_clip: {self.policy_loss} has no dual clip")
+        if self.dynamic_sampling and not spec.grouped:
+            raise ConfigError(f"dynamic_sampling: needs a grouped estimator (grpo, dr_grpo, rloo, ...), not {self.estimator}")
+        if self.rollout_is != "none" and not self.rollout_is_cap > 1:
+            raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
         if self.value_warmup_steps and not spec.needs_critic:
             raise ConfigError(f"value_warmup_steps: {self.estimator} has no critic to warm up")
 

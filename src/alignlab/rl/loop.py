@@ -45,6 +45,8 @@ class RLState:
     """The policy loss's PolicyLossSpec (policy-gradient recipes)."""
     dpo: Any = None
     """The preference step (online-dpo)."""
+    more_prompts: Callable[[int, int], list] | None = None
+    """(step, round) -> fresh training prompts for dynamic sampling's extra rounds (a pure function: exact resume)."""
 
     @property
     def device(self) -> str:
@@ -206,6 +208,8 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
             history.append({"step": step, **row})
         world.barrier()
 
+    extra = Sampler(len(train_rows), cfg.batch_size, cfg.seed + 1)  # dynamic sampling's extra rounds (< 1000)
+    state.more_prompts = lambda step, rnd: [train_rows[i] for i in extra.step_indices(step * 1000 + rnd)]
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from alignlab.errors import AlignlabError
 from alignlab.ops.logprobs import entropy_from_logits, token_logprobs
 
 
@@ -46,6 +47,8 @@ class Rollout:
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
+    """[N, T] rollout_is weights (trainer/sampler probability, capped), None when off."""
 
 
 def pack_rollout(samples: list, pad_id: int, device: str) -> Rollout:
@@ -114,7 +117,8 @@ def encode_rows(tokenizer: Any, rows: list, max_prompt_length: int) -> list[list
     return [tokenize_prompt(r, tokenizer, max_prompt_length) for r in rows]
 
 
-def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool) -> tuple[list, list[float], dict]:
+def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round: int = 0
+                     ) -> tuple[list, list[float], dict]:
     """This rank's share of the step's prompts sampled (per-row seeded: the same samples in any sharding) and
     scored, then gathered: (all samples, all rewards, timings), prompt-major, identical on every rank."""
     from alignlab.rollout.generate import SamplingConfig, generate
@@ -124,7 +128,7 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool) -> tu
     mine = rows[world.rank * per:(world.rank + 1) * per]
     t0 = time.perf_counter()
     sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        seed=cfg.seed * 1_000_003 + step, logprobs=logprobs, batch_size=cfg.generation_batch_size,
+                        seed=(cfg.seed * 1_000_003 + step) * 101 + round, logprobs=logprobs, batch_size=cfg.generation_batch_size,
                         per_row_seed=True, first_prompt=world.rank * per)
     with state.compute(cache=True):
         res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, mine, cfg.max_prompt_length),
@@ -173,24 +177,59 @@ def rollout_metrics(ro: Rollout, samples: list, k: int, kl_name: str) -> dict[st
     return metrics
 
 
+def dynamic_groups(state: Any, step: int, rows: list, logprobs: bool) -> tuple[list, list[float], dict]:
+    """DAPO dynamic sampling: sample rounds (the step's prompts, then fresh ones from state.more_prompts) until
+    len(rows) groups have reward spread, at most max_resample_rounds extra rounds; zero-spread groups never enter."""
+    from alignlab.losses.shaping import GroupAccumulator
+
+    cfg, k = state.cfg, state.cfg.num_generations
+    acc = GroupAccumulator(len(rows), k, cfg.max_resample_rounds)
+    batch, stats, rnd = rows, {}, 0
+    while acc.needs_more():
+        samples, rewards, part = sample_and_score(state, step, batch, logprobs=logprobs, round=rnd)
+        for key, v in part.items():
+            stats[key] = stats.get(key, 0.0) + v if key.startswith("time/") else v
+        acc.add(rewards, [(samples[g * k:(g + 1) * k], rewards[g * k:(g + 1) * k]) for g in range(len(batch))])
+        rnd += 1
+        batch = state.more_prompts(step, rnd)
+    groups, ds = acc.take()
+    if not groups:
+        raise AlignlabError(f"step {step + 1}: dynamic_sampling found no prompt whose answers' rewards differ in "
+                            f"{rnd} rounds; raise max_resample_rounds or check the reward")
+    return [s for g, _ in groups for s in g], [r for _, rs in groups for r in rs], {**stats, **ds}
+
+
 def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str, float]]:
     """Sample, score and annotate one global rollout (identical on every rank); returns it, its samples and
     its rollout-side metrics."""
     cfg, world = state.cfg, state.world
-    samples, rewards, timing = sample_and_score(state, step, rows, logprobs=cfg.old_logprobs == "sampler")
+    correct = cfg.rollout_is != "none"
+    want_sampler = cfg.old_logprobs == "sampler" or correct
+    if cfg.dynamic_sampling:
+        samples, rewards, timing = dynamic_groups(state, step, rows, want_sampler)
+    else:
+        samples, rewards, timing = sample_and_score(state, step, rows, logprobs=want_sampler)
     ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
     ro.rewards = torch.tensor(rewards, dtype=torch.float32, device=state.device)
     n = ro.mask.shape[0]
     size = max(1, (cfg.mini_batch_size or n) // (cfg.grad_accum * world.size))
-    if cfg.old_logprobs == "sampler":
-        old = torch.zeros_like(ro.mask)
+    sampler_lp = None
+    if want_sampler:
+        sampler_lp = torch.zeros_like(ro.mask)
         for r, s in enumerate(samples):
-            old[r, :len(s.logprobs)] = torch.tensor(s.logprobs)
-        ro.old_logprobs = old
-    else:
+            sampler_lp[r, :len(s.logprobs)] = torch.tensor(s.logprobs)
+    if cfg.old_logprobs == "forward" or correct:
         with state.compute(cache=True):
             ro.old_logprobs = sharded_forward(lambda i: policy_logprobs(state.policy, ro, i, cfg.temperature)[0],
                                               n, size, world)
+    else:
+        ro.old_logprobs = sampler_lp
+    metrics: dict[str, float] = {}
+    if correct:
+        from alignlab.losses.rollout_is import rollout_is_weights
+
+        ro.is_weights, metrics = rollout_is_weights(ro.old_logprobs, sampler_lp, ro.mask, cfg.rollout_is,
+                                                    cfg.rollout_is_cap)
     if state.needs_reference:
         ro.ref_logprobs = reference_logprobs(state, ro, size)
     if state.critic is not None:
@@ -199,7 +238,7 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str,
         with state.compute(cache=True):
             ro.values = sharded_forward(lambda i: critic_values(state.critic, ro.input_ids[i], ro.attention_mask[i],
                                                                 ro.prompt_len, ro.resp_len), n, size, world)
-    metrics = rollout_metrics(ro, samples, cfg.num_generations, cfg.kl_estimator)
+    metrics.update(rollout_metrics(ro, samples, cfg.num_generations, cfg.kl_estimator))
     metrics.update(shape_rollout(cfg, ro, samples))
     return ro, samples, {**metrics, **timing}
 

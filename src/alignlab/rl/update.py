@@ -22,11 +22,15 @@ from alignlab.rl.rollout import Rollout, collect, policy_logprobs, sample_and_sc
 from alignlab.train.step import optimizer_step
 
 
-def micro_slices(idx_mb: torch.Tensor, grad_accum: int, world: Any) -> list[torch.Tensor]:
-    """This rank's micro-batches of a global minibatch: micro-step m, rank r takes its equal share."""
-    chunk = len(idx_mb) // grad_accum
-    per = chunk // world.size
-    return [idx_mb[m * chunk + world.rank * per: m * chunk + (world.rank + 1) * per] for m in range(grad_accum)]
+def micro_slices(idx_mb: torch.Tensor, grad_accum: int, world: Any) -> list[tuple[torch.Tensor, bool]]:
+    """This rank's micro-batches of a global minibatch: micro-step m, rank r takes its share (equal when the sizes
+    divide; a dynamic-sampling batch may not). A rank left without rows gets the minibatch's first row marked
+    not real: it runs at weight 0, so DDP's all-reduce still sees every rank's backward."""
+    out = []
+    for chunk in torch.tensor_split(idx_mb, grad_accum):
+        part = torch.tensor_split(chunk, world.size)[world.rank]
+        out.append((part, True) if len(part) else (idx_mb[:1], False))
+    return out
 
 
 def _units(mask: torch.Tensor, loss_agg: str) -> float:
@@ -57,7 +61,8 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
                                   entropy_grad=cfg.entropy_coef > 0)
         out = spec.fn(lp, ro.old_logprobs[idx], adv[idx], mask, epsilon_low=lo, epsilon_high=hi,
                       dual_clip=cfg.dual_clip)
-        pg = agg(out.loss, mask)
+        # rollout_is: each token's term weighted by trainer/sampler probability (capped; Yao et al. 2025)
+        pg = agg(out.loss * ro.is_weights[idx] if ro.is_weights is not None else out.loss, mask)
         loss = pg
         if not cfg.kl_in_reward and kl_coef > 0:  # GRPO's KL term (Shao et al. 2024, Eq. 3-4)
             kl_tok = kl_penalty(lp, ro.ref_logprobs[idx], cfg.kl_estimator, max_log_ratio=20.0)
@@ -68,8 +73,8 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
                       "entropy": aggregate_loss(ent, mask, "token-mean")}
 
     micro = micro_slices(idx_mb, cfg.grad_accum, world)
-    out = optimizer_step(state.optimizers[0], [lambda i=i: forward(i) for i in micro],
-                         [_units(ro.mask[i], cfg.loss_agg) for i in micro],
+    out = optimizer_step(state.optimizers[0], [lambda i=i: forward(i) for i, _ in micro],
+                         [_units(ro.mask[i], cfg.loss_agg) if real else 0.0 for i, real in micro],
                          total=_units(ro.mask[idx_mb], cfg.loss_agg), world_size=world.size,
                          max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
                          compute=lambda: state.compute(cache=False))
@@ -89,8 +94,9 @@ def value_update(state: Any, ro: Rollout, idx_mb: torch.Tensor, returns: torch.T
         return aggregate_loss(per_tok, ro.mask[idx], "token-mean"), {"value_clip_frac": frac}
 
     micro = micro_slices(idx_mb, cfg.grad_accum, world)
-    out = optimizer_step(state.optimizers[1], [lambda i=i: forward(i) for i in micro],
-                         [float(ro.mask[i].sum()) for i in micro], total=float(ro.mask[idx_mb].sum()),
+    out = optimizer_step(state.optimizers[1], [lambda i=i: forward(i) for i, _ in micro],
+                         [float(ro.mask[i].sum()) if real else 0.0 for i, real in micro],
+                         total=float(ro.mask[idx_mb].sum()),
                          world_size=world.size, max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_critic),
                          compute=lambda: state.compute(cache=False))
     m = _global_mean(out.metrics, world)
