@@ -16,11 +16,13 @@ from transformers import AutoModelForSequenceClassification
 
 from alignlab.cli import main
 from alignlab.config import load_config
+from alignlab.data.ranked import RewardCollator
 from alignlab.models.heads import load_scorer
 from alignlab.models.load import load_tokenizer
-from alignlab.recipes.reward import RewardCollator, RewardConfig, RewardStep, load_split, tokenize_rows
+from alignlab.recipes.reward import RewardConfig, load_split, tokenize_rows
 from alignlab.train.loop import evaluate
 from alignlab.train.metrics import read_metrics
+from alignlab.train.reward import RewardStep
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST = ["model=tiny-random", "progress=none", "cpu_threads=1", "logging_steps=5", "resume=never",

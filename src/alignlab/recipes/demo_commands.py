@@ -71,14 +71,15 @@ def _explain(args) -> None:
     from alignlab.errors import AlignlabError
     from alignlab.eval.credit import implicit_rewards, render_html, render_rich
     from alignlab.models.load import load_model, load_tokenizer
-    from alignlab.models.lora import has_adapter
+    from alignlab.train.reference import build_reference, resolve_reference_kind
 
     tokenizer = load_tokenizer(args.model)
     policy = load_model(args.model)
-    reference = load_model(args.ref) if args.ref else None
-    if reference is None and not has_adapter(policy):
+    kind = resolve_reference_kind("model" if args.ref else "auto", policy)
+    if kind == "model" and not args.ref:
         raise AlignlabError(f"explain: {args.model} is not a LoRA adapter, so it has no built-in reference; "
                             "give --ref REF (e.g. the model it was trained from)")
+    reference = build_reference(policy, kind, source=args.ref)
     labels, prompts, comps = _examples(args, tokenizer)
     credits = implicit_rewards(policy, tokenizer, prompts, comps, beta=args.beta, reference=reference)
     heads = [f"[{lab}] {tokenizer.decode(p, skip_special_tokens=True)}" for lab, p in zip(labels, prompts)]
