@@ -2,16 +2,24 @@
 
 - `load_task_rows(path, task, ...)`: `data.sources.load_rows` with the config's format, column mapping and
   bad-row policy; what was skipped or dropped is printed once.
-- `split_eval(rows, fraction, seed, cap)`: the seeded held-out split.
-- `train_eval_rows(cfg, load)`: (train rows, eval rows) from `cfg.eval_data` or the held-out split.
+- `slice_records(rows, offset, limit)`: the `data_offset` / `data_limit` keys, by record index of the file.
+- `split_eval(rows, fraction, seed)`: the seeded held-out split, by record.
+- `train_eval_rows(cfg, load)`: the run's `Split` (train, held out, scored) from `cfg.eval_data` or the split;
+  `Split.save` writes output_dir/split.json (data file, its sha256, record ids of each part), which
+  `alignlab eval` reads (`read_split`) to warn when it scores rows a checkpoint was trained on.
 - `tokenize_rows(rows, tokenize, keep, source, max_length)`: examples that still hold a trained token after
   truncation; the others are counted and dropped, and none left is an error naming the source.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
@@ -29,24 +37,101 @@ def load_task_rows(path: str, task: str, *, data_format: str | None = None, colu
     return result.rows
 
 
-def split_eval(rows: list, fraction: float, seed: int, cap: int) -> tuple[list, list]:
-    """Seeded held-out split: (train rows, eval rows), at least one eval row when fraction > 0."""
-    if fraction <= 0 or len(rows) < 2:
+def record_id(row: Any, position: int) -> int:
+    """The row's record index in its file (rows converted from one record share it); its position otherwise."""
+    origin = getattr(row, "origin", None)
+    return origin.index if origin is not None else position
+
+
+def slice_records(rows: list, offset: int = 0, limit: int | None = None) -> list:
+    """Rows of records [offset, offset + limit) of their file (record indices, counted before bad records are
+    skipped, so a training and an evaluation config naming the same range mean the same records)."""
+    if offset == 0 and limit is None:
+        return rows
+    end = None if limit is None else offset + limit
+    return [r for i, r in enumerate(rows) if record_id(r, i) >= offset and (end is None or record_id(r, i) < end)]
+
+
+def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded held-out split by record: (train rows, held-out rows). round(fraction x records) records, at
+    least one when fraction > 0, are held out; every row of a held-out record is held out with it. The split
+    depends on the rows, the fraction and the seed only."""
+    ids = sorted({record_id(r, i) for i, r in enumerate(rows)})
+    if fraction <= 0 or len(ids) < 2:
         return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(cap, max(1, round(fraction * len(rows))))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in order[:n_eval]]
+    random.Random(seed).shuffle(ids)
+    held = ids[: max(1, round(fraction * len(ids)))]
+    rank = {rid: k for k, rid in enumerate(held)}
+    train = [r for i, r in enumerate(rows) if record_id(r, i) not in rank]
+    out = sorted(((rank[record_id(r, i)], i, r) for i, r in enumerate(rows) if record_id(r, i) in rank),
+                 key=lambda t: t[:2])
+    return train, [r for _, _, r in out]
 
 
-def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> tuple[list, list]:
-    """(train rows, eval rows): eval from `cfg.eval_data` (at most max_eval_rows) or a seeded held-out split
-    of the training rows. `load(path)` reads one file."""
-    rows = load(cfg.data)
+@dataclass
+class Split:
+    """The rows a run trains on and scores, and what split.json records about them."""
+
+    train: list
+    held_out: list
+    """Every held-out row (never trained on)."""
+    scored: list
+    """The held-out rows evaluation scores: the first max_eval_rows of `held_out` (cost only)."""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, output_dir: str | Path) -> Path:
+        """Write output_dir/split.json: data file and sha256, slice, split settings, record ids of each part."""
+        path = Path(output_dir) / "split.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**self.info,
+                "train_records": sorted({record_id(r, i) for i, r in enumerate(self.train)}),
+                "held_out_records": sorted({record_id(r, i) for i, r in enumerate(self.held_out)}),
+                "scored_records": sorted({record_id(r, i) for i, r in enumerate(self.scored)})}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 of a data file's bytes; None for a directory or a hub id."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
+    """The run's Split. Training rows are records [data_offset, data_offset + data_limit) of `cfg.data`; the
+    held-out rows are `cfg.eval_data` or a seeded `eval_split` of those records (decided by eval_split and
+    seed alone); `max_eval_rows` only bounds how many held-out rows are scored, never what is trained on."""
+    offset, limit = getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None)
+    rows = slice_records(load(cfg.data), offset, limit)
+    info = {"data": str(cfg.data), "sha256": file_sha256(cfg.data), "data_offset": offset, "data_limit": limit}
     if cfg.eval_data:
-        return rows, load(cfg.eval_data)[: cfg.max_eval_rows]
-    return split_eval(rows, cfg.eval_split, cfg.seed, cfg.max_eval_rows)
+        held = load(cfg.eval_data)
+        info.update(eval_data=str(cfg.eval_data), eval_sha256=file_sha256(cfg.eval_data))
+    else:
+        rows, held = split_eval(rows, cfg.eval_split, cfg.seed)
+        info.update(eval_split=cfg.eval_split, seed=cfg.seed)
+    info["max_eval_rows"] = cfg.max_eval_rows
+    return Split(rows, held, held[: cfg.max_eval_rows], info)
+
+
+def read_split(run_dir: str | Path) -> dict | None:
+    """The split.json a training run wrote in `run_dir` (or the run folder above a checkpoint), else None."""
+    for d in (Path(run_dir), Path(run_dir).parent):
+        path = d / "split.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def tokenize_rows(rows: Sequence[Any], tokenize: Callable[[Any], Any], keep: Callable[[Any], bool], source: str,

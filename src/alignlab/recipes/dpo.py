@@ -17,14 +17,14 @@ from alignlab.train.dpo import DPOConfig
 __all__ = ["DPOConfig", "load_split", "run"]
 
 
-def load_split(cfg: DPOConfig, task: str) -> tuple[list, list]:
-    """(train rows, eval rows) of the task, eval from eval_data or a seeded held-out split."""
+def load_split(cfg: DPOConfig, task: str) -> Any:
+    """The data.prepare.Split of the task's rows: eval from eval_data or a seeded held-out split."""
     from alignlab.data.prepare import load_task_rows, train_eval_rows
 
     if not cfg.data:
         raise AlignlabError("data: give a preference file, e.g. data=../shared/data/llamafactory_demo/dpo_en_demo.json")
     return train_eval_rows(cfg, lambda path: load_task_rows(path, task, data_format=cfg.data_format,
-                                                            on_bad_row=cfg.on_bad_row))
+                                                            columns=cfg.columns, on_bad_row=cfg.on_bad_row))
 
 
 def _summary(result: Any, cfg: DPOConfig) -> dict[str, float]:
@@ -53,7 +53,10 @@ def run(cfg: DPOConfig):
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)
     tokenizer, policy = prepare_model(cfg)
-    rows, eval_rows = load_split(cfg, "preference" if mix.paired else "unpaired")
+    split = load_split(cfg, "preference" if mix.paired else "unpaired")
+    if world.is_main:
+        split.save(cfg.output_dir)
+    rows, eval_rows = split.train, split.scored
     train_set = dpo_examples(rows, tokenizer, cfg, cfg.data, mix.paired)
     eval_set = dpo_examples(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
     micro = cfg.micro_batch_size(world.size)

@@ -35,18 +35,15 @@ from typing import Any, Literal
 
 from alignlab.config import ConfigError
 from alignlab.errors import AlignlabError
-from alignlab.train.config import TrainConfig
+from alignlab.train.data_config import RowDataConfig
 
 
 @dataclass
-class RewardConfig(TrainConfig):
+class RewardConfig(RowDataConfig):
     model: str = "smollm2-135m-instruct"
     """Backbone: HF directory, hub id (offline cache) or alias; a new scalar head `score` is added on top."""
     data_format: str | None = None
     """Force the data format (e.g. preference, sharegpt, hh; `ranked` for completions lists); null detects it."""
-    columns: dict[str, str] | str | None = None
-    """Column mapping for tables in no known format, e.g. {prompt: Question, chosen: Best Answer,
-    rejected: "Incorrect Answers[0]"} or "prompt=instruction+input,responses=response1+response2,votes=..."."""
     loss: Literal["bradley_terry", "plackett_luce"] = "bradley_terry"
     """bradley_terry: pairwise -log s(r_c - r_r - m) (lists become all their pairs); plackett_luce: K-wise
     ranked-list likelihood (pairs are K=2 lists, where it equals Bradley-Terry)."""
@@ -80,18 +77,19 @@ def load_examples_rows(path: str, cfg: RewardConfig) -> list:
     return load_ranked_rows(path, data_format=cfg.data_format, columns=cfg.columns, on_bad_row=cfg.on_bad_row)
 
 
-def load_split(cfg: RewardConfig) -> tuple[list, list]:
-    """(train rows, eval rows): eval from eval_data or a seeded held-out split, made before lists become
-    pairs so no prompt's ranking is in both."""
+def load_split(cfg: RewardConfig) -> tuple[Any, list, list]:
+    """(data.prepare.Split, train rows, scored eval rows): eval from eval_data or a seeded held-out split,
+    made before lists become pairs so no prompt's ranking is in both."""
     from alignlab.data.prepare import train_eval_rows
     from alignlab.data.ranked import as_pairs
 
     if not cfg.data:
         raise AlignlabError("data: give a preference file, e.g. data=../shared/data/llamafactory_demo/dpo_en_demo.json")
-    rows, held = train_eval_rows(cfg, lambda path: load_examples_rows(path, cfg))
+    split = train_eval_rows(cfg, lambda path: load_examples_rows(path, cfg))
+    rows, held = split.train, split.scored
     if cfg.loss == "bradley_terry":
         rows, held = as_pairs(rows), as_pairs(held)
-    return rows, held
+    return split, rows, held
 
 
 def tokenize_rows(rows: list, tokenizer: Any, cfg: RewardConfig, source: str) -> list:
@@ -116,7 +114,9 @@ def run(cfg: RewardConfig):
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)  # the new head's initial weights come from this seed
     tokenizer, model = load_reward_model(cfg)
-    rows, held = load_split(cfg)
+    split, rows, held = load_split(cfg)
+    if world.is_main:
+        split.save(cfg.output_dir)
     train_set = tokenize_rows(rows, tokenizer, cfg, cfg.data)
     eval_set = tokenize_rows(held, tokenizer, cfg, cfg.eval_data or "held-out") if held else []
     collate = RewardCollator(tokenizer.pad_token_id)

@@ -16,15 +16,13 @@ from typing import Any
 from alignlab.config import saved_config_text
 from alignlab.errors import AlignlabError
 from alignlab.models.prepare import prepare_model
-from alignlab.train.config import TrainConfig
+from alignlab.train.data_config import RowDataConfig
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(RowDataConfig):
     model: str = "smollm2-135m-instruct"
     """Model to fine-tune: HF directory, hub id (offline cache) or alias (smollm2-135m-instruct, tiny-random)."""
-    data_format: str | None = None
-    """Force the data format (e.g. alpaca, sharegpt, messages, prompt_completion); null detects it."""
     packing: bool = True
     """Padding-free packing: a micro-batch's sequences share one row with restarting positions (no pad FLOPs)."""
     pack_length: int | None = None
@@ -39,7 +37,7 @@ class SFTConfig(TrainConfig):
 def load_sft_rows(path: str, cfg: SFTConfig) -> list:
     from alignlab.data.prepare import load_task_rows
 
-    return load_task_rows(path, "sft", data_format=cfg.data_format, on_bad_row=cfg.on_bad_row)
+    return load_task_rows(path, "sft", data_format=cfg.data_format, columns=cfg.columns, on_bad_row=cfg.on_bad_row)
 
 
 def tokenize_rows(rows: list, tokenizer: Any, max_length: int, source: str) -> list:
@@ -62,7 +60,10 @@ def run(cfg: SFTConfig):
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
     tokenizer, model = prepare_model(cfg)
-    rows, eval_rows = train_eval_rows(cfg, lambda path: load_sft_rows(path, cfg))
+    split = train_eval_rows(cfg, lambda path: load_sft_rows(path, cfg))
+    if world.is_main:
+        split.save(cfg.output_dir)
+    rows, eval_rows = split.train, split.scored
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.data)
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
     collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length)

@@ -12,17 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignlab.config import ConfigError
-from alignlab.train.config import TrainConfig
+from alignlab.train.data_config import RowDataConfig
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(RowDataConfig):
     model: str = "smollm2-135m-instruct"
     """Policy to train: HF directory, hub id (offline cache) or alias (smollm2-135m-instruct, tiny-random)."""
     ref_model: str | None = None
     """Separate frozen reference; null: the policy's own starting weights (the LoRA base when lora is set)."""
-    data_format: str | None = None
-    """Force the data format (e.g. sharegpt, preference, messages); null detects it."""
     loss: list[str] = field(default_factory=lambda: ["dpo"])
     """Loss or weighted list of losses: dpo, cdpo, robust, ipo, hinge, sigmoid_norm, simpo, orpo, apo_zero,
     apo_down, bco_pair, sft, kto (unpaired). [dpo, sft] with loss_weights [1, 0.2] is RPO."""
