@@ -47,8 +47,9 @@ class EvaluationSpec:
     """Label in the table and report; defaults to the kind."""
     format: str | None = None
     """Data format when detection is not enough (see `alignlab data inspect`)."""
-    columns: dict[str, Any] = field(default_factory=dict)
-    """Column mapping for files in no known format (as for training recipes)."""
+    columns: dict[str, Any] | str | None = None
+    """Column mapping for files in no known format, a mapping or the `prompt=COL,...` string (as for the
+    training commands' `columns`)."""
     data_offset: int = 0
     """First record of the file used (0-based, counted in the file before bad records are skipped), as the
     training key of the same name: point past the records a run trained on (`alignlab eval` warns when a
