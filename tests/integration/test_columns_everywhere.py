@@ -25,7 +25,7 @@ def test_training_commands_read_it_through_columns(tqa, tmp_path):
     for cmd, mapping in (("sft", SFT), ("dpo", PAIR), ("rm", PAIR)):
         out = tmp_path / cmd
         assert main([cmd, f"data={tqa}", f"columns={mapping}", f"output_dir={out}", *TRAIN]) == 0, cmd
-        split = json.loads((out / "split.json").read_text())
+        (split,) = json.loads((out / "split.json").read_text())["sources"]
         assert len(split["train_records"]) == 9 and len(split["held_out_records"]) == 3, cmd
 
 

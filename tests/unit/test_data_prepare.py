@@ -8,7 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 from alignlab.config import ConfigError
-from alignlab.data.prepare import file_sha256, read_split, slice_records, split_eval, train_eval_rows
+from alignlab.data.prepare import (
+    file_sha256,
+    read_split,
+    slice_records,
+    split_eval,
+    train_eval_rows,
+    trained_records,
+)
 from alignlab.data.sources import load_rows
 from alignlab.recipes.dpo import DPOConfig
 
@@ -72,13 +79,46 @@ def test_split_json_names_the_file_its_hash_and_the_records(tmp_path):
     split = train_eval_rows(_cfg(data, data_offset=5, data_limit=10, eval_split=0.2, max_eval_rows=1), _load())
     path = split.save(tmp_path / "run")
     saved = json.loads(path.read_text())
-    assert saved["data"] == data and saved["sha256"] == file_sha256(data) and len(saved["sha256"]) == 64
-    assert (saved["data_offset"], saved["data_limit"], saved["eval_split"], saved["seed"]) == (5, 10, 0.2, 3)
-    assert sorted(saved["train_records"] + saved["held_out_records"]) == list(range(5, 15))
-    assert len(saved["held_out_records"]) == 2 and len(saved["scored_records"]) == 1
+    (src,) = saved["sources"]
+    assert src["data"] == data and src["sha256"] == file_sha256(data) and len(src["sha256"]) == 64
+    assert (src["data_offset"], src["data_limit"], saved["eval_split"], saved["seed"]) == (5, 10, 0.2, 3)
+    assert sorted(src["train_records"] + src["held_out_records"]) == list(range(5, 15))
+    assert len(src["held_out_records"]) == 2 and saved["scored_rows"] == 1
+    assert trained_records(saved, data) == set(src["train_records"])
+    assert trained_records(saved, _pairs(tmp_path / "other.jsonl", 3)) == set()  # another file (another hash)
     (tmp_path / "run" / "checkpoint-4").mkdir()
     assert read_split(tmp_path / "run" / "checkpoint-4") == saved  # found from a checkpoint folder too
     assert read_split(tmp_path) is None
+
+
+def test_mixture_splits_each_source_then_weights_its_training_rows(tmp_path, capsys):
+    """a: 20 records, b: 10. eval_split 0.2 holds out 4 of a and 2 of b; weight 0.5 keeps a seeded half of
+    a's 16 training rows (8), weight 2 counts b's 8 twice (16): 24 training rows, 6 held out."""
+    a, b = _pairs(tmp_path / "a.jsonl", 20), _pairs(tmp_path / "b.jsonl", 10)
+    mix = [{"path": a, "weight": 0.5}, {"path": b, "weight": 2.0}]
+    split = train_eval_rows(_cfg(mix, eval_split=0.2), _load())
+    assert (len(split.train), len(split.held_out)) == (24, 6)
+    parts = split.info["sources"]
+    assert [(p["train_rows"], len(p["train_records"]), len(p["held_out_records"])) for p in parts] == [
+        (8, 16, 4), (16, 8, 2)]
+    held = {(r.origin.file, r.origin.index) for r in split.held_out}
+    assert not held & {(r.origin.file, r.origin.index) for r in split.train}
+    assert "data mixture:" in capsys.readouterr().out
+    assert _ids(train_eval_rows(_cfg(mix, eval_split=0.2), _load()).train) == _ids(split.train)  # seeded
+
+
+def test_mixture_config_keys(tmp_path):
+    from alignlab.config import load_config
+    from alignlab.recipes.sft import SFTConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  - {path: a.jsonl, weight: 0.5}\n  - b.jsonl\n")
+    loaded = load_config(SFTConfig, cfg)
+    assert [(s.path, s.weight) for s in loaded.data] == [("a.jsonl", 0.5), ("b.jsonl", 1.0)]
+    with pytest.raises(ConfigError, match="weight"):
+        load_config(SFTConfig, cfg, ["data=[{path: a.jsonl, weight: 0}]"])
+    with pytest.raises(ConfigError, match="single data file"):
+        load_config(SFTConfig, cfg, ["data_limit=5"])
 
 
 def test_slice_keys_are_checked():

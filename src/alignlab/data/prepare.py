@@ -5,8 +5,9 @@
 - `slice_records(rows, offset, limit)`: the `data_offset` / `data_limit` keys, by record index of the file.
 - `split_eval(rows, fraction, seed)`: the seeded held-out split, by record.
 - `train_eval_rows(cfg, load)`: the run's `Split` (train, held out, scored) from `cfg.eval_data` or the split;
-  `Split.save` writes output_dir/split.json (data file, its sha256, record ids of each part), which
-  `alignlab eval` reads (`read_split`) to warn when it scores rows a checkpoint was trained on.
+  `Split.save` writes output_dir/split.json (per source: file, sha256, slice, weight, record ids trained and
+  held out), which `alignlab eval` reads (`read_split`, `trained_records`) to warn when it scores rows a
+  checkpoint was trained on. `data` may be a mixture of sources (data/mixture.py).
 - `tokenize_rows(rows, tokenize, keep, source, max_length)`: examples that still hold a trained token after
   truncation; the others are counted and dropped, and none left is an error naming the source.
 """
@@ -78,19 +79,20 @@ class Split:
     scored: list
     """The held-out rows evaluation scores: the first max_eval_rows of `held_out` (cost only)."""
     info: dict[str, Any] = field(default_factory=dict)
+    """Split settings and `sources`: per data source its file, sha256, slice, weight, counts, record ids."""
 
     def save(self, output_dir: str | Path) -> Path:
-        """Write output_dir/split.json: data file and sha256, slice, split settings, record ids of each part."""
+        """Write output_dir/split.json (`info`)."""
         path = Path(output_dir) / "split.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**self.info,
-                "train_records": sorted({record_id(r, i) for i, r in enumerate(self.train)}),
-                "held_out_records": sorted({record_id(r, i) for i, r in enumerate(self.held_out)}),
-                "scored_records": sorted({record_id(r, i) for i, r in enumerate(self.scored)})}
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(self.info, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+
+def _ids(rows: list) -> list[int]:
+    return sorted({record_id(r, i) for i, r in enumerate(rows)})
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -106,20 +108,49 @@ def file_sha256(path: str | Path) -> str | None:
 
 
 def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
-    """The run's Split. Training rows are records [data_offset, data_offset + data_limit) of `cfg.data`; the
-    held-out rows are `cfg.eval_data` or a seeded `eval_split` of those records (decided by eval_split and
-    seed alone); `max_eval_rows` only bounds how many held-out rows are scored, never what is trained on."""
-    offset, limit = getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None)
-    rows = slice_records(load(cfg.data), offset, limit)
-    info = {"data": str(cfg.data), "sha256": file_sha256(cfg.data), "data_offset": offset, "data_limit": limit}
+    """The run's Split. Training rows are records [data_offset, data_offset + data_limit) of `cfg.data` (or of
+    each source of a mixture, data/mixture.py); the held-out rows are `cfg.eval_data` or a seeded `eval_split`
+    of those records, per source (decided by eval_split and seed alone); `max_eval_rows` only bounds how many
+    held-out rows are scored, never what is trained on. A mixture's sources are weighted after the split."""
+    from alignlab.data.mixture import sources_of, weighted
+
+    sources = sources_of(cfg.data, getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None))
+    train, held, parts = [], [], []
+    for k, src in enumerate(sources):
+        rows = slice_records(load(src.path), src.data_offset, src.data_limit)
+        part_held: list = []
+        if not cfg.eval_data:
+            rows, part_held = split_eval(rows, cfg.eval_split, cfg.seed)
+        used = weighted(rows, src.weight, cfg.seed + k) if src.weight != 1.0 else rows
+        train += used
+        held += part_held
+        parts.append({"data": src.path, "sha256": file_sha256(src.path), "data_offset": src.data_offset,
+                      "data_limit": src.data_limit, "weight": src.weight, "train_rows": len(used),
+                      "train_records": _ids(rows), "held_out_records": _ids(part_held)})
     if cfg.eval_data:
         held = load(cfg.eval_data)
-        info.update(eval_data=str(cfg.eval_data), eval_sha256=file_sha256(cfg.eval_data))
-    else:
-        rows, held = split_eval(rows, cfg.eval_split, cfg.seed)
-        info.update(eval_split=cfg.eval_split, seed=cfg.seed)
-    info["max_eval_rows"] = cfg.max_eval_rows
-    return Split(rows, held, held[: cfg.max_eval_rows], info)
+        parts.append({"data": str(cfg.eval_data), "sha256": file_sha256(cfg.eval_data), "eval_data": True,
+                      "train_records": [], "held_out_records": _ids(held)})
+    if len(sources) > 1:
+        print("data mixture: " + "; ".join(f"{p['data']} {p['train_rows']} train rows (weight {p['weight']:g} "
+                                           f"of {len(p['train_records'])} records), {len(p['held_out_records'])} "
+                                           "held out" for p in parts if "weight" in p), flush=True)
+    info = {"eval_split": 0.0 if cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
+            "max_eval_rows": cfg.max_eval_rows, "scored_rows": min(len(held), cfg.max_eval_rows), "sources": parts}
+    return Split(train, held, held[: cfg.max_eval_rows], info)
+
+
+def trained_records(split: dict, data: str) -> set[int]:
+    """Record ids of file `data` that the run whose split.json is `split` trained on (matched by sha256, or by
+    path when a hash is not available); empty when it did not train on that file."""
+    digest = file_sha256(data)
+    out: set[int] = set()
+    for part in split.get("sources", []):
+        same = (digest == part.get("sha256")) if digest and part.get("sha256") else (
+            str(Path(data).resolve()) == str(Path(part.get("data", "")).resolve()))
+        if same:
+            out |= set(part.get("train_records", []))
+    return out
 
 
 def read_split(run_dir: str | Path) -> dict | None:

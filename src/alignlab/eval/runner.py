@@ -171,21 +171,16 @@ class _Context:
         return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
 
 
-def trained_records(checkpoint: str, data: str, records: list[int]) -> list[int]:
+def trained_on(checkpoint: str, data: str, records: list[int]) -> list[int]:
     """The records among `records` of file `data` that the run which wrote `checkpoint` trained on, read from
     the split.json in the checkpoint's folder or the run folder above it; [] when there is none or the run
-    trained on another file (compared by sha256, or by path when a hash is not available)."""
-    from alignlab.data.prepare import file_sha256, read_split
+    trained on other files."""
+    from alignlab.data.prepare import read_split, trained_records
 
     split = read_split(checkpoint) if Path(checkpoint).is_dir() else None
-    if not split or "train_records" not in split:
+    if not split:
         return []
-    digest = file_sha256(data)
-    same = (digest == split.get("sha256")) if digest and split.get("sha256") else (
-        str(Path(data).resolve()) == str(Path(split.get("data", "")).resolve()))
-    if not same:
-        return []
-    trained = set(split["train_records"])
+    trained = trained_records(split, data)
     return sorted({r for r in records if r in trained})
 
 
@@ -195,7 +190,7 @@ def leak_warnings(cfg: EvalConfig, ctx: _Context) -> list[str]:
     for spec in cfg.evaluations:
         records = ctx.records.get(id(spec), [])
         for name in cfg.checkpoints:
-            seen = trained_records(name, spec.data, records)
+            seen = trained_on(name, spec.data, records)
             if seen:
                 out.append(f"warning: evaluation {spec.name or spec.kind} scores {len(seen)} of {len(records)} "
                            f"records of {spec.data} that {name}'s run trained on (records {seen[0]}..{seen[-1]}; "

@@ -39,6 +39,7 @@ def run(cfg: DPOConfig):
     import torch
 
     from alignlab.config import saved_config_text
+    from alignlab.data.mixture import data_label
     from alignlab.data.pairs import PairCollator, unpaired_as_pairs
     from alignlab.losses import combine
     from alignlab.models.prepare import prepare_model
@@ -57,7 +58,7 @@ def run(cfg: DPOConfig):
     if world.is_main:
         split.save(cfg.output_dir)
     rows, eval_rows = split.train, split.scored
-    train_set = dpo_examples(rows, tokenizer, cfg, cfg.data, mix.paired)
+    train_set = dpo_examples(rows, tokenizer, cfg, data_label(cfg.data), mix.paired)
     eval_set = dpo_examples(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
     micro = cfg.micro_batch_size(world.size)
     if not mix.paired:

@@ -103,6 +103,7 @@ def run(cfg: RewardConfig):
     import torch
 
     from alignlab.config import saved_config_text
+    from alignlab.data.mixture import data_label
     from alignlab.data.ranked import RewardCollator
     from alignlab.models.prepare import is_peft
     from alignlab.train.loop import evaluate, seed_everything, train
@@ -117,7 +118,7 @@ def run(cfg: RewardConfig):
     split, rows, held = load_split(cfg)
     if world.is_main:
         split.save(cfg.output_dir)
-    train_set = tokenize_rows(rows, tokenizer, cfg, cfg.data)
+    train_set = tokenize_rows(rows, tokenizer, cfg, data_label(cfg.data))
     eval_set = tokenize_rows(held, tokenizer, cfg, cfg.eval_data or "held-out") if held else []
     collate = RewardCollator(tokenizer.pad_token_id)
     step_fn = RewardStep(cfg.loss, cfg.use_margin, cfg.center_coef)

@@ -50,6 +50,7 @@ def tokenize_rows(rows: list, tokenizer: Any, max_length: int, source: str) -> l
 def run(cfg: SFTConfig):
     """Train and return the loop's TrainResult; the model lands in cfg.output_dir."""
     from alignlab.data.collate import Collator
+    from alignlab.data.mixture import data_label
     from alignlab.data.prepare import train_eval_rows
     from alignlab.train.lm import lm_step_for, perplexity_eval
     from alignlab.train.loop import seed_everything, train
@@ -64,7 +65,7 @@ def run(cfg: SFTConfig):
     if world.is_main:
         split.save(cfg.output_dir)
     rows, eval_rows = split.train, split.scored
-    train_set = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.data)
+    train_set = tokenize_rows(rows, tokenizer, cfg.max_length, data_label(cfg.data))
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
     collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length)
     step_fn = lm_step_for(model, cfg.chunked_logprobs, cfg.logprob_chunk_size)

@@ -8,11 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignlab.config import ConfigError
+from alignlab.data.mixture import DataSource, sources_of
 from alignlab.train.config import TrainConfig
 
 
 @dataclass
 class RowDataConfig(TrainConfig):
+    data: str | list[DataSource | str] = ""
+    """Training data file (jsonl, json, parquet, csv; TRL, Alpaca, ShareGPT, HH ... detected), or a mixture:
+    [{path: a.jsonl, weight: 1.0}, {path: b.json, weight: 0.5, data_limit: 500}, ...] where weight is how many
+    times a source's training rows count (0.5: a seeded half); per-source counts are printed and saved."""
     data_format: str | None = None
     """Force the data format (e.g. alpaca, sharegpt, hh, preference, messages, prompt_completion); null
     detects it (`alignlab data inspect FILE` shows what is detected)."""
@@ -33,6 +38,9 @@ class RowDataConfig(TrainConfig):
             raise ConfigError(f"data_offset: must be >= 0, got {self.data_offset}")
         if self.data_limit is not None and self.data_limit < 1:
             raise ConfigError(f"data_limit: must be >= 1 or null, got {self.data_limit}")
+        sources = sources_of(self.data, self.data_offset, self.data_limit)  # checks a mixture's sources
+        if isinstance(self.data, list):
+            self.data = sources  # plain paths in the list become DataSource(path, weight 1)
         if self.columns is not None and self.data_format not in (None, "columns"):
             raise ConfigError(f"columns and data_format {self.data_format!r} together: a column mapping defines "
                               "the format; drop data_format")
