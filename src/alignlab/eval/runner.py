@@ -171,33 +171,6 @@ class _Context:
         return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
 
 
-def trained_on(checkpoint: str, data: str, records: list[int]) -> list[int]:
-    """The records among `records` of file `data` that the run which wrote `checkpoint` trained on, read from
-    the split.json in the checkpoint's folder or the run folder above it; [] when there is none or the run
-    trained on other files."""
-    from alignlab.data.prepare import read_split, trained_records
-
-    split = read_split(checkpoint) if Path(checkpoint).is_dir() else None
-    if not split:
-        return []
-    trained = trained_records(split, data)
-    return sorted({r for r in records if r in trained})
-
-
-def leak_warnings(cfg: EvalConfig, ctx: _Context) -> list[str]:
-    """One line per (evaluation, checkpoint) that scores records the checkpoint's run trained on."""
-    out = []
-    for spec in cfg.evaluations:
-        records = ctx.records.get(id(spec), [])
-        for name in cfg.checkpoints:
-            seen = trained_on(name, spec.data, records)
-            if seen:
-                out.append(f"warning: evaluation {spec.name or spec.kind} scores {len(seen)} of {len(records)} "
-                           f"records of {spec.data} that {name}'s run trained on (records {seen[0]}..{seen[-1]}; "
-                           f"see its split.json): its numbers are not held-out numbers")
-    return out
-
-
 def _fields(rows: list) -> dict[str, list]:
     """Dataset columns reward functions take (TRL convention): the reference answer when rows have one."""
     return {"answer": [r.answer for r in rows]} if any(r.answer is not None for r in rows) else {}
@@ -364,7 +337,9 @@ def run(cfg: EvalConfig, *, console: Any = None) -> dict[str, Any]:
     results: list[dict] = []
     for spec in cfg.evaluations:
         results += _RUNNERS[spec.kind](spec, ctx)
-    warnings = leak_warnings(cfg, ctx)
+    from alignlab.eval.leakage import leak_warnings
+
+    warnings = leak_warnings(cfg.evaluations, cfg.checkpoints, ctx.records)
     for line in warnings:
         print(line, file=sys.stderr, flush=True)
     payload = {"config": to_dict(cfg), "results": results, "warnings": warnings,
