@@ -23,3 +23,19 @@ def test_exact_match_by_name_and_by_function():
     assert score(get_reward("exact_match"), ["1="], ["7"], answer=["7"]) == [1.0]
     with pytest.raises(AlignlabError, match="answer"):
         exact_match_reward(["1="], ["1"])
+
+
+def test_load_prompt_rows_reads_builtin_sets_and_files(tmp_path):
+    from alignlab.data.prompts import load_prompt_rows
+
+    rows = load_prompt_rows("builtin:add", n=4, seed=1)
+    assert len(rows) == 4 and rows == builtin_rows("builtin:add", 4, seed=1)
+    assert len(load_prompt_rows("builtin:sentiment", limit=3)) == 3  # limit doubles as n
+    with pytest.raises(AlignlabError, match="number of prompts"):
+        load_prompt_rows("builtin:add")
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": ""}\n{"prompt": "c"}\n')
+    with pytest.raises(AlignlabError, match="empty_prompt"):
+        load_prompt_rows(str(f))
+    assert [r.prompt[0]["content"] for r in load_prompt_rows(str(f), on_bad_row="skip")] == ["a", "c"]
+    assert len(load_prompt_rows(str(f), limit=1)) == 1  # the bad record after the first is never read
