@@ -12,6 +12,8 @@ Asking for a task converts where it makes sense: preference -> sft trains on pro
 preference -> unpaired gives one desirable (chosen) and one undesirable (rejected) row; unpaired -> sft
 keeps the desirable rows; anything -> prompt keeps the prompt, and an sft row's last answer becomes the
 reference `answer` (the text after the last `####` when there is one, as in GSM8K, else the whole answer).
+Asked for prompts, a record is checked only as a prompt (its answers may be empty), and HH / explicit-prompt
+preference records are read through `formats.PROMPT_CONVERTERS`, which do not read the answers at all.
 """
 
 from __future__ import annotations
@@ -214,10 +216,11 @@ def _record_rows(value, convert, origin: Origin, result: LoadResult, dropped: Co
         dropped[d.reason] += 1
         return []
     natural = natural if isinstance(natural, list) else [natural]
-    issues = [i for row in natural for i in validate_row(row, allow_empty_response=judged)]
+    prompt_only = result.task == "prompt"  # asked for prompts: only the prompt rows made below are checked
+    issues = [] if prompt_only else [i for row in natural for i in validate_row(row, allow_empty_response=judged)]
     if issues:
         return issues
-    if judged and any(not text_of(r.chosen).strip() or not text_of(r.rejected).strip() for r in natural):
+    if not prompt_only and judged and any(not text_of(r.chosen).strip() or not text_of(r.rejected).strip() for r in natural):
         result.notes["empty_response_kept"] = result.notes.get("empty_response_kept", 0) + 1
     if not result.task:  # the first good record fixes the task when none was asked for
         kind = _TASK_OF[type(natural[0])]
@@ -232,5 +235,8 @@ def _record_rows(value, convert, origin: Origin, result: LoadResult, dropped: Co
                 raise AlignlabError(f"{origin}: {e.message}; this format's rows can become: "
                                     f"{', '.join(_CONVERTIBLE[_TASK_OF[type(row)]])}") from None
             return [(e.kind, e.field, e.message)]
+    issues = [i for row in out for i in validate_row(row)] if prompt_only else []
+    if issues:
+        return issues
     result.rows += out
     return []
