@@ -251,3 +251,11 @@ def describe(cls: type) -> str:
             default = "required"
         out.append(f"  {f.name} ({_type_name(hints[f.name])}, {default})\n      {docs.get(f.name, '')}")
     return "\n".join(out)
+
+
+def saved_config_text(cfg: Any) -> str:
+    """Write `cfg` to output_dir/config.yaml (`save_config`) and return the text, which the training loop
+    stores with every checkpoint."""
+    path = Path(cfg.output_dir) / "config.yaml"
+    save_config(cfg, path)
+    return path.read_text(encoding="utf-8")

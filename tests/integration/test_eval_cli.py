@@ -112,7 +112,7 @@ def evaluated(setup, tmp_path_factory):
 def test_eval_json_records(evaluated, setup):
     assert evaluated["code"] == 0
     payload = evaluated["payload"]
-    assert set(payload) == {"config", "results", "seconds"}
+    assert set(payload) == {"config", "results", "warnings", "seconds"} and payload["warnings"] == []
     names = {"dpo_accuracy", "reward_accuracy", "kl", "perplexity", "wr_sentiment", "wr_llm", "ratings",
              "mean_reward", "grade"}
     assert {r["evaluation"] for r in payload["results"]} == names

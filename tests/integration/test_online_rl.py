@@ -15,7 +15,7 @@ from alignlab.rl.config import PolicyGradientConfig as OnlineConfig
 from alignlab.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-EXACT = "alignlab.recipes.prompts:exact_match_reward"
+EXACT = "exact_match"
 
 
 def length_reward(prompts, completions, **_):
@@ -26,7 +26,7 @@ def length_reward(prompts, completions, **_):
 @pytest.fixture(scope="module")
 def sft_reverse(tmp_path_factory):
     """tiny-random after 60 SFT steps on digit reversal: about 40% greedy accuracy (a partial start)."""
-    from alignlab.recipes.prompts import write_digit_sft
+    from alignlab.data.builtin import write_digit_sft
     from alignlab.recipes.sft import SFTConfig
     from alignlab.recipes.sft import run as sft_run
 

@@ -16,11 +16,13 @@ from transformers import AutoModelForSequenceClassification
 
 from alignlab.cli import main
 from alignlab.config import load_config
+from alignlab.data.ranked import RewardCollator
 from alignlab.models.heads import load_scorer
 from alignlab.models.load import load_tokenizer
-from alignlab.recipes.reward import RewardCollator, RewardConfig, RewardStep, load_split, tokenize_rows
+from alignlab.recipes.reward import RewardConfig, load_split, tokenize_rows
 from alignlab.train.loop import evaluate
 from alignlab.train.metrics import read_metrics
+from alignlab.train.reward import RewardStep
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST = ["model=tiny-random", "progress=none", "cpu_threads=1", "logging_steps=5", "resume=never",
@@ -63,7 +65,7 @@ def rm(*args: str) -> int:
 def reevaluate(out: Path, cfg: RewardConfig, scorer) -> dict[str, float]:
     """The held-out examples rebuilt from the saved config (same seeded split) and scored by `scorer`."""
     tok = load_tokenizer(str(out))
-    _, held = load_split(cfg)
+    _, _, held = load_split(cfg)
     examples = tokenize_rows(held, tok, cfg, "held-out")
     return evaluate(scorer, RewardStep(cfg.loss, cfg.use_margin, cfg.center_coef), examples,
                     RewardCollator(tok.pad_token_id), batch_size=8, device="cpu")
@@ -120,7 +122,7 @@ def test_rm_plackett_luce_on_ranked_lists(tmp_path):
     out_bt = tmp_path / "rm_bt"
     assert rm(f"data={data}", f"output_dir={out_bt}", "max_steps=2", "eval_split=0.2") == 0
     cfg = load_config(RewardConfig, out_bt / "config.yaml")
-    train, held = load_split(cfg)
+    _, train, held = load_split(cfg)
     assert (len(train), len(held)) == (96 * 3, 24 * 3)
 
 

@@ -54,10 +54,10 @@ def test_bad_input_is_a_clean_error_not_a_traceback(capsys, tmp_path):
     assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
     bad = tmp_path / "weird.jsonl"
-    bad.write_text('{"text": "x"}\n')
+    bad.write_text('{"body": "x"}\n')
     assert main(["data", "inspect", str(bad)]) == 2
     assert "cannot tell the format" in capsys.readouterr().err
-    assert main(["data", "inspect", str(bad), "--columns", "prompt=text,oops=1"]) == 2
+    assert main(["data", "inspect", str(bad), "--columns", "prompt=body,oops=1"]) == 2
     assert "unknown field 'oops'" in capsys.readouterr().err
 
 
@@ -85,3 +85,18 @@ def test_token_stats_with_a_tokenizer(capsys, pairs, tmp_path):
     assert tokens["rows_measured"] == 2
     assert tokens["chosen"]["min"] == 2 and tokens["truncation"]["rows"] == 2
     assert tokens["truncation"]["completion_truncated"] >= 1
+
+
+def test_text_files_are_pretraining_text(capsys, tmp_path):
+    """A .txt file and records holding only `text` are what `alignlab pretrain` reads, not an unknown format."""
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("To be, or not to be.\nThat is the question.\n")
+    assert main(["data", "inspect", str(txt), "--json", "--tokenizer", "tiny-random"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["format"], rep["task"], rep["documents"], rep["characters"]) == ("text", "pretrain", 1, 43)
+    assert rep["tokens"] > 0
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "one"}\n{"text": "two words"}\n')
+    assert main(["data", "inspect", str(docs)]) == 0
+    out = capsys.readouterr().out
+    assert "pretraining text" in out and "2 document(s), 12 characters" in out

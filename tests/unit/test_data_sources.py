@@ -216,3 +216,18 @@ def test_task_is_reported_even_when_no_row_is_usable(tmp_path):
     p.write_text(json.dumps({"prompt": "p", "chosen": "x", "rejected": "x"}) + "\n")
     res = load_rows(p, on_bad_row="skip")
     assert (res.rows, res.format, res.task, res.skipped) == ([], "preference", "preference", {"identical_pair": 1})
+
+
+def test_prompt_task_checks_only_the_prompt(tmp_path):
+    """An Alpaca record with an empty output and a preference pair with an empty answer are bad training rows
+    but good prompts; an empty prompt is a bad prompt."""
+    from alignlab.data.sources import load_rows as load
+
+    f = tmp_path / "a.json"
+    f.write_text('[{"instruction": "Say hi", "output": ""}, {"instruction": " ", "output": "x"}]')
+    assert load(f, task="sft", on_bad_row="skip").skipped == {"empty_completion": 1}
+    res = load(f, task="prompt", on_bad_row="skip")
+    assert [r.prompt[-1]["content"] for r in res.rows] == ["Say hi"] and res.skipped == {"empty_prompt": 1}
+    g = tmp_path / "p.jsonl"
+    g.write_text('{"prompt": "Q", "chosen": "", "rejected": "no"}\n')
+    assert load(g, task="prompt").rows[0].prompt == [{"role": "user", "content": "Q"}]

@@ -19,9 +19,9 @@ from alignlab.train.preference import (
     ModelReference,
     NoReference,
     PreferenceStep,
-    choose_reference_kind,
     sequence_logps,
 )
+from alignlab.train.reference import choose_reference_kind
 
 VOCAB = 96
 LAYOUTS = [("plain", None), ("packed", 10_000), ("packed", 24), ("packed", None), ("prefix", 10_000), ("prefix", 30),

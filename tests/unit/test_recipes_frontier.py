@@ -1,4 +1,4 @@
-"""The frontier experiment's arithmetic (recipes/frontier.py): envelopes, the 'highest frontier' verdict, and
+"""The frontier experiment's arithmetic (eval/frontier.py, recipes/frontier.py): envelopes, the 'highest frontier' verdict, and
 the config checks. Values worked out by hand in each docstring."""
 
 import math
@@ -6,7 +6,8 @@ import math
 import pytest
 
 from alignlab.errors import AlignlabError
-from alignlab.recipes.frontier import FrontierConfig, envelope, frontier_summary, run_key
+from alignlab.eval.frontier import envelope, frontier_summary
+from alignlab.recipes.frontier import FrontierConfig, run_key
 
 
 def _p(kl, reward):

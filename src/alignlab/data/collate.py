@@ -105,11 +105,11 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
     "sequence" (positions 0, 1, ...; labels -100): real tokens never see them (they come later).
     `segments` lists (row, start, length, example index) for every sequence; `seq_lens` gives the
     lengths in layout order (row by row); `attn_spans` is the same layout for span attention
-    (models/attention.py), which skips the blocks the block-diagonal mask would hide.
+    (data/layout.py, run by models/attention.py), which skips the blocks the block-diagonal mask would hide.
     """
     import torch
 
-    from alignlab.models.attention import packed_plan
+    from alignlab.data.layout import packed_plan
 
     pairs = [_ids_and_labels(e) for e in examples]
     keep = [i for i, (ids, _) in enumerate(pairs) if ids]

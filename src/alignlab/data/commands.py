@@ -1,10 +1,13 @@
-"""`alignlab data inspect PATH`: what a file holds and what training would make of it.
+"""`alignlab data inspect PATH`: what a file holds and what training would make of it; `alignlab data convert
+IN OUT`: any file (a table through `--columns`) rewritten in TRL's standard format.
 
 Prints the detected format and task, the usable rows, problems by kind with their first locations,
 rows dropped on purpose (ties), and token-length statistics when `--tokenizer` is given. `--json`
 prints one JSON object instead (keys: path, format, task, rows, records, skipped, dropped, notes,
 problems, tokens). The whole file is always checked; with the default `--on-bad-row error` the exit
-status is 2 when any row is bad (training would stop), with `--on-bad-row skip` it is 0.
+status is 2 when any row is bad (training would stop), with `--on-bad-row skip` it is 0. A `.txt` file, or
+records holding only `text`, are pretraining text (what `alignlab pretrain` reads): characters, lines and,
+with `--tokenizer`, tokens are reported.
 """
 
 from __future__ import annotations
@@ -157,9 +160,46 @@ def _print_report(rep: dict[str, Any]) -> None:
             print("    truncation: " + ", ".join(f"{k} {v}" for k, v in tokens["truncation"].items()))
 
 
+def _text_only(path: str) -> list[str] | None:
+    """The texts of a pretraining file (.txt, or records that hold only `text`), else None."""
+    from pathlib import Path
+
+    if Path(path).suffix == ".txt" and Path(path).is_file():
+        return [Path(path).read_text(encoding="utf-8", errors="replace")]
+    if not Path(path).is_file():
+        return None
+    from alignlab.data.readers import read_records
+
+    values = [r.value for r in read_records(path).records]
+    if values and all(isinstance(v, dict) and set(v) == {"text"} and isinstance(v["text"], str) for v in values):
+        return [v["text"] for v in values]
+    return None
+
+
+def _text_report(path: str, texts: list[str], args: argparse.Namespace) -> int:
+    rep: dict[str, Any] = {"path": str(path), "format": "text", "task": "pretrain", "documents": len(texts),
+                           "characters": sum(len(t) for t in texts), "lines": sum(t.count("\n") + 1 for t in texts)}
+    if args.tokenizer:
+        tok = _load_tokenizer(args.tokenizer)
+        backend = getattr(tok, "backend_tokenizer", None)
+        rep["tokens"] = sum(len(backend.encode(t, add_special_tokens=False).ids) if backend is not None
+                            else len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    if args.json:
+        print(json.dumps(rep, ensure_ascii=False))
+    else:
+        extra = f", {rep['tokens']} tokens" if "tokens" in rep else ""
+        print(f"{path}: pretraining text (what `alignlab pretrain` reads): {rep['documents']} document(s), "
+              f"{rep['characters']} characters, {rep['lines']} lines{extra}")
+    return 0
+
+
 @command("data inspect", "detected format and task, usable rows, problems, token lengths", _configure)
 def inspect_cmd(args: argparse.Namespace) -> int:
     from alignlab.data.sources import load_rows
+
+    texts = _text_only(args.path) if not (args.format or args.task or args.columns) else None
+    if texts is not None:
+        return _text_report(args.path, texts, args)
 
     res = load_rows(args.path, task=args.task, format=args.format, columns=args.columns, on_bad_row="skip")
     rep: dict[str, Any] = {
@@ -178,4 +218,34 @@ def inspect_cmd(args: argparse.Namespace) -> int:
         print(f"alignlab data inspect: {len(res.problems)} problem(s); training with on_bad_row=error would stop "
               "(pass --on-bad-row skip to drop the bad rows)", file=sys.stderr)
         return 2
+    return 0
+
+
+def _convert_configure(p: argparse.ArgumentParser) -> None:
+    p.epilog = _EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("input", help="file (.jsonl .json .gz .parquet .csv .tsv), datasets save folder, or hub id")
+    p.add_argument("output", help="the .jsonl file to write (TRL standard/conversational format)")
+    p.add_argument("--columns", help="column mapping, e.g. 'prompt=Question,chosen=Best Answer,"
+                   "rejected=Incorrect Answers[0]'")
+    p.add_argument("--format", help="skip detection of the input format")
+    p.add_argument("--task", choices=_TASKS, help="convert rows to this task (default: the format's own)")
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="error (default): a bad record stops with nothing written; skip: leave it out and count it")
+
+
+@command("data convert", "rewrite a file (a table through --columns) in TRL's standard format", _convert_configure)
+def convert_cmd(args: argparse.Namespace) -> int:
+    from alignlab.data.convert import to_record, write_records
+    from alignlab.data.sources import load_rows
+
+    res = load_rows(args.input, task=args.task, format=args.format, columns=args.columns,
+                    on_bad_row=args.on_bad_row)
+    if not res.rows:
+        raise AlignlabError(f"{args.input}: no usable rows to convert")
+    write_records(args.output, [to_record(r) for r in res.rows])
+    left = f"; skipped {res.skipped}" if res.skipped else ""
+    left += f"; dropped {res.dropped}" if res.dropped else ""
+    print(f"wrote {len(res.rows)} {res.task} rows ({res.format} -> TRL format) to {args.output}{left}",
+          file=sys.stderr)
     return 0

@@ -19,6 +19,8 @@ on purpose (a tied vote). Formats (name: what a record looks like -> natural tas
 - `question-answer`: `question`, `answer` (GSM8K) -> sft.
 - `hh`: Anthropic HH `chosen`/`rejected` transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") split into
   turns; the dialogue before the last answer must be the same in both, else a `prompt_mismatch` problem.
+  Read for prompts only (task "prompt"), an HH or explicit-prompt preference record is read through
+  `PROMPT_CONVERTERS`: only the prompt's fields are read and checked.
 - `columns`: anything else through a column mapping (see `alignlab.data.mapping`).
 
 Role names are normalised: human/user -> user, gpt/assistant/bot/model/function_call -> assistant,
@@ -268,6 +270,29 @@ def hh(rec: dict) -> Row:
                          f"chosen and rejected differ at turn {turn}, before the last answer; "
                          "the dialogue they share cannot be told from the answers")
     return PreferenceRow(chosen[:-1], chosen[-1:], rejected[-1:])
+
+
+def hh_prompt(rec: dict) -> Row:
+    """The prompt of an HH record for prompt-only use (generation, RL): the chosen transcript without its last
+    answer. The answers and the rejected transcript are not read, so an empty answer or a rejected dialogue
+    that differs earlier is no problem here."""
+    return PromptRow(hh_turns(need_text(rec, "chosen"), "chosen")[:-1])
+
+
+def preference_prompt(rec: dict) -> Row:
+    """The prompt of a TRL preference record with an explicit `prompt`, the answers unread; without one the
+    prompt is implicit in the answers, so the whole record is converted."""
+    if rec.get("prompt") is None:
+        return preference(rec)
+    chat = not isinstance(rec.get("chosen"), str) and not isinstance(rec.get("rejected"), str)
+    if not chat:
+        return PromptRow([user(need_text(rec, "prompt"))], chat=False)
+    return PromptRow(to_messages(rec["prompt"], "prompt", "user"))
+
+
+# Formats whose prompt can be read without the rest of the record (the answers): task "prompt" uses these,
+# so a command that needs only prompts never rejects a record over fields it does not use.
+PROMPT_CONVERTERS: dict[str, Callable[[dict], Row | list[Row]]] = {"hh": hh_prompt, "preference": preference_prompt}
 
 
 CONVERTERS: dict[str, Callable[[dict], Row | list[Row]]] = {

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.models.attention import packed_plan, prefix_plan
+from alignlab.data.layout import packed_plan, prefix_plan
 
 PATHS = ("plain", "packed", "prefix")
 # Branch codes of the prefix layout (per token): which part of its pair a token is.

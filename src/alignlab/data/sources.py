@@ -12,6 +12,8 @@ Asking for a task converts where it makes sense: preference -> sft trains on pro
 preference -> unpaired gives one desirable (chosen) and one undesirable (rejected) row; unpaired -> sft
 keeps the desirable rows; anything -> prompt keeps the prompt, and an sft row's last answer becomes the
 reference `answer` (the text after the last `####` when there is one, as in GSM8K, else the whole answer).
+Asked for prompts, a record is checked only as a prompt (its answers may be empty), and HH / explicit-prompt
+preference records are read through `formats.PROMPT_CONVERTERS`, which do not read the answers at all.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from alignlab.data.formats import CONVERTERS, Dropped, detect_format
+from alignlab.data.formats import CONVERTERS, PROMPT_CONVERTERS, Dropped, detect_format
 from alignlab.data.mapping import convert as convert_columns
 from alignlab.data.mapping import parse_columns
 from alignlab.data.readers import find_bad_text, read_records
@@ -132,8 +134,9 @@ def _detect(records: list, source: str) -> str:
             return fmt
         keys = list(rec.value)[:12] if isinstance(rec.value, dict) else type(rec.value).__name__
         raise AlignlabError(
-            f"{source}: cannot tell the format from record {rec.index} (keys: {keys}); pass format= "
-            f"(one of {', '.join(FORMATS)}) or a column mapping (--columns prompt=COL,chosen=COL,...)"
+            f"{source}: cannot tell the format from record {rec.index} (keys: {keys}); name the format "
+            f"(data_format= in a command's config, --data-format / --format on the command line; one of "
+            f"{', '.join(FORMATS)}) or give a column mapping (columns=... / --columns 'prompt=COL,chosen=COL,...')"
         )
     raise AlignlabError(f"{source}: no readable records")
 
@@ -144,8 +147,12 @@ def load_rows(
     format: str | None = None,
     columns: dict | str | None = None,
     on_bad_row: Literal["error", "skip"] = "error",
+    limit: int | None = None,
 ) -> LoadResult:
-    """Read `path`, convert to rows of `task` (default: the format's own), validate every row."""
+    """Read `path`, convert to rows of `task` (default: the format's own), validate every row.
+
+    `limit`: stop once this many rows are made (the records after them are neither converted nor checked:
+    a command that uses the first N rows is not stopped by a bad record it would never use)."""
     _check_args(task, format, on_bad_row)
     mapping = parse_columns(columns) if columns else None
     read = read_records(path)
@@ -159,22 +166,39 @@ def load_rows(
         if read.problems and not read.records and on_bad_row == "error":
             raise DataError(read.problems, src)
         fmt = format or _detect(read.records, src)
-        convert = CONVERTERS[fmt]
+        convert = PROMPT_CONVERTERS.get(fmt, CONVERTERS[fmt]) if task == "prompt" else CONVERTERS[fmt]
     result = LoadResult([], fmt, task or "", source=src, records=len(read.records) + len(read.problems))
-    skipped, dropped = Counter(p.kind for p in read.problems), Counter()
+    dropped = Counter()
     judged = mapping is not None and mapping.judged
-    result.problems.extend(read.problems)
+    stop = None  # the first record not read when `limit` rows were made before it
     for rec in read.records:
+        if limit is not None and len(result.rows) >= limit:
+            stop = rec.index
+            break
         origin = Origin(src, rec.index, rec.line)
         issues = _record_rows(rec.value, convert, origin, result, dropped, judged)
         if issues:
             result.problems += [Problem(k, src, rec.index, rec.line, f, msg) for k, f, msg in issues]
-            skipped[issues[0][0]] += 1
+    unread = [p for p in read.problems if stop is None or p.index is None or p.index < stop]
+    result.problems = sorted(unread + result.problems, key=lambda p: (p.index is None, p.index or 0))
+    result.rows = result.rows[:limit] if limit is not None else result.rows
+    skipped = Counter(_first_kinds(result.problems))
     if result.problems and on_bad_row == "error":
         raise DataError(result.problems, src)
     result.task = result.task or (mapping.task if mapping else _natural_task(fmt, read.records))
     result.skipped, result.dropped = dict(skipped), dict(dropped)
     return result
+
+
+def _first_kinds(problems: list[Problem]) -> list[str]:
+    """The kind of each bad record's first problem (a record counts once in `skipped`)."""
+    seen, out = set(), []
+    for p in problems:
+        key = p.index if p.index is not None else id(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p.kind)
+    return out
 
 
 def _record_rows(value, convert, origin: Origin, result: LoadResult, dropped: Counter, judged: bool) -> list[tuple]:
@@ -192,10 +216,11 @@ def _record_rows(value, convert, origin: Origin, result: LoadResult, dropped: Co
         dropped[d.reason] += 1
         return []
     natural = natural if isinstance(natural, list) else [natural]
-    issues = [i for row in natural for i in validate_row(row, allow_empty_response=judged)]
+    prompt_only = result.task == "prompt"  # asked for prompts: only the prompt rows made below are checked
+    issues = [] if prompt_only else [i for row in natural for i in validate_row(row, allow_empty_response=judged)]
     if issues:
         return issues
-    if judged and any(not text_of(r.chosen).strip() or not text_of(r.rejected).strip() for r in natural):
+    if not prompt_only and judged and any(not text_of(r.chosen).strip() or not text_of(r.rejected).strip() for r in natural):
         result.notes["empty_response_kept"] = result.notes.get("empty_response_kept", 0) + 1
     if not result.task:  # the first good record fixes the task when none was asked for
         kind = _TASK_OF[type(natural[0])]
@@ -210,5 +235,8 @@ def _record_rows(value, convert, origin: Origin, result: LoadResult, dropped: Co
                 raise AlignlabError(f"{origin}: {e.message}; this format's rows can become: "
                                     f"{', '.join(_CONVERTIBLE[_TASK_OF[type(row)]])}") from None
             return [(e.kind, e.field, e.message)]
+    issues = [i for row in out for i in validate_row(row)] if prompt_only else []
+    if issues:
+        return issues
     result.rows += out
     return []

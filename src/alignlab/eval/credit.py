@@ -90,11 +90,15 @@ def _score_batch(model, prompts, completions, pad_id, device, token_logprobs) ->
 @contextlib.contextmanager
 def reference_forward(policy: Any, reference: Any = None) -> Iterator[Any]:
     """The model that computes the reference: `reference` when given, else the LoRA policy with its adapter
-    switched off (models.lora.adapter_disabled: the base weights exactly, no second copy)."""
+    switched off (models.lora.adapter_disabled: the base weights exactly, no second copy); a policy without
+    LoRA and no reference is an error (train.reference decides, as for training)."""
     if reference is not None:
         yield reference
         return
     from alignlab.models.lora import adapter_disabled
+    from alignlab.train.reference import build_reference
+
+    build_reference(policy, "adapter")  # a clear error when the policy has no adapter to switch off
 
     with adapter_disabled(policy) as base:
         yield base

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,17 @@ class EvaluationSpec:
     """Label in the table and report; defaults to the kind."""
     format: str | None = None
     """Data format when detection is not enough (see `alignlab data inspect`)."""
-    columns: dict[str, Any] = field(default_factory=dict)
-    """Column mapping for files in no known format (as for training recipes)."""
-    offset: int = 0
-    """Rows skipped from the start: point past the training split to evaluate held-out rows."""
-    limit: int = 32
-    """Rows used after the offset (evaluation cost grows with it)."""
+    columns: dict[str, Any] | str | None = None
+    """Column mapping for files in no known format, a mapping or the `prompt=COL,...` string (as for the
+    training commands' `columns`)."""
+    data_offset: int = 0
+    """First record of the file used (0-based, counted in the file before bad records are skipped), as the
+    training key of the same name: point past the records a run trained on (`alignlab eval` warns when a
+    checkpoint's run trained on any scored record; it reads the split.json the run wrote)."""
+    data_limit: int = 32
+    """Records used from data_offset on (evaluation cost grows with it)."""
+    on_bad_row: Literal["error", "skip"] = "skip"
+    """A malformed record stops the evaluation (error) or is counted in the details and skipped (skip)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """win_rate / ratings: the judge (llm over a local model or HTTP endpoint, reward_model, function)."""
     baseline: str | None = None
@@ -75,8 +81,9 @@ class EvaluationSpec:
     """Token budget per scored sequence (prompt + completion) for accuracies and perplexity."""
 
     def validate(self) -> None:
-        if self.limit < 1 or self.offset < 0 or self.samples < 1:
-            raise AlignlabError(f"evaluation {self.name or self.kind}: limit >= 1, offset >= 0, samples >= 1")
+        if self.data_limit < 1 or self.data_offset < 0 or self.samples < 1:
+            raise AlignlabError(f"evaluation {self.name or self.kind}: data_limit >= 1, data_offset >= 0, "
+                                "samples >= 1")
         if self.kind == "mean_reward" and not self.reward:
             raise AlignlabError(f"evaluation {self.name or self.kind}: mean_reward needs reward: <name>")
         if self.kind == "grade" and self.judge.kind != "llm":
@@ -127,6 +134,7 @@ class _Context:
         self.cfg = cfg
         self.models: dict[str, tuple[Any, Any]] = {}
         self.answers: dict[tuple, Any] = {}
+        self.records: dict[int, list[int]] = {}  # id(spec) -> record ids of the rows it scores
 
     def model(self, name: str) -> tuple[Any, Any]:
         if name not in self.models:
@@ -136,7 +144,7 @@ class _Context:
         return self.models[name]
 
     def generations(self, name: str, spec: EvaluationSpec, rows: list, n: int = 1) -> Any:
-        key = (name, spec.data, spec.offset, spec.limit, repr(spec.sampling), n)
+        key = (name, spec.data, spec.data_offset, spec.data_limit, repr(spec.sampling), n)
         if key not in self.answers:
             from alignlab.rollout.generate import generate
 
@@ -147,16 +155,20 @@ class _Context:
     def texts(self, name: str, spec: EvaluationSpec, rows: list) -> list[str]:
         return [s.text for s in self.generations(name, spec, rows).samples]
 
+    def rows(self, spec: EvaluationSpec, task: str) -> tuple[list, dict]:
+        """The evaluation's rows of `task`: records [data_offset, data_offset + data_limit) of its file."""
+        from alignlab.data.prepare import record_id, slice_records
+        from alignlab.data.sources import load_rows
 
-def _rows(spec: EvaluationSpec, task: str) -> tuple[list, dict]:
-    from alignlab.data.sources import load_rows
-
-    res = load_rows(spec.data, task=task, format=spec.format, columns=spec.columns or None, on_bad_row="skip")
-    rows = res.rows[spec.offset:spec.offset + spec.limit]
-    if not rows:
-        raise AlignlabError(f"evaluation {spec.name or spec.kind}: {spec.data} has no {task} rows after "
-                            f"offset {spec.offset} (it has {len(res.rows)})")
-    return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
+        res = load_rows(spec.data, task=task, format=spec.format, columns=spec.columns or None,
+                        on_bad_row=spec.on_bad_row)
+        rows = slice_records(res.rows, spec.data_offset, spec.data_limit)
+        if not rows:
+            raise AlignlabError(f"evaluation {spec.name or spec.kind}: {spec.data} has no {task} rows in records "
+                                f"{spec.data_offset}..{spec.data_offset + spec.data_limit - 1} (it has "
+                                f"{len(res.rows)} rows)")
+        self.records[id(spec)] = [record_id(r, spec.data_offset + i) for i, r in enumerate(rows)]
+        return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
 
 
 def _fields(rows: list) -> dict[str, list]:
@@ -173,7 +185,7 @@ def _record(spec: EvaluationSpec, model: str, metric: str, value: float, low: fl
 def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval import measures
 
-    rows, info = _rows(spec, "preference")
+    rows, info = ctx.rows(spec, "preference")
     out = []
     for name in ctx.cfg.checkpoints:
         if spec.kind == "reward_accuracy":
@@ -204,7 +216,7 @@ def _examples(rows, a, b, result, k: int = 3) -> list[dict]:
 def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.pairwise import build_judge, compare_answers
 
-    rows, info = _rows(spec, "prompt")
+    rows, info = ctx.rows(spec, "prompt")
     judge = build_judge(spec.judge, device=ctx.cfg.device)
     baseline = spec.baseline or ctx.cfg.baseline
     b = ctx.texts(baseline, spec, rows)
@@ -225,7 +237,7 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.pairwise import build_judge, round_robin
     from alignlab.eval.ratings import bradley_terry_ratings
 
-    rows, info = _rows(spec, "prompt")
+    rows, info = ctx.rows(spec, "prompt")
     judge = build_judge(spec.judge, device=ctx.cfg.device)
     names = list(dict.fromkeys(ctx.cfg.checkpoints + ([spec.baseline or ctx.cfg.baseline]
                                                       if (spec.baseline or ctx.cfg.baseline) else [])))
@@ -249,7 +261,7 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.pairwise import build_judge
     from alignlab.eval.winrate import bootstrap_mean_interval
 
-    rows, info = _rows(spec, "prompt")
+    rows, info = ctx.rows(spec, "prompt")
     judge = build_judge(replace(spec.judge, mode="single"), device=ctx.cfg.device)
     out = []
     for name in ctx.cfg.checkpoints:
@@ -270,7 +282,7 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.measures import kl_from_samples
 
-    rows, info = _rows(spec, "prompt")
+    rows, info = ctx.rows(spec, "prompt")
     reference, _ = ctx.model(spec.reference or ctx.cfg.reference)
     out = []
     for name in ctx.cfg.checkpoints:
@@ -286,7 +298,7 @@ def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 def _perplexity(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.measures import perplexity_on_rows
 
-    rows, info = _rows(spec, "sft")
+    rows, info = ctx.rows(spec, "sft")
     out = []
     for name in ctx.cfg.checkpoints:
         model, tok = ctx.model(name)
@@ -299,7 +311,7 @@ def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.measures import mean_reward, prompt_arg
     from alignlab.rollout.rewards import get_reward
 
-    rows, info = _rows(spec, "prompt")
+    rows, info = ctx.rows(spec, "prompt")
     fn = get_reward(spec.reward, **spec.reward_options)
     fields = _fields(rows)
     out = []
@@ -327,7 +339,13 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
     results: list[dict] = []
     for spec in cfg.evaluations:
         results += _RUNNERS[spec.kind](spec, ctx)
-    payload = {"config": to_dict(cfg), "results": results, "seconds": time.perf_counter() - start}
+    from alignlab.eval.leakage import leak_warnings
+
+    warnings = leak_warnings(cfg.evaluations, cfg.checkpoints, ctx.records)
+    for line in warnings:
+        print(line, file=sys.stderr, flush=True)
+    payload = {"config": to_dict(cfg), "results": results, "warnings": warnings,
+               "seconds": time.perf_counter() - start}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "eval.json.tmp"

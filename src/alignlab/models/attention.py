@@ -17,57 +17,19 @@ masked forward (same softmax over the same keys; only the summation order differ
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
-`packed_plan` / `prefix_plan`). transformers passes unknown forward kwargs down to the attention
+`data.layout.packed_plan` / `prefix_plan`: the plans are pure geometry and live with the collators that
+make them, so the data layer never imports models). transformers passes unknown forward kwargs down to the attention
 function, and does not save the implementation in config.json.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from alignlab.data.layout import Span
+
 SPANS = "alignlab_spans"
-
-
-@dataclass(frozen=True)
-class Span:
-    """Queries [q0, q1) of row `row` attend to the concatenated key ranges `keys`; q1 is the last key's end."""
-
-    row: int
-    q0: int
-    q1: int
-    keys: tuple[tuple[int, int], ...]
-
-
-def packed_plan(row_lengths: Sequence[Sequence[int]], width: int) -> tuple[Span, ...]:
-    """Spans of padding-free rows: each sequence causal over itself, the pad tail a span of its own."""
-    spans = []
-    for r, lengths in enumerate(row_lengths):
-        start = 0
-        for n in [*lengths, width - sum(lengths)]:
-            if n > 0:
-                spans.append(Span(r, start, start + n, ((start, start + n),)))
-                start += n
-    return tuple(spans)
-
-
-def prefix_plan(row_blocks: Sequence[Sequence[tuple[int, int, int]]], width: int) -> tuple[Span, ...]:
-    """Spans of prefix-shared rows of (prompt, chosen, rejected) lengths: [prompt | chosen] causal, then
-    rejected over prompt + rejected (never chosen); the pad tail a span of its own."""
-    spans = []
-    for r, blocks in enumerate(row_blocks):
-        start = 0
-        for p, c, rej in blocks:
-            if p + c > 0:
-                spans.append(Span(r, start, start + p + c, ((start, start + p + c),)))
-            if rej > 0:
-                r0 = start + p + c
-                spans.append(Span(r, r0, r0 + rej, ((start, start + p), (r0, r0 + rej))))
-            start += p + c + rej
-        if width > start:
-            spans.append(Span(r, start, width, ((start, width),)))
-    return tuple(spans)
 
 
 def _keys(x: Any, row: int, ranges: tuple[tuple[int, int], ...]) -> Any:

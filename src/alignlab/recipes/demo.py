@@ -1,12 +1,12 @@
 """`alignlab demo`: the DPO paper's controlled sentiment task, end to end on a CPU in a few minutes.
 
-Wiring only: SmolLM2-135M-Instruct (models.load) continues movie-review openings (recipes.prompts); several
-samples per prompt from the base model (rollout.generate) are scored by VADER (rollout.rewards) and the best
-and worst of each prompt become a preference pair (rollout.sampling, best-vs-worst is a stronger signal than
-two random samples); LoRA-DPO trains on them with the disabled adapter as reference (recipes.dpo's parts, the
-shared loop); base and trained policies are compared on held-out prompts: mean reward, win rate under the
+Wiring only: SmolLM2-135M-Instruct (models.load) continues movie-review openings (data.builtin); several
+samples per prompt from the base model are scored by VADER (rollout.rewards) and the best and worst of each
+prompt become a preference pair (rollout.pairs, best-vs-worst is a stronger signal than two random
+samples); LoRA-DPO trains on them with the disabled adapter as reference (train.dpo, the shared loop);
+base and trained policies are compared on held-out prompts (eval.policy): mean reward, win rate under the
 reward judge with its bootstrap interval (eval.judges, eval.winrate) and KL to the base (eval.kl); the
-per-token implicit reward of a few completions (eval.credit) goes into report.html (recipes.demo_report).
+per-token implicit reward of a few completions (eval.credit) goes into report.html (eval.demo_report).
 """
 
 from __future__ import annotations
@@ -74,101 +74,23 @@ class DemoConfig:
 def prompt_sets(cfg: DemoConfig) -> tuple[list, list, list]:
     """(train, held-out, progress) PromptRows: one seeded order of the distinct openings, split, so no
     held-out prompt is ever trained on; the progress set is the first part of the held-out one."""
-    from alignlab.recipes.prompts import builtin_rows
+    from alignlab.data.builtin import builtin_rows
 
     rows = builtin_rows("sentiment", cfg.train_prompts + cfg.eval_prompts, cfg.seed)
     held = rows[cfg.train_prompts:]
     return rows[:cfg.train_prompts], held, held[:cfg.progress_prompts]
 
 
-def sample_pairs(cfg: DemoConfig, model: Any, tokenizer: Any, rows: list, reward_fn: Any, out: Path) -> Path:
-    """Best-vs-worst preference pairs from the base model's samples, written as TRL-format jsonl."""
-    from alignlab.rollout.generate import GenerationResult, SamplingConfig
-    from alignlab.rollout.sampling import BestOfN, preference_records, sample_and_score, write_jsonl
-
-    sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=64)
-    groups, samples, tokens, seconds = [], [], 0, 0.0
-    chunk = max(1, 64 // cfg.samples_per_prompt)
-    with _bar("sample pairs", len(rows)) as (bar, task):
-        for start in range(0, len(rows), chunk):
-            sc.seed = cfg.seed + start  # a fresh stream per chunk; the run stays a pure function of the seed
-            part = sample_and_score(model, tokenizer, rows[start:start + chunk], reward_fn,
-                                    cfg.samples_per_prompt, sc)
-            groups += part.groups
-            samples += part.generation.samples
-            tokens, seconds = tokens + part.generation.num_tokens, seconds + part.generation.seconds
-            bar.advance(task, len(part.groups))
-    result = BestOfN(groups, GenerationResult(samples, tokens, seconds))
-    records = preference_records(result)
-    gap = sum(r["score_chosen"] - r["score_rejected"] for r in records) / max(len(records), 1)
-    print(f"{len(records)} pairs from {len(rows)} prompts x {cfg.samples_per_prompt} samples "
-          f"({tokens / max(seconds, 1e-9):.0f} tok/s), mean reward gap {gap:.3f}, dropped {result.dropped}",
-          flush=True)
-    return write_jsonl(out / "preferences.jsonl", records)
-
-
-def _bar(label: str, total: int):
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    @contextmanager
-    def ctx():
-        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as p:
-            yield p, p.add_task(label, total=total)
-
-    return ctx()
-
-
-def dpo_config(cfg: DemoConfig, pairs: Path) -> Any:
-    """The demo's DPO settings as recipes.dpo's config (LoRA, the disabled adapter as reference)."""
-    from alignlab.models.lora import LoraConfig
-    from alignlab.recipes.dpo import DPOConfig
-
-    dcfg = DPOConfig(model=cfg.model, data=str(pairs), output_dir=str(Path(cfg.output_dir) / "model"),
-                     lora=LoraConfig(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0), beta=cfg.beta,
-                     learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                     eval_steps=cfg.eval_steps, logging_steps=max(1, cfg.eval_steps // 2), warmup_ratio=0.1,
-                     max_length=256, seed=cfg.seed, cpu_threads=cfg.cpu_threads, progress=cfg.progress,
-                     reference="adapter", resume="never", eval_split=0.0)
-    dcfg.validate()
-    return dcfg
-
-
-def train_dpo(dcfg: Any, policy: Any, tokenizer: Any, progress_fn: Any) -> tuple[Any, Any]:
-    """LoRA-DPO (any paired loss of dcfg.loss) through recipes.dpo's parts and the shared loop on the pairs
-    file dcfg.data; `progress_fn(policy) -> {eval_...}` runs at every evaluation. Returns (policy, TrainResult)."""
-    from alignlab.data.pairs import PairCollator
-    from alignlab.data.sources import load_rows
-    from alignlab.losses import combine
-    from alignlab.models.lora import apply_lora
-    from alignlab.recipes.dpo import make_reference, tokenize_rows
-    from alignlab.recipes.sft import saved_config_text
-    from alignlab.train.loop import train
-    from alignlab.train.preference import PreferenceStep
-
-    policy = apply_lora(policy, dcfg.lora)
-    mix = combine(dcfg.loss, dcfg.loss_weights, dcfg.loss_params)
-    beta = dcfg.beta if dcfg.beta is not None else mix.default_beta
-    examples = tokenize_rows(load_rows(dcfg.data, task="preference").rows, tokenizer, dcfg, dcfg.data, True)
-    kind = "adapter" if mix.needs_reference else "none"
-    step_fn = PreferenceStep(mix, make_reference(dcfg, kind, policy, policy), beta=beta,
-                             chunk_size=dcfg.logprob_chunk_size)
-    collate = PairCollator(tokenizer.pad_token_id, dcfg.forward_path, row_tokens=dcfg.row_tokens)
-    result = train(dcfg, policy, step_fn, examples, collate, eval_fn=progress_fn, tokenizer=tokenizer,
-                   config_yaml=saved_config_text(dcfg))
-    return policy, result
-
-
 def compare(cfg: DemoConfig, policy: Any, tokenizer: Any, rows: list, reward_fn: Any) -> dict[str, Any]:
     """Base (adapter off) and trained policy on the same held-out prompts with the same sampling seed."""
     from alignlab.eval.judges import RewardModelJudge
+    from alignlab.eval.policy import score_policy
     from alignlab.eval.winrate import win_rate
     from alignlab.models.lora import adapter_disabled
-    from alignlab.recipes.frontier import score_policy
+    from alignlab.rollout.pairs import progress_bar
 
     kw = dict(n=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
-    with _bar("evaluate", 2) as (bar, task):
+    with progress_bar("evaluate", 2) as (bar, task):
         with adapter_disabled(policy):
             base = score_policy(policy, tokenizer, rows, reward_fn, with_kl=False, **kw)
         bar.advance(task)
@@ -186,10 +108,12 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     import torch
 
     from alignlab.eval.credit import implicit_rewards
+    from alignlab.eval.demo_report import print_summary, results_dict, write_report
+    from alignlab.eval.policy import score_policy
     from alignlab.models.load import load_model, load_tokenizer
-    from alignlab.recipes.demo_report import print_summary, results_dict, write_report
-    from alignlab.recipes.frontier import score_policy
+    from alignlab.rollout.pairs import sample_pairs
     from alignlab.rollout.rewards import get_reward
+    from alignlab.train.dpo import lora_dpo_config, train_lora_dpo
     from alignlab.train.loop import seed_everything
 
     cfg.validate()
@@ -204,14 +128,18 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model)
     reward_fn = get_reward("sentiment")
     train_rows, held, progress_rows = prompt_sets(cfg)
-    pairs = sample_pairs(cfg, model, tokenizer, train_rows, reward_fn, out)
+    pairs = sample_pairs(model, tokenizer, train_rows, reward_fn, out / "preferences.jsonl",
+                         samples_per_prompt=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
 
     def progress_fn(policy: Any) -> dict[str, float]:
         s = score_policy(policy, tokenizer, progress_rows, reward_fn, max_new_tokens=cfg.max_new_tokens,
                          seed=cfg.seed + 2)
         return {"eval_reward": s.reward, "eval_kl": s.kl.k3, "eval_kl_k1": s.kl.k1}
 
-    policy, result = train_dpo(dpo_config(cfg, pairs), model, tokenizer, progress_fn)
+    dcfg = lora_dpo_config(cfg.model, pairs, str(out / "model"), lora_r=cfg.lora_r, beta=cfg.beta,
+                           learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, eval_steps=cfg.eval_steps,
+                           seed=cfg.seed, cpu_threads=cfg.cpu_threads, progress=cfg.progress, epochs=cfg.epochs)
+    policy, result = train_lora_dpo(dcfg, model, tokenizer, progress_fn)
     cmp = compare(cfg, policy, tokenizer, held, reward_fn)
     tr = cmp["trained"]
     k = min(cfg.explain_examples, len(tr.texts))

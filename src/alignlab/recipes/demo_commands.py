@@ -29,7 +29,13 @@ def _explain_configure(p) -> None:
     p.add_argument("--prompt", default=None, help="one prompt (plain text) instead of --data")
     p.add_argument("--completion", default=None, help="its completion (plain text; EOS is appended)")
     p.add_argument("--beta", type=float, default=0.1, help="the DPO beta the policy was trained with (default 0.1)")
-    p.add_argument("--limit", type=int, default=8, help="explain at most this many rows of --data (default 8)")
+    p.add_argument("--limit", type=int, default=8, help="explain at most this many rows of --data (default 8); "
+                   "records after them are not read")
+    p.add_argument("--columns", default=None, metavar="MAPPING", help="column mapping for a table in no known "
+                   "format, e.g. 'prompt=Question,chosen=Best Answer,rejected=Incorrect Answers[0]'")
+    p.add_argument("--data-format", default=None, metavar="FORMAT", help="skip format detection of --data")
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="a bad record of --data stops explain (error) or is skipped and counted")
     p.add_argument("--html", default=None, help="also write the heat-map as an HTML page here")
 
 
@@ -41,7 +47,11 @@ def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[in
     from alignlab.errors import AlignlabError
 
     if args.data:
-        rows = load_rows(args.data).rows[: args.limit]
+        res = load_rows(args.data, format=args.data_format, columns=args.columns, on_bad_row=args.on_bad_row,
+                        limit=args.limit)
+        if res.skipped:
+            print(f"{args.data}: skipped bad records {dict(res.skipped)}")
+        rows = res.rows
     elif args.prompt is not None and args.completion is not None:
         rows = [SFTRow([{"role": "user", "content": args.prompt}, {"role": "assistant", "content": args.completion}],
                        num_prompt=1, chat=False)]
@@ -71,14 +81,15 @@ def _explain(args) -> None:
     from alignlab.errors import AlignlabError
     from alignlab.eval.credit import implicit_rewards, render_html, render_rich
     from alignlab.models.load import load_model, load_tokenizer
-    from alignlab.models.lora import has_adapter
+    from alignlab.train.reference import build_reference, resolve_reference_kind
 
     tokenizer = load_tokenizer(args.model)
     policy = load_model(args.model)
-    reference = load_model(args.ref) if args.ref else None
-    if reference is None and not has_adapter(policy):
+    kind = resolve_reference_kind("model" if args.ref else "auto", policy)
+    if kind == "model" and not args.ref:
         raise AlignlabError(f"explain: {args.model} is not a LoRA adapter, so it has no built-in reference; "
                             "give --ref REF (e.g. the model it was trained from)")
+    reference = build_reference(policy, kind, source=args.ref)
     labels, prompts, comps = _examples(args, tokenizer)
     credits = implicit_rewards(policy, tokenizer, prompts, comps, beta=args.beta, reference=reference)
     heads = [f"[{lab}] {tokenizer.decode(p, skip_special_tokens=True)}" for lab, p in zip(labels, prompts)]

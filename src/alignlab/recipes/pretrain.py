@@ -127,8 +127,9 @@ def prepare(cfg: PretrainConfig) -> tuple[Any, Any, str, str]:
 
 def run(cfg: PretrainConfig):
     """Train and return the loop's TrainResult; the model and tokenizer land in cfg.output_dir."""
+    from alignlab.config import saved_config_text
     from alignlab.data.collate import Collator
-    from alignlab.recipes.sft import perplexity_eval, saved_config_text
+    from alignlab.train.lm import perplexity_eval
     from alignlab.train.loop import seed_everything, train
     from alignlab.train.steps import causal_lm_step
     from alignlab.train.world import World

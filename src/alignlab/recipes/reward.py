@@ -1,8 +1,9 @@
 """`alignlab rm`: a reward model (scalar head on a causal LM) trained on preference pairs or ranked lists.
 
-Wiring only. The model is `models.heads.load_scorer` (AutoModelForSequenceClassification, one output,
-scored at the last real token); the losses are `losses.reward.bradley_terry` (optional per-pair margin,
-centring) and `plackett_luce` (K-wise, best first); the loop is `train.loop`.
+Wiring only. Rows, tokens and batches come from `data.ranked`; the scorer and the step from `train.reward`
+(`models.heads.load_scorer`: AutoModelForSequenceClassification, one output, scored at the last real token;
+losses `losses.reward.bradley_terry` with optional per-pair margin and centring, `plackett_luce` K-wise);
+the split from `data.prepare`; the loop is `train.loop`.
 
 Data:
 - Any preference file the data layer reads (TRL, ShareGPT, HH, Alpaca-style pairs, or a table through
@@ -30,24 +31,19 @@ the merged scorer to `output_dir`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any, Literal
 
 from alignlab.config import ConfigError
-from alignlab.data.rows import Message, Origin
 from alignlab.errors import AlignlabError
-from alignlab.train.config import TrainConfig
+from alignlab.train.data_config import RowDataConfig
 
 
 @dataclass
-class RewardConfig(TrainConfig):
+class RewardConfig(RowDataConfig):
     model: str = "smollm2-135m-instruct"
     """Backbone: HF directory, hub id (offline cache) or alias; a new scalar head `score` is added on top."""
     data_format: str | None = None
     """Force the data format (e.g. preference, sharegpt, hh; `ranked` for completions lists); null detects it."""
-    columns: dict[str, str] | str | None = None
-    """Column mapping for tables in no known format, e.g. {prompt: Question, chosen: Best Answer,
-    rejected: "Incorrect Answers[0]"} or "prompt=instruction+input,responses=response1+response2,votes=..."."""
     loss: Literal["bradley_terry", "plackett_luce"] = "bradley_terry"
     """bradley_terry: pairwise -log s(r_c - r_r - m) (lists become all their pairs); plackett_luce: K-wise
     ranked-list likelihood (pairs are K=2 lists, where it equals Bradley-Terry)."""
@@ -74,254 +70,33 @@ class RewardConfig(TrainConfig):
             raise ConfigError(f"max_prompt_length: must be in [1, max_length), got {self.max_prompt_length}")
 
 
-@dataclass
-class RankedRow:
-    """A prompt and two or more completions, best first (a preference pair is a list of two)."""
+def load_examples_rows(path: str, cfg: RewardConfig) -> list:
+    """Ranked rows of one file with the config's format, column mapping and bad-row policy."""
+    from alignlab.data.ranked import load_ranked_rows
 
-    prompt: list[Message]
-    completions: list[list[Message]]
-    chat: bool = True
-    margin: float | None = None
-    origin: Origin | None = None
+    return load_ranked_rows(path, data_format=cfg.data_format, columns=cfg.columns, on_bad_row=cfg.on_bad_row)
 
 
-@dataclass
-class RewardExample:
-    """Token ids of each full sequence (prompt + completion), best first, and the pair's margin."""
-
-    sequences: list[list[int]]
-    margin: float | None = None
-
-
-# -- rows ---------------------------------------------------------------------------------------
-
-
-def ranked_row(rec: dict, origin: Origin) -> RankedRow:
-    """One `{"prompt", "completions"}` record -> RankedRow; a bad record raises RowProblem."""
-    from alignlab.data.formats import assistant, need, to_messages, user
-    from alignlab.data.rows import RowProblem, text_of
-
-    comps, prompt = need(rec, "completions"), need(rec, "prompt")
-    if not isinstance(comps, list) or len(comps) < 2:
-        raise RowProblem("wrong_type", "completions", "expected a list of at least two completions, best first")
-    chat = not (isinstance(prompt, str) and all(isinstance(c, str) for c in comps))
-    p = to_messages(prompt, "prompt", "user") if chat else [user(prompt)]
-    out = [to_messages(c, f"completions[{i}]", "assistant") if chat else [assistant(c)] for i, c in enumerate(comps)]
-    if not text_of(p).strip():
-        raise RowProblem("empty_prompt", "prompt", "the prompt is empty")
-    for i, c in enumerate(out):
-        if not text_of(c).strip():
-            raise RowProblem("empty_completion", f"completions[{i}]", "the completion is empty")
-    return RankedRow(p, out, chat=chat, origin=origin)
-
-
-def _is_ranked_file(path: str, cfg: RewardConfig) -> bool:
-    if cfg.data_format == "ranked":
-        return True
-    if cfg.data_format is not None or cfg.columns is not None:
-        return False
-    from alignlab.data.readers import read_records
-
-    first = next((r.value for r in read_records(path).records if isinstance(r.value, dict)), {})
-    return "completions" in first and "chosen" not in first
-
-
-def load_ranked(path: str, on_bad_row: str) -> list[RankedRow]:
-    from alignlab.data.readers import read_records
-    from alignlab.data.rows import RowProblem
-
-    read = read_records(path)
-    if read.problems and on_bad_row == "error":
-        raise AlignlabError(f"{path}: {read.problems[0]}")
-    rows, skipped = [], len(read.problems)
-    for rec in read.records:
-        origin = Origin(read.source, rec.index, rec.line)
-        try:
-            if not isinstance(rec.value, dict):
-                raise RowProblem("wrong_type", None, f"expected a JSON object, got {type(rec.value).__name__}")
-            rows.append(ranked_row(rec.value, origin))
-        except RowProblem as e:
-            if on_bad_row == "error":
-                raise AlignlabError(f"{origin}: field '{e.field}': {e.kind}: {e.message}") from None
-            skipped += 1
-    if skipped:
-        print(f"{path}: skipped {skipped} bad records", flush=True)
-    return rows
-
-
-def load_examples_rows(path: str, cfg: RewardConfig) -> list[RankedRow]:
-    """Ranked rows from a ranked-list file or any preference file the data layer reads."""
-    from alignlab.data.sources import load_rows
-
-    if _is_ranked_file(path, cfg):
-        return load_ranked(path, cfg.on_bad_row)
-    fmt = None if cfg.data_format == "ranked" else cfg.data_format
-    result = load_rows(path, task="preference", format=fmt, columns=cfg.columns, on_bad_row=cfg.on_bad_row)
-    if result.skipped or result.dropped:
-        print(f"{path}: skipped bad records {dict(result.skipped)}, dropped {dict(result.dropped)}", flush=True)
-    return [RankedRow(r.prompt, [r.chosen, r.rejected], r.chat, r.margin, r.origin) for r in result.rows]
-
-
-def as_pairs(rows: list[RankedRow]) -> list[RankedRow]:
-    """Lists -> every (better, worse) pair (InstructGPT sec. 3.5); pairs stay as they are."""
-    out = []
-    for r in rows:
-        if len(r.completions) == 2:
-            out.append(r)
-            continue
-        for i, j in combinations(range(len(r.completions)), 2):
-            out.append(RankedRow(r.prompt, [r.completions[i], r.completions[j]], r.chat, None, r.origin))
-    return out
-
-
-# -- tokens and batches -------------------------------------------------------------------------
-
-
-def tokenize_example(row: RankedRow, tok: Any, max_length: int, max_prompt_length: int | None) -> RewardExample:
-    """Each completion's full sequence; when the longest does not fit, every prompt is cut to the same budget."""
-    from alignlab.data.rows import UnpairedRow
-    from alignlab.data.tokenize import tokenize_unpaired
-
-    def tokenized(limit: int | None, budget: int | None) -> list:
-        return [tokenize_unpaired(UnpairedRow(row.prompt, c, True, row.chat, row.origin), tok, limit, budget)
-                for c in row.completions]
-
-    whole = tokenized(None, None)
-    n_prompt = max(len(x.prompt_ids) for x in whole)
-    longest = max(len(x.completion_ids) for x in whole)
-    too_long = max_prompt_length is not None and n_prompt > max_prompt_length
-    if n_prompt + longest > max_length or too_long:
-        whole = tokenized(max_length, max_prompt_length if max_prompt_length is not None else max_length // 2)
-    return RewardExample([x.prompt_ids + x.completion_ids for x in whole], row.margin)
-
-
-def tokenize_rows(rows: list[RankedRow], tok: Any, cfg: RewardConfig, source: str) -> list[RewardExample]:
-    out = [tokenize_example(r, tok, cfg.max_length, cfg.max_prompt_length) for r in rows]
-    if not out:
-        raise AlignlabError(f"{source}: no preference examples to train on")
-    return out
-
-
-class RewardCollator:
-    """Examples -> right-padded [N, T] sequences (all completions of all examples) and `index` [B, K]
-    mapping each example's k-th completion to its row (-1 where a shorter list has none)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, examples: list[RewardExample]) -> dict[str, Any]:
-        import torch
-
-        seqs = [s for ex in examples for s in ex.sequences]
-        width, k = max(len(s) for s in seqs), max(len(ex.sequences) for ex in examples)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        index = torch.full((len(examples), k), -1, dtype=torch.long)
-        row = 0
-        for b, ex in enumerate(examples):
-            n = len(ex.sequences)
-            index[b, :n] = torch.arange(row, row + n)
-            row += n
-        margin = torch.tensor([ex.margin or 0.0 for ex in examples], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "index": index, "margin": margin,
-                "num_items": len(examples), "num_tokens": int(mask.sum())}
-
-
-# -- step ---------------------------------------------------------------------------------------
-
-
-def ranking_metrics(scores: Any, mask: Any) -> dict[str, Any]:
-    """accuracy: best completion scored above every other; chosen_score: the best's score; rejected_score:
-    the mean score of the others; margin = chosen_score - rejected_score (all means over examples)."""
-    import torch
-
-    best, rest = scores[:, 0], mask[:, 1:]
-    others = torch.where(rest, scores[:, 1:], torch.zeros_like(scores[:, 1:]))
-    rejected = others.sum(-1) / rest.sum(-1).clamp(min=1)
-    top_other = torch.where(rest, scores[:, 1:], torch.full_like(scores[:, 1:], float("-inf"))).max(-1).values
-    return {"accuracy": (best > top_other).float().mean(), "margin": (best - rejected).mean(),
-            "chosen_score": best.mean(), "rejected_score": rejected.mean()}
-
-
-class RewardStep:
-    """step_fn(model, batch) -> (mean loss over examples, metrics): score every sequence, then the loss."""
-
-    def __init__(self, loss: str, use_margin: bool = True, center_coef: float = 0.0):
-        self.loss, self.use_margin, self.center_coef = loss, use_margin, center_coef
-
-    def __call__(self, model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
-        from alignlab.losses.reward import bradley_terry, plackett_luce
-        from alignlab.models.heads import score
-
-        flat = score(model, batch["input_ids"], batch["attention_mask"])  # [N]
-        index = batch["index"]
-        mask = index >= 0
-        scores = flat[index.clamp(min=0)]  # [B, K]; absent slots are masked everywhere below
-        if self.loss == "plackett_luce":
-            losses, _ = plackett_luce(scores, mask)
-        else:
-            if scores.shape[1] != 2:
-                raise AlignlabError("bradley_terry needs pairs; ranked lists must be split into pairs first")
-            margin = batch["margin"] if self.use_margin else None
-            losses, _ = bradley_terry(scores[:, 0], scores[:, 1], margin, self.center_coef)
-        return losses.mean(), ranking_metrics(scores.detach(), mask)
-
-
-# -- run ----------------------------------------------------------------------------------------
-
-
-def load_split(cfg: RewardConfig, records: list | None = None,
-               eval_records: list | None = None) -> tuple[list[RankedRow], list[RankedRow]]:
-    """(train rows, eval rows): eval from eval_data or a seeded held-out split, made before lists become
-    pairs so no prompt's ranking is in both."""
-    from alignlab.recipes.sft import split_eval
+def load_split(cfg: RewardConfig, records: list | None = None, eval_records: list | None = None
+               ) -> tuple[Any, list, list]:
+    """(data.prepare.Split, train rows, scored eval rows): eval from eval_data or a seeded held-out split,
+    made before lists become pairs so no prompt's ranking is in both; in-memory records replace the files."""
+    from alignlab.data.prepare import run_split
+    from alignlab.data.ranked import as_pairs
 
     if not cfg.data and records is None:
         raise AlignlabError("data: give a preference file, e.g. data=../shared/data/llamafactory_demo/dpo_en_demo.json")
-    rows = load_examples_rows(cfg.data if records is None else records, cfg)
-    if cfg.eval_data or eval_records is not None:
-        held = load_examples_rows(cfg.eval_data if eval_records is None else eval_records, cfg)[: cfg.max_eval_rows]
-    else:
-        rows, held = split_eval(rows, cfg.eval_split, cfg.seed, cfg.max_eval_rows)
+    split = run_split(cfg, lambda src: load_examples_rows(src, cfg), records, eval_records)
+    rows, held = split.train, split.scored
     if cfg.loss == "bradley_terry":
         rows, held = as_pairs(rows), as_pairs(held)
-    return rows, held
+    return split, rows, held
 
 
-def load_reward_model(cfg: RewardConfig) -> tuple[Any, Any]:
-    """Tokenizer and scorer (LoRA-wrapped when cfg.lora; the head then trains in full via modules_to_save)."""
-    from alignlab.models.heads import load_scorer
-    from alignlab.models.load import load_tokenizer
+def tokenize_rows(rows: list, tokenizer: Any, cfg: RewardConfig, source: str) -> list:
+    from alignlab.data.ranked import ranked_examples
 
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_scorer(cfg.model)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.lora is not None:
-        from alignlab.models.lora import apply_lora
-
-        model = apply_lora(model, cfg.lora)
-    return tokenizer, model
-
-
-def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
-    """Move the adapter the loop saved to out/adapter and write the merged scorer to out."""
-    import shutil
-    from pathlib import Path
-
-    out = Path(out)
-    adapter = out / "adapter"
-    shutil.rmtree(adapter, ignore_errors=True)
-    adapter.mkdir()
-    for p in out.iterdir():
-        if p.is_file() and p.name.startswith("adapter_"):
-            p.rename(adapter / p.name)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    return ranked_examples(rows, tokenizer, cfg.max_length, cfg.max_prompt_length, source)
 
 
 def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: list | None = None,
@@ -330,9 +105,12 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     in-memory scorer + tokenizer and records (used instead of cfg.model / data / eval_data)."""
     import torch
 
-    from alignlab.recipes.sft import saved_config_text
-    from alignlab.train.checkpoint import is_peft
+    from alignlab.config import saved_config_text
+    from alignlab.data.mixture import data_label
+    from alignlab.data.ranked import RewardCollator
+    from alignlab.models.prepare import is_peft
     from alignlab.train.loop import evaluate, seed_everything, train
+    from alignlab.train.reward import RewardStep, finish_lora, load_reward_model
     from alignlab.train.world import World
 
     world = World.from_env(cfg.device)
@@ -340,8 +118,10 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)  # the new head's initial weights come from this seed
     tokenizer, model = load_reward_model(cfg) if model is None else (tokenizer, model)
-    rows, held = load_split(cfg, rows, eval_rows)
-    train_set = tokenize_rows(rows, tokenizer, cfg, cfg.data)
+    split, rows, held = load_split(cfg, rows, eval_rows)
+    if world.is_main:
+        split.save(cfg.output_dir)
+    train_set = tokenize_rows(rows, tokenizer, cfg, data_label(cfg.data))
     eval_set = tokenize_rows(held, tokenizer, cfg, cfg.eval_data or "held-out") if held else []
     collate = RewardCollator(tokenizer.pad_token_id)
     step_fn = RewardStep(cfg.loss, cfg.use_margin, cfg.center_coef)

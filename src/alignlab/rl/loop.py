@@ -10,7 +10,6 @@ checkpoint is loaded. metrics.jsonl is cut back to the checkpoint's step on resu
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,20 +66,19 @@ def build_state(cfg: Any, world: World, *, reference: bool, critic: bool) -> RLS
     """Policy (LoRA or full, dropout off), tokenizer, reward, the reference (before any resume), critic, optimizers."""
     import torch
 
-    from alignlab.recipes.sft import prepare_model
+    from alignlab.models.prepare import prepare_model
     from alignlab.rl.critic import build_critic, without_dropout
     from alignlab.rollout.rewards import get_reward
     from alignlab.train.optim import build_optimizer
+    from alignlab.train.reference import build_reference, resolve_reference_kind
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
-    lora = cfg.lora is not None
-    kind = cfg.reference if cfg.reference != "auto" else ("adapter" if lora else "model")
-    if kind == "adapter" and not lora:
-        raise AlignlabError("reference: adapter needs a LoRA policy (set lora: {...}) or use reference: model")
-    frozen = copy.deepcopy(policy).eval().requires_grad_(False) if reference and kind == "model" else None
+    kind = resolve_reference_kind(cfg.reference, policy)
+    # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
+    frozen = build_reference(policy, kind, bf16=cfg.bf16) if reference else None
     reward = get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options)
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
@@ -93,7 +91,8 @@ def build_state(cfg: Any, world: World, *, reference: bool, critic: bool) -> RLS
 
 def greedy_eval(state: RLState, rows: list) -> dict[str, float]:
     """Mean reward of greedy completions on held-out prompts (accuracy for 0/1 rewards); rank 0 only."""
-    from alignlab.rl.rollout import encode_rows, score_rows
+    from alignlab.eval.policy import score_rows
+    from alignlab.rl.rollout import encode_rows
     from alignlab.rollout.generate import SamplingConfig, generate
 
     cfg = state.cfg

@@ -17,20 +17,12 @@ from alignlab.errors import AlignlabError
 
 
 def read_prompts(spec: str, n: int, seed: int, cfg: Any) -> list:
-    """PromptRows of a built-in set (n of them) or of a file (all its rows, task=prompt)."""
-    from alignlab.recipes.prompts import BUILTIN_PREFIX, builtin_rows
+    """PromptRows of a built-in set (n of them) or of a file (all its rows, task=prompt, with the config's
+    format, column mapping and bad-row policy)."""
+    from alignlab.data.prompts import load_prompt_rows
 
-    if spec.startswith(BUILTIN_PREFIX):
-        return builtin_rows(spec, n, seed)
-    if not spec:
-        raise AlignlabError("data: give a prompt file or a built-in set such as builtin:sentiment")
-    from alignlab.data.sources import load_rows
-
-    rows = load_rows(spec, task="prompt", format=cfg.data_format, columns=cfg.columns or None,
-                     on_bad_row=cfg.on_bad_row).rows
-    if not rows:
-        raise AlignlabError(f"{spec}: no prompt rows")
-    return rows
+    return load_prompt_rows(spec, columns=cfg.columns or None, data_format=cfg.data_format,
+                            on_bad_row=cfg.on_bad_row, n=n, seed=seed)
 
 
 def _text(row: Any) -> str:

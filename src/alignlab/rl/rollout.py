@@ -95,20 +95,6 @@ def sharded_forward(fn: Callable[[torch.Tensor], torch.Tensor], n: int, size: in
     return world.all_gather_cat(local)
 
 
-def prompt_text(row: Any) -> Any:
-    """What the reward sees as the prompt: plain text for chat=False rows, the messages otherwise."""
-    return "".join(m["content"] for m in row.prompt) if not row.chat else row.prompt
-
-
-def score_rows(reward_fn: Callable, rows: list, texts: list[str], k: int) -> list[float]:
-    """Reward of each completion; rows[i] is repeated k times to line up with its samples."""
-    from alignlab.rollout.rewards import score
-
-    expanded = [r for r in rows for _ in range(k)]
-    fields = {"answer": [r.answer for r in expanded]} if any(r.answer is not None for r in rows) else {}
-    return score(reward_fn, [prompt_text(r) for r in expanded], texts, **fields)
-
-
 def encode_rows(tokenizer: Any, rows: list, max_prompt_length: int) -> list[list[int]]:
     """Prompt ids for generation, cut to `max_prompt_length` (the last tokens are kept) BEFORE sampling,
     so the sampler and the training forward see the same prompt."""
@@ -134,6 +120,8 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
         res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, mine, cfg.max_prompt_length),
                        sc, n=k)
     t_gen = time.perf_counter() - t0
+    from alignlab.eval.policy import score_rows
+
     rewards = score_rows(state.reward_fn, mine, [s.text for s in res.samples], k)
     parts = getattr(state.reward_fn, "last_components", {})  # a weighted reward list: each component, unweighted
     gathered = world.all_gather_objects((res.samples, rewards, parts))

@@ -15,7 +15,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model alias (tiny-random, smollm2-135m-instruct), local HF dir or hub id")
     p.add_argument("--prompts", metavar="FILE", help="prompt file (jsonl/json/parquet; any format alignlab "
                    "reads: prompt-only, TRL prompt/completion, messages, GSM8K question/answer, ...)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of the file")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of the file (records "
+                   "after them are not read)")
+    _data_args(p)
     p.add_argument("--n", type=int, default=None, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -27,6 +29,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sequences decoded together")
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     p.add_argument("--out", metavar="FILE.jsonl", help="write the results here (atomically)")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """How a prompt file is read: the same keys as training data (only the prompt fields are checked)."""
+    p.add_argument("--columns", default=None, metavar="MAPPING", help="column mapping for a table in no known "
+                   "format, e.g. 'prompt=Question,answer=Best Answer' (see `alignlab data inspect --help`)")
+    p.add_argument("--data-format", default=None, metavar="FORMAT", help="skip format detection (sharegpt, "
+                   "messages, preference, prompt-completion, prompt-only, alpaca, question-answer, hh)")
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="a record whose prompt is unusable stops the command (error) or is skipped and counted")
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -67,14 +79,11 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, device=args.device), load_tokenizer(args.model)
 
 
-def _file_prompts(path: str, limit: int | None) -> list[Any]:
-    from alignlab.data.sources import load_rows
+def _file_prompts(args: argparse.Namespace) -> list[Any]:
+    from alignlab.data.prompts import load_prompt_rows
 
-    rows = load_rows(path, task="prompt").rows
-    rows = rows[:limit] if limit is not None else rows
-    if not rows:
-        raise AlignlabError(f"{path}: no prompts found")
-    return rows
+    return load_prompt_rows(args.prompts, columns=args.columns, data_format=args.data_format,
+                            on_bad_row=args.on_bad_row, limit=args.limit)
 
 
 def _report(res) -> None:
@@ -96,7 +105,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AlignlabError("generate: give either --prompts FILE or one or more --prompt TEXT")
     cfg = _sampling(args)
     if args.prompts:
-        prompts = _file_prompts(args.prompts, args.limit)
+        prompts = _file_prompts(args)
     else:
         prompts = list(args.prompt) if args.raw else [[{"role": "user", "content": t}] for t in args.prompt]
     model, tok = _load(args)
@@ -168,7 +177,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
         raise AlignlabError("best-of-n: --prompts FILE and --out FILE.jsonl are required")
     cfg = _sampling(args)
     reward = get_reward(args.reward, **_reward_options(args.reward_arg))
-    prompts = _file_prompts(args.prompts, args.limit)
+    prompts = _file_prompts(args)
     model, tok = _load(args)
     res = sample_and_score(model, tok, prompts, reward, args.n or 4, cfg)
     records = build_records(res, args.mode, keep=args.keep, min_margin=args.min_margin,

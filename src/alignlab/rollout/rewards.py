@@ -352,3 +352,21 @@ def judge_reward(judge: Any = None, mode: str = "pointwise", reference_field: st
     from alignlab.rollout.judge_reward import make_judge_reward
 
     return make_judge_reward(judge, mode, reference_field, cache_size, failed_value)
+
+
+# ---------------------------------------------------------------- exact answer (builtin:reverse, builtin:add)
+
+
+def exact_match_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any] = (),
+                       **_: Any) -> list[float]:
+    """1.0 when the completion (whitespace stripped) equals the row's `answer` exactly, else 0.0.
+
+    Named in configs as `reward: exact_match` (or `alignlab.rollout.rewards:exact_match_reward`)."""
+    if len(answer) != len(completions):
+        raise AlignlabError("reward exact_match: the rows carry no 'answer' field (one per completion)")
+    return [1.0 if a is not None and c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+
+
+@register_reward("exact_match")
+def _exact_match() -> RewardFn:
+    return exact_match_reward

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.models.prepare import is_peft
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -44,10 +45,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config")
 
 
 def save_model(model: Any, directory: Path, tokenizer: Any = None, state_dict: dict | None = None) -> None:

@@ -142,11 +142,13 @@ class TrainConfig(OptimConfig, RunConfig):  # base order: RunConfig's keys list 
     data: str = ""
     """Training data file (jsonl, json, parquet, txt; TRL, Alpaca, ShareGPT formats are detected)."""
     eval_data: str | None = None
-    """Validation file; when empty, `eval_split` of the training rows are held out instead."""
+    """Validation file; when empty, `eval_split` of the training records are held out instead."""
     eval_split: float = 0.05
-    """Fraction of training rows held out for evaluation when `eval_data` is not given (0 disables evaluation)."""
+    """Fraction of the training records held out (seeded, never trained on) when `eval_data` is not given;
+    0 disables evaluation. The split is written to output_dir/split.json."""
     max_eval_rows: int = 200
-    """At most this many validation rows are scored at each evaluation (bounds the cost of eval on CPU)."""
+    """At most this many held-out rows are scored at each evaluation (cost only: the rest of the held-out
+    split is still never trained on)."""
     max_length: int = 1024
     """Longest tokenised sequence; longer rows are truncated by the data layer."""
     distributed: Literal["ddp", "fsdp"] = "ddp"

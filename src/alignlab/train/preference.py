@@ -8,8 +8,8 @@ Sums go to the sequences named by `seq_index` (chosen 0..B-1, rejected B..2B-1).
 
 References (issue 4 item 2) are objects with `logps(policy, batch) -> [2B] summed log-probs | None`:
 a separate frozen model, the LoRA base with the adapter disabled, precomputed values carried by the
-batch (train/refcache.py), or none. `choose_reference` picks one from the config and the LossMix's
-`needs_reference`; no loss name is ever compared here.
+batch (train/refcache.py), or none. `train.reference.choose_reference_kind` picks one from the config and
+the LossMix's `needs_reference` (no loss name is ever compared) and `step_reference` builds it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import torch
 
 from alignlab.errors import AlignlabError
 from alignlab.ops.logprobs import chunked_token_logprobs, token_logprobs
-
-REFERENCE_KINDS = ("auto", "model", "adapter", "cache", "none")
-
 
 # --------------------------------------------------------------------------- model plumbing
 
@@ -129,7 +126,9 @@ class ModelReference:
         self.chunk_size = chunk_size
         self.autocast_dtype = autocast_dtype
         if autocast_dtype is not None:
-            _lower_linear_weights(self.model, autocast_dtype)
+            from alignlab.train.reference import lower_linear_weights
+
+            lower_linear_weights(self.model, autocast_dtype)
 
     def logps(self, policy: Any, batch: dict) -> torch.Tensor:
         device = batch["input_ids"].device
@@ -138,20 +137,6 @@ class ModelReference:
         amp = torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with torch.no_grad(), amp:
             return sequence_logps(self.model, batch, chunk_size=self.chunk_size)[0]
-
-
-def _lower_linear_weights(model: Any, dtype: torch.dtype) -> None:
-    """Store a frozen model's Linear weights in the autocast dtype, once.
-
-    Autocast casts every Linear weight to `dtype` before its matmul anyway, and caches nothing for
-    frozen weights, so a reference under mixed precision paid a cast of each weight on every forward.
-    Embeddings (also a tied LM head) and norms keep their dtype, so the residual stream and every
-    result are exactly those of autocast over the full-precision weights, with about half the memory.
-    """
-    embedding = model.get_input_embeddings().weight
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
-            module.to(dtype)
 
 
 class AdapterReference:
@@ -191,29 +176,6 @@ class CachedReference:
         if "ref_chosen_logps" not in batch:
             raise AlignlabError("reference: cache, but the batch carries no ref_chosen_logps (was the cache built?)")
         return torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(torch.float32)
-
-
-def is_peft(model: Any) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def choose_reference_kind(kind: str, needs_reference: bool, policy: Any, has_ref_model: bool) -> str:
-    """Resolve `reference: auto` (and check the others) from what the losses need and what exists.
-
-    auto: none when no loss needs a reference; the disabled adapter for a LoRA policy without a
-    separate ref_model (no second copy); a frozen model otherwise.
-    """
-    if kind not in REFERENCE_KINDS:
-        raise AlignlabError(f"reference: must be one of {REFERENCE_KINDS}, got {kind!r}")
-    if not needs_reference:
-        return "none"
-    if kind == "none":
-        raise AlignlabError("reference: none, but a chosen loss needs reference log-probs")
-    if kind == "auto":
-        return "adapter" if is_peft(policy) and not has_ref_model else "model"
-    if kind == "adapter" and not is_peft(policy):
-        raise AlignlabError("reference: adapter needs a LoRA policy (set lora.enabled) or use reference: model")
-    return kind
 
 
 # --------------------------------------------------------------------------- the step function

@@ -1,5 +1,6 @@
-"""recipes.reward: ranked-list rows, full-sequence tokenisation, the collator's layout, the step's loss and
-metrics against hand-computed values (on the real tiny scorer), and config checks."""
+"""Reward-model parts (data.ranked, train.reward, recipes.reward's config): ranked-list rows, full-sequence
+tokenisation, the collator's layout, the step's loss and metrics against hand-computed values (on the real
+tiny scorer), and config checks."""
 
 import json
 import math
@@ -8,24 +9,22 @@ import pytest
 import torch
 
 from alignlab.config import ConfigError, load_config
+from alignlab.data.ranked import (
+    RankedRow,
+    RewardCollator,
+    RewardExample,
+    as_pairs,
+    load_ranked,
+    ranked_row,
+    tokenize_example,
+)
 from alignlab.data.rows import Origin, RowProblem
 from alignlab.errors import AlignlabError
 from alignlab.losses.reward import bradley_terry, plackett_luce
 from alignlab.models.heads import load_scorer, score
 from alignlab.models.load import load_tokenizer
-from alignlab.recipes.reward import (
-    RankedRow,
-    RewardCollator,
-    RewardConfig,
-    RewardExample,
-    RewardStep,
-    as_pairs,
-    load_examples_rows,
-    load_ranked,
-    ranked_row,
-    ranking_metrics,
-    tokenize_example,
-)
+from alignlab.recipes.reward import RewardConfig, load_examples_rows
+from alignlab.train.reward import RewardStep, ranking_metrics
 
 ORIGIN = Origin("f.jsonl", 0, 1)
 

@@ -1,0 +1,216 @@
+"""Rows to training examples, one copy for every trainer (sft, dpo, rm): read, split, tokenise.
+
+- `load_task_rows(path, task, ...)`: `data.sources.load_rows` with the config's format, column mapping and
+  bad-row policy; what was skipped or dropped is printed once.
+- `slice_records(rows, offset, limit)`: the `data_offset` / `data_limit` keys, by record index of the file.
+- `split_eval(rows, fraction, seed)`: the seeded held-out split, by record.
+- `train_eval_rows(cfg, load)`: the run's `Split` (train, held out, scored) from `cfg.eval_data` or the split;
+  `Split.save` writes output_dir/split.json (per source: file, sha256, slice, weight, record ids trained and
+  held out), which `alignlab eval` reads (`read_split`, `trained_records`) to warn when it scores rows a
+  checkpoint was trained on. `data` may be a mixture of sources (data/mixture.py).
+- `tokenize_rows(rows, tokenize, keep, source, max_length)`: examples that still hold a trained token after
+  truncation; the others are counted and dropped, and none left is an error naming the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+
+def load_task_rows(path: str, task: str, *, data_format: str | None = None, columns: Any = None,
+                   on_bad_row: str = "error") -> list:
+    """Validated rows of `task` from `path` (any format the data layer reads, or a column mapping)."""
+    from alignlab.data.sources import load_rows
+
+    result = load_rows(path, task=task, format=data_format, columns=columns, on_bad_row=on_bad_row)
+    if result.skipped or result.dropped:
+        dropped = f", dropped {dict(result.dropped)}" if result.dropped else ""
+        print(f"{path}: skipped bad records {dict(result.skipped)}{dropped}", flush=True)
+    return result.rows
+
+
+def record_id(row: Any, position: int) -> int:
+    """The row's record index in its file (rows converted from one record share it); its position otherwise."""
+    origin = getattr(row, "origin", None)
+    return origin.index if origin is not None else position
+
+
+def slice_records(rows: list, offset: int = 0, limit: int | None = None) -> list:
+    """Rows of records [offset, offset + limit) of their file (record indices, counted before bad records are
+    skipped, so a training and an evaluation config naming the same range mean the same records)."""
+    if offset == 0 and limit is None:
+        return rows
+    end = None if limit is None else offset + limit
+    return [r for i, r in enumerate(rows) if record_id(r, i) >= offset and (end is None or record_id(r, i) < end)]
+
+
+def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded held-out split by record: (train rows, held-out rows). round(fraction x records) records, at
+    least one when fraction > 0, are held out; every row of a held-out record is held out with it. The split
+    depends on the rows, the fraction and the seed only."""
+    ids = sorted({record_id(r, i) for i, r in enumerate(rows)})
+    if fraction <= 0 or len(ids) < 2:
+        return rows, []
+    random.Random(seed).shuffle(ids)
+    held = ids[: max(1, round(fraction * len(ids)))]
+    rank = {rid: k for k, rid in enumerate(held)}
+    train = [r for i, r in enumerate(rows) if record_id(r, i) not in rank]
+    out = sorted(((rank[record_id(r, i)], i, r) for i, r in enumerate(rows) if record_id(r, i) in rank),
+                 key=lambda t: t[:2])
+    return train, [r for _, _, r in out]
+
+
+@dataclass
+class Split:
+    """The rows a run trains on and scores, and what split.json records about them."""
+
+    train: list
+    held_out: list
+    """Every held-out row (never trained on)."""
+    scored: list
+    """The held-out rows evaluation scores: the first max_eval_rows of `held_out` (cost only)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Split settings and `sources`: per data source its file, sha256, slice, weight, counts, record ids."""
+
+    def save(self, output_dir: str | Path) -> Path:
+        """Write output_dir/split.json (`info`)."""
+        path = Path(output_dir) / "split.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.info, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def _ids(rows: list) -> list[int]:
+    return sorted({record_id(r, i) for i, r in enumerate(rows)})
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 of a data file's bytes; None for a directory or a hub id."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
+    """The run's Split. Training rows are records [data_offset, data_offset + data_limit) of `cfg.data` (or of
+    each source of a mixture, data/mixture.py); the held-out rows are `cfg.eval_data` or a seeded `eval_split`
+    of those records, per source (decided by eval_split and seed alone); `max_eval_rows` only bounds how many
+    held-out rows are scored, never what is trained on. A mixture's sources are weighted after the split."""
+    from alignlab.data.mixture import sources_of, weighted
+
+    sources = sources_of(cfg.data, getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None))
+    train, held, parts = [], [], []
+    for k, src in enumerate(sources):
+        rows = slice_records(load(src.path), src.data_offset, src.data_limit)
+        part_held: list = []
+        if not cfg.eval_data:
+            rows, part_held = split_eval(rows, cfg.eval_split, cfg.seed)
+        used = weighted(rows, src.weight, cfg.seed + k) if src.weight != 1.0 else rows
+        train += used
+        held += part_held
+        parts.append({"data": src.path, "sha256": file_sha256(src.path), "data_offset": src.data_offset,
+                      "data_limit": src.data_limit, "weight": src.weight, "train_rows": len(used),
+                      "train_records": _ids(rows), "held_out_records": _ids(part_held)})
+    if cfg.eval_data:
+        held = load(cfg.eval_data)
+        parts.append({"data": str(cfg.eval_data), "sha256": file_sha256(cfg.eval_data), "eval_data": True,
+                      "train_records": [], "held_out_records": _ids(held)})
+    if len(sources) > 1:
+        print("data mixture: " + "; ".join(f"{p['data']} {p['train_rows']} train rows (weight {p['weight']:g} "
+                                           f"of {len(p['train_records'])} records), {len(p['held_out_records'])} "
+                                           "held out" for p in parts if "weight" in p), flush=True)
+    info = {"eval_split": 0.0 if cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
+            "max_eval_rows": cfg.max_eval_rows, "scored_rows": min(len(held), cfg.max_eval_rows), "sources": parts}
+    return Split(train, held, held[: cfg.max_eval_rows], info)
+
+
+def trained_records(split: dict, data: str) -> set[int]:
+    """Record ids of file `data` that the run whose split.json is `split` trained on (matched by sha256, or by
+    path when a hash is not available); empty when it did not train on that file."""
+    digest = file_sha256(data)
+    out: set[int] = set()
+    for part in split.get("sources", []):
+        same = (digest == part.get("sha256")) if digest and part.get("sha256") else (
+            str(Path(data).resolve()) == str(Path(part.get("data", "")).resolve()))
+        if same:
+            out |= set(part.get("train_records", []))
+    return out
+
+
+def read_split(run_dir: str | Path) -> dict | None:
+    """The split.json a training run wrote in `run_dir` (or the run folder above a checkpoint), else None."""
+    for d in (Path(run_dir), Path(run_dir).parent):
+        path = d / "split.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def tokenize_rows(rows: Sequence[Any], tokenize: Callable[[Any], Any], keep: Callable[[Any], bool], source: str,
+                  max_length: int) -> list:
+    """`tokenize(row)` for every row, keeping the examples `keep` accepts (a completion token survived
+    truncation); the dropped ones are counted, and no example left is an error."""
+    out = [ex for ex in (tokenize(r) for r in rows) if keep(ex)]
+    if len(out) < len(rows):
+        print(f"{source}: {len(rows) - len(out)} rows have no completion token left within max_length "
+              f"{max_length}; dropped", flush=True)
+    if not out:
+        raise AlignlabError(f"{source}: no trainable rows (raise max_length?)")
+    return out
+
+
+def sft_examples(rows: Sequence[Any], tokenizer: Any, max_length: int, source: str) -> list:
+    """TokenizedSFT examples with at least one trained token (a label past the first position)."""
+    from alignlab.data.tokenize import tokenize_sft
+
+    return tokenize_rows(rows, lambda r: tokenize_sft(r, tokenizer, max_length),
+                         lambda ex: any(label != -100 for label in ex.labels[1:]), source, max_length)
+
+
+def preference_examples(rows: Sequence[Any], tokenizer: Any, max_length: int, max_prompt_length: int | None,
+                        source: str, paired: bool = True) -> list:
+    """Tokenised pairs (or unpaired examples); ones left with an empty completion are dropped, as TRL does."""
+    from alignlab.data.tokenize import tokenize_pair, tokenize_unpaired
+
+    if paired:
+        return tokenize_rows(rows, lambda r: tokenize_pair(r, tokenizer, max_length, max_prompt_length),
+                             lambda ex: bool(ex.chosen_ids and ex.rejected_ids), source, max_length)
+    return tokenize_rows(rows, lambda r: tokenize_unpaired(r, tokenizer, max_length, max_prompt_length),
+                         lambda ex: bool(ex.completion_ids), source, max_length)
+
+
+def run_split(cfg: Any, load: Callable[[Any], list], records: list | None = None,
+              eval_records: list | None = None) -> Split:
+    """The run's Split: from cfg's files (train_eval_rows), or from in-memory records (the Python API): their
+    held-out rows are `eval_records` or a seeded `eval_split` of `records`, bounded for scoring by max_eval_rows."""
+    if records is None:
+        if not cfg.data:
+            raise AlignlabError("data: give a training file (or pass records from Python)")
+        return train_eval_rows(cfg, load)
+    train = load(records)
+    if eval_records is not None:
+        held = load(eval_records)
+    else:
+        train, held = split_eval(train, cfg.eval_split, cfg.seed)
+    info = {"data": "in memory", "eval_split": 0.0 if eval_records is not None else cfg.eval_split,
+            "seed": cfg.seed, "train_rows": len(train), "held_out_rows": len(held)}
+    return Split(train, held, held[: cfg.max_eval_rows], info)

@@ -1,0 +1,177 @@
+"""Reward-model data: ranked rows (a prompt and two or more completions, best first), their tokens, batches.
+
+- Preference files of any format the data layer reads (TRL, ShareGPT, HH, a column mapping ...) give
+  pairs, which are ranked lists of two; a row's `margin` is kept.
+- Ranked-list files, one JSON object per record (jsonl/json/parquet):
+      {"prompt": "text" | [messages], "completions": ["best", "second", ...]}
+  All-text records are plain text (EOS appended); otherwise the chat template is used.
+- `as_pairs` turns a list into its K(K-1)/2 (better, worse) pairs (InstructGPT, sec. 3.5).
+
+Every completion is one full sequence, prompt + completion, tokenised jointly by `data.tokenize`. When the
+longest completion does not fit `max_length`, the prompt is cut the same way for every completion of the
+example, so they are compared on the same context. `RewardCollator` right-pads all sequences of a batch
+and maps each example's k-th completion to its row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+from alignlab.data.rows import Message, Origin
+from alignlab.errors import AlignlabError
+
+
+@dataclass
+class RankedRow:
+    """A prompt and two or more completions, best first (a preference pair is a list of two)."""
+
+    prompt: list[Message]
+    completions: list[list[Message]]
+    chat: bool = True
+    margin: float | None = None
+    origin: Origin | None = None
+
+
+@dataclass
+class RewardExample:
+    """Token ids of each full sequence (prompt + completion), best first, and the pair's margin."""
+
+    sequences: list[list[int]]
+    margin: float | None = None
+
+
+def ranked_row(rec: dict, origin: Origin) -> RankedRow:
+    """One `{"prompt", "completions"}` record -> RankedRow; a bad record raises RowProblem."""
+    from alignlab.data.formats import assistant, need, to_messages, user
+    from alignlab.data.rows import RowProblem, text_of
+
+    comps, prompt = need(rec, "completions"), need(rec, "prompt")
+    if not isinstance(comps, list) or len(comps) < 2:
+        raise RowProblem("wrong_type", "completions", "expected a list of at least two completions, best first")
+    chat = not (isinstance(prompt, str) and all(isinstance(c, str) for c in comps))
+    p = to_messages(prompt, "prompt", "user") if chat else [user(prompt)]
+    out = [to_messages(c, f"completions[{i}]", "assistant") if chat else [assistant(c)] for i, c in enumerate(comps)]
+    if not text_of(p).strip():
+        raise RowProblem("empty_prompt", "prompt", "the prompt is empty")
+    for i, c in enumerate(out):
+        if not text_of(c).strip():
+            raise RowProblem("empty_completion", f"completions[{i}]", "the completion is empty")
+    return RankedRow(p, out, chat=chat, origin=origin)
+
+
+def is_ranked_file(path: str, data_format: str | None, columns: Any) -> bool:
+    """A ranked-list file: data_format `ranked`, or (nothing forced) a first record with `completions` and no
+    `chosen`."""
+    if data_format == "ranked":
+        return True
+    if data_format is not None or columns is not None:
+        return False
+    from alignlab.data.readers import read_records
+
+    first = next((r.value for r in read_records(path).records if isinstance(r.value, dict)), {})
+    return "completions" in first and "chosen" not in first
+
+
+def load_ranked(path: str, on_bad_row: str) -> list[RankedRow]:
+    """Ranked rows of a ranked-list file; a bad record is an error naming it, or skipped and counted."""
+    from alignlab.data.readers import read_records
+    from alignlab.data.rows import RowProblem
+
+    read = read_records(path)
+    if read.problems and on_bad_row == "error":
+        raise AlignlabError(f"{path}: {read.problems[0]}")
+    rows, skipped = [], len(read.problems)
+    for rec in read.records:
+        origin = Origin(read.source, rec.index, rec.line)
+        try:
+            if not isinstance(rec.value, dict):
+                raise RowProblem("wrong_type", None, f"expected a JSON object, got {type(rec.value).__name__}")
+            rows.append(ranked_row(rec.value, origin))
+        except RowProblem as e:
+            if on_bad_row == "error":
+                raise AlignlabError(f"{origin}: field '{e.field}': {e.kind}: {e.message}") from None
+            skipped += 1
+    if skipped:
+        print(f"{path}: skipped {skipped} bad records", flush=True)
+    return rows
+
+
+def load_ranked_rows(path: str, *, data_format: str | None = None, columns: Any = None,
+                     on_bad_row: str = "error") -> list[RankedRow]:
+    """Ranked rows from a ranked-list file or any preference file the data layer reads."""
+    from alignlab.data.prepare import load_task_rows
+
+    if is_ranked_file(path, data_format, columns):
+        return load_ranked(path, on_bad_row)
+    fmt = None if data_format == "ranked" else data_format
+    rows = load_task_rows(path, "preference", data_format=fmt, columns=columns, on_bad_row=on_bad_row)
+    return [RankedRow(r.prompt, [r.chosen, r.rejected], r.chat, r.margin, r.origin) for r in rows]
+
+
+def as_pairs(rows: list[RankedRow]) -> list[RankedRow]:
+    """Lists -> every (better, worse) pair (InstructGPT sec. 3.5); pairs stay as they are."""
+    out = []
+    for r in rows:
+        if len(r.completions) == 2:
+            out.append(r)
+            continue
+        for i, j in combinations(range(len(r.completions)), 2):
+            out.append(RankedRow(r.prompt, [r.completions[i], r.completions[j]], r.chat, None, r.origin))
+    return out
+
+
+def tokenize_example(row: RankedRow, tok: Any, max_length: int, max_prompt_length: int | None) -> RewardExample:
+    """Each completion's full sequence; when the longest does not fit, every prompt is cut to the same budget."""
+    from alignlab.data.rows import UnpairedRow
+    from alignlab.data.tokenize import tokenize_unpaired
+
+    def tokenized(limit: int | None, budget: int | None) -> list:
+        return [tokenize_unpaired(UnpairedRow(row.prompt, c, True, row.chat, row.origin), tok, limit, budget)
+                for c in row.completions]
+
+    whole = tokenized(None, None)
+    n_prompt = max(len(x.prompt_ids) for x in whole)
+    longest = max(len(x.completion_ids) for x in whole)
+    too_long = max_prompt_length is not None and n_prompt > max_prompt_length
+    if n_prompt + longest > max_length or too_long:
+        whole = tokenized(max_length, max_prompt_length if max_prompt_length is not None else max_length // 2)
+    return RewardExample([x.prompt_ids + x.completion_ids for x in whole], row.margin)
+
+
+def ranked_examples(rows: list[RankedRow], tok: Any, max_length: int, max_prompt_length: int | None,
+                    source: str) -> list[RewardExample]:
+    """RewardExamples of the rows (data.prepare.tokenize_rows: none left is an error naming `source`)."""
+    from alignlab.data.prepare import tokenize_rows
+
+    return tokenize_rows(rows, lambda r: tokenize_example(r, tok, max_length, max_prompt_length),
+                         lambda ex: all(ex.sequences), source, max_length)
+
+
+class RewardCollator:
+    """Examples -> right-padded [N, T] sequences (all completions of all examples) and `index` [B, K]
+    mapping each example's k-th completion to its row (-1 where a shorter list has none)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[RewardExample]) -> dict[str, Any]:
+        import torch
+
+        seqs = [s for ex in examples for s in ex.sequences]
+        width, k = max(len(s) for s in seqs), max(len(ex.sequences) for ex in examples)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        index = torch.full((len(examples), k), -1, dtype=torch.long)
+        row = 0
+        for b, ex in enumerate(examples):
+            n = len(ex.sequences)
+            index[b, :n] = torch.arange(row, row + n)
+            row += n
+        margin = torch.tensor([ex.margin or 0.0 for ex in examples], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "index": index, "margin": margin,
+                "num_items": len(examples), "num_tokens": int(mask.sum())}

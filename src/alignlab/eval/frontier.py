@@ -1,0 +1,170 @@
+"""The reward-vs-KL frontier (DPO paper, Rafailov et al. 2023, Sec. 6.1, Fig. 2 left): points, envelopes, plot.
+
+A point is one (method, hyper-parameter, checkpoint): mean reward of its samples on held-out prompts and
+its KL to the base (eval/policy.py). A method's frontier is its envelope, the best reward reached at each
+KL budget. Best-of-N gets the analytic KL log N - (N - 1) / N (Stiennon et al. 2020, App. G.3); beam
+search on a DPO policy is search on its implicit reward. `recipes/frontier.py` runs the sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.eval.report import png_figure
+
+DPO_FAMILY = ("dpo", "ipo", "simpo")
+RL_METHODS = ("ppo", "grpo")
+
+
+def beam_reward(cfg: Any, policy: Any, ctx: dict) -> dict:
+    """Mean reward of beam search on the policy (= search on the implicit reward) vs one sample per prompt."""
+    from alignlab.eval.policy import score_rows
+    from alignlab.rollout.beam import BeamConfig, beam_search
+
+    hyps = beam_search(policy, ctx["tokenizer"], ctx["eval_rows"], BeamConfig(cfg.beam_width, cfg.max_new_tokens))
+    rewards = score_rows(ctx["reward_fn"], ctx["eval_rows"], [h.text for h in hyps], 1)
+    return {"num_beams": cfg.beam_width, "reward": sum(rewards) / len(rewards)}
+
+
+def run_best_of_n(cfg: Any, ns: list[float], ctx: dict) -> list[dict]:
+    """Best-of-N from the base model: reward of the best of the first N samples of each held-out prompt; KL is
+    the analytic log N - (N - 1) / N (Stiennon et al. 2020), exact for distinct samples."""
+    import math
+
+    from alignlab.eval.policy import score_rows
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    rows, k, top = ctx["eval_rows"], cfg.eval_samples, int(max(ns))
+    res = generate(ctx["base"], ctx["tokenizer"], rows, SamplingConfig(max_new_tokens=cfg.max_new_tokens,
+                                                                     seed=cfg.seed + 7), n=top * k)
+    rewards = score_rows(ctx["reward_fn"], rows, [s.text for s in res.samples], top * k)
+    out = []
+    for n in sorted(int(x) for x in ns):
+        best = [max(rewards[(i * k + j) * top:(i * k + j) * top + n]) for i in range(len(rows)) for j in range(k)]
+        mean = sum(best) / len(best)
+        out.append({"method": "best_of_n", "value": n, "points": [
+            {"step": 0, "reward": mean, "reward_se": None, "kl": math.log(n) - (n - 1) / n, "kl_se": 0.0}]})
+    return out
+
+
+def envelope(points: list[dict]) -> list[tuple[float, float]]:
+    """The frontier of a set of points: (kl, best reward at KL <= kl), at each point where it rises."""
+    best, out = float("-inf"), []
+    for p in sorted(points, key=lambda p: (p["kl"], -p["reward"])):
+        if p["reward"] > best:
+            best = p["reward"]
+            out.append((p["kl"], best))
+    return out
+
+
+def frontier_summary(runs: dict[str, dict]) -> dict:
+    """Each method's envelope and the method whose envelope is highest on average over the KL range every
+    method covers (a step function evaluated on 50 points from 0 to the smallest of the methods' largest KL)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in runs.values():
+        by_method.setdefault(r["method"], []).extend(p for p in r["points"] if p.get("kl") is not None)
+    env = {m: envelope(ps) for m, ps in by_method.items() if ps}
+    if not env:
+        return {"envelopes": {}, "highest": None, "best": {}}
+    kl_max = min(max(p["kl"] for p in ps) for ps in by_method.values() if ps)
+    grid = [kl_max * i / 49 for i in range(50)] if kl_max > 0 else [0.0]
+
+    def height(e: list[tuple[float, float]]) -> float:
+        vals = [max((r for k, r in e if k <= g), default=e[0][1]) for g in grid]
+        return sum(vals) / len(vals)
+
+    heights = {m: height(e) for m, e in env.items()}
+    top = max(heights.values())
+    leaders = [m for m, h in heights.items() if h == top]
+    best = {m: {"reward": e[-1][1], "kl": e[-1][0]} for m, e in env.items()}
+    return {"envelopes": env, "mean_reward_on_common_kl": heights, "common_kl_range": [0.0, kl_max],
+            "highest": leaders[0] if len(leaders) == 1 else "tie: " + ", ".join(leaders), "best": best}
+
+
+def plot_frontier(runs: dict[str, dict], summary: dict, path: Path) -> Path:
+    """Reward against KL: every point faint, each method's envelope as a line (DPO paper, Fig. 2 left)."""
+    colours = {"dpo": "#1f77b4", "ipo": "#17becf", "simpo": "#9467bd", "ppo": "#d62728", "grpo": "#ff7f0e",
+               "best_of_n": "#2ca02c"}
+    with png_figure(path, (6.4, 4.2), dpi=90) as (fig, ax):
+        for r in runs.values():
+            pts = [p for p in r["points"] if p.get("kl") is not None]
+            ax.scatter([p["kl"] for p in pts], [p["reward"] for p in pts], s=12, alpha=0.35,
+                       color=colours.get(r["method"], "grey"))
+        for m, e in summary["envelopes"].items():
+            ax.plot([k for k, _ in e], [r for _, r in e], "o-", color=colours.get(m, "grey"), label=m, ms=4)
+        ax.set_xlabel("KL(policy || base), nats per completion")
+        ax.set_ylabel("mean VADER reward, held-out prompts")
+        ax.set_title("reward vs KL frontier")
+        ax.legend()
+    return path
+
+
+@dataclass
+class FrontierConfig:
+    model: str = "smollm2-135m-instruct"
+    """Base policy of every run (tiny-random for a smoke run)."""
+    output_dir: str = "runs/frontier"
+    """points.json, frontier.png, the shared preference pairs and one folder per run."""
+    sweep: dict[str, list[float]] = field(default_factory=lambda: {
+        "dpo": [0.05, 0.1, 0.5], "ppo": [0.02, 0.1, 0.5], "grpo": [0.02, 0.1, 0.5], "best_of_n": [2, 4, 8, 16]})
+    """Method -> values: beta for dpo/ipo/simpo, the KL coefficient for ppo/grpo, N for best_of_n."""
+    train_prompts: int = 256
+    """Training prompts (DPO pairs are sampled from the base model on these; RL rolls out on them)."""
+    samples_per_prompt: int = 4
+    """Base-model samples per training prompt; best vs worst make a DPO pair."""
+    eval_prompts: int = 32
+    """Held-out prompts every point is measured on (disjoint from the training prompts)."""
+    eval_samples: int = 2
+    """Samples per held-out prompt for a point's reward and KL."""
+    max_new_tokens: int = 24
+    """Tokens per completion everywhere."""
+    steps: int = 40
+    """Optimizer steps per DPO run, RL steps per PPO/GRPO run."""
+    eval_every: int = 10
+    """Measure a point every N steps (and at step 0 and the end)."""
+    batch_size: int = 8
+    """Pairs per DPO step; prompts per RL step."""
+    num_generations: int = 4
+    """GRPO's samples per prompt (PPO samples one)."""
+    dpo_learning_rate: float = 5e-4
+    """LoRA learning rate of the DPO-family runs."""
+    rl_learning_rate: float = 1e-4
+    """LoRA learning rate of the PPO and GRPO runs."""
+    lora_r: int = 16
+    """LoRA rank of every trained run (alpha = 2r)."""
+    beam_width: int = 4
+    """Beams for the beam-search reward of each DPO-family run's final policy (0: skip)."""
+    seed: int = 0
+    """Seeds prompts, sampling and training."""
+    cpu_threads: int = 0
+    """torch threads (0: torch's default)."""
+
+    def validate(self) -> None:
+        known = set(DPO_FAMILY) | set(RL_METHODS) | {"best_of_n"}
+        bad = set(self.sweep) - known
+        if bad:
+            raise AlignlabError(f"sweep: unknown methods {sorted(bad)}; choose from {sorted(known)}")
+        if self.train_prompts + self.eval_prompts > 712:
+            raise AlignlabError("train_prompts + eval_prompts: at most 712 distinct movie-review openings exist")
+        if min(self.steps, self.eval_every, self.batch_size, self.eval_prompts, self.eval_samples) < 1:
+            raise AlignlabError("steps, eval_every, batch_size, eval_prompts and eval_samples must be >= 1")
+
+
+def frontier_context(cfg: FrontierConfig, out: Path) -> dict:
+    """What every run shares: tokenizer, base model, reward, disjoint train/held-out prompts, the eval."""
+    from alignlab.data.builtin import builtin_rows
+    from alignlab.eval.policy import score_policy
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rollout.rewards import get_reward
+
+    tokenizer, base = load_tokenizer(cfg.model), load_model(cfg.model)
+    rows = builtin_rows("sentiment", cfg.train_prompts + cfg.eval_prompts, cfg.seed)
+    ctx = {"tokenizer": tokenizer, "base": base, "reward_fn": get_reward("sentiment"),
+           "train_rows": rows[:cfg.train_prompts], "eval_rows": rows[cfg.train_prompts:]}
+    ctx["eval_fn"] = lambda model: score_policy(model, tokenizer, ctx["eval_rows"], ctx["reward_fn"],
+                                                n=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
+                                                seed=cfg.seed + 3)
+    return ctx

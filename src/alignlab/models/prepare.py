@@ -1,0 +1,29 @@
+"""A policy ready to train: tokenizer and model, LoRA-wrapped when the config asks; and what "peft" means.
+
+`is_peft` is the one test every path uses (checkpoint save/load, FSDP weights, the reference choice): a
+peft `PeftModel` wrapper, which saves only its adapter and can switch it off (`disable_adapter`) to
+compute its base model. A DDP wrapper hides both attributes, so callers pass the unwrapped model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def is_peft(model: Any) -> bool:
+    """True for a peft model (LoRA adapter on a base model): it has an adapter config and can disable it."""
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def prepare_model(cfg: Any) -> tuple[Any, Any]:
+    """Tokenizer and causal LM of `cfg.model`, with LoRA adapters when `cfg.lora` is set (any config with
+    `model` and `lora` fields: the training configs, the RL configs)."""
+    from alignlab.models.load import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model)
+    if cfg.lora is not None:
+        from alignlab.models.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora)
+    return tokenizer, model

@@ -1,0 +1,128 @@
+"""The reference model, resolved and built in one place (DPO family, RL, the demo, `explain`, eval).
+
+A reference is the policy's starting point that KL terms and implicit rewards compare against. It is one
+of two things:
+
+- "adapter": the LoRA policy with its adapter switched off (models.lora.adapter_disabled) computes its base
+  weights exactly, so no second copy is held (torchtune's `disable_adapter`); only a peft policy has one.
+- "model": a separate frozen model in eval mode: `source` (a model name/path or a loaded model), else a
+  copy of the policy's current (starting) weights, with a LoRA adapter folded in.
+
+`resolve_reference_kind` decides which ("auto": the adapter for a LoRA policy, else a model) and
+`build_reference` builds it. The preference step's reference objects (a model, the adapter, cached
+log-probs, none) come from `step_reference`, which uses both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.models.prepare import is_peft
+
+REFERENCE_KINDS = ("auto", "model", "adapter", "cache", "none")
+
+
+def resolve_reference_kind(requested: str, policy: Any) -> str:
+    """"adapter" or "model" for `requested` in auto / adapter / model; "adapter" needs a LoRA policy."""
+    if requested == "auto":
+        return "adapter" if is_peft(policy) else "model"
+    if requested == "adapter":
+        if not is_peft(policy):
+            raise AlignlabError("reference: adapter needs a LoRA policy (set lora: {r: 16, ...}) or use "
+                                "reference: model")
+        return "adapter"
+    if requested == "model":
+        return "model"
+    raise AlignlabError(f"reference: must be auto, adapter or model here, got {requested!r}")
+
+
+def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any = None, bf16: bool = False) -> Any:
+    """The frozen reference model for `kind` "model" (None for "adapter": the policy's disabled adapter serves).
+
+    source: a model name/path (loaded by models.load), a loaded model, or None for a copy of the policy
+    as it is now (callers build the reference before training, so this is the starting point; a LoRA
+    policy's copy has its adapter merged). device: where it lives (None: the policy's device). bf16: its
+    Linear weights are stored in bfloat16 once, for use under bf16 autocast (same numbers as autocast
+    over float32 weights, no per-step casts, half the memory).
+    """
+    import copy
+
+    import torch
+
+    if kind == "adapter":
+        resolve_reference_kind("adapter", policy)  # a clear error for a policy without LoRA
+        return None
+    if kind != "model":
+        raise AlignlabError(f"build_reference: kind must be 'adapter' or 'model', got {kind!r}")
+    if isinstance(source, str):
+        from alignlab.models.load import load_model
+
+        model = load_model(source)
+    elif source is not None:
+        model = source
+    else:
+        model = copy.deepcopy(policy)
+        if is_peft(model):
+            model = model.merge_and_unload()
+    if device is None:
+        device = next(policy.parameters()).device
+    model = model.to(device).eval().requires_grad_(False)
+    if bf16:
+        lower_linear_weights(model, torch.bfloat16)
+    return model
+
+
+def lower_linear_weights(model: Any, dtype: Any) -> None:
+    """Store a frozen model's Linear weights in the autocast dtype, once.
+
+    Autocast casts every Linear weight to `dtype` before its matmul anyway, and caches nothing for
+    frozen weights, so a reference under mixed precision paid a cast of each weight on every forward.
+    Embeddings (also a tied LM head) and norms keep their dtype, so the residual stream and every
+    result are exactly those of autocast over the full-precision weights, with about half the memory.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
+            module.to(dtype)
+
+
+def choose_reference_kind(kind: str, needs_reference: bool, policy: Any, has_ref_model: bool) -> str:
+    """The preference step's kind (none, adapter, model, cache) from the config's `reference`, what the
+    losses need and whether a separate ref_model is given.
+
+    auto: none when no loss needs a reference; a separate ref_model when given; else resolve_reference_kind
+    (the disabled adapter for a LoRA policy, no second copy; a frozen model otherwise).
+    """
+    if kind not in REFERENCE_KINDS:
+        raise AlignlabError(f"reference: must be one of {REFERENCE_KINDS}, got {kind!r}")
+    if not needs_reference:
+        return "none"
+    if kind == "none":
+        raise AlignlabError("reference: none, but a chosen loss needs reference log-probs")
+    if kind == "auto" and has_ref_model:
+        return "model"
+    if kind == "cache":
+        return kind
+    return resolve_reference_kind(kind, policy)
+
+
+def step_reference(kind: str, policy: Any, *, source: Any = None, chunk_size: int = 1024, bf16: bool = False) -> Any:
+    """The preference step's reference object for `kind` (train/preference.py): NoReference, CachedReference,
+    AdapterReference, or ModelReference over build_reference(policy, "model", source=...)."""
+    from alignlab.train.preference import AdapterReference, CachedReference, ModelReference, NoReference
+
+    if kind == "none":
+        return NoReference()
+    if kind == "cache":
+        return CachedReference()
+    if kind == "adapter":
+        build_reference(policy, "adapter")
+        return AdapterReference(chunk_size)
+    import torch
+
+    model = build_reference(policy, "model", source=source)
+    # Under bf16 autocast the frozen reference keeps its Linear weights in bf16: same numbers, no per-step casts.
+    return ModelReference(model, chunk_size, autocast_dtype=torch.bfloat16 if bf16 else None)

@@ -1,0 +1,83 @@
+"""Reward-model training parts: the scorer (scalar head, optional LoRA), the step, its metrics, LoRA output.
+
+The step scores every sequence of a `data.ranked.RewardCollator` batch at its last real token
+(`models.heads.score`) and applies `losses.reward.bradley_terry` (pairs; optional margin, Llama 2 eq. 2,
+and centring) or `plackett_luce` (K-wise ranked lists, best first).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+
+def ranking_metrics(scores: Any, mask: Any) -> dict[str, Any]:
+    """accuracy: best completion scored above every other; chosen_score: the best's score; rejected_score:
+    the mean score of the others; margin = chosen_score - rejected_score (all means over examples)."""
+    import torch
+
+    best, rest = scores[:, 0], mask[:, 1:]
+    others = torch.where(rest, scores[:, 1:], torch.zeros_like(scores[:, 1:]))
+    rejected = others.sum(-1) / rest.sum(-1).clamp(min=1)
+    top_other = torch.where(rest, scores[:, 1:], torch.full_like(scores[:, 1:], float("-inf"))).max(-1).values
+    return {"accuracy": (best > top_other).float().mean(), "margin": (best - rejected).mean(),
+            "chosen_score": best.mean(), "rejected_score": rejected.mean()}
+
+
+class RewardStep:
+    """step_fn(model, batch) -> (mean loss over examples, metrics): score every sequence, then the loss."""
+
+    def __init__(self, loss: str, use_margin: bool = True, center_coef: float = 0.0):
+        self.loss, self.use_margin, self.center_coef = loss, use_margin, center_coef
+
+    def __call__(self, model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
+        from alignlab.losses.reward import bradley_terry, plackett_luce
+        from alignlab.models.heads import score
+
+        flat = score(model, batch["input_ids"], batch["attention_mask"])  # [N]
+        index = batch["index"]
+        mask = index >= 0
+        scores = flat[index.clamp(min=0)]  # [B, K]; absent slots are masked everywhere below
+        if self.loss == "plackett_luce":
+            losses, _ = plackett_luce(scores, mask)
+        else:
+            if scores.shape[1] != 2:
+                raise AlignlabError("bradley_terry needs pairs; ranked lists must be split into pairs first")
+            margin = batch["margin"] if self.use_margin else None
+            losses, _ = bradley_terry(scores[:, 0], scores[:, 1], margin, self.center_coef)
+        return losses.mean(), ranking_metrics(scores.detach(), mask)
+
+
+def load_reward_model(cfg: Any) -> tuple[Any, Any]:
+    """Tokenizer and scorer of `cfg.model` (LoRA-wrapped when cfg.lora; the head then trains in full via
+    peft's modules_to_save)."""
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_scorer(cfg.model)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora is not None:
+        from alignlab.models.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora)
+    return tokenizer, model
+
+
+def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
+    """Move the adapter the loop saved to out/adapter and write the merged scorer to out."""
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    adapter = out / "adapter"
+    shutil.rmtree(adapter, ignore_errors=True)
+    adapter.mkdir()
+    for p in out.iterdir():
+        if p.is_file() and p.name.startswith("adapter_"):
+            p.rename(adapter / p.name)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))

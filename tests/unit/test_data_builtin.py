@@ -1,0 +1,41 @@
+"""data/builtin.py (the builtin: prompt source) and the exact_match reward that scores its digit tasks."""
+
+import pytest
+
+from alignlab.data.builtin import builtin_rows, digit_problems
+from alignlab.errors import AlignlabError
+from alignlab.rollout.rewards import exact_match_reward, get_reward, score
+
+
+def test_builtin_rows_are_seeded_plain_prompts_with_answers():
+    a, b = builtin_rows("builtin:reverse", 5, seed=2), builtin_rows("reverse", 5, seed=2)
+    assert [r.prompt for r in a] == [r.prompt for r in b]
+    assert all(not r.chat and r.answer == r.prompt[0]["content"][:-1][::-1] for r in a)
+    assert builtin_rows("builtin:sentiment", 3, seed=0)[0].answer is None
+    with pytest.raises(AlignlabError, match="builtin:sentiment"):
+        builtin_rows("builtin:nope", 1)
+    assert all(p.endswith("=") for p, _ in digit_problems("add", 4))
+
+
+def test_exact_match_by_name_and_by_function():
+    """' 321' strips to '321' (1.0); '32' is wrong (0.0); the registry name gives the same function."""
+    assert exact_match_reward(["1="] * 2, [" 321", "32"], answer=["321", "321"]) == [1.0, 0.0]
+    assert score(get_reward("exact_match"), ["1="], ["7"], answer=["7"]) == [1.0]
+    with pytest.raises(AlignlabError, match="answer"):
+        exact_match_reward(["1="], ["1"])
+
+
+def test_load_prompt_rows_reads_builtin_sets_and_files(tmp_path):
+    from alignlab.data.prompts import load_prompt_rows
+
+    rows = load_prompt_rows("builtin:add", n=4, seed=1)
+    assert len(rows) == 4 and rows == builtin_rows("builtin:add", 4, seed=1)
+    assert len(load_prompt_rows("builtin:sentiment", limit=3)) == 3  # limit doubles as n
+    with pytest.raises(AlignlabError, match="number of prompts"):
+        load_prompt_rows("builtin:add")
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": ""}\n{"prompt": "c"}\n')
+    with pytest.raises(AlignlabError, match="empty_prompt"):
+        load_prompt_rows(str(f))
+    assert [r.prompt[0]["content"] for r in load_prompt_rows(str(f), on_bad_row="skip")] == ["a", "c"]
+    assert len(load_prompt_rows(str(f), limit=1)) == 1  # the bad record after the first is never read

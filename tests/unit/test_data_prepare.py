@@ -1,0 +1,128 @@
+"""data/prepare.py: the held-out split is decided by eval_split and seed alone (max_eval_rows bounds only what
+is scored), it is made by record (the rows of one record never straddle it), data_offset/data_limit name
+records of the file, and split.json records what a run trained on."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from alignlab.config import ConfigError
+from alignlab.data.prepare import (
+    file_sha256,
+    read_split,
+    slice_records,
+    split_eval,
+    train_eval_rows,
+    trained_records,
+)
+from alignlab.data.sources import load_rows
+from alignlab.recipes.dpo import DPOConfig
+
+
+def _pairs(path, n, bad=()):
+    lines = [json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) if i not in bad
+             else json.dumps({"prompt": f"q{i}"}) for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _cfg(data, **kw):
+    base = dict(data=data, eval_data=None, eval_split=0.2, seed=3, max_eval_rows=200, data_offset=0, data_limit=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def _load(task="preference", on_bad_row="error"):
+    return lambda path: load_rows(path, task=task, on_bad_row=on_bad_row).rows
+
+
+def _ids(rows):
+    return [r.origin.index for r in rows]
+
+
+def test_max_eval_rows_bounds_what_is_scored_never_what_is_trained(tmp_path):
+    """300 records, eval_split 0.2: 60 held out whatever max_eval_rows is (the old code trained on 292 with
+    max_eval_rows=8, moving 52 held-out rows into training); only the first 8 held-out rows are scored."""
+    data = _pairs(tmp_path / "p.jsonl", 300)
+    small = train_eval_rows(_cfg(data, max_eval_rows=8), _load())
+    large = train_eval_rows(_cfg(data, max_eval_rows=200), _load())
+    assert (len(small.train), len(small.held_out), len(small.scored)) == (240, 60, 8)
+    assert _ids(small.train) == _ids(large.train) and _ids(small.held_out) == _ids(large.held_out)
+    assert _ids(small.scored) == _ids(large.held_out)[:8]
+    assert not set(_ids(small.train)) & set(_ids(small.held_out))
+
+
+def test_split_is_by_record_and_seeded(tmp_path):
+    """Unpaired rows (chosen and rejected of one record) stay on one side; same seed, same split."""
+    data = _pairs(tmp_path / "p.jsonl", 40)
+    rows = _load("unpaired")(data)
+    train, held = split_eval(rows, 0.25, seed=1)
+    assert len(held) == 20 and len(train) == 60  # 10 of 40 records, two rows each
+    assert not set(_ids(train)) & set(_ids(held))
+    assert _ids(split_eval(rows, 0.25, seed=1)[1]) == _ids(held)
+    assert _ids(split_eval(rows, 0.25, seed=2)[1]) != _ids(held)
+    assert split_eval(rows, 0.0, seed=1) == (rows, [])
+
+
+def test_data_offset_and_limit_count_records_of_the_file(tmp_path):
+    """Records 2 and 5 are bad and skipped; records [3, 7) are 3, 4, 6: indices are those of the file."""
+    data = _pairs(tmp_path / "p.jsonl", 10, bad=(2, 5))
+    rows = _load(on_bad_row="skip")(data)
+    assert _ids(slice_records(rows, 3, 4)) == [3, 4, 6]
+    assert _ids(slice_records(rows, 8)) == [8, 9]
+    split = train_eval_rows(_cfg(data, data_offset=3, data_limit=4, eval_split=0.0), _load(on_bad_row="skip"))
+    assert _ids(split.train) == [3, 4, 6] and split.held_out == []
+
+
+def test_split_json_names_the_file_its_hash_and_the_records(tmp_path):
+    data = _pairs(tmp_path / "p.jsonl", 20)
+    split = train_eval_rows(_cfg(data, data_offset=5, data_limit=10, eval_split=0.2, max_eval_rows=1), _load())
+    path = split.save(tmp_path / "run")
+    saved = json.loads(path.read_text())
+    (src,) = saved["sources"]
+    assert src["data"] == data and src["sha256"] == file_sha256(data) and len(src["sha256"]) == 64
+    assert (src["data_offset"], src["data_limit"], saved["eval_split"], saved["seed"]) == (5, 10, 0.2, 3)
+    assert sorted(src["train_records"] + src["held_out_records"]) == list(range(5, 15))
+    assert len(src["held_out_records"]) == 2 and saved["scored_rows"] == 1
+    assert trained_records(saved, data) == set(src["train_records"])
+    assert trained_records(saved, _pairs(tmp_path / "other.jsonl", 3)) == set()  # another file (another hash)
+    (tmp_path / "run" / "checkpoint-4").mkdir()
+    assert read_split(tmp_path / "run" / "checkpoint-4") == saved  # found from a checkpoint folder too
+    assert read_split(tmp_path) is None
+
+
+def test_mixture_splits_each_source_then_weights_its_training_rows(tmp_path, capsys):
+    """a: 20 records, b: 10. eval_split 0.2 holds out 4 of a and 2 of b; weight 0.5 keeps a seeded half of
+    a's 16 training rows (8), weight 2 counts b's 8 twice (16): 24 training rows, 6 held out."""
+    a, b = _pairs(tmp_path / "a.jsonl", 20), _pairs(tmp_path / "b.jsonl", 10)
+    mix = [{"path": a, "weight": 0.5}, {"path": b, "weight": 2.0}]
+    split = train_eval_rows(_cfg(mix, eval_split=0.2), _load())
+    assert (len(split.train), len(split.held_out)) == (24, 6)
+    parts = split.info["sources"]
+    assert [(p["train_rows"], len(p["train_records"]), len(p["held_out_records"])) for p in parts] == [
+        (8, 16, 4), (16, 8, 2)]
+    held = {(r.origin.file, r.origin.index) for r in split.held_out}
+    assert not held & {(r.origin.file, r.origin.index) for r in split.train}
+    assert "data mixture:" in capsys.readouterr().out
+    assert _ids(train_eval_rows(_cfg(mix, eval_split=0.2), _load()).train) == _ids(split.train)  # seeded
+
+
+def test_mixture_config_keys(tmp_path):
+    from alignlab.config import load_config
+    from alignlab.recipes.sft import SFTConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  - {path: a.jsonl, weight: 0.5}\n  - b.jsonl\n")
+    loaded = load_config(SFTConfig, cfg)
+    assert [(s.path, s.weight) for s in loaded.data] == [("a.jsonl", 0.5), ("b.jsonl", 1.0)]
+    with pytest.raises(ConfigError, match="weight"):
+        load_config(SFTConfig, cfg, ["data=[{path: a.jsonl, weight: 0}]"])
+    with pytest.raises(ConfigError, match="single data file"):
+        load_config(SFTConfig, cfg, ["data_limit=5"])
+
+
+def test_slice_keys_are_checked():
+    with pytest.raises(ConfigError, match="data_offset"):
+        DPOConfig(data="x", data_offset=-1).validate()
+    with pytest.raises(ConfigError, match="data_limit"):
+        DPOConfig(data="x", data_limit=0).validate()
