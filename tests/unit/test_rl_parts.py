@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from alignlab.config import load_config
+from alignlab.data import builtin as P
 from alignlab.errors import AlignlabError
 from alignlab.losses.advantages import get_estimator
 from alignlab.losses.policy import FixedKLController, get_policy_loss
-from alignlab.data import builtin as P
 from alignlab.rl.config import OnlineDPOConfig, PPOConfig
 from alignlab.rl.config import PolicyGradientConfig as OnlineConfig
 from alignlab.rl.loop import RLState
