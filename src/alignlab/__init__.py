@@ -1,7 +1,7 @@
 """alignlab: post-training for language models. Importing this package does no work.
 
 The Python API (alignlab.api) is re-exported lazily: `alignlab.sft`, `alignlab.dpo`, `alignlab.reward_model`,
-`alignlab.evaluate`, `alignlab.generate`, `alignlab.RunResult` and `alignlab.Callback` import their modules
+`alignlab.grpo`, `alignlab.ppo`, `alignlab.online_dpo`, `alignlab.evaluate`, `alignlab.generate`, `alignlab.RunResult` and `alignlab.Callback` import their modules
 (and torch) on first use, so `import alignlab` stays instant.
 """
 
@@ -17,6 +17,9 @@ _LAZY = {
     "reward_model": "alignlab.api",
     "evaluate": "alignlab.api",
     "generate": "alignlab.api",
+    "grpo": "alignlab.api",
+    "ppo": "alignlab.api",
+    "online_dpo": "alignlab.api",
     "RunResult": "alignlab.api",
     "Callback": "alignlab.train.callbacks",
 }

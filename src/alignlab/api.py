@@ -24,7 +24,6 @@ behaves as on the command line (checkpoints, final model, metrics.jsonl, config.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 
-__all__ = ["RunResult", "dpo", "evaluate", "generate", "reward_model", "sft"]
+__all__ = ["RunResult", "dpo", "evaluate", "generate", "grpo", "online_dpo", "ppo", "reward_model", "sft"]
 
 
 @dataclass
@@ -206,40 +205,26 @@ def _run(job: _Job, load: Any, recipe_run: Any, callbacks: Any, **extra: Any) ->
 def sft(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
         eval_data: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
     """Supervised fine-tuning (`alignlab sft`); keys are SFTConfig's (see `alignlab sft --help`)."""
+    from alignlab.models.prepare import prepare_model
     from alignlab.recipes import sft as recipe
 
     job = _job(recipe.SFTConfig, config, keys, model, tokenizer, data, eval_data)
-    return _run(job, recipe.prepare_model, recipe.run, callbacks)
+    return _run(job, prepare_model, recipe.run, callbacks)
 
 
 def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_model: Any = None,
         data: Any = None, eval_data: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
     """The DPO family (`alignlab dpo`); keys are DPOConfig's (see `alignlab dpo --help`)."""
+    from alignlab.models.prepare import prepare_model
     from alignlab.recipes import dpo as recipe
 
     if ref_model is not None and _is_path(ref_model):
         keys["ref_model"], ref_model = os.fspath(ref_model), None
     job = _job(recipe.DPOConfig, config, keys, model, tokenizer, data, eval_data)
-    if (job.model is not None or ref_model is not None) and job.cfg.reference == "cache":
-        raise AlignlabError("reference: cache keys its files by model path; with an in-memory model use "
-                            "reference=model (or auto)")
     if ref_model is not None:
         job.cfg.ref_model = _model_label(ref_model)
-    elif job.model is not None and job.cfg.ref_model is None and job.cfg.lora is None:
-        ref_model = _frozen_start(job)
-    return _run(job, recipe.load_policy, recipe.run, callbacks, ref_model=ref_model)
-
-
-def _frozen_start(job: _Job) -> Any:
-    """The reference of an in-memory policy: a copy of its weights before training, when a loss needs one."""
-    from alignlab.losses import combine
-    from alignlab.train.preference import choose_reference_kind
-
-    cfg = job.cfg
-    needs = combine(cfg.loss, cfg.loss_weights, cfg.loss_params).needs_reference
-    if choose_reference_kind(cfg.reference, needs, job.model, False) != "model":
-        return None
-    return copy.deepcopy(job.model)
+    # an in-memory policy without ref_model: the recipe's reference is a frozen copy of its starting weights
+    return _run(job, prepare_model, recipe.run, callbacks, ref_model=ref_model)
 
 
 def reward_model(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
@@ -247,11 +232,67 @@ def reward_model(config: Any = None, /, *, model: Any = None, tokenizer: Any = N
     """A reward model (`alignlab rm`); keys are RewardConfig's. An in-memory `model` must be a scorer
     (AutoModelForSequenceClassification with num_labels=1); a path or alias gets a new scalar head."""
     from alignlab.recipes import reward as recipe
+    from alignlab.train.reward import load_reward_model
 
     job = _job(recipe.RewardConfig, config, keys, model, tokenizer, data, eval_data)
     if job.model is not None and getattr(job.model.config, "pad_token_id", 0) is None:
         job.model.config.pad_token_id = job.tokenizer.pad_token_id
-    return _run(job, recipe.load_reward_model, recipe.run, callbacks)
+    return _run(job, load_reward_model, recipe.run, callbacks)
+
+
+def _rl(cls: type, recipe_run: Any, config: Any, keys: dict[str, Any], model: Any, tokenizer: Any, data: Any,
+        eval_data: Any, reward: Any, callbacks: Any) -> RunResult:
+    """An online RL run: `data` may also be a built-in set name ("builtin:sentiment"), `reward` a callable
+    reward(prompts, completions, **fields) -> list[float] (its name goes to config.yaml)."""
+    reward_fn = None
+    if callable(reward):
+        reward_fn, keys["reward"] = reward, f"<python {getattr(reward, '__name__', 'reward')}>"
+    elif reward is not None:
+        keys["reward"] = reward
+    if isinstance(data, str) and data.startswith("builtin:"):
+        keys["data"], data = data, None
+    job = _job(cls, config, keys, model, tokenizer, data, eval_data)
+    return _run(job, _prepare, recipe_run, callbacks, reward_fn=reward_fn)
+
+
+def _prepare(cfg: Any) -> tuple[Any, Any]:
+    from alignlab.models.prepare import prepare_model
+
+    return prepare_model(cfg)
+
+
+def grpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
+         eval_data: Any = None, reward: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """GRPO and the critic-free estimators (`alignlab grpo`); keys are PolicyGradientConfig's. `data`: prompt
+    records, a file or "builtin:NAME"; `reward`: a registered name, a list, or a Python callable."""
+    from functools import partial
+
+    from alignlab.recipes.rl import run
+    from alignlab.rl.config import PolicyGradientConfig
+
+    return _rl(PolicyGradientConfig, partial(run, label="grpo"), config, keys, model, tokenizer, data, eval_data,
+               reward, callbacks)
+
+
+def ppo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
+        eval_data: Any = None, reward: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """PPO with a critic (`alignlab ppo`); keys are PPOConfig's; objects as for `grpo`."""
+    from functools import partial
+
+    from alignlab.recipes.rl import run
+    from alignlab.rl.config import PPOConfig
+
+    return _rl(PPOConfig, partial(run, label="ppo"), config, keys, model, tokenizer, data, eval_data, reward,
+               callbacks)
+
+
+def online_dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
+               eval_data: Any = None, reward: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """Online DPO (`alignlab online-dpo`); keys are OnlineDPOConfig's; objects as for `grpo`."""
+    from alignlab.recipes.online_dpo import run
+    from alignlab.rl.config import OnlineDPOConfig
+
+    return _rl(OnlineDPOConfig, run, config, keys, model, tokenizer, data, eval_data, reward, callbacks)
 
 
 def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None = None,

@@ -15,7 +15,8 @@ def blocks() -> list[str]:
 def test_the_page_has_the_promised_examples():
     code = "\n".join(blocks())
     for needle in ("alignlab.sft(", "alignlab.dpo(", "datasets.Dataset", "model.model.layers", "alignlab.evaluate(",
-                   '"judge"', "alignlab.Callback", "alignlab.generate("):
+                   '"judge"', "alignlab.Callback", "alignlab.generate(",
+                   "alignlab.grpo(", "def prefers_short"):
         assert needle in code, needle
 
 

@@ -44,9 +44,8 @@ def test_import_alignlab_is_lazy():
             "'alignlab.api') if m in sys.modules]; print(heavy, sorted(alignlab.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}).stdout
-    assert out.startswith("[] ['Callback', 'RunResult', 'dpo', 'evaluate', 'generate', 'reward_model', 'sft']")
-    with pytest.raises(AttributeError, match="no attribute 'grpo'"):
-        alignlab.grpo  # noqa: B018 (added after the RL rewrite)
+    assert out.startswith("[] ['Callback', 'RunResult', 'dpo', 'evaluate', 'generate', 'grpo', 'online_dpo', "
+                          "'ppo', 'reward_model', 'sft']")
 
 
 @pytest.mark.parametrize(("command", "function", "rows", "extra"), [
@@ -67,6 +66,38 @@ def test_cli_and_python_function_give_the_same_metrics(tmp_path, command, functi
     assert from_file.output_dir == tmp_path / "py" and (tmp_path / "py" / "report.html").is_file()
     assert from_list.output_dir is None and from_file.final_eval == {
         k: v for k, v in from_file.train.evals[-1].items() if k != "step"}
+
+
+PROMPTS = [{"prompt": f"Tell me about {w}."} for w in "cats rain tea jazz maps salt wolves clocks bread snow".split()]
+RL = {"model": "tiny-random", "max_steps": 2, "batch_size": 4, "progress": "none", "cpu_threads": 1,
+      "max_new_tokens": 6, "eval_prompts": 2, "eval_split": 0.2, "learning_rate": 1e-3}
+
+
+def length_reward(prompts, completions, **_):
+    return [float(len(c)) for c in completions]
+
+
+@pytest.mark.parametrize(("command", "function", "extra"), [
+    ("grpo", "grpo", {"num_generations": 2}),
+    ("ppo", "ppo", {"mini_batch_size": 2}),
+    ("online-dpo", "online_dpo", {}),
+])
+def test_rl_cli_and_python_function_give_the_same_metrics(tmp_path, command, function, extra):
+    """The same prompts and reward through the CLI (a file and a reward named by path) and through Python (a
+    list of dicts and the function object): identical metrics but for wall-clock ones."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    keys = {**RL, **extra}
+    assert main([command, f"data={data}", f"output_dir={tmp_path / 'cli'}", f"reward={__file__}:length_reward",
+                 *cli_args(keys)]) == 0
+    run = getattr(alignlab, function)(data=PROMPTS, reward=length_reward, output_dir=None, **keys)
+    cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+
+    def steady(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+
+    assert len([r for r in cli if "reward_mean" in r]) == 2 and any("eval_reward" in r for r in cli)
+    assert steady(run.metrics) == steady(cli)
+    assert run.final_eval == {"eval_reward": cli[-2]["eval_reward"]} and run.output_dir is None
 
 
 def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_path):

@@ -15,8 +15,10 @@ from typing import Any
 from alignlab.rl.config import OnlineDPOConfig
 
 
-def run(cfg: OnlineDPOConfig) -> list[dict]:
-    """Train; returns per-step metrics (also in output_dir/metrics.jsonl) and saves the policy."""
+def run(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, rows: Any = None,
+        eval_rows: Any = None, reward_fn: Any = None, callbacks: Any = ()) -> Any:
+    """Train; returns the rl.loop.RLResult (metrics also in output_dir/metrics.jsonl) and saves the policy.
+    alignlab.api passes in-memory model + tokenizer, prompt records and a reward callable."""
     from alignlab.losses import combine
     from alignlab.rl.loop import build_state, train_rl
     from alignlab.rl.update import dpo_step
@@ -27,9 +29,10 @@ def run(cfg: OnlineDPOConfig) -> list[dict]:
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
     mix = combine(cfg.loss, cfg.loss_weights, cfg.loss_params)
-    state = build_state(cfg, world, reference=mix.needs_reference, critic=False)
+    state = build_state(cfg, world, reference=mix.needs_reference, critic=False, model=model, tokenizer=tokenizer,
+                        reward_fn=reward_fn)
     reference: Any = NoReference()
     if mix.needs_reference:
         reference = ModelReference(state.reference) if state.reference is not None else AdapterReference()
     state.dpo = PreferenceStep(mix, reference, beta=cfg.beta)
-    return train_rl(state, dpo_step, "online-dpo")
+    return train_rl(state, dpo_step, "online-dpo", records=rows, eval_records=eval_rows, callbacks=callbacks)

@@ -12,11 +12,15 @@ every step by construction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alignlab.rl.config import PolicyGradientConfig
 
 
-def run(cfg: PolicyGradientConfig, label: str = "grpo") -> list[dict]:
-    """Train; returns the per-step metrics (also in output_dir/metrics.jsonl) and saves the policy."""
+def run(cfg: PolicyGradientConfig, label: str = "grpo", *, model: Any = None, tokenizer: Any = None,
+        rows: Any = None, eval_rows: Any = None, reward_fn: Any = None, callbacks: Any = ()) -> Any:
+    """Train; returns the rl.loop.RLResult (metrics also in output_dir/metrics.jsonl) and saves the policy.
+    alignlab.api passes in-memory model + tokenizer, prompt records and a reward callable."""
     from alignlab.losses.advantages import get_estimator
     from alignlab.losses.policy import AdaptiveKLController, FixedKLController, get_policy_loss
     from alignlab.rl.loop import build_state, train_rl
@@ -27,8 +31,9 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo") -> list[dict]:
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
     estimator = get_estimator(cfg.estimator)
-    state = build_state(cfg, world, reference=True, critic=estimator.needs_critic)
+    state = build_state(cfg, world, reference=True, critic=estimator.needs_critic, model=model, tokenizer=tokenizer,
+                        reward_fn=reward_fn)
     state.estimator, state.objective = estimator, get_policy_loss(cfg.policy_loss)
     state.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                     if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
-    return train_rl(state, pg_step, label)
+    return train_rl(state, pg_step, label, records=rows, eval_records=eval_rows, callbacks=callbacks)

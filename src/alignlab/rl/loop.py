@@ -21,6 +21,20 @@ from alignlab.train.world import World
 
 
 @dataclass
+class RLResult:
+    """What an RL run returns (the Python API's RunResult wraps it)."""
+
+    step: int
+    """RL steps completed."""
+    history: list[dict]
+    """This process's per-step metrics and evaluations, in order (also in output_dir/metrics.jsonl)."""
+
+    @property
+    def evals(self) -> list[dict]:
+        return [h for h in self.history if "eval_reward" in h]
+
+
+@dataclass
 class RLState:
     """What the step functions read: the models, their optimizers, and the pieces the config selects."""
 
@@ -62,8 +76,10 @@ class RLState:
         return lambda last: self.world.no_sync(model, not last)
 
 
-def build_state(cfg: Any, world: World, *, reference: bool, critic: bool) -> RLState:
-    """Policy (LoRA or full, dropout off), tokenizer, reward, the reference (before any resume), critic, optimizers."""
+def build_state(cfg: Any, world: World, *, reference: bool, critic: bool, model: Any = None, tokenizer: Any = None,
+                reward_fn: Callable | None = None) -> RLState:
+    """Policy (LoRA or full, dropout off), tokenizer, reward, the reference (before any resume), critic, optimizers.
+    model + tokenizer, reward_fn: in-memory objects (the Python API) used instead of cfg.model / cfg.reward."""
     import torch
 
     from alignlab.models.prepare import prepare_model
@@ -74,12 +90,12 @@ def build_state(cfg: Any, world: World, *, reference: bool, critic: bool) -> RLS
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
-    tokenizer, policy = prepare_model(cfg)
+    tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
     kind = resolve_reference_kind(cfg.reference, policy)
     # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
     frozen = build_reference(policy, kind, bf16=cfg.bf16) if reference else None
-    reward = get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options)
+    reward = reward_fn or get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options)
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:
@@ -158,10 +174,12 @@ def _summary(label: str, history: list[dict], out: Path) -> None:
 
 def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], label: str, *,
              on_step: Callable[[RLState, int], None] | None = None,
-             prompts: tuple[list, list] | None = None, callbacks: tuple = ()) -> list[dict]:
+             prompts: tuple[list, list] | None = None, records: Any = None, eval_records: Any = None,
+             callbacks: Any = ()) -> RLResult:
     """Run the RL steps with checkpoints, exact resume, held-out evals and live metrics; returns this
     process's per-step metrics (also in output_dir/metrics.jsonl) and saves the policy (and critic).
-    prompts: (train, held-out) PromptRows given in memory instead of cfg.data's split. callbacks (train.callbacks)
+    prompts: (train, held-out) PromptRows given in memory instead of cfg.data's split; records / eval_records:
+    in-memory prompt records (any supported format) split as cfg.data would be. callbacks (train.callbacks)
     see every log, eval, save and step end; one may ask to stop (the step is evaluated and the model saved)."""
     from alignlab.config import config_text
     from alignlab.rl.prompts import split_prompts, write_split
@@ -175,7 +193,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     if cfg.batch_size % world.size:
         raise AlignlabError(f"batch_size ({cfg.batch_size} prompts) must be a multiple of the world size ({world.size})")
     if prompts is None:
-        train_rows, eval_rows, split = split_prompts(cfg)
+        train_rows, eval_rows, split = split_prompts(cfg, records, eval_records)
     else:
         (train_rows, eval_rows), split = prompts, {"data": "in memory", "train_prompts": len(prompts[0]),
                                                    "eval_prompts": len(prompts[1])}
@@ -194,7 +212,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     if start >= n_total:
         print(f"{label}: {out} holds a finished run ({start}/{n_total} steps); nothing to do (a larger max_steps "
               "continues it, resume=never starts over)", flush=True)
-        return []
+        return RLResult(start, [])
     if ckpt is not None:
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
     events = run_events(cfg, out, world, n_total, start, callbacks)
@@ -245,4 +263,4 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     world.barrier()
     if world.is_main:
         _summary(label, history, out)
-    return history
+    return RLResult(done, history)

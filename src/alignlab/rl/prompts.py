@@ -16,9 +16,14 @@ from typing import Any
 from alignlab.errors import AlignlabError
 
 
-def read_prompts(spec: str, n: int, seed: int, cfg: Any) -> list:
-    """PromptRows of a built-in set (n of them) or of a file (all its rows, task=prompt, with the config's
-    format, column mapping and bad-row policy)."""
+def read_prompts(spec: Any, n: int, seed: int, cfg: Any) -> list:
+    """PromptRows of a built-in set (n of them), a file, or in-memory records (the Python API): task=prompt,
+    with the config's format, column mapping and bad-row policy."""
+    if not isinstance(spec, str):
+        from alignlab.data.sources import load_rows
+
+        return load_rows(spec, task="prompt", format=cfg.data_format, columns=cfg.columns or None,
+                         on_bad_row=cfg.on_bad_row).rows
     from alignlab.data.prompts import load_prompt_rows
 
     return load_prompt_rows(spec, columns=cfg.columns or None, data_format=cfg.data_format,
@@ -29,22 +34,24 @@ def _text(row: Any) -> str:
     return json.dumps(row.prompt, sort_keys=True)
 
 
-def split_prompts(cfg: Any) -> tuple[list, list, dict[str, Any]]:
-    """(train prompts, held-out prompts, the split record)."""
+def split_prompts(cfg: Any, records: Any = None, eval_records: Any = None) -> tuple[list, list, dict[str, Any]]:
+    """(train prompts, held-out prompts, the split record); in-memory records replace cfg.data / eval_data."""
     import torch
 
     n_eval = cfg.eval_prompts
-    if cfg.data.startswith("builtin:"):
+    data = cfg.data if records is None else records
+    eval_data = cfg.eval_data if eval_records is None else eval_records
+    if isinstance(data, str) and data.startswith("builtin:"):
         rows = read_prompts(cfg.data, cfg.num_prompts + n_eval, cfg.seed, cfg)
         train, tail = rows[:cfg.num_prompts], rows[cfg.num_prompts:]
         seen = {_text(r) for r in train}
         held = [i for i, r in enumerate(tail, cfg.num_prompts) if _text(r) not in seen]
         evals = [rows[i] for i in held]
     else:
-        rows = read_prompts(cfg.data, 0, cfg.seed, cfg)
-        if cfg.eval_data or cfg.eval_split == 0 or n_eval == 0:
+        rows = read_prompts(data, 0, cfg.seed, cfg)
+        if eval_data or cfg.eval_split == 0 or n_eval == 0:
             train, held = rows, []
-            evals = read_prompts(cfg.eval_data, 0, cfg.seed, cfg) if cfg.eval_data and n_eval else []
+            evals = read_prompts(eval_data, 0, cfg.seed, cfg) if eval_data and n_eval else []
         else:
             k = max(1, round(cfg.eval_split * len(rows)))
             perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
@@ -53,8 +60,9 @@ def split_prompts(cfg: Any) -> tuple[list, list, dict[str, Any]]:
             train = [r for i, r in enumerate(rows) if i not in drop]
             evals = [rows[i] for i in held]
     evals = evals[:n_eval]
-    record = {"data": cfg.data, "eval_data": cfg.eval_data, "train_prompts": len(train),
-              "eval_prompts": len(evals), "eval_indices": held[:n_eval] if not cfg.eval_data else None,
+    record = {"data": str(data), "eval_data": None if eval_data is None else str(eval_data),
+              "train_prompts": len(train), "eval_prompts": len(evals),
+              "eval_indices": held[:n_eval] if not eval_data else None,
               "eval_sha256": hashlib.sha256("\n".join(_text(r) for r in evals).encode()).hexdigest()}
     if len(train) < cfg.batch_size:
         raise AlignlabError(f"data: {len(train)} training prompts for batch_size {cfg.batch_size}")
