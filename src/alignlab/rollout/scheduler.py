@@ -1,0 +1,405 @@
+"""Continuous batching: one scheduler thread owns the model and decodes every live sequence together.
+
+`generate()` decodes a fixed batch until its last row ends; a server cannot wait for that, because requests
+arrive at any time. Here a request is prefilled alone (its n samples share the prefill, as in generate.py),
+then its rows JOIN the running batch at the next decode step, and a row LEAVES the batch (and the KV cache)
+the step it finishes or its client goes away. One decode step is one forward over all live rows, whoever
+they belong to, so 8 concurrent 32-token requests cost about 32 decode steps, not 8 x 32 (vLLM's and
+Orca's iteration-level scheduling, Yu et al. 2022, OSDI, section 3).
+
+The batched KV cache (rollout/batch_cache.py) is right-aligned; position ids are per row, so a row sees
+exactly the positions it would see alone.
+
+Each request has its own `torch.Generator` seeded with its seed, and draws one uniform per live row of
+that request per step, in row order (prompts sorted longest first, then samples), exactly as `generate()`
+draws for one batch; tokens are picked by `generate.sample_next`. So a seeded request gives the same tokens
+whatever else shares the server's batch, and the tokens of `generate(..., SamplingConfig(seed=s), n=n)` when
+its rows fit in one generate batch (on CPU a generator's draws are the same one at a time or in a block;
+logits agree up to float reassociation of batched kernels). Log-probs are under softmax(logits / T), like
+`SamplingConfig.logprobs` (what an RL trainer needs; greedy: T = 1).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.rollout.batch_cache import batch_layer_cls, full_attention
+from alignlab.rollout.encode import eos_token_ids
+from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next
+
+__all__ = ["Engine", "QueueFull", "Request", "SeqParams"]
+
+@dataclass
+class SeqParams:
+    """How one request is sampled (every sample of every prompt of it)."""
+
+    max_tokens: int
+    """Most tokens generated per sample (EOS included)."""
+    temperature: float = 1.0
+    """0 = greedy (argmax); else logits are divided by it before sampling."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = off)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = off)."""
+    stop: list[str] = field(default_factory=list)
+    """A sample finishes ('stop') once its decoded text contains one of these."""
+    seed: int = 0
+    """Seed of the per-sample generators."""
+    logprobs: int | None = None
+    """None: no log-probs; k >= 0: the sampled token's log-prob and the k most likely alternatives."""
+    ignore_eos: bool = False
+    """Keep decoding past EOS until max_tokens (benchmarks, tests)."""
+
+
+class QueueFull(AlignlabError):
+    """The waiting queue holds `max_queue` requests already."""
+
+
+class Request:
+    """Prompts (token ids) x n samples. The engine puts events on `events`:
+    ("token", seq, token_id, logprob | None, [(token_id, logprob), ...] | None), ("finish", seq, reason)
+    with reason eos / stop / length / cancelled, and ("error", message). seq = prompt_index * n + sample."""
+
+    def __init__(self, prompts: list[list[int]], n: int, params: SeqParams, request_id: str = ""):
+        if not prompts or any(not p for p in prompts):
+            raise AlignlabError("scheduler: every prompt needs at least one token")
+        self.prompts, self.n, self.params, self.id = prompts, n, params, request_id
+        self.events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop every sample of this request at the next decode step (they finish with 'cancelled')."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass
+class _Row:
+    req: Request
+    seq: int
+    gen: Any
+    cfg: SamplingConfig
+    pos: int
+    tokens: list[int] = field(default_factory=list)
+
+
+def _stop_hit(tokenizer: Any, stops: list[str], ids: list[int]) -> bool:
+    """Decode only the tail (enough tokens to spell the longest stop string): O(1) per step."""
+    text = tokenizer.decode(ids[-(max(len(s) for s in stops) + 4):], skip_special_tokens=True)
+    return any(s in text for s in stops)
+
+
+class _Call:
+    """A function run on the scheduler thread between two decode steps (e.g. swapping weights)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn, self.done, self.result, self.error = fn, threading.Event(), None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # handed to the caller's thread, which re-raises it
+            self.error = e
+        self.done.set()
+
+
+class Engine:
+    """The scheduler thread and its batch. `submit` a Request, read its events; `call` runs a function on the
+    scheduler thread between steps; `pause`/`resume` hold admission and decoding (maintenance, tests).
+
+    Counters (read from any thread): `steps` (batched decode forwards), `prefills` (one per prompt),
+    `tokens` (sampled tokens), `finished` (sequences by finish reason), `history` (the last finished requests:
+    id, submitted/admitted/finished step, tokens per sample, finish reasons)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 64, max_queue: int = 256, context: int = 0):
+        if not full_attention(model):
+            raise AlignlabError("serve: continuous batching needs a model whose layers are all full attention "
+                                "(sliding-window or linear-attention layers are not supported yet)")
+        if max_batch < 1 or max_queue < 0:
+            raise AlignlabError(f"serve: max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
+        self.model, self.tokenizer, self.context = model, tokenizer, context
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.eos = set(eos_token_ids(model, tokenizer))
+        self.rows: list[_Row] = []
+        self.cache = self.mask = None
+        self.steps = self.prefills = self.tokens = self.requests_done = 0
+        self.finished: dict[str, int] = {}
+        self.history: deque = deque(maxlen=256)
+        self._rate: deque = deque()
+        self._waiting: deque[Request] = deque()
+        self._calls: list[_Call] = []
+        self._cond = threading.Condition()
+        self._open = threading.Event()
+        self._open.set()
+        self._stopping = False
+        self._kv = forward_kwargs(model)
+        model.eval()
+        self._thread = threading.Thread(target=self._loop, name="alignlab-scheduler", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ API for other threads
+
+    def submit(self, req: Request) -> Request:
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"serve: the queue is full ({self.max_queue} requests waiting)")
+            req.remaining = len(req.prompts) * req.n
+            req.submitted_step, req.admitted_step = self.steps, None
+            req.lengths = [0] * req.remaining
+            req.reasons = [None] * req.remaining
+            self._waiting.append(req)
+            self._cond.notify()
+        return req
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run fn() on the scheduler thread between two steps and return its result (or raise its error)."""
+        c = _Call(fn)
+        with self._cond:
+            self._calls.append(c)
+            self._cond.notify()
+        if not c.done.wait(timeout):
+            raise TimeoutError("serve: the scheduler did not run the call in time")
+        if c.error is not None:
+            raise c.error
+        return c.result
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._open.set()
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        """Sampled tokens per second over the last `window` seconds of decoding."""
+        now, rate = time.monotonic(), list(self._rate)
+        recent = [(t, k) for t, k in rate if t >= now - window]
+        if len(recent) < 2:
+            return 0.0
+        span = recent[-1][0] - recent[0][0]
+        return sum(k for _, k in recent[1:]) / span if span > 0 else 0.0
+
+    # ------------------------------------------------------------ the scheduler thread
+
+    def _loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._calls and (
+                            not self._open.is_set() or (not self.rows and not self._waiting)):
+                        self._cond.wait(0.5)
+                    if self._stopping:
+                        return
+                    calls, self._calls = self._calls, []
+                    joining = self._admit() if self._open.is_set() else []
+                for c in calls:
+                    c.run()
+                self._kv = forward_kwargs(self.model)  # a call may have wrapped the model (a LoRA adapter)
+                for req in joining:
+                    self._prefill_request(req)
+                try:
+                    self._drop_cancelled()
+                    if self.rows and self._open.is_set():
+                        self._step()
+                except Exception as e:  # e.g. out of memory: every live request learns why; the engine stays up
+                    self._fail_all(f"{type(e).__name__}: {e}"[:500])
+
+    def _admit(self) -> list[Request]:
+        """Waiting requests that fit in the batch (one at least, so a request larger than max_batch still runs)."""
+        out, live = [], len(self.rows)
+        while self._waiting:
+            req = self._waiting[0]
+            need = len(req.prompts) * req.n
+            if not req.cancelled and live and live + need > self.max_batch:
+                break
+            self._waiting.popleft()
+            out.append(req)
+            live += 0 if req.cancelled else need
+        return out
+
+    def _prefill_request(self, req: Request) -> None:
+        req.admitted_step = self.steps
+        if req.cancelled:
+            for seq in range(len(req.prompts) * req.n):
+                self._finish(req, seq, "cancelled")
+            return
+        import torch
+
+        req.gen = torch.Generator(device=self.model.device).manual_seed(req.params.seed % (1 << 64))
+        try:  # longest prompt first, as generate() orders a batch: the generator's draws then coincide
+            for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])):
+                self._prefill(req, i, req.prompts[i])
+        except Exception as e:
+            req.cancel()  # rows of earlier prompts of this request leave at the next step
+            req.events.put(("error", f"{type(e).__name__}: {e}"[:500]))
+
+    def _new_cache(self):
+        from transformers.cache_utils import Cache
+
+        layer = batch_layer_cls()
+        n = self.model.config.get_text_config(decoder=True).num_hidden_layers
+        return Cache(layers=[layer() for _ in range(n)])
+
+    def _prefill(self, req: Request, i: int, prompt: list[int]) -> None:
+        import torch
+
+        dev, n, p = self.model.device, req.n, req.params
+        ids = torch.tensor([prompt], device=dev)
+        cache = self._new_cache()
+        logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(
+            len(prompt), device=dev)[None], use_cache=True, logits_to_keep=1, **{self._kv: cache}).logits[:, -1]
+        self.prefills += 1
+        cfg = SamplingConfig(max_new_tokens=p.max_tokens, temperature=p.temperature or 1.0, top_p=p.top_p,
+                             top_k=p.top_k, greedy=p.temperature == 0)
+        cfg.validate()
+        rows = [_Row(req, i * n + j, req.gen, cfg, pos=len(prompt)) for j in range(n)]
+        done = self._sample(rows, logits.expand(n, -1))
+        live = [r for r, d in zip(rows, done) if not d]
+        if live:
+            self._join(live, cache, len(prompt))
+
+    def _join(self, rows: list[_Row], cache: Any, width: int) -> None:
+        """Append prefilled rows (all of one prompt) to the batch: cache right-aligned, mask alike."""
+        import torch
+
+        k = len(rows)
+        if self.cache is None:
+            self.cache, self.mask = self._new_cache(), None
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.append_rows(theirs.keys.expand(k, -1, -1, -1), theirs.values.expand(k, -1, -1, -1))
+        old = self.mask.shape[1] if self.mask is not None else 0
+        total = max(old, width)
+        mask = torch.zeros((len(self.rows) + k, total), dtype=torch.long, device=self.model.device)
+        if self.mask is not None:
+            mask[:len(self.rows), total - old:] = self.mask
+        mask[len(self.rows):, total - width:] = 1
+        self.mask = mask
+        self.rows.extend(rows)
+
+    def _step(self) -> None:
+        import torch
+
+        dev, rows = self.model.device, self.rows
+        inp = torch.tensor([[r.tokens[-1]] for r in rows], device=dev)
+        pos = torch.tensor([[r.pos] for r in rows], device=dev)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
+        logits = self.model(input_ids=inp, attention_mask=self.mask, position_ids=pos, use_cache=True,
+                            logits_to_keep=1, **{self._kv: self.cache}).logits[:, -1]
+        self.steps += 1
+        for r in rows:
+            r.pos += 1
+        done = self._sample(rows, logits)
+        if any(done):
+            self._compact([i for i, d in enumerate(done) if not d])
+
+    def _sample(self, rows: list[_Row], logits: Any) -> list[bool]:
+        """Draw one token per row (each with its own generator), emit it, and say which rows finished."""
+        import torch
+
+        logits = logits.float()
+        toks = [int(sample_next(logits[i:i + 1], r.cfg, r.gen)[0][0]) for i, r in enumerate(rows)]
+        want = [i for i, r in enumerate(rows) if r.req.params.logprobs is not None]
+        lps: dict[int, tuple[float, list | None]] = {}
+        if want:
+            temps = torch.tensor([1.0 if rows[i].cfg.greedy else rows[i].cfg.temperature for i in want],
+                                 device=logits.device)
+            logp = torch.log_softmax(logits[want] / temps[:, None], -1)
+            chosen = logp.gather(-1, torch.tensor([toks[i] for i in want], device=logits.device)[:, None])[:, 0]
+            top_k = max(rows[i].req.params.logprobs for i in want)
+            top = logp.topk(top_k, -1) if top_k else None
+            for w, i in enumerate(want):
+                k = rows[i].req.params.logprobs
+                alts = list(zip(top.indices[w, :k].tolist(), top.values[w, :k].tolist())) if k else None
+                lps[i] = (float(chosen[w]), alts)
+        done = []
+        for i, r in enumerate(rows):
+            r.tokens.append(toks[i])
+            lp, alts = lps.get(i, (None, None))
+            r.req.events.put(("token", r.seq, toks[i], lp, alts))
+            reason = self._reason(r)
+            if reason:
+                self._finish(r.req, r.seq, reason, len(r.tokens))
+            done.append(reason is not None)
+        self.tokens += len(rows)
+        self._rate.append((time.monotonic(), len(rows)))
+        while len(self._rate) > 4096:
+            self._rate.popleft()
+        return done
+
+    def _reason(self, r: _Row) -> str | None:
+        p = r.req.params
+        if not p.ignore_eos and r.tokens[-1] in self.eos:
+            return "eos"
+        if p.stop and _stop_hit(self.tokenizer, p.stop, r.tokens):
+            return "stop"
+        if len(r.tokens) >= p.max_tokens or (self.context and r.pos >= self.context):
+            return "length"
+        return None
+
+    def _finish(self, req: Request, seq: int, reason: str, length: int = 0) -> None:
+        if req.reasons[seq] is not None:  # already finished (a failure right after its last token)
+            return
+        req.events.put(("finish", seq, reason))
+        req.lengths[seq], req.reasons[seq] = length, reason
+        self.finished[reason] = self.finished.get(reason, 0) + 1
+        req.remaining -= 1
+        if req.remaining == 0:
+            self.requests_done += 1
+            self.history.append({"id": req.id, "submitted_step": req.submitted_step,
+                                 "admitted_step": req.admitted_step, "finished_step": self.steps,
+                                 "tokens": list(req.lengths), "reasons": list(req.reasons)})
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i, r in enumerate(self.rows) if r.req.cancelled]
+        if not gone:
+            return
+        for i in gone:
+            r = self.rows[i]
+            self._finish(r.req, r.seq, "cancelled", len(r.tokens))
+        self._compact([i for i, r in enumerate(self.rows) if not r.req.cancelled])
+
+    def _compact(self, keep: list[int]) -> None:
+        """Drop finished rows from the cache, and leading columns that are padding in every remaining row."""
+        import torch
+
+        if not keep:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        idx = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask[idx]
+        lead = int((mask.cumsum(-1) == 0).sum(-1).min())
+        for layer in self.cache.layers:
+            layer.select(idx, lead)
+        self.mask = mask[:, lead:]
+        self.rows = [self.rows[i] for i in keep]
+
+    def _fail_all(self, message: str) -> None:
+        for req in {id(r.req): r.req for r in self.rows}.values():
+            req.cancel()
+            req.events.put(("error", message))
+        for r in self.rows:
+            self._finish(r.req, r.seq, "cancelled", len(r.tokens))
+        self.rows, self.cache, self.mask = [], None, None
