@@ -101,14 +101,16 @@ class ModelServer:
 
     def _events(self, req: Request, alive: Callable[[], bool], poll: float) -> Iterator[tuple]:
         """The request's engine events until every sample finished; cancels it if the client goes away."""
-        left = len(req.prompts) * req.n
+        left, checked = len(req.prompts) * req.n, time.monotonic()
         while left:
+            if time.monotonic() - checked >= poll:  # by the clock: events may never pause long enough to wait
+                if not alive():
+                    req.cancel()
+                    raise ClientGone()
+                checked = time.monotonic()
             try:
                 ev = req.events.get(timeout=poll)
             except queue.Empty:
-                if not alive():
-                    req.cancel()
-                    raise ClientGone() from None
                 continue
             if ev[0] == "error":
                 req.cancel()
