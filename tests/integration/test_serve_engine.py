@@ -234,3 +234,94 @@ def test_metrics_and_health(served):
     with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as r:
         health = json.loads(r.read())
     assert health["status"] == "ok" and health["queue_depth"] == 0
+
+
+def _greedy(url: str, prompt: list[int], headers: dict | None = None) -> list[int]:
+    status, out = post(url + "/completions", {"prompt": [prompt], "max_tokens": 8, "temperature": 0,
+                                              "return_token_ids": True}, headers)
+    assert status == 200, out
+    return out["choices"][0]["token_ids"]
+
+
+def test_load_weights_full_and_lora_change_what_is_served(tmp_path, tiny):
+    """A fresh server on its own copy of tiny-random: pushing perturbed full weights makes it answer as the
+    perturbed model does in-process; pushing a LoRA adapter (then another) answers as base + that adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from alignlab.models.load import load_model
+
+    _, tok = tiny
+    own = load_model("tiny-random")
+    server = ModelServer(own, tok, model_id="tiny-random")
+    httpd = _start(server)
+    url = base_url(httpd)
+    prompt = tok("The weather today").input_ids
+    ref_cfg = SamplingConfig(max_new_tokens=8, greedy=True)
+    try:
+        perturbed = load_model("tiny-random")
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in perturbed.parameters():
+                p.add_(0.5 * torch.randn(p.shape, generator=gen))
+        perturbed.save_pretrained(tmp_path / "full")
+        want = generate(perturbed, tok, [prompt], ref_cfg).samples[0].completion_ids
+        assert _greedy(url, prompt) != want
+        status, out = post(url + "/load_weights", {"path": str(tmp_path / "full")})
+        assert status == 200 and out["kind"] == "full" and out["weights_version"] == 1
+        assert _greedy(url, prompt) == want
+        for seed, name in ((1, "lora1"), (2, "lora2")):
+            torch.manual_seed(seed)
+            lora = get_peft_model(load_model("tiny-random"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                        init_lora_weights=False))
+            lora.save_pretrained(tmp_path / name)
+            base_plus = get_peft_model(perturbed, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+            from peft import set_peft_model_state_dict
+            from peft.utils import get_peft_model_state_dict
+
+            set_peft_model_state_dict(base_plus, get_peft_model_state_dict(lora))
+            want = generate(base_plus, tok, [prompt], ref_cfg).samples[0].completion_ids
+            perturbed = base_plus.unload()  # the same base again for the next adapter
+            assert _greedy(url, prompt) != want  # the adapter changes the answer
+            status, out = post(url + "/load_weights", {"path": str(tmp_path / name)})
+            assert status == 200 and out["kind"] == "lora", out
+            assert _greedy(url, prompt) == want
+        status, out = post(url + "/load_weights", {"path": str(tmp_path / "full")})
+        assert status == 400 and "LoRA adapter" in out["error"]["message"]  # full weights onto an adapter model
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        server.close()
+
+
+def test_load_weights_guards(tmp_path, tiny, monkeypatch):
+    model, tok = tiny
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text("{}")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text("{}")
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"not really")
+    monkeypatch.setenv("ALIGNLAB_TEST_ADMIN", "s3cret")
+    server = ModelServer(model, tok, admin_token_env="ALIGNLAB_TEST_ADMIN", weights_root=str(tmp_path))
+    closed = ModelServer(model, tok, load_weights=False)
+    httpd, httpd2 = _start(server), _start(closed)
+    url, url2 = base_url(httpd), base_url(httpd2)
+    ok = {"Authorization": "Bearer s3cret"}
+    try:
+        assert post(url + "/load_weights", {"path": str(tmp_path / "root")})[0] == 401
+        assert post(url + "/load_weights", {"path": str(tmp_path / "root")}, {"Authorization": "Bearer no"})[0] == 401
+        for path, status in (("relative/dir", 400), ("http://host/model", 400), (str(tmp_path / "missing"), 400),
+                             ("/etc", 403), (str(tmp_path / "root" / ".." / ".." / "x"), 403),
+                             (str(tmp_path / "root"), 400), (str(tmp_path / "pickled"), 400), (5, 400)):
+            got, out = post(url + "/load_weights", {"path": path}, ok)
+            assert got == status, (path, out)
+        status, out = post(url + "/load_weights", {"path": str(tmp_path / "pickled")}, ok)
+        assert "safetensors" in out["error"]["message"]
+        assert post(url2 + "/load_weights", {"path": str(tmp_path / "root")})[0] == 403
+        assert server.weights_version == 0 and _greedy(url, tok("hi").input_ids)  # still serving
+    finally:
+        for h, s in ((httpd, server), (httpd2, closed)):
+            h.shutdown()
+            h.server_close()
+            s.close()
