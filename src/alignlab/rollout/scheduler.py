@@ -21,9 +21,11 @@ logits agree up to float reassociation of batched kernels). Log-probs are under 
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,6 +115,17 @@ class _Call:
         self.done.set()
 
 
+_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Stop every engine after its current step before the interpreter tears torch down (a daemon thread
+    killed inside a forward aborts the process)."""
+    for engine in list(_ENGINES):
+        engine.close()
+
+
 class Engine:
     """The scheduler thread and its batch. `submit` a Request, read its events; `call` runs a function on the
     scheduler thread between steps; `pause`/`resume` hold admission and decoding (maintenance, tests).
@@ -146,6 +159,7 @@ class Engine:
         model.eval()
         self._thread = threading.Thread(target=self._loop, name="alignlab-scheduler", daemon=True)
         self._thread.start()
+        _ENGINES.add(self)
 
     # ------------------------------------------------------------ API for other threads
 
