@@ -105,6 +105,10 @@ def test_completions_seed_stop_and_n(served):
     ({"messages": CHAT, "stop": 3}, "stop", "invalid_type"),
     ({"messages": CHAT, "seed": 1.5}, "seed", "invalid_type"),
     ({"messages": CHAT, "stream": "yes"}, "stream", "invalid_type"),
+    ({"messages": CHAT, "presence_penalty": 0.5}, "presence_penalty", "unsupported"),
+    ({"messages": CHAT, "logit_bias": {"5": 10}}, "logit_bias", "unsupported"),
+    ({"messages": CHAT, "n": 1, "best_of": 3}, "best_of", "unsupported"),
+    ({"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format", "unsupported"),
     ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs", "invalid_value"),
     ({"messages": CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
 ])

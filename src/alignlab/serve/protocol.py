@@ -6,8 +6,10 @@ max_completion_tokens), stop, n, seed, stream, stream_options.include_usage, ign
 return_token_ids and return_tokens_as_token_ids (vLLM's: token ids per choice; log-prob tokens spelled
 "token_id:<id>"), skip_special_tokens, include_stop_str_in_output; chat: logprobs (bool), top_logprobs
 (0-20); completions: logprobs (int 0-20), prompt as a string, a list of strings, a list of token ids or a
-list of token-id lists; echo is refused (400) rather than ignored. Other fields are ignored, as OpenAI's own
-clients expect; a known field with a wrong type or range is a 400 in OpenAI's error shape.
+list of token-id lists. Sampling fields this server does not implement (echo, best_of other than n,
+presence/frequency/repetition penalties, logit_bias, suffix, tools, functions, a non-text response_format)
+are refused with 400 `unsupported` unless left at their neutral value. Other fields (user, metadata, ...) are
+ignored, as OpenAI's own clients expect; a known field with a wrong type or range is a 400 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -128,6 +130,25 @@ def prompts(body: dict) -> list[Any]:
               "prompt", "invalid_type" if prompt is not None else "missing_required_parameter")
 
 
+# Fields that change what is sampled but that this server does not implement: refused unless left at their
+# neutral value, so a client never gets an answer it did not ask for.
+_NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "repetition_penalty": (1, 1.0),
+            "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],)}
+
+
+def _refuse_unsupported(body: dict, n: int) -> None:
+    for key, neutral in _NEUTRAL.items():
+        value = body.get(key)
+        if value is not None and not any(value == v and type(value) is type(v) for v in neutral):
+            raise bad(f"{key} is not supported by alignlab serve", key, "unsupported")
+    if body.get("best_of") not in (None, n):
+        raise bad("best_of is not supported by alignlab serve (send n)", "best_of", "unsupported")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise bad("response_format other than text is not supported by alignlab serve", "response_format",
+                  "unsupported")
+
+
 @dataclass
 class Job:
     """One parsed request: what to sample and how to answer."""
@@ -163,6 +184,7 @@ def parse_job(body: dict, chat: bool, *, default_max: int, max_tokens_limit: int
         logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
         if _flag(body, "echo", False):
             raise bad("echo is not supported by alignlab serve", "echo", "unsupported")
+    _refuse_unsupported(body, n)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options", "invalid_type")
