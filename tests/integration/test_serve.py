@@ -126,6 +126,8 @@ def test_other_4xx(served):
     assert post(url + "/chat/completions", None, raw=b"[1, 2]")[1]["error"]["code"] == "invalid_json"
     assert post(url + "/chat/completions", None, raw=b"\xff\xfe")[0] == 400
     assert post(url + "/completions", {"prompt": 5})[1]["error"]["param"] == "prompt"
+    status, out = post(url + "/completions", {"prompt": [[1, 2], [3, 10**9]], "max_tokens": 2})
+    assert status == 400 and "outside the vocabulary" in out["error"]["message"]
     assert post(url + "/nowhere", {})[0] == 404
     status, out = post(url + "/completions", {"prompt": "word " * 700, "max_tokens": 8})  # ~2100 tokens > 1024
     assert status == 400 and out["error"]["code"] == "context_length_exceeded"

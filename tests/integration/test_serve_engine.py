@@ -61,7 +61,7 @@ def _wait(cond, seconds: float = 60.0) -> None:
 
 
 def _since(server: ModelServer, step: int) -> list[dict]:
-    return [h for h in server.engine.history if h["submitted_step"] >= step]
+    return [h for h in list(server.engine.history) if h["submitted_step"] >= step]  # a copy: the engine appends
 
 
 def test_eight_concurrent_requests_share_decode_steps(served):

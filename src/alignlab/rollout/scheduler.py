@@ -144,7 +144,8 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.eos = set(eos_token_ids(model, tokenizer))
         self.rows: list[_Row] = []
-        self.cache = self.mask = None
+        self.cache = self.mask = self.logits = None  # logits: the live rows' next-token logits, not yet sampled
+        self._units: deque = deque()  # (request, prompt index) admitted from _waiting, not yet prefilled
         self.steps = self.prefills = self.tokens = self.requests_done = 0
         self.finished: dict[str, int] = {}
         self.history: deque = deque(maxlen=256)
@@ -222,53 +223,60 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._stopping and not self._calls and (
-                            not self._open.is_set() or (not self.rows and not self._waiting)):
+                    while not self._stopping and not self._calls and (not self._open.is_set() or (
+                            not self.rows and not self._waiting and not self._units)):
                         self._cond.wait(0.5)
                     if self._stopping:
                         return
                     calls, self._calls = self._calls, []
-                    joining = self._admit() if self._open.is_set() else []
                 for c in calls:
                     c.run()
-                self._kv = forward_kwargs(self.model)  # a call may have wrapped the model (a LoRA adapter)
-                for req in joining:
-                    self._prefill_request(req)
+                if calls:
+                    self._kv = forward_kwargs(self.model)  # a call may have wrapped the model (a LoRA adapter)
+                if not self._open.is_set():
+                    continue
                 try:
                     self._drop_cancelled()
-                    if self.rows and self._open.is_set():
-                        self._step()
+                    self._admit()
+                    if self.rows:
+                        self._sample_and_step()
                 except Exception as e:  # e.g. out of memory: every live request learns why; the engine stays up
                     self._fail_all(f"{type(e).__name__}: {e}"[:500])
 
-    def _admit(self) -> list[Request]:
-        """Waiting requests that fit in the batch (one at least, so a request larger than max_batch still runs)."""
-        out, live = [], len(self.rows)
-        while self._waiting:
-            req = self._waiting[0]
-            need = len(req.prompts) * req.n
-            if not req.cancelled and live and live + need > self.max_batch:
-                break
-            self._waiting.popleft()
-            out.append(req)
-            live += 0 if req.cancelled else need
-        return out
+    def _admit(self) -> None:
+        """Prefill waiting prompts while the batch has room: a prompt's n rows join when n slots are free (one
+        prompt at least when the batch is empty), prompts in generate()'s order (longest first). So a request
+        is decoded as generate() with continuous batching and batch_size = max_batch decodes it."""
+        free, taken = self.max_batch - len(self.rows), False
+        while True:
+            if not self._units:
+                if not self._waiting:
+                    return
+                self._open_request(self._waiting.popleft())
+                continue
+            req, i = self._units[0]
+            if req.cancelled:
+                self._units.popleft()
+                for j in range(req.n):
+                    self._finish(req, i * req.n + j, "cancelled")
+                continue
+            if (self.rows or taken) and free < req.n:
+                return
+            self._units.popleft()
+            try:
+                self._prefill(req, i)
+            except Exception as e:  # e.g. a token id beyond the vocabulary: this request fails, others go on
+                req.cancel()
+                req.events.put(("error", f"{type(e).__name__}: {e}"[:500]))
+                continue
+            free, taken = free - req.n, True
 
-    def _prefill_request(self, req: Request) -> None:
-        req.admitted_step = self.steps
-        if req.cancelled:
-            for seq in range(len(req.prompts) * req.n):
-                self._finish(req, seq, "cancelled")
-            return
+    def _open_request(self, req: Request) -> None:
         import torch
 
+        req.admitted_step = self.steps
         req.gen = torch.Generator(device=self.model.device).manual_seed(req.params.seed % (1 << 64))
-        try:  # longest prompt first, as generate() orders a batch: the generator's draws then coincide
-            for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])):
-                self._prefill(req, i, req.prompts[i])
-        except Exception as e:
-            req.cancel()  # rows of earlier prompts of this request leave at the next step
-            req.events.put(("error", f"{type(e).__name__}: {e}"[:500]))
+        self._units.extend((req, i) for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])))
 
     def _new_cache(self):
         from transformers.cache_utils import Cache
@@ -277,10 +285,10 @@ class Engine:
         n = self.model.config.get_text_config(decoder=True).num_hidden_layers
         return Cache(layers=[layer() for _ in range(n)])
 
-    def _prefill(self, req: Request, i: int, prompt: list[int]) -> None:
+    def _prefill(self, req: Request, i: int) -> None:
         import torch
 
-        dev, n, p = self.model.device, req.n, req.params
+        dev, n, p, prompt = self.model.device, req.n, req.params, req.prompts[i]
         ids = torch.tensor([prompt], device=dev)
         cache = self._new_cache()
         logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(
@@ -290,13 +298,11 @@ class Engine:
                              top_k=p.top_k, greedy=p.temperature == 0)
         cfg.validate()
         rows = [_Row(req, i * n + j, req.gen, cfg, pos=len(prompt)) for j in range(n)]
-        done = self._sample(rows, logits.expand(n, -1))
-        live = [r for r, d in zip(rows, done) if not d]
-        if live:
-            self._join(live, cache, len(prompt))
+        self._join(rows, cache, len(prompt), logits.expand(n, -1))
 
-    def _join(self, rows: list[_Row], cache: Any, width: int) -> None:
-        """Append prefilled rows (all of one prompt) to the batch: cache right-aligned, mask alike."""
+    def _join(self, rows: list[_Row], cache: Any, width: int, logits: Any) -> None:
+        """Append prefilled rows (all of one prompt) to the batch: cache right-aligned, mask alike, and their
+        first tokens' logits after the pending logits of the rows already there (generate()'s row order)."""
         import torch
 
         k = len(rows)
@@ -311,23 +317,29 @@ class Engine:
             mask[:len(self.rows), total - old:] = self.mask
         mask[len(self.rows):, total - width:] = 1
         self.mask = mask
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         self.rows.extend(rows)
 
-    def _step(self) -> None:
+    def _sample_and_step(self) -> None:
+        """Sample every live row's next token from its pending logits, drop the rows that finished, and run
+        one decode forward over the rest (their next pending logits)."""
         import torch
 
+        done = self._sample(self.rows, self.logits)
+        self.logits = None
+        if any(done):
+            self._compact([i for i, d in enumerate(done) if not d])
+        if not self.rows:
+            return
         dev, rows = self.model.device, self.rows
         inp = torch.tensor([[r.tokens[-1]] for r in rows], device=dev)
         pos = torch.tensor([[r.pos] for r in rows], device=dev)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
-        logits = self.model(input_ids=inp, attention_mask=self.mask, position_ids=pos, use_cache=True,
-                            logits_to_keep=1, **{self._kv: self.cache}).logits[:, -1]
+        self.logits = self.model(input_ids=inp, attention_mask=self.mask, position_ids=pos, use_cache=True,
+                                 logits_to_keep=1, **{self._kv: self.cache}).logits[:, -1]
         self.steps += 1
         for r in rows:
             r.pos += 1
-        done = self._sample(rows, logits)
-        if any(done):
-            self._compact([i for i, d in enumerate(done) if not d])
 
     def _sample(self, rows: list[_Row], logits: Any) -> list[bool]:
         """Draw one token per row (each with its own generator), emit it, and say which rows finished."""
@@ -400,9 +412,11 @@ class Engine:
         import torch
 
         if not keep:
-            self.rows, self.cache, self.mask = [], None, None
+            self.rows, self.cache, self.mask, self.logits = [], None, None, None
             return
         idx = torch.tensor(keep, device=self.mask.device)
+        if self.logits is not None:
+            self.logits = self.logits[idx]
         mask = self.mask[idx]
         lead = int((mask.cumsum(-1) == 0).sum(-1).min())
         for layer in self.cache.layers:
@@ -416,4 +430,4 @@ class Engine:
             req.events.put(("error", message))
         for r in self.rows:
             self._finish(r.req, r.seq, "cancelled", len(r.tokens))
-        self.rows, self.cache, self.mask = [], None, None
+        self.rows, self.cache, self.mask, self.logits = [], None, None, None

@@ -52,6 +52,7 @@ class ModelServer:
         self.seen: deque = deque(maxlen=max(record, 1))
         self.record = record
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.vocab = int(model.get_input_embeddings().num_embeddings)
         self.engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, context=self.context)
         self.outcomes: Counter = Counter()
         self.prompt_tokens = self.weights_version = 0
@@ -85,6 +86,9 @@ class ModelServer:
         for ids in job.prompt_ids:
             if not ids:
                 raise protocol.bad("a prompt encodes to no tokens", "messages" if chat else "prompt")
+            if min(ids) < 0 or max(ids) >= self.vocab:
+                bad_id = min(ids) if min(ids) < 0 else max(ids)
+                raise protocol.bad(f"prompt token id {bad_id} is outside the vocabulary [0, {self.vocab})", "prompt")
             if self.context and len(ids) + job.params.max_tokens > self.context:
                 raise protocol.bad(f"prompt ({len(ids)} tokens) + max_tokens ({job.params.max_tokens}) exceeds the "
                                    f"model's context of {self.context} tokens", "messages" if chat else "prompt",
