@@ -36,7 +36,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout per connection, seconds")
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once; beyond: 503")
     p.add_argument("--quiet", action="store_true", help="do not log one line per request")
-    p.add_argument("--max-batch", type=int, default=64, help="sequences decoded together (continuous batching)")
+    p.add_argument("--max-batch", "--batch-size", type=int, default=64,
+                   help="sequences decoded together (continuous batching); as SamplingConfig.batch_size")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond the batch; beyond: 503")
     p.add_argument("--no-load-weights", action="store_true", help="disable POST /v1/load_weights")
     p.add_argument("--admin-token-env", default=None, help="env var holding the bearer token /v1/load_weights needs")
