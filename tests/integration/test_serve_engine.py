@@ -325,3 +325,43 @@ def test_load_weights_guards(tmp_path, tiny, monkeypatch):
             h.shutdown()
             h.server_close()
             s.close()
+
+
+def test_a_failing_forward_fails_its_requests_and_the_server_goes_on(tiny):
+    """A forward that raises mid-decode (as an out-of-memory would): the whole answer is a 500, a stream ends
+    with an error event, and once the model works again so does the server."""
+    from alignlab.models.load import load_model
+
+    _, tok = tiny
+    model = load_model("tiny-random")
+    server = ModelServer(model, tok, model_id="tiny-random")
+    httpd = _start(server)
+    url = base_url(httpd)
+    real = model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):  # the prefill works, the third forward fails
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated out of memory")
+        return real(*args, **kwargs)
+
+    try:
+        model.forward = flaky
+        status, out = post(url + "/completions", {"prompt": "x", "max_tokens": 6, "ignore_eos": True})
+        assert status == 500 and "simulated out of memory" in out["error"]["message"]
+        calls["n"] = 0
+        req = urllib.request.Request(url + "/completions", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"prompt": "x", "max_tokens": 6, "ignore_eos": True,
+                                                      "stream": True}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            events = [line[6:] for line in r.read().decode().splitlines() if line.startswith("data: ")]
+        assert "simulated out of memory" in json.loads(events[-1])["error"]["message"] and "[DONE]" not in events
+        del model.forward  # the class's forward again
+        status, out = post(url + "/completions", {"prompt": "x", "max_tokens": 3, "ignore_eos": True})
+        assert status == 200 and out["usage"]["completion_tokens"] == 3
+        assert 'alignlab_requests_total{outcome="error"} 2' in server.metrics()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        server.close()

@@ -149,6 +149,7 @@ def _handler(server: ModelServer, socket_timeout: float, quiet: bool) -> type[Ba
                 except RuntimeError as e:  # generation failed mid-stream: the status line is already sent
                     server.count("error")
                     self._event(RequestError(500, str(e)[:500], None, "internal_error").body())
+                    return  # no [DONE]: the stream ends with the error
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 server.count("ok")
