@@ -1,21 +1,24 @@
 """Continuous batching: one scheduler thread owns the model and decodes every live sequence together.
 
-`generate()` decodes a fixed batch until its last row ends; a server cannot wait for that, because requests
-arrive at any time. Here a request is prefilled alone (its n samples share the prefill, as in generate.py),
-then its rows JOIN the running batch at the next decode step, and a row LEAVES the batch (and the KV cache)
-the step it finishes or its client goes away. One decode step is one forward over all live rows, whoever
-they belong to, so 8 concurrent 32-token requests cost about 32 decode steps, not 8 x 32 (vLLM's and
-Orca's iteration-level scheduling, Yu et al. 2022, OSDI, section 3).
+A server cannot decode fixed batches, because requests arrive at any time. Here each waiting prompt is
+prefilled alone (its n samples share the prefill, as in generate.py), its rows JOIN the running batch, and a
+row LEAVES the batch (and the KV cache) the step it finishes or its client goes away. One decode step is
+one forward over all live rows, whoever they belong to, so 8 concurrent 32-token requests cost 31 decode
+steps, not 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, section 3; vLLM). A prompt's n
+rows join when n of `max_batch` slots are free (one prompt always joins an empty batch), so a request
+larger than the batch joins prompt by prompt, as generate()'s continuous batching admits them.
 
 The batched KV cache (rollout/batch_cache.py) is right-aligned; position ids are per row, so a row sees
 exactly the positions it would see alone.
 
-Each request has its own `torch.Generator` seeded with its seed, and draws one uniform per live row of
-that request per step, in row order (prompts sorted longest first, then samples), exactly as `generate()`
-draws for one batch; tokens are picked by `generate.sample_next`. So a seeded request gives the same tokens
-whatever else shares the server's batch, and the tokens of `generate(..., SamplingConfig(seed=s), n=n)` when
-its rows fit in one generate batch (on CPU a generator's draws are the same one at a time or in a block;
-logits agree up to float reassociation of batched kernels). Log-probs are under softmax(logits / T), like
+Each iteration samples every live row's next token from its pending logits (rows that just joined: their
+prefill's), drops finished rows, and runs one decode forward over the rest. Each request has its own
+`torch.Generator` seeded with its seed and draws one uniform per live row of that request per step, in row
+order (prompts longest first, then samples, joiners after the rows already decoding), as `generate()` draws;
+tokens are picked by `generate.sample_next`. So a seeded request gives the same tokens whatever else shares
+the batch (while its rows fit in the free slots), and the tokens of `generate(..., SamplingConfig(seed=s,
+batch_size=max_batch), n=n)` (on CPU a generator's draws are the same one at a time or in a block; logits
+agree up to float reassociation of batched kernels). Log-probs are under softmax(logits / T), like
 `SamplingConfig.logprobs` (what an RL trainer needs; greedy: T = 1).
 """
 
