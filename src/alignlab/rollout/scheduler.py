@@ -78,6 +78,14 @@ class Request:
         self.prompts, self.n, self.params, self.id = prompts, n, params, request_id
         self.events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
+        # Bookkeeping, written by the engine: rows not finished, per-row lengths and finish reasons, the
+        # request's generator, and the steps at which it was submitted and admitted.
+        self.remaining = len(prompts) * n
+        self.lengths: list[int] = [0] * self.remaining
+        self.reasons: list[str | None] = [None] * self.remaining
+        self.gen: Any = None
+        self.submitted_step: int | None = None
+        self.admitted_step: int | None = None
 
     def cancel(self) -> None:
         """Stop every sample of this request at the next decode step (they finish with 'cancelled')."""
@@ -171,10 +179,7 @@ class Engine:
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"serve: the queue is full ({self.max_queue} requests waiting)")
-            req.remaining = len(req.prompts) * req.n
-            req.submitted_step, req.admitted_step = self.steps, None
-            req.lengths = [0] * req.remaining
-            req.reasons = [None] * req.remaining
+            req.submitted_step = self.steps
             self._waiting.append(req)
             self._cond.notify()
         return req
