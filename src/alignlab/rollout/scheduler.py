@@ -25,7 +25,6 @@ agree up to float reassociation of batched kernels). Log-probs are under softmax
 from __future__ import annotations
 
 import atexit
-import queue
 import threading
 import time
 import weakref
@@ -38,62 +37,9 @@ from alignlab.errors import AlignlabError
 from alignlab.rollout.batch_cache import batch_layer_cls, full_attention
 from alignlab.rollout.encode import eos_token_ids
 from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next
+from alignlab.rollout.request import QueueFull, Request, SeqParams
 
 __all__ = ["Engine", "QueueFull", "Request", "SeqParams"]
-
-@dataclass
-class SeqParams:
-    """How one request is sampled (every sample of every prompt of it)."""
-
-    max_tokens: int
-    """Most tokens generated per sample (EOS included)."""
-    temperature: float = 1.0
-    """0 = greedy (argmax); else logits are divided by it before sampling."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1 = off)."""
-    top_k: int = 0
-    """Keep the k most likely tokens (0 = off)."""
-    stop: list[str] = field(default_factory=list)
-    """A sample finishes ('stop') once its decoded text contains one of these."""
-    seed: int = 0
-    """Seed of the per-sample generators."""
-    logprobs: int | None = None
-    """None: no log-probs; k >= 0: the sampled token's log-prob and the k most likely alternatives."""
-    ignore_eos: bool = False
-    """Keep decoding past EOS until max_tokens (benchmarks, tests)."""
-
-
-class QueueFull(AlignlabError):
-    """The waiting queue holds `max_queue` requests already."""
-
-
-class Request:
-    """Prompts (token ids) x n samples. The engine puts events on `events`:
-    ("token", seq, token_id, logprob | None, [(token_id, logprob), ...] | None), ("finish", seq, reason)
-    with reason eos / stop / length / cancelled, and ("error", message). seq = prompt_index * n + sample."""
-
-    def __init__(self, prompts: list[list[int]], n: int, params: SeqParams, request_id: str = ""):
-        if not prompts or any(not p for p in prompts):
-            raise AlignlabError("scheduler: every prompt needs at least one token")
-        self.prompts, self.n, self.params, self.id = prompts, n, params, request_id
-        self.events: queue.Queue = queue.Queue()
-        self._cancelled = threading.Event()
-        # Bookkeeping, written by the engine: rows not finished, per-row lengths and finish reasons, the
-        # request's generator, and the steps at which it was submitted and admitted.
-        self.remaining = len(prompts) * n
-        self.lengths: list[int] = [0] * self.remaining
-        self.reasons: list[str | None] = [None] * self.remaining
-        self.gen: Any = None
-        self.submitted_step: int | None = None
-        self.admitted_step: int | None = None
-
-    def cancel(self) -> None:
-        """Stop every sample of this request at the next decode step (they finish with 'cancelled')."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
 
 
 @dataclass
@@ -253,13 +199,14 @@ class Engine:
 
     def _admit(self) -> None:
         """Prefill waiting prompts while the batch has room: a prompt's n rows join when n slots are free (one
-        prompt at least when the batch is empty), prompts in generate()'s order (longest first). So a request
-        is decoded as generate() with continuous batching and batch_size = max_batch decodes it."""
-        free, taken = self.max_batch - len(self.rows), False
+        prompt at least when the batch is empty), prompts in generate()'s order (longest first), all the
+        prompts joining at one step in one left-padded forward. So a request is decoded as generate() with
+        continuous batching and batch_size = max_batch decodes it."""
+        free, take = self.max_batch - len(self.rows), []
         while True:
             if not self._units:
                 if not self._waiting:
-                    return
+                    break
                 self._open_request(self._waiting.popleft())
                 continue
             req, i = self._units[0]
@@ -268,22 +215,28 @@ class Engine:
                 for j in range(req.n):
                     self._finish(req, i * req.n + j, "cancelled")
                 continue
-            if (self.rows or taken) and free < req.n:
-                return
-            self._units.popleft()
-            try:
-                self._prefill(req, i)
-            except Exception as e:  # e.g. a token id beyond the vocabulary: this request fails, others go on
+            if (self.rows or take) and free < req.n:
+                break
+            take.append(self._units.popleft())
+            free -= req.n
+        if not take:
+            return
+        try:
+            self._prefill(take)
+        except Exception as e:  # these requests fail; the rows already decoding go on
+            for req in {id(r): r for r, _ in take}.values():
                 req.cancel()
                 req.events.put(("error", f"{type(e).__name__}: {e}"[:500]))
-                continue
-            free, taken = free - req.n, True
 
     def _open_request(self, req: Request) -> None:
         import torch
 
+        p = req.params
         req.admitted_step = self.steps
-        req.gen = torch.Generator(device=self.model.device).manual_seed(req.params.seed % (1 << 64))
+        req.gen = torch.Generator(device=self.model.device).manual_seed(p.seed % (1 << 64))
+        req.cfg = SamplingConfig(max_new_tokens=p.max_tokens, temperature=p.temperature or 1.0, top_p=p.top_p,
+                                 top_k=p.top_k, greedy=p.temperature == 0)
+        req.cfg.validate()
         self._units.extend((req, i) for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])))
 
     def _new_cache(self):
@@ -293,37 +246,45 @@ class Engine:
         n = self.model.config.get_text_config(decoder=True).num_hidden_layers
         return Cache(layers=[layer() for _ in range(n)])
 
-    def _prefill(self, req: Request, i: int) -> None:
+    def _prefill(self, units: list[tuple[Request, int]]) -> None:
+        """One forward over the joining prompts, left-padded (position ids from the mask), then each prompt's
+        cache row, mask row and logits repeated for its n samples (prefix sharing)."""
         import torch
 
-        dev, n, p, prompt = self.model.device, req.n, req.params, req.prompts[i]
-        ids = torch.tensor([prompt], device=dev)
+        dev, prompts = self.model.device, [req.prompts[i] for req, i in units]
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
         cache = self._new_cache()
-        logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(
-            len(prompt), device=dev)[None], use_cache=True, logits_to_keep=1, **{self._kv: cache}).logits[:, -1]
-        self.prefills += 1
-        cfg = SamplingConfig(max_new_tokens=p.max_tokens, temperature=p.temperature or 1.0, top_p=p.top_p,
-                             top_k=p.top_k, greedy=p.temperature == 0)
-        cfg.validate()
-        rows = [_Row(req, i * n + j, req.gen, cfg, pos=len(prompt)) for j in range(n)]
-        self._join(rows, cache, len(prompt), logits.expand(n, -1))
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, logits_to_keep=1, **{self._kv: cache}).logits[:, -1]
+        self.prefills += len(units)
+        counts = torch.tensor([req.n for req, _ in units], device=dev)
+        rows = [_Row(req, i * req.n + j, req.gen, req.cfg, pos=len(req.prompts[i]))
+                for req, i in units for j in range(req.n)]
+        self._join(rows, [(layer.keys.repeat_interleave(counts, 0), layer.values.repeat_interleave(counts, 0))
+                          for layer in cache.layers], mask.repeat_interleave(counts, 0),
+                   logits.repeat_interleave(counts, 0))
 
-    def _join(self, rows: list[_Row], cache: Any, width: int, logits: Any) -> None:
-        """Append prefilled rows (all of one prompt) to the batch: cache right-aligned, mask alike, and their
-        first tokens' logits after the pending logits of the rows already there (generate()'s row order)."""
+    def _join(self, rows: list[_Row], kv: list[tuple[Any, Any]], new_mask: Any, logits: Any) -> None:
+        """Append prefilled rows to the batch: cache and mask right-aligned, and their first tokens' logits
+        after the pending logits of the rows already there (generate()'s row order)."""
         import torch
 
-        k = len(rows)
         if self.cache is None:
             self.cache, self.mask = self._new_cache(), None
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.append_rows(theirs.keys.expand(k, -1, -1, -1), theirs.values.expand(k, -1, -1, -1))
-        old = self.mask.shape[1] if self.mask is not None else 0
+        for mine, (keys, values) in zip(self.cache.layers, kv):
+            mine.append_rows(keys, values)
+        old, width = (self.mask.shape[1] if self.mask is not None else 0), new_mask.shape[1]
         total = max(old, width)
-        mask = torch.zeros((len(self.rows) + k, total), dtype=torch.long, device=self.model.device)
+        mask = torch.zeros((len(self.rows) + len(rows), total), dtype=torch.long, device=self.model.device)
         if self.mask is not None:
             mask[:len(self.rows), total - old:] = self.mask
-        mask[len(self.rows):, total - width:] = 1
+        mask[len(self.rows):, total - width:] = new_mask
         self.mask = mask
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         self.rows.extend(rows)
