@@ -1,10 +1,10 @@
 """Continuous batching: one scheduler thread owns the model and decodes every live sequence together.
 
-A server cannot decode fixed batches, because requests arrive at any time. Here each waiting prompt is
-prefilled alone (its n samples share the prefill, as in generate.py), its rows JOIN the running batch, and a
-row LEAVES the batch (and the KV cache) the step it finishes or its client goes away. One decode step is
-one forward over all live rows, whoever they belong to, so 8 concurrent 32-token requests cost 31 decode
-steps, not 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, section 3; vLLM). A prompt's n
+A server cannot decode fixed batches, because requests arrive at any time. Here the waiting prompts that fit
+are prefilled together (a prompt's n samples share its prefill, as in generate.py), their rows JOIN the
+running batch, and a row LEAVES the batch (and the KV cache) the step it finishes or its client goes away.
+One decode step is one forward over all live rows, whoever they belong to, so 8 concurrent 32-token
+requests cost 31 decode steps, not 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, section 3; vLLM). A prompt's n
 rows join when n of `max_batch` slots are free (one prompt always joins an empty batch), so a request
 larger than the batch joins prompt by prompt, as generate()'s continuous batching admits them.
 
