@@ -4,9 +4,10 @@ A server cannot decode fixed batches, because requests arrive at any time. Here 
 are prefilled together (a prompt's n samples share its prefill, as in generate.py), their rows JOIN the
 running batch, and a row LEAVES the batch (and the KV cache) the step it finishes or its client goes away.
 One decode step is one forward over all live rows, whoever they belong to, so 8 concurrent 32-token
-requests cost 31 decode steps, not 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, section 3; vLLM). A prompt's n
-rows join when n of `max_batch` slots are free (one prompt always joins an empty batch), so a request
-larger than the batch joins prompt by prompt, as generate()'s continuous batching admits them.
+requests cost 31 decode steps, not 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI,
+section 3; vLLM). A prompt's n rows join when n of `max_batch` slots are free (one prompt always joins an
+empty batch), so a request larger than the batch joins prompt by prompt, as generate()'s continuous
+batching admits them.
 
 The batched KV cache (rollout/batch_cache.py) is right-aligned; position ids are per row, so a row sees
 exactly the positions it would see alone.
