@@ -365,3 +365,24 @@ def test_a_failing_forward_fails_its_requests_and_the_server_goes_on(tiny):
         httpd.shutdown()
         httpd.server_close()
         server.close()
+
+
+def test_an_abandoned_stream_is_cancelled(served):
+    """A streaming client that reads a few events and hangs up: its request stops at the next decode step."""
+    server, url = served
+    e = server.engine
+    steps0 = e.steps
+    body = json.dumps({"prompt": "Stream a long story", "max_tokens": 900, "ignore_eos": True,
+                       "stream": True}).encode()
+    host, port = re.match(r"http://([^:]+):(\d+)", url).groups()
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data: ") < 3:
+        got += s.recv(4096)
+    assert got.startswith(b"HTTP/1.0 200") and b"text/event-stream" in got
+    s.close()
+    _wait(lambda: len(_since(server, steps0)) == 1)
+    done = _since(server, steps0)[0]
+    assert done["reasons"] == ["cancelled"] and done["tokens"][0] < 900
