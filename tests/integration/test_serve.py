@@ -62,7 +62,7 @@ def test_chat_completion_protocol_and_usage(served, tiny):
     from alignlab.rollout.encode import encode_prompt
 
     server, url = served
-    status, out = post(url + "/chat/completions", {"model": "x", "messages": CHAT, "max_tokens": 5,
+    status, out = post(url + "/chat/completions", {"model": "tiny-random", "messages": CHAT, "max_tokens": 5,
                                                   "temperature": 0, "n": 2, "unknown_field": {"ignored": 1}})
     assert status == 200 and out["object"] == "chat.completion" and out["model"] == "tiny-random"
     assert [c["index"] for c in out["choices"]] == [0, 1]
@@ -104,7 +104,13 @@ def test_completions_seed_stop_and_n(served):
     ({"messages": CHAT, "n": 0}, "n", "invalid_value"),
     ({"messages": CHAT, "stop": 3}, "stop", "invalid_type"),
     ({"messages": CHAT, "seed": 1.5}, "seed", "invalid_type"),
-    ({"messages": CHAT, "stream": True}, "stream", "unsupported"),
+    ({"messages": CHAT, "stream": "yes"}, "stream", "invalid_type"),
+    ({"messages": CHAT, "presence_penalty": 0.5}, "presence_penalty", "unsupported"),
+    ({"messages": CHAT, "logit_bias": {"5": 10}}, "logit_bias", "unsupported"),
+    ({"messages": CHAT, "n": 1, "best_of": 3}, "best_of", "unsupported"),
+    ({"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format", "unsupported"),
+    ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs", "invalid_value"),
+    ({"messages": CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
 ])
 def test_bad_chat_requests_get_400_in_openai_shape(served, body, param, code):
     _, url = served
@@ -120,6 +126,8 @@ def test_other_4xx(served):
     assert post(url + "/chat/completions", None, raw=b"[1, 2]")[1]["error"]["code"] == "invalid_json"
     assert post(url + "/chat/completions", None, raw=b"\xff\xfe")[0] == 400
     assert post(url + "/completions", {"prompt": 5})[1]["error"]["param"] == "prompt"
+    status, out = post(url + "/completions", {"prompt": [[1, 2], [3, 10**9]], "max_tokens": 2})
+    assert status == 400 and "outside the vocabulary" in out["error"]["message"]
     assert post(url + "/nowhere", {})[0] == 404
     status, out = post(url + "/completions", {"prompt": "word " * 700, "max_tokens": 8})  # ~2100 tokens > 1024
     assert status == 400 and out["error"]["code"] == "context_length_exceeded"
@@ -226,7 +234,7 @@ def test_llm_judge_against_alignlab_serve_subprocess(tmp_path, tiny):
     model_dir = _always_a_model(tmp_path / "always_a", tiny)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "alignlab", "serve", str(model_dir), "--host", HOST,
-                             "--port", "0", "--quiet", "--device", "cpu"],
+                             "--port", "0", "--quiet", "--device", "cpu", "--model-id", "always-a"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()

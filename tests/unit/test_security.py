@@ -259,7 +259,10 @@ def server_url():
 def raw_exchange(address, request: bytes) -> bytes:
     with socket.create_connection(address, timeout=20) as s:
         s.sendall(request)
-        s.shutdown(socket.SHUT_WR)  # no more bytes are coming: a server waiting for a body must give up
+        try:
+            s.shutdown(socket.SHUT_WR)  # no more bytes are coming: a server waiting for a body must give up
+        except OSError:  # the server already answered (e.g. 400 on the request line) and closed: allowed
+            pass
         chunks = []
         try:
             while chunk := s.recv(65536):

@@ -36,6 +36,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout per connection, seconds")
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once; beyond: 503")
     p.add_argument("--quiet", action="store_true", help="do not log one line per request")
+    p.add_argument("--max-batch", "--batch-size", type=int, default=64,
+                   help="sequences decoded together (continuous batching); as SamplingConfig.batch_size")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond the batch; beyond: 503")
+    p.add_argument("--no-load-weights", action="store_true", help="disable POST /v1/load_weights")
+    p.add_argument("--admin-token-env", default=None, help="env var holding the bearer token /v1/load_weights needs")
+    p.add_argument("--weights-root", default=None, help="/v1/load_weights loads only directories under this one")
 
 
 @command("serve", "Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions).",
@@ -46,13 +52,18 @@ def _serve(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
-    server = ModelServer(model, tokenizer, model_id=args.model_id or args.model,
-                         max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    server = ModelServer(model, tokenizer, model_id=args.model_id or args.model, aliases=(args.model,),
+                         max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
+                         max_batch=args.max_batch, max_queue=args.max_queue,  # weight pushes: loopback or a token
+                         load_weights=not args.no_load_weights and (loopback or args.admin_token_env is not None),
+                         admin_token_env=args.admin_token_env, weights_root=args.weights_root)
     httpd = make_http_server(server, args.host, args.port, socket_timeout=args.timeout, quiet=args.quiet,
                              max_connections=args.max_connections)
     print(f"alignlab serve: {args.model} at {base_url(httpd)}", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("alignlab serve: warning: bound beyond loopback; there is no authentication", file=sys.stderr)
+    if not loopback:
+        print("alignlab serve: warning: bound beyond loopback; completions need no authentication "
+              "(/v1/load_weights is off unless --admin-token-env)", file=sys.stderr)
     try:
         httpd.serve_forever()
     finally:

@@ -58,7 +58,7 @@ class JudgeConfig:
     """llm: sampling temperature of the judge (0 = greedy, the usual choice for judging)."""
     timeout: float = 300.0
     """llm over base_url: seconds before one HTTP request is abandoned (then retried). Generous because a
-    CPU server answers one request at a time: with `concurrency` requests queued, the last waits for all."""
+    CPU judge is slow, and requests beyond the server's batch wait in its queue."""
     max_retries: int = 3
     """llm over base_url: retries on 429 / 5xx / connection errors, with exponential backoff."""
     concurrency: int = 4

@@ -1,0 +1,68 @@
+"""What a client asks the continuous-batching engine (rollout/scheduler.py) for, and how it hears back."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+__all__ = ["QueueFull", "Request", "SeqParams"]
+
+
+@dataclass
+class SeqParams:
+    """How one request is sampled (every sample of every prompt of it)."""
+
+    max_tokens: int
+    """Most tokens generated per sample (EOS included)."""
+    temperature: float = 1.0
+    """0 = greedy (argmax); else logits are divided by it before sampling."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = off)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = off)."""
+    stop: list[str] = field(default_factory=list)
+    """A sample finishes ('stop') once its decoded text contains one of these."""
+    seed: int = 0
+    """Seed of the per-sample generators."""
+    logprobs: int | None = None
+    """None: no log-probs; k >= 0: the sampled token's log-prob and the k most likely alternatives."""
+    ignore_eos: bool = False
+    """Keep decoding past EOS until max_tokens (benchmarks, tests)."""
+
+
+class QueueFull(AlignlabError):
+    """The waiting queue holds `max_queue` requests already."""
+
+
+class Request:
+    """Prompts (token ids) x n samples. The engine puts events on `events`:
+    ("token", seq, token_id, logprob | None, [(token_id, logprob), ...] | None), ("finish", seq, reason)
+    with reason eos / stop / length / cancelled, and ("error", message). seq = prompt_index * n + sample."""
+
+    def __init__(self, prompts: list[list[int]], n: int, params: SeqParams, request_id: str = ""):
+        if not prompts or any(not p for p in prompts):
+            raise AlignlabError("scheduler: every prompt needs at least one token")
+        self.prompts, self.n, self.params, self.id = prompts, n, params, request_id
+        self.events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+        # Bookkeeping, written by the engine: rows not finished, per-row lengths and finish reasons, the
+        # request's generator, and the steps at which it was submitted and admitted.
+        self.remaining = len(prompts) * n
+        self.lengths: list[int] = [0] * self.remaining
+        self.reasons: list[str | None] = [None] * self.remaining
+        self.gen: Any = None
+        self.cfg: Any = None  # the request's generate.SamplingConfig, built by the engine
+        self.submitted_step: int | None = None
+        self.admitted_step: int | None = None
+
+    def cancel(self) -> None:
+        """Stop every sample of this request at the next decode step (they finish with 'cancelled')."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
