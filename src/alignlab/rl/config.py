@@ -169,6 +169,15 @@ class PolicyGradientConfig(RLConfig):
     the mismatch."""
     rollout_is_cap: float = 2.0
     """Cap of the rollout_is weight (> 1)."""
+    env: Literal["calculator", "python"] | None = None
+    """Multi-turn tool environment (rl/envs/): calculator (a safe arithmetic tool) or python (the code sandbox as a
+    tool). Each prompt row's question is played for up to max_turns turns; tool calls use the chat-template tool
+    format, the tool's reply comes back as a tool message, and only the model's own tokens carry loss. The final
+    answer is scored by `reward` (math or gsm8k against the row's answer); max_new_tokens bounds each turn."""
+    max_turns: int = 4
+    """Most assistant turns of an env episode (the last one is scored whatever it holds)."""
+    env_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the environment, e.g. {reward: math} (the final answer's reward) or {timeout_s: 5} for python."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling (Yu et al. 2025, Sec. 3.2): groups whose rewards are all equal carry no signal; drop them
     and sample more prompts until batch_size groups have spread (a shorter batch after max_resample_rounds)."""

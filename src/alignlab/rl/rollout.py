@@ -165,6 +165,16 @@ def rollout_metrics(ro: Rollout, samples: list, k: int, kl_name: str) -> dict[st
     return metrics
 
 
+def sample_groups(state: Any, step: int, rows: list, *, logprobs: bool, round: int = 0
+                  ) -> tuple[list, list[float], dict]:
+    """One round of samples for `rows`: single completions, or episodes through cfg.env (rl/multiturn.py)."""
+    if state.cfg.env is None:
+        return sample_and_score(state, step, rows, logprobs=logprobs, round=round)
+    from alignlab.rl.multiturn import sample_episodes
+
+    return sample_episodes(state, step * 1000 + round, rows, logprobs=logprobs)
+
+
 def dynamic_groups(state: Any, step: int, rows: list, logprobs: bool) -> tuple[list, list[float], dict]:
     """DAPO dynamic sampling: sample rounds (the step's prompts, then fresh ones from state.more_prompts) until
     len(rows) groups have reward spread, at most max_resample_rounds extra rounds; zero-spread groups never enter."""
@@ -174,7 +184,7 @@ def dynamic_groups(state: Any, step: int, rows: list, logprobs: bool) -> tuple[l
     acc = GroupAccumulator(len(rows), k, cfg.max_resample_rounds)
     batch, stats, rnd = rows, {}, 0
     while acc.needs_more():
-        samples, rewards, part = sample_and_score(state, step, batch, logprobs=logprobs, round=rnd)
+        samples, rewards, part = sample_groups(state, step, batch, logprobs=logprobs, round=rnd)
         for key, v in part.items():
             stats[key] = stats.get(key, 0.0) + v if key.startswith("time/") else v
         acc.add(rewards, [(samples[g * k:(g + 1) * k], rewards[g * k:(g + 1) * k]) for g in range(len(batch))])
@@ -196,8 +206,12 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str,
     if cfg.dynamic_sampling:
         samples, rewards, timing = dynamic_groups(state, step, rows, want_sampler)
     else:
-        samples, rewards, timing = sample_and_score(state, step, rows, logprobs=want_sampler)
+        samples, rewards, timing = sample_groups(state, step, rows, logprobs=want_sampler)
     ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
+    if cfg.env is not None:  # tool replies and template tokens are context, not the model's: no loss on them
+        from alignlab.rl.envs.episode import padded_loss_mask
+
+        ro.mask = ro.mask * padded_loss_mask(samples, ro.resp_len).to(ro.mask)
     ro.rewards = torch.tensor(rewards, dtype=torch.float32, device=state.device)
     n = ro.mask.shape[0]
     size = max(1, (cfg.mini_batch_size or n) // (cfg.grad_accum * world.size))

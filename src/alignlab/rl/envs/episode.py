@@ -54,6 +54,11 @@ class Episode:
         return assemble(self.segments)[1]
 
     @property
+    def finish_reason(self) -> str:
+        """As ``rollout.generate.Sample``'s: "length" when the token budget cut the episode, else "stop"."""
+        return "length" if self.truncated else "stop"
+
+    @property
     def completion_ids(self) -> list[int]:
         """The response ids under the name ``rollout.generate.Sample`` uses, so code that packs samples
         (prompt_ids + completion_ids) packs episodes too; then apply :func:`padded_loss_mask`."""
