@@ -162,7 +162,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
                             _stop_checker(tokenizer, cfg.stop), constraint.advance if constraint else None)
             rows = engine.run()
         out = {i: rows[i * n:(i + 1) * n] for i in range(len(encoded))}
-        samples = _to_samples(tokenizer, encoded, out, n, cfg.stop)
+        samples = to_samples(tokenizer, encoded, out, n, cfg.stop)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -254,7 +254,7 @@ def _stop_checker(tokenizer: Any, stops: list[str]):
     return hit
 
 
-def _to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
+def to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
     samples = []
     for i in range(len(encoded)):
         for j, (ids, lps, reason) in enumerate(out[i]):
