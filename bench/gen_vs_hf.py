@@ -115,14 +115,60 @@ def run_hf(model, tok, prompts, n, max_new, seed) -> tuple[int, Clock]:
     return tokens, clock
 
 
-def run_ours(model, tok, prompts, n, max_new, seed) -> tuple[int, Clock]:
+def run_ours(model, tok, prompts, n, max_new, seed, weights_dtype="model", batch_size=None) -> tuple[int, Clock]:
     from alignlab.rollout.generate import SamplingConfig, generate
 
     cfg = SamplingConfig(max_new_tokens=max_new, temperature=1.0, top_p=1.0, top_k=0, seed=seed,
-                         batch_size=len(prompts) * n)
+                         batch_size=batch_size or len(prompts) * n, weights_dtype=weights_dtype)
     with Clock() as clock:
         res = generate(model, tok, prompts, cfg, n=n)
     return res.num_tokens, clock
+
+
+def read_bandwidth(mb: int = 512, repeats: int = 3) -> float:
+    """The machine's memory read bandwidth in bytes/s with the current torch threads: the best of a few
+    sums over a float32 buffer far larger than any cache (a sum reads every byte once, writes nothing)."""
+    x = torch.ones(mb * (1 << 20) // 4)
+    x.sum()  # touch the pages
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def decode_rate(model, tok, prompts, batch: int, weights_dtype: str, timer, steps=(8, 40)) -> float:
+    """Decode tokens/s (`timer`: the wall or the process CPU clock) at a constant batch of `batch` rows: EOS is ignored so no row leaves, and the
+    prefill is cancelled out by timing two lengths and dividing the extra tokens by the extra time."""
+    from alignlab.rollout.engine import Engine
+    from alignlab.rollout.generate import SamplingConfig, _sampler, sampling_forward
+
+    times = []
+    for max_new in steps:
+        cfg = SamplingConfig(max_new_tokens=max_new, seed=0, batch_size=batch, weights_dtype=weights_dtype)
+        gen = torch.Generator().manual_seed(0)
+        eng = Engine(model, sampling_forward(model, cfg), [prompts[0]], [0], batch, cfg, [], tok.pad_token_id,
+                     _sampler(cfg, gen, None))
+        with torch.inference_mode():
+            t = timer()
+            eng.run()
+            times.append(timer() - t)
+    return batch * (steps[1] - steps[0]) / (times[1] - times[0])
+
+
+def roofline(model, tok, prompts, batch: int, bandwidth: float, timer) -> dict:
+    """Fraction of the memory-bandwidth limit reached at `batch` rows: a decode step must read every weight
+    once, so at most bandwidth / weight bytes steps per second, `batch` tokens each (KV-cache reads, small
+    here, are left out, which makes the bound optimistic: the fraction is if anything understated)."""
+    out = {}
+    for name, wd in (("fp32", "float32"), ("bf16", "bfloat16")):
+        size = 4 if wd == "float32" else 2
+        limit = batch * bandwidth / (sum(p.numel() for p in model.parameters()) * size)
+        rate = decode_rate(model, tok, prompts, batch, wd, timer)
+        out[name] = {"tokens_per_s": round(rate, 1), "roofline_tokens_per_s": round(limit, 1),
+                     "fraction": round(rate / limit, 3)}
+    return out
 
 
 def main(argv=None) -> dict:
@@ -134,6 +180,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per side, alternating")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (0 = leave as is; CPU default 1)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default=None, help="CPU default cpu, GPU wall")
+    ap.add_argument("--bf16", action="store_true", help="also time our sampler with bf16 weights (weights_dtype)")
+    ap.add_argument("--batch-size", type=int, default=None, help="our rows in flight (default: all at once)")
+    ap.add_argument("--roofline-batch", type=int, default=16, help="batch of the roofline measurement (0 = skip)")
     args = ap.parse_args(argv)
     model, tok = load(args.model)
     on_cpu = model.device.type == "cpu"
@@ -144,9 +193,12 @@ def main(argv=None) -> dict:
     prompts = encode(tok, review_openings(args.prompts))
     run_ours(model, tok, prompts[:2], 2, 4, 0)  # warm-up both paths (allocator, kernels)
     run_hf(model, tok, prompts[:2], 2, 4, 0)
-    ours, hf = [], []
+    ours, hf, ours_bf16 = [], [], []
+    sides = [("ours", lambda *a: run_ours(*a, batch_size=args.batch_size), ours), ("hf", run_hf, hf)]
+    if args.bf16:
+        sides.append(("ours_bf16", lambda *a: run_ours(*a, "bfloat16", args.batch_size), ours_bf16))
     for r in range(args.rounds):
-        for side, fn, acc in (("ours", run_ours, ours), ("hf", run_hf, hf)):
+        for side, fn, acc in sides:
             tokens, c = fn(model, tok, prompts, args.n, args.max_new_tokens, 1000 + r)
             acc.append((tokens, c))
             print(f"round {r} {side:4s}: {tokens:5d} tokens, wall {c.wall:6.2f} s = {tokens / c.wall:8.1f} "
@@ -163,6 +215,15 @@ def main(argv=None) -> dict:
         "ours_wall_tokens_per_s": round(rate(ours, "wall"), 1), "hf_wall_tokens_per_s": round(rate(hf, "wall"), 1),
         "ours_tokens_per_s": round(o, 1), "hf_tokens_per_s": round(h, 1), "speedup": round(o / h, 2),
     }
+    if args.bf16:
+        b = rate(ours_bf16, clock)
+        result.update(ours_bf16_tokens_per_s=round(b, 1), speedup_bf16=round(b / h, 2))
+    if args.roofline_batch:
+        bw = read_bandwidth()
+        result["read_bandwidth_gb_s"] = round(bw / 1e9, 2)
+        timer = time.process_time if clock == "cpu" else time.perf_counter
+        result["roofline"] = roofline(model, tok, prompts, args.roofline_batch, bw, timer)
+        result["roofline_batch"] = args.roofline_batch
     print(json.dumps(result))
     return result
 

@@ -147,7 +147,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
     for i, ids in enumerate(encoded):
         if not ids:
             raise AlignlabError(f"generate: prompt {i} encodes to no tokens")
-    constraint = _constraint(tokenizer, model, cfg, len(encoded) * n)
+    constraint = _constraint(tokenizer, model, cfg)
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
     order = list(range(len(encoded)))
     if cfg.sort_by_length:
@@ -169,12 +169,13 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
     return GenerationResult(samples, sum(len(s.completion_ids) for s in samples), seconds)
 
 
-def _constraint(tokenizer: Any, model: Any, cfg: SamplingConfig, rows: int):
+def _constraint(tokenizer: Any, model: Any, cfg: SamplingConfig):
     if cfg.json_schema is None and cfg.regex is None and cfg.lark is None:
         return None
     from alignlab.rollout.constrained import Constraint, grammar_for
 
-    return Constraint(grammar_for(cfg), tokenizer, model.config.get_text_config(decoder=True).vocab_size, rows)
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    return Constraint(grammar_for(cfg), tokenizer, vocab, eos_token_ids(model, tokenizer))
 
 
 def _sampler(cfg: SamplingConfig, gen: Any, constraint: Any):
