@@ -171,6 +171,26 @@ def roofline(model, tok, prompts, batch: int, bandwidth: float, timer) -> dict:
     return out
 
 
+def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
+    """Median wall tokens/s of vLLM on the same batch, in its own venv (bench/vllm_peer.py)."""
+    import subprocess
+    import sys
+
+    from alignlab.models.load import resolve_model
+
+    job = {"model": resolve_model(model), "prompts": prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
+           "rounds": args.rounds}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or torch.get_num_threads()))
+    proc = subprocess.run([python, str(Path(__file__).with_name("vllm_peer.py")), json.dumps(job)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"vLLM peer failed ({python}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r, (t, w) in enumerate(zip(out["tokens"], out["wall"])):
+        print(f"round {r} vllm: {t:5d} tokens, wall {w:6.2f} s = {t / w:8.1f} tokens/s", flush=True)
+    return statistics.median(t / w for t, w in zip(out["tokens"], out["wall"]))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny-random")
@@ -182,6 +202,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--clock", choices=("wall", "cpu"), default=None, help="CPU default cpu, GPU wall")
     ap.add_argument("--bf16", action="store_true", help="also time our sampler with bf16 weights (weights_dtype)")
     ap.add_argument("--batch-size", type=int, default=None, help="our rows in flight (default: all at once)")
+    ap.add_argument("--vllm-python", metavar="PATH", help="python of a venv with vLLM: run bench/vllm_peer.py "
+                    "there on the same batch and report it as a second peer (wall clock)")
     ap.add_argument("--roofline-batch", type=int, default=16, help="batch of the roofline measurement (0 = skip)")
     args = ap.parse_args(argv)
     model, tok = load(args.model)
@@ -218,6 +240,11 @@ def main(argv=None) -> dict:
     if args.bf16:
         b = rate(ours_bf16, clock)
         result.update(ours_bf16_tokens_per_s=round(b, 1), speedup_bf16=round(b / h, 2))
+    if args.vllm_python:
+        v = run_vllm(args.vllm_python, args.model, prompts, args)
+        result.update(vllm_tokens_per_s=round(v, 1), speedup_vs_vllm_wall=round(rate(ours, "wall") / v, 2))
+        if args.bf16:
+            result["speedup_bf16_vs_vllm_wall"] = round(rate(ours_bf16, "wall") / v, 2)
     if args.roofline_batch:
         bw = read_bandwidth()
         result["read_bandwidth_gb_s"] = round(bw / 1e9, 2)

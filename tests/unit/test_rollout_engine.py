@@ -86,3 +86,26 @@ def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert generate(model, tok, PROMPTS[:2], SamplingConfig(weights_dtype="auto", max_new_tokens=3)).samples
+
+
+def test_bf16_sampling_on_cpu_runs_attention_in_fp32_and_restores_the_model():
+    """The bf16 sampler switches attention to the fp32 sdpa wrapper during its own calls only."""
+    from alignlab.rollout.weights import ATTENTION, _sdpa_fp32
+
+    model, tok = tiny_lm()
+    model.config._attn_implementation = "sdpa"
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    generate(model, tok, PROMPTS[:2], SamplingConfig(max_new_tokens=3, weights_dtype="bfloat16"))
+    assert set(seen) == {ATTENTION} and model.config._attn_implementation == "sdpa"
+    seen.clear()
+    generate(model, tok, PROMPTS[:2], SamplingConfig(max_new_tokens=3))
+    assert set(seen) == {"sdpa"}
+    # the wrapper: fp32 sdpa on upcast inputs, output in the input dtype
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    attn = model.model.layers[0].self_attn
+    q, k, v = (torch.randn(2, n, 5, 8).bfloat16() for n in (4, 2, 2))
+    got, _ = _sdpa_fp32(attn, q, k, v, None, scaling=0.3, is_causal=True)
+    want, _ = sdpa_attention_forward(attn, q.float(), k.float(), v.float(), None, scaling=0.3, is_causal=True)
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=1e-2)

@@ -96,7 +96,7 @@ class Engine:
         take = [self.waiting.popleft() for _ in range(min(len(self.waiting), max(1, free // self.n)))]
         ids, mask = left_pad([self.prompts[i] for i in take], self.pad_id, self.device)
         joining = self.live.numel() > 0
-        cache = new_cache(self.model, ids.shape[1] + self.cfg.max_new_tokens)[0] if joining else self.cache
+        cache = new_cache(self.model)[0] if joining else self.cache  # merged at once: no reserve
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.forward(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
         self.prefills += 1

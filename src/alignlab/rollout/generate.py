@@ -32,6 +32,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.rollout.encode import encode_prompt, eos_token_ids
+from alignlab.rollout.weights import resolve_weights_dtype, sampling_forward  # noqa: F401 (re-exported)
 
 FINISH_REASONS = ("eos", "stop", "length")
 WEIGHTS_DTYPES = ("model", "auto", "float32", "bfloat16")
@@ -186,51 +187,6 @@ def _sampler(cfg: SamplingConfig, gen: Any, constraint: Any):
         return sample_next(logits, cfg, gen)
 
     return sample
-
-
-def resolve_weights_dtype(model: Any, choice: str):
-    """The torch dtype to sample with for SamplingConfig.weights_dtype (see its docstring)."""
-    import torch
-
-    current = next(model.parameters()).dtype
-    if choice == "model":
-        return current
-    if choice != "auto":
-        return getattr(torch, choice)
-    if current != torch.float32:
-        return current
-    dev = model.device
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else current
-    if dev.type == "cpu":
-        cpu = torch._C._cpu
-        units = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if units else current
-    return current
-
-
-def sampling_forward(model: Any, cfg: SamplingConfig):
-    """fn(input_ids, attention_mask, position_ids, cache) -> last-position logits [B, V], with the weights
-    in cfg.weights_dtype. Another dtype runs the same module on a copy of its parameters made here, once
-    (`torch.func.functional_call`): the caller's parameters, their gradients and optimizer state are
-    untouched, and nothing is converted per step."""
-    import torch
-
-    kv = forward_kwargs(model)
-    dtype = resolve_weights_dtype(model, cfg.weights_dtype)
-    call = model
-    if cfg.weights_dtype != "model" and dtype != next(model.parameters()).dtype:
-        params = {k: (p.detach().to(dtype) if p.is_floating_point() else p) for k, p in model.named_parameters()}
-
-        def call(**kw):
-            return torch.func.functional_call(model, params, args=(), kwargs=kw, tie_weights=True, strict=False)
-
-    def forward(input_ids, attention_mask, position_ids, cache):
-        return call(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    use_cache=True, logits_to_keep=1, **{kv: cache}).logits[:, -1]
-
-    return forward
 
 
 def _pad_id(tokenizer: Any) -> int:
