@@ -223,6 +223,9 @@ def to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
     return samples
 
 
+_to_samples = to_samples  # the name other rollout modules (speculative decoding) import
+
+
 def _new_cache(model: Any):
     """(cache, growing) for `model`: see rollout/kvcache.py."""
     from alignlab.rollout.kvcache import new_cache
