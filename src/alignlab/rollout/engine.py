@@ -75,13 +75,18 @@ class Engine:
                 tok = tok[keep]
             if self.live.numel():
                 self._step(tok)
-            free = self.cfg.batch_size - self.live.numel()
-            if self.growing and self.cfg.continuous_batching and self.waiting and self.live.numel() and free >= self.n:
+            if self._can_join():
                 self._admit()
         rows = self.toks.tolist()
         lps = self.lps.tolist() if self.lps is not None else None
         return [(rows[r][:self.length[r]], lps[r][:self.length[r]] if lps else None, self.reason[r])
                 for r in range(len(rows))]
+
+    def _can_join(self) -> bool:
+        """Continuous batching: a waiting prompt joins once its n rows fit beside the running ones."""
+        live = self.live.numel()
+        return bool(self.growing and self.cfg.continuous_batching and self.waiting and live
+                    and self.cfg.batch_size - live >= self.n)
 
     def _reserve(self) -> int:
         return max(len(p) for p in self.prompts) + self.cfg.max_new_tokens
