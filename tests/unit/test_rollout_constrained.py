@@ -13,7 +13,7 @@ from alignlab.rollout.generate import SamplingConfig, generate
 
 pytest.importorskip("llguidance", reason="structured generation needs the optional extra `structured` (llguidance)")
 
-from alignlab.rollout.constrained import grammar_for, token_masks  # noqa: E402
+from alignlab.rollout.constrained import advance, allowed_token_mask, grammar_for, new_state, token_masks  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -72,3 +72,24 @@ def test_replayed_masks_give_the_samplers_log_probs():
         plain = torch.log_softmax(logits / 0.7, -1).gather(-1, idx)[:, 0]
         assert torch.allclose(torch.tensor(s.logprobs), masked, atol=1e-4)
         assert not torch.allclose(torch.tensor(s.logprobs), plain, atol=1e-2)
+
+
+def test_the_pure_mask_step_reads_the_state_and_advance_moves_it():
+    """For {"score": ..} the first token can only be '{', then only '"'; reading the mask twice changes nothing;
+    after a complete object only EOS (id 2) is allowed."""
+    model, tok = tiny_lm()
+    vocab = model.config.vocab_size
+    state = new_state(grammar_for(SamplingConfig(json_schema=SCHEMA)), tok, vocab, [2])
+    first = allowed_token_mask(state)
+    assert first.shape == (vocab,) and torch.equal(first, allowed_token_mask(state))
+    assert first.nonzero()[:, 0].tolist() == [tok.convert_tokens_to_ids("{")]
+    advance(state, tok.convert_tokens_to_ids("{"))
+    assert allowed_token_mask(state).nonzero()[:, 0].tolist() == [tok.convert_tokens_to_ids('"')]
+    for ch in '"score": 7, "label": "pos", "ok": true}':
+        advance(state, tok.convert_tokens_to_ids(ch))
+    assert allowed_token_mask(state).nonzero()[:, 0].tolist() == [2]
+    with pytest.raises(AlignlabError, match="outside the grammar"):
+        advance(state, tok.convert_tokens_to_ids("x"))
+    fresh = new_state(grammar_for(SamplingConfig(json_schema=SCHEMA)), tok, vocab, [2])
+    with pytest.raises(AlignlabError, match="outside the grammar"):
+        advance(fresh, tok.convert_tokens_to_ids("x"))
