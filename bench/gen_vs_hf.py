@@ -7,7 +7,7 @@ settings and the same batch, in alternating rounds on the same machine. Tokens a
 on both sides: each completion up to and including its first EOS (padding after EOS is not counted).
 
     python bench/gen_vs_hf.py --model tiny-random
-    python bench/gen_vs_hf.py --model smollm2-135m-instruct --prompts 8 --n 8 --max-new-tokens 64
+    python bench/gen_vs_hf.py --model smollm2-135m-instruct --prompts 8 --n 8 --max-new-tokens 64 --bf16
 
 The last output line is one JSON object: {"ours_tokens_per_s", "hf_tokens_per_s", "speedup", ...}.
 
@@ -18,12 +18,21 @@ of the same run varied 10x; one thread's CPU seconds measure the work each side 
 Both clocks are always reported; `speedup` uses the chosen one. `--threads 0 --clock wall` measures
 as-is.
 
-Measured on the shared 2-core CPU box (1 thread, CPU clock, 8 prompts x 8 samples, 64 new tokens):
-tiny-random 49.5k vs 26.3k tokens/s (1.88x); smollm2-135m-instruct 222 vs 144 tokens/s (1.55x). With
-256 new tokens (4 x 8), smollm2 177 vs 131 (1.35x): almost every row runs to the limit, so batch
-compaction has little to drop and both sides sit on the same matmul floor. Where the gain comes from:
-one prefill per prompt instead of n, an inverse-CDF draw instead of torch.multinomial over the vocabulary,
-and no decoding of rows that already ended.
+Also reported: our sampler with bf16 weights (`--bf16`, SamplingConfig.weights_dtype), the machine's memory
+read bandwidth (measured here) and, at `--roofline-batch` rows (16), decode tokens/s against the
+bandwidth limit (every weight read once per step) for fp32 and bf16 weights; and vLLM's CPU build as a
+second peer when `--vllm-python` names the Python of a venv holding it (bench/vllm_peer.py).
+
+Measured 2026-12-01 on the shared 2-core box (`lscpu`: AMD EPYC, AVX512-BF16; 1 torch thread, CPU clock,
+load average ~8 from other jobs, so single-run figures move by +-20%), smollm2-135m-instruct, 8 prompts x 8
+samples x 64 new tokens, one round: model.generate 95.1 tokens/cpu-s; ours fp32 147.8 (1.55x); ours bf16
+195.7 (2.06x; 250.4 vs 101.5 = 2.47x in an earlier run). Read bandwidth 15.1 GB/s (6.7 in a run with more
+contention); at batch 16, fp32 103.6 tokens/s = 23% of its 450 tokens/s limit, bf16 159.0 = 18% of 900: on
+one core at batch 16 the matrix products are compute-bound (single-thread GEMMs at ~29 GFLOP/s), not
+bandwidth-bound, so the bandwidth roofline is not reached. Almost every row of this batch runs to 64
+tokens, so continuous batching (a 16-row batch over the 64 rows) is at parity with static batches here
+(127.7 vs 129.5 tokens/cpu-s, bf16); it pays where lengths are ragged (docs/serving.md: 1.4x on short
+TruthfulQA answers). vLLM: not installed on this box.
 """
 
 from __future__ import annotations
@@ -115,14 +124,80 @@ def run_hf(model, tok, prompts, n, max_new, seed) -> tuple[int, Clock]:
     return tokens, clock
 
 
-def run_ours(model, tok, prompts, n, max_new, seed) -> tuple[int, Clock]:
+def run_ours(model, tok, prompts, n, max_new, seed, weights_dtype="model", batch_size=None) -> tuple[int, Clock]:
     from alignlab.rollout.generate import SamplingConfig, generate
 
     cfg = SamplingConfig(max_new_tokens=max_new, temperature=1.0, top_p=1.0, top_k=0, seed=seed,
-                         batch_size=len(prompts) * n)
+                         batch_size=batch_size or len(prompts) * n, weights_dtype=weights_dtype)
     with Clock() as clock:
         res = generate(model, tok, prompts, cfg, n=n)
     return res.num_tokens, clock
+
+
+def read_bandwidth(mb: int = 512, repeats: int = 3) -> float:
+    """The machine's memory read bandwidth in bytes/s with the current torch threads: the best of a few
+    sums over a float32 buffer far larger than any cache (a sum reads every byte once, writes nothing)."""
+    x = torch.ones(mb * (1 << 20) // 4)
+    x.sum()  # touch the pages
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def decode_rate(model, tok, prompts, batch: int, weights_dtype: str, timer, steps=(8, 40)) -> float:
+    """Decode tokens/s (`timer`: the wall or the process CPU clock) at a constant batch of `batch` rows: EOS is ignored so no row leaves, and the
+    prefill is cancelled out by timing two lengths and dividing the extra tokens by the extra time."""
+    from alignlab.rollout.engine import Engine
+    from alignlab.rollout.generate import SamplingConfig, _sampler, sampling_forward
+
+    times = []
+    for max_new in steps:
+        cfg = SamplingConfig(max_new_tokens=max_new, seed=0, batch_size=batch, weights_dtype=weights_dtype)
+        gen = torch.Generator().manual_seed(0)
+        eng = Engine(model, sampling_forward(model, cfg), [prompts[0]], [0], batch, cfg, [], tok.pad_token_id,
+                     _sampler(cfg, gen, None))
+        with torch.inference_mode():
+            t = timer()
+            eng.run()
+            times.append(timer() - t)
+    return batch * (steps[1] - steps[0]) / (times[1] - times[0])
+
+
+def roofline(model, tok, prompts, batch: int, bandwidth: float, timer) -> dict:
+    """Fraction of the memory-bandwidth limit reached at `batch` rows: a decode step must read every weight
+    once, so at most bandwidth / weight bytes steps per second, `batch` tokens each (KV-cache reads, small
+    here, are left out, which makes the bound optimistic: the fraction is if anything understated)."""
+    out = {}
+    for name, wd in (("fp32", "float32"), ("bf16", "bfloat16")):
+        size = 4 if wd == "float32" else 2
+        limit = batch * bandwidth / (sum(p.numel() for p in model.parameters()) * size)
+        rate = decode_rate(model, tok, prompts, batch, wd, timer)
+        out[name] = {"tokens_per_s": round(rate, 1), "roofline_tokens_per_s": round(limit, 1),
+                     "fraction": round(rate / limit, 3)}
+    return out
+
+
+def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
+    """Median wall tokens/s of vLLM on the same batch, in its own venv (bench/vllm_peer.py)."""
+    import subprocess
+    import sys
+
+    from alignlab.models.load import resolve_model
+
+    job = {"model": resolve_model(model), "prompts": prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
+           "rounds": args.rounds}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or torch.get_num_threads()))
+    proc = subprocess.run([python, str(Path(__file__).with_name("vllm_peer.py")), json.dumps(job)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"vLLM peer failed ({python}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r, (t, w) in enumerate(zip(out["tokens"], out["wall"])):
+        print(f"round {r} vllm: {t:5d} tokens, wall {w:6.2f} s = {t / w:8.1f} tokens/s", flush=True)
+    return statistics.median(t / w for t, w in zip(out["tokens"], out["wall"]))
 
 
 def main(argv=None) -> dict:
@@ -134,6 +209,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per side, alternating")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (0 = leave as is; CPU default 1)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default=None, help="CPU default cpu, GPU wall")
+    ap.add_argument("--bf16", action="store_true", help="also time our sampler with bf16 weights (weights_dtype)")
+    ap.add_argument("--batch-size", type=int, default=None, help="our rows in flight (default: all at once)")
+    ap.add_argument("--vllm-python", metavar="PATH", help="python of a venv with vLLM: run bench/vllm_peer.py "
+                    "there on the same batch and report it as a second peer (wall clock)")
+    ap.add_argument("--roofline-batch", type=int, default=16, help="batch of the roofline measurement (0 = skip)")
     args = ap.parse_args(argv)
     model, tok = load(args.model)
     on_cpu = model.device.type == "cpu"
@@ -144,9 +224,12 @@ def main(argv=None) -> dict:
     prompts = encode(tok, review_openings(args.prompts))
     run_ours(model, tok, prompts[:2], 2, 4, 0)  # warm-up both paths (allocator, kernels)
     run_hf(model, tok, prompts[:2], 2, 4, 0)
-    ours, hf = [], []
+    ours, hf, ours_bf16 = [], [], []
+    sides = [("ours", lambda *a: run_ours(*a, batch_size=args.batch_size), ours), ("hf", run_hf, hf)]
+    if args.bf16:
+        sides.append(("ours_bf16", lambda *a: run_ours(*a, "bfloat16", args.batch_size), ours_bf16))
     for r in range(args.rounds):
-        for side, fn, acc in (("ours", run_ours, ours), ("hf", run_hf, hf)):
+        for side, fn, acc in sides:
             tokens, c = fn(model, tok, prompts, args.n, args.max_new_tokens, 1000 + r)
             acc.append((tokens, c))
             print(f"round {r} {side:4s}: {tokens:5d} tokens, wall {c.wall:6.2f} s = {tokens / c.wall:8.1f} "
@@ -163,6 +246,20 @@ def main(argv=None) -> dict:
         "ours_wall_tokens_per_s": round(rate(ours, "wall"), 1), "hf_wall_tokens_per_s": round(rate(hf, "wall"), 1),
         "ours_tokens_per_s": round(o, 1), "hf_tokens_per_s": round(h, 1), "speedup": round(o / h, 2),
     }
+    if args.bf16:
+        b = rate(ours_bf16, clock)
+        result.update(ours_bf16_tokens_per_s=round(b, 1), speedup_bf16=round(b / h, 2))
+    if args.vllm_python:
+        v = run_vllm(args.vllm_python, args.model, prompts, args)
+        result.update(vllm_tokens_per_s=round(v, 1), speedup_vs_vllm_wall=round(rate(ours, "wall") / v, 2))
+        if args.bf16:
+            result["speedup_bf16_vs_vllm_wall"] = round(rate(ours_bf16, "wall") / v, 2)
+    if args.roofline_batch:
+        bw = read_bandwidth()
+        result["read_bandwidth_gb_s"] = round(bw / 1e9, 2)
+        timer = time.process_time if clock == "cpu" else time.perf_counter
+        result["roofline"] = roofline(model, tok, prompts, args.roofline_batch, bw, timer)
+        result["roofline_batch"] = args.roofline_batch
     print(json.dumps(result))
     return result
 

@@ -2,6 +2,7 @@
 rows `alignlab sft` / `alignlab dpo` train on, and `alignlab dpo` (when present) accepts the pairs as they are."""
 
 import json
+import re
 
 import pytest
 
@@ -95,3 +96,23 @@ def test_generate_with_one_beam_equals_greedy(tmp_path):
     assert [r["completion"] for r in beam] == [r["completion"] for r in greedy]
     assert [r["num_tokens"] for r in beam] == [r["num_tokens"] for r in greedy]
     assert all(r["logp"] < 0 for r in beam)
+
+
+def test_generate_json_schema_flag_gives_schema_valid_completions(tmp_path, capsys):
+    pytest.importorskip("llguidance", reason="--json-schema needs the optional extra `structured` (llguidance)")
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9},
+                                               "ok": {"type": "boolean"}},
+              "required": ["n", "ok"], "additionalProperties": False}
+    schema_file, out = tmp_path / "schema.json", tmp_path / "gen.jsonl"
+    schema_file.write_text(json.dumps(schema))
+    assert main(["generate", "tiny-random", "--prompt", "Answer in JSON", "--n", "4", "--max-new-tokens", "40",
+                 "--json-schema", str(schema_file), "--out", str(out)]) == 0
+    for rec in map(json.loads, out.read_text().splitlines()):
+        obj = json.loads(rec["completion"][0]["content"])
+        assert set(obj) == {"n", "ok"} and 0 <= obj["n"] <= 9 and isinstance(obj["ok"], bool)
+    assert main(["generate", "tiny-random", "--prompt", "x", "--raw", "--regex", "[ab]{4}", "--max-new-tokens",
+                 "8", "--out", str(out)]) == 0
+    assert re.fullmatch("[ab]{4}", json.loads(out.read_text().splitlines()[0])["completion"])
+    schema_file.write_text("[1, 2]")
+    assert main(["generate", "tiny-random", "--prompt", "x", "--json-schema", str(schema_file)]) != 0
+    assert "must hold a JSON object" in capsys.readouterr().err

@@ -158,10 +158,12 @@ def test_prompt_sets_are_seeded_and_correct():
 
 def test_exact_match_reward():
     """' 321' strips to '321' (1.0); '32' and '3210' are wrong (0.0); a missing answer is an error."""
-    out = P.exact_match_reward(["123="] * 3, [" 321", "32", "3210"], answer=["321"] * 3)
+    from alignlab.rollout.rewards import exact_match_reward
+
+    out = exact_match_reward(["123="] * 3, [" 321", "32", "3210"], answer=["321"] * 3)
     assert out == [1.0, 0.0, 0.0]
     with pytest.raises(AlignlabError, match="answer"):
-        P.exact_match_reward(["1="], ["1"])
+        exact_match_reward(["1="], ["1"])
 
 
 def test_write_digit_sft_loads_as_plain_prompt_completion(tmp_path):
@@ -249,3 +251,20 @@ def test_shaping_adds_overlong_and_kimi_and_masks_truncated():
     assert torch.allclose(ro.rewards, torch.tensor([1.5, -0.5]))
     assert ro.mask[1].sum() == 0 and ro.mask[0].sum() == 4
     assert metrics["trained_frac"] == 0.5 and metrics["reward_shaped_mean"] == pytest.approx(0.5)
+
+
+def test_per_row_seed_samples_do_not_depend_on_sharding_or_batching(tiny):
+    """Four prompts x 3 samples in one call equal two ranks' halves (first_prompt 0 and 2) and equal a call with
+    a batch of 2 rows (rows joining as others finish): per_row_seed keys each draw by (seed, row, position)."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    prompts = ["The film", "A long review of", "I watched", "Nobody expected this"]
+    base = dict(max_new_tokens=10, temperature=1.0, seed=7, per_row_seed=True, logprobs=True)
+    whole = generate(model, tok, prompts, SamplingConfig(**base), n=3).samples
+    halves = [s for r in (0, 2) for s in generate(model, tok, prompts[r:r + 2],
+                                                   SamplingConfig(**base, first_prompt=r), n=3).samples]
+    small = generate(model, tok, prompts, SamplingConfig(**base, batch_size=3), n=3).samples
+    for other in (halves, small):
+        assert [s.completion_ids for s in other] == [s.completion_ids for s in whole]
+    assert len({tuple(s.completion_ids) for s in whole}) > 6  # the samples do differ from each other

@@ -23,3 +23,8 @@ def test_gen_bench_last_line_is_json_with_both_rates(capsys):
     # tokens counted up to and including EOS: at most prompts x n x max_new_tokens on each side
     assert 4 <= last["ours_tokens"][0] <= 16 and 4 <= last["hf_tokens"][0] <= 16
     assert abs(last["speedup"] - last["ours_tokens_per_s"] / last["hf_tokens_per_s"]) < 0.02
+    # the roofline: measured bandwidth, and per dtype the measured rate over bandwidth-limited rate
+    assert last["read_bandwidth_gb_s"] > 0 and last["roofline_batch"] == 16
+    for side in ("fp32", "bf16"):
+        r = last["roofline"][side]
+        assert r["tokens_per_s"] > 0 and abs(r["fraction"] - r["tokens_per_s"] / r["roofline_tokens_per_s"]) < 0.01

@@ -46,6 +46,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="a prompt given inline (repeatable); sent as a user message through the chat template")
     p.add_argument("--raw", action="store_true", help="send --prompt texts as plain text, without chat template")
+    p.add_argument("--json-schema", metavar="FILE", help="constrain every completion to JSON valid under the "
+                   "JSON schema in FILE (needs the extra 'structured': llguidance)")
+    p.add_argument("--regex", help="constrain every completion to match this regular expression (llguidance)")
+    p.add_argument("--weights-dtype", choices=("model", "auto", "float32", "bfloat16"), default="model",
+                   help="weights to sample with: as loaded, bf16 where the hardware has bf16 units (auto), ...")
     p.add_argument("--beams", type=int, default=None, metavar="N",
                    help="beam search with N beams over the model's log-probs (for a DPO policy: search on the "
                         "implicit reward, Rafailov et al. 2024); one completion per prompt, 1 = greedy")
@@ -68,9 +73,28 @@ def _sampling(args: argparse.Namespace):
 
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                          top_k=args.top_k, greedy=args.greedy, stop=list(args.stop), seed=args.seed,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, weights_dtype=getattr(args, "weights_dtype", "model"),
+                         json_schema=_schema_file(getattr(args, "json_schema", None)),
+                         regex=getattr(args, "regex", None))
     cfg.validate()
     return cfg
+
+
+def _schema_file(path: str | None) -> dict | None:
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return None
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise AlignlabError(f"generate: cannot read --json-schema {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise AlignlabError(f"generate: --json-schema {path} is not JSON: line {e.lineno}: {e.msg}") from None
+    if not isinstance(schema, dict):
+        raise AlignlabError(f"generate: --json-schema {path} must hold a JSON object (a schema)")
+    return schema
 
 
 def _load(args: argparse.Namespace):
@@ -110,6 +134,8 @@ def run_generate(args: argparse.Namespace) -> int:
         prompts = list(args.prompt) if args.raw else [[{"role": "user", "content": t}] for t in args.prompt]
     model, tok = _load(args)
     if args.beams is not None:
+        if cfg.json_schema is not None or cfg.regex is not None:
+            raise AlignlabError("generate: --beams does not apply --json-schema/--regex; sample instead")
         return _run_beams(args, model, tok, prompts)
     res = generate(model, tok, prompts, cfg, n=args.n or 1)
     records = []

@@ -4,10 +4,13 @@ Why not `model.generate`: for RL rollouts (many samples per prompt, ragged compl
 generic loop spends its time on work we can skip. The levers, each measured in bench/gen_vs_hf.py:
 
 - prefix sharing: a prompt is prefilled once and its cache rows are repeated for its n samples;
-- batch compaction: a finished row leaves the batch (and the KV cache) at once instead of decoding
-  padding until the longest row ends; cache columns that no live row attends to are trimmed too;
-- a growing pre-allocated KV buffer (amortised doubling) instead of `torch.cat` of the whole cache
-  at every step;
+- continuous batching: a finished row leaves the batch (and the KV cache) at once, and once n slots are
+  free the next waiting prompt is prefilled and joins the running batch (rollout/engine.py);
+- a KV cache reserved for the whole generation (prompt width + max_new_tokens), written one column per
+  step, instead of `torch.cat` of the whole cache at every step (rollout/kvcache.py);
+- bf16 sampling weights (`weights_dtype`): a bf16 copy of the parameters made once per call and used
+  through `torch.func.functional_call`, so the caller's (training) model is never touched; decoding is
+  memory-bound, so halving the bytes read per step is the largest single lever on CPUs with bf16 units;
 - only the last position's logits (`logits_to_keep=1`), one fused sampling function instead of a
   per-step chain of logits processors, `torch.inference_mode`;
 - prompts sorted by length so a batch holds prompts of similar length (less padding).
@@ -15,7 +18,8 @@ generic loop spends its time on work we can skip. The levers, each measured in b
 Prompts are left-padded; position ids come from the attention mask, so padded rows see exactly the
 positions they would see alone (greedy output equals `model.generate(do_sample=False)` token for token).
 Sampling uses a private `torch.Generator` seeded from the config: same seed, same inputs, same output,
-whatever the global RNG does.
+whatever the global RNG does. Structured generation (`json_schema`, `regex`, `lark`) masks the logits of
+every step with rollout/constrained.py before the draw.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.rollout.encode import encode_prompt, eos_token_ids
+from alignlab.rollout.weights import resolve_weights_dtype, sampling_forward  # noqa: F401 (re-exported)
 
 FINISH_REASONS = ("eos", "stop", "length")
+WEIGHTS_DTYPES = ("model", "auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -58,10 +64,26 @@ class SamplingConfig:
     sort_by_length: bool = True
     """Batch prompts of similar length together to cut padding; output order is unchanged."""
     per_row_seed: bool = False
-    """Draw each sequence's randomness from (seed, its global index, token position) alone, so its sample does not
-    depend on what else shares its batch: data-parallel ranks each sampling their share reproduce one process."""
+    """Draw each sequence's randomness from (seed, its global index, its token position) alone, so its sample
+    does not depend on what else shares its batch or when it joined: data-parallel ranks each sampling their
+    share reproduce one process."""
     first_prompt: int = 0
     """Global index of prompts[0] under per_row_seed (a rank's offset into the global batch)."""
+    continuous_batching: bool = True
+    """Let waiting prompts join the running batch as rows finish (n free slots per prompt); off: a new batch
+    starts only when the last one has ended. Greedy output is the same either way."""
+    weights_dtype: str = "model"
+    """Weights used for sampling: 'model' (as loaded), 'float32', 'bfloat16' (a bf16 copy made once per
+    call), or 'auto' (bfloat16 when the model is float32 and the device has bf16 matrix units: CUDA with
+    bf16, or a CPU with AVX512-BF16 or AMX; else as loaded). Log-probs are the sampler's own (from these
+    weights), which is what an importance-sampling correction needs."""
+    json_schema: Any = None
+    """Constrain every completion to JSON valid under this schema (a dict, or its JSON text); needs the
+    optional extra `structured` (llguidance). Log-probs are then under the masked distribution."""
+    regex: str | None = None
+    """Constrain every completion to match this regular expression (llguidance syntax)."""
+    lark: str | None = None
+    """Constrain every completion to this Lark grammar (llguidance's dialect)."""
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -76,6 +98,11 @@ class SamplingConfig:
             raise AlignlabError(f"sampling: batch_size must be >= 1, got {self.batch_size}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise AlignlabError(f"sampling: stop must be a list of non-empty strings, got {self.stop!r}")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise AlignlabError(f"sampling: weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, "
+                                f"got {self.weights_dtype!r}")
+        if sum(x is not None for x in (self.json_schema, self.regex, self.lark)) > 1:
+            raise AlignlabError("sampling: give at most one of json_schema, regex and lark")
 
 
 @dataclass
@@ -117,6 +144,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
     """Sample `n` completions for every prompt. See the module docstring for what makes it fast."""
     import torch
 
+    from alignlab.rollout.engine import Engine
+
     cfg = cfg or SamplingConfig()
     cfg.validate()
     if n < 1:
@@ -125,31 +154,49 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
     for i, ids in enumerate(encoded):
         if not ids:
             raise AlignlabError(f"generate: prompt {i} encodes to no tokens")
-    pad_id = _pad_id(tokenizer)
-    eos = eos_token_ids(model, tokenizer)
+    constraint = _constraint(tokenizer, model, cfg)
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
     order = list(range(len(encoded)))
     if cfg.sort_by_length:
         order.sort(key=lambda i: -len(encoded[i]))
-    per_batch = max(1, cfg.batch_size // n)
-    out: dict[int, list[tuple[list[int], list[float] | None, str]]] = {}
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            for b in range(0, len(order), per_batch):
-                idx = order[b:b + per_batch]
-                row_ids = [(cfg.first_prompt + i) * n + j for i in idx for j in range(n)]
-                rows = decode_batch(model, [encoded[i] for i in idx], n, cfg, gen, eos, pad_id,
-                                    _stop_checker(tokenizer, cfg.stop), row_ids=row_ids)
-                for k, i in enumerate(idx):
-                    out[i] = rows[k * n:(k + 1) * n]
-        samples = _to_samples(tokenizer, encoded, out, n, cfg.stop)
+            engine = Engine(model, sampling_forward(model, cfg), encoded, order, n, cfg,
+                            eos_token_ids(model, tokenizer), _pad_id(tokenizer), _sampler(cfg, gen, constraint, n),
+                            _stop_checker(tokenizer, cfg.stop), constraint.advance if constraint else None)
+            rows = engine.run()
+        out = {i: rows[i * n:(i + 1) * n] for i in range(len(encoded))}
+        samples = to_samples(tokenizer, encoded, out, n, cfg.stop)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
     return GenerationResult(samples, sum(len(s.completion_ids) for s in samples), seconds)
+
+
+def _constraint(tokenizer: Any, model: Any, cfg: SamplingConfig):
+    if cfg.json_schema is None and cfg.regex is None and cfg.lark is None:
+        return None
+    from alignlab.rollout.constrained import Constraint, grammar_for
+
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    return Constraint(grammar_for(cfg), tokenizer, vocab, eos_token_ids(model, tokenizer))
+
+
+def _sampler(cfg: SamplingConfig, gen: Any, constraint: Any, n: int = 1):
+    """fn(logits [B, V], rows [B], positions [B]) -> (tokens, log-probs): the constraint's masks (if any), then
+    sample_next (per_row_seed: keyed by the global row and the row's own token position)."""
+    def sample(logits, rows, positions):
+        if constraint is not None:
+            logits = logits.float().masked_fill(~constraint.masks(rows, logits.shape[-1]), float("-inf"))
+        keys = None
+        if cfg.per_row_seed:  # rows are prompt-major (i * n + j) within this call
+            keys = ([cfg.first_prompt * n + r for r in rows.tolist()], positions.tolist())
+        return sample_next(logits, cfg, gen, keys)
+
+    return sample
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -174,7 +221,7 @@ def _stop_checker(tokenizer: Any, stops: list[str]):
     return hit
 
 
-def _to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
+def to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
     samples = []
     for i in range(len(encoded)):
         for j, (ids, lps, reason) in enumerate(out[i]):
@@ -186,73 +233,21 @@ def _to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
     return samples
 
 
+_to_samples = to_samples  # the name other rollout modules (speculative decoding) import
+
+
+def _new_cache(model: Any):
+    """(cache, growing) for `model`: see rollout/kvcache.py."""
+    from alignlab.rollout.kvcache import new_cache
+
+    return new_cache(model)
+
+
 def forward_kwargs(model: Any) -> str:
     """Name of the forward's KV-cache argument: `cache` in transformers >= 5.2x, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model wraps it
     params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-# ---------------------------------------------------------------- KV cache
-
-
-def _growing_layer_cls():
-    """A DynamicLayer whose keys/values live in a pre-allocated buffer that doubles when full, so a decode
-    step writes one column instead of copying the whole cache (`torch.cat`) in every layer."""
-    import torch
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        def lazy_initialization(self, key_states, value_states):
-            super().lazy_initialization(key_states, value_states)
-            self.length = 0
-            self.kbuf = self.vbuf = None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            new = key_states.shape[-2]
-            if self.kbuf is None or self.length + new > self.kbuf.shape[-2]:
-                cap = max(2 * (self.length + new), 16)
-                kb = key_states.new_empty(*key_states.shape[:-2], cap, key_states.shape[-1])
-                vb = value_states.new_empty(*value_states.shape[:-2], cap, value_states.shape[-1])
-                if self.length:
-                    kb[..., :self.length, :] = self.kbuf[..., :self.length, :]
-                    vb[..., :self.length, :] = self.vbuf[..., :self.length, :]
-                self.kbuf, self.vbuf = kb, vb
-            self.kbuf[..., self.length:self.length + new, :] = key_states
-            self.vbuf[..., self.length:self.length + new, :] = value_states
-            self.length += new
-            self.keys = self.kbuf[..., :self.length, :]
-            self.values = self.vbuf[..., :self.length, :]
-            return self.keys, self.values
-
-        def select(self, rows: torch.Tensor, drop_left: int) -> None:
-            self.kbuf = self.kbuf[rows, :, drop_left:]
-            self.vbuf = self.vbuf[rows, :, drop_left:]
-            self.length -= drop_left
-            self.keys = self.kbuf[..., :self.length, :]
-            self.values = self.vbuf[..., :self.length, :]
-
-        def repeat_rows(self, n: int) -> None:
-            self.kbuf = self.kbuf.repeat_interleave(n, dim=0)
-            self.vbuf = self.vbuf.repeat_interleave(n, dim=0)
-            self.keys = self.kbuf[..., :self.length, :]
-            self.values = self.vbuf[..., :self.length, :]
-
-    return GrowingLayer
-
-
-def _new_cache(model: Any):
-    """Our growing cache when every layer is plain full attention; else transformers' DynamicCache."""
-    from transformers.cache_utils import Cache, DynamicCache
-
-    text_cfg = model.config.get_text_config(decoder=True)
-    types = getattr(text_cfg, "layer_types", None) or ["full_attention"] * text_cfg.num_hidden_layers
-    if all(t == "full_attention" for t in types):
-        layer = _growing_layer_cls()
-        return Cache(layers=[layer() for _ in types]), True
-    return DynamicCache(config=model.config), False
 
 
 # ---------------------------------------------------------------- sampling
@@ -265,15 +260,15 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def keyed_uniforms(seed: int, rows: list[int], step: int) -> list[float]:
+def keyed_uniforms(seed: int, rows: list[int], steps: list[int]) -> list[float]:
     """One uniform in [0, 1) per (seed, row, step), a pure function of the three (counter-based, SplitMix64)."""
-    return [(_splitmix64(_splitmix64(_splitmix64(seed) ^ r) ^ step) >> 11) / 2.0**53 for r in rows]
+    return [(_splitmix64(_splitmix64(_splitmix64(seed) ^ r) ^ t) >> 11) / 2.0**53 for r, t in zip(rows, steps)]
 
 
-def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], int] | None = None):
+def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], list[int]] | None = None):
     """Pick one token per row from last-position logits [B, V] in one function (no processor chain).
     Returns (tokens [B], log-probs [B] under softmax(logits / T), or None when not asked for).
-    keys=(global row ids, token position): per-row keyed uniforms instead of the batch generator."""
+    keys=(global row ids, token positions): per-row keyed uniforms instead of the batch generator."""
     import torch
 
     logits = logits.float()
@@ -305,95 +300,3 @@ def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], int] | 
     return tok, lp
 
 
-# ---------------------------------------------------------------- the decode loop
-
-
-def _left_pad(prompts: list[list[int]], pad_id: int, device):
-    import torch
-
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def decode_batch(model, prompts: list[list[int]], n: int, cfg: SamplingConfig, gen, eos: list[int],
-                 pad_id: int, stop_hit=None, row_ids: list[int] | None = None
-                 ) -> list[tuple[list[int], list[float] | None, str]]:
-    """Prefill `prompts` once, repeat each prompt's cache rows n times, then decode one token per step,
-    dropping finished rows. Returns (completion ids, log-probs, finish reason) per sequence, prompt-major."""
-    import torch
-
-    device = model.device
-    ids, mask = _left_pad(prompts, pad_id, device)
-    cache, growing = _new_cache(model)
-    kv = forward_kwargs(model)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                   logits_to_keep=1, **{kv: cache}).logits[:, -1]
-    if n > 1:  # prefix sharing: the n samples of a prompt share one prefill
-        for layer in cache.layers:
-            layer.repeat_rows(n) if growing else layer.batch_repeat_interleave(n)
-        logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-    next_pos = mask.sum(-1, keepdim=True)
-    total = len(prompts) * n
-    toks = torch.full((total, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
-    lps = torch.zeros((total, cfg.max_new_tokens), device=device) if cfg.logprobs else None
-    length = [0] * total
-    reason = ["length"] * total
-    live = torch.arange(total, device=device)
-    eos_t = torch.tensor(eos or [-1], device=device)
-    for step in range(cfg.max_new_tokens):
-        keys = ([row_ids[r] for r in live.tolist()], step) if cfg.per_row_seed and row_ids else None
-        tok, lp = sample_next(logits, cfg, gen, keys)
-        toks[live, step] = tok
-        if lps is not None:
-            lps[live, step] = lp
-        done = torch.isin(tok, eos_t)
-        _mark(done, live, step, length, reason, toks, stop_hit)
-        if step == cfg.max_new_tokens - 1:
-            break
-        if done.any():
-            keep = (~done).nonzero()[:, 0]
-            if keep.numel() == 0:
-                break
-            live, tok, next_pos, mask = live[keep], tok[keep], next_pos[keep], mask[keep]
-            mask = _compact(cache, growing, keep, mask)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
-                       logits_to_keep=1, **{kv: cache}).logits[:, -1]
-        next_pos = next_pos + 1
-    for r in range(total):
-        if length[r] == 0:
-            length[r] = cfg.max_new_tokens
-    tl, ll = toks.tolist(), (lps.tolist() if lps is not None else None)
-    return [(tl[r][:length[r]], ll[r][:length[r]] if ll else None, reason[r]) for r in range(total)]
-
-
-def _mark(done, live, step, length, reason, toks, stop_hit) -> None:
-    """Record rows that finished at this step; a stop-string hit also sets `done` in place."""
-    for r in done.nonzero()[:, 0].tolist():
-        row = int(live[r])
-        length[row], reason[row] = step + 1, "eos"
-    if stop_hit is None:
-        return
-    for r in (~done).nonzero()[:, 0].tolist():
-        row = int(live[r])
-        if stop_hit(toks[row, :step + 1].tolist()):
-            length[row], reason[row] = step + 1, "stop"
-            done[r] = True
-
-
-def _compact(cache, growing: bool, keep, mask):
-    """Drop finished rows from the cache; also drop leading cache columns that are padding in every
-    remaining row (they would only be masked out), so later steps attend over fewer columns."""
-    lead = int((mask.cumsum(-1) == 0).sum(-1).min())
-    for layer in cache.layers:
-        if growing:
-            layer.select(keep, lead)
-        else:
-            layer.batch_select_indices(keep)
-    return mask[:, lead:] if growing else mask

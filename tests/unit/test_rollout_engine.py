@@ -1,0 +1,111 @@
+"""rollout/engine.py and kvcache.py: continuous batching and bf16 sampling weights give the plain path's
+tokens (greedy) and the log-probs of a full forward."""
+
+import copy
+
+import torch
+from test_rollout_generate import hf_greedy
+from test_rollout_tiny import tiny_lm
+
+from alignlab.rollout.encode import encode_prompt, eos_token_ids
+from alignlab.rollout.engine import Engine
+from alignlab.rollout.generate import SamplingConfig, _sampler, generate, sampling_forward
+
+# ragged lengths, short ones first so that (unsorted) a long prompt joins a batch of short ones
+PROMPTS = ["Hi", "a=1;", "The quick brown fox", "x", "Once upon a time, in a land far away", "ok then", "Q: 2+2?"]
+
+
+def _eos_mid_way(model, tok):
+    """Make tokens that several rows emit early EOS, so rows finish at different steps and others join."""
+    base = generate(model, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=14)).samples
+    stops = {base[0].completion_ids[3], base[2].completion_ids[6], base[5].completion_ids[2]}
+    model.generation_config.eos_token_id = [2, *sorted(stops)]
+
+
+def _engine(model, tok, cfg, n, order=None):
+    enc = [encode_prompt(tok, p) for p in PROMPTS]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    eng = Engine(model, sampling_forward(model, cfg), enc, order or list(range(len(enc))), n, cfg,
+                 eos_token_ids(model, tok), tok.pad_token_id, _sampler(cfg, gen, None))
+    with torch.inference_mode():
+        rows = eng.run()
+    return eng, rows
+
+
+def test_continuous_batching_gives_the_static_and_hf_greedy_tokens_in_fewer_steps():
+    model, tok = tiny_lm()
+    _eos_mid_way(model, tok)
+    want = hf_greedy(model, tok, PROMPTS, 14)
+    assert len({len(w) for w in want}) > 2  # rows really end at different steps
+    for sort in (True, False):
+        cont = SamplingConfig(greedy=True, max_new_tokens=14, batch_size=3, sort_by_length=sort)
+        stat = SamplingConfig(greedy=True, max_new_tokens=14, batch_size=3, sort_by_length=sort,
+                              continuous_batching=False)
+        a, b = generate(model, tok, PROMPTS, cont).samples, generate(model, tok, PROMPTS, stat).samples
+        assert [s.completion_ids for s in a] == want == [s.completion_ids for s in b]
+        assert [s.finish_reason for s in a] == [s.finish_reason for s in b]
+    e_cont, _ = _engine(model, tok, SamplingConfig(greedy=True, max_new_tokens=14, batch_size=3), 1)
+    e_stat, _ = _engine(model, tok, SamplingConfig(greedy=True, max_new_tokens=14, batch_size=3,
+                                                   continuous_batching=False), 1)
+    assert e_cont.prefills > e_stat.prefills == 3  # prompts joined one by one as rows finished
+    assert e_cont.steps < e_stat.steps  # ...so fewer decode forwards for the same tokens
+
+
+def test_joined_rows_sample_with_the_log_probs_of_a_full_forward():
+    model, tok = tiny_lm()
+    _eos_mid_way(model, tok)
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0.8, logprobs=True, seed=5, batch_size=4,
+                         sort_by_length=False)
+    eng, _ = _engine(model, tok, cfg, 2)
+    assert eng.prefills > 2  # prompts joined a running batch
+    res = generate(model, tok, PROMPTS, cfg, n=2)
+    assert len(res.samples) == 14 and [s.prompt_index for s in res.samples[:3]] == [0, 0, 1]
+    for s in res.samples:
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(s.prompt_ids) - 1:-1] / 0.8
+        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(s.completion_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(s.logprobs), want, atol=1e-4)
+
+
+def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
+    """weights_dtype=bfloat16 on a float32 model gives the tokens of the same model converted to bf16, the
+    sampler's own (bf16) log-probs, and leaves the caller's float32 parameters as they were."""
+    model, tok = tiny_lm()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bf = copy.deepcopy(model).to(torch.bfloat16)
+    cfg = SamplingConfig(greedy=True, max_new_tokens=10, logprobs=True, weights_dtype="bfloat16")
+    got = generate(model, tok, PROMPTS, cfg).samples
+    want = generate(bf, tok, PROMPTS, SamplingConfig(greedy=True, max_new_tokens=10)).samples
+    assert [s.completion_ids for s in got] == [s.completion_ids for s in want]
+    for s in got:
+        with torch.no_grad():
+            logits = bf(torch.tensor([s.prompt_ids + s.completion_ids])).logits[0, len(s.prompt_ids) - 1:-1]
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(s.completion_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(s.logprobs), lp, atol=0.05)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert generate(model, tok, PROMPTS[:2], SamplingConfig(weights_dtype="auto", max_new_tokens=3)).samples
+
+
+def test_bf16_sampling_on_cpu_runs_attention_in_fp32_and_restores_the_model():
+    """The bf16 sampler switches attention to the fp32 sdpa wrapper during its own calls only."""
+    from alignlab.rollout.weights import ATTENTION, _sdpa_fp32
+
+    model, tok = tiny_lm()
+    model.config._attn_implementation = "sdpa"
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    generate(model, tok, PROMPTS[:2], SamplingConfig(max_new_tokens=3, weights_dtype="bfloat16"))
+    assert set(seen) == {ATTENTION} and model.config._attn_implementation == "sdpa"
+    seen.clear()
+    generate(model, tok, PROMPTS[:2], SamplingConfig(max_new_tokens=3))
+    assert set(seen) == {"sdpa"}
+    # the wrapper: fp32 sdpa on upcast inputs, output in the input dtype
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    attn = model.model.layers[0].self_attn
+    q, k, v = (torch.randn(2, n, 5, 8).bfloat16() for n in (4, 2, 2))
+    got, _ = _sdpa_fp32(attn, q, k, v, None, scaling=0.3, is_causal=True)
+    want, _ = sdpa_attention_forward(attn, q.float(), k.float(), v.float(), None, scaling=0.3, is_causal=True)
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=1e-2)
