@@ -190,3 +190,37 @@ def test_grpo_with_the_calculator_environment_runs(tmp_path):
     rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
     assert len(rows) == 2
     assert all(0 <= r["tool_use_rate"] <= 1 and 1 <= r["turns"] <= 2 for r in rows)
+
+
+def test_grpo_with_alignlab_serve_as_rollout_engine_equals_in_process(tmp_path):
+    """GRPO sampling on `alignlab serve` over loopback (weights pushed after every step, rollout_is on) gives the
+    in-process run's rewards, KL and final weights: the server draws the same per-row keyed samples."""
+    import threading
+
+    from safetensors.torch import load_file
+
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.serve import ModelServer, make_http_server
+
+    server = ModelServer(load_model("tiny-random"), load_tokenizer("tiny-random"), model_id="policy")
+    httpd = make_http_server(server, "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    args = ["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), "max_steps=3", "eval_prompts=0",
+            f"reward={__file__}:length_reward", "rollout_is=tis", "generation_batch_size=64"]
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert main([*args, f"output_dir={tmp_path / 'local'}"]) == 0
+        assert main([*args, f"output_dir={tmp_path / 'remote'}",
+                     f"rollout_engine={{url: '{url}', model: policy}}"]) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        server.close()
+    local = [r for r in read_metrics(tmp_path / "local") if "reward_mean" in r]
+    remote = [r for r in read_metrics(tmp_path / "remote") if "reward_mean" in r]
+    for a, b in zip(local, remote, strict=True):
+        assert b["reward_mean"] == a["reward_mean"] and b["response_length"] == a["response_length"]
+        assert b["kl_k3"] == pytest.approx(a["kl_k3"], abs=1e-4)
+        assert abs(b["rollout_kl_k3"]) < 1e-5 and b["rollout_is_capped_frac"] == 0.0
+    wa, wb = load_file(str(tmp_path / "local/model.safetensors")), load_file(str(tmp_path / "remote/model.safetensors"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignlab.config import ConfigError
+from alignlab.rollout.remote import RemoteEngine
 from alignlab.train.config import OptimConfig, RunConfig
 
 Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
@@ -69,6 +70,11 @@ class RLConfig(OptimConfig, RunConfig):
     """Sequences decoded together during rollouts."""
     reference: Literal["auto", "model", "adapter"] = "auto"
     """KL reference: adapter (LoRA policy, adapter off: no second copy), model (frozen copy), auto picks."""
+    rollout_engine: RemoteEngine | None = None
+    """Sample rollouts on an external OpenAI-compatible engine returning token ids and log-probs ({url, model,
+    server: alignlab|vllm, api_key_env, ...}: `alignlab serve`, vLLM, SGLang; docs/serving.md) instead of
+    in-process. The policy's weights (full, or the LoRA adapter) are pushed to it at the start and after every
+    step; pair it with rollout_is to correct the sampler/trainer mismatch. null: sample in-process."""
 
     def validate(self) -> None:
         RunConfig.validate(self)
@@ -80,6 +86,8 @@ class RLConfig(OptimConfig, RunConfig):
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.eval_prompts < 0 or self.num_prompts < 1:
             raise ConfigError("eval_prompts must be >= 0 and num_prompts >= 1")
+        if self.rollout_engine is not None:
+            self.rollout_engine.validate()
 
 
 @dataclass
@@ -204,6 +212,8 @@ class PolicyGradientConfig(RLConfig):
 
         if self.dual_clip is not None and not get_policy_loss(self.policy_loss).supports_dual_clip:
             raise ConfigError(f"dual_clip: {self.policy_loss} has no dual clip")
+        if self.env is not None and self.rollout_engine is not None:
+            raise ConfigError("env: multi-turn episodes are sampled in-process; drop rollout_engine")
         if self.dynamic_sampling and not spec.grouped:
             raise ConfigError(f"dynamic_sampling: needs a grouped estimator (grpo, dr_grpo, rloo, ...), not {self.estimator}")
         if self.rollout_is != "none" and not self.rollout_is_cap > 1:

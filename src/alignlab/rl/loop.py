@@ -152,6 +152,19 @@ def _resume(state: RLState, ckpt: Path) -> int:
     return int(info["step"])
 
 
+def push_policy(state: RLState, out: Path) -> None:
+    """Send the policy's current weights (full, or the LoRA adapter) to the external rollout engine, so the next
+    rollout samples from them (rank 0 writes and pushes; the others wait)."""
+    from alignlab.rollout.remote import push_weights
+    from alignlab.train.checkpoint import save_model
+
+    if state.world.is_main:
+        path = out / "rollout_weights"
+        save_model(state.policy, path)
+        push_weights(state.cfg.rollout_engine, path)
+    state.world.barrier()
+
+
 def _set_lr(state: RLState, step: int, total: int, warmup: int) -> float:
     from alignlab.train.optim import lr_at
 
@@ -227,6 +240,8 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
 
     extra = Sampler(len(train_rows), cfg.batch_size, cfg.seed + 1)  # dynamic sampling's extra rounds (< 1000)
     state.more_prompts = lambda step, rnd: [train_rows[i] for i in extra.step_indices(step * 1000 + rnd)]
+    if cfg.rollout_engine is not None:
+        push_policy(state, out)  # the engine starts from this run's weights (fresh or resumed)
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start
@@ -239,6 +254,8 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
             raise AlignlabError(f"step {step + 1}: {e}; stopped before the update. The newest checkpoint in {out} "
                                 "is from before it: lower learning_rate") from None
         metrics["learning_rate"] = lr
+        if cfg.rollout_engine is not None:
+            push_policy(state, out)
         done = step + 1
         stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
         if done % cfg.logging_steps == 0 or done == n_total or stop:

@@ -117,6 +117,8 @@ def completion_request(engine: RemoteEngine, prompts: list[list[int]], cfg: Samp
             "include_stop_str_in_output": False}
     if cfg.stop:
         body["stop"] = list(cfg.stop)
+    if cfg.per_row_seed and engine.server == "alignlab":  # our extension: the same keyed draws as in-process
+        body["alignlab_first_prompt"] = cfg.first_prompt
     return body
 
 

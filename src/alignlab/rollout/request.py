@@ -32,6 +32,10 @@ class SeqParams:
     """None: no log-probs; k >= 0: the sampled token's log-prob and the k most likely alternatives."""
     ignore_eos: bool = False
     """Keep decoding past EOS until max_tokens (benchmarks, tests)."""
+    first_prompt: int | None = None
+    """alignlab extension (`alignlab_first_prompt`): draw each sample keyed by (seed, global row, position) as
+    generate()'s per_row_seed does, the request's prompt i being global prompt first_prompt + i, so an RL
+    trainer using this server as its rollout engine gets the samples it would draw in-process."""
 
 
 class QueueFull(AlignlabError):

@@ -53,6 +53,11 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
 
 
+def _keys(r: _Row) -> tuple[list[int], list[int]] | None:
+    """per_row_seed requests: the row's global id and its own token position (as generate() keys them)."""
+    return ([r.cfg.first_prompt * r.req.n + r.seq], [len(r.tokens)]) if r.cfg.per_row_seed else None
+
+
 def _stop_hit(tokenizer: Any, stops: list[str], ids: list[int]) -> bool:
     """Decode only the tail (enough tokens to spell the longest stop string): O(1) per step."""
     text = tokenizer.decode(ids[-(max(len(s) for s in stops) + 4):], skip_special_tokens=True)
@@ -236,7 +241,8 @@ class Engine:
         req.admitted_step = self.steps
         req.gen = torch.Generator(device=self.model.device).manual_seed(p.seed % (1 << 64))
         req.cfg = SamplingConfig(max_new_tokens=p.max_tokens, temperature=p.temperature or 1.0, top_p=p.top_p,
-                                 top_k=p.top_k, greedy=p.temperature == 0)
+                                 top_k=p.top_k, greedy=p.temperature == 0, seed=p.seed,
+                                 per_row_seed=p.first_prompt is not None, first_prompt=p.first_prompt or 0)
         req.cfg.validate()
         self._units.extend((req, i) for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])))
 
@@ -316,7 +322,7 @@ class Engine:
         import torch
 
         logits = logits.float()
-        toks = [int(sample_next(logits[i:i + 1], r.cfg, r.gen)[0][0]) for i, r in enumerate(rows)]
+        toks = [int(sample_next(logits[i:i + 1], r.cfg, r.gen, _keys(r))[0][0]) for i, r in enumerate(rows)]
         want = [i for i, r in enumerate(rows) if r.req.params.logprobs is not None]
         lps: dict[int, tuple[float, list | None]] = {}
         if want:

@@ -191,7 +191,8 @@ def parse_job(body: dict, chat: bool, *, default_max: int, max_tokens_limit: int
     params = SeqParams(max_tokens=max_tokens or min(default_max, max_tokens_limit), temperature=temperature,
                        top_p=top_p, top_k=max(top_k, 0), stop=_stop(body),
                        seed=seed if seed is not None else random.getrandbits(63), logprobs=logprobs,
-                       ignore_eos=_flag(body, "ignore_eos", False))
+                       ignore_eos=_flag(body, "ignore_eos", False),
+                       first_prompt=_integer(body, "alignlab_first_prompt", None, 0, 2**31))
     return Job(chat=chat, params=params, n=n, stream=_flag(body, "stream", False),
                include_usage=_flag(options or {}, "include_usage", False),
                return_token_ids=_flag(body, "return_token_ids", False),
