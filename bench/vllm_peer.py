@@ -23,7 +23,7 @@ def main() -> None:
     prompts = [TokensPrompt(prompt_token_ids=p) for p in job["prompts"]]
 
     def run(seed: int, max_new: int) -> tuple[int, float]:
-        params = SamplingParams(n=job["n"], temperature=1.0, top_p=1.0, top_k=0, max_tokens=max_new, seed=seed)
+        params = SamplingParams(n=job["n"], temperature=1.0, top_p=1.0, top_k=-1, max_tokens=max_new, seed=seed)
         t = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
         wall = time.perf_counter() - t

@@ -28,3 +28,51 @@ def test_gen_bench_last_line_is_json_with_both_rates(capsys):
     for side in ("fp32", "bf16"):
         r = last["roofline"][side]
         assert r["tokens_per_s"] > 0 and abs(r["fraction"] - r["tokens_per_s"] / r["roofline_tokens_per_s"]) < 0.01
+
+
+FAKE_VLLM = '''
+class SamplingParams:
+    def __init__(self, n, max_tokens, **kw):
+        self.n, self.max_tokens = n, max_tokens
+
+
+class _Out:
+    def __init__(self, ids):
+        self.token_ids = ids
+
+
+class _Req:
+    def __init__(self, outs):
+        self.outputs = outs
+
+
+class LLM:
+    def __init__(self, model, **kw):
+        assert model.endswith("tiny-random-v1") or "tiny" in model, model
+
+    def generate(self, prompts, params, use_tqdm=False):
+        return [_Req([_Out(list(range(params.max_tokens))) for _ in range(params.n)]) for _ in prompts]
+'''
+
+
+def test_vllm_peer_hook_runs_the_peer_script_in_another_python(tmp_path, capsys, monkeypatch):
+    """--vllm-python runs bench/vllm_peer.py with that interpreter and reads its JSON line. Here the
+    interpreter is this one with a stand-in `vllm` package on its path (the real one needs its own venv):
+    it returns max_tokens tokens per sample, so the peer must count prompts x n x max_new_tokens."""
+    import sys
+
+    pkg = tmp_path / "vllm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(FAKE_VLLM)
+    (pkg / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return prompt_token_ids\n")
+    spec = importlib.util.spec_from_file_location("gen_vs_hf", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Args:
+        n, max_new_tokens, rounds, threads = 2, 3, 2, 1
+
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    rate = bench.run_vllm(sys.executable, "tiny-random", [[1, 2], [3]], Args)
+    out = capsys.readouterr().out
+    assert out.count(" vllm: ") == 2 and "   12 tokens" in out and rate > 0

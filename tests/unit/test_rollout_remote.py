@@ -145,3 +145,16 @@ def test_bad_replies_and_unreachable_servers_are_clear_errors(served):
         generate_remote(RemoteEngine(url=srv.url, model="policy"), tok, PROMPTS[:1])
     with pytest.raises(AlignlabError, match="expected 2 choices"):
         generate_remote(RemoteEngine(url=srv.url, model="policy"), tok, PROMPTS[:1], n=2)
+
+
+def test_split_requests_are_seeded_per_request_and_reassembled_in_order(served):
+    srv, model, tok = served
+    prompts = PROMPTS + ["x"]
+    cfg = SamplingConfig(max_new_tokens=5, seed=9, logprobs=True)
+    got = generate_remote(RemoteEngine(url=srv.url, model="policy", prompts_per_request=3), tok, prompts, cfg, n=2)
+    bodies = [b for p, b in srv.bodies if p == "/v1/completions"][-2:]
+    assert [(len(b["prompt"]), b["seed"]) for b in bodies] == [(3, 9), (1, 10)]
+    first = generate(model, tok, prompts[:3], cfg, n=2).samples
+    last = generate(model, tok, prompts[3:], SamplingConfig(max_new_tokens=5, seed=10, logprobs=True), n=2).samples
+    assert [s.completion_ids for s in got.samples] == [s.completion_ids for s in first + last]
+    assert [s.prompt_index for s in got.samples] == [0, 0, 1, 1, 2, 2, 3, 3]

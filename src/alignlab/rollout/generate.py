@@ -218,6 +218,7 @@ def _stop_checker(tokenizer: Any, stops: list[str]):
         text = tokenizer.decode(ids[-tail:], skip_special_tokens=True)
         return any(s in text for s in stops)
 
+    hit.window = tail  # the engine hands over only this many latest tokens
     return hit
 
 

@@ -48,6 +48,10 @@ class RemoteEngine:
     server: str = "alignlab"
     """What answers at `url`: 'alignlab' (alignlab serve: /v1/load_weights takes full weights or an adapter)
     or 'vllm' (LoRA adapters through /v1/load_lora_adapter only)."""
+    prompts_per_request: int = 0
+    """Split the prompts into requests of at most this many (0: one request), for servers with a body size
+    limit. Request k is seeded with seed + k, so a split changes the random stream: with the same split
+    the samples are reproducible, but they equal in-process generate()'s only with one request."""
     logprobs_scaled: bool = False
     """The server's log-probs already include the temperature (vLLM with `--logprobs-mode
     processed_logprobs` and top-k/top-p off). alignlab serve always does; for vLLM without it only
@@ -60,6 +64,8 @@ class RemoteEngine:
             raise AlignlabError(f"rollout_engine: server must be one of {', '.join(SERVERS)}, got {self.server!r}")
         if not self.url.startswith(("http://", "https://")):
             raise AlignlabError(f"rollout_engine: url must start with http:// or https://, got {self.url!r}")
+        if self.prompts_per_request < 0:
+            raise AlignlabError(f"rollout_engine: prompts_per_request must be >= 0, got {self.prompts_per_request}")
         if self.timeout <= 0:
             raise AlignlabError(f"rollout_engine: timeout must be > 0, got {self.timeout}")
         if self.api_key_env and not os.environ.get(self.api_key_env):
@@ -136,8 +142,14 @@ def generate_remote(engine: RemoteEngine, tokenizer: Any, prompts: Sequence[Any]
         if not ids:
             raise AlignlabError(f"generate_remote: prompt {i} encodes to no tokens")
     start = time.perf_counter()
-    reply = request_json(engine, "POST", "/v1/completions", completion_request(engine, encoded, cfg, n))
-    out = parse_choices(reply, encoded, n, cfg, engine.url)
+    step = engine.prompts_per_request or max(len(encoded), 1)
+    out: dict[int, list] = {}
+    for k, lo in enumerate(range(0, len(encoded), step)):
+        part = encoded[lo:lo + step]
+        body = completion_request(engine, part, cfg, n)
+        body["seed"] = cfg.seed + k
+        got = parse_choices(request_json(engine, "POST", "/v1/completions", body), part, n, cfg, engine.url)
+        out.update({lo + i: rows for i, rows in got.items()})
     samples = to_samples(tokenizer, encoded, out, n, cfg.stop)
     return GenerationResult(samples, sum(len(s.completion_ids) for s in samples), time.perf_counter() - start)
 
