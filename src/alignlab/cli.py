@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, AlreadyDone
 
 # Modules whose import registers commands. Add one line per new command module.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         code = cmd.run(args)
+    except AlreadyDone as e:  # nothing left to do is a success, not an error
+        print(f"alignlab {cmd.name}: {e}", flush=True)
+        return 0
     except AlignlabError as e:
         print(f"alignlab {cmd.name}: error: {e}", file=sys.stderr)
         if os.environ.get("ALIGNLAB_TRACEBACK"):

@@ -110,11 +110,12 @@ def prepare_model(cfg: TrainConfig):
 
 
 def saved_config_text(cfg: Any) -> str:
-    from alignlab.config import save_config
+    from alignlab.config import config_text, save_config
 
     path = Path(cfg.output_dir) / "config.yaml"
-    save_config(cfg, path)
-    return path.read_text(encoding="utf-8")
+    if not path.exists():  # an earlier run's config stays until the loop's resume guard has compared it
+        save_config(cfg, path)
+    return config_text(cfg)
 
 
 def run(cfg: SFTConfig):

@@ -31,9 +31,9 @@ from typing import Any
 from alignlab.errors import AlignlabError
 from alignlab.train import fsdp
 from alignlab.train.checkpoint import (
-    find_resume,
     load_checkpoint,
     remove_stale_temps,
+    resume_point,
     save_checkpoint,
     save_model,
 )
@@ -267,13 +267,14 @@ def train(
     sharded, wrapped = _prepare_model(cfg, model, world)
     optimizer = build_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    start = 0
+    # Guards first (same config, finished run, earlier run set aside), then this run's config.yaml.
+    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         if config_yaml is not None:
             (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    start = 0
-    ckpt = find_resume(out, cfg.resume)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
         start = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)["step"]

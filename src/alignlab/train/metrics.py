@@ -85,6 +85,8 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if start_step == 0:
             _set_aside(self.path)
+        else:
+            _truncate_after(self.path, start_step)
         self.file = open(self.path, "a", encoding="utf-8")  # append: a resumed run continues the file
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -130,6 +132,36 @@ def _set_aside(path: Path) -> None:
         n += 1
     path.rename(old)
     print(f"{path} held an earlier run's metrics; kept as {old.name}", flush=True)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """A run resumed from checkpoint `step` redoes the steps after it: keep only rows with step <= `step`
+    so each step is in metrics.jsonl once, and move the dropped rows (the killed run's tail, or a finished
+    run's closing row when it is extended) to metrics.dropped-after-<step>[.N].jsonl. The rewrite is atomic."""
+    if not path.is_file():
+        return
+    keep, dropped = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            # a closing row (train_runtime) ended a run that this one now extends: it is no longer the end
+            row_step = step + 1 if "train_runtime" in row else row.get("step", 0)
+        except json.JSONDecodeError:  # a line cut by the kill: it belongs to the redone tail
+            row_step = step + 1
+        (keep if isinstance(row_step, (int, float)) and row_step <= step else dropped).append(
+            line if line.endswith("\n") else line + "\n")
+    if not dropped:
+        return
+    side, n = path.with_name(f"metrics.dropped-after-{step}.jsonl"), 1
+    while side.exists():
+        side, n = path.with_name(f"metrics.dropped-after-{step}.{n}.jsonl"), n + 1
+    side.write_text("".join(dropped), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    tmp.replace(path)
+    print(f"{path}: resuming at step {step}; {len(dropped)} later rows moved to {side.name}", flush=True)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
