@@ -83,15 +83,16 @@ def load_split(cfg: DPOConfig, task: str) -> tuple[list, list]:
 def tokenize_rows(rows: list, tokenizer: Any, cfg: DPOConfig, source: str, paired: bool) -> list:
     """Tokenised pairs (or unpaired examples); ones left with an empty completion are dropped, as TRL does."""
     from alignlab.data.tokenize import tokenize_pair, tokenize_unpaired
+    from alignlab.ops.logprobs import scored_tokens
 
     out = []
     for row in rows:
         if paired:
             ex = tokenize_pair(row, tokenizer, cfg.max_length, cfg.max_prompt_length)
-            keep = ex.chosen_ids and ex.rejected_ids
+            keep = scored_tokens(ex.prompt_ids, ex.chosen_ids) and scored_tokens(ex.prompt_ids, ex.rejected_ids)
         else:
             ex = tokenize_unpaired(row, tokenizer, cfg.max_length, cfg.max_prompt_length)
-            keep = bool(ex.completion_ids)
+            keep = scored_tokens(ex.prompt_ids, ex.completion_ids) > 0
         if keep:
             out.append(ex)
     if len(out) < len(rows):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from alignlab.errors import AlignlabError
-from alignlab.ops.logprobs import chunked_token_logprobs, token_logprobs
+from alignlab.ops.logprobs import lm_head_logprobs
 
 REFERENCE_KINDS = ("auto", "model", "adapter", "cache", "none")
 
@@ -81,20 +81,8 @@ def final_hidden(model: Any, batch: dict) -> torch.Tensor:
 
 
 def _score(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """log p(target) for each row of hidden [N, H]."""
-    base = _unwrap(model)
-    head = base.get_output_embeddings()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    if type(head) is torch.nn.Linear and not softcap:
-        return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias)
-    # A wrapped head (LoRA on lm_head) or logit soft-capping: per-chunk logits through the module itself.
-    out = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = head(hidden[start : start + chunk_size])
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        out.append(token_logprobs(logits, targets[start : start + chunk_size]))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    """log p(target) for each row of hidden [N, H], through the one LM-head function (logit_scale, softcap)."""
+    return lm_head_logprobs(_unwrap(model), hidden, targets, chunk_size)
 
 
 def sequence_logps(model: Any, batch: dict, *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
