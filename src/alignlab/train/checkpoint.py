@@ -320,6 +320,21 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
     return path
 
 
+def step_state(step_fn: Any) -> dict[str, Any]:
+    """{"step_state": ...} for trainer_state.json when the step function keeps state across steps (a
+    `state_dict()` method, JSON-safe: e.g. BCO's running reward mean), else {}."""
+    get = getattr(step_fn, "state_dict", None)
+    state = get() if callable(get) else None
+    return {"step_state": state} if state else {}
+
+
+def restore_step_state(step_fn: Any, trainer_state: dict[str, Any]) -> None:
+    """Give a resumed step function the state `step_state` saved (no-op when none was saved)."""
+    load = getattr(step_fn, "load_state_dict", None)
+    if callable(load) and trainer_state.get("step_state"):
+        load(trainer_state["step_state"])
+
+
 def _weights(directory: Path, adapter: bool) -> dict[str, Any]:
     from safetensors.torch import load_file
 

@@ -33,9 +33,11 @@ from alignlab.train import fsdp
 from alignlab.train.checkpoint import (
     load_checkpoint,
     remove_stale_temps,
+    restore_step_state,
     resume_point,
     save_checkpoint,
     save_model,
+    step_state,
 )
 from alignlab.train.config import TrainConfig
 from alignlab.train.metrics import MetricsLogger, peak_memory_mb
@@ -277,7 +279,9 @@ def train(
             (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
-        start = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)["step"]
+        resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
+        start = resumed["step"]
+        restore_step_state(step_fn, resumed)  # loss state such as BCO's running mean
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
     if not sharded:
         wrapped = world.wrap(model)
@@ -297,7 +301,7 @@ def train(
         full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)  # collective
         if world.is_main:
             state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / sampler.per_epoch,
-                     "total_steps": n_total, "lr_scheduler": {"step": step}}
+                     "total_steps": n_total, "lr_scheduler": {"step": step}, **step_state(step_fn)}
             save_checkpoint(out, step, model, optimizer, state, tokenizer=tokenizer,
                             config_yaml=config_yaml, keep_last=cfg.keep_last, model_state=full[0],
                             optimizer_state=full[1])

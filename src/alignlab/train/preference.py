@@ -211,6 +211,24 @@ def _split(x: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:b], x[b : 2 * b]
 
 
+def gather_ranks(x: torch.Tensor) -> torch.Tensor:
+    """`x` [n] (detached) concatenated over every rank, rank order; `x` itself in a single process.
+
+    Batch statistics a loss keeps across steps (BCO's reward mean, KTO's reference point z0) are computed
+    over the GLOBAL micro-batch this way, as TRL gathers them, so every rank holds the same value and two
+    ranks with half the batch each compute what one rank with the whole batch does. Every rank's micro-batch
+    has the same number of pairs (the loop splits the global batch evenly), as all_gather requires.
+    """
+    import torch.distributed as dist
+
+    x = x.detach()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 class PreferenceStep:
     """`step_fn(model, batch) -> (loss, metrics)` for paired preference losses.
 
@@ -223,7 +241,18 @@ class PreferenceStep:
         if not mix.paired:
             raise AlignlabError(f"loss {list(mix.names)} is unpaired; PreferenceStep handles paired losses")
         self.mix, self.reference, self.beta, self.chunk_size = mix, reference, beta, chunk_size
-        self.reward_mean = None  # BCO's running mean, kept across steps
+        self.reward_mean = None  # BCO's running mean, kept across steps (and in checkpoints: state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Loss state that changes the numbers of later steps (JSON-safe; saved in trainer_state.json)."""
+        rm = self.reward_mean
+        return {} if rm is None else {"bco_reward_mean": {"mean": rm.mean, "count": rm.count}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from alignlab.losses.registry import RunningMean
+
+        rm = state.get("bco_reward_mean")
+        self.reward_mean = None if rm is None else RunningMean(float(rm["mean"]), float(rm["count"]))
 
     def logps(self, model: Any, batch: dict) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
         """(summed PairLogps | None, averaged PairLogps | None, chosen token-mean NLL, policy sums [2B])."""
@@ -249,8 +278,14 @@ class PreferenceStep:
     def __call__(self, model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         b = int(batch["num_pairs"])
         summed, averaged, nll, pol = self.logps(model, batch)
+        batch_mean = None
+        if self.mix.needs_reward_mean and summed is not None and summed.ref_chosen is not None:
+            from alignlab.losses.preference import batch_reward_mean
+
+            parts = (summed.policy_chosen, summed.policy_rejected, summed.ref_chosen, summed.ref_rejected)
+            batch_mean = batch_reward_mean(*(gather_ranks(t) for t in parts), beta=self.beta)
         out = self.mix.compute(summed, averaged, beta=self.beta, nll=nll if self.mix.uses_nll else None,
-                               reward_mean=self.reward_mean)
+                               reward_mean=self.reward_mean, batch_reward_mean=batch_mean)
         if out.reward_mean is not None and torch.is_grad_enabled():
             self.reward_mean = out.reward_mean
         c, r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
@@ -291,7 +326,9 @@ class UnpairedStep:
             denom = batch["token_counts"].to(pol.dtype).clamp(min=1.0)
             pol, ref = pol / denom, ref / denom
         labels = batch["desirable"]
-        out = self.mix.compute_unpaired(pol[:b], ref[:b], labels, pol[b:].detach(), ref[b:], beta=self.beta)
+        # z0 from the mismatched pairs of every rank (gather_ranks), so all ranks share one reference point.
+        out = self.mix.compute_unpaired(pol[:b], ref[:b], labels, gather_ranks(pol[b:]), gather_ranks(ref[b:]),
+                                        beta=self.beta)
         metrics: dict[str, Any] = {"kl": out.terms["kl"]}
         pc, pr = pol[:b][labels].detach(), pol[:b][~labels].detach()
         if labels.any():
