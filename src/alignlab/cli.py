@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alignlab.quiet import quiet_expected_noise
+
+    quiet_expected_noise()  # before transformers is imported: expected third-party noise off, the rest kept
     parser = build_parser()
     args = parser.parse_args(argv)
     cmd: Command | None = getattr(args, "_command", None)

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +60,11 @@ def save_model(model: Any, directory: Path, tokenizer: Any = None, state_dict: d
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar per checkpoint is only log noise
-    with warnings.catch_warnings():
-        # peft looks for the base's config.json to see whether the vocabulary was resized; an adapter records
-        # its base as an alias (models.lora.portable_name), which is no folder, so peft warns on every save.
-        # We never resize the vocabulary, so the answer it assumes (not resized) is right.
-        warnings.filterwarnings("ignore", message="Could not find a config file in .* vocabulary was not modified")
-        model.save_pretrained(str(directory), state_dict=state_dict)
+    # peft's default (save_embedding_layers="auto") looks up the base's config.json, on the hub when the recorded
+    # base is an alias (models.lora.portable_name), to see whether the vocabulary was resized; we never resize
+    # it, so no full embedding is needed and no lookup (nor its warning, nor a network wait) happens.
+    extra = {"save_embedding_layers": False} if is_peft(model) else {}
+    model.save_pretrained(str(directory), state_dict=state_dict, **extra)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 
