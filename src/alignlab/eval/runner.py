@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +324,9 @@ def run(cfg: EvalConfig, *, console: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     ctx = _Context(cfg)
     results: list[dict] = []
-    for spec in cfg.evaluations:
+    for i, spec in enumerate(cfg.evaluations, 1):  # one line each, terminal or not: evaluations take minutes
+        print(f"eval {i}/{len(cfg.evaluations)}: {spec.name or spec.kind} ({time.perf_counter() - start:.0f}s)",
+              file=sys.stderr, flush=True)
         results += _RUNNERS[spec.kind](spec, ctx)
     payload = {"config": to_dict(cfg), "results": results, "seconds": time.perf_counter() - start}
     out = Path(cfg.output_dir)
