@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.recipes.demo_commands",
     "alignlab.recipes.online_commands",
     "alignlab.recipes.reward_commands",
+    "alignlab.rollout.chat",
     "alignlab.rollout.commands",
 )
 

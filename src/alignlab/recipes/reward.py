@@ -294,8 +294,9 @@ def load_reward_model(cfg: RewardConfig) -> tuple[Any, Any]:
     """Tokenizer and scorer (LoRA-wrapped when cfg.lora; the head then trains in full via modules_to_save)."""
     from alignlab.models.heads import load_scorer
     from alignlab.models.load import load_tokenizer
+    from alignlab.models.tokenizer import use_chat_template
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     model = load_scorer(cfg.model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -99,8 +99,9 @@ def perplexity_eval(step_fn, dataset: list, collate, cfg: TrainConfig, device: s
 def prepare_model(cfg: TrainConfig):
     """Tokenizer and model (with LoRA adapters when cfg.lora is set)."""
     from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.tokenizer import use_chat_template
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     model = load_model(cfg.model)
     if cfg.lora is not None:
         from alignlab.models.lora import apply_lora
