@@ -329,14 +329,24 @@ class UnpairedStep:
         # z0 from the mismatched pairs of every rank (gather_ranks), so all ranks share one reference point.
         out = self.mix.compute_unpaired(pol[:b], ref[:b], labels, gather_ranks(pol[b:]), gather_ranks(ref[b:]),
                                         beta=self.beta)
+        return out.loss, self._metrics(out, pol[:b].detach(), labels)
+
+    @staticmethod
+    def _metrics(out: Any, logps: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """TRL's KTO metrics over every rank's examples: a rank's micro-batch may hold no desirable (or no
+        undesirable) completion, and the loop all-reduces each metric name, so all ranks must report the
+        same names; computed on the gathered examples, they are also the global means."""
+        rewards = torch.zeros_like(logps)
+        rewards[labels], rewards[~labels] = out.chosen_rewards.to(rewards.dtype), out.rejected_rewards.to(rewards.dtype)
+        labels = gather_ranks(labels.to(logps.dtype)).bool()
+        rewards, logps = gather_ranks(rewards), gather_ranks(logps)
         metrics: dict[str, Any] = {"kl": out.terms["kl"]}
-        pc, pr = pol[:b][labels].detach(), pol[:b][~labels].detach()
         if labels.any():
-            metrics["rewards/chosen"] = out.chosen_rewards.mean()
-            metrics["logps/chosen"] = pc.mean()
+            metrics["rewards/chosen"] = rewards[labels].mean()
+            metrics["logps/chosen"] = logps[labels].mean()
         if (~labels).any():
-            metrics["rewards/rejected"] = out.rejected_rewards.mean()
-            metrics["logps/rejected"] = pr.mean()
+            metrics["rewards/rejected"] = rewards[~labels].mean()
+            metrics["logps/rejected"] = logps[~labels].mean()
         if labels.any() and (~labels).any():
             metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-        return out.loss, metrics
+        return metrics
