@@ -19,6 +19,7 @@ from test_distributed_torchrun import (
 from alignlab.cli import main
 
 
+@pytest.mark.slow  # ~20 s each (two launches); test_loss_state.py checks the same statistics in-process, fast
 @pytest.mark.parametrize("loss", ["bco_pair", "kto"])
 def test_two_ranks_match_one_rank(tmp_path, loss):
     data = preference_file(tmp_path / "pref.jsonl")
