@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, AlreadyDone
 
 # Modules whose import registers commands. Add one line per new command module.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.recipes.demo_commands",
     "alignlab.recipes.online_commands",
     "alignlab.recipes.reward_commands",
+    "alignlab.rollout.chat",
     "alignlab.rollout.commands",
 )
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alignlab.quiet import quiet_expected_noise
+
+    quiet_expected_noise()  # before transformers is imported: expected third-party noise off, the rest kept
     parser = build_parser()
     args = parser.parse_args(argv)
     cmd: Command | None = getattr(args, "_command", None)
@@ -107,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         code = cmd.run(args)
+    except AlreadyDone as e:  # nothing left to do is a success, not an error
+        print(f"alignlab {cmd.name}: {e}", flush=True)
+        return 0
     except AlignlabError as e:
         print(f"alignlab {cmd.name}: error: {e}", file=sys.stderr)
         if os.environ.get("ALIGNLAB_TRACEBACK"):

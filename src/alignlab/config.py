@@ -3,6 +3,11 @@
 Each config field carries a docstring (a string literal right after the field, as litgpt does);
 `field_docs` reads them back from the source so `--help` and the saved YAML can show them.
 Unknown keys and wrong types are errors that name the key and what was expected.
+
+Paths: a relative path in a PATH_FIELDS key resolves against the folder of the config file that gave it
+(the working directory for a command-line override), then against `$ALIGNLAB_DATA` (`data_root()`); the
+first that exists wins and is stored absolute, so a config runs the same from any directory. A local-looking
+path found nowhere is an error listing where it was looked for; hub ids and `builtin:` sources pass through.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -191,35 +197,153 @@ def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+PATH_FIELDS: frozenset[str] = frozenset({"data", "eval_data", "chat_template"})
+"""Config keys holding input files, at any nesting level of dataclass fields (e.g. evaluations[].data). A value
+may be one path, a list of paths, or mappings whose `path` is one (a dataset mixture)."""
+
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arrow", ".jinja", ".yaml", ".yml", ".gz")
+
+
+def data_root() -> Path:
+    """Where datasets are looked for after the config file's folder: $ALIGNLAB_DATA, else ../shared/data next
+    to the project checkout."""
+    env = os.environ.get("ALIGNLAB_DATA")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _looks_local(value: str) -> bool:
+    """A file path rather than a hub id (org/name) or a scheme such as builtin:sentiment."""
+    if ":" in value.split("/")[0]:
+        return False
+    return value.startswith((".", "/", "~")) or value.lower().endswith(DATA_SUFFIXES)
+
+
+def resolve_path(value: str, bases: list[Path], key: str) -> str:
+    """`value` made absolute against the first base folder where it exists (see the module docstring)."""
+    if not value or not _looks_local(value) and not any((b / value).exists() for b in bases):
+        return value
+    p = Path(value).expanduser()
+    looked = [p] if p.is_absolute() else [b / p for b in bases]
+    for candidate in looked:
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise ConfigError(f"{key}: {value} not found; looked for {' and '.join(str(c) for c in looked)} "
+                      "(relative paths resolve against the config file's folder, then $ALIGNLAB_DATA)")
+
+
+def _resolve_value(value: Any, bases: list[Path], key: str) -> Any:
+    if isinstance(value, str):
+        return resolve_path(value, bases, key)
+    if isinstance(value, list):
+        return [_resolve_value(v, bases, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return {**value, "path": resolve_path(value["path"], bases, f"{key}.path")}
+    return value
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass an annotation holds (X, X | None, list[X]), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp  # type: ignore[return-value]
+    for arg in get_args(tp):
+        found = _dataclass_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_paths(cls: type, data: dict[str, Any], bases: list[Path], prefix: str = "") -> dict[str, Any]:
+    """A copy of the raw mapping `data` for `cls` with PATH_FIELDS values resolved, nested configs included."""
+    if not dataclasses.is_dataclass(cls) or not isinstance(data, dict):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        if key not in hints:
+            continue  # from_dict reports the unknown key
+        if key in PATH_FIELDS:
+            out[key] = _resolve_value(value, bases, prefix + key)
+        elif (inner := _dataclass_of(hints[key])) is not None:
+            if isinstance(value, dict):
+                out[key] = resolve_paths(inner, value, bases, f"{prefix}{key}.")
+            elif isinstance(value, list):
+                out[key] = [resolve_paths(inner, v, bases, f"{prefix}{key}[{i}].") for i, v in enumerate(value)]
+    return out
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return loaded or {}
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """YAML file (optional) then `key=value` overrides, checked against the dataclass `cls`."""
+    """YAML file (optional) then `key=value` overrides, checked against the dataclass `cls`; relative paths
+    resolved (module docstring). An error is said to come from the file only when the file alone causes it."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        data = _read_yaml_mapping(path)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        data = loaded or {}
+            data = resolve_paths(cls, data, [path.resolve().parent, data_root()])
+        except ConfigError as e:
+            raise ConfigError(f"{e} (in {path})") from None
+    from_file = data
+    data = dict(data)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        apply_override(data, key.strip().lstrip("-").replace("-", "_"), parse_value(text))
+        dotted = key.strip().lstrip("-").replace("-", "_")
+        value = parse_value(text)
+        try:
+            value = _override_paths(cls, dotted, value)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (command-line override {item!r})") from None
+        apply_override(data, dotted, value)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        where = f" (from {path})" if path is not None else ""
-        raise ConfigError(f"{e}{where}") from None
+        if path is None:
+            raise
+        raise ConfigError(f"{e}{_blame(cls, from_file, str(e), path, bool(overrides))}") from None
 
 
-def config_text(cfg: Any) -> str:
+def _override_paths(cls: type, dotted: str, value: Any) -> Any:
+    """Resolve a command-line value against the working directory then $ALIGNLAB_DATA, when it is a path."""
+    *parents, leaf = dotted.split(".")
+    target: Any = cls
+    for part in parents:  # walk nested dataclasses: lora.r, judge.model ...
+        hints = typing.get_type_hints(target) if dataclasses.is_dataclass(target) else {}
+        target = _dataclass_of(hints.get(part))
+        if target is None:
+            return value
+    bases = [Path.cwd(), data_root()]
+    if dataclasses.is_dataclass(target):
+        return resolve_paths(target, {leaf: value}, bases, "" if not parents else ".".join(parents) + ".")[leaf]
+    return value
+
+
+def _blame(cls: type, from_file: dict[str, Any], message: str, path: Path, has_overrides: bool) -> str:
+    """Where an error came from: the file, unless the file alone is fine (then the command line)."""
+    if not has_overrides:
+        return f" (from {path})"
+    try:
+        from_dict(cls, dict(from_file))
+    except ConfigError as file_error:
+        return f" (from {path})" if str(file_error) == message else " (from the command-line overrides)"
+    return " (from the command-line overrides)"
+
+
+def config_text(cfg: Any, name: str = "config.yaml") -> str:
     """The resolved config as YAML, each key preceded by its docstring as a comment."""
-    lines = [f"# Resolved {type(cfg).__name__}; reload with --config config.yaml"]
+    lines = [f"# Resolved {type(cfg).__name__}; reload with --config {name}"]
     docs = field_docs(type(cfg))
     for key, value in to_dict(cfg).items():
         if key in docs:
@@ -229,11 +353,11 @@ def config_text(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write `config_text(cfg)` atomically."""
+    """Write `config_text(cfg)` to `path` (atomically: a temp file renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(config_text(cfg), encoding="utf-8")
+    tmp.write_text(config_text(cfg, path.name), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -254,8 +378,9 @@ def describe(cls: type) -> str:
 
 
 def saved_config_text(cfg: Any) -> str:
-    """Write `cfg` to output_dir/config.yaml (`save_config`) and return the text, which the training loop
-    stores with every checkpoint."""
+    """The text the training loop stores with every checkpoint (`config_text`); also written to
+    output_dir/config.yaml unless an earlier run's is there: the loop's resume guard compares that one first."""
     path = Path(cfg.output_dir) / "config.yaml"
-    save_config(cfg, path)
-    return path.read_text(encoding="utf-8")
+    if not path.exists():
+        save_config(cfg, path)
+    return config_text(cfg)

@@ -3,3 +3,8 @@
 
 class AlignlabError(Exception):
     """Bad input or configuration; the message names the file, record and field where it can."""
+
+
+class AlreadyDone(AlignlabError):
+    """Not a failure: what was asked is already complete (e.g. a finished run rerun unchanged). The CLI prints
+    the message and exits 0."""

@@ -109,6 +109,12 @@ def evaluated(setup, tmp_path_factory):
             "by": {(r["evaluation"], r["model"]): r for r in payload["results"]}}
 
 
+def test_progress_lines_without_a_terminal(evaluated):
+    n = len(evaluated["payload"]["config"]["evaluations"])
+    lines = [ln for ln in evaluated["console"].splitlines() if ln.startswith("eval ")]
+    assert [ln.split(":")[0] for ln in lines] == [f"eval {i}/{n}" for i in range(1, n + 1)]
+
+
 def test_eval_json_records(evaluated, setup):
     assert evaluated["code"] == 0
     payload = evaluated["payload"]
@@ -218,7 +224,7 @@ def test_secret_never_written_and_report_files(evaluated):
         assert SECRET not in text
     assert "ALIGNLAB_EVAL_TEST_KEY" in (out / "eval.json").read_text()  # the variable's name is fine
     pngs = list((out / "plots").glob("*.png"))
-    assert len(pngs) == 7  # every evaluation but wr_llm and grade has a value to plot
+    assert len(pngs) == 8  # every evaluation but wr_llm and grade has a value to plot, + all_checkpoints.png
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 

@@ -39,11 +39,11 @@ def test_report_renders_numbers_escapes_text_and_writes_pngs(tmp_path, monkeypat
     assert "policy&lt;b&gt;" in page and "policy<b>" not in page
     assert secret not in page and "[redacted]" in page
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert pngs == ["kl.png", "win_rate.png"]  # the all-undecided evaluation has nothing to plot
+    assert pngs == ["all_checkpoints.png", "kl.png", "win_rate.png"]  # all-undecided: nothing to plot
     for p in (tmp_path / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 1000
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(embedded) == 2 and all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
+    assert len(embedded) == 3 and all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
     assert "http://" not in page.replace("http://www.w3.org", "")  # self-contained: nothing fetched
 
 
@@ -54,3 +54,26 @@ def test_secret_values_and_redact(monkeypatch):
     assert secret_values(cfg) == ["abcdef"]
     assert redact("x abcdef y", ["abcdef"]) == "x [redacted] y"
     assert redact("a b c", ["a"]) == "a b c"  # too short to be a key; ordinary text stays
+
+
+def test_report_shows_judged_examples_and_plots_checkpoints_together(tmp_path):
+    """Issue 15 item 10: examples are a visible table (prompt, both answers, outcome, verdict), not raw JSON;
+    one overview plot holds every checkpoint of every evaluation."""
+    from alignlab.eval.report import plot_checkpoints
+
+    results = []
+    for step, (wr, kl) in enumerate([(0.5, 0.0), (0.6, 0.02), (0.7, 0.05)]):
+        model = f"runs/dpo/checkpoint-{10 * (step + 1)}"
+        results.append({"evaluation": "win_rate", "kind": "win_rate", "model": model, "metric": "win_rate",
+                        "value": wr, "low": wr - 0.1, "high": wr + 0.1, "n": 16,
+                        "details": {"baseline": "sft", "examples": [
+                            {"prompt": "Say hi", "answer_a": f"hi from {step}", "answer_b": "hello",
+                             "outcome": 1.0, "judge": {"ab": "[[A]] is friendlier", "ba": "[[B]]"}}]}})
+        results.append({"evaluation": "kl", "kind": "kl", "model": model, "metric": "kl_k3", "value": kl,
+                        "low": None, "high": None, "n": 8, "details": {}})
+    page = write_report({"config": {}, "seconds": 1.0, "results": results}, tmp_path).read_text()
+    assert "<table class='examples'>" in page and "A wins" in page and "hi from 2" in page
+    assert "[[A]] is friendlier" in page and "answer B (sft)" in page
+    assert page.index("<table class='examples'>") < page.index("<summary>all details</summary>")
+    assert (tmp_path / "plots" / "all_checkpoints.png").read_bytes()[:8] == PNG_MAGIC
+    assert plot_checkpoints([{**results[1], "value": None}], tmp_path / "none.png") is None

@@ -8,6 +8,8 @@ Shared inputs (beta = 0.1), two pairs, SUMMED log-probs:
 softplus(x) = log(1 + e^x), and -log sigmoid(z) = softplus(-z); softplus(z) - softplus(-z) = z.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -207,3 +209,25 @@ def test_gradient_pushes_chosen_up_and_rejected_down(name):
         assert gr > 0 and gc - gr < 0
     else:
         assert gc < 0 and gr > 0, (gc, gr)
+
+
+def test_log1mexp_two_branches_are_accurate_in_float32():
+    """Issue 15 item 9: log(1 - exp(x)) at x = -1e-9 is log(1e-9 - 5e-19 ...) = -20.7233 (float64 by hand:
+    1 - e^x = -expm1(x) = 1e-9 - 5e-19); log1p(-exp(x)) gives -inf in float32 there."""
+    x = torch.tensor([-1e-9, -1e-4, -0.5, -0.6931, -0.7, -5.0, -30.0], dtype=torch.float32)
+    expected = torch.log(-torch.expm1(x.double()))
+    torch.testing.assert_close(P.log1mexp(x).double(), expected, rtol=1e-6, atol=1e-12)
+    assert P.log1mexp(torch.tensor(-1e-9)).item() == pytest.approx(-20.7232658, abs=1e-5)
+    assert torch.isinf(torch.log1p(-torch.exp(torch.tensor(-1e-9))))  # the old formula
+    g = torch.tensor([-1e-9, -3.0], requires_grad=True)
+    P.log1mexp(g).sum().backward()
+    assert torch.isfinite(g.grad).all()
+
+
+def test_orpo_is_finite_when_the_averaged_logp_is_near_zero():
+    c = torch.tensor([-1e-9], dtype=torch.float32)
+    r = torch.tensor([-2.0], dtype=torch.float32)
+    losses, _, _ = P.orpo(c, r, None, None, beta=0.1)
+    # log odds = (c - r) - (log1mexp(c) - log1mexp(r)) = 2 - (-20.7233 - log(1 - e^-2) = -0.1454) = 22.578
+    # loss = -c + 0.1 * softplus(-22.578) = 1e-9 + 0.1 * 1.57e-10
+    assert torch.isfinite(losses).all() and losses.item() == pytest.approx(1e-9 + 0.1 * math.exp(-22.578), rel=1e-3)

@@ -76,3 +76,21 @@ def test_model_info_smollm2(capsys):
     assert info["parameters_human"] == "134.5M" and info["parameters"] == 134_515_008
     assert (info["vocab_size"], info["context_length"], info["layers"], info["hidden_size"]) == (49152, 8192, 30, 576)
     assert info["chat_template"] is True and info["eos_token"] == "<|im_end|>" and info["dtype"] == "float32"
+
+
+def test_model_info_on_an_adapter_folder_describes_adapter_and_base(tmp_path, capsys):
+    """Issue 15 item 8: it used to fail (no config.json in an adapter folder)."""
+    from alignlab.models.load import load_model
+    from alignlab.models.lora import LoraConfig, apply_lora
+
+    model = apply_lora(load_model("tiny-random"), LoraConfig(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "adapter")
+    expected = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert main(["model", "info", str(tmp_path / "adapter"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["adapter"] == "lora" and info["r"] == 2 and info["alpha"] == 4 and info["target_modules"] == ["q_proj"]
+    assert info["adapter_parameters"] == expected and info["base_model"] == "tiny-random"
+    assert info["base"]["model_type"] == "llama" and info["base"]["parameters"] > expected
+    assert main(["model", "info", str(tmp_path / "adapter")]) == 0
+    out = capsys.readouterr().out
+    assert "lora r=2 alpha=4" in out and "base model     tiny-random" in out and "--- base model" in out

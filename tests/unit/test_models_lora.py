@@ -65,7 +65,7 @@ def test_merge_reproduces_the_adapted_model(tmp_path):
     adapted = _logits(model)
     model.save_pretrained(tmp_path / "adapter")
     meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert "tiny-random-v1" in meta["base_model_name_or_path"]
+    assert meta["base_model_name_or_path"] == "tiny-random"  # the alias, not this user's cache path
     out = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
@@ -106,3 +106,24 @@ def test_all_linear_and_config_from_overrides():
 def test_qlora_refused_without_cuda():
     with pytest.raises(AlignlabError, match="lora.qlora: QLoRA needs"):
         apply_lora(load_model("tiny-random"), LoraConfig(qlora=True))
+
+
+def test_saved_adapter_records_the_alias_and_loads_under_another_cache(tmp_path, monkeypatch):
+    """Issue 15 item 8: the adapter's base_model_name_or_path is what the user gave (the alias), not this
+    user's cache path, so the folder loads on a machine whose alias cache lives elsewhere."""
+    model = _adapted()
+    want = _logits(model)
+    model.save_pretrained(tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert meta["base_model_name_or_path"] == "tiny-random"
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "other-cache"))  # another user: the alias is rebuilt here
+    loaded = load_model(str(tmp_path / "adapter")).eval()
+    torch.testing.assert_close(_logits(loaded), want, atol=1e-5, rtol=0)
+    assert str(tmp_path / "other-cache") in loaded.base_model.model.name_or_path
+
+
+def test_portable_name_keeps_hub_ids_and_own_dirs(tmp_path):
+    from alignlab.models.lora import portable_name
+
+    assert portable_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert portable_name(str(tmp_path / "my-model")) == str(tmp_path / "my-model")

@@ -241,3 +241,28 @@ def test_chunked_under_autocast_matches_plain_under_autocast(frozen_head):
     else:
         torch.testing.assert_close(gc[0], gp[0], atol=1e-6, rtol=0)
         assert (gc[1] - gp[1]).norm() < 0.8 * (g32[1] - gp[1]).norm()
+
+
+def test_lm_head_logprobs_honours_logit_scale_as_the_model_forward_does():
+    """Issue 15 item 9: a Cohere-style model multiplies its logits by config.logit_scale; the DPO path (through
+    lm_head_logprobs) must give the log-probs of the model's own logits, not of the unscaled head."""
+    from transformers import CohereConfig, CohereForCausalLM
+
+    from alignlab.ops.logprobs import lm_head_logprobs, token_logprobs
+
+    torch.manual_seed(0)
+    model = CohereForCausalLM(CohereConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, logit_scale=0.25))
+    ids = torch.tensor([[3, 7, 11, 5, 9]])
+    out = model(input_ids=ids, output_hidden_states=True)
+    want = token_logprobs(out.logits[0, :-1], ids[0, 1:])
+    got = lm_head_logprobs(model, out.hidden_states[-1][0, :-1], ids[0, 1:], chunk_size=2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    unscaled = token_logprobs(model.lm_head(out.hidden_states[-1][0, :-1]), ids[0, 1:])
+    assert not torch.allclose(unscaled, want, atol=1e-3)  # the scale matters for this model
+
+
+def test_scored_tokens_needs_a_token_before_each():
+    from alignlab.ops.logprobs import scored_tokens
+
+    assert scored_tokens([], [5]) == 0 and scored_tokens([], [5, 6]) == 1 and scored_tokens([1], [5]) == 1

@@ -141,6 +141,7 @@ def test_resume_never_unpickles_a_planted_optimizer_state(tmp_path, tamper):
     else:
         target.write_bytes(target.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="checkpoint-4/optimizer.pt: unreadable or not a plain tensor file"):
+        cfg.max_steps = 6  # extend the finished run, so it resumes from checkpoint-4 (a rerun as-is is a no-op)
         train(cfg, model(), causal_lm_step, data, Collator(0))
     assert not marker.exists()
 

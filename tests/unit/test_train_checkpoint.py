@@ -105,3 +105,42 @@ def test_peft_adapter_checkpoint_is_adapter_only(tmp_path):
     load_checkpoint(path, fresh, opt_for(fresh))
     for (n, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+def test_check_resume_config_lists_each_training_key_and_allows_cadence(tmp_path):
+    from alignlab.train.checkpoint import RESUME_FREE_KEYS, check_resume_config
+
+    (tmp_path / "config.yaml").write_text("loss: [dpo]\nlearning_rate: 0.0001\nmax_steps: 150\nlora:\n  r: 8\n"
+                                          "save_steps: 50\noutput_dir: a\n")
+    check_resume_config(tmp_path, "loss: [dpo]\nlearning_rate: 0.0001\nmax_steps: 160\nlora:\n  r: 8\n"
+                                  "save_steps: 10\noutput_dir: b\n")
+    with pytest.raises(CheckpointError) as e:
+        check_resume_config(tmp_path, "loss: [ipo]\nlearning_rate: 0.005\nmax_steps: 150\nlora:\n  r: 16\n")
+    msg = str(e.value)
+    for line in ("loss: ['dpo'] -> ['ipo']", "learning_rate: 0.0001 -> 0.005", "lora.r: 8 -> 16"):
+        assert line in msg
+    assert "save_steps" not in msg and "new output_dir" in msg and "resume=never" in msg
+    assert {"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "keep_last", "resume"} <= RESUME_FREE_KEYS
+
+
+def test_resume_point_finished_run_and_explicit_path(tmp_path):
+    import json
+
+    from alignlab.errors import AlreadyDone
+    from alignlab.train.checkpoint import resume_point
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4, "loss": 1}\n{"step": 4, "train_runtime": 1.0}\n')
+    with pytest.raises(AlreadyDone, match="finished at step 4/4"):
+        resume_point(tmp_path, "auto", None, 4)
+    with pytest.raises(CheckpointError, match="no checkpoint to continue"):
+        resume_point(tmp_path, "auto", None, 8)  # extending a run that saved no checkpoint cannot resume
+    with pytest.raises(CheckpointError, match="beyond this run's 2 steps"):
+        resume_point(tmp_path, "auto", None, 2)
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4}))
+    (ckpt / "config.yaml").write_text("seed: 1\n")
+    assert resume_point(tmp_path, "auto", "seed: 1\n", 8) == ckpt
+    with pytest.raises(CheckpointError, match="seed: 1 -> 2"):
+        resume_point(tmp_path, str(ckpt), "seed: 2\n", 8)

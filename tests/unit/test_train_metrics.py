@@ -41,3 +41,21 @@ def test_fresh_run_sets_an_earlier_runs_metrics_aside_and_a_resumed_run_appends(
     log.log(2, {"loss": 3.0})
     log.close()
     assert [r["loss"] for r in read_metrics(tmp_path)] == [2.0, 3.0]
+
+
+def test_resumed_logger_truncates_rows_after_its_step_and_keeps_them_aside(tmp_path):
+    """Issue 15 item 7: a run killed after step 5 resumes from checkpoint 4; rows 5 (and a half-written line)
+    leave metrics.jsonl for a side file, so the relaunch's step 5 is the only one."""
+    log = MetricsLogger(tmp_path, progress="none")
+    for step in (0, 1, 2, 3, 4, 4, 5):
+        log.log(step, {"loss": float(step)})
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # the kill cut this line
+    log = MetricsLogger(tmp_path, progress="none", start_step=4)
+    log.log(5, {"loss": 50.0})
+    log.close()
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [
+        (0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (4, 4.0), (5, 50.0)]
+    side = (tmp_path / "metrics.dropped-after-4.jsonl").read_text().splitlines()
+    assert json.loads(side[0]) == {"step": 5, "loss": 5.0} and side[1] == '{"step": 6, "lo'

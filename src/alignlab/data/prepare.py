@@ -190,12 +190,14 @@ def preference_examples(rows: Sequence[Any], tokenizer: Any, max_length: int, ma
                         source: str, paired: bool = True) -> list:
     """Tokenised pairs (or unpaired examples); ones left with an empty completion are dropped, as TRL does."""
     from alignlab.data.tokenize import tokenize_pair, tokenize_unpaired
+    from alignlab.ops.logprobs import scored_tokens  # a completion must keep a token whose log-prob is scored
 
     if paired:
         return tokenize_rows(rows, lambda r: tokenize_pair(r, tokenizer, max_length, max_prompt_length),
-                             lambda ex: bool(ex.chosen_ids and ex.rejected_ids), source, max_length)
+                             lambda ex: bool(scored_tokens(ex.prompt_ids, ex.chosen_ids)
+                                             and scored_tokens(ex.prompt_ids, ex.rejected_ids)), source, max_length)
     return tokenize_rows(rows, lambda r: tokenize_unpaired(r, tokenizer, max_length, max_prompt_length),
-                         lambda ex: bool(ex.completion_ids), source, max_length)
+                         lambda ex: scored_tokens(ex.prompt_ids, ex.completion_ids) > 0, source, max_length)
 
 
 def run_split(cfg: Any, load: Callable[[Any], list], records: list | None = None,

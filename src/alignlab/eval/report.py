@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_evaluation", "redact", "render_html", "secret_values", "write_report"]
+__all__ = ["plot_checkpoints", "plot_evaluation", "redact", "render_html", "secret_values", "write_report"]
 
 
 def secret_values(config: Any) -> list[str]:
@@ -93,6 +93,37 @@ def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_checkpoints(results: list[dict], path: Path) -> Path | None:
+    """One PNG with a panel per evaluation: every checkpoint's value (interval as whiskers) in the order the
+    config lists them, joined by a line, so a run's checkpoints read as a trend side by side. None when no
+    evaluation has a value."""
+    names = [n for n in dict.fromkeys(r["evaluation"] for r in results)
+             if any(r.get("value") is not None for r in results if r["evaluation"] == n)]
+    if not names:
+        return None
+    models = list(dict.fromkeys(str(r["model"]) for r in results))
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    with png_figure(path, (4.2 * cols, 0.8 + 2.6 * rows)) as (fig, _):
+        fig.clear()
+        for k, name in enumerate(names):
+            ax = fig.add_subplot(rows, cols, k + 1)
+            recs = {str(r["model"]): r for r in results if r["evaluation"] == name and r.get("value") is not None}
+            xs = [i for i, m in enumerate(models) if m in recs]
+            vals = [float(recs[models[i]]["value"]) for i in xs]
+            lo = [v - float(recs[models[i]]["low"]) if recs[models[i]].get("low") is not None else 0.0
+                  for v, i in zip(vals, xs)]
+            hi = [float(recs[models[i]]["high"]) - v if recs[models[i]].get("high") is not None else 0.0
+                  for v, i in zip(vals, xs)]
+            ax.errorbar(xs, vals, yerr=[[max(x, 0.0) for x in lo], [max(x, 0.0) for x in hi]], fmt="o-",
+                        color="#4c72b0", capsize=3)
+            ax.set_xticks(range(len(models)), [m if len(m) <= 18 else "..." + m[-15:] for m in models],
+                          rotation=20, fontsize=7)
+            ax.set_xlim(-0.5, len(models) - 0.5)
+            ax.set_title(f"{name}: {next(iter(recs.values()))['metric']}", fontsize=9)
+    return path
+
+
 def _e(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
@@ -110,36 +141,59 @@ def _table(records: list[dict]) -> str:
 
 
 def _details(r: dict) -> str:
+    """A model's judged examples as a visible table, then its raw details (collapsed)."""
     d = dict(r.get("details", {}))
     examples = d.pop("examples", [])
     d.pop("outcomes", None)
-    parts = [f"<h4>{_e(r['model'])}</h4><pre>{html.escape(json.dumps(d, indent=1, default=str))}</pre>"]
-    for k, ex in enumerate(examples):
-        parts.append(
-            f"<details><summary>example {k + 1}: outcome {_e(ex.get('outcome'))}</summary>"
-            f"<p><b>prompt</b></p><pre>{_e(ex.get('prompt'))}</pre>"
-            f"<p><b>answer A</b></p><pre>{_e(ex.get('answer_a'))}</pre>"
-            f"<p><b>answer B</b></p><pre>{_e(ex.get('answer_b'))}</pre>"
-            f"<p><b>judge</b></p><pre>{html.escape(json.dumps(ex.get('judge'), indent=1, default=str))}</pre>"
-            "</details>")
+    parts = [f"<h4>{_e(r['model'])}</h4>"]
+    if examples:
+        head = "".join(f"<th>{c}</th>" for c in ("#", "prompt", f"answer A ({_e(r['model'])})",
+                                                 f"answer B ({_e(d.get('baseline'))})", "outcome", "judge"))
+        body = "".join(
+            f"<tr><td>{k + 1}</td><td><pre>{_e(ex.get('prompt'))}</pre></td><td><pre>{_e(ex.get('answer_a'))}</pre>"
+            f"</td><td><pre>{_e(ex.get('answer_b'))}</pre></td><td>{_outcome(ex.get('outcome'))}</td>"
+            f"<td><pre>{html.escape(_verdict(ex.get('judge')))}</pre></td></tr>"
+            for k, ex in enumerate(examples))
+        parts.append(f"<p>Judged examples (outcome for A: 1 win, 0.5 tie, 0 loss)</p>"
+                     f"<table class='examples'><tr>{head}</tr>{body}</table>")
+    parts.append(f"<details><summary>all details</summary><pre>{html.escape(json.dumps(d, indent=1, default=str))}"
+                 "</pre></details>")
     return "".join(parts)
+
+
+def _outcome(x: Any) -> str:
+    names = {1.0: "A wins", 0.5: "tie", 0.0: "B wins"}
+    return _e(names.get(x, x) if isinstance(x, (int, float)) else x)
+
+
+def _verdict(judge: Any) -> str:
+    """The judge's raw replies, one per order, shortened: what it said, not a JSON dump."""
+    if isinstance(judge, dict):
+        text = "\n".join(f"{k}: {v}" for k, v in judge.items())
+    else:
+        text = "" if judge is None else str(judge)
+    return text if len(text) <= 600 else text[:600] + " ..."
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;word-break:break-word;max-height:24em;overflow:auto}
-img{max-width:100%}"""
+img{max-width:100%}table.examples td{vertical-align:top;max-width:20em}
+table.examples pre{max-height:12em;margin:0}"""
 
 
-def render_html(payload: dict, images: dict[str, bytes]) -> str:
-    """The report page; `images` maps evaluation name -> PNG bytes (embedded as data URIs)."""
+def _img(name: str, png: bytes | None) -> str:
+    return f'<img alt="{_e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
+
+
+def render_html(payload: dict, images: dict[str, bytes], overview: bytes | None = None) -> str:
+    """The report page; `images` maps evaluation name -> PNG bytes, `overview` is the all-checkpoints plot
+    (both embedded as data URIs)."""
     results = payload.get("results", [])
-    sections = []
+    sections = [f"<h2>all checkpoints</h2>{_img('all checkpoints', overview)}"] if overview else []
     for name in dict.fromkeys(r["evaluation"] for r in results):
         recs = [r for r in results if r["evaluation"] == name]
-        img = images.get(name)
-        tag = (f'<img alt="{_e(name)}" src="data:image/png;base64,{base64.b64encode(img).decode()}">'
-               if img else "")
+        tag = _img(name, images.get(name))
         sections.append(f"<h2>{_e(name)} ({_e(recs[0]['kind'])})</h2>{tag}{''.join(_details(r) for r in recs)}")
     config = html.escape(json.dumps(payload.get("config", {}), indent=1, default=str))
     seconds = payload.get("seconds")
@@ -158,7 +212,9 @@ def write_report(payload: dict, out_dir: str | Path) -> Path:
         recs = [r for r in results if r["evaluation"] == name]
         if any(r.get("value") is not None for r in recs):
             images[name] = plot_evaluation(name, recs, out / "plots" / f"{_slug(name)}.png").read_bytes()
-    page = redact(render_html(payload, images), secret_values(payload.get("config", {})))
+    overview = plot_checkpoints(results, out / "plots" / "all_checkpoints.png")
+    page = redact(render_html(payload, images, overview.read_bytes() if overview else None),
+                  secret_values(payload.get("config", {})))
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")

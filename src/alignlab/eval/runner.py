@@ -337,7 +337,9 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
     ctx = _Context(cfg)
     ctx.models.update(models or {})
     results: list[dict] = []
-    for spec in cfg.evaluations:
+    for i, spec in enumerate(cfg.evaluations, 1):  # one line each, terminal or not: evaluations take minutes
+        print(f"eval {i}/{len(cfg.evaluations)}: {spec.name or spec.kind} ({time.perf_counter() - start:.0f}s)",
+              file=sys.stderr, flush=True)
         results += _RUNNERS[spec.kind](spec, ctx)
     from alignlab.eval.leakage import leak_warnings
 

@@ -172,6 +172,20 @@ def _nll_term(pi_c: Tensor, nll: Tensor | float | None) -> Tensor:
     return torch.as_tensor(nll, dtype=pi_c.dtype, device=pi_c.device).expand_as(pi_c)
 
 
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate everywhere (Maechler 2012, "Accurately Computing log(1 - exp(-|a|))").
+
+    Two branches split at x = -log 2: near 0, exp(x) rounds to 1 and log1p(-exp(x)) is -inf (float32 already
+    at x > -6e-8), so use log(-expm1(x)); far below 0, expm1 loses the small difference, so use
+    log1p(-exp(x)). x = 0 (probability 1) gives -inf, as it should.
+    """
+    near_zero = x > -0.6931471805599453
+    # Each branch is evaluated on a safe input so neither produces NaN gradients in the unused lane.
+    a = torch.log(-torch.expm1(torch.where(near_zero, x, torch.full_like(x, -1.0))))
+    b = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(x, -1.0), x)))
+    return torch.where(near_zero, a, b)
+
+
 def orpo(
     pi_c: Tensor,
     pi_r: Tensor,
@@ -192,7 +206,7 @@ def orpo(
     used, which equals TRL when all chosen answers have the same length.
     Rewards are beta * avg logp (TRL's ORPO metric).
     """
-    log_odds = (pi_c - pi_r) - (torch.log1p(-torch.exp(pi_c)) - torch.log1p(-torch.exp(pi_r)))
+    log_odds = (pi_c - pi_r) - (log1mexp(pi_c) - log1mexp(pi_r))
     losses = _nll_term(pi_c, nll) - beta * F.logsigmoid(log_odds)
     return losses, beta * pi_c.detach(), beta * pi_r.detach()
 

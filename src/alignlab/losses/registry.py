@@ -221,19 +221,22 @@ class LossMix:
         beta: float,
         nll: Tensor | float | None = None,
         reward_mean: RunningMean | None = None,
+        batch_reward_mean: float | None = None,
     ) -> LossOutput:
         """Weighted losses for a batch of pairs. Give `summed` if needs_summed, `averaged` if needs_averaged.
 
         nll: the chosen answers' token-mean NLL (alignlab.losses.sft.nll), used where uses_nll.
         reward_mean: current RunningMean where needs_reward_mean (None starts a fresh one); it is
         updated with this batch before use, as TRL does, and returned in LossOutput.reward_mean.
+        batch_reward_mean: this batch's mean implicit reward over every rank (the caller's reduction, so all
+        ranks keep one running mean); None computes it from `summed` alone.
         """
         if not self.paired:
             raise AlignlabError(f"loss {self.names} is unpaired; call compute_unpaired")
         if self.needs_reward_mean:
             reward_mean = reward_mean or RunningMean()
             lp = _pick(summed, "summed", "bco_pair")
-            batch = P.batch_reward_mean(
+            batch = batch_reward_mean if batch_reward_mean is not None else P.batch_reward_mean(
                 lp.policy_chosen, lp.policy_rejected, lp.ref_chosen, lp.ref_rejected, beta=beta
             )
             reward_mean = reward_mean.update(batch)

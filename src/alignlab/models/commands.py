@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ def model_info(name: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
     from alignlab.models.load import load_tokenizer, resolve_model
 
     path = resolve_model(name)
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
+        return adapter_info(name, Path(path), trust_remote_code=trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -79,6 +82,39 @@ def model_info(name: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "eos_token": getattr(tok, "eos_token", None),
         "pad_token": getattr(tok, "pad_token", None),
+    }
+
+
+def adapter_info(name: str, path: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """A peft adapter folder: its own settings and size (read from adapter_config.json and the safetensors
+    header, nothing loaded) and, under "base", `model_info` of the base model it names."""
+    meta = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    base_name = meta.get("base_model_name_or_path")
+    if not base_name:
+        raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty")
+    n_params = 0
+    files = sorted(path.glob("adapter_model*.safetensors"))
+    if files:
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    shape = st.get_slice(key).get_shape()
+                    n_params += math.prod(shape)
+    targets = meta.get("target_modules")
+    return {
+        "name": name,
+        "path": str(path),
+        "adapter": meta.get("peft_type", "LORA").lower(),
+        "task_type": meta.get("task_type"),
+        "r": meta.get("r"),
+        "alpha": meta.get("lora_alpha"),
+        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+        "adapter_parameters": n_params,
+        "adapter_parameters_human": format_count(n_params),
+        "base_model": base_name,
+        "base": model_info(base_name, trust_remote_code=trust_remote_code),
     }
 
 
@@ -116,6 +152,19 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
+    if "base" in info:  # an adapter: its own lines, then its base model's
+        rows = [
+            ("adapter", f"{info['name']}  ({info['path']})"),
+            ("kind", f"{info['adapter']} r={info['r']} alpha={info['alpha']} ({info['task_type']})"),
+            ("targets", ", ".join(info["target_modules"]) if isinstance(info["target_modules"], list)
+             else str(info["target_modules"])),
+            ("parameters", f"{info['adapter_parameters_human']} ({info['adapter_parameters']:,}) in the adapter"),
+            ("base model", info["base_model"]),
+        ]
+        for key, value in rows:
+            print(f"{key:<15}{value}")
+        info = info["base"]
+        print("--- base model")
     rows = [
         ("model", f"{info['name']}  ({info['path']})"),
         ("architecture", f"{info['architecture']} ({info['layers']} layers, hidden {info['hidden_size']})"),

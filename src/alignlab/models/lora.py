@@ -111,13 +111,33 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> Any:
         bias="none",
     )
     try:
-        return get_peft_model(model, peft_cfg)
+        peft_model = get_peft_model(model, peft_cfg)
     except ValueError as e:  # peft: "Target modules {...} not found in the base model"
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
         raise AlignlabError(
             f"lora.target_modules: {cfg.target_modules} do not match this model ({e}); its linear layers are "
             f"named {linear}"
         ) from e
+    for adapter_cfg in peft_model.peft_config.values():  # written to adapter_config.json on save
+        adapter_cfg.base_model_name_or_path = portable_name(adapter_cfg.base_model_name_or_path or "")
+    return peft_model
+
+
+def portable_name(name_or_path: str) -> str:
+    """The base-model name an adapter records: an alias (tiny-random, smollm2-135m-instruct) for a folder of
+    alignlab's alias cache, since that path is this user's and `load_model` resolves the alias anywhere;
+    any other name (hub id, the user's own directory) unchanged."""
+    from alignlab.models.load import _ALIAS_DIRS, cache_dir
+
+    if not name_or_path:
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    models = (cache_dir() / "models").resolve()
+    if path.parent.resolve() == models:
+        for alias, dirname in _ALIAS_DIRS.items():
+            if path.name.startswith(dirname):
+                return alias
+    return name_or_path
 
 
 def _as_4bit(model: Any) -> Any:

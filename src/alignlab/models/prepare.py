@@ -19,8 +19,9 @@ def prepare_model(cfg: Any) -> tuple[Any, Any]:
     """Tokenizer and causal LM of `cfg.model`, with LoRA adapters when `cfg.lora` is set (any config with
     `model` and `lora` fields: the training configs, the RL configs)."""
     from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.tokenizer import use_chat_template
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     model = load_model(cfg.model)
     if cfg.lora is not None:
         from alignlab.models.lora import apply_lora

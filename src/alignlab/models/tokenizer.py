@@ -112,6 +112,36 @@ def ensure_chat_ready(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+def use_chat_template(tokenizer: PreTrainedTokenizerBase, path: str | None) -> PreTrainedTokenizerBase:
+    """Replace `tokenizer`'s chat template by the Jinja text in file `path` (the `chat_template` config key);
+    None keeps it. The template must render a system/user/assistant conversation, with and without the
+    generation prompt, and the assistant's text must appear in it (the data layer finds the trained span
+    there); otherwise an AlignlabError names the file. The trained model's saved tokenizer carries it."""
+    if not path:
+        return tokenizer
+    from pathlib import Path
+
+    from alignlab.errors import AlignlabError
+
+    file = Path(path)
+    try:
+        template = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise AlignlabError(f"chat_template: cannot read {file}: {e.strerror or e}") from None
+    probe = [{"role": "system", "content": "S1"}, {"role": "user", "content": "U2"},
+             {"role": "assistant", "content": "A3"}]
+    try:
+        full = tokenizer.apply_chat_template(probe, chat_template=template, tokenize=False)
+        prompt = tokenizer.apply_chat_template(probe[:2], chat_template=template, tokenize=False,
+                                               add_generation_prompt=True)
+    except Exception as e:  # jinja2 syntax or runtime errors, raise_exception in the template
+        raise AlignlabError(f"chat_template: {file} does not render a system/user/assistant chat: {e}") from None
+    if "A3" not in full or "U2" not in prompt:
+        raise AlignlabError(f"chat_template: {file} drops message contents (rendered {full[:200]!r})")
+    tokenizer.chat_template = template
+    return tokenizer
+
+
 # --- a small built-in English corpus, so the tiny model's tokenizer needs no data files -----------------
 
 _SUBJECTS = (

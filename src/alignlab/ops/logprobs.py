@@ -17,6 +17,8 @@ memory instead of O(N * V)).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -168,6 +170,37 @@ def chunked_token_logprobs(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _ChunkedLogprobs.apply(hidden, weight, bias, labels, chunk_size, ignore_index)
+
+
+def scored_tokens(prompt_ids: list, completion_ids: list) -> int:
+    """Completion tokens that get a log-prob: each needs a token before it, so with an empty prompt (all of it
+    truncated away) the first completion token is not scored. 0 means the example trains nothing."""
+    return max(len(completion_ids) - (0 if prompt_ids else 1), 0)
+
+
+def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """log p(targets) [N] float32 from final hidden states [N, H]: THE way the LM head is applied.
+
+    `model` is the unwrapped HF causal LM. Its head is applied as its own forward does: the Linear (+ bias),
+    then `config.logit_scale` (Cohere multiplies logits by it) and `config.final_logit_softcapping` (Gemma 2:
+    tanh(l / c) * c). A plain Linear head with neither uses the fused chunked path (`chunked_token_logprobs`,
+    same numbers, no [N, V] logits); otherwise logits are formed chunk by chunk through the head module.
+    """
+    head = model.get_output_embeddings()
+    scale = getattr(model.config, "logit_scale", None)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if type(head) is torch.nn.Linear and not softcap and scale is None:
+        return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias)
+    # A wrapped head (LoRA on lm_head), logit scaling or soft-capping: per-chunk logits through the module itself.
+    out = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = head(hidden[start : start + chunk_size])
+        if scale is not None:
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        out.append(token_logprobs(logits, targets[start : start + chunk_size]))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def sequence_logprobs(token_lp: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:

@@ -147,8 +147,10 @@ def run(cfg: PretrainConfig):
               f"{len(train_set)} train / {len(val_set)} val blocks of {cfg.max_length}", flush=True)
     collate = Collator(tokenizer.pad_token_id or 0, packing=cfg.packing)
     eval_fn = perplexity_eval(causal_lm_step, val_set, collate, cfg, world.device)
-    result = train(cfg, model, causal_lm_step, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,
-                   world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
+    from alignlab.models.tokenizer import use_chat_template  # the chat_template key: saved with the tokenizer
+
+    result = train(cfg, model, causal_lm_step, train_set, collate, eval_fn=eval_fn,
+                   tokenizer=use_chat_template(tokenizer, cfg.chat_template), world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
     if world.is_main and result.evals:
         ppl = result.evals[-1]["eval_perplexity"]
         print(f"pretrain done: {result.step} steps in {result.train_runtime:.1f}s; "

@@ -197,7 +197,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     from alignlab.config import config_text
     from alignlab.rl.prompts import split_prompts, write_split
     from alignlab.train.callbacks import run_events
-    from alignlab.train.checkpoint import check_resume_config, find_resume, remove_stale_temps, save_model
+    from alignlab.train.checkpoint import remove_stale_temps, resume_point, save_model
     from alignlab.train.loop import Sampler, total_steps
     from alignlab.train.optim import warmup_steps_for
     from alignlab.train.step import NonFiniteStep
@@ -213,19 +213,14 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     n_total = total_steps(cfg, len(train_rows))
     warmup, sampler, config_yaml = warmup_steps_for(cfg, n_total), Sampler(len(train_rows), cfg.batch_size, cfg.seed), \
         config_text(cfg)
-    ckpt = find_resume(out, cfg.resume)
-    if ckpt is not None:
-        check_resume_config(ckpt, config_yaml)
+    # the guards: same config, a finished run says so (AlreadyDone), resume=never sets an earlier run aside
+    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
         write_split(out, split)
     start = _resume(state, ckpt) if ckpt is not None else 0
-    if start >= n_total:
-        print(f"{label}: {out} holds a finished run ({start}/{n_total} steps); nothing to do (a larger max_steps "
-              "continues it, resume=never starts over)", flush=True)
-        return RLResult(start, [])
     if ckpt is not None:
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
     events = run_events(cfg, out, world, n_total, start, callbacks)

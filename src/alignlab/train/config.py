@@ -50,6 +50,9 @@ class RunConfig:
     cpu_threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default (one per core). 1 is much faster when other
     jobs share the cores (oversubscribed threads spin)."""
+    chat_template: str | None = None
+    """Jinja chat-template FILE replacing the model's own for chat data and chat prompts (and saved with the
+    trained tokenizer); null keeps the model's template (the default ChatML when it has none)."""
     lora: LoraConfig | None = None
     """LoRA adapter settings ({r, alpha, dropout, target_modules}); null trains all weights."""
     progress: Literal["auto", "rich", "plain", "none"] = "auto"

@@ -32,11 +32,13 @@ from alignlab.errors import AlignlabError
 from alignlab.train import fsdp
 from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
-    find_resume,
     load_checkpoint,
     remove_stale_temps,
+    restore_step_state,
+    resume_point,
     save_checkpoint,
     save_model,
+    step_state,
 )
 from alignlab.train.config import TrainConfig
 from alignlab.train.metrics import peak_memory_mb
@@ -269,16 +271,19 @@ def train(
 
     sharded, wrapped = _prepare_model(cfg, model, world)
     optimizer = build_optimizer(model, cfg)
+    start = 0
+    # Guards first (same config, finished run, earlier run set aside), then this run's config.yaml.
+    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         if config_yaml is not None:
             (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    start = 0
-    ckpt = find_resume(out, cfg.resume)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
-        start = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)["step"]
+        resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
+        start = resumed["step"]
+        restore_step_state(step_fn, resumed)  # loss state such as BCO's running mean
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
     if not sharded:
         wrapped = world.wrap(model)
@@ -298,7 +303,7 @@ def train(
         full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)  # collective
         if world.is_main:
             state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / sampler.per_epoch,
-                     "total_steps": n_total, "lr_scheduler": {"step": step}}
+                     "total_steps": n_total, "lr_scheduler": {"step": step}, **step_state(step_fn)}
             save_checkpoint(out, step, model, optimizer, state, tokenizer=tokenizer,
                             config_yaml=config_yaml, keep_last=cfg.keep_last, model_state=full[0],
                             optimizer_state=full[1])

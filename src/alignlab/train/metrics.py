@@ -149,27 +149,33 @@ def _set_aside(path: Path) -> None:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """A resumed run continues from checkpoint `step`: rows the killed run logged after it are dropped (they
-    are recomputed), kept in metrics.discarded.jsonl, so each step appears once. Written atomically."""
+    """A run resumed from checkpoint `step` redoes the steps after it: keep only rows with step <= `step`
+    so each step is in metrics.jsonl once, and move the dropped rows (the killed run's tail, or a finished
+    run's closing row when it is extended) to metrics.dropped-after-<step>[.N].jsonl. The rewrite is atomic."""
     if not path.is_file():
         return
-    keep, drop = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    keep, dropped = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            drop.append(line)
-            continue
-        (keep if isinstance(row.get("step"), int) and row["step"] <= step and "train_runtime" not in row
-         else drop).append(line)
-    if drop:
-        with open(path.with_name("metrics.discarded.jsonl"), "a", encoding="utf-8") as f:
-            f.write("\n".join(drop) + "\n")
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        tmp.replace(path)
+            # a closing row (train_runtime) ended a run that this one now extends: it is no longer the end
+            row_step = step + 1 if "train_runtime" in row else row.get("step", 0)
+        except json.JSONDecodeError:  # a line cut by the kill: it belongs to the redone tail
+            row_step = step + 1
+        (keep if isinstance(row_step, (int, float)) and row_step <= step else dropped).append(
+            line if line.endswith("\n") else line + "\n")
+    if not dropped:
+        return
+    side, n = path.with_name(f"metrics.dropped-after-{step}.jsonl"), 1
+    while side.exists():
+        side, n = path.with_name(f"metrics.dropped-after-{step}.{n}.jsonl"), n + 1
+    side.write_text("".join(dropped), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    tmp.replace(path)
+    print(f"{path}: resuming at step {step}; {len(dropped)} later rows moved to {side.name}", flush=True)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

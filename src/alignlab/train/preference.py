@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from alignlab.errors import AlignlabError
-from alignlab.ops.logprobs import chunked_token_logprobs, token_logprobs
+from alignlab.ops.logprobs import lm_head_logprobs
 
 # --------------------------------------------------------------------------- model plumbing
 
@@ -78,20 +78,8 @@ def final_hidden(model: Any, batch: dict) -> torch.Tensor:
 
 
 def _score(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """log p(target) for each row of hidden [N, H]."""
-    base = _unwrap(model)
-    head = base.get_output_embeddings()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    if type(head) is torch.nn.Linear and not softcap:
-        return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias)
-    # A wrapped head (LoRA on lm_head) or logit soft-capping: per-chunk logits through the module itself.
-    out = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = head(hidden[start : start + chunk_size])
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        out.append(token_logprobs(logits, targets[start : start + chunk_size]))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    """log p(target) for each row of hidden [N, H], through the one LM-head function (logit_scale, softcap)."""
+    return lm_head_logprobs(_unwrap(model), hidden, targets, chunk_size)
 
 
 def sequence_logps(model: Any, batch: dict, *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +173,24 @@ def _split(x: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:b], x[b : 2 * b]
 
 
+def gather_ranks(x: torch.Tensor) -> torch.Tensor:
+    """`x` [n] (detached) concatenated over every rank, rank order; `x` itself in a single process.
+
+    Batch statistics a loss keeps across steps (BCO's reward mean, KTO's reference point z0) are computed
+    over the GLOBAL micro-batch this way, as TRL gathers them, so every rank holds the same value and two
+    ranks with half the batch each compute what one rank with the whole batch does. Every rank's micro-batch
+    has the same number of pairs (the loop splits the global batch evenly), as all_gather requires.
+    """
+    import torch.distributed as dist
+
+    x = x.detach()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 class PreferenceStep:
     """`step_fn(model, batch) -> (loss, metrics)` for paired preference losses.
 
@@ -197,7 +203,18 @@ class PreferenceStep:
         if not mix.paired:
             raise AlignlabError(f"loss {list(mix.names)} is unpaired; PreferenceStep handles paired losses")
         self.mix, self.reference, self.beta, self.chunk_size = mix, reference, beta, chunk_size
-        self.reward_mean = None  # BCO's running mean, kept across steps
+        self.reward_mean = None  # BCO's running mean, kept across steps (and in checkpoints: state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Loss state that changes the numbers of later steps (JSON-safe; saved in trainer_state.json)."""
+        rm = self.reward_mean
+        return {} if rm is None else {"bco_reward_mean": {"mean": rm.mean, "count": rm.count}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from alignlab.losses.registry import RunningMean
+
+        rm = state.get("bco_reward_mean")
+        self.reward_mean = None if rm is None else RunningMean(float(rm["mean"]), float(rm["count"]))
 
     def logps(self, model: Any, batch: dict) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
         """(summed PairLogps | None, averaged PairLogps | None, chosen token-mean NLL, policy sums [2B])."""
@@ -223,8 +240,14 @@ class PreferenceStep:
     def __call__(self, model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         b = int(batch["num_pairs"])
         summed, averaged, nll, pol = self.logps(model, batch)
+        batch_mean = None
+        if self.mix.needs_reward_mean and summed is not None and summed.ref_chosen is not None:
+            from alignlab.losses.preference import batch_reward_mean
+
+            parts = (summed.policy_chosen, summed.policy_rejected, summed.ref_chosen, summed.ref_rejected)
+            batch_mean = batch_reward_mean(*(gather_ranks(t) for t in parts), beta=self.beta)
         out = self.mix.compute(summed, averaged, beta=self.beta, nll=nll if self.mix.uses_nll else None,
-                               reward_mean=self.reward_mean)
+                               reward_mean=self.reward_mean, batch_reward_mean=batch_mean)
         if out.reward_mean is not None and torch.is_grad_enabled():
             self.reward_mean = out.reward_mean
         c, r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
@@ -265,15 +288,27 @@ class UnpairedStep:
             denom = batch["token_counts"].to(pol.dtype).clamp(min=1.0)
             pol, ref = pol / denom, ref / denom
         labels = batch["desirable"]
-        out = self.mix.compute_unpaired(pol[:b], ref[:b], labels, pol[b:].detach(), ref[b:], beta=self.beta)
+        # z0 from the mismatched pairs of every rank (gather_ranks), so all ranks share one reference point.
+        out = self.mix.compute_unpaired(pol[:b], ref[:b], labels, gather_ranks(pol[b:]), gather_ranks(ref[b:]),
+                                        beta=self.beta)
+        return out.loss, self._metrics(out, pol[:b].detach(), labels)
+
+    @staticmethod
+    def _metrics(out: Any, logps: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """TRL's KTO metrics over every rank's examples: a rank's micro-batch may hold no desirable (or no
+        undesirable) completion, and the loop all-reduces each metric name, so all ranks must report the
+        same names; computed on the gathered examples, they are also the global means."""
+        rewards = torch.zeros_like(logps)
+        rewards[labels], rewards[~labels] = out.chosen_rewards.to(rewards.dtype), out.rejected_rewards.to(rewards.dtype)
+        labels = gather_ranks(labels.to(logps.dtype)).bool()
+        rewards, logps = gather_ranks(rewards), gather_ranks(logps)
         metrics: dict[str, Any] = {"kl": out.terms["kl"]}
-        pc, pr = pol[:b][labels].detach(), pol[:b][~labels].detach()
         if labels.any():
-            metrics["rewards/chosen"] = out.chosen_rewards.mean()
-            metrics["logps/chosen"] = pc.mean()
+            metrics["rewards/chosen"] = rewards[labels].mean()
+            metrics["logps/chosen"] = logps[labels].mean()
         if (~labels).any():
-            metrics["rewards/rejected"] = out.rejected_rewards.mean()
-            metrics["logps/rejected"] = pr.mean()
+            metrics["rewards/rejected"] = rewards[~labels].mean()
+            metrics["logps/rejected"] = logps[~labels].mean()
         if labels.any() and (~labels).any():
             metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-        return out.loss, metrics
+        return metrics

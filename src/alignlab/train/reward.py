@@ -54,8 +54,9 @@ def load_reward_model(cfg: Any) -> tuple[Any, Any]:
     peft's modules_to_save)."""
     from alignlab.models.heads import load_scorer
     from alignlab.models.load import load_tokenizer
+    from alignlab.models.tokenizer import use_chat_template
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     model = load_scorer(cfg.model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

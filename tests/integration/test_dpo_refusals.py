@@ -1,0 +1,20 @@
+"""Issue 15 item 6: a dpo run in which no completion token survives truncation refuses before training
+(it used to finish with exit 0 and every log-prob exactly 0), for paired and unpaired (kto) losses."""
+
+from pathlib import Path
+
+import pytest
+
+from alignlab.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("loss", ["dpo", "kto"])
+def test_max_length_one_refuses_before_training(data_dir, tmp_path, capsys, loss):
+    data = data_dir / "llamafactory_demo" / "dpo_en_demo.json"
+    code = main(["dpo", "--config", str(CONFIGS / "dpo_tiny.yaml"), f"data={data}", f"output_dir={tmp_path}",
+                 "max_length=1", f"loss=[{loss}]", "progress=none", "max_steps=1"])
+    assert code == 2
+    assert "no trainable rows" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
