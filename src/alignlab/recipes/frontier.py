@@ -4,16 +4,12 @@ Rafailov et al. 2023 (Sec. 6.1, Fig. 2 left) plot, for the controlled sentiment 
 reward of each policy against its sequence KL to the reference, one point per (method, hyper-parameter,
 checkpoint): the "frontier" is the best reward reached at each KL budget. Here at CPU scale:
 
-- the task: openings of movie reviews (data/builtin.py) continued by the policy, reward = VADER compound
-  sentiment (rollout/rewards.py "sentiment") instead of the paper's IMDB prompts and SiEBERT classifier;
-- dpo (and optionally ipo, simpo): a beta sweep, offline on best-vs-worst pairs sampled from the base model;
-- ppo and grpo: a KL-coefficient sweep (rl/);
-- best-of-N: N sweep; its KL is the analytic log N - (N - 1) / N (Stiennon et al. 2020, App. G.3).
-
-Every `eval_every` steps a point is measured on held-out prompts by `eval.policy.score_policy`: mean reward
-of samples (temperature 1) and KL(policy || base) from the same samples (eval/kl.py k1 and k3); envelopes,
-best-of-N, beam search and the plot are in eval/frontier.py. Points are appended to
-`points.json` as each run finishes, so a stopped experiment resumes where it was (finished runs skipped).
+movie-review openings (data/builtin.py) scored by VADER (instead of IMDB and SiEBERT); dpo/ipo/simpo: a beta
+sweep on best-vs-worst pairs sampled from the base; ppo, grpo: a KL-coefficient sweep (rl/); best-of-N: an N
+sweep with the analytic KL log N - (N - 1) / N (Stiennon et al. 2020, App. G.3). Every `eval_every` steps
+`eval.policy.score_policy` measures a point on held-out prompts (mean reward and KL(policy || base) of the same
+samples); envelopes, best-of-N, beam search and the plot are in eval/frontier.py. points.json grows as each
+run finishes, so a stopped experiment resumes where it was.
 """
 
 from __future__ import annotations
