@@ -82,11 +82,15 @@ class Split:
     """Split settings and `sources`: per data source its file, sha256, slice, weight, counts, record ids."""
 
     def save(self, output_dir: str | Path) -> Path:
-        """Write output_dir/split.json (`info`)."""
+        """Write output_dir/split.json (`info`); an identical file is left untouched (a rerun of a finished run
+        writes nothing)."""
         path = Path(output_dir) / "split.json"
+        text = json.dumps(self.info, indent=1) + "\n"
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.info, indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         return path
 

@@ -58,8 +58,6 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     seed_everything(cfg.seed)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
     split = load_split(cfg, "preference" if mix.paired else "unpaired", rows, eval_rows)
-    if world.is_main:
-        split.save(cfg.output_dir)
     rows, eval_rows = split.train, split.scored
     train_set = dpo_examples(rows, tokenizer, cfg, data_label(cfg.data), mix.paired)
     eval_set = dpo_examples(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
@@ -85,7 +83,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
 
     result = train(cfg, policy, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
-                   unit="pairs" if mix.paired else "samples", callbacks=callbacks)
+                   unit="pairs" if mix.paired else "samples", callbacks=callbacks, split=split)
     if world.is_main:
         print(f"dpo done: {result.step} steps in {result.train_runtime:.1f}s; {_summary(result, cfg)}; "
               f"model in {cfg.output_dir}", flush=True)

@@ -119,8 +119,6 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     seed_everything(cfg.seed)  # the new head's initial weights come from this seed
     tokenizer, model = load_reward_model(cfg) if model is None else (tokenizer, model)
     split, rows, held = load_split(cfg, rows, eval_rows)
-    if world.is_main:
-        split.save(cfg.output_dir)
     train_set = tokenize_rows(rows, tokenizer, cfg, data_label(cfg.data))
     eval_set = tokenize_rows(held, tokenizer, cfg, cfg.eval_data or "held-out") if held else []
     collate = RewardCollator(tokenizer.pad_token_id)
@@ -134,7 +132,7 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
 
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
-                   callbacks=callbacks)
+                   callbacks=callbacks, split=split)
     if world.is_main:
         if is_peft(model) and cfg.merge_lora:
             finish_lora(model, tokenizer, cfg.output_dir)

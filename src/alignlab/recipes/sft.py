@@ -63,8 +63,6 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     seed_everything(cfg.seed)
     tokenizer, model = prepare_model(cfg) if model is None else (tokenizer, model)
     split = run_split(cfg, lambda src: load_sft_rows(src, cfg), rows, eval_rows)
-    if world.is_main:
-        split.save(cfg.output_dir)
     rows, eval_rows = split.train, split.scored
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, data_label(cfg.data))
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
@@ -72,7 +70,8 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     step_fn = lm_step_for(model, cfg.chunked_logprobs, cfg.logprob_chunk_size)
     eval_fn = perplexity_eval(step_fn, eval_set, collate, cfg, world.device) if eval_set else None
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,
-                   world=world, config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks)
+                   world=world, config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks,
+                   split=split)
     if world.is_main:
         summary = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else {}).items()}
         print(f"sft done: {result.step} steps in {result.train_runtime:.1f}s; {summary}; model in {cfg.output_dir}")

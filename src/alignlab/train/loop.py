@@ -250,6 +250,7 @@ def train(
     stop_at: int | None = None,
     unit: str = "samples",
     callbacks: Sequence[Callback] = (),
+    split: Any = None,
 ) -> TrainResult:
     """Train `model` on `dataset` with `step_fn`; see the module docstring for the contract.
 
@@ -259,6 +260,8 @@ def train(
     optimizer step k without the final save, exactly as if the process had died there (resume tests).
     `unit` names what `batch_size` counts for the logged throughput `{unit}_per_second` ("pairs" for DPO).
     `callbacks` (train.callbacks.Callback) see every log, eval, save and step end; one may request a stop.
+    `split` (data.prepare.Split) is written as split.json after the resume guard (which may set an earlier run
+    aside, its split.json with it).
     """
 
     world = world or World.from_env(cfg.device)
@@ -279,6 +282,8 @@ def train(
         remove_stale_temps(out)
         if config_yaml is not None:
             (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if split is not None:
+            split.save(out)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
         resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
