@@ -221,6 +221,9 @@ def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_
     if ref_model is not None and _is_path(ref_model):
         keys["ref_model"], ref_model = os.fspath(ref_model), None
     job = _job(recipe.DPOConfig, config, keys, model, tokenizer, data, eval_data)
+    if (job.model is not None or ref_model is not None) and job.cfg.reference == "cache":
+        raise AlignlabError("reference: cache keys its files by the models named in the config; with an "
+                            "in-memory model use reference=model (or auto)")
     if ref_model is not None:
         job.cfg.ref_model = _model_label(ref_model)
     # an in-memory policy without ref_model: the recipe's reference is a frozen copy of its starting weights

@@ -68,9 +68,6 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None)
     kind = choose_reference_kind(cfg.reference, mix.needs_reference, policy, bool(cfg.ref_model or ref_model is not None))
     if kind == "cache":
-        if model is not None or ref_model is not None:
-            raise AlignlabError("reference: cache keys its files by the models named in the config; with an "
-                                "in-memory model use reference: model (or adapter)")
         train_set, eval_set = cached_sets(cfg, [train_set, eval_set], policy, collate, world.device)
     # the reference's weights: the given model, the config's names, or (an in-memory policy) its own start
     source = ref_model if ref_model is not None else (cfg.ref_model or (cfg.model if model is None else None))
