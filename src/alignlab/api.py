@@ -298,10 +298,12 @@ def online_dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = Non
     return _rl(OnlineDPOConfig, run, config, keys, model, tokenizer, data, eval_data, reward, callbacks)
 
 
-def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None = None,
+def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None = None, judge: Any = None,
              **keys: Any) -> dict[str, Any]:
     """Evaluations (`alignlab eval`); keys are EvalConfig's. `models` maps a name used in checkpoints,
-    baseline or reference to an in-memory (model, tokenizer) used instead of loading that name.
+    baseline or reference to an in-memory (model, tokenizer) used instead of loading that name; `judge` is a
+    judge object (alignlab.eval.judges: FunctionJudge(python_fn), LLMJudge, RewardModelJudge, or your own
+    Judge subclass) used by every evaluation that needs one instead of its configured judge.
     Returns the eval.json payload (config, results, seconds); eval.json and report.html go to output_dir."""
     from alignlab.eval.runner import EvalConfig, run
 
@@ -310,7 +312,7 @@ def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None
     unused = sorted(set(models or {}) - named)
     if unused:
         raise AlignlabError(f"models: {unused} are not named in checkpoints, baseline or reference")
-    return run(cfg, models=models)
+    return run(cfg, models=models, judge=judge)
 
 
 def generate(model: Any, prompts: Any, *, tokenizer: Any = None, n: int = 1, **sampling: Any) -> Any:

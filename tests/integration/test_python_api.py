@@ -173,3 +173,23 @@ def test_generate_takes_an_alias_or_an_in_memory_model_and_strings_or_records():
         alignlab.generate(model, ["x"], tokenizer=tok, beams=2)
     with pytest.raises(AlignlabError, match="tokenizer"):
         alignlab.generate(model, ["x"])
+
+
+def test_evaluate_takes_a_judge_object(tmp_path):
+    """A FunctionJudge built in Python around a function that prefers longer answers is the judge of the run:
+    it, not the config's sentiment judge, scores the comparisons (its calls are counted)."""
+    from alignlab.eval.judges import FunctionJudge
+
+    calls = []
+
+    def longer(prompts, completions, **_):
+        calls.append(len(completions))
+        return [float(len(c)) for c in completions]
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in PROMPTS])
+    out = alignlab.evaluate(
+        checkpoints=["tiny-random"], baseline="tiny-random", output_dir=str(tmp_path / "eval"), device="cpu",
+        evaluations=[{"kind": "win_rate", "data": str(data), "data_limit": 4,
+                      "sampling": {"max_new_tokens": 4}, "judge": {"kind": "function", "reward": "sentiment"}}],
+        judge=FunctionJudge(longer))
+    assert calls and out["results"] and (tmp_path / "eval" / "eval.json").is_file()

@@ -130,11 +130,17 @@ class EvalConfig:
 class _Context:
     """Loaded models and generated answers shared by every evaluation of one run."""
 
-    def __init__(self, cfg: EvalConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: EvalConfig, judge: Any = None):
+        self.cfg, self.judge_object = cfg, judge
         self.models: dict[str, tuple[Any, Any]] = {}
         self.answers: dict[tuple, Any] = {}
         self.records: dict[int, list[int]] = {}  # id(spec) -> record ids of the rows it scores
+
+    def judge(self, spec_judge: Any) -> Any:
+        """The run's judge: the in-memory Judge the Python API was given, else the one the spec configures."""
+        from alignlab.eval.pairwise import build_judge
+
+        return self.judge_object if self.judge_object is not None else build_judge(spec_judge, device=self.cfg.device)
 
     def model(self, name: str) -> tuple[Any, Any]:
         if name not in self.models:
@@ -214,10 +220,10 @@ def _examples(rows, a, b, result, k: int = 3) -> list[dict]:
 
 
 def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
-    from alignlab.eval.pairwise import build_judge, compare_answers
+    from alignlab.eval.pairwise import compare_answers
 
     rows, info = ctx.rows(spec, "prompt")
-    judge = build_judge(spec.judge, device=ctx.cfg.device)
+    judge = ctx.judge(spec.judge)
     baseline = spec.baseline or ctx.cfg.baseline
     b = ctx.texts(baseline, spec, rows)
     out = []
@@ -234,11 +240,11 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
 
 def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
-    from alignlab.eval.pairwise import build_judge, round_robin
+    from alignlab.eval.pairwise import round_robin
     from alignlab.eval.ratings import bradley_terry_ratings
 
     rows, info = ctx.rows(spec, "prompt")
-    judge = build_judge(spec.judge, device=ctx.cfg.device)
+    judge = ctx.judge(spec.judge)
     names = list(dict.fromkeys(ctx.cfg.checkpoints + ([spec.baseline or ctx.cfg.baseline]
                                                       if (spec.baseline or ctx.cfg.baseline) else [])))
     answers = {name: ctx.texts(name, spec, rows) for name in names}
@@ -258,11 +264,10 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
     import numpy as np
 
-    from alignlab.eval.pairwise import build_judge
     from alignlab.eval.winrate import bootstrap_mean_interval
 
     rows, info = ctx.rows(spec, "prompt")
-    judge = build_judge(replace(spec.judge, mode="single"), device=ctx.cfg.device)
+    judge = ctx.judge(replace(spec.judge, mode="single"))
     out = []
     for name in ctx.cfg.checkpoints:
         grades = judge.grade_batch(rows, ctx.texts(name, spec, rows))
@@ -327,14 +332,16 @@ _RUNNERS = {"reward_accuracy": _accuracy, "dpo_accuracy": _accuracy, "win_rate":
             "grade": _grade, "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward}
 
 
-def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, Any]] | None = None,
+        judge: Any = None) -> dict[str, Any]:
     """Run every evaluation, write `output_dir/eval.json` (+ report.html), print a table; return the payload.
-    `models`: name -> in-memory (model, tokenizer) used instead of loading that name (alignlab.evaluate)."""
+    `models`: name -> in-memory (model, tokenizer) used instead of loading that name; `judge`: an in-memory
+    eval.judges.Judge used by every evaluation that needs one (alignlab.evaluate)."""
     from alignlab.config import to_dict
 
     cfg.validate()
     start = time.perf_counter()
-    ctx = _Context(cfg)
+    ctx = _Context(cfg, judge)
     ctx.models.update(models or {})
     results: list[dict] = []
     for i, spec in enumerate(cfg.evaluations, 1):  # one line each, terminal or not: evaluations take minutes
