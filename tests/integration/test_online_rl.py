@@ -224,3 +224,15 @@ def test_grpo_with_alignlab_serve_as_rollout_engine_equals_in_process(tmp_path):
         assert abs(b["rollout_kl_k3"]) < 1e-5 and b["rollout_is_capped_frac"] == 0.0
     wa, wb = load_file(str(tmp_path / "local/model.safetensors")), load_file(str(tmp_path / "remote/model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+
+def test_grpo_console_lines_show_reward_and_named_kl(tmp_path, capsys):
+    """Each logged step's console line carries the loss, reward_mean and the KL under its estimator's name;
+    the summary names the recipe."""
+    code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
+                 "max_steps=2", "eval_prompts=0", "progress=plain"])
+    assert code == 0
+    captured = capsys.readouterr()
+    steps = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert len(steps) == 2 and all("reward_mean" in s and "kl_k3" in s and "loss" in s for s in steps), steps
+    assert "grpo: reward_mean" in captured.out
