@@ -37,6 +37,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beams", type=int, default=None, metavar="N",
                    help="beam search with N beams over the model's log-probs (for a DPO policy: search on the "
                         "implicit reward, Rafailov et al. 2024); one completion per prompt, 1 = greedy")
+    p.add_argument("--speculative", metavar="medusa=DIR", default=None,
+                   help="greedy speculative decoding with Medusa heads from `alignlab medusa` (batch 1, exact: "
+                        "same tokens as plain greedy); prints the mean accepted length")
 
 
 def _best_of_n_args(p: argparse.ArgumentParser) -> None:
@@ -102,7 +105,12 @@ def run_generate(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     if args.beams is not None:
         return _run_beams(args, model, tok, prompts)
-    res = generate(model, tok, prompts, cfg, n=args.n or 1)
+    if args.speculative is not None:
+        from alignlab.rollout.speculative import medusa_from_flag
+
+        res = medusa_from_flag(args.speculative, model, tok, prompts, cfg, n=args.n)
+    else:
+        res = generate(model, tok, prompts, cfg, n=args.n or 1)
     records = []
     for s in res.samples:
         msgs, chat = prompt_messages(prompts[s.prompt_index])
