@@ -1,4 +1,4 @@
-"""CLI registration for `alignlab self-instruct` (imports stay light)."""
+"""CLI registration for `alignlab self-instruct` and `alignlab experiment rejection-sampling` (light imports)."""
 
 from __future__ import annotations
 
@@ -19,3 +19,24 @@ config_command(
     SelfInstructConfig,
     _self_instruct,
 )
+
+
+def _rejection_sampling(cfg) -> None:
+    from alignlab.recipes.rejection_sampling import run
+
+    run(cfg)
+
+
+def _register_rejection_sampling() -> None:
+    from alignlab.recipes.rejection_sampling import RejectionSamplingConfig
+
+    config_command(
+        "experiment rejection-sampling",
+        "Iterative rejection-sampling fine-tuning (Llama 2, Sec. 3.2.3): R rounds of sample K / score with a "
+        "reward / keep the best per prompt across rounds / SFT; held-out reward and KL per round, rounds.png.",
+        RejectionSamplingConfig,
+        _rejection_sampling,
+    )
+
+
+_register_rejection_sampling()
