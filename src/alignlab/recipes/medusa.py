@@ -20,6 +20,11 @@ from alignlab.train.config import TrainConfig
 
 @dataclass
 class MedusaConfig(TrainConfig):
+    model: str = "tiny-random"
+    """Base model (frozen): alias (smollm2-135m-instruct, tiny-random), HF dir or hub id; given on the command
+    line as `alignlab medusa MODEL`."""
+    data: str = ""
+    """Prompt file (any format alignlab reads as prompts) the base completes to make the self-distillation set."""
     num_heads: int = 3
     """K extra heads; head k guesses the token k + 1 places after the base's next token."""
     head_layers: int = 1
