@@ -80,7 +80,9 @@ def _held_out(policy: Any, base: Any, tok: Any, rows: list, reward_fn: Any, cfg:
     gen = generate(policy, tok, rows, SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
     rewards = score(reward_fn, [reward_input(r) for r in rows], [s.text for s in gen.samples], **row_fields(rows, 1))
     kl = kl_from_samples(policy, base, gen, pad_id=tok.pad_token_id or 0)
-    return {"eval_reward": sum(rewards) / len(rewards), "kl_k1": kl["k1"], "kl_k3": kl["k3"]}
+    mean = sum(rewards) / len(rewards)
+    se = (sum((x - mean) ** 2 for x in rewards) / max(len(rewards) - 1, 1) / len(rewards)) ** 0.5
+    return {"eval_reward": mean, "eval_reward_se": se, "kl_k1": kl["k1"], "kl_k3": kl["k3"]}
 
 
 def _plot(rounds: list[dict], path: Path) -> None:
@@ -88,7 +90,8 @@ def _plot(rounds: list[dict], path: Path) -> None:
 
     with png_figure(path, (6.4, 3.6)) as (fig, ax):
         x = [r["round"] for r in rounds]
-        ax.plot(x, [r["eval_reward"] for r in rounds], "o-", color="#4c72b0", label="held-out reward")
+        ax.errorbar(x, [r["eval_reward"] for r in rounds], yerr=[r["eval_reward_se"] for r in rounds], fmt="o-",
+                    color="#4c72b0", capsize=3, label="held-out reward (+- 1 se)")
         ax.set_xlabel("round (0 = base)")
         ax.set_ylabel("mean reward", color="#4c72b0")
         ax.set_xticks(x)
