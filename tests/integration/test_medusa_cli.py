@@ -36,3 +36,4 @@ def test_medusa_trains_heads_and_speculative_generate_matches_greedy(tmp_path, p
     plain, spec = ((tmp_path / f).read_text().splitlines() for f in ("plain.jsonl", "spec.jsonl"))
     assert [json.loads(x)["completion"] for x in spec] == [json.loads(x)["completion"] for x in plain]
     assert main(greedy + ["--speculative", "eagle=x"]) == 2
+    assert main(greedy + ["--speculative", f"medusa={out}", "--beams", "2"]) == 2

@@ -109,6 +109,8 @@ def run_generate(args: argparse.Namespace) -> int:
         prompts = _file_prompts(args.prompts, args.limit)
     else:
         prompts = list(args.prompt) if args.raw else [[{"role": "user", "content": t}] for t in args.prompt]
+    if sum(x is not None for x in (args.beams, args.search, args.speculative)) > 1:
+        raise AlignlabError("generate: --beams, --search and --speculative exclude one another")
     model, tok = _load(args)
     if args.beams is not None:
         return _run_beams(args, model, tok, prompts)
