@@ -27,6 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "alignlab.recipes.dpo_commands",
     "alignlab.recipes.commands",
     "alignlab.recipes.demo_commands",
+    "alignlab.recipes.extras_commands",
+    "alignlab.recipes.medusa_commands",
     "alignlab.recipes.online_commands",
     "alignlab.recipes.reward_commands",
     "alignlab.rollout.chat",

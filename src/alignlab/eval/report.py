@@ -76,7 +76,7 @@ def plot_evaluation(name: str, records: list[dict], path: Path) -> Path:
     """One PNG: each model's headline value as a point with its interval as whiskers."""
     rows = [r for r in records if r.get("value") is not None]
     with png_figure(path, (6.4, 1.6 + 0.45 * max(len(rows), 1))) as (fig, ax):
-        labels = [str(r["model"]) for r in rows]
+        labels = [str(r["model"]) + (" (LC)" if r.get("metric") == "lc_win_rate" else "") for r in rows]
         values = [float(r["value"]) for r in rows]
         lows = [max(v - float(r["low"]), 0.0) if r.get("low") is not None else 0.0 for v, r in zip(values, rows)]
         highs = [max(float(r["high"]) - v, 0.0) if r.get("high") is not None else 0.0 for v, r in zip(values, rows)]
@@ -133,7 +133,9 @@ def _e(x: Any) -> str:
 def _table(records: list[dict]) -> str:
     head = "".join(f"<th>{c}</th>" for c in ("evaluation", "model", "metric", "value", "interval", "n"))
     body = []
-    for r in records:
+    from alignlab.eval.lc import with_lc_rows
+
+    for r in with_lc_rows(records):  # the length-controlled win rate beside each raw one
         interval = f"[{_e(r.get('low'))}, {_e(r.get('high'))}]" if r.get("low") is not None else "-"
         body.append("<tr>" + "".join(f"<td>{v}</td>" for v in (
             _e(r["evaluation"]), _e(r["model"]), _e(r["metric"]), _e(r["value"]), interval, _e(r.get("n")))) + "</tr>")
@@ -211,7 +213,9 @@ def write_report(payload: dict, out_dir: str | Path) -> Path:
     for name in dict.fromkeys(r["evaluation"] for r in results):
         recs = [r for r in results if r["evaluation"] == name]
         if any(r.get("value") is not None for r in recs):
-            images[name] = plot_evaluation(name, recs, out / "plots" / f"{_slug(name)}.png").read_bytes()
+            from alignlab.eval.lc import with_lc_rows
+
+            images[name] = plot_evaluation(name, with_lc_rows(recs), out / "plots" / f"{_slug(name)}.png").read_bytes()
     overview = plot_checkpoints(results, out / "plots" / "all_checkpoints.png")
     page = redact(render_html(payload, images, overview.read_bytes() if overview else None),
                   secret_values(payload.get("config", {})))

@@ -220,6 +220,7 @@ def _examples(rows, a, b, result, k: int = 3) -> list[dict]:
 
 
 def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from alignlab.eval.lc import lc_for_comparison
     from alignlab.eval.pairwise import compare_answers
 
     rows, info = ctx.rows(spec, "prompt")
@@ -232,8 +233,9 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         res = compare_answers(judge, rows, a, b, batch_size=ctx.cfg.batch_size, n_boot=ctx.cfg.n_boot,
                               seed=ctx.cfg.seed, fields=_fields(rows))
         wr = res.win_rate
+        lc = lc_for_comparison(res.outcomes, a, b, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
         details = {**res.to_dict(), **info, "baseline": baseline, "judge": judge.stats(),
-                   "examples": _examples(rows, a, b, res)}
+                   "lc_win_rate": lc.to_dict() if lc else None, "examples": _examples(rows, a, b, res)}
         out.append(_record(spec, name, "win_rate", wr.rate if wr else None, wr.low if wr else None,
                            wr.high if wr else None, wr.n if wr else 0, details))
     return out
@@ -384,7 +386,9 @@ def print_table(results: list[dict], console: Any = None) -> None:
     for col in ("evaluation", "model", "metric", "value", "interval", "n", "malformed"):
         # fold, not ellipsis: a truncated checkpoint path or evaluation name would be useless
         table.add_column(col, justify="right" if col in ("value", "n", "malformed") else "left", overflow="fold")
-    for r in results:
+    from alignlab.eval.lc import with_lc_rows
+
+    for r in with_lc_rows(results):  # the length-controlled win rate beside each raw one
         interval = f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r["low"] is not None else "-"
         bad = r["details"].get("malformed")
         table.add_row(r["evaluation"], r["model"], r["metric"], _fmt(r["value"]), interval, _fmt(r["n"]),

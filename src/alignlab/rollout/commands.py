@@ -54,6 +54,16 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beams", type=int, default=None, metavar="N",
                    help="beam search with N beams over the model's log-probs (for a DPO policy: search on the "
                         "implicit reward, Rafailov et al. 2024); one completion per prompt, 1 = greedy")
+    p.add_argument("--search", choices=("mcts",), default=None,
+                   help="MCTS on the implicit reward beta*log(pi/pi_ref) of MODEL (a DPO policy) against --ref "
+                        "(Rafailov et al. 2024); one completion per prompt, --budget model calls per prompt")
+    p.add_argument("--ref", default=None, help="--search: the reference model the policy was trained against")
+    p.add_argument("--beta", type=float, default=0.1, help="--search: the policy's DPO beta (default 0.1)")
+    p.add_argument("--budget", type=int, default=96, help="--search: model calls per prompt (default 96)")
+    p.add_argument("--search-top-k", type=int, default=4, help="--search: children per expanded node (default 4)")
+    p.add_argument("--speculative", metavar="medusa=DIR", default=None,
+                   help="greedy speculative decoding with Medusa heads from `alignlab medusa` (batch 1, exact: "
+                        "same tokens as plain greedy); prints the mean accepted length")
 
 
 def _best_of_n_args(p: argparse.ArgumentParser) -> None:
@@ -132,12 +142,23 @@ def run_generate(args: argparse.Namespace) -> int:
         prompts = _file_prompts(args)
     else:
         prompts = list(args.prompt) if args.raw else [[{"role": "user", "content": t}] for t in args.prompt]
+    if sum(x is not None for x in (args.beams, args.search, args.speculative)) > 1:
+        raise AlignlabError("generate: --beams, --search and --speculative exclude one another")
     model, tok = _load(args)
     if args.beams is not None:
         if cfg.json_schema is not None or cfg.regex is not None:
             raise AlignlabError("generate: --beams does not apply --json-schema/--regex; sample instead")
         return _run_beams(args, model, tok, prompts)
-    res = generate(model, tok, prompts, cfg, n=args.n or 1)
+    if args.search is not None:
+        from alignlab.rollout.search import run_search_command
+
+        return run_search_command(args, model, tok, prompts)
+    if args.speculative is not None:
+        from alignlab.rollout.speculative import medusa_from_flag
+
+        res = medusa_from_flag(args.speculative, model, tok, prompts, cfg, n=args.n)
+    else:
+        res = generate(model, tok, prompts, cfg, n=args.n or 1)
     records = []
     for s in res.samples:
         msgs, chat = prompt_messages(prompts[s.prompt_index])

@@ -1,0 +1,140 @@
+"""`alignlab experiment rejection-sampling`: iterative rejection-sampling fine-tuning (Llama 2, Sec. 3.2.3).
+
+Wiring only: prompts (a file or builtin:sentiment), R rounds of sample-K from the current policy / score
+with a reward (a registry name such as sentiment, or reward_model with reward_options.path) / keep the best
+per prompt across all rounds (rollout.rejection) / SFT on that pool with the shared loop. After every round
+(and for the base, round 0) held-out prompts are sampled at temperature 1 and scored: mean reward and
+KL(policy || base) (k1, k3; eval.measures). rounds.json and rounds.png (reward and KL per round) land in
+output_dir; round r's model in output_dir/round_r.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.train.config import TrainConfig
+
+
+@dataclass
+class RejectionSamplingConfig(TrainConfig):
+    data: str = "builtin:sentiment"
+    """Prompt file (any format alignlab reads) or a built-in set (builtin:sentiment, builtin:reverse, ...)."""
+    prompts: int = 64
+    """Prompts used (the first N; built-in sets generate N), before the held-out split (eval_split)."""
+    rounds: int = 3
+    """R: rounds of sample / score / keep-best / fine-tune."""
+    samples: int = 4
+    """K: samples per prompt per round."""
+    reward: str = "sentiment"
+    """Reward registry name (sentiment, gsm8k, format, reward_model) or module.path:function."""
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    """Options for the reward factory, e.g. {path: RM_DIR} for reward_model."""
+    temperature: float = 1.0
+    """Sampling temperature of the K rollouts (Llama 2 raised it in later rounds; held-out scoring uses 1)."""
+    max_new_tokens: int = 24
+    """Longest sampled completion (rollouts and held-out scoring)."""
+    from_base: bool = True
+    """Each round fine-tunes the base on the pool (Llama 2 style); false continues from the last round's policy."""
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.prompts, self.rounds, self.max_new_tokens) < 1 or self.samples < 2 or self.temperature <= 0:
+            raise AlignlabError("rejection-sampling: prompts, rounds, max_new_tokens >= 1, samples >= 2, "
+                                "temperature > 0")
+
+
+def _split(cfg: RejectionSamplingConfig) -> tuple[list, list]:
+    from alignlab.recipes.prompts import BUILTIN_PREFIX, builtin_rows
+
+    if cfg.data.startswith(BUILTIN_PREFIX):
+        rows = builtin_rows(cfg.data, cfg.prompts, cfg.seed)
+    else:
+        from alignlab.data.sources import load_rows
+
+        rows = load_rows(cfg.data, task="prompt", on_bad_row=cfg.on_bad_row).rows[: cfg.prompts]
+    if cfg.eval_data:
+        from alignlab.data.sources import load_rows
+
+        return rows, load_rows(cfg.eval_data, task="prompt", on_bad_row=cfg.on_bad_row).rows[: cfg.max_eval_rows]
+    order = list(range(len(rows)))
+    random.Random(cfg.seed).shuffle(order)
+    held = set(order[: min(cfg.max_eval_rows, max(1, round(cfg.eval_split * len(rows))))])
+    train_rows = [r for i, r in enumerate(rows) if i not in held]
+    if not train_rows or not held:
+        raise AlignlabError(f"rejection-sampling: {len(rows)} prompts leave no train or no held-out prompts "
+                            "(raise prompts, set eval_split in (0, 1) or give eval_data)")
+    return train_rows, [rows[i] for i in sorted(held)]
+
+
+def _held_out(policy: Any, base: Any, tok: Any, rows: list, reward_fn: Any, cfg: RejectionSamplingConfig) -> dict:
+    from alignlab.eval.measures import kl_from_samples
+    from alignlab.rollout.generate import SamplingConfig, generate
+    from alignlab.rollout.rewards import score
+    from alignlab.rollout.sampling import reward_input, row_fields
+
+    gen = generate(policy, tok, rows, SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
+    rewards = score(reward_fn, [reward_input(r) for r in rows], [s.text for s in gen.samples], **row_fields(rows, 1))
+    kl = kl_from_samples(policy, base, gen, pad_id=tok.pad_token_id or 0)
+    mean = sum(rewards) / len(rewards)
+    se = (sum((x - mean) ** 2 for x in rewards) / max(len(rewards) - 1, 1) / len(rewards)) ** 0.5
+    return {"eval_reward": mean, "eval_reward_se": se, "kl_k1": kl["k1"], "kl_k3": kl["k3"]}
+
+
+def _plot(rounds: list[dict], path: Path) -> None:
+    from alignlab.eval.report import png_figure
+
+    with png_figure(path, (6.4, 3.6)) as (fig, ax):
+        x = [r["round"] for r in rounds]
+        ax.errorbar(x, [r["eval_reward"] for r in rounds], yerr=[r["eval_reward_se"] for r in rounds], fmt="o-",
+                    color="#4c72b0", capsize=3, label="held-out reward (+- 1 se)")
+        ax.set_xlabel("round (0 = base)")
+        ax.set_ylabel("mean reward", color="#4c72b0")
+        ax.set_xticks(x)
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["kl_k3"] for r in rounds], "s--", color="#dd8452", label="KL k3")
+        ax2.set_ylabel("KL(policy || base)", color="#dd8452")
+        ax.set_title("iterative rejection sampling")
+
+
+def run(cfg: RejectionSamplingConfig) -> list[dict]:
+    from alignlab.data.collate import pad
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rollout.generate import SamplingConfig
+    from alignlab.rollout.rejection import BestPerPrompt
+    from alignlab.rollout.rewards import get_reward
+    from alignlab.rollout.sampling import sample_and_score
+    from alignlab.train.loop import seed_everything, train
+    from alignlab.train.steps import causal_lm_step
+
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_rows, eval_rows = _split(cfg)
+    reward_fn = get_reward(cfg.reward, **cfg.reward_options)
+    tok, base = load_tokenizer(cfg.model), load_model(cfg.model, device=cfg.device).eval()
+    policy, pool = base, BestPerPrompt()
+    rounds = [{"round": 0, **_held_out(base, base, tok, eval_rows, reward_fn, cfg)}]
+    collate = lambda xs: pad(xs, tok.pad_token_id if tok.pad_token_id is not None else 0)  # noqa: E731
+    for r in range(1, cfg.rounds + 1):
+        sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + r)
+        stats = pool.update(sample_and_score(policy, tok, train_rows, reward_fn, cfg.samples, sampling).groups, r)
+        student = load_model(cfg.model) if cfg.from_base or r == 1 else policy
+        if cfg.lora is not None and (cfg.from_base or r == 1):
+            from alignlab.models.lora import apply_lora
+
+            student = apply_lora(student, cfg.lora)
+        train(replace(cfg, output_dir=str(out / f"round_{r}")), student, causal_lm_step, pool.examples(), collate,
+              tokenizer=tok)
+        policy = student.eval()
+        rounds.append({**stats, **_held_out(policy, base, tok, eval_rows, reward_fn, cfg)})
+        print(f"round {r}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items() if k != "round"), flush=True)
+        (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
+    _plot(rounds, out / "rounds.png")
+    (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
+    print(f"rejection sampling done: {cfg.rounds} rounds; rounds.json and rounds.png in {out}")
+    return rounds

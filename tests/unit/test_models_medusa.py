@@ -1,0 +1,123 @@
+"""Medusa heads: the loss worked out by hand, heads-only save/load, and exact greedy speculative decoding."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from alignlab.errors import AlignlabError
+from alignlab.models.medusa import MedusaHeads, MedusaModel, load_medusa, medusa_step
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from alignlab.models.load import load_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    return load_model("tiny-random"), load_tokenizer("tiny-random")
+
+
+def test_fresh_head_is_the_base_head_and_shares_it(tiny):
+    """Zero-initialised residual blocks: every fresh head's logits equal the base LM head's on the same hidden
+    state. With the shared head only the K residual blocks are parameters (K x (H^2 + H))."""
+    base, _ = tiny
+    m = MedusaModel.create(base, num_heads=2)
+    h = torch.randn(3, base.config.hidden_size)
+    assert torch.allclose(m.heads(h), base.get_output_embeddings()(h).expand(2, 3, -1))
+    H = base.config.hidden_size
+    assert sum(p.numel() for p in m.heads.parameters()) == 2 * (H * H + H)
+    assert all(not p.requires_grad for p in m.base.parameters())
+    own = MedusaModel.create(base, num_heads=1, own_lm_head=True)
+    assert torch.equal(own.heads.lm_heads[0].weight, base.get_output_embeddings().weight)
+
+
+def test_loss_by_hand():
+    """Vocabulary 3, hidden 3, identity LM head, one head with zero block: head logits = hidden state. A fake
+    base returns hidden states h_t; labels [-100, -100, 2, 1] (two trained next-token units: positions 2, 3).
+    Head 1 (k = 0 here) predicts the token 2 places ahead: h_0 -> labels[2] = 2, h_1 -> labels[3] = 1.
+    With h_0 = (0, 0, ln 3) and h_1 = (0, 0, 0): CE = -ln(3/5) + -ln(1/3); loss = 0.8 * CE / 2."""
+
+    class Fake(nn.Module):
+        def __init__(self, hidden):
+            super().__init__()
+            self.hidden = hidden
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, **kw):
+            return type("Out", (), {"hidden_states": (self.hidden,)})()
+
+    hidden = torch.tensor([[[0.0, 0.0, math.log(3)], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    head = nn.Linear(3, 3, bias=False)
+    nn.init.eye_(head.weight)
+    heads = MedusaHeads(3, 3, 1, lm_head=head)
+    model = MedusaModel.__new__(MedusaModel)
+    nn.Module.__init__(model)
+    model.base, model.heads = Fake(hidden), heads
+    batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": torch.tensor([[-100, -100, 2, 1]])}
+    loss, metrics = medusa_step(model, batch)
+    ce = -math.log(3 / 5) - math.log(1 / 3)
+    assert loss.item() == pytest.approx(0.8 * ce / 2, rel=1e-6)
+    assert metrics["head1_accuracy"].item() == pytest.approx(0.5)  # h_0 -> 2 right, h_1 -> 0 (tie) wrong
+
+
+def test_save_load_heads_only_and_size_check(tiny, tmp_path):
+    base, _ = tiny
+    m = MedusaModel.create(base, num_heads=2, base_name="tiny-random")
+    with torch.no_grad():
+        m.heads.blocks[1][0].linear.weight.normal_()
+    m.save_pretrained(str(tmp_path))
+    assert set(m.state_dict()) == {k for k in m.state_dict() if k.startswith("heads.blocks.")}
+    heads = load_medusa(tmp_path, base)
+    h = torch.randn(2, base.config.hidden_size)
+    assert torch.allclose(heads(h), m.heads(h))
+    (tmp_path / "medusa_config.json").write_text('{"num_heads": 2, "head_layers": 1, "own_lm_head": false, '
+                                                 '"hidden_size": 7, "vocab_size": 3}')
+    with pytest.raises(AlignlabError, match="hidden 7"):
+        load_medusa(tmp_path, base)
+
+
+def _perturbed(base, scale, seed=0):
+    m = MedusaModel.create(base, num_heads=3)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for blk in m.heads.blocks:
+            blk[0].linear.weight.copy_(torch.randn(blk[0].linear.weight.shape, generator=g) * scale)
+    return m.heads
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_speculative_greedy_equals_plain_greedy(tiny, scale):
+    """Fresh heads (scale 0) guess the base's next token again, which tiny-random's repetitive greedy output
+    accepts; perturbed heads (scale 0.5) guess mostly wrong. Either way the tokens are plain greedy's, with
+    the same finish reasons, including a stop string and EOS."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+    from alignlab.rollout.speculative import medusa_generate
+
+    base, tok = tiny
+    prompts = ["hello there", "the cat sat on", [{"role": "user", "content": "a b c"}], "once upon a time"]
+    for cfg in (SamplingConfig(greedy=True, max_new_tokens=23), SamplingConfig(greedy=True, max_new_tokens=9)):
+        ref = generate(base, tok, prompts, cfg)
+        res, stats = medusa_generate(base, _perturbed(base, scale), tok, prompts, cfg)
+        assert [s.completion_ids for s in res.samples] == [s.completion_ids for s in ref.samples]
+        assert [s.finish_reason for s in res.samples] == [s.finish_reason for s in ref.samples]
+        assert stats.forwards == sum(stats.accepted) and stats.tokens >= stats.forwards
+    if scale == 0.0:
+        assert stats.mean_accepted_length > 1.5
+    # a stop string: cut at the same place
+    text = ref.samples[0].text
+    if len(text) > 3:
+        cfg = SamplingConfig(greedy=True, max_new_tokens=23, stop=[text[1:3]])
+        ref = generate(base, tok, prompts, cfg)
+        res, _ = medusa_generate(base, _perturbed(base, scale), tok, prompts, cfg)
+        assert [(s.completion_ids, s.text, s.finish_reason) for s in res.samples] == \
+            [(s.completion_ids, s.text, s.finish_reason) for s in ref.samples]
+
+
+def test_speculative_refuses_sampling(tiny):
+    from alignlab.rollout.generate import SamplingConfig
+    from alignlab.rollout.speculative import medusa_generate
+
+    base, tok = tiny
+    with pytest.raises(AlignlabError, match="greedy only"):
+        medusa_generate(base, _perturbed(base, 0.0), tok, ["hi"], SamplingConfig(temperature=1.0))

@@ -1,0 +1,25 @@
+"""Rejection sampling's pool: the best sample per prompt across rounds, worked out by hand."""
+
+from alignlab.rollout.generate import Sample
+from alignlab.rollout.rejection import BestPerPrompt
+from alignlab.rollout.sampling import ScoredGroup
+
+
+def _group(prompt_ids, completions, rewards):
+    samples = [Sample(0, j, prompt_ids, c, f"t{c}", "eos") for j, c in enumerate(completions)]
+    return ScoredGroup("p", samples, rewards)
+
+
+def test_keeps_the_best_across_rounds():
+    """Round 1: prompt 0 rewards (0.2, 0.9) -> keeps [12]; prompt 1 (0.5, 0.5) -> first of equals, [21].
+    Round 2: prompt 0 best 0.4 < 0.9 -> unchanged; prompt 1 best 0.7 > 0.5 -> replaced by [23]; an empty
+    completion with reward 5 never enters. Pool mean after round 2: (0.9 + 0.7) / 2 = 0.8."""
+    pool = BestPerPrompt()
+    s1 = pool.update([_group([1], [[11], [12]], [0.2, 0.9]), _group([2], [[21], [22]], [0.5, 0.5])], 1)
+    assert s1["pool_reward_mean"] == 0.7 and s1["replaced"] == 0 and s1["round_best_mean"] == 0.7
+    assert s1["sample_reward_mean"] == (0.2 + 0.9 + 0.5 + 0.5) / 4
+    s2 = pool.update([_group([1], [[13], [14]], [0.4, 0.1]), _group([2], [[], [23]], [5.0, 0.7])], 2)
+    assert abs(s2["pool_reward_mean"] - 0.8) < 1e-12 and s2["replaced"] == 1
+    assert [(k.completion_ids, k.round) for k in pool.best.values()] == [([12], 1), ([23], 2)]
+    assert pool.examples() == [{"input_ids": [1, 12], "labels": [-100, 12]},
+                               {"input_ids": [2, 23], "labels": [-100, 23]}]
