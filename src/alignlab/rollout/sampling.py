@@ -14,14 +14,11 @@ Each record also carries its scores (`score_chosen`, `score_rejected` / `reward`
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from alignlab.data.convert import write_records as write_jsonl  # noqa: F401 (the one atomic JSONL writer)
 from alignlab.errors import AlignlabError
 from alignlab.rollout.generate import GenerationResult, Sample, SamplingConfig, generate
 from alignlab.rollout.rewards import RewardFn, score
@@ -147,20 +144,3 @@ def build_records(result: BestOfN, mode: str, keep: int = 1, min_margin: float =
     if mode == "sft":
         return sft_records(result, keep, min_reward)
     raise AlignlabError(f"best-of-n: mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    """Write one JSON object per line atomically: a temp file in the same folder, then rename, so a
-    reader never sees half a file and a crash leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
