@@ -20,6 +20,7 @@ _LAZY = {
     "grpo": "alignlab.api",
     "ppo": "alignlab.api",
     "online_dpo": "alignlab.api",
+    "pretrain": "alignlab.api",
     "RunResult": "alignlab.api",
     "Callback": "alignlab.train.callbacks",
 }

@@ -33,7 +33,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 
-__all__ = ["RunResult", "dpo", "evaluate", "generate", "grpo", "online_dpo", "ppo", "reward_model", "sft"]
+__all__ = ["RunResult", "dpo", "evaluate", "generate", "grpo", "online_dpo", "ppo", "pretrain", "reward_model", "sft"]
 
 
 @dataclass
@@ -241,6 +241,24 @@ def reward_model(config: Any = None, /, *, model: Any = None, tokenizer: Any = N
     if job.model is not None and getattr(job.model.config, "pad_token_id", 0) is None:
         job.model.config.pad_token_id = job.tokenizer.pad_token_id
     return _run(job, load_reward_model, recipe.run, callbacks)
+
+
+def pretrain(config: Any = None, /, *, callbacks: Any = (), **keys: Any) -> RunResult:
+    """Pretraining from scratch (`alignlab pretrain`): a BPE tokenizer and a small Llama trained on a text file;
+    keys are PretrainConfig's. The trained model and tokenizer are loaded back into the result."""
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.recipes import pretrain as recipe
+
+    job = _job(recipe.PretrainConfig, config, keys, None, None, None, None)
+    try:
+        result = recipe.run(job.cfg, callbacks=list(callbacks or ()))
+        out = job.cfg.output_dir
+        model, tokenizer = load_model(out), load_tokenizer(out)
+    except BaseException:
+        if job.temp_dir:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
+        raise
+    return _finish(job, model, tokenizer, result)
 
 
 def _rl(cls: type, recipe_run: Any, config: Any, keys: dict[str, Any], model: Any, tokenizer: Any, data: Any,

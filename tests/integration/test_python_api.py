@@ -45,7 +45,7 @@ def test_import_alignlab_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}).stdout
     assert out.startswith("[] ['Callback', 'RunResult', 'dpo', 'evaluate', 'generate', 'grpo', 'online_dpo', "
-                          "'ppo', 'reward_model', 'sft']")
+                          "'ppo', 'pretrain', 'reward_model', 'sft']")
 
 
 @pytest.mark.parametrize(("command", "function", "rows", "extra"), [
@@ -193,3 +193,17 @@ def test_evaluate_takes_a_judge_object(tmp_path):
                       "sampling": {"max_new_tokens": 4}, "judge": {"kind": "function", "reward": "sentiment"}}],
         judge=FunctionJudge(longer))
     assert calls and out["results"] and (tmp_path / "eval" / "eval.json").is_file()
+
+
+def test_pretrain_cli_and_python_function_give_the_same_metrics(tmp_path):
+    text = " ".join(f"the {w} sat on the mat and the {w} ran to the door." for w in
+                    "cat dog bird fox owl hen cow pig ant bee".split() * 30)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    keys = {"data": str(corpus), "max_steps": 3, "batch_size": 4, "max_length": 32, "vocab_size": 300,
+            "logging_steps": 1, "progress": "none", "cpu_threads": 1, "device": "cpu"}
+    assert main(["pretrain", f"output_dir={tmp_path / 'cli'}", *cli_args(keys)]) == 0
+    run = alignlab.pretrain(output_dir=None, **keys)
+    cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert without_timing(run.metrics) == without_timing(cli) and len(run.history) == 3
+    assert run.output_dir is None and run.model.config.vocab_size <= 300

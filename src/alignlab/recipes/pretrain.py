@@ -125,7 +125,7 @@ def prepare(cfg: PretrainConfig) -> tuple[Any, Any, str, str]:
     return tokenizer, build_llama(cfg, tokenizer), train_text, val_text
 
 
-def run(cfg: PretrainConfig):
+def run(cfg: PretrainConfig, *, callbacks: Any = ()):
     """Train and return the loop's TrainResult; the model and tokenizer land in cfg.output_dir."""
     from alignlab.config import saved_config_text
     from alignlab.data.collate import Collator
@@ -150,7 +150,8 @@ def run(cfg: PretrainConfig):
     from alignlab.models.tokenizer import use_chat_template  # the chat_template key: saved with the tokenizer
 
     result = train(cfg, model, causal_lm_step, train_set, collate, eval_fn=eval_fn,
-                   tokenizer=use_chat_template(tokenizer, cfg.chat_template), world=world, config_yaml=saved_config_text(cfg) if world.is_main else None)
+                   tokenizer=use_chat_template(tokenizer, cfg.chat_template), world=world,
+                   config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks)
     if world.is_main and result.evals:
         ppl = result.evals[-1]["eval_perplexity"]
         print(f"pretrain done: {result.step} steps in {result.train_runtime:.1f}s; "
