@@ -3,6 +3,7 @@ is scored), it is made by record (the rows of one record never straddle it), dat
 records of the file, and split.json records what a run trained on."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -113,10 +114,13 @@ def test_mixture_config_keys(tmp_path):
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  - {path: a.jsonl, weight: 0.5}\n  - b.jsonl\n")
+    for name in ("a.jsonl", "b.jsonl"):  # paths in a config file resolve against its folder (and must exist)
+        (tmp_path / name).write_text('{"prompt": "p", "completion": "c"}\n')
     loaded = load_config(SFTConfig, cfg)
-    assert [(s.path, s.weight) for s in loaded.data] == [("a.jsonl", 0.5), ("b.jsonl", 1.0)]
+    assert [(Path(s.path).name, s.weight) for s in loaded.data] == [("a.jsonl", 0.5), ("b.jsonl", 1.0)]
+    assert all(Path(s.path).parent == tmp_path for s in loaded.data)
     with pytest.raises(ConfigError, match="weight"):
-        load_config(SFTConfig, cfg, ["data=[{path: a.jsonl, weight: 0}]"])
+        load_config(SFTConfig, cfg, [f"data=[{{path: {tmp_path / 'a.jsonl'}, weight: 0}}]"])
     with pytest.raises(ConfigError, match="single data file"):
         load_config(SFTConfig, cfg, ["data_limit=5"])
 
