@@ -64,20 +64,26 @@ def alignlab_worker(spec: dict) -> dict:
     from alignlab.train.callbacks import Callback
 
     class StepClock(Callback):
-        """Wall seconds of each step (from the end of the previous one) and the peak RSS after the last."""
+        """Wall and process CPU seconds of each step (from the end of the previous one), peak RSS after the last."""
 
         def __init__(self):
             self.seconds, self.tokens, self.rewards, self.t0, self.peak = [], [], [], 0.0, 0.0
+            self.generation, self.training, self.cpu, self.c0 = [], [], [], 0.0
 
         def on_train_begin(self, run_dir, total_steps, start_step):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, step, metrics):
             now = time.perf_counter()
             self.seconds.append(now - self.t0)
             self.t0 = now
+            cpu = time.process_time()
+            self.cpu.append(cpu - self.c0)
+            self.c0 = cpu
             self.tokens.append(metrics.get("tokens_per_second", 0.0) * metrics.get("time/generation", 0.0))
             self.rewards.append(metrics["reward_mean"])
+            self.generation.append(metrics.get("time/generation", 0.0))
+            self.training.append(metrics.get("time/training", 0.0))
             self.peak = peak_rss_mb()
 
     clock = StepClock()
@@ -90,8 +96,8 @@ def alignlab_worker(spec: dict) -> dict:
         eval_split=0.0, logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
         device="cpu", bf16=spec["bf16"], generation_batch_size=spec["prompts_per_step"] * spec["num_generations"],
     )
-    return {"step_seconds": clock.seconds, "peak_memory_mb": clock.peak, "rewards": clock.rewards,
-            "step_tokens": clock.tokens}
+    return {"step_seconds": clock.seconds, "step_cpu_seconds": clock.cpu, "peak_memory_mb": clock.peak,
+            "rewards": clock.rewards, "step_tokens": clock.tokens, "generation_seconds": clock.generation, "training_seconds": clock.training}
 
 
 def trl_worker(spec: dict) -> dict:
@@ -118,20 +124,26 @@ def trl_worker(spec: dict) -> dict:
         log_completions=False,
     )
 
-    class Peak(TrainerCallback):
+    class CpuAndPeak(TrainerCallback):
+        """Process CPU seconds of each step and the peak RSS after the last (step_timer has the wall seconds)."""
+
         def __init__(self):
-            self.mb = 0.0
+            self.mb, self.cpu, self.c0 = 0.0, [], 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.c0 = time.process_time()
 
         def on_step_end(self, *a, **k):
+            self.cpu.append(time.process_time() - self.c0)
             self.mb = peak_rss_mb()
 
-    timer, peak = step_timer(), Peak()
+    timer, peak = step_timer(), CpuAndPeak()
     trainer = trl.GRPOTrainer(model=model, reward_funcs=distinct_words, args=args, train_dataset=data,
                               processing_class=tok, callbacks=[timer, peak])
     trainer.train()
     logs = [r for r in trainer.state.log_history if "reward" in r]
     lengths = [r.get("completions/mean_length", 0.0) * rollout for r in logs]
-    return {"step_seconds": timer.seconds, "peak_memory_mb": peak.mb, "rewards": [r["reward"] for r in logs],
+    return {"step_seconds": timer.seconds, "step_cpu_seconds": peak.cpu, "peak_memory_mb": peak.mb, "rewards": [r["reward"] for r in logs],
             "step_tokens": lengths, "trl_version": trl.__version__}
 
 
@@ -141,12 +153,18 @@ def trl_worker(spec: dict) -> dict:
 def summarize(res: dict) -> dict:
     """Seconds per step over steps 2..n (the first pays one-off costs; with one step it is all there is)."""
     timed = res["step_seconds"][1:] or res["step_seconds"]
+    cpu = res["step_cpu_seconds"][1:] or res["step_cpu_seconds"]
     out = {"seconds_per_step": round(sum(timed) / len(timed), 3),
            "steps_per_second": round(len(timed) / sum(timed), 5),
+           "cpu_seconds_per_step": round(sum(cpu) / len(cpu), 3),
            "first_step_seconds": round(res["step_seconds"][0], 3),
            "tokens_per_step": round(sum(res["step_tokens"]) / max(len(res["step_tokens"]), 1), 1),
            "peak_memory_mb": round(res["peak_memory_mb"], 1),
            "first_reward": round(res["rewards"][0], 4), "final_reward": round(res["rewards"][-1], 4)}
+    for key in ("generation_seconds", "training_seconds"):  # alignlab's own split of a step (same steps)
+        if key in res:
+            part = res[key][1:] or res[key]
+            out[key.replace("_seconds", "_seconds_per_step")] = round(sum(part) / len(part), 3)
     if "trl_version" in res:
         out["trl_version"] = res["trl_version"]
     return out
@@ -188,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     job = {k: spec[k] for k in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "beta", "lr",
                                 "threads", "bf16")}
     compare(HERE, args, spec, out, summarize, rate="steps_per_second", job={"model": args.model, **job},
-            describe=lambda r: f"{r['seconds_per_step']:>8.2f} s/step  peak {r['peak_memory_mb']:,.0f} MB  "
+            describe=lambda r: f"{r['seconds_per_step']:>8.2f} s/step ({r['cpu_seconds_per_step']:.2f} CPU s)  peak {r['peak_memory_mb']:,.0f} MB  "
                                f"{r['tokens_per_step']:.0f} tokens/step  "
                                f"reward {r['first_reward']:.3f} -> {r['final_reward']:.3f}")
 

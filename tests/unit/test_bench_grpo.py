@@ -26,10 +26,11 @@ def test_distinct_words_by_hand(bench):
 
 
 def test_summarize_skips_the_first_step(bench):
-    res = {"step_seconds": [10.0, 2.0, 4.0], "peak_memory_mb": 123.45, "rewards": [0.5, 0.6, 0.7],
+    res = {"step_seconds": [10.0, 2.0, 4.0], "step_cpu_seconds": [9.0, 1.0, 2.0], "peak_memory_mb": 123.45, "rewards": [0.5, 0.6, 0.7],
            "step_tokens": [10, 20, 30]}
     s = bench.summarize(res)
     assert s["seconds_per_step"] == 3.0 and s["steps_per_second"] == round(2 / 6, 5)
+    assert s["cpu_seconds_per_step"] == 1.5
     assert s["first_step_seconds"] == 10.0 and s["tokens_per_step"] == 20.0 and s["peak_memory_mb"] == 123.5
     assert (s["first_reward"], s["final_reward"]) == (0.5, 0.7)
 
@@ -46,10 +47,14 @@ def test_alignlab_worker_one_step_on_tiny_random(bench, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert len(res["step_seconds"]) == 1 and res["step_seconds"][0] > 0
+    assert len(res["step_cpu_seconds"]) == 1 and res["step_cpu_seconds"][0] > 0
     assert res["peak_memory_mb"] > 0
     assert len(res["rewards"]) == 1 and 0.0 <= res["rewards"][0] <= 1.0
     # 2 prompts x 2 samples x at most 4 tokens, at least one token each
     assert 4 <= round(res["step_tokens"][0]) <= 16
     assert (tmp_path / "alignlab" / "metrics.jsonl").is_file()
+    # generation and training are parts of the step's wall time
+    assert 0 < res["generation_seconds"][0] and 0 < res["training_seconds"][0]
+    assert res["generation_seconds"][0] + res["training_seconds"][0] <= res["step_seconds"][0]
     s = bench.summarize(res)
     assert s["seconds_per_step"] == round(res["step_seconds"][0], 3)
