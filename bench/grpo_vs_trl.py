@@ -22,13 +22,31 @@ transformers' `generate` (use_vllm False); it is never a dependency of alignlab.
 
 Seconds per step = wall seconds of each RL step (sampling + scoring + reference/old log-probs + update),
 averaged over steps 2..n: the first step pays one-off costs (allocator warm-up, lazy inits) and is skipped.
+CPU seconds per step = the worker process's CPU time over the same steps: with one torch thread it is the
+work done, much less sensitive than wall time to other jobs on a shared machine (compare both).
 Peak memory = the process's peak RSS at the end of the last step (model loads included, the same on both
 sides; alignlab's final save_model comes after and is not counted). Completions differ between the sides
 (different samplers), so lengths (tokens generated per step) are reported with the times.
 The last line is one JSON object: {"job", "alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"},
 speedup = TRL seconds per step / alignlab seconds per step.
 
-Measured figures: see the end of this docstring (filled in from the runs below).
+Measured on the 2-core development CPU (`lscpu`: AMD EPYC, AVX512-BF16, 2 CPUs, 1 thread per core), SHARED
+with other engineers' tests and benchmarks (load average about 1 to 7 during the runs; the sides run one after
+the other, so a load change between them moves the wall ratio), one torch thread per side (`--threads 1`),
+torch 2.13.0, TRL 1.16.0, SmolLM2-135M-Instruct, 4 prompts x 4 samples x 32 new tokens (almost all answers
+run to the limit: ~505 tokens a step on both sides), beta 0.04, lr 1e-5:
+  float32, `--steps 4` (3 timed steps): alignlab 18.6 s/step (17.9 CPU s), 4.20 GB; TRL 22.5 s/step
+      (21.8 CPU s), 4.53 GB -> speedup 1.21x (CPU time 1.22x), memory ratio 0.93.
+      alignlab's step: 5.7 s generation (~89 tokens/s), 9.6 s policy update, ~3.3 s reference log-probs
+      and the rest. Earlier `--steps 3` runs (2 timed steps, heavier load): 1.15x and 1.02x, memory 0.91.
+  bf16, `--steps 4 --bf16`: alignlab 12.8 s/step (12.7 CPU s), 3.83 GB; TRL 15.6 s/step (15.3 CPU s), 4.42 GB
+      -> speedup 1.22x (CPU time 1.21x), memory ratio 0.87. alignlab: 5.5 s generation, 5.8 s update.
+      Earlier `--steps 3` runs: 1.37x and 0.84x (alignlab's side ran while the load rose), memory 0.85, 0.87.
+So alignlab is about 1.2x TRL's step rate with 7-13% less peak memory on this job; issue 14's 2.5x target is
+not reached. Under bf16 the update speeds up 1.7x but generation does not (5.7 -> 5.5 s): GRPO's rollouts
+decode under autocast and never use the engine's bf16 sampling weights (SamplingConfig.weights_dtype stays
+"model": rl/rollout.py does not set it and PolicyGradientConfig has no key for it), and at ~90 tokens/s
+generation is now the largest part of a bf16 step.
 """
 
 from __future__ import annotations
