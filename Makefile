@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ALIGNLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-slow lint bench-sft bench-dpo bench-gen clean
+.PHONY: demo test test-slow lint bench-sft bench-dpo bench-gen bench-grpo clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -43,6 +43,10 @@ bench-dpo: $(BIN)/.installed
 bench-gen: $(BIN)/.installed
 	$(BIN)/python bench/gen_vs_hf.py --model tiny-random
 	$(BIN)/python bench/gen_vs_hf.py --model smollm2-135m-instruct
+
+bench-grpo: $(BIN)/.installed
+	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1
+	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
