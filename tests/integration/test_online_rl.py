@@ -236,3 +236,14 @@ def test_grpo_console_lines_show_reward_and_named_kl(tmp_path, capsys):
     steps = [line for line in captured.err.splitlines() if line.startswith("step ")]
     assert len(steps) == 2 and all("reward_mean" in s and "kl_k3" in s and "loss" in s for s in steps), steps
     assert "grpo: reward_mean" in captured.out
+
+
+def test_bf16_sampling_weights_are_corrected_by_rollout_is(tmp_path):
+    """sampling_weights=bfloat16 samples from a bf16 copy of the policy: the sampler's log-probs differ from the
+    trainer's float32 ones (rollout_kl_k3 > 0), rollout_is weights them, and the run trains."""
+    code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
+                 "max_steps=2", "eval_prompts=0", "sampling_weights=bfloat16", "rollout_is=tis",
+                 f"reward={__file__}:length_reward"])
+    assert code == 0
+    rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
+    assert all(r["rollout_kl_k3"] > 1e-7 and math.isfinite(r["loss"]) for r in rows)

@@ -68,6 +68,11 @@ class RLConfig(OptimConfig, RunConfig):
     """Prompts longer than this keep their last tokens."""
     generation_batch_size: int = 64
     """Sequences decoded together during rollouts."""
+    sampling_weights: Literal["model", "auto", "float32", "bfloat16"] = "model"
+    """Weights the in-process sampler uses: as trained (model), or a bf16 copy made once per rollout (bfloat16; auto
+    where the hardware has bf16 matrix units), decoding ~1.3x faster on AVX512-BF16 CPUs. The samples then come
+    from slightly different numbers than the trainer's: pair it with rollout_is (the sampler's own log-probs are
+    kept for the correction)."""
     reference: Literal["auto", "model", "adapter"] = "auto"
     """KL reference: adapter (LoRA policy, adapter off: no second copy), model (frozen copy), auto picks."""
     rollout_engine: RemoteEngine | None = None

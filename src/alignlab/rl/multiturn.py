@@ -35,7 +35,8 @@ def sample_episodes(state: Any, step: int, rows: list, *, logprobs: bool) -> tup
         # one seed per (step, turn); per-row keys make each episode's draws independent of who else is running
         sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             seed=(cfg.seed * 1_000_003 + step) * 101 + turn[0], logprobs=logprobs,
-                            batch_size=cfg.generation_batch_size, per_row_seed=True)
+                            batch_size=cfg.generation_batch_size, per_row_seed=True,
+                            weights_dtype=cfg.sampling_weights)
         turn[0] += 1
         with state.compute(cache=True):
             return generate(state.policy, state.tokenizer, contexts, sc).samples

@@ -115,7 +115,7 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
     t0 = time.perf_counter()
     sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         seed=(cfg.seed * 1_000_003 + step) * 101 + round, logprobs=logprobs, batch_size=cfg.generation_batch_size,
-                        per_row_seed=True, first_prompt=world.rank * per)
+                        per_row_seed=True, first_prompt=world.rank * per, weights_dtype=cfg.sampling_weights)
     prompt_ids = encode_rows(state.tokenizer, mine, cfg.max_prompt_length)
     if cfg.rollout_engine is not None:  # the engine holds the policy's latest weights (rl/loop.py pushes them)
         from alignlab.rollout.remote import generate_remote
