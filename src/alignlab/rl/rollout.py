@@ -107,6 +107,7 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
                      ) -> tuple[list, list[float], dict]:
     """This rank's share of the step's prompts sampled (per-row seeded: the same samples in any sharding) and
     scored, then gathered: (all samples, all rewards, timings), prompt-major, identical on every rank."""
+    from alignlab.eval.policy import score_rows
     from alignlab.rollout.generate import SamplingConfig, generate
 
     cfg, world, k = state.cfg, state.world, state.cfg.num_generations
@@ -114,8 +115,9 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
     mine = rows[world.rank * per:(world.rank + 1) * per]
     t0 = time.perf_counter()
     sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        seed=(cfg.seed * 1_000_003 + step) * 101 + round, logprobs=logprobs, batch_size=cfg.generation_batch_size,
-                        per_row_seed=True, first_prompt=world.rank * per, weights_dtype=cfg.sampling_weights)
+                        seed=(cfg.seed * 1_000_003 + step) * 101 + round, logprobs=logprobs,
+                        batch_size=cfg.generation_batch_size, per_row_seed=True, first_prompt=world.rank * per,
+                        weights_dtype=cfg.sampling_weights)
     prompt_ids = encode_rows(state.tokenizer, mine, cfg.max_prompt_length)
     if cfg.rollout_engine is not None:  # the engine holds the policy's latest weights (rl/loop.py pushes them)
         from alignlab.rollout.remote import generate_remote
@@ -125,8 +127,6 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
         with state.compute(cache=True):
             res = generate(state.policy, state.tokenizer, prompt_ids, sc, n=k)
     t_gen = time.perf_counter() - t0
-    from alignlab.eval.policy import score_rows
-
     rewards = score_rows(state.reward_fn, mine, [s.text for s in res.samples], k)
     parts = getattr(state.reward_fn, "last_components", {})  # a weighted reward list: each component, unweighted
     gathered = world.all_gather_objects((res.samples, rewards, parts))
