@@ -28,8 +28,8 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from alignlab.recipes.prompts import builtin_rows
 
+    from alignlab.data.builtin import builtin_rows
     from alignlab.eval.measures import completion_logps
     from alignlab.eval.winrate import win_rate
     from alignlab.models.load import load_model, load_tokenizer

@@ -49,7 +49,7 @@ class RejectionSamplingConfig(TrainConfig):
 
 
 def _split(cfg: RejectionSamplingConfig) -> tuple[list, list]:
-    from alignlab.recipes.prompts import BUILTIN_PREFIX, builtin_rows
+    from alignlab.data.builtin import BUILTIN_PREFIX, builtin_rows
 
     if cfg.data.startswith(BUILTIN_PREFIX):
         rows = builtin_rows(cfg.data, cfg.prompts, cfg.seed)
