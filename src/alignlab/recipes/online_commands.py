@@ -32,7 +32,8 @@ config_command(
 )
 config_command(
     "grpo",
-    "GRPO and the critic-free estimators (estimator: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline).",
+    "GRPO and the critic-free estimators (estimator: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline; "
+    "policy_loss: ppo_clip | gspo | cispo; env: calculator | python for multi-turn tool use).",
     PolicyGradientConfig,
     _grpo,
 )
