@@ -21,6 +21,7 @@ _LAZY = {
     "ppo": "alignlab.api",
     "online_dpo": "alignlab.api",
     "pretrain": "alignlab.api",
+    "distill": "alignlab.api",
     "RunResult": "alignlab.api",
     "Callback": "alignlab.train.callbacks",
 }

@@ -33,7 +33,8 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 
-__all__ = ["RunResult", "dpo", "evaluate", "generate", "grpo", "online_dpo", "ppo", "pretrain", "reward_model", "sft"]
+__all__ = ["RunResult", "distill", "dpo", "evaluate", "generate", "grpo", "online_dpo", "ppo", "pretrain",
+           "reward_model", "sft"]
 
 
 @dataclass
@@ -314,6 +315,19 @@ def online_dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = Non
     from alignlab.rl.config import OnlineDPOConfig
 
     return _rl(OnlineDPOConfig, run, config, keys, model, tokenizer, data, eval_data, reward, callbacks)
+
+
+def distill(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, data: Any = None,
+            eval_data: Any = None, callbacks: Any = (), **keys: Any) -> RunResult:
+    """On-policy distillation (`alignlab distill`); keys are DistillConfig's (`teacher`, `beta`, ...); the student
+    may be an in-memory model, the prompts records, a file or "builtin:NAME"."""
+    from alignlab.recipes.distill import run
+    from alignlab.rl.config import DistillConfig
+
+    if isinstance(data, str) and data.startswith("builtin:"):
+        keys["data"], data = data, None
+    job = _job(DistillConfig, config, keys, model, tokenizer, data, eval_data)
+    return _run(job, _prepare, run, callbacks)
 
 
 def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None = None, judge: Any = None,

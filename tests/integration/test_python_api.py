@@ -44,7 +44,7 @@ def test_import_alignlab_is_lazy():
             "'alignlab.api') if m in sys.modules]; print(heavy, sorted(alignlab.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}).stdout
-    assert out.startswith("[] ['Callback', 'RunResult', 'dpo', 'evaluate', 'generate', 'grpo', 'online_dpo', "
+    assert out.startswith("[] ['Callback', 'RunResult', 'distill', 'dpo', 'evaluate', 'generate', 'grpo', 'online_dpo', "
                           "'ppo', 'pretrain', 'reward_model', 'sft']")
 
 
@@ -207,3 +207,14 @@ def test_pretrain_cli_and_python_function_give_the_same_metrics(tmp_path):
     cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     assert without_timing(run.metrics) == without_timing(cli) and len(run.history) == 3
     assert run.output_dir is None and run.model.config.vocab_size <= 300
+
+
+def test_distill_from_python_gives_the_cli_metrics(tmp_path):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    keys = {**RL, "teacher": "tiny-random", "beta": 0.5}
+    assert main(["distill", f"data={data}", f"output_dir={tmp_path / 'cli'}", *cli_args(keys)]) == 0
+    run = alignlab.distill(data=PROMPTS, output_dir=None, **keys)
+    cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    steady = [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in cli]
+    assert [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in run.metrics] == steady
+    assert "eval_kl" in run.final_eval

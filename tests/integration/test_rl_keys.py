@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignlab.rl.config import OnlineDPOConfig, PolicyGradientConfig, PPOConfig
+from alignlab.rl.config import DistillConfig, OnlineDPOConfig, PolicyGradientConfig, PPOConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(model="tiny-random", max_steps=2, batch_size=2, max_new_tokens=4, eval_prompts=2, num_prompts=8,
@@ -44,6 +44,10 @@ def run(command: str, cfg):
         from alignlab.recipes.online_dpo import run as go
 
         return go(cfg)
+    if command == "distill":
+        from alignlab.recipes.distill import run as go
+
+        return go(cfg)
     from alignlab.recipes.rl import run as go
 
     return go(cfg, command)
@@ -72,6 +76,8 @@ RUNS = {
              env="calculator", max_turns=2, env_options={"max_tool_output": 100}, data="builtin:add"),
     ]),
     "online-dpo": (OnlineDPOConfig, [dict(data="FILE", eval_split=0.25, max_steps=-1, epochs=0.5), dict()]),
+    "distill": (DistillConfig, [dict(teacher="tiny-random", beta=0.5, data="FILE", eval_split=0.25, max_steps=-1,
+                                     epochs=0.5)]),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alignlab.cli import config_command
-from alignlab.rl.config import OnlineDPOConfig, PolicyGradientConfig, PPOConfig
+from alignlab.rl.config import DistillConfig, OnlineDPOConfig, PolicyGradientConfig, PPOConfig
 
 
 def _grpo(cfg: PolicyGradientConfig) -> None:
@@ -42,4 +42,19 @@ config_command(
     "Online DPO: sample two answers per prompt, rank them by the reward, take a DPO step; repeat.",
     OnlineDPOConfig,
     _online_dpo,
+)
+
+
+def _distill(cfg: DistillConfig) -> None:
+    from alignlab.recipes.distill import run
+
+    run(cfg)
+
+
+config_command(
+    "distill",
+    "On-policy distillation (GKD): the student samples, the loss is the per-token divergence (reverse KL, or the "
+    "generalised JSD with beta) to a teacher sharing its vocabulary.",
+    DistillConfig,
+    _distill,
 )

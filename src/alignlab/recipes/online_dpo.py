@@ -22,6 +22,7 @@ def run(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, rows:
     from alignlab.losses import combine
     from alignlab.rl.loop import build_state, train_rl
     from alignlab.rl.update import dpo_step
+    from alignlab.rollout.rewards import get_reward
     from alignlab.train.loop import seed_everything
     from alignlab.train.preference import AdapterReference, ModelReference, NoReference, PreferenceStep
     from alignlab.train.world import World
@@ -30,7 +31,7 @@ def run(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, rows:
     seed_everything(cfg.seed)
     mix = combine(cfg.loss, cfg.loss_weights, cfg.loss_params)
     state = build_state(cfg, world, reference=mix.needs_reference, critic=False, model=model, tokenizer=tokenizer,
-                        reward_fn=reward_fn)
+                        reward_fn=reward_fn or get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options))
     reference: Any = NoReference()
     if mix.needs_reference:
         reference = ModelReference(state.reference) if state.reference is not None else AdapterReference()

@@ -25,6 +25,7 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo", *, model: Any = None, to
     from alignlab.losses.policy import AdaptiveKLController, FixedKLController, get_policy_loss
     from alignlab.rl.loop import build_state, train_rl
     from alignlab.rl.update import pg_step
+    from alignlab.rollout.rewards import get_reward
     from alignlab.train.loop import seed_everything
     from alignlab.train.world import World
 
@@ -32,7 +33,7 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo", *, model: Any = None, to
     seed_everything(cfg.seed)
     estimator = get_estimator(cfg.estimator)
     state = build_state(cfg, world, reference=True, critic=estimator.needs_critic, model=model, tokenizer=tokenizer,
-                        reward_fn=reward_fn)
+                        reward_fn=reward_fn or get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options))
     state.estimator, state.objective = estimator, get_policy_loss(cfg.policy_loss)
     state.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                     if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))

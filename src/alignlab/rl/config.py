@@ -1,8 +1,9 @@
-"""Config of the online RL commands (`alignlab grpo`, `ppo`, `online-dpo`).
+"""Config of the on-policy commands (`alignlab grpo`, `ppo`, `online-dpo`, `distill`).
 
 Built from RunConfig + OptimConfig (train/config.py), NOT from the offline TrainConfig: keys that cannot
-apply to RL (max_length, max_eval_rows, distributed: RL data-parallelism is DDP only) are not here and are
-unknown-key errors. Every key below is read by the RL code (tests/unit/test_rl_config_keys.py proves it).
+apply here (max_length, max_eval_rows, distributed: data parallelism is DDP only) are not here and are
+unknown-key errors. OnPolicyConfig holds what every on-policy command reads (prompts, sampling); RLConfig adds
+the reward. Every key is read by the code (tests/integration/test_rl_keys.py proves it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ LossAgg = Literal["token-mean", "token-sum-norm", "seq-mean-token-mean", "seq-me
 
 
 @dataclass
-class RLConfig(OptimConfig, RunConfig):
+class OnPolicyConfig(OptimConfig, RunConfig):
     output_dir: str = "runs/rl"
     """Where checkpoints, the final model, metrics.jsonl, split.json and config.yaml go."""
     data: str = "builtin:sentiment"
@@ -48,14 +49,6 @@ class RLConfig(OptimConfig, RunConfig):
     """Decay after warmup; RL recipes usually keep it constant."""
     logging_steps: int = 1
     """Write a metrics.jsonl line (and a console line) every N RL steps."""
-    reward: str | list[str] = "sentiment"
-    """Reward: sentiment | gsm8k | math | code | judge | format | reward_model | "module.path:function", or a list
-    of them summed with reward_weights (e.g. [math, format])."""
-    reward_weights: list[float] | None = None
-    """Weights of a reward list (default 1 each); each component is logged as reward/<name>."""
-    reward_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword options for the reward factory, e.g. {path: runs/rm} for reward_model; for a list, keyed by name
-    ({format: {pattern: ...}})."""
     num_generations: int = 4
     """Samples per prompt (the group size of grouped estimators; >= 2 for them)."""
     max_new_tokens: int = 32
@@ -73,8 +66,6 @@ class RLConfig(OptimConfig, RunConfig):
     where the hardware has bf16 matrix units), decoding ~1.3x faster on AVX512-BF16 CPUs. The samples then come
     from slightly different numbers than the trainer's: pair it with rollout_is (the sampler's own log-probs are
     kept for the correction)."""
-    reference: Literal["auto", "model", "adapter"] = "auto"
-    """KL reference: adapter (LoRA policy, adapter off: no second copy), model (frozen copy), auto picks."""
     rollout_engine: RemoteEngine | None = None
     """Sample rollouts on an external OpenAI-compatible engine returning token ids and log-probs ({url, model,
     server: alignlab|vllm, api_key_env, ...}: `alignlab serve`, vLLM, SGLang; docs/serving.md) instead of
@@ -93,6 +84,22 @@ class RLConfig(OptimConfig, RunConfig):
             raise ConfigError("eval_prompts must be >= 0 and num_prompts >= 1")
         if self.rollout_engine is not None:
             self.rollout_engine.validate()
+
+
+@dataclass
+class RLConfig(OnPolicyConfig):
+    """On-policy training from a reward (grpo, ppo, online-dpo): the reward and the KL reference."""
+
+    reward: str | list[str] = "sentiment"
+    """Reward: sentiment | gsm8k | math | code | judge | format | reward_model | "module.path:function", or a list
+    of them summed with reward_weights (e.g. [math, format])."""
+    reward_weights: list[float] | None = None
+    """Weights of a reward list (default 1 each); each component is logged as reward/<name>."""
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options for the reward factory, e.g. {path: runs/rm} for reward_model; for a list, keyed by name
+    ({format: {pattern: ...}})."""
+    reference: Literal["auto", "model", "adapter"] = "auto"
+    """KL reference: adapter (LoRA policy, adapter off: no second copy), model (frozen copy), auto picks."""
 
 
 @dataclass
@@ -262,3 +269,24 @@ class OnlineDPOConfig(RLConfig):
             raise ConfigError(f"num_generations: online DPO needs >= 2 answers per prompt, got {self.num_generations}")
         if self.batch_size % self.grad_accum:
             raise ConfigError("batch_size must be a multiple of grad_accum")
+
+
+@dataclass
+class DistillConfig(OnPolicyConfig):
+    """`alignlab distill`: on-policy distillation (GKD): the student (`model`) samples, the loss is a per-token
+    divergence to the teacher's distribution over the whole vocabulary on the student's own tokens."""
+
+    teacher: str = "smollm2-135m-instruct"
+    """Teacher model (alias, directory or hub id); it must share the student's tokenizer (vocabulary)."""
+    beta: float = 1.0
+    """Generalised JSD (Agarwal et al. 2024, Eq. 2): 1 = reverse KL(student || teacher), 0 = forward KL, between:
+    the JSD mixture."""
+    num_generations: int = 1
+    """Samples per prompt."""
+    learning_rate: float = 1e-4
+    """Student learning rate."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"beta: must be in [0, 1], got {self.beta}")

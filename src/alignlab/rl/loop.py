@@ -31,7 +31,8 @@ class RLResult:
 
     @property
     def evals(self) -> list[dict]:
-        return [h for h in self.history if "eval_reward" in h]
+        """The held-out evaluations (eval_reward, or distill's eval_kl), in order."""
+        return [h for h in self.history if any(k.startswith("eval_") for k in h)]
 
 
 @dataclass
@@ -58,6 +59,10 @@ class RLState:
     """The policy loss's PolicyLossSpec (policy-gradient recipes)."""
     dpo: Any = None
     """The preference step (online-dpo)."""
+    teacher: Any = None
+    """The frozen teacher (distill)."""
+    evaluate: Callable[[RLState, list], dict] | None = None
+    """(state, held-out prompts) -> eval metrics; None: greedy_eval (mean reward of greedy answers)."""
     more_prompts: Callable[[int, int], list] | None = None
     """(step, round) -> fresh training prompts for dynamic sampling's extra rounds (a pure function: exact resume)."""
 
@@ -76,15 +81,15 @@ class RLState:
         return lambda last: self.world.no_sync(model, not last)
 
 
-def build_state(cfg: Any, world: World, *, reference: bool, critic: bool, model: Any = None, tokenizer: Any = None,
-                reward_fn: Callable | None = None) -> RLState:
-    """Policy (LoRA or full, dropout off), tokenizer, reward, the reference (before any resume), critic, optimizers.
-    model + tokenizer, reward_fn: in-memory objects (the Python API) used instead of cfg.model / cfg.reward."""
+def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference: bool, critic: bool,
+                model: Any = None, tokenizer: Any = None) -> RLState:
+    """Policy (LoRA or full, dropout off), tokenizer, the reference (before any resume), critic, optimizers.
+    reward_fn: scores each sample (None: the command scores nothing, e.g. distill); model + tokenizer: an
+    in-memory policy (the Python API) used instead of cfg.model."""
     import torch
 
     from alignlab.models.prepare import prepare_model
     from alignlab.rl.critic import build_critic, without_dropout
-    from alignlab.rollout.rewards import get_reward
     from alignlab.train.optim import build_optimizer
     from alignlab.train.reference import build_reference, resolve_reference_kind
 
@@ -92,11 +97,10 @@ def build_state(cfg: Any, world: World, *, reference: bool, critic: bool, model:
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
-    kind = resolve_reference_kind(cfg.reference, policy)
-    # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
-    frozen = build_reference(policy, kind, bf16=cfg.bf16) if reference else None
-    reward = reward_fn or get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options)
-    state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward,
+    frozen = None
+    if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
+        frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16)
+    state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward_fn,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:
         state.critic, opt = build_critic(cfg, world.device)
@@ -228,7 +232,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
 
     def evaluate(step: int) -> None:
         if eval_rows and world.is_main:
-            row = greedy_eval(state, eval_rows)
+            row = (state.evaluate or greedy_eval)(state, eval_rows)
             events.on_eval(step, row)
             history.append({"step": step, **row})
         world.barrier()

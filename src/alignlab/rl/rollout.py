@@ -127,7 +127,8 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
         with state.compute(cache=True):
             res = generate(state.policy, state.tokenizer, prompt_ids, sc, n=k)
     t_gen = time.perf_counter() - t0
-    rewards = score_rows(state.reward_fn, mine, [s.text for s in res.samples], k)
+    rewards = (score_rows(state.reward_fn, mine, [s.text for s in res.samples], k) if state.reward_fn is not None
+               else [0.0] * len(res.samples))
     parts = getattr(state.reward_fn, "last_components", {})  # a weighted reward list: each component, unweighted
     gathered = world.all_gather_objects((res.samples, rewards, parts))
     samples = [s for part, _, _ in gathered for s in part]

@@ -1,0 +1,40 @@
+"""generalized_jsd worked out by hand on two-token vocabularies."""
+
+import math
+
+import pytest
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.losses.distill import generalized_jsd
+
+
+def logp(*probs):
+    return torch.tensor(probs).log()
+
+
+def test_ends_are_the_plain_kls():
+    """P = (0.5, 0.5), Q = (0.9, 0.1). Forward KL(P||Q) = 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1) = 0.510826;
+    reverse KL(Q||P) = 0.9 ln(0.9/0.5) + 0.1 ln(0.1/0.5) = 0.368064."""
+    p, q = logp(0.5, 0.5), logp(0.9, 0.1)
+    assert float(generalized_jsd(q, p, 0.0)) == pytest.approx(0.510826, abs=1e-5)
+    assert float(generalized_jsd(q, p, 1.0)) == pytest.approx(0.368064, abs=1e-5)
+
+
+def test_half_is_the_jensen_shannon_divergence():
+    """beta 0.5, M = (0.7, 0.3): 0.5 [0.5 ln(0.5/0.7) + 0.5 ln(0.5/0.3)] + 0.5 [0.9 ln(0.9/0.7) + 0.1 ln(0.1/0.3)]
+    = 0.5 * 0.087177 + 0.5 * 0.116313 = 0.101745; identical distributions give 0."""
+    p, q = logp(0.5, 0.5), logp(0.9, 0.1)
+    expected = 0.5 * (0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3)) + \
+        0.5 * (0.9 * math.log(0.9 / 0.7) + 0.1 * math.log(0.1 / 0.3))
+    assert float(generalized_jsd(q, p, 0.5)) == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.101745, abs=1e-5)
+    assert float(generalized_jsd(p, p, 0.3)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_gradient_moves_the_student_toward_the_teacher_and_beta_is_checked():
+    q_logits = torch.tensor([2.0, 0.0], requires_grad=True)
+    generalized_jsd(torch.log_softmax(q_logits, -1), logp(0.5, 0.5), 1.0).backward()
+    assert q_logits.grad[0] > 0 > q_logits.grad[1]  # descending lowers the over-confident logit
+    with pytest.raises(AlignlabError, match="beta"):
+        generalized_jsd(logp(0.5, 0.5), logp(0.5, 0.5), 1.5)
