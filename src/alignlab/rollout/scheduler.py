@@ -1,26 +1,18 @@
 """Continuous batching: one scheduler thread owns the model and decodes every live sequence together.
 
-A server cannot decode fixed batches, because requests arrive at any time. Here the waiting prompts that fit
-are prefilled together (a prompt's n samples share its prefill, as in generate.py), their rows JOIN the
-running batch, and a row LEAVES the batch (and the KV cache) the step it finishes or its client goes away.
-One decode step is one forward over all live rows, whoever they belong to, so 8 concurrent 32-token
-requests cost 31 decode steps, not 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI,
-section 3; vLLM). A prompt's n rows join when n of `max_batch` slots are free (one prompt always joins an
-empty batch), so a request larger than the batch joins prompt by prompt, as generate()'s continuous
-batching admits them.
+Waiting prompts that fit are prefilled together (a prompt's n samples share its prefill), their rows JOIN the
+running batch, and a row LEAVES the batch (and the KV cache) the step it finishes or its client goes away. One
+decode step is one forward over all live rows, so 8 concurrent 32-token requests cost 31 decode steps, not
+8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, Sec. 3; vLLM). A prompt's n rows join when n of
+`max_batch` slots are free (one prompt always joins an empty batch). The batched KV cache
+(rollout/batch_cache.py) is right-aligned; position ids are per row, so a row sees the positions it would alone.
 
-The batched KV cache (rollout/batch_cache.py) is right-aligned; position ids are per row, so a row sees
-exactly the positions it would see alone.
-
-Each iteration samples every live row's next token from its pending logits (rows that just joined: their
-prefill's), drops finished rows, and runs one decode forward over the rest. Each request has its own
-`torch.Generator` seeded with its seed and draws one uniform per live row of that request per step, in row
-order (prompts longest first, then samples, joiners after the rows already decoding), as `generate()` draws;
-tokens are picked by `generate.sample_next`. So a seeded request gives the same tokens whatever else shares
-the batch (while its rows fit in the free slots), and the tokens of `generate(..., SamplingConfig(seed=s,
-batch_size=max_batch), n=n)` (on CPU a generator's draws are the same one at a time or in a block; logits
-agree up to float reassociation of batched kernels). Log-probs are under softmax(logits / T), like
-`SamplingConfig.logprobs` (what an RL trainer needs; greedy: T = 1).
+Each request has its own `torch.Generator` seeded with its seed and draws one uniform per live row per step in
+row order, as `generate()` draws (or, with the alignlab_first_prompt extension, per-row keyed draws, as
+generate()'s per_row_seed); tokens are picked by `generate.sample_next`. So a seeded request gives the same
+tokens whatever else shares the batch (while its rows fit), and those of `generate(..., SamplingConfig(seed=s,
+batch_size=max_batch), n=n)` up to float reassociation of batched kernels. Log-probs are under
+softmax(logits / T), like `SamplingConfig.logprobs` (what an RL trainer needs; greedy: T = 1).
 """
 
 from __future__ import annotations
