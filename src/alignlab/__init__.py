@@ -22,6 +22,7 @@ _LAZY = {
     "online_dpo": "alignlab.api",
     "pretrain": "alignlab.api",
     "distill": "alignlab.api",
+    "medusa": "alignlab.api",
     "RunResult": "alignlab.api",
     "Callback": "alignlab.train.callbacks",
 }

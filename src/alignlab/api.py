@@ -33,7 +33,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 
-__all__ = ["RunResult", "distill", "dpo", "evaluate", "generate", "grpo", "online_dpo", "ppo", "pretrain",
+__all__ = ["RunResult", "distill", "dpo", "evaluate", "generate", "grpo", "medusa", "online_dpo", "ppo", "pretrain",
            "reward_model", "sft"]
 
 
@@ -255,6 +255,21 @@ def pretrain(config: Any = None, /, *, callbacks: Any = (), **keys: Any) -> RunR
         result = recipe.run(job.cfg, callbacks=list(callbacks or ()))
         out = job.cfg.output_dir
         model, tokenizer = load_model(out), load_tokenizer(out)
+    except BaseException:
+        if job.temp_dir:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
+        raise
+    return _finish(job, model, tokenizer, result)
+
+
+def medusa(config: Any = None, /, *, callbacks: Any = (), **keys: Any) -> RunResult:
+    """Medusa heads on a frozen base (`alignlab medusa MODEL`); keys are MedusaConfig's (model, data, num_heads,
+    ...). The result's model is the MedusaModel (base + heads)."""
+    from alignlab.recipes import medusa as recipe
+
+    job = _job(recipe.MedusaConfig, config, keys, None, None, None, None)
+    try:
+        result, model, tokenizer = recipe.run(job.cfg, callbacks=list(callbacks or ()))
     except BaseException:
         if job.temp_dir:
             shutil.rmtree(job.temp_dir, ignore_errors=True)

@@ -18,7 +18,8 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 COMMON = {"model": "tiny-random", "max_steps": 3, "batch_size": 4, "logging_steps": 1, "progress": "none",
           "cpu_threads": 1, "device": "cpu", "eval_split": 0.1, "max_length": 64}
 # Wall-clock measurements differ between any two runs; everything else must be identical.
-TIMING = {"tokens_per_second", "pairs_per_second", "samples_per_second", "peak_memory_mb", "train_runtime"}
+TIMING = {"tokens_per_second", "pairs_per_second", "samples_per_second", "sequences_per_second", "peak_memory_mb",
+          "train_runtime"}
 
 SFT_ROWS = [{"prompt": f"Count to {i % 7 + 1}:", "completion": " ".join(str(j) for j in range(i % 7 + 2))}
             for i in range(30)]
@@ -44,7 +45,8 @@ def test_import_alignlab_is_lazy():
             "'alignlab.api') if m in sys.modules]; print(heavy, sorted(alignlab.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}).stdout
-    assert out.startswith("[] ['Callback', 'RunResult', 'distill', 'dpo', 'evaluate', 'generate', 'grpo', 'online_dpo', "
+    assert out.startswith("[] ['Callback', 'RunResult', 'distill', 'dpo', 'evaluate', 'generate', 'grpo', 'medusa', "
+                          "'online_dpo', "
                           "'ppo', 'pretrain', 'reward_model', 'sft']")
 
 
@@ -218,3 +220,14 @@ def test_distill_from_python_gives_the_cli_metrics(tmp_path):
     steady = [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in cli]
     assert [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in run.metrics] == steady
     assert "eval_kl" in run.final_eval
+
+
+def test_medusa_from_python_gives_the_cli_metrics(tmp_path):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    keys = {"data": str(data), "max_steps": 2, "batch_size": 2, "num_heads": 2, "distill_max_new_tokens": 6,
+            "logging_steps": 1, "progress": "none", "cpu_threads": 1, "device": "cpu", "eval_split": 0.2}
+    assert main(["medusa", "tiny-random", f"output_dir={tmp_path / 'cli'}", *cli_args(keys)]) == 0
+    run = alignlab.medusa(model="tiny-random", output_dir=None, **keys)
+    cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert without_timing(run.metrics) == without_timing(cli) and len(run.history) == 2
+    assert run.output_dir is None and type(run.model).__name__ == "MedusaModel"

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.train.config import TrainConfig
@@ -54,7 +55,8 @@ class MedusaConfig(TrainConfig):
                                 "do not apply")
 
 
-def run(cfg: MedusaConfig):
+def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
+    """Train the heads; returns (the loop's TrainResult, the MedusaModel, the tokenizer)."""
     from alignlab.config import save_config
     from alignlab.data.collate import pad
     from alignlab.data.sources import load_rows
@@ -74,7 +76,7 @@ def run(cfg: MedusaConfig):
     if not cfg.eval_data and cfg.eval_split > 0 and len(rows) > 1:
         order = list(range(len(rows)))
         random.Random(cfg.seed).shuffle(order)
-        held = set(order[: min(cfg.max_eval_rows, max(1, round(cfg.eval_split * len(rows))))])
+        held = set(order[: max(1, round(cfg.eval_split * len(rows)))])  # max_eval_rows bounds scoring only
         rows, eval_rows = [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
     sampling = SamplingConfig(max_new_tokens=cfg.distill_max_new_tokens, greedy=cfg.distill_temperature == 0,
                               temperature=cfg.distill_temperature or 1.0, seed=cfg.seed,
@@ -95,7 +97,7 @@ def run(cfg: MedusaConfig):
     config_path = Path(cfg.output_dir) / "config.yaml"
     save_config(cfg, config_path)
     result = train(cfg, model, step, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer, world=world,
-                   config_yaml=config_path.read_text(encoding="utf-8"), unit="sequences")
+                   config_yaml=config_path.read_text(encoding="utf-8"), unit="sequences", callbacks=callbacks)
     summary = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else result.last_log).items()}
     print(f"medusa done: {result.step} steps in {result.train_runtime:.1f}s; {summary}; heads in {cfg.output_dir}")
-    return result
+    return result, model, tokenizer
