@@ -62,6 +62,7 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
     from alignlab.data.sources import load_rows
     from alignlab.models.load import load_model, load_tokenizer
     from alignlab.models.medusa import MedusaModel, medusa_step, self_distill_examples
+    from alignlab.models.tokenizer import use_chat_template
     from alignlab.rollout.generate import SamplingConfig
     from alignlab.train.loop import evaluate, seed_everything, train
     from alignlab.train.world import World
@@ -70,7 +71,8 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
         raise AlignlabError("medusa: give a prompt file, e.g. data=prompts.jsonl (any format alignlab reads)")
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
-    tokenizer, base = load_tokenizer(cfg.model), load_model(cfg.model, device=world.device)
+    tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
+    base = load_model(cfg.model, device=world.device)
     rows = load_rows(cfg.data, task="prompt", on_bad_row=cfg.on_bad_row).rows[: cfg.prompts]
     eval_rows = load_rows(cfg.eval_data, task="prompt", on_bad_row=cfg.on_bad_row).rows if cfg.eval_data else []
     if not cfg.eval_data and cfg.eval_split > 0 and len(rows) > 1:

@@ -104,6 +104,7 @@ def _plot(rounds: list[dict], path: Path) -> None:
 def run(cfg: RejectionSamplingConfig) -> list[dict]:
     from alignlab.data.collate import pad
     from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.tokenizer import use_chat_template
     from alignlab.rollout.generate import SamplingConfig
     from alignlab.rollout.rejection import BestPerPrompt
     from alignlab.rollout.rewards import get_reward
@@ -116,7 +117,8 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     train_rows, eval_rows = _split(cfg)
     reward_fn = get_reward(cfg.reward, **cfg.reward_options)
-    tok, base = load_tokenizer(cfg.model), load_model(cfg.model, device=cfg.device).eval()
+    tok = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
+    base = load_model(cfg.model, device=cfg.device).eval()
     policy, pool = base, BestPerPrompt()
     rounds = [{"round": 0, **_held_out(base, base, tok, eval_rows, reward_fn, cfg)}]
     collate = lambda xs: pad(xs, tok.pad_token_id if tok.pad_token_id is not None else 0)  # noqa: E731
