@@ -17,7 +17,7 @@ from alignlab.losses.policy import (
     kl_k2,
     kl_k3,
     kl_penalty,
-    ppo_clip_loss,
+    ppo_clip,
     value_loss,
 )
 
@@ -41,7 +41,7 @@ def test_ppo_clip_inside_and_outside_range():
     old = torch.zeros_like(ratios)
     logp = ratios.log().requires_grad_(True)
     adv = _t([1.0, 1.0, 1.0, -2.0])
-    out = ppo_clip_loss(logp, old, adv, torch.ones_like(ratios), clip_eps=0.2)
+    out = ppo_clip(logp, old, adv, torch.ones_like(ratios), epsilon_low=0.2)
     assert torch.allclose(out.loss, _t([-1.1, -1.2, -0.5, 1.6]))
     assert out.clip_frac.item() == pytest.approx(0.5)
     expected_kl = ((0.1 - math.log(1.1)) + (0.5 - math.log(1.5)) + 2 * (-0.5 - math.log(0.5))) / 4
@@ -60,7 +60,7 @@ def test_ppo_clip_mask_and_sequence_advantage():
     ratios = _t([1.5, 1.0], [1.0, 9.0])
     mask = _t([1, 1], [1, 0])
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    out = ppo_clip_loss(ratios.log(), torch.zeros_like(ratios), adv, mask)
+    out = ppo_clip(ratios.log(), torch.zeros_like(ratios), adv, mask)
     assert torch.allclose(out.loss[0], torch.tensor([-1.2, -1.0], dtype=torch.float64))
     assert out.loss[1, 0].item() == pytest.approx(1.0)
     assert out.clip_frac.item() == pytest.approx(1 / 3)
@@ -74,22 +74,22 @@ def test_dual_clip_bounds_negative_advantage_only():
     ratios = _t([5.0, 2.0, 5.0])
     logp = ratios.log().requires_grad_(True)
     adv = _t([-1.0, -1.0, 1.0])
-    out = ppo_clip_loss(logp, torch.zeros_like(ratios), adv, dual_clip=3.0)
+    out = ppo_clip(logp, torch.zeros_like(ratios), adv, dual_clip=3.0)
     assert torch.allclose(out.loss, _t([3.0, 2.0, -1.2]))
     assert out.dual_clip_frac.item() == pytest.approx(1 / 3)
     out.loss.sum().backward()
     assert torch.allclose(logp.grad, _t([0.0, 2.0, 0.0]))
-    plain = ppo_clip_loss(ratios.log(), torch.zeros_like(ratios), adv)
+    plain = ppo_clip(ratios.log(), torch.zeros_like(ratios), adv)
     assert plain.loss[0, 0].item() == pytest.approx(5.0)
     with pytest.raises(AlignlabError):
-        ppo_clip_loss(logp, torch.zeros_like(ratios), adv, dual_clip=0.5)
+        ppo_clip(logp, torch.zeros_like(ratios), adv, dual_clip=0.5)
 
 
 def test_clip_higher_asymmetric():
     """eps_low = 0.2, eps_high = 0.28 (DAPO): r = 1.25, A = 1 stays unclipped -> loss -1.25;
     r = 1.4 clips at 1.28 -> -1.28."""
     ratios = _t([1.25, 1.4])
-    out = ppo_clip_loss(ratios.log(), torch.zeros_like(ratios), _t([1.0, 1.0]), clip_eps_high=0.28)
+    out = ppo_clip(ratios.log(), torch.zeros_like(ratios), _t([1.0, 1.0]), epsilon_high=0.28)
     assert torch.allclose(out.loss, _t([-1.25, -1.28]))
 
 
@@ -198,8 +198,8 @@ def test_ppo_clip_is_pessimistic_and_gradient_vanishes_when_clipped(log_ratio, a
     """For any ratio and advantage: the PPO loss is >= the unclipped loss -A r (a pessimistic bound,
     Schulman et al. 2017 Sec. 3), and its gradient is either the unclipped one (-A r) or exactly 0."""
     logp = torch.tensor([[log_ratio]], dtype=torch.float64, requires_grad=True)
-    out = ppo_clip_loss(
-        logp, torch.zeros_like(logp), torch.tensor([[adv]], dtype=torch.float64), clip_eps=eps
+    out = ppo_clip(
+        logp, torch.zeros_like(logp), torch.tensor([[adv]], dtype=torch.float64), epsilon_low=eps
     )
     r = math.exp(log_ratio)
     assert out.loss.item() >= -adv * r - 1e-12
@@ -223,7 +223,7 @@ def test_extreme_ratios_stay_finite():
     k3 with the clamp equals (e^20 - 1) - 20 for log(ref/pi) = 20."""
     logp = torch.tensor([[0.0, -500.0]])
     old = torch.tensor([[-500.0, 0.0]])
-    out = ppo_clip_loss(logp, old, torch.tensor([[-1.0, 1.0]]))
+    out = ppo_clip(logp, old, torch.tensor([[-1.0, 1.0]]))
     assert torch.isfinite(out.loss).all() and torch.isfinite(out.approx_kl)
     k3 = kl_penalty(torch.tensor([-500.0]), torch.tensor([0.0]), "k3", max_log_ratio=20.0)
     assert k3.item() == pytest.approx(math.expm1(20.0) - 20.0, rel=1e-5)

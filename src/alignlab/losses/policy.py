@@ -51,7 +51,6 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "POLICY_LOSSES",
-    "PPOLossOutput",
     "PolicyLossOutput",
     "PolicyLossSpec",
     "aggregate_loss",
@@ -65,7 +64,6 @@ __all__ = [
     "kl_k3",
     "kl_penalty",
     "ppo_clip",
-    "ppo_clip_loss",
     "value_loss",
 ]
 
@@ -89,7 +87,6 @@ class PolicyLossOutput(NamedTuple):
     """Scalar: fraction of (masked) tokens where the dual clip bound was active (0 if disabled)."""
 
 
-PPOLossOutput = PolicyLossOutput
 """Former name of :class:`PolicyLossOutput`, kept for existing callers."""
 
 
@@ -173,24 +170,6 @@ def ppo_clip(
         clip_frac = _masked_mean(clip_active, mask)
         dual_frac = _masked_mean(dual_active, mask)
     return PolicyLossOutput(loss, clip_frac, approx_kl, dual_frac)
-
-
-def ppo_clip_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor | None = None,
-    *,
-    clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
-    dual_clip: float | None = None,
-) -> PolicyLossOutput:
-    """:func:`ppo_clip` under its former keyword names (``clip_eps`` = ``epsilon_low``,
-    ``clip_eps_high`` = ``epsilon_high``), kept so existing callers keep working."""
-    return ppo_clip(
-        logprobs, old_logprobs, advantages, mask,
-        epsilon_low=clip_eps, epsilon_high=clip_eps_high, dual_clip=dual_clip,
-    )
 
 
 def gspo(
