@@ -105,3 +105,45 @@ def test_bco_mean_and_kto_z0_are_the_same_on_two_ranks_as_on_one():
     for rank in (0, 1):
         assert out[rank]["bco_mean"] == pytest.approx(one["bco_mean"], abs=1e-6)
         assert out[rank]["kto_z0"] == pytest.approx(one["kto_z0"], abs=1e-6)
+
+
+def _nll_grads(pairs, loss: list[str], rank: int, world: int) -> list[float]:
+    """This rank's gradient (first 8 entries of each parameter) of `loss` on its share of `pairs`."""
+    from alignlab.data.pairs import PairCollator
+    from alignlab.losses import combine
+    from alignlab.train.preference import ModelReference, PreferenceStep
+
+    policy, ref = _tiny(), _tiny()
+    share = len(pairs) // world
+    step = PreferenceStep(combine(loss), ModelReference(ref), beta=0.1)
+    out, _ = step(policy, PairCollator(0, "plain")(pairs[rank * share:(rank + 1) * share]))
+    out.backward()
+    return torch.cat([p.grad.flatten()[:8] for p in policy.parameters()]).tolist()
+
+
+def _nll_worker(rank: int, port: int, pairs, loss, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    out[rank] = _nll_grads(pairs, loss, rank, 2)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("loss", [["orpo"], ["dpo", "sft"]])
+def test_nll_term_is_the_global_token_mean_on_two_ranks(loss):
+    """ORPO's and RPO's NLL is the token mean over every rank's chosen tokens: the two ranks' gradients,
+    averaged as DDP averages them, equal one rank's on the whole micro-batch. The ranks' chosen answers have
+    different lengths (10 and 11 tokens), where a per-rank token mean made the gradients differ."""
+    pairs = _pairs(6)
+    assert sum(len(p["chosen_ids"]) for p in pairs[:3]) != sum(len(p["chosen_ids"]) for p in pairs[3:])
+    one = _nll_grads(pairs, loss, 0, 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_nll_worker, args=(port, pairs, loss, out), nprocs=2, join=True)
+    both = [(a + b) / 2 for a, b in zip(out[0], out[1])]
+    assert max(abs(x) for x in one) > 1e-3
+    assert both == pytest.approx(one, abs=1e-6)

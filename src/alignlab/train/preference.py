@@ -225,7 +225,11 @@ class PreferenceStep:
         ref = self.reference.logps(model, batch)
         counts = batch["token_counts"].to(pol.dtype)
         chosen_tok = batch["seq_index"] < b
-        nll = -(tok * chosen_tok).sum() / counts[:b].sum().clamp(min=1.0)
+        # The token mean over the GLOBAL micro-batch's chosen tokens: this rank's sum over every rank's count,
+        # times world size because DDP averages the ranks' gradients (each rank holds as many pairs). A mean
+        # over this rank's tokens alone made 2 ranks differ from 1 whenever their lengths differ.
+        per_rank = gather_ranks(counts[:b].sum().reshape(1))
+        nll = -(tok * chosen_tok).sum() * per_rank.numel() / per_rank.sum().clamp(min=1.0)
 
         def pack(p: torch.Tensor, r: torch.Tensor | None) -> Any:
             return PairLogps(*_split(p, b), *(_split(r, b) if r is not None else (None, None)))
