@@ -45,6 +45,20 @@ def test_finished_run_rerun_unchanged_says_so_and_rewrites_nothing(data_dir, tmp
     assert snapshot(out) == before  # no file written, moved or touched
 
 
+def test_finished_run_is_recognised_before_the_model_loads(data_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert dpo(data_dir, out) == 0
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a finished run must be recognised before any model is loaded")
+
+    monkeypatch.setattr("alignlab.models.load.load_model", no_load)
+    monkeypatch.setattr("alignlab.models.load.load_tokenizer", no_load)
+    capsys.readouterr()
+    assert dpo(data_dir, out) == 0
+    assert "finished at step 2/2; nothing to do" in capsys.readouterr().out
+
+
 def test_changed_config_refuses_with_differing_keys_and_ways_on(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert dpo(data_dir, out) == 0

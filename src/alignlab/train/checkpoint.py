@@ -251,6 +251,24 @@ def finished_step(output_dir: str | Path) -> int | None:
     return int(last["step"]) if "train_runtime" in last and "step" in last else None
 
 
+def stop_if_finished(output_dir: str | Path, resume: str, config_yaml: str) -> None:
+    """Raise AlreadyDone when output_dir holds a finished run of this very config, run length included.
+
+    Called by the CLI before any model or data is loaded, so rerunning a finished command costs nothing;
+    every other case (a changed config, a longer run) is `resume_point`'s to decide once the run is set up."""
+    import yaml
+
+    saved = Path(output_dir) / "config.yaml"
+    ended = finished_step(output_dir) if resume == "auto" and saved.is_file() else None
+    if ended is None:
+        return
+    old, new = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}, yaml.safe_load(config_yaml) or {}
+    same_length = all(old.get(k) == new.get(k) for k in ("max_steps", "epochs"))
+    if same_length and not config_differences(saved.read_text(encoding="utf-8"), config_yaml):
+        raise AlreadyDone(f"{output_dir} holds this run, finished at step {ended}/{ended}; nothing to do "
+                          f"(raise max_steps or epochs to train on, or resume=never to start over)")
+
+
 def holds_run(output_dir: str | Path) -> bool:
     """Whether output_dir holds an earlier run's results (a checkpoint, metrics or a final model);
     a config.yaml alone (a run that stopped before its first step) does not count."""
