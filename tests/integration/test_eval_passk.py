@@ -91,3 +91,33 @@ def test_a_missing_reward_column_names_the_record(files, tmp_path):
 
     with pytest.raises(AlignlabError, match=r"gsm.jsonl:1 \(record 0\) has no column 'solution'"):
         run(cfg)
+
+
+@pytest.mark.slow
+def test_eval_passk_on_real_gsm8k(data_dir, tmp_path):
+    """A config file naming gsm8k/test.jsonl resolves it under $ALIGNLAB_DATA; the rows' reference is GSM8K's
+    final answer, which the math reward accepts for itself (a reward fed the reference scores 1)."""
+    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip("GSM8K test split not found under $ALIGNLAB_DATA")
+    from alignlab.config import load_config
+    from alignlab.eval.runner import run
+
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump({
+        "checkpoints": ["tiny-random"], "device": "cpu", "output_dir": str(tmp_path / "out"), "report": False,
+        "evaluations": [{"kind": "passk", "data": "gsm8k/test.jsonl", "data_offset": 5, "data_limit": 3,
+                         "reward": "math", "passk": {"n": 2, "k": [1, 2]},
+                         "sampling": {"max_new_tokens": 8, "temperature": 1.0, "seed": 0}}]}))
+    cfg = load_config(EvalConfig, tmp_path / "eval.yaml")
+    assert cfg.evaluations[0].data == str(data_dir.resolve() / "gsm8k" / "test.jsonl")
+    payload = run(cfg)
+    by = {r["evaluation"]: r for r in payload["results"]}
+    assert set(by) == {"passk/pass@1", "passk/pass@2", "passk/maj@1", "passk/maj@2"}
+    assert all(r["n"] == 3 and 0.0 <= r["value"] <= 1.0 for r in by.values())
+    assert by["passk/pass@1"]["value"] <= by["passk/pass@2"]["value"]
+    from alignlab.data.sources import load_rows
+    from alignlab.rollout.rewards import get_reward
+
+    rows = load_rows(cfg.evaluations[0].data, task="prompt", limit=8).rows[5:8]
+    answers = [r.answer for r in rows]
+    assert get_reward("math")([r.prompt for r in rows], [f"The answer is {a}." for a in answers],
+                              answer=answers) == [1.0, 1.0, 1.0]
