@@ -122,3 +122,19 @@ def test_the_teacher_key_takes_a_url_or_an_endpoint_mapping():
     assert remote_teacher(load_config(DistillConfig, None, ["teacher=tiny-random"]).teacher) is None
     with pytest.raises(ConfigError, match="unknown key teacher.bogus for RemoteTeacher"):
         load_config(DistillConfig, None, ["teacher.bogus=1", "kl_estimator=sampled"])
+
+
+def test_remote_token_logprobs_finds_the_model_and_names_the_teacher_in_errors(teacher):
+    from alignlab.errors import AlignlabError
+    from alignlab.rl.teacher import remote_token_logprobs
+
+    ids = [5, 17, 99, 3]
+    with torch.no_grad():
+        logp = torch.log_softmax(teacher["model"](input_ids=torch.tensor([ids])).logits[0].double(), -1)
+    got = remote_token_logprobs(RemoteTeacher(url=teacher["url"]), [ids, ids[:2]])  # model: from /v1/models
+    assert got[0] == pytest.approx([float(logp[t - 1, ids[t]]) for t in range(1, 4)], abs=1e-5)
+    assert got[1] == pytest.approx(got[0][:1], abs=1e-5)  # another sequence length, another float32 forward
+    with pytest.raises(AlignlabError, match=r"teacher POST .*/v1/completions: HTTP 400: .*outside the vocabulary"):
+        remote_token_logprobs(RemoteTeacher(url=teacher["url"], model="teacher"), [[5, 10**7]])
+    with pytest.raises(AlignlabError, match="teacher GET http://127.0.0.1:9/v1/models: cannot reach"):
+        remote_token_logprobs(RemoteTeacher(url="http://127.0.0.1:9", timeout=5), [ids])

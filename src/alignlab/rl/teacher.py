@@ -54,7 +54,7 @@ def _model_name(teacher: RemoteTeacher) -> str:
 
     if teacher.model:
         return teacher.model
-    listed = request_json(teacher, "GET", "/v1/models").get("data")
+    listed = request_json(teacher, "GET", "/v1/models", label="teacher").get("data")
     if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or "id" not in listed[0]:
         raise AlignlabError(f"teacher {teacher.url}: /v1/models lists no model; set teacher.model")
     return str(listed[0]["id"])
@@ -69,7 +69,7 @@ def remote_token_logprobs(teacher: RemoteTeacher, sequences: list[list[int]]) ->
     teacher.validate()
     body = {"model": _model_name(teacher), "prompt": sequences, "echo": True, "max_tokens": 0, "logprobs": 1,
             "temperature": 1.0, "return_token_ids": True, "return_tokens_as_token_ids": True}
-    choices = request_json(teacher, "POST", "/v1/completions", body).get("choices")
+    choices = request_json(teacher, "POST", "/v1/completions", body, label="teacher").get("choices")
     where = f"teacher {teacher.url}"
     if not isinstance(choices, list) or len(choices) != len(sequences):
         raise AlignlabError(f"{where}: expected {len(sequences)} choices, got "
