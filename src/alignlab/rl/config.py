@@ -275,7 +275,8 @@ class OnlineDPOConfig(RLConfig):
 @dataclass
 class DistillConfig(OnPolicyConfig):
     """`alignlab distill`: on-policy distillation (GKD): the student (`model`) samples, the loss is a per-token
-    divergence to the teacher's distribution over the whole vocabulary on the student's own tokens."""
+    divergence to the teacher on the student's own tokens (over the whole vocabulary, or estimated on the sampled
+    token for a teacher behind an endpoint)."""
 
     teacher: str | RemoteTeacher = "smollm2-135m-instruct"
     """Teacher model (alias, directory or hub id), or an OpenAI-compatible endpoint that returns prompt token
