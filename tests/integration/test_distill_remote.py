@@ -138,3 +138,31 @@ def test_remote_token_logprobs_finds_the_model_and_names_the_teacher_in_errors(t
         remote_token_logprobs(RemoteTeacher(url=teacher["url"], model="teacher"), [[5, 10**7]])
     with pytest.raises(AlignlabError, match="teacher GET http://127.0.0.1:9/v1/models: cannot reach"):
         remote_token_logprobs(RemoteTeacher(url="http://127.0.0.1:9", timeout=5), [ids])
+
+
+@pytest.mark.slow
+def test_distill_from_a_served_teacher_lowers_the_held_out_kl(tmp_path):
+    """As test_online_rl's distill test, with the teacher (tiny-random after 40 SFT steps on digit reversal)
+    behind `alignlab serve` on loopback and the sampled-token estimator: the held-out KL estimate falls."""
+    from alignlab.data.builtin import write_digit_sft
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.recipes.distill import run
+    from alignlab.recipes.sft import SFTConfig
+    from alignlab.recipes.sft import run as sft_run
+
+    data = write_digit_sft(tmp_path / "rev.jsonl", "reverse", 600, seed=3)
+    sft_run(SFTConfig(model="tiny-random", data=str(data), max_steps=40, batch_size=16, learning_rate=3e-3,
+                      eval_split=0.0, output_dir=str(tmp_path / "teacher"), cpu_threads=1, progress="none"))
+    server = ModelServer(load_model(str(tmp_path / "teacher")), load_tokenizer(str(tmp_path / "teacher")))
+    httpd = make_http_server(server, "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        result = run(DistillConfig(model="tiny-random", teacher=base_url(httpd).removesuffix("/v1"),
+                                   kl_estimator="sampled", data="builtin:reverse", num_prompts=64, eval_prompts=16, num_generations=4,
+                                   batch_size=8, max_steps=24, max_new_tokens=6, learning_rate=3e-3, eval_steps=24,
+                                   output_dir=str(tmp_path / "student"), progress="none", cpu_threads=1))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    evals = [r["eval_kl"] for r in result.history if "eval_kl" in r]
+    assert len(evals) == 2 and evals[-1] < 0.8 * evals[0], evals
