@@ -78,6 +78,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         concrete = [a for a in args if a is not type(None)]
         if len(concrete) == 1:  # Optional[X]: X's own error message is the useful one
             return _coerce(value, concrete[0], key)
+        nested = [a for a in concrete if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(nested) == 1:  # a mapping for `str | X`: X's error (unknown key) helps
+            return _coerce(value, nested[0], key)
         for arg in concrete:
             try:
                 return _coerce(value, arg, key)

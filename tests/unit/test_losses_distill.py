@@ -38,3 +38,34 @@ def test_the_gradient_moves_the_student_toward_the_teacher_and_beta_is_checked()
     assert q_logits.grad[0] > 0 > q_logits.grad[1]  # descending lowers the over-confident logit
     with pytest.raises(AlignlabError, match="beta"):
         generalized_jsd(logp(0.5, 0.5), logp(0.5, 0.5), 1.5)
+
+
+def test_sampled_reverse_kl_value_and_gradient_by_hand():
+    """Student softmax(z) with z = (ln 0.9, ln 0.1) -> p = (0.9, 0.1); teacher (0.5, 0.5); token 0 sampled.
+    Value k1 = ln 0.9 - ln 0.5 = 0.587787. Gradient sg(k1) * d log p_0 / dz = k1 * (1 - 0.9, 0 - 0.1)
+    = (0.0587787, -0.0587787)."""
+    from alignlab.losses.distill import sampled_reverse_kl
+
+    z = torch.tensor([math.log(0.9), math.log(0.1)], requires_grad=True)
+    student = torch.log_softmax(z, -1)[0]
+    value = sampled_reverse_kl(student, torch.tensor(math.log(0.5)))
+    assert float(value) == pytest.approx(0.587787, abs=1e-6)
+    value.backward()
+    assert z.grad.tolist() == pytest.approx([0.0587787, -0.0587787], abs=1e-6)
+
+
+def test_sampled_reverse_kl_is_unbiased_for_the_reverse_kl_and_its_gradient():
+    """The expectation over the sampled token y ~ p_s (summed exactly over a 3-token vocabulary) of the value is
+    KL(p_s || p_t), and of the gradient is the gradient of generalized_jsd(beta=1) (the full reverse KL)."""
+    from alignlab.losses.distill import sampled_reverse_kl
+
+    z = torch.tensor([0.3, -1.2, 0.8], dtype=torch.float64, requires_grad=True)
+    teacher = torch.log_softmax(torch.tensor([1.0, 0.0, -0.5], dtype=torch.float64), -1)
+    student = torch.log_softmax(z, -1)
+    p = student.exp().detach()
+    expected = sum(p[y] * sampled_reverse_kl(student[y], teacher[y]) for y in range(3))
+    (grad_sampled,) = torch.autograd.grad(expected, z, retain_graph=True)
+    full = generalized_jsd(student, teacher, 1.0)
+    (grad_full,) = torch.autograd.grad(full, z)
+    assert float(expected) == pytest.approx(float(full), abs=1e-6)  # both compute in float32
+    assert torch.allclose(grad_sampled, grad_full, atol=1e-6)

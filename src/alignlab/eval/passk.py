@@ -117,10 +117,12 @@ def evaluate_passk(
     sampling: Any = None,
     extract: Any = None,
     threshold: float = 1.0,
+    reward_prompts: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Sample ``n`` completions per prompt with rollout.generate, score them with ``reward_fn`` (fields:
     per-prompt dataset columns, repeated for each sample) and summarise with :func:`passk_summary`.
-    ``extract(text) -> answer`` enables maj@k (e.g. ``verify_math.extract_final_answer``)."""
+    ``extract(text) -> answer`` enables maj@k (e.g. ``verify_math.extract_final_answer``).
+    ``reward_prompts``: the prompts as the reward sees them, when ``prompts`` are rows (default: prompts)."""
     from alignlab.rollout.generate import generate
     from alignlab.rollout.rewards import score
 
@@ -129,7 +131,8 @@ def evaluate_passk(
     result = generate(model, tokenizer, list(prompts), sampling, n=n)
     texts = [s.text for s in result.samples]  # prompt-major: sample j of prompt i at i * n + j
     expanded = {key: [v for v in values for _ in range(n)] for key, values in fields.items()}
-    values = score(reward_fn, [p for p in prompts for _ in range(n)], texts, **expanded)
+    seen = prompts if reward_prompts is None else reward_prompts
+    values = score(reward_fn, [p for p in seen for _ in range(n)], texts, **expanded)
     rewards = [values[i * n:(i + 1) * n] for i in range(len(prompts))]
     answers = None
     if extract is not None:

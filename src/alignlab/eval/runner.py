@@ -18,11 +18,13 @@ from typing import Any, Literal
 
 from alignlab.errors import AlignlabError
 from alignlab.eval.pairwise import JudgeConfig
+from alignlab.eval.passk_eval import PassKSpec, passk_results
 from alignlab.rollout.generate import SamplingConfig
 
 __all__ = ["EvalConfig", "EvaluationSpec", "run"]
 
-KINDS = ("reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "grade", "kl", "perplexity", "mean_reward")
+KINDS = ("reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "grade", "kl", "perplexity", "mean_reward",
+         "passk")
 
 
 def _default_sampling() -> SamplingConfig:
@@ -34,12 +36,14 @@ class EvaluationSpec:
     """One evaluation, run against every checkpoint (ratings: against all of them at once)."""
 
     kind: Literal["reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "grade", "kl", "perplexity",
-                  "mean_reward"]
+                  "mean_reward", "passk"]
     """reward_accuracy: a scorer ranks chosen above rejected; dpo_accuracy: DPO implicit reward does;
     win_rate: checkpoint vs baseline under a judge; ratings: Bradley-Terry ratings of all checkpoints (and
     the baseline) from round-robin battles; grade: mean 1-10 grade of each checkpoint's answers from an
     llm judge (MT-Bench single-answer grading); kl: KL(checkpoint || reference) from samples (k1, k3);
-    perplexity: on SFT rows; mean_reward: of sampled answers under a reward function."""
+    perplexity: on SFT rows; mean_reward: of sampled answers under a reward function; passk: pass@k and maj@k
+    of n sampled answers per problem under a verifiable reward (math, gsm8k, code), one result per metric
+    labelled `<name>/pass@k`, `<name>/maj@k`."""
     data: str
     """File (or hub id) with the rows: preference pairs (accuracies), prompts (win_rate, ratings, kl,
     mean_reward), or SFT / text rows (perplexity)."""
@@ -67,9 +71,9 @@ class EvaluationSpec:
     scorer: str | None = None
     """reward_accuracy: scorer checkpoint; null scores with each checkpoint itself (a reward model)."""
     reward: str | None = None
-    """mean_reward: reward registry name (sentiment, gsm8k, format) or module.path:function."""
+    """mean_reward, passk: reward registry name (sentiment, gsm8k, math, code, format) or module.path:function."""
     reward_options: dict[str, Any] = field(default_factory=dict)
-    """mean_reward: options for the reward factory."""
+    """mean_reward, passk: options for the reward factory (e.g. timeout_s for code)."""
     beta: float = 0.1
     """dpo_accuracy: the beta the policy was trained with (scales the implicit reward, not the accuracy)."""
     samples: int = 1
@@ -79,13 +83,17 @@ class EvaluationSpec:
     temperature 1 and no top-p/top-k (samples from the policy itself)."""
     max_length: int = 512
     """Token budget per scored sequence (prompt + completion) for accuracies and perplexity."""
+    passk: PassKSpec = field(default_factory=PassKSpec)
+    """passk: samples per problem (n), the k values, what counts as correct, record columns for the reward."""
 
     def validate(self) -> None:
         if self.data_limit < 1 or self.data_offset < 0 or self.samples < 1:
             raise AlignlabError(f"evaluation {self.name or self.kind}: data_limit >= 1, data_offset >= 0, "
                                 "samples >= 1")
-        if self.kind == "mean_reward" and not self.reward:
-            raise AlignlabError(f"evaluation {self.name or self.kind}: mean_reward needs reward: <name>")
+        if self.kind in ("mean_reward", "passk") and not self.reward:
+            raise AlignlabError(f"evaluation {self.name or self.kind}: {self.kind} needs reward: <name>")
+        if self.kind != "passk" and self.passk != PassKSpec():  # they would be ignored
+            raise AlignlabError(f"evaluation {self.name or self.kind}: passk options are read by kind passk only")
         if self.kind == "grade" and self.judge.kind != "llm":
             raise AlignlabError(f"evaluation {self.name or self.kind}: grade needs an llm judge (judge.kind: llm)")
 
@@ -331,7 +339,8 @@ def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
 
 _RUNNERS = {"reward_accuracy": _accuracy, "dpo_accuracy": _accuracy, "win_rate": _win_rate, "ratings": _ratings,
-            "grade": _grade, "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward}
+            "grade": _grade, "kl": _kl, "perplexity": _perplexity, "mean_reward": _mean_reward,
+            "passk": lambda spec, ctx: passk_results(spec, ctx, _fields)}
 
 
 def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, Any]] | None = None,

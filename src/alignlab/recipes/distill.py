@@ -12,20 +12,15 @@ from alignlab.rl.config import DistillConfig
 def run(cfg: DistillConfig, *, model: Any = None, tokenizer: Any = None, rows: Any = None, eval_rows: Any = None,
         callbacks: Any = ()) -> Any:
     """Train the student; returns the rl.loop.RLResult (metrics also in output_dir/metrics.jsonl)."""
-    from alignlab.models.load import load_model
     from alignlab.rl.distill import distill_step, held_out_divergence
     from alignlab.rl.loop import build_state, train_rl
+    from alignlab.rl.teacher import load_teacher
     from alignlab.train.loop import seed_everything
     from alignlab.train.world import World
 
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
     state = build_state(cfg, world, reward_fn=None, reference=False, critic=False, model=model, tokenizer=tokenizer)
-    state.teacher = load_model(cfg.teacher).to(world.device).eval().requires_grad_(False)
-    if state.teacher.config.vocab_size != state.policy.get_output_embeddings().weight.shape[0]:
-        from alignlab.errors import AlignlabError
-
-        raise AlignlabError(f"teacher: {cfg.teacher} has a vocabulary of {state.teacher.config.vocab_size}, the "
-                            f"student {cfg.model} another; distillation compares distributions token by token")
+    state.teacher = load_teacher(cfg, state)  # a frozen local model, or a RemoteTeacher endpoint
     state.evaluate = held_out_divergence
     return train_rl(state, distill_step, "distill", records=rows, eval_records=eval_rows, callbacks=callbacks)

@@ -54,7 +54,8 @@ def _distill(cfg: DistillConfig) -> None:
 config_command(
     "distill",
     "On-policy distillation (GKD): the student samples, the loss is the per-token divergence (reverse KL, or the "
-    "generalised JSD with beta) to a teacher sharing its vocabulary.",
+    "generalised JSD with beta) to a teacher sharing its vocabulary: a local model, or an OpenAI-compatible "
+    "endpoint returning prompt log-probs (teacher=http://..., kl_estimator=sampled).",
     DistillConfig,
     _distill,
 )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignlab.config import ConfigError
+from alignlab.rl.teacher import RemoteTeacher, remote_teacher
 from alignlab.rollout.remote import RemoteEngine
 from alignlab.train.config import OptimConfig, RunConfig
 
@@ -274,13 +275,21 @@ class OnlineDPOConfig(RLConfig):
 @dataclass
 class DistillConfig(OnPolicyConfig):
     """`alignlab distill`: on-policy distillation (GKD): the student (`model`) samples, the loss is a per-token
-    divergence to the teacher's distribution over the whole vocabulary on the student's own tokens."""
+    divergence to the teacher on the student's own tokens (over the whole vocabulary, or estimated on the sampled
+    token for a teacher behind an endpoint)."""
 
-    teacher: str = "smollm2-135m-instruct"
-    """Teacher model (alias, directory or hub id); it must share the student's tokenizer (vocabulary)."""
+    teacher: str | RemoteTeacher = "smollm2-135m-instruct"
+    """Teacher model (alias, directory or hub id), or an OpenAI-compatible endpoint that returns prompt token
+    log-probs: {url, model, api_key_env, timeout} or just its URL (http://...); an endpoint needs kl_estimator:
+    sampled and temperature 1. It must share the student's tokenizer (vocabulary)."""
     beta: float = 1.0
     """Generalised JSD (Agarwal et al. 2024, Eq. 2): 1 = reverse KL(student || teacher), 0 = forward KL, between:
-    the JSD mixture."""
+    the JSD mixture. kl_estimator sampled estimates the reverse KL only (beta 1)."""
+    kl_estimator: Literal["full", "sampled"] = "full"
+    """full: the divergence of the two next-token distributions over the whole vocabulary (exact at each
+    position; needs a local teacher); sampled: the reverse KL estimated on the student's sampled token from the
+    two log-probs of that token (k1, trained as a stop-gradient per-token reward: unbiased, noisier; what a
+    remote teacher allows)."""
     num_generations: int = 1
     """Samples per prompt."""
     learning_rate: float = 1e-4
@@ -290,3 +299,14 @@ class DistillConfig(OnPolicyConfig):
         super().validate()
         if not 0.0 <= self.beta <= 1.0:
             raise ConfigError(f"beta: must be in [0, 1], got {self.beta}")
+        if self.kl_estimator == "sampled" and self.beta != 1.0:
+            raise ConfigError(f"kl_estimator sampled estimates the reverse KL (beta 1) only; beta {self.beta} (the "
+                              "generalised JSD or the forward KL) needs the teacher's whole distribution: kl_estimator full")
+        remote = remote_teacher(self.teacher)
+        if remote is not None and self.kl_estimator != "sampled":
+            raise ConfigError(f"teacher {remote.url} is an endpoint, which returns the log-prob of each sampled token "
+                              "only; the generalised JSD (kl_estimator full) needs the teacher's whole distribution "
+                              "at every position: set kl_estimator=sampled (reverse KL), or load the teacher locally")
+        if remote is not None and self.temperature != 1.0:
+            raise ConfigError(f"teacher {remote.url}: an endpoint's prompt log-probs are at temperature 1; sample "
+                              f"at temperature 1 (got {self.temperature}) or load the teacher locally")

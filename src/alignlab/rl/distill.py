@@ -1,8 +1,10 @@
 """On-policy distillation (GKD, Agarwal et al. 2024): the student samples completions of the prompts, and each
-step minimises the generalised JSD (losses/distill.py) between the student's and the teacher's next-token
-distributions at every position of those samples. The teacher is a frozen model sharing the student's vocabulary.
-The held-out measure is the same per-token divergence on samples of held-out prompts (`eval_kl`): it falls as the
-student approaches the teacher on its own distribution.
+step minimises a per-token divergence (losses/distill.py) between the student and the teacher at every position
+of those samples: with `kl_estimator: full` the generalised JSD between the two next-token distributions, with
+`sampled` the reverse KL estimated on the sampled token from its two log-probs, which is all an OpenAI-compatible
+teacher endpoint returns (rl/teacher.py). The teacher shares the student's vocabulary. The held-out measure is the
+same per-token divergence on samples of held-out prompts (`eval_kl`): it falls as the student approaches the
+teacher on its own distribution.
 """
 
 from __future__ import annotations
@@ -23,16 +25,31 @@ def _logp(model: Any, ro: Rollout, idx: torch.Tensor, temperature: float) -> tor
     return torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)
 
 
-def per_token_divergence(state: Any, ro: Rollout, idx: torch.Tensor, *, grad: bool) -> torch.Tensor:
-    """[n, T] generalised JSD between the student (with its graph when `grad`) and the frozen teacher."""
-    from alignlab.losses.distill import generalized_jsd
+def per_token_divergence(state: Any, ro: Rollout, idx: torch.Tensor, *, grad: bool,
+                         teacher_lp: torch.Tensor | None = None) -> torch.Tensor:
+    """[n, T] divergence between the student (with its graph when `grad`) and the frozen teacher: the generalised
+    JSD of the full distributions, or (kl_estimator sampled) the sampled-token reverse KL from `teacher_lp`, the
+    teacher's [N, T] log-probs of the whole rollout's tokens (rl/teacher.teacher_token_logprobs)."""
+    from alignlab.losses.distill import generalized_jsd, sampled_reverse_kl
+    from alignlab.rl.rollout import policy_logprobs
 
     cfg = state.cfg
+    student_model = state.train_policy if grad else state.policy
+    if cfg.kl_estimator == "sampled":
+        with torch.enable_grad() if grad else torch.no_grad():
+            student = policy_logprobs(student_model, ro, idx, cfg.temperature)[0]
+            return sampled_reverse_kl(student, teacher_lp[idx]) * ro.mask[idx]
     with torch.no_grad(), state.compute(cache=True):
         teacher = _logp(state.teacher, ro, idx, cfg.temperature)
     with torch.enable_grad() if grad else torch.no_grad():
-        student = _logp(state.train_policy if grad else state.policy, ro, idx, cfg.temperature)
+        student = _logp(student_model, ro, idx, cfg.temperature)
         return generalized_jsd(student, teacher, cfg.beta) * ro.mask[idx]
+
+
+def _teacher_lp(state: Any, ro: Rollout) -> torch.Tensor | None:
+    from alignlab.rl.teacher import teacher_token_logprobs
+
+    return teacher_token_logprobs(state, ro) if state.cfg.kl_estimator == "sampled" else None
 
 
 def distill_step(state: Any, step: int, rows: list) -> dict[str, float]:
@@ -43,9 +60,10 @@ def distill_step(state: Any, step: int, rows: list) -> dict[str, float]:
     samples, _, stats = sample_and_score(state, step, rows, logprobs=False)
     ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
     t0 = time.perf_counter()
+    teacher_lp = _teacher_lp(state, ro)  # once per rollout (one request for a remote teacher)
 
     def forward(idx: torch.Tensor):
-        div = per_token_divergence(state, ro, idx, grad=True)
+        div = per_token_divergence(state, ro, idx, grad=True, teacher_lp=teacher_lp)
         return div.sum() / ro.mask[idx].sum().clamp(min=1.0), {}
 
     micro = micro_slices(torch.arange(ro.mask.shape[0]), cfg.grad_accum, world)
@@ -69,5 +87,6 @@ def held_out_divergence(state: Any, rows: list) -> dict[str, float]:
     with state.compute(cache=True):
         res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, rows, cfg.max_prompt_length), sc)
     ro = pack_rollout(res.samples, state.tokenizer.pad_token_id, state.device)
-    div = per_token_divergence(state, ro, torch.arange(ro.mask.shape[0]), grad=False)
+    idx = torch.arange(ro.mask.shape[0], device=ro.mask.device)
+    div = per_token_divergence(state, ro, idx, grad=False, teacher_lp=_teacher_lp(state, ro))
     return {"eval_kl": float(div.sum() / ro.mask.sum().clamp(min=1.0))}

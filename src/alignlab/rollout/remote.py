@@ -73,9 +73,9 @@ class RemoteEngine:
 
 
 def request_json(engine: RemoteEngine, method: str, route: str, body: dict | None = None,
-                 text_ok: bool = False) -> dict:
-    """One HTTP call; a non-2xx reply or an unreachable server is an AlignlabError naming the URL. With
-    `text_ok` a plain-text 2xx reply (vLLM's LoRA endpoints answer so) becomes {"message": text}."""
+                 text_ok: bool = False, label: str = "rollout engine") -> dict:
+    """One HTTP call; a non-2xx reply or an unreachable server is an AlignlabError naming `label` and the URL.
+    With `text_ok` a plain-text 2xx reply (vLLM's LoRA endpoints answer so) becomes {"message": text}."""
     url = engine.url.rstrip("/") + route
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if engine.api_key_env:
@@ -86,16 +86,16 @@ def request_json(engine: RemoteEngine, method: str, route: str, body: dict | Non
         with urllib.request.urlopen(req, timeout=engine.timeout) as reply:
             raw = reply.read()
     except urllib.error.HTTPError as e:
-        raise AlignlabError(f"rollout engine {method} {url}: HTTP {e.code}: {_error_message(e.read())}") from None
+        raise AlignlabError(f"{label} {method} {url}: HTTP {e.code}: {_error_message(e.read())}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         reason = getattr(e, "reason", e)
-        raise AlignlabError(f"rollout engine {method} {url}: cannot reach the server ({reason})") from None
+        raise AlignlabError(f"{label} {method} {url}: cannot reach the server ({reason})") from None
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         if text_ok:
             return {"message": raw.decode(errors="replace").strip()}
-        raise AlignlabError(f"rollout engine {method} {url}: reply is not JSON: {raw[:200]!r}") from None
+        raise AlignlabError(f"{label} {method} {url}: reply is not JSON: {raw[:200]!r}") from None
 
 
 def _error_message(raw: bytes) -> str:

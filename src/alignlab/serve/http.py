@@ -132,7 +132,14 @@ def _handler(server: ModelServer, socket_timeout: float, quiet: bool) -> type[Ba
             self.wfile.flush()
 
         def _generate(self, chat: bool) -> None:
-            job, req = server.submit(self._body(), chat)
+            body = self._body()
+            if not chat and body.get("echo") is True:  # prompt log-probs only (serve/echo.py)
+                from alignlab.serve.echo import echo_response
+
+                self._send(200, echo_response(server, body))
+                server.count("ok")
+                return
+            job, req = server.submit(body, chat)
             try:
                 if not job.stream:
                     self._send(200, server.collect(job, req, self._alive))

@@ -6,7 +6,8 @@ max_completion_tokens), stop, n, seed, stream, stream_options.include_usage, ign
 return_token_ids and return_tokens_as_token_ids (vLLM's: token ids per choice; log-prob tokens spelled
 "token_id:<id>"), skip_special_tokens, include_stop_str_in_output; chat: logprobs (bool), top_logprobs
 (0-20); completions: logprobs (int 0-20), prompt as a string, a list of strings, a list of token ids or a
-list of token-id lists. Sampling fields this server does not implement (echo, best_of other than n,
+list of token-id lists; `echo: true` with `max_tokens: 0` returns the prompt's own token log-probs (serve/echo.py).
+Sampling fields this server does not implement (echo with generation, best_of other than n,
 presence/frequency/repetition penalties, logit_bias, suffix, tools, functions, a non-text response_format)
 are refused with 400 `unsupported` unless left at their neutral value. Other fields (user, metadata, ...) are
 ignored, as OpenAI's own clients expect; a known field with a wrong type or range is a 400 in OpenAI's shape.
@@ -183,7 +184,7 @@ def parse_job(body: dict, chat: bool, *, default_max: int, max_tokens_limit: int
     else:
         logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
         if _flag(body, "echo", False):
-            raise bad("echo is not supported by alignlab serve", "echo", "unsupported")
+            raise bad("echo is supported with max_tokens: 0 only (prompt log-probs)", "echo", "unsupported")
     _refuse_unsupported(body, n)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
