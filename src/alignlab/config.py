@@ -298,7 +298,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         except ConfigError as e:
             raise ConfigError(f"{e} (in {path})") from None
     from_file = data
-    data = dict(data)
+    data = _resolved_defaults(cls, data)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -316,6 +316,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if path is None:
             raise
         raise ConfigError(f"{e}{_blame(cls, from_file, str(e), path, bool(overrides))}") from None
+
+
+def _resolved_defaults(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` plus the class's non-empty default paths (e.g. pretrain's corpus) that it does not set, resolved as
+    command-line values are, so a default works from any directory; where the file is missing the error names
+    the key and where it looked."""
+    out = dict(data)
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        if f.name in PATH_FIELDS and f.name not in out and isinstance(f.default, str) and f.default:
+            try:
+                out[f.name] = resolve_path(f.default, [Path.cwd(), data_root()], f.name)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (the default; set {f.name}=...)") from None
+    return out
 
 
 def _override_paths(cls: type, dotted: str, value: Any) -> Any:

@@ -84,3 +84,32 @@ def test_override_errors_are_not_blamed_on_the_config_file(layout):
     cfg_file.write_text("lr: -1\n")
     with pytest.raises(ConfigError, match="from .*run.yaml"):
         load_config(Cfg, cfg_file, ["model=other"])
+
+
+@dataclass
+class WithDefault:
+    data: str = "shared/x.json"
+    """A corpus under $ALIGNLAB_DATA by default."""
+
+
+def test_default_path_resolves_from_any_directory(layout):
+    """A config class's default data path (pretrain's corpus) is found through $ALIGNLAB_DATA from any working
+    directory, not only from the project root; a missing default names the key and where it looked."""
+    cfg = load_config(WithDefault)
+    assert cfg.data == str((layout / "datasets" / "shared" / "x.json").resolve())
+    WithDefault.__dataclass_fields__["data"].default = "shared/missing.json"
+    try:
+        with pytest.raises(ConfigError, match=r"data: shared/missing.json not found; looked for .*the default"):
+            load_config(WithDefault)
+    finally:
+        WithDefault.__dataclass_fields__["data"].default = "shared/x.json"
+
+
+def test_pretrain_default_corpus_is_read_through_alignlab_data(tmp_path, monkeypatch):
+    from alignlab.recipes.pretrain import PretrainConfig
+
+    (tmp_path / "tinyshakespeare").mkdir()
+    (tmp_path / "tinyshakespeare" / "input.txt").write_text("To be.\n")
+    monkeypatch.setenv("ALIGNLAB_DATA", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "tinyshakespeare")
+    assert load_config(PretrainConfig).data == str((tmp_path / "tinyshakespeare" / "input.txt").resolve())

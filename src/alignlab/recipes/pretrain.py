@@ -22,8 +22,8 @@ from alignlab.train.config import TrainConfig
 class PretrainConfig(TrainConfig):
     model: str = "scratch"
     """scratch: build a new Llama from the size keys below; or a model directory to continue pretraining."""
-    data: str = "../shared/data/tinyshakespeare/input.txt"
-    """Plain-text corpus (UTF-8)."""
+    data: str = "tinyshakespeare/input.txt"
+    """Plain-text corpus (UTF-8); the default is read from $ALIGNLAB_DATA (relative paths: see alignlab.config)."""
     tokenizer: str | None = None
     """Existing tokenizer directory; null trains a byte-level BPE tokenizer on the training text."""
     vocab_size: int = 512
