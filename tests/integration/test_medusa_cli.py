@@ -37,3 +37,21 @@ def test_medusa_trains_heads_and_speculative_generate_matches_greedy(tmp_path, p
     assert [json.loads(x)["completion"] for x in spec] == [json.loads(x)["completion"] for x in plain]
     assert main(greedy + ["--speculative", "eagle=x"]) == 2
     assert main(greedy + ["--speculative", f"medusa={out}", "--beams", "2"]) == 2
+
+
+def test_medusa_writes_its_split_and_refuses_to_resume_a_changed_config(tmp_path, prompts_file, capsys):
+    """The held-out prompts are decided by eval_split alone (split.json records them; max_eval_rows only bounds
+    scoring) and a rerun with other heads refuses to continue the earlier run (config.yaml was overwritten before
+    the resume guard read it, so any change resumed silently)."""
+    out = tmp_path / "heads"
+    args = ["medusa", "tiny-random", f"data={prompts_file}", f"output_dir={out}", "max_steps=2", "batch_size=4",
+            "num_heads=2", "distill_max_new_tokens=6", "eval_split=0.25", "max_eval_rows=2", "cpu_threads=1",
+            "progress=none", "device=cpu", "save_steps=1"]
+    assert main(args) == 0
+    split = json.loads((out / "split.json").read_text())
+    held, trained = split["sources"][0]["held_out_records"], split["sources"][0]["train_records"]
+    assert len(held) == 6 and len(trained) == 18 and not set(held) & set(trained)  # 24 prompts, 0.25 held out
+    assert split["scored_rows"] == 2
+    capsys.readouterr()
+    assert main([*args[:-1], "num_heads=3", "max_steps=3"]) == 2
+    assert "num_heads: 2 -> 3" in capsys.readouterr().err

@@ -9,10 +9,8 @@ medusa=DIR`; eval_loss and each head's top-1 accuracy on held-out completions ar
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
@@ -57,8 +55,9 @@ class MedusaConfig(TrainConfig):
 
 def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
     """Train the heads; returns (the loop's TrainResult, the MedusaModel, the tokenizer)."""
-    from alignlab.config import save_config
+    from alignlab.config import saved_config_text
     from alignlab.data.collate import pad
+    from alignlab.data.prepare import train_eval_rows
     from alignlab.data.sources import load_rows
     from alignlab.models.load import load_model, load_tokenizer
     from alignlab.models.medusa import MedusaModel, medusa_step, self_distill_examples
@@ -73,20 +72,18 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
     seed_everything(cfg.seed)
     tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     base = load_model(cfg.model, device=world.device)
-    rows = load_rows(cfg.data, task="prompt", on_bad_row=cfg.on_bad_row).rows[: cfg.prompts]
-    eval_rows = load_rows(cfg.eval_data, task="prompt", on_bad_row=cfg.on_bad_row).rows if cfg.eval_data else []
-    if not cfg.eval_data and cfg.eval_split > 0 and len(rows) > 1:
-        order = list(range(len(rows)))
-        random.Random(cfg.seed).shuffle(order)
-        held = set(order[: max(1, round(cfg.eval_split * len(rows)))])  # max_eval_rows bounds scoring only
-        rows, eval_rows = [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+    def load(path: str) -> list:  # the first `prompts` rows of data; all of eval_data
+        rows = load_rows(path, task="prompt", on_bad_row=cfg.on_bad_row).rows
+        return rows[: cfg.prompts] if path == cfg.data else rows
+
+    split = train_eval_rows(cfg, load)  # held out by eval_split alone; max_eval_rows bounds scoring only
     sampling = SamplingConfig(max_new_tokens=cfg.distill_max_new_tokens, greedy=cfg.distill_temperature == 0,
                               temperature=cfg.distill_temperature or 1.0, seed=cfg.seed,
                               batch_size=cfg.distill_batch_size)
     distill = partial(self_distill_examples, base, tokenizer, sampling=sampling, max_length=cfg.max_length)
-    train_set, eval_set = distill(rows), (distill(eval_rows[: cfg.max_eval_rows]) if eval_rows else [])
+    train_set, eval_set = distill(split.train), (distill(split.scored) if split.scored else [])
     if not train_set:
-        raise AlignlabError(f"medusa: the base wrote no completion of 2+ tokens for the {len(rows)} prompts of "
+        raise AlignlabError(f"medusa: the base wrote no completion of 2+ tokens for the {len(split.train)} prompts of "
                             f"{cfg.data}")
     print(f"medusa: self-distillation set of {len(train_set)} train / {len(eval_set)} eval sequences "
           f"({sum(len(e['input_ids']) for e in train_set)} tokens)", flush=True)
@@ -96,10 +93,9 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
     step = partial(medusa_step, decay=cfg.head_decay)
     eval_fn = (partial(evaluate, step_fn=step, dataset=eval_set, collate=collate,
                        batch_size=cfg.micro_batch_size(), device=world.device) if eval_set else None)
-    config_path = Path(cfg.output_dir) / "config.yaml"
-    save_config(cfg, config_path)
     result = train(cfg, model, step, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer, world=world,
-                   config_yaml=config_path.read_text(encoding="utf-8"), unit="sequences", callbacks=callbacks)
+                   config_yaml=saved_config_text(cfg) if world.is_main else None, unit="sequences",
+                   callbacks=callbacks, split=split)
     summary = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else result.last_log).items()}
     print(f"medusa done: {result.step} steps in {result.train_runtime:.1f}s; {summary}; heads in {cfg.output_dir}")
     return result, model, tokenizer
