@@ -11,12 +11,11 @@ output_dir; round r's model in output_dir/round_r.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, AlreadyDone
 from alignlab.train.config import TrainConfig
 
 
@@ -48,27 +47,23 @@ class RejectionSamplingConfig(TrainConfig):
                                 "temperature > 0")
 
 
-def _split(cfg: RejectionSamplingConfig) -> tuple[list, list]:
+def _split(cfg: RejectionSamplingConfig) -> Any:
+    """The prompts' Split (data.prepare): held out by eval_split alone (or eval_data), scored up to max_eval_rows."""
     from alignlab.data.builtin import BUILTIN_PREFIX, builtin_rows
+    from alignlab.data.prepare import train_eval_rows
+    from alignlab.data.sources import load_rows
 
-    if cfg.data.startswith(BUILTIN_PREFIX):
-        rows = builtin_rows(cfg.data, cfg.prompts, cfg.seed)
-    else:
-        from alignlab.data.sources import load_rows
+    def load(path: str) -> list:  # the first `prompts` rows of data (built-in sets make that many); all of eval_data
+        if path.startswith(BUILTIN_PREFIX):
+            return builtin_rows(path, cfg.prompts, cfg.seed)
+        rows = load_rows(path, task="prompt", on_bad_row=cfg.on_bad_row).rows
+        return rows[: cfg.prompts] if path == cfg.data else rows
 
-        rows = load_rows(cfg.data, task="prompt", on_bad_row=cfg.on_bad_row).rows[: cfg.prompts]
-    if cfg.eval_data:
-        from alignlab.data.sources import load_rows
-
-        return rows, load_rows(cfg.eval_data, task="prompt", on_bad_row=cfg.on_bad_row).rows[: cfg.max_eval_rows]
-    order = list(range(len(rows)))
-    random.Random(cfg.seed).shuffle(order)
-    held = set(order[: min(cfg.max_eval_rows, max(1, round(cfg.eval_split * len(rows))))])
-    train_rows = [r for i, r in enumerate(rows) if i not in held]
-    if not train_rows or not held:
-        raise AlignlabError(f"rejection-sampling: {len(rows)} prompts leave no train or no held-out prompts "
+    split = train_eval_rows(cfg, load)
+    if not split.train or not split.scored:
+        raise AlignlabError(f"rejection-sampling: {cfg.prompts} prompts leave no train or no held-out prompts "
                             "(raise prompts, set eval_split in (0, 1) or give eval_data)")
-    return train_rows, [rows[i] for i in sorted(held)]
+    return split
 
 
 def _held_out(policy: Any, base: Any, tok: Any, rows: list, reward_fn: Any, cfg: RejectionSamplingConfig) -> dict:
@@ -102,6 +97,7 @@ def _plot(rounds: list[dict], path: Path) -> None:
 
 
 def run(cfg: RejectionSamplingConfig) -> list[dict]:
+    from alignlab.config import config_text
     from alignlab.data.collate import pad
     from alignlab.models.load import load_model, load_tokenizer
     from alignlab.models.tokenizer import use_chat_template
@@ -109,34 +105,44 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
     from alignlab.rollout.rejection import BestPerPrompt
     from alignlab.rollout.rewards import get_reward
     from alignlab.rollout.sampling import sample_and_score
+    from alignlab.train.checkpoint import experiment_guard, load_model_weights
     from alignlab.train.loop import seed_everything, train
     from alignlab.train.steps import causal_lm_step
 
+    out, text = Path(cfg.output_dir), config_text(cfg)
+    rounds_file = out / "rounds.json"
+    experiment_guard(out, cfg.resume, text, lambda: rounds_file.is_file() and len(json.loads(rounds_file.read_text(
+        encoding="utf-8"))) > cfg.rounds)
     seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
+    split = _split(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    train_rows, eval_rows = _split(cfg)
+    (out / "config.yaml").write_text(text, encoding="utf-8")
+    split.save(out)
     reward_fn = get_reward(cfg.reward, **cfg.reward_options)
     tok = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     base = load_model(cfg.model, device=cfg.device).eval()
     policy, pool = base, BestPerPrompt()
-    rounds = [{"round": 0, **_held_out(base, base, tok, eval_rows, reward_fn, cfg)}]
+    rounds = [{"round": 0, **_held_out(base, base, tok, split.scored, reward_fn, cfg)}]
     collate = lambda xs: pad(xs, tok.pad_token_id if tok.pad_token_id is not None else 0)  # noqa: E731
     for r in range(1, cfg.rounds + 1):
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + r)
-        stats = pool.update(sample_and_score(policy, tok, train_rows, reward_fn, cfg.samples, sampling).groups, r)
+        stats = pool.update(sample_and_score(policy, tok, split.train, reward_fn, cfg.samples, sampling).groups, r)
+        seed_everything(cfg.seed + r)  # the round's fresh adapter is the same whether or not earlier rounds replayed
         student = load_model(cfg.model) if cfg.from_base or r == 1 else policy
         if cfg.lora is not None and (cfg.from_base or r == 1):
             from alignlab.models.lora import apply_lora
 
             student = apply_lora(student, cfg.lora)
-        train(replace(cfg, output_dir=str(out / f"round_{r}")), student, causal_lm_step, pool.examples(), collate,
-              tokenizer=tok)
+        round_cfg = replace(cfg, output_dir=str(out / f"round_{r}"), resume="auto")
+        try:
+            train(round_cfg, student, causal_lm_step, pool.examples(), collate, tokenizer=tok,
+                  config_yaml=config_text(round_cfg))
+        except AlreadyDone:  # finished before an interruption: its saved weights, as trained
+            load_model_weights(student, Path(round_cfg.output_dir))
         policy = student.eval()
-        rounds.append({**stats, **_held_out(policy, base, tok, eval_rows, reward_fn, cfg)})
+        rounds.append({**stats, **_held_out(policy, base, tok, split.scored, reward_fn, cfg)})
         print(f"round {r}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items() if k != "round"), flush=True)
-        (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
+        rounds_file.write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
     _plot(rounds, out / "rounds.png")
-    (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
     print(f"rejection sampling done: {cfg.rounds} rounds; rounds.json and rounds.png in {out}")
     return rounds

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,31 @@ def stop_if_finished(output_dir: str | Path, resume: str, config_yaml: str) -> N
     if same_length and not config_differences(saved.read_text(encoding="utf-8"), config_yaml):
         raise AlreadyDone(f"{output_dir} holds this run, finished at step {ended}/{ended}; nothing to do "
                           f"(raise max_steps or epochs to train on, or resume=never to start over)")
+
+
+def experiment_guard(output_dir: str | Path, resume: str, config_yaml: str, finished: Callable[[], bool]) -> None:
+    """The resume guard of a multi-stage experiment (iterative rejection sampling) whose stages each train in a
+    folder of their own and resume from it: an earlier experiment in output_dir is set aside (resume=never),
+    continued when its config.yaml is this one (run length included: every later stage depends on it), or refused
+    with the keys that differ. `finished()` (asked only then) says whether every stage is done: AlreadyDone."""
+    import yaml
+
+    out = Path(output_dir)
+    if resume not in ("auto", "never"):
+        raise CheckpointError(f"{out}: an experiment resumes with resume=auto or never (each stage from its folder)")
+    if not (out / "config.yaml").is_file():
+        return
+    if resume == "never":
+        set_aside_run(out)
+        return
+    check_resume_config(out, config_yaml)
+    old, new = (yaml.safe_load(t) or {} for t in ((out / "config.yaml").read_text(encoding="utf-8"), config_yaml))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("max_steps", "epochs") if old.get(k) != new.get(k)]
+    if changed:
+        raise CheckpointError(f"{out} holds an experiment with another run length ({', '.join(changed)}), which "
+                              "changes every later stage; give a new output_dir or resume=never to start over")
+    if finished():
+        raise AlreadyDone(f"{out} holds this experiment, finished; nothing to do (resume=never to start over)")
 
 
 def holds_run(output_dir: str | Path) -> bool:
