@@ -31,6 +31,8 @@ def _check_consistent(out, cfg: dict) -> dict:
     assert wr["rate"] == pytest.approx((wins + 0.5 * ties) / n)
     assert wr["low"] <= wr["rate"] <= wr["high"]
     assert trained["kl_k3"] >= 0
+    lc = res["lc_win_rate"]  # the GLM on the same outcomes: n decided prompts, rate inside its interval
+    assert lc["n"] == n and lc["low"] <= lc["rate"] <= lc["high"] and "length-controlled win rate" in page
     evals = res["train"]["evals"]
     assert evals[0]["step"] == 0 and evals[0]["eval_kl"] == 0.0  # untrained adapter: policy == base exactly
     assert evals[-1]["step"] == res["train"]["steps"]

@@ -27,6 +27,7 @@ def results_dict(cfg: Any, cmp: dict[str, Any], result: Any, seconds: float) -> 
                     "kl_k1": trained.kl.k1, "kl_k1_se": trained.kl.k1_se, "kl_k3": trained.kl.k3,
                     "kl_k3_se": trained.kl.k3_se, "rewards": trained.rewards},
         "win_rate": wr.to_dict(),
+        "lc_win_rate": cmp["lc_win_rate"].to_dict() if cmp.get("lc_win_rate") else None,
         "train": {"steps": result.step, "seconds": result.train_runtime,
                   "evals": [{k: v for k, v in e.items() if k in ("step", "eval_reward", "eval_kl", "eval_kl_k1")}
                             for e in result.evals]},
@@ -72,6 +73,9 @@ def _numbers(r: dict[str, Any]) -> str:
         ("win rate of trained over base (reward judge)",
          f"{w['rate']:.3f}, {int(w['confidence'] * 100)}% bootstrap interval [{w['low']:.3f}, {w['high']:.3f}] "
          f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)"),
+        *([("length-controlled win rate (AlpacaEval 2 GLM)",
+            f"{lc['rate']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}]; mean length difference "
+            f"{lc['mean_length_diff']:+.1f} characters, phi {lc['phi']:.2f}")] if (lc := r.get("lc_win_rate")) else []),
         ("KL(trained || base), k3", f"{t['kl_k3']:.3f} &plusmn; {t['kl_k3_se']:.3f} nats per completion"),
         ("KL(trained || base), k1", f"{t['kl_k1']:.3f} &plusmn; {t['kl_k1_se']:.3f} nats per completion"),
         ("training", f"{r['train']['steps']} steps in {r['train']['seconds']:.0f} s; whole demo {r['seconds']:.0f} s"),
@@ -119,6 +123,8 @@ def print_summary(results: dict[str, Any], path: Path) -> None:
         table.add_column(col)
     table.add_row("mean reward", f"{b['mean_reward']:.3f}", f"{t['mean_reward']:.3f}")
     table.add_row("win rate vs base", "", f"{w['rate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]")
+    if lc := results.get("lc_win_rate"):
+        table.add_row("length-controlled win rate", "", f"{lc['rate']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}]")
     table.add_row("KL to base (k3 / k1)", "0", f"{t['kl_k3']:.2f} / {t['kl_k1']:.2f} nats")
     table.add_row("wall time", "", f"{results['seconds']:.0f} s")
     console = Console()

@@ -84,6 +84,7 @@ def prompt_sets(cfg: DemoConfig) -> tuple[list, list, list]:
 def compare(cfg: DemoConfig, policy: Any, tokenizer: Any, rows: list, reward_fn: Any) -> dict[str, Any]:
     """Base (adapter off) and trained policy on the same held-out prompts with the same sampling seed."""
     from alignlab.eval.judges import RewardModelJudge
+    from alignlab.eval.lc import lc_for_comparison
     from alignlab.eval.policy import score_policy
     from alignlab.eval.winrate import win_rate
     from alignlab.models.lora import adapter_disabled
@@ -100,7 +101,8 @@ def compare(cfg: DemoConfig, policy: Any, tokenizer: Any, rows: list, reward_fn:
     judge = RewardModelJudge(reward_fn, mode="hard")
     outcomes = [j.prob_a_better for j in judge.compare_batch(prompts, trained.texts, base.texts)]
     wr = win_rate([o for o in outcomes if o is not None], seed=cfg.seed)
-    return {"base": base, "trained": trained, "prompts": prompts, "win_rate": wr}
+    lc = lc_for_comparison(outcomes, trained.texts, base.texts, seed=cfg.seed)  # AlpacaEval 2's length control
+    return {"base": base, "trained": trained, "prompts": prompts, "win_rate": wr, "lc_win_rate": lc}
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
