@@ -5,7 +5,8 @@
 POLICY_DIR: a LoRA-DPO adapter (or model) trained from smollm2-135m-instruct, e.g. by
 `alignlab best-of-n ... --reward sentiment` then `alignlab dpo lora.r=16 ...`. Reports, per method, the mean
 VADER reward, the mean implicit reward beta * sum log pi / pi_ref of the chosen completions, the win rate
-against the sampled completions, model calls per prompt and process CPU time (one torch thread).
+against the sampled completions, model calls per prompt and process CPU time (one torch thread). `--budget` sets
+MCTS's calls per prompt and the number of samples of the equal-compute best-of-k row (k = budget / (tokens + 2)).
 """
 
 from __future__ import annotations
@@ -66,6 +67,19 @@ def main() -> None:
         c = time.process_time()
         h = beam_search(policy, tok, rows, BeamConfig(num_beams=4, max_new_tokens=t))
         record("beam 4 (log pi)", [x.completion_ids for x in h], 4 * sum(len(x.completion_ids) for x in h),
+               time.process_time() - c)
+        # Equal compute: best-of-k samples ranked by the same implicit reward MCTS maximises, k chosen so that
+        # k sampled rows plus one policy and one reference scoring forward per candidate match MCTS's budget.
+        k = max(1, round(args.budget / (t + 2)))
+        c = time.process_time()
+        g = generate(policy, tok, [r for r in rows for _ in range(k)], SamplingConfig(max_new_tokens=t, seed=1,
+                                                                                      batch_size=k))
+        cands = [s.completion_ids for s in g.samples]
+        pairs = [(ids[i // k], cd) for i, cd in enumerate(cands)]
+        lp, lr = completion_logps(policy, pairs), completion_logps(ref, pairs)
+        implicit = [sum(a) - sum(b) for a, b in zip(lp, lr)]
+        best = [max(range(i * k, i * k + k), key=implicit.__getitem__) for i in range(n)]
+        record(f"best-of-{k} by implicit reward", [cands[j] for j in best], g.num_tokens + 2 * len(cands),
                time.process_time() - c)
         c = time.process_time()
         m = mcts_search(policy, ref, tok, rows, MCTSConfig(budget=args.budget, beta=args.beta, max_new_tokens=t))
