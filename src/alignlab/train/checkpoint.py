@@ -252,20 +252,25 @@ def finished_step(output_dir: str | Path) -> int | None:
     return int(last["step"]) if "train_runtime" in last and "step" in last else None
 
 
+def _length_changes(old_yaml: str, new_yaml: str) -> list[str]:
+    """`key: old -> new` for the run-length keys (max_steps, epochs), which `config_differences` lets differ."""
+    import yaml
+
+    old, new = (yaml.safe_load(t) or {} for t in (old_yaml, new_yaml))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("max_steps", "epochs") if old.get(k) != new.get(k)]
+
+
 def stop_if_finished(output_dir: str | Path, resume: str, config_yaml: str) -> None:
     """Raise AlreadyDone when output_dir holds a finished run of this very config, run length included.
 
     Called by the CLI before any model or data is loaded, so rerunning a finished command costs nothing;
     every other case (a changed config, a longer run) is `resume_point`'s to decide once the run is set up."""
-    import yaml
-
     saved = Path(output_dir) / "config.yaml"
     ended = finished_step(output_dir) if resume == "auto" and saved.is_file() else None
     if ended is None:
         return
-    old, new = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}, yaml.safe_load(config_yaml) or {}
-    same_length = all(old.get(k) == new.get(k) for k in ("max_steps", "epochs"))
-    if same_length and not config_differences(saved.read_text(encoding="utf-8"), config_yaml):
+    old = saved.read_text(encoding="utf-8")
+    if not _length_changes(old, config_yaml) and not config_differences(old, config_yaml):
         raise AlreadyDone(f"{output_dir} holds this run, finished at step {ended}/{ended}; nothing to do "
                           f"(raise max_steps or epochs to train on, or resume=never to start over)")
 
@@ -275,8 +280,6 @@ def experiment_guard(output_dir: str | Path, resume: str, config_yaml: str, fini
     folder of their own and resume from it: an earlier experiment in output_dir is set aside (resume=never),
     continued when its config.yaml is this one (run length included: every later stage depends on it), or refused
     with the keys that differ. `finished()` (asked only then) says whether every stage is done: AlreadyDone."""
-    import yaml
-
     out = Path(output_dir)
     if resume not in ("auto", "never"):
         raise CheckpointError(f"{out}: an experiment resumes with resume=auto or never (each stage from its folder)")
@@ -286,9 +289,7 @@ def experiment_guard(output_dir: str | Path, resume: str, config_yaml: str, fini
         set_aside_run(out)
         return
     check_resume_config(out, config_yaml)
-    old, new = (yaml.safe_load(t) or {} for t in ((out / "config.yaml").read_text(encoding="utf-8"), config_yaml))
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("max_steps", "epochs") if old.get(k) != new.get(k)]
-    if changed:
+    if changed := _length_changes((out / "config.yaml").read_text(encoding="utf-8"), config_yaml):
         raise CheckpointError(f"{out} holds an experiment with another run length ({', '.join(changed)}), which "
                               "changes every later stage; give a new output_dir or resume=never to start over")
     if finished():
