@@ -26,19 +26,19 @@ def count_embedded_tokens() -> tuple[dict[str, int], Any]:
     the counts and the hook's handle (`.remove()` stops counting).
 
     A global forward pre-hook on nn.Embedding (HF decoders call `embed_tokens(input_ids)` with the ids as the
-    first argument): a trainable embedding is the policy's forward, a frozen one a reference's. This is the
-    number of positions each side actually runs, padding included, whatever its layout."""
+    first argument). A forward under grad mode is a training forward (a backward follows: 6N per token); one under
+    no_grad or inference mode is forward-only (a reference: 2N). Both alignlab and TRL run their references under
+    no_grad; the embedding's own requires_grad says nothing (TRL's reference copy keeps it, LoRA freezes it).
+    This is the number of positions each side actually runs, padding included, whatever its layout."""
     import torch
 
     counts = {"trained": 0, "frozen": 0}
 
     def hook(module: Any, inputs: tuple) -> None:
-        if inputs and hasattr(inputs[0], "numel"):
-            counts["trained" if module.weight.requires_grad else "frozen"] += int(inputs[0].numel())
+        if isinstance(module, torch.nn.Embedding) and inputs and hasattr(inputs[0], "numel"):
+            counts["trained" if torch.is_grad_enabled() else "frozen"] += int(inputs[0].numel())
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda m, inp: hook(m, inp) if isinstance(m, torch.nn.Embedding) else None)
-    return counts, handle
+    return counts, torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
 def peak_rss_mb() -> float:

@@ -87,18 +87,24 @@ def test_add_flops_uses_the_jobs_dtype(bench):
     assert peer.add_flops({"seconds": 2.0}, 40e9, 40e9, machine, "fp32")["share_of_peak"] == 0.2
 
 
-def test_embedded_tokens_split_trained_and_frozen(bench):
+def test_embedded_tokens_split_by_grad_mode(bench):
+    """A forward under grad mode trains (6N), one under no_grad is a reference's (2N), whatever the embedding's
+    requires_grad (TRL's reference copy keeps requires_grad; a LoRA policy's embedding is frozen)."""
     peer = bench("peer")
-    trained, frozen = torch.nn.Embedding(10, 4), torch.nn.Embedding(10, 4).requires_grad_(False)
+    emb, frozen_emb = torch.nn.Embedding(10, 4), torch.nn.Embedding(10, 4).requires_grad_(False)
     counts, handle = peer.count_embedded_tokens()
     try:
-        trained(torch.zeros(2, 3, dtype=torch.long))
-        frozen(torch.zeros(4, dtype=torch.long))
+        emb(torch.zeros(2, 3, dtype=torch.long))
+        frozen_emb(torch.zeros(7, dtype=torch.long))  # a LoRA policy's forward: trained
+        with torch.no_grad():
+            emb(torch.zeros(4, dtype=torch.long))
+        with torch.inference_mode():
+            frozen_emb(torch.zeros(5, dtype=torch.long))
         torch.nn.Linear(4, 4)(torch.zeros(1, 4))  # not an embedding: not counted
     finally:
         handle.remove()
-    trained(torch.zeros(5, dtype=torch.long))  # after remove(): not counted
-    assert counts == {"trained": 6, "frozen": 4}
+    emb(torch.zeros(5, dtype=torch.long))  # after remove(): not counted
+    assert counts == {"trained": 13, "frozen": 9}
 
 
 def test_matmul_peak_reports_both_dtypes(bench):
