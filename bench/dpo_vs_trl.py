@@ -39,6 +39,12 @@ TRL 1.16.0 (`make bench-dpo` runs the first two):
   smollm2-135m-instruct, 5 steps x 4 pairs, max_length 1024, bf16 (`--steps 5 --bf16`): alignlab 0.267
       pairs/s, 12.2 GB; TRL 0.098 pairs/s, 17.4 GB -> speedup 2.72x, memory ratio 0.70.
   In float32 (one thread, machine shared with one other job) SmolLM2 4 x 2 pairs gave 1.84x.
+With the FLOP accounting (`--batch-size 2 --steps 3 --max-length 512 --bf16 --threads 1`; AMD EPYC, 1 torch thread,
+machine shared: load 5.2-5.3 on 2 cores; matmul peak measured at the start 137 GFLOP/s bf16, 51 fp32; 426 prefix-layout
+tokens per pair): alignlab 0.109 pairs/s, 49.8 useful GFLOP/s = 0.36 of peak (0.44 counting the 2,076 positions
+its policy and reference each ran), 5.3 GB; TRL 0.060 pairs/s, 27.6 useful GFLOP/s = 0.20 of peak (0.37 counting
+its 3,144 padded positions per model), 6.8 GB -> 1.82x, memory ratio 0.78 (an earlier run under the same load:
+2.21x, 0.77; two timed steps per side, so the ratio moves with the load).
 """
 
 from __future__ import annotations
