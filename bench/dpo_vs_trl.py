@@ -22,7 +22,12 @@ keeps bf16 Linear weights (bit-identical to autocast) and no autocast weight cac
 
 Throughput = pairs / seconds inside optimizer steps, skipping the first step (warm-up). Peak memory
 = the process's peak RSS (model loads included, the same on both sides).
-The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+The last line is one JSON object: {"job", "machine", "alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+"machine" is measured at the start of the run (bench/hardware.py): the CPU model, the load, and torch.matmul's
+bf16 and fp32 GFLOP/s on the model's MLP shapes at the job's thread count. Each side reports its torch threads,
+useful GFLOP/s (8N per token of the prefix-shared layout: see `flops`), `share_of_peak` (useful FLOP/s over the
+peak of the job's dtype), and the same over every position it ran (`processed_*`, padding included).
+`--order alignlab` runs alignlab alone (no TRL, no ratios).
 
 Measured on the 2-core CPU (AMD EPYC, AVX512-BF16) with no other job running, torch's default threads,
 TRL 1.16.0 (`make bench-dpo` runs the first two):
@@ -34,6 +39,12 @@ TRL 1.16.0 (`make bench-dpo` runs the first two):
   smollm2-135m-instruct, 5 steps x 4 pairs, max_length 1024, bf16 (`--steps 5 --bf16`): alignlab 0.267
       pairs/s, 12.2 GB; TRL 0.098 pairs/s, 17.4 GB -> speedup 2.72x, memory ratio 0.70.
   In float32 (one thread, machine shared with one other job) SmolLM2 4 x 2 pairs gave 1.84x.
+With the FLOP accounting (`--batch-size 2 --steps 3 --max-length 512 --bf16 --threads 1`; AMD EPYC, 1 torch thread,
+machine shared: load 5.2-5.3 on 2 cores; matmul peak measured at the start 137 GFLOP/s bf16, 51 fp32; 426 prefix-layout
+tokens per pair): alignlab 0.109 pairs/s, 49.8 useful GFLOP/s = 0.36 of peak (0.44 counting the 2,076 positions
+its policy and reference each ran), 5.3 GB; TRL 0.060 pairs/s, 27.6 useful GFLOP/s = 0.20 of peak (0.37 counting
+its 3,144 padded positions per model), 6.8 GB -> 1.82x, memory ratio 0.78 (an earlier run under the same load:
+2.21x, 0.77; two timed steps per side, so the ratio moves with the load).
 """
 
 from __future__ import annotations
@@ -103,19 +114,21 @@ def trl_worker(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def write_pairs(data: str, n: int, max_length: int, model: str, out: Path) -> Path:
-    """The first n pairs that fit max_length untruncated, as TRL conversational preference JSONL."""
+def write_pairs(data: str, n: int, max_length: int, model: str, out: Path) -> tuple[Path, list[int]]:
+    """The first n pairs that fit max_length untruncated, as TRL conversational preference JSONL, and each pair's
+    tokens in the prefix-shared layout (prompt + chosen + rejected: the prompt once)."""
     from alignlab.data.sources import load_rows
     from alignlab.data.tokenize import tokenize_pair
     from alignlab.models.load import load_tokenizer
 
     tok = load_tokenizer(model)
-    rows, kept = load_rows(data, task="preference").rows, []
+    rows, kept, layout = load_rows(data, task="preference").rows, [], []
     for r in rows:
         ids = tokenize_pair(r, tok, None)
         # +1: TRL also trains the newline the chat template writes after the end-of-turn token.
         if len(ids.prompt_ids) + max(len(ids.chosen_ids), len(ids.rejected_ids)) + 1 <= max_length:
             kept.append({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected})
+            layout.append(len(ids.prompt_ids) + len(ids.chosen_ids) + len(ids.rejected_ids))
         if len(kept) == n:
             break
     if len(kept) < n:
@@ -124,20 +137,45 @@ def write_pairs(data: str, n: int, max_length: int, model: str, out: Path) -> Pa
     with open(path, "w", encoding="utf-8") as f:
         for row in kept:
             f.write(json.dumps(row) + "\n")
-    return path
+    return path, layout
 
 
 def summarize(res: dict, batch_size: int) -> dict:
     """Throughput over steps 2..n (the first step pays one-off costs)."""
     seconds = res["step_seconds"][1:]
+    timed = len(seconds) / len(res["step_seconds"])  # the timed steps' share of the run (the same batch each)
     out = {"pairs_per_second": round(batch_size * len(seconds) / sum(seconds), 3), "seconds": round(sum(seconds), 2),
-           "peak_memory_mb": round(res["peak_memory_mb"], 1), "first_loss": round(res["losses"][0], 4),
-           "final_loss": round(res["losses"][-1], 4)}
+           "pairs": batch_size * len(seconds), "peak_memory_mb": round(res["peak_memory_mb"], 1),
+           "first_loss": round(res["losses"][0], 4), "final_loss": round(res["losses"][-1], 4),
+           "torch_threads": res["torch_threads"],
+           # positions the policy (trainable embedding) and the frozen reference embedded in the timed steps,
+           # padding included: the run's totals times the timed steps' share
+           "processed_policy_tokens": round(res["embedded_tokens"]["trained"] * timed),
+           "processed_reference_tokens": round(res["embedded_tokens"]["frozen"] * timed)}
     if "trl_version" in res:
         out["trl_version"] = res["trl_version"]
     return out
 
 
+
+
+def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, float]:
+    """(useful, processed) FLOPs of a side's timed steps.
+
+    Useful: 8N per token of the prefix-shared layout (6N policy forward+backward + 2N reference forward; N = the
+    parameters in matmuls, bench/hardware.py), with P + C + R tokens per pair (the prompt once):
+        useful = 8N x mean over the job's pairs of (P + C + R) x pairs timed.
+    The same for both sides (same pairs), so the ratio of their shares is the speedup. Processed: what each side
+    actually ran, padding included: 6N per policy position + 2N per reference position (TRL runs prompt+chosen
+    and prompt+rejected as padded rows, so it embeds the prompt twice and pads; alignlab's prefix rows pad only a
+    row's tail)."""
+    from hardware import forward_flops_per_token, train_flops_per_token
+
+    useful = (train_flops_per_token(n, recompute=False) + forward_flops_per_token(n)) * layout_tokens_per_pair \
+        * res["pairs"]
+    processed = train_flops_per_token(n, recompute=False) * res["processed_policy_tokens"] \
+        + forward_flops_per_token(n) * res["processed_reference_tokens"]
+    return useful, processed
 
 
 def main() -> None:
@@ -159,18 +197,22 @@ def main() -> None:
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from hardware import load_config, matmul_params
+
     from alignlab.models.load import resolve_model
 
     out = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     n_pairs = args.steps * args.batch_size
-    spec = {"model_dir": resolve_model(args.model),
-            "data": str(write_pairs(args.data, n_pairs, args.max_length, args.model, out)),
+    pairs_file, layout = write_pairs(args.data, n_pairs, args.max_length, args.model, out)
+    spec = {"model_dir": resolve_model(args.model), "data": str(pairs_file),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
             "threads": args.threads, "path": args.path, "bf16": args.bf16}
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16")}
+    n, per_pair = matmul_params(load_config(spec["model_dir"])), sum(layout) / len(layout)
     compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second",
-            job={"model": args.model, **job},
+            job={"model": args.model, "matmul_params": n, "layout_tokens_per_pair": round(per_pair, 1), **job},
+            flops=lambda r: flops(r, n, per_pair),
             describe=lambda r: f"{r['pairs_per_second']:>8.3f} pairs/s  peak {r['peak_memory_mb']:,.0f} MB  "
                                f"loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}")
 

@@ -1,6 +1,8 @@
 """What the peer benchmarks share: TRL in its own virtual environment, and one worker process per side.
 
 Each side runs in its own process so its peak RSS is its own; TRL never becomes a dependency of alignlab.
+Before the sides run, the driver measures the machine (bench/hardware.py: CPU model, torch threads, the
+matmul peak on the model's shapes), and each side's result gets its useful FLOP/s and `share_of_peak`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,26 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def count_embedded_tokens() -> tuple[dict[str, int], Any]:
+    """Count the tokens every model forward embeds from now on in this process, as {"trained", "frozen"}; returns
+    the counts and the hook's handle (`.remove()` stops counting).
+
+    A global forward pre-hook on nn.Embedding (HF decoders call `embed_tokens(input_ids)` with the ids as the
+    first argument). A forward under grad mode is a training forward (a backward follows: 6N per token); one under
+    no_grad or inference mode is forward-only (a reference: 2N). Both alignlab and TRL run their references under
+    no_grad; the embedding's own requires_grad says nothing (TRL's reference copy keeps it, LoRA freezes it).
+    This is the number of positions each side actually runs, padding included, whatever its layout."""
+    import torch
+
+    counts = {"trained": 0, "frozen": 0}
+
+    def hook(module: Any, inputs: tuple) -> None:
+        if isinstance(module, torch.nn.Embedding) and inputs and hasattr(inputs[0], "numel"):
+            counts["trained" if torch.is_grad_enabled() else "frozen"] += int(inputs[0].numel())
+
+    return counts, torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
 def peak_rss_mb() -> float:
@@ -58,7 +80,8 @@ def add_shared_args(p: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
     p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
-    p.add_argument("--order", default="alignlab,trl", help="which side runs first")
+    p.add_argument("--order", default="alignlab,trl",
+                   help="which side runs first; `alignlab` alone runs no TRL (no ratios then)")
     p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
 
@@ -67,7 +90,11 @@ def run_as_worker(args: Any, workers: dict[str, Callable[[dict], dict]]) -> bool
     """Inside a worker process: run this side on the spec, print its JSON result, return True."""
     if not args.worker:
         return False
-    print(json.dumps(workers[args.worker](json.loads(Path(args.spec).read_text()))))
+    counts, _ = count_embedded_tokens()
+    result = workers[args.worker](json.loads(Path(args.spec).read_text()))
+    import torch
+
+    print(json.dumps({**result, "embedded_tokens": counts, "torch_threads": torch.get_num_threads()}))
     return True
 
 
@@ -88,19 +115,57 @@ def step_timer() -> Any:
     return StepTimer()
 
 
+def measure_machine(model_dir: str, threads: int) -> dict:
+    """The machine as the JSON last line reports it: CPU model, torch threads, matmul peak on the model's shapes."""
+    from hardware import cpu_model, load_config, matmul_peak
+
+    peak = matmul_peak(load_config(model_dir), threads=threads)
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+            "peak_matmul": peak}
+
+
+def add_flops(result: dict, useful_flops: float, processed_flops: float, machine: dict, dtype: str) -> dict:
+    """Useful and processed GFLOP/s over the timed seconds, and useful FLOP/s over the peak of the job's dtype."""
+    from hardware import share_of_peak
+
+    peak = machine["peak_matmul"][f"{dtype}_gflops"]
+    useful, processed = useful_flops / result["seconds"], processed_flops / result["seconds"]
+    return {**result, "useful_gflops_per_second": round(useful / 1e9, 2),
+            "processed_gflops_per_second": round(processed / 1e9, 2),
+            "share_of_peak": round(share_of_peak(useful, peak), 4),
+            "processed_share_of_peak": round(share_of_peak(processed, peak), 4)}
+
+
 def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[[dict], dict], *, rate: str,
-            describe: Callable[[dict], str], job: dict) -> None:
-    """Run both sides (alignlab here, TRL in its venv), print a line each, the ratios, and the JSON last line."""
-    trl_python = ensure_trl_venv(Path(args.trl_venv))
+            describe: Callable[[dict], str], job: dict,
+            flops: Callable[[dict], tuple[float, float]] | None = None) -> None:
+    """Measure the machine, run the sides (alignlab here, TRL in its venv), print a line each, the ratios, and
+    the JSON last line. flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (None: the
+    job reports no FLOP/s)."""
+    sides = args.order.split(",")
+    trl_python = ensure_trl_venv(Path(args.trl_venv)) if "trl" in sides else None
+    machine = measure_machine(spec["model_dir"], args.threads)
+    dtype = "bf16" if spec.get("bf16") else "fp32"
+    peak = machine["peak_matmul"]
+    print(f"{machine['cpu_model']}, {peak['torch_threads']} torch thread(s), load {machine['load_average_1m']}: "
+          f"matmul peak {peak['bf16_gflops']:,.0f} GFLOP/s bf16, {peak['fp32_gflops']:,.0f} fp32", flush=True)
     results = {}
-    for side in args.order.split(","):
+    for side in sides:
         python = sys.executable if side == "alignlab" else str(trl_python)
         t0 = time.perf_counter()
         results[side] = summarize(run_worker(script, python, side, spec, out / f"{side}.json"))
-        print(f"{side:9s} {describe(results[side])}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
-    speedup = results["alignlab"][rate] / results["trl"][rate]
-    memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
-    unit = rate.replace("_per_second", "/s")
-    print(f"speedup (alignlab / TRL {unit}): {speedup:.2f}x   memory ratio (alignlab / TRL peak): {memory_ratio:.2f}")
-    print(json.dumps({"job": job, "alignlab": results["alignlab"], "trl": results["trl"],
-                      "speedup": round(speedup, 3), "memory_ratio": round(memory_ratio, 3)}))
+        share = ""
+        if flops is not None:
+            results[side] = add_flops(results[side], *flops(results[side]), machine, dtype)
+            share = (f"  {results[side]['useful_gflops_per_second']:,.1f} useful GFLOP/s = "
+                     f"{results[side]['share_of_peak']:.3f} of peak")
+        print(f"{side:9s} {describe(results[side])}{share}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
+    line = {"job": job, "machine": machine, **results}
+    if "alignlab" in results and "trl" in results:
+        speedup = results["alignlab"][rate] / results["trl"][rate]
+        memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
+        unit = rate.replace("_per_second", "/s")
+        print(f"speedup (alignlab / TRL {unit}): {speedup:.2f}x   memory ratio (alignlab / TRL peak): "
+              f"{memory_ratio:.2f}")
+        line.update(speedup=round(speedup, 3), memory_ratio=round(memory_ratio, 3))
+    print(json.dumps(line))

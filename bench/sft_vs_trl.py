@@ -19,7 +19,12 @@ padding-free and applies the LM head chunk-wise to completion tokens; TRL pads e
 
 Throughput = non-padding input tokens / seconds inside optimizer steps, skipping the first step
 (warm-up). Peak memory = the process's peak RSS (model load included, the same on both sides).
-The last line is one JSON object: {"alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+The last line is one JSON object: {"job", "machine", "alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
+"machine" is measured at the start of the run (bench/hardware.py): the CPU model, the load, and torch.matmul's
+bf16 and fp32 GFLOP/s on the model's MLP shapes at the job's thread count. Each side reports its torch threads,
+useful GFLOP/s (8N per real token with gradient checkpointing, 6N without; N = the parameters in matmuls),
+`share_of_peak` (useful FLOP/s over the peak of the job's dtype), and the same over every position it ran
+(`processed_*`, padding included). `--order alignlab` runs alignlab alone (no TRL, no ratios).
 
 Measured on the 2-core CPU (AMD EPYC with AVX512-BF16) with no other job running, torch's default
 threads, TRL 1.16.0, defaults (SmolLM2, 5 steps x 8 rows, grad_accum 4, 256 tokens, gradient
@@ -28,6 +33,10 @@ checkpointing on both sides, as TRL's SFT default), same 5,510 tokens on both si
       alignlab 272.0 tokens/s, 3.4 GB; TRL 159.6 tokens/s, 3.7 GB -> speedup 1.70x, memory ratio 0.91
       (an earlier run: 1.70x, 0.94; final loss 1.7626 vs 1.7554, TRL also trains the template's newline).
   float32: alignlab 149.3 tokens/s, 3.1 GB; TRL 101.5 tokens/s, 3.6 GB -> 1.47x, memory ratio 0.85.
+With the FLOP accounting (`--bf16 --threads 1 --steps 3`, AMD EPYC, 1 torch thread, machine shared: load 3.7-5.3
+on 2 cores; matmul peak measured at the start 138 GFLOP/s bf16, 64 fp32): alignlab 54.8 tokens/s, 59.0 useful
+GFLOP/s = 0.43 of peak, 3.2 GB; TRL 36.8 tokens/s, 39.6 useful GFLOP/s = 0.29 (0.39 counting its 3,794 padded
+positions against 2,761 real tokens), 3.7 GB -> 1.49x, memory ratio 0.86.
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
@@ -120,7 +129,22 @@ def summarize(res: dict) -> dict:
     tokens, seconds = res["step_tokens"][1:], res["step_seconds"][1:]
     return {"tokens_per_second": round(sum(tokens) / sum(seconds), 1), "tokens": int(sum(tokens)),
             "seconds": round(sum(seconds), 2), "peak_memory_mb": round(res["peak_memory_mb"], 1),
-            "final_loss": round(res["final_loss"], 4), **({"trl_version": res["trl_version"]} if "trl_version" in res else {})}
+            "final_loss": round(res["final_loss"], 4), "torch_threads": res["torch_threads"],
+            # positions the policy embedded over the timed steps (padding included): the run's total, scaled
+            # by the timed steps' share of the run's real tokens
+            "processed_tokens": round(res["embedded_tokens"]["trained"] * sum(tokens) / sum(res["step_tokens"])),
+            **({"trl_version": res["trl_version"]} if "trl_version" in res else {})}
+
+
+def flops(res: dict, n: int, recompute: bool) -> tuple[float, float]:
+    """(useful, processed) FLOPs of a side's timed steps. Useful: 8N per real (non-padding) token with gradient
+    checkpointing's recomputed forward, 6N without (bench/hardware.py); both sides train the same rows, so their
+    useful FLOPs match and the ratio of their shares is the speedup. Processed: the same per-token count over
+    every position the side ran, padding included (TRL pads each micro-batch; alignlab packs)."""
+    from hardware import train_flops_per_token
+
+    per_token = train_flops_per_token(n, recompute=recompute)
+    return per_token * res["tokens"], per_token * res["processed_tokens"]
 
 
 
@@ -145,6 +169,8 @@ def main() -> None:
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from hardware import load_config, matmul_params
+
     from alignlab.models.load import resolve_model
 
     out = Path(tempfile.mkdtemp(prefix="bench-sft-"))
@@ -153,7 +179,9 @@ def main() -> None:
             "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing == "on", "bf16": args.bf16}
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16")}
-    compare(HERE, args, spec, out, summarize, rate="tokens_per_second", job={"model": args.model, **job},
+    n = matmul_params(load_config(spec["model_dir"]))
+    compare(HERE, args, spec, out, summarize, rate="tokens_per_second", job={"model": args.model, "matmul_params": n, **job},
+            flops=lambda r: flops(r, n, spec["gradient_checkpointing"]),
             describe=lambda r: f"{r['tokens_per_second']:>9,.1f} tokens/s  peak {r['peak_memory_mb']:,.0f} MB"
                                f"  final loss {r['final_loss']:.4f}")
 

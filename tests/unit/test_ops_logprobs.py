@@ -266,3 +266,76 @@ def test_scored_tokens_needs_a_token_before_each():
     from alignlab.ops.logprobs import scored_tokens
 
     assert scored_tokens([], [5]) == 0 and scored_tokens([], [5, 6]) == 1 and scored_tokens([1], [5]) == 1
+
+
+def _per_chunk_reference(hidden, weight, labels, g, chunk, autocast):
+    """The chunked head written out with fresh tensors per chunk (torch.logsumexp, casts where autocast puts
+    them): what the buffer-reusing, in-place implementation must equal bit for bit."""
+    values, grad_h, grad_w = [], [], None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        w = weight.to(torch.bfloat16) if autocast else weight
+        for start in range(0, hidden.shape[0], chunk):
+            h, y, gc = hidden[start:start + chunk], labels[start:start + chunk], g[start:start + chunk]
+            valid = y != -100
+            safe = y.masked_fill(~valid, 0)
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, -1)
+            values.append(torch.where(valid, logits.gather(-1, safe[:, None]).squeeze(-1) - lse, 0.0))
+            gv = torch.where(valid, gc, 0.0)
+            d = (logits - lse[:, None]).exp() * -gv[:, None]
+            d = d.scatter_add(-1, safe[:, None], gv[:, None])
+            grad_h.append((d.to(w.dtype) @ w).to(h.dtype))
+            part = d.t() @ h.float()
+            grad_w = part.float() if grad_w is None else grad_w + part
+    return torch.cat(values), torch.cat(grad_h), grad_w
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_reused_buffers_equal_fresh_tensors_bit_for_bit(autocast):
+    """Speed path of issue 16 (one [chunk, V] buffer per pass, logsumexp in place, dlogits lowered once, the
+    head's cast kept from forward to backward): the same numbers as fresh tensors per chunk, exactly."""
+    torch.manual_seed(5)
+    hidden = torch.randn(45, 24, requires_grad=True)
+    weight = (torch.randn(300, 24) * 0.3).requires_grad_(True)
+    labels = torch.randint(0, 300, (45,))
+    labels[::7] = -100
+    g = torch.randn(45)
+    want_v, want_h, want_w = _per_chunk_reference(hidden.detach(), weight.detach(), labels, g, 16, autocast)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got = chunked_token_logprobs(hidden, weight, labels, chunk_size=16)
+    got_h, got_w = torch.autograd.grad((got * g).sum(), (hidden, weight))
+    assert torch.equal(got, want_v)
+    assert torch.equal(got_h, want_h)
+    assert torch.equal(got_w, want_w)
+
+
+def test_frozen_head_cast_is_kept_until_the_weight_changes():
+    """A frozen head under autocast (a reference model's tied embedding) is cast once, not per forward; an
+    in-place change of the weight (its version counter) recasts it."""
+    from alignlab.ops.logprobs import _head_weight
+
+    weight = torch.randn(20, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first, again = _head_weight(weight), _head_weight(weight)
+        assert first is again and first.dtype == torch.bfloat16
+        with torch.no_grad():
+            weight.mul_(2.0)
+        changed = _head_weight(weight)
+    assert changed is not first and torch.equal(changed, weight.to(torch.bfloat16))
+    trainable = torch.randn(20, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a trainable head changes every step: cast per pass
+        assert _head_weight(trainable) is not _head_weight(trainable)
+
+
+def test_chunked_bf16_head_with_bias_rounds_as_the_plain_head():
+    """A bf16 model's head with a bf16 bias: logits + bias round in bf16 before the float32 log-softmax, as the
+    plain `hidden @ W.T + b` does (type promotion keeps bf16); a float32 bias promotes to float32."""
+    torch.manual_seed(6)
+    hidden = torch.randn(20, 16).to(torch.bfloat16)
+    weight = (torch.randn(64, 16) * 0.3).to(torch.bfloat16)
+    labels = torch.randint(0, 64, (20,))
+    for bias in (torch.randn(64).to(torch.bfloat16), torch.randn(64)):
+        logits = (hidden @ weight.t() + bias).float()
+        plain = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+        assert torch.equal(chunked_token_logprobs(hidden, weight, labels, chunk_size=8, bias=bias), plain)
+        torch.testing.assert_close(plain, token_logprobs(hidden @ weight.t() + bias, labels), atol=1e-6, rtol=0)

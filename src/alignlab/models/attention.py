@@ -41,20 +41,23 @@ def _keys(x: Any, row: int, ranges: tuple[tuple[int, int], ...]) -> Any:
 
 def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, scaling: float | None = None,
                    dropout: float = 0.0) -> Any:
-    """Attention output [B, H, T, D] of query/key/value [B, H, T, D] (same head count) under `plan`."""
+    """Attention output [B, H, T, D] of query [B, H, T, D] and key/value [B, Hkv, T, D] under `plan`; Hkv divides H
+    (grouped-query attention through sdpa's enable_gqa: no repeated copies of K and V)."""
     import torch
     import torch.nn.functional as F
 
+    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}  # the keyword exists from torch 2.5
     rows: dict[int, list[Any]] = {}
     for s in plan:
         q = query[s.row : s.row + 1, :, s.q0 : s.q1]
         k, v = _keys(key, s.row, s.keys), _keys(value, s.row, s.keys)
         lq, lk = q.shape[2], k.shape[2]
         if lq == lk:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
         else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
             mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                                 **gqa)
         rows.setdefault(s.row, []).append(out)
     if sorted(rows) != list(range(query.shape[0])):
         raise ValueError(f"attention plan covers rows {sorted(rows)}, the batch has {query.shape[0]}")
@@ -62,6 +65,18 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
     if out.shape[2] != query.shape[2]:
         raise ValueError(f"attention plan covers {out.shape[2]} positions per row, the batch has {query.shape[2]}")
     return out
+
+
+def _native_gqa(query: Any) -> bool:
+    # On CPU (torch >= 2.5) sdpa's enable_gqa shares each key/value head with its query heads, without
+    # repeat_kv's copies of K and V (SmolLM2: 9 query heads on 3): the same outputs and query gradients bit for
+    # bit, K/V gradients summed over their query heads in another order. AMD EPYC, 1 thread, bf16: sdpa itself
+    # 7-16% faster; a SmolLM2 decoder layer's forward+backward on a prefix-shared DPO batch 345 -> 325 ms (median
+    # of 30 interleaved runs), a DPO step ~1.6%. Elsewhere K/V are repeated as before (CUDA's memory-efficient
+    # kernel takes no GQA).
+    import torch
+
+    return query.device.type == "cpu" and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def span_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
@@ -74,7 +89,7 @@ def span_attention_forward(module: Any, query: Any, key: Any, value: Any, attent
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # grouped-query attention: every query head gets its key/value head
+    if groups > 1 and not _native_gqa(query):  # grouped-query attention: every query head gets its key/value head
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out = span_attention(query, key, value, plan, scaling=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
