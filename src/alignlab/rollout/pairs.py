@@ -7,6 +7,8 @@ fresh seed per chunk (seed + first prompt index), so the pairs are a pure functi
 
 from __future__ import annotations
 
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,25 @@ from typing import Any
 
 @contextmanager
 def progress_bar(label: str, total: int):
-    """A rich progress bar: yields (progress, task) for `progress.advance(task, n)`."""
+    """Yields (progress, task) for `progress.advance(task, n)`: a rich bar on a terminal, else a plain line per
+    advance on stderr (a log file or CI sees how far a long phase is; rich would print nothing until the end)."""
+    if not sys.stderr.isatty():
+        yield _PlainBar(label, total), None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as p:
         yield p, p.add_task(label, total=total)
+
+
+class _PlainBar:
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done, self.t0 = label, total, 0, time.perf_counter()
+
+    def advance(self, task: Any, n: int = 1) -> None:
+        self.done += n
+        print(f"{self.label}: {self.done}/{self.total} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr,
+              flush=True)
 
 
 def sample_pairs(model: Any, tokenizer: Any, rows: list, reward_fn: Any, path: Path, *, samples_per_prompt: int,
