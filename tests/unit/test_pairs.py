@@ -155,4 +155,3 @@ def test_collator_rejects_unknown_path_and_empty_batch():
         PairCollator(0, "zigzag")
     with pytest.raises(ValueError, match="empty"):
         collate_plain([], 0)
-
