@@ -55,13 +55,14 @@ def _serve(args: argparse.Namespace) -> None:
     from alignlab.serve import ModelServer, base_url, make_http_server
 
     decoding = decoding_from_args(args, "serve")
+    heads_dir = parse_flag(args.speculative, "serve") if decoding is not None else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
     speculative = None
-    if decoding is not None:
+    if heads_dir is not None:
         from alignlab.models.medusa import load_medusa
 
-        speculative = (load_medusa(parse_flag(args.speculative, "serve"), model), decoding)
+        speculative = (load_medusa(heads_dir, model), decoding)
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     server = ModelServer(model, tokenizer, model_id=args.model_id or args.model, aliases=(args.model,),
                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
