@@ -161,3 +161,22 @@ def test_speculative_refuses_logprobs_and_constraints(tiny):
         medusa_generate(base, _perturbed(base, 0.0), tok, ["hi"], SamplingConfig(logprobs=True))
     with pytest.raises(AlignlabError, match="regex"):
         medusa_generate(base, _perturbed(base, 0.0), tok, ["hi"], SamplingConfig(regex="a+"))
+
+
+def test_speculative_greedy_with_own_lm_heads(tiny):
+    """Heads with their own (perturbed) LM heads project separately from the base's head: same tokens."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+    from alignlab.rollout.speculative import MedusaDecoding, medusa_generate
+
+    base, tok = tiny
+    m = MedusaModel.create(base, num_heads=2, own_lm_head=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for head in m.heads.lm_heads:
+            head.weight.add_(torch.randn(head.weight.shape, generator=g) * 0.05)
+    cfg = SamplingConfig(greedy=True, max_new_tokens=19)
+    prompts = ["hello there", "once upon a time"]
+    ref = generate(base, tok, prompts, cfg)
+    res, stats = medusa_generate(base, m.heads, tok, prompts, cfg, MedusaDecoding(tree_top_k=3, tree_nodes=8))
+    assert [s.completion_ids for s in res.samples] == [s.completion_ids for s in ref.samples]
+    assert len(stats.accepted) == 3 and stats.forwards > 0

@@ -131,6 +131,8 @@ class Verdict:
     """Accepted nodes from the root (always there) down: the emitted tokens are theirs, in order."""
     logits: Any
     """The base's logits [V] after the last accepted node (the next root is drawn from them)."""
+    row: int
+    """That node's row in the last `logits_of` call (for anything computed beside the logits there)."""
 
 
 def typical_accepts(logits: Any, tokens: Any, temperature: float, epsilon: float, delta: float,
@@ -182,7 +184,7 @@ def walk(tree: MedusaTree, tokens: list[int], hidden: Any, logits_of: Callable[[
     while n >= 0:
         path.append(n)
         n = tree.parent[n]
-    return Verdict(path[::-1], logits[best])
+    return Verdict(path[::-1], logits[best], best)
 
 
 def gather_cache(cache: Any, past: int, path: list[int]) -> None:

@@ -90,7 +90,8 @@ class SpeculativeStats:
     accepted: list[int]
     """Histogram: accepted[a] = forwards that accepted a head guesses (a = 0..K)."""
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time by part (heads, verify forward, acceptance walk), for finding where a step's time goes."""
+    """Wall time by part (verify forward; acceptance walk with the LM head and the heads' projections), for
+    finding where a step's time goes."""
 
     @property
     def mean_accepted_length(self) -> float:
@@ -122,7 +123,8 @@ class MedusaDecoder:
         self.kv = forward_kwargs(model)
         self.done: list[int] = []
         self.reason: str | None = None
-        self.cache = self.logits = self.hidden = None
+        self.cache = self.logits = self.top = None
+        self.candidates: list[list[int]] = []  # [K][r]: the heads' top tokens after the pending root
         if cfg.greedy:
             self.accepts = _greedy_accepts
         else:
@@ -144,9 +146,22 @@ class MedusaDecoder:
         return out.hidden_states[-1][0]
 
     def _logits(self, hidden: Any) -> Any:
+        """The base's logits [M, V] at final hidden states [M, H]. The heads' candidates at the same rows
+        (their top max_rank tokens, [K, M, r]) are kept in `self.top`: with the shared LM head they come from
+        the same matmul, so at batch 1 the V x H weight is read once per call rather than once more for the
+        heads (the top-k order is the same under the model's logit scale or soft-cap: both are monotone)."""
+        import torch
+
         from alignlab.ops.logprobs import lm_head_logits
 
-        return lm_head_logits(self.model, hidden)
+        rank = self.tree.max_rank
+        if self.heads.lm_heads is not None:  # own heads: their own projections
+            self.top = self.heads(hidden).topk(rank, dim=-1).indices
+            return lm_head_logits(self.model, hidden)
+        z = torch.stack([hidden] + [blk(hidden) for blk in self.heads.blocks])  # [1 + K, M, H]
+        logits = lm_head_logits(self.model, z)
+        self.top = logits[1:].topk(rank, dim=-1).indices
+        return logits[0]
 
     def start(self) -> None:
         import torch
@@ -154,8 +169,8 @@ class MedusaDecoder:
 
         self.cache = DynamicCache(config=self.model.config)
         hidden = self._forward(self.prompt, torch.arange(len(self.prompt)))
-        self.hidden = hidden[-1]
-        self.logits = self._logits(self.hidden[None])[0]
+        self.logits = self._logits(hidden[-1:])[0]
+        self.candidates = self.top[:, 0].tolist()
 
     def _draw(self) -> int:
         from alignlab.rollout.generate import sample_next
@@ -185,9 +200,7 @@ class MedusaDecoder:
         if t0 in self.eos or self.cfg.max_new_tokens - len(self.done) == 1:  # nothing after t0 is wanted
             return self._emit([t0])
         st, t = self.stats, time.perf_counter()
-        top = self.heads(self.hidden[None])[:, 0].topk(self.tree.max_rank, dim=-1).indices.tolist()
-        tokens = self.tree.tokens(t0, top)
-        t = st.add_time("heads", t)
+        tokens = self.tree.tokens(t0, self.candidates)
         past = len(self.prompt) + len(self.done)
         mask = tree_mask(self.tree, past, self.model, self.model.device)
         hidden = self._forward(tokens, past + self.tree.depth, mask)
@@ -200,7 +213,7 @@ class MedusaDecoder:
         st.tokens += len(out)
         if self.reason is None:
             gather_cache(self.cache, past, verdict.path)
-            self.logits, self.hidden = verdict.logits, hidden[verdict.path[-1]]
+            self.logits, self.candidates = verdict.logits, self.top[:, verdict.row].tolist()
         return out
 
 
