@@ -41,7 +41,8 @@ from alignlab.rollout.medusa_tree import (
     walk,
 )
 
-__all__ = ["MedusaDecoder", "MedusaDecoding", "SpeculativeStats", "medusa_from_flag", "medusa_generate"]
+__all__ = ["MedusaDecoder", "MedusaDecoding", "SpeculativeStats", "add_speculative_args", "check_sampling",
+           "decoding_from_args", "medusa_from_flag", "medusa_generate", "parse_flag"]
 
 
 @dataclass
