@@ -35,7 +35,19 @@ def test_medusa_trains_heads_and_speculative_generate_matches_greedy(tmp_path, p
     assert "mean accepted length" in capsys.readouterr().err
     plain, spec = ((tmp_path / f).read_text().splitlines() for f in ("plain.jsonl", "spec.jsonl"))
     assert [json.loads(x)["completion"] for x in spec] == [json.loads(x)["completion"] for x in plain]
+    # a tree from each head's top 2, and the chain: both plain greedy's completions
+    for tree in (["--tree-top-k", "2", "--tree-nodes", "5"], ["--tree-top-k", "1"]):
+        assert main(greedy + ["--out", str(tmp_path / "tree.jsonl"), "--speculative", f"medusa={out}", *tree]) == 0
+        tree_out = (tmp_path / "tree.jsonl").read_text().splitlines()
+        assert [json.loads(x)["completion"] for x in tree_out] == [json.loads(x)["completion"] for x in plain]
+    # sampling (typical acceptance): seeded, so two runs agree
+    sampled = [x for x in greedy if x != "--greedy"] + ["--temperature", "0.7", "--seed", "3",
+                                                          "--speculative", f"medusa={out}"]
+    for name in ("s1.jsonl", "s2.jsonl"):
+        assert main(sampled + ["--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "s1.jsonl").read_text() == (tmp_path / "s2.jsonl").read_text()
     assert main(greedy + ["--speculative", "eagle=x"]) == 2
+    assert main(greedy + ["--tree-nodes", "4"]) == 2  # a tree flag without --speculative
     assert main(greedy + ["--speculative", f"medusa={out}", "--beams", "2"]) == 2
 
 

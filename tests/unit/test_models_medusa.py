@@ -24,7 +24,9 @@ def test_fresh_head_is_the_base_head_and_shares_it(tiny):
     base, _ = tiny
     m = MedusaModel.create(base, num_heads=2)
     h = torch.randn(3, base.config.hidden_size)
-    assert torch.allclose(m.heads(h), base.get_output_embeddings()(h).expand(2, 3, -1))
+    # atol: the shared head projects both heads in one batched matmul (summation order differs, ~1e-7)
+    assert torch.allclose(m.heads(h), base.get_output_embeddings()(h).expand(2, 3, -1), atol=1e-6)
+    assert torch.allclose(m.heads(h), torch.stack([m.heads.project(k, h) for k in range(2)]), atol=1e-6)
     H = base.config.hidden_size
     assert sum(p.numel() for p in m.heads.parameters()) == 2 * (H * H + H)
     assert all(not p.requires_grad for p in m.base.parameters())
@@ -86,19 +88,25 @@ def _perturbed(base, scale, seed=0):
     return m.heads
 
 
+CHAIN, TREE, WIDE = ({"tree_top_k": 1, "tree_nodes": 3}, {}, {"tree_top_k": 6, "tree_nodes": 40})
+
+
+@pytest.mark.parametrize("tree", [CHAIN, TREE, WIDE], ids=["chain", "tree16", "tree40"])
 @pytest.mark.parametrize("scale", [0.0, 0.5])
-def test_speculative_greedy_equals_plain_greedy(tiny, scale):
+def test_speculative_greedy_equals_plain_greedy(tiny, scale, tree):
     """Fresh heads (scale 0) guess the base's next token again, which tiny-random's repetitive greedy output
-    accepts; perturbed heads (scale 0.5) guess mostly wrong. Either way the tokens are plain greedy's, with
-    the same finish reasons, including a stop string and EOS."""
+    accepts; perturbed heads (scale 0.5) guess mostly wrong, so accepted paths run through lower-ranked nodes
+    whose cache columns must be moved into place. Either way, for the top-1 chain and for trees, the tokens are
+    plain greedy's, with the same finish reasons, including a stop string and EOS."""
     from alignlab.rollout.generate import SamplingConfig, generate
-    from alignlab.rollout.speculative import medusa_generate
+    from alignlab.rollout.speculative import MedusaDecoding, medusa_generate
 
     base, tok = tiny
+    decoding = MedusaDecoding(**tree)
     prompts = ["hello there", "the cat sat on", [{"role": "user", "content": "a b c"}], "once upon a time"]
     for cfg in (SamplingConfig(greedy=True, max_new_tokens=23), SamplingConfig(greedy=True, max_new_tokens=9)):
         ref = generate(base, tok, prompts, cfg)
-        res, stats = medusa_generate(base, _perturbed(base, scale), tok, prompts, cfg)
+        res, stats = medusa_generate(base, _perturbed(base, scale), tok, prompts, cfg, decoding)
         assert [s.completion_ids for s in res.samples] == [s.completion_ids for s in ref.samples]
         assert [s.finish_reason for s in res.samples] == [s.finish_reason for s in ref.samples]
         assert stats.forwards == sum(stats.accepted) and stats.tokens >= stats.forwards
@@ -109,15 +117,66 @@ def test_speculative_greedy_equals_plain_greedy(tiny, scale):
     if len(text) > 3:
         cfg = SamplingConfig(greedy=True, max_new_tokens=23, stop=[text[1:3]])
         ref = generate(base, tok, prompts, cfg)
-        res, _ = medusa_generate(base, _perturbed(base, scale), tok, prompts, cfg)
+        res, _ = medusa_generate(base, _perturbed(base, scale), tok, prompts, cfg, decoding)
         assert [(s.completion_ids, s.text, s.finish_reason) for s in res.samples] == \
             [(s.completion_ids, s.text, s.finish_reason) for s in ref.samples]
 
 
-def test_speculative_refuses_sampling(tiny):
+def test_tree_accepts_more_than_the_chain_with_perturbed_heads(tiny):
+    """The point of the tree: when the top-1 guess is wrong a lower-ranked candidate can still be accepted."""
+    from alignlab.rollout.generate import SamplingConfig
+    from alignlab.rollout.speculative import MedusaDecoding, medusa_generate
+
+    base, tok = tiny
+    cfg = SamplingConfig(greedy=True, max_new_tokens=23)
+    prompts = ["hello there", "the cat sat on", "once upon a time"]
+    _, chain = medusa_generate(base, _perturbed(base, 0.5), tok, prompts, cfg, MedusaDecoding(**CHAIN))
+    _, tree = medusa_generate(base, _perturbed(base, 0.5), tok, prompts, cfg, MedusaDecoding(**WIDE))
+    assert tree.mean_accepted_length > chain.mean_accepted_length
+
+
+def test_speculative_greedy_with_eager_attention(tiny):
+    """Eager attention takes the tree mask as an additive float mask: same tokens as plain greedy."""
+    import copy
+
+    from alignlab.rollout.generate import SamplingConfig, generate
+    from alignlab.rollout.speculative import MedusaDecoding, medusa_generate
+
+    base, tok = tiny
+    eager = copy.deepcopy(base)
+    eager.set_attn_implementation("eager")
+    cfg = SamplingConfig(greedy=True, max_new_tokens=17)
+    prompts = ["hello there", "the cat sat on"]
+    ref = generate(base, tok, prompts, cfg)
+    res, _ = medusa_generate(eager, _perturbed(eager, 0.5), tok, prompts, cfg, MedusaDecoding(**WIDE))
+    assert [s.completion_ids for s in res.samples] == [s.completion_ids for s in ref.samples]
+
+
+def test_speculative_refuses_logprobs_and_constraints(tiny):
     from alignlab.rollout.generate import SamplingConfig
     from alignlab.rollout.speculative import medusa_generate
 
     base, tok = tiny
-    with pytest.raises(AlignlabError, match="greedy only"):
-        medusa_generate(base, _perturbed(base, 0.0), tok, ["hi"], SamplingConfig(temperature=1.0))
+    with pytest.raises(AlignlabError, match="log-probs"):
+        medusa_generate(base, _perturbed(base, 0.0), tok, ["hi"], SamplingConfig(logprobs=True))
+    with pytest.raises(AlignlabError, match="regex"):
+        medusa_generate(base, _perturbed(base, 0.0), tok, ["hi"], SamplingConfig(regex="a+"))
+
+
+def test_speculative_greedy_with_own_lm_heads(tiny):
+    """Heads with their own (perturbed) LM heads project separately from the base's head: same tokens."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+    from alignlab.rollout.speculative import MedusaDecoding, medusa_generate
+
+    base, tok = tiny
+    m = MedusaModel.create(base, num_heads=2, own_lm_head=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for head in m.heads.lm_heads:
+            head.weight.add_(torch.randn(head.weight.shape, generator=g) * 0.05)
+    cfg = SamplingConfig(greedy=True, max_new_tokens=19)
+    prompts = ["hello there", "once upon a time"]
+    ref = generate(base, tok, prompts, cfg)
+    res, stats = medusa_generate(base, m.heads, tok, prompts, cfg, MedusaDecoding(tree_top_k=3, tree_nodes=8))
+    assert [s.completion_ids for s in res.samples] == [s.completion_ids for s in ref.samples]
+    assert len(stats.accepted) == 3 and stats.forwards > 0

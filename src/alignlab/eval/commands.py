@@ -42,22 +42,34 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-load-weights", action="store_true", help="disable POST /v1/load_weights")
     p.add_argument("--admin-token-env", default=None, help="env var holding the bearer token /v1/load_weights needs")
     p.add_argument("--weights-root", default=None, help="/v1/load_weights loads only directories under this one")
+    from alignlab.rollout.speculative import add_speculative_args
+
+    add_speculative_args(p)  # requests with one prompt, n = 1, no log-probs: one at a time, outside the batch
 
 
 @command("serve", "Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions).",
          _serve_args)
 def _serve(args: argparse.Namespace) -> None:
     from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rollout.speculative import decoding_from_args, parse_flag
     from alignlab.serve import ModelServer, base_url, make_http_server
 
+    decoding = decoding_from_args(args, "serve")
+    heads_dir = parse_flag(args.speculative, "serve") if decoding is not None else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
+    speculative = None
+    if heads_dir is not None:
+        from alignlab.models.medusa import load_medusa
+
+        speculative = (load_medusa(heads_dir, model), decoding)
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     server = ModelServer(model, tokenizer, model_id=args.model_id or args.model, aliases=(args.model,),
                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
                          max_batch=args.max_batch, max_queue=args.max_queue,  # weight pushes: loopback or a token
                          load_weights=not args.no_load_weights and (loopback or args.admin_token_env is not None),
-                         admin_token_env=args.admin_token_env, weights_root=args.weights_root)
+                         admin_token_env=args.admin_token_env, weights_root=args.weights_root,
+                         speculative=speculative)
     httpd = make_http_server(server, args.host, args.port, socket_timeout=args.timeout, quiet=args.quiet,
                              max_connections=args.max_connections)
     print(f"alignlab serve: {args.model} at {base_url(httpd)}", flush=True)

@@ -81,7 +81,11 @@ class MedusaHeads(nn.Module):
         return self._shared[0](z)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.project(k, h) for k in range(self.num_heads)])
+        if self.lm_heads is not None or not self._shared:
+            return torch.stack([self.project(k, h) for k in range(self.num_heads)])
+        # The shared head projects all K blocks' outputs in one call: its V x H weight is read once, not K times
+        # (at batch 1 decoding that read is what a head projection costs).
+        return self._shared[0](torch.stack([blk(h) for blk in self.blocks]))
 
     def config(self) -> dict[str, Any]:
         return {"num_heads": self.num_heads, "head_layers": self.layers, "own_lm_head": self.own_lm_head,

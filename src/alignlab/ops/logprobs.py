@@ -272,13 +272,22 @@ def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, ch
     # A wrapped head (LoRA on lm_head), logit scaling or soft-capping: per-chunk logits through the module itself.
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
-        logits = head(hidden[start : start + chunk_size])
-        if scale is not None:
-            logits = logits * scale
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = lm_head_logits(model, hidden[start : start + chunk_size])
         out.append(token_logprobs(logits, targets[start : start + chunk_size]))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def lm_head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits [..., V] from final hidden states [..., H] as the model's own forward forms them: its head module,
+    then `config.logit_scale` and `config.final_logit_softcapping` (see `lm_head_logprobs`)."""
+    logits = model.get_output_embeddings()(hidden)
+    scale = getattr(model.config, "logit_scale", None)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if scale is not None:
+        logits = logits * scale
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
 
 
 def sequence_logprobs(token_lp: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:

@@ -61,9 +61,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=0.1, help="--search: the policy's DPO beta (default 0.1)")
     p.add_argument("--budget", type=int, default=96, help="--search: model calls per prompt (default 96)")
     p.add_argument("--search-top-k", type=int, default=4, help="--search: children per expanded node (default 4)")
-    p.add_argument("--speculative", metavar="medusa=DIR", default=None,
-                   help="greedy speculative decoding with Medusa heads from `alignlab medusa` (batch 1, exact: "
-                        "same tokens as plain greedy); prints the mean accepted length")
+    from alignlab.rollout.speculative import add_speculative_args
+
+    add_speculative_args(p)
 
 
 def _best_of_n_args(p: argparse.ArgumentParser) -> None:
@@ -144,6 +144,9 @@ def run_generate(args: argparse.Namespace) -> int:
         prompts = list(args.prompt) if args.raw else [[{"role": "user", "content": t}] for t in args.prompt]
     if sum(x is not None for x in (args.beams, args.search, args.speculative)) > 1:
         raise AlignlabError("generate: --beams, --search and --speculative exclude one another")
+    from alignlab.rollout.speculative import decoding_from_args
+
+    decoding = decoding_from_args(args, "generate")
     model, tok = _load(args)
     if args.beams is not None:
         if cfg.json_schema is not None or cfg.regex is not None:
@@ -156,7 +159,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.speculative is not None:
         from alignlab.rollout.speculative import medusa_from_flag
 
-        res = medusa_from_flag(args.speculative, model, tok, prompts, cfg, n=args.n)
+        res = medusa_from_flag(args.speculative, model, tok, prompts, cfg, n=args.n, decoding=decoding)
     else:
         res = generate(model, tok, prompts, cfg, n=args.n or 1)
     records = []

@@ -278,16 +278,7 @@ def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], list[in
         lp = torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0] if cfg.logprobs else None
         return tok, lp
     scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
-    filtered = scaled
-    if cfg.top_k > 0 and cfg.top_k < scaled.shape[-1]:
-        kth = torch.topk(scaled, cfg.top_k, dim=-1).values[:, -1:]
-        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        # Nucleus (Holtzman et al. 2020, eq. 3): drop a token when the mass strictly before it already reaches p.
-        sorted_l, sorted_i = torch.sort(filtered, dim=-1, descending=True)
-        probs = torch.softmax(sorted_l, -1)
-        drop = (probs.cumsum(-1) - probs) >= cfg.top_p
-        filtered = filtered.scatter(-1, sorted_i, sorted_l.masked_fill(drop, float("-inf")))
+    filtered = filter_logits(scaled, cfg)
     # Inverse-CDF draw: one uniform per row and one cumsum; cheaper than torch.multinomial or an
     # exponential race over the vocabulary (both draw a random number per vocabulary entry).
     cdf = torch.softmax(filtered, -1).cumsum_(-1)
@@ -301,3 +292,19 @@ def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], list[in
     return tok, lp
 
 
+def filter_logits(scaled, cfg: SamplingConfig):
+    """Temperature-scaled logits [B, V] with the tokens top-k / top-p exclude set to -inf (the distribution
+    `sample_next` draws from; speculative decoding's typical acceptance judges candidates under it too)."""
+    import torch
+
+    filtered = scaled
+    if cfg.top_k > 0 and cfg.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, cfg.top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        # Nucleus (Holtzman et al. 2020, eq. 3): drop a token when the mass strictly before it already reaches p.
+        sorted_l, sorted_i = torch.sort(filtered, dim=-1, descending=True)
+        probs = torch.softmax(sorted_l, -1)
+        drop = (probs.cumsum(-1) - probs) >= cfg.top_p
+        filtered = filtered.scatter(-1, sorted_i, sorted_l.masked_fill(drop, float("-inf")))
+    return filtered

@@ -37,6 +37,22 @@ class SeqParams:
     generate()'s per_row_seed does, the request's prompt i being global prompt first_prompt + i, so an RL
     trainer using this server as its rollout engine gets the samples it would draw in-process."""
 
+    def sampling_config(self) -> Any:
+        """The generate.SamplingConfig every sample of the request is drawn under (validated)."""
+        from alignlab.rollout.generate import SamplingConfig
+
+        cfg = SamplingConfig(max_new_tokens=self.max_tokens, temperature=self.temperature or 1.0, top_p=self.top_p,
+                             top_k=self.top_k, greedy=self.temperature == 0, seed=self.seed,
+                             per_row_seed=self.first_prompt is not None, first_prompt=self.first_prompt or 0)
+        cfg.validate()
+        return cfg
+
+    def generator(self, device: Any) -> Any:
+        """The request's torch.Generator, seeded with its seed."""
+        import torch
+
+        return torch.Generator(device=device).manual_seed(self.seed % (1 << 64))
+
 
 class QueueFull(AlignlabError):
     """The waiting queue holds `max_queue` requests already."""

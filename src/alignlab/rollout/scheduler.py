@@ -227,15 +227,8 @@ class Engine:
                 req.events.put(("error", f"{type(e).__name__}: {e}"[:500]))
 
     def _open_request(self, req: Request) -> None:
-        import torch
-
-        p = req.params
         req.admitted_step = self.steps
-        req.gen = torch.Generator(device=self.model.device).manual_seed(p.seed % (1 << 64))
-        req.cfg = SamplingConfig(max_new_tokens=p.max_tokens, temperature=p.temperature or 1.0, top_p=p.top_p,
-                                 top_k=p.top_k, greedy=p.temperature == 0, seed=p.seed,
-                                 per_row_seed=p.first_prompt is not None, first_prompt=p.first_prompt or 0)
-        req.cfg.validate()
+        req.gen, req.cfg = req.params.generator(self.model.device), req.params.sampling_config()
         self._units.extend((req, i) for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])))
 
     def _new_cache(self):

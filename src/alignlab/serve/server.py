@@ -36,12 +36,15 @@ class ModelServer:
     together, `max_queue` requests may wait beyond them (more: 503). `load_weights` enables
     POST /v1/load_weights; with `admin_token_env` that endpoint needs `Authorization: Bearer <$VAR>`; with
     `weights_root` only directories under it load. `record` > 0 keeps the last `record` requests' prompts in
-    `self.seen` (in memory only; for tests and debugging), never headers."""
+    `self.seen` (in memory only; for tests and debugging), never headers. `speculative` = (Medusa heads,
+    rollout.speculative.MedusaDecoding): single-prompt n = 1 requests without log-probs are decoded with the
+    heads, one at a time (serve/speculative.py)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str = "alignlab", aliases: tuple[str, ...] = (),
                  max_body_bytes: int = 1 << 20, max_tokens_limit: int = 2048, max_n: int = 16,
                  default_max_tokens: int = 256, record: int = 0, max_batch: int = 64, max_queue: int = 256,
-                 load_weights: bool = True, admin_token_env: str | None = None, weights_root: str | None = None):
+                 load_weights: bool = True, admin_token_env: str | None = None, weights_root: str | None = None,
+                 speculative: tuple[Any, Any] | None = None):
         if admin_token_env is not None and not os.environ.get(admin_token_env):
             raise AlignlabError(f"serve: admin_token_env: environment variable {admin_token_env} is not set")
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
@@ -54,12 +57,19 @@ class ModelServer:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.vocab = int(model.get_input_embeddings().num_embeddings)
         self.engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, context=self.context)
+        self.speculative = None
+        if speculative is not None:  # (Medusa heads, MedusaDecoding): serve/speculative.py
+            from alignlab.serve.speculative import SpeculativeWorker
+
+            self.speculative = SpeculativeWorker(self.engine, *speculative, max_queue=max_queue)
         self.outcomes: Counter = Counter()
         self.prompt_tokens = self.weights_version = 0
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
 
     def close(self) -> None:
+        if self.speculative is not None:
+            self.speculative.close()
         self.engine.close()
 
     def count(self, outcome: str) -> None:
@@ -95,7 +105,10 @@ class ModelServer:
                                    "context_length_exceeded")
         req = Request(job.prompt_ids, job.n, job.params, uuid.uuid4().hex)
         try:
-            self.engine.submit(req)
+            if self.speculative is not None and self.speculative.eligible(req):
+                self.speculative.submit(req)
+            else:
+                self.engine.submit(req)
         except QueueFull as e:
             self.count("rejected")
             raise RequestError(503, str(e), None, "queue_full") from None
