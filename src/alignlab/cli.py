@@ -71,7 +71,7 @@ def config_command(name: str, help: str, config_cls: type, run: Callable[[Any], 
         cfg = load_config(config_cls, args.config, args.overrides)
         if getattr(cfg, "output_dir", None) and getattr(cfg, "resume", None):
             from alignlab.config import config_text
-            from alignlab.train.checkpoint import stop_if_finished
+            from alignlab.train.resume import stop_if_finished
 
             stop_if_finished(cfg.output_dir, cfg.resume, config_text(cfg))  # before any model is loaded
         run(cfg)

@@ -9,13 +9,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.train.checkpoint import (
     CheckpointError,
-    find_resume,
     list_checkpoints,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from alignlab.train.resume import find_resume
 
 
 def tiny(tie: bool = True) -> LlamaForCausalLM:
@@ -108,7 +108,7 @@ def test_peft_adapter_checkpoint_is_adapter_only(tmp_path):
 
 
 def test_check_resume_config_lists_each_training_key_and_allows_cadence(tmp_path):
-    from alignlab.train.checkpoint import RESUME_FREE_KEYS, check_resume_config
+    from alignlab.train.resume import RESUME_FREE_KEYS, check_resume_config
 
     (tmp_path / "config.yaml").write_text("loss: [dpo]\nlearning_rate: 0.0001\nmax_steps: 150\nlora:\n  r: 8\n"
                                           "save_steps: 50\noutput_dir: a\n")
@@ -127,7 +127,7 @@ def test_resume_point_finished_run_and_explicit_path(tmp_path):
     import json
 
     from alignlab.errors import AlreadyDone
-    from alignlab.train.checkpoint import resume_point
+    from alignlab.train.resume import resume_point
 
     (tmp_path / "model.safetensors").write_bytes(b"x")
     (tmp_path / "metrics.jsonl").write_text('{"step": 4, "loss": 1}\n{"step": 4, "train_runtime": 1.0}\n')

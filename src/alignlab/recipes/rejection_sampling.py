@@ -105,8 +105,9 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
     from alignlab.rollout.rejection import BestPerPrompt
     from alignlab.rollout.rewards import get_reward
     from alignlab.rollout.sampling import sample_and_score
-    from alignlab.train.checkpoint import experiment_guard, load_model_weights
+    from alignlab.train.checkpoint import load_model_weights
     from alignlab.train.loop import seed_everything, train
+    from alignlab.train.resume import experiment_guard
     from alignlab.train.steps import causal_lm_step
 
     out, text = Path(cfg.output_dir), config_text(cfg)

@@ -35,7 +35,6 @@ from alignlab.train.checkpoint import (
     load_checkpoint,
     remove_stale_temps,
     restore_step_state,
-    resume_point,
     save_checkpoint,
     save_model,
     step_state,
@@ -43,6 +42,7 @@ from alignlab.train.checkpoint import (
 from alignlab.train.config import TrainConfig
 from alignlab.train.metrics import peak_memory_mb
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
+from alignlab.train.resume import resume_point
 from alignlab.train.step import NonFiniteStep, optimizer_step
 from alignlab.train.world import World
 
