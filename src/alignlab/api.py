@@ -99,10 +99,11 @@ def build_config(cls: type, config: Any, keys: dict[str, Any]) -> Any:
     import dataclasses
     import typing
 
-    from alignlab.config import ConfigError, _coerce, _resolved_defaults, from_dict
+    from alignlab.config import ConfigError, _coerce, from_dict
+    from alignlab.config_paths import resolved_defaults
 
     if config is None:
-        return from_dict(cls, _resolved_defaults(cls, keys))
+        return from_dict(cls, resolved_defaults(cls, keys))
     if not isinstance(config, cls):
         raise TypeError(f"config: expected a {cls.__name__}, got {type(config).__name__}")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
