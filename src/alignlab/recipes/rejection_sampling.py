@@ -143,7 +143,9 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
         policy = student.eval()
         rounds.append({**stats, **_held_out(policy, base, tok, split.scored, reward_fn, cfg)})
         print(f"round {r}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items() if k != "round"), flush=True)
-        rounds_file.write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
+        tmp = rounds_file.with_suffix(".json.tmp")  # renamed into place: a kill never leaves half a rounds.json
+        tmp.write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(rounds_file)
     _plot(rounds, out / "rounds.png")
     print(f"rejection sampling done: {cfg.rounds} rounds; rounds.json and rounds.png in {out}")
     return rounds
