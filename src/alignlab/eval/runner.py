@@ -23,14 +23,6 @@ from alignlab.rollout.generate import SamplingConfig
 
 __all__ = ["EvalConfig", "EvaluationSpec", "run"]
 
-KINDS = ("reward_accuracy", "dpo_accuracy", "win_rate", "ratings", "grade", "kl", "perplexity", "mean_reward",
-         "passk")
-
-
-def _default_sampling() -> SamplingConfig:
-    return SamplingConfig(max_new_tokens=64, temperature=1.0, seed=0)
-
-
 @dataclass
 class EvaluationSpec:
     """One evaluation, run against every checkpoint (ratings: against all of them at once)."""
@@ -78,7 +70,7 @@ class EvaluationSpec:
     """dpo_accuracy: the beta the policy was trained with (scales the implicit reward, not the accuracy)."""
     samples: int = 1
     """kl: samples per prompt."""
-    sampling: SamplingConfig = field(default_factory=_default_sampling)
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64, seed=0))
     """How answers are sampled (win_rate, ratings, kl, mean_reward). KL estimates are unbiased only for
     temperature 1 and no top-p/top-k (samples from the policy itself)."""
     max_length: int = 512
