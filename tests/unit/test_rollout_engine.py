@@ -109,3 +109,26 @@ def test_bf16_sampling_on_cpu_runs_attention_in_fp32_and_restores_the_model():
     got, _ = _sdpa_fp32(attn, q, k, v, None, scaling=0.3, is_causal=True)
     want, _ = sdpa_attention_forward(attn, q.float(), k.float(), v.float(), None, scaling=0.3, is_causal=True)
     assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=1e-2)
+
+
+def test_bf16_sampler_keeps_an_fp32_cache_and_gathers_the_last_position():
+    """On CPU the bf16 sampler stores keys/values in fp32 (what its fp32 attention reads, so no per-step cast
+    of the whole cache), and keep_last's index gives the logits an int logits_to_keep gives."""
+    from alignlab.rollout.kvcache import new_cache
+    from alignlab.rollout.weights import keep_last, sampling_forward
+
+    model, tok = tiny_lm()
+    model.config._attn_implementation = "sdpa"
+    fwd = sampling_forward(model, SamplingConfig(weights_dtype="bfloat16"))
+    assert fwd.cache_dtype == torch.float32
+    assert getattr(sampling_forward(model, SamplingConfig()), "cache_dtype", None) is None
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    mask, pos = torch.ones_like(ids), torch.arange(4).expand(2, 4)
+    cache, _ = new_cache(model, 8, fwd.cache_dtype)
+    logits = fwd(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
+    assert cache.layers[0].keys.dtype == torch.float32 and logits.shape == (2, model.config.vocab_size)
+    assert keep_last(ids[:, -1:]) == 1
+    with torch.no_grad():
+        want = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+        got = model(input_ids=ids, logits_to_keep=keep_last(ids)).logits[:, -1]
+    assert torch.equal(got, want)

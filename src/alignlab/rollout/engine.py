@@ -46,6 +46,7 @@ class Engine:
         self.model, self.forward, self.prompts, self.n, self.cfg = model, forward, prompts, n, cfg
         self.sample, self.stop_hit, self.on_token, self.pad_id = sample, stop_hit, on_token, pad_id
         self.device = model.device
+        self.cache_dtype = getattr(forward, "cache_dtype", None)  # KV cache dtype the forward wants (weights.py)
         self.waiting = deque(order)
         self.eos = torch.tensor(eos or [-1], device=self.device)
         total = len(prompts) * n
@@ -64,7 +65,7 @@ class Engine:
 
         while self.waiting or self.live.numel():
             if not self.live.numel():  # a fresh batch (first one, or after a static batch ended)
-                self.cache, self.growing = new_cache(self.model, self._reserve())
+                self.cache, self.growing = new_cache(self.model, self._reserve(), self.cache_dtype)
                 self.mask = None
                 self._admit()
             tok, lp = self.sample(self.logits, self.live, self.count)
@@ -101,7 +102,7 @@ class Engine:
         take = [self.waiting.popleft() for _ in range(min(len(self.waiting), max(1, free // self.n)))]
         ids, mask = left_pad([self.prompts[i] for i in take], self.pad_id, self.device)
         joining = self.live.numel() > 0
-        cache = new_cache(self.model)[0] if joining else self.cache  # merged at once: no reserve
+        cache = new_cache(self.model, dtype=self.cache_dtype)[0] if joining else self.cache  # merged at once: no reserve
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.forward(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
         self.prefills += 1

@@ -29,6 +29,7 @@ def _growing_layer_cls():
         """A DynamicLayer whose keys/values are views of a reserved buffer (doubling if ever full)."""
 
         reserve = 0
+        store_dtype = None  # keys/values kept in this dtype (None: as computed); see new_cache
 
         def lazy_initialization(self, key_states, value_states):
             super().lazy_initialization(key_states, value_states)
@@ -36,7 +37,7 @@ def _growing_layer_cls():
             self.kbuf = self.vbuf = None
 
         def _alloc(self, like, rows: int, cap: int):
-            return like.new_zeros(rows, like.shape[1], cap, like.shape[-1])
+            return like.new_zeros(rows, like.shape[1], cap, like.shape[-1], dtype=self.store_dtype or like.dtype)
 
         def _view(self) -> None:
             self.keys = self.kbuf[..., :self.length, :]
@@ -95,9 +96,10 @@ def _growing_layer_cls():
 _LAYER = None
 
 
-def new_cache(model: Any, reserve: int = 0):
+def new_cache(model: Any, reserve: int = 0, dtype: Any = None):
     """(cache, growing): our growing cache when every layer is plain full attention, reserving `reserve`
-    columns at the first write; else (transformers' DynamicCache, False)."""
+    columns at the first write and storing keys/values in `dtype` (None: the dtype they are computed in);
+    else (transformers' DynamicCache, False)."""
     from transformers.cache_utils import Cache, DynamicCache
 
     global _LAYER
@@ -107,6 +109,6 @@ def new_cache(model: Any, reserve: int = 0):
         _LAYER = _LAYER or _growing_layer_cls()
         layers = [_LAYER() for _ in types]
         for layer in layers:
-            layer.reserve = reserve
+            layer.reserve, layer.store_dtype = reserve, dtype
         return Cache(layers=layers), True
     return DynamicCache(config=model.config), False

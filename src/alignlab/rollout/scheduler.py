@@ -31,6 +31,7 @@ from alignlab.rollout.batch_cache import batch_layer_cls, full_attention
 from alignlab.rollout.encode import eos_token_ids
 from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next
 from alignlab.rollout.request import QueueFull, Request, SeqParams
+from alignlab.rollout.weights import keep_last
 
 __all__ = ["Engine", "QueueFull", "Request", "SeqParams"]
 
@@ -253,7 +254,7 @@ class Engine:
         ids, mask = ids.to(dev), mask.to(dev)
         cache = self._new_cache()
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                            use_cache=True, logits_to_keep=1, **{self._kv: cache}).logits[:, -1]
+                            use_cache=True, logits_to_keep=keep_last(ids), **{self._kv: cache}).logits[:, -1]
         self.prefills += len(units)
         counts = torch.tensor([req.n for req, _ in units], device=dev)
         rows = [_Row(req, i * req.n + j, req.gen, req.cfg, pos=len(req.prompts[i]))
