@@ -181,15 +181,19 @@ def test_dynamic_sampling_never_trains_on_a_zero_spread_group(tmp_path):
 
 def test_grpo_with_the_calculator_environment_runs(tmp_path):
     """`alignlab grpo env=calculator` on tiny-random: episodes of up to 2 turns on built-in addition problems,
-    scored by the math reward; the tool-use and turn counts are logged (the token-level masking of tool
-    output is pinned in tests/unit/test_rl_envs.py)."""
+    scored by the math reward; the tool-use and turn counts are logged, and the held-out evaluation plays
+    greedy episodes through the same environment (the token-level masking of tool output is pinned in
+    tests/unit/test_rl_envs.py)."""
     code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
-                 "env=calculator", "max_turns=2", "data=builtin:add", "reward=math", "max_steps=2", "eval_prompts=0",
-                 "max_new_tokens=8"])
+                 "env=calculator", "max_turns=2", "data=builtin:add", "reward=math", "max_steps=2", "eval_prompts=3",
+                 "eval_steps=2", "max_new_tokens=8"])
     assert code == 0
     rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
     assert len(rows) == 2
     assert all(0 <= r["tool_use_rate"] <= 1 and 1 <= r["turns"] <= 2 for r in rows)
+    evals = [r for r in read_metrics(tmp_path) if "eval_reward" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(0 <= r["eval_tool_use_rate"] <= 1 and 1 <= r["eval_turns"] <= 2 for r in evals)
 
 
 def test_grpo_with_alignlab_serve_as_rollout_engine_equals_in_process(tmp_path):

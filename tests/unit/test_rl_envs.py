@@ -211,3 +211,45 @@ def test_run_episodes_token_budget_truncates(tiny_tokenizer):
     (ep,) = run_episodes(lambda: get_env("calculator"), [{"question": "What is 6 * 7?", "answer": "42"}], tok,
                          policy, max_response_tokens=len(policy.tok(_tool_call("6*7"))["input_ids"]) + 2)
     assert ep.truncated and not ep.done and ep.reward == 0.0 and len(policy.calls) == 1
+
+
+SOLUTION = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+            "altogether in April and May.\n#### 72")
+
+
+def test_gsm8k_solution_becomes_the_calculator_episode_it_describes():
+    """Each <<expr=value>> ends an assistant turn with a calculator call; replaying the transcript through
+    CalculatorEnv gives back its tool messages and reward 1 for the boxed final answer."""
+    from alignlab.rl.envs.calculator import gsm8k_transcript
+
+    msgs = gsm8k_transcript("How many clips?", SOLUTION)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert msgs[2]["content"] == f"Natalia sold 48/2 =\n{_tool_call('48/2')}"
+    assert msgs[3]["content"] == "24" and msgs[5]["content"] == "72"
+    assert msgs[6]["content"] == "72 clips altogether in April and May.\n\\boxed{72}"
+    env = get_env("calculator", max_turns=4)
+    assert env.reset({"question": "How many clips?", "answer": SOLUTION}) == msgs[:2]
+    for i in (2, 4, 6):
+        res = env.step(msgs[:i + 1], msgs[i]["content"])
+        assert (res.observation == msgs[i + 1]) if i < 6 else (res.done and res.reward == 1.0)
+    assert gsm8k_transcript("q", SOLUTION, max_turns=2) is None  # 3 turns needed
+    assert gsm8k_transcript("q", SOLUTION.replace("=72>>", "=73>>")) is None  # annotation the calculator contradicts
+    assert gsm8k_transcript("q", "no final answer") is None
+
+
+def test_tool_transcripts_command_writes_conversations_and_names_a_bad_record(tmp_path, capsys):
+    import json
+
+    from alignlab.cli import main
+
+    src = tmp_path / "gsm.jsonl"
+    src.write_text(json.dumps({"question": "q1", "answer": SOLUTION}) + "\n"
+                   + json.dumps({"question": "q2", "answer": "2+2 = <<2+2=5>>5\n#### 5"}) + "\n")
+    assert main(["data", "tool-transcripts", str(src), str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["messages"][1] == {"role": "user", "content": "q1"}
+    assert "left out 1" in capsys.readouterr().err
+    src.write_text(json.dumps({"question": "q1", "answer": SOLUTION}) + "\n" + json.dumps({"question": "q2"}) + "\n")
+    assert main(["data", "tool-transcripts", str(src), str(tmp_path / "out2.jsonl")]) == 2
+    assert "gsm.jsonl: record 1 (line 2): no text field 'answer'" in capsys.readouterr().err
+    assert not (tmp_path / "out2.jsonl").exists()

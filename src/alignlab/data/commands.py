@@ -249,3 +249,46 @@ def convert_cmd(args: argparse.Namespace) -> int:
     print(f"wrote {len(res.rows)} {res.task} rows ({res.format} -> TRL format) to {args.output}{left}",
           file=sys.stderr)
     return 0
+
+
+def _transcripts_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="GSM8K-style JSONL: a question field and a solution whose calculations are "
+                                 "annotated <<expression=value>>, ending '#### answer'")
+    p.add_argument("output", help="the .jsonl file of conversations to write (TRL `messages` format)")
+    p.add_argument("--max-turns", type=int, default=4, help="leave out solutions needing more assistant turns "
+                   "(tool calls + the answer) than this: the env's max_turns (default 4)")
+    p.add_argument("--limit", type=int, default=0, help="write at most this many conversations (0: all)")
+    p.add_argument("--question-field", default="question")
+    p.add_argument("--answer-field", default="answer")
+
+
+@command("data tool-transcripts", "GSM8K solutions as calculator tool-call conversations (SFT warm-up for "
+         "grpo env=calculator)", _transcripts_configure)
+def transcripts_cmd(args: argparse.Namespace) -> int:
+    from alignlab.data.convert import write_records
+    from alignlab.data.readers import read_records
+    from alignlab.rl.envs.calculator import gsm8k_transcript
+
+    read = read_records(args.input)
+    if read.problems:
+        raise AlignlabError(f"{read.problems[0].location()}: {read.problems[0].message}")
+    out, left_out = [], 0
+    for r in read.records:
+        rec = r.value if isinstance(r.value, dict) else {}
+        missing = [f for f in (args.question_field, args.answer_field) if not isinstance(rec.get(f), str)]
+        if missing:
+            raise AlignlabError(f"{args.input}: record {r.index} (line {r.line}): no text field {missing[0]!r}")
+        messages = gsm8k_transcript(rec[args.question_field], rec[args.answer_field], args.max_turns)
+        if messages is None:
+            left_out += 1
+        else:
+            out.append({"messages": messages})
+        if args.limit and len(out) >= args.limit:
+            break
+    if not out:
+        raise AlignlabError(f"{args.input}: no record gave a transcript (annotated calculations within "
+                            f"{args.max_turns} turns)")
+    write_records(args.output, out)
+    print(f"wrote {len(out)} conversations to {args.output}; left out {left_out} (more than {args.max_turns} "
+          "turns, or a calculation the calculator does not reproduce)", file=sys.stderr)
+    return 0

@@ -37,4 +37,8 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo", *, model: Any = None, to
     state.estimator, state.objective = estimator, get_policy_loss(cfg.policy_loss)
     state.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                     if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
+    if cfg.env is not None:  # held out: greedy episodes through the environment, not single-turn answers
+        from alignlab.rl.multiturn import greedy_episodes
+
+        state.evaluate = greedy_episodes
     return train_rl(state, pg_step, label, records=rows, eval_records=eval_rows, callbacks=callbacks)

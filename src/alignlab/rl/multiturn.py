@@ -22,34 +22,55 @@ def env_rows(rows: list, question_field: str, answer_field: str) -> list[dict]:
 def sample_episodes(state: Any, step: int, rows: list, *, logprobs: bool) -> tuple[list, list[float], dict]:
     """This rank's share of the step's prompts played as episodes (k per prompt), gathered in prompt order:
     (episodes, rewards, metrics: tool-call rate, turns, tool errors, timings)."""
+    cfg, world = state.cfg, state.world
+    per = len(rows) // world.size
+
+    def sampling(turn: int):
+        # one seed per (step, turn); per-row keys make each episode's draws independent of who else is running
+        return dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=(cfg.seed * 1_000_003 + step) * 101 + turn,
+                    logprobs=logprobs, per_row_seed=True)
+
+    t0 = time.perf_counter()
+    episodes = play(state, rows[world.rank * per:(world.rank + 1) * per], cfg.num_generations, sampling)
+    seconds = time.perf_counter() - t0
+    gathered = [e for part in world.all_gather_objects(episodes) for e in part]
+    return gathered, [e.reward for e in gathered], {"time/generation": seconds, **episode_stats(gathered)}
+
+
+def greedy_episodes(state: Any, rows: list) -> dict[str, float]:
+    """The held-out evaluation of an env run (rank 0): one greedy episode per prompt, through the same
+    environment and turn limit as training; eval_reward is the mean final reward, with the tool-use rate."""
+    episodes = play(state, rows, 1, lambda turn: dict(greedy=True))
+    return {"eval_reward": sum(e.reward for e in episodes) / len(episodes),
+            **{f"eval_{k}": v for k, v in episode_stats(episodes).items()}}
+
+
+def play(state: Any, rows: list, k: int, sampling) -> list:
+    """`k` episodes of every prompt in `rows`, every running episode's turn sampled in one generate() call
+    with SamplingConfig(**sampling(turn index))."""
     from alignlab.rl.envs import get_env
     from alignlab.rl.envs.episode import run_episodes
     from alignlab.rollout.generate import SamplingConfig, generate
 
-    cfg, world, k = state.cfg, state.world, state.cfg.num_generations
-    per = len(rows) // world.size
-    mine = env_rows(rows[world.rank * per:(world.rank + 1) * per], "question", "answer")
+    cfg = state.cfg
     turn = [0]
 
     def sample(contexts: list[list[int]]) -> list:
-        # one seed per (step, turn); per-row keys make each episode's draws independent of who else is running
-        sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=(cfg.seed * 1_000_003 + step) * 101 + turn[0], logprobs=logprobs,
-                            batch_size=cfg.generation_batch_size, per_row_seed=True,
-                            weights_dtype=cfg.sampling_weights)
+        sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size,
+                            weights_dtype=cfg.sampling_weights, **sampling(turn[0]))
         turn[0] += 1
         with state.compute(cache=True):
             return generate(state.policy, state.tokenizer, contexts, sc).samples
 
-    t0 = time.perf_counter()
-    expanded = [r for r in mine for _ in range(k)]
+    expanded = [r for r in env_rows(rows, "question", "answer") for _ in range(k)]
     options = {"max_turns": cfg.max_turns, "reward": cfg.reward, **cfg.env_options}
-    episodes = run_episodes(lambda: get_env(cfg.env, **options), expanded,
-                            state.tokenizer, sample, max_response_tokens=cfg.max_new_tokens * cfg.max_turns)
-    seconds = time.perf_counter() - t0
-    gathered = [e for part in world.all_gather_objects(episodes) for e in part]
-    n = len(gathered)
-    stats = {"time/generation": seconds, "turns": sum(e.info.get("turns", 1) for e in gathered) / n,
-             "tool_use_rate": sum(e.info.get("tool_calls", 0) > 0 for e in gathered) / n,
-             "tool_errors": sum(e.info.get("tool_errors", 0) for e in gathered) / n}
-    return gathered, [e.reward for e in gathered], stats
+    return run_episodes(lambda: get_env(cfg.env, **options), expanded, state.tokenizer, sample,
+                        max_response_tokens=cfg.max_new_tokens * cfg.max_turns)
+
+
+def episode_stats(episodes: list) -> dict[str, float]:
+    """Turns per episode, the share of episodes that called a tool, and tool errors per episode."""
+    n = len(episodes)
+    return {"turns": sum(e.info.get("turns", 1) for e in episodes) / n,
+            "tool_use_rate": sum(e.info.get("tool_calls", 0) > 0 for e in episodes) / n,
+            "tool_errors": sum(e.info.get("tool_errors", 0) for e in episodes) / n}

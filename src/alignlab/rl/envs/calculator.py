@@ -11,13 +11,15 @@ memory. Nothing is ever passed to ``eval``.
 from __future__ import annotations
 
 import ast
+import json
 import math
 import operator
+import re
 from typing import Any
 
 from alignlab.rl.envs.base import ToolEnvironment, register_env
 
-__all__ = ["CalculatorEnv", "format_number", "safe_eval"]
+__all__ = ["CalculatorEnv", "format_number", "gsm8k_transcript", "safe_eval"]
 
 MAX_EXPRESSION_CHARS = 300
 MAX_NODES = 200
@@ -130,3 +132,37 @@ class CalculatorEnv(ToolEnvironment):
         if not isinstance(expression, str):
             raise ValueError('calculator needs {"expression": "<arithmetic>"}')
         return format_number(safe_eval(expression))
+
+
+_ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]*)>>")
+
+
+def gsm8k_transcript(question: str, solution: str, max_turns: int = 4) -> list[dict[str, str]] | None:
+    """A GSM8K reference solution replayed as a calculator episode (an SFT warm-up for `env=calculator`).
+
+    GSM8K writes each calculation as ``48/2 = <<48/2=24>>24``. Each annotation becomes the end of an assistant
+    turn (the text so far, then a calculator tool call of its expression), the calculator's reply becomes a
+    ``tool`` message, and the last turn is the rest of the solution with ``\\boxed{final answer}``: the exact
+    messages :class:`CalculatorEnv` exchanges (its system prompt, the question as the user message). None when
+    an annotation is not an expression the calculator evaluates to the annotated value, or when the episode
+    would need more than ``max_turns`` turns."""
+    body, sep, final = solution.rpartition("####")
+    if not sep or not final.strip():
+        return None
+    messages = [{"role": "system", "content": CalculatorEnv.system_prompt}, {"role": "user", "content": question}]
+    pos = 0
+    for m in _ANNOTATION.finditer(body):
+        expression, stated = m.group(1).strip(), m.group(2).strip()
+        try:
+            value = safe_eval(expression)
+            if not math.isclose(value, float(stated.replace(",", "")), rel_tol=1e-6, abs_tol=1e-9):
+                return None
+        except ValueError:
+            return None
+        call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+        text = body[pos:m.start()].rstrip()
+        messages += [{"role": "assistant", "content": f"{text}\n<tool_call>{call}</tool_call>".lstrip()},
+                     {"role": "tool", "content": format_number(value)}]
+        pos = m.end()
+    messages.append({"role": "assistant", "content": f"{body[pos:].strip()}\n\\boxed{{{final.strip()}}}".lstrip()})
+    return messages if sum(m["role"] == "assistant" for m in messages) <= max_turns else None
