@@ -62,6 +62,10 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     """Prompts longer than this keep their last tokens."""
     generation_batch_size: int = 64
     """Sequences decoded together during rollouts."""
+    prefix_sharing: bool = True
+    """Training forwards run each prompt once for all of its samples instead of one padded row per sample, same
+    numbers: one padding-free row with span attention for grpo/ppo/distill (rl/shared_prompt.py; a model not on
+    alignlab's span attention uses padded rows), DPO's prefix-shared pair layout for online-dpo."""
     sampling_weights: Literal["model", "auto", "float32", "bfloat16"] = "model"
     """Weights the in-process sampler uses: as trained (model), or a bf16 copy made once per rollout (bfloat16; auto
     where the hardware has bf16 matrix units), decoding ~1.3x faster on AVX512-BF16 CPUs. The samples then come

@@ -14,15 +14,13 @@ from typing import Any
 
 import torch
 
-from alignlab.rl.rollout import Rollout, pack_rollout, sample_and_score
+from alignlab.rl.rollout import Rollout, pack_rollout, response_logits, sample_and_score
 from alignlab.train.step import optimizer_step
 
 
 def _logp(model: Any, ro: Rollout, idx: torch.Tensor, temperature: float) -> torch.Tensor:
     """[n, T, V] log-softmax of the rollout's response positions under softmax(logits / temperature)."""
-    out = model(input_ids=ro.input_ids[idx], attention_mask=ro.attention_mask[idx],
-                position_ids=ro.position_ids[idx], use_cache=False, logits_to_keep=ro.resp_len + 1)
-    return torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)
+    return torch.log_softmax(response_logits(model, ro, idx) / temperature, -1)
 
 
 def per_token_divergence(state: Any, ro: Rollout, idx: torch.Tensor, *, grad: bool,
@@ -59,6 +57,7 @@ def distill_step(state: Any, step: int, rows: list) -> dict[str, float]:
     cfg, world = state.cfg, state.world
     samples, _, stats = sample_and_score(state, step, rows, logprobs=False)
     ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
+    ro.shared_prompts = state.cfg.prefix_sharing
     t0 = time.perf_counter()
     teacher_lp = _teacher_lp(state, ro)  # once per rollout (one request for a remote teacher)
 
@@ -87,6 +86,7 @@ def held_out_divergence(state: Any, rows: list) -> dict[str, float]:
     with state.compute(cache=True):
         res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, rows, cfg.max_prompt_length), sc)
     ro = pack_rollout(res.samples, state.tokenizer.pad_token_id, state.device)
+    ro.shared_prompts = state.cfg.prefix_sharing
     idx = torch.arange(ro.mask.shape[0], device=ro.mask.device)
     div = per_token_divergence(state, ro, idx, grad=False, teacher_lp=_teacher_lp(state, ro))
     return {"eval_kl": float(div.sum() / ro.mask.sum().clamp(min=1.0))}

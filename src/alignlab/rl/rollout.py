@@ -49,6 +49,8 @@ class Rollout:
     values: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None
     """[N, T] rollout_is weights (trainer/sampler probability, capped), None when off."""
+    shared_prompts: bool = False
+    """Forwards use the prompt-shared layout (rl/shared_prompt.py) when the model takes span plans."""
 
 
 def pack_rollout(samples: list, pad_id: int, device: str) -> Rollout:
@@ -72,13 +74,26 @@ def pack_rollout(samples: list, pad_id: int, device: str) -> Rollout:
     return Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device), P, T)
 
 
+def response_logits(model: Any, ro: Rollout, idx: torch.Tensor) -> torch.Tensor:
+    """Float32 logits [n, T, V] at the positions predicting the rollout's response tokens. Padded rows: only
+    the last T + 1 positions reach the LM head (`logits_to_keep`); with `ro.shared_prompts` (and span attention)
+    one prompt-shared row instead (rl/shared_prompt.py), same numbers."""
+    from alignlab.models.attention import uses_spans
+
+    if ro.shared_prompts and uses_spans(model):
+        from alignlab.rl.shared_prompt import shared_prompt_logits
+
+        return shared_prompt_logits(model, ro, idx).float()
+    out = model(input_ids=ro.input_ids[idx], attention_mask=ro.attention_mask[idx],
+                position_ids=ro.position_ids[idx], use_cache=False, logits_to_keep=ro.resp_len + 1)
+    return out.logits[:, :-1].float()
+
+
 def policy_logprobs(model: Any, ro: Rollout, idx: torch.Tensor, temperature: float,
                     want_entropy: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n, T] of the rollout's tokens (and per-token entropy, with its graph when `entropy_grad`)
-    under softmax(logits / temperature). Only the last T + 1 positions reach the LM head (`logits_to_keep`)."""
-    out = model(input_ids=ro.input_ids[idx], attention_mask=ro.attention_mask[idx],
-                position_ids=ro.position_ids[idx], use_cache=False, logits_to_keep=ro.resp_len + 1)
-    logits = out.logits[:, :-1].float()
+    under softmax(logits / temperature)."""
+    logits = response_logits(model, ro, idx)
     if temperature != 1.0:
         logits = logits / temperature
     lp = token_logprobs(logits, ro.response[idx])
@@ -214,6 +229,7 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str,
     else:
         samples, rewards, timing = sample_groups(state, step, rows, logprobs=want_sampler)
     ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
+    ro.shared_prompts = cfg.prefix_sharing
     if cfg.env is not None:  # tool replies and template tokens are context, not the model's: no loss on them
         from alignlab.rl.envs.episode import padded_loss_mask
 

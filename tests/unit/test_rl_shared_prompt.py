@@ -1,0 +1,57 @@
+"""The prompt-shared RL forward (rl/shared_prompt.py): its layout by hand, and the padded path's log-probs,
+entropies and gradients through it."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_rollout_tiny import tiny_lm
+
+from alignlab.data.layout import Span
+from alignlab.models.attention import enable_span_attention
+from alignlab.rl.rollout import pack_rollout, policy_logprobs
+from alignlab.rl.shared_prompt import shared_prompt_batch
+
+
+def _samples(spec):
+    return [SimpleNamespace(prompt_ids=p, completion_ids=c) for p, c in spec]
+
+
+def test_layout_shares_each_prompt_and_gathers_the_predicting_positions():
+    ro = pack_rollout(_samples([([5, 6], [7, 8]), ([5, 6], [9]), ([4], [3])]), pad_id=0, device="cpu")
+    batch, gather = shared_prompt_batch(ro, torch.arange(3))
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 4, 3]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1]]
+    assert batch["attn_spans"] == (Span(0, 0, 4, ((0, 4),)), Span(0, 4, 5, ((0, 2), (4, 5))),
+                                   Span(0, 5, 7, ((5, 7),)))
+    # token 0 from the prompt's last position, token t from the completion's token t-1; padding cells 0
+    assert gather.tolist() == [[1, 2], [1, 0], [5, 0]]
+    batch, gather = shared_prompt_batch(ro, torch.tensor([2, 1]))  # any subset, in the caller's order
+    assert batch["input_ids"].tolist() == [[4, 3, 5, 6, 9]] and gather.tolist() == [[0, 0], [3, 0]]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(temperature):
+    model, _ = tiny_lm(seed=3)
+    model.config._attn_implementation = "sdpa"
+    assert enable_span_attention(model)
+    g = torch.Generator().manual_seed(0)
+    spec = []
+    for plen in (5, 9, 3):  # three prompts of different lengths, 3 samples each of ragged lengths (one empty)
+        prompt = torch.randint(3, 100, (plen,), generator=g).tolist()
+        spec += [(prompt, torch.randint(3, 100, (n,), generator=g).tolist()) for n in (4, 7, 1 if plen != 3 else 0)]
+    ro = pack_rollout(_samples(spec), pad_id=0, device="cpu")
+    idx = torch.tensor([4, 0, 8, 1, 5, 3])  # a shuffled minibatch mixing groups
+    outs = []
+    for shared in (False, True):
+        ro.shared_prompts = shared
+        model.zero_grad()
+        lp, ent = policy_logprobs(model, ro, idx, temperature, want_entropy=True, entropy_grad=True)
+        mask = ro.mask[idx]
+        ((lp * mask).sum() + (ent * mask).sum()).backward()
+        outs.append((lp.detach(), ent.detach() * mask, [p.grad.clone() for p in model.parameters()]))
+    (lp0, ent0, g0), (lp1, ent1, g1) = outs
+    assert torch.allclose(lp0, lp1, atol=1e-5) and torch.allclose(ent0, ent1, atol=1e-5)
+    assert (lp1 == 0).sum() == (ro.mask[idx] == 0).sum()  # padding cells carry no log-prob
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
