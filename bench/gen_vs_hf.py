@@ -33,6 +33,12 @@ bandwidth-bound, so the bandwidth roofline is not reached. Almost every row of t
 tokens, so continuous batching (a 16-row batch over the 64 rows) is at parity with static batches here
 (127.7 vs 129.5 tokens/cpu-s, bf16); it pays where lengths are ragged (docs/serving.md: 1.4x on short
 TruthfulQA answers). vLLM: not installed on this box.
+
+Re-measured 2026-12-02 after the bf16-sampler fixes (fp32 KV cache on the bf16 path; the prefill's last position
+gathered, not sliced: docs/serving.md), same box and job, 1 torch thread, CPU clock, one round, with two
+SmolLM2 training runs on the 2 cores (load ~3): model.generate 86.5 tokens/cpu-s; ours fp32 128.9 (1.49x);
+ours bf16 219.5 (2.54x). Read bandwidth 19.0 GB/s; at batch 16, fp32 88.9 tokens/s = 16% of 564, bf16 121.9 =
+11% of 1,129 (the contention hits these single-run figures hardest). The 4x and 50%-roofline goals remain unmet.
 """
 
 from __future__ import annotations
