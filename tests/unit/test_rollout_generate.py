@@ -140,7 +140,7 @@ def test_sliding_window_model_uses_transformers_cache_and_still_matches_hf():
     from test_rollout_tiny import char_tokenizer
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from alignlab.rollout.generate import _new_cache
+    from alignlab.rollout.kvcache import new_cache
 
     tok = char_tokenizer()
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def test_sliding_window_model_uses_transformers_cache_and_still_matches_hf():
                       num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
                       layer_types=["sliding_attention", "full_attention"], pad_token_id=0, eos_token_id=2)
     model = Qwen2ForCausalLM(cfg).eval()
-    assert _new_cache(model)[1] is False
+    assert new_cache(model)[1] is False
     prompts = ["Hi", "The quick brown fox", "a=1;"]
     res = generate(model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=12)).samples
     assert [s.completion_ids for s in res] == hf_greedy(model, tok, prompts, 12)

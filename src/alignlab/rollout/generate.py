@@ -237,13 +237,6 @@ def to_samples(tokenizer, encoded, out, n, stops) -> list[Sample]:
 _to_samples = to_samples  # the name other rollout modules (speculative decoding) import
 
 
-def _new_cache(model: Any):
-    """(cache, growing) for `model`: see rollout/kvcache.py."""
-    from alignlab.rollout.kvcache import new_cache
-
-    return new_cache(model)
-
-
 def forward_kwargs(model: Any) -> str:
     """Name of the forward's KV-cache argument: `cache` in transformers >= 5.2x, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model wraps it

@@ -10,7 +10,8 @@ That is what lets the loop in rollout/engine.py
 - drop finished rows and the leading columns no remaining row attends to (`select`);
 - repeat a prompt's prefill rows for its n samples (`repeat_rows`, prefix sharing);
 - append the prefilled rows of prompts that join while others are still decoding (`append_rows`,
-  continuous batching): the newcomers' columns are right-aligned to the current length, the gap masked.
+  `append_kv`; continuous batching in generate() and in the serving scheduler, rollout/scheduler.py): the
+  newcomers' columns are right-aligned to the current length, the gap masked.
 
 Models with layers that are not plain full attention (sliding windows, linear attention, ...) keep
 transformers' own DynamicCache; the engine then batches statically (a new batch once the last one ends).
@@ -74,18 +75,24 @@ def _growing_layer_cls():
             self._view()
 
         def append_rows(self, other: GrowingLayer, spare: int) -> int:
-            """Append `other`'s rows below ours, both right-aligned to the longer of the two lengths, with
-            `spare` free columns after it. Returns how many columns were added on our left (our rows' mask
-            must grow by as many masked columns)."""
-            width = max(self.length, other.length)
-            rows = self.kbuf.shape[0] + other.kbuf.shape[0]
-            cap = max(width + spare, self.kbuf.shape[-2])
-            kb, vb = self._alloc(self.kbuf, rows, cap), self._alloc(self.vbuf, rows, cap)
-            b = self.kbuf.shape[0]
-            for dst, a, o in ((kb, self.kbuf, other.kbuf), (vb, self.vbuf, other.vbuf)):
-                dst[:b, :, width - self.length:width] = a[..., :self.length, :]
-                dst[b:, :, width - other.length:width] = o[..., :other.length, :]
-            grown = width - self.length
+            """Append `other`'s rows below ours (see append_kv); returns the columns added on our left."""
+            return self.append_kv(other.keys, other.values, spare)
+
+        def append_kv(self, keys, values, spare: int) -> int:
+            """Append rows whose cache is `keys`/`values` [b, H, L, D] below ours, both right-aligned to the
+            longer of the two lengths, with `spare` free columns after it (an empty layer just takes them).
+            Returns how many columns were added on our left (our rows' mask must grow by as many masked columns)."""
+            if not self.is_initialized:
+                self.lazy_initialization(keys, values)
+            width, new = max(self.length, keys.shape[-2]), keys.shape[-2]
+            old = self.kbuf.shape[0] if self.kbuf is not None else 0
+            cap = max(width + spare, self.kbuf.shape[-2] if old else 0)
+            kb, vb = self._alloc(keys, old + keys.shape[0], cap), self._alloc(values, old + keys.shape[0], cap)
+            for dst, mine, theirs in ((kb, self.kbuf, keys), (vb, self.vbuf, values)):
+                if old:
+                    dst[:old, :, width - self.length:width] = mine[..., :self.length, :]
+                dst[old:, :, width - new:width] = theirs
+            grown = width - self.length if old else 0
             self.kbuf, self.vbuf, self.length = kb, vb, width
             self._view()
             return grown
@@ -96,6 +103,13 @@ def _growing_layer_cls():
 _LAYER = None
 
 
+def full_attention(model: Any) -> bool:
+    """Whether every decoder layer is plain full attention (what GrowingLayer caches)."""
+    text_cfg = model.config.get_text_config(decoder=True)
+    types = getattr(text_cfg, "layer_types", None) or ["full_attention"] * text_cfg.num_hidden_layers
+    return all(t == "full_attention" for t in types)
+
+
 def new_cache(model: Any, reserve: int = 0, dtype: Any = None):
     """(cache, growing): our growing cache when every layer is plain full attention, reserving `reserve`
     columns at the first write and storing keys/values in `dtype` (None: the dtype they are computed in);
@@ -103,11 +117,9 @@ def new_cache(model: Any, reserve: int = 0, dtype: Any = None):
     from transformers.cache_utils import Cache, DynamicCache
 
     global _LAYER
-    text_cfg = model.config.get_text_config(decoder=True)
-    types = getattr(text_cfg, "layer_types", None) or ["full_attention"] * text_cfg.num_hidden_layers
-    if all(t == "full_attention" for t in types):
+    if full_attention(model):
         _LAYER = _LAYER or _growing_layer_cls()
-        layers = [_LAYER() for _ in types]
+        layers = [_LAYER() for _ in range(model.config.get_text_config(decoder=True).num_hidden_layers)]
         for layer in layers:
             layer.reserve, layer.store_dtype = reserve, dtype
         return Cache(layers=layers), True

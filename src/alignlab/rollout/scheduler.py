@@ -5,7 +5,7 @@ running batch, and a row LEAVES the batch (and the KV cache) the step it finishe
 decode step is one forward over all live rows, so 8 concurrent 32-token requests cost 31 decode steps, not
 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, Sec. 3; vLLM). A prompt's n rows join when n of
 `max_batch` slots are free (one prompt always joins an empty batch). The batched KV cache
-(rollout/batch_cache.py) is right-aligned; position ids are per row, so a row sees the positions it would alone.
+(rollout/kvcache.py, generate()'s too) is right-aligned; position ids are per row, so a row sees the positions it would alone.
 
 Each request has its own `torch.Generator` seeded with its seed and draws one uniform per live row per step in
 row order, as `generate()` draws (or, with the alignlab_first_prompt extension, per-row keyed draws, as
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignlab.errors import AlignlabError
-from alignlab.rollout.batch_cache import batch_layer_cls, full_attention
 from alignlab.rollout.encode import eos_token_ids
 from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next
+from alignlab.rollout.kvcache import full_attention, new_cache
 from alignlab.rollout.request import QueueFull, Request, SeqParams
 from alignlab.rollout.weights import keep_last
 
@@ -232,13 +232,6 @@ class Engine:
         req.gen, req.cfg = req.params.generator(self.model.device), req.params.sampling_config()
         self._units.extend((req, i) for i in sorted(range(len(req.prompts)), key=lambda i: -len(req.prompts[i])))
 
-    def _new_cache(self):
-        from transformers.cache_utils import Cache
-
-        layer = batch_layer_cls()
-        n = self.model.config.get_text_config(decoder=True).num_hidden_layers
-        return Cache(layers=[layer() for _ in range(n)])
-
     def _prefill(self, units: list[tuple[Request, int]]) -> None:
         """One forward over the joining prompts, left-padded (position ids from the mask), then each prompt's
         cache row, mask row and logits repeated for its n samples (prefix sharing)."""
@@ -252,7 +245,7 @@ class Engine:
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
-        cache = self._new_cache()
+        cache = new_cache(self.model)[0]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                             use_cache=True, logits_to_keep=keep_last(ids), **{self._kv: cache}).logits[:, -1]
         self.prefills += len(units)
@@ -269,9 +262,9 @@ class Engine:
         import torch
 
         if self.cache is None:
-            self.cache, self.mask = self._new_cache(), None
+            self.cache, self.mask = new_cache(self.model)[0], None
         for mine, (keys, values) in zip(self.cache.layers, kv):
-            mine.append_rows(keys, values)
+            mine.append_kv(keys, values, spare=keys.shape[-2])
         old, width = (self.mask.shape[1] if self.mask is not None else 0), new_mask.shape[1]
         total = max(old, width)
         mask = torch.zeros((len(self.rows) + len(rows), total), dtype=torch.long, device=self.model.device)
