@@ -92,12 +92,25 @@ def response_logits(model: Any, ro: Rollout, idx: torch.Tensor) -> torch.Tensor:
 def policy_logprobs(model: Any, ro: Rollout, idx: torch.Tensor, temperature: float,
                     want_entropy: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n, T] of the rollout's tokens (and per-token entropy, with its graph when `entropy_grad`)
-    under softmax(logits / temperature)."""
-    logits = response_logits(model, ro, idx)
+    under softmax(logits / temperature); 0 on padding. The prompt-shared path runs the LM head on the response
+    tokens only, the padded one on every cell of the [n, T] grid."""
+    from alignlab.models.attention import uses_spans
+
+    labels, cells = ro.response[idx], None
+    if ro.shared_prompts and uses_spans(model):
+        from alignlab.rl.shared_prompt import shared_prompt_logits
+
+        cells = labels != -100
+        logits, labels = shared_prompt_logits(model, ro, idx, cells).float(), labels[cells]
+    else:
+        logits = response_logits(model, ro, idx)
     if temperature != 1.0:
         logits = logits / temperature
-    lp = token_logprobs(logits, ro.response[idx])
+    lp = token_logprobs(logits, labels)
     ent = entropy_from_logits(logits if entropy_grad else logits.detach()) if want_entropy else None
+    if cells is not None:  # back onto the [n, T] grid (row-major, as the cells were gathered)
+        lp = lp.new_zeros(cells.shape).masked_scatter(cells, lp)
+        ent = ent.new_zeros(cells.shape).masked_scatter(cells, ent) if ent is not None else None
     return lp, ent
 
 

@@ -6,9 +6,10 @@ forward are laid out in ONE padding-free row: for each distinct prompt, [prompt 
 2 | ...], with span attention (models/attention.py): the prompt and the first completion causal, every other
 completion over the prompt and itself, never over a sibling (data/layout.py's prefix plan, generalised
 from DPO's two branches to k). Position ids restart after the prompt for every completion, as the sampler
-counted them. The final hidden state that predicts each completion token is gathered into the rollout's
-[n, T] grid, so the LM head, temperature, log-probs and entropy that follow are the padded path's code on the
-same numbers (tests/unit/test_rl_shared_prompt.py: equal log-probs and gradients).
+counted them. The final hidden state that predicts each completion token is gathered (for the RL losses only
+the real tokens' states, so the LM head skips the padding; for distillation the whole [n, T] grid), and the
+temperature, log-probs and entropy that follow are the padded path's code on the same numbers
+(tests/unit/test_rl_shared_prompt.py: equal log-probs, entropies and gradients).
 
 What it saves is the repeated prompt and the padding: SmolLM2 GSM8K groups of 8 with ~100-token prompts and
 ~200-token answers run ~1,700 tokens per group instead of 8 x (longest prompt + longest answer).
@@ -54,13 +55,16 @@ def shared_prompt_batch(ro: Any, idx: torch.Tensor) -> tuple[dict[str, Any], tor
     return batch, gather.to(dev)
 
 
-def shared_prompt_logits(model: Any, ro: Any, idx: torch.Tensor) -> torch.Tensor:
-    """Logits [len(idx), T, V] of the rollout's completion tokens through the prompt-shared layout; cells past
-    a completion's end hold the logits at its prompt's first position (masked by the caller, as padding is)."""
+def shared_prompt_logits(model: Any, ro: Any, idx: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [len(idx), T, V] of the rollout's completion tokens through the prompt-shared layout (cells past a
+    completion's end hold the logits at its prompt's first position, masked by the caller as padding is); with
+    `cells` (bool [len(idx), T]) only those cells' logits [N, V], in row-major order: no LM head on padding."""
     from alignlab.ops.logprobs import lm_head_logits
     from alignlab.train.preference import _unwrap, final_hidden
 
     batch, gather = shared_prompt_batch(ro, idx)
     hidden = final_hidden(model, batch)[0]
+    if cells is not None:
+        return lm_head_logits(_unwrap(model), hidden.index_select(0, gather[cells]))
     grid = hidden.index_select(0, gather.reshape(-1)).reshape(*gather.shape, hidden.shape[-1])
     return lm_head_logits(_unwrap(model), grid)
