@@ -172,7 +172,7 @@ def medusa_step(model: MedusaModel, batch: dict, decay: float = 0.8) -> tuple[to
     Metrics: each head's top-1 accuracy on its targets (`head{k}_accuracy`, k = 1..K)."""
     with torch.no_grad():
         out = model.base(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                         output_hidden_states=True, logits_to_keep=1, use_cache=False)
+                         output_hidden_states=True, logits_to_keep=batch["input_ids"].new_zeros(0), use_cache=False)
         hidden = out.hidden_states[-1]
     labels = batch["labels"]
     units = labels[:, 1:].ne(-100).sum().clamp(min=1)

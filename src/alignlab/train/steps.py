@@ -60,14 +60,16 @@ def supports_chunked(model: Any) -> bool:
 def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> tuple[Any, dict[str, Any]]:
     """Same loss as `causal_lm_step`, but the [tokens, vocab] logits never exist.
 
-    The model returns its final (normed) hidden states and only one position of logits
-    (`logits_to_keep=1`); the LM head is applied chunk by chunk to the TRAINED positions only
+    The model returns its final (normed) hidden states and no logits (an empty `logits_to_keep`: an int would
+    slice one position, a strided view that bf16 CPU matmuls turn into a copy of the head weight per row); the
+    LM head is applied chunk by chunk to the TRAINED positions only
     (`ops.logprobs.chunked_token_logprobs`), so prompt tokens cost no head FLOPs and the peak
     memory of the head drops from O(N * V) to O(chunk_size * V).
     """
     from alignlab.ops.logprobs import chunked_token_logprobs
 
-    out = model(**model_inputs(model, batch), output_hidden_states=True, logits_to_keep=1)
+    no_logits = batch["input_ids"].new_zeros(0)
+    out = model(**model_inputs(model, batch), output_hidden_states=True, logits_to_keep=no_logits)
     target = batch["labels"][:, 1:]
     mask = target.ne(-100)
     hidden = out.hidden_states[-1][:, :-1][mask]  # [trained tokens, H]
