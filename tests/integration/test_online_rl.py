@@ -270,3 +270,26 @@ def test_distill_lowers_held_out_divergence_to_the_teacher(tmp_path):
     assert code == 0
     evals = [r["eval_kl"] for r in read_metrics(tmp_path / "student") if "eval_kl" in r]
     assert len(evals) == 2 and evals[-1] < 0.8 * evals[0], evals
+
+
+def constant_reward(prompts, completions, **_):
+    return [1.0] * len(completions)
+
+
+def test_dynamic_sampling_with_no_spread_skips_the_update_and_the_run_goes_on(tmp_path):
+    """When no round finds a group whose rewards differ, the step logs skipped_update and changes no weight (no
+    optimizer step: AdamW would otherwise move on momentum and weight decay), and the run finishes."""
+    import torch
+    from safetensors.torch import load_file
+
+    from alignlab.models.load import resolve_model
+
+    code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
+                 "max_steps=2", "eval_prompts=0", f"reward={__file__}:constant_reward", "dynamic_sampling=true",
+                 "max_resample_rounds=1", "kl_coef=0.0"])
+    assert code == 0
+    rows = [r for r in read_metrics(tmp_path) if "skipped_update" in r]
+    assert len(rows) == 2 and all(r["dynamic_sampling/kept_groups"] == 0 for r in rows)
+    start = load_file(str(Path(resolve_model("tiny-random")) / "model.safetensors"))
+    end = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(start[k], end[k]) for k in start if k in end)

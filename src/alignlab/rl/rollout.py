@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from alignlab.errors import AlignlabError
 from alignlab.ops.logprobs import entropy_from_logits, token_logprobs
 
 
@@ -211,7 +210,8 @@ def sample_groups(state: Any, step: int, rows: list, *, logprobs: bool, round: i
 
 def dynamic_groups(state: Any, step: int, rows: list, logprobs: bool) -> tuple[list, list[float], dict]:
     """DAPO dynamic sampling: sample rounds (the step's prompts, then fresh ones from state.more_prompts) until
-    len(rows) groups have reward spread, at most max_resample_rounds extra rounds; zero-spread groups never enter."""
+    len(rows) groups have reward spread, at most max_resample_rounds extra rounds; zero-spread groups never enter
+    (none at all when no round had spread)."""
     from alignlab.losses.shaping import GroupAccumulator
 
     cfg, k = state.cfg, state.cfg.num_generations
@@ -224,21 +224,20 @@ def dynamic_groups(state: Any, step: int, rows: list, logprobs: bool) -> tuple[l
         acc.add(rewards, [(samples[g * k:(g + 1) * k], rewards[g * k:(g + 1) * k]) for g in range(len(batch))])
         rnd += 1
         batch = state.more_prompts(step, rnd)
-    groups, ds = acc.take()
-    if not groups:
-        raise AlignlabError(f"step {step + 1}: dynamic_sampling found no prompt whose answers' rewards differ in "
-                            f"{rnd} rounds; raise max_resample_rounds or check the reward")
+    groups, ds = acc.take()  # none when every round's groups were zero-spread: the step then makes no update
     return [s for g, _ in groups for s in g], [r for _, rs in groups for r in rs], {**stats, **ds}
 
 
-def collect(state: Any, step: int, rows: list) -> tuple[Rollout, list, dict[str, float]]:
+def collect(state: Any, step: int, rows: list) -> tuple[Rollout | None, list, dict[str, float]]:
     """Sample, score and annotate one global rollout (identical on every rank); returns it, its samples and
-    its rollout-side metrics."""
+    its rollout-side metrics (None and no samples when dynamic sampling found no group with reward spread)."""
     cfg, world = state.cfg, state.world
     correct = cfg.rollout_is != "none"
     want_sampler = cfg.old_logprobs == "sampler" or correct
     if cfg.dynamic_sampling:
         samples, rewards, timing = dynamic_groups(state, step, rows, want_sampler)
+        if not samples:  # no group with reward spread in any round: nothing to learn from, no optimizer step
+            return None, [], {**timing, "skipped_update": 1.0}
     else:
         samples, rewards, timing = sample_groups(state, step, rows, logprobs=want_sampler)
     ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
