@@ -132,3 +132,13 @@ def test_bf16_sampler_keeps_an_fp32_cache_and_gathers_the_last_position():
         want = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
         got = model(input_ids=ids, logits_to_keep=keep_last(ids)).logits[:, -1]
     assert torch.equal(got, want)
+
+
+def test_bf16_units_are_read_from_the_cpu_flags():
+    """weights_dtype auto needs to know whether the CPU has AVX512-BF16 / AMX-BF16 (torch 2.13 has no probe)."""
+    from alignlab.rollout.weights import cpu_has_bf16_units
+
+    assert cpu_has_bf16_units("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512bw\n")
+    assert cpu_has_bf16_units("flags\t: fpu amx_tile amx_bf16 amx_int8\n")
+    assert not cpu_has_bf16_units("flags\t: fpu sse avx2 avx512f\n")
+    assert not cpu_has_bf16_units("")

@@ -17,6 +17,7 @@ key/value column, where upcasting the whole cache in every layer at every step w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 ATTENTION = "alignlab_sdpa_fp32"
@@ -38,11 +39,26 @@ def resolve_weights_dtype(model: Any, choice: str):
     if dev.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else current
     if dev.type == "cpu":
-        cpu = torch._C._cpu
-        units = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if units else current
+        return torch.bfloat16 if cpu_has_bf16_units() else current
     return current
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16): torch's private probe where the
+    build has one (torch 2.13 does not), else the `flags` of /proc/cpuinfo (or the `cpuinfo` text given);
+    False where neither answers."""
+    import torch
+
+    probe = getattr(torch._C._cpu, "_is_avx512_bf16_supported", None)
+    if cpuinfo is None and probe is not None:
+        return bool(probe())
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def keep_last(input_ids: Any):
