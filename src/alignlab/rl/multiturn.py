@@ -39,8 +39,9 @@ def sample_episodes(state: Any, step: int, rows: list, *, logprobs: bool) -> tup
 
 def greedy_episodes(state: Any, rows: list) -> dict[str, float]:
     """The held-out evaluation of an env run (rank 0): one greedy episode per prompt, through the same
-    environment and turn limit as training; eval_reward is the mean final reward, with the tool-use rate."""
-    episodes = play(state, rows, 1, lambda turn: dict(greedy=True))
+    environment and turn limit as training, with the policy's own weights (as greedy_eval: not the sampler's
+    bf16 copy); eval_reward is the mean final reward, with the tool-use rate."""
+    episodes = play(state, rows, 1, lambda turn: dict(greedy=True, weights_dtype="model"))
     return {"eval_reward": sum(e.reward for e in episodes) / len(episodes),
             **{f"eval_{k}": v for k, v in episode_stats(episodes).items()}}
 
@@ -56,8 +57,8 @@ def play(state: Any, rows: list, k: int, sampling) -> list:
     turn = [0]
 
     def sample(contexts: list[list[int]]) -> list:
-        sc = SamplingConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size,
-                            weights_dtype=cfg.sampling_weights, **sampling(turn[0]))
+        sc = SamplingConfig(**{"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.generation_batch_size,
+                               "weights_dtype": cfg.sampling_weights, **sampling(turn[0])})
         turn[0] += 1
         with state.compute(cache=True):
             return generate(state.policy, state.tokenizer, contexts, sc).samples
