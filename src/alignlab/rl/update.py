@@ -123,8 +123,10 @@ def pg_step(state: Any, step: int, rows: list) -> dict[str, float]:
     """Rollout, advantages, then ppo_epochs x minibatches of policy (and critic) updates."""
     cfg = state.cfg
     ro, _, metrics = collect(state, step, rows)
-    if ro is None:  # dynamic sampling found no group with reward spread: skip the update (AdamW would still
-        return metrics  # move the weights on its momentum with zero advantages), the run goes on
+    if ro is None:
+        # dynamic sampling found no group with reward spread: no update (AdamW would still move the weights on
+        # its momentum with zero advantages); the run goes on
+        return metrics
     t0 = time.perf_counter()
     adv, returns = advantages(state, ro)
     n = ro.mask.shape[0]
