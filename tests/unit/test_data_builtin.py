@@ -39,3 +39,28 @@ def test_load_prompt_rows_reads_builtin_sets_and_files(tmp_path):
         load_prompt_rows(str(f))
     assert [r.prompt[0]["content"] for r in load_prompt_rows(str(f), on_bad_row="skip")] == ["a", "c"]
     assert len(load_prompt_rows(str(f), limit=1)) == 1  # the bad record after the first is never read
+
+
+def test_arith_word_problems_have_the_answer_their_numbers_give():
+    """Each template's answer recomputed from the numbers in its text; whole, non-negative; seeded; all templates."""
+    import re
+
+    from alignlab.data.builtin import arith_problems
+
+    solve = {"A crate": lambda a, b: a * b, "A library": lambda a, b: a + b, "A tank": lambda s, a: s - a,
+             "A farmer": lambda a, b, c: a * b + c, "A school": lambda a, b, c: a * b - c,
+             "A bakery": lambda a, b, c: a * b * c}
+    problems = arith_problems(300, seed=3)
+    assert problems == arith_problems(300, seed=3) and problems != arith_problems(300, seed=4)
+    seen = set()
+    for question, answer in problems:
+        numbers = [int(x) for x in re.findall(r"\d+", question)]
+        kind = next((k for k in solve if question.startswith(k)), "shared")
+        expected = numbers[0] // numbers[1] if kind == "shared" else solve[kind](*numbers)
+        if kind == "shared":
+            assert numbers[0] % numbers[1] == 0
+        assert answer == str(expected) and expected >= 0, question
+        seen.add(kind)
+    assert seen == {*solve, "shared"}
+    rows = builtin_rows("builtin:arith", 4, seed=3)
+    assert [(r.prompt[0]["content"], r.answer) for r in rows] == problems[:4]

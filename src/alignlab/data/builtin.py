@@ -7,9 +7,12 @@
   ("4821=" -> "1284") or add two short numbers ("12+345=" -> "357"); each row carries its `answer`, and
   the reward `exact_match` (rollout/rewards.py) gives 1.0 for the exact answer. `write_digit_sft` writes SFT data for the same task (prompt/completion jsonl)
   so a model can be brought to a partial-accuracy start before RL.
+- `arith`: one- and two-step arithmetic word problems with 2-4 digit numbers ("A crate holds 376 apples. How many
+  apples are in 48 crates?" -> "18048"), the task of the `calculator` environment (rl/envs/calculator.py): easy to
+  set up, hard to get exactly right without the tool for a small model, so the tool's worth shows in the reward.
 
 Every set is a pure function of (name, n, seed): same arguments, same prompts. Name a set in a recipe
-config as `data: builtin:sentiment` (or builtin:reverse, builtin:add).
+config as `data: builtin:sentiment` (or builtin:reverse, builtin:add, builtin:arith).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from alignlab.data.rows import PromptRow
 from alignlab.errors import AlignlabError
 
 BUILTIN_PREFIX = "builtin:"
-TASKS = ("sentiment", "reverse", "add")
+TASKS = ("sentiment", "reverse", "add", "arith")
 
 _FILMS = ("movie", "film", "sequel", "remake", "picture", "documentary", "adaptation", "feature")
 _GENRES = ("horror", "comedy", "western", "heist thriller", "romance", "war drama", "space opera",
@@ -71,6 +74,38 @@ def digit_problems(kind: str, n: int, seed: int = 0, digits: int = 3) -> list[tu
     return out
 
 
+# (template, answer) with a, b, c drawn per problem; the answer is always a whole number (division is exact,
+# subtraction never negative). One operation or two, so a group of answers mixes easy and hard cases.
+_ARITH = (
+    ("A crate holds {a} apples. How many apples are in {b} crates?", lambda a, b, c: a * b),
+    ("A library has {a} books and buys {b} more. How many books does it have now?", lambda a, b, c: a + b),
+    ("A tank holds {s} liters. After {a} liters are drained, how many liters are left?", lambda a, b, c: b),
+    ("{p} stickers are shared equally among {b} children. How many stickers does each child get?",
+     lambda a, b, c: a),
+    ("A farmer plants {a} rows of {b} trees and then {c} more trees. How many trees are there?",
+     lambda a, b, c: a * b + c),
+    ("A school orders {a} boxes of {b} pencils and gives away {c} pencils. How many pencils are left?",
+     lambda a, b, c: a * b - c),
+    ("A bakery sells {a} cakes a day at {b} dollars each. How many dollars does it take in {c} days?",
+     lambda a, b, c: a * b * c),
+)
+
+
+def arith_problems(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` (question, answer) arithmetic word problems (see the module docstring), a pure function of (n, seed)."""
+    rng = random.Random(f"arith-{seed}")
+    out = []
+    for _ in range(n):
+        template, answer = _ARITH[rng.randrange(len(_ARITH))]
+        a, b, c = rng.randint(12, 999), rng.randint(12, 99), rng.randint(2, 9)
+        if "{c}" in template and "days" not in template:
+            c = rng.randint(10, a * b - 1)
+        # {s} = a + b (so s - a = b), {p} = a * b (so p / b = a): the subtraction and division come out whole.
+        text = template.format(a=a, b=b, c=c, s=a + b, p=a * b)
+        out.append((text, str(answer(a, b, c))))
+    return out
+
+
 def _plain(text: str, answer: str | None = None) -> PromptRow:
     return PromptRow(prompt=[{"role": "user", "content": text}], chat=False, answer=answer)
 
@@ -82,6 +117,8 @@ def builtin_rows(spec: str, n: int, seed: int = 0) -> list[PromptRow]:
         return [_plain(t) for t in sentiment_prompts(n, seed)]
     if name in ("reverse", "add"):
         return [_plain(p, a) for p, a in digit_problems(name, n, seed)]
+    if name == "arith":
+        return [_plain(q, a) for q, a in arith_problems(n, seed)]
     raise AlignlabError(f"data: unknown built-in prompt set {spec!r}; choose one of "
                         f"{', '.join(BUILTIN_PREFIX + t for t in TASKS)} or give a file")
 

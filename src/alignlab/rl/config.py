@@ -26,7 +26,7 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     """Where checkpoints, the final model, metrics.jsonl, split.json and config.yaml go."""
     data: str = "builtin:sentiment"
     """Prompts: a file read as task=prompt (GSM8K's `answer` is kept for the gsm8k reward) or a built-in set
-    builtin:sentiment | builtin:reverse | builtin:add."""
+    builtin:sentiment | builtin:reverse | builtin:add | builtin:arith."""
     eval_data: str | None = None
     """Held-out prompt file for eval_reward; when empty, `eval_split` of the prompts are held out instead."""
     eval_split: float = 0.05
