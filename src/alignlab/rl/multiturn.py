@@ -55,16 +55,17 @@ def play(state: Any, rows: list, k: int, sampling) -> list:
 
     cfg = state.cfg
     turn = [0]
+    options = {"max_turns": cfg.max_turns, "reward": cfg.reward, **cfg.env_options}
+    stop = list(get_env(cfg.env, **options).stop)
 
     def sample(contexts: list[list[int]]) -> list:
         sc = SamplingConfig(**{"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.generation_batch_size,
-                               "weights_dtype": cfg.sampling_weights, **sampling(turn[0])})
+                               "weights_dtype": cfg.sampling_weights, "stop": stop, **sampling(turn[0])})
         turn[0] += 1
         with state.compute(cache=True):
             return generate(state.policy, state.tokenizer, contexts, sc).samples
 
     expanded = [r for r in env_rows(rows, "question", "answer") for _ in range(k)]
-    options = {"max_turns": cfg.max_turns, "reward": cfg.reward, **cfg.env_options}
     return run_episodes(lambda: get_env(cfg.env, **options), expanded, state.tokenizer, sample,
                         max_response_tokens=cfg.max_new_tokens * cfg.max_turns)
 

@@ -90,6 +90,8 @@ class Environment(ABC):
     """One episode of a multi-turn task. Subclasses implement :meth:`reset` and :meth:`step`."""
 
     name = "env"
+    stop: tuple[str, ...] = ()
+    """Strings that end an assistant turn: the sampler stops right after one (kept in the turn's tokens)."""
 
     def __init__(self, max_turns: int = 4):
         if max_turns < 1:
@@ -119,6 +121,10 @@ class ToolEnvironment(Environment):
 
     tools: dict[str, Callable[[dict[str, Any]], str]] = {}
     system_prompt = ""
+    # A turn ends at its first tool call, as the system prompts ask ("... and stop") and as tool-calling
+    # servers sample (vLLM/SGLang stop on the call's closing tag); without it a small model goes on to write
+    # further calls, or a made-up result, in the same turn.
+    stop = ("</tool_call>",)
 
     def __init__(self, max_turns: int = 4, reward: str = "math", question_field: str = "question",
                  answer_field: str = "answer", max_tool_output: int = 2000):
