@@ -52,3 +52,23 @@ def test_run_keys_and_config_checks():
     with pytest.raises(AlignlabError, match="712"):
         FrontierConfig(train_prompts=700, eval_prompts=32).validate()
     FrontierConfig().validate()
+
+
+def test_stale_runs_by_the_settings_each_method_depends_on():
+    """A changed rl_learning_rate makes the PPO and GRPO runs stale (not DPO's, not best-of-N's); num_generations
+    only GRPO's; a run's own stored settings win over the file's config; a shared key refuses the file."""
+    from dataclasses import asdict
+
+    from alignlab.eval.frontier import run_settings, stale_runs
+
+    old = asdict(FrontierConfig())
+    data = {"config": old, "runs": {f"{m} 0.1": {"method": m} for m in ("dpo", "ppo", "grpo", "best_of_n")}}
+    assert stale_runs(data, old, "p.json") == {}
+    new = {**old, "rl_learning_rate": 1e-3, "cpu_threads": 2, "sweep": {"ppo": [0.0]}, "output_dir": "x"}
+    assert stale_runs(data, new, "p.json") == {"ppo 0.1": {"rl_learning_rate": (1e-4, 1e-3)},
+                                               "grpo 0.1": {"rl_learning_rate": (1e-4, 1e-3)}}
+    assert list(stale_runs(data, {**old, "num_generations": 8}, "p.json")) == ["grpo 0.1"]
+    data["runs"]["ppo 0.1"]["settings"] = run_settings(new, "ppo")  # redone under the new settings
+    assert list(stale_runs(data, new, "p.json")) == ["grpo 0.1"]
+    with pytest.raises(AlignlabError, match=r"p.json: .*max_new_tokens 24 -> 48.*new output_dir"):
+        stale_runs(data, {**new, "max_new_tokens": 48}, "p.json")

@@ -18,6 +18,39 @@ from alignlab.eval.report import png_figure
 DPO_FAMILY = ("dpo", "ipo", "simpo")
 RL_METHODS = ("ppo", "grpo")
 
+# What a run's numbers depend on. Shared keys shape every run (the prompts, the base samples the DPO pairs come
+# from, the held-out measurement): a points.json made under other values cannot be extended. A method's own keys
+# only make that method's runs stale: they are dropped and redone (when the sweep has them).
+SHARED_KEYS = ("model", "train_prompts", "samples_per_prompt", "eval_prompts", "eval_samples", "max_new_tokens",
+               "seed")
+_TRAINED = ("steps", "eval_every", "batch_size", "lora_r")
+METHOD_KEYS = {**{m: (*_TRAINED, "dpo_learning_rate", "beam_width") for m in DPO_FAMILY},
+               "ppo": (*_TRAINED, "rl_learning_rate"), "grpo": (*_TRAINED, "rl_learning_rate", "num_generations"),
+               "best_of_n": ()}
+
+
+def run_settings(config: dict, method: str) -> dict:
+    """The config values a `method` run's points depend on (stored with each run in points.json)."""
+    return {k: config.get(k) for k in (*SHARED_KEYS, *METHOD_KEYS[method])}
+
+
+def stale_runs(data: dict, config: dict, where: str) -> dict[str, dict]:
+    """Runs in points.json `data` made under other settings than `config`: {run key: {key: (then, now)}}. A
+    change to a shared key is an AlignlabError (start a new output_dir); runs saved without their own settings
+    (older files) are judged by the file's config."""
+    stale = {}
+    for key, run in data.get("runs", {}).items():
+        then = run.get("settings") or run_settings(data.get("config", {}), run["method"])
+        now = run_settings(config, run["method"])
+        diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
+        shared = {k: d for k, d in diff.items() if k in SHARED_KEYS}
+        if shared:
+            changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in shared.items())
+            raise AlignlabError(f"{where}: its runs share other settings ({changes}); give a new output_dir")
+        if diff:
+            stale[key] = diff
+    return stale
+
 
 def beam_reward(cfg: Any, policy: Any, ctx: dict) -> dict:
     """Mean reward of beam search on the policy (= search on the implicit reward) vs one sample per prompt."""

@@ -9,7 +9,9 @@ sweep on best-vs-worst pairs sampled from the base; ppo, grpo: a KL-coefficient 
 sweep with the analytic KL log N - (N - 1) / N (Stiennon et al. 2020, App. G.3). Every `eval_every` steps
 `eval.policy.score_policy` measures a point on held-out prompts (mean reward and KL(policy || base) of the same
 samples); envelopes, best-of-N, beam search and the plot are in eval/frontier.py. points.json grows as each
-run finishes, so a stopped experiment resumes where it was.
+run finishes, so a stopped experiment resumes where it was; each run is stored with the settings it was made
+under, and a rerun redoes the runs whose method's settings changed (e.g. `rl_learning_rate` redoes PPO and GRPO
+only) and refuses a change to what every run shares (eval.frontier.SHARED_KEYS).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from alignlab.eval.frontier import (
     frontier_summary,
     plot_frontier,
     run_best_of_n,
+    run_settings,
+    stale_runs,
 )
 from alignlab.eval.policy import PolicyScore
 
@@ -128,7 +132,12 @@ def run(cfg: FrontierConfig) -> dict:
         torch.set_num_threads(cfg.cpu_threads)
     path = out / "points.json"
     data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    data["config"] = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    for key, diff in stale_runs(data, config, str(path)).items():
+        changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        print(f"frontier: {key} was run with other settings ({changes}): dropped", flush=True)
+        del data["runs"][key]
+    data["config"] = config
     todo = [(m, v) for m, vs in cfg.sweep.items() for v in vs if run_key(m, v) not in data["runs"]]
     print(f"frontier: {len(todo)} runs to do, {len(data['runs'])} already in {path}", flush=True)
     ctx = frontier_context(cfg, out) if todo else {}
@@ -140,14 +149,14 @@ def run(cfg: FrontierConfig) -> dict:
     bon = [v for m, v in todo if m == "best_of_n"]
     if bon:
         for r in run_best_of_n(cfg, bon, ctx):
-            data["runs"][run_key("best_of_n", r["value"])] = r
+            data["runs"][run_key("best_of_n", r["value"])] = {**r, "settings": run_settings(config, "best_of_n")}
         _save(path, data)
     for m, v in [(m, v) for m, v in todo if m != "best_of_n"]:
         print(f"frontier: {run_key(m, v)}", flush=True)
         seed_everything(cfg.seed)
         ctx["run_dir"] = str(out / "runs" / run_key(m, v).replace(" ", "_"))
         runner = run_dpo if m in DPO_FAMILY else run_rl
-        data["runs"][run_key(m, v)] = runner(cfg, m, v, ctx)
+        data["runs"][run_key(m, v)] = {**runner(cfg, m, v, ctx), "settings": run_settings(config, m)}
         _save(path, data)  # after every run: a stopped experiment resumes here
     data["summary"] = frontier_summary(data["runs"])
     _save(path, data)
