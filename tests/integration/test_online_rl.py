@@ -228,6 +228,8 @@ def test_grpo_with_alignlab_serve_as_rollout_engine_equals_in_process(tmp_path):
         assert abs(b["rollout_kl_k3"]) < 1e-5 and b["rollout_is_capped_frac"] == 0.0
     wa, wb = load_file(str(tmp_path / "local/model.safetensors")), load_file(str(tmp_path / "remote/model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    # every push went to a new directory (vLLM keys its prefix cache by path); only the newest is kept
+    assert [p.name for p in (tmp_path / "remote/rollout_weights").iterdir()] == ["step-3"]
 
 
 def test_grpo_console_lines_show_reward_and_named_kl(tmp_path, capsys):

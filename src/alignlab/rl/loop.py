@@ -156,16 +156,26 @@ def _resume(state: RLState, ckpt: Path) -> int:
     return int(info["step"])
 
 
-def push_policy(state: RLState, out: Path) -> None:
-    """Send the policy's current weights (full, or the LoRA adapter) to the external rollout engine, so the next
-    rollout samples from them (rank 0 writes and pushes; the others wait)."""
+def push_policy(state: RLState, out: Path, step: int) -> None:
+    """Send the policy's weights after `step` optimizer steps (full, or the LoRA adapter) to the external rollout
+    engine, so the next rollout samples from them (rank 0 writes and pushes; the others wait).
+
+    Each push is a new directory (rollout_weights/step-N; the previous one is removed once the engine has the
+    new one): vLLM keys its prefix cache by the adapter's name and path, so an adapter reloaded in place from
+    the same path would keep serving prompt KV blocks computed with the old weights (its own warning says so)."""
+    import shutil
+
     from alignlab.rollout.remote import push_weights
     from alignlab.train.checkpoint import save_model
 
     if state.world.is_main:
-        path = out / "rollout_weights"
+        root = out / "rollout_weights"
+        path = root / f"step-{step}"
         save_model(state.policy, path)
         push_weights(state.cfg.rollout_engine, path)
+        for old in root.iterdir():
+            if old != path:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
     state.world.barrier()
 
 
@@ -241,7 +251,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     extra = Sampler(len(train_rows), cfg.batch_size, cfg.seed + 1)  # dynamic sampling's extra rounds (< 1000)
     state.more_prompts = lambda step, rnd: [train_rows[i] for i in extra.step_indices(step * 1000 + rnd)]
     if cfg.rollout_engine is not None:
-        push_policy(state, out)  # the engine starts from this run's weights (fresh or resumed)
+        push_policy(state, out, start)  # the engine starts from this run's weights (fresh or resumed)
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start
@@ -255,7 +265,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
                                 "is from before it: lower learning_rate") from None
         metrics["learning_rate"] = lr
         if cfg.rollout_engine is not None:
-            push_policy(state, out)
+            push_policy(state, out, step + 1)
         done = step + 1
         stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
         if done % cfg.logging_steps == 0 or done == n_total or stop:
