@@ -62,5 +62,8 @@ def test_arith_word_problems_have_the_answer_their_numbers_give():
         assert answer == str(expected) and expected >= 0, question
         seen.add(kind)
     assert seen == {*solve, "shared"}
+    # pinned: the documented calculator runs (docs/online_rl.md) trained and were measured on these problems
+    assert arith_problems(1)[0] == ("A farmer plants 321 rows of 39 trees and then 9232 more trees. How many trees "
+                                    "are there?", "21751")
     rows = builtin_rows("builtin:arith", 4, seed=3)
     assert [(r.prompt[0]["content"], r.answer) for r in rows] == problems[:4]

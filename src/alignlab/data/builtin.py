@@ -74,8 +74,10 @@ def digit_problems(kind: str, n: int, seed: int = 0, digits: int = 3) -> list[tu
     return out
 
 
-# (template, answer) with a, b, c drawn per problem; the answer is always a whole number (division is exact,
-# subtraction never negative). One operation or two, so a group of answers mixes easy and hard cases.
+# (template, answer) with a in 12-999 and b in 12-99 drawn per problem, and c either a small count (a template
+# about days) or below a * b (so taking c away never goes negative); {s} = a + b (so s - a = b) and {p} = a * b
+# (so p / b = a) make the subtraction and the division come out whole. One operation or two, so a group of
+# answers mixes easy and hard cases.
 _ARITH = (
     ("A crate holds {a} apples. How many apples are in {b} crates?", lambda a, b, c: a * b),
     ("A library has {a} books and buys {b} more. How many books does it have now?", lambda a, b, c: a + b),
@@ -100,7 +102,6 @@ def arith_problems(n: int, seed: int = 0) -> list[tuple[str, str]]:
         a, b, c = rng.randint(12, 999), rng.randint(12, 99), rng.randint(2, 9)
         if "{c}" in template and "days" not in template:
             c = rng.randint(10, a * b - 1)
-        # {s} = a + b (so s - a = b), {p} = a * b (so p / b = a): the subtraction and division come out whole.
         text = template.format(a=a, b=b, c=c, s=a + b, p=a * b)
         out.append((text, str(answer(a, b, c))))
     return out
