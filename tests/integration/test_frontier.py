@@ -30,12 +30,12 @@ def test_tiny_frontier_runs_every_kind_and_resumes(tmp_path, capsys):
     assert "0 runs to do, 4 already" in capsys.readouterr().out
     assert json.loads((out / "points.json").read_text())["runs"] == data["runs"]
     # A changed PPO/GRPO learning rate redoes the GRPO run only, under its new settings; a shared key refuses.
-    assert main(["experiment", "frontier", f"output_dir={out}", *ARGS, "rl_learning_rate=1e-3"]) == 0
+    assert main(["experiment", "frontier", f"output_dir={out}", *ARGS, "rl_learning_rate=2e-3"]) == 0
     printed = capsys.readouterr().out
-    assert "grpo 0.1 was run with other settings (rl_learning_rate 0.0001 -> 0.001): dropped" in printed
+    assert "grpo 0.1 was run with other settings (rl_learning_rate 0.001 -> 0.002): dropped" in printed
     assert "1 runs to do, 3 already" in printed
     again = json.loads((out / "points.json").read_text())["runs"]
     assert {k: again[k] for k in again if k != "grpo 0.1"} == {k: data["runs"][k] for k in again if k != "grpo 0.1"}
-    assert again["grpo 0.1"]["settings"]["rl_learning_rate"] == 1e-3
+    assert again["grpo 0.1"]["settings"]["rl_learning_rate"] == 2e-3
     assert main(["experiment", "frontier", f"output_dir={out}", *ARGS, "seed=1"]) == 2
     assert "seed 0 -> 1" in capsys.readouterr().err

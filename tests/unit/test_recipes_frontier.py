@@ -64,9 +64,9 @@ def test_stale_runs_by_the_settings_each_method_depends_on():
     old = asdict(FrontierConfig())
     data = {"config": old, "runs": {f"{m} 0.1": {"method": m} for m in ("dpo", "ppo", "grpo", "best_of_n")}}
     assert stale_runs(data, old, "p.json") == {}
-    new = {**old, "rl_learning_rate": 1e-3, "cpu_threads": 2, "sweep": {"ppo": [0.0]}, "output_dir": "x"}
-    assert stale_runs(data, new, "p.json") == {"ppo 0.1": {"rl_learning_rate": (1e-4, 1e-3)},
-                                               "grpo 0.1": {"rl_learning_rate": (1e-4, 1e-3)}}
+    new = {**old, "rl_learning_rate": 2e-3, "cpu_threads": 2, "sweep": {"ppo": [0.0]}, "output_dir": "x"}
+    assert stale_runs(data, new, "p.json") == {"ppo 0.1": {"rl_learning_rate": (1e-3, 2e-3)},
+                                               "grpo 0.1": {"rl_learning_rate": (1e-3, 2e-3)}}
     assert list(stale_runs(data, {**old, "num_generations": 8}, "p.json")) == ["grpo 0.1"]
     data["runs"]["ppo 0.1"]["settings"] = run_settings(new, "ppo")  # redone under the new settings
     assert list(stale_runs(data, new, "p.json")) == ["grpo 0.1"]
