@@ -52,6 +52,25 @@ def stale_runs(data: dict, config: dict, where: str) -> dict[str, dict]:
     return stale
 
 
+def save_points(path: Path, data: dict) -> None:
+    """Write points.json through a temporary file and a rename: a crash mid-write leaves the previous file."""
+    import json
+    import os
+
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def drop_stale_runs(data: dict, config: dict, where: str) -> None:
+    """Remove (and say so) the runs of points.json `data` that `stale_runs` finds; then `config` is the file's."""
+    for key, diff in stale_runs(data, config, where).items():
+        changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        print(f"frontier: {key} was run with other settings ({changes}): dropped", flush=True)
+        del data["runs"][key]
+    data["config"] = config
+
+
 def beam_reward(cfg: Any, policy: Any, ctx: dict) -> dict:
     """Mean reward of beam search on the policy (= search on the implicit reward) vs one sample per prompt."""
     from alignlab.eval.policy import score_rows

@@ -9,9 +9,8 @@ sweep on best-vs-worst pairs sampled from the base; ppo, grpo: a KL-coefficient 
 sweep with the analytic KL log N - (N - 1) / N (Stiennon et al. 2020, App. G.3). Every `eval_every` steps
 `eval.policy.score_policy` measures a point on held-out prompts (mean reward and KL(policy || base) of the same
 samples); envelopes, best-of-N, beam search and the plot are in eval/frontier.py. points.json grows as each
-run finishes, so a stopped experiment resumes where it was; each run is stored with the settings it was made
-under, and a rerun redoes the runs whose method's settings changed (e.g. `rl_learning_rate` redoes PPO and GRPO
-only) and refuses a change to what every run shares (eval.frontier.SHARED_KEYS).
+run finishes, so a stopped experiment resumes where it was; a rerun redoes only the runs whose settings changed
+(eval.frontier.stale_runs).
 """
 
 from __future__ import annotations
@@ -24,12 +23,13 @@ from alignlab.eval.frontier import (
     DPO_FAMILY,
     FrontierConfig,
     beam_reward,
+    drop_stale_runs,
     frontier_context,
     frontier_summary,
     plot_frontier,
     run_best_of_n,
     run_settings,
-    stale_runs,
+    save_points,
 )
 from alignlab.eval.policy import PolicyScore
 
@@ -107,15 +107,6 @@ def run_rl(cfg: FrontierConfig, method: str, coef: float, ctx: dict) -> dict:
     return {"method": method, "value": coef, "points": points}
 
 
-def _save(path: Path, data: dict) -> None:
-    import json
-    import os
-
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run(cfg: FrontierConfig) -> dict:
     """Every (method, value) run not yet in points.json, then the summary and the plot."""
     import json
@@ -133,11 +124,7 @@ def run(cfg: FrontierConfig) -> dict:
     path = out / "points.json"
     data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    for key, diff in stale_runs(data, config, str(path)).items():
-        changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        print(f"frontier: {key} was run with other settings ({changes}): dropped", flush=True)
-        del data["runs"][key]
-    data["config"] = config
+    drop_stale_runs(data, config, str(path))
     todo = [(m, v) for m, vs in cfg.sweep.items() for v in vs if run_key(m, v) not in data["runs"]]
     print(f"frontier: {len(todo)} runs to do, {len(data['runs'])} already in {path}", flush=True)
     ctx = frontier_context(cfg, out) if todo else {}
@@ -150,16 +137,16 @@ def run(cfg: FrontierConfig) -> dict:
     if bon:
         for r in run_best_of_n(cfg, bon, ctx):
             data["runs"][run_key("best_of_n", r["value"])] = {**r, "settings": run_settings(config, "best_of_n")}
-        _save(path, data)
+        save_points(path, data)
     for m, v in [(m, v) for m, v in todo if m != "best_of_n"]:
         print(f"frontier: {run_key(m, v)}", flush=True)
         seed_everything(cfg.seed)
         ctx["run_dir"] = str(out / "runs" / run_key(m, v).replace(" ", "_"))
         runner = run_dpo if m in DPO_FAMILY else run_rl
         data["runs"][run_key(m, v)] = {**runner(cfg, m, v, ctx), "settings": run_settings(config, m)}
-        _save(path, data)  # after every run: a stopped experiment resumes here
+        save_points(path, data)  # after every run: a stopped experiment resumes here
     data["summary"] = frontier_summary(data["runs"])
-    _save(path, data)
+    save_points(path, data)
     png = plot_frontier(data["runs"], data["summary"], out / "frontier.png")
     best = ", ".join(f"{m} {b['reward']:.3f} at KL {b['kl']:.2f}" for m, b in data["summary"]["best"].items())
     print(f"frontier: highest frontier on the common KL range {data['summary']['common_kl_range']}: "
