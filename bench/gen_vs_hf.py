@@ -200,7 +200,11 @@ def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"vLLM peer failed ({python}):\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    mark = "alignlab-vllm-peer-result: "  # bench/vllm_peer.py's MARK (vLLM's own logs share its stdout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(mark)]
+    if not lines:
+        sys.exit(f"vLLM peer printed no result line:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    out = json.loads(lines[-1][len(mark):])
     for r, (t, w) in enumerate(zip(out["tokens"], out["wall"])):
         print(f"round {r} vllm: {t:5d} tokens, wall {w:6.2f} s = {t / w:8.1f} tokens/s", flush=True)
     return statistics.median(t / w for t, w in zip(out["tokens"], out["wall"]))

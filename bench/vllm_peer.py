@@ -12,6 +12,8 @@ import json
 import sys
 import time
 
+MARK = "alignlab-vllm-peer-result: "
+
 
 def main() -> None:
     job = json.loads(sys.argv[1])
@@ -31,7 +33,8 @@ def main() -> None:
 
     run(0, 4)  # warm-up: graph capture / first-call costs
     rounds = [run(1000 + r, job["max_new_tokens"]) for r in range(job["rounds"])]
-    print(json.dumps({"tokens": [t for t, _ in rounds], "wall": [w for _, w in rounds]}))
+    # vLLM logs to stdout too: the result line carries a marker the caller looks for
+    print(MARK + json.dumps({"tokens": [t for t, _ in rounds], "wall": [w for _, w in rounds]}), flush=True)
 
 
 if __name__ == "__main__":
