@@ -196,6 +196,10 @@ def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
     job = {"model": resolve_model(model), "prompts": prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
            "rounds": args.rounds}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or torch.get_num_threads()))
+    # vLLM's CPU defaults failed to start its engine here (thread binding on a shared 2-core machine): no binding,
+    # and a KV cache of 2 GiB (the batch needs ~0.1), unless the caller set them.
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     proc = subprocess.run([python, str(Path(__file__).with_name("vllm_peer.py")), json.dumps(job)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
