@@ -235,6 +235,15 @@ def test_gsm8k_solution_becomes_the_calculator_episode_it_describes():
     assert gsm8k_transcript("q", SOLUTION, max_turns=2) is None  # 3 turns needed
     assert gsm8k_transcript("q", SOLUTION.replace("=72>>", "=73>>")) is None  # annotation the calculator contradicts
     assert gsm8k_transcript("q", "no final answer") is None
+    plain = gsm8k_transcript("How many clips?", SOLUTION, tool=False)
+    assert plain[:2] == msgs[:2] and len(plain) == 3
+    assert plain[2]["content"] == ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in "
+                                   "April and May.\n\\boxed{72}")
+    env = get_env("calculator", max_turns=4)
+    env.reset({"question": "How many clips?", "answer": SOLUTION})
+    res = env.step(plain, plain[2]["content"])
+    assert res.done and res.reward == 1.0
+    assert gsm8k_transcript("q", SOLUTION, max_turns=2, tool=False) is None  # left out by the same rules
 
 
 def test_tool_transcripts_command_writes_conversations_and_names_a_bad_record(tmp_path, capsys):
@@ -253,3 +262,9 @@ def test_tool_transcripts_command_writes_conversations_and_names_a_bad_record(tm
     assert main(["data", "tool-transcripts", str(src), str(tmp_path / "out2.jsonl")]) == 2
     assert "gsm.jsonl: record 1 (line 2): no text field 'answer'" in capsys.readouterr().err
     assert not (tmp_path / "out2.jsonl").exists()
+    src.write_text("".join(json.dumps({"question": f"q{i}", "answer": SOLUTION}) + "\n" for i in range(40)))
+    assert main(["data", "tool-transcripts", str(src), str(tmp_path / "mixed.jsonl"), "--no-tool-share", "0.5"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "mixed.jsonl").read_text().splitlines()]
+    n_plain = sum(len(r["messages"]) == 3 for r in rows)
+    assert f"({n_plain} without tool calls)" in capsys.readouterr().err and 10 <= n_plain <= 30
+    assert main(["data", "tool-transcripts", str(src), str(tmp_path / "x.jsonl"), "--no-tool-share", "1.5"]) == 2

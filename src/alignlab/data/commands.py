@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 from collections import defaultdict
@@ -258,6 +259,10 @@ def _transcripts_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-turns", type=int, default=4, help="leave out solutions needing more assistant turns "
                    "(tool calls + the answer) than this: the env's max_turns (default 4)")
     p.add_argument("--limit", type=int, default=0, help="write at most this many conversations (0: all)")
+    p.add_argument("--no-tool-share", type=float, default=0.0, help="write this share of the solutions (chosen by "
+                   "--seed) without tool calls, the arithmetic done in the text: the warm-up then leaves to RL "
+                   "when the tool pays (default 0: every solution calls it)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
 
@@ -269,26 +274,31 @@ def transcripts_cmd(args: argparse.Namespace) -> int:
     from alignlab.data.readers import read_records
     from alignlab.rl.envs.calculator import gsm8k_transcript
 
+    if not 0.0 <= args.no_tool_share <= 1.0:
+        raise AlignlabError(f"--no-tool-share must be between 0 and 1, got {args.no_tool_share}")
     read = read_records(args.input)
     if read.problems:
         raise AlignlabError(f"{read.problems[0].location()}: {read.problems[0].message}")
-    out, left_out = [], 0
+    rng = random.Random(args.seed)
+    out, left_out, plain = [], 0, 0
     for r in read.records:
         rec = r.value if isinstance(r.value, dict) else {}
         missing = [f for f in (args.question_field, args.answer_field) if not isinstance(rec.get(f), str)]
         if missing:
             raise AlignlabError(f"{args.input}: record {r.index} (line {r.line}): no text field {missing[0]!r}")
-        messages = gsm8k_transcript(rec[args.question_field], rec[args.answer_field], args.max_turns)
+        tool = rng.random() >= args.no_tool_share
+        messages = gsm8k_transcript(rec[args.question_field], rec[args.answer_field], args.max_turns, tool=tool)
         if messages is None:
             left_out += 1
         else:
             out.append({"messages": messages})
+            plain += not tool
         if args.limit and len(out) >= args.limit:
             break
     if not out:
         raise AlignlabError(f"{args.input}: no record gave a transcript (annotated calculations within "
                             f"{args.max_turns} turns)")
     write_records(args.output, out)
-    print(f"wrote {len(out)} conversations to {args.output}; left out {left_out} (more than {args.max_turns} "
-          "turns, or a calculation the calculator does not reproduce)", file=sys.stderr)
+    print(f"wrote {len(out)} conversations ({plain} without tool calls) to {args.output}; left out {left_out} "
+          f"(more than {args.max_turns} turns, or a calculation the calculator does not reproduce)", file=sys.stderr)
     return 0

@@ -137,7 +137,8 @@ class CalculatorEnv(ToolEnvironment):
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]*)>>")
 
 
-def gsm8k_transcript(question: str, solution: str, max_turns: int = 4) -> list[dict[str, str]] | None:
+def gsm8k_transcript(question: str, solution: str, max_turns: int = 4, *,
+                     tool: bool = True) -> list[dict[str, str]] | None:
     """A GSM8K reference solution replayed as a calculator episode (an SFT warm-up for `env=calculator`).
 
     GSM8K writes each calculation as ``48/2 = <<48/2=24>>24``. Each annotation becomes the end of an assistant
@@ -145,7 +146,9 @@ def gsm8k_transcript(question: str, solution: str, max_turns: int = 4) -> list[d
     ``tool`` message, and the last turn is the rest of the solution with ``\\boxed{final answer}``: the exact
     messages :class:`CalculatorEnv` exchanges (its system prompt, the question as the user message). None when
     an annotation is not an expression the calculator evaluates to the annotated value, or when the episode
-    would need more than ``max_turns`` turns."""
+    would need more than ``max_turns`` turns. ``tool=False`` writes the same solution as one assistant turn that
+    does the arithmetic in its text (annotations dropped, ``48/2 = 24``), under the same system prompt: a warm-up
+    with both kinds teaches the format and leaves to RL when calling the tool pays."""
     body, sep, final = solution.rpartition("####")
     if not sep or not final.strip():
         return None
@@ -165,4 +168,9 @@ def gsm8k_transcript(question: str, solution: str, max_turns: int = 4) -> list[d
                      {"role": "tool", "content": format_number(value)}]
         pos = m.end()
     messages.append({"role": "assistant", "content": f"{body[pos:].strip()}\n\\boxed{{{final.strip()}}}".lstrip()})
-    return messages if sum(m["role"] == "assistant" for m in messages) <= max_turns else None
+    if sum(m["role"] == "assistant" for m in messages) > max_turns:
+        return None
+    if not tool:  # kept or left out by the same rules, so the plain share is drawn from the same solutions
+        plain = f"{_ANNOTATION.sub('', body).strip()}\n\\boxed{{{final.strip()}}}".lstrip()
+        return messages[:2] + [{"role": "assistant", "content": plain}]
+    return messages
