@@ -12,7 +12,8 @@ schedule, seed and torch thread count, the sigmoid DPO loss on both. Each side r
 process (so peak RSS is its own); TRL runs in its own virtual environment (default
 /tmp/alignlab-bench-trl, created once by bench/peer.py with `pip install torch==<ours> trl`, so both
 sides run the same torch release); it is never a dependency of alignlab.
-TRL's fastest settings for this job on CPU: gradient_checkpointing off (its default is on), its fused
+TRL's fastest settings for this job on CPU: gradient_checkpointing off (its default is on; `--gradient-checkpointing
+full` turns it on for both sides, `selective` runs alignlab's selective recomputation against TRL's full), its fused
 LM head (always on in 1.16; padding_free is disabled there), and the precision that is faster for it:
 float32 for the tiny model, bf16 autocast (`--bf16`, both sides) for SmolLM2 on a CPU with AVX512-BF16
 (TRL 0.118 pairs/s against 0.067 in float32, both at one thread). alignlab uses its defaults: prefix-shared rows
@@ -73,12 +74,14 @@ def alignlab_worker(spec: dict) -> dict:
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
         beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
         cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto", bf16=spec["bf16"],
+        gradient_checkpointing={"off": False, "full": True, "selective": "selective"}[spec["gradient_checkpointing"]],
     )
     run(cfg)
     rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
     tokens = [rows[0]["num_tokens"]] + [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
     seconds = [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
-    return {"step_seconds": seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in rows]}
+    return {"step_seconds": seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in rows],
+            "gradient_checkpointing": spec["gradient_checkpointing"]}
 
 
 def trl_worker(spec: dict) -> dict:
@@ -98,7 +101,8 @@ def trl_worker(spec: dict) -> dict:
         output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
         gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
         max_length=spec["max_length"], beta=spec["beta"], seed=spec["seed"], logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, bf16=spec["bf16"], gradient_checkpointing=False, dataloader_num_workers=0,
+        report_to="none", use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0,
+        gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
         disable_tqdm=True,
     )
 
@@ -108,7 +112,8 @@ def trl_worker(spec: dict) -> dict:
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r and "rewards/chosen" in r]
     return {"step_seconds": timer.seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in logs],
-            "trl_version": trl.__version__}
+            "trl_version": trl.__version__,
+            "gradient_checkpointing": "off" if spec["gradient_checkpointing"] == "off" else "full"}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -147,7 +152,7 @@ def summarize(res: dict, batch_size: int) -> dict:
     out = {"pairs_per_second": round(batch_size * len(seconds) / sum(seconds), 3), "seconds": round(sum(seconds), 2),
            "pairs": batch_size * len(seconds), "peak_memory_mb": round(res["peak_memory_mb"], 1),
            "first_loss": round(res["losses"][0], 4), "final_loss": round(res["losses"][-1], 4),
-           "torch_threads": res["torch_threads"],
+           "torch_threads": res["torch_threads"], "gradient_checkpointing": res["gradient_checkpointing"],
            # positions the policy (trainable embedding) and the frozen reference embedded in the timed steps,
            # padding included: the run's totals times the timed steps' share
            "processed_policy_tokens": round(res["embedded_tokens"]["trained"] * timed),
@@ -166,14 +171,15 @@ def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, floa
     parameters in matmuls, bench/hardware.py), with P + C + R tokens per pair (the prompt once):
         useful = 8N x mean over the job's pairs of (P + C + R) x pairs timed.
     The same for both sides (same pairs), so the ratio of their shares is the speedup. Processed: what each side
-    actually ran, padding included: 6N per policy position + 2N per reference position (TRL runs prompt+chosen
-    and prompt+rejected as padded rows, so it embeds the prompt twice and pads; alignlab's prefix rows pad only a
-    row's tail)."""
+    actually ran, padding included: 6N per policy position (8N under full checkpointing, which reruns the forward)
+    + 2N per reference position (TRL runs prompt+chosen and prompt+rejected as padded rows, so it embeds the prompt
+    twice and pads; alignlab's prefix rows pad only a row's tail)."""
     from hardware import forward_flops_per_token, train_flops_per_token
 
     useful = (train_flops_per_token(n, recompute=False) + forward_flops_per_token(n)) * layout_tokens_per_pair \
         * res["pairs"]
-    processed = train_flops_per_token(n, recompute=False) * res["processed_policy_tokens"] \
+    recompute = res["gradient_checkpointing"] == "full"  # selective reruns no matrix product
+    processed = train_flops_per_token(n, recompute=recompute) * res["processed_policy_tokens"] \
         + forward_flops_per_token(n) * res["processed_reference_tokens"]
     return useful, processed
 
@@ -191,6 +197,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-7)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--path", default="prefix", choices=["prefix", "packed", "plain"], help="alignlab forward path")
+    p.add_argument("--gradient-checkpointing", choices=["off", "full", "selective"], default="off",
+                   help="off or full: the same on both sides; selective: alignlab's selective recomputation against "
+                        "TRL's full (the only kind it has)")
     add_shared_args(p)
     args = p.parse_args()
     if run_as_worker(args, {"alignlab": alignlab_worker, "trl": trl_worker}):
@@ -207,8 +216,10 @@ def main() -> None:
     spec = {"model_dir": resolve_model(args.model), "data": str(pairs_file),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
-            "threads": args.threads, "path": args.path, "bf16": args.bf16}
-    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16")}
+            "threads": args.threads, "path": args.path, "bf16": args.bf16,
+            "gradient_checkpointing": args.gradient_checkpointing}
+    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16",
+                                "gradient_checkpointing")}
     n, per_pair = matmul_params(load_config(spec["model_dir"])), sum(layout) / len(layout)
     compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second",
             job={"model": args.model, "matmul_params": n, "layout_tokens_per_pair": round(per_pair, 1), **job},

@@ -64,15 +64,18 @@ def test_sft_flops_recompute_or_not(bench):
 
 def test_dpo_flops_prefix_layout(bench):
     dpo = bench("dpo_vs_trl")
-    res = {"pairs": 4, "processed_policy_tokens": 1000, "processed_reference_tokens": 900}
+    res = {"pairs": 4, "processed_policy_tokens": 1000, "processed_reference_tokens": 900, "gradient_checkpointing": "off"}
     # useful: (6N + 2N) x 200 layout tokens per pair x 4 pairs; processed: 6N x 1000 + 2N x 900
     assert dpo.flops(res, 10, 200.0) == (80 * 200 * 4, 60 * 1000 + 20 * 900)
+    # full checkpointing reruns the policy's forward (8N per policy position); selective reruns no matrix product
+    assert dpo.flops({**res, "gradient_checkpointing": "full"}, 10, 200.0) == (80 * 200 * 4, 80 * 1000 + 20 * 900)
+    assert dpo.flops({**res, "gradient_checkpointing": "selective"}, 10, 200.0) == dpo.flops(res, 10, 200.0)
 
 
 def test_dpo_summarize_skips_the_first_step_and_scales_tokens(bench):
     dpo = bench("dpo_vs_trl")
     res = {"step_seconds": [5.0, 1.0, 1.0, 2.0], "peak_memory_mb": 10.0, "losses": [0.7, 0.6, 0.5, 0.4],
-           "torch_threads": 1, "embedded_tokens": {"trained": 400, "frozen": 200}}
+           "torch_threads": 1, "embedded_tokens": {"trained": 400, "frozen": 200}, "gradient_checkpointing": "off"}
     out = dpo.summarize(res, 2)
     assert out["pairs"] == 6 and out["pairs_per_second"] == 1.5 and out["seconds"] == 4.0
     assert out["processed_policy_tokens"] == 300 and out["processed_reference_tokens"] == 150

@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from alignlab.models.checkpointing import enable_checkpointing
 
-def without_dropout(model: Any, gradient_checkpointing: bool) -> Any:
+
+def without_dropout(model: Any, gradient_checkpointing: bool | str) -> Any:
     """Every dropout off (p = 0) and the model left in train mode, so that gradient checkpointing (which
     transformers applies only in train mode) works while every forward stays deterministic: RL ratios and
     values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout)."""
@@ -29,8 +31,7 @@ def without_dropout(model: Any, gradient_checkpointing: bool) -> Any:
             m.p = 0.0
         if isinstance(getattr(m, "attention_dropout", None), float):  # HF attention reads its own copy
             m.attention_dropout = 0.0
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model, gradient_checkpointing)
     return model.train()
 
 

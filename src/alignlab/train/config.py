@@ -44,9 +44,10 @@ class RunConfig:
     bf16 matrix instructions (AVX512-BF16, AMX: SmolLM2 SFT ~1.7x here); slower on CPUs without them."""
     device: str = "auto"
     """cpu, cuda, cuda:1 ... or auto (cuda when available, else cpu)."""
-    gradient_checkpointing: bool = False
-    """Recompute each block's activations in backward instead of storing them: much less activation memory
-    for ~1/3 more compute (TRL's SFT default is on; ours is off, favouring speed)."""
+    gradient_checkpointing: bool | Literal["selective"] = False
+    """true: keep only each layer's input and recompute the layer in backward (least activation memory, one more
+    forward); selective: keep the matrix products' and attention's outputs and recompute the cheap ops (norms,
+    activations, casts) in backward. Same numbers either way (models/checkpointing.py). TRL's SFT default is on."""
     cpu_threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default (one per core). 1 is much faster when other
     jobs share the cores (oversubscribed threads spin)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.train import fsdp
 from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
@@ -192,8 +193,7 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
-    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen (LoRA) inputs without extra hooks
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model, cfg.gradient_checkpointing)
     if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
         model.to(world.device)
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
