@@ -67,7 +67,8 @@ def alignlab_worker(spec: dict) -> dict:
         max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
         logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
-        packing=not spec["no_packing"], device="cpu", gradient_checkpointing=spec["gradient_checkpointing"],
+        packing=not spec["no_packing"], device="cpu",
+        gradient_checkpointing={"off": False, "on": True, "selective": "selective"}[spec["gradient_checkpointing"]],
         bf16=spec["bf16"],
     )
     run(cfg)
@@ -75,7 +76,7 @@ def alignlab_worker(spec: dict) -> dict:
     tokens = [rows[0]["num_tokens"]] + [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
     seconds = [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
     return {"step_tokens": tokens, "step_seconds": seconds, "peak_memory_mb": peak_rss_mb(),
-            "final_loss": rows[-1]["loss"]}
+            "final_loss": rows[-1]["loss"], "gradient_checkpointing": spec["gradient_checkpointing"]}
 
 
 def trl_worker(spec: dict) -> dict:
@@ -96,7 +97,7 @@ def trl_worker(spec: dict) -> dict:
         gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
         max_length=spec["max_length"], seed=spec["seed"], logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0, disable_tqdm=True,
-        gradient_checkpointing=spec["gradient_checkpointing"],
+        gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
     )
 
     timer = step_timer()
@@ -106,7 +107,8 @@ def trl_worker(spec: dict) -> dict:
     cum = [r["num_tokens"] for r in logs]
     tokens = [cum[0]] + [b - a for a, b in zip(cum, cum[1:])]
     return {"step_tokens": tokens, "step_seconds": timer.seconds[: len(tokens)], "peak_memory_mb": peak_rss_mb(),
-            "final_loss": logs[-1]["loss"], "trl_version": trl.__version__}
+            "final_loss": logs[-1]["loss"], "trl_version": trl.__version__,
+            "gradient_checkpointing": "off" if spec["gradient_checkpointing"] == "off" else "on"}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -130,6 +132,7 @@ def summarize(res: dict) -> dict:
     return {"tokens_per_second": round(sum(tokens) / sum(seconds), 1), "tokens": int(sum(tokens)),
             "seconds": round(sum(seconds), 2), "peak_memory_mb": round(res["peak_memory_mb"], 1),
             "final_loss": round(res["final_loss"], 4), "torch_threads": res["torch_threads"],
+            "gradient_checkpointing": res["gradient_checkpointing"],
             # positions the policy embedded over the timed steps (padding included): the run's total, scaled
             # by the timed steps' share of the run's real tokens
             "processed_tokens": round(res["embedded_tokens"]["trained"] * sum(tokens) / sum(res["step_tokens"])),
@@ -137,14 +140,15 @@ def summarize(res: dict) -> dict:
 
 
 def flops(res: dict, n: int, recompute: bool) -> tuple[float, float]:
-    """(useful, processed) FLOPs of a side's timed steps. Useful: 8N per real (non-padding) token with gradient
-    checkpointing's recomputed forward, 6N without (bench/hardware.py); both sides train the same rows, so their
-    useful FLOPs match and the ratio of their shares is the speedup. Processed: the same per-token count over
-    every position the side ran, padding included (TRL pads each micro-batch; alignlab packs)."""
+    """(useful, processed) FLOPs of a side's timed steps. Useful: 8N per real (non-padding) token when the job
+    checkpoints (`recompute`: the forward runs again), 6N without (bench/hardware.py); both sides train the same
+    rows, so their useful FLOPs match and the ratio of their shares is the speedup. Processed: what the side ran
+    over every position, padding included (TRL pads each micro-batch; alignlab packs): 8N per position under full
+    checkpointing, 6N without it or under selective recomputation (which reruns no matrix product)."""
     from hardware import train_flops_per_token
 
-    per_token = train_flops_per_token(n, recompute=recompute)
-    return per_token * res["tokens"], per_token * res["processed_tokens"]
+    processed = train_flops_per_token(n, recompute=res["gradient_checkpointing"] == "on") * res["processed_tokens"]
+    return train_flops_per_token(n, recompute=recompute) * res["tokens"], processed
 
 
 
@@ -161,8 +165,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-packing", action="store_true", help="alignlab pads too (isolates the packing gain)")
-    p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
-                   help="the same on both sides (TRL's SFT default is on, alignlab's off)")
+    p.add_argument("--gradient-checkpointing", choices=["on", "off", "selective"], default="on",
+                   help="on or off: the same on both sides (TRL's SFT default is on, alignlab's off); selective: "
+                        "alignlab's selective recomputation against TRL's full (the only kind it has)")
     add_shared_args(p)
     args = p.parse_args()
     if run_as_worker(args, {"alignlab": alignlab_worker, "trl": trl_worker}):
@@ -177,11 +182,11 @@ def main() -> None:
     spec = {"model_dir": resolve_model(args.model), "data": str(write_rows(args.data, args.steps * args.batch_size, out)),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-            "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing == "on", "bf16": args.bf16}
+            "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16}
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16")}
     n = matmul_params(load_config(spec["model_dir"]))
     compare(HERE, args, spec, out, summarize, rate="tokens_per_second", job={"model": args.model, "matmul_params": n, **job},
-            flops=lambda r: flops(r, n, spec["gradient_checkpointing"]),
+            flops=lambda r: flops(r, n, spec["gradient_checkpointing"] != "off"),
             describe=lambda r: f"{r['tokens_per_second']:>9,.1f} tokens/s  peak {r['peak_memory_mb']:,.0f} MB"
                                f"  final loss {r['final_loss']:.4f}")
 

@@ -57,9 +57,11 @@ def test_flops_per_token_and_share(bench):
 
 def test_sft_flops_recompute_or_not(bench):
     sft = bench("sft_vs_trl")
-    res = {"tokens": 500, "processed_tokens": 600}
+    res = {"tokens": 500, "processed_tokens": 600, "gradient_checkpointing": "on"}
     assert sft.flops(res, 10, True) == (80 * 500, 80 * 600)
-    assert sft.flops(res, 10, False) == (60 * 500, 60 * 600)
+    assert sft.flops({**res, "gradient_checkpointing": "off"}, 10, False) == (60 * 500, 60 * 600)
+    # alignlab's selective side in a checkpointed job: the job's useful 8N, but it ran 6N per position
+    assert sft.flops({**res, "gradient_checkpointing": "selective"}, 10, True) == (80 * 500, 60 * 600)
 
 
 def test_dpo_flops_prefix_layout(bench):

@@ -34,8 +34,8 @@ def left_pad(prompts: list[list[int]], pad_id: int, device):
 
 
 class Engine:
-    """One generate() call's rows. `forward(**kwargs) -> logits` is the model call (plain, with bf16 weights,
-    or compiled: see rollout/generate.py); `sample(logits, rows) -> (tokens, log-probs)` picks the tokens
+    """One generate() call's rows. `forward(**kwargs) -> logits` is the model call (plain or with bf16 weights:
+    see rollout/weights.py); `sample(logits, rows) -> (tokens, log-probs)` picks the tokens
     (`rows`: the global row ids of the live rows, for per-row constraints); `on_token(rows, tokens)` sees
     every sampled token (constraint state); `stop_hit(ids) -> bool` checks stop strings."""
 
