@@ -290,23 +290,38 @@ def _per_chunk_reference(hidden, weight, labels, g, chunk, autocast):
     return torch.cat(values), torch.cat(grad_h), grad_w
 
 
+@pytest.mark.parametrize("kept", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_chunked_reused_buffers_equal_fresh_tensors_bit_for_bit(autocast):
+def test_chunked_reused_buffers_equal_fresh_tensors_bit_for_bit(autocast, kept):
     """Speed path of issue 16 (one [chunk, V] buffer per pass, logsumexp in place, dlogits lowered once, the
-    head's cast kept from forward to backward): the same numbers as fresh tensors per chunk, exactly."""
+    head's cast kept from forward to backward; with `kept`, buffers and the cast kept across passes by
+    reused_buffers): the same numbers as fresh tensors per chunk, exactly, over three passes with a fused AdamW
+    step on the weight before the last (it changes the weight in place without bumping its version counter)."""
+    from contextlib import nullcontext
+
+    from alignlab.ops.logprobs import _LOCAL, reused_buffers
+
     torch.manual_seed(5)
     hidden = torch.randn(45, 24, requires_grad=True)
     weight = (torch.randn(300, 24) * 0.3).requires_grad_(True)
     labels = torch.randint(0, 300, (45,))
     labels[::7] = -100
     g = torch.randn(45)
-    want_v, want_h, want_w = _per_chunk_reference(hidden.detach(), weight.detach(), labels, g, 16, autocast)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        got = chunked_token_logprobs(hidden, weight, labels, chunk_size=16)
-    got_h, got_w = torch.autograd.grad((got * g).sum(), (hidden, weight))
-    assert torch.equal(got, want_v)
-    assert torch.equal(got_h, want_h)
-    assert torch.equal(got_w, want_w)
+    with reused_buffers() if kept else nullcontext():
+        for step in range(3):
+            if step == 2:
+                weight.grad = torch.ones_like(weight)
+                torch.optim.AdamW([weight], lr=0.1, fused=True).step()
+            want_v, want_h, want_w = _per_chunk_reference(hidden.detach(), weight.detach(), labels, g, 16, autocast)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                got = chunked_token_logprobs(hidden, weight, labels, chunk_size=16)
+            got_h, got_w = torch.autograd.grad((got * g).sum(), (hidden, weight))
+            assert torch.equal(got, want_v)
+            assert torch.equal(got_h, want_h)
+            assert torch.equal(got_w, want_w)
+        if kept:
+            assert _LOCAL.buffers and any(k[0] == "cast" for k in _LOCAL.buffers) == autocast
+    assert getattr(_LOCAL, "buffers", None) is None  # freed on exit
 
 
 def test_frozen_head_cast_is_kept_until_the_weight_changes():

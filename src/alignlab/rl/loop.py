@@ -255,31 +255,34 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start
-    for step in range(start, n_total):
-        lr = _set_lr(state, step, n_total, warmup)
-        try:
-            metrics = step_fn(state, step, [train_rows[i] for i in sampler.step_indices(step)])
-        except NonFiniteStep as e:
-            events.on_train_end(step, None)
-            raise AlignlabError(f"step {step + 1}: {e}; stopped before the update. The newest checkpoint in {out} "
-                                "is from before it: lower learning_rate") from None
-        metrics["learning_rate"] = lr
-        if cfg.rollout_engine is not None:
-            push_policy(state, out, step + 1)
-        done = step + 1
-        stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
-        if done % cfg.logging_steps == 0 or done == n_total or stop:
-            events.on_log(done, metrics)
-        history.append({"step": done, **metrics})
-        if on_step is not None:
-            on_step(state, done)
-        if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop:
-            evaluate(done)
-        if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
-            _save(state, out, done, config_yaml)
-            events.on_save(done, out / f"checkpoint-{done}")
-        if stop:
-            break
+    from alignlab.ops.logprobs import reused_buffers
+
+    with reused_buffers():  # the LM head's [chunk, V] buffers live across steps (ops/logprobs.py)
+        for step in range(start, n_total):
+            lr = _set_lr(state, step, n_total, warmup)
+            try:
+                metrics = step_fn(state, step, [train_rows[i] for i in sampler.step_indices(step)])
+            except NonFiniteStep as e:
+                events.on_train_end(step, None)
+                raise AlignlabError(f"step {step + 1}: {e}; stopped before the update. The newest checkpoint in {out} "
+                                    "is from before it: lower learning_rate") from None
+            metrics["learning_rate"] = lr
+            if cfg.rollout_engine is not None:
+                push_policy(state, out, step + 1)
+            done = step + 1
+            stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
+            if done % cfg.logging_steps == 0 or done == n_total or stop:
+                events.on_log(done, metrics)
+            history.append({"step": done, **metrics})
+            if on_step is not None:
+                on_step(state, done)
+            if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop:
+                evaluate(done)
+            if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
+                _save(state, out, done, config_yaml)
+                events.on_save(done, out / f"checkpoint-{done}")
+            if stop:
+                break
     runtime = time.perf_counter() - t0
     if world.is_main:
         save_model(state.policy, out, state.tokenizer)

@@ -323,53 +323,56 @@ def train(
     model.train()
     t_loop = time.perf_counter()
     window, last_log, done = _LogWindow(), {}, start
-    for step in range(start, n_total):
-        t0 = time.perf_counter()
-        micro = sampler.micro_indices(step, cfg.grad_accum, world)
-        batches = [collate([dataset[i] for i in idx]) for idx in micro]
-        weights = [batch_weight(b) for b in batches]
-        step_total = world.all_reduce_sum(sum(weights))
-        lr = lr_at(step, base_lr=cfg.learning_rate, total_steps=n_total, warmup_steps=warmup,
-                   schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        window.tokens += sum(count_tokens(b) for b in batches)
+    from alignlab.ops.logprobs import reused_buffers
 
-        forwards = [lambda b=b: step_fn(wrapped, to_device(b, device)) for b in batches]
-        try:
-            out_step = optimizer_step(optimizer, forwards, weights, total=step_total, world_size=world.size,
-                                      max_grad_norm=cfg.max_grad_norm, sync=sync,
-                                      compute=lambda: autocast(cfg, device, cache=False))
-        except NonFiniteStep as e:
-            events.on_train_end(step, None)
-            idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
-            bad = _write_bad_batch(cfg, step + 1, idx, f"{e.what} {e.value}")
-            where = f"micro-batch {e.micro}, " if e.micro is not None else ""
-            raise TrainingDiverged(
-                f"{e.what} is {e.value} at step {step + 1} ({where}dataset indices {idx[:8]}"
-                f"{'...' if len(idx) > 8 else ''}; all in {bad}); stopping before the update. The newest "
-                f"checkpoint in {out} is from before the divergence: lower learning_rate or check those rows."
-            ) from None
-        window.add(out_step.metrics, 1.0)
-        grad_norm = out_step.grad_norm
-        window.end_step(grad_norm, time.perf_counter() - t0)
-        done = step + 1
-        # A stop any callback on any rank asks for: this step is logged and evaluated, then the final save.
-        stop = world.all_reduce_sum(float(events.on_step_end(done, {"grad_norm": grad_norm, "learning_rate": lr}))) > 0
+    with reused_buffers():  # the LM head's [chunk, V] buffers live across steps (ops/logprobs.py)
+        for step in range(start, n_total):
+            t0 = time.perf_counter()
+            micro = sampler.micro_indices(step, cfg.grad_accum, world)
+            batches = [collate([dataset[i] for i in idx]) for idx in micro]
+            weights = [batch_weight(b) for b in batches]
+            step_total = world.all_reduce_sum(sum(weights))
+            lr = lr_at(step, base_lr=cfg.learning_rate, total_steps=n_total, warmup_steps=warmup,
+                       schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            window.tokens += sum(count_tokens(b) for b in batches)
 
-        if done % cfg.logging_steps == 0 or done == n_total or stop:
-            last_log = window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=device)
-            last_log["epoch"] = done * cfg.batch_size / sampler.per_epoch
-            events.on_log(done, last_log)
-        if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop):
-            run_eval(done)
-        if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
-            checkpoint(done)
-        if stop_at is not None and done >= stop_at and done < n_total:
-            events.on_train_end(done, None)
-            return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, evals, finished=False)
-        if stop:
-            break
+            forwards = [lambda b=b: step_fn(wrapped, to_device(b, device)) for b in batches]
+            try:
+                out_step = optimizer_step(optimizer, forwards, weights, total=step_total, world_size=world.size,
+                                          max_grad_norm=cfg.max_grad_norm, sync=sync,
+                                          compute=lambda: autocast(cfg, device, cache=False))
+            except NonFiniteStep as e:
+                events.on_train_end(step, None)
+                idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
+                bad = _write_bad_batch(cfg, step + 1, idx, f"{e.what} {e.value}")
+                where = f"micro-batch {e.micro}, " if e.micro is not None else ""
+                raise TrainingDiverged(
+                    f"{e.what} is {e.value} at step {step + 1} ({where}dataset indices {idx[:8]}"
+                    f"{'...' if len(idx) > 8 else ''}; all in {bad}); stopping before the update. The newest "
+                    f"checkpoint in {out} is from before the divergence: lower learning_rate or check those rows."
+                ) from None
+            window.add(out_step.metrics, 1.0)
+            grad_norm = out_step.grad_norm
+            window.end_step(grad_norm, time.perf_counter() - t0)
+            done = step + 1
+            # A stop any callback on any rank asks for: this step is logged and evaluated, then the final save.
+            stop = world.all_reduce_sum(float(events.on_step_end(done, {"grad_norm": grad_norm, "learning_rate": lr}))) > 0
+
+            if done % cfg.logging_steps == 0 or done == n_total or stop:
+                last_log = window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=device)
+                last_log["epoch"] = done * cfg.batch_size / sampler.per_epoch
+                events.on_log(done, last_log)
+            if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop):
+                run_eval(done)
+            if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
+                checkpoint(done)
+            if stop_at is not None and done >= stop_at and done < n_total:
+                events.on_train_end(done, None)
+                return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, evals, finished=False)
+            if stop:
+                break
 
     runtime = time.perf_counter() - t_loop
     full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)
