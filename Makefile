@@ -33,20 +33,23 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 
 # Benchmarks against the peers on the same job (not part of `make test`; each prints a JSON last line).
+# BENCH_ARGS go to every run, e.g. `make bench-dpo BENCH_ARGS="--threads 1"`.
+BENCH_ARGS ?=
 bench-sft: $(BIN)/.installed
-	$(BIN)/python bench/sft_vs_trl.py --bf16
+	$(BIN)/python bench/sft_vs_trl.py --bf16 $(BENCH_ARGS)
+	$(BIN)/python bench/sft_vs_trl.py --bf16 --gradient-checkpointing selective $(BENCH_ARGS)
 
 bench-dpo: $(BIN)/.installed
-	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random --steps 16
-	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16
+	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random --steps 16 $(BENCH_ARGS)
+	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16 $(BENCH_ARGS)
 
 bench-gen: $(BIN)/.installed
-	$(BIN)/python bench/gen_vs_hf.py --model tiny-random
-	$(BIN)/python bench/gen_vs_hf.py --model smollm2-135m-instruct
+	$(BIN)/python bench/gen_vs_hf.py --model tiny-random $(BENCH_ARGS)
+	$(BIN)/python bench/gen_vs_hf.py --model smollm2-135m-instruct $(BENCH_ARGS)
 
 bench-grpo: $(BIN)/.installed
-	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1
-	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16
+	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 $(BENCH_ARGS)
+	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

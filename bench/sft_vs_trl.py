@@ -37,6 +37,13 @@ With the FLOP accounting (`--bf16 --threads 1 --steps 3`, AMD EPYC, 1 torch thre
 on 2 cores; matmul peak measured at the start 138 GFLOP/s bf16, 64 fp32): alignlab 54.8 tokens/s, 59.0 useful
 GFLOP/s = 0.43 of peak, 3.2 GB; TRL 36.8 tokens/s, 39.6 useful GFLOP/s = 0.29 (0.39 counting its 3,794 padded
 positions against 2,761 real tokens), 3.7 GB -> 1.49x, memory ratio 0.86.
+AMD EPYC family 25 model 17, 1 torch thread, 2 Dec 2026 (matmul peak measured at the start 428-487 GFLOP/s bf16):
+  --bf16 --threads 1 --gradient-checkpointing selective (alignlab's selective recomputation, TRL's full: the only
+      kind it has, and its default): alignlab 202.3 tokens/s, 3.4 GB, share of peak 0.45; TRL 96.6 tokens/s,
+      3.7 GB, 0.21 -> speedup 2.09x, memory ratio 0.93 (load 0.8). After the kept LM-head buffers, with the test
+      suite on the other core: 180.3 against 85.9 tokens/s -> 2.10x, memory ratio 0.97 (3.6 GB against 3.7).
+  --bf16 --threads 1 (full checkpointing on both, before the kept buffers): 181.3 against 105.0 tokens/s ->
+      1.73x, memory ratio 0.94.
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
