@@ -50,6 +50,10 @@ generation is now the largest part of a bf16 step.
 2 Dec 2026, same box, load ~2, `--steps 4`: float32 alignlab 15.8 s/step, 3.83 GB; TRL 19.5 s/step, 4.51 GB -> 1.23x,
 memory 0.85 (generation 5.7 s, update 7.6 s: prompt-shared forwards). bf16 (bf16 sampling weights + rollout_is
 tis): alignlab 10.6 s/step, 3.62 GB; TRL 13.4 s/step, 4.41 GB -> 1.27x, memory 0.82 (generation 3.6 s, update 4.6 s).
+2 Dec 2026 later, AMD EPYC family 25 model 17, load 0.4-0.5, after the LM head's buffers were kept across steps
+(ops/logprobs.py): float32 alignlab 10.8 s/step, 3.81 GB; TRL 14.3 s/step, 4.50 GB -> 1.32x, memory 0.85 (generation
+3.4 s, update 5.6 s). bf16: alignlab 6.07 s/step, 3.63 GB; TRL 9.98 s/step, 4.41 GB -> 1.64x, memory 0.82 (generation
+1.8 s, update 2.9 s).
 """
 
 from __future__ import annotations
