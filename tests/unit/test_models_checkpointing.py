@@ -4,13 +4,28 @@ the cheap ops but never a matrix product."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.config import ConfigError, load_config
 from alignlab.data.collate import pack
+from alignlab.models.attention import enable_span_attention
 from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.train.config import TrainConfig
 from alignlab.train.steps import causal_lm_step
-from tests.unit.test_collate import SEQS, tiny_llama
+
+SEQS = [[5, 9, 13, 2, 7], [11, 4, 60], [3, 3, 8, 21, 40, 41, 90]]
+
+
+def tiny_llama(attn):
+    """Two layers, grouped-query heads; `spans`: sdpa switched to span attention, as load_model does."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(cfg)
+    if attn == "spans":
+        assert enable_span_attention(model)
+    return model
 
 
 class _Count(TorchDispatchMode):

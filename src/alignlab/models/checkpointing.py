@@ -51,4 +51,8 @@ def enable_checkpointing(model: Any, mode: bool | str) -> None:
     kwargs: dict[str, Any] = {"use_reentrant": False}
     if mode == "selective":
         kwargs["context_fn"] = selective_context
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
