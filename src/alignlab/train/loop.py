@@ -178,6 +178,16 @@ def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, 
     return {prefix + k: v / max(total, 1e-12) for k, v in sums.items()}
 
 
+def _diverged(cfg: TrainConfig, step: int, e: NonFiniteStep, idx: list[int]) -> TrainingDiverged:
+    """The error for a non-finite loss or gradient at optimizer step `step` (1-based), with its rows written out."""
+    bad = _write_bad_batch(cfg, step, idx, f"{e.what} {e.value}")
+    where = f"micro-batch {e.micro}, " if e.micro is not None else ""
+    return TrainingDiverged(
+        f"{e.what} is {e.value} at step {step} ({where}dataset indices {idx[:8]}{'...' if len(idx) > 8 else ''}; "
+        f"all in {bad}); stopping before the update. The newest checkpoint in {cfg.output_dir} is from before the "
+        "divergence: lower learning_rate or check those rows.")
+
+
 def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str) -> Path:
     import json
 
@@ -346,13 +356,7 @@ def train(
             except NonFiniteStep as e:
                 events.on_train_end(step, None)
                 idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
-                bad = _write_bad_batch(cfg, step + 1, idx, f"{e.what} {e.value}")
-                where = f"micro-batch {e.micro}, " if e.micro is not None else ""
-                raise TrainingDiverged(
-                    f"{e.what} is {e.value} at step {step + 1} ({where}dataset indices {idx[:8]}"
-                    f"{'...' if len(idx) > 8 else ''}; all in {bad}); stopping before the update. The newest "
-                    f"checkpoint in {out} is from before the divergence: lower learning_rate or check those rows."
-                ) from None
+                raise _diverged(cfg, step + 1, e, idx) from None
             window.add(out_step.metrics, 1.0)
             grad_norm = out_step.grad_norm
             window.end_step(grad_norm, time.perf_counter() - t0)
