@@ -49,7 +49,8 @@ its 3,144 padded positions per model), 6.8 GB -> 1.82x, memory ratio 0.78 (an ea
 AMD EPYC family 25 model 17, 1 torch thread, 2 Dec 2026 (`--batch-size 2 --steps 4 --max-length 512 --bf16
 --threads 1`; matmul peak measured at the start 438-472 GFLOP/s bf16), after the chunked head's buffers were kept
 across steps (ops/logprobs.py `reused_buffers`; load 0.6): alignlab 0.318 pairs/s, 5.1 GB, share of peak 0.29;
-TRL 0.110 pairs/s, 6.8 GB, 0.10 -> 2.89x, memory ratio 0.75 (0.283 pairs/s and 2.83x before). With
+TRL 0.110 pairs/s, 6.8 GB, 0.10 -> 2.89x, memory ratio 0.75 (0.283 pairs/s and 2.83x before; a later run,
+both sides slower: 0.256 against 0.092 -> 2.78x, 0.74, share 0.24). With
 `--gradient-checkpointing selective` (TRL full; test suite on the other core): 0.249 against 0.089 -> 2.80x,
 memory 4.3 GB against 5.1 GB = 0.84; `full` on both (before the kept buffers): 0.252 against 0.100 -> 2.52x,
 3.8 GB against 5.1 GB = 0.75. Against TRL without checkpointing (6.8 GB), alignlab's selective run holds 0.63x
