@@ -9,6 +9,7 @@ import pytest
 from alignlab.errors import AlignlabError
 from alignlab.rl.envs import Segment, assemble, continuation_text, get_env, parse_tool_calls
 from alignlab.rl.envs.calculator import format_number, safe_eval
+from alignlab.rollout.sandbox import SandboxLimits
 
 
 @pytest.mark.parametrize("expr, value", [
@@ -108,7 +109,9 @@ def test_python_tool_env_runs_code_in_the_sandbox(monkeypatch):
     res = env.step([], call)
     assert res.observation["content"].strip() == "1048576 None"
     loop = '<tool_call>{"name": "python", "arguments": {"code": "while True: pass"}}</tool_call>'
-    assert "timed out" in env.step([], loop).observation["content"]
+    assert "timed out" in env.step([], loop).observation["content"]  # wall clock or CPU limit, whichever is first
+    env.limits = SandboxLimits(timeout_s=30.0, cpu_s=1)  # the CPU limit first: SIGXCPU reads as a time-out too
+    assert "timed out after 1 s of CPU" in env.step([], loop).observation["content"]
     assert env.step([], "\\boxed{1048576}").reward == 1.0
 
 

@@ -7,6 +7,7 @@ and answers with its stdout, its stderr when it failed, or that it timed out.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from alignlab.rl.envs.base import ToolEnvironment, register_env
@@ -40,6 +41,8 @@ class PythonToolEnv(ToolEnvironment):
         res = run_python(code, limits=self.limits)
         if res.timed_out:
             return f"error: timed out after {self.limits.timeout_s:g} s\n{res.stdout}"
+        if res.returncode == -signal.SIGXCPU:  # its CPU seconds ran out (the limit equals the timeout): the same
+            return f"error: timed out after {self.limits.cpu_s} s of CPU\n{res.stdout}"
         if res.returncode != 0:
             return f"error (exit status {res.returncode}):\n{res.stdout}{res.stderr}"
         return res.stdout if res.stdout.strip() else "(no output; use print)"
