@@ -262,7 +262,8 @@ def _transcripts_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tool-share", type=float, default=0.0, help="write this share of the solutions (chosen by "
                    "--seed) without tool calls, the arithmetic done in the text: the warm-up then leaves to RL "
                    "when the tool pays (default 0: every solution calls it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of solutions --no-tool-share writes "
+                   "without the tool (default 0)")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
 

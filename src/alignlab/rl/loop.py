@@ -209,6 +209,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     in-memory prompt records (any supported format) split as cfg.data would be. callbacks (train.callbacks)
     see every log, eval, save and step end; one may ask to stop (the step is evaluated and the model saved)."""
     from alignlab.config import config_text
+    from alignlab.ops.logprobs import reused_buffers
     from alignlab.rl.prompts import split_prompts, write_split
     from alignlab.train.callbacks import run_events
     from alignlab.train.checkpoint import remove_stale_temps, save_model
@@ -255,8 +256,6 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start
-    from alignlab.ops.logprobs import reused_buffers
-
     with reused_buffers():  # the LM head's [chunk, V] buffers live across steps (ops/logprobs.py)
         for step in range(start, n_total):
             lr = _set_lr(state, step, n_total, warmup)

@@ -273,6 +273,8 @@ def train(
     `split` (data.prepare.Split) is written as split.json after the resume guard (which may set an earlier run
     aside, its split.json with it).
     """
+    # ops.logprobs imports torch, which this module leaves to its functions
+    from alignlab.ops.logprobs import reused_buffers
 
     world = world or World.from_env(cfg.device)
     device = world.device
@@ -333,8 +335,6 @@ def train(
     model.train()
     t_loop = time.perf_counter()
     window, last_log, done = _LogWindow(), {}, start
-    from alignlab.ops.logprobs import reused_buffers
-
     with reused_buffers():  # the LM head's [chunk, V] buffers live across steps (ops/logprobs.py)
         for step in range(start, n_total):
             t0 = time.perf_counter()

@@ -41,8 +41,9 @@ class PythonToolEnv(ToolEnvironment):
         res = run_python(code, limits=self.limits)
         if res.timed_out:
             return f"error: timed out after {self.limits.timeout_s:g} s\n{res.stdout}"
-        if res.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # CPU seconds ran out (SIGXCPU at the soft limit,
-            # SIGKILL at the hard one; the wall-clock kill sets timed_out): with the limit equal to the timeout, the same
+        # Its CPU seconds ran out (SIGXCPU at the soft limit, SIGKILL at the hard one; the wall-clock kill sets
+        # timed_out instead). The CPU limit equals the timeout, so a busy loop meets either first: both are a time-out.
+        if res.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
             return f"error: timed out after {self.limits.cpu_s} s of CPU\n{res.stdout}"
         if res.returncode != 0:
             return f"error (exit status {res.returncode}):\n{res.stdout}{res.stderr}"
