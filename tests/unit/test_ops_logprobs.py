@@ -296,10 +296,11 @@ def test_chunked_reused_buffers_equal_fresh_tensors_bit_for_bit(autocast, kept):
     """Speed path of issue 16 (one [chunk, V] buffer per pass, logsumexp in place, dlogits lowered once, the
     head's cast kept from forward to backward; with `kept`, buffers and the cast kept across passes by
     reused_buffers): the same numbers as fresh tensors per chunk, exactly, over three passes with a fused AdamW
-    step on the weight before the last (it changes the weight in place without bumping its version counter)."""
+    step on the weight before the last (it changes the weight in place without bumping its version counter; the
+    optimizer-step core says so with weights_updated, as here)."""
     from contextlib import nullcontext
 
-    from alignlab.ops.logprobs import _LOCAL, reused_buffers
+    from alignlab.ops.buffers import _LOCAL, reused_buffers, weights_updated
 
     torch.manual_seed(5)
     hidden = torch.randn(45, 24, requires_grad=True)
@@ -312,6 +313,7 @@ def test_chunked_reused_buffers_equal_fresh_tensors_bit_for_bit(autocast, kept):
             if step == 2:
                 weight.grad = torch.ones_like(weight)
                 torch.optim.AdamW([weight], lr=0.1, fused=True).step()
+                weights_updated()
             want_v, want_h, want_w = _per_chunk_reference(hidden.detach(), weight.detach(), labels, g, 16, autocast)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 got = chunked_token_logprobs(hidden, weight, labels, chunk_size=16)
@@ -322,6 +324,27 @@ def test_chunked_reused_buffers_equal_fresh_tensors_bit_for_bit(autocast, kept):
         if kept:
             assert _LOCAL.buffers and any(k[0] == "cast" for k in _LOCAL.buffers) == autocast
     assert getattr(_LOCAL, "buffers", None) is None  # freed on exit
+
+
+def test_trainable_cast_is_kept_for_one_optimizer_step():
+    """Inside reused_buffers a trainable weight is cast once per optimizer step (grad_accum micro-batches share
+    it), into the same block every step; optimizer_step (fused AdamW: no version bump) and an in-place change
+    (version bump) each make the next cast fresh. Outside, every call casts."""
+    from alignlab.ops.buffers import kept_cast, reused_buffers
+    from alignlab.train.step import optimizer_step
+
+    weight = torch.randn(20, 8, requires_grad=True)
+    opt = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    assert kept_cast(weight, torch.bfloat16) is not kept_cast(weight, torch.bfloat16)
+    with reused_buffers():
+        first = kept_cast(weight, torch.bfloat16)
+        assert kept_cast(weight, torch.bfloat16) is first
+        optimizer_step(opt, [lambda: ((weight ** 2).sum(), {})], [1.0], total=1.0)
+        after = kept_cast(weight, torch.bfloat16)
+        assert after is first and torch.equal(after, weight.detach().to(torch.bfloat16))
+        with torch.no_grad():
+            weight.mul_(3.0)
+        assert torch.equal(kept_cast(weight, torch.bfloat16), weight.detach().to(torch.bfloat16))
 
 
 def test_frozen_head_cast_is_kept_until_the_weight_changes():

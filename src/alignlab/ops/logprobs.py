@@ -15,53 +15,21 @@ lm_head matmul per chunk, measured ~1.3-1.4x the plain lm_head+loss time on CPU,
 memory instead of O(N * V)).
 Each pass writes its chunks' logits into one [chunk, V] buffer (and one for the low-precision matmul result),
 takes the logsumexp in place, and the backward reuses the forward's cast of the head; a frozen head's cast is
-kept across steps. Same numbers bit for bit as fresh tensors per chunk (tests/unit/test_ops_logprobs.py); the
+kept across steps, a trainable head's for one optimizer step inside the loops' `reused_buffers` (ops/buffers.py). Same numbers bit for bit as fresh tensors per chunk (tests/unit/test_ops_logprobs.py); the
 head's forward+backward with a reference forward took 16% less CPU time for SmolLM2 (1,300 tokens, bf16
 autocast, 1 thread, AMD EPYC, median of 8 interleaved runs: 3.35 s against 3.97 s).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from alignlab.ops.buffers import kept_cast, scratch
+
 IGNORE_INDEX = -100
-_LOCAL = threading.local()
-
-
-@contextmanager
-def reused_buffers() -> Iterator[None]:
-    """Inside (this thread): the chunked head's [chunk, V] buffers and its [V, H] casts outlive a pass and are
-    written over by the next, instead of allocated fresh each time. A fresh block of that size is a new mapping
-    the kernel zero-fills page by page on first touch, which costs 5-10x the copy or matmul written into it
-    (a [517, 49152] bf16 -> float32 upcast: 51 ms fresh, 4.4 ms into a reused buffer; SmolLM2's head cast:
-    32 ms against 5.6 ms; AMD EPYC, 1 thread). The training loops hold it for the whole run; the buffers (up to
-    chunk x V x 6 bytes and a cast per trainable head) are freed when it exits. Same numbers either way."""
-    if getattr(_LOCAL, "buffers", None) is not None:  # nested: the outer scope owns them
-        yield
-        return
-    _LOCAL.buffers = {}
-    try:
-        yield
-    finally:
-        _LOCAL.buffers = None
-
-
-def _scratch(slot: str, rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised [rows, cols] tensor: a view of the slot's kept buffer inside `reused_buffers`, else new."""
-    kept = getattr(_LOCAL, "buffers", None)
-    if kept is None:
-        return like.new_empty(rows, cols, dtype=dtype)
-    key = (slot, dtype, like.device)
-    buf = kept.get(key)
-    if buf is None or buf.numel() < rows * cols:
-        buf = kept[key] = like.new_empty(rows * cols, dtype=dtype)
-    return buf[: rows * cols].view(rows, cols)
 
 
 def token_logprobs(
@@ -92,19 +60,9 @@ def _head_weight(weight: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype(device)
         if not weight.requires_grad:
             return _frozen_cast(weight, dtype)
-        if getattr(_LOCAL, "buffers", None) is None:
-            return weight.to(dtype)
-        # Inside reused_buffers: each pass casts into one kept buffer per trainable head. Always: the fused AdamW
-        # updates weights in place without bumping their version counter, so a changed weight cannot be told apart.
-        key = ("cast", id(weight), dtype)
-        kept = _LOCAL.buffers.get(key)
-        if kept is not None and kept[0]() is weight:
-            return kept[1].copy_(weight.detach())
-        import weakref
-
-        low = weight.detach().to(dtype)
-        _LOCAL.buffers[key] = (weakref.ref(weight), low)
-        return low
+        # A trainable head: one cast per optimizer step inside the loops' reused_buffers (ops/buffers.py), shared
+        # by the step's micro-batches and kept in one block; elsewhere one per pass.
+        return kept_cast(weight, dtype)
     return weight
 
 
@@ -144,8 +102,8 @@ class _HeadChunks:
         self.w = _head_weight(weight) if w is None else w
         self.low, self.acc = self.w.dtype, _acc_dtype(hidden.dtype)
         rows, vocab = min(chunk_size, hidden.shape[0]), self.w.shape[0]
-        self.buf = _scratch("logits", rows, vocab, hidden, self.acc)
-        self.low_buf = _scratch("low_logits", rows, vocab, hidden, self.low) if self.low != self.acc else None
+        self.buf = scratch("logits", rows, vocab, hidden, self.acc)
+        self.low_buf = scratch("low_logits", rows, vocab, hidden, self.low) if self.low != self.acc else None
 
     def h(self, sl: slice) -> torch.Tensor:
         return self.hidden[sl].to(self.low)
@@ -265,7 +223,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 h = chunks.h(sl) if low_w else hidden[sl].to(acc)
                 d = d_low if low_w else dlogits
                 with torch.autocast(device, enabled=False):  # operands are already in the matmul's dtype
-                    part = torch.mm(d.t(), h, out=_scratch("grad_w", d.shape[1], h.shape[1], h, h.dtype))
+                    part = torch.mm(d.t(), h, out=scratch("grad_w", d.shape[1], h.shape[1], h, h.dtype))
                 grad_w = part.to(acc, copy=True) if grad_w is None else grad_w.add_(part)
             if grad_b is not None:
                 grad_b.add_(dlogits.sum(0))

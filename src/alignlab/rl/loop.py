@@ -89,6 +89,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     import torch
 
     from alignlab.models.prepare import prepare_model
+    from alignlab.ops.embedding import keep_embedding_grad
     from alignlab.rl.critic import build_critic, without_dropout
     from alignlab.train.optim import build_optimizer
     from alignlab.train.reference import build_reference, resolve_reference_kind
@@ -97,6 +98,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
+    keep_embedding_grad(policy)  # its dense gradient in a kept block (ops/embedding.py)
     frozen = None
     if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
         frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16)
@@ -209,7 +211,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     in-memory prompt records (any supported format) split as cfg.data would be. callbacks (train.callbacks)
     see every log, eval, save and step end; one may ask to stop (the step is evaluated and the model saved)."""
     from alignlab.config import config_text
-    from alignlab.ops.logprobs import reused_buffers
+    from alignlab.ops.buffers import reused_buffers
     from alignlab.rl.prompts import split_prompts, write_split
     from alignlab.train.callbacks import run_events
     from alignlab.train.checkpoint import remove_stale_temps, save_model
@@ -256,7 +258,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start
-    with reused_buffers():  # the LM head's [chunk, V] buffers live across steps (ops/logprobs.py)
+    with reused_buffers():  # scratch blocks and weight casts live across steps (ops/buffers.py)
         for step in range(start, n_total):
             lr = _set_lr(state, step, n_total, warmup)
             try:

@@ -208,6 +208,10 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
         model.to(world.device)
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
     sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
+    if not sharded:  # the input embedding's dense gradient in a kept block (ops/embedding.py)
+        from alignlab.ops.embedding import keep_embedding_grad
+
+        keep_embedding_grad(model)
     return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
 
 
@@ -274,7 +278,7 @@ def train(
     aside, its split.json with it).
     """
     # ops.logprobs imports torch, which this module leaves to its functions
-    from alignlab.ops.logprobs import reused_buffers
+    from alignlab.ops.buffers import reused_buffers
 
     world = world or World.from_env(cfg.device)
     device = world.device
@@ -335,7 +339,7 @@ def train(
     model.train()
     t_loop = time.perf_counter()
     window, last_log, done = _LogWindow(), {}, start
-    with reused_buffers():  # the LM head's [chunk, V] buffers live across steps (ops/logprobs.py)
+    with reused_buffers():  # scratch blocks and weight casts live across steps (ops/buffers.py)
         for step in range(start, n_total):
             t0 = time.perf_counter()
             micro = sampler.micro_indices(step, cfg.grad_accum, world)

@@ -63,6 +63,8 @@ def optimizer_step(
     Raises NonFiniteStep before any update when a loss or the gradient norm is not finite."""
     import torch
 
+    from alignlab.ops.buffers import weights_updated
+
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     last = len(micro_batches) - 1
@@ -82,5 +84,6 @@ def optimizer_step(
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteStep("gradient norm", grad_norm, None)
     optimizer.step()
+    weights_updated()  # kept low-precision casts of the weights are stale now (ops/buffers.py)
     optimizer.zero_grad(set_to_none=True)
     return StepOutput(grad_norm, sums)

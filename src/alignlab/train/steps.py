@@ -60,19 +60,24 @@ def supports_chunked(model: Any) -> bool:
 def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> tuple[Any, dict[str, Any]]:
     """Same loss as `causal_lm_step`, but the [tokens, vocab] logits never exist.
 
-    The model returns its final (normed) hidden states and no logits (an empty `logits_to_keep`: an int would
-    slice one position, a strided view that bf16 CPU matmuls turn into a copy of the head weight per row); the
-    LM head is applied chunk by chunk to the TRAINED positions only
+    The decoder returns its final (normed) hidden states and the model's head is never called (a DDP/FSDP
+    wrapper's forward runs with an empty `logits_to_keep`: an int would slice one position, a strided view that
+    bf16 CPU matmuls turn into a copy of the head weight per row); the LM head is applied chunk by chunk to the TRAINED positions only
     (`ops.logprobs.chunked_token_logprobs`), so prompt tokens cost no head FLOPs and the peak
     memory of the head drops from O(N * V) to O(chunk_size * V).
     """
     from alignlab.ops.logprobs import chunked_token_logprobs
+    from alignlab.train.preference import _is_wrapped, _unwrap
 
-    no_logits = batch["input_ids"].new_zeros(0)
-    out = model(**model_inputs(model, batch), output_hidden_states=True, logits_to_keep=no_logits)
+    inputs = model_inputs(model, batch)
+    if _is_wrapped(model):  # DDP/FSDP must see the call
+        no_logits = batch["input_ids"].new_zeros(0)
+        final = model(**inputs, output_hidden_states=True, logits_to_keep=no_logits).hidden_states[-1]
+    else:  # the decoder alone: the head's empty matmul still cost a bf16 cast of its [V, H] weight under autocast
+        final = _unwrap(model).get_decoder()(**inputs).last_hidden_state
     target = batch["labels"][:, 1:]
     mask = target.ne(-100)
-    hidden = out.hidden_states[-1][:, :-1][mask]  # [trained tokens, H]
+    hidden = final[:, :-1][mask]  # [trained tokens, H]
     weight, bias = output_weights(model)
     logps = chunked_token_logprobs(hidden, weight, target[mask], chunk_size=chunk_size, bias=bias)
     return -logps.sum() / mask.sum().clamp(min=1), {}
