@@ -143,8 +143,8 @@ def test_kv_cache_disables_packed_detection():
 
 @pytest.mark.parametrize("attn", ["sdpa", "spans"])
 def test_chunked_step_equals_plain_step_and_gradients(attn):
-    """Chunked head (trained tokens only) gives the plain loss and the same gradients, packed or padded;
-    span attention gives the plain path's numbers."""
+    """Chunked head (trained tokens only) gives the plain loss and the same gradients, packed or padded, without
+    calling the model's head module; span attention gives the plain path's numbers."""
     from alignlab.train.steps import chunked_causal_lm_step
 
     examples = [{"input_ids": s, "labels": [-100, -100] + s[2:]} for s in SEQS]
@@ -153,8 +153,12 @@ def test_chunked_step_equals_plain_step_and_gradients(attn):
         grads = []
         for step in (causal_lm_step, lambda m, b: chunked_causal_lm_step(m, b, chunk_size=3)):
             model = tiny_llama("sdpa" if step is causal_lm_step else attn).train()
+            head_calls = []
+            model.lm_head.register_forward_hook(lambda *a: head_calls.append(1))
             loss, _ = step(model, batch)
             loss.backward()
+            # the chunked step never calls the head module (its empty matmul still cast the weight under autocast)
+            assert bool(head_calls) == (step is causal_lm_step)
             grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=0)
         for a, b in zip(grads[0][1], grads[1][1]):

@@ -15,7 +15,8 @@ lm_head matmul per chunk, measured ~1.3-1.4x the plain lm_head+loss time on CPU,
 memory instead of O(N * V)).
 Each pass writes its chunks' logits into one [chunk, V] buffer (and one for the low-precision matmul result),
 takes the logsumexp in place, and the backward reuses the forward's cast of the head; a frozen head's cast is
-kept across steps, a trainable head's for one optimizer step inside the loops' `reused_buffers` (ops/buffers.py). Same numbers bit for bit as fresh tensors per chunk (tests/unit/test_ops_logprobs.py); the
+kept across steps, a trainable head's for one optimizer step inside the loops' `reused_buffers` (ops/buffers.py).
+Same numbers bit for bit as fresh tensors per chunk (tests/unit/test_ops_logprobs.py); the
 head's forward+backward with a reference forward took 16% less CPU time for SmolLM2 (1,300 tokens, bf16
 autocast, 1 thread, AMD EPYC, median of 8 interleaved runs: 3.35 s against 3.97 s).
 """
