@@ -154,7 +154,7 @@ def test_chunked_step_equals_plain_step_and_gradients(attn):
         for step in (causal_lm_step, lambda m, b: chunked_causal_lm_step(m, b, chunk_size=3)):
             model = tiny_llama("sdpa" if step is causal_lm_step else attn).train()
             head_calls = []
-            model.lm_head.register_forward_hook(lambda *a: head_calls.append(1))
+            model.lm_head.register_forward_hook(lambda *a, calls=head_calls: calls.append(1))
             loss, _ = step(model, batch)
             loss.backward()
             # the chunked step never calls the head module (its empty matmul still cast the weight under autocast)
