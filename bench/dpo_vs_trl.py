@@ -56,6 +56,11 @@ memory 4.3 GB against 5.1 GB = 0.84; `full` on both (before the kept buffers): 0
 3.8 GB against 5.1 GB = 0.75. Against TRL without checkpointing (6.8 GB), alignlab's selective run holds 0.63x
 its memory and full 0.56x: not the 0.5x issue 16 asks for. What is left above the fixed state (fp32 weights,
 gradients and AdamW moments, the bf16 reference: ~2.7 GB) is mostly allocator slack inside a step.
+Same machine and job, after the loops kept glibc's freed blocks mapped (ops/buffers.py; `perf` had put 17% of the
+step in the kernel's page zeroing): 1 thread (matmul peak 451 GFLOP/s, load 0.5) alignlab 0.303 pairs/s, 5.1 GB,
+share of peak 0.27; TRL 0.092 pairs/s, 6.7 GB, 0.08 -> 3.29x, memory ratio 0.76; 2 threads (645 GFLOP/s, load
+1.1) 0.430 against 0.143 pairs/s -> 3.01x, 0.77, share 0.27 / 0.09. Final loss 0.7604, as before. A run the same
+day before that change (with the LM head's cast kept for a step): 0.256 against 0.096 -> 2.67x.
 """
 
 from __future__ import annotations

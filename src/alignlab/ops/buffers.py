@@ -83,11 +83,6 @@ def reused_buffers() -> Iterator[None]:
         _keep_freed_memory(False)
 
 
-def active() -> bool:
-    """True inside `reused_buffers` on this thread."""
-    return getattr(_LOCAL, "buffers", None) is not None
-
-
 def weights_updated() -> None:
     """Called after every optimizer step: kept casts of trainable weights are stale from here on."""
     _GENERATION[0] += 1

@@ -273,7 +273,6 @@ def train(
     `split` (data.prepare.Split) is written as split.json after the resume guard (which may set an earlier run
     aside, its split.json with it).
     """
-    # ops.logprobs imports torch, which this module leaves to its functions
     from alignlab.ops.buffers import reused_buffers
 
     world = world or World.from_env(cfg.device)

@@ -62,9 +62,9 @@ def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> t
 
     The decoder returns its final (normed) hidden states and the model's head is never called (a DDP/FSDP
     wrapper's forward runs with an empty `logits_to_keep`: an int would slice one position, a strided view that
-    bf16 CPU matmuls turn into a copy of the head weight per row); the LM head is applied chunk by chunk to the TRAINED positions only
-    (`ops.logprobs.chunked_token_logprobs`), so prompt tokens cost no head FLOPs and the peak
-    memory of the head drops from O(N * V) to O(chunk_size * V).
+    bf16 CPU matmuls turn into a copy of the head weight per row); the LM head is applied chunk by chunk to the
+    TRAINED positions only (`ops.logprobs.chunked_token_logprobs`), so prompt tokens cost no head FLOPs and the
+    peak memory of the head drops from O(N * V) to O(chunk_size * V).
     """
     from alignlab.ops.logprobs import chunked_token_logprobs
     from alignlab.train.preference import _is_wrapped, _unwrap
