@@ -89,6 +89,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     import torch
 
     from alignlab.models.prepare import prepare_model
+    from alignlab.ops.embedding import keep_embedding_grad
     from alignlab.rl.critic import build_critic, without_dropout
     from alignlab.train.optim import build_optimizer
     from alignlab.train.reference import build_reference, resolve_reference_kind
@@ -97,6 +98,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
+    keep_embedding_grad(policy)  # its dense gradient in a kept block (ops/embedding.py)
     frozen = None
     if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
         frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16)

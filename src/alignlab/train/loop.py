@@ -208,6 +208,10 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
         model.to(world.device)
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
     sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
+    if not sharded:  # the input embedding's dense gradient in a kept block (ops/embedding.py)
+        from alignlab.ops.embedding import keep_embedding_grad
+
+        keep_embedding_grad(model)
     return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
 
 
