@@ -60,7 +60,10 @@ Same machine and job, after the loops kept glibc's freed blocks mapped (ops/buff
 step in the kernel's page zeroing): 1 thread (matmul peak 451 GFLOP/s, load 0.5) alignlab 0.303 pairs/s, 5.1 GB,
 share of peak 0.27; TRL 0.092 pairs/s, 6.7 GB, 0.08 -> 3.29x, memory ratio 0.76; 2 threads (645 GFLOP/s, load
 1.1) 0.430 against 0.143 pairs/s -> 3.01x, 0.77, share 0.27 / 0.09. Final loss 0.7604, as before. A run the same
-day before that change (with the LM head's cast kept for a step): 0.256 against 0.096 -> 2.67x.
+day before that change (with the LM head's cast kept for a step): 0.256 against 0.096 -> 2.67x. With the embedding's
+gradient in the head's block as well (ops/embedding.py), 1 thread, load 1.2: 0.291 against 0.103 -> 2.83x, 0.75,
+share 0.25; `--steps 8` (16 pairs, 368 layout tokens per pair), load 1.0: 0.350 against 0.135 -> 2.59x, 5.8 GB
+against 7.6 GB = 0.77, share 0.30 / 0.11.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ tis): alignlab 10.6 s/step, 3.62 GB; TRL 13.4 s/step, 4.41 GB -> 1.27x, memory 0
 2 Dec 2026 later, AMD EPYC family 25 model 17, load 0.4-0.5, after the LM head's buffers were kept across steps
 (ops/logprobs.py): float32 alignlab 10.8 s/step, 3.81 GB; TRL 14.3 s/step, 4.50 GB -> 1.32x, memory 0.85 (generation
 3.4 s, update 5.6 s). bf16: alignlab 6.07 s/step, 3.63 GB; TRL 9.98 s/step, 4.41 GB -> 1.64x, memory 0.82 (generation
-1.8 s, update 2.9 s).
+1.8 s, update 2.9 s). After the loops kept glibc's freed blocks mapped (ops/buffers.py), bf16, load 1.6: alignlab
+5.63 s/step, 3.84 GB; TRL 8.79 s/step, 4.42 GB -> 1.56x, memory 0.87: no change beyond the run-to-run spread.
 """
 
 from __future__ import annotations

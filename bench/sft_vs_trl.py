@@ -48,7 +48,8 @@ AMD EPYC family 25 model 17, 1 torch thread, 2 Dec 2026 (matmul peak measured at
   stopped calling the model's own head on an empty slice (ops/buffers.py, train/steps.py), `--bf16
   --gradient-checkpointing selective`: 1 thread (load 1.7) 200.6 against 95.3 tokens/s -> 2.10x, memory ratio
   0.98 (3.66 GB against 3.74), share of peak 0.50 / 0.24; 2 threads (load 1.0) 246.9 against 132.0 -> 1.87x
-  (1.63x before), 0.98, 0.32 / 0.17.
+  (1.63x before), 0.98, 0.32 / 0.17. With the embedding's gradient in the head's block as well (ops/embedding.py),
+  2 threads, load 1.1: 231.8 against 145.1 -> 1.60x, 0.97 (3.62 GB against 3.75), 0.27 / 0.17.
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
