@@ -1,4 +1,4 @@
-"""A trainable input embedding whose backward writes its dense gradient into a kept block.
+"""A trainable input embedding whose backward writes its dense gradient into the LM head's idle block.
 
 The gradient of a [V, H] embedding is dense: aten zero-fills a fresh [V, H] tensor and adds each token's row
 into it. For SmolLM2 that is 113 MB per backward, above glibc's largest mmap threshold (32 MB), so a new mapping

@@ -98,7 +98,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing)
-    keep_embedding_grad(policy)  # its dense gradient in a kept block (ops/embedding.py)
+    keep_embedding_grad(policy)  # its dense gradient in the LM head's idle block (ops/embedding.py)
     frozen = None
     if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
         frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16)

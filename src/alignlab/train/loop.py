@@ -198,7 +198,8 @@ def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str)
 
 
 def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
-    """Threads, gradient checkpointing, device placement and FSDP sharding: (sharded, FSDP-wrapped model or None)."""
+    """Threads, gradient checkpointing, device placement, the embedding's kept-gradient backward and FSDP sharding:
+    (sharded, FSDP-wrapped model or None)."""
     import torch
 
     if cfg.cpu_threads > 0:
@@ -208,7 +209,7 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
         model.to(world.device)
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
     sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
-    if not sharded:  # the input embedding's dense gradient in a kept block (ops/embedding.py)
+    if not sharded:  # the input embedding's dense gradient in the LM head's idle block (ops/embedding.py)
         from alignlab.ops.embedding import keep_embedding_grad
 
         keep_embedding_grad(model)
