@@ -2,6 +2,7 @@
 tokens (greedy) and the log-probs of a full forward."""
 
 import copy
+from dataclasses import replace
 
 import torch
 from test_rollout_generate import hf_greedy
@@ -86,6 +87,28 @@ def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert generate(model, tok, PROMPTS[:2], SamplingConfig(weights_dtype="auto", max_new_tokens=3)).samples
+
+
+def test_prepacked_bf16_linears_give_the_plain_bf16_tokens_and_log_probs(monkeypatch):
+    """The bf16 sampler's oneDNN-prepacked Linears (rollout/weights.py packed_linears) give the same bits as
+    plain bf16 F.linear: same sampled tokens and log-probs, for a float32 model sampled in bf16 and for a bf16
+    model; the caller's modules keep their own forward."""
+    import alignlab.rollout.weights as weights
+
+    model, tok = tiny_lm()
+    model.config._attn_implementation = "sdpa"
+    bf = copy.deepcopy(model).to(torch.bfloat16)
+    cfg = SamplingConfig(max_new_tokens=12, logprobs=True, seed=3, batch_size=4, weights_dtype="bfloat16")
+    packed = [weights.packed_linears(m, torch.bfloat16, lambda p: p.detach().bfloat16(), 4) for m in (model, bf)]
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert all(len(p) == n_linear > 0 for p in packed)
+    runs = [generate(m, tok, PROMPTS, c, n=2).samples for m, c in ((model, cfg), (bf, replace(cfg, weights_dtype="model")))]
+    monkeypatch.setattr(weights, "packed_linears", lambda *a: {})
+    plain = [generate(m, tok, PROMPTS, c, n=2).samples for m, c in ((model, cfg), (bf, replace(cfg, weights_dtype="model")))]
+    for got, want in zip(runs, plain):
+        assert [s.completion_ids for s in got] == [s.completion_ids for s in want]
+        assert [s.logprobs for s in got] == [s.logprobs for s in want]
+    assert not any("forward" in m.__dict__ for m in model.modules())
 
 
 def test_bf16_sampling_on_cpu_runs_attention_in_fp32_and_restores_the_model():
