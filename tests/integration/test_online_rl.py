@@ -255,6 +255,49 @@ def test_bf16_sampling_weights_are_corrected_by_rollout_is(tmp_path):
     assert all(r["rollout_kl_k3"] > 1e-7 and math.isfinite(r["loss"]) for r in rows)
 
 
+def test_old_logprobs_from_the_update_forward_give_the_separate_forwards_run(tmp_path, monkeypatch):
+    """One optimizer step per rollout (mini_batch_size = the rollout): the update's own forward gives the old
+    log-probs and rollout_is weights (rl/rollout.py old_from_update), one policy forward fewer per step, with
+    the separate no-grad forward's losses, metrics and final weights. Two optimizer steps per rollout keep the
+    separate forward."""
+    import torch
+    from safetensors.torch import load_file
+
+    import alignlab.rl.rollout as rollout
+    import alignlab.rl.update as update
+
+    calls = []
+    for mod in (rollout, update):
+        monkeypatch.setattr(mod, "policy_logprobs", lambda *a, f=mod.policy_logprobs, **k: calls.append(1) or f(*a, **k))
+    args = ["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), "max_steps=2", "eval_prompts=0",
+            "sampling_weights=bfloat16", "rollout_is=tis", f"reward={__file__}:length_reward", "cpu_threads=1"]
+    runs = {}
+    for name, fused in (("fused", True), ("separate", False)):
+        if not fused:
+            monkeypatch.setattr(rollout, "old_from_update", lambda *a: False)
+        calls.clear()
+        assert main([*args, "mini_batch_size=16", f"output_dir={tmp_path / name}"]) == 0
+        rows = [r for r in read_metrics(tmp_path / name) if "reward_mean" in r]
+        runs[name] = (len(calls), rows, load_file(str(tmp_path / name / "model.safetensors")))
+    (n_fused, fused, w_fused), (n_sep, sep, w_sep) = runs["fused"], runs["separate"]
+    assert n_fused == n_sep - 2  # one old-log-prob forward per step (16 rows in one chunk) fewer
+    for a, b in zip(fused, sep):
+        for key in ("reward_mean", "loss", "kl_k3", "rollout_kl_k3", "rollout_is_weight_mean", "clip_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert all(torch.allclose(w_fused[k], w_sep[k], rtol=1e-5, atol=1e-6) for k in w_sep)
+    monkeypatch.undo()
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.rl.rollout import old_from_update
+
+    class State:
+        critic, world = None, type("W", (), {"size": 1})()
+
+    for cfg, want in ((dict(mini_batch_size=16), True), (dict(mini_batch_size=8), False),
+                      (dict(mini_batch_size=0, ppo_epochs=2), False), (dict(mini_batch_size=0, kl_in_reward=True), False)):
+        State.cfg = PolicyGradientConfig(model="tiny-random", batch_size=4, num_generations=4, **cfg)
+        assert old_from_update(State, 16) is want, cfg
+
+
 def test_distill_lowers_held_out_divergence_to_the_teacher(tmp_path):
     """`alignlab distill`: tiny-random learns toward a teacher of the same vocabulary (tiny-random after 40 SFT
     steps on digit reversal): the held-out per-token reverse KL on the student's own samples falls."""

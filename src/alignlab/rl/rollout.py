@@ -48,6 +48,10 @@ class Rollout:
     values: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None
     """[N, T] rollout_is weights (trainer/sampler probability, capped), None when off."""
+    sampler_logprobs: torch.Tensor | None = None
+    """[N, T] the sampler's log-probs of its tokens, when the run asked for them."""
+    old_from_update: bool = False
+    """The old log-probs (and rollout_is weights) are filled in by the update's own forward: see `collect`."""
     shared_prompts: bool = False
     """Forwards use the prompt-shared layout (rl/shared_prompt.py) when the model takes span plans."""
 
@@ -178,10 +182,9 @@ def reference_logprobs(state: Any, ro: Rollout, size: int) -> torch.Tensor:
         return sharded_forward(lambda i: policy_logprobs(model, ro, i, temp)[0], n, size, state.world)
 
 
-def rollout_metrics(ro: Rollout, samples: list, k: int, kl_name: str) -> dict[str, float]:
-    """Rollout-side metrics; the KL is the named estimator's sequence sum, averaged over sequences."""
+def rollout_metrics(ro: Rollout, samples: list, k: int) -> dict[str, float]:
+    """Rollout-side metrics that need no log-probs."""
     from alignlab.losses.advantages import zero_spread_fraction
-    from alignlab.losses.policy import kl_penalty
 
     n = ro.mask.shape[0]
     metrics = {
@@ -190,12 +193,36 @@ def rollout_metrics(ro: Rollout, samples: list, k: int, kl_name: str) -> dict[st
         "response_length": float(ro.mask.sum(-1).mean()),
         "truncated_frac": sum(s.finish_reason == "length" for s in samples) / n,
     }
-    if ro.ref_logprobs is not None:
-        kl = kl_penalty(ro.old_logprobs, ro.ref_logprobs, kl_name, max_log_ratio=20.0) * ro.mask
-        metrics[f"kl_{kl_name}"] = float(kl.sum(-1).mean())
     if k > 1:
         metrics["zero_spread_frac"] = zero_spread_fraction(ro.rewards, k)
     return metrics
+
+
+def old_policy_metrics(cfg: Any, ro: Rollout) -> dict[str, float]:
+    """What needs the old log-probs: the rollout_is weights (set on `ro`) and their metrics, and the KL to the
+    reference (the named estimator's sequence sum, averaged over sequences)."""
+    from alignlab.losses.policy import kl_penalty
+
+    metrics: dict[str, float] = {}
+    if cfg.rollout_is != "none":
+        from alignlab.losses.rollout_is import rollout_is_weights
+
+        ro.is_weights, metrics = rollout_is_weights(ro.old_logprobs, ro.sampler_logprobs, ro.mask, cfg.rollout_is,
+                                                    cfg.rollout_is_cap)
+    if ro.ref_logprobs is not None:
+        kl = kl_penalty(ro.old_logprobs, ro.ref_logprobs, cfg.kl_estimator, max_log_ratio=20.0) * ro.mask
+        metrics[f"kl_{cfg.kl_estimator}"] = float(kl.sum(-1).mean())
+    return metrics
+
+
+def old_from_update(state: Any, n: int) -> bool:
+    """Whether the update's own forward can give the old log-probs: one policy optimizer step over the whole
+    rollout (ppo_epochs 1, one minibatch), so every update forward runs the weights that made the rollout
+    (TRL's GRPOTrainer does the same when num_iterations is 1). Not with kl_in_reward (the advantages need them
+    first), a critic (its warm-up steps skip the policy update) or several ranks (each runs only its rows)."""
+    cfg = state.cfg
+    return (cfg.ppo_epochs == 1 and (cfg.mini_batch_size or n) >= n and not cfg.kl_in_reward
+            and state.critic is None and state.world.size == 1)
 
 
 def sample_groups(state: Any, step: int, rows: list, *, logprobs: bool, round: int = 0
@@ -249,23 +276,22 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout | None, list, di
     ro.rewards = torch.tensor(rewards, dtype=torch.float32, device=state.device)
     n = ro.mask.shape[0]
     size = max(1, (cfg.mini_batch_size or n) // (cfg.grad_accum * world.size))
-    sampler_lp = None
     if want_sampler:
-        sampler_lp = torch.zeros_like(ro.mask)
+        ro.sampler_logprobs = torch.zeros_like(ro.mask)
         for r, s in enumerate(samples):
-            sampler_lp[r, :len(s.logprobs)] = torch.tensor(s.logprobs)
-    if cfg.old_logprobs == "forward" or correct:
+            ro.sampler_logprobs[r, :len(s.logprobs)] = torch.tensor(s.logprobs)
+    if (cfg.old_logprobs == "forward" or correct) and old_from_update(state, n):
+        # the trainer's old log-probs without a forward of their own: rl/update.py policy_update fills them
+        # (and the rollout_is weights) from its forward, then pg_step logs old_policy_metrics
+        ro.old_from_update = True
+        ro.old_logprobs = torch.zeros_like(ro.mask)
+        ro.is_weights = torch.ones_like(ro.mask) if correct else None
+    elif cfg.old_logprobs == "forward" or correct:
         with state.compute(cache=True):
             ro.old_logprobs = sharded_forward(lambda i: policy_logprobs(state.policy, ro, i, cfg.temperature)[0],
                                               n, size, world)
     else:
-        ro.old_logprobs = sampler_lp
-    metrics: dict[str, float] = {}
-    if correct:
-        from alignlab.losses.rollout_is import rollout_is_weights
-
-        ro.is_weights, metrics = rollout_is_weights(ro.old_logprobs, sampler_lp, ro.mask, cfg.rollout_is,
-                                                    cfg.rollout_is_cap)
+        ro.old_logprobs = ro.sampler_logprobs
     if state.needs_reference:
         ro.ref_logprobs = reference_logprobs(state, ro, size)
     if state.critic is not None:
@@ -274,7 +300,9 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout | None, list, di
         with state.compute(cache=True):
             ro.values = sharded_forward(lambda i: critic_values(state.critic, ro.input_ids[i], ro.attention_mask[i],
                                                                 ro.prompt_len, ro.resp_len), n, size, world)
-    metrics.update(rollout_metrics(ro, samples, cfg.num_generations, cfg.kl_estimator))
+    metrics = rollout_metrics(ro, samples, cfg.num_generations)
+    if not ro.old_from_update:
+        metrics.update(old_policy_metrics(cfg, ro))
     metrics.update(shape_rollout(cfg, ro, samples))
     return ro, samples, {**metrics, **timing}
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from alignlab.rl.rollout import Rollout, collect, policy_logprobs, sample_and_score
+from alignlab.rl.rollout import Rollout, collect, old_policy_metrics, policy_logprobs, sample_and_score
 from alignlab.train.step import optimizer_step
 
 
@@ -45,6 +45,7 @@ def _global_mean(sums: dict[str, float], world: Any) -> dict[str, float]:
 def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tensor, kl_coef: float) -> dict:
     """One policy optimizer step over a global minibatch (this rank's micro-batches of it)."""
     from alignlab.losses.policy import aggregate_loss, kl_penalty
+    from alignlab.losses.rollout_is import rollout_is_weights
 
     cfg, world, spec = state.cfg, state.world, state.objective
     lo = cfg.epsilon_low if cfg.epsilon_low is not None else spec.epsilon_low
@@ -59,6 +60,11 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
         mask = ro.mask[idx]
         lp, ent = policy_logprobs(state.train_policy, ro, idx, cfg.temperature, want_entropy=True,
                                   entropy_grad=cfg.entropy_coef > 0)
+        if ro.old_from_update:  # these weights made the rollout: its old log-probs are this forward's (collect)
+            ro.old_logprobs[idx] = lp.detach()
+            if ro.is_weights is not None:
+                ro.is_weights[idx] = rollout_is_weights(lp, ro.sampler_logprobs[idx], mask, cfg.rollout_is,
+                                                        cfg.rollout_is_cap)[0]
         out = spec.fn(lp, ro.old_logprobs[idx], adv[idx], mask, epsilon_low=lo, epsilon_high=hi,
                       dual_clip=cfg.dual_clip)
         # rollout_is: each token's term weighted by trainer/sampler probability (capped; Yao et al. 2025)
@@ -146,6 +152,8 @@ def pg_step(state: Any, step: int, rows: list) -> dict[str, float]:
                 sums[key] = sums.get(key, 0.0) + v
             updates += 1
     metrics.update({key: v / updates for key, v in sums.items()})
+    if ro.old_from_update:
+        metrics.update(old_policy_metrics(cfg, ro))
     metrics["kl_coef"] = state.kl_ctl.value
     state.kl_ctl = state.kl_ctl.update(metrics[f"kl_{cfg.kl_estimator}"], n)
     metrics["time/training"] = time.perf_counter() - t0
