@@ -122,7 +122,7 @@ def alignlab_worker(spec: dict) -> dict:
         eval_split=0.0, logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
         device="cpu", bf16=spec["bf16"], generation_batch_size=spec["prompts_per_step"] * spec["num_generations"],
         # under --bf16 the sampler decodes with bf16 weights too (TRL samples under autocast), and the
-        # trainer/sampler mismatch is corrected by truncated importance sampling (one more no-grad forward)
+        # trainer/sampler mismatch is corrected by truncated importance sampling (from the update's own forward: one optimizer step per rollout)
         **({"sampling_weights": "auto", "rollout_is": "tis"} if spec["bf16"] else {}),
     )
     return {"step_seconds": clock.seconds, "step_cpu_seconds": clock.cpu, "peak_memory_mb": clock.peak,

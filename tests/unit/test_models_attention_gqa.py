@@ -1,5 +1,7 @@
 """Span attention with grouped-query attention (issue 16): sdpa's enable_gqa instead of repeated K/V copies."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -40,3 +42,49 @@ def test_gqa_spans_equal_repeated_kv(dtype, layout):
 def test_native_gqa_only_on_cpu():
     assert _native_gqa(torch.zeros(1)) == (tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5))
     assert not _native_gqa(torch.zeros(1, device="meta"))
+
+
+def test_short_differentiated_spans_take_the_math_kernel_with_the_masked_forwards_numbers(monkeypatch):
+    """A span of at most MATH_MAX_SCORES score entries that will be differentiated runs sdpa's math kernel (cheaper
+    than flash's backward on CPU); longer spans and no-grad calls keep torch's choice. Either way the output and
+    the q/k/v gradients are those of one masked fp32 attention over the whole row, bf16 within bf16's rounding
+    and no further from it than the flash kernel."""
+    import alignlab.models.attention as attn
+
+    q = torch.randn(1, 9, 40, 64, requires_grad=True)
+    assert not isinstance(attn._backend(q, 40), contextlib.nullcontext)
+    assert isinstance(attn._backend(q, attn.MATH_MAX_SCORES // 40 + 1), contextlib.nullcontext)
+    assert isinstance(attn._backend(q.detach(), 40), contextlib.nullcontext)
+    with torch.no_grad():
+        assert isinstance(attn._backend(q, 40), contextlib.nullcontext)
+
+    torch.manual_seed(3)
+    width, groups = 60, 3
+    plan = prefix_plan([[(20, 25, 15)]], width)
+    mask = torch.zeros(width, width, dtype=torch.bool)  # the prefix-shared row's mask, built by hand
+    mask[:45, :45] = torch.ones(45, 45).tril().bool()
+    mask[45:, :20] = True
+    mask[45:, 45:] = torch.ones(15, 15).tril().bool()
+    q0, k0, v0 = torch.randn(1, 9, width, 64), torch.randn(1, 3, width, 64), torch.randn(1, 3, width, 64)
+    g = torch.randn(1, 9, width, 64)
+
+    def run(fn, dtype):
+        q, k, v = (t.to(dtype).requires_grad_(True) for t in (q0, k0, v0))
+        out = fn(q, k, v)
+        return [out.float(), *(x.float() for x in torch.autograd.grad((out * g.to(dtype)).sum(), (q, k, v)))]
+
+    def masked(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, _repeat(k, groups), _repeat(v, groups), attn_mask=mask)
+
+    want = run(masked, torch.float32)
+    spans = {"math": run(lambda q, k, v: span_attention(q, k, v, plan), torch.bfloat16)}
+    for a, b in zip(run(lambda q, k, v: span_attention(q, k, v, plan), torch.float32), want):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    monkeypatch.setattr(attn, "MATH_MAX_SCORES", 0)
+    spans["flash"] = run(lambda q, k, v: span_attention(q, k, v, plan), torch.bfloat16)
+    for name, got in spans.items():
+        err = [float((a - b).abs().max()) for a, b in zip(got, want)]
+        assert max(err) < 0.05, (name, err)
+    math_err = [float((a - b).abs().max()) for a, b in zip(spans["math"], want)]
+    flash_err = [float((a - b).abs().max()) for a, b in zip(spans["flash"], want)]
+    assert all(m <= 1.5 * f + 1e-3 for m, f in zip(math_err, flash_err)), (math_err, flash_err)

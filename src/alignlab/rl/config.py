@@ -186,7 +186,8 @@ class PolicyGradientConfig(RLConfig):
     value_clip: float | None = 0.2
     """Clip of the value update around the rollout values; null disables."""
     old_logprobs: Literal["sampler", "forward"] = "sampler"
-    """Old-policy log-probs from the sampler (free) or a separate no-grad forward (bit-identical to training math)."""
+    """Old-policy log-probs from the sampler (free) or the trainer (bit-identical to training math): a separate no-grad
+    forward, or the update's own when the rollout gets one optimizer step (ppo_epochs 1, one minibatch, one process)."""
     rollout_is: Literal["none", "tis", "mis"] = "none"
     """Sampler/trainer mismatch correction (Yao et al. 2025) when samples come from other weights or kernels (bf16
     sampling, an external engine): the ratio uses the trainer's old log-probs and each token's loss is weighted by

@@ -10,6 +10,8 @@ Data parallelism: each rank samples and scores ITS prompts (a prompt's group nev
 samples are gathered so that every rank holds the same global rollout, and the no-grad forwards (old,
 reference, values) are split by rows and gathered too. Advantages and the minibatch order are then computed
 on the whole batch on every rank, exactly as one process would (rl/update.py takes each rank's share).
+When one optimizer step uses the whole rollout (one process), the trainer's old log-probs come from that
+update's forward instead of a pass of their own (`old_from_update`).
 The policy runs without dropout (rl/loop.py removes it), as TRL and OpenRLHF do for RL: with dropout the
 ratio new/old would be noisy even before the first update.
 """
