@@ -377,3 +377,24 @@ def test_chunked_bf16_head_with_bias_rounds_as_the_plain_head():
         plain = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
         assert torch.equal(chunked_token_logprobs(hidden, weight, labels, chunk_size=8, bias=bias), plain)
         torch.testing.assert_close(plain, token_logprobs(hidden @ weight.t() + bias, labels), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_chunked_entropy_is_the_softmax_entropy_and_leaves_the_log_probs_alone(frozen):
+    """entropy=True returns each row's softmax entropy (entropy_from_logits to rounding) from the same chunks, with
+    no gradient, and the log-probs and their gradients bit for bit as without it; a trainable and a frozen head."""
+    from alignlab.ops.logprobs import chunked_token_logprobs, entropy_from_logits
+
+    torch.manual_seed(5)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = (torch.randn(90, 16) * 0.5).requires_grad_(not frozen)
+    labels = torch.randint(0, 90, (37,))
+    labels[3] = -100
+    lp, ent = chunked_token_logprobs(hidden, weight, labels, chunk_size=8, entropy=True)
+    assert not ent.requires_grad
+    torch.testing.assert_close(ent, entropy_from_logits((hidden @ weight.t()).detach()), atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(lp.sum(), [hidden] + ([] if frozen else [weight]))
+    plain = chunked_token_logprobs(hidden, weight, labels, chunk_size=8)
+    assert torch.equal(lp, plain)
+    for a, b in zip(grads, torch.autograd.grad(plain.sum(), [hidden] + ([] if frozen else [weight]))):
+        assert torch.equal(a, b)

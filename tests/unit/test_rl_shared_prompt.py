@@ -30,8 +30,9 @@ def test_layout_shares_each_prompt_and_gathers_the_predicting_positions():
     assert batch["input_ids"].tolist() == [[4, 3, 5, 6, 9]] and gather.tolist() == [[0, 0], [3, 0]]
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(temperature):
+@pytest.mark.parametrize("temperature,entropy_grad", [(1.0, True), (0.7, True), (1.0, False)])
+def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(temperature, entropy_grad):
+    """(1.0, False) is the fused chunked head (entropy as a metric only: ops/logprobs.py)."""
     model, _ = tiny_lm(seed=3)
     model.config._attn_implementation = "sdpa"
     assert enable_span_attention(model)
@@ -46,9 +47,9 @@ def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(
     for shared in (False, True):
         ro.shared_prompts = shared
         model.zero_grad()
-        lp, ent = policy_logprobs(model, ro, idx, temperature, want_entropy=True, entropy_grad=True)
+        lp, ent = policy_logprobs(model, ro, idx, temperature, want_entropy=True, entropy_grad=entropy_grad)
         mask = ro.mask[idx]
-        ((lp * mask).sum() + (ent * mask).sum()).backward()
+        ((lp * mask).sum() + ((ent * mask).sum() if entropy_grad else 0)).backward()
         outs.append((lp.detach(), ent.detach() * mask, [p.grad.clone() for p in model.parameters()]))
     (lp0, ent0, g0), (lp1, ent1, g1) = outs
     assert torch.allclose(lp0, lp1, atol=1e-5) and torch.allclose(ent0, ent1, atol=1e-5)

@@ -138,6 +138,19 @@ def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
     return logits.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1))
 
 
+def _logsumexp_entropy_(logits: torch.Tensor, exp_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # (logsumexp, entropy) of each row. The logsumexp takes _logsumexp_'s steps on the same values (bit for bit);
+    # with s = z - max and e = exp(s) (in `exp_buf`), H = log sum e - sum(e * s) / sum e. Destroys `logits`.
+    # A Linear head's logits are finite, so e * s has no 0 * inf.
+    m = logits.amax(-1, keepdim=True)
+    m.masked_fill_(m.abs() == float("inf"), 0.0)
+    shifted = logits.sub_(m)
+    e = torch.exp(shifted, out=exp_buf)
+    total = e.sum(-1)
+    log_total = total.log()
+    return log_total + m.squeeze(-1), log_total - e.mul_(shifted).sum(-1) / total
+
+
 def _logit_grad_(
     logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, g: torch.Tensor
 ) -> torch.Tensor:
@@ -158,10 +171,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size, ignore_index):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, ignore_index, entropy=False):
         n, acc = hidden.shape[0], _acc_dtype(hidden.dtype)
         out = hidden.new_empty(n, dtype=acc)
         lse = hidden.new_empty(n, dtype=acc)
+        ent = hidden.new_empty(n, dtype=acc) if entropy else None
         valid = labels != ignore_index
         safe = labels.masked_fill(~valid, 0)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -172,10 +186,15 @@ class _ChunkedLogprobs(torch.autograd.Function):
             sl = slice(start, start + chunk_size)
             logits = chunks.logits(sl)
             picked = logits.gather(-1, safe[sl].unsqueeze(-1)).squeeze(-1)
-            if unit_grad_h is None:
+            if unit_grad_h is None and ent is not None:
+                lse[sl], ent[sl] = _logsumexp_entropy_(logits, scratch("exp", logits.shape[0], logits.shape[1],
+                                                                       logits, logits.dtype))
+            elif unit_grad_h is None:
                 lse[sl] = _logsumexp_(logits)
             else:  # the logits are needed again for the unit gradient
                 lse[sl] = torch.logsumexp(logits, dim=-1)
+                if ent is not None:
+                    ent[sl] = lse[sl] - (torch.softmax(logits, -1) * logits).sum(-1)
                 dlogits = _logit_grad_(logits, lse[sl], safe[sl], valid[sl].to(acc))
                 unit_grad_h[sl] = (chunks.lowered(dlogits) @ chunks.w).to(hidden.dtype)
             out[sl] = torch.where(valid[sl], picked - lse[sl], 0.0)
@@ -186,10 +205,13 @@ class _ChunkedLogprobs(torch.autograd.Function):
         ctx.w = chunks.w if (need_w or need_h or need_b) and unit_grad_h is None else None
         device = hidden.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return out
+        if ent is None:
+            return out
+        ctx.mark_non_differentiable(ent)
+        return out, ent
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):  # the entropy output (if any) takes no gradient
         # Backward runs outside autocast; re-enter the forward's state so the recomputed logits are the
         # forward's logits bit for bit (the saved logsumexp belongs to them) and the matmuls keep its speed.
         device, enabled, dtype = ctx.autocast
@@ -202,7 +224,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         acc = lse.dtype
         g = torch.where(valid, grad_out.to(acc), 0.0)
         if unit_grad_h is not None:
-            return (unit_grad_h * g[:, None]).to(hidden.dtype), None, None, None, None, None
+            return (unit_grad_h * g[:, None]).to(hidden.dtype), None, None, None, None, None, None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = hidden.new_empty(hidden.shape) if need_h else None
         grad_w = None  # [V, H]: the first chunk's product, later chunks added (no zero-filled buffer)
@@ -233,7 +255,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             grad_w = torch.zeros_like(weight)
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
 
 
 def chunked_token_logprobs(
@@ -243,13 +265,16 @@ def chunked_token_logprobs(
     chunk_size: int = 1024,
     bias: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
+    entropy: bool = False,
+) -> Any:
     """Same as `token_logprobs(hidden @ weight.T + bias, labels)` without the full logits.
 
     Shapes: hidden [N, H] (final hidden states, already shifted to align with labels),
     weight [V, H] (the lm_head / tied embedding), labels [N], bias [V] or None -> [N] float32
     (float64 for float64 inputs).
     Gradients flow to hidden, weight and bias; peak extra memory is O(chunk_size * V) floats.
+    With `entropy`, (log-probs, entropy [N] of each row's softmax, `entropy_from_logits`'s value to rounding, no
+    gradient) from the same chunks: one more [chunk, V] buffer, no more matmuls.
     """
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(
@@ -257,7 +282,7 @@ def chunked_token_logprobs(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedLogprobs.apply(hidden, weight, bias, labels, chunk_size, ignore_index)
+    return _ChunkedLogprobs.apply(hidden, weight, bias, labels, chunk_size, ignore_index, entropy)
 
 
 def scored_tokens(prompt_ids: list, completion_ids: list) -> int:
@@ -266,25 +291,32 @@ def scored_tokens(prompt_ids: list, completion_ids: list) -> int:
     return max(len(completion_ids) - (0 if prompt_ids else 1), 0)
 
 
-def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024,
+                     entropy: bool = False) -> Any:
     """log p(targets) [N] float32 from final hidden states [N, H]: THE way the LM head is applied.
 
     `model` is the unwrapped HF causal LM. Its head is applied as its own forward does: the Linear (+ bias),
     then `config.logit_scale` (Cohere multiplies logits by it) and `config.final_logit_softcapping` (Gemma 2:
     tanh(l / c) * c). A plain Linear head with neither uses the fused chunked path (`chunked_token_logprobs`,
     same numbers, no [N, V] logits); otherwise logits are formed chunk by chunk through the head module.
+    With `entropy`: (log-probs, each position's entropy [N] without gradient).
     """
     head = model.get_output_embeddings()
     scale = getattr(model.config, "logit_scale", None)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if type(head) is torch.nn.Linear and not softcap and scale is None:
-        return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias)
+        return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias,
+                                      entropy=entropy)
     # A wrapped head (LoRA on lm_head), logit scaling or soft-capping: per-chunk logits through the module itself.
-    out = []
+    out, ent = [], []
     for start in range(0, hidden.shape[0], chunk_size):
         logits = lm_head_logits(model, hidden[start : start + chunk_size])
         out.append(token_logprobs(logits, targets[start : start + chunk_size]))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+        if entropy:
+            ent.append(entropy_from_logits(logits.detach()))
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    lp = torch.cat(out) if out else empty
+    return (lp, torch.cat(ent) if ent else empty) if entropy else lp
 
 
 def lm_head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:

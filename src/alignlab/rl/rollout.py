@@ -102,6 +102,18 @@ def policy_logprobs(model: Any, ro: Rollout, idx: torch.Tensor, temperature: flo
     from alignlab.models.attention import uses_spans
 
     labels, cells = ro.response[idx], None
+    if ro.shared_prompts and uses_spans(model) and temperature == 1.0 and not entropy_grad:
+        # the fused chunked head (ops/logprobs.py): no [N, V] logits, their float copy, softmax or log-softmax
+        from alignlab.ops.logprobs import lm_head_logprobs
+        from alignlab.rl.shared_prompt import shared_prompt_hidden
+        from alignlab.train.preference import _unwrap
+
+        cells = labels != -100
+        out = lm_head_logprobs(_unwrap(model), shared_prompt_hidden(model, ro, idx, cells), labels[cells],
+                               entropy=want_entropy)
+        lp, ent = out if want_entropy else (out, None)
+        lp = lp.new_zeros(cells.shape).masked_scatter(cells, lp)
+        return lp, ent.new_zeros(cells.shape).masked_scatter(cells, ent) if ent is not None else None
     if ro.shared_prompts and uses_spans(model):
         from alignlab.rl.shared_prompt import shared_prompt_logits
 

@@ -60,11 +60,24 @@ def shared_prompt_logits(model: Any, ro: Any, idx: torch.Tensor, cells: torch.Te
     completion's end hold the logits at its prompt's first position, masked by the caller as padding is); with
     `cells` (bool [len(idx), T]) only those cells' logits [N, V], in row-major order: no LM head on padding."""
     from alignlab.ops.logprobs import lm_head_logits
-    from alignlab.train.preference import _unwrap, final_hidden
+    from alignlab.train.preference import _unwrap
 
-    batch, gather = shared_prompt_batch(ro, idx)
-    hidden = final_hidden(model, batch)[0]
     if cells is not None:
-        return lm_head_logits(_unwrap(model), hidden.index_select(0, gather[cells]))
+        return lm_head_logits(_unwrap(model), shared_prompt_hidden(model, ro, idx, cells))
+    hidden, gather = _final_hidden(model, ro, idx)
     grid = hidden.index_select(0, gather.reshape(-1)).reshape(*gather.shape, hidden.shape[-1])
     return lm_head_logits(_unwrap(model), grid)
+
+
+def shared_prompt_hidden(model: Any, ro: Any, idx: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """The final hidden states [N, H] that predict the completion tokens at `cells` (row-major): what
+    `shared_prompt_logits` runs the LM head on."""
+    hidden, gather = _final_hidden(model, ro, idx)
+    return hidden.index_select(0, gather[cells])
+
+
+def _final_hidden(model: Any, ro: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from alignlab.train.preference import final_hidden
+
+    batch, gather = shared_prompt_batch(ro, idx)
+    return final_hidden(model, batch)[0], gather
