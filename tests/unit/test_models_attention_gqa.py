@@ -44,19 +44,17 @@ def test_native_gqa_only_on_cpu():
     assert not _native_gqa(torch.zeros(1, device="meta"))
 
 
-def test_short_differentiated_spans_take_the_math_kernel_with_the_masked_forwards_numbers(monkeypatch):
-    """A span of at most MATH_MAX_SCORES score entries that will be differentiated runs sdpa's math kernel (cheaper
-    than flash's backward on CPU); longer spans and no-grad calls keep torch's choice. Either way the output and
-    the q/k/v gradients are those of one masked fp32 attention over the whole row, bf16 within bf16's rounding
-    and no further from it than the flash kernel."""
+def test_short_spans_take_the_math_kernel_with_the_masked_forwards_numbers(monkeypatch):
+    """A span of at most MATH_MAX_SCORES score entries runs sdpa's math kernel (cheaper than flash's backward on
+    CPU), with or without a gradient, so a no-grad pass (a frozen reference) gives the trained forward's bits;
+    longer spans keep torch's choice. Either way the output and the q/k/v gradients are those of one masked fp32
+    attention over the whole row, bf16 within bf16's rounding and no further from it than the flash kernel."""
     import alignlab.models.attention as attn
 
     q = torch.randn(1, 9, 40, 64, requires_grad=True)
     assert not isinstance(attn._backend(q, 40), contextlib.nullcontext)
+    assert not isinstance(attn._backend(q.detach(), 40), contextlib.nullcontext)
     assert isinstance(attn._backend(q, attn.MATH_MAX_SCORES // 40 + 1), contextlib.nullcontext)
-    assert isinstance(attn._backend(q.detach(), 40), contextlib.nullcontext)
-    with torch.no_grad():
-        assert isinstance(attn._backend(q, 40), contextlib.nullcontext)
 
     torch.manual_seed(3)
     width, groups = 60, 3
@@ -88,3 +86,17 @@ def test_short_differentiated_spans_take_the_math_kernel_with_the_masked_forward
     math_err = [float((a - b).abs().max()) for a, b in zip(spans["math"], want)]
     flash_err = [float((a - b).abs().max()) for a, b in zip(spans["flash"], want)]
     assert all(m <= 1.5 * f + 1e-3 for m, f in zip(math_err, flash_err)), (math_err, flash_err)
+
+
+def test_a_no_grad_pass_gives_the_differentiated_passes_bits():
+    """A frozen reference runs span attention without a gradient, the policy with one: on the same weights and
+    batch they must agree bit for bit (DPO's first loss log 2, GRPO's first KL 0), short spans and long."""
+    torch.manual_seed(11)
+    width = 700
+    plan = prefix_plan([[(20, 25, 15), (300, 200, 140)]], width)
+    q = torch.randn(1, 9, width, 64).bfloat16()
+    k, v = torch.randn(1, 3, width, 64).bfloat16(), torch.randn(1, 3, width, 64).bfloat16()
+    with torch.no_grad():
+        frozen = span_attention(q, k, v, plan)
+    trained = span_attention(q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True), plan)
+    assert torch.equal(frozen, trained.detach())

@@ -44,18 +44,17 @@ def _ranges(pieces: dict[int, Any], cuts: list[int], where: dict[int, int], rang
 # kernel than its flash kernel on CPU, whose backward pays a fixed ~2 ms per call: SmolLM2's heads (9 on 3, dim 64),
 # bf16, one core of an Intel Xeon with AMX, forward+backward: 32 x 32 causal 1.39 ms against 2.20 (flash), 64 x 64
 # 2.53 against 4.39, 128 x 128 4.21 against 6.23, 128 x 228 (masked) 8.1 against 9.7; 192 x 192 8.8 against 6.3.
-# Forward only (no grad: a frozen reference, sampling), flash is faster at every length (64 x 64: 0.2 against 1.0 ms).
+# The choice depends on the span's shape only, never on whether a gradient is wanted: a forward-only pass (a
+# frozen reference, old log-probs) must give the trained forward's numbers bit for bit (a DPO step's first loss is
+# log 2, GRPO's first KL 0), though flash alone would be faster there (64 x 64: 0.2 against 1.0 ms).
 MATH_MAX_SCORES = 128 * 256
 
 
 def _backend(q: Any, lk: int):
-    """The sdpa kernel context for one span: math for a short span that will be differentiated on CPU, else
-    torch's own choice."""
+    """The sdpa kernel context for one span: math for a short span on CPU, else torch's own choice."""
     from contextlib import nullcontext
 
-    import torch
-
-    if q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled() and q.shape[2] * lk <= MATH_MAX_SCORES:
+    if q.device.type == "cpu" and q.shape[2] * lk <= MATH_MAX_SCORES:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel(SDPBackend.MATH)
