@@ -40,27 +40,6 @@ def _ranges(pieces: dict[int, Any], cuts: list[int], where: dict[int, int], rang
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-# Below this many score entries per head (queries x keys) a span's forward+backward is cheaper through sdpa's math
-# kernel than its flash kernel on CPU, whose backward pays a fixed ~2 ms per call: SmolLM2's heads (9 on 3, dim 64),
-# bf16, one core of an Intel Xeon with AMX, forward+backward: 32 x 32 causal 1.39 ms against 2.20 (flash), 64 x 64
-# 2.53 against 4.39, 128 x 128 4.21 against 6.23, 128 x 228 (masked) 8.1 against 9.7; 192 x 192 8.8 against 6.3.
-# The choice depends on the span's shape only, never on whether a gradient is wanted: a forward-only pass (a
-# frozen reference, old log-probs) must give the trained forward's numbers bit for bit (a DPO step's first loss is
-# log 2, GRPO's first KL 0), though flash alone would be faster there (64 x 64: 0.2 against 1.0 ms).
-MATH_MAX_SCORES = 128 * 256
-
-
-def _backend(q: Any, lk: int):
-    """The sdpa kernel context for one span: math for a short span on CPU, else torch's own choice."""
-    from contextlib import nullcontext
-
-    if q.device.type == "cpu" and q.shape[2] * lk <= MATH_MAX_SCORES:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel(SDPBackend.MATH)
-    return nullcontext()
-
-
 def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, scaling: float | None = None,
                    dropout: float = 0.0) -> Any:
     """Attention output [B, H, T, D] of query [B, H, T, D] and key/value [B, Hkv, T, D] under `plan`; Hkv divides H
@@ -90,14 +69,12 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
             q = _ranges(qp, cuts, where, ((s.q0, s.q1),))
             k, v = _ranges(kp, cuts, where, s.keys), _ranges(vp, cuts, where, s.keys)
             lq, lk = q.shape[2], k.shape[2]
-            with _backend(q, lk):
-                if lq == lk:
-                    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
-                                                         **gqa)
-                else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
-                    mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
-                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                                                         **gqa)
+            if lq == lk:
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
+            else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
+                mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                                     **gqa)
             rows[row].append(out)
     if sorted(rows) != list(range(query.shape[0])):
         raise ValueError(f"attention plan covers rows {sorted(rows)}, the batch has {query.shape[0]}")
