@@ -64,6 +64,17 @@ day before that change (with the LM head's cast kept for a step): 0.256 against 
 gradient in the head's block as well (ops/embedding.py), 1 thread, load 1.2: 0.291 against 0.103 -> 2.83x, 0.75,
 share 0.25; `--steps 8` (16 pairs, 368 layout tokens per pair), load 1.0: 0.350 against 0.135 -> 2.59x, 5.8 GB
 against 7.6 GB = 0.77, share 0.30 / 0.11.
+Intel Xeon with AMX-BF16 ("Intel(R) Xeon(R) Processor", 2 CPUs), 1 torch thread, 2 Dec 2026 (same job): before this
+session's span-attention changes 0.172 against 0.080 pairs/s -> 2.15x, memory 0.75 (5.2 GB against 6.9), share of
+peak 0.07 / 0.03 (peak 1,003 GFLOP/s at the start); with short spans through sdpa's math kernel and one split per row
+(models/attention.py) 0.211 against 0.095 -> 2.22x, 0.78, 0.10 / 0.04 (868 GFLOP/s); the final code (one split per
+row, the math kernel dropped: see bench/grpo_vs_trl.py) 0.175 against 0.085 -> 2.06x, 0.74, 0.09 / 0.05 (760
+GFLOP/s; final loss 0.7466 as at the session's start). A profile of the step:
+matrix products 39% of CPU time at 200-370 GFLOP/s (the shapes' steady rate here, well below the best-case peak),
+flash attention's backward 15% and forward 8%, dtype copies 10%, elementwise 15%. 2 threads (`--threads 2`): with the
+math kernel 0.377 against 0.141 pairs/s -> 2.67x, memory 0.75 (5.3 GB against 7.0), share 0.15 / 0.06 (1,004 GFLOP/s);
+the final code 0.326 against 0.165 -> 1.98x, 0.75, 0.11 / 0.05 (1,231 GFLOP/s): TRL's side alone moved 17% between
+the two runs. Issue 16's 3x is not reached on this CPU.
 """
 
 from __future__ import annotations

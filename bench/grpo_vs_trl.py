@@ -55,6 +55,21 @@ tis): alignlab 10.6 s/step, 3.62 GB; TRL 13.4 s/step, 4.41 GB -> 1.27x, memory 0
 3.4 s, update 5.6 s). bf16: alignlab 6.07 s/step, 3.63 GB; TRL 9.98 s/step, 4.41 GB -> 1.64x, memory 0.82 (generation
 1.8 s, update 2.9 s). After the loops kept glibc's freed blocks mapped (ops/buffers.py), bf16, load 1.6: alignlab
 5.63 s/step, 3.84 GB; TRL 8.79 s/step, 4.42 GB -> 1.56x, memory 0.87: no change beyond the run-to-run spread.
+Intel Xeon with AMX-BF16 ("Intel(R) Xeon(R) Processor", 2 CPUs), 2 Dec 2026, `--steps 4`, one thread per side; the
+machine's bf16 matmul rate moved between 360 and 1,131 GFLOP/s from run to run, and both sides with it:
+  bf16, before this session's changes: alignlab 13.98 s/step (generation 5.3 s, update 6.6 s, the old-log-prob and
+      reference forwards ~2.1 s), 3.95 GB; TRL 20.89 s/step, 4.46 GB -> 1.49x, memory 0.89.
+  after each change, in order (one run each): the old log-probs from the update's own forward 12.14 against 23.94
+      -> 1.97x; short spans through sdpa's math kernel (chosen for differentiated spans only) 10.15 against
+      17.82 -> 1.76x; one split per row in span attention and the fused chunked head in RL forwards 7.61 against
+      15.52 -> 2.04x (generation 2.95 s, update 3.84 s), 0.92; the math kernel chosen by span shape only (a frozen
+      reference must give the policy's bits) 10.47 against 17.56 -> 1.68x, again 10.61 against 17.96 -> 1.69x;
+      a paired A/B (math on alternate steps) then showed no gain (5.98 s against 5.70 s for the non-sampling part)
+      and it was dropped. The final code: 9.26 against 16.84 s/step -> 1.82x (generation 3.5 s, update 3.9 s),
+      memory 0.90 (4.01 GB against 4.46).
+  float32, after them: alignlab 12.88 s/step (generation 5.6 s at 90 tokens/s, update 5.7 s), 4.03 GB; TRL 17.11,
+      4.59 GB -> 1.33x, memory 0.88.
+Issue 14's 2.5x is not reached.
 """
 
 from __future__ import annotations

@@ -50,6 +50,13 @@ AMD EPYC family 25 model 17, 1 torch thread, 2 Dec 2026 (matmul peak measured at
   0.98 (3.66 GB against 3.74), share of peak 0.50 / 0.24; 2 threads (load 1.0) 246.9 against 132.0 -> 1.87x
   (1.63x before), 0.98, 0.32 / 0.17. With the embedding's gradient in the head's block as well (ops/embedding.py),
   2 threads, load 1.1: 231.8 against 145.1 -> 1.60x, 0.97 (3.62 GB against 3.75), 0.27 / 0.17.
+Intel Xeon with AMX-BF16 ("Intel(R) Xeon(R) Processor", 2 CPUs), 1 torch thread, 2 Dec 2026 (matmul peak at the start
+1,139-1,155 GFLOP/s bf16): `--bf16` (full checkpointing on both) 116.4 against 71.0 tokens/s -> 1.64x, memory 0.92
+(3.46 GB against 3.75), share of peak 0.11 / 0.07; `--bf16 --gradient-checkpointing selective` 119.7 against 71.0 ->
+1.69x, 0.96, 0.11 / 0.07; the final code of that session (one split per row in span attention) 115.1 against 63.3
+-> 1.82x, 0.96 (3.66 GB against 3.79), 0.11 / 0.06; 2 threads (with sdpa's math kernel for short spans, since
+dropped) 125.7 against 88.0 -> 1.43x, 0.98. Recomputing the matrix products costs little where they are this fast,
+so selective recomputation gains little here; issue 16's 2x is not reached on this CPU.
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
