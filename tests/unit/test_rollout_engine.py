@@ -91,8 +91,8 @@ def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
 
 def test_prepacked_bf16_linears_give_the_plain_bf16_tokens_and_log_probs(monkeypatch):
     """The bf16 sampler's oneDNN-prepacked Linears (rollout/weights.py packed_linears) give the same bits as
-    plain bf16 F.linear: same sampled tokens and log-probs, for a float32 model sampled in bf16 and for a bf16
-    model; the caller's modules keep their own forward."""
+    plain bf16 F.linear: same sampled tokens and log-probs, for a float32 model sampled in bf16, a bf16 model and
+    a LoRA policy; the caller's modules keep their own forward."""
     import alignlab.rollout.weights as weights
 
     model, tok = tiny_lm()
@@ -102,9 +102,19 @@ def test_prepacked_bf16_linears_give_the_plain_bf16_tokens_and_log_probs(monkeyp
     packed = [weights.packed_linears(m, torch.bfloat16, lambda p: p.detach().bfloat16(), 4) for m in (model, bf)]
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert all(len(p) == n_linear > 0 for p in packed)
-    runs = [generate(m, tok, PROMPTS, c, n=2).samples for m, c in ((model, cfg), (bf, replace(cfg, weights_dtype="model")))]
+    # a LoRA policy: peft casts its adapter Linears' input itself, so those stay plain (the base model's are packed)
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    packed = weights.packed_linears(lora, torch.bfloat16, lambda p: p.detach().bfloat16(), 4)
+    assert 0 < len(packed) == n_linear - 2 * model.config.num_hidden_layers
+    cases = ((model, cfg), (bf, replace(cfg, weights_dtype="model")), (lora, cfg))
+    runs = [generate(m, tok, PROMPTS, c, n=2).samples for m, c in cases]
     monkeypatch.setattr(weights, "packed_linears", lambda *a: {})
-    plain = [generate(m, tok, PROMPTS, c, n=2).samples for m, c in ((model, cfg), (bf, replace(cfg, weights_dtype="model")))]
+    plain = [generate(m, tok, PROMPTS, c, n=2).samples for m, c in cases]
     for got, want in zip(runs, plain):
         assert [s.completion_ids for s in got] == [s.completion_ids for s in want]
         assert [s.logprobs for s in got] == [s.logprobs for s in want]

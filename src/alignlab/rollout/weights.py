@@ -102,16 +102,18 @@ def _register() -> None:
 def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
     """{module: forward} for every plain nn.Linear of a CPU model sampled in bf16: `cast(weight)` prepacked for
     oneDNN once (`rows`: the expected rows per call, a layout hint; any count works) and run through its
-    packed matmul. Empty where that does not apply (other dtypes or devices, a build without oneDNN, a module
-    whose forward is already replaced, e.g. by accelerate's hooks, or a subclass such as a quantized Linear)."""
+    packed matmul. Not where that does not apply: other dtypes or devices, a build without oneDNN, a module whose
+    forward is already replaced (e.g. by accelerate's hooks), a subclass such as a quantized Linear, or the Linears
+    of a peft adapter layer (it casts their input to the adapter weight's dtype itself)."""
     import torch
 
     if dtype != torch.bfloat16 or model.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return {}
     op, pack = torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight
+    adapters = {c for m in model.modules() if hasattr(m, "base_layer") for c in m.modules() if c is not m}
     out = {}
     for m in model.modules():
-        if type(m) is not torch.nn.Linear or "forward" in m.__dict__:
+        if type(m) is not torch.nn.Linear or "forward" in m.__dict__ or m in adapters:
             continue
         w, b = pack(cast(m.weight), rows), (cast(m.bias) if m.bias is not None else None)
         out[m] = lambda x, w=w, b=b: op(x, w, b, "none", [], "")
