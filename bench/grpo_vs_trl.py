@@ -3,6 +3,7 @@
     .venv/bin/python bench/grpo_vs_trl.py --model tiny-random              # a smoke run (seconds)
     .venv/bin/python bench/grpo_vs_trl.py --threads 1                      # SmolLM2-135M-Instruct, fp32
     .venv/bin/python bench/grpo_vs_trl.py --threads 1 --bf16               # the same under bf16 autocast
+    .venv/bin/python bench/grpo_vs_trl.py --threads 1 --bf16-sampling      # float32 training, our sampler in bf16
 
 The job: the same model directory as policy (full fine-tuning, no LoRA) and as frozen KL reference (each
 side loads its own second copy); the same prompts (steps x prompts alignlab built-in sentiment openings,
@@ -69,6 +70,13 @@ machine's bf16 matmul rate moved between 360 and 1,131 GFLOP/s from run to run, 
       memory 0.90 (4.01 GB against 4.46).
   float32, after them: alignlab 12.88 s/step (generation 5.6 s at 90 tokens/s, update 5.7 s), 4.03 GB; TRL 17.11,
       4.59 GB -> 1.33x, memory 0.88.
+3 Dec 2026, the same Xeon and code (the vLLM side by side in bench/gen_vs_hf.py ran the same day), one run each:
+  bf16: alignlab 11.47 s/step (generation 4.8 s, update 5.3 s), 4.01 GB; TRL 20.79, 4.46 GB -> 1.81x, memory 0.90
+      (both sides ~25% slower than the day before: the machine's bf16 matmul median was 489 GFLOP/s, 331 in the next run).
+  float32: alignlab 17.23 s/step (generation 7.1 s, update 7.9 s), 3.90 GB; TRL 22.84, 4.56 GB -> 1.33x, memory 0.86.
+  float32 training with bf16 sampling and rollout_is tis on alignlab's side (`--bf16-sampling`; TRL samples with its
+      float32 model): alignlab 14.07 s/step (generation 4.2 s, update 7.7 s), 4.01 GB; TRL 24.12, 4.52 GB -> 1.71x
+      (1.62x against the float32 run's TRL), memory 0.89.
 Issue 14's 2.5x is not reached.
 """
 
@@ -136,9 +144,10 @@ def alignlab_worker(spec: dict) -> dict:
         kl_estimator="k3", learning_rate=spec["lr"], lr_scheduler="constant", seed=spec["seed"], eval_prompts=0,
         eval_split=0.0, logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
         device="cpu", bf16=spec["bf16"], generation_batch_size=spec["prompts_per_step"] * spec["num_generations"],
-        # under --bf16 the sampler decodes with bf16 weights too (TRL samples under autocast), and the
-        # trainer/sampler mismatch is corrected by truncated importance sampling (from the update's own forward: one optimizer step per rollout)
-        **({"sampling_weights": "auto", "rollout_is": "tis"} if spec["bf16"] else {}),
+        # under --bf16 (or --bf16-sampling with float32 training) the sampler decodes with bf16 weights (TRL samples
+        # under autocast), and the trainer/sampler mismatch is corrected by truncated importance sampling (from the
+        # update's own forward: one optimizer step per rollout)
+        **({"sampling_weights": "auto", "rollout_is": "tis"} if spec["bf16"] or spec["bf16_sampling"] else {}),
     )
     return {"step_seconds": clock.seconds, "step_cpu_seconds": clock.cpu, "peak_memory_mb": clock.peak,
             "rewards": clock.rewards, "step_tokens": clock.tokens, "generation_seconds": clock.generation, "training_seconds": clock.training}
@@ -224,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (alignlab kl_coef, TRL beta)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bf16-sampling", action="store_true",
+                   help="float32 training on alignlab's side with bf16 sampling weights and rollout_is tis (implied by "
+                        "--bf16); TRL samples with its float32 model")
     add_shared_args(p)
     return p
 
@@ -237,7 +249,8 @@ def make_spec(args: argparse.Namespace, out: Path) -> dict:
                                                                                        args.seed),
             "out": str(out), "steps": args.steps, "prompts_per_step": args.prompts,
             "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens, "beta": args.beta,
-            "lr": args.lr, "seed": args.seed, "threads": args.threads, "bf16": args.bf16}
+            "lr": args.lr, "seed": args.seed, "threads": args.threads, "bf16": args.bf16,
+            "bf16_sampling": args.bf16_sampling}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
     spec = make_spec(args, out)
     job = {k: spec[k] for k in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "beta", "lr",
-                                "threads", "bf16")}
+                                "threads", "bf16", "bf16_sampling")}
     compare(HERE, args, spec, out, summarize, rate="steps_per_second", job={"model": args.model, **job},
             describe=lambda r: f"{r['seconds_per_step']:>8.2f} s/step ({r['cpu_seconds_per_step']:.2f} CPU s)  peak {r['peak_memory_mb']:,.0f} MB  "
                                f"{r['tokens_per_step']:.0f} tokens/step  "

@@ -58,3 +58,18 @@ def test_alignlab_worker_one_step_on_tiny_random(bench, tmp_path):
     assert res["generation_seconds"][0] + res["training_seconds"][0] <= res["step_seconds"][0]
     s = bench.summarize(res)
     assert s["seconds_per_step"] == round(res["step_seconds"][0], 3)
+
+
+def test_bf16_sampling_trains_in_float32_and_corrects_the_sampler(bench, tmp_path):
+    import yaml
+
+    args = bench.build_parser().parse_args(["--model", "tiny-random", "--steps", "1", "--prompts", "2",
+                                            "--num-generations", "2", "--max-new-tokens", "4", "--threads", "1",
+                                            "--bf16-sampling"])
+    threads = torch.get_num_threads()
+    try:
+        bench.alignlab_worker(bench.make_spec(args, tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+    cfg = yaml.safe_load((tmp_path / "alignlab" / "config.yaml").read_text())
+    assert (cfg["bf16"], cfg["sampling_weights"], cfg["rollout_is"]) == (False, "auto", "tis")
