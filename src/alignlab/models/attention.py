@@ -14,6 +14,9 @@ contiguous range of queries and the key ranges those queries see, the queries be
 Score entries per prefix-shared pair drop from (its row's T)^2 to about (P + C)^2 / 2 + R (P + R),
 and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are those of the
 masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
+Spans of one shape run stacked in one call, and a differentiated short span (a GRPO answer, a short DPO
+branch) keeps the flash kernel's forward but takes an explicit backward (`_short_span`): flash attention's
+CPU backward costs ~1.5 ms per short span and head block whatever its size.
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
@@ -64,18 +67,30 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
         where = {c: i for i, c in enumerate(cuts)}
         sizes = [b - a for a, b in zip(cuts, cuts[1:])]
         qp, kp, vp = (dict(zip(cuts, t[row].split(sizes, dim=2))) for t in split)
-        rows[row] = []
-        for s in spans:
-            q = _ranges(qp, cuts, where, ((s.q0, s.q1),))
-            k, v = _ranges(kp, cuts, where, s.keys), _ranges(vp, cuts, where, s.keys)
-            lq, lk = q.shape[2], k.shape[2]
-            if lq == lk:
+        parts = [(_ranges(qp, cuts, where, ((s.q0, s.q1),)), _ranges(kp, cuts, where, s.keys),
+                  _ranges(vp, cuts, where, s.keys)) for s in spans]
+        # Spans of one shape run as one call, stacked on the batch axis: a GRPO group's sibling answers (prompt +
+        # answer keys, equal answer lengths) or a packed row's equal sequences. Each batch entry is computed on its
+        # own, so outputs and gradients are the separate calls' bit for bit (test); the short spans' explicit
+        # backward (below) then runs fewer, larger products: a GRPO row's attention forward + backward per layer
+        # 38 -> 18 ms together with it (SmolLM2, 4 prompts x 4 answers of 32 tokens, bf16, one thread).
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (q, k, _) in enumerate(parts):
+            groups.setdefault((q.shape[2], k.shape[2]), []).append(i)
+        outs: list[Any] = [None] * len(parts)
+        for (lq, lk), members in groups.items():
+            q, k, v = (ts[0] if len(ts) == 1 else torch.cat(ts, dim=0) for ts in zip(*(parts[i] for i in members)))
+            if _explicit_backward(q, k, v, dropout):
+                out = _short_span(q, k, v, scaling)
+            elif lq == lk:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
             else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
                 mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
                                                      **gqa)
-            rows[row].append(out)
+            for i, o in zip(members, out.split(1, dim=0) if len(members) > 1 else (out,)):
+                outs[i] = o
+        rows[row] = outs
     if sorted(rows) != list(range(query.shape[0])):
         raise ValueError(f"attention plan covers rows {sorted(rows)}, the batch has {query.shape[0]}")
     out = torch.cat([torch.cat(rows[r], dim=2) for r in range(query.shape[0])], dim=0)
@@ -84,10 +99,88 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
     return out
 
 
+# Score entries per span (heads x queries x keys) up to which a differentiated span's backward is computed
+# explicitly (_short_span). Forward + backward of one SmolLM2 span (9 heads on 3, bf16, one thread, Intel Xeon
+# with AMX): 32 x 42 queries x keys 1.7 ms against flash's 2.4, 96 x 140 4.6 against 7.2, 128 x 200 9.6 against
+# 10.4, 256 x 256 14.1 against 12.4 (flash's backward wins from there on).
+EXPLICIT_BACKWARD_MAX_SCORES = 1 << 17
+
+
+def _explicit_backward(q: Any, k: Any, v: Any, dropout: float) -> bool:
+    import torch
+
+    return (q.device.type == "cpu" and not dropout and torch.is_grad_enabled() and q.shape[2] > 0
+            and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BACKWARD_MAX_SCORES)
+
+
+def _short_span_cls():
+    import torch
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    class ShortSpan(torch.autograd.Function):
+        """A short span's attention: forward by sdpa's CPU flash kernel (the same op sdpa dispatches to, so the
+        same bits as a frozen reference's no-grad call), backward by explicit batched products in fp32.
+
+        Why: flash attention's CPU backward runs a handful of small GEMM calls per (batch, head) block, ~1.5 ms
+        for one 9-head 32 x 42 span of a GRPO answer whatever its size; the explicit form is six batched matmuls
+        over all heads. From the forward's log-sum-exp (Dao et al. 2022, FlashAttention, Alg. 4): P = exp(S - L),
+        dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q; grouped-query heads
+        share their key/value head, so dK and dV sum over the group. The mask is bottom-right causal (query i
+        sees keys 0 .. Lk - Lq + i): a square span is plain causal."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, scale):
+            lq, lk = q.shape[2], k.shape[2]
+            mask = None
+            if lq != lk:
+                allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+                mask = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+            out, lse = op(q, k, v, is_causal=mask is None, attn_mask=mask, scale=scale)
+            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.scale = scale
+            return out
+
+        @staticmethod
+        @torch.autocast("cpu", enabled=False)  # fp32 products even when backward is called inside autocast
+        def backward(ctx, grad_out):
+            q, k, v, out, lse = ctx.saved_tensors
+            (b, h, lq, d), hkv, lk = q.shape, k.shape[1], k.shape[2]
+            scale = ctx.scale if ctx.scale is not None else d ** -0.5
+            g = h // hkv  # query heads per key/value head: rows (head-in-group, query) of one key head stack
+            qf, do, of = (t.float().reshape(b, hkv, g * lq, d) for t in (q, grad_out, out))
+            kf, vf = k.float(), v.float()
+            s = torch.matmul(qf, kf.transpose(-1, -2)).mul_(scale).view(b, hkv, g, lq, lk)
+            allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+            p = s.sub_(lse.reshape(b, hkv, g, lq, 1)).exp_().masked_fill_(~allowed, 0.0).view(b, hkv, g * lq, lk)
+            dv = torch.matmul(p.transpose(-1, -2), do)
+            ds = torch.matmul(do, vf.transpose(-1, -2)).sub_((do * of).sum(-1, keepdim=True)).mul_(p)
+            dq = torch.matmul(ds, kf).mul_(scale)
+            dk = torch.matmul(ds.transpose(-1, -2), qf).mul_(scale)
+            return dq.view(b, h, lq, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+    return ShortSpan
+
+
+_SHORT_SPAN = None
+
+
+def _short_span(q: Any, k: Any, v: Any, scale: float | None) -> Any:
+    import torch
+
+    global _SHORT_SPAN
+    _SHORT_SPAN = _SHORT_SPAN or _short_span_cls()  # built on first use: torch is imported lazily here
+    if torch.is_autocast_enabled("cpu"):  # as autocast runs sdpa: every input in the autocast dtype
+        dtype = torch.get_autocast_dtype("cpu")
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return _SHORT_SPAN.apply(q, k, v, scale)
+
+
 def _native_gqa(query: Any) -> bool:
     # On CPU (torch >= 2.5) sdpa's enable_gqa shares each key/value head with its query heads, without
-    # repeat_kv's copies of K and V (SmolLM2: 9 query heads on 3): the same outputs and query gradients bit for
-    # bit, K/V gradients summed over their query heads in another order. AMD EPYC, 1 thread, bf16: sdpa itself
+    # repeat_kv's copies of K and V (SmolLM2: 9 query heads on 3): the same outputs bit for bit, gradients to
+    # rounding (K/V's summed over their query heads in another order). AMD EPYC, 1 thread, bf16: sdpa itself
     # 7-16% faster; a SmolLM2 decoder layer's forward+backward on a prefix-shared DPO batch 345 -> 325 ms (median
     # of 30 interleaved runs), a DPO step ~1.6%. Elsewhere K/V are repeated as before (CUDA's memory-efficient
     # kernel takes no GQA).
