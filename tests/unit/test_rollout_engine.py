@@ -4,9 +4,11 @@ tokens (greedy) and the log-probs of a full forward."""
 import copy
 from dataclasses import replace
 
+import pytest
 import torch
 from test_rollout_generate import hf_greedy
 from test_rollout_tiny import tiny_lm
+from transformers import DynamicCache
 
 from alignlab.rollout.encode import encode_prompt, eos_token_ids
 from alignlab.rollout.engine import Engine
@@ -74,6 +76,7 @@ def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
     sampler's own (bf16) log-probs, and leaves the caller's float32 parameters as they were."""
     model, tok = tiny_lm()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
     bf = copy.deepcopy(model).to(torch.bfloat16)
     cfg = SamplingConfig(greedy=True, max_new_tokens=10, logprobs=True, weights_dtype="bfloat16")
     got = generate(model, tok, PROMPTS, cfg).samples
@@ -87,6 +90,13 @@ def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert generate(model, tok, PROMPTS[:2], SamplingConfig(weights_dtype="auto", max_new_tokens=3)).samples
+    # the bf16 copies sit in the modules for each forward only, and are put back after a failing one too
+    fwd = sampling_forward(model, cfg)
+    with pytest.raises(IndexError):
+        fwd(torch.tensor([[model.config.vocab_size]]), torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1,
+            dtype=torch.long), DynamicCache(config=model.config))
+    assert [id(p) for p in model.parameters()] == [id(p) for p in params]
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in model.parameters())
 
 
 def test_prepacked_bf16_linears_give_the_plain_bf16_tokens_and_log_probs(monkeypatch):

@@ -9,7 +9,8 @@ generic loop spends its time on work we can skip. The levers, each measured in b
 - a KV cache reserved for the whole generation (prompt width + max_new_tokens), written one column per
   step, instead of `torch.cat` of the whole cache at every step (rollout/kvcache.py);
 - bf16 sampling weights (`weights_dtype`): a bf16 copy of the parameters made once per call and used
-  through `torch.func.functional_call`, so the caller's (training) model is never touched; decoding is
+  in the caller's modules for each forward only (its parameters are put back after; the training model's
+  weights, gradients and optimizer state are never converted); decoding is
   memory-bound, so halving the bytes read per step is the largest single lever on CPUs with bf16 units;
 - only the last position's logits (`logits_to_keep=1`), one fused sampling function instead of a
   per-step chain of logits processors, `torch.inference_mode`;
