@@ -77,7 +77,20 @@ machine's bf16 matmul rate moved between 360 and 1,131 GFLOP/s from run to run, 
   float32 training with bf16 sampling and rollout_is tis on alignlab's side (`--bf16-sampling`; TRL samples with its
       float32 model): alignlab 14.07 s/step (generation 4.2 s, update 7.7 s), 4.01 GB; TRL 24.12, 4.52 GB -> 1.71x
       (1.62x against the float32 run's TRL), memory 0.89.
-Issue 14's 2.5x is not reached.
+After span attention's explicit backward for short differentiated spans (models/attention.py), 3 Dec, same Xeon:
+  bf16: alignlab generation 6.55 s, training 5.77 s; TRL 24.42 s/step -> 1.75x (a slow run for both sides).
+  float32: alignlab 20.67 s/step (generation 9.3 s, update 9.0 s), 3.99 GB; TRL 27.71, 4.56 GB -> 1.34x, memory 0.87.
+After the bf16 sampler swapped its bf16 copies into the modules instead of torch.func.functional_call (rollout/weights.py;
+generation 12% faster in a paired in-process A/B, same tokens), 3 Dec, same Xeon, one run each:
+  bf16: alignlab 12.98 s/step (generation 5.76 s, update 5.65 s), 3.92 GB; TRL 20.88, 4.44 GB -> 1.61x, memory 0.88
+      (the machine's bf16 matmul rate at its slow level, 359 GFLOP/s peak, 331 median).
+  float32: alignlab 16.57 s/step (generation 7.03 s, update 7.35 s), 3.97 GB; TRL 21.37, 4.53 GB -> 1.29x, memory 0.88
+      (bf16 matmul 944 GFLOP/s in that run: the machine's rate moves 3x between runs and the ratio with it).
+Across the Xeon runs of the current code the bf16 ratio lies between 1.6x and 2.0x and the float32 one between 1.29x and
+1.34x; issue 14's 2.5x is not reached. Where a step goes (bf16, in-process profile): generation ~4 s of which the
+Linears are half (oneDNN bf16 at 16 rows reads weights at ~5.6 GB/s), Python and dispatch ~1 s (a hand-written
+Llama decode step without transformers' module calls gave the same bits and saved only 4% of a step, so it was not
+kept); the update ~3.2 s (mm 36%, dtype casts 17%, fused AdamW 7%); the frozen reference's forward ~0.75 s.
 """
 
 from __future__ import annotations
