@@ -56,6 +56,13 @@ fp32 sampler 0.52x. (vLLM's figure is wall clock, and its API front-end process 
 Read bandwidth 10.8 GB/s; at batch 16, fp32 72.6 tokens/s = 23% of 322, bf16 129.3 = 20% of 645: the 50% goal is
 not reached (the bf16 Linears alone stream their weights at ~4.2 GB/s through oneDNN at 16 rows, measured with
 cold caches in a probe: 65 ms a step against the 25 ms the measured bandwidth allows for the whole step).
+
+The same Xeon later on 3 Dec, after the bf16 sampler swapped its copies into the modules instead of going through
+torch.func.functional_call (12% faster in a paired in-process A/B, same tokens), `--bf16 --rounds 1 --vllm-python ...`,
+in a slow phase of the machine (model.generate 28% below the morning's rate): model.generate 63.8 tokens/cpu-s; ours
+fp32 114.8 (1.80x); ours bf16 240.4 (3.77x); vLLM 284.6 tokens/s wall: our bf16 sampler **0.84x vLLM** in this run
+(1.11x in the morning's), so "at least vLLM's tokens/s" is met in one of the two side-by-side runs, not reliably.
+Read bandwidth 9.4 GB/s; at batch 16, fp32 68.0 tokens/s = 24% of 280, bf16 125.6 = 22% of 561.
 """
 
 from __future__ import annotations

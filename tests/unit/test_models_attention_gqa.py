@@ -64,8 +64,10 @@ def test_equal_shaped_spans_in_one_call_give_the_separate_calls_bits(dtype):
     """Spans of one shape run stacked in one call; each must come out exactly as its own call would give it,
     forward and backward. The layout of a prompt-shared GRPO row (rl/shared_prompt.py): prompt 5 with four answers
     of 4 tokens (three siblings of one shape), prompt 3 with answers of 4 and 2 tokens."""
+    import torch.nn.functional as F
+
     from alignlab.data.layout import Span
-    from alignlab.models.attention import _short_span
+    from alignlab.models.attention import _explicit_backward, _short_span
 
     torch.manual_seed(5)
     spans = [Span(0, 0, 9, ((0, 9),)), Span(0, 9, 13, ((0, 5), (9, 13))), Span(0, 13, 17, ((0, 5), (13, 17))),
@@ -81,11 +83,39 @@ def test_equal_shaped_spans_in_one_call_give_the_separate_calls_bits(dtype):
     def keys(t, s):
         return torch.cat([t[:, :, a:b] for a, b in s.keys], dim=2)
 
-    # one call per span, as before grouping (all of them short: the explicit backward)
-    separate = torch.cat([_short_span(q[:, :, s.q0:s.q1], keys(k, s), keys(v, s), None) for s in spans], dim=2)
+    def one(q, k, v):  # one span's own call: bf16 short spans take the explicit backward, float32 flash's
+        if _explicit_backward(q, k, v, 0.0):
+            return _short_span(q, k, v, None)
+        lq, lk = q.shape[2], k.shape[2]
+        mask = None if lq == lk else torch.ones(lq, lk, dtype=torch.bool).tril(lk - lq)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+
+    # one call per span, as before grouping
+    separate = torch.cat([one(q[:, :, s.q0:s.q1], keys(k, s), keys(v, s)) for s in spans], dim=2)
     assert torch.equal(grouped, separate)
     for a, b in zip(grads, torch.autograd.grad((separate * g).sum(), (q, k, v))):
         assert torch.equal(a, b)
+
+
+def test_only_short_low_precision_spans_take_the_explicit_backward():
+    """The explicit backward wins over flash's only in bf16/fp16 (flash's CPU backward is the faster one in float32
+    at every span size measured) and only up to EXPLICIT_BACKWARD_MAX_SCORES score entries, with grad wanted."""
+    from alignlab.models.attention import EXPLICIT_BACKWARD_MAX_SCORES, _explicit_backward
+
+    def span(dtype, lq=32, lk=42, grad=True):
+        return (torch.randn(1, 9, lq, 8, dtype=dtype).requires_grad_(grad), torch.randn(1, 3, lk, 8, dtype=dtype),
+                torch.randn(1, 3, lk, 8, dtype=dtype))
+
+    assert _explicit_backward(*span(torch.bfloat16), 0.0)
+    assert not _explicit_backward(*span(torch.float32), 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inputs computed in bf16
+        assert _explicit_backward(*span(torch.float32), 0.0)
+    assert not _explicit_backward(*span(torch.bfloat16), 0.1)  # dropout
+    assert not _explicit_backward(*span(torch.bfloat16, grad=False), 0.0)
+    long = EXPLICIT_BACKWARD_MAX_SCORES // (9 * 64) + 1
+    assert not _explicit_backward(*span(torch.bfloat16, lq=64, lk=long), 0.0)
+    with torch.no_grad():
+        assert not _explicit_backward(*span(torch.bfloat16), 0.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

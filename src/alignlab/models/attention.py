@@ -99,18 +99,21 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
     return out
 
 
-# Score entries per span (heads x queries x keys) up to which a differentiated span's backward is computed
-# explicitly (_short_span). Forward + backward of one SmolLM2 span (9 heads on 3, bf16, one thread, Intel Xeon
-# with AMX): 32 x 42 queries x keys 1.7 ms against flash's 2.4, 96 x 140 4.6 against 7.2, 128 x 200 9.6 against
-# 10.4, 256 x 256 14.1 against 12.4 (flash's backward wins from there on).
+# Score entries per span (heads x queries x keys) up to which a differentiated bf16/fp16 span's backward is
+# computed explicitly (_short_span). Forward + backward of one SmolLM2 span (9 heads on 3, one thread, Intel Xeon
+# with AMX), explicit against flash, bf16: 32 x 42 queries x keys 1.13 against 1.64 ms, 96 x 140 3.5 against 5.2,
+# 128 x 200 7.3 against 7.2, 256 x 256 10.4 against 8.8 (flash's backward wins from there on). In float32 flash's
+# backward is the faster one at every size (32 x 42: 0.75 against 1.24 ms; 128 x 200: 5.0 against 7.6): its
+# per-block cost is the bf16 kernel's conversions, so float32 spans keep it.
 EXPLICIT_BACKWARD_MAX_SCORES = 1 << 17
 
 
 def _explicit_backward(q: Any, k: Any, v: Any, dropout: float) -> bool:
     import torch
 
-    return (q.device.type == "cpu" and not dropout and torch.is_grad_enabled() and q.shape[2] > 0
-            and (q.requires_grad or k.requires_grad or v.requires_grad)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    return (q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not dropout
+            and torch.is_grad_enabled() and q.shape[2] > 0 and (q.requires_grad or k.requires_grad or v.requires_grad)
             and q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BACKWARD_MAX_SCORES)
 
 
