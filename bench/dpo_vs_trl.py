@@ -74,7 +74,13 @@ matrix products 39% of CPU time at 200-370 GFLOP/s (the shapes' steady rate here
 flash attention's backward 15% and forward 8%, dtype copies 10%, elementwise 15%. 2 threads (`--threads 2`): with the
 math kernel 0.377 against 0.141 pairs/s -> 2.67x, memory 0.75 (5.3 GB against 7.0), share 0.15 / 0.06 (1,004 GFLOP/s);
 the final code 0.326 against 0.165 -> 1.98x, 0.75, 0.11 / 0.05 (1,231 GFLOP/s): TRL's side alone moved 17% between
-the two runs. Issue 16's 3x is not reached on this CPU.
+the two runs. 3 Dec 2026, same Xeon, 1 thread, after short bf16 spans took the explicit backward (models/attention.py;
+a DPO branch of up to ~100 tokens over its prompt): 0.245 against 0.107 pairs/s -> 2.29x, memory 0.73 (5.2 GB against
+7.1), share of peak 0.16 / 0.07 (peak 632 GFLOP/s at the start, median 353); final loss 0.7100, not 0.7466 as before:
+the explicit backward rounds small gradients differently from flash's, and AdamW's first, nearly sign-like steps move
+every weight by about lr whatever its gradient's size, so the losses part from step 3 on (the same 4 steps with seed 0,
+explicit against flash: 0.6931, 0.6822, 0.6824, 0.6802 against 0.6931, 0.6822, 0.7101, 0.6268; the backward's
+accuracy against float64 is tested per span). Issue 16's 3x is not reached on this CPU.
 """
 
 from __future__ import annotations

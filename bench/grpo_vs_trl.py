@@ -86,7 +86,10 @@ generation 12% faster in a paired in-process A/B, same tokens), 3 Dec, same Xeon
       (the machine's bf16 matmul rate at its slow level, 359 GFLOP/s peak, 331 median).
   float32: alignlab 16.57 s/step (generation 7.03 s, update 7.35 s), 3.97 GB; TRL 21.37, 4.53 GB -> 1.29x, memory 0.88
       (bf16 matmul 944 GFLOP/s in that run: the machine's rate moves 3x between runs and the ratio with it).
-Across the Xeon runs of the current code the bf16 ratio lies between 1.6x and 2.0x and the float32 one between 1.29x and
+  A span micro-benchmark then showed the explicit short-span backward losing to flash's in float32 at every size
+  (flash's per-block cost is its bf16 conversions), so float32 spans went back to flash; float32 after that: alignlab
+  15.31 s/step (generation 6.48 s, update 6.73 s), 3.96 GB; TRL 18.42, 4.54 GB -> 1.20x, memory 0.87.
+Across the Xeon runs of the current code the bf16 ratio lies between 1.6x and 2.0x and the float32 one between 1.20x and
 1.34x; issue 14's 2.5x is not reached. Where a step goes (bf16, in-process profile): generation ~4 s of which the
 Linears are half (oneDNN bf16 at 16 rows reads weights at ~5.6 GB/s), Python and dispatch ~1 s (a hand-written
 Llama decode step without transformers' module calls gave the same bits and saved only 4% of a step, so it was not

@@ -104,7 +104,9 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
 # with AMX), explicit against flash, bf16: 32 x 42 queries x keys 1.13 against 1.64 ms, 96 x 140 3.5 against 5.2,
 # 128 x 200 7.3 against 7.2, 256 x 256 10.4 against 8.8 (flash's backward wins from there on). In float32 flash's
 # backward is the faster one at every size (32 x 42: 0.75 against 1.24 ms; 128 x 200: 5.0 against 7.6): its
-# per-block cost is the bf16 kernel's conversions, so float32 spans keep it.
+# per-block cost is the bf16 kernel's conversions, so float32 spans keep it. A larger limit for square-ish spans
+# (explicit 2.7 against 4.5 ms at 128 x 128, 5.7 against 7.9 at 170 x 170) was tried: over 12 DPO steps of
+# `make bench-dpo`'s job, paired by step, no gain (66.6 against 64.8 s), so the limit stays one number.
 EXPLICIT_BACKWARD_MAX_SCORES = 1 << 17
 
 
