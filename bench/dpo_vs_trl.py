@@ -79,8 +79,9 @@ a DPO branch of up to ~100 tokens over its prompt): 0.245 against 0.107 pairs/s 
 7.1), share of peak 0.16 / 0.07 (peak 632 GFLOP/s at the start, median 353); final loss 0.7100, not 0.7466 as before:
 the explicit backward rounds small gradients differently from flash's, and AdamW's first, nearly sign-like steps move
 every weight by about lr whatever its gradient's size, so the losses part from step 3 on (the same 4 steps with seed 0,
-explicit against flash: 0.6931, 0.6822, 0.6824, 0.6802 against 0.6931, 0.6822, 0.7101, 0.6268; the backward's
-accuracy against float64 is tested per span). Issue 16's 3x is not reached on this CPU.
+explicit against flash: 0.6931, 0.6822, 0.6824, 0.6802 against 0.6931, 0.6822, 0.7101, 0.6268; flash with grad_accum
+2, only another summation order: 0.6931, 0.6960, 0.7294, 0.6312; the backward's accuracy against float64 is tested
+per span). Issue 16's 3x is not reached on this CPU.
 """
 
 from __future__ import annotations
