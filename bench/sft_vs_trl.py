@@ -57,6 +57,11 @@ Intel Xeon with AMX-BF16 ("Intel(R) Xeon(R) Processor", 2 CPUs), 1 torch thread,
 -> 1.82x, 0.96 (3.66 GB against 3.79), 0.11 / 0.06; 2 threads (with sdpa's math kernel for short spans, since
 dropped) 125.7 against 88.0 -> 1.43x, 0.98. Recomputing the matrix products costs little where they are this fast,
 so selective recomputation gains little here; issue 16's 2x is not reached on this CPU.
+The same Xeon, 3 Dec 2026, `--bf16 --gradient-checkpointing selective --threads 1`, after short bf16 spans took the
+explicit backward (models/attention.py), two runs minutes apart: 95.5 against 74.4 tokens/s -> 1.28x, memory 0.96,
+share 0.09 / 0.07 (bf16 peak 1,112 GFLOP/s at the start); then 107.3 against 58.7 -> 1.83x, 0.97, 0.34 / 0.19 (peak
+337): TRL's side alone moved 27% between them. Four 6-step runs of alignlab's side alone, explicit and flash backward
+alternating, gave 59.5 / 61.3 / 64.1 / 77.4 s: no difference beyond the machine's drift.
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
