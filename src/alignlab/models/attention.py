@@ -14,9 +14,9 @@ contiguous range of queries and the key ranges those queries see, the queries be
 Score entries per prefix-shared pair drop from (its row's T)^2 to about (P + C)^2 / 2 + R (P + R),
 and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are those of the
 masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
-Spans of one shape run stacked in one call, and a differentiated short span (a GRPO answer, a short DPO
+Spans of one shape run stacked in one call, and a differentiated short bf16 span (a GRPO answer, a short DPO
 branch) keeps the flash kernel's forward but takes an explicit backward (`_short_span`): flash attention's
-CPU backward costs ~1.5 ms per short span and head block whatever its size.
+bf16 CPU backward costs ~1.5 ms per short span and head block whatever its size.
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
