@@ -63,6 +63,12 @@ in a slow phase of the machine (model.generate 28% below the morning's rate): mo
 fp32 114.8 (1.80x); ours bf16 240.4 (3.77x); vLLM 284.6 tokens/s wall: our bf16 sampler **0.84x vLLM** in this run
 (1.11x in the morning's), so "at least vLLM's tokens/s" is met in one of the two side-by-side runs, not reliably.
 Read bandwidth 9.4 GB/s; at batch 16, fp32 68.0 tokens/s = 24% of 280, bf16 125.6 = 22% of 561.
+Again an hour later with the final code, `--rounds 2`: model.generate 71.7; ours fp32 124.2 (1.73x); ours bf16 223.7
+(3.12x; 218.9 and 228.4 per round); vLLM 289.9 and 288.6 per round = 289.2 -> our bf16 **0.77x vLLM**. So vLLM's rate
+held at 277-290 tokens/s in all three runs while ours moved between 224 and 308 with the machine: at vLLM's rate in
+one run of three. Read bandwidth 7.8 GB/s; at batch 16, fp32 61.2 tokens/s = 26% of 232, bf16 175.8 = **38%** of 465
+(the per-forward module walk the swap removed weighed most at 16 rows: 125.6 and 129.3 tokens/s before). 50%: not
+reached.
 """
 
 from __future__ import annotations

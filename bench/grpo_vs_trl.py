@@ -89,7 +89,9 @@ generation 12% faster in a paired in-process A/B, same tokens), 3 Dec, same Xeon
   A span micro-benchmark then showed the explicit short-span backward losing to flash's in float32 at every size
   (flash's per-block cost is its bf16 conversions), so float32 spans went back to flash; float32 after that: alignlab
   15.31 s/step (generation 6.48 s, update 6.73 s), 3.96 GB; TRL 18.42, 4.54 GB -> 1.20x, memory 0.87.
-Across the Xeon runs of the current code the bf16 ratio lies between 1.6x and 2.0x and the float32 one between 1.20x and
+  bf16, the final code (the bf16 path as in the 1.61x run), load 0.2, bf16 matmul peak 601: alignlab 10.21 s/step
+      (generation 4.58 s, update 4.46 s), 3.96 GB; TRL 22.10, 4.41 GB -> **2.16x**, memory 0.90.
+Across the Xeon runs of the current code the bf16 ratio lies between 1.6x and 2.2x and the float32 one between 1.20x and
 1.34x; issue 14's 2.5x is not reached. Where a step goes (bf16, in-process profile): generation ~4 s of which the
 Linears are half (oneDNN bf16 at 16 rows reads weights at ~5.6 GB/s), Python and dispatch ~1 s (a hand-written
 Llama decode step without transformers' module calls gave the same bits and saved only 4% of a step, so it was not
