@@ -110,6 +110,7 @@ def alignlab_worker(spec: dict) -> dict:
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
         beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
         cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto", bf16=spec["bf16"],
+        compile=spec["compile"],
         gradient_checkpointing={"off": False, "full": True, "selective": "selective"}[spec["gradient_checkpointing"]],
     )
     run(cfg)
@@ -186,7 +187,7 @@ def summarize(res: dict, batch_size: int) -> dict:
     seconds = res["step_seconds"][1:]
     timed = len(seconds) / len(res["step_seconds"])  # the timed steps' share of the run (the same batch each)
     out = {"pairs_per_second": round(batch_size * len(seconds) / sum(seconds), 3), "seconds": round(sum(seconds), 2),
-           "pairs": batch_size * len(seconds), "peak_memory_mb": round(res["peak_memory_mb"], 1),
+           "first_step_seconds": round(res["step_seconds"][0], 2), "pairs": batch_size * len(seconds), "peak_memory_mb": round(res["peak_memory_mb"], 1),
            "first_loss": round(res["losses"][0], 4), "final_loss": round(res["losses"][-1], 4),
            "torch_threads": res["torch_threads"], "gradient_checkpointing": res["gradient_checkpointing"],
            # positions the policy (trainable embedding) and the frozen reference embedded in the timed steps,
@@ -253,9 +254,9 @@ def main() -> None:
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
             "threads": args.threads, "path": args.path, "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing}
+            "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile}
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16",
-                                "gradient_checkpointing")}
+                                "gradient_checkpointing", "compile")}
     n, per_pair = matmul_params(load_config(spec["model_dir"])), sum(layout) / len(layout)
     compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second",
             job={"model": args.model, "matmul_params": n, "layout_tokens_per_pair": round(per_pair, 1), **job},

@@ -161,7 +161,7 @@ def alignlab_worker(spec: dict) -> dict:
         max_new_tokens=spec["max_new_tokens"], temperature=1.0, top_p=1.0, kl_coef=spec["beta"],
         kl_estimator="k3", learning_rate=spec["lr"], lr_scheduler="constant", seed=spec["seed"], eval_prompts=0,
         eval_split=0.0, logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
-        device="cpu", bf16=spec["bf16"], generation_batch_size=spec["prompts_per_step"] * spec["num_generations"],
+        device="cpu", bf16=spec["bf16"], compile=spec["compile"], generation_batch_size=spec["prompts_per_step"] * spec["num_generations"],
         # under --bf16 (or --bf16-sampling with float32 training) the sampler decodes with bf16 weights (TRL samples
         # under autocast), and the trainer/sampler mismatch is corrected by truncated importance sampling (from the
         # update's own forward: one optimizer step per rollout)
@@ -268,7 +268,7 @@ def make_spec(args: argparse.Namespace, out: Path) -> dict:
             "out": str(out), "steps": args.steps, "prompts_per_step": args.prompts,
             "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens, "beta": args.beta,
             "lr": args.lr, "seed": args.seed, "threads": args.threads, "bf16": args.bf16,
-            "bf16_sampling": args.bf16_sampling}
+            "bf16_sampling": args.bf16_sampling, "compile": args.compile}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
     spec = make_spec(args, out)
     job = {k: spec[k] for k in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "beta", "lr",
-                                "threads", "bf16", "bf16_sampling")}
+                                "threads", "bf16", "bf16_sampling", "compile")}
     compare(HERE, args, spec, out, summarize, rate="steps_per_second", job={"model": args.model, **job},
             describe=lambda r: f"{r['seconds_per_step']:>8.2f} s/step ({r['cpu_seconds_per_step']:.2f} CPU s)  peak {r['peak_memory_mb']:,.0f} MB  "
                                f"{r['tokens_per_step']:.0f} tokens/step  "

@@ -79,6 +79,9 @@ def add_shared_args(p: Any) -> None:
     """The flags both benchmarks take: thread count, precision, the TRL venv, side order, worker plumbing."""
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
+    p.add_argument("--compile", action="store_true",
+                   help="alignlab's `compile: true` (compiled MLP and RMSNorm blocks; its one-off cost is in the "
+                        "untimed first step, reported as first_step_seconds); TRL runs eager, its default")
     p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
     p.add_argument("--order", default="alignlab,trl",
                    help="which side runs first; `alignlab` alone runs no TRL (no ratios then)")

@@ -94,7 +94,7 @@ def alignlab_worker(spec: dict) -> dict:
         logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
         packing=not spec["no_packing"], device="cpu",
         gradient_checkpointing={"off": False, "on": True, "selective": "selective"}[spec["gradient_checkpointing"]],
-        bf16=spec["bf16"],
+        bf16=spec["bf16"], compile=spec["compile"],
     )
     run(cfg)
     rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
@@ -155,7 +155,7 @@ def summarize(res: dict) -> dict:
     """Throughput over steps 2..n (the first step pays one-off costs)."""
     tokens, seconds = res["step_tokens"][1:], res["step_seconds"][1:]
     return {"tokens_per_second": round(sum(tokens) / sum(seconds), 1), "tokens": int(sum(tokens)),
-            "seconds": round(sum(seconds), 2), "peak_memory_mb": round(res["peak_memory_mb"], 1),
+            "seconds": round(sum(seconds), 2), "first_step_seconds": round(res["step_seconds"][0], 2), "peak_memory_mb": round(res["peak_memory_mb"], 1),
             "final_loss": round(res["final_loss"], 4), "torch_threads": res["torch_threads"],
             "gradient_checkpointing": res["gradient_checkpointing"],
             # positions the policy embedded over the timed steps (padding included): the run's total, scaled
@@ -207,8 +207,10 @@ def main() -> None:
     spec = {"model_dir": resolve_model(args.model), "data": str(write_rows(args.data, args.steps * args.batch_size, out)),
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-            "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16}
-    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16")}
+            "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16,
+            "compile": args.compile}
+    job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16",
+                           "compile")}
     n = matmul_params(load_config(spec["model_dir"]))
     compare(HERE, args, spec, out, summarize, rate="tokens_per_second", job={"model": args.model, "matmul_params": n, **job},
             flops=lambda r: flops(r, n, spec["gradient_checkpointing"] != "off"),

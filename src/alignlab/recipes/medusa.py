@@ -48,9 +48,9 @@ class MedusaConfig(TrainConfig):
             raise AlignlabError("medusa: num_heads, head_layers, prompts >= 1 and distill_max_new_tokens >= 2")
         if self.distill_temperature < 0 or not 0 < self.head_decay <= 1:
             raise AlignlabError("medusa: distill_temperature >= 0 and head_decay in (0, 1]")
-        if self.lora is not None or self.gradient_checkpointing:
-            raise AlignlabError("medusa: the base is frozen and run without grad; lora and gradient_checkpointing "
-                                "do not apply")
+        if self.lora is not None or self.gradient_checkpointing or self.compile:
+            raise AlignlabError("medusa: the base is frozen and run without grad; lora, gradient_checkpointing and "
+                                "compile do not apply")
 
 
 def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:

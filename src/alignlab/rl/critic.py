@@ -20,18 +20,21 @@ from typing import Any
 import torch
 
 from alignlab.models.checkpointing import enable_checkpointing
+from alignlab.models.compiled import compile_blocks
 
 
-def without_dropout(model: Any, gradient_checkpointing: bool | str) -> Any:
+def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bool = False) -> Any:
     """Every dropout off (p = 0) and the model left in train mode, so that gradient checkpointing (which
     transformers applies only in train mode) works while every forward stays deterministic: RL ratios and
-    values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout)."""
+    values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout). `compiled`: the
+    config's `compile` (models/compiled.py)."""
     for m in model.modules():  # module attributes, not the config: the saved config.json stays the user's
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
         if isinstance(getattr(m, "attention_dropout", None), float):  # HF attention reads its own copy
             m.attention_dropout = 0.0
     enable_checkpointing(model, gradient_checkpointing)
+    compile_blocks(model, compiled)
     return model.train()
 
 
@@ -47,7 +50,7 @@ def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
         from alignlab.models.lora import apply_lora
 
         critic = apply_lora(critic, cfg.lora)
-    without_dropout(critic, cfg.gradient_checkpointing)  # values at rollout and update: the same function
+    without_dropout(critic, cfg.gradient_checkpointing, cfg.compile)  # values at rollout and update: the same function
     opt = build_optimizer(critic, dataclasses.replace(cfg, learning_rate=cfg.value_learning_rate))
     return critic, opt
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.models.checkpointing import enable_checkpointing
+from alignlab.models.compiled import compile_blocks
 from alignlab.train import fsdp
 from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
@@ -198,13 +199,14 @@ def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str)
 
 
 def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
-    """Threads, gradient checkpointing, device placement, the embedding's kept-gradient backward and FSDP sharding:
+    """Threads, gradient checkpointing, compiled blocks, device placement, the embedding's kept-gradient backward and FSDP sharding:
     (sharded, FSDP-wrapped model or None)."""
     import torch
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     enable_checkpointing(model, cfg.gradient_checkpointing)
+    compile_blocks(model, cfg.compile)
     if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
         model.to(world.device)
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.

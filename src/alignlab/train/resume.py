@@ -23,7 +23,7 @@ RESUME_FREE_KEYS: frozenset[str] = frozenset({
     "logging_steps", "eval_steps", "save_steps", "keep_last",
     # where and how the run is driven: same numbers, other place or display
     "resume", "progress", "output_dir", "cpu_threads", "device", "ref_cache_dir", "gradient_checkpointing",
-    "report_to",
+    "compile", "report_to",
 })
 """Top-level config keys that may differ between a checkpoint's saved config and the run resuming from it.
 Every other key (model, data, loss, learning rate, batch, seed, max_length, eval split ...) changes what is

@@ -1,0 +1,101 @@
+"""`compile: true` (issue 16): compiled MLP/RMSNorm blocks give the plain path's loss and gradients (to rounding),
+run compiled only when differentiated, and are wired into the trainers."""
+
+import pytest
+import torch
+from test_models_checkpointing import SEQS, tiny_llama
+from torch._dynamo.utils import counters
+
+from alignlab.data.collate import pack
+from alignlab.models.checkpointing import enable_checkpointing
+from alignlab.models.compiled import compile_blocks, is_compiled
+from alignlab.train.steps import causal_lm_step
+
+
+def _loss_and_grads(model, bf16=False):
+    model.zero_grad(set_to_none=True)
+    batch = pack([{"input_ids": s, "labels": s} for s in SEQS])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = causal_lm_step(model, batch)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("checkpointing", [False, "selective"])
+def test_compiled_blocks_give_the_plain_numbers(checkpointing):
+    plain = tiny_llama("spans").train()
+    model = tiny_llama("spans").train()  # the same seed: the same weights
+    for m in (plain, model):
+        enable_checkpointing(m, checkpointing)
+    assert compile_blocks(model) == 2 * 3 + 1  # per layer one MLP and two norms, and the final norm
+    torch._dynamo.reset()  # compile afresh, so that the graph count below shows the compiled code ran
+    graphs = counters["stats"]["unique_graphs"]
+    loss, grads = _loss_and_grads(plain)
+    assert counters["stats"]["unique_graphs"] == graphs
+    loss_c, grads_c = _loss_and_grads(model)
+    assert counters["stats"]["unique_graphs"] > graphs
+    torch.testing.assert_close(loss_c, loss, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # a second call, other lengths: no recompilation per length (dynamic shapes) and still the plain numbers
+    before = counters["stats"]["unique_graphs"]
+    SEQS.append([7, 8, 9])
+    try:
+        loss, _ = _loss_and_grads(plain)
+        loss_c, _ = _loss_and_grads(model)
+    finally:
+        SEQS.pop()
+    assert counters["stats"]["unique_graphs"] == before
+    torch.testing.assert_close(loss_c, loss, rtol=1e-6, atol=1e-6)
+
+
+def test_no_grad_forwards_stay_eager_and_bit_equal():
+    plain, model = tiny_llama("sdpa").eval(), tiny_llama("sdpa").eval()
+    compile_blocks(model)
+    ids = torch.tensor([SEQS[2]])
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_compile_changes_only_the_instance():
+    model, other = tiny_llama("sdpa"), tiny_llama("sdpa")
+    keys = list(model.state_dict())
+    compile_blocks(model)
+    compile_blocks(model)  # idempotent
+    mlp = model.model.layers[0].mlp
+    assert is_compiled(mlp) and is_compiled(model.model.norm)
+    assert not is_compiled(other.model.layers[0].mlp) and not is_compiled(model.model.layers[0].self_attn)
+    assert list(model.state_dict()) == keys
+    assert compile_blocks(other, enabled=False) == 0 and not is_compiled(other.model.norm)
+    with pytest.raises(ValueError, match="no \\*MLP or \\*RMSNorm"):
+        compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_trainers_apply_the_key(tmp_path):
+    """`compile: true` reaches the offline loop's and online RL's model preparation, and medusa refuses it."""
+    from alignlab.config import load_config
+    from alignlab.rl.critic import without_dropout
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import _prepare_model
+    from alignlab.train.world import World
+
+    cfg = load_config(TrainConfig, None, ["model=m", "data=d", "compile=true", "device=cpu"])
+    model = tiny_llama("spans")
+    _prepare_model(cfg, model, World())
+    assert is_compiled(model.model.layers[1].mlp)
+    rl_model = without_dropout(tiny_llama("spans"), False, True)
+    assert is_compiled(rl_model.model.layers[0].input_layernorm)
+
+    from alignlab.errors import AlignlabError
+    from alignlab.recipes.medusa import MedusaConfig
+
+    with pytest.raises(AlignlabError, match="compile do not apply"):
+        load_config(MedusaConfig, None, ["model=m", "data=d", "compile=true"]).validate()
+
+    from alignlab.rl.config import PolicyGradientConfig
+
+    assert load_config(PolicyGradientConfig, None, ["compile=true"]).compile
+    with pytest.raises(AlignlabError, match="compile: true with bf16: true: the reference, old-policy or sampler"):
+        load_config(PolicyGradientConfig, None, ["compile=true", "bf16=true"])
