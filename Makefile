@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ALIGNLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-slow lint bench-sft bench-dpo bench-gen bench-grpo clean
+.PHONY: demo test test-slow lint bench-sft bench-dpo bench-gen bench-grpo gpu-check clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -50,6 +50,12 @@ bench-gen: $(BIN)/.installed
 bench-grpo: $(BIN)/.installed
 	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 $(BENCH_ARGS)
 	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16 $(BENCH_ARGS)
+
+# On a CUDA GPU: every training recipe on SmolLM2 in bf16, FSDP on one GPU, throughput and MFU, one line per check
+# (bench/gpu_check.py; GPU_ARGS e.g. "--only sft,dpo" or "--model DIR").
+GPU_ARGS ?=
+gpu-check: $(BIN)/.installed
+	$(BIN)/python bench/gpu_check.py $(GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

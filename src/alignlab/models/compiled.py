@@ -7,7 +7,8 @@ fuses each chain into one loop. Attention stays eager: span plans (models/attent
 that would recompile per batch. Measured on SmolLM2-135M, 8 x 256 tokens, bf16 autocast, one thread (Intel Xeon
 with AMX, interleaved runs, median of 5): forward + backward 13.3 -> 11.7 s without checkpointing, 16.9 -> 15.2 s
 with selective checkpointing; compiling costs ~18 s once per process (one graph per block class serves every layer:
-dynamic shapes, so varying batch lengths do not recompile).
+dynamic shapes, so varying batch lengths do not recompile; a batch of one row compiles once more, torch
+specialising sizes 0 and 1).
 
 Under bf16 autocast the compiled blocks round differently from eager ones (inductor keeps a fused chain's
 intermediates in fp32 where eager rounds each op's output to bf16): SmolLM2's per-token log-probs move by up to
