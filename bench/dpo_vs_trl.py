@@ -82,6 +82,11 @@ every weight by about lr whatever its gradient's size, so the losses part from s
 explicit against flash: 0.6931, 0.6822, 0.6824, 0.6802 against 0.6931, 0.6822, 0.7101, 0.6268; flash with grad_accum
 2, only another summation order: 0.6931, 0.6960, 0.7294, 0.6312; the backward's accuracy against float64 is tested
 per span). Issue 16's 3x is not reached on this CPU.
+`--compile` (the MLP and RMSNorm blocks compiled, models/compiled.py), the same Xeon, 3 Dec, alignlab's side alone,
+8 steps: 0.262 pairs/s, 5.6 GB, first step 14.5 s, against 0.224 pairs/s and 6.1 GB eager (runs back to back;
+bf16 peak 589 and 887 GFLOP/s at their starts), but its first loss was 0.6754, not log 2: under bf16 the compiled
+blocks round differently from the eager reference. DPO with a reference now refuses compile with bf16, so this job
+cannot take it; in float32 the two agree to 3e-5 nats per token.
 """
 
 from __future__ import annotations

