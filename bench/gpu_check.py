@@ -8,8 +8,8 @@ figures (throughput, model FLOPs utilisation against the matmul rate measured on
 Each check runs the shipped config as a user would (`python -m alignlab CMD --config configs/X.yaml`) with a few
 overrides (device, bf16, a handful of steps, no checkpoints, its own output folder), each in its own process
 with a time limit, and prints one line: PASS or FAIL, seconds, the rate the run logged (tokens/s, pairs/s or
-s/step), MFU where the job's FLOPs are known (6N per trained token, N = the parameters in matrix products;
-8N with full recomputation), peak memory, and the first and last loss. The last line is one JSON object.
+s/step), MFU where the rate maps to FLOPs (full-weight SFT: 6N per trained token, N = the parameters in matrix
+products), peak memory, and the first and last loss. The last line is one JSON object.
 A check that fails prints the tail of its output; the others still run. Sized to finish in under 8 minutes on
 an H200 (per-check limit --timeout); the first check also pays CUDA's start-up.
 
@@ -42,15 +42,16 @@ TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "t
                    "chat_template.jinja", "special_tokens_map.json")
 
 # name -> (command, config, overrides, rate key, FLOPs per unit of the rate as a multiple of N or None).
-# Offline trainers log tokens_per_second (SFT: trained tokens; FLOPs 6N each); DPO and RM log pairs/s, whose
-# FLOPs depend on lengths, so their MFU comes from tokens_per_second too (every token of both answers and the
-# prompt: 6N for the policy, 2N more for a separate reference's forward where there is one).
+# MFU only where the logged rate maps to FLOPs: SFT's tokens_per_second counts every token it trains on (6N each;
+# selective recomputation reruns no matrix product). DPO counts the prompt once per answer (TRL's num_tokens)
+# while the prefix-shared forward runs it once, LoRA skips most weight gradients, RL steps mix sampling and
+# training: those report their rate alone.
 CHECKS: dict[str, tuple[str, str, list[str], str, float | None]] = {
     "sft": ("sft", "sft_smollm2.yaml", [], "tokens_per_second", 6.0),
     "sft-compile": ("sft", "sft_smollm2.yaml", ["compile=true"], "tokens_per_second", 6.0),
     "sft-selective": ("sft", "sft_smollm2.yaml", ["gradient_checkpointing=selective"], "tokens_per_second", 6.0),
     "sft-lora": ("sft", "sft_smollm2_lora.yaml", [], "tokens_per_second", None),
-    "dpo": ("dpo", "dpo_smollm2.yaml", [], "tokens_per_second", 8.0),
+    "dpo": ("dpo", "dpo_smollm2.yaml", [], "tokens_per_second", None),
     "dpo-lora": ("dpo", "dpo_smollm2_lora.yaml", [], "tokens_per_second", None),
     "rm-lora": ("rm", "rm_smollm2_lora.yaml", ["merge_lora=false"], "tokens_per_second", None),
     "grpo": ("grpo", "grpo_sentiment_smollm2.yaml", ["eval_prompts=0"], "seconds_per_step", None),
@@ -244,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                                   timeout=args.timeout)
             ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         except subprocess.TimeoutExpired as e:
-            ok, tail = False, [f"timed out after {args.timeout} s"] + \
-                (e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")).splitlines()[-2:]
+            partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            ok, tail = False, [f"timed out after {args.timeout} s", *partial.splitlines()[-2:]]
         res = summarize(name, read_rows(out / name), time.perf_counter() - t, n, info["matmul_flops"])
         ok = ok and res.get("steps", 0) == args.steps
         if not ok:

@@ -15,8 +15,8 @@ intermediates in fp32 where eager rounds each op's output to bf16): SmolLM2's pe
 0.27 nats (float32: 3e-5). A loss or penalty that compares the policy with an eager no-grad forward (a DPO
 reference, online RL's reference, old or sampler log-probs) would then not start from policy = reference, so
 those trainers refuse `compile` with bf16 (`refuse_bf16_comparison`); SFT, reward models and reference-free
-preference losses take it. DPO's step on `make bench-dpo`'s job with a reference-free comparison of speed only
-(Xeon, bf16, one thread, 8 steps): 0.224 -> 0.262 pairs/s, peak memory 6.1 -> 5.6 GB.
+preference losses take it. `make bench-dpo`'s bf16 job (with a reference; Xeon, one thread, 8 steps) ran 0.224 ->
+0.262 pairs/s and 6.1 -> 5.6 GB peak compiled, before this refusal, but started at loss 0.6754 instead of log 2.
 
 Only forwards that build a graph take the compiled code. No-grad forwards (a frozen reference, evaluation, sampling)
 stay eager: they would recompile for the other grad mode, and inductor's CPU bf16 linear fusion fails on
@@ -61,7 +61,9 @@ def compile_blocks(model: Any, enabled: bool = True) -> int:
         return 0
     blocks = [m for m in model.modules() if _is_block(m)]
     if not blocks:
-        raise ValueError(f"compile: {type(model).__name__} has no *MLP or *RMSNorm modules to compile")
+        from alignlab.errors import ConfigError
+
+        raise ConfigError(f"compile: {type(model).__name__} has no *MLP or *RMSNorm modules to compile")
     for m in blocks:
         if not getattr(m.forward, "alignlab_compiled", False):
             m.forward = types.MethodType(_compiled_forward(type(m)), m)

@@ -199,8 +199,8 @@ def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str)
 
 
 def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
-    """Threads, gradient checkpointing, compiled blocks, device placement, the embedding's kept-gradient backward and FSDP sharding:
-    (sharded, FSDP-wrapped model or None)."""
+    """Threads, gradient checkpointing, compiled blocks, device placement, the embedding's kept-gradient backward
+    and FSDP sharding: (sharded, FSDP-wrapped model or None)."""
     import torch
 
     if cfg.cpu_threads > 0:
