@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -85,6 +86,9 @@ def add_shared_args(p: Any) -> None:
     p.add_argument("--trl-venv", default="/tmp/alignlab-bench-trl")
     p.add_argument("--order", default="alignlab,trl",
                    help="which side runs first; `alignlab` alone runs no TRL (no ratios then)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the sides this many times, the order reversed each round (A B, B A, A B ...); the speedup "
+                        "is the geometric mean of the rounds' ratios, which cancels a steady drift of the machine")
     p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
 
@@ -142,8 +146,8 @@ def add_flops(result: dict, useful_flops: float, processed_flops: float, machine
 def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[[dict], dict], *, rate: str,
             describe: Callable[[dict], str], job: dict,
             flops: Callable[[dict], tuple[float, float]] | None = None) -> None:
-    """Measure the machine, run the sides (alignlab here, TRL in its venv), print a line each, the ratios, and
-    the JSON last line. flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (None: the
+    """Measure the machine, run the sides (alignlab here, TRL in its venv; `--rounds` times, the order reversed
+    each round), print a line each, the ratios, and the JSON last line (its sides: the last round's). flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (None: the
     job reports no FLOP/s)."""
     sides = args.order.split(",")
     trl_python = ensure_trl_venv(Path(args.trl_venv)) if "trl" in sides else None
@@ -152,23 +156,32 @@ def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[
     peak = machine["peak_matmul"]
     print(f"{machine['cpu_model']}, {peak['torch_threads']} torch thread(s), load {machine['load_average_1m']}: "
           f"matmul peak {peak['bf16_gflops']:,.0f} GFLOP/s bf16, {peak['fp32_gflops']:,.0f} fp32", flush=True)
-    results = {}
-    for side in sides:
-        python = sys.executable if side == "alignlab" else str(trl_python)
-        t0 = time.perf_counter()
-        results[side] = summarize(run_worker(script, python, side, spec, out / f"{side}.json"))
-        share = ""
-        if flops is not None:
-            results[side] = add_flops(results[side], *flops(results[side]), machine, dtype)
-            share = (f"  {results[side]['useful_gflops_per_second']:,.1f} useful GFLOP/s = "
-                     f"{results[side]['share_of_peak']:.3f} of peak")
-        print(f"{side:9s} {describe(results[side])}{share}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
-    line = {"job": job, "machine": machine, **results}
-    if "alignlab" in results and "trl" in results:
-        speedup = results["alignlab"][rate] / results["trl"][rate]
-        memory_ratio = results["alignlab"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
+    rounds: list[dict] = []
+    for r in range(max(1, args.rounds)):
+        results: dict = {}
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            python = sys.executable if side == "alignlab" else str(trl_python)
+            t0 = time.perf_counter()
+            results[side] = summarize(run_worker(script, python, side, spec, out / f"{side}.json"))
+            share = ""
+            if flops is not None:
+                results[side] = add_flops(results[side], *flops(results[side]), machine, dtype)
+                share = (f"  {results[side]['useful_gflops_per_second']:,.1f} useful GFLOP/s = "
+                         f"{results[side]['share_of_peak']:.3f} of peak")
+            label = f"{side} #{r + 1}" if args.rounds > 1 else side
+            print(f"{label:9s} {describe(results[side])}{share}  ({time.perf_counter() - t0:.0f}s wall)", flush=True)
+        rounds.append(results)
+    line = {"job": job, "machine": machine, **rounds[-1]}
+    if all("alignlab" in res and "trl" in res for res in rounds):
+        ratios = [res["alignlab"][rate] / res["trl"][rate] for res in rounds]
+        speedup = math.prod(ratios) ** (1 / len(ratios))
+        memory_ratio = max(res["alignlab"]["peak_memory_mb"] for res in rounds) / \
+            max(res["trl"]["peak_memory_mb"] for res in rounds)
         unit = rate.replace("_per_second", "/s")
-        print(f"speedup (alignlab / TRL {unit}): {speedup:.2f}x   memory ratio (alignlab / TRL peak): "
+        each = f" (rounds: {', '.join(f'{x:.2f}x' for x in ratios)})" if len(ratios) > 1 else ""
+        print(f"speedup (alignlab / TRL {unit}): {speedup:.2f}x{each}   memory ratio (alignlab / TRL peak): "
               f"{memory_ratio:.2f}")
         line.update(speedup=round(speedup, 3), memory_ratio=round(memory_ratio, 3))
+        if len(rounds) > 1:
+            line.update(round_speedups=[round(x, 3) for x in ratios], rounds=rounds)
     print(json.dumps(line))
