@@ -338,3 +338,15 @@ def test_dynamic_sampling_with_no_spread_skips_the_update_and_the_run_goes_on(tm
     start = load_file(str(Path(resolve_model("tiny-random")) / "model.safetensors"))
     end = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.equal(start[k], end[k]) for k in start if k in end)
+
+
+def test_compiled_grpo_in_bf16_starts_at_zero_kl(tmp_path):
+    """compile=true with bf16 (where compiled and eager blocks round differently): the frozen reference runs the
+    policy's compiled blocks, so the first step's KL to it is exactly 0, and the bf16 sampler (eager) stays within
+    rounding of the trainer (models/compiled.py)."""
+    assert main(["grpo", "--config", str(ROOT / "configs" / "grpo_sentiment_tiny.yaml"), "device=cpu", "max_steps=1",
+                 f"output_dir={tmp_path}", "resume=never", "progress=none", "compile=true", "bf16=true",
+                 "cpu_threads=1", "sampling_weights=auto", "rollout_is=tis", "eval_prompts=0"]) == 0
+    first = next(r for r in read_metrics(tmp_path) if "kl_k3" in r)
+    assert first["kl_k3"] == 0.0
+    assert first["rollout_kl_k3"] < 1e-3

@@ -1,5 +1,6 @@
 """`compile: true` (issue 16): compiled MLP/RMSNorm blocks give the plain path's loss and gradients (to rounding),
-run compiled only when differentiated, and are wired into the trainers."""
+their no-grad forward is the differentiated one's bit for bit (also in bf16, where eager rounds otherwise), the
+sampler's decode stays eager, and the trainers and references are wired to it."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch._dynamo.utils import counters
 
 from alignlab.data.collate import pack
 from alignlab.models.checkpointing import enable_checkpointing
-from alignlab.models.compiled import compile_blocks, is_compiled
+from alignlab.models.compiled import compile_blocks, eager_blocks, is_compiled
 from alignlab.train.steps import causal_lm_step
 
 
@@ -49,14 +50,29 @@ def test_compiled_blocks_give_the_plain_numbers(checkpointing):
     torch.testing.assert_close(loss_c, loss, rtol=1e-6, atol=1e-6)
 
 
-def test_no_grad_forwards_stay_eager_and_bit_equal():
-    plain, model = tiny_llama("sdpa").eval(), tiny_llama("sdpa").eval()
-    compile_blocks(model)
+def _logits(model, grad):
     ids = torch.tensor([SEQS[2]])
-    before = counters["stats"]["unique_graphs"]
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
-    assert counters["stats"]["unique_graphs"] == before
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(input_ids=ids).logits.detach().float()
+
+
+def test_no_grad_forwards_are_the_grad_forward_bit_for_bit_and_eager_blocks_are_eager():
+    """What DPO's reference, RL's old log-probs and evaluation rely on, under bf16 autocast (where compiled and
+    eager blocks round differently): a compiled model's no-grad forward and a separate compiled reference's
+    (build_reference with compiled=True: float32 weights) equal the policy's differentiated forward; inside
+    eager_blocks the blocks run their eager code (the plain model's numbers)."""
+    from alignlab.train.reference import build_reference
+
+    plain, model = tiny_llama("spans").train(), tiny_llama("spans").train()
+    compile_blocks(model)
+    reference = build_reference(model, "model", source=tiny_llama("spans"), bf16=True, compiled=True)
+    assert is_compiled(reference.model.layers[0].mlp) and reference.lm_head.weight.dtype == torch.float32
+    trained = _logits(model, grad=True)
+    assert torch.equal(_logits(model, grad=False), trained)
+    assert torch.equal(_logits(reference, grad=False), trained)
+    with eager_blocks():
+        assert torch.equal(_logits(model, grad=False), _logits(plain, grad=False))
+    assert not torch.equal(_logits(plain, grad=False), trained)  # what the compiled reference is there for
 
 
 def test_compile_changes_only_the_instance():
@@ -93,9 +109,3 @@ def test_trainers_apply_the_key(tmp_path):
 
     with pytest.raises(AlignlabError, match="compile do not apply"):
         load_config(MedusaConfig, None, ["model=m", "data=d", "compile=true"]).validate()
-
-    from alignlab.rl.config import PolicyGradientConfig
-
-    assert load_config(PolicyGradientConfig, None, ["compile=true"]).compile
-    with pytest.raises(AlignlabError, match="compile: true with bf16: true: the reference, old-policy or sampler"):
-        load_config(PolicyGradientConfig, None, ["compile=true", "bf16=true"])

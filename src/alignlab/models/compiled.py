@@ -12,24 +12,38 @@ specialising sizes 0 and 1).
 
 Under bf16 autocast the compiled blocks round differently from eager ones (inductor keeps a fused chain's
 intermediates in fp32 where eager rounds each op's output to bf16): SmolLM2's per-token log-probs move by up to
-0.27 nats (float32: 3e-5). A loss or penalty that compares the policy with an eager no-grad forward (a DPO
-reference, online RL's reference, old or sampler log-probs) would then not start from policy = reference, so
-those trainers refuse `compile` with bf16 (`refuse_bf16_comparison`); SFT, reward models and reference-free
-preference losses take it. `make bench-dpo`'s bf16 job (with a reference; Xeon, one thread, 8 steps) ran 0.224 ->
-0.262 pairs/s and 6.1 -> 5.6 GB peak compiled, before this refusal, but started at loss 0.6754 instead of log 2.
+0.27 nats (float32: 3e-5). So whatever the policy is compared with runs compiled too: its own no-grad forwards
+(evaluation, a LoRA policy's adapter-off reference, cached reference log-probs, RL's old log-probs) and a separate
+frozen reference (train/reference.py: compiled, its Linear weights kept float32 rather than lowered to bf16). A
+no-grad forward compiles once more (the grad mode is part of the graph) and gives the differentiated forward's
+numbers bit for bit (test; SmolLM2 checked too), so DPO starts at log 2 and RL's KL at 0 as without compile.
+`make bench-dpo`'s bf16 job (Xeon, one thread, 8 steps, alignlab alone): 0.224 -> 0.262 pairs/s, peak 6.1 -> 5.6 GB
+(measured while the reference still ran eager).
 
-Only forwards that build a graph take the compiled code. No-grad forwards (a frozen reference, evaluation, sampling)
-stay eager: they would recompile for the other grad mode, and inductor's CPU bf16 linear fusion fails on
-sampling's swapped-in bf16 weights (torch 2.13). The decode step itself was measured too (compiled RMSNorm in
-the sampler, 16 rows x 32 tokens: 3.6 -> 4.4 s, slower), so sampling is not compiled.
+The sampler decodes eager (`eager_blocks`, rollout/weights.py): a compiled RMSNorm made SmolLM2's decode slower
+(16 rows x 32 tokens: 3.6 -> 4.4 s), and inductor's CPU bf16 linear fusion fails on the bf16 weights the sampler
+swaps in (torch 2.13).
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _COMPILED: dict[type, Any] = {}  # one compiled function per block class, shared by all its instances
+_EAGER = [0]  # depth of open eager_blocks() contexts
+
+
+@contextmanager
+def eager_blocks() -> Iterator[None]:
+    """Compiled blocks run their eager code inside (the sampler's decode steps)."""
+    _EAGER[0] += 1
+    try:
+        yield
+    finally:
+        _EAGER[0] -= 1
 
 
 def _is_block(module: Any) -> bool:
@@ -45,14 +59,14 @@ def _compiled_forward(cls: type) -> Any:
     compiled, eager = _COMPILED[cls], cls.forward
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return (compiled if torch.is_grad_enabled() else eager)(self, *args, **kwargs)
+        return (eager if _EAGER[0] else compiled)(self, *args, **kwargs)
 
     forward.alignlab_compiled = True  # type: ignore[attr-defined]
     return forward
 
 
 def compile_blocks(model: Any, enabled: bool = True) -> int:
-    """Make `model`'s MLP and RMSNorm modules run compiled when differentiated; the number of modules changed.
+    """Make `model`'s MLP and RMSNorm modules run compiled (outside `eager_blocks`); the number of modules changed.
 
     The change is an instance attribute (`module.forward`): the class, other models in the process, state dicts
     and saved checkpoints are untouched. A model without such blocks is an error, so that `compile: true` never
@@ -68,17 +82,6 @@ def compile_blocks(model: Any, enabled: bool = True) -> int:
         if not getattr(m.forward, "alignlab_compiled", False):
             m.forward = types.MethodType(_compiled_forward(type(m)), m)
     return len(blocks)
-
-
-def refuse_bf16_comparison(compiled: bool, bf16: bool, what: str) -> None:
-    """Raise when `compile` and `bf16` are both on and the loss compares the policy with `what` (an eager forward)."""
-    if compiled and bf16:
-        from alignlab.errors import ConfigError
-
-        raise ConfigError(
-            f"compile: true with bf16: true: {what} runs eager, and under bf16 autocast the compiled blocks round "
-            "differently (SmolLM2: per-token log-probs up to 0.27 nats apart), so the policy would not start equal to "
-            "it. Use compile with bf16: false (3e-5 nats apart), or bf16 without compile.")
 
 
 def is_compiled(module: Any) -> bool:

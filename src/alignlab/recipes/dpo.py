@@ -45,7 +45,6 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     from alignlab.data.mixture import data_label
     from alignlab.data.pairs import PairCollator, unpaired_as_pairs
     from alignlab.losses import combine
-    from alignlab.models.compiled import refuse_bf16_comparison
     from alignlab.models.prepare import prepare_model
     from alignlab.train.dpo import cached_sets, dpo_examples, preference_step
     from alignlab.train.loop import evaluate, seed_everything, train
@@ -68,8 +67,6 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
         train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
     collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None)
     kind = choose_reference_kind(cfg.reference, mix.needs_reference, policy, bool(cfg.ref_model or ref_model is not None))
-    if kind != "none":
-        refuse_bf16_comparison(cfg.compile, cfg.bf16, f"the reference ({kind})")
     if kind == "cache":
         train_set, eval_set = cached_sets(cfg, [train_set, eval_set], policy, collate, world.device)
     # the reference's weights: the given model, the config's names, or (an in-memory policy) its own start

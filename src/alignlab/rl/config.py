@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignlab.config import ConfigError
-from alignlab.models.compiled import refuse_bf16_comparison
 from alignlab.rl.teacher import RemoteTeacher, remote_teacher
 from alignlab.rollout.remote import RemoteEngine
 from alignlab.train.config import OptimConfig, RunConfig
@@ -81,7 +80,6 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     def validate(self) -> None:
         RunConfig.validate(self)
         OptimConfig.validate(self)
-        refuse_bf16_comparison(self.compile, self.bf16, "the reference, old-policy or sampler log-probs' forward")
         if not 0.0 <= self.eval_split < 1.0:
             raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")
         for name in ("num_generations", "max_new_tokens", "max_prompt_length", "generation_batch_size"):
@@ -189,8 +187,7 @@ class PolicyGradientConfig(RLConfig):
     """Clip of the value update around the rollout values; null disables."""
     old_logprobs: Literal["sampler", "forward"] = "sampler"
     """Old-policy log-probs from the sampler (free) or the trainer (bit-identical to training math): a separate no-grad
-    forward, or the update's own when the rollout gets one optimizer step (ppo_epochs 1, one minibatch, one process).
-    With `compile: true` a separate no-grad forward runs eager, so it equals the compiled update's to rounding."""
+    forward, or the update's own when the rollout gets one optimizer step (ppo_epochs 1, one minibatch, one process)."""
     rollout_is: Literal["none", "tis", "mis"] = "none"
     """Sampler/trainer mismatch correction (Yao et al. 2025) when samples come from other weights or kernels (bf16
     sampling, an external engine): the ratio uses the trainer's old log-probs and each token's loss is weighted by

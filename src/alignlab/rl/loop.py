@@ -101,7 +101,8 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     keep_embedding_grad(policy)  # its dense gradient in the LM head's idle block (ops/embedding.py)
     frozen = None
     if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
-        frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16)
+        frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16,
+                                 compiled=cfg.compile)
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward_fn,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:

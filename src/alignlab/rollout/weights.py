@@ -126,6 +126,7 @@ def sampling_forward(model: Any, cfg: Any):
     in cfg.weights_dtype (a copy of the parameters made here, once, when that differs from the model's)."""
     import torch
 
+    from alignlab.models.compiled import eager_blocks
     from alignlab.rollout.generate import forward_kwargs
 
     kv = forward_kwargs(model)
@@ -166,8 +167,9 @@ def sampling_forward(model: Any, cfg: Any):
         for slots, name, _, copy in swaps:
             slots[name] = copy
         try:
-            return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, logits_to_keep=keep_last(input_ids), **{kv: cache}).logits[:, -1]
+            with eager_blocks():  # a `compile: true` policy decodes eager (models/compiled.py)
+                return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=True, logits_to_keep=keep_last(input_ids), **{kv: cache}).logits[:, -1]
         finally:
             for m in linears:
                 m.__dict__.pop("forward", None)

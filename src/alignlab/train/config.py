@@ -49,11 +49,10 @@ class RunConfig:
     forward); selective: keep the matrix products' and attention's outputs and recompute the cheap ops (norms,
     activations, casts) in backward. Same numbers either way (models/checkpointing.py). TRL's SFT default is on."""
     compile: bool = False
-    """torch.compile the MLP and RMSNorm blocks for the differentiated forward and backward (attention and no-grad
-    forwards stay eager): fused elementwise kernels, ~10% off a SmolLM2 forward + backward on one CPU thread, after a
-    one-off compile of ~20 s per process; needs a C++ compiler on CPU. The plain path's numbers to rounding in
-    float32 (test); with bf16 it rounds differently from eager forwards, so trainers that compare the policy with a
-    reference or old log-probs refuse it there (models/compiled.py)."""
+    """torch.compile the MLP and RMSNorm blocks of the model trained and of its frozen reference (attention and the
+    sampler's decode stay eager): fused elementwise kernels, ~10% off a SmolLM2 forward + backward on one CPU thread,
+    after a one-off compile of ~20 s per process; needs a C++ compiler on CPU. The plain path's numbers to rounding
+    (float32; bf16 rounds differently), the policy's and the reference's forwards bit-equal (models/compiled.py)."""
     cpu_threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default (one per core). 1 is much faster when other
     jobs share the cores (oversubscribed threads spin)."""

@@ -73,7 +73,7 @@ def cached_sets(cfg: DPOConfig, sets: list[list], policy: Any, collate: Any, dev
 
     live_kind = "model" if cfg.ref_model else resolve_reference_kind("auto", policy)
     live = step_reference(live_kind, policy, source=cfg.ref_model or cfg.model, chunk_size=cfg.logprob_chunk_size,
-                          bf16=cfg.bf16)
+                          bf16=cfg.bf16, compiled=cfg.compile)
     key_model = live.model if live_kind == "model" else policy
     settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "model": cfg.model,
                 "ref_model": cfg.ref_model, "data_format": cfg.data_format}
@@ -103,7 +103,8 @@ def preference_step(cfg: DPOConfig, mix: Any, kind: str, policy: Any, source: An
 
     beta = cfg.beta if cfg.beta is not None else mix.default_beta
     source = (cfg.ref_model or cfg.model) if source == "config" else source
-    reference = step_reference(kind, policy, source=source, chunk_size=cfg.logprob_chunk_size, bf16=cfg.bf16)
+    reference = step_reference(kind, policy, source=source, chunk_size=cfg.logprob_chunk_size, bf16=cfg.bf16,
+                               compiled=cfg.compile)
     step_cls = PreferenceStep if mix.paired else UnpairedStep
     return step_cls(mix, reference, beta=beta, chunk_size=cfg.logprob_chunk_size)
 

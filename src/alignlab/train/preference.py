@@ -109,11 +109,12 @@ class ModelReference:
 
     kind = "model"
 
-    def __init__(self, model: Any, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: Any, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None,
+                 lower: bool = True):
         self.model = model.eval().requires_grad_(False)
         self.chunk_size = chunk_size
         self.autocast_dtype = autocast_dtype
-        if autocast_dtype is not None:
+        if autocast_dtype is not None and lower:
             from alignlab.train.reference import lower_linear_weights
 
             lower_linear_weights(self.model, autocast_dtype)

@@ -37,14 +37,17 @@ def resolve_reference_kind(requested: str, policy: Any) -> str:
     raise AlignlabError(f"reference: must be auto, adapter or model here, got {requested!r}")
 
 
-def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any = None, bf16: bool = False) -> Any:
+def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any = None, bf16: bool = False,
+                    compiled: bool = False) -> Any:
     """The frozen reference model for `kind` "model" (None for "adapter": the policy's disabled adapter serves).
 
     source: a model name/path (loaded by models.load), a loaded model, or None for a copy of the policy
     as it is now (callers build the reference before training, so this is the starting point; a LoRA
     policy's copy has its adapter merged). device: where it lives (None: the policy's device). bf16: its
     Linear weights are stored in bfloat16 once, for use under bf16 autocast (same numbers as autocast
-    over float32 weights, no per-step casts, half the memory).
+    over float32 weights, no per-step casts, half the memory). compiled: the config's `compile`: the reference's
+    blocks are compiled as the policy's and its weights stay float32, so that its forward is the policy's bit for
+    bit (models/compiled.py).
     """
     import copy
 
@@ -68,7 +71,11 @@ def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any =
     if device is None:
         device = next(policy.parameters()).device
     model = model.to(device).eval().requires_grad_(False)
-    if bf16:
+    if compiled:
+        from alignlab.models.compiled import compile_blocks
+
+        compile_blocks(model)
+    elif bf16:
         lower_linear_weights(model, torch.bfloat16)
     return model
 
@@ -109,7 +116,8 @@ def choose_reference_kind(kind: str, needs_reference: bool, policy: Any, has_ref
     return resolve_reference_kind(kind, policy)
 
 
-def step_reference(kind: str, policy: Any, *, source: Any = None, chunk_size: int = 1024, bf16: bool = False) -> Any:
+def step_reference(kind: str, policy: Any, *, source: Any = None, chunk_size: int = 1024, bf16: bool = False,
+                   compiled: bool = False) -> Any:
     """The preference step's reference object for `kind` (train/preference.py): NoReference, CachedReference,
     AdapterReference, or ModelReference over build_reference(policy, "model", source=...)."""
     from alignlab.train.preference import AdapterReference, CachedReference, ModelReference, NoReference
@@ -123,6 +131,7 @@ def step_reference(kind: str, policy: Any, *, source: Any = None, chunk_size: in
         return AdapterReference(chunk_size)
     import torch
 
-    model = build_reference(policy, "model", source=source)
-    # Under bf16 autocast the frozen reference keeps its Linear weights in bf16: same numbers, no per-step casts.
-    return ModelReference(model, chunk_size, autocast_dtype=torch.bfloat16 if bf16 else None)
+    model = build_reference(policy, "model", source=source, compiled=compiled)
+    # Under bf16 autocast the frozen reference keeps its Linear weights in bf16: same numbers, no per-step casts
+    # (unless compiled: then float32, as the policy's compiled graph reads them).
+    return ModelReference(model, chunk_size, autocast_dtype=torch.bfloat16 if bf16 else None, lower=not compiled)
