@@ -83,10 +83,12 @@ explicit against flash: 0.6931, 0.6822, 0.6824, 0.6802 against 0.6931, 0.6822, 0
 2, only another summation order: 0.6931, 0.6960, 0.7294, 0.6312; the backward's accuracy against float64 is tested
 per span). Issue 16's 3x is not reached on this CPU.
 `--compile` (the MLP and RMSNorm blocks compiled, models/compiled.py), the same Xeon, 3 Dec, alignlab's side alone,
-8 steps: 0.262 pairs/s, 5.6 GB, first step 14.5 s, against 0.224 pairs/s and 6.1 GB eager (runs back to back;
-bf16 peak 589 and 887 GFLOP/s at their starts), but its first loss was 0.6754, not log 2: under bf16 the compiled
-blocks round differently from the eager reference. DPO with a reference now refuses compile with bf16, so this job
-cannot take it; in float32 the two agree to 3e-5 nats per token.
+8 steps: 0.262 pairs/s, 5.6 GB, first step 14.5 s, against 0.224 pairs/s and 6.1 GB eager, but its first loss was
+0.6754, not log 2: under bf16 the compiled blocks round differently from the eager reference it then had. With the
+reference compiled too (float32 weights; bit-equal to the policy: first loss 0.6931), `--rounds 2` (A B, B A):
+eager 0.165 / 0.079 and 0.218 / 0.101 pairs/s -> 2.12x (rounds 2.09x, 2.16x), memory 0.73 (5.1 GB against 7.1),
+share 0.15 / 0.07 (peak 605 GFLOP/s at the start); `--compile` 0.178 / 0.082 and 0.210 / 0.082 -> 2.36x (2.17x,
+2.56x), memory 0.66 (4.7 GB against 7.0), share 0.21 / 0.08 (peak 408). Final loss 0.7227 compiled, 0.7100 eager.
 """
 
 from __future__ import annotations

@@ -96,6 +96,10 @@ Across the Xeon runs of the current code the bf16 ratio lies between 1.6x and 2.
 Linears are half (oneDNN bf16 at 16 rows reads weights at ~5.6 GB/s), Python and dispatch ~1 s (a hand-written
 Llama decode step without transformers' module calls gave the same bits and saved only 4% of a step, so it was not
 kept); the update ~3.2 s (mm 36%, dtype casts 17%, fused AdamW 7%); the frozen reference's forward ~0.75 s.
+Later on 3 Dec, `--bf16 --rounds 2` (A B, B A; each round's ratio from adjacent runs): 9.41 / 19.15 and 8.55 /
+20.44 s/step -> 2.21x (rounds 2.04x, 2.39x), memory 0.89 (peak 1,011 GFLOP/s at the start); with `--compile`
+(models/compiled.py; the reference compiled too, float32 weights) 9.51 / 19.47 and 9.71 / 19.03 -> 2.00x (2.05x,
+1.96x), memory 0.92 (1,077 GFLOP/s): on 16 short rows compiling gains nothing, so it stays off.
 """
 
 from __future__ import annotations

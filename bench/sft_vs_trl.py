@@ -66,6 +66,8 @@ With `--compile` (models/compiled.py; paired in-process forward + backward of 8 
 same day: 86.9 against 65.4 tokens/s -> 1.33x, memory 0.94 (3.52 GB against 3.77), share 0.25 / 0.19 (peak 373 at
 the start), first step 24.8 s with the compile; alignlab's side alone eager right after, 93.2 tokens/s, 3.62 GB
 (peak 888): at five steps the compile's gain is below the machine's drift, so `compile` stays off by default.
+Eager, `--rounds 2` (A B, B A) later that day: 96.9 / 60.4 and 105.3 / 69.1 tokens/s -> 1.56x (rounds 1.60x,
+1.52x), memory 0.95 (3.63 GB against 3.84), share 0.16-0.18 / 0.10-0.12 (peak 639 GFLOP/s at the start).
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
