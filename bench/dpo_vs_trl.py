@@ -89,6 +89,8 @@ reference compiled too (float32 weights; bit-equal to the policy: first loss 0.6
 eager 0.165 / 0.079 and 0.218 / 0.101 pairs/s -> 2.12x (rounds 2.09x, 2.16x), memory 0.73 (5.1 GB against 7.1),
 share 0.15 / 0.07 (peak 605 GFLOP/s at the start); `--compile` 0.178 / 0.082 and 0.210 / 0.082 -> 2.36x (2.17x,
 2.56x), memory 0.66 (4.7 GB against 7.0), share 0.21 / 0.08 (peak 408). Final loss 0.7227 compiled, 0.7100 eager.
+2 threads (`--threads 2 --compile`, one round): 0.185 against 0.087 pairs/s -> 2.13x, memory 0.67 (4.7 GB against
+7.0), share 0.14 / 0.07 (peak 526 GFLOP/s at the start).
 """
 
 from __future__ import annotations
