@@ -90,6 +90,8 @@ def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def read_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's rows, or what there is of them: unlike train.metrics.read_metrics, a missing file (a run
+    that failed to start) or a cut last line (a run killed at the time limit) is not an error here."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []

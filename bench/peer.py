@@ -147,7 +147,8 @@ def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[
             describe: Callable[[dict], str], job: dict,
             flops: Callable[[dict], tuple[float, float]] | None = None) -> None:
     """Measure the machine, run the sides (alignlab here, TRL in its venv; `--rounds` times, the order reversed
-    each round), print a line each, the ratios, and the JSON last line (its sides: the last round's). flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (None: the
+    each round), print a line each, the ratios, and the JSON last line (its sides: the last round's).
+    flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (None: the
     job reports no FLOP/s)."""
     sides = args.order.split(",")
     trl_python = ensure_trl_venv(Path(args.trl_venv)) if "trl" in sides else None

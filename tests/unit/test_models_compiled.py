@@ -13,11 +13,9 @@ from alignlab.models.compiled import compile_blocks, eager_blocks, is_compiled
 from alignlab.train.steps import causal_lm_step
 
 
-def _loss_and_grads(model, bf16=False):
+def _loss_and_grads(model):
     model.zero_grad(set_to_none=True)
-    batch = pack([{"input_ids": s, "labels": s} for s in SEQS])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss, _ = causal_lm_step(model, batch)
+    loss, _ = causal_lm_step(model, pack([{"input_ids": s, "labels": s} for s in SEQS]))
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -89,7 +87,7 @@ def test_compile_changes_only_the_instance():
         compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
-def test_trainers_apply_the_key(tmp_path):
+def test_trainers_apply_the_key():
     """`compile: true` reaches the offline loop's and online RL's model preparation, and medusa refuses it."""
     from alignlab.config import load_config
     from alignlab.rl.critic import without_dropout
