@@ -91,6 +91,12 @@ share 0.15 / 0.07 (peak 605 GFLOP/s at the start); `--compile` 0.178 / 0.082 and
 2.56x), memory 0.66 (4.7 GB against 7.0), share 0.21 / 0.08 (peak 408). Final loss 0.7227 compiled, 0.7100 eager.
 2 threads (`--threads 2 --compile`, one round): 0.185 against 0.087 pairs/s -> 2.13x, memory 0.67 (4.7 GB against
 7.0), share 0.14 / 0.07 (peak 526 GFLOP/s at the start).
+3 Dec 2026 later, same Xeon and job, eager, 1 thread, after every bf16 span but 122-256-token squares took the explicit
+backward in 128-query blocks (models/attention.py): one round 0.222 against 0.077 pairs/s -> 2.88x, memory 0.71 (5.0 GB
+against 7.0), share 0.10 / 0.03 (peak 703 median); then `--rounds 2` 0.182 / 0.099 and 0.214 / 0.082 -> 2.19x
+(rounds 1.84x, 2.61x), memory 0.73, share 0.21-0.24 / 0.09-0.11 (peak 360 at the start): as before within the
+machine's drift. Final loss 0.7316 (0.7100 with flash's backward for the long spans: AdamW's first, nearly sign-like
+steps turn small gradient differences into different weights; the new gradients are the nearer to float64).
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ Eager, `--rounds 2` (A B, B A) later that day: 96.9 / 60.4 and 105.3 / 69.1 toke
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
 tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
+2 threads, 3 Dec 2026 later, same Xeon (`make bench-sft BENCH_ARGS="--threads 2"`: full checkpointing both sides; bf16
+peak 1,775 GFLOP/s at the start, 1,191 median), one round: 156.8 against 92.7 tokens/s -> 1.69x, memory 0.94 (3.63 GB
+against 3.85), share 0.10 / 0.06.
 """
 
 from __future__ import annotations
