@@ -14,10 +14,9 @@ contiguous range of queries and the key ranges those queries see, the queries be
 Score entries per prefix-shared pair drop from (its row's T)^2 to about (P + C)^2 / 2 + R (P + R),
 and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are those of the
 masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
-Spans of one shape run stacked in one call, and a differentiated bf16 span (a GRPO answer, a DPO branch over its
-prompt, a long sequence; not a square one of 122 to 256 tokens) keeps the flash kernel's forward but takes an
-explicit backward (`_explicit_span`): flash attention's bf16 CPU backward costs ~1.5 ms per short span and head
-block whatever its size, and is slower than the explicit one on queries over more keys and on long spans.
+Spans of one shape run stacked in one call, and a differentiated short bf16 span (a GRPO answer, a short DPO
+branch) keeps the flash kernel's forward but takes an explicit backward (`_short_span`): flash attention's
+bf16 CPU backward costs ~1.5 ms per short span and head block whatever its size.
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
@@ -72,7 +71,7 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
                   _ranges(vp, cuts, where, s.keys)) for s in spans]
         # Spans of one shape run as one call, stacked on the batch axis: a GRPO group's sibling answers (prompt +
         # answer keys, equal answer lengths) or a packed row's equal sequences. Each batch entry is computed on its
-        # own, so outputs and gradients are the separate calls' bit for bit (test); the explicit
+        # own, so outputs and gradients are the separate calls' bit for bit (test); the short spans' explicit
         # backward (below) then runs fewer, larger products: a GRPO row's attention forward + backward per layer
         # 38 -> 18 ms together with it (SmolLM2, 4 prompts x 4 answers of 32 tokens, bf16, one thread).
         groups: dict[tuple[int, int], list[int]] = {}
@@ -82,7 +81,7 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
         for (lq, lk), members in groups.items():
             q, k, v = (ts[0] if len(ts) == 1 else torch.cat(ts, dim=0) for ts in zip(*(parts[i] for i in members)))
             if _explicit_backward(q, k, v, dropout):
-                out = _explicit_span(q, k, v, scaling)
+                out = _short_span(q, k, v, scaling)
             elif lq == lk:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
             else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
@@ -100,47 +99,38 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
     return out
 
 
-# Which differentiated bf16/fp16 CPU spans take the explicit backward (_explicit_span) rather than flash attention's.
-# Forward + backward of one SmolLM2 span (9 heads on 3, one thread, Intel Xeon with AMX), explicit against flash,
-# bf16: 32 x 42 queries x keys 1.13 against 1.64 ms, 96 x 140 3.5 against 5.2, 128 x 200 7.3 against 7.2, 256 x 256
-# 10.4 against 8.8. So square causal spans up to 2 x QUERY_CHUNK queries keep flash's backward past
-# EXPLICIT_BACKWARD_MAX_SCORES score entries (a larger limit for square-ish spans, explicit 2.7 against 4.5 ms at 128 x
-# 128, 5.7 against 7.9 at 170 x 170, gave no gain over 12 DPO steps of `make bench-dpo`'s job, paired by step: 66.6
-# against 64.8 s). But flash's bf16 backward grows faster than the score count, and on queries over more keys it is
-# slower at every size: backward alone, flash against explicit, 147 x 324 11.0 against 6.0-8.1 ms, 233 x 301 15.6
-# against 10.6, 100 x 420 7.9 against 5.3 (a DPO branch over its prompt); forward + backward of causal squares, flash
-# against the explicit backward in QUERY_CHUNK-query chunks, 459: 31.3 against 23.3 ms, 420: 26.3 against 19.1, 300:
-# 13.3 against 11.3. Those take the explicit backward, whose gradients are also nearer a float64 reference (largest
-# error over the largest gradient, 459 x 459: flash 1.4e-2, explicit 4.4e-3). In float32 flash's backward is the
-# faster one at every size (32 x 42: 0.75 against 1.24 ms; 128 x 200: 5.0 against 7.6): its per-block cost is the
-# bf16 kernel's conversions, so float32 spans keep it.
+# Score entries per span (heads x queries x keys) up to which a differentiated bf16/fp16 span's backward is
+# computed explicitly (_short_span). Forward + backward of one SmolLM2 span (9 heads on 3, one thread, Intel Xeon
+# with AMX), explicit against flash, bf16: 32 x 42 queries x keys 1.13 against 1.64 ms, 96 x 140 3.5 against 5.2,
+# 128 x 200 7.3 against 7.2, 256 x 256 10.4 against 8.8 (flash's backward wins from there on). In float32 flash's
+# backward is the faster one at every size (32 x 42: 0.75 against 1.24 ms; 128 x 200: 5.0 against 7.6): its
+# per-block cost is the bf16 kernel's conversions, so float32 spans keep it. A larger limit for square-ish spans
+# (explicit 2.7 against 4.5 ms at 128 x 128, 5.7 against 7.9 at 170 x 170) was tried: over 12 DPO steps of
+# `make bench-dpo`'s job, paired by step, no gain (66.6 against 64.8 s), so the limit stays one number.
 EXPLICIT_BACKWARD_MAX_SCORES = 1 << 17
-QUERY_CHUNK = 128  # queries per block of the explicit backward: its fp32 scores stay [heads, 128, keys]
 
 
 def _explicit_backward(q: Any, k: Any, v: Any, dropout: float) -> bool:
     import torch
 
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    lq, lk = q.shape[2], k.shape[2]
     return (q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not dropout
-            and torch.is_grad_enabled() and lq > 0 and (q.requires_grad or k.requires_grad or v.requires_grad)
-            and (q.shape[1] * lq * lk <= EXPLICIT_BACKWARD_MAX_SCORES or lq < lk or lq > 2 * QUERY_CHUNK))
+            and torch.is_grad_enabled() and q.shape[2] > 0 and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BACKWARD_MAX_SCORES)
 
 
-def _explicit_span_cls():
+def _short_span_cls():
     import torch
 
     op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
-    class ExplicitSpan(torch.autograd.Function):
-        """A span's attention: forward by sdpa's CPU flash kernel (the same op sdpa dispatches to, so the same
-        bits as a frozen reference's no-grad call), backward by explicit batched products in fp32, QUERY_CHUNK
-        queries at a time.
+    class ShortSpan(torch.autograd.Function):
+        """A short span's attention: forward by sdpa's CPU flash kernel (the same op sdpa dispatches to, so the
+        same bits as a frozen reference's no-grad call), backward by explicit batched products in fp32.
 
         Why: flash attention's CPU backward runs a handful of small GEMM calls per (batch, head) block, ~1.5 ms
-        for one 9-head 32 x 42 span of a GRPO answer whatever its size, and slows down faster than its score count
-        on long spans (see EXPLICIT_BACKWARD_MAX_SCORES); the explicit form is six batched matmuls over all heads. From the forward's log-sum-exp (Dao et al. 2022, FlashAttention, Alg. 4): P = exp(S - L),
+        for one 9-head 32 x 42 span of a GRPO answer whatever its size; the explicit form is six batched matmuls
+        over all heads. From the forward's log-sum-exp (Dao et al. 2022, FlashAttention, Alg. 4): P = exp(S - L),
         dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q; grouped-query heads
         share their key/value head, so dK and dV sum over the group. The mask is bottom-right causal (query i
         sees keys 0 .. Lk - Lq + i): a square span is plain causal."""
@@ -164,39 +154,32 @@ def _explicit_span_cls():
             (b, h, lq, d), hkv, lk = q.shape, k.shape[1], k.shape[2]
             scale = ctx.scale if ctx.scale is not None else d ** -0.5
             g = h // hkv  # query heads per key/value head: rows (head-in-group, query) of one key head stack
+            qf, do, of = (t.float().reshape(b, hkv, g * lq, d) for t in (q, grad_out, out))
             kf, vf = k.float(), v.float()
-            dq = torch.empty(b, hkv, g, lq, d, device=q.device)
-            dk, dv = torch.zeros_like(kf), torch.zeros_like(vf)
-            # QUERY_CHUNK queries at a time; chunk [a, c) sees keys 0 .. lk - lq + c, and its dK, dV add up in fp32
-            for a in range(0, lq, QUERY_CHUNK):
-                c = min(lq, a + QUERY_CHUNK)
-                n, m = c - a, lk - lq + c
-                qf, do, of = (t[:, :, a:c].float().reshape(b, hkv, g * n, d) for t in (q, grad_out, out))
-                s = torch.matmul(qf, kf[:, :, :m].transpose(-1, -2)).mul_(scale).view(b, hkv, g, n, m)
-                allowed = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(diagonal=m - n)
-                p = s.sub_(lse[:, :, a:c].reshape(b, hkv, g, n, 1)).exp_().masked_fill_(~allowed, 0.0)
-                p = p.view(b, hkv, g * n, m)
-                dv[:, :, :m].add_(torch.matmul(p.transpose(-1, -2), do))
-                ds = torch.matmul(do, vf[:, :, :m].transpose(-1, -2)).sub_((do * of).sum(-1, keepdim=True)).mul_(p)
-                dq[:, :, :, a:c] = torch.matmul(ds, kf[:, :, :m]).mul_(scale).view(b, hkv, g, n, d)
-                dk[:, :, :m].add_(torch.matmul(ds.transpose(-1, -2), qf).mul_(scale))
+            s = torch.matmul(qf, kf.transpose(-1, -2)).mul_(scale).view(b, hkv, g, lq, lk)
+            allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+            p = s.sub_(lse.reshape(b, hkv, g, lq, 1)).exp_().masked_fill_(~allowed, 0.0).view(b, hkv, g * lq, lk)
+            dv = torch.matmul(p.transpose(-1, -2), do)
+            ds = torch.matmul(do, vf.transpose(-1, -2)).sub_((do * of).sum(-1, keepdim=True)).mul_(p)
+            dq = torch.matmul(ds, kf).mul_(scale)
+            dk = torch.matmul(ds.transpose(-1, -2), qf).mul_(scale)
             return dq.view(b, h, lq, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
 
-    return ExplicitSpan
+    return ShortSpan
 
 
-_EXPLICIT_SPAN = None
+_SHORT_SPAN = None
 
 
-def _explicit_span(q: Any, k: Any, v: Any, scale: float | None) -> Any:
+def _short_span(q: Any, k: Any, v: Any, scale: float | None) -> Any:
     import torch
 
-    global _EXPLICIT_SPAN
-    _EXPLICIT_SPAN = _EXPLICIT_SPAN or _explicit_span_cls()  # built on first use: torch is imported lazily here
+    global _SHORT_SPAN
+    _SHORT_SPAN = _SHORT_SPAN or _short_span_cls()  # built on first use: torch is imported lazily here
     if torch.is_autocast_enabled("cpu"):  # as autocast runs sdpa: every input in the autocast dtype
         dtype = torch.get_autocast_dtype("cpu")
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    return _EXPLICIT_SPAN.apply(q, k, v, scale)
+    return _SHORT_SPAN.apply(q, k, v, scale)
 
 
 def _native_gqa(query: Any) -> bool:
