@@ -91,12 +91,16 @@ share 0.15 / 0.07 (peak 605 GFLOP/s at the start); `--compile` 0.178 / 0.082 and
 2.56x), memory 0.66 (4.7 GB against 7.0), share 0.21 / 0.08 (peak 408). Final loss 0.7227 compiled, 0.7100 eager.
 2 threads (`--threads 2 --compile`, one round): 0.185 against 0.087 pairs/s -> 2.13x, memory 0.67 (4.7 GB against
 7.0), share 0.14 / 0.07 (peak 526 GFLOP/s at the start).
-3 Dec 2026 later, same Xeon and job, eager, 1 thread, after every bf16 span but 122-256-token squares took the explicit
-backward in 128-query blocks (models/attention.py): one round 0.222 against 0.077 pairs/s -> 2.88x, memory 0.71 (5.0 GB
-against 7.0), share 0.10 / 0.03 (peak 703 median); then `--rounds 2` 0.182 / 0.099 and 0.214 / 0.082 -> 2.19x
-(rounds 1.84x, 2.61x), memory 0.73, share 0.21-0.24 / 0.09-0.11 (peak 360 at the start): as before within the
-machine's drift. Final loss 0.7316 (0.7100 with flash's backward for the long spans: AdamW's first, nearly sign-like
-steps turn small gradient differences into different weights; the new gradients are the nearer to float64).
+3 Dec 2026 later, same Xeon and job, eager, 1 thread, with a change tried and then reverted (every bf16 span but
+122-256-token squares through the explicit backward of models/attention.py, in 128-query blocks): one round 0.222
+against 0.077 pairs/s -> 2.88x, memory 0.71 (5.0 GB against 7.0), share 0.10 / 0.03 (peak 703 median); then `--rounds
+2` 0.182 / 0.099 and 0.214 / 0.082 -> 2.19x (rounds 1.84x, 2.61x), memory 0.73, share 0.21-0.24 / 0.09-0.11 (peak
+360 at the start): the baseline's 2.12x within the machine's drift, and a paired in-process forward + backward of the
+job's four batches gave a ratio of 1.00. Its gradients were nearer float64 than flash's (459 x 459: 4.4e-3 against
+1.4e-2 of the largest gradient) and its final loss differed (0.7316 against 0.7100: AdamW's first, nearly sign-like
+steps turn small gradient differences into different weights), but on long spans it was slower (forward + backward,
+flash against it: 1024 x 1024 72 against 117 ms, 2048 x 2048 173 against 437, 256 x 1024 35 against 63), so it was
+reverted.
 """
 
 from __future__ import annotations

