@@ -69,6 +69,11 @@ held at 277-290 tokens/s in all three runs while ours moved between 224 and 308 
 one run of three. Read bandwidth 7.8 GB/s; at batch 16, fp32 61.2 tokens/s = 26% of 232, bf16 175.8 = **38%** of 465
 (the per-forward module walk the swap removed weighed most at 16 rows: 125.6 and 129.3 tokens/s before). 50%: not
 reached.
+3 Dec 2026 later, same Xeon and code, `--bf16 --rounds 2 --vllm-python ...` (1 torch thread, CPU clock; read bandwidth
+10.8 GB/s): model.generate 84.6 tokens/cpu-s; ours fp32 142.0 (1.68x); ours bf16 259.1 (3.06x; 273.3 and 244.8 per
+round); vLLM 409.9 and 408.3 tokens/s wall per round -> our bf16 sampler **0.63x vLLM** (fp32 0.35x). vLLM's rate
+on this batch has now ranged 277-410 tokens/s between runs of unchanged code on both sides, ours 224-308. At batch
+16: fp32 84.0 tokens/s = 26% of 321, bf16 198.3 = 31% of 642. Neither goal is met.
 """
 
 from __future__ import annotations
