@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check: {info['device']}, torch {info['torch']}, {info['matmul_dtype']} matmul "
           f"{info['matmul_flops'] / 1e12:.1f} TFLOP/s measured; model {args.model} (N = {n / 1e6:.1f}M in matmuls); "
           f"bf16 {args.bf16}; {args.steps} steps per check; runs in {out}", flush=True)
-    env = {**os.environ, "ALIGNLAB_DATA": str(data_root), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))  # keep a carried site
+    env = {**os.environ, "ALIGNLAB_DATA": str(data_root), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     results, t_all = {}, time.perf_counter()
     for name in names:
         t = time.perf_counter()
