@@ -14,9 +14,9 @@ contiguous range of queries and the key ranges those queries see, the queries be
 Score entries per prefix-shared pair drop from (its row's T)^2 to about (P + C)^2 / 2 + R (P + R),
 and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are those of the
 masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
-Spans of one shape run stacked in one call, and a differentiated short bf16 span (a GRPO answer, a short DPO
-branch) keeps the flash kernel's forward but takes an explicit backward (`_short_span`): flash attention's
-bf16 CPU backward costs ~1.5 ms per short span and head block whatever its size.
+Spans of one shape run stacked in one call, and a differentiated bf16 span keeps the flash kernel's forward but
+takes an explicit backward (`span_gradients`): flash attention's bf16 CPU backward costs ~1.3 ms per short span
+whatever its size and 1.2-2x the explicit one's on spans of 100-1000 tokens.
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
@@ -71,8 +71,8 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
                   _ranges(vp, cuts, where, s.keys)) for s in spans]
         # Spans of one shape run as one call, stacked on the batch axis: a GRPO group's sibling answers (prompt +
         # answer keys, equal answer lengths) or a packed row's equal sequences. Each batch entry is computed on its
-        # own, so outputs and gradients are the separate calls' bit for bit (test); the short spans' explicit
-        # backward (below) then runs fewer, larger products: a GRPO row's attention forward + backward per layer
+        # own, so outputs and gradients are the separate calls' bit for bit (test); the explicit backward
+        # (below) then runs fewer, larger products: a GRPO row's attention forward + backward per layer
         # 38 -> 18 ms together with it (SmolLM2, 4 prompts x 4 answers of 32 tokens, bf16, one thread).
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (q, k, _) in enumerate(parts):
@@ -81,7 +81,7 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
         for (lq, lk), members in groups.items():
             q, k, v = (ts[0] if len(ts) == 1 else torch.cat(ts, dim=0) for ts in zip(*(parts[i] for i in members)))
             if _explicit_backward(q, k, v, dropout):
-                out = _short_span(q, k, v, scaling)
+                out = _explicit_span(q, k, v, scaling)
             elif lq == lk:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
             else:  # bottom-right causal: query i sees keys 0 .. lk - lq + i
@@ -99,15 +99,18 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
     return out
 
 
-# Score entries per span (heads x queries x keys) up to which a differentiated bf16/fp16 span's backward is
-# computed explicitly (_short_span). Forward + backward of one SmolLM2 span (9 heads on 3, one thread, Intel Xeon
-# with AMX), explicit against flash, bf16: 32 x 42 queries x keys 1.13 against 1.64 ms, 96 x 140 3.5 against 5.2,
-# 128 x 200 7.3 against 7.2, 256 x 256 10.4 against 8.8 (flash's backward wins from there on). In float32 flash's
-# backward is the faster one at every size (32 x 42: 0.75 against 1.24 ms; 128 x 200: 5.0 against 7.6): its
-# per-block cost is the bf16 kernel's conversions, so float32 spans keep it. A larger limit for square-ish spans
-# (explicit 2.7 against 4.5 ms at 128 x 128, 5.7 against 7.9 at 170 x 170) was tried: over 12 DPO steps of
-# `make bench-dpo`'s job, paired by step, no gain (66.6 against 64.8 s), so the limit stays one number.
-EXPLICIT_BACKWARD_MAX_SCORES = 1 << 17
+# A differentiated bf16/fp16 span takes the explicit backward (_explicit_span) up to EXPLICIT_BACKWARD_MAX_SCORES
+# scores per head (queries x keys); longer ones keep flash's. Forward + backward of one SmolLM2 span (9 heads on 3, one
+# thread, Intel Xeon with AMX, inside `reused_buffers`, median of 25 interleaved runs), explicit against flash, bf16:
+# 42 x 42 queries x keys 0.53 against 1.63 ms, four stacked 32 x 42 answers 1.18 against 3.15, 100 x 200 1.98 against
+# 3.97, 100 x 350 2.73 against 4.60, 256 x 256 4.25 against 5.45, 512 x 512 11.2 against 13.4; from 1024 x 1024 flash
+# wins (31.6 against 37.7 ms). Spans of up to SMALL_SPAN_SCORES scores over all heads (a GRPO answer over its prompt)
+# take float32 products over the whole span: the fewest calls (the blocked form was 3% slower on a GRPO update). In
+# float32 flash's backward is the faster one (its per-block cost is the bf16 kernel's conversions), so float32 spans
+# keep it.
+EXPLICIT_BACKWARD_MAX_SCORES = 1 << 18
+SMALL_SPAN_SCORES = 1 << 17
+QUERY_BLOCK = 128  # queries per block of the blocked form: a block's scores stay in cache, causal blocks skipped
 
 
 def _explicit_backward(q: Any, k: Any, v: Any, dropout: float) -> bool:
@@ -115,25 +118,104 @@ def _explicit_backward(q: Any, k: Any, v: Any, dropout: float) -> bool:
 
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
     return (q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not dropout
-            and torch.is_grad_enabled() and q.shape[2] > 0 and (q.requires_grad or k.requires_grad or v.requires_grad)
-            and q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BACKWARD_MAX_SCORES)
+            and torch.is_grad_enabled() and 0 < q.shape[2] <= k.shape[2]
+            and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and q.shape[2] * k.shape[2] <= EXPLICIT_BACKWARD_MAX_SCORES)
 
 
-def _short_span_cls():
+def span_gradients(q: Any, k: Any, v: Any, out: Any, lse: Any, grad_out: Any, scale: float) -> tuple[Any, Any, Any]:
+    """dQ, dK, dV of bottom-right causal attention (query i sees keys 0 .. Lk - Lq + i) from its forward's output
+    and log-sum-exp.
+
+    FlashAttention-2's backward (Dao 2023, Alg. 2): P = exp(S - L), dV = P^T dO, dS = P * (dP - D) with
+    dP = dO V^T and D = rowsum(dO * O), dQ = scale dS K, dK = scale dS^T Q; grouped-query heads share their
+    key/value head, so dK and dV sum over the group. A span of up to SMALL_SPAN_SCORES scores takes it in float32
+    over the whole span (_small_span_gradients). A larger one takes a blocked form: S in float32, the four gradient
+    products (dP, dV, dQ, dK) in the inputs' bf16/fp16 with fp32 accumulation inside them; fast on a CPU, and nearer
+    float64 than flash's own bf16 backward (tests; about the error of rounding exact gradients to bf16):
+    - the subtractions happen inside the products, before any rounding: [scale Q, -L] [K, 1]^T = scale S - L in
+      float32 (P = exp of a bf16-rounded S - L would be off by |S - L| 2^-9, 1% on a long row's typical entry), and
+      [scale dO, -scale D] [V, 1]^T = scale (dP - D) with D as three bf16 parts (all its float32 bits), so no
+      cancellation happens after rounding; dS is then formed in float32 from float32 P and rounded once;
+    - rows are ordered (query, head) per key/value head, so a block of QUERY_BLOCK queries of all grouped heads
+      shares one key range: blocks above the diagonal are never computed, a block's scores stay in cache, and dK,
+      dV sum the group's heads inside their products (over blocks in float32)."""
+    import torch
+
+    (b, h, lq, d), hkv, lk = q.shape, k.shape[1], k.shape[2]
+    if h * lq * lk <= SMALL_SPAN_SCORES:
+        return _small_span_gradients(q, k, v, out, lse, grad_out, scale)
+    g, n, off, dtype, dev = h // hkv, b * hkv, lk - lq, q.dtype, q.device
+    rows = lq * g
+
+    def by_query(t: Any) -> Any:  # [b, h, lq, x] -> [b * hkv, lq * g, x], rows (query, head)
+        return t.reshape(b, hkv, g, lq, -1).transpose(2, 3).reshape(n, rows, -1)
+
+    qr, dor, kf, vf = by_query(q), by_query(grad_out), k.reshape(n, lk, d), v.reshape(n, lk, d)
+    # [scale Q, -L] [K, 1]^T = scale S - L in float32
+    qa = torch.cat([qr.to(torch.float32, copy=True).mul_(scale), by_query(lse.unsqueeze(-1)).neg()], -1)
+    ka_t = torch.cat([kf.float(), torch.ones(n, lk, 1, device=dev)], -1).transpose(1, 2).contiguous()
+    # [scale dO, -scale D] [V, 1]^T = scale (dP - D) in bf16, D as three bf16 parts (all of its float32 bits)
+    neg_d, parts = by_query((grad_out.float() * out).sum(-1, keepdim=True)).mul_(-scale), []
+    for _ in range(3):
+        parts.append(neg_d.to(dtype))
+        neg_d = neg_d - parts[-1]
+    da = torch.cat([dor * scale, *parts], -1)
+    va_t = torch.cat([vf, torch.ones(n, lk, 3, dtype=dtype, device=dev)], -1).transpose(1, 2).contiguous()
+    block = min(lq, QUERY_BLOCK)
+    above = torch.ones(block, block, dtype=torch.bool, device=dev).triu_(1).repeat_interleave(g, dim=0)
+    dq = torch.empty(n, rows, d, dtype=dtype, device=dev)
+    one_block = block == lq
+    if not one_block:  # dK, dV summed over blocks in float32
+        dk, dv = (torch.zeros(n, lk, d, device=dev) for _ in range(2))
+    for i0 in range(0, lq, block):
+        i1 = min(lq, i0 + block)
+        end, r0, r1 = off + i1, i0 * g, i1 * g
+        p32 = torch.bmm(qa[:, r0:r1], ka_t[:, :, :end]).exp_()
+        p32[:, :, off + i0:].masked_fill_(above[:r1 - r0, :i1 - i0], 0.0)
+        p = p32.to(dtype, copy=True)  # (a copy in float32 as well: p32 becomes dS next)
+        ds = p32.mul_(torch.bmm(da[:, r0:r1], va_t[:, :, :end])).to(dtype)  # from float32 P, rounded once
+        dq[:, r0:r1] = torch.bmm(ds, kf[:, :end])
+        if one_block:
+            dv, dk = torch.bmm(p.transpose(1, 2), dor), torch.bmm(ds.transpose(1, 2), qr)
+        else:
+            dv[:, :end] += torch.bmm(p.transpose(1, 2), dor[:, r0:r1])
+            dk[:, :end] += torch.bmm(ds.transpose(1, 2), qr[:, r0:r1])
+    dq = dq.view(b, hkv, lq, g, d).transpose(2, 3).reshape(b, h, lq, d)
+    return dq, dk.view(b, hkv, lk, d).to(dtype), dv.view(b, hkv, lk, d).to(dtype)
+
+
+def _small_span_gradients(q: Any, k: Any, v: Any, out: Any, lse: Any, grad_out: Any,
+                          scale: float) -> tuple[Any, Any, Any]:
+    """span_gradients in float32 over the whole span: six batched products over all heads."""
+    import torch
+
+    (b, h, lq, d), hkv, lk = q.shape, k.shape[1], k.shape[2]
+    g = h // hkv  # query heads per key/value head: rows (head-in-group, query) of one key head stack
+    qf, do, of = (t.float().reshape(b, hkv, g * lq, d) for t in (q, grad_out, out))
+    kf, vf = k.float(), v.float()
+    s = torch.matmul(qf, kf.transpose(-1, -2)).mul_(scale).view(b, hkv, g, lq, lk)
+    allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+    p = s.sub_(lse.reshape(b, hkv, g, lq, 1)).exp_().masked_fill_(~allowed, 0.0).view(b, hkv, g * lq, lk)
+    dv = torch.matmul(p.transpose(-1, -2), do)
+    ds = torch.matmul(do, vf.transpose(-1, -2)).sub_((do * of).sum(-1, keepdim=True)).mul_(p)
+    dq = torch.matmul(ds, kf).mul_(scale)
+    dk = torch.matmul(ds.transpose(-1, -2), qf).mul_(scale)
+    return dq.view(b, h, lq, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _explicit_span_cls():
     import torch
 
     op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
-    class ShortSpan(torch.autograd.Function):
-        """A short span's attention: forward by sdpa's CPU flash kernel (the same op sdpa dispatches to, so the
-        same bits as a frozen reference's no-grad call), backward by explicit batched products in fp32.
+    class ExplicitSpan(torch.autograd.Function):
+        """A span's attention: forward by sdpa's CPU flash kernel (the same op sdpa dispatches to, so the same bits
+        as a frozen reference's no-grad call), backward by `span_gradients`.
 
-        Why: flash attention's CPU backward runs a handful of small GEMM calls per (batch, head) block, ~1.5 ms
-        for one 9-head 32 x 42 span of a GRPO answer whatever its size; the explicit form is six batched matmuls
-        over all heads. From the forward's log-sum-exp (Dao et al. 2022, FlashAttention, Alg. 4): P = exp(S - L),
-        dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q; grouped-query heads
-        share their key/value head, so dK and dV sum over the group. The mask is bottom-right causal (query i
-        sees keys 0 .. Lk - Lq + i): a square span is plain causal."""
+        Why: flash attention's bf16 CPU backward runs a handful of small GEMM calls per (batch, head) block, ~1.3
+        ms for one 9-head 32 x 42 span of a GRPO answer whatever its size, and 6-9x its own forward's time on
+        longer spans; the explicit form is a few batched products over all heads (per block of queries)."""
 
         @staticmethod
         def forward(ctx, q, k, v, scale):
@@ -148,38 +230,27 @@ def _short_span_cls():
             return out
 
         @staticmethod
-        @torch.autocast("cpu", enabled=False)  # fp32 products even when backward is called inside autocast
+        @torch.autocast("cpu", enabled=False)  # the products in the dtypes chosen there even inside autocast
         def backward(ctx, grad_out):
             q, k, v, out, lse = ctx.saved_tensors
-            (b, h, lq, d), hkv, lk = q.shape, k.shape[1], k.shape[2]
-            scale = ctx.scale if ctx.scale is not None else d ** -0.5
-            g = h // hkv  # query heads per key/value head: rows (head-in-group, query) of one key head stack
-            qf, do, of = (t.float().reshape(b, hkv, g * lq, d) for t in (q, grad_out, out))
-            kf, vf = k.float(), v.float()
-            s = torch.matmul(qf, kf.transpose(-1, -2)).mul_(scale).view(b, hkv, g, lq, lk)
-            allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
-            p = s.sub_(lse.reshape(b, hkv, g, lq, 1)).exp_().masked_fill_(~allowed, 0.0).view(b, hkv, g * lq, lk)
-            dv = torch.matmul(p.transpose(-1, -2), do)
-            ds = torch.matmul(do, vf.transpose(-1, -2)).sub_((do * of).sum(-1, keepdim=True)).mul_(p)
-            dq = torch.matmul(ds, kf).mul_(scale)
-            dk = torch.matmul(ds.transpose(-1, -2), qf).mul_(scale)
-            return dq.view(b, h, lq, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+            scale = ctx.scale if ctx.scale is not None else q.shape[-1] ** -0.5
+            return (*span_gradients(q, k, v, out, lse, grad_out.to(q.dtype), scale), None)
 
-    return ShortSpan
+    return ExplicitSpan
 
 
-_SHORT_SPAN = None
+_EXPLICIT_SPAN = None
 
 
-def _short_span(q: Any, k: Any, v: Any, scale: float | None) -> Any:
+def _explicit_span(q: Any, k: Any, v: Any, scale: float | None) -> Any:
     import torch
 
-    global _SHORT_SPAN
-    _SHORT_SPAN = _SHORT_SPAN or _short_span_cls()  # built on first use: torch is imported lazily here
+    global _EXPLICIT_SPAN
+    _EXPLICIT_SPAN = _EXPLICIT_SPAN or _explicit_span_cls()  # built on first use: torch is imported lazily here
     if torch.is_autocast_enabled("cpu"):  # as autocast runs sdpa: every input in the autocast dtype
         dtype = torch.get_autocast_dtype("cpu")
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    return _SHORT_SPAN.apply(q, k, v, scale)
+    return _EXPLICIT_SPAN.apply(q, k, v, scale)
 
 
 def _native_gqa(query: Any) -> bool:
