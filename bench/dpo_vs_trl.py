@@ -101,6 +101,15 @@ job's four batches gave a ratio of 1.00. Its gradients were nearer float64 than 
 steps turn small gradient differences into different weights), but on long spans it was slower (forward + backward,
 flash against it: 1024 x 1024 72 against 117 ms, 2048 x 2048 173 against 437, 256 x 1024 35 against 63), so it was
 reverted.
+3 Dec 2026, last runs, same Xeon, 1 thread, after the blocked bf16 span backward (models/attention.py: timed in place
+on this job's spans, 35-45% faster than flash's backward at 100-200 tokens, about equal from 300; a paired in-process
+A/B of the whole job, 9 steps x 4 interleaved runs, gave old/new 1.006, so most of what follows is the machine, whose
+bf16 matmul peak was 1,447 and 1,335 GFLOP/s at the starts): `--rounds 2` 0.326 / 0.117 and 0.340 / 0.120 pairs/s ->
+2.81x (rounds 2.79x, 2.83x), memory 0.74 (5.1 GB against 7.0), share 0.09-0.10 / 0.03; with `--compile` 0.369 / 0.116
+and 0.362 / 0.117 -> 3.14x (3.18x, 3.09x), memory 0.66 (4.7 GB against 7.0), share 0.11 / 0.04. Final loss 0.7325
+eager, 0.7172 compiled (the new backward rounds differently from flash's). 40 steps (78 pairs), alignlab alone:
+eager 0.395 pairs/s, 197.3 s + 9.7 s first step, 7.0 GB; `--compile` 0.420 pairs/s, 185.6 s + 8.7 s (inductor's
+on-disk cache warm from the run before), 6.2 GB: +6% end to end, so `compile` stays off by default.
 """
 
 from __future__ import annotations

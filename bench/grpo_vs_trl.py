@@ -103,6 +103,9 @@ Later on 3 Dec, `--bf16 --rounds 2` (A B, B A; each round's ratio from adjacent 
 float32 (`--threads 1`), 3 Dec 2026 later, same Xeon and code, one round: alignlab 13.66 s/step (generation 5.74 s
 with float32 sampling weights, update 6.10 s), 3.96 GB; TRL 18.84, 4.53 GB -> 1.38x, memory 0.87 (bf16 matmul 446
 GFLOP/s at the start).
+3 Dec 2026, last run, same Xeon, `--bf16 --rounds 2` (no change on GRPO's path: its answers' spans keep the float32
+whole-span backward), bf16 matmul peak 1,262 GFLOP/s at the start: 5.07 / 12.29 and 5.05 / 11.80 s/step -> 2.38x
+(rounds 2.42x, 2.34x), memory 0.89 (3.96 GB against 4.46). Issue 14's 2.5x is not reached.
 """
 
 from __future__ import annotations

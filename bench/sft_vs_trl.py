@@ -74,6 +74,12 @@ float32 head backward (alignlab runs the chunked head's backward in the forward'
 2 threads, 3 Dec 2026 later, same Xeon (`make bench-sft BENCH_ARGS="--threads 2"`: full checkpointing both sides; bf16
 peak 1,775 GFLOP/s at the start, 1,191 median), one round: 156.8 against 92.7 tokens/s -> 1.69x, memory 0.94 (3.63 GB
 against 3.85), share 0.10 / 0.06.
+3 Dec 2026, last runs, same Xeon, 1 thread, after the blocked bf16 span backward (models/attention.py; a paired
+in-process A/B of alignlab's side, 6 steps x 2 interleaved runs, old/new 1.075 and 0.991), bf16 matmul peak 1,340 and
+1,324 GFLOP/s at the starts, `--rounds 2`: full checkpointing on both 203.2 / 104.5 and 206.2 / 105.9 tokens/s -> 1.95x
+(rounds 1.94x, 1.95x), memory 0.91 (3.49 GB against 3.82), share 0.16-0.17 / 0.08; `--gradient-checkpointing
+selective` 181.2 / 106.5 and 186.0 / 112.9 -> 1.67x (1.70x, 1.65x), memory 0.92, share 0.15 / 0.09. Issue 16's 2x
+is not reached.
 """
 
 from __future__ import annotations
