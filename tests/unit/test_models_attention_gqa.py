@@ -151,7 +151,7 @@ def test_only_low_precision_spans_take_the_explicit_backward():
 def test_explicit_span_backward_is_the_flash_kernels_to_rounding(dtype, shape):
     """The explicit backward against sdpa's own (flash) backward on the same forward: outputs bit for bit;
     gradients in bf16 within two bf16 steps of the largest float64 gradient (flash's own are 9.8e-3 of it off on
-    the last shape; ours at most 5.4e-3 here), and in float32 (where the bf16 products' float32 accumulation is all of the difference) to fp32 rounding.
+    the last shape; ours at most 5.4e-3 here), and in float32 (every product then float32) to fp32 rounding.
     Shapes (batch, heads, key heads, queries, keys, head dim): a GRPO answer over its prompt, a causal square span,
     plain multi-head, one token, a head dim whose scale is no power of two (these five small: float32 products),
     then the blocked form: one query block, three (two spans stacked, square) and two (bottom-right, the scale no
@@ -183,3 +183,25 @@ def test_explicit_span_backward_is_the_flash_kernels_to_rounding(dtype, shape):
     for a, c, e in zip(g_ours, g_flash, exact):
         err_ours, err_flash = (a.double() - e).abs().max(), (c.double() - e).abs().max()
         assert err_ours <= 2 ** -7 * e.abs().max(), (err_ours, err_flash)
+
+
+def test_fp16_spans_take_the_float32_form_at_any_size(monkeypatch):
+    """The blocked form is bf16's (measured and tested there); an fp16 span above SMALL_SPAN_SCORES takes the float32
+    whole-span form, its gradients fp16's rounding of float64's."""
+    import alignlab.models.attention as attention
+
+    calls = []
+    small = attention._small_span_gradients
+    monkeypatch.setattr(attention, "_small_span_gradients", lambda *a: calls.append(1) or small(*a))
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, n, t, 16).half().requires_grad_(True) for n, t in ((9, 100), (3, 200), (3, 200)))
+    go = torch.randn(1, 9, 100, 16).half()
+    assert 9 * 100 * 200 > attention.SMALL_SPAN_SCORES
+    grads = torch.autograd.grad((attention._explicit_span(q, k, v, None) * go).sum(), (q, k, v))
+    assert calls == [1]
+    mask = torch.ones(100, 200, dtype=torch.bool).tril(100)
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, attn_mask=mask, enable_gqa=True)
+    exact = torch.autograd.grad((out * go.double()).sum(), (q64, k64, v64))
+    for a, e in zip(grads, exact):
+        assert (a.double() - e).abs().max() <= 2 ** -10 * e.abs().max()

@@ -16,7 +16,7 @@ and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are
 masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
 Spans of one shape run stacked in one call, and a differentiated bf16 span keeps the flash kernel's forward but
 takes an explicit backward (`span_gradients`): flash attention's bf16 CPU backward costs ~1.3 ms per short span
-whatever its size and 1.2-2x the explicit one's on spans of 100-1000 tokens.
+whatever its size and up to 1.6x the explicit one's on spans of 100-300 tokens.
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
@@ -104,10 +104,12 @@ def span_attention(query: Any, key: Any, value: Any, plan: Sequence[Span], *, sc
 # thread, Intel Xeon with AMX, inside `reused_buffers`, median of 25 interleaved runs), explicit against flash, bf16:
 # 42 x 42 queries x keys 0.53 against 1.63 ms, four stacked 32 x 42 answers 1.18 against 3.15, 100 x 200 1.98 against
 # 3.97, 100 x 350 2.73 against 4.60, 256 x 256 4.25 against 5.45, 512 x 512 11.2 against 13.4; from 1024 x 1024 flash
-# wins (31.6 against 37.7 ms). Spans of up to SMALL_SPAN_SCORES scores over all heads (a GRPO answer over its prompt)
-# take float32 products over the whole span: the fewest calls (the blocked form was 3% slower on a GRPO update). In
-# float32 flash's backward is the faster one (its per-block cost is the bf16 kernel's conversions), so float32 spans
-# keep it.
+# wins (31.6 against 37.7 ms). Timed in place on `make bench-dpo`'s SmolLM2 job, backward alone: 35-45% less than
+# flash's at 100-200 tokens, about equal from 300 (cold caches cost the blocked form more); the whole step moved by
+# less than the machine's drift. Spans of up to SMALL_SPAN_SCORES scores over all heads (a GRPO answer over its
+# prompt) take float32 products over the whole span: the fewest calls (the blocked form was 3% slower on a GRPO
+# update). In float32 flash's backward is the faster one (its per-block cost is the bf16 kernel's conversions), so
+# float32 spans keep it.
 EXPLICIT_BACKWARD_MAX_SCORES = 1 << 18
 SMALL_SPAN_SCORES = 1 << 17
 QUERY_BLOCK = 128  # queries per block of the blocked form: a block's scores stay in cache, causal blocks skipped
@@ -129,9 +131,10 @@ def span_gradients(q: Any, k: Any, v: Any, out: Any, lse: Any, grad_out: Any, sc
 
     FlashAttention-2's backward (Dao 2023, Alg. 2): P = exp(S - L), dV = P^T dO, dS = P * (dP - D) with
     dP = dO V^T and D = rowsum(dO * O), dQ = scale dS K, dK = scale dS^T Q; grouped-query heads share their
-    key/value head, so dK and dV sum over the group. A span of up to SMALL_SPAN_SCORES scores takes it in float32
-    over the whole span (_small_span_gradients). A larger one takes a blocked form: S in float32, the four gradient
-    products (dP, dV, dQ, dK) in the inputs' bf16/fp16 with fp32 accumulation inside them; fast on a CPU, and nearer
+    key/value head, so dK and dV sum over the group. A span of up to SMALL_SPAN_SCORES scores, and an fp16 one (the
+    blocked form is measured and tested in bf16 only), takes it in float32 over the whole span
+    (_small_span_gradients). A larger bf16 one takes a blocked form: S in float32, the four gradient
+    products (dP, dV, dQ, dK) in bf16 with fp32 accumulation inside them; fast on a CPU, and nearer
     float64 than flash's own bf16 backward (tests; about the error of rounding exact gradients to bf16):
     - the subtractions happen inside the products, before any rounding: [scale Q, -L] [K, 1]^T = scale S - L in
       float32 (P = exp of a bf16-rounded S - L would be off by |S - L| 2^-9, 1% on a long row's typical entry), and
@@ -143,7 +146,7 @@ def span_gradients(q: Any, k: Any, v: Any, out: Any, lse: Any, grad_out: Any, sc
     import torch
 
     (b, h, lq, d), hkv, lk = q.shape, k.shape[1], k.shape[2]
-    if h * lq * lk <= SMALL_SPAN_SCORES:
+    if h * lq * lk <= SMALL_SPAN_SCORES or q.dtype == torch.float16:
         return _small_span_gradients(q, k, v, out, lse, grad_out, scale)
     g, n, off, dtype, dev = h // hkv, b * hkv, lk - lq, q.dtype, q.device
     rows = lq * g
@@ -234,7 +237,7 @@ def _explicit_span_cls():
         def backward(ctx, grad_out):
             q, k, v, out, lse = ctx.saved_tensors
             scale = ctx.scale if ctx.scale is not None else q.shape[-1] ** -0.5
-            return (*span_gradients(q, k, v, out, lse, grad_out.to(q.dtype), scale), None)
+            return (*span_gradients(q, k, v, out, lse, grad_out, scale), None)
 
     return ExplicitSpan
 
