@@ -168,9 +168,8 @@ def span_gradients(q: Any, k: Any, v: Any, out: Any, lse: Any, grad_out: Any, sc
     block = min(lq, QUERY_BLOCK)
     above = torch.ones(block, block, dtype=torch.bool, device=dev).triu_(1).repeat_interleave(g, dim=0)
     dq = torch.empty(n, rows, d, dtype=dtype, device=dev)
-    one_block = block == lq
-    if not one_block:  # dK, dV summed over blocks in float32
-        dk, dv = (torch.zeros(n, lk, d, device=dev) for _ in range(2))
+    one_block = block == lq  # else dK, dV summed over blocks in float32:
+    dk, dv = (None, None) if one_block else (torch.zeros(n, lk, d, device=dev), torch.zeros(n, lk, d, device=dev))
     for i0 in range(0, lq, block):
         i1 = min(lq, i0 + block)
         end, r0, r1 = off + i1, i0 * g, i1 * g
