@@ -110,6 +110,8 @@ and 0.362 / 0.117 -> 3.14x (3.18x, 3.09x), memory 0.66 (4.7 GB against 7.0), sha
 eager, 0.7172 compiled (the new backward rounds differently from flash's). 40 steps (78 pairs), alignlab alone:
 eager 0.395 pairs/s, 197.3 s + 9.7 s first step, 7.0 GB; `--compile` 0.420 pairs/s, 185.6 s + 8.7 s (inductor's
 on-disk cache warm from the run before), 6.2 GB: +6% end to end, so `compile` stays off by default.
+2 threads (`--threads 2`, one round, bf16 matmul peak 2,408 GFLOP/s at the start): 0.498 against 0.170 pairs/s ->
+2.93x, memory 0.73 (5.1 GB against 6.9), share 0.08 / 0.03; final loss 0.6949 (two threads sum in another order).
 """
 
 from __future__ import annotations

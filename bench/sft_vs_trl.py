@@ -78,8 +78,9 @@ against 3.85), share 0.10 / 0.06.
 in-process A/B of alignlab's side, 6 steps x 2 interleaved runs, old/new 1.075 and 0.991), bf16 matmul peak 1,340 and
 1,324 GFLOP/s at the starts, `--rounds 2`: full checkpointing on both 203.2 / 104.5 and 206.2 / 105.9 tokens/s -> 1.95x
 (rounds 1.94x, 1.95x), memory 0.91 (3.49 GB against 3.82), share 0.16-0.17 / 0.08; `--gradient-checkpointing
-selective` 181.2 / 106.5 and 186.0 / 112.9 -> 1.67x (1.70x, 1.65x), memory 0.92, share 0.15 / 0.09. Issue 16's 2x
-is not reached.
+selective` 181.2 / 106.5 and 186.0 / 112.9 -> 1.67x (1.70x, 1.65x), memory 0.92, share 0.15 / 0.09; full
+checkpointing at 2 threads (one round, peak 2,514 at the start): 276.1 against 144.9 tokens/s -> 1.91x, memory 0.96
+(3.66 GB against 3.79), share 0.12 / 0.06. Issue 16's 2x is not reached.
 """
 
 from __future__ import annotations
