@@ -103,7 +103,7 @@ Later on 3 Dec, `--bf16 --rounds 2` (A B, B A; each round's ratio from adjacent 
 float32 (`--threads 1`), 3 Dec 2026 later, same Xeon and code, one round: alignlab 13.66 s/step (generation 5.74 s
 with float32 sampling weights, update 6.10 s), 3.96 GB; TRL 18.84, 4.53 GB -> 1.38x, memory 0.87 (bf16 matmul 446
 GFLOP/s at the start).
-3 Dec 2026, last run, same Xeon, `--bf16 --rounds 2` (no change on GRPO's path: its answers' spans keep the float32
+3 Dec 2026, last run, same Xeon, `--threads 1 --bf16 --rounds 2` (no change on GRPO's path: its answers' spans keep the float32
 whole-span backward), bf16 matmul peak 1,262 GFLOP/s at the start: 5.07 / 12.29 and 5.05 / 11.80 s/step -> 2.38x
 (rounds 2.42x, 2.34x), memory 0.89 (3.96 GB against 4.46); float32 (`--threads 1`, one round, peak 1,326 at the
 start): 9.55 against 13.68 s/step -> 1.43x, memory 0.87 (3.96 GB against 4.55). Issue 14's 2.5x is not reached.

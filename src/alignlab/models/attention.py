@@ -16,7 +16,7 @@ and a packed row of n equal sequences pays 1/n of the row's T^2. The numbers are
 masked forward (same softmax over the same keys; only the summation order differs, ~1e-7).
 Spans of one shape run stacked in one call, and a differentiated bf16 span keeps the flash kernel's forward but
 takes an explicit backward (`span_gradients`): flash attention's bf16 CPU backward costs ~1.3 ms per short span
-whatever its size and up to 1.6x the explicit one's on spans of 100-300 tokens.
+whatever its size and up to 1.6x the explicit one's on spans of 100-200 tokens (about equal from 300).
 
 Use: `enable_span_attention(model)` switches an sdpa model to the registered implementation
 (`SPANS`), which behaves exactly like sdpa unless the forward gets `attn_spans=plan` (built by
