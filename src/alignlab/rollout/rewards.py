@@ -279,13 +279,13 @@ def _load_scorer(path: str):
     except ImportError:
         heads = None
     loader = getattr(heads, "load_reward_model", None) if heads else None
-    from alignlab.models.load import load_tokenizer, resolve_model
+    from alignlab.models.load import NO_HUB_KERNELS, load_tokenizer, resolve_model
 
     if loader is not None:
         return loader(path), load_tokenizer(path)
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), num_labels=1).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), num_labels=1, **NO_HUB_KERNELS).eval()
     return model, load_tokenizer(path)
 
 
