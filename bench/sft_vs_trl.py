@@ -81,6 +81,11 @@ in-process A/B of alignlab's side, 6 steps x 2 interleaved runs, old/new 1.075 a
 selective` 181.2 / 106.5 and 186.0 / 112.9 -> 1.67x (1.70x, 1.65x), memory 0.92, share 0.15 / 0.09; full
 checkpointing at 2 threads (one round, peak 2,514 at the start): 276.1 against 144.9 tokens/s -> 1.91x, memory 0.96
 (3.66 GB against 3.79), share 0.12 / 0.06. Issue 16's 2x is not reached.
+The same code and Xeon later (3 Dec, afternoon; transformers 5.25 on alignlab's side, measured equal to 5.24 in two
+interleaved alignlab-only runs each, 166-172 tokens/s), bf16 matmul peak 1,186 at the start, `--rounds 2`, full
+checkpointing on both: 162.3 / 94.0 and 162.0 / 92.7 tokens/s -> 1.74x (1.73x, 1.75x), memory 0.92, share 0.15 / 0.08.
+The ratio moves with the machine's level (alignlab's step is the more matmul-bound and slows more). alignlab alone,
+same hour: no checkpointing 178.4 tokens/s at 4.29 GB, selective 161.5 at 3.59 GB (recomputation costs ~7% here).
 """
 
 from __future__ import annotations
