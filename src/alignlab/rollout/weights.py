@@ -108,13 +108,15 @@ def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
     of a peft adapter layer (it casts their input to the adapter weight's dtype itself)."""
     import torch
 
+    from alignlab.models.kept_casts import kept_cast_forward
+
     if dtype != torch.bfloat16 or model.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return {}
     op, pack = torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight
     adapters = {c for m in model.modules() if hasattr(m, "base_layer") for c in m.modules() if c is not m}
     out = {}
     for m in model.modules():
-        if type(m) is not torch.nn.Linear or "forward" in m.__dict__ or m in adapters:
+        if type(m) is not torch.nn.Linear or ("forward" in m.__dict__ and not kept_cast_forward(m)) or m in adapters:
             continue
         w, b = pack(cast(m.weight), rows), (cast(m.bias) if m.bias is not None else None)
         out[m] = lambda x, w=w, b=b: op(x, w, b, "none", [], "")
@@ -162,6 +164,7 @@ def sampling_forward(model: Any, cfg: Any):
     def forward(input_ids, attention_mask, position_ids, cache):
         if swap:
             config._attn_implementation = ATTENTION
+        own = {m: m.__dict__.get("forward") for m in linears}  # a training loop's kept-cast forward stays theirs
         for m, f in linears.items():  # for this call only: the caller's modules are left as they were
             m.__dict__["forward"] = f
         for slots, name, _, copy in swaps:
@@ -171,8 +174,11 @@ def sampling_forward(model: Any, cfg: Any):
                 return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, logits_to_keep=keep_last(input_ids), **{kv: cache}).logits[:, -1]
         finally:
-            for m in linears:
-                m.__dict__.pop("forward", None)
+            for m, f in own.items():
+                if f is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.__dict__["forward"] = f
             for slots, name, p, _ in swaps:
                 slots[name] = p
             if swap:

@@ -199,8 +199,8 @@ def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str)
 
 
 def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
-    """Threads, gradient checkpointing, compiled blocks, device placement, the embedding's kept-gradient backward
-    and FSDP sharding: (sharded, FSDP-wrapped model or None)."""
+    """Threads, gradient checkpointing, compiled blocks, device placement, the embedding's kept-gradient backward,
+    kept bf16 weight casts and FSDP sharding: (sharded, FSDP-wrapped model or None)."""
     import torch
 
     if cfg.cpu_threads > 0:
@@ -212,9 +212,11 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
     sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
     if not sharded:  # the input embedding's dense gradient in the LM head's idle block (ops/embedding.py)
+        from alignlab.models.kept_casts import keep_weight_casts
         from alignlab.ops.embedding import keep_embedding_grad
 
         keep_embedding_grad(model)
+        keep_weight_casts(model, cfg.bf16 and not cfg.compile)  # one bf16 cast per weight per optimizer step
     return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
 
 

@@ -1,0 +1,83 @@
+"""bf16 training: each Linear weight cast to bf16 once per optimizer step, not once per forward.
+
+Under bf16 autocast every Linear casts its float32 weight on every call: with `grad_accum` micro-batches and
+gradient checkpointing (the forward runs again in backward) that is 2 x grad_accum casts of every weight per
+optimizer step, SmolLM2's 135M weights read and half of it written each time. `keep_weight_casts` makes each
+plain nn.Linear take its weight through `ops.buffers.kept_cast` instead: one bf16 copy per weight, written once per
+optimizer step into the same block, inside `reused_buffers` (the loops hold it). Outside `reused_buffers`, outside
+bf16 autocast, in inference mode, or for a weight that is not float32, the module runs its own forward.
+
+Same numbers bit for bit (test): the forward is the same bf16 `F.linear` autocast would call on the same casts, and
+the weight's gradient goes back through `_CastBack`, whose backward is the cast's own (`grad.to(float32)`), so
+gradients and their accumulation into `.grad` are unchanged. The price is the kept copies (half the float32
+weights' size) held for the run, where autocast without checkpointing already held them from forward to backward.
+Not applied with `compile: true` (compiled MLP blocks trace their Linears; their casts fuse there) or FSDP (its
+flat parameters are gathered per forward).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+_AUTOGRAD = None
+
+
+def _cast_back_cls():
+    import torch
+
+    class _CastBack(torch.autograd.Function):
+        """The kept bf16 copy of `weight` in the graph as `weight.to(bf16)` would be: gradients flow to the float32
+        weight through the same cast a fresh copy's backward applies."""
+
+        @staticmethod
+        def forward(ctx, weight, low):
+            ctx.dtype = weight.dtype
+            return low.view_as(low)  # a new tensor object on the kept block: each call gets its own graph node
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad.to(ctx.dtype), None
+
+    return _CastBack
+
+
+def _forward(self: Any, x: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    from alignlab.ops import buffers
+
+    w = self.weight
+    device = w.device.type
+    # Not in inference mode: a copy made there could never enter a training graph later.
+    if not (buffers.active() and torch.is_autocast_enabled(device) and w.dtype == torch.float32
+            and torch.get_autocast_dtype(device) == torch.bfloat16 and not torch.is_inference_mode_enabled()):
+        return torch.nn.Linear.forward(self, x)
+    low = buffers.kept_cast(w, torch.bfloat16)
+    if w.requires_grad and torch.is_grad_enabled():
+        global _AUTOGRAD
+        _AUTOGRAD = _AUTOGRAD or _cast_back_cls()
+        low = _AUTOGRAD.apply(w, low)
+    return F.linear(x, low, self.bias)  # autocast casts x and the bias as it would have
+
+
+def kept_cast_forward(module: Any) -> bool:
+    """Whether `module` runs the kept-cast forward (the sampler's packed bf16 Linears may stand in for it)."""
+    return getattr(module.__dict__.get("forward"), "__func__", None) is _forward
+
+
+def keep_weight_casts(model: Any, enabled: bool = True) -> int:
+    """Give every plain nn.Linear of `model` (not a subclass, not one whose forward is already replaced) the kept
+    cast forward; the number of modules changed. An instance attribute: classes, state dicts and checkpoints are
+    untouched."""
+    import torch
+
+    if not enabled:
+        return 0
+    changed = 0
+    for m in model.modules():
+        if type(m) is torch.nn.Linear and "forward" not in m.__dict__:
+            m.forward = types.MethodType(_forward, m)
+            changed += 1
+    return changed

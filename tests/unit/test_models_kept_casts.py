@@ -1,0 +1,82 @@
+"""Kept bf16 weight casts (models/kept_casts.py): one cast per weight per optimizer step gives the per-forward casts'
+losses and gradients bit for bit, across micro-batches, recomputation and optimizer steps; the sampler leaves the
+kept-cast forward in place."""
+
+import pytest
+import torch
+from test_models_checkpointing import SEQS, _Count, tiny_llama
+
+from alignlab.data.collate import pack
+from alignlab.models.checkpointing import enable_checkpointing
+from alignlab.models.kept_casts import keep_weight_casts, kept_cast_forward
+from alignlab.ops.buffers import reused_buffers, weights_updated
+from alignlab.train.steps import causal_lm_step
+
+
+def _train(model, kept, checkpointing):
+    """Two optimizer steps (fused AdamW, as the loop's) of two micro-batches each under bf16 autocast without its
+    cache (as the loop's): every micro-batch's loss, each step's gradients, and the number of copy ops."""
+    enable_checkpointing(model, checkpointing)
+    if kept:
+        assert keep_weight_casts(model) == 2 * 7 + 1  # per layer q, k, v, o, gate, up, down; the LM head
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    losses, grads, count = [], [], _Count()
+    with reused_buffers(), count:
+        for _ in range(2):
+            for rows in (SEQS[:2], SEQS[1:]):
+                with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                    loss, _ = causal_lm_step(model, pack([{"input_ids": s, "labels": s} for s in rows]))
+                loss.backward()
+                losses.append(loss.detach())
+            grads.append([p.grad.clone() for p in model.parameters()])
+            opt.step()
+            weights_updated()
+            opt.zero_grad(set_to_none=True)
+    return losses, grads, count.ops.get("_to_copy", 0) + count.ops.get("copy_", 0)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_kept_casts_give_the_per_forward_casts_numbers_bit_for_bit(checkpointing):
+    plain_losses, plain_grads, plain_copies = _train(tiny_llama("spans").train(), False, checkpointing)
+    losses, grads, copies = _train(tiny_llama("spans").train(), True, checkpointing)
+    assert all(torch.equal(a, b) for a, b in zip(losses, plain_losses))
+    for step, plain in zip(grads, plain_grads):
+        assert all(torch.equal(a, b) for a, b in zip(step, plain))
+    # per step each weight is cast once, not once per forward: the 14 in the layers run 2 micro-batches x2 when
+    # recomputed, the LM head (outside the checkpointed layers) 2
+    forwards = 2 * (2 if checkpointing else 1)
+    assert plain_copies - copies == 2 * (14 * (forwards - 1) + 1)
+
+
+def test_outside_bf16_autocast_or_reused_buffers_the_module_runs_its_own_forward():
+    model, plain = tiny_llama("sdpa"), tiny_llama("sdpa")
+    keep_weight_casts(model)
+    assert keep_weight_casts(model) == 0  # idempotent
+    ids = torch.tensor([SEQS[2]])
+    assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)  # float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)  # no reused_buffers
+        with reused_buffers():
+            with torch.inference_mode():  # a kept copy made here could not enter a training graph later
+                model(input_ids=ids)
+            model(input_ids=ids).logits.sum().backward()
+    assert keep_weight_casts(tiny_llama("sdpa"), enabled=False) == 0
+
+
+def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back():
+    from alignlab.rollout import weights
+    from alignlab.rollout.generate import SamplingConfig, sampling_forward
+
+    model = tiny_llama("spans")
+    keep_weight_casts(model)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    packed = weights.packed_linears(model, torch.bfloat16, lambda p: p.detach().bfloat16(), 4)
+    if torch.backends.mkldnn.is_available():
+        assert set(packed) == set(linears)
+    from transformers import DynamicCache
+
+    forward = sampling_forward(model, SamplingConfig(max_new_tokens=4, batch_size=2, weights_dtype="bfloat16"))
+    with torch.inference_mode():
+        forward(torch.tensor([SEQS[0]]), torch.ones(1, len(SEQS[0]), dtype=torch.long),
+                torch.arange(len(SEQS[0]))[None], DynamicCache(config=model.config))
+    assert all(kept_cast_forward(m) for m in linears)
