@@ -80,3 +80,18 @@ def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back()
         forward(torch.tensor([SEQS[0]]), torch.ones(1, len(SEQS[0]), dtype=torch.long),
                 torch.arange(len(SEQS[0]))[None], DynamicCache(config=model.config))
     assert all(kept_cast_forward(m) for m in linears)
+
+
+@pytest.mark.parametrize(("keys", "kept"), [(["grad_accum=2"], True), (["gradient_checkpointing=true"], True),
+                                            ([], False), (["grad_accum=2", "compile=true"], False),
+                                            (["grad_accum=2", "bf16=false"], False)])
+def test_the_training_loop_keeps_casts_where_a_step_casts_a_weight_more_than_once(keys, kept):
+    from alignlab.config import load_config
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import _prepare_model
+    from alignlab.train.world import World
+
+    cfg = load_config(TrainConfig, None, ["model=m", "data=d", "device=cpu", "bf16=true", "batch_size=2", *keys])
+    model = tiny_llama("spans")
+    _prepare_model(cfg, model, World())
+    assert kept_cast_forward(model.model.layers[0].mlp.down_proj) is kept

@@ -88,7 +88,6 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     in-memory policy (the Python API) used instead of cfg.model."""
     import torch
 
-    from alignlab.models.kept_casts import keep_weight_casts
     from alignlab.models.prepare import prepare_model
     from alignlab.ops.embedding import keep_embedding_grad
     from alignlab.rl.critic import build_critic, without_dropout
@@ -104,7 +103,6 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
         frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16,
                                  compiled=cfg.compile)
-    keep_weight_casts(policy, cfg.bf16 and not cfg.compile)  # one bf16 cast per weight per optimizer step
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward_fn,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:
