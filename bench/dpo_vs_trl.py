@@ -112,6 +112,13 @@ eager 0.395 pairs/s, 197.3 s + 9.7 s first step, 7.0 GB; `--compile` 0.420 pairs
 on-disk cache warm from the run before), 6.2 GB: +6% end to end, so `compile` stays off by default.
 2 threads (`--threads 2`, one round, bf16 matmul peak 2,408 GFLOP/s at the start): 0.498 against 0.170 pairs/s ->
 2.93x, memory 0.73 (5.1 GB against 6.9), share 0.08 / 0.03; final loss 0.6949 (two threads sum in another order).
+The same Xeon, 3 Dec afternoon (bf16 matmul peak 1,159 at the start), `--rounds 2`, with kept bf16 weight casts still
+applied on this path (models/kept_casts.py; a paired in-process A/B of alignlab's side, 6 steps x 3 interleaved runs,
+gave old/new 0.98, so the final code leaves them out where a step runs one forward): 0.349 / 0.120 and 0.381 / 0.119
+pairs/s -> 3.05x (rounds 2.91x, 3.20x), memory 0.75 (5.2 GB against 6.9), share 0.12-0.13 / 0.04, final loss 0.7325
+(as the day before). Its 3x is met in this run, not in the one above with the same DPO path.
+The script's own defaults (6 steps x 4 pairs, 1,024 tokens), one round, same afternoon (peak 1,258): 0.222 against
+0.059 pairs/s -> 3.76x, memory 0.53 (9.9 GB against 18.6).
 """
 
 from __future__ import annotations

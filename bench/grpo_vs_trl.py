@@ -107,6 +107,10 @@ GFLOP/s at the start).
 whole-span backward), bf16 matmul peak 1,262 GFLOP/s at the start: 5.07 / 12.29 and 5.05 / 11.80 s/step -> 2.38x
 (rounds 2.42x, 2.34x), memory 0.89 (3.96 GB against 4.46); float32 (`--threads 1`, one round, peak 1,326 at the
 start): 9.55 against 13.68 s/step -> 1.43x, memory 0.87 (3.96 GB against 4.55). Issue 14's 2.5x is not reached.
+3 Dec afternoon, `--threads 1 --bf16 --rounds 2` with kept bf16 weight casts in the RL update too (bf16 matmul peak 1,204):
+5.51 / 11.85 and 5.19 / 12.20 s/step -> 2.25x (2.15x, 2.35x), memory 0.93 (4.1 GB against 4.4); a paired in-process
+A/B (4 steps x 3 interleaved runs) put the update 3-8% slower with them (one micro-batch per optimizer step: nothing
+to save, copies held), so RL does not use them (models/kept_casts.py).
 """
 
 from __future__ import annotations
