@@ -139,10 +139,9 @@ def sampling_forward(model: Any, cfg: Any):
         return p.detach().to(dtype) if convert and p.is_floating_point() else p.detach()
 
     linears = packed_linears(model, dtype, cast, cfg.batch_size)
-    # The rest (embeddings, norms; every Linear where none is packed) read bf16 copies put into their modules'
-    # parameter slots for each call and put back after. This is torch.func.functional_call's effect without its
-    # per-call walk of the module tree (~5 ms a decode step for SmolLM2's 30 layers); a tied weight (the
-    # embedding and an unpacked LM head) is cast once and seen by both of its modules.
+    kept = {m: m.__dict__["forward"] for m in linears if "forward" in m.__dict__}  # a training loop's kept casts
+    # The rest (embeddings, norms, unpacked Linears) read bf16 copies put into their parameter slots for each call and
+    # put back after: functional_call's effect without its module walk (~5 ms a SmolLM2 decode step); tied: one copy.
     swaps: list[tuple[dict, str, Any, Any]] = []
     if convert:
         copies: dict[int, Any] = {}
@@ -151,9 +150,8 @@ def sampling_forward(model: Any, cfg: Any):
                 continue
             for name, p in m._parameters.items():
                 if p is not None:
-                    if id(p) not in copies:
-                        copies[id(p)] = cast(p)
-                    swaps.append((m._parameters, name, p, copies[id(p)]))
+                    copies[id(p)] = copy = copies[id(p)] if id(p) in copies else cast(p)
+                    swaps.append((m._parameters, name, p, copy))
 
     config = model.config
     impl = config._attn_implementation  # models.load switches sdpa models to span attention: sdpa without a plan
@@ -164,7 +162,6 @@ def sampling_forward(model: Any, cfg: Any):
     def forward(input_ids, attention_mask, position_ids, cache):
         if swap:
             config._attn_implementation = ATTENTION
-        own = {m: m.__dict__.get("forward") for m in linears}  # a training loop's kept-cast forward stays theirs
         for m, f in linears.items():  # for this call only: the caller's modules are left as they were
             m.__dict__["forward"] = f
         for slots, name, _, copy in swaps:
@@ -174,11 +171,10 @@ def sampling_forward(model: Any, cfg: Any):
                 return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, logits_to_keep=keep_last(input_ids), **{kv: cache}).logits[:, -1]
         finally:
-            for m, f in own.items():
-                if f is None:
-                    m.__dict__.pop("forward", None)
-                else:
-                    m.__dict__["forward"] = f
+            for m in linears:
+                m.__dict__.pop("forward", None)
+            for m, f in kept.items():
+                m.__dict__["forward"] = f
             for slots, name, p, _ in swaps:
                 slots[name] = p
             if swap:
