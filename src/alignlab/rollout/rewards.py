@@ -285,7 +285,8 @@ def _load_scorer(path: str):
         return loader(path), load_tokenizer(path)
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), num_labels=1, **NO_HUB_KERNELS).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), num_labels=1, **NO_HUB_KERNELS)
+    model.eval()
     return model, load_tokenizer(path)
 
 
