@@ -34,3 +34,32 @@ def test_reused_buffers_keeps_freed_memory_mapped():
         assert max(_faults_of(step) for _ in range(4)) < 200  # 2,048 pages touched each time
         assert buffers._KEEPING[0] == 1
     assert buffers._KEEPING[0] == 0
+
+
+def test_a_large_gradient_block_is_reused_only_while_nothing_else_holds_it():
+    """keep_gradients/reuse_gradient: a gradient above the heap's 32 MB blocks comes back zeroed as `.grad` (same
+    memory), a small one is left to the allocator; a block someone still holds, whole or through a view, is not
+    reused (their tensor keeps its values); outside `reused_buffers` nothing is kept."""
+    big, small = torch.nn.Parameter(torch.zeros(9000, 1000)), torch.nn.Parameter(torch.zeros(10))  # 36 MB, 40 B
+    with buffers.reused_buffers():
+        big.grad, small.grad = torch.ones_like(big), torch.ones_like(small)
+        ptr = big.grad.data_ptr()
+        buffers.keep_gradients([big, small])
+        big.grad = small.grad = None
+        buffers.reuse_gradient(small)
+        buffers.reuse_gradient(big)
+        assert small.grad is None
+        assert big.grad.data_ptr() == ptr and not big.grad.any()
+        for hold in (lambda g: g, lambda g: g[1:]):
+            big.grad.fill_(3.0)
+            held = hold(big.grad)
+            buffers.keep_gradients([big])
+            big.grad = None
+            buffers.reuse_gradient(big)
+            assert big.grad is None and held.eq(3.0).all()
+            big.grad = torch.ones_like(big)
+            del held
+    buffers.keep_gradients([big])
+    big.grad = None
+    buffers.reuse_gradient(big)
+    assert big.grad is None

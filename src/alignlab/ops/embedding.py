@@ -9,17 +9,76 @@ in the chunked LM head's logits block instead (`buffers.gradient_block`: idle th
 same numbers bit for bit (test). Autograd then adds it into the weight's gradient (a tied LM head's, or the
 existing `.grad`) or copies it when there is none yet; it never adopts the block (the untied case of the test
 fails if it did). Outside that scope, with a frozen weight, or without grad, it is exactly nn.Embedding.
+
+A tied LM head (SmolLM2's) gives the same weight a second gradient, and autograd sums two gradients of one tensor
+out of place: another fresh [V, H] float32 block per micro-batch (47-182 ms each on the Xeon, one thread: 0.73 s of
+an SFT benchmark step), on top of the head's own fresh upcast (40 ms). So the chunked head (ops/logprobs.py), when
+the hidden states it is applied to were computed from such an embedding call on its own weight (`find_tie` walks
+their graph, ~1 ms), hands its float32 gradient to that call (`TiedGradient`: written into one kept block) instead
+of returning it, and the embedding's backward, which autograd runs after every head fed by its output, adds it to
+its own: `G_emb + G_head`, the sum autograd formed, bit for bit (tests), through one gradient edge (so hooks on the
+weight still fire once). A head whose tie has already been consumed (a second backward over a retained graph)
+returns its gradient as before. Only inside the loops' scope, whose backward always reaches the embedding.
 """
 
 from __future__ import annotations
 
+import threading
 import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from alignlab.ops.buffers import active, gradient_block
+from alignlab.ops.buffers import active, gradient_block, reuse_gradient, scratch
+
+_LAST = threading.local()  # the weight of this thread's latest kept-gradient embedding call, and the kept block's tie
+
+
+class TiedGradient:
+    """A tied head's float32 gradient waiting for the backward of the embedding call its hidden states came from."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight, self.pending, self.open = weight, None, True
+
+    def accumulator(self, like: torch.Tensor) -> torch.Tensor | None:
+        """An uninitialised block shaped like the weight for the head to form its gradient in: the kept one when no
+        other open tie holds it (already mapped: no page faults), else None (the head allocates its own)."""
+        holder = getattr(_LAST, "holder", None)
+        if not self.open or self.pending is not None or (holder is not None and holder is not self and holder.open):
+            return None
+        _LAST.holder = self
+        return scratch("tied_head_grad", *self.weight.shape, like, self.weight.dtype)
+
+    def deposit(self, grad: torch.Tensor) -> bool:
+        """Take the head's gradient (False: the tie was consumed already; the head returns it itself). A second
+        head's gradient is added to the first's, as autograd would have summed them before the embedding's."""
+        if not self.open:
+            return False
+        self.pending = grad if self.pending is None else self.pending.add_(grad)
+        return True
+
+    def take(self) -> torch.Tensor | None:
+        self.open = False
+        pending, self.pending = self.pending, None
+        return pending
+
+
+def find_tie(hidden: torch.Tensor, weight: torch.Tensor) -> TiedGradient | None:
+    """The open tie of the kept-gradient embedding call on `weight` that `hidden` was computed from, if any."""
+    if not active() or getattr(_LAST, "weight", None) is not weight or hidden.grad_fn is None:
+        return None
+    seen, stack = set(), [hidden.grad_fn]
+    while stack:  # depth first: the embedding is at the bottom of the graph
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        tie = getattr(node, "tie", None)
+        if isinstance(tie, TiedGradient) and tie.weight is weight:
+            return tie if tie.open else None
+        stack.extend(fn for fn, _ in node.next_functions)
+    return None
 
 
 class _KeptGradEmbedding(torch.autograd.Function):
@@ -27,6 +86,8 @@ class _KeptGradEmbedding(torch.autograd.Function):
     def forward(ctx, ids, weight, padding_idx):
         ctx.save_for_backward(ids)
         ctx.rows, ctx.padding_idx = weight.shape[0], padding_idx
+        ctx.tie = TiedGradient(weight)
+        _LAST.weight = weight
         return F.embedding(ids, weight, padding_idx)
 
     @staticmethod
@@ -37,8 +98,10 @@ class _KeptGradEmbedding(torch.autograd.Function):
         if ctx.padding_idx is not None:  # the padding row gets no gradient (aten skips those tokens)
             keep = flat != ctx.padding_idx
             flat, grad = flat[keep], grad[keep]
-        out = gradient_block(ctx.rows, grad_out.shape[-1], grad_out, grad_out.dtype).zero_()
-        return None, out.index_add_(0, flat, grad), None
+        out = gradient_block(ctx.rows, grad_out.shape[-1], grad_out, grad_out.dtype).zero_().index_add_(0, flat, grad)
+        head = ctx.tie.take()
+        reuse_gradient(ctx.tie.weight)  # last step's [V, H] block as .grad: autograd adds in place (ops/buffers.py)
+        return None, out if head is None else out.add_(head), None
 
 
 def _forward(self: torch.nn.Embedding, ids: torch.Tensor) -> torch.Tensor:

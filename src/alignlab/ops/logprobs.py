@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.ops.buffers import kept_cast, scratch
+from alignlab.ops.embedding import find_tie
 
 IGNORE_INDEX = -100
 
@@ -201,6 +202,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
             del logits
         ctx.save_for_backward(hidden, weight, bias, safe, valid, lse, unit_grad_h)
         ctx.chunk_size = chunk_size
+        # A head tied to a kept-gradient input embedding hands its weight gradient to that (ops/embedding.py).
+        ctx.tie = find_tie(hidden, weight) if need_w else None
         # A trainable head's backward reuses the forward's cast of it (one [V, H] copy per step, not two).
         ctx.w = chunks.w if (need_w or need_h or need_b) and unit_grad_h is None else None
         device = hidden.device.type
@@ -236,6 +239,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         device = hidden.device.type
         low_w = (torch.is_autocast_enabled(device) and acc == torch.float32
                  and torch.get_autocast_dtype(device) == chunks.low)
+        tie, ctx.tie = ctx.tie, None
+        block = tie.accumulator(hidden) if need_w and tie is not None and weight.dtype == acc else None
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
             dlogits = _logit_grad_(chunks.logits(sl), lse[sl], safe[sl], g[sl])
@@ -247,13 +252,18 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 d = d_low if low_w else dlogits
                 with torch.autocast(device, enabled=False):  # operands are already in the matmul's dtype
                     part = torch.mm(d.t(), h, out=scratch("grad_w", d.shape[1], h.shape[1], h, h.dtype))
-                grad_w = part.to(acc, copy=True) if grad_w is None else grad_w.add_(part)
+                if grad_w is None:
+                    grad_w = part.to(acc, copy=True) if block is None else block.copy_(part)
+                else:
+                    grad_w.add_(part)
             if grad_b is not None:
                 grad_b.add_(dlogits.sum(0))
             del dlogits, d_low
         if need_w and grad_w is None:  # no tokens at all
             grad_w = torch.zeros_like(weight)
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        if grad_w is not None and tie is not None and tie.deposit(grad_w):
+            grad_w = None  # the tied embedding's backward adds it to its own
         grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
         return grad_h, grad_w, grad_b, None, None, None, None
 

@@ -63,7 +63,7 @@ def optimizer_step(
     Raises NonFiniteStep before any update when a loss or the gradient norm is not finite."""
     import torch
 
-    from alignlab.ops.buffers import weights_updated
+    from alignlab.ops.buffers import keep_gradients, weights_updated
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
@@ -85,5 +85,6 @@ def optimizer_step(
         raise NonFiniteStep("gradient norm", grad_norm, None)
     optimizer.step()
     weights_updated()  # kept low-precision casts of the weights are stale now (ops/buffers.py)
+    keep_gradients(params)  # a gradient too large for the heap is reused next step (ops/buffers.py)
     optimizer.zero_grad(set_to_none=True)
     return StepOutput(grad_norm, sums)
