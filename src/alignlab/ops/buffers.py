@@ -13,7 +13,8 @@ the kernel's clear_page, and the process took ~230k page faults (~900 MB of zero
   2.95-3.19M -> 1.70-1.75M, median step 6.64-7.14 s -> 6.31-6.35 s, peak RSS +40 MB (0.8%). Larger blocks (a
   [V, H] float32 gradient) still get fresh mappings. On exit glibc's trimming comes back and the heap is trimmed;
 - `scratch(slot, ...)`: an uninitialised block per slot, grown when a larger one is asked for; `gradient_block`
-  lends the LM head's block to the input embedding's backward (ops/embedding.py);
+  lends one as a gradient autograd never adopts (the LM head's block to the input embedding's backward, a tied
+  head's gradient: ops/embedding.py);
 - `kept_cast(weight, dtype)`: a trainable weight's low-precision copy, made once per optimizer step (not once
   per forward: grad_accum micro-batches share it) and written into the same block every step;
 - `keep_gradients` / `reuse_gradient`: a gradient too large for the heap (SmolLM2's [V, H] embedding, 113 MB) is
@@ -113,16 +114,16 @@ def scratch(slot: str, rows: int, cols: int, like: Any, dtype: Any) -> Any:
     return buf[: rows * cols].view(rows, cols)
 
 
-def gradient_block(rows: int, cols: int, like: Any, dtype: Any) -> Any:
-    """An uninitialised [rows, cols] tensor to return as a gradient: inside `reused_buffers` a view of the "logits"
-    scratch slot (the chunked LM head's, idle by the time an input embedding's backward runs: that backward needs
-    the head's), the same view object every time. Autograd sees this module's reference to it and so never adopts
-    it as a `.grad` (it adds it in, or copies it); a fresh view of the block would be adopted."""
+def gradient_block(rows: int, cols: int, like: Any, dtype: Any, slot: str = "logits") -> Any:
+    """An uninitialised [rows, cols] tensor to return as a gradient: inside `reused_buffers` a view of the slot's
+    scratch block (by default "logits", the chunked LM head's, idle by the time an input embedding's backward runs:
+    that backward needs the head's), the same view object every time. Autograd sees this module's reference to it
+    and so never adopts it as a `.grad` (it adds it in, or copies it); a fresh view of the block would be adopted."""
     kept = getattr(_LOCAL, "buffers", None)
     if kept is None:
         return like.new_empty(rows, cols, dtype=dtype)
-    view = scratch("logits", rows, cols, like, dtype)
-    key = ("gradient_block", rows, cols, dtype, like.device)
+    view = scratch(slot, rows, cols, like, dtype)
+    key = ("gradient_block", slot, rows, cols, dtype, like.device)
     if key not in kept or kept[key].data_ptr() != view.data_ptr():  # new, or the slot has grown since
         kept[key] = view
     return kept[key]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alignlab.ops.buffers import active, gradient_block, reuse_gradient, scratch
+from alignlab.ops.buffers import active, gradient_block, reuse_gradient
 
 _LAST = threading.local()  # the weight of this thread's latest kept-gradient embedding call, and the kept block's tie
 
@@ -48,7 +48,7 @@ class TiedGradient:
         if not self.open or self.pending is not None or (holder is not None and holder is not self and holder.open):
             return None
         _LAST.holder = self
-        return scratch("tied_head_grad", *self.weight.shape, like, self.weight.dtype)
+        return gradient_block(*self.weight.shape, like, self.weight.dtype, slot="tied_head_grad")
 
     def deposit(self, grad: torch.Tensor) -> bool:
         """Take the head's gradient (False: the tie was consumed already; the head returns it itself). A second
@@ -98,9 +98,16 @@ class _KeptGradEmbedding(torch.autograd.Function):
         if ctx.padding_idx is not None:  # the padding row gets no gradient (aten skips those tokens)
             keep = flat != ctx.padding_idx
             flat, grad = flat[keep], grad[keep]
-        out = gradient_block(ctx.rows, grad_out.shape[-1], grad_out, grad_out.dtype).zero_().index_add_(0, flat, grad)
         head = ctx.tie.take()
         reuse_gradient(ctx.tie.weight)  # last step's [V, H] block as .grad: autograd adds in place (ops/buffers.py)
+        if head is not None and head.dtype == grad.dtype:
+            # (0 + the tokens' rows) + G_head, as the dense sum would give, formed only where tokens are: the other
+            # rows of the dense sum are 0 + G_head = G_head (up to the sign of a zero, which AdamW's update ignores).
+            # Each row's tokens are added in the same order as into the dense block (tests).
+            rows, inv = flat.unique(return_inverse=True)
+            part = grad.new_zeros(rows.shape[0], grad.shape[1]).index_add_(0, inv, grad)
+            return None, head.index_add_(0, rows, part), None
+        out = gradient_block(ctx.rows, grad_out.shape[-1], grad_out, grad_out.dtype).zero_().index_add_(0, flat, grad)
         return None, out if head is None else out.add_(head), None
 
 
