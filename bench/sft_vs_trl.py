@@ -86,6 +86,13 @@ interleaved alignlab-only runs each, 166-172 tokens/s), bf16 matmul peak 1,186 a
 checkpointing on both: 162.3 / 94.0 and 162.0 / 92.7 tokens/s -> 1.74x (1.73x, 1.75x), memory 0.92, share 0.15 / 0.08.
 The ratio moves with the machine's level (alignlab's step is the more matmul-bound and slows more). alignlab alone,
 same hour: no checkpointing 178.4 tokens/s at 4.29 GB, selective 161.5 at 3.59 GB (recomputation costs ~7% here).
+Kept bf16 weight casts (models/kept_casts.py; paired A/B old/new 1.08), same afternoon (peak 1,234): 1.83x (1.85x,
+1.82x), memory 0.97, share 0.15 / 0.08.
+3 Dec 2026 evening, same Xeon, 1 thread, after the tied head's gradient went to its embedding call and the [V, H]
+gradient block was reused across steps (ops/embedding.py, ops/buffers.py; paired A/B old/new 1.04, the same final
+loss), bf16 matmul peak 1,264 at the start, `--rounds 2`, full checkpointing on both: 196.9 / 101.5 and 201.8 / 107.9
+tokens/s -> 1.90x (rounds 1.94x, 1.87x), memory 0.98 (3.66 GB against 3.76), share 0.17 / 0.09. Issue 16's 2x is not
+reached.
 """
 
 from __future__ import annotations

@@ -158,6 +158,10 @@ def sampling_forward(model: Any, cfg: Any):
     swap = dtype == torch.bfloat16 and model.device.type == "cpu" and impl in ("sdpa", "alignlab_spans")
     if swap:
         _register()
+    from alignlab.rollout.decode_step import llama_decode_step
+
+    # one-token steps of a plain Llama without transformers' module plumbing: the same numbers (decode_step.py)
+    step = llama_decode_step(model, linears, _sdpa_fp32) if swap and linears else None
 
     def forward(input_ids, attention_mask, position_ids, cache):
         if swap:
@@ -167,6 +171,8 @@ def sampling_forward(model: Any, cfg: Any):
         for slots, name, _, copy in swaps:
             slots[name] = copy
         try:
+            if step is not None and input_ids.shape[1] == 1:
+                return step(input_ids, attention_mask, position_ids, cache)
             with eager_blocks():  # a `compile: true` policy decodes eager (models/compiled.py)
                 return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, logits_to_keep=keep_last(input_ids), **{kv: cache}).logits[:, -1]

@@ -1,0 +1,107 @@
+"""A Llama decode step without transformers' module plumbing, for the bf16 CPU sampler (rollout/weights.py).
+
+A SmolLM2 decode step at batch 16 (bf16, one thread, Intel Xeon with AMX) took ~52 ms through the model's own
+forward, of which the packed matrix products ~30 ms and the attention ~7 ms; the rest is ~2,000 small torch ops and
+the Python around them: 13,680 module calls per 30 steps (hook checks, keyword plumbing, output capture, deprecation
+wrappers), each layer's norms, rotary embedding and cache update. A step is one query row per sequence, so all of
+that is per-call overhead rather than arithmetic. `llama_decode_step` runs the same ops on the same tensors in the
+same order as `LlamaForCausalLM.forward` (transformers 5) for a one-token step: the embedding, the rotary module,
+`create_causal_mask`, per layer LlamaRMSNorm's steps, the packed q/k/v projections, `apply_rotary_pos_emb`'s steps,
+the cache's `update`, the sampler's fp32 sdpa, the output projection and the residual, the MLP's
+`down(silu(gate(x)) * up(x))`, then the final norm and the packed LM head; so the logits are the model forward's bit
+for bit (tests/unit/test_rollout_decode_step.py, greedy and sampled rows joining and leaving). Prefill (several
+positions) still runs the model's forward.
+
+Only where that equality holds by construction: a `LlamaForCausalLM` (model_type "llama", SiLU MLP, one tensor-
+parallel slice) whose modules are transformers' own Llama classes with no hooks, every Linear packed by the sampler
+(so no LoRA wrapper or quantized layer), loaded without hub kernels. Anything else decodes through the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CLASSES = {"model": "LlamaForCausalLM", "layer": "LlamaDecoderLayer", "attn": "LlamaAttention", "mlp": "LlamaMLP",
+            "norm": "LlamaRMSNorm"}
+
+
+def _rms(x: Any, norm: Any) -> Any:
+    # LlamaRMSNorm.forward's steps
+    import torch
+
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _rotate(x: Any, cos: Any, sin: Any) -> Any:
+    # apply_rotary_pos_emb's steps for one tensor (rotate_half: cat(-x2, x1))
+    import torch
+
+    half = x.shape[-1] // 2
+    return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
+
+
+def _supported(model: Any, linears: dict) -> bool:
+    import torch
+
+    cfg = model.config
+    if (type(model).__name__ != _CLASSES["model"] or getattr(cfg, "model_type", None) != "llama"
+            or getattr(cfg, "pretraining_tp", 1) != 1 or cfg.hidden_act != "silu" or getattr(model, "use_kernels", False)):
+        return False
+    inner = model.model
+    for layer in inner.layers:
+        if (type(layer).__name__ != _CLASSES["layer"] or type(layer.self_attn).__name__ != _CLASSES["attn"]
+                or type(layer.mlp).__name__ != _CLASSES["mlp"]
+                or type(layer.input_layernorm).__name__ != _CLASSES["norm"]
+                or type(layer.post_attention_layernorm).__name__ != _CLASSES["norm"]):
+            return False
+    if type(inner.norm).__name__ != _CLASSES["norm"] or type(inner.embed_tokens) is not torch.nn.Embedding:
+        return False
+    from torch.nn.modules import module as nn_module
+
+    hooked = nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or any(
+        m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and m not in linears)
+        for m in model.modules())
+    plain = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return not hooked and all(m in linears for m in plain)
+
+
+def llama_decode_step(model: Any, linears: dict, attention: Any):
+    """fn(input_ids [B, 1], attention_mask [B, W], position_ids [B, 1], cache) -> logits [B, V], the model forward's
+    numbers for a one-token step; None where the model is not a plain Llama (see the module docstring).
+    `linears`: the sampler's {Linear: packed forward}; `attention`: its attention function (q, k, v in fp32).
+    Weights are read from the modules at each call (the sampler swaps its bf16 copies in around it)."""
+    if not _supported(model, linears):
+        return None
+    from transformers.masking_utils import create_causal_mask
+
+    inner, cfg = model.model, model.config
+    layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+              for layer in inner.layers[: cfg.num_hidden_layers]]
+    head = linears[model.lm_head]
+
+    def step(input_ids, attention_mask, position_ids, cache):
+        import torch.nn.functional as F
+
+        emb = inner.embed_tokens
+        h = F.embedding(input_ids, emb.weight, emb.padding_idx)
+        mask = create_causal_mask(config=cfg, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
+                                  position_ids=position_ids)
+        cos, sin = inner.rotary_emb(h, position_ids=position_ids)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        shape = (*h.shape[:-1], -1)
+        for i, (norm1, attn, norm2, mlp) in enumerate(layers):
+            x = _rms(h, norm1)
+            heads = (*shape[:-1], -1, attn.head_dim)
+            q = _rotate(linears[attn.q_proj](x).view(heads).transpose(1, 2), cos, sin)
+            k = _rotate(linears[attn.k_proj](x).view(heads).transpose(1, 2), cos, sin)
+            v = linears[attn.v_proj](x).view(heads).transpose(1, 2)
+            k, v = cache.update(k, v, i)
+            o, _ = attention(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
+            h = h + linears[attn.o_proj](o.reshape(shape).contiguous())
+            x = _rms(h, norm2)
+            h = h + linears[mlp.down_proj](mlp.act_fn(linears[mlp.gate_proj](x)) * linears[mlp.up_proj](x))
+        return head(_rms(h, inner.norm))[:, -1]
+
+    return step
