@@ -67,17 +67,22 @@ def _supported(model: Any, linears: dict) -> bool:
     return not hooked and all(m in linears for m in plain)
 
 
-def llama_decode_step(model: Any, linears: dict, attention: Any):
-    """fn(input_ids [B, 1], attention_mask [B, W], position_ids [B, 1], cache) -> logits [B, V], the model forward's
-    numbers for a one-token step; None where the model is not a plain Llama (see the module docstring).
-    `linears`: the sampler's {Linear: packed forward}; `attention`: its attention function (q, k, v in fp32).
-    Weights are read from the modules at each call (the sampler swaps its bf16 copies in around it)."""
+def llama_step(model: Any, linears: dict, attention: Any):
+    """fn(input_ids [B, L], attention_mask [B, W], position_ids [B, L], cache) -> last-position logits [B, V], the
+    model forward's numbers (with `logits_to_keep=keep_last(input_ids)`, as the sampler calls it); None where the
+    model is not a plain Llama (see the module docstring). `linears`: the sampler's {Linear: packed forward};
+    `attention`: its attention function (q, k, v in fp32). The other weights are read from the modules at each call
+    (the sampler swaps its bf16 copies in around it)."""
     if not _supported(model, linears):
         return None
     from transformers.masking_utils import create_causal_mask
 
+    from alignlab.rollout.weights import keep_last
+
     inner, cfg = model.model, model.config
-    layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+    layers = [(layer.input_layernorm, layer.self_attn, [linears[m] for m in (layer.self_attn.q_proj,
+               layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj)], layer.post_attention_layernorm,
+               layer.mlp.act_fn, [linears[m] for m in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)])
               for layer in inner.layers[: cfg.num_hidden_layers]]
     head = linears[model.lm_head]
 
@@ -91,17 +96,18 @@ def llama_decode_step(model: Any, linears: dict, attention: Any):
         cos, sin = inner.rotary_emb(h, position_ids=position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         shape = (*h.shape[:-1], -1)
-        for i, (norm1, attn, norm2, mlp) in enumerate(layers):
+        for i, (norm1, attn, (q_proj, k_proj, v_proj, o_proj), norm2, act, (gate, up, down)) in enumerate(layers):
             x = _rms(h, norm1)
             heads = (*shape[:-1], -1, attn.head_dim)
-            q = _rotate(linears[attn.q_proj](x).view(heads).transpose(1, 2), cos, sin)
-            k = _rotate(linears[attn.k_proj](x).view(heads).transpose(1, 2), cos, sin)
-            v = linears[attn.v_proj](x).view(heads).transpose(1, 2)
-            k, v = cache.update(k, v, i)
+            q = _rotate(q_proj(x).view(heads).transpose(1, 2), cos, sin)
+            k = _rotate(k_proj(x).view(heads).transpose(1, 2), cos, sin)
+            k, v = cache.update(k, v_proj(x).view(heads).transpose(1, 2), i)
             o, _ = attention(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
-            h = h + linears[attn.o_proj](o.reshape(shape).contiguous())
+            h = h + o_proj(o.reshape(shape).contiguous())
             x = _rms(h, norm2)
-            h = h + linears[mlp.down_proj](mlp.act_fn(linears[mlp.gate_proj](x)) * linears[mlp.up_proj](x))
-        return head(_rms(h, inner.norm))[:, -1]
+            h = h + down(act(gate(x)) * up(x))
+        h = _rms(h, inner.norm)
+        keep = keep_last(input_ids)
+        return head(h[:, -1:] if isinstance(keep, int) else h[:, keep])[:, -1]
 
     return step

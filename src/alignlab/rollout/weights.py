@@ -158,26 +158,27 @@ def sampling_forward(model: Any, cfg: Any):
     swap = dtype == torch.bfloat16 and model.device.type == "cpu" and impl in ("sdpa", "alignlab_spans")
     if swap:
         _register()
-    from alignlab.rollout.decode_step import llama_decode_step
+    from alignlab.rollout.decode_step import llama_step
 
-    # one-token steps of a plain Llama without transformers' module plumbing: the same numbers (decode_step.py)
-    step = llama_decode_step(model, linears, _sdpa_fp32) if swap and linears else None
+    # a plain Llama runs without transformers' module plumbing: the same numbers (decode_step.py)
+    step = llama_step(model, linears, _sdpa_fp32) if swap and linears else None
+    install = {} if step is not None else linears
 
     def forward(input_ids, attention_mask, position_ids, cache):
         if swap:
             config._attn_implementation = ATTENTION
-        for m, f in linears.items():  # for this call only: the caller's modules are left as they were
+        for m, f in install.items():  # for this call only: the caller's modules are left as they were
             m.__dict__["forward"] = f
         for slots, name, _, copy in swaps:
             slots[name] = copy
         try:
-            if step is not None and input_ids.shape[1] == 1:
+            if step is not None:
                 return step(input_ids, attention_mask, position_ids, cache)
             with eager_blocks():  # a `compile: true` policy decodes eager (models/compiled.py)
                 return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, logits_to_keep=keep_last(input_ids), **{kv: cache}).logits[:, -1]
         finally:
-            for m in linears:
+            for m in install:
                 m.__dict__.pop("forward", None)
             for m, f in kept.items():
                 m.__dict__["forward"] = f
