@@ -222,3 +222,32 @@ def test_two_optimizer_steps_of_a_large_tied_model_reuse_its_gradient_block_and_
         train(kept)
     assert torch.equal(kept.emb.weight, plain.emb.weight)
     assert len(ptrs) == 4 and len(set(ptrs)) == 1
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_two_forwards_before_one_backward_keep_each_embedding_gradient(tied):
+    """Two embedding calls on one weight before one backward: the later call's backward runs before the earlier
+    call's head, and autograd holds its gradient until the earlier call's arrives; the kept blocks that head reuses
+    must not be that gradient (it is handed a copy). Three such backwards: nn.Embedding's gradients, exactly when
+    untied; tied, each call's head and embedding gradients are summed first and autograd then adds the two sums (it
+    added the four one by one), so equal to rounding (the training loops make one embedding call per backward)."""
+    from alignlab.ops.logprobs import chunked_token_logprobs
+
+    torch.manual_seed(5)
+    ids, labels = torch.randint(0, 300, (2, 60)), torch.randint(0, 300, (2, 60))
+
+    def loss(m: _TiedLM) -> torch.Tensor:
+        return sum(chunked_token_logprobs(torch.tanh(m.emb(ids[i])), m.head.weight, labels[i], 16).sum()
+                   for i in range(2))
+
+    plain, kept = _TiedLM(tied, None), _TiedLM(tied, None)
+    kept.load_state_dict(plain.state_dict())
+    keep_embedding_grad(kept)
+    for _ in range(3):
+        loss(plain).backward()
+    with reused_buffers():
+        for _ in range(3):
+            loss(kept).backward()
+    same = torch.equal if not tied else lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert same(kept.emb.weight.grad, plain.emb.weight.grad)
+    assert same(kept.head.weight.grad, plain.head.weight.grad)
