@@ -111,6 +111,15 @@ start): 9.55 against 13.68 s/step -> 1.43x, memory 0.87 (3.96 GB against 4.55). 
 5.51 / 11.85 and 5.19 / 12.20 s/step -> 2.25x (2.15x, 2.35x), memory 0.93 (4.1 GB against 4.4); a paired in-process
 A/B (4 steps x 3 interleaved runs) put the update 3-8% slower with them (one micro-batch per optimizer step: nothing
 to save, copies held), so RL does not use them (models/kept_casts.py).
+3 Dec evening, same Xeon, `--threads 1 --bf16 --rounds 2`. After a tied head's gradient went to its embedding call
+and the [V, H] gradient block was reused across steps (ops/embedding.py, ops/buffers.py), peak 1,348 at the start:
+4.99 / 11.41 and 4.72 / 11.53 s/step -> 2.36x (2.29x, 2.44x), memory 0.91 (generation 2.0 s, update 2.3 s). With the
+lean Llama forward in the bf16 sampler (rollout/decode_step.py: transformers' Llama ops without its module calls,
+the same logits bit for bit; a hand-written step tried before, above, saved 4% of a longer step and was not kept):
+4.47 / 11.27 and 4.58 / 11.55 s/step -> **2.52x** (rounds 2.52x, 2.52x), memory 0.92 (4.05 GB against 4.40),
+generation 1.96-2.0 s, update 2.1-2.2 s, the same rewards (0.916 -> 0.917) as before the change; peak 1,506 at the
+start. A run between the two (the first round before the change, the second after) gave 2.45x (2.40x, 2.50x).
+Issue 14's bf16 2.5x is met in this run; float32's is not (1.43x, above).
 """
 
 from __future__ import annotations

@@ -26,6 +26,14 @@ class _TiedLM(torch.nn.Module):
         return torch.log_softmax(self.head(torch.tanh(self.emb(ids))), -1).sum()
 
 
+def _plain_and_kept(tied: bool, padding_idx: int | None = None) -> tuple[_TiedLM, _TiedLM]:
+    """Two copies of one model, the second with the kept-block embedding backward."""
+    plain, kept = _TiedLM(tied, padding_idx), _TiedLM(tied, padding_idx)
+    kept.load_state_dict(plain.state_dict())
+    assert keep_embedding_grad(kept)
+    return plain, kept
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("padding_idx", [None, 2])
 def test_kept_embedding_grad_equals_nn_embedding_bit_for_bit(tied, padding_idx):
@@ -35,9 +43,7 @@ def test_kept_embedding_grad_equals_nn_embedding_bit_for_bit(tied, padding_idx):
     torch.manual_seed(0)
     ids = torch.randint(0, 12, (3, 1200))
     ids[0, :7] = 2
-    plain, kept = _TiedLM(tied, padding_idx), _TiedLM(tied, padding_idx)
-    kept.load_state_dict(plain.state_dict())
-    assert keep_embedding_grad(kept)
+    plain, kept = _plain_and_kept(tied, padding_idx)
     for _ in range(3):
         plain(ids).backward()
     with reused_buffers():
@@ -80,9 +86,7 @@ def test_kept_embedding_grad_with_a_chunked_head_equals_nn_embedding(tied):
     def loss(m: _TiedLM) -> torch.Tensor:
         return chunked_token_logprobs(torch.tanh(m.emb(ids)).reshape(3600, 24), m.head.weight, labels, 1024).sum()
 
-    plain, kept = _TiedLM(tied, None), _TiedLM(tied, None)
-    kept.load_state_dict(plain.state_dict())
-    keep_embedding_grad(kept)
+    plain, kept = _plain_and_kept(tied)
     for _ in range(2):
         loss(plain).backward()
     with reused_buffers():
@@ -132,9 +136,7 @@ def test_a_tied_heads_gradient_joins_the_embeddings_bit_for_bit(autocast, heads)
                 out = out + 0.5 * chunked_token_logprobs(h * 2, m.emb.weight, labels.flip(0), 32).sum()
         return out
 
-    plain, kept = _TiedLM(True, None), _TiedLM(True, None)
-    kept.load_state_dict(plain.state_dict())
-    keep_embedding_grad(kept)
+    plain, kept = _plain_and_kept(True)
     seen = []
     kept.emb.weight.register_hook(lambda g: seen.append(g.shape))
     plain_adds = [_big_adds(lambda: loss(plain).backward()) for _ in range(3)]
@@ -160,9 +162,7 @@ def test_a_tie_consumed_by_a_first_backward_leaves_a_second_one_to_autograd():
         out.backward(retain_graph=True)
         out.backward()
 
-    plain, kept = _TiedLM(True, None), _TiedLM(True, None)
-    kept.load_state_dict(plain.state_dict())
-    keep_embedding_grad(kept)
+    plain, kept = _plain_and_kept(True)
     twice(plain)
     with reused_buffers():
         twice(kept)
@@ -240,9 +240,7 @@ def test_two_forwards_before_one_backward_keep_each_embedding_gradient(tied):
         return sum(chunked_token_logprobs(torch.tanh(m.emb(ids[i])), m.head.weight, labels[i], 16).sum()
                    for i in range(2))
 
-    plain, kept = _TiedLM(tied, None), _TiedLM(tied, None)
-    kept.load_state_dict(plain.state_dict())
-    keep_embedding_grad(kept)
+    plain, kept = _plain_and_kept(tied)
     for _ in range(3):
         loss(plain).backward()
     with reused_buffers():

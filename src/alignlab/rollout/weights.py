@@ -123,6 +123,21 @@ def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
     return out
 
 
+def _param_swaps(model: Any, linears: dict, cast) -> list:
+    """(slots, name, parameter, copy) for every parameter a call reads from its module (embeddings, norms, Linears not
+    packed): the sampler puts the copies into the slots for each call and the parameters back after, functional_call's
+    effect without its module walk (~5 ms a SmolLM2 decode step); a tied parameter gets one copy."""
+    swaps, copies = [], {}
+    for m in model.modules():
+        if m in linears:  # a packed Linear never reads its weight
+            continue
+        for name, p in m._parameters.items():
+            if p is not None:
+                copies[id(p)] = copy = copies[id(p)] if id(p) in copies else cast(p)
+                swaps.append((m._parameters, name, p, copy))
+    return swaps
+
+
 def sampling_forward(model: Any, cfg: Any):
     """fn(input_ids, attention_mask, position_ids, cache) -> last-position logits [B, V], with the weights
     in cfg.weights_dtype (a copy of the parameters made here, once, when that differs from the model's)."""
@@ -139,20 +154,7 @@ def sampling_forward(model: Any, cfg: Any):
         return p.detach().to(dtype) if convert and p.is_floating_point() else p.detach()
 
     linears = packed_linears(model, dtype, cast, cfg.batch_size)
-    kept = {m: m.__dict__["forward"] for m in linears if "forward" in m.__dict__}  # a training loop's kept casts
-    # The rest (embeddings, norms, unpacked Linears) read bf16 copies put into their parameter slots for each call and
-    # put back after: functional_call's effect without its module walk (~5 ms a SmolLM2 decode step); tied: one copy.
-    swaps: list[tuple[dict, str, Any, Any]] = []
-    if convert:
-        copies: dict[int, Any] = {}
-        for m in model.modules():
-            if m in linears:  # a packed Linear never reads its weight
-                continue
-            for name, p in m._parameters.items():
-                if p is not None:
-                    copies[id(p)] = copy = copies[id(p)] if id(p) in copies else cast(p)
-                    swaps.append((m._parameters, name, p, copy))
-
+    swaps = _param_swaps(model, linears, cast) if convert else []
     config = model.config
     impl = config._attn_implementation  # models.load switches sdpa models to span attention: sdpa without a plan
     swap = dtype == torch.bfloat16 and model.device.type == "cpu" and impl in ("sdpa", "alignlab_spans")
@@ -163,6 +165,7 @@ def sampling_forward(model: Any, cfg: Any):
     # a plain Llama runs without transformers' module plumbing: the same numbers (decode_step.py)
     step = llama_step(model, linears, _sdpa_fp32) if swap and linears else None
     install = {} if step is not None else linears
+    kept = {m: m.__dict__["forward"] for m in install if "forward" in m.__dict__}  # a training loop's kept casts
 
     def forward(input_ids, attention_mask, position_ids, cache):
         if swap:
