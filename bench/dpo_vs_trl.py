@@ -119,6 +119,10 @@ pairs/s -> 3.05x (rounds 2.91x, 3.20x), memory 0.75 (5.2 GB against 6.9), share 
 (as the day before). Its 3x is met in this run, not in the one above with the same DPO path.
 The script's own defaults (6 steps x 4 pairs, 1,024 tokens), one round, same afternoon (peak 1,258): 0.222 against
 0.059 pairs/s -> 3.76x, memory 0.53 (9.9 GB against 18.6).
+3 Dec evening, same Xeon, 1 thread, after a tied head's gradient went to its embedding call and the [V, H] gradient
+block was reused (ops/embedding.py, ops/buffers.py; a paired A/B of alignlab's side on this job gave 0.99, unchanged
+within noise), peak 1,465 at the start, `--rounds 2`: 0.366 / 0.123 and 0.332 / 0.125 pairs/s -> 2.81x (rounds 2.98x,
+2.66x), memory 0.75 (5.2 GB against 6.8), share 0.09-0.10 / 0.03, final loss 0.7325 (unchanged). 3x not met here.
 """
 
 from __future__ import annotations

@@ -74,6 +74,14 @@ reached.
 round); vLLM 409.9 and 408.3 tokens/s wall per round -> our bf16 sampler **0.63x vLLM** (fp32 0.35x). vLLM's rate
 on this batch has now ranged 277-410 tokens/s between runs of unchanged code on both sides, ours 224-308. At batch
 16: fp32 84.0 tokens/s = 26% of 321, bf16 198.3 = 31% of 642. Neither goal is met.
+3 Dec 2026 evening, same Xeon, 1 torch thread, CPU clock, with the lean Llama forward in the bf16 sampler
+(rollout/decode_step.py: the model's ops without its module calls, the same logits bit for bit). `--bf16` (3 rounds):
+model.generate 149.0 tokens/s; ours fp32 255.8 (1.72x); ours bf16 515.2 (**3.46x**); read bandwidth 14.9 GB/s; at batch
+16, fp32 133.9 tokens/s = 30% of 443, bf16 318.1 = 36% of 886. `--bf16 --rounds 2 --vllm-python /tmp/alignlab-vllm/bin/python`
+(vLLM 0.32 CPU build, freshly installed as docs/serving.md says): model.generate 157.5; ours fp32 266.4 (1.69x); ours
+bf16 501.0 (3.18x); vLLM 596.6 and 610.6 per round = 603.6 tokens/s wall (its fastest here yet; 277-410 before) ->
+our bf16 **0.83x vLLM** (fp32 0.44x); read bandwidth 13.6 GB/s; at batch 16, fp32 140.3 = 35% of 406, bf16 348.7 =
+**43%** of 812. Neither goal is met (vLLM's rate, 50% of the roofline).
 """
 
 from __future__ import annotations
