@@ -119,7 +119,9 @@ the same logits bit for bit; a hand-written step tried before, above, saved 4% o
 4.47 / 11.27 and 4.58 / 11.55 s/step -> **2.52x** (rounds 2.52x, 2.52x), memory 0.92 (4.05 GB against 4.40),
 generation 1.96-2.0 s, update 2.1-2.2 s, the same rewards (0.916 -> 0.917) as before the change; peak 1,506 at the
 start. A run between the two (the first round before the change, the second after) gave 2.45x (2.40x, 2.50x).
-Issue 14's bf16 2.5x is met in this run; float32's is not (1.43x, above).
+Issue 14's bf16 2.5x is met in this run. float32 (`--threads 1`, one round, the final code; float32 sampling does not
+take the lean forward), peak 1,321 at the start: 9.62 against 15.09 s/step -> 1.57x (1.43x before), memory 0.89
+(4.04 GB against 4.56): float32's 2.5x is not met.
 """
 
 from __future__ import annotations

@@ -174,7 +174,9 @@ def reuse_gradient(param: Any) -> None:
     grad = hit[1]
     del hit
     # Held here only (this name and getrefcount's argument), and its storage by this tensor alone (the count
-    # includes the temporary storage object): no one's earlier gradient gets overwritten.
-    sole = sys.getrefcount(grad) == 2 and torch._C._storage_Use_Count(grad.untyped_storage()._cdata) == 2
+    # includes the temporary storage object): no one's earlier gradient gets overwritten. A torch without the
+    # (private) storage count never reuses.
+    uses = getattr(torch._C, "_storage_Use_Count", None)
+    sole = uses is not None and sys.getrefcount(grad) == 2 and uses(grad.untyped_storage()._cdata) == 2
     if sole and grad.shape == param.shape and grad.dtype == param.dtype and grad.device == param.device:
         param.grad = grad.zero_()
