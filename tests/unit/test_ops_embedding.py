@@ -34,6 +34,17 @@ def _plain_and_kept(tied: bool, padding_idx: int | None = None) -> tuple[_TiedLM
     return plain, kept
 
 
+def _backwards(loss, plain: _TiedLM, kept: _TiedLM, times: int) -> dict:
+    """`times` accumulated backwards of loss(plain), then of loss(kept) inside `reused_buffers`; the kept buffers as
+    they were inside."""
+    for _ in range(times):
+        loss(plain).backward()
+    with reused_buffers():
+        for _ in range(times):
+            loss(kept).backward()
+        return dict(_LOCAL.buffers)
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("padding_idx", [None, 2])
 def test_kept_embedding_grad_equals_nn_embedding_bit_for_bit(tied, padding_idx):
@@ -44,13 +55,9 @@ def test_kept_embedding_grad_equals_nn_embedding_bit_for_bit(tied, padding_idx):
     ids = torch.randint(0, 12, (3, 1200))
     ids[0, :7] = 2
     plain, kept = _plain_and_kept(tied, padding_idx)
-    for _ in range(3):
-        plain(ids).backward()
-    with reused_buffers():
-        for _ in range(3):
-            kept(ids).backward()
-        block = [v for k, v in _LOCAL.buffers.items() if k[0] == "gradient_block"]
-        assert len(block) == 1 and block[0].abs().sum() > 0
+    buffers = _backwards(lambda m: m(ids), plain, kept, 3)
+    block = [v for k, v in buffers.items() if k[0] == "gradient_block"]
+    assert len(block) == 1 and block[0].abs().sum() > 0
     assert torch.equal(kept.emb.weight.grad, plain.emb.weight.grad)
     assert torch.equal(kept.head.weight.grad, plain.head.weight.grad)
     if padding_idx is not None and not tied:
@@ -87,13 +94,8 @@ def test_kept_embedding_grad_with_a_chunked_head_equals_nn_embedding(tied):
         return chunked_token_logprobs(torch.tanh(m.emb(ids)).reshape(3600, 24), m.head.weight, labels, 1024).sum()
 
     plain, kept = _plain_and_kept(tied)
-    for _ in range(2):
-        loss(plain).backward()
-    with reused_buffers():
-        for _ in range(2):
-            loss(kept).backward()
-        blocks = {k[1] for k in _LOCAL.buffers if k[0] == "gradient_block"}
-        assert blocks == ({"tied_head_grad"} if tied else {"logits"})
+    blocks = {k[1] for k in _backwards(loss, plain, kept, 2) if k[0] == "gradient_block"}
+    assert blocks == ({"tied_head_grad"} if tied else {"logits"})
     assert torch.equal(kept.emb.weight.grad, plain.emb.weight.grad)
     assert torch.equal(kept.head.weight.grad, plain.head.weight.grad)
 
@@ -241,11 +243,7 @@ def test_two_forwards_before_one_backward_keep_each_embedding_gradient(tied):
                    for i in range(2))
 
     plain, kept = _plain_and_kept(tied)
-    for _ in range(3):
-        loss(plain).backward()
-    with reused_buffers():
-        for _ in range(3):
-            loss(kept).backward()
+    _backwards(loss, plain, kept, 3)
     same = torch.equal if not tied else lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6)
     assert same(kept.emb.weight.grad, plain.emb.weight.grad)
     assert same(kept.head.weight.grad, plain.head.weight.grad)

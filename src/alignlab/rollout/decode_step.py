@@ -24,9 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_CLASSES = {"model": "LlamaForCausalLM", "layer": "LlamaDecoderLayer", "attn": "LlamaAttention", "mlp": "LlamaMLP",
-            "norm": "LlamaRMSNorm"}
-
 
 def _rms(x: Any, norm: Any) -> Any:
     # LlamaRMSNorm.forward's steps
@@ -47,27 +44,23 @@ def _rotate(x: Any, cos: Any, sin: Any) -> Any:
 
 def _supported(model: Any, linears: dict) -> bool:
     import torch
-
-    cfg = model.config
-    if (type(model).__name__ != _CLASSES["model"] or getattr(cfg, "model_type", None) != "llama"
-            or getattr(cfg, "pretraining_tp", 1) != 1 or cfg.hidden_act != "silu" or getattr(model, "use_kernels", False)):
-        return False
-    inner = model.model
-    for layer in inner.layers:
-        if (type(layer).__name__ != _CLASSES["layer"] or type(layer.self_attn).__name__ != _CLASSES["attn"]
-                or type(layer.mlp).__name__ != _CLASSES["mlp"]
-                or type(layer.input_layernorm).__name__ != _CLASSES["norm"]
-                or type(layer.post_attention_layernorm).__name__ != _CLASSES["norm"]):
-            return False
-    if type(inner.norm).__name__ != _CLASSES["norm"] or type(inner.embed_tokens) is not torch.nn.Embedding:
-        return False
     from torch.nn.modules import module as nn_module
 
+    cfg, inner = model.config, getattr(model, "model", None)
+    if (getattr(cfg, "model_type", None) != "llama" or getattr(cfg, "pretraining_tp", 1) != 1
+            or cfg.hidden_act != "silu" or getattr(model, "use_kernels", False) or inner is None
+            or type(getattr(inner, "embed_tokens", None)) is not torch.nn.Embedding):
+        return False
+    classes = [(model, "LlamaForCausalLM"), (inner.norm, "LlamaRMSNorm")] + [
+        pair for layer in inner.layers for pair in ((layer, "LlamaDecoderLayer"), (layer.self_attn, "LlamaAttention"),
+                                                    (layer.mlp, "LlamaMLP"), (layer.input_layernorm, "LlamaRMSNorm"),
+                                                    (layer.post_attention_layernorm, "LlamaRMSNorm"))]
+    if any(type(m).__name__ != name for m, name in classes):
+        return False
     hooked = nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or any(
         m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and m not in linears)
         for m in model.modules())
-    plain = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return not hooked and all(m in linears for m in plain)
+    return not hooked and all(m in linears for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def llama_step(model: Any, linears: dict, attention: Any):
