@@ -102,9 +102,12 @@ def test_bf16_weights_sample_like_a_bf16_model_and_leave_the_model_alone():
 def test_prepacked_bf16_linears_give_the_plain_bf16_tokens_and_log_probs(monkeypatch):
     """The bf16 sampler's oneDNN-prepacked Linears (rollout/weights.py packed_linears) give the same bits as
     plain bf16 F.linear: same sampled tokens and log-probs, for a float32 model sampled in bf16, a bf16 model and
-    a LoRA policy; the caller's modules keep their own forward."""
+    a LoRA policy; the caller's modules keep their own forward (through the model's forward: a plain Llama's own
+    bf16 step is tested in test_rollout_decode_step.py)."""
     import alignlab.rollout.weights as weights
+    from alignlab.rollout import decode_step
 
+    monkeypatch.setattr(decode_step, "llama_step", lambda *a: None)
     model, tok = tiny_lm()
     model.config._attn_implementation = "sdpa"
     bf = copy.deepcopy(model).to(torch.bfloat16)
@@ -154,12 +157,15 @@ def test_bf16_sampling_on_cpu_runs_attention_in_fp32_and_restores_the_model():
     assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=1e-2)
 
 
-def test_bf16_sampler_keeps_an_fp32_cache_and_gathers_the_last_position():
-    """On CPU the bf16 sampler stores keys/values in fp32 (what its fp32 attention reads, so no per-step cast
-    of the whole cache), and keep_last's index gives the logits an int logits_to_keep gives."""
+def test_bf16_sampler_keeps_an_fp32_cache_and_gathers_the_last_position(monkeypatch):
+    """On CPU the bf16 sampler through the model's forward stores keys/values in fp32 (what its fp32 attention
+    reads, so no per-step cast of the whole cache), and keep_last's index gives the logits an int logits_to_keep
+    gives."""
+    from alignlab.rollout import decode_step
     from alignlab.rollout.kvcache import new_cache
     from alignlab.rollout.weights import keep_last, sampling_forward
 
+    monkeypatch.setattr(decode_step, "llama_step", lambda *a: None)
     model, tok = tiny_lm()
     model.config._attn_implementation = "sdpa"
     fwd = sampling_forward(model, SamplingConfig(weights_dtype="bfloat16"))
@@ -178,10 +184,13 @@ def test_bf16_sampler_keeps_an_fp32_cache_and_gathers_the_last_position():
 
 
 def test_bf16_units_are_read_from_the_cpu_flags():
-    """weights_dtype auto needs to know whether the CPU has AVX512-BF16 / AMX-BF16 (torch 2.13 has no probe)."""
-    from alignlab.rollout.weights import cpu_has_bf16_units
+    """weights_dtype auto needs to know whether the CPU has AVX512-BF16 / AMX-BF16 (torch 2.13 has no probe), the
+    Llama step whether it has AMX (its attention dtype)."""
+    from alignlab.rollout.weights import cpu_has_amx, cpu_has_bf16_units
 
     assert cpu_has_bf16_units("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512bw\n")
     assert cpu_has_bf16_units("flags\t: fpu amx_tile amx_bf16 amx_int8\n")
     assert not cpu_has_bf16_units("flags\t: fpu sse avx2 avx512f\n")
     assert not cpu_has_bf16_units("")
+    assert cpu_has_amx("flags\t: fpu amx_tile amx_bf16 amx_int8\n")
+    assert not cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512bw\n") and not cpu_has_amx("")

@@ -1,23 +1,29 @@
 """A Llama forward without transformers' module plumbing, for the bf16 CPU sampler (rollout/weights.py).
 
-A SmolLM2 decode step at batch 16 (bf16, one thread, Intel Xeon with AMX) took ~52 ms through the model's own
-forward, of which the packed matrix products ~30 ms and the attention ~7 ms; the rest was ~2,000 small torch ops and
-the Python around them: 13,680 module calls per 30 steps (hook checks, keyword plumbing, output capture, deprecation
-wrappers), each layer's norms, rotary embedding and cache update. A decode step is one query row per sequence, so
-that is per-call overhead, not arithmetic. `llama_step` runs the same ops on the same tensors in the same order as
-`LlamaForCausalLM.forward` (transformers 5) as the sampler calls it: the embedding, the rotary module,
-`create_causal_mask`, per layer LlamaRMSNorm's steps, the packed q/k/v projections, `apply_rotary_pos_emb`'s steps,
-the cache's `update`, the sampler's fp32 sdpa, the output projection and the residual, the MLP's
-`down(silu(gate(x)) * up(x))`, the final norm and the packed LM head on the last position; so the logits are the
-model forward's bit for bit (tests/unit/test_rollout_decode_step.py: tokens and log-probs with rows joining and
-leaving, greedy and sampled; SmolLM2's logits checked equal over a padded prefill and 40 steps). Measured: 44.5 ms
-against 49 ms a step, interleaved, same machine. Tried and dropped: one fused product for q/k/v and one for
-gate/up (~2 ms a step more): bit-equal at 16 rows, not at a 640-row prefill, where oneDNN picks another kernel.
+A SmolLM2 decode step at batch 16 (bf16, one thread, Intel Xeon with AMX) spent ~28 ms in its 211 packed matrix
+products, ~8 ms in attention and ~9 ms in ~1,700 small torch ops and the Python around them (13,680 module calls
+per 30 steps through the model's own forward). A decode step is one query row per sequence, so that is per-call
+overhead, not arithmetic. `llama_step` runs Llama's computation with fewer, larger calls:
 
-Only where that equality holds by construction: a `LlamaForCausalLM` (model_type "llama", SiLU MLP, one tensor-
-parallel slice) whose modules are transformers' own Llama classes with no hooks and no replaced forward, every
-Linear packed by the sampler (so no LoRA wrapper or quantized layer), loaded without hub kernels. Anything else runs
-the model's forward.
+- one packed product for q, k and v, their rotary embedding applied to q and k together (rotate_half(x) * sin as
+  roll(x) * cat(-sin1, sin2), the same bits);
+- the residual adds and SwiGLU's `silu(gate(x)) * up(x)` done inside oneDNN's products as post-ops (on the fp32
+  accumulator: one rounding to bf16 where the model's forward rounds the product first);
+- on CPUs with AMX, keys and values kept and attended in bf16 (the values the bf16 projections produced, so the
+  cache loses nothing); elsewhere in fp32, as the model-forward path does (CPU bf16 attention was 4x slower than
+  fp32 on an AMD EPYC with AVX512-BF16);
+- a decode step's grouped-query attention as `groups` query rows per key/value head (transformers' pack_gqa layout).
+
+So the logits are not the model forward's bits, only its numbers to bf16 rounding: tests/unit/test_rollout_decode_step.py
+replays the same tokens through both and checks the step is at least as close to the float32 model as the bf16
+model forward is, with rows leaving and joining. The sampler's log-probs are what the rollout/trainer mismatch
+correction reads (rl/), as for any bf16 sampler. Measured: 38.9 ms against 43.2 ms a step (interleaved, SmolLM2,
+batch 16, ~60 cached tokens, one thread of an Intel Xeon with AMX), and closer to float32 (mean |logit error|
+0.105 against 0.118).
+
+Only for a `LlamaForCausalLM` (model_type "llama", SiLU MLP, one tensor-parallel slice) whose modules are
+transformers' own Llama classes with no hooks and no replaced forward and every Linear packable by the sampler (so no
+LoRA wrapper or quantized layer), loaded without hub kernels. Anything else runs the model's forward.
 """
 
 from __future__ import annotations
@@ -25,24 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _rms(x: Any, norm: Any) -> Any:
-    # LlamaRMSNorm.forward's steps
-    import torch
-
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(x.dtype)
-
-
-def _rotate(x: Any, cos: Any, sin: Any) -> Any:
-    # apply_rotary_pos_emb's steps for one tensor (rotate_half: cat(-x2, x1))
-    import torch
-
-    half = x.shape[-1] // 2
-    return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
-
-
-def _supported(model: Any, linears: dict) -> bool:
+def _supported(model: Any, packable) -> bool:
     import torch
     from torch.nn.modules import module as nn_module
 
@@ -57,53 +46,90 @@ def _supported(model: Any, linears: dict) -> bool:
                                                     (layer.post_attention_layernorm, "LlamaRMSNorm"))]
     if any(type(m).__name__ != name for m, name in classes):
         return False
+    modules = list(model.modules())
     hooked = nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or any(
-        m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and m not in linears)
-        for m in model.modules())
-    return not hooked and all(m in linears for m in model.modules() if isinstance(m, torch.nn.Linear))
+        m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and not packable(m)) for m in modules)
+    # every Linear a plain one the sampler may pack (a LoRA wrapper's base layer or adapters are not: peft)
+    return not hooked and not any(hasattr(m, "base_layer") for m in modules) and all(
+        packable(m) for m in modules if isinstance(m, torch.nn.Linear))
 
 
-def llama_step(model: Any, linears: dict, attention: Any):
-    """fn(input_ids [B, L], attention_mask [B, W], position_ids [B, L], cache) -> last-position logits [B, V], the
-    model forward's numbers (with `logits_to_keep=keep_last(input_ids)`, as the sampler calls it); None where the
-    model is not a plain Llama (see the module docstring). `linears`: the sampler's {Linear: packed forward};
-    `attention`: its attention function (q, k, v in fp32). The other weights are read from the modules at each call
-    (the sampler swaps its bf16 copies in around it)."""
-    if not _supported(model, linears):
+def _rms(x: Any, weight: Any, eps: float) -> Any:
+    # LlamaRMSNorm.forward's steps (normalised in fp32, rounded, then scaled): as fast as torch's fused rms_norm here
+    import torch
+
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def llama_step(model: Any, cast, rows: int, bf16_attention: bool):
+    """fn(input_ids [B, L], attention_mask [B, W], position_ids [B, L], cache) -> last-position logits [B, V] in
+    bf16, or None where the model is not a plain Llama (see the module docstring). `cast(tensor)`: the bf16 copy of a
+    parameter (made here, once; the step never reads the model's own parameters); `rows`: the expected rows per call
+    (oneDNN's layout hint); `bf16_attention`: keys/values in bf16 (else fp32: `step.cache_dtype` says which). The
+    caller sets the model's attention implementation to one whose mask is sdpa's (the mask is built by transformers'
+    `create_causal_mask`, so left padding and rows joining mid-generation are masked as the model forward masks them).
+    """
+    import torch
+
+    from alignlab.rollout.weights import packable_linear
+
+    if not _supported(model, packable_linear):
         return None
+    import torch.nn.functional as F
     from transformers.masking_utils import create_causal_mask
 
     from alignlab.rollout.weights import keep_last
 
+    op, fused, pack = (torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary,
+                       torch.ops.mkldnn._reorder_linear_weight)
     inner, cfg = model.model, model.config
-    layers = [(layer.input_layernorm, layer.self_attn, [linears[m] for m in (layer.self_attn.q_proj,
-               layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj)], layer.post_attention_layernorm,
-               layer.mlp.act_fn, [linears[m] for m in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)])
-              for layer in inner.layers[: cfg.num_hidden_layers]]
-    head = linears[model.lm_head]
+
+    def packed(*linears):  # one product for several Linears of the same input: their weights stacked
+        w = torch.cat([cast(m.weight) for m in linears]) if len(linears) > 1 else cast(linears[0].weight)
+        b = [m.bias for m in linears]
+        return pack(w, rows), (torch.cat([cast(x) for x in b]) if b[0] is not None else None)
+
+    layers = [(cast(layer.input_layernorm.weight), packed(a.q_proj, a.k_proj, a.v_proj), packed(a.o_proj),
+               cast(layer.post_attention_layernorm.weight), packed(mlp.gate_proj), packed(mlp.up_proj),
+               packed(mlp.down_proj))
+              for layer in inner.layers[: cfg.num_hidden_layers] for a, mlp in [(layer.self_attn, layer.mlp)]]
+    attn = inner.layers[0].self_attn
+    nq, nk, dim, scale = cfg.num_attention_heads, cfg.num_key_value_heads, attn.head_dim, attn.scaling
+    embed, final, head = cast(inner.embed_tokens.weight), cast(inner.norm.weight), packed(model.lm_head)
+    eps, half, pad = cfg.rms_norm_eps, attn.head_dim // 2, inner.embed_tokens.padding_idx
+    norms = [layer[0] for layer in layers[1:]] + [final]  # the norm after each layer's MLP
 
     def step(input_ids, attention_mask, position_ids, cache):
-        import torch.nn.functional as F
-
-        emb = inner.embed_tokens
-        h = F.embedding(input_ids, emb.weight, emb.padding_idx)
+        b, n = input_ids.shape
+        h = F.embedding(input_ids, embed, pad)
         mask = create_causal_mask(config=cfg, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
                                   position_ids=position_ids)
-        cos, sin = inner.rotary_emb(h, position_ids=position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        shape = (*h.shape[:-1], -1)
-        for i, (norm1, attn, (q_proj, k_proj, v_proj, o_proj), norm2, act, (gate, up, down)) in enumerate(layers):
-            x = _rms(h, norm1)
-            heads = (*shape[:-1], -1, attn.head_dim)
-            q = _rotate(q_proj(x).view(heads).transpose(1, 2), cos, sin)
-            k = _rotate(k_proj(x).view(heads).transpose(1, 2), cos, sin)
-            k, v = cache.update(k, v_proj(x).view(heads).transpose(1, 2), i)
-            o, _ = attention(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
-            h = h + o_proj(o.reshape(shape).contiguous())
-            x = _rms(h, norm2)
-            h = h + down(act(gate(x)) * up(x))
-        h = _rms(h, inner.norm)
+        cos, sin = inner.rotary_emb(h, position_ids=position_ids)  # [B, L, D], as the model's rotary module gives
+        cos, sin = cos.unsqueeze(2), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(2)
+        x = _rms(h, layers[0][0], eps)
+        for i, (_, (w_qkv, b_qkv), (w_o, b_o), norm2, (w_g, b_g), (w_u, b_u), (w_d, b_d)) in enumerate(layers):
+            qkv = op(x, w_qkv, b_qkv, "none", [], "").view(b, n, nq + 2 * nk, dim)
+            qk = qkv[:, :, :nq + nk]
+            qk = (qk * cos) + (torch.roll(qk, half, -1) * sin)  # apply_rotary_pos_emb on q and k at once
+            k, v = cache.update(qk[:, :, nq:].transpose(1, 2), qkv[:, :, nq + nk:].transpose(1, 2), i)
+            q = qk[:, :, :nq].transpose(1, 2)
+            q = q if bf16_attention else q.float()
+            if n == 1:  # one query per head: a key/value head's `nq // nk` queries as rows of that head
+                o = F.scaled_dot_product_attention(q.reshape(b, nk, nq // nk, dim), k, v, attn_mask=mask,
+                                                   scale=scale)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                                   enable_gqa=True)
+            o = o.reshape(b, nq, n, dim).transpose(1, 2).reshape(b, n, nq * dim).to(h.dtype)
+            h = fused(o, h, w_o, b_o, "add")  # h + o_proj(o)
+            x = _rms(h, norm2, eps)
+            u = fused(x, op(x, w_g, b_g, "swish", [], ""), w_u, b_u, "mul")  # silu(gate(x)) * up(x)
+            h = fused(u, h, w_d, b_d, "add")  # h + down(u)
+            x = _rms(h, norms[i], eps)
         keep = keep_last(input_ids)
-        return head(h[:, -1:] if isinstance(keep, int) else h[:, keep])[:, -1]
+        return op(x[:, -1:] if isinstance(keep, int) else x[:, keep], *head, "none", [], "")[:, -1]
 
+    step.cache_dtype = None if bf16_attention else torch.float32
     return step

@@ -6,14 +6,16 @@ made once per generate() call and swapped into the caller's modules for each for
 the caller's module (a policy being trained: its fp32 parameters, gradients and optimizer state) is never
 converted.
 
-One exception inside the bf16 path: PyTorch's CPU scaled-dot-product attention is about 4x slower in bf16
-than in fp32 at decode shapes (one query against a short cache; measured 1.0 ms vs 0.23 ms per layer call
-at batch 16 on an AMD EPYC with AVX512-BF16, 5.1 vs 1.1 ms with a 300-token cache). The attention is a
-small share of the FLOPs, so on CPU the bf16 sampler runs it in fp32 (q, k, v upcast, the output cast
-back) under a registered attention name, switched on for the duration of each model call only. The KV cache
-is kept in fp32 on that path (`forward.cache_dtype`, read by rollout/engine.py): each step casts only its new
-key/value column, where upcasting the whole cache in every layer at every step was 14% of a bf16 decode
-(SmolLM2, 8 x 8 rows x 64 tokens, 1 thread).
+A plain Llama (SmolLM2) sampled in bf16 on CPU runs rollout/decode_step.py's step instead of the model's forward
+(its own bf16 copies, fewer and fused calls). Any other model runs its forward with the swaps below.
+
+One exception inside the bf16 path: PyTorch's CPU scaled-dot-product attention was about 4x slower in bf16
+than in fp32 at decode shapes on an AMD EPYC with AVX512-BF16 (one query against a short cache; 1.0 ms vs
+0.23 ms per layer call at batch 16, 5.1 vs 1.1 ms with a 300-token cache); with AMX it is the faster one
+(decode_step.py). The model-forward path runs it in fp32 (q, k, v upcast, the output cast back) under a registered
+attention name, switched on for the duration of each model call only, and keeps the KV cache in fp32
+(`forward.cache_dtype`, read by rollout/engine.py): each step casts only its new key/value column, where upcasting
+the whole cache in every layer at every step was 14% of a bf16 decode (SmolLM2, 8 x 8 rows x 64 tokens, 1 thread).
 
 bf16 matrix products on CPU go through oneDNN with the weight prepacked once per call (`packed_linears`): a
 plain bf16 `F.linear` re-lays-out its weight on every call, which at decode's few rows costs as much as the
@@ -49,22 +51,30 @@ def resolve_weights_dtype(model: Any, choice: str):
     return current
 
 
+def _cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The `flags` of /proc/cpuinfo (or of the `cpuinfo` text given); empty where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return set()
+    return {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+
+
 def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16): torch's private probe where the
-    build has one (torch 2.13 does not), else the `flags` of /proc/cpuinfo (or the `cpuinfo` text given);
-    False where neither answers."""
+    build has one (torch 2.13 does not), else the CPU flags (`_cpu_flags`); False where neither answers."""
     import torch
 
     probe = getattr(torch._C._cpu, "_is_avx512_bf16_supported", None)
     if cpuinfo is None and probe is not None:
         return bool(probe())
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(_cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AMX-BF16 tile instructions: where bf16 attention runs faster than fp32 (decode_step.py)."""
+    return "amx_bf16" in _cpu_flags(cpuinfo)
 
 
 def keep_last(input_ids: Any):
@@ -100,15 +110,23 @@ def _register() -> None:
         _registered = True
 
 
-def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
-    """{module: forward} for every plain nn.Linear of a CPU model sampled in bf16: `cast(weight)` prepacked for
-    oneDNN once (`rows`: the expected rows per call, a layout hint; any count works) and run through its
-    packed matmul. Not where that does not apply: other dtypes or devices, a build without oneDNN, a module whose
-    forward is already replaced (e.g. by accelerate's hooks), a subclass such as a quantized Linear, or the Linears
-    of a peft adapter layer (it casts their input to the adapter weight's dtype itself)."""
+def packable_linear(m: Any) -> bool:
+    """A plain nn.Linear whose product the bf16 sampler may run from a prepacked copy of its weight: not a subclass
+    (e.g. a quantized Linear), and its forward not replaced (e.g. by accelerate's hooks) other than by a training
+    loop's kept casts (models/kept_casts.py)."""
     import torch
 
     from alignlab.models.kept_casts import kept_cast_forward
+
+    return type(m) is torch.nn.Linear and ("forward" not in m.__dict__ or kept_cast_forward(m))
+
+
+def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
+    """{module: forward} for every packable Linear (packable_linear) of a CPU model sampled in bf16: `cast(weight)`
+    prepacked for oneDNN once (`rows`: the expected rows per call, a layout hint; any count works) and run through
+    its packed matmul. Not where that does not apply: other dtypes or devices, a build without oneDNN, or the
+    Linears of a peft adapter layer (it casts their input to the adapter weight's dtype itself)."""
+    import torch
 
     if dtype != torch.bfloat16 or model.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return {}
@@ -116,7 +134,7 @@ def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
     adapters = {c for m in model.modules() if hasattr(m, "base_layer") for c in m.modules() if c is not m}
     out = {}
     for m in model.modules():
-        if type(m) is not torch.nn.Linear or ("forward" in m.__dict__ and not kept_cast_forward(m)) or m in adapters:
+        if not packable_linear(m) or m in adapters:
             continue
         w, b = pack(cast(m.weight), rows), (cast(m.bias) if m.bias is not None else None)
         out[m] = lambda x, w=w, b=b: op(x, w, b, "none", [], "")
@@ -153,8 +171,6 @@ def sampling_forward(model: Any, cfg: Any):
     def cast(p):
         return p.detach().to(dtype) if convert and p.is_floating_point() else p.detach()
 
-    linears = packed_linears(model, dtype, cast, cfg.batch_size)
-    swaps = _param_swaps(model, linears, cast) if convert else []
     config = model.config
     impl = config._attn_implementation  # models.load switches sdpa models to span attention: sdpa without a plan
     swap = dtype == torch.bfloat16 and model.device.type == "cpu" and impl in ("sdpa", "alignlab_spans")
@@ -162,9 +178,11 @@ def sampling_forward(model: Any, cfg: Any):
         _register()
     from alignlab.rollout.decode_step import llama_step
 
-    # a plain Llama runs without transformers' module plumbing: the same numbers (decode_step.py)
-    step = llama_step(model, linears, _sdpa_fp32) if swap and linears else None
-    install = {} if step is not None else linears
+    # a plain Llama runs without transformers' module plumbing, from its own bf16 copies (decode_step.py)
+    step = (llama_step(model, cast, cfg.batch_size, cpu_has_amx())
+            if swap and torch.backends.mkldnn.is_available() else None)
+    install = {} if step is not None else packed_linears(model, dtype, cast, cfg.batch_size)
+    swaps = _param_swaps(model, install, cast) if convert and step is None else []
     kept = {m: m.__dict__["forward"] for m in install if "forward" in m.__dict__}  # a training loop's kept casts
 
     def forward(input_ids, attention_mask, position_ids, cache):
@@ -190,6 +208,6 @@ def sampling_forward(model: Any, cfg: Any):
             if swap:
                 config._attn_implementation = impl
 
-    if swap:  # keys/values stored in fp32 as computed: the attention then reads the cache without a cast
-        forward.cache_dtype = torch.float32
+    if swap:  # keys/values stored in the dtype the attention reads: no cast of the whole cache at each step
+        forward.cache_dtype = torch.float32 if step is None else step.cache_dtype
     return forward
