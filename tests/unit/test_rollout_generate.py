@@ -153,3 +153,32 @@ def test_sliding_window_model_uses_transformers_cache_and_still_matches_hf():
     res = generate(model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=12)).samples
     assert [s.completion_ids for s in res] == hf_greedy(model, tok, prompts, 12)
     assert res[0].finish_reason == "eos"
+
+
+def test_inverse_cdf_draws_the_float64_inverse_cdf_token_across_blocks():
+    """V = 600 (blocks of 256, the last one padded), peaked logits, -inf tokens (a whole block in one row): for 500
+    uniforms per row the token is the one a float64 cumulative sum over the whole vocabulary gives, wherever u is
+    not within float32 rounding of a boundary; -inf tokens are never drawn, even at u = 0 and u = 1 (float32
+    rounding of a uniform just below 1); bf16 logits draw what their float32 values draw; the returned normaliser
+    is log-sum-exp."""
+    from alignlab.rollout.generate import inverse_cdf
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 600) * 4
+    logits[:, 590:] = float("-inf")
+    logits[1, :300] = float("-inf")
+    logits[2, 256:512] = float("-inf")
+    rows = logits.repeat_interleave(502, 0)
+    u = torch.rand(rows.shape[0], 1)
+    u[0::502], u[1::502] = 0.0, 1.0
+    tok, top, total = inverse_cdf(rows, u)
+    cdf = torch.softmax(rows.double(), -1).cumsum(-1)
+    want = torch.searchsorted(cdf, u.double(), right=True)[:, 0].clamp(max=599)
+    near = (cdf - u.double()).abs().min(-1).values < 1e-5
+    assert torch.isfinite(rows.gather(-1, tok[:, None])).all()
+    assert torch.equal(tok[~near], want[~near]) and (~near).sum() > 1900
+    drawn = set(tok[:502].tolist())
+    assert len(drawn) > 5 and len({t // 256 for t in drawn}) == 3  # the draws spread over every block
+    assert torch.allclose(top.double() + total.double().log(), torch.logsumexp(rows.double(), -1), atol=1e-5)
+    low = rows.bfloat16()
+    assert torch.equal(inverse_cdf(low, u)[0], inverse_cdf(low.float(), u)[0])

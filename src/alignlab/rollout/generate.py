@@ -266,24 +266,56 @@ def sample_next(logits, cfg: SamplingConfig, gen, keys: tuple[list[int], list[in
     keys=(global row ids, token positions): per-row keyed uniforms instead of the batch generator."""
     import torch
 
-    logits = logits.float()
     if cfg.greedy:
+        logits = logits.float()
         tok = logits.argmax(-1)
         lp = torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0] if cfg.logprobs else None
         return tok, lp
-    scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
-    filtered = filter_logits(scaled, cfg)
-    # Inverse-CDF draw: one uniform per row and one cumsum; cheaper than torch.multinomial or an
-    # exponential race over the vocabulary (both draw a random number per vocabulary entry).
-    cdf = torch.softmax(filtered, -1).cumsum_(-1)
+    scaled = logits.float() / cfg.temperature if cfg.temperature != 1.0 else logits  # bf16 rows: see inverse_cdf
+    filtered = filter_logits(scaled.float(), cfg) if cfg.top_k > 0 or cfg.top_p < 1.0 else scaled
     if keys is None:
-        u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device)
+        u = torch.rand(scaled.shape[0], 1, generator=gen, device=scaled.device)
     else:
-        u = torch.tensor(keyed_uniforms(cfg.seed, *keys), dtype=cdf.dtype, device=cdf.device)[:, None]
-    u = u * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
-    lp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0] if cfg.logprobs else None
-    return tok, lp
+        u = torch.tensor(keyed_uniforms(cfg.seed, *keys), dtype=torch.float32, device=scaled.device)[:, None]
+    tok, top, total = inverse_cdf(filtered, u)
+    if not cfg.logprobs:
+        return tok, None
+    if filtered is scaled:  # log-softmax from the draw's own normaliser: max + log(sum(exp(x - max)))
+        return tok, scaled.gather(-1, tok[:, None])[:, 0].float() - top - total.log()
+    return tok, torch.log_softmax(scaled.float(), -1).gather(-1, tok[:, None])[:, 0]
+
+
+def inverse_cdf(logits, u, block: int = 256):
+    """Tokens [B] drawn from softmax(logits) [B, V] (any float dtype; -inf entries are never drawn) by inverse CDF,
+    one uniform `u` [B, 1] in [0, 1) per row: the first token whose cumulative mass exceeds u times the total. Also
+    each row's max [B] and sum(exp(logits - max)) [B] (float32), the softmax's normaliser.
+
+    In two levels: the sums of blocks of `block` tokens and their cumulative sum pick the block, then a cumulative sum
+    over that block only picks the token. The same draw as one cumulative sum over the vocabulary (up to float
+    rounding at the boundaries), without a sequential scan of all V entries, and with the unnormalised weights (no
+    division): 16 x 49,152 logits in 1.8 ms against 3.1 ms for softmax, cumsum and log_softmax (one thread, Xeon).
+    Rounding can put u x total at or past the last boundary; the draw is then held to the last token (block) with
+    weight, so a -inf token is never returned. One uniform per row, where torch.multinomial or an exponential race
+    draws one per vocabulary entry."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, vocab = logits.shape
+    weight = logits.float()  # bf16 logits: one conversion, then in place (a float32 caller's logits are not written)
+    top = weight.amax(-1, keepdim=True)
+    weight = (weight.sub_(top) if weight is not logits else weight - top).exp_()
+    if vocab % block:
+        weight = F.pad(weight, (0, block - vocab % block))
+    blocks = weight.view(rows, -1, block)
+    cdf = blocks.sum(-1).cumsum_(-1)
+    total = cdf[:, -1:]
+    target = u * total
+    blk = torch.minimum(torch.searchsorted(cdf, target, right=True), (cdf < total).sum(-1, keepdim=True))
+    before = torch.where(blk > 0, cdf.gather(-1, (blk - 1).clamp_(min=0)), 0.0)
+    inner = blocks[torch.arange(rows, device=logits.device), blk[:, 0]].cumsum_(-1)
+    idx = torch.minimum(torch.searchsorted(inner, target - before, right=True),
+                        (inner < inner[:, -1:]).sum(-1, keepdim=True))
+    return (blk * block + idx)[:, 0], top[:, 0], total[:, 0]
 
 
 def filter_logits(scaled, cfg: SamplingConfig):
