@@ -82,6 +82,18 @@ model.generate 149.0 tokens/s; ours fp32 255.8 (1.72x); ours bf16 515.2 (**3.46x
 bf16 501.0 (3.18x); vLLM 596.6 and 610.6 per round = 603.6 tokens/s wall (its fastest here yet; 277-410 before) ->
 our bf16 **0.83x vLLM** (fp32 0.44x); read bandwidth 13.6 GB/s; at batch 16, fp32 140.3 = 35% of 406, bf16 348.7 =
 **43%** of 812. Neither goal is met (vLLM's rate, 50% of the roofline).
+3 Dec 2026 night, same Xeon, 1 torch thread, CPU clock, after the Llama step's fused calls (one q/k/v product,
+residual adds and SwiGLU as oneDNN post-ops, bf16 attention on AMX; decode_step.py) and the two-level inverse-CDF
+sampler (generate.inverse_cdf: 0.8 ms against 3.5 ms a step at 16 rows, 2.7 against 13.8 at 64), and with the
+roofline's decode rate now the fastest of 3 runs per length: `--bf16 --rounds 2 --vllm-python
+/tmp/alignlab-vllm/bin/python`: model.generate 157.5 tokens/cpu-s; ours fp32 266.8 (1.69x); ours bf16 663.2
+(**4.21x**; 654.5 and 672.0 per round); vLLM 637.8 and 635.8 per round = 636.8 tokens/s wall -> our bf16 **1.04x
+vLLM** (fp32 0.42x); read bandwidth 13.2 GB/s; at batch 16, fp32 133.9 tokens/s = 34% of 394, bf16 380.4 = **48%**
+of 787. Two runs earlier the same night (the first before the sampler change, single-run roofline rate): bf16 614.5
+tokens/s = 0.93x vLLM (659.6), roofline 43% (384.7 of 900 at 15.1 GB/s); then 644.0 = **1.07x** vLLM (598.7), 4.20x
+model.generate, roofline 46% (371.9 of 815 at 13.7 GB/s). vLLM's rate: met in the last two runs; 4x model.generate:
+met; 50% of the roofline: not met (43-48%; at batch 16 a step is ~41 ms: ~27 ms of packed products, which reach
+~12 GB/s even back to back, ~7 ms of attention, the rest small ops and the sampler).
 """
 
 from __future__ import annotations
