@@ -45,7 +45,7 @@ def _logits_along(monkeypatch, model, tok, cfg, n, tokens=None):
 @pytest.mark.parametrize("amx", [True, False], ids=["bf16-attention", "fp32-attention"])
 def test_the_llama_step_gives_the_model_logits_to_bf16_rounding(monkeypatch, amx):
     """The same tokens replayed (ragged prompts, early EOS, rows leaving and joining; n=2 and greedy n=1; a float32
-    model sampled in bf16 and a bf16 model): at every step of every row the step's logits are no further from the
+    model sampled in bf16, a bf16 model, a tied LM head): at every step of every row the step's logits are no further from the
     float32 model's than the bf16 model forward's are (within 1.5x, worst and mean error), on both attention paths;
     and the step ran for prefills and decode steps, with the cache dtype its attention reads."""
     monkeypatch.setattr(weights, "cpu_has_amx", lambda: amx)
@@ -56,10 +56,13 @@ def test_the_llama_step_gives_the_model_logits_to_bf16_rounding(monkeypatch, amx
             layer.self_attn.q_proj.weight.mul_(12)
             layer.self_attn.k_proj.weight.mul_(12)
     _eos_mid_way(model, tok)
-    bf = copy.deepcopy(model).to(torch.bfloat16)
-    cases = ((model, SamplingConfig(max_new_tokens=12, seed=3, batch_size=4, weights_dtype="bfloat16"), 2),
-             (model, SamplingConfig(greedy=True, max_new_tokens=12, batch_size=3, weights_dtype="bfloat16"), 1),
-             (bf, SamplingConfig(max_new_tokens=12, seed=5, batch_size=4, weights_dtype="model"), 2))
+    bf, tied = copy.deepcopy(model).to(torch.bfloat16), copy.deepcopy(model)
+    tied.lm_head.weight = tied.model.embed_tokens.weight  # a tied head (SmolLM2's): packed from the embedding's copy
+    sampled = SamplingConfig(max_new_tokens=12, seed=3, batch_size=4, weights_dtype="bfloat16")
+    cases = ((model, model, sampled, 2),
+             (model, model, SamplingConfig(greedy=True, max_new_tokens=12, batch_size=3, weights_dtype="bfloat16"), 1),
+             (model, bf, SamplingConfig(max_new_tokens=12, seed=5, batch_size=4, weights_dtype="model"), 2),
+             (tied, tied, sampled, 2))
     built, calls = decode_step.llama_step, []
 
     def counting(*args):
@@ -73,13 +76,13 @@ def test_the_llama_step_gives_the_model_logits_to_bf16_rounding(monkeypatch, amx
         counted.cache_dtype = step.cache_dtype
         return counted
 
-    for m, cfg, n in cases:
+    for reference, m, cfg, n in cases:
         monkeypatch.setattr(decode_step, "llama_step", counting)
         lean, tokens = _logits_along(monkeypatch, m, tok, cfg, n)
         monkeypatch.setattr(decode_step, "llama_step", lambda *a: None)
         plain, replayed = _logits_along(monkeypatch, m, tok, cfg, n, tokens)
-        exact, _ = _logits_along(monkeypatch, model, tok, SamplingConfig(**{**cfg.__dict__, "weights_dtype": "float32"}),
-                                 n, tokens)
+        exact, _ = _logits_along(monkeypatch, reference, tok,
+                                 SamplingConfig(**{**cfg.__dict__, "weights_dtype": "float32"}), n, tokens)
         assert replayed == tokens and lean.keys() == plain.keys() == exact.keys() and len(lean) > 40
         err = {name: torch.stack([(got[k] - exact[k]).abs() for k in exact]) for name, got in (("lean", lean),
                                                                                                 ("plain", plain))}
