@@ -293,7 +293,8 @@ def inverse_cdf(logits, u, block: int = 256):
     In two levels: the sums of blocks of `block` tokens and their cumulative sum pick the block, then a cumulative sum
     over that block only picks the token. The same draw as one cumulative sum over the vocabulary (up to float
     rounding at the boundaries), without a sequential scan of all V entries, and with the unnormalised weights (no
-    division): 16 x 49,152 logits in 1.8 ms against 3.1 ms for softmax, cumsum and log_softmax (one thread, Xeon).
+    division): 16 x 49,152 bf16 logits in 0.76 ms against 3.5 ms for softmax, cumsum and log_softmax, 64 rows in
+    2.7 ms against 13.8 (one thread, Intel Xeon with AMX).
     Rounding can put u x total at or past the last boundary; the draw is then held to the last token (block) with
     weight, so a -inf token is never returned. One uniform per row, where torch.multinomial or an exponential race
     draws one per vocabulary entry."""
