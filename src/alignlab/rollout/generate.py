@@ -12,12 +12,15 @@ generic loop spends its time on work we can skip. The levers, each measured in b
   in the caller's modules for each forward only (its parameters are put back after; the training model's
   weights, gradients and optimizer state are never converted); decoding is
   memory-bound, so halving the bytes read per step is the largest single lever on CPUs with bf16 units;
+  a plain Llama sampled in bf16 on CPU runs a step with fewer, fused calls instead of its forward
+  (rollout/decode_step.py: the model's numbers to bf16 rounding, not its bits);
 - only the last position's logits (`logits_to_keep=1`), one fused sampling function instead of a
-  per-step chain of logits processors, `torch.inference_mode`;
+  per-step chain of logits processors (its draw: `inverse_cdf`, two levels), `torch.inference_mode`;
 - prompts sorted by length so a batch holds prompts of similar length (less padding).
 
 Prompts are left-padded; position ids come from the attention mask, so padded rows see exactly the
-positions they would see alone (greedy output equals `model.generate(do_sample=False)` token for token).
+positions they would see alone (greedy output with the model's own weights equals
+`model.generate(do_sample=False)` token for token).
 Sampling uses a private `torch.Generator` seeded from the config: same seed, same inputs, same output,
 whatever the global RNG does. Structured generation (`json_schema`, `regex`, `lark`) masks the logits of
 every step with rollout/constrained.py before the draw.
