@@ -25,6 +25,7 @@ projection 0.54 -> 0.43 ms). The outputs are the same bits as the plain bf16 pat
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,20 @@ def resolve_weights_dtype(model: Any, choice: str):
     return current
 
 
-def _cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The `flags` of /proc/cpuinfo (or of the `cpuinfo` text given); empty where unreadable."""
+def _cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The `flags` of /proc/cpuinfo (read once per process) or of the `cpuinfo` text given; empty where unreadable."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return set()
-    return {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+        return _proc_cpu_flags()
+    return frozenset(f for line in cpuinfo.splitlines() if line.startswith("flags")
+                     for f in line.partition(":")[2].split())
+
+
+@functools.cache
+def _proc_cpu_flags() -> frozenset[str]:
+    try:  # every generate() call asks; /proc/cpuinfo runs to megabytes on many-core machines
+        return _cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return frozenset()
 
 
 def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
