@@ -64,6 +64,28 @@ def _rms(x: Any, weight: Any, eps: float) -> Any:
     return weight * h.to(x.dtype)
 
 
+def _weights(model: Any, cast, rows: int):
+    """The step's bf16 weights: per layer (input norm, packed (weight, bias) of q/k/v stacked, of o, post-attention
+    norm, of gate, up, down), the embedding, the final norm and the packed LM head."""
+    import torch
+
+    pack, inner = torch.ops.mkldnn._reorder_linear_weight, model.model
+
+    def packed(*linears):  # one product for several Linears of the same input: their weights stacked
+        w = torch.cat([cast(m.weight) for m in linears]) if len(linears) > 1 else cast(linears[0].weight)
+        b = [m.bias for m in linears]
+        return pack(w, rows), (torch.cat([cast(x) for x in b]) if b[0] is not None else None)
+
+    layers = [(cast(layer.input_layernorm.weight), packed(a.q_proj, a.k_proj, a.v_proj), packed(a.o_proj),
+               cast(layer.post_attention_layernorm.weight), packed(mlp.gate_proj), packed(mlp.up_proj),
+               packed(mlp.down_proj))
+              for layer in inner.layers[: model.config.num_hidden_layers] for a, mlp in [(layer.self_attn, layer.mlp)]]
+    embed, lm = cast(inner.embed_tokens.weight), model.lm_head
+    # a tied head packs the embedding's copy (one cast of the [V, H] weight, ~35 ms for SmolLM2, not two)
+    head = (pack(embed, rows), None) if lm.weight is inner.embed_tokens.weight and lm.bias is None else packed(lm)
+    return layers, embed, cast(inner.norm.weight), head
+
+
 def llama_step(model: Any, cast, rows: int, bf16_attention: bool):
     """fn(input_ids [B, L], attention_mask [B, W], position_ids [B, L], cache) -> last-position logits [B, V] in
     bf16, or None where the model is not a plain Llama (see the module docstring). `cast(tensor)`: the bf16 copy of a
@@ -83,24 +105,11 @@ def llama_step(model: Any, cast, rows: int, bf16_attention: bool):
 
     from alignlab.rollout.weights import keep_last
 
-    op, fused, pack = (torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary,
-                       torch.ops.mkldnn._reorder_linear_weight)
+    op, fused = torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary
     inner, cfg = model.model, model.config
-
-    def packed(*linears):  # one product for several Linears of the same input: their weights stacked
-        w = torch.cat([cast(m.weight) for m in linears]) if len(linears) > 1 else cast(linears[0].weight)
-        b = [m.bias for m in linears]
-        return pack(w, rows), (torch.cat([cast(x) for x in b]) if b[0] is not None else None)
-
-    layers = [(cast(layer.input_layernorm.weight), packed(a.q_proj, a.k_proj, a.v_proj), packed(a.o_proj),
-               cast(layer.post_attention_layernorm.weight), packed(mlp.gate_proj), packed(mlp.up_proj),
-               packed(mlp.down_proj))
-              for layer in inner.layers[: cfg.num_hidden_layers] for a, mlp in [(layer.self_attn, layer.mlp)]]
+    layers, embed, final, head = _weights(model, cast, rows)
     attn = inner.layers[0].self_attn
     nq, nk, dim, scale = cfg.num_attention_heads, cfg.num_key_value_heads, attn.head_dim, attn.scaling
-    embed, final, lm = cast(inner.embed_tokens.weight), cast(inner.norm.weight), model.lm_head
-    # a tied head packs the embedding's copy (one cast of the [V, H] weight, ~35 ms for SmolLM2, not two)
-    head = (pack(embed, rows), None) if lm.weight is inner.embed_tokens.weight and lm.bias is None else packed(lm)
     eps, half, pad = cfg.rms_norm_eps, attn.head_dim // 2, inner.embed_tokens.padding_idx
     norms = [layer[0] for layer in layers[1:]] + [final]  # the norm after each layer's MLP
 
