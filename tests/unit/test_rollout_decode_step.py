@@ -2,6 +2,7 @@
 rounding, with rows leaving and joining, and declines models it does not reproduce."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -42,6 +43,22 @@ def _logits_along(monkeypatch, model, tok, cfg, n, tokens=None, prompts=PROMPTS)
     return seen, chosen
 
 
+def _replayed_errors(monkeypatch, reference, model, tok, cfg, n, prompts=PROMPTS):
+    """Sample `prompts` through the installed step; replay those tokens through the model's bf16 forward and the
+    float32 `reference`. Returns {"lean": step, "plain": bf16 forward} -> |logits - float32 logits| at every
+    (row, position), stacked, and the float32 logits by (row, position), with the step's own."""
+    step = decode_step.llama_step
+    lean, tokens = _logits_along(monkeypatch, model, tok, cfg, n, prompts=prompts)
+    monkeypatch.setattr(decode_step, "llama_step", lambda *a: None)
+    plain, replayed = _logits_along(monkeypatch, model, tok, cfg, n, tokens, prompts)
+    exact, _ = _logits_along(monkeypatch, reference, tok, replace(cfg, weights_dtype="float32"), n, tokens, prompts)
+    monkeypatch.setattr(decode_step, "llama_step", step)
+    assert replayed == tokens and lean.keys() == plain.keys() == exact.keys() and len(lean) > 40
+    errors = {name: torch.stack([(got[k] - exact[k]).abs() for k in exact]) for name, got in (("lean", lean),
+                                                                                               ("plain", plain))}
+    return errors, exact, lean
+
+
 @pytest.mark.parametrize("amx", [True, False], ids=["bf16-attention", "fp32-attention"])
 def test_the_llama_step_gives_the_model_logits_to_bf16_rounding(monkeypatch, amx):
     """The same tokens replayed (ragged prompts, early EOS, rows leaving and joining; n=2 and greedy n=1; a float32
@@ -76,16 +93,9 @@ def test_the_llama_step_gives_the_model_logits_to_bf16_rounding(monkeypatch, amx
         counted.cache_dtype = step.cache_dtype
         return counted
 
+    monkeypatch.setattr(decode_step, "llama_step", counting)
     for reference, m, cfg, n in cases:
-        monkeypatch.setattr(decode_step, "llama_step", counting)
-        lean, tokens = _logits_along(monkeypatch, m, tok, cfg, n)
-        monkeypatch.setattr(decode_step, "llama_step", lambda *a: None)
-        plain, replayed = _logits_along(monkeypatch, m, tok, cfg, n, tokens)
-        exact, _ = _logits_along(monkeypatch, reference, tok,
-                                 SamplingConfig(**{**cfg.__dict__, "weights_dtype": "float32"}), n, tokens)
-        assert replayed == tokens and lean.keys() == plain.keys() == exact.keys() and len(lean) > 40
-        err = {name: torch.stack([(got[k] - exact[k]).abs() for k in exact]) for name, got in (("lean", lean),
-                                                                                                ("plain", plain))}
+        err, _, _ = _replayed_errors(monkeypatch, reference, m, tok, cfg, n)
         assert err["plain"].max() > 0  # bf16 rounding shows: the comparison has a scale
         assert err["lean"].max() <= 1.5 * err["plain"].max() and err["lean"].mean() <= 1.5 * err["plain"].mean()
     assert {shape[1] == 1 for shape in calls} == {True, False}  # decode steps and prefills
@@ -103,17 +113,12 @@ def test_the_llama_step_on_smollm2_stays_within_bf16_rounding(monkeypatch):
     prompts = [[{"role": "user", "content": q}] for q in ("What is the capital of France?", "Name a colour.",
                                                           "Write one word about the sea.", "Count to five.")]
     cfg = SamplingConfig(max_new_tokens=24, seed=1, batch_size=4, weights_dtype="bfloat16")
-    lean, tokens = _logits_along(monkeypatch, model, tok, cfg, 2, prompts=prompts)
-    monkeypatch.setattr(decode_step, "llama_step", lambda *a: None)
-    plain, _ = _logits_along(monkeypatch, model, tok, cfg, 2, tokens, prompts=prompts)
-    exact, _ = _logits_along(monkeypatch, model, tok, SamplingConfig(**{**cfg.__dict__, "weights_dtype": "float32"}),
-                             2, tokens, prompts=prompts)
-    err = {name: torch.stack([(got[k] - exact[k]).abs() for k in exact]) for name, got in (("lean", lean),
-                                                                                            ("plain", plain))}
+    err, exact, lean = _replayed_errors(monkeypatch, model, model, tok, cfg, 2, prompts)
     assert err["lean"].max() <= 1.5 * err["plain"].max() and err["lean"].mean() <= 1.5 * err["plain"].mean()
     # where float32's first choice leads by more than bf16 logits can blur (their spacing is 0.125 at 16-32), the
     # step picks it too (closer calls may go either way: "The" or "L'" opens the answer to the first question)
-    clear = [k for k in exact if (lambda t: t[0] - t[1])(exact[k].topk(2).values) > 0.5]
+    top2 = {k: logits.topk(2).values for k, logits in exact.items()}
+    clear = [k for k, (first, second) in top2.items() if first - second > 0.5]
     assert len(clear) > len(exact) // 2
     assert all(lean[k].argmax() == exact[k].argmax() for k in clear)
 
