@@ -126,7 +126,10 @@ take the lean forward), peak 1,321 at the start: 9.62 against 15.09 s/step -> 1.
 q/k/v product, residual adds and SwiGLU as oneDNN post-ops, bf16 attention on AMX) and the two-level inverse-CDF
 draw, peak 1,376 at the start: 4.48 / 11.11 and 4.48 / 11.31 s/step -> **2.50x** (2.48x, 2.52x), memory 0.91; rewards
 0.916 -> 0.912 (the sampler's numbers changed by bf16 rounding). A separate run's split: generation 1.82-1.86 s a
-step (of which ~0.3 s making the bf16 copies and packing them for the new weights), update 1.9-2.5 s.
+step (of which ~0.3 s making the bf16 copies and packing them for the new weights), update 1.9-2.5 s. Again on the
+final code, peak 1,550 at the start: 4.31 / 11.31 and 4.38 / 11.18 s/step -> **2.59x** (2.63x, 2.56x), memory 0.91.
+float32 (`--threads 1`, one round, final code; float32 sampling does not take the Llama step), peak 1,446 at the
+start: 9.14 against 13.68 s/step -> 1.50x, memory 0.89 (4.06 GB against 4.59).
 """
 
 from __future__ import annotations
