@@ -94,6 +94,13 @@ tokens/s = 0.93x vLLM (659.6), roofline 43% (384.7 of 900 at 15.1 GB/s); then 64
 model.generate, roofline 46% (371.9 of 815 at 13.7 GB/s). vLLM's rate: met in the last two runs; 4x model.generate:
 met; 50% of the roofline: not met (43-48%; at batch 16 a step is ~41 ms: ~27 ms of packed products, which reach
 ~12 GB/s even back to back, ~7 ms of attention, the rest small ops and the sampler).
+4 Dec, just after midnight, same Xeon and code, the same command: model.generate 159.3 tokens/cpu-s; ours fp32 279.1
+(1.75x); ours bf16 643.7 (4.04x; 607.2 and 679.9 per round); vLLM 668.9 and 678.5 per round = 673.7 tokens/s wall ->
+our bf16 0.96x vLLM (fp32 0.41x); read bandwidth 14.5 GB/s; at batch 16, fp32 142.7 tokens/s = 33% of 430, bf16
+405.4 = 47% of 860. Across the three runs since the fused step: vLLM 1.07x, 1.04x, 0.96x; roofline 46-48%.
+Tried that night and not kept: the weights' pages as transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`:
+450 MB of huge pages taken, 151 packed products back to back 2-3% faster, a whole decode step unchanged, 39.2-40.7 ms
+either way in three interleaved pairs).
 """
 
 from __future__ import annotations

@@ -130,6 +130,16 @@ step (of which ~0.3 s making the bf16 copies and packing them for the new weight
 final code, peak 1,550 at the start: 4.31 / 11.31 and 4.38 / 11.18 s/step -> **2.59x** (2.63x, 2.56x), memory 0.91.
 float32 (`--threads 1`, one round, final code; float32 sampling does not take the Llama step), peak 1,446 at the
 start: 9.14 against 13.68 s/step -> 1.50x, memory 0.89 (4.06 GB against 4.59).
+4 Dec, just after midnight, same Xeon, same code, `--threads 1 --bf16-sampling --rounds 2` (float32 training, our
+sampler in bf16 with rollout_is tis; TRL samples in float32), bf16 matmul peak 1,481 and float32 197 GFLOP/s at the
+start: 6.65 / 14.09 and 7.07 / 13.75 s/step -> **2.03x** (2.12x, 1.94x), memory 0.90 (4.08 GB against 4.53);
+generation 1.85-1.93 s a step, update 3.79-4.08 s. What float32's 2.5x would take: a float32 step of alignlab's
+(`--threads 1`, one in-process run) splits into generation ~4.0 s, update 3.6-3.9 s and ~1 s of rollout bookkeeping
+and the frozen reference's forward. The update's ~540 tokens (4 short prompts once, ~500 answer tokens; 6N FLOPs
+each, N = 134.5M) are ~436 GFLOP: 112-121 GFLOP/s, ~60% of the float32 matmul peak (197); the reference's forward is
+~145 GFLOP more. 2.5x TRL's 13.7-14.1 s/step is 5.5-5.6 s a step; after bf16 sampling's 1.9 s that leaves ~3.6 s,
+in which update, reference and bookkeeping would have to run at ~82% of the float32 peak (2.95 s of products at
+100%). Not reached; bf16 products for a float32 run (as TF32 does on GPUs) would change its arithmetic.
 """
 
 from __future__ import annotations
