@@ -55,6 +55,7 @@ bench-gen: $(BIN)/.installed
 bench-grpo: $(BIN)/.installed
 	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 $(BENCH_ARGS)
 	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16 $(BENCH_ARGS)
+	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16-sampling $(BENCH_ARGS)
 
 # On a CUDA GPU: every training recipe on SmolLM2 in bf16, FSDP on one GPU, throughput and MFU, one line per check
 # (bench/gpu_check.py; GPU_ARGS e.g. "--only sft,dpo" or "--model DIR").
