@@ -94,8 +94,8 @@ loss), bf16 matmul peak 1,264 at the start, `--rounds 2`, full checkpointing on 
 tokens/s -> 1.90x (rounds 1.94x, 1.87x), memory 0.98 (3.66 GB against 3.76), share 0.17 / 0.09. Issue 16's 2x is not
 reached.
 Where alignlab's step goes on this job (4 Dec, same Xeon, in-process, every op timed at dispatch over steps 3-5,
-~6.8 s a step): matrix products 1.85 s (~800 GFLOP/s of useful work, ~65% of the peak measured on the model's
-shapes) plus the chunked head's 0.3 s; the float32 upcasts of the bf16 weight gradients 0.39 s and their
+~6.8 s a step): matrix products 1.85 s and the chunked head's 0.3 s (together ~690 GFLOP/s of useful work, about
+half the peak measured on the model's shapes); the float32 upcasts of the bf16 weight gradients 0.39 s and their
 accumulation into `.grad` 0.15 s; attention 0.44 s; everything else in small ops and autograd. A [1536, 576]
 gradient's upcast takes ~1 ms in the step against ~0.2 ms in a loop: it writes 3.5 MB that are not in cache (in
 the step, a fresh block's first fill took 0.79 ms and the copy into it 0.17 ms; 53 page faults a call), so the
