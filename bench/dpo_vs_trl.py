@@ -123,6 +123,20 @@ The script's own defaults (6 steps x 4 pairs, 1,024 tokens), one round, same aft
 block was reused (ops/embedding.py, ops/buffers.py; a paired A/B of alignlab's side on this job gave 0.99, unchanged
 within noise), peak 1,465 at the start, `--rounds 2`: 0.366 / 0.123 and 0.332 / 0.125 pairs/s -> 2.81x (rounds 2.98x,
 2.66x), memory 0.75 (5.2 GB against 6.8), share 0.09-0.10 / 0.03, final loss 0.7325 (unchanged). 3x not met here.
+Where alignlab's memory goes on this job (4 Dec, same Xeon, in-process, 12 steps of the same recipe, glibc's counts
+after every op of the longest step, 2 x 777 tokens): malloc'd memory in use 2.24 GB at the step's start (the bf16
+reference, AdamW's moments, kept buffers; the float32 policy is mapped from its safetensors file besides) and 3.91
+GB at its peak, the end of the forward: 1.66 GB of activations kept for backward, ~36 KB a token a layer (per
+layer: two RMSNorms' float32 input and normalised output, autocast's three bf16 copies of q/k/v's input and two of
+gate/up's, the rotated q and k in float32, attention's keys, values and output, SwiGLU's gate, up, silu and product
+in bf16). Peak RSS 5.9 GB at step 11 against 5.1-5.2 GB over the benchmark's 4 steps: RSS follows the longest rows
+seen so far (1.97 -> 3.83 GB of heap, 0.80 -> 2.43 GB of it free between steps), the same with glibc's default
+thresholds, with a 4 MB mmap threshold, with `malloc_trim` after every step (RSS 3.2-3.6 GB after each trim, the
+same peak, 12% slower) and with AdamW's moments allocated before the first forward; in use between steps grows
+1.92 -> 2.29 GB as kept buffers grow to the longest rows. So DPO's 0.5x of TRL's memory needs fewer activation
+bytes, not allocator settings: the float32 norm outputs and SwiGLU's silu and product recomputed in backward
+(Liger's RMSNorm and SwiGLU functions do this on GPUs), one bf16 copy of an input shared by the products that read
+it, or recomputation (selective or full), which costs speed.
 """
 
 from __future__ import annotations
