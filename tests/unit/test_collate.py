@@ -5,6 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.data.collate import Collator, left_pad, pack, pad, sequence_ids
+from alignlab.data.layout import Span
 from alignlab.models.attention import enable_span_attention
 from alignlab.train.steps import causal_lm_step, model_inputs
 
@@ -87,6 +88,44 @@ def test_capped_rows_logprobs_equal_alone(attn):
     for row, start, n, i in b["segments"]:
         lp = torch.log_softmax(logits[row, start: start + n].float(), -1)
         torch.testing.assert_close(lp, alone_logprobs(model, SEQS[i]), atol=1e-5, rtol=0)
+
+
+def test_pack_rounds_its_width_up_with_a_pad_tail_of_its_own():
+    """15 tokens, pad_to_multiple_of=16 (the SFT default): one row of 16, the pad token in its own span at position 0
+    with label -100; the sequences' layout, lengths and token count unchanged."""
+    plain = pack([{"input_ids": s} for s in SEQS])
+    b = Collator(0, packing=True, pad_to_multiple_of=16)([{"input_ids": s} for s in SEQS])
+    assert b["input_ids"].tolist() == [sum(SEQS, []) + [0]]
+    assert b["position_ids"][0, 15].item() == 0 and b["labels"][0, 15].item() == -100
+    assert torch.equal(b["labels"][:, :15], plain["labels"]) and torch.equal(b["position_ids"][:, :15], plain["position_ids"])
+    assert b["segments"] == plain["segments"] and b["num_tokens"] == 15
+    assert b["attn_spans"][-1] == Span(0, 15, 16, ((15, 16),)) and b["attn_spans"][:-1] == plain["attn_spans"]
+    assert pack([{"input_ids": s} for s in SEQS], pad_to_multiple_of=5)["input_ids"].shape == (1, 15)  # already a multiple
+
+
+def _loss_and_grads(model, examples, multiple, bf16):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+        loss, _ = causal_lm_step(model, Collator(0, packing=True, pad_to_multiple_of=multiple)(examples))
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_a_rounded_width_gives_the_unrounded_loss_and_gradients():
+    """float32: the same loss and gradients (the pad tail is neither attended to nor trained on); bf16 autocast:
+    each gradient no further from float32's than the unrounded bf16 path's (1.5x: bit for bit on this CPU's tiny
+    model, within rounding where a matrix kernel blocks its reduction by the longer token count)."""
+    model = tiny_llama("spans").train()
+    examples = [{"input_ids": s, "labels": [-100] + s[1:]} for s in SEQS]
+    ref_loss, ref = _loss_and_grads(model, examples, None, False)
+    loss, grads = _loss_and_grads(model, examples, 16, False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+    _, plain = _loss_and_grads(model, examples, None, True)
+    _, rounded = _loss_and_grads(model, examples, 16, True)
+    for g, p, r in zip(rounded, plain, ref):
+        assert (g - r).norm() <= 1.5 * (p - r).norm() + 1e-6 * r.norm()
 
 
 def test_left_pad():

@@ -94,7 +94,7 @@ def _choose_rows(lengths: list[int], capacity: int | None, attn_ratio: float) ->
 
 
 def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None = None,
-         attn_ratio: float = ATTN_RATIO) -> dict[str, Any]:
+         attn_ratio: float = ATTN_RATIO, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
     """Padding-free rows: input_ids, labels, position_ids [R, L] with positions restarting per sequence.
 
     max_row_tokens=None puts every sequence in ONE row. A cap (e.g. max_length) bins sequences into
@@ -103,6 +103,7 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
     would. Capped rows of unequal width pay padding instead, so the cheaper layout under the cost
     model above is used. Rows shorter than the longest are filled with pad tokens that form their own
     "sequence" (positions 0, 1, ...; labels -100): real tokens never see them (they come later).
+    `pad_to_multiple_of` rounds the row width up with the same pad tail (see Collator for why).
     `segments` lists (row, start, length, example index) for every sequence; `seq_lens` gives the
     lengths in layout order (row by row); `attn_spans` is the same layout for span attention
     (data/layout.py, run by models/attention.py), which skips the blocks the block-diagonal mask would hide.
@@ -115,6 +116,8 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
     keep = [i for i, (ids, _) in enumerate(pairs) if ids]
     rows = [[keep[j] for j in b] for b in _choose_rows([len(pairs[i][0]) for i in keep], max_row_tokens, attn_ratio)]
     width = max(sum(len(pairs[i][0]) for i in row) for row in rows)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -173,5 +176,6 @@ class Collator:
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         if self.packing:
-            return pack(examples, pad_id=self.pad_id, max_row_tokens=self.max_row_tokens)
+            return pack(examples, pad_id=self.pad_id, max_row_tokens=self.max_row_tokens,
+                        pad_to_multiple_of=self.pad_to_multiple_of)
         return pad(examples, self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from alignlab.config import ConfigError
 from alignlab.errors import AlignlabError
 from alignlab.train.data_config import RowDataConfig
 
@@ -25,10 +26,22 @@ class SFTConfig(RowDataConfig):
     pack_length: int | None = None
     """Longest packed row in tokens (null: max_length) when binning is cheaper than one long row: attention
     costs O(row length^2) even for masked-out blocks, binned rows pay padding; collate picks the cheaper."""
+    pad_to_multiple_of: int | None = 16
+    """Round each micro-batch's row width up to a multiple of this (pad tokens in a span of their own, never
+    attended to or trained on; null: no rounding). oneDNN compiles a kernel for every new matrix shape (~2 ms each
+    on an Intel Xeon with AMX) and caches up to 1,024 of them (~0.6 MB each): with packed rows of every length each
+    micro-batch paid new compilations and the cache grew toward its cap. 16 costs ~2% more tokens on 400-token
+    micro-batches; on SmolLM2, bf16, 24 steps of `make bench-sft`'s job it was 5-6% faster. Losses and gradients
+    equal the unrounded path's within bf16 rounding (test; bit for bit on a tiny model)."""
     chunked_logprobs: bool = True
     """Apply the LM head chunk-wise to trained tokens only; same loss, far less memory than full logits."""
     logprob_chunk_size: int = 1024
     """Tokens per LM-head chunk when chunked_logprobs is on (memory ~ chunk x vocab x 4 bytes)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ConfigError(f"pad_to_multiple_of: must be >= 1 or null, got {self.pad_to_multiple_of}")
 
 
 def load_sft_rows(path: str, cfg: SFTConfig) -> list:
@@ -66,7 +79,8 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     rows, eval_rows = split.train, split.scored
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, data_label(cfg.data))
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
-    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length)
+    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length,
+                       pad_to_multiple_of=cfg.pad_to_multiple_of)
     step_fn = lm_step_for(model, cfg.chunked_logprobs, cfg.logprob_chunk_size)
     eval_fn = perplexity_eval(step_fn, eval_set, collate, cfg, world.device) if eval_set else None
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,
