@@ -114,13 +114,15 @@ def _rows_first_fit(lengths: Sequence[int], row_tokens: int | None) -> list[list
     return rows
 
 
+def _round_up(width: int, multiple: int | None) -> int:
+    return -(-width // multiple) * multiple if multiple else width
+
+
 def _finish(ids: list[list[int]], pos: list[list[int]] | None, tg: _Targets, pad_id: int, num_pairs: int,
             pad_to_multiple_of: int | None) -> dict[str, Any]:
     import torch
 
-    width = max(len(r) for r in ids)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = _round_up(max(len(r) for r in ids), pad_to_multiple_of)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for r, row in enumerate(ids):
         input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
@@ -185,9 +187,7 @@ def collate_plain(examples: Sequence[Any], pad_id: int, *, pad_to_multiple_of: i
     pairs = _pairs(examples)
     seqs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
     starts = [len(p.prompt) for p in pairs] * 2
-    width = max(len(s) for s in seqs)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = _round_up(max(len(s) for s in seqs), pad_to_multiple_of)
     tg = _Targets(len(seqs))
     for s, (seq, start) in enumerate(zip(seqs, starts)):
         tg.add(s, [s * width + t - 1 if t >= 1 else -1 for t in range(start, len(seq))], seq[start:])
@@ -212,27 +212,29 @@ def _layout_rows(units: list[list[int]], row_tokens: int | None) -> tuple[list[l
     return rows, row_of, offset_of
 
 
-def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = None) -> dict[str, Any]:
+def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = None,
+                   pad_to_multiple_of: int | None = None) -> dict[str, Any]:
     """Padding-free rows: every sequence with its own position ids, no attention mask."""
     pairs = _pairs(examples)
     seqs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
     starts = [len(p.prompt) for p in pairs] * 2
     rows, row_of, offset_of = _layout_rows(seqs, row_tokens)
-    width = max(sum(len(seqs[i]) for i in members) for members in rows)
+    width = _round_up(max(sum(len(seqs[i]) for i in members) for members in rows), pad_to_multiple_of)
     tg = _Targets(len(seqs))
     for s, (seq, start) in enumerate(zip(seqs, starts)):
         base = row_of[s] * width + offset_of[s]
         tg.add(s, [base + t - 1 if t >= 1 else -1 for t in range(start, len(seq))], seq[start:])
     ids = [[tok for i in members for tok in seqs[i]] for members in rows]
     pos = [[t for i in members for t in range(len(seqs[i]))] for members in rows]
-    batch = _finish(ids, pos, tg, pad_id, len(pairs), None)
+    batch = _finish(ids, pos, tg, pad_id, len(pairs), pad_to_multiple_of)
     batch["attention_mask"] = None
     batch["num_tokens"] = sum(len(s) for s in seqs)
     batch["attn_spans"] = packed_plan([[len(seqs[i]) for i in members] for members in rows], width)
     return _attach_refs(batch, examples)
 
 
-def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = None) -> dict[str, Any]:
+def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | None = None,
+                   pad_to_multiple_of: int | None = None) -> dict[str, Any]:
     """Prefix-shared rows of [prompt | chosen | rejected] blocks; see `prefix_attention_mask`.
 
     Besides the common keys it returns `block_ids` [R, T] (which pair a token belongs to; the
@@ -244,7 +246,7 @@ def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
     b = len(pairs)
     units = [p.prompt + p.chosen + p.rejected for p in pairs]
     rows, row_of, offset_of = _layout_rows(units, row_tokens)
-    width = max(sum(len(units[i]) for i in members) for members in rows)
+    width = _round_up(max(sum(len(units[i]) for i in members) for members in rows), pad_to_multiple_of)
     tg = _Targets(2 * b)
     ids, pos, blocks, branches = [], [], [], []
     for members in rows:
@@ -264,7 +266,7 @@ def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
         last_prompt = base + p - 1 if p >= 1 else -1
         tg.add(i, [last_prompt] + [base + p + j - 1 for j in range(1, c)], pair.chosen)
         tg.add(b + i, [last_prompt] + [base + p + c + j - 1 for j in range(1, len(pair.rejected))], pair.rejected)
-    batch = _finish(ids, pos, tg, pad_id, b, None)
+    batch = _finish(ids, pos, tg, pad_id, b, pad_to_multiple_of)
     block_ids = torch.full((len(rows), width), -1, dtype=torch.long)
     branch = torch.zeros((len(rows), width), dtype=torch.long)
     for r in range(len(rows)):
@@ -311,5 +313,7 @@ class PairCollator:
         if self.path == "plain":
             return collate_plain(examples, self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of)
         if self.path == "packed":
-            return collate_packed(examples, self.pad_id, row_tokens=self.row_tokens)
-        return collate_prefix(examples, self.pad_id, row_tokens=self.row_tokens)
+            return collate_packed(examples, self.pad_id, row_tokens=self.row_tokens,
+                                  pad_to_multiple_of=self.pad_to_multiple_of)
+        return collate_prefix(examples, self.pad_id, row_tokens=self.row_tokens,
+                              pad_to_multiple_of=self.pad_to_multiple_of)

@@ -65,7 +65,8 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     if not mix.paired:  # mismatched-completion groups of one process's micro-batch: the same data on any world size
         group = cfg.micro_batch_size()
         train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
-    collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None)
+    collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None,
+                           pad_to_multiple_of=cfg.pad_to_multiple_of)
     kind = choose_reference_kind(cfg.reference, mix.needs_reference, policy, bool(cfg.ref_model or ref_model is not None))
     if kind == "cache":
         train_set, eval_set = cached_sets(cfg, [train_set, eval_set], policy, collate, world.device)
