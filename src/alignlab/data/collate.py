@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from alignlab.data.layout import packed_plan, round_up
+
 IGNORE = -100
 
 
@@ -40,9 +42,7 @@ def pad(examples: Sequence[Any], pad_id: int, *, pad_to_multiple_of: int | None 
     import torch
 
     pairs = [_ids_and_labels(e) for e in examples]
-    width = max(len(ids) for ids, _ in pairs)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = round_up(max(len(ids) for ids, _ in pairs), pad_to_multiple_of)
     input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
@@ -110,14 +110,11 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
     """
     import torch
 
-    from alignlab.data.layout import packed_plan
 
     pairs = [_ids_and_labels(e) for e in examples]
     keep = [i for i, (ids, _) in enumerate(pairs) if ids]
     rows = [[keep[j] for j in b] for b in _choose_rows([len(pairs[i][0]) for i in keep], max_row_tokens, attn_ratio)]
-    width = max(sum(len(pairs[i][0]) for i in row) for row in rows)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = round_up(max(sum(len(pairs[i][0]) for i in row) for row in rows), pad_to_multiple_of)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)

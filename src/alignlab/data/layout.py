@@ -22,6 +22,11 @@ class Span:
     keys: tuple[tuple[int, int], ...]
 
 
+def round_up(width: int, multiple: int | None) -> int:
+    """`width` rounded up to a multiple of `multiple` (None or 0: unchanged): a batch's padded row width."""
+    return -(-width // multiple) * multiple if multiple else width
+
+
 def packed_plan(row_lengths: Sequence[Sequence[int]], width: int) -> tuple[Span, ...]:
     """Spans of padding-free rows: each sequence causal over itself, the pad tail a span of its own."""
     spans = []

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.data.layout import packed_plan, prefix_plan
+from alignlab.data.layout import packed_plan, prefix_plan, round_up
 
 PATHS = ("plain", "packed", "prefix")
 # Branch codes of the prefix layout (per token): which part of its pair a token is.
@@ -114,15 +114,11 @@ def _rows_first_fit(lengths: Sequence[int], row_tokens: int | None) -> list[list
     return rows
 
 
-def _round_up(width: int, multiple: int | None) -> int:
-    return -(-width // multiple) * multiple if multiple else width
-
-
 def _finish(ids: list[list[int]], pos: list[list[int]] | None, tg: _Targets, pad_id: int, num_pairs: int,
             pad_to_multiple_of: int | None) -> dict[str, Any]:
     import torch
 
-    width = _round_up(max(len(r) for r in ids), pad_to_multiple_of)
+    width = round_up(max(len(r) for r in ids), pad_to_multiple_of)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for r, row in enumerate(ids):
         input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
@@ -187,7 +183,7 @@ def collate_plain(examples: Sequence[Any], pad_id: int, *, pad_to_multiple_of: i
     pairs = _pairs(examples)
     seqs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
     starts = [len(p.prompt) for p in pairs] * 2
-    width = _round_up(max(len(s) for s in seqs), pad_to_multiple_of)
+    width = round_up(max(len(s) for s in seqs), pad_to_multiple_of)
     tg = _Targets(len(seqs))
     for s, (seq, start) in enumerate(zip(seqs, starts)):
         tg.add(s, [s * width + t - 1 if t >= 1 else -1 for t in range(start, len(seq))], seq[start:])
@@ -219,7 +215,7 @@ def collate_packed(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
     seqs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
     starts = [len(p.prompt) for p in pairs] * 2
     rows, row_of, offset_of = _layout_rows(seqs, row_tokens)
-    width = _round_up(max(sum(len(seqs[i]) for i in members) for members in rows), pad_to_multiple_of)
+    width = round_up(max(sum(len(seqs[i]) for i in members) for members in rows), pad_to_multiple_of)
     tg = _Targets(len(seqs))
     for s, (seq, start) in enumerate(zip(seqs, starts)):
         base = row_of[s] * width + offset_of[s]
@@ -246,7 +242,7 @@ def collate_prefix(examples: Sequence[Any], pad_id: int, *, row_tokens: int | No
     b = len(pairs)
     units = [p.prompt + p.chosen + p.rejected for p in pairs]
     rows, row_of, offset_of = _layout_rows(units, row_tokens)
-    width = _round_up(max(sum(len(units[i]) for i in members) for members in rows), pad_to_multiple_of)
+    width = round_up(max(sum(len(units[i]) for i in members) for members in rows), pad_to_multiple_of)
     tg = _Targets(2 * b)
     ids, pos, blocks, branches = [], [], [], []
     for members in rows:
