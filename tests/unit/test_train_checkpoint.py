@@ -121,6 +121,10 @@ def test_check_resume_config_lists_each_training_key_and_allows_cadence(tmp_path
         assert line in msg
     assert "save_steps" not in msg and "new output_dir" in msg and "resume=never" in msg
     assert {"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "keep_last", "resume"} <= RESUME_FREE_KEYS
+    # a key added since the earlier run: null (off, the earlier behaviour) resumes, a value does not
+    check_resume_config(tmp_path, "loss: [dpo]\nlearning_rate: 0.0001\nlora:\n  r: 8\npad_to_multiple_of: null\n")
+    with pytest.raises(CheckpointError, match="pad_to_multiple_of: <absent> -> 16"):
+        check_resume_config(tmp_path, "loss: [dpo]\nlearning_rate: 0.0001\nlora:\n  r: 8\npad_to_multiple_of: 16\n")
 
 
 def test_resume_point_finished_run_and_explicit_path(tmp_path):

@@ -43,7 +43,9 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old_yaml: str, new_yaml: str) -> list[str]:
-    """`key: old -> new` for every key (dotted for nesting) that differs and is not in RESUME_FREE_KEYS."""
+    """`key: old -> new` for every key (dotted for nesting) that differs and is not in RESUME_FREE_KEYS. A key one
+    side lacks counts as null there: a key added since the earlier run, set to null (its earlier behaviour where null
+    means "off", e.g. pad_to_multiple_of), lets that run resume."""
     import yaml
 
     old, new = _flat(yaml.safe_load(old_yaml) or {}), _flat(yaml.safe_load(new_yaml) or {})
@@ -51,9 +53,9 @@ def config_differences(old_yaml: str, new_yaml: str) -> list[str]:
     for key in sorted(set(old) | set(new)):
         if key.split(".")[0] in RESUME_FREE_KEYS:
             continue
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a != b:
-            diffs.append(f"{key}: {a!r} -> {b!r}")
+        if old.get(key) != new.get(key):
+            a, b = (repr(side[key]) if key in side else "<absent>" for side in (old, new))
+            diffs.append(f"{key}: {a} -> {b}")
     return diffs
 
 
