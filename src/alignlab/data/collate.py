@@ -103,13 +103,12 @@ def pack(examples: Sequence[Any], *, pad_id: int = 0, max_row_tokens: int | None
     would. Capped rows of unequal width pay padding instead, so the cheaper layout under the cost
     model above is used. Rows shorter than the longest are filled with pad tokens that form their own
     "sequence" (positions 0, 1, ...; labels -100): real tokens never see them (they come later).
-    `pad_to_multiple_of` rounds the row width up with the same pad tail (see Collator for why).
+    `pad_to_multiple_of` rounds the row width up with the same pad tail (why: recipes/sft.py, SFTConfig.pad_to_multiple_of).
     `segments` lists (row, start, length, example index) for every sequence; `seq_lens` gives the
     lengths in layout order (row by row); `attn_spans` is the same layout for span attention
     (data/layout.py, run by models/attention.py), which skips the blocks the block-diagonal mask would hide.
     """
     import torch
-
 
     pairs = [_ids_and_labels(e) for e in examples]
     keep = [i for i, (ids, _) in enumerate(pairs) if ids]
