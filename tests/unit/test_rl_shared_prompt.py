@@ -30,6 +30,21 @@ def test_layout_shares_each_prompt_and_gathers_the_predicting_positions():
     assert batch["input_ids"].tolist() == [[4, 3, 5, 6, 9]] and gather.tolist() == [[0, 0], [3, 0]]
 
 
+def test_layout_rounds_its_width_up_with_a_pad_tail_of_its_own():
+    """7 tokens, pad_to_multiple_of=4: a tail of one token 0 at position 0 in a span of its own; the rest and
+    the gather index as unrounded."""
+    ro = pack_rollout(_samples([([5, 6], [7, 8]), ([5, 6], [9]), ([4], [3])]), pad_id=0, device="cpu")
+    plain, plain_gather = shared_prompt_batch(ro, torch.arange(3))
+    ro.pad_to_multiple_of = 4
+    batch, gather = shared_prompt_batch(ro, torch.arange(3))
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 4, 3, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 0]]
+    assert batch["attn_spans"] == plain["attn_spans"] + (Span(0, 7, 8, ((7, 8),)),)
+    assert torch.equal(gather, plain_gather)
+    ro.pad_to_multiple_of = 7  # already a multiple: no tail
+    assert shared_prompt_batch(ro, torch.arange(3))[0]["input_ids"].shape == (1, 7)
+
+
 @pytest.mark.parametrize("temperature,entropy_grad", [(1.0, True), (0.7, True), (1.0, False)])
 def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(temperature, entropy_grad):
     """(1.0, False) is the fused chunked head (entropy as a metric only: ops/logprobs.py)."""
@@ -56,3 +71,38 @@ def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(
     assert (lp1 == 0).sum() == (ro.mask[idx] == 0).sum()  # padding cells carry no log-prob
     for a, b in zip(g0, g1):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _logprobs_and_grads(model, ro, idx, bf16):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+        lp, _ = policy_logprobs(model, ro, idx, 1.0)
+    (lp * ro.mask[idx]).sum().backward()
+    return lp.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_a_rounded_width_gives_the_unrounded_log_probs_and_gradients():
+    """float32: the same log-probs and gradients (the pad tail is neither attended to nor gathered); bf16 autocast:
+    each gradient no further from float32's than the unrounded bf16 path's (1.5x), as for SFT's packed rows."""
+    model, _ = tiny_lm(seed=3)
+    model.config._attn_implementation = "sdpa"
+    assert enable_span_attention(model)
+    g = torch.Generator().manual_seed(1)
+    spec = []
+    for plen in (6, 4):
+        prompt = torch.randint(3, 100, (plen,), generator=g).tolist()
+        spec += [(prompt, torch.randint(3, 100, (n,), generator=g).tolist()) for n in (5, 2, 8)]
+    ro = pack_rollout(_samples(spec), pad_id=0, device="cpu")  # 6 + 15 + 4 + 15 = 40 tokens: a tail of 8 at 16
+    ro.shared_prompts, idx = True, torch.arange(6)
+    runs = {}
+    for multiple in (None, 16):
+        ro.pad_to_multiple_of = multiple
+        runs[multiple] = [_logprobs_and_grads(model, ro, idx, bf16) for bf16 in (False, True)]
+    (lp, ref), (_, plain) = runs[None]
+    (lp16, grads), (_, rounded) = runs[16]
+    assert shared_prompt_batch(ro, idx)[0]["input_ids"].shape == (1, 48)
+    torch.testing.assert_close(lp16, lp, rtol=1e-6, atol=1e-7)
+    for a, r in zip(grads, ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)
+    for a, p, r in zip(rounded, plain, ref):
+        assert (a - r).norm() <= 1.5 * (p - r).norm() + 1e-6 * r.norm()

@@ -56,8 +56,7 @@ def distill_step(state: Any, step: int, rows: list) -> dict[str, float]:
 
     cfg, world = state.cfg, state.world
     samples, _, stats = sample_and_score(state, step, rows, logprobs=False)
-    ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
-    ro.shared_prompts = state.cfg.prefix_sharing
+    ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device, state.cfg)
     t0 = time.perf_counter()
     teacher_lp = _teacher_lp(state, ro)  # once per rollout (one request for a remote teacher)
 
@@ -85,8 +84,7 @@ def held_out_divergence(state: Any, rows: list) -> dict[str, float]:
                         seed=cfg.seed + 7, batch_size=cfg.generation_batch_size)
     with state.compute(cache=True):
         res = generate(state.policy, state.tokenizer, encode_rows(state.tokenizer, rows, cfg.max_prompt_length), sc)
-    ro = pack_rollout(res.samples, state.tokenizer.pad_token_id, state.device)
-    ro.shared_prompts = state.cfg.prefix_sharing
+    ro = pack_rollout(res.samples, state.tokenizer.pad_token_id, state.device, state.cfg)
     idx = torch.arange(ro.mask.shape[0], device=ro.mask.device)
     div = per_token_divergence(state, ro, idx, grad=False, teacher_lp=_teacher_lp(state, ro))
     return {"eval_kl": float(div.sum() / ro.mask.sum().clamp(min=1.0))}

@@ -56,10 +56,13 @@ class Rollout:
     """The old log-probs (and rollout_is weights) are filled in by the update's own forward: see `collect`."""
     shared_prompts: bool = False
     """Forwards use the prompt-shared layout (rl/shared_prompt.py) when the model takes span plans."""
+    pad_to_multiple_of: int | None = None
+    """That layout's row width is rounded up to a multiple of this (OnPolicyConfig.pad_to_multiple_of)."""
 
 
-def pack_rollout(samples: list, pad_id: int, device: str) -> Rollout:
-    """Tensors of a rollout from generate()'s samples (prompt-major order kept)."""
+def pack_rollout(samples: list, pad_id: int, device: str, cfg: Any = None) -> Rollout:
+    """Tensors of a rollout from generate()'s samples (prompt-major order kept); `cfg` (an OnPolicyConfig) picks
+    the training forwards' layout (prefix_sharing, pad_to_multiple_of)."""
     P = max(len(s.prompt_ids) for s in samples)
     T = max(1, max(len(s.completion_ids) for s in samples))
     n = len(samples)
@@ -76,7 +79,10 @@ def pack_rollout(samples: list, pad_id: int, device: str) -> Rollout:
             resp[r, :len(c)] = torch.tensor(c)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     mask = (resp != -100).float()
-    return Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device), P, T)
+    ro = Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device), P, T)
+    if cfg is not None:
+        ro.shared_prompts, ro.pad_to_multiple_of = cfg.prefix_sharing, cfg.pad_to_multiple_of
+    return ro
 
 
 def response_logits(model: Any, ro: Rollout, idx: torch.Tensor) -> torch.Tensor:
@@ -281,8 +287,7 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout | None, list, di
             return None, [], {**timing, "skipped_update": 1.0}
     else:
         samples, rewards, timing = sample_groups(state, step, rows, logprobs=want_sampler)
-    ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device)
-    ro.shared_prompts = cfg.prefix_sharing
+    ro = pack_rollout(samples, state.tokenizer.pad_token_id, state.device, cfg)
     if cfg.env is not None:  # tool replies and template tokens are context, not the model's: no loss on them
         from alignlab.rl.envs.episode import padded_loss_mask
 

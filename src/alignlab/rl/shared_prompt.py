@@ -6,7 +6,7 @@ forward are laid out in ONE padding-free row: for each distinct prompt, [prompt 
 2 | ...], with span attention (models/attention.py): the prompt and the first completion causal, every other
 completion over the prompt and itself, never over a sibling (data/layout.py's prefix plan, generalised
 from DPO's two branches to k). Position ids restart after the prompt for every completion, as the sampler
-counted them. The final hidden state that predicts each completion token is gathered (for the RL losses only
+counted them; the row's width is rounded up with a pad tail (`pad_to_multiple_of`). The final hidden state that predicts each completion token is gathered (for the RL losses only
 the real tokens' states, so the LM head skips the padding; for distillation the whole [n, T] grid), and the
 temperature, log-probs and entropy that follow are the padded path's code on the same numbers
 (tests/unit/test_rl_shared_prompt.py: equal log-probs, entropies and gradients).
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from alignlab.data.layout import Span
+from alignlab.data.layout import Span, round_up
 
 
 def shared_prompt_batch(ro: Any, idx: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
@@ -49,6 +49,11 @@ def shared_prompt_batch(ro: Any, idx: torch.Tensor) -> tuple[dict[str, Any], tor
                 spans.append(Span(0, start if m == 0 else c0, c0 + n, keys))
             # token t is predicted by the hidden state before it: the prompt's last token, then its own tokens
             gather[j, :n] = torch.tensor([start + p - 1] + list(range(c0, c0 + n - 1)), dtype=torch.long)[:n]
+    tail = round_up(len(flat), ro.pad_to_multiple_of) - len(flat)
+    if tail:  # a span of its own (token 0, positions from 0): no real token sees it, nothing gathers it
+        spans.append(Span(0, len(flat), len(flat) + tail, ((len(flat), len(flat) + tail),)))
+        flat += [0] * tail
+        pos += range(tail)
     dev = ro.input_ids.device
     batch = {"input_ids": torch.tensor([flat], device=dev), "position_ids": torch.tensor([pos], device=dev),
              "attention_mask": None, "attn_spans": tuple(spans)}

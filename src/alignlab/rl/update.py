@@ -194,7 +194,8 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     chunks = [pairs[m::cfg.grad_accum] for m in range(cfg.grad_accum)]
     mine = [c[world.rank::world.size] for c in chunks]
     if pairs:
-        collate = PairCollator(state.tokenizer.pad_token_id, "prefix" if cfg.prefix_sharing else "plain")
+        collate = PairCollator(state.tokenizer.pad_token_id, "prefix" if cfg.prefix_sharing else "plain",
+                               pad_to_multiple_of=cfg.pad_to_multiple_of)
         parts = [p or c[:1] or pairs[:1] for p, c in zip(mine, chunks)]
         out = optimizer_step(state.optimizers[0],
                              [lambda p=p: state.dpo(state.train_policy, to_device(collate(p), state.device))
