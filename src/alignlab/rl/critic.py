@@ -21,13 +21,14 @@ import torch
 
 from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.models.compiled import compile_blocks
+from alignlab.models.lean_blocks import lean_blocks
 
 
 def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bool = False) -> Any:
     """Every dropout off (p = 0) and the model left in train mode, so that gradient checkpointing (which
     transformers applies only in train mode) works while every forward stays deterministic: RL ratios and
     values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout). `compiled`: the
-    config's `compile` (models/compiled.py)."""
+    config's `compile` (models/compiled.py). Norm and SwiGLU blocks take the lean forward (models/lean_blocks.py)."""
     for m in model.modules():  # module attributes, not the config: the saved config.json stays the user's
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -35,6 +36,7 @@ def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bo
             m.attention_dropout = 0.0
     enable_checkpointing(model, gradient_checkpointing)
     compile_blocks(model, compiled)
+    lean_blocks(model)
     return model.train()
 
 

@@ -23,8 +23,9 @@ bf16 sampler. Measured (SmolLM2, batch 16, ~60 cached tokens, one thread of an I
 ms through the model's forward; mean |logit error| against float32 0.105, against 0.118 for the bf16 forward.
 
 Only for a `LlamaForCausalLM` (model_type "llama", SiLU MLP, one tensor-parallel slice) whose modules are
-transformers' own Llama classes with no hooks and no replaced forward and every Linear packable by the sampler (so no
-LoRA wrapper or quantized layer), loaded without hub kernels. Anything else runs the model's forward.
+transformers' own Llama classes with no hooks and no replaced forward (but the training loops' lean norm and MLP
+forwards, models/lean_blocks.py: the same computation) and every Linear packable by the sampler (so no LoRA wrapper or
+quantized layer), loaded without hub kernels. Anything else runs the model's forward.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def _supported(model: Any, packable) -> bool:
                                                     (layer.post_attention_layernorm, "LlamaRMSNorm"))]
     if any(type(m).__name__ != name for m, name in classes):
         return False
+    from alignlab.models.lean_blocks import is_lean
+
     modules = list(model.modules())
     hooked = nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or any(
-        m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and not packable(m)) for m in modules)
+        m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and not (packable(m) or is_lean(m)))
+        for m in modules)
     # every Linear a plain one the sampler may pack (a LoRA wrapper's base layer or adapters are not: peft)
     return not hooked and not any(hasattr(m, "base_layer") for m in modules) and all(
         packable(m) for m in modules if isinstance(m, torch.nn.Linear))
