@@ -9,6 +9,7 @@ import torch
 from test_rollout_engine import PROMPTS, _eos_mid_way
 from test_rollout_tiny import tiny_lm
 
+from alignlab.models.lean_blocks import lean_blocks
 from alignlab.rollout import decode_step, weights
 from alignlab.rollout import generate as generate_mod
 from alignlab.rollout.generate import SamplingConfig, generate
@@ -125,7 +126,7 @@ def test_the_llama_step_on_smollm2_stays_within_bf16_rounding(monkeypatch):
 
 def test_the_llama_step_declines_what_it_does_not_reproduce():
     """A hooked module, a LoRA-wrapped Linear, or a model that is not a plain Llama: no step (those decode through
-    the model)."""
+    the model); the lean training forwards of models/lean_blocks.py do not stand in its way."""
     from peft import LoraConfig, get_peft_model
 
     model, _ = tiny_lm()
@@ -140,5 +141,6 @@ def test_the_llama_step_declines_what_it_does_not_reproduce():
     assert step() is None
     model.config.hidden_act = "silu"
     assert step() is not None
+    assert lean_blocks(model) > 0 and step() is not None  # a training loop's lean norms and MLPs: still a step
     lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
     assert step(lora) is None and step(lora.get_base_model()) is None

@@ -28,7 +28,7 @@ def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bo
     """Every dropout off (p = 0) and the model left in train mode, so that gradient checkpointing (which
     transformers applies only in train mode) works while every forward stays deterministic: RL ratios and
     values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout). `compiled`: the
-    config's `compile` (models/compiled.py). Norm and SwiGLU blocks take the lean forward (models/lean_blocks.py)."""
+    config's `compile` (models/compiled.py). Without checkpointing, norm and SwiGLU blocks take the lean forward (models/lean_blocks.py)."""
     for m in model.modules():  # module attributes, not the config: the saved config.json stays the user's
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -36,7 +36,7 @@ def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bo
             m.attention_dropout = 0.0
     enable_checkpointing(model, gradient_checkpointing)
     compile_blocks(model, compiled)
-    lean_blocks(model)
+    lean_blocks(model, not gradient_checkpointing)
     return model.train()
 
 

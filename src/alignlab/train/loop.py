@@ -217,7 +217,8 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
         from alignlab.ops.embedding import keep_embedding_grad
 
         keep_embedding_grad(model)
-        lean_blocks(model)  # norms and SwiGLU keep fewer activations, same numbers (not compiled blocks)
+        # norms and SwiGLU keep fewer activations, same numbers; recomputation already drops what they would
+        lean_blocks(model, not cfg.gradient_checkpointing)
         # one bf16 cast per weight per optimizer step, where a step would cast it more than once
         keep_weight_casts(model, cfg.bf16 and not cfg.compile and (cfg.grad_accum > 1 or bool(cfg.gradient_checkpointing)))
     return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
