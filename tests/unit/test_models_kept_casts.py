@@ -8,7 +8,8 @@ from test_models_checkpointing import SEQS, _Count, tiny_llama
 
 from alignlab.data.collate import pack
 from alignlab.models.checkpointing import enable_checkpointing
-from alignlab.models.kept_casts import keep_weight_casts, kept_cast_forward
+from alignlab.models.kept_casts import keep_weight_casts, kept_cast_forward, kept_casts, share_input_casts
+from alignlab.models.lean_blocks import lean_blocks
 from alignlab.ops.buffers import reused_buffers, weights_updated
 from alignlab.train.steps import causal_lm_step
 
@@ -82,10 +83,13 @@ def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back()
     assert all(kept_cast_forward(m) for m in linears)
 
 
-@pytest.mark.parametrize(("keys", "kept"), [(["grad_accum=2"], True), (["gradient_checkpointing=true"], True),
-                                            ([], False), (["grad_accum=2", "compile=true"], False),
-                                            (["grad_accum=2", "bf16=false"], False)])
+@pytest.mark.parametrize(("keys", "kept"), [(["grad_accum=2"], {"weight", "input"}),
+                                            (["gradient_checkpointing=true"], {"weight"}), ([], {"input"}),
+                                            (["grad_accum=2", "compile=true"], set()),
+                                            (["grad_accum=2", "bf16=false"], set())])
 def test_the_training_loop_keeps_casts_where_a_step_casts_a_weight_more_than_once(keys, kept):
+    """Weight casts where a step would cast a weight more than once; input casts shared where activations are
+    held from forward to backward (no checkpointing); neither compiled or in float32."""
     from alignlab.config import load_config
     from alignlab.train.config import TrainConfig
     from alignlab.train.loop import _prepare_model
@@ -94,4 +98,53 @@ def test_the_training_loop_keeps_casts_where_a_step_casts_a_weight_more_than_onc
     cfg = load_config(TrainConfig, None, ["model=m", "data=d", "device=cpu", "bf16=true", "batch_size=2", *keys])
     model = tiny_llama("spans")
     _prepare_model(cfg, model, World())
-    assert kept_cast_forward(model.model.layers[0].mlp.down_proj) is kept
+    assert kept_casts(model.model.layers[0].mlp.down_proj) == kept
+
+
+def _shared_run(shared, lean):
+    model = tiny_llama("spans").train()
+    lean_blocks(model, lean)
+    if shared:
+        assert share_input_casts(model) == 2 * 7 + 1
+    kept, count = [], _Count()
+
+    def hook(t):
+        kept.append(0 if isinstance(t, torch.nn.Parameter) else t.untyped_storage().nbytes())
+        return t
+
+    with count, torch.autograd.graph.saved_tensors_hooks(hook, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            loss, _ = causal_lm_step(model, pack([{"input_ids": s, "labels": s} for s in SEQS]))
+    forward_copies = count.ops.get("_to_copy", 0)
+    loss.backward()
+    # bytes of distinct storages held for backward
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], forward_copies, sum(kept)
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_shared_input_casts_give_the_plain_numbers_with_fewer_casts(lean):
+    """q, k and v (gate and up) read one bf16 copy of their float32 input: the same loss and gradients bit for bit
+    (each reader's gradient is cast back to float32 and summed there, as autocast's own casts do), 3 fewer casts
+    a layer in forward, and the copies autograd holds for backward are one where they were three (two)."""
+    loss, grads, copies, _ = _shared_run(False, lean)
+    loss_s, grads_s, copies_s, _ = _shared_run(True, lean)
+    assert torch.equal(loss, loss_s) and all(torch.equal(a, b) for a, b in zip(grads, grads_s))
+    assert copies - copies_s == 2 * 3
+
+
+def test_shared_input_casts_hold_one_copy_for_backward():
+    model = tiny_llama("sdpa").train()
+    share_input_casts(model)
+    x = torch.randn(5, 32, requires_grad=True)
+    attn = model.model.layers[0].self_attn
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        q, k = attn.q_proj(x), attn.k_proj(x)
+        with torch.no_grad():
+            x.add_(1.0)  # a changed input (its version moves) gets a new copy
+        v = attn.v_proj(x)
+    nodes = [t.grad_fn.next_functions[0][0] for t in (q, k, v)]  # mm(input, weight.t())
+    assert all(type(n).__name__ == "_CastBackBackward" for n in nodes) and len(set(map(id, nodes))) == 3
+    held = [t.grad_fn._saved_self.untyped_storage().data_ptr() for t in (q, k, v)]  # each its own node, one block
+    assert held[0] == held[1] != held[2]  # the changed input got a copy of its own
+    (q.sum() + k.sum() + v.sum()).backward()
+    assert x.grad.dtype == torch.float32

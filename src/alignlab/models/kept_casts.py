@@ -29,6 +29,8 @@ import types
 from typing import Any
 
 _AUTOGRAD = None
+_INPUTS = None  # float32 activation -> (its version, its bf16 copy), while the activation lives
+_WEIGHT_FLAG, _INPUT_FLAG = "_alignlab_kept_weight", "_alignlab_shared_input"
 
 
 def _cast_back_cls():
@@ -50,6 +52,26 @@ def _cast_back_cls():
     return _CastBack
 
 
+def _shared_input(x: Any) -> Any:
+    """The bf16 copy of float32 activation `x`, made once for every Linear that reads `x` (kept while `x` lives and
+    is unchanged), entering each reader's graph through its own `_CastBack` node."""
+    import torch
+
+    global _AUTOGRAD, _INPUTS
+    if _INPUTS is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _INPUTS = WeakIdKeyDictionary()
+    hit = _INPUTS.get(x)
+    if hit is None or hit[0] != x._version:
+        with torch.no_grad():
+            hit = _INPUTS[x] = (x._version, x.to(torch.bfloat16))
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return hit[1]
+    _AUTOGRAD = _AUTOGRAD or _cast_back_cls()
+    return _AUTOGRAD.apply(x, hit[1])
+
+
 def _forward(self: Any, x: Any) -> Any:
     import torch
     import torch.nn.functional as F
@@ -59,8 +81,12 @@ def _forward(self: Any, x: Any) -> Any:
     w = self.weight
     device = w.device.type
     # Not in inference mode: a copy made there could never enter a training graph later.
-    if not (buffers.active() and torch.is_autocast_enabled(device) and w.dtype == torch.float32
-            and torch.get_autocast_dtype(device) == torch.bfloat16 and not torch.is_inference_mode_enabled()):
+    if not (torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+            and not torch.is_inference_mode_enabled()):
+        return torch.nn.Linear.forward(self, x)
+    if self.__dict__.get(_INPUT_FLAG) and x.dtype == torch.float32:
+        x = _shared_input(x)  # bf16 already: autocast leaves it as it is
+    if not (self.__dict__.get(_WEIGHT_FLAG) and buffers.active() and w.dtype == torch.float32):
         return torch.nn.Linear.forward(self, x)
     low = buffers.kept_cast(w, torch.bfloat16)
     if w.requires_grad and torch.is_grad_enabled():
@@ -75,17 +101,33 @@ def kept_cast_forward(module: Any) -> bool:
     return getattr(module.__dict__.get("forward"), "__func__", None) is _forward
 
 
-def keep_weight_casts(model: Any, enabled: bool = True) -> int:
-    """Give every plain nn.Linear of `model` (not a subclass, not one whose forward is already replaced) the kept
-    cast forward; the number of modules changed. An instance attribute: classes, state dicts and checkpoints are
-    untouched."""
+def kept_casts(module: Any) -> set[str]:
+    """Which casts `module` keeps: "weight", "input" (neither: the module's own forward)."""
+    return {name for name, flag in (("weight", _WEIGHT_FLAG), ("input", _INPUT_FLAG)) if module.__dict__.get(flag)}
+
+
+def _install(model: Any, flag: str) -> int:
     import torch
 
-    if not enabled:
-        return 0
     changed = 0
     for m in model.modules():
-        if type(m) is torch.nn.Linear and "forward" not in m.__dict__:
-            m.forward = types.MethodType(_forward, m)
-            changed += 1
+        if type(m) is torch.nn.Linear and ("forward" not in m.__dict__ or kept_cast_forward(m)):
+            if not kept_cast_forward(m):
+                m.forward = types.MethodType(_forward, m)
+            if not m.__dict__.get(flag):
+                m.__dict__[flag] = True
+                changed += 1
     return changed
+
+
+def keep_weight_casts(model: Any, enabled: bool = True) -> int:
+    """Give every plain nn.Linear of `model` (not a subclass, not one whose forward is already replaced but by this
+    module) kept weight casts; the number of modules changed. An instance attribute: classes, state dicts and
+    checkpoints are untouched."""
+    return _install(model, _WEIGHT_FLAG) if enabled else 0
+
+
+def share_input_casts(model: Any, enabled: bool = True) -> int:
+    """Give the same Linears one bf16 copy of each float32 input, shared by every Linear that reads it; the number
+    of modules changed."""
+    return _install(model, _INPUT_FLAG) if enabled else 0

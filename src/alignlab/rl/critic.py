@@ -21,6 +21,7 @@ import torch
 
 from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.models.compiled import compile_blocks
+from alignlab.models.kept_casts import share_input_casts
 from alignlab.models.lean_blocks import lean_blocks
 
 
@@ -28,7 +29,8 @@ def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bo
     """Every dropout off (p = 0) and the model left in train mode, so that gradient checkpointing (which
     transformers applies only in train mode) works while every forward stays deterministic: RL ratios and
     values must not carry dropout noise (TRL's GRPO and OpenRLHF also disable dropout). `compiled`: the
-    config's `compile` (models/compiled.py). Without checkpointing, norm and SwiGLU blocks take the lean forward (models/lean_blocks.py)."""
+    config's `compile` (models/compiled.py). Without checkpointing, norm and SwiGLU blocks take the lean forward
+    (models/lean_blocks.py) and Linears reading one float32 input share its bf16 copy (models/kept_casts.py)."""
     for m in model.modules():  # module attributes, not the config: the saved config.json stays the user's
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -37,6 +39,7 @@ def without_dropout(model: Any, gradient_checkpointing: bool | str, compiled: bo
     enable_checkpointing(model, gradient_checkpointing)
     compile_blocks(model, compiled)
     lean_blocks(model, not gradient_checkpointing)
+    share_input_casts(model, not compiled and not gradient_checkpointing)  # acts under bf16 autocast only
     return model.train()
 
 
