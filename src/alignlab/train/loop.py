@@ -31,6 +31,9 @@ from typing import Any
 from alignlab.errors import AlignlabError
 from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.models.compiled import compile_blocks
+from alignlab.models.kept_casts import keep_weight_casts, share_input_casts
+from alignlab.models.lean_blocks import lean_blocks
+from alignlab.ops.embedding import keep_embedding_grad
 from alignlab.train import fsdp
 from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
@@ -199,8 +202,8 @@ def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str)
 
 
 def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
-    """Threads, gradient checkpointing, compiled blocks, device placement, the embedding's kept-gradient backward,
-    lean norm and SwiGLU blocks, shared bf16 input and kept weight casts and FSDP sharding: (sharded, FSDP-wrapped model or None)."""
+    """Threads, checkpointing, compiled blocks, placement, the embedding's kept gradient, lean norm and SwiGLU blocks,
+    shared bf16 input and kept weight casts, FSDP sharding: (sharded, FSDP-wrapped model or None)."""
     import torch
 
     if cfg.cpu_threads > 0:
@@ -211,14 +214,9 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
         model.to(world.device)
     # FSDP replaces the parameters by their shards, so it wraps before the optimizer sees them.
     sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
-    if not sharded:  # the input embedding's dense gradient in the LM head's idle block (ops/embedding.py)
-        from alignlab.models.kept_casts import keep_weight_casts, share_input_casts
-        from alignlab.models.lean_blocks import lean_blocks
-        from alignlab.ops.embedding import keep_embedding_grad
-
-        keep_embedding_grad(model)
-        # norms and SwiGLU keep fewer activations, same numbers; recomputation already drops what they would,
-        # and so the bf16 input copy q/k/v (gate/up) share
+    if not sharded:
+        keep_embedding_grad(model)  # the input embedding's dense gradient in the LM head's idle block
+        # fewer activations kept (same numbers) where recomputation does not drop them: lean blocks, shared input casts
         lean_blocks(model, not cfg.gradient_checkpointing)
         share_input_casts(model, cfg.bf16 and not cfg.compile and not cfg.gradient_checkpointing)
         # one bf16 cast per weight per optimizer step, where a step would cast it more than once
