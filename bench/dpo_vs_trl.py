@@ -142,6 +142,18 @@ kernel per new matrix shape, bench/sft_vs_trl.py has the measurements), same Xeo
 the start, `--rounds 2`: 0.358 / 0.139 and 0.414 / 0.139 pairs/s -> 2.77x (rounds 2.58x, 2.98x), memory 0.77 (5.3
 GB against 6.9), share 0.10-0.11 / 0.04, final loss 0.7325 (unchanged). Four steps of rows of four new lengths gain
 nothing from it; 3x not met here.
+After the lean norm and SwiGLU blocks (models/lean_blocks.py) and shared bf16 input casts (models/kept_casts.py), both
+bit-identical to the plain path: autograd's saved tensors on one step of this job (2 rows x 608 tokens) went 1,255 ->
+985 -> 865 MB (per layer and token: the norms' float32 normalised inputs, silu's output and two of q/k/v's and one
+of gate/up's bf16 input copies no longer held). Same Xeon, 4 Dec, bf16 matmul peak 1,470 at the start, `--rounds 2`:
+0.355 / 0.135 and 0.355 / 0.130 pairs/s -> 2.68x (rounds 2.63x, 2.73x), memory **0.70** (4.9-5.0 GB against 6.8-7.1),
+share 0.10 / 0.04, final loss 0.7325 (unchanged, as the same bits require). TRL's side ran 0.130-0.135 pairs/s here
+against 0.139 and 0.117-0.125 in earlier runs, alignlab's 0.355 against 0.33-0.41: the ratio moves with the machine.
+What is left above 0.5x: the fixed state (float32 policy 0.54 GB, its gradients 0.54, AdamW's moments 1.08, the bf16
+reference 0.27, the runtime ~0.4) is ~2.8 GB = 0.41 of TRL's 6.9 before any activation, so 0.5x leaves ~0.6 GB for
+activations, logits and allocator slack; the step still holds ~0.75 GB of activations (the bf16 inputs of q/k/v, o,
+gate/up and down, gate and up's outputs, attention's q/k/v/output) and the weights' bf16 casts (0.2 GB). Only
+recomputing matrix products (full checkpointing: 0.56x on the EPYC, ~1/3 more compute) gets under that.
 """
 
 from __future__ import annotations

@@ -140,6 +140,17 @@ each, N = 134.5M) are ~436 GFLOP: 112-121 GFLOP/s, ~60% of the float32 matmul pe
 ~145 GFLOP more. 2.5x TRL's 13.7-14.1 s/step is 5.5-5.6 s a step; after bf16 sampling's 1.9 s that leaves ~3.6 s,
 in which update, reference and bookkeeping would have to run at ~82% of the float32 peak (2.95 s of products at
 100%). Not reached; bf16 products for a float32 run (as TF32 does on GPUs) would change its arithmetic.
+4 Dec morning, same Xeon, after the RL training row was padded to a multiple of 16 tokens (rl/config.py
+`pad_to_multiple_of`) and the policy took the lean norm/SwiGLU blocks and shared bf16 input casts (models/), `make
+bench-grpo` with `--rounds 2`: bf16 (peak 1,594 GFLOP/s at the start) 4.60 / 11.12 and 4.50 / 11.25 s/step -> 2.46x
+(rounds 2.42x, 2.50x), memory 0.88 (3.9 GB against 4.4-4.5); float32 (peak 1,455) 8.84 / 13.75 and 9.58 / 13.59 ->
+1.49x (1.55x, 1.42x), memory 0.92; float32 with bf16 sampling (peak 1,277, load 1.2) 7.71 / 14.57 and 8.13 / 14.82
+-> 1.86x (1.89x, 1.82x), memory 0.92. Paired runs of alignlab's side alone, 8 steps, separate processes alternating:
+bf16, the lean blocks and shared casts against neither (padding off in both; the same rewards, as the same bits
+require): 31.5 and 29.7 s against 30.5 and 30.3, peak 4.00 and 3.99 GB against 4.14 and 4.10; float32 with bf16
+sampling, all three changes against none: 46.1 and 48.1 s against 46.3 and 48.1. So the speed of these runs moved
+with the machine (TRL's float32 side 14.6-14.8 s/step here against 13.7-14.1 the night before), not with the code;
+bf16's 2.5x is met in two of three runs (2.59x, 2.50x, 2.46x).
 """
 
 from __future__ import annotations
