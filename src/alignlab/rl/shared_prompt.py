@@ -6,9 +6,10 @@ forward are laid out in ONE padding-free row: for each distinct prompt, [prompt 
 2 | ...], with span attention (models/attention.py): the prompt and the first completion causal, every other
 completion over the prompt and itself, never over a sibling (data/layout.py's prefix plan, generalised
 from DPO's two branches to k). Position ids restart after the prompt for every completion, as the sampler
-counted them; the row's width is rounded up with a pad tail (`pad_to_multiple_of`). The final hidden state that predicts each completion token is gathered (for the RL losses only
-the real tokens' states, so the LM head skips the padding; for distillation the whole [n, T] grid), and the
-temperature, log-probs and entropy that follow are the padded path's code on the same numbers
+counted them; the row's width is rounded up with a pad tail (`pad_to_multiple_of`). The final hidden state that
+predicts each completion token is gathered (for the RL losses only the real tokens' states, so the LM head skips
+the padding; for distillation the whole [n, T] grid), and the temperature, log-probs and entropy that follow are
+the padded path's code on the same numbers
 (tests/unit/test_rl_shared_prompt.py: equal log-probs, entropies and gradients).
 
 What it saves is the repeated prompt and the padding: SmolLM2 GSM8K groups of 8 with ~100-token prompts and

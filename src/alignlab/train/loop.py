@@ -216,7 +216,7 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
     sharded = fsdp.resolve_strategy(cfg.distributed, world.size) == "fsdp"
     if not sharded:
         keep_embedding_grad(model)  # the input embedding's dense gradient in the LM head's idle block
-        # fewer activations kept (same numbers) where recomputation does not drop them: lean blocks, shared input casts
+        # fewer activations held (same numbers) where recomputation does not drop them: lean blocks, shared casts
         lean_blocks(model, not cfg.gradient_checkpointing)
         share_input_casts(model, cfg.bf16 and not cfg.compile and not cfg.gradient_checkpointing)
         # one bf16 cast per weight per optimizer step, where a step would cast it more than once
