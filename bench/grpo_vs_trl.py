@@ -149,8 +149,9 @@ bench-grpo` with `--rounds 2`: bf16 (peak 1,594 GFLOP/s at the start) 4.60 / 11.
 bf16, the lean blocks and shared casts against neither (padding off in both; the same rewards, as the same bits
 require): 31.5 and 29.7 s against 30.5 and 30.3, peak 4.00 and 3.99 GB against 4.14 and 4.10; float32 with bf16
 sampling, all three changes against none: 46.1 and 48.1 s against 46.3 and 48.1. So the speed of these runs moved
-with the machine (TRL's float32 side 14.6-14.8 s/step here against 13.7-14.1 the night before), not with the code;
-bf16's 2.5x is met in two of three runs (2.59x, 2.50x, 2.46x).
+with the machine (TRL's float32 side 14.6-14.8 s/step here against 13.7-14.1 the night before), not with the code.
+bf16 again half an hour later (peak 1,449): 4.45 / 11.04 and 4.43 / 11.41 s/step -> 2.53x (2.48x, 2.57x), memory
+0.88. bf16's 2.5x: met in three of four runs (2.59x, 2.50x, 2.46x, 2.53x).
 """
 
 from __future__ import annotations
