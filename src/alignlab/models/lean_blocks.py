@@ -2,22 +2,26 @@
 
 transformers' `LlamaRMSNorm` (`x * rsqrt(mean(x^2) + eps)`, then `weight *`) leaves autograd holding the
 float32 input (for `pow`) AND the float32 normalised input (for the weight's product): two [tokens, hidden]
-float32 tensors a norm, four a layer. `LlamaMLP`'s `silu(gate(x)) * up(x)` holds gate(x) (for silu), silu's output
-and up(x) (for the product). `_RMSNorm` keeps the input and the [tokens, 1] reciprocal root and recomputes the
-normalised input in backward (one product); `_SiluMul` keeps gate(x) and up(x) and recomputes silu (Liger-Kernel's
-RMSNorm and SwiGLU functions make the same trade in Triton on GPUs). Per layer and token that is 2 x 4 x hidden +
-2 x intermediate bytes fewer under bf16 autocast, 7.4 KB for SmolLM2 (of the ~29 KB of activations a layer held).
+float32 tensors a norm, four a layer. `LlamaMLP`'s `down(silu(gate(x)) * up(x))` holds gate(x) (for silu), silu's
+output and up(x) (for the product) and the product (for down's weight gradient). `_RMSNorm` keeps the input and the
+[tokens, 1] reciprocal root and recomputes the normalised input in backward (one product); `_SwiGLUDown` keeps gate(x),
+up(x) and down's cast weight and recomputes silu and the product (`_SiluMul`, without down, where down is not a
+plain bias-free Linear: LoRA, kept weight casts). Liger-Kernel's RMSNorm and SwiGLU functions make the same trade in
+Triton on GPUs. Per layer and token that is 2 x 4 x hidden + 4 x intermediate bytes fewer under bf16 autocast,
+10.5 KB for SmolLM2 (of the ~29 KB of activations a layer held).
 
 Forward: the modules' own ops in their order, so the outputs are the same bits. Backward: the derivative formulas
-autograd applies to those ops (mul, rsqrt, mean, pow, silu), and the norm's two gradients for its input reach the
-input's buffer separately, in the engine's order: losses and gradients equal the plain path's bit for bit (test,
+autograd applies to those ops (mul, rsqrt, mean, pow, silu, and a Linear's mm on the folded input), and the norm's
+two gradients for its input reach the input's buffer separately, in the engine's order: losses and gradients equal the plain path's bit for bit (test,
 float32 and bf16 autocast, bf16 weights, under selective recomputation).
 Only for modules of these exact transformers classes (the Llama family's shared code) whose forward is not
 replaced already (compiled blocks) and that have no hooks; anything else keeps its own forward. Applied by the training
 loops to the trained model without gradient checkpointing (frozen models run under no_grad and save nothing).
 Measured (Intel Xeon with AMX, one thread, SmolLM2, bf16, separate processes alternating): `make bench-dpo`'s job for
 8 steps, peak memory 5.52 and 5.59 GB against 5.80 and 5.86, the same seconds (30.9 and 31.2 against 30.6 and
-31.6), autograd's saved tensors on one step 985 MB against 1,255. Under full checkpointing (`make bench-sft`'s job)
+31.6), autograd's saved tensors on one step 985 MB against 1,255 (norm and silu only); with down's input recomputed
+too (and shared input casts on in both), 5.30 and 5.28 GB against 5.49 and 5.54, 31.5 and 30.0 s against 30.3 and
+32.5, saved tensors 758 MB against 865. Under full checkpointing (`make bench-sft`'s job)
 only a layer's activations live at a time: 30-70 MB less for ~1% more time (43.4 and 42.2 s against 42.5 and 42.1),
 so not there; selective recomputation already drops what these keep.
 """
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import types
 from typing import Any
+
+from alignlab.models.kept_casts import kept_casts
 
 NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
@@ -77,7 +83,32 @@ def _functions() -> dict[str, Any]:
             grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
             return grad_gate, grad * F.silu(gate) if ctx.needs_input_grad[1] else None
 
-    _FNS.update(norm=_RMSNorm, silu_mul=_SiluMul)
+    class _SwiGLUDown(torch.autograd.Function):
+        """down(silu(gate) * up) keeping gate, up and down's (cast) weight: the product h = silu(gate) * up, which
+        the plain graph holds for down's weight gradient, is recomputed in backward. The gradients are the ops
+        autograd's MmBackward runs for a Linear on a 3-D input (h folded to 2-D; the weight gradient as
+        grad^T.mm(h), as for a transposed, column-major weight), then the cast's backward."""
+
+        @staticmethod
+        def forward(ctx, gate, up, weight):
+            device = gate.device.type
+            low = (weight.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device)
+                   and weight.is_floating_point() else weight)  # the cast autocast would make
+            ctx.save_for_backward(gate, up, low)
+            ctx.weight_dtype = weight.dtype
+            return F.linear(F.silu(gate) * up, low)
+
+        @staticmethod
+        def backward(ctx, grad):
+            gate, up, low = ctx.saved_tensors
+            h = (F.silu(gate) * up).reshape(-1, up.shape[-1])  # recomputed: the forward's bits
+            grad2d = grad.reshape(-1, grad.shape[-1])
+            grad_w = grad2d.t().mm(h).to(ctx.weight_dtype) if ctx.needs_input_grad[2] else None
+            grad_h = grad2d.mm(low).view(up.shape)
+            grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate) if ctx.needs_input_grad[0] else None
+            return grad_gate, grad_h * F.silu(gate) if ctx.needs_input_grad[1] else None, grad_w
+
+    _FNS.update(norm=_RMSNorm, silu_mul=_SiluMul, swiglu_down=_SwiGLUDown)
     return _FNS
 
 
@@ -94,7 +125,11 @@ def _mlp_forward(self: Any, x: Any) -> Any:
 
     if not torch.is_grad_enabled():
         return type(self).forward(self, x)
-    return self.down_proj(_functions()["silu_mul"].apply(self.gate_proj(x), self.up_proj(x)))
+    down = self.down_proj
+    if type(down) is torch.nn.Linear and down.bias is None and not kept_casts(down) - {"input"} and (
+            "forward" not in down.__dict__ or kept_casts(down)) and x.dim() == 3:
+        return _functions()["swiglu_down"].apply(self.gate_proj(x), self.up_proj(x), down.weight)
+    return down(_functions()["silu_mul"].apply(self.gate_proj(x), self.up_proj(x)))
 
 
 def _eligible(module: Any) -> Any:
