@@ -149,10 +149,13 @@ of gate/up's bf16 input copies no longer held). Same Xeon, 4 Dec, bf16 matmul pe
 0.355 / 0.135 and 0.355 / 0.130 pairs/s -> 2.68x (rounds 2.63x, 2.73x), memory **0.70** (4.9-5.0 GB against 6.8-7.1),
 share 0.10 / 0.04, final loss 0.7325 (unchanged, as the same bits require). TRL's side ran 0.130-0.135 pairs/s here
 against 0.139 and 0.117-0.125 in earlier runs, alignlab's 0.355 against 0.33-0.41: the ratio moves with the machine.
+With down's input recomputed as well (models/lean_blocks.py `_SwiGLUDown`; saved tensors 758 MB), an hour later,
+peak 1,462 at the start: 0.371 / 0.128 and 0.375 / 0.127 pairs/s -> 2.93x (rounds 2.90x, 2.95x), memory **0.69**
+(4.73 / 4.81 GB against 6.99 / 6.89), share 0.10 / 0.04, final loss 0.7325 (unchanged).
 What is left above 0.5x: the fixed state (float32 policy 0.54 GB, its gradients 0.54, AdamW's moments 1.08, the bf16
 reference 0.27, the runtime ~0.4) is ~2.8 GB = 0.41 of TRL's 6.9 before any activation, so 0.5x leaves ~0.6 GB for
-activations, logits and allocator slack; the step still holds ~0.75 GB of activations (the bf16 inputs of q/k/v, o,
-gate/up and down, gate and up's outputs, attention's q/k/v/output) and the weights' bf16 casts (0.2 GB). Only
+activations, logits and allocator slack; the step still holds ~0.55 GB of activations (the float32 norm inputs, the
+bf16 inputs of q/k/v, o and gate/up, gate and up's outputs, attention's q/k/v/output) and the weights' bf16 casts (0.2 GB). Only
 recomputing matrix products (full checkpointing: 0.56x on the EPYC, ~1/3 more compute) gets under that.
 """
 
