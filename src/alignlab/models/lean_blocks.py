@@ -40,10 +40,13 @@ _FNS: dict[str, Any] = {}
 
 
 def _functions() -> dict[str, Any]:
-    if _FNS:
-        return _FNS
+    if not _FNS:
+        _FNS.update(norm=_norm_cls(), silu_mul=_silu_mul_cls(), swiglu_down=_swiglu_down_cls())
+    return _FNS
+
+
+def _norm_cls() -> Any:
     import torch
-    import torch.nn.functional as F
 
     class _RMSNorm(torch.autograd.Function):
         """`x` comes in twice (`x_pow` and `x_mul`): autograd's plain graph sends float32 `x` one gradient from the
@@ -71,6 +74,13 @@ def _functions() -> dict[str, Any]:
                 return by_mul, by_pow, grad_w, None
             return (by_mul + by_pow).to(x.dtype), None, grad_w, None  # summed in float32 before the cast back
 
+    return _RMSNorm
+
+
+def _silu_mul_cls() -> Any:
+    import torch
+    import torch.nn.functional as F
+
     class _SiluMul(torch.autograd.Function):
         @staticmethod
         def forward(ctx, gate, up):
@@ -82,6 +92,13 @@ def _functions() -> dict[str, Any]:
             gate, up = ctx.saved_tensors
             grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
             return grad_gate, grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+
+    return _SiluMul
+
+
+def _swiglu_down_cls() -> Any:
+    import torch
+    import torch.nn.functional as F
 
     class _SwiGLUDown(torch.autograd.Function):
         """down(silu(gate) * up) keeping gate, up and down's (cast) weight: the product h = silu(gate) * up, which
@@ -108,8 +125,7 @@ def _functions() -> dict[str, Any]:
             grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate) if ctx.needs_input_grad[0] else None
             return grad_gate, grad_h * F.silu(gate) if ctx.needs_input_grad[1] else None, grad_w
 
-    _FNS.update(norm=_RMSNorm, silu_mul=_SiluMul, swiglu_down=_SwiGLUDown)
-    return _FNS
+    return _SwiGLUDown
 
 
 def _norm_forward(self: Any, hidden_states: Any) -> Any:
