@@ -58,6 +58,10 @@ def test_only_plain_llama_blocks_change_and_no_grad_runs_the_module():
     assert lean_blocks(model) == 2 * 2 + 1 + 1
     assert "forward" not in model.model.layers[0].mlp.__dict__
     assert lean_blocks(model) == 0  # already replaced: never twice
+    calls = []  # a hooked down_proj is called as a module (the fused SwiGLU-down path would skip its hooks)
+    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda *a: calls.append(1))
+    model(input_ids=torch.tensor([SEQS[0]])).logits.sum().backward()
+    assert calls == [1]
     x = torch.randn(3, 32)
     norm = model.model.norm
     with torch.no_grad():

@@ -141,9 +141,10 @@ def _mlp_forward(self: Any, x: Any) -> Any:
 
     if not torch.is_grad_enabled():
         return type(self).forward(self, x)
-    down = self.down_proj
-    if type(down) is torch.nn.Linear and down.bias is None and not kept_casts(down) - {"input"} and (
-            "forward" not in down.__dict__ or kept_casts(down)) and x.dim() == 3:
+    down = self.down_proj  # fused only where skipping its call changes nothing: no bias, hooks or weight casts kept
+    if (type(down) is torch.nn.Linear and down.bias is None and not down._forward_hooks
+            and not down._forward_pre_hooks and not kept_casts(down) - {"input"}
+            and ("forward" not in down.__dict__ or kept_casts(down)) and x.dim() == 3):
         return _functions()["swiglu_down"].apply(self.gate_proj(x), self.up_proj(x), down.weight)
     return down(_functions()["silu_mul"].apply(self.gate_proj(x), self.up_proj(x)))
 
