@@ -28,6 +28,12 @@ T = TypeVar("T")
 
 
 @cache
+def check_pad_multiple(value: int | None) -> None:
+    """`pad_to_multiple_of` (SFT, DPO and the on-policy configs): a positive width multiple, or null."""
+    if value is not None and value < 1:
+        raise ConfigError(f"pad_to_multiple_of: must be >= 1 or null, got {value}")
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> docstring, read from the string literal that follows each annotated field."""
     docs: dict[str, str] = {}

@@ -202,3 +202,16 @@ def test_chunked_step_equals_plain_step_and_gradients(attn):
         torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=0)
         for a, b in zip(grads[0][1], grads[1][1]):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_pad_to_multiple_of_must_be_positive_or_null_in_every_config():
+    from alignlab.config import load_config
+    from alignlab.errors import ConfigError
+    from alignlab.recipes.sft import SFTConfig
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.train.dpo import DPOConfig
+
+    for cls in (SFTConfig, DPOConfig, PolicyGradientConfig):
+        assert load_config(cls, None, ["model=m", "data=d", "pad_to_multiple_of=null"]).pad_to_multiple_of is None
+        with pytest.raises(ConfigError, match="pad_to_multiple_of: must be >= 1 or null, got 0"):
+            load_config(cls, None, ["model=m", "data=d", "pad_to_multiple_of=0"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.config import ConfigError
+from alignlab.config import check_pad_multiple
 from alignlab.errors import AlignlabError
 from alignlab.train.data_config import RowDataConfig
 
@@ -40,8 +40,7 @@ class SFTConfig(RowDataConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ConfigError(f"pad_to_multiple_of: must be >= 1 or null, got {self.pad_to_multiple_of}")
+        check_pad_multiple(self.pad_to_multiple_of)
 
 
 def load_sft_rows(path: str, cfg: SFTConfig) -> list:

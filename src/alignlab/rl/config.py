@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignlab.config import ConfigError
+from alignlab.config import ConfigError, check_pad_multiple
 from alignlab.rl.teacher import RemoteTeacher, remote_teacher
 from alignlab.rollout.remote import RemoteEngine
 from alignlab.train.config import OptimConfig, RunConfig
@@ -97,8 +97,7 @@ class OnPolicyConfig(OptimConfig, RunConfig):
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.eval_prompts < 0 or self.num_prompts < 1:
             raise ConfigError("eval_prompts must be >= 0 and num_prompts >= 1")
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ConfigError(f"pad_to_multiple_of: must be >= 1 or null, got {self.pad_to_multiple_of}")
+        check_pad_multiple(self.pad_to_multiple_of)
         if self.rollout_engine is not None:
             self.rollout_engine.validate()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignlab.config import ConfigError
+from alignlab.config import ConfigError, check_pad_multiple
 from alignlab.train.data_config import RowDataConfig
 
 
@@ -59,8 +59,7 @@ class DPOConfig(RowDataConfig):
             raise ConfigError(f"beta: must be positive, got {self.beta}")
         if self.row_tokens < 0 or self.logprob_chunk_size < 1:
             raise ConfigError("row_tokens must be >= 0 and logprob_chunk_size >= 1")
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ConfigError(f"pad_to_multiple_of: must be >= 1 or null, got {self.pad_to_multiple_of}")
+        check_pad_multiple(self.pad_to_multiple_of)
 
 
 def dpo_examples(rows: list, tokenizer: Any, cfg: DPOConfig, source: str, paired: bool) -> list:
