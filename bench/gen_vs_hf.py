@@ -122,7 +122,7 @@ FALLBACK_PROMPTS = [
 ]
 
 
-def load(name: str):
+def load(name: str, device: str = "cpu"):
     try:
         from alignlab.models.load import load_model, load_tokenizer
     except ImportError:  # models helper not merged yet: accept a local HF directory
@@ -130,8 +130,8 @@ def load(name: str):
 
         tok = AutoTokenizer.from_pretrained(name)
         tok.pad_token = tok.pad_token or tok.eos_token
-        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval(), tok
-    return load_model(name).eval(), load_tokenizer(name)
+        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device).eval(), tok
+    return load_model(name, device=device).eval(), load_tokenizer(name)
 
 
 def review_openings(k: int) -> list[str]:
@@ -163,14 +163,22 @@ def eos_ids(model, tok) -> set[int]:
     return set(eos_token_ids(model, tok))
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a wall clock read after it counts that work (a no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Clock:
     """Wall and process-CPU seconds of one call."""
 
     def __enter__(self):
+        sync()
         self.w, self.c = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
+        sync()
         self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
@@ -178,8 +186,8 @@ def run_hf(model, tok, prompts, n, max_new, seed) -> tuple[int, Clock]:
     """TRL's transformers path: prompts repeated n times, one left-padded batch, model.generate."""
     rows = [p for p in prompts for _ in range(n)]
     width = max(map(len, rows))
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=model.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
     eos = eos_ids(model, tok)
     torch.manual_seed(seed)
     with Clock() as clock:
@@ -202,15 +210,17 @@ def run_ours(model, tok, prompts, n, max_new, seed, weights_dtype="model", batch
     return res.num_tokens, clock
 
 
-def read_bandwidth(mb: int = 512, repeats: int = 3) -> float:
+def read_bandwidth(mb: int = 512, repeats: int = 3, device: str | torch.device = "cpu") -> float:
     """The machine's memory read bandwidth in bytes/s with the current torch threads: the best of a few
     sums over a float32 buffer far larger than any cache (a sum reads every byte once, writes nothing)."""
-    x = torch.ones(mb * (1 << 20) // 4)
+    x = torch.ones(mb * (1 << 20) // 4, device=device)
     x.sum()  # touch the pages
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         x.sum()
+        sync()
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best
 
@@ -228,12 +238,14 @@ def decode_rate(model, tok, prompts, batch: int, weights_dtype: str, timer, step
         cfg = SamplingConfig(max_new_tokens=max_new, seed=0, batch_size=batch, weights_dtype=weights_dtype)
         best = float("inf")
         for _ in range(repeats):
-            gen = torch.Generator().manual_seed(0)
+            gen = torch.Generator(device=model.device).manual_seed(0)
             eng = Engine(model, sampling_forward(model, cfg), [prompts[0]], [0], batch, cfg, [], tok.pad_token_id,
                          _sampler(cfg, gen, None))
             with torch.inference_mode():
+                sync()
                 t = timer()
                 eng.run()
+                sync()
                 best = min(best, timer() - t)
         times.append(best)
     return batch * (steps[1] - steps[0]) / (times[1] - times[0])
@@ -284,6 +296,7 @@ def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny-random")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU figures of `make gpu-check`)")
     ap.add_argument("--prompts", type=int, default=8, help="distinct prompts")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (GRPO num_generations)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -296,7 +309,7 @@ def main(argv=None) -> dict:
                     "there on the same batch and report it as a second peer (wall clock)")
     ap.add_argument("--roofline-batch", type=int, default=16, help="batch of the roofline measurement (0 = skip)")
     args = ap.parse_args(argv)
-    model, tok = load(args.model)
+    model, tok = load(args.model, args.device)
     on_cpu = model.device.type == "cpu"
     threads = args.threads if args.threads is not None else (1 if on_cpu else 0)
     clock = args.clock or ("cpu" if on_cpu else "wall")
@@ -336,7 +349,7 @@ def main(argv=None) -> dict:
         if args.bf16:
             result["speedup_bf16_vs_vllm_wall"] = round(rate(ours_bf16, "wall") / v, 2)
     if args.roofline_batch:
-        bw = read_bandwidth()
+        bw = read_bandwidth(device=model.device)
         result["read_bandwidth_gb_s"] = round(bw / 1e9, 2)
         timer = time.process_time if clock == "cpu" else time.perf_counter
         result["roofline"] = roofline(model, tok, prompts, args.roofline_batch, bw, timer)

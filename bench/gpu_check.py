@@ -65,6 +65,9 @@ CHECKS: dict[str, tuple[str, str, list[str], str, float | None]] = {
     "pretrain": ("pretrain", "pretrain_tiny_shakespeare.yaml", [], "tokens_per_second", None),
     "fsdp-sft": ("sft", "sft_smollm2.yaml", ["distributed=fsdp"], "tokens_per_second", 6.0),
 }
+# The generation benchmark's GPU figures (bench/gen_vs_hf.py): our sampler (fp32 and bf16 weights) against
+# model.generate on GRPO's batch, and decode tokens/s against the device's read-bandwidth limit.
+GEN_BENCH = ("gen", ["--prompts", "8", "--n", "8", "--max-new-tokens", "64", "--rounds", "2", "--bf16"])
 USES_MODEL = {name for name in CHECKS if name != "pretrain"}  # pretrain builds its own small model from scratch
 
 
@@ -87,6 +90,27 @@ def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29517",
                     "-m", "alignlab"]
     return [*launcher, cmd, "--config", str(config), *overrides(name, args, out)]
+
+
+def gen_bench(args: argparse.Namespace, env: dict) -> tuple[bool, dict, list[str]]:
+    """Run bench/gen_vs_hf.py on the device; its last line is one JSON object."""
+    cmd = [sys.executable, str(HERE.parent / "gen_vs_hf.py"), "--device", args.device, "--model", args.model,
+           *GEN_BENCH[1]]
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return False, {"seconds": round(time.perf_counter() - t, 1)}, [f"timed out after {args.timeout} s"]
+    res: dict = {"seconds": round(time.perf_counter() - t, 1)}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        out = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return False, res, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    res.update(tokens_per_second=out["ours_tokens_per_s"], hf_tokens_per_second=out["hf_tokens_per_s"],
+               bf16_tokens_per_second=out.get("ours_bf16_tokens_per_s"),
+               roofline={k: v["fraction"] for k, v in out.get("roofline", {}).items()})
+    return proc.returncode == 0, res, []
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -131,8 +155,12 @@ def summarize(name: str, rows: list[dict], seconds: float, n_params: int, peak_f
 
 
 def line(name: str, ok: bool, res: dict) -> str:
-    parts = [f"{'PASS' if ok else 'FAIL'} {name:<14}", f"{res.get('seconds', 0):6.1f} s", f"{res.get('steps', 0)} steps"]
-    for key, fmt in (("tokens_per_second", "{:,.0f} tokens/s"), ("seconds_per_step", "{:.2f} s/step"),
+    parts = [f"{'PASS' if ok else 'FAIL'} {name:<14}", f"{res.get('seconds', 0):6.1f} s"]
+    if "steps" in res or "error" not in res and name in CHECKS:
+        parts.append(f"{res.get('steps', 0)} steps")
+    for key, fmt in (("tokens_per_second", "{:,.0f} tokens/s"), ("hf_tokens_per_second", "generate {:,.0f}"),
+                     ("bf16_tokens_per_second", "bf16 {:,.0f}"), ("roofline", "roofline {}"),
+                     ("seconds_per_step", "{:.2f} s/step"),
                      ("mfu", "MFU {:.3f}"), ("peak_memory_mb", "peak {:,} MB")):
         if key in res:
             parts.append(fmt.format(res[key]))
@@ -218,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 instead of bf16 autocast")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per check (the first is not timed)")
-    p.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
+    p.add_argument("--only", default="", help="comma-separated check names (default: all): "
+                   + ", ".join([*CHECKS, GEN_BENCH[0]]))
     p.add_argument("--timeout", type=int, default=75, help="seconds per check")
     p.add_argument("--out", default="", help="where runs go (default: a temporary folder)")
     p.add_argument("--prepare", metavar="DIR", help="copy data and the model's config/tokenizer to DIR, then exit")
@@ -228,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         prepare(Path(args.prepare), data_root, args.model)
         return 0
-    names = [n for n in args.only.split(",") if n] or list(CHECKS)
-    unknown = [n for n in names if n not in CHECKS]
+    known = [*CHECKS, GEN_BENCH[0]]
+    names = [n for n in args.only.split(",") if n] or known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"gpu-check: unknown checks {unknown}; known: {', '.join(CHECKS)}")
+        raise SystemExit(f"gpu-check: unknown checks {unknown}; known: {', '.join(known)}")
     missing = [rel for rel in DATA_FILES if not (data_root / rel).is_file()]
     if missing:
         raise SystemExit(f"gpu-check: data files missing under {data_root} (set ALIGNLAB_DATA): {missing}")
@@ -247,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "ALIGNLAB_DATA": str(data_root), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     results, t_all = {}, time.perf_counter()
     for name in names:
+        if name == GEN_BENCH[0]:
+            ok, res, tail = gen_bench(args, env)
+            if not ok:
+                res["error"] = " | ".join(tail)[-400:]
+            results[name] = {"ok": ok, **res}
+            print(line(name, ok, res), flush=True)
+            continue
         t = time.perf_counter()
         try:
             proc = subprocess.run(command(name, args, out), cwd=ROOT, env=env, capture_output=True, text=True,
