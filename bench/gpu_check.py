@@ -10,6 +10,9 @@ overrides (device, bf16, a handful of steps, no checkpoints, its own output fold
 with a time limit, and prints one line: PASS or FAIL, seconds, the rate the run logged (tokens/s, pairs/s or
 s/step), MFU where the rate maps to FLOPs (full-weight SFT: 6N per trained token, N = the parameters in matrix
 products), peak memory, and the first and last loss. The last line is one JSON object.
+Two more checks run benchmarks on the device and print their figures: `gen` (bench/gen_vs_hf.py: our sampler in
+fp32 and bf16 against model.generate, decode against the read-bandwidth roofline) and `fused` (bench/fused_vs_liger.py:
+the LM head with its loss, RMSNorm and SwiGLU, ours against the plain ops and Liger-Kernel's, milliseconds and memory).
 A check that fails prints the tail of its output; the others still run. Sized to finish in under 8 minutes on
 an H200 (per-check limit --timeout); the first check also pays CUDA's start-up.
 
@@ -19,7 +22,9 @@ a directory holding only config.json and the tokenizer files gets seeded random 
 memory are the model's, losses are not. `--prepare DIR`, run where the data and SmolLM2 are, copies what such a
 machine needs into DIR: the data files and SmolLM2's config and tokenizer. The device machine lent to some
 sessions (torch, transformers, peft and accelerate installed, no network) then runs, with DIR=.gpu ignored by git
-and carried, and the vaderSentiment wheel (the sentiment reward's one missing package) downloaded into .gpu/whl:
+and carried, and the vaderSentiment wheel (the sentiment reward's one missing package) and liger-kernel's (pure
+Python over Triton, for `fused`) downloaded into .gpu/whl (`pip download --no-deps -d .gpu/whl vaderSentiment
+liger-kernel`):
 
     pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site
     ALIGNLAB_DATA=.gpu/data python3 bench/gpu_check.py --model .gpu/model --random-init
@@ -65,9 +70,13 @@ CHECKS: dict[str, tuple[str, str, list[str], str, float | None]] = {
     "pretrain": ("pretrain", "pretrain_tiny_shakespeare.yaml", [], "tokens_per_second", None),
     "fsdp-sft": ("sft", "sft_smollm2.yaml", ["distributed=fsdp"], "tokens_per_second", 6.0),
 }
-# The generation benchmark's GPU figures (bench/gen_vs_hf.py): our sampler (fp32 and bf16 weights) against
-# model.generate on GRPO's batch, and decode tokens/s against the device's read-bandwidth limit.
-GEN_BENCH = ("gen", ["--prompts", "8", "--n", "8", "--max-new-tokens", "64", "--rounds", "2", "--bf16"])
+# Benchmarks whose GPU figures the check reports (each script's last line is one JSON object): the generation
+# benchmark (our sampler, fp32 and bf16 weights, against model.generate on GRPO's batch; decode tokens/s against the
+# device's read-bandwidth limit) and the fused ops against Liger-Kernel's (when its wheel is carried).
+BENCHES = {
+    "gen": ("gen_vs_hf.py", ["--prompts", "8", "--n", "8", "--max-new-tokens", "64", "--rounds", "2", "--bf16"]),
+    "fused": ("fused_vs_liger.py", []),
+}
 USES_MODEL = {name for name in CHECKS if name != "pretrain"}  # pretrain builds its own small model from scratch
 
 
@@ -92,24 +101,34 @@ def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
     return [*launcher, cmd, "--config", str(config), *overrides(name, args, out)]
 
 
-def gen_bench(args: argparse.Namespace, env: dict) -> tuple[bool, dict, list[str]]:
-    """Run bench/gen_vs_hf.py on the device; its last line is one JSON object."""
-    cmd = [sys.executable, str(HERE.parent / "gen_vs_hf.py"), "--device", args.device, "--model", args.model,
-           *GEN_BENCH[1]]
+def bench_figures(name: str, out: dict) -> dict:
+    """The few figures of a benchmark's JSON line that its check prints."""
+    if name == "gen":
+        return {"tokens_per_second": out["ours_tokens_per_s"], "hf_tokens_per_second": out["hf_tokens_per_s"],
+                "bf16_tokens_per_second": out.get("ours_bf16_tokens_per_s"),
+                "roofline": {k: v["fraction"] for k, v in out.get("roofline", {}).items()}}
+    return {"ms": {op: {side: r["ms"] for side, r in sides.items()} for op, sides in out["ops"].items()},
+            "liger": out["liger"]}
+
+
+def bench_check(name: str, args: argparse.Namespace, env: dict) -> tuple[bool, dict, list[str]]:
+    """Run one of BENCHES on the device: (ok, its figures, the output's tail when it failed)."""
+    script, extra = BENCHES[name]
+    cmd = [sys.executable, str(HERE.parent / script), "--device", args.device, *extra]
+    if name == "gen":
+        cmd += ["--model", args.model]
+    if name == "fused" and not args.device.startswith("cuda"):  # the dry run: a CPU takes seconds per full head
+        cmd += ["--tokens", "512", "--reps", "3"]
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return False, {"seconds": round(time.perf_counter() - t, 1)}, [f"timed out after {args.timeout} s"]
     res: dict = {"seconds": round(time.perf_counter() - t, 1)}
-    lines = proc.stdout.strip().splitlines()
     try:
-        out = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
+        res.update(bench_figures(name, json.loads(proc.stdout.strip().splitlines()[-1])))
+    except (IndexError, KeyError, json.JSONDecodeError):
         return False, res, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-    res.update(tokens_per_second=out["ours_tokens_per_s"], hf_tokens_per_second=out["hf_tokens_per_s"],
-               bf16_tokens_per_second=out.get("ours_bf16_tokens_per_s"),
-               roofline={k: v["fraction"] for k, v in out.get("roofline", {}).items()})
     return proc.returncode == 0, res, []
 
 
@@ -159,7 +178,8 @@ def line(name: str, ok: bool, res: dict) -> str:
     if "steps" in res or "error" not in res and name in CHECKS:
         parts.append(f"{res.get('steps', 0)} steps")
     for key, fmt in (("tokens_per_second", "{:,.0f} tokens/s"), ("hf_tokens_per_second", "generate {:,.0f}"),
-                     ("bf16_tokens_per_second", "bf16 {:,.0f}"), ("roofline", "roofline {}"),
+                     ("bf16_tokens_per_second", "bf16 {:,.0f}"), ("roofline", "roofline {}"), ("ms", "ms {}"),
+                     ("liger", "liger {}"),
                      ("seconds_per_step", "{:.2f} s/step"),
                      ("mfu", "MFU {:.3f}"), ("peak_memory_mb", "peak {:,} MB")):
         if key in res:
@@ -247,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 instead of bf16 autocast")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per check (the first is not timed)")
     p.add_argument("--only", default="", help="comma-separated check names (default: all): "
-                   + ", ".join([*CHECKS, GEN_BENCH[0]]))
+                   + ", ".join([*CHECKS, *BENCHES]))
     p.add_argument("--timeout", type=int, default=75, help="seconds per check")
     p.add_argument("--out", default="", help="where runs go (default: a temporary folder)")
     p.add_argument("--prepare", metavar="DIR", help="copy data and the model's config/tokenizer to DIR, then exit")
@@ -257,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         prepare(Path(args.prepare), data_root, args.model)
         return 0
-    known = [*CHECKS, GEN_BENCH[0]]
+    known = [*CHECKS, *BENCHES]
     names = [n for n in args.only.split(",") if n] or known
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -277,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "ALIGNLAB_DATA": str(data_root), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     results, t_all = {}, time.perf_counter()
     for name in names:
-        if name == GEN_BENCH[0]:
-            ok, res, tail = gen_bench(args, env)
+        if name in BENCHES:
+            ok, res, tail = bench_check(name, args, env)
             if not ok:
                 res["error"] = " | ".join(tail)[-400:]
             results[name] = {"ok": ok, **res}

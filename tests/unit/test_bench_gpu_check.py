@@ -55,3 +55,29 @@ def test_one_check_dry_run_on_cpu(gpu_check, data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown checks"):
         gpu_check.main(["--only", "nope"])
     sys.modules.pop("hardware", None)
+
+
+def test_bench_figures_by_hand(gpu_check):
+    gen = {"ours_tokens_per_s": 900.0, "hf_tokens_per_s": 300.0, "ours_bf16_tokens_per_s": 1200.0,
+           "roofline": {"fp32": {"fraction": 0.4, "tokens_per_s": 1}, "bf16": {"fraction": 0.3, "tokens_per_s": 1}}}
+    assert gpu_check.bench_figures("gen", gen) == {"tokens_per_second": 900.0, "hf_tokens_per_second": 300.0,
+                                                   "bf16_tokens_per_second": 1200.0,
+                                                   "roofline": {"fp32": 0.4, "bf16": 0.3}}
+    fused = {"liger": True, "ops": {"head": {"plain": {"ms": 2.0, "grad_rel_diff": 0.0}, "liger": {"ms": 1.0}}}}
+    assert gpu_check.bench_figures("fused", fused) == {"ms": {"head": {"plain": 2.0, "liger": 1.0}}, "liger": True}
+
+
+def test_fused_bench_dry_run_on_cpu(capsys):
+    """bench/fused_vs_liger.py without a GPU: the plain ops and ours (Liger is Triton), and ours agree with plain."""
+    spec = importlib.util.spec_from_file_location("fused_vs_liger", BENCH_DIR / "fused_vs_liger.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--device", "cpu", "--tokens", "64", "--reps", "1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res
+    assert not res["liger"] and set(res["ops"]) == {"head", "rmsnorm", "swiglu"}
+    for sides in res["ops"].values():
+        assert set(sides) == {"plain", "ours"} and all(s["ms"] > 0 for s in sides.values())
+        # the same ops in the same order (lean blocks) or the same sums chunk by chunk (the head): plain's error
+        assert sides["ours"]["grad_rel_diff"] == pytest.approx(sides["plain"]["grad_rel_diff"], rel=0.05, abs=1e-6)
+    assert res["ops"]["rmsnorm"]["ours"]["grad_rel_diff"] == 0.0  # float32 throughout: the same bits
+    assert res["ops"]["head"]["ours"]["loss_abs_diff"] < 1e-3  # bf16 logits against float32 ones
