@@ -47,7 +47,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # alignlab from this checkout where it is not installed (a bare GPU machine)
 CONFIGS = ROOT / "configs"
 DATA_FILES = ("llamafactory_demo/alpaca_en_demo.json", "llamafactory_demo/dpo_en_demo.json",
-              "truthfulqa/TruthfulQA.csv", "tinyshakespeare/input.txt")
+              "truthfulqa/TruthfulQA.csv", "tinyshakespeare/input.txt",
+              "imdb/movie_review.jsonl")  # the last: gen_vs_hf's prompts, as on the CPU
 TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                    "chat_template.jinja", "special_tokens_map.json")
 
