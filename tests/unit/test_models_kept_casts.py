@@ -64,9 +64,12 @@ def test_outside_bf16_autocast_or_reused_buffers_the_module_runs_its_own_forward
     assert keep_weight_casts(tiny_llama("sdpa"), enabled=False) == 0
 
 
-def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back():
+@pytest.mark.parametrize("amx", [True, False], ids=["bf16-attention", "fp32-attention"])
+def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back(monkeypatch, amx):
     from alignlab.rollout import weights
     from alignlab.rollout.generate import SamplingConfig, sampling_forward
+
+    monkeypatch.setattr(weights, "cpu_has_amx", lambda: amx)  # both attention dtypes on any CPU
 
     model = tiny_llama("spans")
     keep_weight_casts(model)
@@ -74,12 +77,13 @@ def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back()
     packed = weights.packed_linears(model, torch.bfloat16, lambda p: p.detach().bfloat16(), 4)
     if torch.backends.mkldnn.is_available():
         assert set(packed) == set(linears)
-    from transformers import DynamicCache
+    from alignlab.rollout.kvcache import new_cache
 
     forward = sampling_forward(model, SamplingConfig(max_new_tokens=4, batch_size=2, weights_dtype="bfloat16"))
+    cache = new_cache(model, dtype=forward.cache_dtype)[0]  # as the engine asks: float32 keys where no AMX
     with torch.inference_mode():
         forward(torch.tensor([SEQS[0]]), torch.ones(1, len(SEQS[0]), dtype=torch.long),
-                torch.arange(len(SEQS[0]))[None], DynamicCache(config=model.config))
+                torch.arange(len(SEQS[0]))[None], cache)
     assert all(kept_cast_forward(m) for m in linears)
 
 
