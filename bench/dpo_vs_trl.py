@@ -157,6 +157,16 @@ reference 0.27, the runtime ~0.4) is ~2.8 GB = 0.41 of TRL's 6.9 before any acti
 activations, logits and allocator slack; the step still holds ~0.55 GB of activations (the float32 norm inputs, the
 bf16 inputs of q/k/v, o and gate/up, gate and up's outputs, attention's q/k/v/output) and the weights' bf16 casts (0.2 GB). Only
 recomputing matrix products (full checkpointing: 0.56x on the EPYC, ~1/3 more compute) gets under that.
+The same final code on an AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), 4 Dec afternoon, 1 thread,
+`--rounds 2`, bf16 matmul peak 210 GFLOP/s (a seventh of the Xeon's): 0.201 / 0.075 and 0.201 / 0.073 pairs/s ->
+2.72x (rounds 2.68x, 2.75x), memory 0.67 (4.72 / 4.69 GB against 6.83 / 6.99), share **0.39** / 0.14, final loss
+0.7223 (this CPU's bf16 kernels round differently from the Xeon's 0.7325). There the step is matrix products: a
+torch profile of two steps puts 60% of alignlab's CPU time in aten::mm, at ~90% of the measured peak, and 9% in
+sdpa's flash forward; on the Xeon the same products take a seventh of the time and the rest of the step dominates.
+glibc's counts over a step there (sampled every 2 ms): RSS peak 4.76 GB against 2.93 GB malloc'd in use; the rest
+is the float32 policy mapped from its safetensors file (0.54 GB, private once AdamW writes it), ~0.5-0.6 GB free
+inside the heap at the peak (the same with a 4 MB or 32 MB mmap threshold, a 4 MB or 256 MB trim threshold, or
+`malloc_trim` before every step: 4.69-4.74 GB) and the runtime.
 """
 
 from __future__ import annotations
