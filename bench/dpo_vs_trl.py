@@ -158,11 +158,14 @@ activations, logits and allocator slack; the step still holds ~0.55 GB of activa
 bf16 inputs of q/k/v, o and gate/up, gate and up's outputs, attention's q/k/v/output) and the weights' bf16 casts (0.2 GB). Only
 recomputing matrix products (full checkpointing: 0.56x on the EPYC, ~1/3 more compute) gets under that.
 The same final code on an AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), 4 Dec afternoon, 1 thread,
-`--rounds 2`, bf16 matmul peak 210 GFLOP/s (a seventh of the Xeon's): 0.201 / 0.075 and 0.201 / 0.073 pairs/s ->
+`--rounds 2`, bf16 matmul peak 210 GFLOP/s at the start (438-472 on 2 Dec's EPYC of the same family and model, ~1,460
+on the Xeon): 0.201 / 0.075 and 0.201 / 0.073 pairs/s ->
 2.72x (rounds 2.68x, 2.75x), memory 0.67 (4.72 / 4.69 GB against 6.83 / 6.99), share **0.39** / 0.14, final loss
 0.7223 (this CPU's bf16 kernels round differently from the Xeon's 0.7325). There the step is matrix products: a
 torch profile of two steps puts 60% of alignlab's CPU time in aten::mm, at ~90% of the measured peak, and 9% in
 sdpa's flash forward; on the Xeon the same products take a seventh of the time and the rest of the step dominates.
+Against 2 Dec's EPYC runs (2.83-3.29x, TRL at 0.09-0.11 pairs/s): this machine's products run at half that rate, so
+both steps are more nearly their matrix products and the ratio nears the ratio of their work.
 glibc's counts over a step there (sampled every 2 ms): RSS peak 4.76 GB against 2.93 GB malloc'd in use; the rest
 is the float32 policy mapped from its safetensors file (0.54 GB, private once AdamW writes it), ~0.5-0.6 GB free
 inside the heap at the peak (the same with a 4 MB or 32 MB mmap threshold, a 4 MB or 256 MB trim threshold, or
