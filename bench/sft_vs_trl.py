@@ -116,6 +116,12 @@ before: five steps stay bit-identical here). A run just before it, with a test r
 first round, gave 2.00x (2.06x, 1.94x). Issue 16's SFT 2x is met in this run.
 2 threads (`--threads 2 --rounds 2`, bf16 matmul peak 2,750 at the start), the same code: 370.2 / 172.8 and 359.4 /
 168.1 tokens/s -> **2.14x** (2.14x, 2.14x), memory 0.94 (3.55 GB against 3.76), share 0.14 / 0.07.
+The same final code on an AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), 4 Dec afternoon, 1 thread,
+`--rounds 2`, bf16 matmul peak 218 GFLOP/s at the start: full checkpointing on both 129.4 / 72.7 and 130.8 / 75.2
+tokens/s -> 1.76x (1.78x, 1.74x), memory 0.91 (3.3-3.4 GB against 3.7-3.8), share 0.64 / 0.37, final loss 1.7636
+(the Xeon's 1.7635 to rounding); `--gradient-checkpointing selective` (TRL full) 138.0 / 72.4 and 141.8 / 71.6 ->
+1.94x (1.91x, 1.98x), memory 0.98, share 0.73 / 0.38. alignlab's products run near this CPU's peak, so what is left
+of the 2x here is TRL's own share of the peak (0.37): 2x needs 0.75 of it on our side, the selective run's 0.73.
 """
 
 from __future__ import annotations
