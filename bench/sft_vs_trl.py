@@ -120,8 +120,9 @@ The same final code on an AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 C
 `--rounds 2`, bf16 matmul peak 218 GFLOP/s at the start: full checkpointing on both 129.4 / 72.7 and 130.8 / 75.2
 tokens/s -> 1.76x (1.78x, 1.74x), memory 0.91 (3.3-3.4 GB against 3.7-3.8), share 0.64 / 0.37, final loss 1.7636
 (the Xeon's 1.7635 to rounding); `--gradient-checkpointing selective` (TRL full) 138.0 / 72.4 and 141.8 / 71.6 ->
-1.94x (1.91x, 1.98x), memory 0.98, share 0.73 / 0.38. alignlab's products run near this CPU's peak, so what is left
-of the 2x here is TRL's own share of the peak (0.37): 2x needs 0.75 of it on our side, the selective run's 0.73.
+1.94x (1.91x, 1.98x), memory 0.98, share 0.73 / 0.38 (both counted at 8N a token, so the shares compare tokens/s;
+selective runs 6N). With full checkpointing on both, 2x TRL's 0.37 would need alignlab's 8N at 0.74 of the peak
+measured on large shapes: at most ~1/4 of its step outside matrix products, and those at full rate.
 """
 
 from __future__ import annotations
