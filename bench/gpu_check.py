@@ -74,9 +74,11 @@ CHECKS: dict[str, tuple[str, str, list[str], str, float | None]] = {
 # Benchmarks whose GPU figures the check reports (each script's last line is one JSON object): the generation
 # benchmark (our sampler, fp32 and bf16 weights, against model.generate on GRPO's batch; decode tokens/s against the
 # device's read-bandwidth limit) and the fused ops against Liger-Kernel's (when its wheel is carried).
-BENCHES = {
-    "gen": ("gen_vs_hf.py", ["--prompts", "8", "--n", "8", "--max-new-tokens", "64", "--rounds", "2", "--bf16"]),
-    "fused": ("fused_vs_liger.py", []),
+BENCHES = {  # name -> (script, its arguments for this run's args)
+    "gen": ("gen_vs_hf.py", lambda a: ["--model", a.model, "--prompts", "8", "--n", "8", "--max-new-tokens", "64",
+                                       "--rounds", "2", "--bf16"]),
+    # the dry run's CPU takes seconds per full [8192, vocab] head: fewer tokens and repetitions there
+    "fused": ("fused_vs_liger.py", lambda a: [] if a.device.startswith("cuda") else ["--tokens", "512", "--reps", "3"]),
 }
 USES_MODEL = {name for name in CHECKS if name != "pretrain"}  # pretrain builds its own small model from scratch
 
@@ -112,25 +114,19 @@ def bench_figures(name: str, out: dict) -> dict:
             "liger": out["liger"]}
 
 
-def bench_check(name: str, args: argparse.Namespace, env: dict) -> tuple[bool, dict, list[str]]:
-    """Run one of BENCHES on the device: (ok, its figures, the output's tail when it failed)."""
+def bench_command(name: str, args: argparse.Namespace) -> list[str]:
     script, extra = BENCHES[name]
-    cmd = [sys.executable, str(HERE.parent / script), "--device", args.device, *extra]
-    if name == "gen":
-        cmd += ["--model", args.model]
-    if name == "fused" and not args.device.startswith("cuda"):  # the dry run: a CPU takes seconds per full head
-        cmd += ["--tokens", "512", "--reps", "3"]
-    t = time.perf_counter()
+    return [sys.executable, str(HERE.parent / script), "--device", args.device, *extra(args)]
+
+
+def run_child(cmd: list[str], env: dict, timeout: int) -> tuple[bool, str, list[str]]:
+    """(exited 0, its stdout, the last lines of its output) of one check's process, stopped after `timeout` s."""
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return False, {"seconds": round(time.perf_counter() - t, 1)}, [f"timed out after {args.timeout} s"]
-    res: dict = {"seconds": round(time.perf_counter() - t, 1)}
-    try:
-        res.update(bench_figures(name, json.loads(proc.stdout.strip().splitlines()[-1])))
-    except (IndexError, KeyError, json.JSONDecodeError):
-        return False, res, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-    return proc.returncode == 0, res, []
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return False, partial, [f"timed out after {timeout} s", *partial.splitlines()[-2:]]
+    return proc.returncode == 0, proc.stdout, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -176,8 +172,8 @@ def summarize(name: str, rows: list[dict], seconds: float, n_params: int, peak_f
 
 def line(name: str, ok: bool, res: dict) -> str:
     parts = [f"{'PASS' if ok else 'FAIL'} {name:<14}", f"{res.get('seconds', 0):6.1f} s"]
-    if "steps" in res or "error" not in res and name in CHECKS:
-        parts.append(f"{res.get('steps', 0)} steps")
+    if "steps" in res:  # a recipe check's (summarize always counts them)
+        parts.append(f"{res['steps']} steps")
     for key, fmt in (("tokens_per_second", "{:,.0f} tokens/s"), ("hf_tokens_per_second", "generate {:,.0f}"),
                      ("bf16_tokens_per_second", "bf16 {:,.0f}"), ("roofline", "roofline {}"), ("ms", "ms {}"),
                      ("liger", "liger {}"),
@@ -298,23 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "ALIGNLAB_DATA": str(data_root), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     results, t_all = {}, time.perf_counter()
     for name in names:
-        if name in BENCHES:
-            ok, res, tail = bench_check(name, args, env)
-            if not ok:
-                res["error"] = " | ".join(tail)[-400:]
-            results[name] = {"ok": ok, **res}
-            print(line(name, ok, res), flush=True)
-            continue
         t = time.perf_counter()
-        try:
-            proc = subprocess.run(command(name, args, out), cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=args.timeout)
-            ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        except subprocess.TimeoutExpired as e:
-            partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            ok, tail = False, [f"timed out after {args.timeout} s", *partial.splitlines()[-2:]]
-        res = summarize(name, read_rows(out / name), time.perf_counter() - t, n, info["matmul_flops"])
-        ok = ok and res.get("steps", 0) == args.steps
+        bench = name in BENCHES
+        ok, stdout, tail = run_child(bench_command(name, args) if bench else command(name, args, out), env,
+                                     args.timeout)
+        if bench:
+            res = {"seconds": round(time.perf_counter() - t, 1)}
+            try:
+                res.update(bench_figures(name, json.loads(stdout.strip().splitlines()[-1])))
+            except (IndexError, KeyError, json.JSONDecodeError):
+                ok = False
+        else:
+            res = summarize(name, read_rows(out / name), time.perf_counter() - t, n, info["matmul_flops"])
+            ok = ok and res.get("steps", 0) == args.steps
         if not ok:
             res["error"] = " | ".join(tail)[-400:]
         results[name] = {"ok": ok, **res}
