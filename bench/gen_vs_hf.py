@@ -101,7 +101,7 @@ our bf16 0.96x vLLM (fp32 0.41x); read bandwidth 14.5 GB/s; at batch 16, fp32 14
 Tried that night and not kept: the weights' pages as transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`:
 450 MB of huge pages taken, 151 packed products back to back 2-3% faster, a whole decode step unchanged, 39.2-40.7 ms
 either way in three interleaved pairs).
-4 Dec afternoon, AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), the same code and command, vLLM 0.32's
+4 Dec afternoon, AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), one torch thread, the same code and command, vLLM 0.32's
 CPU build side by side: model.generate 107.7 tokens/cpu-s; ours fp32 163.0 (1.51x); ours bf16 321.6 (2.99x; 326.8 and
 316.5 per round); vLLM 312.8 and 314.1 per round -> our bf16 **1.03x vLLM** (fp32 0.52x); read bandwidth 23.2 GB/s;
 at batch 16, fp32 106.8 tokens/s = 15% of 690, bf16 280.6 = 20% of 1,379. Without AMX a 16-row bf16 step is bound

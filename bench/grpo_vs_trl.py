@@ -154,7 +154,7 @@ bf16 again half an hour later (peak 1,449): 4.45 / 11.04 and 4.43 / 11.41 s/step
 0.88. With down's input recomputed too (models/lean_blocks.py), peak 1,483: 4.47 / 11.36 and 4.48 / 11.39 s/step ->
 2.54x (2.54x, 2.54x), memory 0.87 (3.8 GB against 4.4), the same rewards. bf16's 2.5x: met in four of five runs
 (2.59x, 2.50x, 2.46x, 2.53x, 2.54x).
-The same final code on an AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), 4 Dec afternoon, `make
+The same final code on an AMD EPYC (family 25 model 17, AVX512-BF16, no AMX; 2 CPUs), 4 Dec afternoon, 1 thread, `make
 bench-grpo` with `--rounds 2`, bf16 matmul peak 210 GFLOP/s at the start (half 2 Dec's EPYC): bf16 6.59 / 13.31 and
 7.26 / 14.28 s/step -> 1.99x (2.02x, 1.97x), memory 0.86 (3.8 GB against 4.3-4.4; generation 2.1-2.4 s, update
 3.5-3.8 s); float32 11.93 / 17.16 and 11.67 / 17.72 -> 1.48x (1.44x, 1.52x), memory 0.91; float32 with bf16 sampling
