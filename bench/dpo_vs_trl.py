@@ -187,7 +187,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from peer import add_shared_args, compare, peak_rss_mb, run_as_worker, step_timer
+from peer import add_shared_args, compare, logged_steps, peak_rss_mb, run_as_worker, step_timer
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -197,8 +197,6 @@ ROOT = HERE.parents[1]
 def alignlab_worker(spec: dict) -> dict:
     """Runs inside alignlab's venv: `alignlab dpo` on the shared JSONL, timings from metrics.jsonl."""
     from alignlab.recipes.dpo import DPOConfig, run
-    from alignlab.train.metrics import read_metrics
-
     cfg = DPOConfig(
         model=spec["model_dir"], data=spec["data"], output_dir=spec["out"] + "/alignlab", eval_split=0.0,
         max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
@@ -209,9 +207,7 @@ def alignlab_worker(spec: dict) -> dict:
         gradient_checkpointing={"off": False, "full": True, "selective": "selective"}[spec["gradient_checkpointing"]],
     )
     run(cfg)
-    rows = [r for r in read_metrics(cfg.output_dir) if "tokens_per_second" in r]
-    tokens = [rows[0]["num_tokens"]] + [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
-    seconds = [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
+    rows, _, seconds = logged_steps(cfg.output_dir)
     return {"step_seconds": seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in rows],
             "gradient_checkpointing": spec["gradient_checkpointing"]}
 

@@ -46,6 +46,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def logged_steps(output_dir: str) -> tuple[list[dict], list[int], list[float]]:
+    """An alignlab run's per-step metrics rows, tokens and seconds, from the `num_tokens` and `tokens_per_second`
+    it logs every step (logging_steps 1)."""
+    from alignlab.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(output_dir) if "tokens_per_second" in r]
+    tokens = [rows[0]["num_tokens"]] + [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
+    return rows, tokens, [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
+
+
 def ensure_trl_venv(venv: Path) -> Path:
     """A venv holding TRL with the same torch release as ours (created once, reused after)."""
     python = venv / "bin" / "python"

@@ -36,3 +36,17 @@ def test_rounds_alternate_and_average_the_ratios(monkeypatch, tmp_path, capsys):
     assert line["speedup"] == 2.0 and line["memory_ratio"] == 0.8
     sys.modules.pop("peer", None)
     sys.modules.pop("hardware", None)
+
+
+def test_logged_steps_turn_cumulative_tokens_into_each_steps_tokens_and_seconds(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    peer = importlib.import_module("peer")
+    rows = [{"step": 1, "num_tokens": 100, "tokens_per_second": 50.0, "loss": 2.0},
+            {"step": 1, "eval_loss": 1.9},  # an eval row: no throughput, skipped
+            {"step": 2, "num_tokens": 250, "tokens_per_second": 75.0, "loss": 1.5},
+            {"step": 3, "num_tokens": 300, "tokens_per_second": 25.0, "loss": 1.2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, tokens, seconds = peer.logged_steps(str(tmp_path))
+    assert [r["loss"] for r in kept] == [2.0, 1.5, 1.2]
+    assert tokens == [100, 150, 50]
+    assert seconds == [2.0, 2.0, 2.0]
