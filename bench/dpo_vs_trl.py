@@ -176,7 +176,8 @@ final loss 0.7223. Both sides under tcmalloc (`LD_PRELOAD=.../libtcmalloc_minima
 0.093 -> 2.30x, memory 0.66 (4.28 GB against 6.52): TRL runs ~30% faster under it, alignlab 3-12% (three paired
 alignlab-only runs: 0.187 / 0.179, 0.193 / 0.187, 0.205 / 0.183 pairs/s, 4.27-4.28 GB against 4.68-4.71 under glibc),
 so part of the 2.7x under glibc is alignlab's handling of glibc (ops/buffers.py). tcmalloc's 0.42 GB less is glibc's
-fragmentation; 0.5x of TRL's 6.8 GB would still need recomputed products.
+fragmentation; 0.5x of TRL's 6.8 GB would still need recomputed products. `--compile` there (alignlab alone, glibc):
+0.182 pairs/s at 4.75 GB, no faster than eager's 0.191-0.196 (on the Xeon it gained ~8%): it stays off by default.
 """
 
 from __future__ import annotations
