@@ -132,8 +132,8 @@ libtcmalloc-minimal4; the workers inherit it): full checkpointing 127.6 / 80.0 -
 3.52 GB). TRL alone under tcmalloc: 83.1 tokens/s at 3.52 GB against 62.6 at 3.71 under glibc in the run before it; so TRL
 runs 8-33% faster under tcmalloc (glibc maps every block above 32 MB afresh, zero-filled page by page, and TRL's padded
 [rows, vocab] float32 logits are ~100 MB a micro-batch), alignlab 2-6% (ops/buffers.py already keeps glibc's freed
-blocks), and part of the ratio under glibc is alignlab's handling of glibc. alignlab without checkpointing (its own default): 147.8-161.8
-tokens/s at 3.59-3.60 GB under tcmalloc against 140-145 at 3.92-3.95 GB under glibc: there glibc's heap holds 0.6-0.7
+blocks), and part of the ratio under glibc is alignlab's handling of glibc. alignlab without checkpointing (its own default): 146.7-161.8
+tokens/s at 3.59-3.60 GB under tcmalloc against 137.3-144.5 (118.6-125.5 in a slower hour) at 3.92-3.95 GB under glibc: there glibc's heap holds 0.6-0.7
 GB free at the peak (fragmented; the gradients, AdamW's moments and the kept casts each in one block outside the heap
 left it as it was), so without checkpointing alignlab is above TRL's 3.7 GB under glibc and below it under tcmalloc.
 """
