@@ -161,6 +161,9 @@ bench-grpo` with `--rounds 2`, bf16 matmul peak 210 GFLOP/s at the start (half 2
 10.16 / 18.73 and 10.15 / 18.12 -> 1.81x (1.84x, 1.79x), memory 0.92. A bf16 product runs here at about a seventh of
 the Xeon's rate, so matrix products, which alignlab does not make cheaper, are a larger part of both sides' steps
 (60% of alignlab's DPO step on this machine: bench/dpo_vs_trl.py) and the ratio is lower than on the Xeon.
+The same EPYC and code, 4 Dec, 16:22 UTC, load 0.1, bf16 matmul peak 183 at the start, `--bf16 --rounds 2`: 8.54 / 17.23
+and 7.18 / 15.89 s/step -> 2.11x (2.02x, 2.21x), memory 0.86 (3.79-3.80 GB against 4.41-4.42), rewards 0.922 -> 0.883
+(TRL 0.924 -> 0.886). Issue 14's 2.5x is not reached on this CPU.
 """
 
 from __future__ import annotations
