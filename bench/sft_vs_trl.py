@@ -127,15 +127,17 @@ The same EPYC and code, 4 Dec, 15:00-15:45 UTC, load ~1, bf16 matmul peak 198-22
 checkpointing on both 120.3 / 69.3 and 125.0 / 73.8 tokens/s -> 1.71x (1.74x, 1.69x), memory 0.93, share 0.64-0.67 /
 0.37-0.39; `--gradient-checkpointing selective` 133.1 / 67.3 and 133.9 / 66.5 -> **2.00x** (1.98x, 2.01x), memory
 0.99 (3.60-3.64 GB against 3.68-3.69), share 0.70 / 0.35.
-The allocator's part, one round each, both sides under tcmalloc (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`, Debian's
-libtcmalloc-minimal4; the workers inherit it): full checkpointing 127.6 / 80.0 -> 1.59x, memory 0.94 (3.30 against
-3.52 GB). TRL alone under tcmalloc: 83.1 tokens/s at 3.52 GB against 62.6 at 3.71 under glibc in the run before it; so TRL
-runs 8-33% faster under tcmalloc (glibc maps every block above 32 MB afresh, zero-filled page by page, and TRL's padded
-[rows, vocab] float32 logits are ~100 MB a micro-batch), alignlab 2-6% (ops/buffers.py already keeps glibc's freed
-blocks), and part of the ratio under glibc is alignlab's handling of glibc. alignlab without checkpointing (its own default): 146.7-161.8
-tokens/s at 3.59-3.60 GB under tcmalloc against 137.3-144.5 (118.6-125.5 in a slower hour) at 3.92-3.95 GB under glibc: there glibc's heap holds 0.6-0.7
-GB free at the peak (fragmented; the gradients, AdamW's moments and the kept casts each in one block outside the heap
-left it as it was), so without checkpointing alignlab is above TRL's 3.7 GB under glibc and below it under tcmalloc.
+The allocator's part, same EPYC, 1 thread, one round each, both sides under tcmalloc
+(`LD_PRELOAD=.../libtcmalloc_minimal.so.4`, Debian's libtcmalloc-minimal4; the workers inherit it): full checkpointing
+127.6 / 80.0 -> 1.59x, memory 0.94 (3.30 against 3.52 GB). TRL alone under tcmalloc: 83.1 tokens/s at 3.52 GB against
+62.6 at 3.71 under glibc in the run before it; so TRL runs 8-33% faster under tcmalloc (glibc maps every block above
+32 MB afresh, zero-filled page by page, and TRL's padded [rows, vocab] float32 logits are ~100 MB a micro-batch),
+alignlab 2-6% (ops/buffers.py already keeps glibc's freed blocks), and part of the ratio under glibc is alignlab's
+handling of glibc. alignlab without checkpointing (its own default): 146.7-161.8 tokens/s at 3.59-3.60 GB under
+tcmalloc against 137.3-144.5 (118.6-125.5 in a slower hour) at 3.92-3.95 GB under glibc: there glibc's heap holds
+0.6-0.7 GB free at the peak (fragmented; the gradients, AdamW's moments and the kept casts each in one block outside
+the heap left it as it was), so without checkpointing alignlab is above TRL's 3.7 GB under glibc and below it under
+tcmalloc.
 """
 
 from __future__ import annotations
