@@ -173,11 +173,12 @@ inside the heap at the peak (the same with a 4 MB or 32 MB mmap threshold, a 4 M
 The same EPYC and code, 4 Dec, 15:00-15:45 UTC, 1 thread, load ~1, bf16 matmul peak 208 at the start, `--rounds 2`:
 0.191 / 0.070 and 0.196 / 0.073 pairs/s -> 2.71x (2.73x, 2.68x), memory 0.69 (4.69 GB against 6.81 / 6.83), share
 0.37-0.38 / 0.14, final loss 0.7223. Both sides under tcmalloc (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`, one round,
-peak 211): 0.214 / 0.093 -> 2.30x, memory 0.66 (4.28 GB against 6.52): TRL runs ~30% faster under it, alignlab
-3-12% (three paired alignlab-only runs: 0.187 / 0.179, 0.193 / 0.187, 0.205 / 0.183 pairs/s, 4.27-4.28 GB against
-4.68-4.71 under glibc), so part of the 2.7x under glibc is alignlab's handling of glibc (ops/buffers.py). tcmalloc's 0.42 GB less is glibc's
-fragmentation; 0.5x of TRL's 6.8 GB would still need recomputed products. `--compile` there (alignlab alone, glibc):
-0.182 pairs/s at 4.75 GB, no faster than eager's 0.191-0.196 (on the Xeon it gained ~8%): it stays off by default.
+peak 211): 0.214 / 0.093 -> 2.30x, memory 0.66 (4.28 GB against 6.52): TRL runs ~30% faster under it, alignlab 3-12%
+(three paired alignlab-only runs: 0.187 / 0.179, 0.193 / 0.187, 0.205 / 0.183 pairs/s, 4.27-4.28 GB against 4.68-4.71
+under glibc), so part of the 2.7x under glibc is alignlab's handling of glibc (ops/buffers.py). tcmalloc's 0.42 GB
+less is glibc's fragmentation; 0.5x of TRL's 6.8 GB would still need recomputed products. `--compile` there (alignlab
+alone, glibc): 0.182 pairs/s at 4.75 GB, no faster than eager's 0.191-0.196 (on the Xeon it gained ~8%): it stays off
+by default.
 """
 
 from __future__ import annotations
