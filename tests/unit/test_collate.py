@@ -66,6 +66,15 @@ def test_pack_picks_the_cheaper_layout():
     assert capped["input_ids"].shape == (2, 8)
 
 
+def test_span_attention_packs_one_row_whatever_the_cap():
+    """Lengths 3000 and 2990, cap 3000: masked attention makes one row dearer (5990 x (1 + 5990/4096) = 14,749
+    against 2 x 3000 x (1 + 3000/4096) = 10,394), so it bins and pads; under span attention the attention cost does
+    not grow with the row, and the capped rows' padding is never worth paying: one row of 5990."""
+    examples = [{"input_ids": [1] * 3000}, {"input_ids": [2] * 2990}]
+    assert Collator(0, packing=True, max_row_tokens=3000)(examples)["input_ids"].shape == (2, 3000)
+    assert Collator(0, packing=True, max_row_tokens=3000, spans=True)(examples)["input_ids"].shape == (1, 5990)
+
+
 def test_pack_into_capped_rows():
     """Lengths 5, 3, 7 with rows of at most 8 tokens, first-fit decreasing: 7 alone, then 5 + 3.
 

@@ -155,3 +155,17 @@ def test_collator_rejects_unknown_path_and_empty_batch():
         PairCollator(0, "zigzag")
     with pytest.raises(ValueError, match="empty"):
         collate_plain([], 0)
+
+
+def test_span_attention_puts_a_micro_batch_in_one_row_unless_capped():
+    """Prefix units are 5 and 4 tokens, packed sequences 3, 3, 4, 2. Masked sdpa (spans=False) caps rows at the
+    longest unit: 2 prefix rows of width 5 (one padded), 4 packed rows of width 4; under span attention one row of
+    9 and 12, with no padding; an explicit row_tokens cap still applies."""
+    widths = {}
+    for path in ("prefix", "packed"):
+        for spans in (False, True):
+            widths[path, spans] = tuple(PairCollator(0, path, spans=spans)(PAIRS)["input_ids"].shape)
+    assert widths == {("prefix", False): (2, 5), ("prefix", True): (1, 9),
+                      ("packed", False): (4, 4), ("packed", True): (1, 12)}
+    assert PairCollator(0, "prefix", row_tokens=5, spans=True)(PAIRS)["input_ids"].shape == (2, 5)
+    assert PairCollator(0, "plain", spans=True)(PAIRS)["input_ids"].shape == (4, 4)  # plain is TRL's layout

@@ -163,12 +163,14 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any]:
 
 
 class Collator:
-    """`collate(examples) -> batch` for the loop: padded or packed, chosen by config."""
+    """`collate(examples) -> batch` for the loop: padded or packed, chosen by config. `spans`: the model runs span
+    attention, where a packed row's attention is each sequence's own whatever the row's width, so one row is never
+    dearer than capped ones (no padding) and is always taken."""
 
     def __init__(self, pad_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None,
-                 max_row_tokens: int | None = None):
+                 max_row_tokens: int | None = None, spans: bool = False):
         self.pad_id, self.packing, self.pad_to_multiple_of = pad_id, packing, pad_to_multiple_of
-        self.max_row_tokens = max_row_tokens
+        self.max_row_tokens = None if spans else max_row_tokens
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         if self.packing:

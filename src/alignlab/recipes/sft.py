@@ -24,8 +24,9 @@ class SFTConfig(RowDataConfig):
     packing: bool = True
     """Padding-free packing: a micro-batch's sequences share one row with restarting positions (no pad FLOPs)."""
     pack_length: int | None = None
-    """Longest packed row in tokens (null: max_length) when binning is cheaper than one long row: attention
-    costs O(row length^2) even for masked-out blocks, binned rows pay padding; collate picks the cheaper."""
+    """Longest packed row in tokens (null: max_length) when binning is cheaper than one long row: masked attention
+    costs O(row length^2) even for masked-out blocks, binned rows pay padding; collate picks the cheaper. Models
+    under span attention (sdpa models alignlab loads) always take one row: their attention is each sequence's own."""
     pad_to_multiple_of: int | None = 16
     """Round each micro-batch's row width up to a multiple of this (pad tokens in a span of their own, never
     attended to or trained on; null: no rounding). oneDNN compiles a kernel for every new matrix shape (~2 ms each
@@ -64,6 +65,7 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     from alignlab.data.collate import Collator
     from alignlab.data.mixture import data_label
     from alignlab.data.prepare import run_split
+    from alignlab.models.attention import uses_spans
     from alignlab.models.prepare import prepare_model
     from alignlab.train.lm import lm_step_for, perplexity_eval
     from alignlab.train.loop import seed_everything, train
@@ -79,7 +81,7 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, data_label(cfg.data))
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
     collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length,
-                       pad_to_multiple_of=cfg.pad_to_multiple_of)
+                       pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(model))
     step_fn = lm_step_for(model, cfg.chunked_logprobs, cfg.logprob_chunk_size)
     eval_fn = perplexity_eval(step_fn, eval_set, collate, cfg, world.device) if eval_set else None
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn, tokenizer=tokenizer,

@@ -177,6 +177,7 @@ def preference_pairs(samples: list, rewards: list[float], k: int) -> list[dict[s
 def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     """Sample, rank, one DPO optimizer step on the pairs (no step when every group tied)."""
     from alignlab.data.pairs import PairCollator
+    from alignlab.models.attention import uses_spans
     from alignlab.train.loop import to_device
 
     cfg, world, k = state.cfg, state.world, state.cfg.num_generations
@@ -195,7 +196,7 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     mine = [c[world.rank::world.size] for c in chunks]
     if pairs:
         collate = PairCollator(state.tokenizer.pad_token_id, "prefix" if cfg.prefix_sharing else "plain",
-                               pad_to_multiple_of=cfg.pad_to_multiple_of)
+                               pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(state.train_policy))
         parts = [p or c[:1] or pairs[:1] for p, c in zip(mine, chunks)]
         out = optimizer_step(state.optimizers[0],
                              [lambda p=p: state.dpo(state.train_policy, to_device(collate(p), state.device))

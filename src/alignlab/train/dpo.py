@@ -40,8 +40,9 @@ class DPOConfig(RowDataConfig):
     """prefix: [prompt|chosen|rejected] in one block, the prompt computed once (fastest, same numbers);
     packed: padding-free rows; plain: 2B padded rows as TRL."""
     row_tokens: int = 0
-    """Packed/prefix rows hold up to max(row_tokens, longest pair) tokens; 0 caps rows at the longest pair,
-    fastest with sdpa on CPU (a masked row costs its length squared in attention)."""
+    """Packed/prefix rows hold up to max(row_tokens, longest pair) tokens. 0: a micro-batch in one padding-free row
+    under span attention (models alignlab loads with sdpa: a row costs its length), else rows capped at the longest
+    pair (a masked sdpa row costs its length squared in attention); data/pairs.py."""
     pad_to_multiple_of: int | None = 16
     """Round each batch's row width up to a multiple of this (a pad tail of its own, never attended to or
     trained on; null: no rounding): rows of every length made oneDNN compile new kernels (~2 ms a matrix shape) and
@@ -137,6 +138,7 @@ def train_lora_dpo(dcfg: DPOConfig, policy: Any, tokenizer: Any, progress_fn: An
     from alignlab.data.pairs import PairCollator
     from alignlab.data.prepare import load_task_rows
     from alignlab.losses import combine
+    from alignlab.models.attention import uses_spans
     from alignlab.models.lora import apply_lora
     from alignlab.train.loop import train
 
@@ -145,7 +147,7 @@ def train_lora_dpo(dcfg: DPOConfig, policy: Any, tokenizer: Any, progress_fn: An
     examples = dpo_examples(load_task_rows(dcfg.data, "preference"), tokenizer, dcfg, dcfg.data, True)
     step_fn = preference_step(dcfg, mix, "adapter" if mix.needs_reference else "none", policy)
     collate = PairCollator(tokenizer.pad_token_id, dcfg.forward_path, row_tokens=dcfg.row_tokens,
-                           pad_to_multiple_of=dcfg.pad_to_multiple_of)
+                           pad_to_multiple_of=dcfg.pad_to_multiple_of, spans=uses_spans(policy))
     result = train(dcfg, policy, step_fn, examples, collate, eval_fn=progress_fn, tokenizer=tokenizer,
                    config_yaml=saved_config_text(dcfg))
     return policy, result
