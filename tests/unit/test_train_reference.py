@@ -1,5 +1,8 @@
 """train/reference.py: which reference a policy gets and what is built (the one place that decides)."""
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -88,6 +91,25 @@ def test_source_model_and_bf16_linear_weights():
     assert ref is other
     assert ref.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     assert ref.get_input_embeddings().weight.dtype == torch.float32
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings (/proc, Linux)")
+def test_bf16_reference_from_a_checkpoint_releases_the_files_mapping(tmp_path):
+    """transformers loads float32 tensors zero-copy out of the safetensors file's mapping; once the Linear weights
+    are lowered, the kept embeddings and norms must not hold the whole file mapped (and resident) any more. Same
+    outputs as the reference built before (its own copies hold the same values)."""
+    tiny(0).save_pretrained(tmp_path / "ckpt")
+    weights = str(tmp_path / "ckpt" / "model.safetensors")
+    mapped = lambda: any(line.rstrip().endswith(weights) for line in open("/proc/self/maps"))  # noqa: E731
+    plain = build_reference(tiny(0), "model", source=str(tmp_path / "ckpt"))
+    assert mapped()  # what the release undoes: the float32 reference still lives in the file's mapping
+    del plain
+    gc.collect()
+    assert not mapped()
+    ref = build_reference(tiny(0), "model", source=str(tmp_path / "ckpt"), bf16=True)
+    assert not mapped()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(logits(ref), logits(tiny(0).eval()), atol=0, rtol=0)
 
 
 def test_choose_kind_and_step_reference_objects():
