@@ -179,6 +179,19 @@ under glibc), so part of the 2.7x under glibc is alignlab's handling of glibc (o
 less is glibc's fragmentation; 0.5x of TRL's 6.8 GB would still need recomputed products. `--compile` there (alignlab
 alone, glibc): 0.182 pairs/s at 4.75 GB, no faster than eager's 0.191-0.196 (on the Xeon it gained ~8%): it stays off
 by default.
+The same EPYC, 4 Dec 17:20-17:50 UTC, after two changes with the same losses (final 0.7223). (1) Under span attention
+a micro-batch of pairs is one padding-free row (data/pairs.py): rows had been capped at the longest pair, a rule for
+masked sdpa, so a step of pairs of 242 and 661 tokens ran 2 x 672 positions; the policy and the reference each ran
+1,064 positions a step against 760 now (alignlab alone: 0.193 -> 0.256 pairs/s, 4.69 -> 4.40 GB). (2) The bf16
+reference owns copies of the tensors it keeps in float32 (train/reference.py): its embedding and norms had held the
+whole 538 MB float32 safetensors file mapped and resident (`/proc/self/smaps` at the peak: 1,026 MB in the file's two
+mappings, policy and reference) for their 113 MB (alone: 4.36 -> 3.98 GB). 1 thread, load ~0.9, bf16 matmul peak 199
+at the start, `--rounds 2`: 0.243 / 0.075 and 0.273 / 0.080 pairs/s -> **3.33x** (rounds 3.24x, 3.41x), memory
+**0.58** (3.96 / 3.99 GB against 6.92 / 6.69), share of peak **0.50-0.56** / 0.15-0.16 (processed share now equals
+the useful one: no padding). 2 threads, one round (peak 418): 0.452 against 0.106 pairs/s -> **4.26x**, memory 0.57
+(3.98 GB against 6.95), share 0.44 / 0.10. Alignlab alone with recomputation (1 thread): selective 0.239 pairs/s at
+3.93 GB, full 0.214 at 3.79 GB = 0.56 of TRL's 6.8 GB without it. So issue 16's 3x and its share of peak are met here;
+0.5x of TRL's memory is not (0.58; fixed state and glibc's free heap, about 0.6 GB at the peak, are the rest).
 """
 
 from __future__ import annotations
@@ -303,7 +316,7 @@ def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, floa
     The same for both sides (same pairs), so the ratio of their shares is the speedup. Processed: what each side
     actually ran, padding included: 6N per policy position (8N under full checkpointing, which reruns the forward)
     + 2N per reference position (TRL runs prompt+chosen and prompt+rejected as padded rows, so it embeds the prompt
-    twice and pads; alignlab's prefix rows pad only a row's tail)."""
+    twice and pads; alignlab's micro-batch is one prefix row, padded only at its tail to a multiple of 16)."""
     from hardware import forward_flops_per_token, train_flops_per_token
 
     useful = (train_flops_per_token(n, recompute=False) + forward_flops_per_token(n)) * layout_tokens_per_pair \

@@ -29,8 +29,8 @@ Paths (all give the same log-probs; tests/unit/test_preference_paths.py pins it 
 Row width. Under span attention (`spans=True`: the model takes the `attn_spans` plan) a micro-batch is ONE
 row with no padding but the `pad_to_multiple_of` tail: each pair's attention is its own spans whatever row it is
 in, so a row costs its length, and rows of unequal pairs only add padding. `make bench-dpo`'s SmolLM2 job (2 pairs
-of 131-661 tokens a step) ran 1,064 positions a step capped at the longest pair against 755 in one row, and 0.241
-against 0.290 pairs/s (AMD EPYC, one thread) with the same losses. Without spans (masked sdpa, which computes a
+of 131-661 tokens a step) ran 1,064 positions a step capped at the longest pair against 760 in one row: 0.193
+against 0.256 pairs/s (AMD EPYC, one thread), the same losses. Without spans (masked sdpa, which computes a
 row's full T x T score matrix; only a plain causal row lets the kernel skip the upper triangle), rows are capped at
 max(`row_tokens`, longest unit) tokens, by default the longest unit: one long masked row would turn the linear
 saving of packing into a quadratic attention cost. Measured on the tiny model with the demo pairs: rows of 2048
