@@ -92,6 +92,29 @@ def test_token_counts_and_packed_rows_have_no_cross_attention(attn):
     assert counts == [3, 6, 1, 4, 8, 7, 2, 4, 4, 3]
 
 
+def test_a_span_plan_builds_no_dense_mask_and_a_lost_plan_fails(monkeypatch):
+    """With a plan, transformers builds no [T, T] mask for the one-row batch (its packed-sequence detection would:
+    T^2 bytes a forward) and the log-probs are still each sequence's own; the placeholder mask it gets instead
+    makes a forward that lost its plan fail rather than attend across pairs."""
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from alignlab.models.attention import SPANS, planned_mask
+
+    model, pairs, built = tiny("spans"), make_pairs(), []
+    mask_fn = AttentionMaskInterface._global_mapping[SPANS]
+    monkeypatch.setitem(AttentionMaskInterface._global_mapping, SPANS,
+                        lambda *a, **k: built.append(1) or mask_fn(*a, **k))
+    batch = PairCollator(0, "prefix", spans=True)(pairs)
+    assert batch["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        got, _ = sequence_logps(model, batch)
+        assert not built
+        torch.testing.assert_close(got, direct_logps(model, pairs), atol=1e-5, rtol=0)
+        with pytest.raises(RuntimeError):
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                  attention_mask=planned_mask(batch["input_ids"]))
+
+
 def _grads(model, batch, weights):
     model.zero_grad()
     logps, _ = sequence_logps(model, batch)

@@ -312,3 +312,14 @@ def enable_span_attention(model: Any) -> bool:
 def uses_spans(model: Any) -> bool:
     """True when the model's layers take an `attn_spans` plan."""
     return _impl(model) == SPANS
+
+
+def planned_mask(input_ids: Any) -> Any:
+    """The `attention_mask` a forward with a span plan passes. transformers hands a 4D mask to the attention function
+    as it is, so it builds none of its own: from the plan's restarting position ids it would build the packed row's
+    whole [T, T] mask, T^2 bytes (67 MB for 8 x 1,024 tokens in one row, 4 GB for 64k) filled at every forward, that
+    span attention never reads. Empty (no key columns): a layer that ran sdpa with it instead of the plan would fail,
+    never attend wrongly."""
+    import torch
+
+    return torch.ones((input_ids.shape[0], 1, 1, 0), dtype=torch.bool, device=input_ids.device)

@@ -67,7 +67,7 @@ def final_hidden(model: Any, batch: dict) -> torch.Tensor:
     from alignlab.train.steps import model_inputs
 
     kwargs = model_inputs(model, batch)
-    if "attn_spans" not in kwargs:  # with a span plan no T x T mask is built
+    if "attn_spans" not in kwargs:  # a span plan comes with its own placeholder mask (models/attention.py)
         kwargs["attention_mask"] = _attention_mask(model, batch)
     if _is_wrapped(model):
         # Through the wrapper's forward: no logits at all (empty logits_to_keep), only the last hidden state.

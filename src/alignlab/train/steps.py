@@ -12,13 +12,15 @@ from typing import Any
 
 
 def model_inputs(model: Any, batch: dict) -> dict[str, Any]:
-    """Forward kwargs of a padded or packed batch; a packed batch's span plan when the model takes one."""
-    from alignlab.models.attention import uses_spans
+    """Forward kwargs of a padded or packed batch; a packed batch's span plan when the model takes one (and in place
+    of a mask, `planned_mask`: no [T, T] mask is built for it)."""
+    from alignlab.models.attention import planned_mask, uses_spans
 
     kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                   position_ids=batch.get("position_ids"), use_cache=False)
     if batch.get("attn_spans") is not None and uses_spans(model):
         kwargs["attn_spans"] = batch["attn_spans"]
+        kwargs["attention_mask"] = planned_mask(batch["input_ids"])
     return kwargs
 
 
