@@ -164,6 +164,13 @@ the Xeon's rate, so matrix products, which alignlab does not make cheaper, are a
 The same EPYC and code, 4 Dec, 16:22 UTC, load 0.1, bf16 matmul peak 183 at the start, `--bf16 --rounds 2`: 8.54 / 17.23
 and 7.18 / 15.89 s/step -> 2.11x (2.02x, 2.21x), memory 0.86 (3.79-3.80 GB against 4.41-4.42), rewards 0.922 -> 0.883
 (TRL 0.924 -> 0.886). Issue 14's 2.5x is not reached on this CPU.
+The same EPYC, 4 Dec 18:00 UTC, after the changes of that evening (one-row pair batches, the bf16 reference's own
+float32 copies, no dense mask with a span plan; none changes this job's numbers), load 0.8, peak 211, `--bf16
+--rounds 2`: 6.49 / 12.74 and 6.43 / 12.22 s/step -> 1.93x (1.96x, 1.90x), memory 0.86 (3.78-3.82 GB against
+4.39-4.43), same rewards. Both sides ran faster than at 16:22 (TRL 12.2-12.7 s against 15.9-17.2). Where alignlab's
+step goes (in-process, 5 steps): sampling 2.0 s, the update 3.3 s, the reference's forward and the rest ~0.9 s; a
+torch profile of the update puts 68% of it in aten::mm at ~190 GFLOP/s (the measured peak: 200-217), so the update is
+at this machine's matmul rate, and 2.5x of TRL's 12.5 s (5.0 s) is more than sampling could give back.
 """
 
 from __future__ import annotations

@@ -138,6 +138,12 @@ tcmalloc against 137.3-144.5 (118.6-125.5 in a slower hour) at 3.92-3.95 GB unde
 0.6-0.7 GB free at the peak (fragmented; the gradients, AdamW's moments and the kept casts each in one block outside
 the heap left it as it was), so without checkpointing alignlab is above TRL's 3.7 GB under glibc and below it under
 tcmalloc.
+The same EPYC, 4 Dec 17:50-18:00 UTC, after a packed micro-batch became one row under span attention (data/collate.py
+`Collator(spans=...)`: the cost model's capped rows only add padding when attention is per sequence; here a
+micro-batch of two rows of up to 256 tokens, 5,595 -> 5,582 positions over the timed steps, same final loss 1.7636),
+`--rounds 2`, bf16 matmul peak 200-217 at the starts: full checkpointing on both 115.4 / 72.9 and 128.3 / 71.2 tokens/s
+-> 1.69x (1.58x, 1.80x), memory 0.95 (3.36-3.44 GB against 3.62-3.64); selective 144.9 / 74.8 and 135.0 / 73.3 ->
+1.89x (1.94x, 1.84x), memory 0.99: within the runs' spread of the 15:00 ones, as expected of 0.2% fewer positions.
 """
 
 from __future__ import annotations
