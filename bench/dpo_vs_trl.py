@@ -192,6 +192,10 @@ the useful one: no padding). 2 threads, one round (peak 418): 0.452 against 0.10
 (3.98 GB against 6.95), share 0.44 / 0.10. Alignlab alone with recomputation (1 thread): selective 0.239 pairs/s at
 3.93 GB, full 0.214 at 3.79 GB = 0.56 of TRL's 6.8 GB without it. So issue 16's 3x and its share of peak are met here;
 0.5x of TRL's memory is not (0.58; fixed state and glibc's free heap, about 0.6 GB at the peak, are the rest).
+Final code (also no dense [T, T] mask with a span plan: models/attention.py `planned_mask`), 18:25 UTC, 1 thread, load
+0.2, peak 205, `--rounds 2`: 0.242 / 0.078 and 0.281 / 0.077 pairs/s -> **3.36x** (rounds 3.10x, 3.65x), memory 0.57
+(3.99-4.00 GB against 7.01 / 6.94), share 0.48-0.56 / 0.15; 2 threads, one round (peak 431): 0.470 against 0.120 ->
+**3.92x**, memory 0.58, share 0.44 / 0.11. Final loss 0.7223 throughout.
 """
 
 from __future__ import annotations
