@@ -100,7 +100,10 @@ def test_bf16_reference_from_a_checkpoint_releases_the_files_mapping(tmp_path):
     outputs as the reference built before (its own copies hold the same values)."""
     tiny(0).save_pretrained(tmp_path / "ckpt")
     weights = str(tmp_path / "ckpt" / "model.safetensors")
-    mapped = lambda: any(line.rstrip().endswith(weights) for line in open("/proc/self/maps"))  # noqa: E731
+
+    def mapped():
+        return any(line.rstrip().endswith(weights) for line in open("/proc/self/maps"))
+
     plain = build_reference(tiny(0), "model", source=str(tmp_path / "ckpt"))
     assert mapped()  # what the release undoes: the float32 reference still lives in the file's mapping
     del plain
