@@ -130,6 +130,49 @@ def test_collator_layout():
     assert batch["num_items"] == 2 and batch["num_tokens"] == 9
 
 
+def test_shared_collator_layout():
+    """One padding-free row: each example's common prefix once (one short of its shortest sequence), then every
+    sequence's tail with positions continuing the prefix; `last` is each sequence's last token in the row."""
+    examples = [RewardExample([[5, 6, 7, 1], [5, 6, 2]], 1.5), RewardExample([[9, 9], [9, 9, 9], [9, 4]]),
+                RewardExample([[3], [8]])]
+    batch = RewardCollator(0, spans=True, pad_to_multiple_of=8)(examples)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 1, 2, 9, 9, 9, 9, 4, 3, 8, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 1, 2, 1, 0, 0, 0, 1, 2, 3]]
+    assert batch["last"].tolist() == [3, 4, 6, 8, 9, 10, 11]
+    assert [(s.q0, s.q1, s.keys) for s in batch["attn_spans"]] == [
+        (0, 4, ((0, 4),)), (4, 5, ((0, 2), (4, 5))),                          # [5 6 | 7 1], [5 6 | 2]
+        (5, 7, ((5, 7),)), (7, 9, ((5, 6), (7, 9))), (9, 10, ((5, 6), (9, 10))),  # [9 | 9], [9 | 9 9], [9 | 4]
+        (10, 11, ((10, 11),)), (11, 12, ((10, 10), (11, 12))),                # no shared prefix
+        (12, 16, ((12, 16),))]                                                # the pad tail
+    assert batch["index"].tolist() == [[0, 1, -1], [2, 3, 4], [5, 6, -1]]
+    assert batch["num_tokens"] == 4 + 3 + 2 + 3 + 2 + 1 + 1 and batch["attention_mask"] is None
+
+
+@pytest.mark.parametrize("loss", ["bradley_terry", "plackett_luce"])
+def test_shared_row_gives_the_padded_rows_scores_and_gradients(loss):
+    """The prefix-shared row (recipes/reward.py's default) against right-padded rows: the same loss, metrics and
+    gradients, on lists whose completions share a prompt, one completion being a prefix of another."""
+    prompt = [7, 3, 9, 12, 4]
+    examples = [RewardExample([prompt + [5, 6, 7, 8], prompt + [9, 10]], 0.5),
+                RewardExample([prompt[:3] + [11, 12], prompt[:3] + [11, 12, 13, 14]]),
+                RewardExample([[20, 21], [22, 23, 24]])]
+    if loss == "plackett_luce":
+        examples[0].sequences.append(prompt + [30, 31, 32])
+    results = []
+    for spans in (False, True):
+        torch.manual_seed(0)
+        model = load_scorer("tiny-random")
+        out, m = RewardStep(loss)(model, RewardCollator(0, spans=spans, pad_to_multiple_of=8)(examples))
+        out.backward()
+        results.append((out.detach(), m, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, ma, ga), (b, mb, gb) = results
+    assert float(b) == pytest.approx(float(a), abs=1e-6)
+    for key in ma:
+        assert float(mb[key]) == pytest.approx(float(ma[key]), abs=1e-6)
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_ranking_metrics_by_hand():
     """Row 1: best 3 vs [1, 0] -> wins, rejected mean 0.5; row 2: best 0 vs [2] (third slot absent) -> loses,
     rejected 2. accuracy 1/2, chosen (3+0)/2 = 1.5, rejected (0.5+2)/2 = 1.25, margin (2.5 - 2)/2 = 0.25."""

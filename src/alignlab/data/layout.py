@@ -39,6 +39,26 @@ def packed_plan(row_lengths: Sequence[Sequence[int]], width: int) -> tuple[Span,
     return tuple(spans)
 
 
+def shared_prefix_spans(row: int, start: int, prefix: int, lengths: Sequence[int]) -> list[Span]:
+    """Spans of one group laid out from `start` as [prefix | seq 1 | seq 2 | ...]: the prefix and the first
+    sequence causal, every other sequence over the prefix and itself, never over a sibling. A DPO pair is the group
+    (prompt; chosen, rejected), a GRPO group a prompt and its answers, a reward model's example the completions'
+    common prefix and their tails."""
+    spans, c0 = [], start + prefix
+    for m, n in enumerate(lengths):
+        if m == 0 and prefix + n > 0:
+            spans.append(Span(row, start, c0 + n, ((start, c0 + n),)))
+        elif m > 0 and n > 0:
+            spans.append(Span(row, c0, c0 + n, ((start, start + prefix), (c0, c0 + n))))
+        c0 += n
+    return spans
+
+
+def pad_tail_span(row: int, start: int, width: int) -> list[Span]:
+    """The span of a row's pad tail [start, width): causal over itself, so no real token sees it."""
+    return [Span(row, start, width, ((start, width),))] if width > start else []
+
+
 def prefix_plan(row_blocks: Sequence[Sequence[tuple[int, int, int]]], width: int) -> tuple[Span, ...]:
     """Spans of prefix-shared rows of (prompt, chosen, rejected) lengths: [prompt | chosen] causal, then
     rejected over prompt + rejected (never chosen); the pad tail a span of its own."""
@@ -46,12 +66,7 @@ def prefix_plan(row_blocks: Sequence[Sequence[tuple[int, int, int]]], width: int
     for r, blocks in enumerate(row_blocks):
         start = 0
         for p, c, rej in blocks:
-            if p + c > 0:
-                spans.append(Span(r, start, start + p + c, ((start, start + p + c),)))
-            if rej > 0:
-                r0 = start + p + c
-                spans.append(Span(r, r0, r0 + rej, ((start, start + p), (r0, r0 + rej))))
+            spans += shared_prefix_spans(r, start, p, (c, rej))
             start += p + c + rej
-        if width > start:
-            spans.append(Span(r, start, width, ((start, width),)))
+        spans += pad_tail_span(r, start, width)
     return tuple(spans)

@@ -9,8 +9,9 @@
 
 Every completion is one full sequence, prompt + completion, tokenised jointly by `data.tokenize`. When the
 longest completion does not fit `max_length`, the prompt is cut the same way for every completion of the
-example, so they are compared on the same context. `RewardCollator` right-pads all sequences of a batch
-and maps each example's k-th completion to its row.
+example, so they are compared on the same context. `RewardCollator` batches all sequences of a micro-batch (right-
+padded rows, or one padding-free row with each example's shared prefix once) and maps each example's k-th completion
+to its sequence.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from alignlab.data.layout import pad_tail_span, round_up, shared_prefix_spans
 from alignlab.data.rows import Message, Origin
 from alignlab.errors import AlignlabError
 
@@ -150,22 +152,25 @@ def ranked_examples(rows: list[RankedRow], tok: Any, max_length: int, max_prompt
 
 
 class RewardCollator:
-    """Examples -> right-padded [N, T] sequences (all completions of all examples) and `index` [B, K]
-    mapping each example's k-th completion to its row (-1 where a shorter list has none)."""
+    """Examples -> the sequences of all completions of all examples, and `index` [B, K] mapping each example's k-th
+    completion to its sequence number (-1 where a shorter list has none).
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    Padded (default): right-padded rows [N, T], as TRL's RewardTrainer. `spans=True` (models under span attention,
+    models/attention.py): the micro-batch in ONE padding-free row, each example as [common prefix | tail 1 | tail 2
+    | ...]: the token prefix its completions share (the prompt, and the chat template's assistant header) runs once,
+    every tail attends to the prefix and itself, never to a sibling (data/layout.py), positions restart after the
+    prefix as in the sequence alone; `last` [N] holds each sequence's last token's position in the row, where it is
+    scored. Same scores as the padded rows (test); the prefix is kept one token short of the shortest sequence, so
+    every sequence ends in a token of its own. `pad_to_multiple_of` rounds the row width (or T) up."""
+
+    def __init__(self, pad_id: int, *, spans: bool = False, pad_to_multiple_of: int | None = None):
+        self.pad_id, self.spans, self.multiple = pad_id, spans, pad_to_multiple_of
 
     def __call__(self, examples: list[RewardExample]) -> dict[str, Any]:
         import torch
 
         seqs = [s for ex in examples for s in ex.sequences]
-        width, k = max(len(s) for s in seqs), max(len(ex.sequences) for ex in examples)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        k = max(len(ex.sequences) for ex in examples)
         index = torch.full((len(examples), k), -1, dtype=torch.long)
         row = 0
         for b, ex in enumerate(examples):
@@ -173,5 +178,51 @@ class RewardCollator:
             index[b, :n] = torch.arange(row, row + n)
             row += n
         margin = torch.tensor([ex.margin or 0.0 for ex in examples], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "index": index, "margin": margin,
-                "num_items": len(examples), "num_tokens": int(mask.sum())}
+        batch = self._shared(examples) if self.spans else self._padded(seqs)
+        return {**batch, "index": index, "margin": margin, "num_items": len(examples),
+                "num_tokens": sum(len(s) for s in seqs)}
+
+    def _padded(self, seqs: list[list[int]]) -> dict[str, Any]:
+        import torch
+
+        width = round_up(max(len(s) for s in seqs), self.multiple)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _shared(self, examples: list[RewardExample]) -> dict[str, Any]:
+        import torch
+
+        flat: list[int] = []
+        pos: list[int] = []
+        spans: list = []
+        last: list[int] = []
+        for ex in examples:
+            p = _common_prefix(ex.sequences)
+            start = len(flat)
+            flat += ex.sequences[0][:p]
+            pos += range(p)
+            spans += shared_prefix_spans(0, start, p, [len(s) - p for s in ex.sequences])
+            for s in ex.sequences:
+                flat += s[p:]
+                pos += range(p, len(s))
+                last.append(len(flat) - 1)
+        width = round_up(len(flat), self.multiple)
+        spans += pad_tail_span(0, len(flat), width)
+        pos += range(width - len(flat))  # the pad tail: positions from 0, a span of its own, never scored
+        flat += [self.pad_id] * (width - len(flat))
+        return {"input_ids": torch.tensor([flat]), "position_ids": torch.tensor([pos]), "attention_mask": None,
+                "attn_spans": tuple(spans), "last": torch.tensor(last)}
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix all `seqs` share, at most one short of the shortest (each keeps its last token)."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return max(n, 0)

@@ -69,6 +69,9 @@ def load_scorer(
         )
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not load {name!r} as a scorer: {e}") from e
+    from alignlab.models.attention import enable_span_attention
+
+    enable_span_attention(model)  # sdpa unless a forward passes a span plan (RewardCollator's prefix-shared rows)
     if "device_map" in kwargs or "quantization_config" in kwargs:
         return model  # placed (and quantised) by from_pretrained
     return model.to(resolve_device(device))
@@ -100,15 +103,13 @@ def _head_module(model: Any) -> Any:
     raise AlignlabError(f"{type(inner).__name__} has no scalar head (expected a `score` or `classifier` module)")
 
 
-def values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-token head outputs [B, T] (float32); left or right padding both work (positions count real
-    tokens only). Values at pad positions are meaningless: mask them."""
+def head_outputs(model: Any, **forward: Any) -> torch.Tensor:
+    """The scalar head's output at every position [B, T] (float32) of `model(**forward)`: the per-token values the
+    head computes before the model pools them (a forward hook, so peft- and DDP-wrapped models work as they are)."""
     captured: list[torch.Tensor] = []
     hook = _head_module(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
-    # position ids from the mask so a left-padded row sees the same positions as when run alone
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        model(**forward)
     finally:
         hook.remove()
     if not captured:
@@ -117,6 +118,14 @@ def values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     if out.shape[-1] != 1:
         raise AlignlabError(f"scorer head has {out.shape[-1]} outputs; reward and value models need num_labels=1")
     return out[..., 0].float()
+
+
+def values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token head outputs [B, T] (float32); left or right padding both work (positions count real
+    tokens only). Values at pad positions are meaningless: mask them."""
+    # position ids from the mask so a left-padded row sees the same positions as when run alone
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return head_outputs(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
 
 
 def score(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from alignlab.config import ConfigError
+from alignlab.config import ConfigError, check_pad_multiple
 from alignlab.errors import AlignlabError
 from alignlab.train.data_config import RowDataConfig
 
@@ -54,6 +54,14 @@ class RewardConfig(RowDataConfig):
     max_prompt_length: int | None = None
     """Cut longer prompts to this many tokens (keeping the end); null: only when an example does not fit
     max_length, to half of it. Every completion of an example sees the same prompt tokens."""
+    forward_path: Literal["plain", "prefix"] = "prefix"
+    """prefix: a micro-batch in one padding-free row, each example's completions after one copy of the tokens they
+    share (the prompt), under span attention: the same scores as padded rows (test), without the repeated prompt and
+    the padding (data/ranked.py `RewardCollator`; models not under span attention take padded rows). plain: padded
+    rows, one per completion, as TRL's RewardTrainer."""
+    pad_to_multiple_of: int | None = 16
+    """Round each batch's row width up to a multiple of this (a pad tail never attended to or scored; null: no
+    rounding): rows of every length make oneDNN compile new kernels (recipes/sft.py)."""
     merge_lora: bool = True
     """With lora: write the merged scorer to output_dir (the adapter goes to output_dir/adapter); false keeps
     only the adapter in output_dir."""
@@ -66,6 +74,7 @@ class RewardConfig(RowDataConfig):
             raise ConfigError(f"center_coef: must not be negative, got {self.center_coef}")
         if self.center_coef and self.loss != "bradley_terry":
             raise ConfigError("center_coef: the centring term is defined for bradley_terry pairs only")
+        check_pad_multiple(self.pad_to_multiple_of)
         if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
             raise ConfigError(f"max_prompt_length: must be in [1, max_length), got {self.max_prompt_length}")
 
@@ -108,6 +117,7 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     from alignlab.config import saved_config_text
     from alignlab.data.mixture import data_label
     from alignlab.data.ranked import RewardCollator
+    from alignlab.models.attention import uses_spans
     from alignlab.models.prepare import is_peft
     from alignlab.train.loop import evaluate, seed_everything, train
     from alignlab.train.reward import RewardStep, finish_lora, load_reward_model
@@ -121,7 +131,8 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     split, rows, held = load_split(cfg, rows, eval_rows)
     train_set = tokenize_rows(rows, tokenizer, cfg, data_label(cfg.data))
     eval_set = tokenize_rows(held, tokenizer, cfg, cfg.eval_data or "held-out") if held else []
-    collate = RewardCollator(tokenizer.pad_token_id)
+    collate = RewardCollator(tokenizer.pad_token_id, spans=cfg.forward_path == "prefix" and uses_spans(model),
+                             pad_to_multiple_of=cfg.pad_to_multiple_of)
     step_fn = RewardStep(cfg.loss, cfg.use_margin, cfg.center_coef)
     micro = cfg.micro_batch_size(world.size)
     print(f"rm: loss {cfg.loss}, {len(train_set)} train / {len(eval_set)} eval examples, "

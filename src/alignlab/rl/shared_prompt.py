@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from alignlab.data.layout import Span, round_up
+from alignlab.data.layout import pad_tail_span, round_up, shared_prefix_spans
 
 
 def shared_prompt_batch(ro: Any, idx: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
@@ -41,20 +41,18 @@ def shared_prompt_batch(ro: Any, idx: torch.Tensor) -> tuple[dict[str, Any], tor
         start, p = len(flat), len(prompt)
         flat += prompt
         pos += range(p)
-        for m, (j, completion) in enumerate(members):
+        spans += shared_prefix_spans(0, start, p, [len(completion) for _, completion in members])
+        for j, completion in members:
             c0, n = len(flat), len(completion)
             flat += completion
             pos += range(p, p + n)
-            keys = ((start, c0 + n),) if m == 0 else ((start, start + p), (c0, c0 + n))
-            if n or m == 0:
-                spans.append(Span(0, start if m == 0 else c0, c0 + n, keys))
             # token t is predicted by the hidden state before it: the prompt's last token, then its own tokens
             gather[j, :n] = torch.tensor([start + p - 1] + list(range(c0, c0 + n - 1)), dtype=torch.long)[:n]
     tail = round_up(len(flat), ro.pad_to_multiple_of) - len(flat)
-    if tail:  # a span of its own (token 0, positions from 0): no real token sees it, nothing gathers it
-        spans.append(Span(0, len(flat), len(flat) + tail, ((len(flat), len(flat) + tail),)))
-        flat += [0] * tail
-        pos += range(tail)
+    # a span of its own (token 0, positions from 0): no real token sees it, nothing gathers it
+    spans += pad_tail_span(0, len(flat), len(flat) + tail)
+    flat += [0] * tail
+    pos += range(tail)
     dev = ro.input_ids.device
     batch = {"input_ids": torch.tensor([flat], device=dev), "position_ids": torch.tensor([pos], device=dev),
              "attention_mask": None, "attn_spans": tuple(spans)}

@@ -1,8 +1,9 @@
 """Reward-model training parts: the scorer (scalar head, optional LoRA), the step, its metrics, LoRA output.
 
 The step scores every sequence of a `data.ranked.RewardCollator` batch at its last real token
-(`models.heads.score`) and applies `losses.reward.bradley_terry` (pairs; optional margin, Llama 2 eq. 2,
-and centring) or `plackett_luce` (K-wise ranked lists, best first).
+(`models.heads.score` on padded rows; the head's output at `last` in a prefix-shared row) and applies
+`losses.reward.bradley_terry` (pairs; optional margin, Llama 2 eq. 2, and centring) or `plackett_luce` (K-wise
+ranked lists, best first).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ class RewardStep:
 
     def __call__(self, model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
         from alignlab.losses.reward import bradley_terry, plackett_luce
-        from alignlab.models.heads import score
+        from alignlab.models.heads import head_outputs, score
+        from alignlab.train.steps import model_inputs
 
-        flat = score(model, batch["input_ids"], batch["attention_mask"])  # [N]
+        if batch.get("attn_spans") is not None:  # RewardCollator(spans=True): one padding-free row
+            flat = head_outputs(model, **model_inputs(model, batch))[0, batch["last"]]  # [N]
+        else:
+            flat = score(model, batch["input_ids"], batch["attention_mask"])  # [N]
         index = batch["index"]
         mask = index >= 0
         scores = flat[index.clamp(min=0)]  # [B, K]; absent slots are masked everywhere below
