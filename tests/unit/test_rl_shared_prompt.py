@@ -73,6 +73,35 @@ def test_shared_prompt_forward_gives_the_padded_log_probs_entropy_and_gradients(
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_shared_prompt_critic_gives_the_padded_values_and_gradients():
+    """PPO's critic (a scalar-head model, rl/critic.py) through the prompt-shared row: the padded rows' values at
+    every response token and the same gradients of a masked sum."""
+    from alignlab.models.heads import load_scorer
+    from alignlab.rl.critic import critic_values
+
+    torch.manual_seed(0)
+    critic = load_scorer("tiny-random")
+    g = torch.Generator().manual_seed(1)
+    spec = []
+    for plen in (6, 2):
+        prompt = torch.randint(3, 100, (plen,), generator=g).tolist()
+        spec += [(prompt, torch.randint(3, 100, (n,), generator=g).tolist()) for n in (5, 2, 3)]
+    ro = pack_rollout(_samples(spec), pad_id=0, device="cpu")
+    idx = torch.tensor([3, 0, 5, 1])  # a shuffled minibatch mixing the groups
+    outs = []
+    for shared in (False, True):
+        ro.shared_prompts = shared
+        critic.zero_grad()
+        v = critic_values(critic, ro, idx)
+        mask = ro.mask[idx]
+        (v * mask * torch.arange(1.0, 1 + v.numel()).view_as(v)).sum().backward()
+        outs.append((v.detach() * mask, [p.grad.clone() for p in critic.parameters()]))
+    (v0, g0), (v1, g1) = outs
+    assert mask.sum() == 5 + 5 + 3 + 2 and torch.allclose(v0, v1, atol=1e-5)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def _logprobs_and_grads(model, ro, idx, bf16):
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):

@@ -64,8 +64,8 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     """Sequences decoded together during rollouts."""
     prefix_sharing: bool = True
     """Training forwards run each prompt once for all of its samples instead of one padded row per sample, same
-    numbers: one padding-free row with span attention for grpo/ppo/distill (rl/shared_prompt.py; a model not on
-    alignlab's span attention uses padded rows), DPO's prefix-shared pair layout for online-dpo."""
+    numbers: one padding-free row with span attention for grpo/ppo/distill and PPO's critic (rl/shared_prompt.py; a
+    model not on alignlab's span attention uses padded rows), DPO's prefix-shared pair layout for online-dpo."""
     pad_to_multiple_of: int | None = 16
     """Round the width of those training forwards' rows up to a multiple of this (pad tokens in a span of their
     own, never attended to or trained on; null: no rounding). oneDNN compiles and caches a kernel per new matrix

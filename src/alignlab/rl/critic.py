@@ -60,10 +60,18 @@ def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
     return critic, opt
 
 
-def critic_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                  resp_len: int) -> torch.Tensor:
-    """[n, T] values of the response tokens of a packed rollout slice (see rl.rollout.Rollout)."""
-    from alignlab.models.heads import values
+def critic_values(critic: Any, ro: Any, idx: torch.Tensor) -> torch.Tensor:
+    """[n, T] values of the response tokens of rollout rows `idx` (see rl.rollout.Rollout); meaningless on padding
+    (the caller masks it). With `ro.shared_prompts` and span attention, the prompt-shared row of the policy's
+    forwards (rl/shared_prompt.py): each prompt once, the same values as the padded rows (test)."""
+    from alignlab.models.attention import uses_spans
+    from alignlab.models.heads import head_outputs, values
 
-    per_pos = values(critic, input_ids, attention_mask)
-    return per_pos[:, prompt_len - 1: prompt_len - 1 + resp_len]
+    if ro.shared_prompts and uses_spans(critic):
+        from alignlab.rl.shared_prompt import shared_prompt_batch
+        from alignlab.train.steps import model_inputs
+
+        batch, gather = shared_prompt_batch(ro, idx)
+        return head_outputs(critic, **model_inputs(critic, batch))[0][gather]
+    per_pos = values(critic, ro.input_ids[idx], ro.attention_mask[idx])
+    return per_pos[:, ro.prompt_len - 1: ro.prompt_len - 1 + ro.resp_len]

@@ -317,8 +317,7 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout | None, list, di
         from alignlab.rl.critic import critic_values
 
         with state.compute(cache=True):
-            ro.values = sharded_forward(lambda i: critic_values(state.critic, ro.input_ids[i], ro.attention_mask[i],
-                                                                ro.prompt_len, ro.resp_len), n, size, world)
+            ro.values = sharded_forward(lambda i: critic_values(state.critic, ro, i), n, size, world)
     metrics = rollout_metrics(ro, samples, cfg.num_generations)
     if not ro.old_from_update:
         metrics.update(old_policy_metrics(cfg, ro))

@@ -95,7 +95,7 @@ def value_update(state: Any, ro: Rollout, idx_mb: torch.Tensor, returns: torch.T
     cfg, world = state.cfg, state.world
 
     def forward(idx: torch.Tensor):
-        v = critic_values(state.train_critic, ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_len, ro.resp_len)
+        v = critic_values(state.train_critic, ro, idx)
         per_tok, frac = value_loss(v, ro.values[idx], returns[idx], ro.mask[idx], clip_eps=cfg.value_clip)
         return aggregate_loss(per_tok, ro.mask[idx], "token-mean"), {"value_clip_frac": frac}
 
