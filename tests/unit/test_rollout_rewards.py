@@ -75,24 +75,33 @@ def test_score_checks_length_and_finiteness():
         score(lambda p, c, **k: [float("nan")], ["a"], ["x"])
 
 
-def test_reward_model_adapter_scores_each_text_as_if_alone():
-    """Right-padded batch scores equal the scalar of each text run alone (last real token pooling)."""
+@pytest.mark.parametrize("spans", [False, True])
+def test_reward_model_scores_the_sequence_rm_training_scored(spans):
+    """Each (prompt, completion) is scored as `alignlab rm` trained on it (data/ranked.py tokenize_example: plain text
+    + EOS, or the chat template's sequence without its trailing newline), at its last token, as when run alone;
+    consecutive completions of one prompt are one group (with span attention: the prompt once), same scores."""
     from test_rollout_tiny import char_tokenizer
     from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from alignlab.models.attention import enable_span_attention
 
     tok = char_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
     model = LlamaForSequenceClassification(cfg).eval()
-    fn = get_reward("reward_model", model=model, tokenizer=tok, batch_size=2)
-    prompts = ["Hello ", [{"role": "user", "content": "hi"}], "A much longer prompt here "]
-    comps = ["world", "yo", "ok"]
+    if spans:
+        assert enable_span_attention(model)
+    fn = get_reward("reward_model", model=model, tokenizer=tok, batch_size=3)
+    chat = [{"role": "user", "content": "hi"}]
+    prompts = ["Hello ", "Hello ", chat, chat, "A much longer prompt here "]
+    comps = ["world", "there", "yo", "hey", "ok"]
     got = fn(prompts, comps)
-    texts = ["Hello world", tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False),
-        "A much longer prompt here ok"]
-    for g, t in zip(got, texts):
-        ids = tok(t, return_tensors="pt", add_special_tokens=False).input_ids
+    eos = tok.eos_token_id
+    wanted = [tok(t, add_special_tokens=False).input_ids + [eos] for t in ("Hello world", "Hello there")]
+    wanted += [tok(tok.apply_chat_template(chat + [{"role": "assistant", "content": c}], tokenize=False).rstrip("\n"),
+                   add_special_tokens=False).input_ids for c in ("yo", "hey")]
+    wanted += [tok("A much longer prompt here ok", add_special_tokens=False).input_ids + [eos]]
+    for g, ids in zip(got, wanted, strict=True):
         with torch.no_grad():
-            assert g == pytest.approx(model(ids).logits[0, 0].item(), abs=1e-5)
+            assert g == pytest.approx(model(torch.tensor([ids])).logits[0, 0].item(), abs=1e-5)

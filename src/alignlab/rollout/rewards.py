@@ -274,54 +274,54 @@ def reward_model_reward(path: str | None = None, model: Any = None, tokenizer: A
 
 
 def _load_scorer(path: str):
-    try:  # the models helper's loader knows alignlab's own head format when it exists
-        from alignlab.models import heads
-    except ImportError:
-        heads = None
-    loader = getattr(heads, "load_reward_model", None) if heads else None
-    from alignlab.models.load import NO_HUB_KERNELS, load_tokenizer, resolve_model
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.load import load_tokenizer
 
-    if loader is not None:
-        return loader(path), load_tokenizer(path)
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), num_labels=1, **NO_HUB_KERNELS)
-    model.eval()
-    return model, load_tokenizer(path)
+    return load_scorer(path).eval(), load_tokenizer(path)
 
 
 class _RewardModelScorer:
-    """Adapter: reward model -> RewardFn. Prompts are rendered as the generator saw them (chat template for
-    messages), the completion text is appended, and the head's scalar at the last real token is the reward."""
+    """Adapter: reward model -> RewardFn. Each (prompt, completion) becomes the sequence `alignlab rm` trained on
+    (data/ranked.py `tokenize_example`: the chat template for message prompts, plain text + EOS for a text prompt),
+    scored at its last token as in training (train/reward.py `sequence_scores`); a scorer that saw `<|im_end|>` last
+    in training is not asked about the template's trailing newline. Consecutive completions of one prompt (a GRPO
+    group) are one example: under span attention their prompt runs once (RewardCollator's prefix-shared row)."""
 
     __name__ = "reward_model"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
-
-    def _text(self, prompt: Any, completion: str) -> str:
-        if isinstance(prompt, str):
-            return prompt + completion
-        msgs = list(prompt) + [{"role": "assistant", "content": completion}]
-        return self.tok.apply_chat_template(msgs, tokenize=False)
+        # the model's context is the only cut: a longer sequence has its prompt cut as training would
+        self.max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2**31
 
     def __call__(self, prompts, completions, **_):
         import torch
 
-        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
+        from alignlab.data.formats import assistant, user
+        from alignlab.data.ranked import RankedRow, RewardCollator, tokenize_example
+        from alignlab.models.attention import uses_spans
+        from alignlab.train.loop import to_device
+        from alignlab.train.reward import sequence_scores
+
+        groups: list[tuple[Any, list[str]]] = []
+        for p, c in zip(prompts, completions):
+            if groups and groups[-1][0] == p:
+                groups[-1][1].append(c)
+            else:
+                groups.append((p, [c]))
+        examples = [tokenize_example(RankedRow([user(p)] if isinstance(p, str) else list(p),
+                                               [[assistant(c)] for c in cs], chat=not isinstance(p, str)),
+                                     self.tok, self.max_length, None) for p, cs in groups]
+        collate = RewardCollator(self.tok.pad_token_id, spans=uses_spans(self.model), pad_to_multiple_of=16)
+        batches: list[list] = [[]]
+        for ex in examples:  # at most batch_size sequences a forward (a larger group alone)
+            if batches[-1] and sum(len(e.sequences) for e in batches[-1]) + len(ex.sequences) > self.batch_size:
+                batches.append([])
+            batches[-1].append(ex)
         out: list[float] = []
-        self.tok.padding_side = "right"
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                               add_special_tokens=False).to(self.model.device)
-                res = self.model(**enc)
-                values = res.logits if hasattr(res, "logits") else res
-                values = values.float().reshape(values.shape[0], -1)
-                if values.shape[1] > 1:  # per-token scores: take the last real token of each row
-                    last = enc.attention_mask.sum(-1) - 1
-                    values = values.gather(1, last[:, None])
-                out.extend(values[:, 0].tolist())
+            for batch in batches:
+                out += sequence_scores(self.model, to_device(collate(batch), self.model.device)).tolist()
         return out
 
 

@@ -26,6 +26,17 @@ def ranking_metrics(scores: Any, mask: Any) -> dict[str, Any]:
             "chosen_score": best.mean(), "rejected_score": rejected.mean()}
 
 
+def sequence_scores(model: Any, batch: dict) -> Any:
+    """Scores [N] (float32) of the sequences of a `RewardCollator` batch: the head's output at each one's last token
+    (padded rows: the mask's last 1; the prefix-shared row: `last`)."""
+    from alignlab.models.heads import head_outputs, score
+    from alignlab.train.steps import model_inputs
+
+    if batch.get("attn_spans") is not None:
+        return head_outputs(model, **model_inputs(model, batch))[0, batch["last"]]
+    return score(model, batch["input_ids"], batch["attention_mask"])
+
+
 class RewardStep:
     """step_fn(model, batch) -> (mean loss over examples, metrics): score every sequence, then the loss."""
 
@@ -34,13 +45,8 @@ class RewardStep:
 
     def __call__(self, model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
         from alignlab.losses.reward import bradley_terry, plackett_luce
-        from alignlab.models.heads import head_outputs, score
-        from alignlab.train.steps import model_inputs
 
-        if batch.get("attn_spans") is not None:  # RewardCollator(spans=True): one padding-free row
-            flat = head_outputs(model, **model_inputs(model, batch))[0, batch["last"]]  # [N]
-        else:
-            flat = score(model, batch["input_ids"], batch["attention_mask"])  # [N]
+        flat = sequence_scores(model, batch)  # [N]
         index = batch["index"]
         mask = index >= 0
         scores = flat[index.clamp(min=0)]  # [B, K]; absent slots are masked everywhere below
