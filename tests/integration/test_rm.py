@@ -147,8 +147,9 @@ def test_rm_smollm2_truthfulqa_beats_chance(data_dir, tmp_path):
     SmolLM2-135M-Instruct, 48 steps x 8 TruthfulQA pairs: best answer over its first incorrect answer), scored
     on 150 held-out questions. Chance is 50%; with 150 pairs, 58% is ~2 standard errors above it.
     Measured (2026-11-24, shared 2-core CPU, 1 thread): held-out accuracy 0.387 untrained -> 0.800 after
-    48 steps (eval loss 0.720 -> 0.370), 765 s of training, 930 s for the whole test. For scale, surface
-    rules on the same 150 pairs: "the longer answer wins" 0.587, "the answer with a negation wins" 0.703.
+    48 steps (eval loss 0.720 -> 0.370), 765 s of training, 930 s for the whole test; 4 Dec 2026 (AMD EPYC, 2 threads,
+    prefix-shared rows): 0.387 -> 0.833, 223 s for the whole test. For scale, surface rules on the same 150 pairs:
+    "the longer answer wins" 0.587, "the answer with a negation wins" 0.703.
     """
     out = tmp_path / "rm"
     code = main(["rm", "--config", str(CONFIGS / "rm_smollm2_lora.yaml"),
