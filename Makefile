@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ALIGNLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-slow lint constraints bench-sft bench-dpo bench-gen bench-grpo gpu-check clean
+.PHONY: demo test test-slow lint constraints bench-sft bench-dpo bench-rm bench-gen bench-grpo gpu-check clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -47,6 +47,10 @@ bench-sft: $(BIN)/.installed
 bench-dpo: $(BIN)/.installed
 	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random --steps 16 $(BENCH_ARGS)
 	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16 $(BENCH_ARGS)
+
+bench-rm: $(BIN)/.installed
+	$(BIN)/python bench/rm_vs_trl.py --bf16 $(BENCH_ARGS)
+	$(BIN)/python bench/rm_vs_trl.py --bf16 --data demo --batch-size 4 --steps 5 $(BENCH_ARGS)
 
 bench-gen: $(BIN)/.installed
 	$(BIN)/python bench/gen_vs_hf.py --model tiny-random $(BENCH_ARGS)
