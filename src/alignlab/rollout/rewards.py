@@ -312,6 +312,7 @@ class _RewardModelScorer:
         examples = [tokenize_example(RankedRow([user(p)] if isinstance(p, str) else list(p),
                                                [[assistant(c)] for c in cs], chat=not isinstance(p, str)),
                                      self.tok, self.max_length, None) for p, cs in groups]
+        # widths rounded to 16 as `alignlab rm` rounds them (RewardConfig.pad_to_multiple_of): fewer oneDNN kernels
         collate = RewardCollator(self.tok.pad_token_id, spans=uses_spans(self.model), pad_to_multiple_of=16)
         batches: list[list] = [[]]
         for ex in examples:  # at most batch_size sequences a forward (a larger group alone)
