@@ -6,7 +6,14 @@ import math
 import pytest
 
 from alignlab.errors import AlignlabError
-from alignlab.eval.passk import evaluate_passk, maj_at_k, mean_and_stderr, pass_at_k, passk_summary
+from alignlab.eval.passk import (
+    evaluate_passk,
+    group_equal,
+    maj_at_k,
+    mean_and_stderr,
+    pass_at_k,
+    passk_summary,
+)
 
 
 def test_pass_at_k_hand_values():
@@ -46,6 +53,21 @@ def test_maj_at_k_votes_ties_and_missing_answers():
     assert maj_at_k([None, None], [False, False], 2) == 0.0
     with pytest.raises(AlignlabError):
         maj_at_k(answers, correct, 7)
+
+
+def test_equal_answers_written_differently_are_one_vote():
+    """Reference 1000; extracted answers "1,000", "1000 apples", "1000.0", "900", "900". Verbatim, 900 wins the vote
+    (2 against 1 each) -> maj@5 = 0; grouped by the math reward's equality, 1000 has 3 votes -> 1."""
+    from alignlab.rollout.verify_math import math_equal
+
+    answers = ["1,000", "1000 apples", "1000.0", "900", "900"]
+    correct = [math_equal(a, "1000") for a in answers]
+    assert correct == [True, True, True, False, False]
+    assert maj_at_k(answers, correct, 5) == 0.0
+    grouped = group_equal(answers, math_equal)
+    assert grouped == ["1,000", "1,000", "1,000", "900", "900"]
+    assert maj_at_k(grouped, correct, 5) == 1.0
+    assert group_equal([None, "7", None, "7.0"], math_equal) == [None, "7", None, "7"]
 
 
 def test_mean_and_stderr():

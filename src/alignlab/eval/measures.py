@@ -126,16 +126,19 @@ def perplexity_on_rows(model: Any, tokenizer: Any, rows: Sequence[Any], *, max_l
     from alignlab.data.tokenize import tokenize_sft
     from alignlab.eval.kl import perplexity
 
-    seqs = []
+    seqs, trained = [], []
     for r in rows:
         t = tokenize_sft(r, tokenizer, max_length)
         first = next((i for i, lab in enumerate(t.labels) if lab != -100), len(t.labels))
         if first < len(t.input_ids) and first > 0:
             seqs.append((t.input_ids[:first], t.input_ids[first:]))
+            # scored from the first trained token on, kept where trained: a multi-turn row's later user turns and
+            # the template's text after an end-of-turn token are context, not targets (as eval_perplexity in training)
+            trained.append([lab != -100 for lab in t.labels[first:]])
     if not seqs:
         raise AlignlabError("perplexity: no row has a trained completion after its prompt")
     lps = completion_logps(model, seqs, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0)
-    flat = np.array([v for x in lps for v in x])
+    flat = np.array([v for x, keep in zip(lps, trained) for v, k in zip(x, keep) if k])
     return {"perplexity": perplexity(flat), "tokens": int(flat.size), "n": len(seqs),
             "nll_per_token": float(-flat.mean())}
 

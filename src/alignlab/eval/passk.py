@@ -4,6 +4,7 @@
   Trained on Code", Sec. 2.1, Eq. 1) from ``n >= k`` samples of which ``c`` are correct.
 - :func:`maj_at_k`: majority voting (self-consistency, Wang et al. 2023): the most frequent final
   answer among ``k`` samples is the model's answer; it scores 1 when that answer is correct.
+  :func:`group_equal` first makes equal answers written differently one candidate.
 - :func:`mean_and_stderr`: the mean over problems with its standard error, for reports.
 - :func:`passk_summary` (pure) and :func:`evaluate_passk` (sample with rollout.generate, score with a
   reward, summarise): what ``alignlab passk`` runs, and what an ``alignlab eval`` kind can call.
@@ -17,7 +18,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 
-__all__ = ["evaluate_passk", "maj_at_k", "mean_and_stderr", "pass_at_k", "passk_summary"]
+__all__ = ["evaluate_passk", "group_equal", "maj_at_k", "mean_and_stderr", "pass_at_k", "passk_summary"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -62,6 +63,24 @@ def maj_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool], k: int
         return 0.0
     best = max(counts, key=lambda a: counts[a])  # max keeps the first of equal counts (insertion order)
     return 1.0 if first_correct[best] else 0.0
+
+
+def group_equal(answers: Sequence[Hashable | None], same: Any) -> list[Hashable | None]:
+    """Each answer replaced by the first earlier answer ``same(a, b)`` calls equal to it (itself when none is), so
+    that equal answers written differently ("1,000", "1000.0", "1000 apples" under ``verify_math.math_equal``)
+    are one candidate in :func:`maj_at_k`'s vote. None stays None."""
+    out: list[Hashable | None] = []
+    heads: list[Hashable] = []  # the first answer of each group, in order
+    for ans in answers:
+        if ans is None:
+            out.append(None)
+            continue
+        head = next((h for h in heads if h == ans or same(ans, h)), None)
+        if head is None:
+            heads.append(ans)
+            head = ans
+        out.append(head)
+    return out
 
 
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -116,12 +135,14 @@ def evaluate_passk(
     ks: Sequence[int],
     sampling: Any = None,
     extract: Any = None,
+    same_answer: Any = None,
     threshold: float = 1.0,
     reward_prompts: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Sample ``n`` completions per prompt with rollout.generate, score them with ``reward_fn`` (fields:
     per-prompt dataset columns, repeated for each sample) and summarise with :func:`passk_summary`.
-    ``extract(text) -> answer`` enables maj@k (e.g. ``verify_math.extract_final_answer``).
+    ``extract(text) -> answer`` enables maj@k (e.g. ``verify_math.extract_final_answer``); ``same_answer(a, b)``
+    (e.g. ``verify_math.math_equal``) makes answers it calls equal one vote (:func:`group_equal`).
     ``reward_prompts``: the prompts as the reward sees them, when ``prompts`` are rows (default: prompts)."""
     from alignlab.rollout.generate import generate
     from alignlab.rollout.rewards import score
@@ -137,6 +158,8 @@ def evaluate_passk(
     answers = None
     if extract is not None:
         answers = [[extract(t) for t in texts[i * n:(i + 1) * n]] for i in range(len(prompts))]
+        if same_answer is not None:
+            answers = [group_equal(a, same_answer) for a in answers]
     out = passk_summary(rewards, ks, answers=answers, threshold=threshold)
     out["mean_reward"] = sum(values) / len(values)
     out["tokens_per_second"] = result.tokens_per_second

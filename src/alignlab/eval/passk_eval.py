@@ -38,7 +38,8 @@ class PassKSpec:
     """An answer is correct when its reward is >= threshold."""
     majority: bool = True
     """Also report maj@k, voting over final answers extracted as the math reward extracts them (\\boxed{},
-    ####, the last number); turn off for rewards whose answers are not final answers (code)."""
+    ####, the last number), answers the math reward calls equal ("1,000", "1000.0") counting as one; turn off
+    for rewards whose answers are not final answers (code)."""
     fields: list[str] = field(default_factory=list)
     """Record columns passed to the reward by name besides the reference `answer`, e.g. [tests] for code."""
 
@@ -81,7 +82,7 @@ def passk_results(spec: Any, ctx: Any, answer_fields: Callable[[list], dict]) ->
     from alignlab.eval.measures import prompt_arg
     from alignlab.eval.passk import evaluate_passk
     from alignlab.rollout.rewards import get_reward
-    from alignlab.rollout.verify_math import extract_final_answer
+    from alignlab.rollout.verify_math import extract_final_answer, math_equal
 
     label = spec.name or spec.kind
     rows, info = ctx.rows(spec, "prompt")
@@ -95,6 +96,7 @@ def passk_results(spec: Any, ctx: Any, answer_fields: Callable[[list], dict]) ->
         summary = evaluate_passk(model, tok, rows, fields, reward_fn, n=spec.passk.n, ks=spec.passk.k,
                                  sampling=spec.sampling, threshold=spec.passk.threshold,
                                  extract=extract_final_answer if spec.passk.majority else None,
+                                 same_answer=math_equal,
                                  reward_prompts=[prompt_arg(r) for r in rows])
         details = {**summary, **info, "reward": spec.reward}
         out += [_result(label, name, metric, summary, details) for metric in metrics]

@@ -8,6 +8,7 @@ Models are loaded once and answers generated once per (model, prompt set, sampli
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -150,7 +151,8 @@ class _Context:
         return self.models[name]
 
     def generations(self, name: str, spec: EvaluationSpec, rows: list, n: int = 1) -> Any:
-        key = (name, spec.data, spec.data_offset, spec.data_limit, repr(spec.sampling), n)
+        # keyed on the prompts themselves: two evaluations of one file may read different columns or formats
+        key = (name, hashlib.sha256(repr(rows).encode()).hexdigest(), repr(spec.sampling), n)
         if key not in self.answers:
             from alignlab.rollout.generate import generate
 
@@ -197,7 +199,8 @@ def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         if spec.kind == "reward_accuracy":
             from alignlab.rollout.rewards import get_reward
 
-            res = measures.reward_accuracy(get_reward("reward_model", path=spec.scorer or name), rows,
+            scorer = get_reward("reward_model", path=spec.scorer or name, max_length=spec.max_length)
+            res = measures.reward_accuracy(scorer, rows,
                                            seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
         else:
             policy, tok = ctx.model(name)
@@ -254,7 +257,7 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     details = {**info, "battles": len(battles), "malformed": malformed, "judge": judge.stats()}
     if len({m for b in battles for m in b[:2]}) < 2:
         return [_record(spec, name, "rating", None, n=0, details=details) for name in names]
-    table = bradley_terry_ratings(battles, n_boot=min(ctx.cfg.n_boot, 200), seed=ctx.cfg.seed)
+    table = bradley_terry_ratings(battles, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
     rated = {r.model: r for r in table.ratings}
     return [_record(spec, name, "rating", rated[name].rating, rated[name].low, rated[name].high,
                     rated[name].battles, {**details, "score": rated[name].score}) if name in rated

@@ -261,16 +261,19 @@ def format_reward(pattern: str = DEFAULT_FORMAT, full_match: bool = False) -> Re
 
 @register_reward("reward_model")
 def reward_model_reward(path: str | None = None, model: Any = None, tokenizer: Any = None,
-                        batch_size: int = 16) -> RewardFn:
-    """Scores from a trained reward model: the scalar at the last non-pad token of prompt + completion.
-    Give `path` (a checkpoint `alignlab rm` wrote) or an already loaded `model` and `tokenizer`."""
+                        batch_size: int = 16, max_length: int | None = None) -> RewardFn:
+    """Scores from a trained reward model: the scalar at the last token of prompt + completion, tokenised as
+    `alignlab rm` trains. Give `path` (a checkpoint `alignlab rm` wrote) or an already loaded `model` and
+    `tokenizer`; `max_length` cuts a longer sequence's prompt as training does (default: the model's context)."""
+    if max_length is not None and max_length < 2:
+        raise AlignlabError(f"reward reward_model: max_length must be >= 2, got {max_length}")
     if model is None:
         if path is None:
             raise AlignlabError("reward reward_model: give path: <reward model checkpoint>")
         model, tokenizer = _load_scorer(path)
     if tokenizer is None:
         raise AlignlabError("reward reward_model: a loaded model needs its tokenizer too")
-    return _RewardModelScorer(model, tokenizer, batch_size)
+    return _RewardModelScorer(model, tokenizer, batch_size, max_length)
 
 
 def _load_scorer(path: str):
@@ -289,10 +292,11 @@ class _RewardModelScorer:
 
     __name__ = "reward_model"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int, max_length: int | None = None):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
-        # the model's context is the only cut: a longer sequence has its prompt cut as training would
-        self.max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2**31
+        # a longer sequence has its prompt cut as training would; by default the model's context is the only cut
+        self.max_length = max_length or getattr(getattr(model, "config", None), "max_position_embeddings",
+                                                None) or 2**31
 
     def __call__(self, prompts, completions, **_):
         import torch
