@@ -59,9 +59,10 @@ def test_grpo_raises_reversal_accuracy_from_sft_start(sft_reverse, tmp_path):
     first = sum(h["reward_mean"] for h in steps[:5]) / 5
     last = sum(h["reward_mean"] for h in steps[-5:]) / 5
     assert last > first + 0.1, (first, last)
-    for key in ("zero_spread_frac", "kl_k3", "clip_frac", "approx_kl", "entropy", "response_length",
+    for key in ("zero_spread_frac", "clip_frac", "approx_kl", "entropy", "response_length",
                 "truncated_frac", "time/generation", "time/training", "reward_std"):
         assert key in steps[0] and math.isfinite(steps[0][key]), key
+    assert "kl_k3" not in steps[0]  # kl_coef 0: no reference, so no KL to it
     # on-policy single minibatch: old == sampler log-probs == the training forward's, so nothing clips
     assert steps[0]["clip_frac"] == 0.0 and steps[0]["approx_kl"] < 1e-6
     assert (tmp_path / "model.safetensors").is_file()
@@ -350,3 +351,20 @@ def test_compiled_grpo_in_bf16_starts_at_zero_kl(tmp_path):
     first = next(r for r in read_metrics(tmp_path) if "kl_k3" in r)
     assert first["kl_k3"] == 0.0
     assert first["rollout_kl_k3"] < 1e-3
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.1])
+def test_kl_coef_zero_builds_no_reference_and_runs_no_reference_forward(kl_coef, tmp_path, monkeypatch):
+    """kl_coef 0 (DAPO's choice) skips the frozen copy and its forward each step, and logs no KL; any other
+    value runs the reference once a step."""
+    import alignlab.rl.rollout as rollout
+
+    calls = []
+    real = rollout.reference_logprobs
+    monkeypatch.setattr(rollout, "reference_logprobs", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    cfg = OnlineConfig(model="tiny-random", data="builtin:reverse", num_prompts=16, reward=EXACT, max_steps=2,
+                       batch_size=2, num_generations=2, max_new_tokens=4, kl_coef=kl_coef, eval_prompts=0,
+                       cpu_threads=1, progress="none", save_steps=0, output_dir=str(tmp_path / "run"))
+    history = run(cfg).history
+    assert len(calls) == (0 if kl_coef == 0 else 2)
+    assert ("kl_k3" in history[-1]) == (kl_coef > 0)

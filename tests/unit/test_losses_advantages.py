@@ -75,8 +75,30 @@ def test_shape_rewards_last_token_minus_kl():
     assert torch.allclose(shaped, _t([-0.1, -0.2, 4.7], [-0.1, -1.2, 0.0]))
     no_kl = shape_rewards(torch.tensor([5.0, -1.0], dtype=torch.float64), mask)
     assert torch.allclose(no_kl, _t([0.0, 0.0, 5.0], [0.0, -1.0, 0.0]))
-    with pytest.raises(AlignlabError):
-        shape_rewards(torch.tensor([1.0], dtype=torch.float64), _t([0, 0]))
+    # a row mask_truncated took out of the loss: no reward placed anywhere (not at position 0)
+    assert torch.equal(shape_rewards(torch.tensor([1.0, 2.0], dtype=torch.float64), _t([0, 0], [1, 0])),
+                       _t([0.0, 0.0], [2.0, 0.0]))
+
+
+def test_a_truncated_row_is_as_if_it_were_not_in_the_batch():
+    """mask_truncated zeroes a truncated answer's mask row. GAE and REINFORCE++ then give that row 0 and every
+    other row what the batch without it gives (whitening is over the remaining tokens); with every row out,
+    nothing is whitened and nothing raises."""
+    mask = _t([1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1])
+    rewards = torch.tensor([1.0, 0.3, -0.5, 2.0], dtype=torch.float64)
+    values = _t([0.1, 0.2, 0.3, 0.0], [0.5, 0.1, 0.0, 0.2], [0.3, 0.3, 0.0, 0.0], [0.0, 0.4, 0.1, 0.2])
+    cut = mask.clone()
+    cut[1] = 0
+    keep = [0, 2, 3]
+    got = reinforce_pp_advantages(rewards, cut)[0]
+    want = reinforce_pp_advantages(rewards[keep], mask[keep])[0]
+    assert torch.allclose(got[keep], want) and torch.equal(got[1], torch.zeros(4, dtype=torch.float64))
+    adv, ret = gae(shape_rewards(rewards, cut), values, cut, gamma=1.0, lam=0.95)
+    adv_k, ret_k = gae(shape_rewards(rewards[keep], mask[keep]), values[keep], mask[keep], gamma=1.0, lam=0.95)
+    assert torch.allclose(whiten(adv, cut)[keep], whiten(adv_k, mask[keep])) and torch.allclose(ret[keep], ret_k)
+    assert torch.equal(ret[1], torch.zeros(4, dtype=torch.float64))
+    none = torch.zeros_like(mask)
+    assert torch.equal(reinforce_pp_advantages(rewards, none)[0], none)
 
 
 def test_grpo_and_dr_grpo_group_advantages():

@@ -169,9 +169,10 @@ class _ScriptedPolicy:
     def __init__(self, tok, script):
         self.tok, self.script, self.calls = tok, {q: list(turns) for q, turns in script.items()}, []
 
-    def __call__(self, contexts):
+    def __call__(self, contexts, ids):
         from types import SimpleNamespace
 
+        assert len(ids) == len(contexts)
         self.calls.append([list(c) for c in contexts])
         outs = []
         for ctx in contexts:
@@ -271,3 +272,29 @@ def test_tool_transcripts_command_writes_conversations_and_names_a_bad_record(tm
     n_plain = sum(len(r["messages"]) == 3 for r in rows)
     assert f"({n_plain} without tool calls)" in capsys.readouterr().err and 10 <= n_plain <= 30
     assert main(["data", "tool-transcripts", str(src), str(tmp_path / "x.jsonl"), "--no-tool-share", "1.5"]) == 2
+
+
+def test_a_ranks_episodes_are_sampled_as_in_one_process(tiny_tokenizer):
+    """Data parallelism: rank 1 of 2 plays the second prompt's episodes with its offset into the global batch and
+    draws what one process playing both prompts draws for them (per-row keys by global episode index)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from alignlab.models.load import load_model
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.rl.multiturn import play
+
+    cfg = PolicyGradientConfig(env="calculator", max_turns=2, reward="math", max_new_tokens=10, num_generations=2)
+    state = SimpleNamespace(cfg=cfg, policy=load_model("tiny-random", device="cpu"), tokenizer=tiny_tokenizer,
+                            compute=lambda cache: contextlib.nullcontext())
+    rows = [SimpleNamespace(chat=True, prompt=[{"role": "user", "content": f"What is {i} + 1?"}], answer=str(i + 1))
+            for i in range(2)]
+
+    def sampling(turn):
+        return dict(temperature=1.0, seed=7 + turn, per_row_seed=True)
+
+    one = play(state, rows, 2, sampling)
+    rank1 = play(state, rows[1:], 2, sampling, first=2)
+    rank1_without_offset = play(state, rows[1:], 2, sampling)
+    assert [e.response_ids for e in rank1] == [e.response_ids for e in one[2:]]
+    assert [e.response_ids for e in rank1_without_offset] != [e.response_ids for e in one[2:]]

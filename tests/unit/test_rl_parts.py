@@ -235,6 +235,56 @@ def test_scale_rewards_group_batch_none():
     assert torch.allclose(out["batch"], torch.tensor([0.33333, -0.33333, 0.0, 0.0]), atol=1e-4)
 
 
+def _sgd_delta(tiny, ro, adv, **cfg_keys):
+    import copy
+
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    before = [p.detach().clone() for p in m.parameters()]
+    cfg = OnlineConfig(max_grad_norm=0.0, kl_coef=0.0, **cfg_keys)
+    policy_update(RLState(cfg, World(), m, m, tok, None, [torch.optim.SGD(m.parameters(), lr=0.1)],
+                          objective=get_policy_loss(cfg.policy_loss)), ro, adv, torch.arange(ro.mask.shape[0]), 0.0)
+    return torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)])
+
+
+def test_loss_agg_defaults_to_the_objective_and_dr_grpo_divides_by_the_budget(tiny):
+    """gspo with loss_agg unset trains as with its paper's seq-mean-token-mean (not token-mean). Dr. GRPO's
+    seq-mean-token-sum-norm is seq-mean-token-sum over the constant generation budget (max_new_tokens 12 here,
+    answers of at most 6 tokens): SGD's step is linear in the gradient, so the steps differ by exactly 1/12."""
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    res = generate(model, tok, ["The film", "A long review"], SamplingConfig(max_new_tokens=6, seed=3), n=2)
+    ro = pack_rollout(res.samples, tok.pad_token_id, "cpu")
+    ro.mask[1, 2:], ro.mask[3, 4:] = 0.0, 0.0  # answers of different lengths (2, 4, 6), which token-mean weighs apart
+    assert ro.resp_len == 6
+    with torch.no_grad():
+        ro.old_logprobs = policy_logprobs(model, ro, torch.arange(4), 1.0)[0] - 0.05
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * ro.mask
+    gspo = _sgd_delta(tiny, ro, adv, policy_loss="gspo")
+    assert torch.allclose(gspo, _sgd_delta(tiny, ro, adv, policy_loss="gspo", loss_agg="seq-mean-token-mean"),
+                          atol=1e-7)
+    assert not torch.allclose(gspo, _sgd_delta(tiny, ro, adv, policy_loss="gspo", loss_agg="token-mean"), atol=1e-6)
+    dr = _sgd_delta(tiny, ro, adv, loss_agg="seq-mean-token-sum-norm", max_new_tokens=12)
+    per_seq_sum = _sgd_delta(tiny, ro, adv, loss_agg="seq-mean-token-sum", max_new_tokens=12)
+    assert dr.abs().max() > 0 and torch.allclose(dr * 12, per_seq_sum, atol=1e-5)  # not x 6 (the longest answer)
+
+
+def test_overlong_counts_an_env_episode_against_its_whole_budget():
+    """env episodes: max_new_tokens bounds each turn, so L_max defaults to max_new_tokens x max_turns (8 x 4 = 32):
+    an episode of 20 model tokens over several turns is not overlong (buffer 4: the ramp starts at 28)."""
+    from alignlab.rl.config import OverlongConfig
+    from alignlab.rl.rollout import shape_rollout
+
+    ro = _rollout([1.0, 1.0], torch.tensor([[1.0] * 4 + [0.0] * 16, [1.0] * 20]))
+    samples = [type("S", (), {"finish_reason": "eos"})() for _ in range(2)]
+    cfg = OnlineConfig(num_generations=2, max_new_tokens=8, env="calculator", max_turns=4,
+                       overlong=OverlongConfig(buffer=4))
+    shape_rollout(cfg, ro, samples)
+    assert torch.equal(ro.rewards, torch.tensor([1.0, 1.0]))
+    assert cfg.response_budget() == 32 and OnlineConfig(max_new_tokens=8, max_turns=4).response_budget() == 8
+
+
 def test_shaping_adds_overlong_and_kimi_and_masks_truncated():
     """Two answers of one group, lengths 4 (ended) and 8 (cut at max_new_tokens 8), rewards [1, 1].
     Kimi: the short one +0.5, the long one -0.5 -> [1.5, 0.5]. Overlong (max 8, buffer 4): length 4 is at

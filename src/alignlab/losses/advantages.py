@@ -97,19 +97,19 @@ def shape_rewards(
 
     Args:
         seq_rewards: [B] scalar reward of each response (reward model, verifier, ...).
-        mask: [B, T] response mask; each row needs at least one response token.
+        mask: [B, T] response mask. A row with no response token (an answer `mask_truncated` took out of the
+            loss) gets no reward: its row of the result is all zero, as its advantages and loss terms are.
         kl: [B, T] per-token KL estimate, e.g. ``policy.kl_penalty(logp, ref_logp, "k1")``; None for none.
         kl_coef: the KL coefficient beta (e.g. ``AdaptiveKLController.value``).
     """
     mask = mask.to(seq_rewards.dtype)
-    if bool((mask.sum(-1) == 0).any()):
-        raise AlignlabError("shape_rewards: a sequence has no response tokens (mask row is all zero)")
     rewards = torch.zeros_like(mask)
     if kl is not None and kl_coef != 0.0:
         rewards = -kl_coef * kl.to(mask.dtype) * mask
     positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=mask.dtype)
     last = (mask * positions).argmax(-1)
-    rewards[torch.arange(mask.shape[0], device=mask.device), last] += seq_rewards
+    has_response = (mask.sum(-1) > 0).to(mask.dtype)
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += seq_rewards.to(mask.dtype) * has_response
     return rewards
 
 
@@ -187,11 +187,12 @@ def reinforce_pp_advantages(
     returns whitened over *all* response tokens of the global batch (no critic, no per-prompt group).
 
     Returns:
-        (advantages [B, T], returns [B, T]), 0 where ``mask`` is 0.
+        (advantages [B, T], returns [B, T]), 0 where ``mask`` is 0. With fewer than two response tokens in the
+        batch (every answer truncated under mask_truncated) there is nothing to whiten over: the returns as they are.
     """
     token_rewards = shape_rewards(seq_rewards, mask, kl, kl_coef)
     returns = discounted_returns(token_rewards, mask, gamma=gamma)
-    return whiten(returns, mask), returns
+    return (whiten(returns, mask) if mask.sum() > 1 else returns * mask), returns
 
 
 @torch.no_grad()

@@ -123,7 +123,8 @@ class OverlongConfig:
     """DAPO's soft overlong punishment (Yu et al. 2025, Sec. 3.4, Eq. 13), added to the reward."""
 
     max_tokens: int = 0
-    """L_max: answers longer than this get -penalty (0: max_new_tokens)."""
+    """L_max: answers longer than this get -penalty (0: the generation budget, max_new_tokens, x max_turns with
+    env: an episode's model tokens are counted together)."""
     buffer: int = 4
     """L_cache: the penalty ramps linearly from 0 to -penalty over the last `buffer` tokens before max_tokens."""
     penalty: float = 1.0
@@ -167,10 +168,11 @@ class PolicyGradientConfig(RLConfig):
     """Samples over which adaptive_kl moves beta by its full clipped error."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (Schulman et al. 2017, Eq. 9); 0 disables (entropy is still logged)."""
-    loss_agg: LossAgg = "token-mean"
+    loss_agg: LossAgg | None = None
     """How token losses reduce: token-mean = token-sum-norm (DAPO's token-level sum over the whole minibatch: every
     token weighs the same however micro-batches split it), seq-mean-token-mean (GRPO paper),
-    seq-mean-token-sum-norm (Dr. GRPO)."""
+    seq-mean-token-sum-norm (Dr. GRPO: each answer's sum over the generation budget, max_new_tokens, x max_turns
+    with env). null: the policy_loss's own (token-mean for ppo_clip and cispo, seq-mean-token-mean for gspo)."""
     overlong: OverlongConfig | None = None
     """DAPO soft overlong punishment {max_tokens, buffer, penalty}, added to the reward; null: off."""
     mask_truncated: bool = False
@@ -249,6 +251,10 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
         if self.value_warmup_steps and not spec.needs_critic:
             raise ConfigError(f"value_warmup_steps: {self.estimator} has no critic to warm up")
+
+    def response_budget(self) -> int:
+        """Most model tokens an answer can hold: max_new_tokens, times max_turns for an env episode."""
+        return self.max_new_tokens * (self.max_turns if self.env else 1)
 
 
 @dataclass

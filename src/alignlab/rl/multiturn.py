@@ -31,7 +31,8 @@ def sample_episodes(state: Any, step: int, rows: list, *, logprobs: bool) -> tup
                     logprobs=logprobs, per_row_seed=True)
 
     t0 = time.perf_counter()
-    episodes = play(state, rows[world.rank * per:(world.rank + 1) * per], cfg.num_generations, sampling)
+    episodes = play(state, rows[world.rank * per:(world.rank + 1) * per], cfg.num_generations, sampling,
+                    first=world.rank * per * cfg.num_generations)
     seconds = time.perf_counter() - t0
     gathered = [e for part in world.all_gather_objects(episodes) for e in part]
     return gathered, [e.reward for e in gathered], {"time/generation": seconds, **episode_stats(gathered)}
@@ -46,9 +47,10 @@ def greedy_episodes(state: Any, rows: list) -> dict[str, float]:
             **{f"eval_{k}": v for k, v in episode_stats(episodes).items()}}
 
 
-def play(state: Any, rows: list, k: int, sampling) -> list:
+def play(state: Any, rows: list, k: int, sampling, first: int = 0) -> list:
     """`k` episodes of every prompt in `rows`, every running episode's turn sampled in one generate() call
-    with SamplingConfig(**sampling(turn index))."""
+    with SamplingConfig(**sampling(turn index)); under per_row_seed each episode's draws are keyed by its global
+    index (`first` + its index here: a rank's offset), so they depend on nothing else running or on the rank."""
     from alignlab.rl.envs import get_env
     from alignlab.rl.envs.episode import run_episodes
     from alignlab.rollout.generate import SamplingConfig, generate
@@ -58,12 +60,12 @@ def play(state: Any, rows: list, k: int, sampling) -> list:
     options = {"max_turns": cfg.max_turns, "reward": cfg.reward, **cfg.env_options}
     stop = list(get_env(cfg.env, **options).stop)
 
-    def sample(contexts: list[list[int]]) -> list:
+    def sample(contexts: list[list[int]], ids: list[int]) -> list:
         sc = SamplingConfig(**{"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.generation_batch_size,
                                "weights_dtype": cfg.sampling_weights, "stop": stop, **sampling(turn[0])})
         turn[0] += 1
         with state.compute(cache=True):
-            return generate(state.policy, state.tokenizer, contexts, sc).samples
+            return generate(state.policy, state.tokenizer, contexts, sc, prompt_keys=[first + i for i in ids]).samples
 
     expanded = [r for r in env_rows(rows, "question", "answer") for _ in range(k)]
     return run_episodes(lambda: get_env(cfg.env, **options), expanded, state.tokenizer, sample,

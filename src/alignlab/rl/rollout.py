@@ -139,11 +139,15 @@ def policy_logprobs(model: Any, ro: Rollout, idx: torch.Tensor, temperature: flo
 
 @torch.no_grad()
 def sharded_forward(fn: Callable[[torch.Tensor], torch.Tensor], n: int, size: int, world: Any) -> torch.Tensor:
-    """fn over this rank's rows of [0, n) in chunks of `size`, gathered so every rank gets all n rows."""
-    per = n // world.size
-    mine = torch.arange(world.rank * per, (world.rank + 1) * per)
-    local = torch.cat([fn(mine[s:s + size]) for s in range(0, per, size)])
-    return world.all_gather_cat(local)
+    """fn over this rank's rows of [0, n) in chunks of `size`, gathered so every rank gets all n rows.
+    Rank r takes the contiguous block [r*m, (r+1)*m) of m = ceil(n / ranks) rows, the last blocks short or empty
+    when ranks do not divide n (a dynamic-sampling rollout of any number of groups): a short block is filled up
+    with row 0 so every rank gathers the same shape, and the filler, all after row n - 1, is cut off."""
+    m = -(-n // world.size)
+    mine = torch.arange(min(world.rank * m, n), min((world.rank + 1) * m, n))
+    mine = torch.cat([mine, mine.new_zeros(m - len(mine))])
+    local = torch.cat([fn(mine[s:s + size]) for s in range(0, m, size)])
+    return world.all_gather_cat(local)[:n]
 
 
 def encode_rows(tokenizer: Any, rows: list, max_prompt_length: int) -> list[list[int]]:
@@ -336,7 +340,7 @@ def shape_rollout(cfg: Any, ro: Rollout, samples: list) -> dict[str, float]:
         ro.rewards = ro.rewards + kimi_length_penalty(ro.rewards > 0, lengths, cfg.num_generations).to(ro.rewards)
     if cfg.overlong is not None:
         o = cfg.overlong
-        ro.rewards = ro.rewards + overlong_penalty(lengths, o.max_tokens or cfg.max_new_tokens, o.buffer,
+        ro.rewards = ro.rewards + overlong_penalty(lengths, o.max_tokens or cfg.response_budget(), o.buffer,
                                                    o.penalty).to(ro.rewards)
     if cfg.mask_truncated:
         ro.mask = ro.mask * truncation_mask([s.finish_reason for s in samples]).to(ro.mask)[:, None]

@@ -51,10 +51,13 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
     lo = cfg.epsilon_low if cfg.epsilon_low is not None else spec.epsilon_low
     hi = cfg.epsilon_high if cfg.epsilon_high is not None else spec.epsilon_high
 
+    mode = cfg.loss_agg or spec.loss_agg  # null: the objective's own (gspo's paper averages per sequence)
+
     def agg(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # a micro-batch's mean over its units; token-sum-norm's constant is then its token count (see _units)
-        return aggregate_loss(x, mask, cfg.loss_agg, norm=mask.sum() if cfg.loss_agg == "token-sum-norm"
-                              else ro.resp_len)
+        # a micro-batch's mean over its units; token-sum-norm's constant is then its token count (see _units).
+        # Dr. GRPO divides by one constant, the generation budget (Liu et al. 2025, Sec. 3.1; TRL's
+        # max_completion_length), not by this rollout's longest answer, which moves the step size with other rows
+        return aggregate_loss(x, mask, mode, norm=mask.sum() if mode == "token-sum-norm" else cfg.response_budget())
 
     def forward(idx: torch.Tensor):
         mask = ro.mask[idx]
@@ -80,8 +83,8 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
 
     micro = micro_slices(idx_mb, cfg.grad_accum, world)
     out = optimizer_step(state.optimizers[0], [lambda i=i: forward(i) for i, _ in micro],
-                         [_units(ro.mask[i], cfg.loss_agg) if real else 0.0 for i, real in micro],
-                         total=_units(ro.mask[idx_mb], cfg.loss_agg), world_size=world.size,
+                         [_units(ro.mask[i], mode) if real else 0.0 for i, real in micro],
+                         total=_units(ro.mask[idx_mb], mode), world_size=world.size,
                          max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
                          compute=lambda: state.compute(cache=False))
     return {**_global_mean(out.metrics, world), "grad_norm": out.grad_norm}
@@ -116,7 +119,7 @@ def advantages(state: Any, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor | No
 
     cfg = state.cfg
     shaped = None
-    if cfg.kl_in_reward:
+    if cfg.kl_in_reward and ro.ref_logprobs is not None:
         shaped = kl_penalty(ro.old_logprobs, ro.ref_logprobs, cfg.kl_estimator, max_log_ratio=20.0) * ro.mask
     x = AdvantageInputs(ro.rewards, ro.mask, cfg.num_generations, kl=shaped,
                         kl_coef=state.kl_ctl.value if cfg.kl_in_reward else 0.0, values=ro.values, gamma=cfg.gamma,
@@ -155,7 +158,8 @@ def pg_step(state: Any, step: int, rows: list) -> dict[str, float]:
     if ro.old_from_update:
         metrics.update(old_policy_metrics(cfg, ro))
     metrics["kl_coef"] = state.kl_ctl.value
-    state.kl_ctl = state.kl_ctl.update(metrics[f"kl_{cfg.kl_estimator}"], n)
+    if f"kl_{cfg.kl_estimator}" in metrics:  # no reference (kl_coef 0, fixed): no KL measured, nothing to adapt
+        state.kl_ctl = state.kl_ctl.update(metrics[f"kl_{cfg.kl_estimator}"], n)
     metrics["time/training"] = time.perf_counter() - t0
     return metrics
 

@@ -144,8 +144,10 @@ class GenerationResult:
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingConfig | None = None,
-             *, n: int = 1) -> GenerationResult:
-    """Sample `n` completions for every prompt. See the module docstring for what makes it fast."""
+             *, n: int = 1, prompt_keys: Sequence[int] | None = None) -> GenerationResult:
+    """Sample `n` completions for every prompt. See the module docstring for what makes it fast.
+    `prompt_keys`: under per_row_seed, prompt i's global index (default first_prompt + i), for callers whose
+    prompts are not one contiguous run of the global batch (multi-turn episodes still running)."""
     import torch
 
     from alignlab.rollout.engine import Engine
@@ -154,6 +156,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
     cfg.validate()
     if n < 1:
         raise AlignlabError(f"generate: n must be >= 1, got {n}")
+    if prompt_keys is not None and len(prompt_keys) != len(prompts):
+        raise AlignlabError(f"generate: {len(prompt_keys)} prompt_keys for {len(prompts)} prompts")
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
@@ -169,7 +173,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingCo
     try:
         with torch.inference_mode():
             engine = Engine(model, sampling_forward(model, cfg), encoded, order, n, cfg,
-                            eos_token_ids(model, tokenizer), _pad_id(tokenizer), _sampler(cfg, gen, constraint, n),
+                            eos_token_ids(model, tokenizer), _pad_id(tokenizer), _sampler(cfg, gen, constraint, n, prompt_keys),
                             _stop_checker(tokenizer, cfg.stop), constraint.advance if constraint else None)
             rows = engine.run()
         out = {i: rows[i * n:(i + 1) * n] for i in range(len(encoded))}
@@ -189,15 +193,18 @@ def _constraint(tokenizer: Any, model: Any, cfg: SamplingConfig):
     return Constraint(grammar_for(cfg), tokenizer, vocab, eos_token_ids(model, tokenizer))
 
 
-def _sampler(cfg: SamplingConfig, gen: Any, constraint: Any, n: int = 1):
+def _sampler(cfg: SamplingConfig, gen: Any, constraint: Any, n: int = 1, prompt_keys: Sequence[int] | None = None):
     """fn(logits [B, V], rows [B], positions [B]) -> (tokens, log-probs): the constraint's masks (if any), then
     sample_next (per_row_seed: keyed by the global row and the row's own token position)."""
+    def global_prompt(i: int) -> int:
+        return prompt_keys[i] if prompt_keys is not None else cfg.first_prompt + i
+
     def sample(logits, rows, positions):
         if constraint is not None:
             logits = logits.float().masked_fill(~constraint.masks(rows, logits.shape[-1]), float("-inf"))
         keys = None
         if cfg.per_row_seed:  # rows are prompt-major (i * n + j) within this call
-            keys = ([cfg.first_prompt * n + r for r in rows.tolist()], positions.tolist())
+            keys = ([global_prompt(r // n) * n + r % n for r in rows.tolist()], positions.tolist())
         return sample_next(logits, cfg, gen, keys)
 
     return sample

@@ -1,11 +1,12 @@
 """Drive a batch of multi-turn episodes at the token level (the rollout calls this with its sampler).
 
     episodes = run_episodes(lambda: get_env("calculator"), rows, tokenizer,
-                            sample=lambda contexts: generate(model, tokenizer, contexts, cfg).samples,
+                            sample=lambda contexts, ids: generate(model, tokenizer, contexts, cfg).samples,
                             max_response_tokens=512)
 
 Each turn, the contexts (prompt ids + everything so far, as token ids) of the episodes still running
-go to ``sample`` in ONE call, which returns one object per context with ``completion_ids``,
+go to ``sample`` in ONE call, with their episodes' indices in ``rows`` (a sampler keying each row's draws
+by its episode, whatever else is still running, needs them), which returns one object per context with ``completion_ids``,
 ``finish_reason`` and ``logprobs`` (a ``rollout.generate.Sample`` fits). Sampled ids are appended as
 they are (never re-tokenised) with loss mask 1; the environment's reply and the chat template around it
 are tokenised once and appended with mask 0 (see :mod:`alignlab.rl.envs.tokens`). An episode ends when
@@ -85,7 +86,7 @@ def run_episodes(
     make_env: Callable[[], Environment],
     rows: Sequence[Mapping[str, Any]],
     tokenizer: Any,
-    sample: Callable[[list[list[int]]], Sequence[Any]],
+    sample: Callable[[list[list[int]], list[int]], Sequence[Any]],
     *,
     max_response_tokens: int,
 ) -> list[Episode]:
@@ -102,7 +103,7 @@ def run_episodes(
     active = list(range(len(rows)))
     while active:
         contexts = [episodes[i].prompt_ids + episodes[i].response_ids for i in active]
-        outs = list(sample(contexts))
+        outs = list(sample(contexts, list(active)))
         if len(outs) != len(active):
             raise AlignlabError(f"multi-turn: the sampler returned {len(outs)} turns for {len(active)} contexts")
         still = []
