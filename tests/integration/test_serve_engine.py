@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from alignlab.errors import AlignlabError
 from alignlab.rollout.generate import SamplingConfig, generate
 from alignlab.serve import ModelServer, base_url, make_http_server
 
@@ -196,6 +197,31 @@ def test_stop_strings_are_never_streamed(served, tiny):
     assert whole["choices"][0]["stop_reason"] == stop
 
 
+def test_logprob_bytes_join_across_a_split_character_and_offsets_stay_in_the_text(tiny):
+    """"Hi 😀 ok": the emoji is four byte-level tokens, none of which decodes alone. Each token's `bytes` are its own
+    (joined, they are the text's UTF-8, as OpenAI's field promises), and text_offset puts the emoji's four tokens
+    at its one character, the later tokens after it, never past the end of the text."""
+    from alignlab.serve.output import SeqOut, chat_logprobs, completion_logprobs
+    from alignlab.serve.protocol import parse_job
+
+    _, tok = tiny
+    text = "Hi 😀 ok"
+    ids = tok(text, add_special_tokens=False).input_ids
+    outs = []
+    for chat in (True, False):
+        out = SeqOut(tok, parse_job({"prompt": "x", "logprobs": True if chat else 0}, chat, default_max=16,
+                                    max_tokens_limit=64, max_n=1), [1])
+        for t in ids:
+            out.add(t, -0.5, [])
+        outs.append(out)
+    content = chat_logprobs(outs[0], 0, len(ids))["content"]
+    assert b"".join(bytes(c["bytes"]) for c in content) == text.encode("utf-8")
+    offsets = completion_logprobs(outs[1], 0, len(ids))["text_offset"]
+    assert offsets == sorted(offsets) and max(offsets) < len(text)
+    emoji = [k for k, c in enumerate(content) if c["token"] == "\ufffd"]
+    assert len(emoji) > 1 and {offsets[k] for k in emoji} == {text.index("😀")}
+
+
 def test_full_queue_gets_503_and_metrics_count_it(tiny):
     server = ModelServer(*tiny, model_id="tiny-random", max_batch=1, max_queue=1)
     httpd = _start(server)
@@ -220,6 +246,46 @@ def test_full_queue_gets_503_and_metrics_count_it(tiny):
     assert waiting[0][0] == 200
     with pytest.raises(Exception):  # noqa: B017 - the closed server no longer answers
         urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2)
+
+
+def test_a_request_waiting_for_a_slot_counts_against_the_queue(tiny):
+    """max_batch 1, max_queue 1: one request decoding and one waiting fill the server; a third gets 503 (the
+    waiting one used to leave the queue before it had a slot, so a third was taken and a fourth refused)."""
+    server = ModelServer(*tiny, model_id="tiny-random", max_batch=1, max_queue=1)
+    httpd = _start(server)
+    url = base_url(httpd)
+    done = []
+    body = {"prompt": "a", "max_tokens": 400, "ignore_eos": True}
+    threads = [threading.Thread(target=lambda: done.append(post(url + "/completions", body)[0])) for _ in range(2)]
+    try:
+        threads[0].start()
+        _wait(lambda: len(server.engine.rows) == 1)
+        threads[1].start()
+        _wait(lambda: server.engine.queue_depth == 1)
+        status, out = post(url + "/completions", {"prompt": "b", "max_tokens": 2})
+        assert status == 503 and out["error"]["code"] == "queue_full"
+    finally:
+        for t in threads:
+            t.join(timeout=120)
+        httpd.shutdown()
+        httpd.server_close()
+        server.close()
+    assert done == [200, 200]
+    with pytest.raises(AlignlabError):
+        ModelServer(*tiny, model_id="tiny-random", max_queue=0)
+
+
+def test_without_max_tokens_a_long_prompt_gets_what_the_context_leaves(served):
+    """No max_tokens in the body: the default (16 for completions, 256 for chat) is cut to the context left after
+    the prompt instead of refusing the request for a budget the client never asked for; an explicit one that
+    does not fit is still refused."""
+    server, url = served
+    prompt = [300] * (server.context - 6)  # token ids: 6 left, fewer than the default 16
+    status, out = post(url + "/completions", {"prompt": prompt, "ignore_eos": True})
+    assert status == 200, out
+    assert out["usage"]["completion_tokens"] == 6 and out["choices"][0]["finish_reason"] == "length"
+    status, out = post(url + "/completions", {"prompt": prompt, "max_tokens": 16})
+    assert status == 400 and out["error"]["code"] == "context_length_exceeded"
 
 
 def test_metrics_and_health(served):

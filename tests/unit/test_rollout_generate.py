@@ -182,3 +182,19 @@ def test_inverse_cdf_draws_the_float64_inverse_cdf_token_across_blocks():
     assert torch.allclose(top.double() + total.double().log(), torch.logsumexp(rows.double(), -1), atol=1e-5)
     low = rows.bfloat16()
     assert torch.equal(inverse_cdf(low, u)[0], inverse_cdf(low.float(), u)[0])
+
+
+@pytest.mark.parametrize("stop", ["😀😀", "终止终止"])
+def test_a_stop_string_of_multi_byte_characters_is_seen(stop):
+    """Byte-level BPE spends up to four tokens on one character ("😀😀" is 8 tokens): the tail that the checkers
+    decode each step is sized in bytes, not characters, so the sampler and the server's scheduler stop there."""
+    from alignlab.models.load import load_tokenizer
+    from alignlab.rollout.generate import _stop_checker
+    from alignlab.rollout.scheduler import _stop_hit
+
+    tok = load_tokenizer("tiny-random")
+    ids = tok("Answer: 42 " + stop, add_special_tokens=False)["input_ids"]
+    assert len(tok(stop, add_special_tokens=False)["input_ids"]) > len(stop) + 4  # more tokens than characters
+    hit = _stop_checker(tok, [stop])
+    assert hit(ids[-hit.window:]) and _stop_hit(tok, [stop], ids)
+    assert not hit(ids[:-1][-hit.window:])  # one byte short: not yet

@@ -218,12 +218,18 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def stop_window(stops: list[str]) -> int:
+    """Latest tokens that can spell any of `stops`: its UTF-8 bytes (a token holds at least one byte; one
+    character may take up to four tokens under byte-level BPE), plus a few for a character cut at the edge."""
+    return max(len(s.encode("utf-8")) for s in stops) + 4
+
+
 def _stop_checker(tokenizer: Any, stops: list[str]):
     """Return fn(completion_ids) -> bool, or None without stop strings. Only the tail is decoded each step
-    (enough tokens to spell the longest stop string), so checking stays O(1) per step."""
+    (enough tokens to spell the longest stop string: `stop_window`), so checking stays O(1) per step."""
     if not stops:
         return None
-    tail = max(len(s) for s in stops) + 4
+    tail = stop_window(stops)
 
     def hit(ids: list[int]) -> bool:
         text = tokenizer.decode(ids[-tail:], skip_special_tokens=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.rollout.encode import eos_token_ids
-from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next
+from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next, stop_window
 from alignlab.rollout.kvcache import full_attention, new_cache
 from alignlab.rollout.request import QueueFull, Request, SeqParams
 from alignlab.rollout.weights import keep_last
@@ -52,8 +52,8 @@ def _keys(r: _Row) -> tuple[list[int], list[int]] | None:
 
 
 def _stop_hit(tokenizer: Any, stops: list[str], ids: list[int]) -> bool:
-    """Decode only the tail (enough tokens to spell the longest stop string): O(1) per step."""
-    text = tokenizer.decode(ids[-(max(len(s) for s in stops) + 4):], skip_special_tokens=True)
+    """Decode only the tail (enough tokens to spell the longest stop string: generate.stop_window): O(1) per step."""
+    text = tokenizer.decode(ids[-stop_window(stops):], skip_special_tokens=True)
     return any(s in text for s in stops)
 
 
@@ -94,8 +94,8 @@ class Engine:
         if not full_attention(model):
             raise AlignlabError("serve: continuous batching needs a model whose layers are all full attention "
                                 "(sliding-window or linear-attention layers are not supported yet)")
-        if max_batch < 1 or max_queue < 0:
-            raise AlignlabError(f"serve: max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
+        if max_batch < 1 or max_queue < 1:  # every request passes through the queue, if only for a step
+            raise AlignlabError(f"serve: max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}")
         self.model, self.tokenizer, self.context = model, tokenizer, context
         self.max_batch, self.max_queue = max_batch, max_queue
         self.eos = set(eos_token_ids(model, tokenizer))
@@ -204,7 +204,9 @@ class Engine:
         free, take = self.max_batch - len(self.rows), []
         while True:
             if not self._units:
-                if not self._waiting:
+                # a request leaves the queue only when its first prompt joins now: until then it is one of the
+                # max_queue waiting ones (queue_depth), not held outside the count
+                if not self._waiting or ((self.rows or take) and free < self._waiting[0].n):
                     break
                 self._open_request(self._waiting.popleft())
                 continue

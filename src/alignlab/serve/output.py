@@ -9,6 +9,7 @@ token, including the EOS token and the tokens that spell a stop string (as vLLM 
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import Any
@@ -73,6 +74,46 @@ def _token(tokenizer: Any, tid: int, as_ids: bool) -> str:
     return f"token_id:{tid}" if as_ids else tokenizer.decode([tid])
 
 
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2, Radford et al. 2019; SmolLM2, Llama 3): each byte is spelled as one
+    printable character, the printable Latin-1 bytes as themselves and the other 68 as chr(256 + i) in order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+
+
+def token_bytes(tokenizer: Any, tid: int) -> list[int]:
+    """The token's own bytes (OpenAI's `bytes`: a client joins them across tokens that split a character, which
+    decoding one token alone turns into U+FFFD): byte-level pieces mapped back to bytes, sentencepiece's byte
+    pieces (<0xNN>) as that byte, anything else as the UTF-8 of its text."""
+    piece = tokenizer.convert_ids_to_tokens(tid)
+    if isinstance(piece, str):
+        table = _unicode_to_byte()
+        if _byte_level(tokenizer) and all(c in table for c in piece):
+            return [table[c] for c in piece]
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return [int(piece[3:5], 16)]
+    return list(tokenizer.decode([tid]).encode("utf-8"))
+
+
+def _offset(out: SeqOut, k: int) -> int:
+    """Character offset of token k in the completion's text: the text of the tokens before it, less a trailing
+    half character (token k starts inside that character, which begins where the half does)."""
+    return len(out.tokenizer.decode(out.ids[:k], skip_special_tokens=out.job.skip_special).rstrip("\ufffd")) if k else 0
+
+
 def chat_logprobs(out: SeqOut, start: int, end: int) -> dict | None:
     """OpenAI chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}."""
     if out.job.params.logprobs is None:
@@ -80,10 +121,10 @@ def chat_logprobs(out: SeqOut, start: int, end: int) -> dict | None:
     tok, as_ids = out.tokenizer, out.job.tokens_as_ids
     content = []
     for k in range(start, end):
-        s = _token(tok, out.ids[k], as_ids)
-        tops = [{"token": (t := _token(tok, a, as_ids)), "logprob": lp, "bytes": list(t.encode("utf-8"))}
+        tops = [{"token": _token(tok, a, as_ids), "logprob": lp, "bytes": token_bytes(tok, a)}
                 for a, lp in (out.alts[k] or [])]
-        content.append({"token": s, "logprob": out.lps[k], "bytes": list(s.encode("utf-8")), "top_logprobs": tops})
+        content.append({"token": _token(tok, out.ids[k], as_ids), "logprob": out.lps[k],
+                        "bytes": token_bytes(tok, out.ids[k]), "top_logprobs": tops})
     return {"content": content}
 
 
@@ -93,12 +134,8 @@ def completion_logprobs(out: SeqOut, start: int, end: int) -> dict | None:
     if out.job.params.logprobs is None:
         return None
     tok, as_ids = out.tokenizer, out.job.tokens_as_ids
-    offset = len(tok.decode(out.ids[:start])) if start else 0
-    tokens, offsets = [], []
-    for k in range(start, end):
-        offsets.append(offset)
-        offset += len(tok.decode([out.ids[k]]))
-        tokens.append(_token(tok, out.ids[k], as_ids))
+    tokens = [_token(tok, out.ids[k], as_ids) for k in range(start, end)]
+    offsets = [_offset(out, k) for k in range(start, end)]
     tops = None
     if out.job.params.logprobs:
         tops = [{_token(tok, a, as_ids): lp for a, lp in (out.alts[k] or [])} for k in range(start, end)]

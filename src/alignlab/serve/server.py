@@ -93,6 +93,10 @@ class ModelServer:
         if self.record:
             self.seen.append({"endpoint": "chat" if chat else "completions", "prompts": raw, "time": time.time()})
         job.prompt_ids = [encode_prompt(self.tokenizer, p) for p in raw]
+        if self.context and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            # no budget asked for: the default, cut to the context the longest prompt leaves (as vLLM does)
+            room = self.context - max(len(ids) for ids in job.prompt_ids)
+            job.params.max_tokens = max(1, min(job.params.max_tokens, room))
         for ids in job.prompt_ids:
             if not ids:
                 raise protocol.bad("a prompt encodes to no tokens", "messages" if chat else "prompt")
