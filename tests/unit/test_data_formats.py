@@ -148,3 +148,27 @@ def test_mistyped_and_missing_fields_name_the_field(rec, kind, field):
 
 def test_undetectable_record():
     assert detect_format({"foo": 1}) is None and detect_format([1, 2]) is None
+
+
+def test_tool_schemas_go_into_the_system_turn():
+    """A tool-call conversation (LLaMA-Factory's glaive files: `tools` as JSON text) trains calls to tools the
+    model is shown: the schemas follow the preamble in the system turn, after the record's own system text."""
+    from alignlab.data.formats import TOOLS_PREAMBLE
+
+    schema = '{"name": "add", "description": "Add two numbers", "parameters": {"type": "object"}}'
+    rec = {"conversations": [{"from": "human", "value": "2 + 3?"},
+                             {"from": "function_call", "value": '{"name": "add", "arguments": {"a": 2, "b": 3}}'},
+                             {"from": "observation", "value": "5"}, {"from": "gpt", "value": "5"}],
+           "system": "Be brief.", "tools": f"[{schema}]"}
+    fmt, row = convert(rec)
+    assert fmt == "sharegpt" and isinstance(row, SFTRow)
+    assert row.messages[0] == S(f"Be brief.\n\n{TOOLS_PREAMBLE}\n{schema}")
+    assert [m["role"] for m in row.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    _, no_system = convert({k: v for k, v in rec.items() if k != "system"})
+    assert no_system.messages[0] == S(f"{TOOLS_PREAMBLE}\n{schema}")
+    _, none = convert({**rec, "tools": "[]"})
+    assert none.messages[0] == S("Be brief.")
+    for bad, problem in (("[{", "bad_value"), ('"add"', "wrong_type")):
+        with pytest.raises(RowProblem) as e:
+            convert({**rec, "tools": bad})
+        assert (e.value.kind, e.value.field) == (problem, "tools")

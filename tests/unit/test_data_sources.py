@@ -70,7 +70,23 @@ def test_a_row_with_two_problems_is_skipped_once(tmp_path):
 def test_json_array_problems_carry_record_index_and_line(tmp_path):
     p = tmp_path / "d.json"
     p.write_text('[\n{"instruction": "a", "input": "", "output": "b"},\n{"instruction": "c", "input": "", "output": ""}\n]')
-    with pytest.raises(DataError, match=r"d.json:3 \(record 1\) field 'messages': empty_completion"):
+    with pytest.raises(DataError, match=r"d.json:3 \(record 1\) field 'output': empty_completion"):
+        load_rows(p)
+
+
+@pytest.mark.parametrize("record, field", [
+    ({"question": "2+2?", "answer": " "}, "answer"),
+    ({"prompt": "q", "completion": ""}, "completion"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}, "conversations"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+      "rejected": "b"}, "rejected"),
+])
+def test_a_bad_record_is_reported_at_its_own_field(tmp_path, record, field):
+    """The field named is one the file has: an empty GSM8K answer is 'answer', not the rows' 'messages'; a pair
+    with one answer as text and the other as messages names the text one."""
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=rf"d.jsonl:1 \(record 0\) field '{field}'"):
         load_rows(p)
 
 

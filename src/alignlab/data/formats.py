@@ -4,7 +4,8 @@ Each converter takes one record (a dict) and returns the row of the format's nat
 list of rows), raising `RowProblem` for a record it cannot use and `Dropped` for one it leaves out
 on purpose (a tied vote). Formats (name: what a record looks like -> natural task):
 
-- `sharegpt`: `conversations` [{from, value}] (+ optional `system`); with `chosen`/`rejected` message
+- `sharegpt`: `conversations` [{from, value}] (+ optional `system`, and `tools`: function schemas, written into
+  the system turn after `TOOLS_PREAMBLE`, one JSON schema a line); with `chosen`/`rejected` message
   objects -> preference, with `label` (or `kto_tag`) -> unpaired, else -> sft (every assistant turn trained).
 - `messages`: the same with `messages` [{role, content}] (OpenAI / TRL conversational, LLaMA-Factory KTO).
 - `preference`: TRL `prompt`/`chosen`/`rejected`, strings (standard, chat=False) or message lists
@@ -150,11 +151,41 @@ def parse_label(value: Any, field: str) -> bool:
 # -- converters ---------------------------------------------------------------------------------
 
 
+TOOLS_PREAMBLE = ("You can call these tools. To call one, answer with a JSON object {\"name\": ..., "
+                  "\"arguments\": {...}}; its result comes back as a tool message.")
+
+
+def tools_text(rec: dict) -> str:
+    """The record's `tools` (function schemas: a list, or its JSON text, as LLaMA-Factory's tool-call files hold
+    them) as system-turn text, one schema a line after TOOLS_PREAMBLE; '' without tools."""
+    import json
+
+    tools = rec.get("tools")
+    if isinstance(tools, str):
+        if not tools.strip():
+            return ""
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise RowProblem("bad_value", "tools", f"tools is not valid JSON ({e.msg})") from None
+    if tools is None or tools == []:
+        return ""
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise RowProblem("wrong_type", "tools", f"expected a list of tool schemas, got {type(tools).__name__}")
+    return "\n".join([TOOLS_PREAMBLE, *(json.dumps(t, ensure_ascii=False) for t in tools)])
+
+
 def _conversation(rec: dict, key: str) -> Row:
     conv = to_messages(need(rec, key), key)
     system = need_text(rec, "system", optional=True)
     if system and not (conv and conv[0]["role"] == "system"):
         conv = [{"role": "system", "content": system}, *conv]
+    tools = tools_text(rec)
+    if tools:  # the model must see the schemas it is trained to call (chat templates differ in tool support)
+        if conv and conv[0]["role"] == "system":
+            conv = [{"role": "system", "content": f"{conv[0]['content']}\n\n{tools}"}, *conv[1:]]
+        else:
+            conv = [{"role": "system", "content": tools}, *conv]
     if "chosen" in rec or "rejected" in rec:
         chosen = to_messages(need(rec, "chosen"), "chosen", "assistant")
         rejected = to_messages(need(rec, "rejected"), "rejected", "assistant")
@@ -164,7 +195,7 @@ def _conversation(rec: dict, key: str) -> Row:
         if not conv or conv[-1]["role"] != "assistant":
             raise RowProblem("empty_completion", key, "an unpaired example must end with an assistant turn")
         return UnpairedRow(conv[:-1], conv[-1:], parse_label(rec[label_key], label_key))
-    return SFTRow(conv, first_assistant(conv, key))
+    return SFTRow(conv, first_assistant(conv, key), field=key)
 
 
 def sharegpt(rec: dict) -> Row:
@@ -178,6 +209,11 @@ def messages(rec: dict) -> Row:
 def preference(rec: dict) -> Row:
     ck, rk = ("chosen_messages", "rejected_messages") if "chosen_messages" in rec else ("chosen", "rejected")
     chosen, rejected = need(rec, ck), need(rec, rk)
+    if isinstance(chosen, str) != isinstance(rejected, str) and all(isinstance(v, (str, list)) for v in (chosen, rejected)):
+        # one answer text, the other messages: name the one whose kind differs from the prompt's
+        odd = ck if isinstance(chosen, str) != isinstance(rec.get("prompt"), str) else rk
+        raise RowProblem("wrong_type", odd, f"'{ck}' and '{rk}' must both be text or both be message lists, as the "
+                         "prompt is")
     margin = rec.get("margin")
     if margin is not None and not isinstance(margin, (int, float)):
         raise RowProblem("wrong_type", "margin", f"margin must be a number, got {type(margin).__name__}")
@@ -210,7 +246,7 @@ def prompt_completion(rec: dict) -> Row:
         raise RowProblem("wrong_type", "completion", "prompt and completion must both be text or both be messages")
     if "label" in rec:
         return UnpairedRow(prompt, completion, parse_label(rec["label"], "label"), chat=chat_p)
-    return SFTRow(prompt + completion, len(prompt), chat=chat_p)
+    return SFTRow(prompt + completion, len(prompt), chat=chat_p, field="completion")
 
 
 def prompt_only(rec: dict) -> Row:
@@ -239,11 +275,11 @@ def alpaca(rec: dict) -> Row:
     if "chosen" in rec or "rejected" in rec:  # LLaMA-Factory's Alpaca-style preference data
         return PreferenceRow(msgs, [assistant(need_text(rec, "chosen"))], [assistant(need_text(rec, "rejected"))])
     msgs.append(assistant(need_text(rec, "output")))
-    return SFTRow(msgs, len(msgs) - 1)
+    return SFTRow(msgs, len(msgs) - 1, field="output")
 
 
 def question_answer(rec: dict) -> Row:
-    return SFTRow([user(need_text(rec, "question")), assistant(need_text(rec, "answer"))], 1)
+    return SFTRow([user(need_text(rec, "question")), assistant(need_text(rec, "answer"))], 1, field="answer")
 
 
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")

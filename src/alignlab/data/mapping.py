@@ -196,7 +196,7 @@ def convert(rec: Any, m: ColumnMapping) -> list[Row]:
         if "label" in f:
             lab = parse_label(_cell(rec, f["label"][0][0]), f["label"][0][0])
             return [UnpairedRow(prompt, [assistant(c)], lab, chat=m.chat) for c in outs]
-        return [SFTRow(prompt + [assistant(c)], len(prompt), chat=m.chat) for c in outs]
+        return [SFTRow(prompt + [assistant(c)], len(prompt), chat=m.chat, field=col) for c in outs]
     answer = _joined(rec, m, "answer") if "answer" in f else None
     return [PromptRow(prompt, chat=m.chat, answer=answer)]
 

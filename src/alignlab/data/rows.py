@@ -7,6 +7,7 @@ tokeniser knows to skip the chat template and append EOS instead.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Union
@@ -52,6 +53,9 @@ class SFTRow:
     num_prompt: int
     chat: bool = True
     origin: Origin | None = None
+    field: str = dataclasses.field(default="messages", compare=False)
+    """The record's field that holds the trained answer(s) (output, answer, completion, ...): where an empty
+    answer is reported."""
 
 
 @dataclass
@@ -155,9 +159,9 @@ def validate_row(row: Row, allow_empty_response: bool = False) -> list[tuple[str
     if isinstance(row, SFTRow):
         trained = [m for m in row.messages[row.num_prompt:] if m["role"] == "assistant"]
         if not trained:
-            out.append(("empty_completion", "messages", "no assistant message to train on"))
+            out.append(("empty_completion", row.field, "no assistant message to train on"))
         elif any(not m["content"].strip() for m in trained):
-            out.append(("empty_completion", "messages", "an assistant message is empty"))
+            out.append(("empty_completion", row.field, "an assistant message is empty"))
     elif isinstance(row, PreferenceRow):
         for name in ("chosen", "rejected"):
             if not text_of(getattr(row, name)).strip() and not allow_empty_response:

@@ -89,14 +89,14 @@ def convert_task(row: Row, task: str, dropped: Counter) -> list[Row]:
             return [PromptRow(row.messages[:last], chat=row.chat, answer=answer, origin=o)]
         return [PromptRow(row.prompt, chat=row.chat, origin=o)]
     if isinstance(row, PreferenceRow) and task == "sft":
-        return [SFTRow(row.prompt + row.chosen, len(row.prompt), chat=row.chat, origin=o)]
+        return [SFTRow(row.prompt + row.chosen, len(row.prompt), chat=row.chat, origin=o, field="chosen")]
     if isinstance(row, PreferenceRow):  # -> unpaired
         return [UnpairedRow(row.prompt, row.chosen, True, chat=row.chat, origin=o),
                 UnpairedRow(row.prompt, row.rejected, False, chat=row.chat, origin=o)]
     if not row.label:  # unpaired -> sft keeps only what is worth imitating
         dropped["undesirable"] += 1
         return []
-    return [SFTRow(row.prompt + row.completion, len(row.prompt), chat=row.chat, origin=o)]
+    return [SFTRow(row.prompt + row.completion, len(row.prompt), chat=row.chat, origin=o, field="completion")]
 
 
 def _check_args(task: str | None, format: str | None, on_bad_row: str) -> None:
