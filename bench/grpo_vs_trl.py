@@ -171,6 +171,16 @@ float32 copies, no dense mask with a span plan; none changes this job's numbers)
 step goes (in-process, 5 steps): sampling 2.0 s, the update 3.3 s, the reference's forward and the rest ~0.9 s; a
 torch profile of the update puts 68% of it in aten::mm at ~190 GFLOP/s (the measured peak: 200-217), so the update is
 at this machine's matmul rate, and 2.5x of TRL's 12.5 s (5.0 s) is more than sampling could give back.
+
+Each side now reports its useful GFLOP/s and `share_of_peak` (see `flops`: 10N per token of the step's prompts once
+and answers, N = 134.5M for SmolLM2; sampling's 2N taken at the sampling dtype's peak, the rest at the training
+dtype's: `peak_of`), and the JSON line `speedup_at_peak` = speedup / alignlab's share: the ratio alignlab would
+reach against the same TRL run doing every useful FLOP at the measured peak, the ceiling this machine puts on the
+ratio. Same EPYC, 4 Dec 2026 22:30 UTC, one thread, one round each (prompts 8.3 tokens, answers ~509 tokens a step):
+float32 (fp32 matmul peak 103 GFLOP/s): alignlab 12.47 s/step (generation 4.81, update 5.76), share 0.57; TRL 15.79,
+share 0.45 -> 1.27x, memory 0.90, speedup_at_peak **2.24x**: float32's 2.5x cannot be reached on this CPU at these
+FLOPs (729 GFLOP a step: 7.1 s at the peak against the 6.3 s 2.5x needs). bf16 (peak 217): alignlab 6.22 s/step
+(generation 2.01, update 3.22), share 0.54; TRL 11.90, share 0.28 -> 1.91x, memory 0.86, speedup_at_peak 3.52x.
 """
 
 from __future__ import annotations
@@ -300,7 +310,9 @@ def summarize(res: dict) -> dict:
     """Seconds per step over steps 2..n (the first pays one-off costs; with one step it is all there is)."""
     timed = res["step_seconds"][1:] or res["step_seconds"]
     cpu = res["step_cpu_seconds"][1:] or res["step_cpu_seconds"]
-    out = {"seconds_per_step": round(sum(timed) / len(timed), 3),
+    tokens = res["step_tokens"][1:] or res["step_tokens"]
+    out = {"seconds_per_step": round(sum(timed) / len(timed), 3), "seconds": round(sum(timed), 3),
+           "timed_steps": len(timed), "timed_tokens": round(sum(tokens), 1),
            "steps_per_second": round(len(timed) / sum(timed), 5),
            "cpu_seconds_per_step": round(sum(cpu) / len(cpu), 3),
            "first_step_seconds": round(res["step_seconds"][0], 3),
@@ -314,6 +326,28 @@ def summarize(res: dict) -> dict:
     if "trl_version" in res:
         out["trl_version"] = res["trl_version"]
     return out
+
+
+def flops(res: dict, n: int, prompt_tokens: float, beta: float) -> tuple[float, None]:
+    """Useful FLOPs of a side's timed steps (bench/hardware.py's count: 2N a token a forward, 6N a trained token;
+    N = the parameters in matmuls). A step samples its G answer tokens after one prefill of its P prompt tokens
+    (2N each), then trains the prompt-shared layout, each prompt once and every answer (6N per token) and runs the
+    frozen reference over it (2N per token, when beta > 0): 2N(P + G) + (6N + 2N)(P + G). The same count for both
+    sides (each with its own G); what each side really runs (TRL's padding, its prompt once per answer) is not
+    counted."""
+    per_token = 2 * n + 6 * n + (2 * n if beta > 0 else 0)
+    return per_token * (prompt_tokens * res["timed_steps"] + res["timed_tokens"]), None
+
+
+def peak_of(side: str, machine: dict, spec: dict) -> float:
+    """The matmul peak a side's useful FLOPs are taken of: sampling (2N of every 10N, 8N without a reference) at the
+    sampling dtype's peak, the rest at the training dtype's. alignlab samples in bf16 under --bf16 and
+    --bf16-sampling; TRL samples in its training dtype."""
+    rates = machine["peak_matmul"]
+    train = rates["bf16_gflops" if spec["bf16"] else "fp32_gflops"]
+    sample = rates["bf16_gflops"] if spec["bf16"] or (side == "alignlab" and spec["bf16_sampling"]) else train
+    share = 2 / (10 if spec["beta"] > 0 else 8)
+    return 1 / (share / sample + (1 - share) / train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,11 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_spec(args: argparse.Namespace, out: Path) -> dict:
     """What both workers read: the model directory, the prompts as plain strings and the job's numbers."""
+    from transformers import AutoTokenizer
+
     from alignlab.data.builtin import sentiment_prompts
     from alignlab.models.load import resolve_model
 
-    return {"model_dir": str(resolve_model(args.model)), "prompts": sentiment_prompts(args.steps * args.prompts,
-                                                                                       args.seed),
+    model_dir = str(resolve_model(args.model))
+    prompts = sentiment_prompts(args.steps * args.prompts, args.seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return {"model_dir": model_dir, "prompts": prompts,
+            "step_prompt_tokens": round(args.prompts * sum(len(tok(p)["input_ids"]) for p in prompts) / len(prompts), 1),
             "out": str(out), "steps": args.steps, "prompts_per_step": args.prompts,
             "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens, "beta": args.beta,
             "lr": args.lr, "seed": args.seed, "threads": args.threads, "bf16": args.bf16,
@@ -347,6 +386,8 @@ def make_spec(args: argparse.Namespace, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from hardware import load_config, matmul_params
+
     args = build_parser().parse_args(argv)
     if run_as_worker(args, {"alignlab": alignlab_worker, "trl": trl_worker}):
         return
@@ -355,7 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     spec = make_spec(args, out)
     job = {k: spec[k] for k in ("steps", "prompts_per_step", "num_generations", "max_new_tokens", "beta", "lr",
                                 "threads", "bf16", "bf16_sampling", "compile")}
-    compare(HERE, args, spec, out, summarize, rate="steps_per_second", job={"model": args.model, **job},
+    n = matmul_params(load_config(spec["model_dir"]))
+    compare(HERE, args, spec, out, summarize, rate="steps_per_second",
+            job={"model": args.model, "matmul_params": n, "prompt_tokens_per_step": spec["step_prompt_tokens"], **job},
+            flops=lambda r: flops(r, n, spec["step_prompt_tokens"], spec["beta"]),
+            peak=lambda side, machine: peak_of(side, machine, spec),
             describe=lambda r: f"{r['seconds_per_step']:>8.2f} s/step ({r['cpu_seconds_per_step']:.2f} CPU s)  peak {r['peak_memory_mb']:,.0f} MB  "
                                f"{r['tokens_per_step']:.0f} tokens/step  "
                                f"reward {r['first_reward']:.3f} -> {r['final_reward']:.3f}")

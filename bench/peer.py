@@ -141,32 +141,39 @@ def measure_machine(model_dir: str, threads: int) -> dict:
             "peak_matmul": peak}
 
 
-def add_flops(result: dict, useful_flops: float, processed_flops: float, machine: dict, dtype: str) -> dict:
-    """Useful and processed GFLOP/s over the timed seconds, and useful FLOP/s over the peak of the job's dtype."""
+def add_flops(result: dict, useful_flops: float, processed_flops: float | None, peak: float) -> dict:
+    """Useful (and, where known, processed) GFLOP/s over the timed seconds, and their share of `peak` (GFLOP/s)."""
     from hardware import share_of_peak
 
-    peak = machine["peak_matmul"][f"{dtype}_gflops"]
-    useful, processed = useful_flops / result["seconds"], processed_flops / result["seconds"]
-    return {**result, "useful_gflops_per_second": round(useful / 1e9, 2),
-            "processed_gflops_per_second": round(processed / 1e9, 2),
-            "share_of_peak": round(share_of_peak(useful, peak), 4),
-            "processed_share_of_peak": round(share_of_peak(processed, peak), 4)}
+    useful = useful_flops / result["seconds"]
+    out = {**result, "useful_gflops_per_second": round(useful / 1e9, 2),
+           "share_of_peak": round(share_of_peak(useful, peak), 4)}
+    if processed_flops is not None:
+        processed = processed_flops / result["seconds"]
+        out.update(processed_gflops_per_second=round(processed / 1e9, 2),
+                   processed_share_of_peak=round(share_of_peak(processed, peak), 4))
+    return out
 
 
 def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[[dict], dict], *, rate: str,
             describe: Callable[[dict], str], job: dict,
-            flops: Callable[[dict], tuple[float, float]] | None = None) -> None:
+            flops: Callable[[dict], tuple[float, float | None]] | None = None,
+            peak: Callable[[str, dict], float] | None = None) -> None:
     """Measure the machine, run the sides (alignlab here, TRL in its venv; `--rounds` times, the order reversed
     each round), print a line each, the ratios, and the JSON last line (its sides: the last round's).
-    flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (None: the
-    job reports no FLOP/s)."""
+    flops(result) gives a side's (useful, processed) FLOPs in its timed seconds (processed None: not counted; flops
+    None: the job reports no FLOP/s); peak(side, machine) the GFLOP/s its share is taken of (default: the matmul peak of
+    the job's dtype). With flops, `speedup_at_peak` = speedup / alignlab's share of peak: the ratio alignlab would
+    reach against the same TRL run if every useful FLOP of its step ran at that peak, the most this machine
+    allows at these FLOPs."""
     sides = args.order.split(",")
     trl_python = ensure_trl_venv(Path(args.trl_venv)) if "trl" in sides else None
     machine = measure_machine(spec["model_dir"], args.threads)
     dtype = "bf16" if spec.get("bf16") else "fp32"
-    peak = machine["peak_matmul"]
-    print(f"{machine['cpu_model']}, {peak['torch_threads']} torch thread(s), load {machine['load_average_1m']}: "
-          f"matmul peak {peak['bf16_gflops']:,.0f} GFLOP/s bf16, {peak['fp32_gflops']:,.0f} fp32", flush=True)
+    rates = machine["peak_matmul"]
+    peak = peak or (lambda side, machine: machine["peak_matmul"][f"{dtype}_gflops"])
+    print(f"{machine['cpu_model']}, {rates['torch_threads']} torch thread(s), load {machine['load_average_1m']}: "
+          f"matmul peak {rates['bf16_gflops']:,.0f} GFLOP/s bf16, {rates['fp32_gflops']:,.0f} fp32", flush=True)
     rounds: list[dict] = []
     for r in range(max(1, args.rounds)):
         results: dict = {}
@@ -176,7 +183,7 @@ def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[
             results[side] = summarize(run_worker(script, python, side, spec, out / f"{side}.json"))
             share = ""
             if flops is not None:
-                results[side] = add_flops(results[side], *flops(results[side]), machine, dtype)
+                results[side] = add_flops(results[side], *flops(results[side]), peak(side, machine))
                 share = (f"  {results[side]['useful_gflops_per_second']:,.1f} useful GFLOP/s = "
                          f"{results[side]['share_of_peak']:.3f} of peak")
             label = f"{side} #{r + 1}" if args.rounds > 1 else side
@@ -193,6 +200,11 @@ def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[
         print(f"speedup (alignlab / TRL {unit}): {speedup:.2f}x{each}   memory ratio (alignlab / TRL peak): "
               f"{memory_ratio:.2f}")
         line.update(speedup=round(speedup, 3), memory_ratio=round(memory_ratio, 3))
+        if flops is not None:  # the last round's share, as the sides in the line
+            at_peak = ratios[-1] / rounds[-1]["alignlab"]["share_of_peak"]
+            print(f"at the matmul peak (every useful FLOP of alignlab's step at {peak('alignlab', machine):,.0f} GFLOP/s) "
+                  f"the ratio would be {at_peak:.2f}x: the most this machine allows against this TRL run")
+            line["speedup_at_peak"] = round(at_peak, 3)
         if len(rounds) > 1:
             line.update(round_speedups=[round(x, 3) for x in ratios], rounds=rounds)
     print(json.dumps(line))
