@@ -72,3 +72,22 @@ def test_kto_through_registry_mix():
     )
     close(out.losses, [0.512497, 0.582305, 0.537430])
     close(out.terms["kl"], 1.5)
+
+
+def test_kto_mismatched_pairs_never_score_a_completion_under_its_own_prompt():
+    """A paired file read as unpaired puts chosen and rejected of each prompt side by side (A A B B C C): rolling
+    by one inside micro-batches of 2 would score A's rejected answer under A. Each example's KL completion comes
+    from the nearest earlier example with another prompt: in its micro-batch if there is one, else anywhere."""
+    from alignlab.data.pairs import unpaired_as_pairs
+
+    prompts = ["A", "A", "B", "B", "C", "C"]
+    examples = [{"prompt_ids": [ord(p)], "completion_ids": [100 + i], "label": i % 2 == 0}
+                for i, p in enumerate(prompts)]
+    for group in (2, 3, 4, 6):
+        out = unpaired_as_pairs(examples, group)
+        donors = [o["rejected_ids"][0] - 100 for o in out]
+        assert all(prompts[d] != prompts[i] for i, d in enumerate(donors)), (group, donors)
+    assert [o["rejected_ids"][0] - 100 for o in unpaired_as_pairs(examples, 4)] == [3, 3, 1, 1, 3, 3]
+    assert [o["rejected_ids"][0] - 100 for o in unpaired_as_pairs(examples, 2)] == [5, 5, 1, 1, 3, 3]
+    one = [{**e, "prompt_ids": [1]} for e in examples[:4]]  # one prompt throughout: the neighbour, as before
+    assert [o["rejected_ids"][0] - 100 for o in unpaired_as_pairs(one, 2)] == [1, 0, 3, 2]

@@ -165,17 +165,33 @@ def unpaired_as_pairs(examples: Sequence[Any], group_size: int) -> list[dict[str
     KTO's reference point z0 is a KL estimate from MISMATCHED pairs (Ethayarajh et al. 2024,
     Sec. 4.1): completion j scored under prompt i != j. As TRL's KTOTrainer does when it builds
     its KL dataset, the mismatch is fixed before training: within each group of `group_size`
-    consecutive examples, example i borrows the completion of example i - 1 (rolled). The borrowed
-    completion takes the "rejected" slot, so the prefix-shared path runs each prompt once for both,
-    and cached reference log-probs cover the KL term too.
+    consecutive examples, example i borrows the completion of the nearest earlier example (cyclically)
+    whose prompt differs; a group whose examples all share one prompt (a paired file read as unpaired puts
+    chosen and rejected of a prompt side by side) borrows from the nearest earlier example in the whole set
+    that has another prompt. Only when every example has the same prompt is it its neighbour's completion.
+    The borrowed completion takes the "rejected" slot, so the prefix-shared path runs each prompt once for
+    both, and cached reference log-probs cover the KL term too.
     """
     if group_size < 2:
         raise ValueError("KTO needs at least 2 examples per micro-batch to form mismatched pairs")
+    prompts = [tuple(_field(ex, "prompt_ids")) for ex in examples]
+
+    def donor(i: int, start: int, size: int) -> int:
+        for off in range(1, size):  # within the group first
+            j = start + (i - start - off) % size
+            if prompts[j] != prompts[i]:
+                return j
+        for off in range(1, len(examples)):  # then anywhere, nearest earlier first
+            j = (i - off) % len(examples)
+            if prompts[j] != prompts[i]:
+                return j
+        return start + (i - start - 1) % size  # one prompt throughout: nothing to mismatch with
+
     out = []
     for start in range(0, len(examples), group_size):
-        group = examples[start : start + group_size]
-        for i, ex in enumerate(group):
-            other = group[i - 1] if len(group) > 1 else group[0]
+        size = min(group_size, len(examples) - start)
+        for i in range(start, start + size):
+            ex, other = examples[i], examples[donor(i, start, size)]
             out.append({"prompt_ids": list(_field(ex, "prompt_ids")), "chosen_ids": list(_field(ex, "completion_ids")),
                         "rejected_ids": list(_field(other, "completion_ids")), "label": bool(_field(ex, "label"))})
     return out

@@ -74,6 +74,7 @@ def cached_sets(cfg: DPOConfig, sets: list[list], policy: Any, collate: Any, dev
     """Attach cached reference log-probs to each set, computing them once (then freeing the reference)."""
     import gc
 
+    from alignlab.train.loop import autocast
     from alignlab.train.refcache import load_or_compute
     from alignlab.train.reference import resolve_reference_kind, step_reference
 
@@ -90,9 +91,12 @@ def cached_sets(cfg: DPOConfig, sets: list[list], policy: Any, collate: Any, dev
         if not examples:
             out.append(examples)
             continue
-        cache = load_or_compute(live, policy, key_model, examples, collate, settings=settings,
-                                cache_dir=cfg.ref_cache_dir, batch_size=max(cfg.micro_batch_size(), 1),
-                                device=device, progress=cfg.progress != "none")
+        # under the training step's autocast: the adapter-off policy, a live reference, runs inside it (a separate
+        # model applies its own), so cached and live log-probs are the same numbers under bf16 too
+        with autocast(cfg, device, cache=False):
+            cache = load_or_compute(live, policy, key_model, examples, collate, settings=settings,
+                                    cache_dir=cfg.ref_cache_dir, batch_size=max(cfg.micro_batch_size(), 1),
+                                    device=device, progress=cfg.progress != "none")
         print(f"reference log-probs: {'reused' if cache.hit else 'computed and saved'} {cache.path}", flush=True)
         out.append(cache.attach(examples))
     del live, key_model
