@@ -69,3 +69,24 @@ def test_sampled_reverse_kl_is_unbiased_for_the_reverse_kl_and_its_gradient():
     (grad_full,) = torch.autograd.grad(full, z)
     assert float(expected) == pytest.approx(float(full), abs=1e-6)  # both compute in float32
     assert torch.allclose(grad_sampled, grad_full, atol=1e-6)
+
+
+@pytest.mark.parametrize("kl_estimator", ["full", "sampled"])
+def test_held_out_divergence_of_a_student_equal_to_its_teacher_is_zero_under_bf16(kl_estimator):
+    """eval_kl runs the teacher under the run's bf16 autocast; the student's held-out forward takes the same
+    precision (the training forward gets it from optimizer_step), so identical weights give exactly 0."""
+    import types
+
+    from alignlab.data.rows import PromptRow
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rl.config import DistillConfig
+    from alignlab.rl.distill import held_out_divergence
+    from alignlab.train.loop import autocast
+
+    cfg = DistillConfig(model="tiny-random", teacher="tiny-random", bf16=True, max_new_tokens=8,
+                        generation_batch_size=4, kl_estimator=kl_estimator)
+    state = types.SimpleNamespace(cfg=cfg, policy=load_model("tiny-random").eval(),
+                                  teacher=load_model("tiny-random").eval(), tokenizer=load_tokenizer("tiny-random"),
+                                  device="cpu", compute=lambda cache: autocast(cfg, "cpu", cache=cache))
+    rows = [PromptRow([{"role": "user", "content": t}]) for t in ("Hello there", "What is 2 + 3?")]
+    assert held_out_divergence(state, rows)["eval_kl"] == 0.0

@@ -90,3 +90,19 @@ def test_bad_settings_are_clear_errors():
         beam_search(model, tok, ["a"], BeamConfig(num_beams=0))
     with pytest.raises(AlignlabError, match="max_new_tokens"):
         beam_search(model, tok, ["a"], BeamConfig(max_new_tokens=0))
+
+
+@pytest.mark.parametrize("seed, prompt, max_new", [(2, "x", 6), (3, "The film was", 10)])
+def test_live_beams_at_the_length_limit_still_compete_with_finished_ones(seed, prompt, max_new):
+    """When the last EOS hypothesis needed to fill the beam arrives on the last step, the beams still running there
+    end too ('length') and compete: transformers' beam search (early_stopping=True) keeps them, and here one of
+    them ranks above every finished answer (length_penalty 1, a model that ends often)."""
+    model, tok = tiny_lm(seed)
+    with torch.no_grad():
+        model.lm_head.weight[2] *= 2.0
+    ids = tok(prompt).input_ids
+    hyp = beam_search(model, tok, [ids], BeamConfig(num_beams=2, max_new_tokens=max_new, length_penalty=1.0))[0]
+    out = model.generate(torch.tensor([ids]), num_beams=2, do_sample=False, max_new_tokens=max_new,
+                         length_penalty=1.0, early_stopping=True, eos_token_id=2, pad_token_id=0)
+    assert hyp.completion_ids == out[0, len(ids):].tolist()
+    assert hyp.finish_reason == "length"

@@ -33,15 +33,21 @@ def per_token_divergence(state: Any, ro: Rollout, idx: torch.Tensor, *, grad: bo
 
     cfg = state.cfg
     student_model = state.train_policy if grad else state.policy
+
+    def student_forward(fn):
+        if grad:  # optimizer_step runs a training forward under state.compute() already
+            with torch.enable_grad():
+                return fn()
+        with torch.no_grad(), state.compute(cache=True):  # held out: the teacher's precision, so a student equal
+            return fn()                                   # to its teacher scores 0 under bf16 too
+
     if cfg.kl_estimator == "sampled":
-        with torch.enable_grad() if grad else torch.no_grad():
-            student = policy_logprobs(student_model, ro, idx, cfg.temperature)[0]
-            return sampled_reverse_kl(student, teacher_lp[idx]) * ro.mask[idx]
+        student = student_forward(lambda: policy_logprobs(student_model, ro, idx, cfg.temperature)[0])
+        return sampled_reverse_kl(student, teacher_lp[idx]) * ro.mask[idx]
     with torch.no_grad(), state.compute(cache=True):
         teacher = _logp(state.teacher, ro, idx, cfg.temperature)
-    with torch.enable_grad() if grad else torch.no_grad():
-        student = _logp(student_model, ro, idx, cfg.temperature)
-        return generalized_jsd(student, teacher, cfg.beta) * ro.mask[idx]
+    student = student_forward(lambda: _logp(student_model, ro, idx, cfg.temperature))
+    return generalized_jsd(student, teacher, cfg.beta) * ro.mask[idx]
 
 
 def _teacher_lp(state: Any, ro: Rollout) -> torch.Tensor | None:

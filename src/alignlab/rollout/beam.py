@@ -119,12 +119,12 @@ def _search(model: Any, prompt: list[int], cfg: BeamConfig, eos: set[int]) -> tu
             keep_rows.append(b), keep_toks.append(t), keep_scores.append(s), new_beams.append(beams[b] + [t])
             if len(new_beams) == cfg.num_beams:
                 break
+        if step == cfg.max_new_tokens - 1:  # the live beams end here too, before any early stop drops them
+            finished += [(rank(s, len(seq)), s, seq, "length") for s, seq in zip(keep_scores, new_beams)]
+            break
         if len(finished) >= cfg.num_beams or not new_beams:
             break
         beams, scores = new_beams, torch.tensor(keep_scores, dtype=torch.float64, device=device)
-        if step == cfg.max_new_tokens - 1:
-            finished += [(rank(s, len(seq)), s, seq, "length") for s, seq in zip(keep_scores, beams)]
-            break
         cache.reorder_cache(torch.tensor(keep_rows, device=device))
         logits = model(input_ids=torch.tensor(keep_toks, device=device)[:, None], use_cache=True, logits_to_keep=1,
                        **{kv: cache}).logits[:, -1]
