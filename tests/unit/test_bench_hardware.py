@@ -83,13 +83,28 @@ def test_dpo_summarize_skips_the_first_step_and_scales_tokens(bench):
     assert out["processed_policy_tokens"] == 300 and out["processed_reference_tokens"] == 150
 
 
-def test_add_flops_uses_the_jobs_dtype(bench):
+def test_add_flops_takes_shares_of_the_given_peak(bench):
     peer = bench("peer")
-    machine = {"peak_matmul": {"bf16_gflops": 1000.0, "fp32_gflops": 100.0}}
-    out = peer.add_flops({"seconds": 2.0}, 400e9, 500e9, machine, "bf16")
+    out = peer.add_flops({"seconds": 2.0}, 400e9, 500e9, 1000.0)
     assert out["useful_gflops_per_second"] == 200.0 and out["share_of_peak"] == 0.2
     assert out["processed_share_of_peak"] == 0.25
-    assert peer.add_flops({"seconds": 2.0}, 40e9, 40e9, machine, "fp32")["share_of_peak"] == 0.2
+    only_useful = peer.add_flops({"seconds": 2.0}, 40e9, None, 100.0)
+    assert only_useful["share_of_peak"] == 0.2 and "processed_share_of_peak" not in only_useful
+
+
+def test_grpo_useful_flops_and_the_peak_of_a_mixed_precision_step(bench):
+    """10N per token of a step's prompts (once) and answers: sampling 2N, policy 6N, reference 2N (8N without a
+    reference). float32 training with bf16 sampling: 2 of every 10 FLOPs at the bf16 peak (1000), 8 at the fp32
+    one (100): 1 / (0.2 / 1000 + 0.8 / 100) = 121.95 GFLOP/s; TRL samples in float32: 100."""
+    grpo = bench("grpo_vs_trl")
+    res = {"timed_steps": 2, "timed_tokens": 100}
+    assert grpo.flops(res, 1_000_000, 10.0, 0.04) == (10e6 * 120, None)
+    assert grpo.flops(res, 1_000_000, 10.0, 0.0) == (8e6 * 120, None)
+    machine = {"peak_matmul": {"bf16_gflops": 1000.0, "fp32_gflops": 100.0}}
+    spec = {"bf16": False, "bf16_sampling": True, "beta": 0.04}
+    assert grpo.peak_of("alignlab", machine, spec) == pytest.approx(1 / (0.2 / 1000 + 0.8 / 100))
+    assert grpo.peak_of("trl", machine, spec) == pytest.approx(100.0)
+    assert grpo.peak_of("trl", machine, {**spec, "bf16": True}) == pytest.approx(1000.0)
 
 
 def test_embedded_tokens_split_by_grad_mode(bench):
