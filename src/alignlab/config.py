@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from alignlab.config_paths import data_root, override_paths, resolve_paths, resolved_defaults
+from alignlab.config_paths import _dataclass_of, data_root, override_paths, resolve_paths, resolved_defaults
 from alignlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -186,6 +186,31 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _leaf_annotation(cls: type, dotted: str) -> Any:
+    """The annotation of `a.b.c` in `cls` (through nested dataclasses), or None when there is no such key."""
+    *parents, leaf = dotted.split(".")
+    target: Any = cls
+    for part in parents:
+        target = _dataclass_of(typing.get_type_hints(target).get(part)) if dataclasses.is_dataclass(target) else None
+        if target is None:
+            return None
+    return typing.get_type_hints(target).get(leaf) if dataclasses.is_dataclass(target) else None
+
+
+def _text_only(tp: Any) -> bool:
+    """Whether the scalars `tp` admits are text only (str, string Literals; None, lists, mappings and nested
+    configs aside): then a command-line value YAML would read as a number, date or bool is meant as its text."""
+    if tp is str:
+        return True
+    if get_origin(tp) is Literal:
+        return all(isinstance(a, str) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        scalars = [a for a in get_args(tp) if a is not type(None) and get_origin(a) not in (list, tuple, dict)
+                   and not dataclasses.is_dataclass(a)]
+        return bool(scalars) and all(_text_only(a) for a in scalars)
+    return False
+
+
 def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `a.b.c=value` inside nested mappings, creating levels as needed."""
     *parents, leaf = dotted.split(".")
@@ -230,6 +255,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override {item!r} is not of the form key=value")
         dotted = key.strip().lstrip("-").replace("-", "_")
         value = parse_value(text)
+        if value is not None and not isinstance(value, (str, list, dict)) and _text_only(_leaf_annotation(cls, dotted)):
+            value = text.strip()  # output_dir=010 is '010', not octal 8; resume=off is 'off', not false
         try:
             value = override_paths(cls, dotted, value)
         except ConfigError as e:

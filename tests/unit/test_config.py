@@ -45,6 +45,15 @@ def test_dotted_override_creates_optional_nested():
     assert cfg.lora == Inner(r=32)
 
 
+def test_a_text_key_keeps_the_text_yaml_would_read_as_a_number_date_or_bool():
+    """model=010 is the folder '010', not YAML 1.1's octal 8; 1.10 keeps its zero, a date stays text, and so does
+    'off' (YAML's false) for a key that takes only text. Keys that take numbers still read them."""
+    for text in ("010", "1.10", "0x1A", "1_000", "2024-01-31", "off"):
+        assert load_config(Cfg, None, [f"model={text}"]).model == text
+    cfg = load_config(Cfg, None, ["model=m", "lr=010", "lora.r=010"])
+    assert cfg.lr == 8.0 and cfg.lora == Inner(r=8)  # numbers where the key takes numbers
+
+
 def test_int_accepted_for_float():
     assert load_config(Cfg, None, ["model=m", "lr=1"]).lr == 1.0
 

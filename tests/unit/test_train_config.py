@@ -34,6 +34,10 @@ def test_overrides_and_lora(tmp_path):
         ("warmup_ratio=1.5", "warmup_ratio"),
         ("keep_last=0", "keep_last"),
         ("batch_siz=4", "unknown key batch_siz"),
+        ("min_lr_ratio=-1", "min_lr_ratio"),  # a negative floor: the schedule's tail would climb the loss
+        ("max_grad_norm=-1", "max_grad_norm"),
+        ("adam_beta2=1", "adam_beta2"),
+        ("adam_eps=0", "adam_eps"),
     ],
 )
 def test_bad_values_are_named(override, message):

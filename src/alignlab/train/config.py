@@ -132,6 +132,13 @@ class OptimConfig:
             raise ConfigError("warmup_steps must not be negative")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:  # a negative floor turns the late schedule into gradient ascent
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm: must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
+        if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0 and self.adam_eps > 0):
+            raise ConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1) and adam_eps > 0, got "
+                              f"{self.adam_beta1}, {self.adam_beta2}, {self.adam_eps}")
 
     def micro_batch_size(self, world_size: int = 1) -> int:
         """Sequences one rank feeds to one forward/backward pass."""
