@@ -40,3 +40,20 @@ def test_pretrain_tinyshakespeare_perplexity(data_dir, tmp_path):
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id)
     text = tok.decode(gen[0, ids.shape[1]:])
     assert len(gen[0]) > ids.shape[1] and text.strip(), text
+
+
+def test_continued_pretraining_with_lora_trains_adapters_and_record_keys_are_refused(tmp_path, capsys):
+    """A corpus has no records: eval_split, eval_data and on_bad_row are unknown keys (they were accepted and
+    ignored). lora continues a pretrained model with adapters (a scratch model: an error before training)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200)))
+    common = ["pretrain", f"data={corpus}", "max_steps=2", "batch_size=2", "max_length=32", "progress=none",
+              "cpu_threads=1"]
+    for key in ("eval_split=0.5", "eval_data=x.txt", "on_bad_row=skip"):
+        assert main([*common, f"output_dir={tmp_path / 'bad'}", key]) != 0
+        assert f"unknown key {key.split('=')[0]}" in capsys.readouterr().err
+    assert main([*common, f"output_dir={tmp_path / 'scratch'}", "lora.r=2"]) != 0
+    assert "a scratch model trains in full" in capsys.readouterr().err
+    out = tmp_path / "lora"
+    assert main([*common, f"output_dir={out}", "model=tiny-random", "lora.r=2"]) == 0
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()

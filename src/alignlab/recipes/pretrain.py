@@ -11,19 +11,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from alignlab.config import ConfigError
 from alignlab.errors import AlignlabError
-from alignlab.train.config import TrainConfig
+from alignlab.train.config import OptimConfig, RunConfig
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
+class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has no records, formats or bad rows
     model: str = "scratch"
-    """scratch: build a new Llama from the size keys below; or a model directory to continue pretraining."""
+    """scratch: build a new Llama from the size keys below; or a model directory to continue pretraining (with
+    `lora`, adapters on it; a scratch model trains in full)."""
     data: str = "tinyshakespeare/input.txt"
     """Plain-text corpus (UTF-8); the default is read from $ALIGNLAB_DATA (relative paths: see alignlab.config)."""
+    max_eval_rows: int = 200
+    """At most this many validation blocks are scored at each evaluation."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under torchrun: ddp or fsdp (train.config.TrainConfig.distributed)."""
     tokenizer: str | None = None
     """Existing tokenizer directory; null trains a byte-level BPE tokenizer on the training text."""
     vocab_size: int = 512
@@ -52,7 +57,12 @@ class PretrainConfig(TrainConfig):
     """Blocks already fill max_length exactly, so padding-free packing gains nothing here."""
 
     def validate(self) -> None:
-        super().validate()
+        RunConfig.validate(self)
+        OptimConfig.validate(self)
+        if self.max_length < 1:
+            raise ConfigError(f"max_length: must be at least 1, got {self.max_length}")
+        if self.lora is not None and self.model == "scratch":
+            raise ConfigError("lora: adapters need a pretrained model to continue from; a scratch model trains in full")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ConfigError("hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads")
         if not 0.0 < self.val_fraction < 1.0:
@@ -112,8 +122,10 @@ def prepare(cfg: PretrainConfig) -> tuple[Any, Any, str, str]:
     train_text, val_text = read_corpus(cfg.data, cfg.val_fraction)
     if cfg.model != "scratch":
         from alignlab.models.load import load_model, load_tokenizer
+        from alignlab.models.lora import apply_lora
 
-        return load_tokenizer(cfg.model), load_model(cfg.model), train_text, val_text
+        model = load_model(cfg.model)
+        return load_tokenizer(cfg.model), apply_lora(model, cfg.lora) if cfg.lora else model, train_text, val_text
     if cfg.tokenizer:
         from alignlab.models.load import load_tokenizer
 
