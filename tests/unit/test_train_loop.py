@@ -107,6 +107,38 @@ def test_resume_after_in_process_crash_equals_uninterrupted(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [6, 8]  # keep_last=2
 
 
+def test_metrics_after_a_resume_equal_an_uninterrupted_runs(tmp_path):
+    """logging_steps 4, save_steps 3: the crash comes after step 5, the checkpoint at 3 holds a logging window of
+    three steps. The resumed run's rows (the window's mean loss and grad norm, num_tokens) are the same numbers."""
+    data = counting_data()
+    kw = dict(max_steps=8, logging_steps=4, save_steps=3, grad_accum=2)
+    train(cfg_for(tmp_path / "full", **kw), tiny_llama(dropout=0.1), causal_lm_step, data, Collator(0, packing=True))
+    train(cfg_for(tmp_path / "run", **kw), tiny_llama(dropout=0.1), causal_lm_step, data, Collator(0, packing=True),
+          stop_at=5)
+    train(cfg_for(tmp_path / "run", **kw), tiny_llama(dropout=0.1), causal_lm_step, data, Collator(0, packing=True))
+    keys = ("step", "loss", "grad_norm", "learning_rate", "num_tokens")
+    rows = [[{k: r[k] for k in keys} for r in read_metrics(tmp_path / d) if "loss" in r] for d in ("full", "run")]
+    assert [r["step"] for r in rows[0]] == [4, 8]
+    assert rows[0] == rows[1]
+
+
+def test_a_metric_some_micro_batches_leave_out_is_their_mean_not_diluted(tmp_path):
+    """KTO reports rewards/rejected only for micro-batches holding undesirable examples. Here the step reports
+    `x` = 1 in its second micro-batch only, `y` = 3 in both: logged x is 1 (not 0.5), y 3."""
+    calls = []
+
+    def step_fn(model, batch):
+        loss, metrics = causal_lm_step(model, batch)
+        calls.append(1)
+        return loss, {**metrics, "y": 3.0, **({"x": 1.0} if len(calls) == 2 else {})}
+
+    cfg = cfg_for(tmp_path, max_steps=1, batch_size=2, grad_accum=2, logging_steps=1)
+    train(cfg, tiny_llama(), step_fn, counting_data(), Collator(0))
+    assert len(calls) == 2
+    (row,) = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert row["y"] == pytest.approx(3.0) and row["x"] == pytest.approx(1.0)
+
+
 def test_resume_ignores_half_written_checkpoint(tmp_path):
     data = counting_data()
     train(cfg_for(tmp_path, max_steps=4, save_steps=2), tiny_llama(), causal_lm_step, data, Collator(0),

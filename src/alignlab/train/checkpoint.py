@@ -127,10 +127,13 @@ def save_checkpoint(
     model_state: dict | None = None,
     optimizer_state: dict | None = None,
     extras: Any = None,
+    rank_rng: list | None = None,
 ) -> Path:
     """Write checkpoint-<step> atomically, then drop the oldest beyond `keep_last`. model_state /
     optimizer_state: full states gathered from a sharded model (FSDP); by default the objects' own.
-    extras(dir): writes more state into the checkpoint before it is sealed (RL: the critic and its optimizer)."""
+    extras(dir): writes more state into the checkpoint before it is sealed (RL: the critic and its optimizer).
+    rank_rng: every rank's RNG state (rng_state() gathered, rank order) when there are several: rank r > 0's goes
+    to rng-<r>.pt beside rank 0's rng.pt, so each rank resumes its own dropout masks."""
     import torch
 
     root = Path(output_dir)
@@ -143,6 +146,9 @@ def save_checkpoint(
         save_model(model, tmp, tokenizer, state_dict=model_state)
         torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        for r, rng in enumerate(rank_rng or []):
+            if r:
+                torch.save(rng, tmp / f"rng-{r}.pt")
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         if extras is not None:
@@ -231,11 +237,17 @@ def load_tensors(path: Path) -> Any:
                               "resume from another checkpoint or resume=never") from None
 
 
-def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states; returns trainer_state (step, data position, ...)."""
+def restore_rng(directory: Path, rank: int = 0) -> None:
+    """This rank's RNG states: rng-<rank>.pt where the run had several ranks, else rng.pt (rank 0's)."""
+    own = directory / f"rng-{rank}.pt"
+    set_rng_state(load_tensors(own if rank and own.exists() else directory / "rng.pt"))
+
+
+def load_checkpoint(directory: str | Path, model: Any, optimizer: Any, rank: int = 0) -> dict[str, Any]:
+    """Restore weights, optimizer and this rank's RNG states; returns trainer_state (step, data position, ...)."""
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     load_model_weights(model, directory)
     optimizer.load_state_dict(load_tensors(directory / "optimizer.pt"))
-    set_rng_state(load_tensors(directory / "rng.pt"))
+    restore_rng(directory, rank)
     return state

@@ -139,14 +139,14 @@ def gather_full_state(model: Any, optimizer: Any) -> tuple[dict, dict]:
     return {k: v for k, v in model_state.items() if k not in aliases}, optim_state
 
 
-def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[str, Any]:
+def load_checkpoint(directory: str | Path, model: Any, optimizer: Any, rank: int = 0) -> dict[str, Any]:
     """Resume a sharded run: every rank reads the full weights and optimizer state of `directory` and keeps
     its own shards; RNG states as in a DDP resume. Returns trainer_state (step, data position, ...)."""
     import json
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    from alignlab.train.checkpoint import STATE_FILE, CheckpointError, load_tensors, set_rng_state
+    from alignlab.train.checkpoint import STATE_FILE, CheckpointError, load_tensors, restore_rng
 
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
@@ -158,7 +158,7 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any) -> dict[s
     # strict=False: save_pretrained leaves out a tied LM head, which shares the embedding's parameter anyway.
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                    options=StateDictOptions(full_state_dict=True, strict=False))
-    set_rng_state(load_tensors(directory / "rng.pt"))
+    restore_rng(directory, rank)
     return state
 
 

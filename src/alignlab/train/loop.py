@@ -40,12 +40,13 @@ from alignlab.train.checkpoint import (
     load_checkpoint,
     remove_stale_temps,
     restore_step_state,
+    rng_state,
     save_checkpoint,
     save_model,
     step_state,
 )
 from alignlab.train.config import TrainConfig
-from alignlab.train.metrics import peak_memory_mb
+from alignlab.train.log_window import LogWindow
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
 from alignlab.train.resume import resume_point
 from alignlab.train.step import NonFiniteStep, optimizer_step
@@ -224,41 +225,6 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
     return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
 
 
-class _LogWindow:
-    """What the optimizer steps since the last logged one add up to; `row()` makes the metrics.jsonl row."""
-
-    def __init__(self) -> None:
-        self.seen_tokens = 0.0  # input tokens (no padding) since this run started, as TRL logs num_tokens
-        self._reset()
-
-    def _reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.grad_norm, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
-
-    def add(self, metrics: dict[str, Any], weight: float) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + _float(v) * weight
-
-    def end_step(self, grad_norm: float, seconds: float) -> None:
-        self.grad_norm += grad_norm
-        self.steps += 1
-        self.seconds += seconds
-
-    def row(self, world: World, *, lr: float, batch_size: int, unit: str, device: str) -> dict[str, float]:
-        """Means over the window (task metrics summed over ranks; the grad norm is already global), then reset."""
-        row = {k: world.all_reduce_sum(v) / self.steps for k, v in self.sums.items()}
-        row["grad_norm"] = self.grad_norm / self.steps
-        row["learning_rate"] = lr
-        tokens = world.all_reduce_sum(self.tokens)
-        self.seen_tokens += tokens
-        row["tokens_per_second"] = tokens / max(self.seconds, 1e-9)
-        row[f"{unit}_per_second"] = self.steps * batch_size / max(self.seconds, 1e-9)  # batch_size is global
-        row["num_tokens"] = self.seen_tokens
-        row["peak_memory_mb"] = peak_memory_mb(device)
-        self._reset()
-        return row
-
-
 def train(
     cfg: TrainConfig,
     model: Any,
@@ -310,7 +276,7 @@ def train(
             split.save(out)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
-        resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
+        resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer, world.rank)
         start = resumed["step"]
         restore_step_state(step_fn, resumed)  # loss state such as BCO's running mean
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
@@ -330,23 +296,29 @@ def train(
 
     def checkpoint(step: int) -> None:
         full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)  # collective
+        log_window = window.state(world)  # collective; the metrics row after a resume continues this window
+        rank_rng = world.all_gather_objects(rng_state()) if world.size > 1 else None  # each rank's dropout
         if world.is_main:
             state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / sampler.per_epoch,
-                     "total_steps": n_total, "lr_scheduler": {"step": step}, **step_state(step_fn)}
+                     "total_steps": n_total, "lr_scheduler": {"step": step}, "log_window": log_window,
+                     **step_state(step_fn)}
             save_checkpoint(out, step, model, optimizer, state, tokenizer=tokenizer,
                             config_yaml=config_yaml, keep_last=cfg.keep_last, model_state=full[0],
-                            optimizer_state=full[1])
+                            optimizer_state=full[1], rank_rng=rank_rng)
         world.barrier()
         events.on_save(step, out / f"checkpoint-{step}")
 
     def sync(last: bool):  # gradients all-reduce on the last micro-batch only
         return fsdp.gradient_sync(wrapped, last) if sharded else world.no_sync(wrapped, not last)
 
+    window = LogWindow()
+    if ckpt is not None:
+        window.restore(resumed.get("log_window"), world)
     if start == 0:
         run_eval(0)
     model.train()
     t_loop = time.perf_counter()
-    window, last_log, done = _LogWindow(), {}, start
+    last_log, done = {}, start
     with reused_buffers():  # scratch blocks and weight casts live across steps (ops/buffers.py)
         for step in range(start, n_total):
             t0 = time.perf_counter()
@@ -369,7 +341,7 @@ def train(
                 events.on_train_end(step, None)
                 idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
                 raise _diverged(cfg, step + 1, e, idx) from None
-            window.add(out_step.metrics, 1.0)
+            window.add(out_step.metrics, out_step.weights)
             grad_norm = out_step.grad_norm
             window.end_step(grad_norm, time.perf_counter() - t0)
             done = step + 1

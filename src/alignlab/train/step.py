@@ -39,6 +39,9 @@ class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     """Each micro-batch's `loss` and metrics weighted to this rank's share of the global-batch mean (sum them
     over ranks for the global mean)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Per key, the share of the global batch it was measured on, on this rank (summed over ranks: 1 for a key
+    every micro-batch reports). A metric some micro-batches leave out is its sum over this weight, not over 1."""
 
 
 def _float(x: Any) -> float:
@@ -67,6 +70,7 @@ def optimizer_step(
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
+    shares: dict[str, float] = {}
     last = len(micro_batches) - 1
     for m, (forward, w) in enumerate(zip(micro_batches, weights)):
         scale = w * world_size / max(total, 1e-12)
@@ -78,6 +82,7 @@ def optimizer_step(
             (loss * scale).backward()
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0.0) + _float(v) * scale / world_size
+            shares[k] = shares.get(k, 0.0) + scale / world_size
     max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if not math.isfinite(grad_norm):
@@ -87,4 +92,4 @@ def optimizer_step(
     weights_updated()  # kept low-precision casts of the weights are stale now (ops/buffers.py)
     keep_gradients(params)  # a gradient too large for the heap is reused next step (ops/buffers.py)
     optimizer.zero_grad(set_to_none=True)
-    return StepOutput(grad_norm, sums)
+    return StepOutput(grad_norm, sums, shares)
