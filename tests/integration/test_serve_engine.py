@@ -393,6 +393,43 @@ def test_load_weights_guards(tmp_path, tiny, monkeypatch):
             s.close()
 
 
+def test_a_failed_adapter_push_leaves_the_plain_model_serving_and_a_good_one_still_loads(tmp_path):
+    """An adapter for another hidden size: peft wraps the served layers before a shape fails. The push is a 400,
+    the plain model answers exactly as before (no wrapped layers, no adapter config left), and a good adapter
+    pushed next is served."""
+    pytest.importorskip("peft")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.lora import LoraConfig, apply_lora, has_adapter
+
+    tok = load_tokenizer("tiny-random")
+    server = ModelServer(load_model("tiny-random"), tok, weights_root=str(tmp_path))
+    httpd = _start(server)
+    url = base_url(httpd)
+    config = load_model("tiny-random").config.to_dict()
+    config.update(hidden_size=2 * config["hidden_size"], intermediate_size=2 * config["intermediate_size"])
+    for name, model in (("bad", LlamaForCausalLM(LlamaConfig(**config))), ("good", load_model("tiny-random"))):
+        adapter = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+        with torch.no_grad():
+            for n, p in adapter.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 1.0)
+        adapter.save_pretrained(tmp_path / name)
+    try:
+        before = _greedy(url, tok("The film was").input_ids)
+        status, out = post(url + "/load_weights", {"path": str(tmp_path / "bad")})
+        assert status == 400 and "could not apply" in out["error"]["message"]
+        assert not has_adapter(server.engine.model) and _greedy(url, tok("The film was").input_ids) == before
+        assert post(url + "/load_weights", {"path": str(tmp_path / "good")})[0] == 200
+        assert has_adapter(server.engine.model) and _greedy(url, tok("The film was").input_ids) != before
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        server.close()
+
+
 def test_a_failing_forward_fails_its_requests_and_the_server_goes_on(tiny):
     """A forward that raises mid-decode (as an out-of-memory would): the whole answer is a 500, a stream ends
     with an error event, and once the model works again so does the server."""

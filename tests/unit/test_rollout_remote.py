@@ -158,3 +158,21 @@ def test_split_requests_are_seeded_per_request_and_reassembled_in_order(served):
     last = generate(model, tok, prompts[3:], SamplingConfig(max_new_tokens=5, seed=10, logprobs=True), n=2).samples
     assert [s.completion_ids for s in got.samples] == [s.completion_ids for s in first + last]
     assert [s.prompt_index for s in got.samples] == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_vllm_log_probs_the_trainer_cannot_compare_with_are_refused_before_sampling():
+    """vLLM's raw log-probs have no temperature (only temperature 1 compares); its processed ones come after
+    top-p/top-k and are renormalised (log p - log Z: every IS weight would be Z, not 1). Both are refused with
+    what to change; alignlab's own server reports the untruncated temperature log-probs and takes any setting."""
+    raw = RemoteEngine(url="http://127.0.0.1:9", model="m", server="vllm")
+    processed = RemoteEngine(url="http://127.0.0.1:9", model="m", server="vllm", logprobs_scaled=True)
+    ours = RemoteEngine(url="http://127.0.0.1:9", model="m")
+    prompts = [[1, 2, 3]]
+    with pytest.raises(AlignlabError, match="temperature"):
+        completion_request(raw, prompts, SamplingConfig(temperature=0.7), 1)
+    completion_request(raw, prompts, SamplingConfig(temperature=1.0, top_p=0.9), 1)  # raw = the trainer's at T 1
+    for cfg in (SamplingConfig(temperature=0.7, top_p=0.9), SamplingConfig(temperature=0.7, top_k=50)):
+        with pytest.raises(AlignlabError, match="top_p 1 and top_k 0"):
+            completion_request(processed, prompts, cfg, 1)
+        assert completion_request(ours, prompts, cfg, 1)["temperature"] == 0.7
+    assert completion_request(processed, prompts, SamplingConfig(temperature=0.7), 1)["top_p"] == 1.0

@@ -54,8 +54,9 @@ class RemoteEngine:
     the samples are reproducible, but they equal in-process generate()'s only with one request."""
     logprobs_scaled: bool = False
     """The server's log-probs already include the temperature (vLLM with `--logprobs-mode
-    processed_logprobs` and top-k/top-p off). alignlab serve always does; for vLLM without it only
-    temperature 1 gives log-probs comparable with the trainer's, and other temperatures are refused."""
+    processed_logprobs`; top-p and top-k are then refused: vLLM renormalises after them). alignlab serve always
+    does; for vLLM without it only temperature 1 gives log-probs comparable with the trainer's, and other
+    temperatures are refused."""
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -115,7 +116,12 @@ def completion_request(engine: RemoteEngine, prompts: list[list[int]], cfg: Samp
         raise AlignlabError(
             f"rollout engine: vLLM returns log-probs without the temperature ({cfg.temperature}) by default, so "
             "they would not compare with the trainer's; start vLLM with --logprobs-mode processed_logprobs and "
-            "set logprobs_scaled: true, or sample at temperature 1")
+            "set logprobs_scaled: true (with top_p 1 and no top_k), or sample at temperature 1")
+    if engine.server == "vllm" and engine.logprobs_scaled and not cfg.greedy and (cfg.top_p < 1.0 or cfg.top_k > 0):
+        raise AlignlabError(
+            f"rollout engine: vLLM's processed_logprobs are taken after top-p/top-k (top_p {cfg.top_p}, top_k "
+            f"{cfg.top_k}) and renormalised, so each is log p - log Z and every importance weight would come out Z "
+            "instead of 1; sample with top_p 1 and top_k 0, or at temperature 1 with logprobs_scaled: false")
     body = {"model": engine.model, "prompt": prompts, "n": n, "max_tokens": cfg.max_new_tokens,
             "temperature": 0.0 if cfg.greedy else cfg.temperature, "top_p": 1.0 if cfg.greedy else cfg.top_p,
             "top_k": cfg.top_k if cfg.top_k > 0 and not cfg.greedy else -1, "seed": cfg.seed, "logprobs": 0,

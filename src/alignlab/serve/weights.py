@@ -107,8 +107,24 @@ def _adapter(path: Path) -> Callable[[Any], Any]:
             served.set_adapter(name)
             served.delete_adapter(old)
         else:
-            served = PeftModel.from_pretrained(served, str(path), adapter_name=name, is_trainable=False)
+            try:
+                served = PeftModel.from_pretrained(served, str(path), adapter_name=name, is_trainable=False)
+            except Exception:
+                _remove_injected_lora(served)  # peft wraps layers in place before a shape fails: undo it
+                raise
         served.eval()
         return served
 
     return apply
+
+
+def _remove_injected_lora(model: Any) -> None:
+    """Put back every base layer peft wrapped in `model` and drop the adapter config it set, so a failed
+    adapter load leaves the plain model serving exactly as before (peft does not touch the base weights)."""
+    for name, module in list(model.named_modules()):
+        base = getattr(module, "base_layer", None)
+        if base is not None and name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, base)
+    if "peft_config" in model.__dict__:
+        del model.peft_config
