@@ -21,9 +21,9 @@ from alignlab.data.sources import load_rows
 from alignlab.recipes.dpo import DPOConfig
 
 
-def _pairs(path, n, bad=()):
-    lines = [json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) if i not in bad
-             else json.dumps({"prompt": f"q{i}"}) for i in range(n)]
+def _pairs(path, n, bad=(), tag="q"):
+    lines = [json.dumps({"prompt": f"{tag}{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) if i not in bad
+             else json.dumps({"prompt": f"{tag}{i}"}) for i in range(n)]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
@@ -95,7 +95,7 @@ def test_split_json_names_the_file_its_hash_and_the_records(tmp_path):
 def test_mixture_splits_each_source_then_weights_its_training_rows(tmp_path, capsys):
     """a: 20 records, b: 10. eval_split 0.2 holds out 4 of a and 2 of b; weight 0.5 keeps a seeded half of
     a's 16 training rows (8), weight 2 counts b's 8 twice (16): 24 training rows, 6 held out."""
-    a, b = _pairs(tmp_path / "a.jsonl", 20), _pairs(tmp_path / "b.jsonl", 10)
+    a, b = _pairs(tmp_path / "a.jsonl", 20), _pairs(tmp_path / "b.jsonl", 10, tag="b")
     mix = [{"path": a, "weight": 0.5}, {"path": b, "weight": 2.0}]
     split = train_eval_rows(_cfg(mix, eval_split=0.2), _load())
     assert (len(split.train), len(split.held_out)) == (24, 6)
@@ -130,3 +130,19 @@ def test_slice_keys_are_checked():
         DPOConfig(data="x", data_offset=-1).validate()
     with pytest.raises(ConfigError, match="data_limit"):
         DPOConfig(data="x", data_limit=0).validate()
+
+
+def test_a_held_out_row_with_a_training_rows_content_is_not_scored(tmp_path):
+    """Records repeat (10 distinct pairs, 4 copies each): a held-out copy of a pair that is also in training
+    would be scored after training on it, so it is left out and counted; eval_data equal to data leaves
+    nothing to score."""
+    lines = [json.dumps({"prompt": f"q{i % 10}", "chosen": f"good {i % 10}", "rejected": f"bad {i % 10}"})
+             for i in range(40)]
+    data = tmp_path / "p.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    split = train_eval_rows(_cfg(str(data), eval_split=0.25), _load())
+    trained = {r.prompt[0]["content"] for r in split.train}
+    assert len(split.train) == 30 and all(r.prompt[0]["content"] not in trained for r in split.held_out)
+    assert split.info["held_out_duplicates_of_train"] == 10 - len(split.held_out) and split.scored == split.held_out
+    same = train_eval_rows(_cfg(str(data), eval_data=str(data)), _load())
+    assert same.held_out == [] and same.info["held_out_duplicates_of_train"] == 40

@@ -135,13 +135,25 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
         held = load(cfg.eval_data)
         parts.append({"data": str(cfg.eval_data), "sha256": file_sha256(cfg.eval_data), "eval_data": True,
                       "train_records": [], "held_out_records": _ids(held)})
+    # a held-out row with the content of a training row (a repeated record, a built-in set that repeats, eval_data
+    # overlapping data) would be scored after training on it: it is not scored
+    trained = {_content(r) for r in train}
+    unseen = [r for r in held if _content(r) not in trained]
+    duplicates, held = len(held) - len(unseen), unseen
     if len(sources) > 1:
         print("data mixture: " + "; ".join(f"{p['data']} {p['train_rows']} train rows (weight {p['weight']:g} "
                                            f"of {len(p['train_records'])} records), {len(p['held_out_records'])} "
                                            "held out" for p in parts if "weight" in p), flush=True)
     info = {"eval_split": 0.0 if cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
-            "max_eval_rows": cfg.max_eval_rows, "scored_rows": min(len(held), cfg.max_eval_rows), "sources": parts}
+            "max_eval_rows": cfg.max_eval_rows, "scored_rows": min(len(held), cfg.max_eval_rows),
+            "held_out_duplicates_of_train": duplicates, "sources": parts}
     return Split(train, held, held[: cfg.max_eval_rows], info)
+
+
+def _content(row: Any) -> str:
+    """What a row holds, without where it came from (origin, the record field it was read from)."""
+    items = vars(row) if hasattr(row, "__dict__") else dict(row)
+    return repr(sorted((k, v) for k, v in items.items() if k not in ("origin", "field")))
 
 
 def trained_records(split: dict, data: str) -> set[int]:

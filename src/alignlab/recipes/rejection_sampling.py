@@ -61,8 +61,10 @@ def _split(cfg: RejectionSamplingConfig) -> Any:
 
     split = train_eval_rows(cfg, load)
     if not split.train or not split.scored:
+        dup = split.info.get("held_out_duplicates_of_train", 0)
         raise AlignlabError(f"rejection-sampling: {cfg.prompts} prompts leave no train or no held-out prompts "
-                            "(raise prompts, set eval_split in (0, 1) or give eval_data)")
+                            + (f"({dup} held-out prompts are training prompts too) " if dup else "")
+                            + "(raise prompts, set eval_split in (0, 1) or give eval_data)")
     return split
 
 
