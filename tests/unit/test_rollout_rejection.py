@@ -23,3 +23,13 @@ def test_keeps_the_best_across_rounds():
     assert [(k.completion_ids, k.round) for k in pool.best.values()] == [([12], 1), ([23], 2)]
     assert pool.examples() == [{"input_ids": [1, 12], "labels": [-100, 12]},
                                {"input_ids": [2, 23], "labels": [-100, 23]}]
+
+
+def test_examples_are_cut_to_max_length_as_the_data_layer_cuts():
+    """Prompt of 6 tokens, answer of 5, max_length 8: the prompt keeps its last max_length // 2 = 4 tokens and the
+    answer the 4 left after it: [3, 4, 5, 6 | 10, 11, 12, 13]. Within max_length nothing changes."""
+    pool = BestPerPrompt()
+    pool.update([_group([1, 2, 3, 4, 5, 6], [[10, 11, 12, 13, 14]], [1.0])], 1)
+    assert pool.examples(8) == [{"input_ids": [3, 4, 5, 6, 10, 11, 12, 13], "labels": [-100] * 4 + [10, 11, 12, 13]}]
+    assert pool.examples(11) == pool.examples() == [{"input_ids": [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14],
+                                                     "labels": [-100] * 6 + [10, 11, 12, 13, 14]}]

@@ -138,7 +138,7 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
             student = apply_lora(student, cfg.lora)
         round_cfg = replace(cfg, output_dir=str(out / f"round_{r}"), resume="auto")
         try:
-            train(round_cfg, student, causal_lm_step, pool.examples(), collate, tokenizer=tok,
+            train(round_cfg, student, causal_lm_step, pool.examples(cfg.max_length), collate, tokenizer=tok,
                   config_yaml=config_text(round_cfg))
         except AlreadyDone:  # finished before an interruption: its saved weights, as trained
             load_model_weights(student, Path(round_cfg.output_dir))

@@ -57,8 +57,14 @@ class BestPerPrompt:
     def mean_reward(self) -> float:
         return sum(k.reward for k in self.best.values()) / max(len(self.best), 1)
 
-    def examples(self) -> list[dict[str, list[int]]]:
-        """SFT examples in prompt order: input_ids = prompt + completion, labels -100 on the prompt."""
-        return [{"input_ids": k.prompt_ids + k.completion_ids,
-                 "labels": [-100] * len(k.prompt_ids) + k.completion_ids}
-                for _, k in sorted(self.best.items())]
+    def examples(self, max_length: int | None = None) -> list[dict[str, list[int]]]:
+        """SFT examples in prompt order: input_ids = prompt + completion, labels -100 on the prompt; longer than
+        `max_length`, cut by the data layer's rule (data/tokenize.py: the prompt's end kept, to max_length // 2,
+        then the completion to the room left)."""
+        from alignlab.data.tokenize import _truncate
+
+        out = []
+        for _, k in sorted(self.best.items()):
+            prompt, (completion,), _, _ = _truncate(k.prompt_ids, [k.completion_ids], max_length, None, "end")
+            out.append({"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion})
+        return out
