@@ -35,6 +35,20 @@ def test_summary_compares_methods_on_the_common_kl_range():
     assert s["best"] == {"a": {"reward": 1.0, "kl": 2}, "b": {"reward": 0.2, "kl": 0}}
 
 
+def test_below_its_first_point_a_method_is_credited_the_base_models_reward():
+    """Best-of-N has no KL-0 point (N=2 is at 0.19). The base model's reward (the KL-0 points: 0.1) is what it
+    reached within a smaller budget, not its first point's 0.6. Grid [0, 1]: bon 0.1 below 0.5 (25 points),
+    0.6 from there (25) -> 0.35; a: 0.1 until KL 1 (49 points), 0.5 at 1 -> 0.108. Without any KL-0 point the
+    range starts where every method has one (0.5)."""
+    runs = {"a": {"method": "a", "points": [_p(0, 0.1), _p(1, 0.5)]},
+            "bon": {"method": "best_of_n", "points": [_p(0.5, 0.6), _p(2, 0.9)]}}
+    s = frontier_summary(runs)
+    assert s["mean_reward_on_common_kl"]["best_of_n"] == pytest.approx((25 * 0.1 + 25 * 0.6) / 50)
+    assert s["mean_reward_on_common_kl"]["a"] == pytest.approx((49 * 0.1 + 0.5) / 50)
+    no_base = frontier_summary({"a": {"method": "a", "points": [_p(0.2, 0.1), _p(1, 0.5)]}, "bon": runs["bon"]})
+    assert no_base["common_kl_range"] == [0.5, 1]
+
+
 def test_summary_says_tie_when_envelopes_are_equal():
     runs = {"a 1": {"method": "a", "points": [_p(0, 0.0)]}, "b 1": {"method": "b", "points": [_p(0, 0.0)]}}
     assert frontier_summary(runs)["highest"] == "tie: a, b"
@@ -72,3 +86,25 @@ def test_stale_runs_by_the_settings_each_method_depends_on():
     assert list(stale_runs(data, new, "p.json")) == ["grpo 0.1"]
     with pytest.raises(AlignlabError, match=r"p.json: .*max_new_tokens 24 -> 48.*new output_dir"):
         stale_runs(data, {**new, "max_new_tokens": 48}, "p.json")
+
+
+def test_preference_pairs_are_reused_only_under_the_settings_they_were_sampled_with(tmp_path):
+    """preferences.jsonl is sampled once; a rerun reuses it when preferences.settings.json holds this config's
+    shared settings (no sampling: ctx holds no model), refuses other settings (a first attempt with 16 prompts,
+    a rerun with 200), and trusts an older file without settings when points.json had runs its guard checked."""
+    import json
+
+    from alignlab.errors import AlignlabError
+    from alignlab.eval.frontier import SHARED_KEYS
+    from alignlab.recipes.frontier import _preference_pairs
+
+    cfg = FrontierConfig(output_dir=str(tmp_path))
+    config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    (tmp_path / "preferences.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    (tmp_path / "preferences.settings.json").write_text(json.dumps({k: config[k] for k in SHARED_KEYS}))
+    assert _preference_pairs(cfg, config, tmp_path, {}, False) == tmp_path / "preferences.jsonl"
+    with pytest.raises(AlignlabError, match="train_prompts"):
+        _preference_pairs(cfg, {**config, "train_prompts": config["train_prompts"] + 1}, tmp_path, {}, False)
+    (tmp_path / "preferences.settings.json").unlink()
+    assert _preference_pairs(cfg, config, tmp_path, {}, True) == tmp_path / "preferences.jsonl"
+    assert json.loads((tmp_path / "preferences.settings.json").read_text())["seed"] == cfg.seed

@@ -114,25 +114,34 @@ def envelope(points: list[dict]) -> list[tuple[float, float]]:
 
 def frontier_summary(runs: dict[str, dict]) -> dict:
     """Each method's envelope and the method whose envelope is highest on average over the KL range every
-    method covers (a step function evaluated on 50 points from 0 to the smallest of the methods' largest KL)."""
+    method covers (a step function evaluated on 50 points from 0 to the smallest of the methods' largest KL).
+    Every method starts from the base model, so below a method's first point its best reward within that KL
+    budget is the base model's (the mean reward of the KL-0 points, the runs' step-0 evaluations); without
+    any KL-0 point the range starts at the largest of the methods' first KLs instead."""
     by_method: dict[str, list[dict]] = {}
     for r in runs.values():
         by_method.setdefault(r["method"], []).extend(p for p in r["points"] if p.get("kl") is not None)
     env = {m: envelope(ps) for m, ps in by_method.items() if ps}
     if not env:
         return {"envelopes": {}, "highest": None, "best": {}}
+    base = [p["reward"] for ps in by_method.values() for p in ps if p["kl"] == 0]
+    kl_lo = 0.0 if base else max(e[0][0] for e in env.values())
     kl_max = min(max(p["kl"] for p in ps) for ps in by_method.values() if ps)
-    grid = [kl_max * i / 49 for i in range(50)] if kl_max > 0 else [0.0]
+    if kl_max < kl_lo:
+        return {"envelopes": env, "highest": None, "common_kl_range": None,
+                "best": {m: {"reward": e[-1][1], "kl": e[-1][0]} for m, e in env.items()}}
+    grid = [kl_lo + (kl_max - kl_lo) * i / 49 for i in range(50)] if kl_max > kl_lo else [kl_lo]
+    base_reward = sum(base) / len(base) if base else None
 
     def height(e: list[tuple[float, float]]) -> float:
-        vals = [max((r for k, r in e if k <= g), default=e[0][1]) for g in grid]
+        vals = [max((r for k, r in e if k <= g), default=base_reward) for g in grid]
         return sum(vals) / len(vals)
 
     heights = {m: height(e) for m, e in env.items()}
     top = max(heights.values())
     leaders = [m for m, h in heights.items() if h == top]
     best = {m: {"reward": e[-1][1], "kl": e[-1][0]} for m, e in env.items()}
-    return {"envelopes": env, "mean_reward_on_common_kl": heights, "common_kl_range": [0.0, kl_max],
+    return {"envelopes": env, "mean_reward_on_common_kl": heights, "common_kl_range": [kl_lo, kl_max],
             "highest": leaders[0] if len(leaders) == 1 else "tie: " + ", ".join(leaders), "best": best}
 
 
