@@ -95,16 +95,15 @@ def test_preference_pairs_are_reused_only_under_the_settings_they_were_sampled_w
     import json
 
     from alignlab.errors import AlignlabError
-    from alignlab.eval.frontier import SHARED_KEYS
-    from alignlab.recipes.frontier import _preference_pairs
+    from alignlab.eval.frontier import SHARED_KEYS, preference_pairs
 
     cfg = FrontierConfig(output_dir=str(tmp_path))
     config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
     (tmp_path / "preferences.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     (tmp_path / "preferences.settings.json").write_text(json.dumps({k: config[k] for k in SHARED_KEYS}))
-    assert _preference_pairs(cfg, config, tmp_path, {}, False) == tmp_path / "preferences.jsonl"
+    assert preference_pairs(cfg, config, tmp_path, {}, False) == tmp_path / "preferences.jsonl"
     with pytest.raises(AlignlabError, match="train_prompts"):
-        _preference_pairs(cfg, {**config, "train_prompts": config["train_prompts"] + 1}, tmp_path, {}, False)
+        preference_pairs(cfg, {**config, "train_prompts": config["train_prompts"] + 1}, tmp_path, {}, False)
     (tmp_path / "preferences.settings.json").unlink()
-    assert _preference_pairs(cfg, config, tmp_path, {}, True) == tmp_path / "preferences.jsonl"
+    assert preference_pairs(cfg, config, tmp_path, {}, True) == tmp_path / "preferences.jsonl"
     assert json.loads((tmp_path / "preferences.settings.json").read_text())["seed"] == cfg.seed

@@ -22,8 +22,8 @@ def _logits_along(monkeypatch, model, tok, cfg, n, tokens=None, prompts=PROMPTS)
     sampled by the real sampler, or replayed from `tokens` (the same rows then finish, leave and join as before)."""
     real, seen, chosen = generate_mod._sampler, {}, {}
 
-    def sampler(cfg_, gen, constraint, n_=1):
-        sample = real(cfg_, gen, constraint, n_)
+    def sampler(cfg_, gen, constraint, n_=1, prompt_keys=None):
+        sample = real(cfg_, gen, constraint, n_, prompt_keys)
 
         def replay(logits, rows, positions):
             keys = list(zip(rows.tolist(), positions.tolist()))

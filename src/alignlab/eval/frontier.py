@@ -62,6 +62,28 @@ def save_points(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def preference_pairs(cfg: FrontierConfig, config: dict, out: Path, ctx: dict, saved_runs: bool) -> Path:
+    """The DPO runs' best-vs-worst pairs, sampled once from the base model and reused by later runs, as long as
+    preferences.settings.json says they were sampled under this config's shared settings: a first attempt
+    stopped before any run was saved leaves pairs that points.json's guard never sees. Pairs without that file
+    (an older run) are trusted when points.json has runs (its guard checked the same settings), else resampled."""
+    import json
+
+    from alignlab.rollout.pairs import sample_pairs
+
+    pairs, settings = out / "preferences.jsonl", out / "preferences.settings.json"
+    shared = {k: config.get(k) for k in SHARED_KEYS}
+    then = json.loads(settings.read_text()) if settings.is_file() else (shared if saved_runs else None)
+    if pairs.is_file() and then is not None and then != shared:
+        changes = ", ".join(f"{k} {then.get(k)!r} -> {v!r}" for k, v in shared.items() if then.get(k) != v)
+        raise AlignlabError(f"{pairs}: sampled under other settings ({changes}); give a new output_dir")
+    if not (pairs.is_file() and then == shared):
+        sample_pairs(ctx["base"], ctx["tokenizer"], ctx["train_rows"], ctx["reward_fn"], pairs,
+                     samples_per_prompt=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    settings.write_text(json.dumps(shared) + "\n", encoding="utf-8")
+    return pairs
+
+
 def drop_stale_runs(data: dict, config: dict, where: str) -> None:
     """Remove (and say so) the runs of points.json `data` that `stale_runs` finds; then `config` is the file's."""
     for key, diff in stale_runs(data, config, where).items():

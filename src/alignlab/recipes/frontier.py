@@ -19,16 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alignlab.errors import AlignlabError
 from alignlab.eval.frontier import (
     DPO_FAMILY,
-    SHARED_KEYS,
     FrontierConfig,
     beam_reward,
     drop_stale_runs,
     frontier_context,
     frontier_summary,
     plot_frontier,
+    preference_pairs,
     run_best_of_n,
     run_settings,
     save_points,
@@ -109,28 +108,6 @@ def run_rl(cfg: FrontierConfig, method: str, coef: float, ctx: dict) -> dict:
     return {"method": method, "value": coef, "points": points}
 
 
-def _preference_pairs(cfg: FrontierConfig, config: dict, out: Path, ctx: dict, saved_runs: bool) -> Path:
-    """The DPO runs' best-vs-worst pairs, sampled once from the base model and reused by later runs, as long as
-    preferences.settings.json says they were sampled under this config's shared settings: a first attempt
-    stopped before any run was saved leaves pairs that points.json's guard never sees. Pairs without that file
-    (an older run) are trusted when points.json has runs (its guard checked the same settings), else resampled."""
-    import json
-
-    from alignlab.rollout.pairs import sample_pairs
-
-    pairs, settings = out / "preferences.jsonl", out / "preferences.settings.json"
-    shared = {k: config.get(k) for k in SHARED_KEYS}
-    then = json.loads(settings.read_text()) if settings.is_file() else (shared if saved_runs else None)
-    if pairs.is_file() and then is not None and then != shared:
-        changes = ", ".join(f"{k} {then.get(k)!r} -> {v!r}" for k, v in shared.items() if then.get(k) != v)
-        raise AlignlabError(f"{pairs}: sampled under other settings ({changes}); give a new output_dir")
-    if not (pairs.is_file() and then == shared):
-        sample_pairs(ctx["base"], ctx["tokenizer"], ctx["train_rows"], ctx["reward_fn"], pairs,
-                     samples_per_prompt=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    settings.write_text(json.dumps(shared) + "\n", encoding="utf-8")
-    return pairs
-
-
 def run(cfg: FrontierConfig) -> dict:
     """Every (method, value) run not yet in points.json, then the summary and the plot."""
     import json
@@ -152,7 +129,7 @@ def run(cfg: FrontierConfig) -> dict:
     print(f"frontier: {len(todo)} runs to do, {len(data['runs'])} already in {path}", flush=True)
     ctx = frontier_context(cfg, out) if todo else {}
     if any(m in DPO_FAMILY for m, _ in todo):
-        ctx["pairs"] = _preference_pairs(cfg, config, out, ctx, bool(data["runs"]))
+        ctx["pairs"] = preference_pairs(cfg, config, out, ctx, bool(data["runs"]))
     bon = [v for m, v in todo if m == "best_of_n"]
     if bon:
         for r in run_best_of_n(cfg, bon, ctx):
