@@ -93,15 +93,18 @@ def _is_path(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def build_config(cls: type, config: Any, keys: dict[str, Any]) -> Any:
-    """`config` (an instance of `cls` or None) with `keys` on top, checked as the command line checks.
-    Always a new object: the caller's config is never changed."""
+def build_config(cls: type, config: Any, keys: dict[str, Any], in_memory: frozenset[str] = frozenset()) -> Any:
+    """`config` (an instance of `cls` or None) with `keys` on top, checked as the command line checks: relative
+    paths resolve against the working directory, then $ALIGNLAB_DATA (keys in `in_memory` hold objects' labels,
+    not paths). Always a new object: the caller's config is never changed."""
     import dataclasses
     import typing
 
     from alignlab.config import ConfigError, _coerce, from_dict
-    from alignlab.config_paths import resolved_defaults
+    from alignlab.config_paths import data_root, resolve_paths, resolved_defaults
 
+    paths = resolve_paths(cls, {k: v for k, v in keys.items() if k not in in_memory}, [Path.cwd(), data_root()])
+    keys = {**keys, **paths}
     if config is None:
         return from_dict(cls, resolved_defaults(cls, keys))
     if not isinstance(config, cls):
@@ -141,18 +144,18 @@ def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: An
         else:
             objects[key] = value if key == "model" else as_records(value, key)
             keys[key] = str(objects[key]) if key != "model" else _model_label(value)
+    if "model" in objects and tokenizer is None:
+        raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
     temp = None
     if "output_dir" in keys and keys["output_dir"] is None:
         temp = tempfile.mkdtemp(prefix="alignlab-run-")
         keys["output_dir"] = temp
     try:
-        cfg = build_config(cls, config, keys)
+        cfg = build_config(cls, config, keys, frozenset(objects))
     except BaseException:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
         raise
-    if "model" in objects and tokenizer is None:
-        raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
     return _Job(cfg, objects.get("model"), tokenizer, objects.get("data"), objects.get("eval_data"), temp)
 
 
@@ -187,14 +190,15 @@ def _finish(job: _Job, model: Any, tokenizer: Any, result: Any) -> RunResult:
 
 def _run(job: _Job, load: Any, recipe_run: Any, callbacks: Any, **extra: Any) -> RunResult:
     """Seed, load (or take) the model, run the recipe; the temporary output_dir goes whatever happens."""
+    from alignlab.models.tokenizer import use_chat_template
     from alignlab.train.loop import seed_everything
 
     try:
         seed_everything(job.cfg.seed)  # as the recipe does before loading: LoRA and new heads start the same
         if job.model is None:
             tokenizer, model = load(job.cfg)
-        else:
-            tokenizer, model = job.tokenizer, _with_lora(job.model, job.cfg)
+        else:  # chat_template applies to a given tokenizer too
+            tokenizer, model = use_chat_template(job.tokenizer, job.cfg.chat_template), _with_lora(job.model, job.cfg)
         result = recipe_run(job.cfg, model=model, tokenizer=tokenizer, rows=job.records,
                             eval_rows=job.eval_records, callbacks=list(callbacks or ()), **extra)
     except BaseException:
@@ -224,6 +228,8 @@ def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_
         keys["ref_model"], ref_model = os.fspath(ref_model), None
     job = _job(recipe.DPOConfig, config, keys, model, tokenizer, data, eval_data)
     if (job.model is not None or ref_model is not None) and job.cfg.reference == "cache":
+        if job.temp_dir:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
         raise AlignlabError("reference: cache keys its files by the models named in the config; with an "
                             "in-memory model use reference=model (or auto)")
     if ref_model is not None:

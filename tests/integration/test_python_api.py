@@ -21,8 +21,8 @@ COMMON = {"model": "tiny-random", "max_steps": 3, "batch_size": 4, "logging_step
 TIMING = {"tokens_per_second", "pairs_per_second", "samples_per_second", "sequences_per_second", "peak_memory_mb",
           "train_runtime"}
 
-SFT_ROWS = [{"prompt": f"Count to {i % 7 + 1}:", "completion": " ".join(str(j) for j in range(i % 7 + 2))}
-            for i in range(30)]
+SFT_ROWS = [{"prompt": f"Count to {i % 7 + 1} ({i}):", "completion": " ".join(str(j) for j in range(i % 7 + 2))}
+            for i in range(30)]  # 30 distinct rows: a held-out copy of a training row would not be scored
 PAIRS = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
           "rejected": "no" if i % 2 == 0 else "yes"} for i in range(30)]
 
@@ -111,13 +111,44 @@ def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_p
         alignlab.sft(data=[SFT_ROWS[0], "text"], output_dir=None, **COMMON)
     with pytest.raises(AlignlabError, match="tokenizer"):
         alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
+    rows = write_jsonl(tmp_path / "x.jsonl", SFT_ROWS)
     with pytest.raises(AlignlabError, match=r"models: \['b'\] are not named"):
-        alignlab.evaluate(checkpoints=["a"], evaluations=[{"kind": "perplexity", "data": "x.jsonl"}],
+        alignlab.evaluate(checkpoints=["a"], evaluations=[{"kind": "perplexity", "data": str(rows)}],
                           models={"b": (None, None)})
+    with pytest.raises(ConfigError, match="evaluations.0..data: nowhere.jsonl not found"):  # as data= on the CLI
+        alignlab.evaluate(checkpoints=["a"], evaluations=[{"kind": "perplexity", "data": "nowhere.jsonl"}])
     before = set(Path(tempfile.gettempdir()).glob("alignlab-run-*"))
     with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records>.*field"):
         alignlab.sft(data=[{"prompt": "x", "completion": ""}], output_dir=None, **COMMON)
+    with pytest.raises(AlignlabError, match="tokenizer"):  # refused before a temporary folder is made
+        alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
+    from alignlab.models.load import load_model, load_tokenizer
+
+    with pytest.raises(AlignlabError, match="reference: cache"):
+        alignlab.dpo(model=load_model("tiny-random"), tokenizer=load_tokenizer("tiny-random"), data=PAIRS,
+                     output_dir=None, reference="cache")
     assert set(Path(tempfile.gettempdir()).glob("alignlab-run-*")) == before
+
+
+def test_keywords_resolve_paths_and_set_the_chat_template_as_the_command_line_does(tmp_path, monkeypatch):
+    """A relative data path is looked for in the working directory, then $ALIGNLAB_DATA (as `data=` on the
+    command line); chat_template applies to an in-memory model's tokenizer as to a loaded one."""
+    from alignlab.models.load import load_model, load_tokenizer
+
+    root, cwd = tmp_path / "data_root", tmp_path / "cwd"
+    (root / "sub").mkdir(parents=True)
+    cwd.mkdir()
+    write_jsonl(root / "sub" / "rows.jsonl", SFT_ROWS)
+    template = tmp_path / "chat.jinja"
+    template.write_text(load_tokenizer("tiny-random").chat_template.replace("<|im_start|>", "<|im_start|> "))
+    monkeypatch.setenv("ALIGNLAB_DATA", str(root))
+    monkeypatch.chdir(cwd)
+    res = alignlab.sft(data="sub/rows.jsonl", output_dir=None, **COMMON)
+    assert res.train.step == 3
+    tok = load_tokenizer("tiny-random")
+    res = alignlab.sft(model=load_model("tiny-random"), tokenizer=tok, data=SFT_ROWS, output_dir=None,
+                       chat_template=str(template), **{k: v for k, v in COMMON.items() if k != "model"})
+    assert res.tokenizer.chat_template == template.read_text()
 
 
 def test_datasets_objects_in_memory_model_and_a_stopping_callback(tmp_path):

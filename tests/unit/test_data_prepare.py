@@ -12,6 +12,7 @@ from alignlab.config import ConfigError
 from alignlab.data.prepare import (
     file_sha256,
     read_split,
+    run_split,
     slice_records,
     split_eval,
     train_eval_rows,
@@ -146,3 +147,26 @@ def test_a_held_out_row_with_a_training_rows_content_is_not_scored(tmp_path):
     assert split.info["held_out_duplicates_of_train"] == 10 - len(split.held_out) and split.scored == split.held_out
     same = train_eval_rows(_cfg(str(data), eval_data=str(data)), _load())
     assert same.held_out == [] and same.info["held_out_duplicates_of_train"] == 40
+
+
+def test_in_memory_records_take_the_same_keys_as_a_file(tmp_path):
+    """The Python API's records: data_limit/data_offset slice them, an eval_data file is the held-out set (not a
+    split of the records), and a training file with in-memory held-out rows trains on all its records."""
+    from alignlab.data.sources import load_rows as load
+
+    data = _pairs(tmp_path / "p.jsonl", 20)
+    held_file = _pairs(tmp_path / "e.jsonl", 3, tag="e")
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    held_records = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    rows = lambda x: load(x, task="preference").rows  # noqa: E731 - a path or in-memory records alike
+
+    def split(records=None, eval_records=None, **kw):
+        return run_split(_cfg(data, **kw), rows, records, eval_records)
+
+    sliced = split(records, data_offset=4, data_limit=8, eval_split=0.25)
+    assert (len(sliced.train), len(sliced.held_out)) == (6, 2)
+    assert {r.prompt[0]["content"] for r in sliced.train + sliced.held_out} == {f"q{i}" for i in range(4, 12)}
+    with_file = split(records, eval_data=held_file)
+    assert (len(with_file.train), [r.prompt[0]["content"] for r in with_file.held_out]) == (20, ["e0", "e1", "e2"])
+    from_python = split(None, held_records)
+    assert (len(from_python.train), len(from_python.held_out)) == (20, 3)

@@ -140,6 +140,7 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
     trained = {_content(r) for r in train}
     unseen = [r for r in held if _content(r) not in trained]
     duplicates, held = len(held) - len(unseen), unseen
+    _say_duplicates(duplicates)
     if len(sources) > 1:
         print("data mixture: " + "; ".join(f"{p['data']} {p['train_rows']} train rows (weight {p['weight']:g} "
                                            f"of {len(p['train_records'])} records), {len(p['held_out_records'])} "
@@ -148,6 +149,12 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
             "max_eval_rows": cfg.max_eval_rows, "scored_rows": min(len(held), cfg.max_eval_rows),
             "held_out_duplicates_of_train": duplicates, "sources": parts}
     return Split(train, held, held[: cfg.max_eval_rows], info)
+
+
+def _say_duplicates(n: int) -> None:
+    if n:
+        print(f"held out: {n} rows equal to training rows are not scored (split.json: held_out_duplicates_of_train)",
+              flush=True)
 
 
 def _content(row: Any) -> str:
@@ -218,17 +225,33 @@ def preference_examples(rows: Sequence[Any], tokenizer: Any, max_length: int, ma
 
 def run_split(cfg: Any, load: Callable[[Any], list], records: list | None = None,
               eval_records: list | None = None) -> Split:
-    """The run's Split: from cfg's files (train_eval_rows), or from in-memory records (the Python API): their
-    held-out rows are `eval_records` or a seeded `eval_split` of `records`, bounded for scoring by max_eval_rows."""
-    if records is None:
+    """The run's Split: from cfg's files (train_eval_rows), or with in-memory records (the Python API) as a file
+    would be: records [data_offset, data_offset + data_limit) train; the held-out rows are `eval_records`, else
+    the `eval_data` file, else a seeded `eval_split` of those records; rows equal to a training row are not
+    scored; max_eval_rows bounds what is scored."""
+    import copy
+
+    if records is None and eval_records is None:
         if not cfg.data:
             raise AlignlabError("data: give a training file (or pass records from Python)")
         return train_eval_rows(cfg, load)
-    train = load(records)
+    if records is None:  # a training file, held-out rows from Python: the file's records all train
+        whole = copy.copy(cfg)
+        whole.eval_data, whole.eval_split = None, 0.0
+        train = train_eval_rows(whole, load).train
+    else:
+        train = slice_records(load(records), getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None))
     if eval_records is not None:
         held = load(eval_records)
+    elif cfg.eval_data:
+        held = load(cfg.eval_data)
     else:
         train, held = split_eval(train, cfg.eval_split, cfg.seed)
-    info = {"data": "in memory", "eval_split": 0.0 if eval_records is not None else cfg.eval_split,
-            "seed": cfg.seed, "train_rows": len(train), "held_out_rows": len(held)}
-    return Split(train, held, held[: cfg.max_eval_rows], info)
+    trained = {_content(r) for r in train}
+    unseen = [r for r in held if _content(r) not in trained]
+    _say_duplicates(len(held) - len(unseen))
+    info = {"data": "in memory" if records is not None else str(cfg.data),
+            "eval_data": "in memory" if eval_records is not None else cfg.eval_data,
+            "eval_split": 0.0 if eval_records is not None or cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
+            "train_rows": len(train), "held_out_rows": len(unseen), "held_out_duplicates_of_train": len(held) - len(unseen)}
+    return Split(train, unseen, unseen[: cfg.max_eval_rows], info)
