@@ -54,6 +54,8 @@ def test_continued_pretraining_with_lora_trains_adapters_and_record_keys_are_ref
         assert f"unknown key {key.split('=')[0]}" in capsys.readouterr().err
     assert main([*common, f"output_dir={tmp_path / 'scratch'}", "lora.r=2"]) != 0
     assert "a scratch model trains in full" in capsys.readouterr().err
+    assert main([*common, f"output_dir={tmp_path / 'sized'}", "model=tiny-random", "vocab_size=5000"]) != 0
+    assert "vocab_size: set only for model=scratch" in capsys.readouterr().err
     out = tmp_path / "lora"
     assert main([*common, f"output_dir={out}", "model=tiny-random", "lora.r=2"]) == 0
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()

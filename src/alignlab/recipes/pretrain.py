@@ -17,6 +17,8 @@ from alignlab.data.corpus import blocks, encode_text, read_corpus
 from alignlab.errors import AlignlabError
 from alignlab.train.config import OptimConfig, RunConfig
 
+SCRATCH_KEYS = ("tokenizer", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+
 
 @dataclass
 class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has no records, formats or bad rows
@@ -61,6 +63,14 @@ class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has n
         OptimConfig.validate(self)
         if self.max_length < 1:
             raise ConfigError(f"max_length: must be at least 1, got {self.max_length}")
+        if self.model != "scratch":  # these size a scratch model; a given model has its own
+            import dataclasses
+
+            own = [f.name for f in dataclasses.fields(self) if f.name in SCRATCH_KEYS
+                   and getattr(self, f.name) != f.default]
+            if own:
+                raise ConfigError(f"{', '.join(own)}: set only for model=scratch; {self.model} has its own tokenizer "
+                                  "and sizes")
         if self.lora is not None and self.model == "scratch":
             raise ConfigError("lora: adapters need a pretrained model to continue from; a scratch model trains in full")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
