@@ -142,6 +142,7 @@ def _finish(ids: list[list[int]], pos: list[list[int]] | None, tg: _Targets, pad
     batch["token_counts"] = torch.tensor(tg.counts, dtype=torch.long)
     batch["num_pairs"] = num_pairs
     batch["num_items"] = num_pairs
+    batch["totals"] = {"chosen_tokens": int(sum(tg.counts[:num_pairs]))}  # the chosen-NLL's units (train.loop)
     return batch
 
 

@@ -131,6 +131,18 @@ def batch_weight(batch: dict) -> float:
     return 1.0
 
 
+def step_totals(batches: list[dict], units: float, world: World) -> None:
+    """Give every micro-batch the optimizer step's totals over all micro-batches and ranks: `units` (what
+    batch_weight counts) and each count a batch names in `totals`, as batch["step_totals"]. A step function
+    whose loss has a term averaged over other units (the chosen-NLL of sft/RPO/ORPO mixes: chosen tokens, under
+    a pair-weighted step) scales that term by them, so the step's gradient stays what one micro-batch holding
+    the whole global batch gives, whatever grad_accum and world size are (HF's num_items_in_batch)."""
+    names = sorted({k for b in batches for k in b.get("totals", {})})
+    sums = {k: world.all_reduce_sum(sum(float(b.get("totals", {}).get(k, 0)) for b in batches)) for k in names}
+    for b in batches:
+        b["step_totals"] = {"units": units, **sums}
+
+
 def count_tokens(batch: dict) -> int:
     """Real (non-pad) input tokens in a batch, for tokens/s."""
     if "num_tokens" in batch:
@@ -326,6 +338,7 @@ def train(
             batches = [collate([dataset[i] for i in idx]) for idx in micro]
             weights = [batch_weight(b) for b in batches]
             step_total = world.all_reduce_sum(sum(weights))
+            step_totals(batches, step_total, world)
             lr = lr_at(step, base_lr=cfg.learning_rate, total_steps=n_total, warmup_steps=warmup,
                        schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
             for group in optimizer.param_groups:

@@ -226,11 +226,15 @@ class PreferenceStep:
         ref = self.reference.logps(model, batch)
         counts = batch["token_counts"].to(pol.dtype)
         chosen_tok = batch["seq_index"] < b
-        # The token mean over the GLOBAL micro-batch's chosen tokens: this rank's sum over every rank's count,
-        # times world size because DDP averages the ranks' gradients (each rank holds as many pairs). A mean
-        # over this rank's tokens alone made 2 ranks differ from 1 whenever their lengths differ.
-        per_rank = gather_ranks(counts[:b].sum().reshape(1))
-        nll = -(tok * chosen_tok).sum() * per_rank.numel() / per_rank.sum().clamp(min=1.0)
+        totals = batch.get("step_totals")
+        if totals is not None:
+            # the token mean over the whole optimizer step's chosen tokens (all micro-batches and ranks): the loop
+            # weighs this micro-batch by its pairs (b / units, with DDP's average over ranks), so its share of the
+            # step's sum is scaled back by units / b; the gradient then does not depend on grad_accum or ranks
+            nll = -(tok * chosen_tok).sum() / max(totals["chosen_tokens"], 1.0) * totals["units"] / b
+        else:  # evaluation: the token mean over this micro-batch's chosen tokens on every rank
+            per_rank = gather_ranks(counts[:b].sum().reshape(1))
+            nll = -(tok * chosen_tok).sum() * per_rank.numel() / per_rank.sum().clamp(min=1.0)
 
         def pack(p: torch.Tensor, r: torch.Tensor | None) -> Any:
             return PairLogps(*_split(p, b), *(_split(r, b) if r is not None else (None, None)))
