@@ -80,6 +80,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         nested = [a for a in concrete if dataclasses.is_dataclass(a)]
         if isinstance(value, dict) and len(nested) == 1:  # a mapping for `str | X`: X's error (unknown key) helps
             return _coerce(value, nested[0], key)
+        lists = [a for a in concrete if get_origin(a) in (list, tuple)]
+        if isinstance(value, (list, tuple)) and len(lists) == 1:  # a list for `str | list[X]`: the item's error
+            return _coerce(value, lists[0], key)
         for arg in concrete:
             try:
                 return _coerce(value, arg, key)

@@ -18,9 +18,9 @@ TINY = dict(model="tiny-random", max_steps=2, batch_size=2, progress="none", cpu
             device="cpu", save_steps=1, eval_steps=1)
 
 
-def prompts(tmp_path, n=12) -> str:
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Story {i}:"}) + "\n" for i in range(n)))
+def prompts(tmp_path, n=12, name="prompts") -> str:
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{name} {i}:"}) + "\n" for i in range(n)))
     return str(path)
 
 
@@ -40,12 +40,12 @@ RUNS = {
     "medusa": (MedusaConfig, run_medusa, [
         dict(data="FILE", prompts=8, num_heads=2, distill_max_new_tokens=6, distill_batch_size=4, eval_split=0.25,
              max_eval_rows=2),
-        dict(data="FILE", prompts=8, distill_temperature=1.0, own_lm_head=True, eval_data="FILE", max_steps=-1,
+        dict(data="FILE", prompts=8, distill_temperature=1.0, own_lm_head=True, eval_data="EVAL", max_steps=-1,
              epochs=0.5, head_layers=2, head_decay=0.5),
     ]),
     "rejection-sampling": (RejectionSamplingConfig, run_rs, [
         dict(prompts=8, rounds=1, samples=2, max_new_tokens=4, eval_split=0.25, max_eval_rows=2),
-        dict(data="FILE", prompts=8, rounds=2, samples=2, max_new_tokens=4, eval_data="FILE", from_base=False,
+        dict(data="FILE", prompts=8, rounds=2, samples=2, max_new_tokens=4, eval_data="EVAL", from_base=False,
              max_steps=-1, epochs=1,
              temperature=0.7, lora=LoraConfig(r=2)),
     ]),
@@ -57,7 +57,8 @@ def test_every_extras_config_key_is_read(command, tmp_path):
     cls, go, runs = RUNS[command]
     seen: set[str] = set()
     for i, extra in enumerate(runs):
-        extra = {k: prompts(tmp_path) if v == "FILE" else v for k, v in extra.items()}
+        files = {"FILE": prompts(tmp_path), "EVAL": prompts(tmp_path, 4, "held_out")}  # held-out rows of their own
+        extra = {k: files.get(v, v) if isinstance(v, str) else v for k, v in extra.items()}
         cfg = recording(cls, seen)(output_dir=str(tmp_path / str(i)), **{**TINY, **extra})
         cfg.validate()
         go(cfg)

@@ -124,6 +124,12 @@ def test_mixture_config_keys(tmp_path):
         load_config(SFTConfig, cfg, [f"data=[{{path: {tmp_path / 'a.jsonl'}, weight: 0}}]"])
     with pytest.raises(ConfigError, match="single data file"):
         load_config(SFTConfig, cfg, ["data_limit=5"])
+    # a mistake inside an entry is named at the entry, not as "data: expected str | list[...]"
+    a = tmp_path / "a.jsonl"
+    with pytest.raises(ConfigError, match=r"unknown key data\[0\]\.wieght"):
+        load_config(SFTConfig, None, [f"data=[{{path: {a}, wieght: 0.5}}]"])
+    with pytest.raises(ConfigError, match=r"data\[0\]\.weight: expected a number"):
+        load_config(SFTConfig, None, [f"data=[{{path: {a}, weight: heavy}}]"])
 
 
 def test_slice_keys_are_checked():
