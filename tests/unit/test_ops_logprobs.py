@@ -366,17 +366,26 @@ def test_frozen_head_cast_is_kept_until_the_weight_changes():
 
 
 def test_chunked_bf16_head_with_bias_rounds_as_the_plain_head():
-    """A bf16 model's head with a bf16 bias: logits + bias round in bf16 before the float32 log-softmax, as the
-    plain `hidden @ W.T + b` does (type promotion keeps bf16); a float32 bias promotes to float32."""
+    """A head with a bias in low precision gives the head module's own numbers: F.linear adds the bias inside the
+    bf16 product (one rounding), for a bf16 model and for a float32 head under bf16 autocast (which casts the
+    bias); the log-softmax then runs in float32. (Adding a float32 bias after the bf16 product, as before, was up
+    to 3e-2 off the module's log-probs.)"""
+    import torch.nn.functional as F
+
     torch.manual_seed(6)
-    hidden = torch.randn(20, 16).to(torch.bfloat16)
-    weight = (torch.randn(64, 16) * 0.3).to(torch.bfloat16)
-    labels = torch.randint(0, 64, (20,))
-    for bias in (torch.randn(64).to(torch.bfloat16), torch.randn(64)):
-        logits = (hidden @ weight.t() + bias).float()
-        plain = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-        assert torch.equal(chunked_token_logprobs(hidden, weight, labels, chunk_size=8, bias=bias), plain)
-        torch.testing.assert_close(plain, token_logprobs(hidden @ weight.t() + bias, labels), atol=1e-6, rtol=0)
+    hidden, weight = torch.randn(20, 16), torch.randn(64, 16) * 0.3
+    bias, labels = torch.randn(64) * 3.0, torch.randint(0, 64, (20,))
+
+    def plain(logits):
+        logits = logits.float()
+        return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+
+    low = [t.to(torch.bfloat16) for t in (hidden, weight, bias)]
+    assert torch.equal(chunked_token_logprobs(*low[:2], labels, chunk_size=8, bias=low[2]), plain(F.linear(*low)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_token_logprobs(hidden, weight, labels, chunk_size=8, bias=bias)
+        want = plain(F.linear(hidden, weight, bias))
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("frozen", [False, True])

@@ -297,15 +297,26 @@ def _impl(model: Any) -> str | None:
     return getattr(getattr(getattr(model, "module", model), "config", None), "_attn_implementation", None)
 
 
+def local_attention(config: Any) -> bool:
+    """Whether some layers attend only to a window or chunk of keys (Mistral's sliding_window, Gemma's and Phi-3's
+    sliding layers, Llama 4's attention chunks): span attention sees a whole span, so it is not for these."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "sliding_window", None) or getattr(text, "attention_chunk_size", None)
+                or any("sliding" in str(t) or "chunked" in str(t) for t in getattr(text, "layer_types", None) or ()))
+
+
 def enable_span_attention(model: Any) -> bool:
-    """Switch an sdpa model (also inside peft/DDP wrappers) to span attention; False when it uses another kernel."""
+    """Switch an sdpa model (also inside peft/DDP wrappers) to span attention; False when it uses another kernel
+    or local (sliding-window, chunked) attention, whose masks span attention would drop: such a model keeps
+    plain sdpa and the padded layouts."""
     impl = _impl(model)
     if impl == SPANS:
         return True
-    if impl != "sdpa":
+    inner = getattr(model, "module", model)
+    if impl != "sdpa" or local_attention(inner.config):
         return False
     _register()
-    getattr(model, "module", model).set_attn_implementation(SPANS)
+    inner.set_attn_implementation(SPANS)
     return True
 
 

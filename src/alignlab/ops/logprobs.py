@@ -92,9 +92,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 class _HeadChunks:
     """The head's logits chunk by chunk, in the accumulation dtype, written into two buffers reused by every chunk.
 
-    The numbers are those of `hidden @ weight.T (+ bias)` under the caller's autocast state, then upcast: the
-    matmul runs in the (possibly autocast-lowered) weight's dtype, as autocast runs it, and the bias is added in
-    float32 as type promotion does. Fresh [chunk, V] tensors per chunk (the matmul's result, its upcast, the
+    The numbers are those of the head's own `F.linear(hidden, weight, bias)` under the caller's autocast state,
+    then upcast: the matmul runs in the (possibly autocast-lowered) weight's dtype with the bias cast to it, as
+    autocast runs it; without autocast the bias is added in float32. Fresh [chunk, V] tensors per chunk (the matmul's result, its upcast, the
     logsumexp temporary) cost more than their arithmetic on a CPU: each is a new mapping the kernel zero-fills
     page by page (~0.2-0.5 s per 200 MB block on a busy core)."""
 
@@ -118,12 +118,12 @@ class _HeadChunks:
         with torch.autocast(h.device.type, enabled=False):  # operands are already in the matmul's dtype
             if self.low_buf is None:
                 out = torch.mm(h, self.w.t(), out=self.buf[:m])
-            else:
-                low = torch.mm(h, self.w.t(), out=self.low_buf[:m])
-                if bias is not None and bias.dtype == self.low:  # a low-precision bias adds before the upcast
-                    low.add_(bias)
-                    bias = None
+            elif bias is not None:  # as autocast's F.linear: the bias in the low dtype, in the product, one rounding
+                low = torch.addmm(bias.to(self.low), h, self.w.t(), out=self.low_buf[:m])
+                bias = None
                 out = self.buf[:m].copy_(low)
+            else:
+                out = self.buf[:m].copy_(torch.mm(h, self.w.t(), out=self.low_buf[:m]))
         return out.add_(bias) if bias is not None else out
 
     def lowered(self, x: torch.Tensor) -> torch.Tensor:

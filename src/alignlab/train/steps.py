@@ -54,9 +54,15 @@ def output_weights(model: Any) -> tuple[Any, Any]:
 
 def supports_chunked(model: Any) -> bool:
     """Chunked log-probs recompute logits as hidden @ W.T (+ b); models that post-process logits
-    (final soft-capping, logit scaling) need the plain path."""
-    cfg = getattr(getattr(model, "module", model), "config", None)
-    return getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+    (final soft-capping, logit scaling) need the plain path, and so does a head that is not a plain Linear (a
+    LoRA-wrapped lm_head: its .weight is the frozen base, so the adapter would be left out of loss and gradients)."""
+    import torch
+
+    inner = getattr(model, "module", model)
+    cfg = getattr(inner, "config", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+            and type(head) is torch.nn.Linear)
 
 
 def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> tuple[Any, dict[str, Any]]:
