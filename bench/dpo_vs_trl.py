@@ -8,7 +8,9 @@ The job: the same model directory as policy (fp32, full fine-tuning) and as froz
 side loads its own second copy), the same pairs (the first steps x batch_size pairs of
 dpo_en_demo.json that fit in max_length without truncation, written once as TRL conversational
 preference JSONL and read by both), the same batch, grad_accum, max_length, beta, learning rate,
-schedule, seed and torch thread count, the sigmoid DPO loss on both. Each side runs in its own
+schedule (constant, no warmup: the two libraries' cosine schedules place the floor a step apart, so final
+losses before 4 Dec 2026 23:40 UTC, run with cosine on both, came from slightly different schedules), seed and
+torch thread count, the sigmoid DPO loss on both. Each side runs in its own
 process (so peak RSS is its own); TRL runs in its own virtual environment (default
 /tmp/alignlab-bench-trl, created once by bench/peer.py with `pip install torch==<ours> trl`, so both
 sides run the same torch release); it is never a dependency of alignlab.
@@ -214,7 +216,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from peer import add_shared_args, compare, logged_steps, peak_rss_mb, run_as_worker, step_timer
+from peer import (
+    add_shared_args,
+    alignlab_order,
+    compare,
+    in_order,
+    logged_steps,
+    peak_rss_mb,
+    run_as_worker,
+    step_timer,
+)
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -227,7 +238,7 @@ def alignlab_worker(spec: dict) -> dict:
     cfg = DPOConfig(
         model=spec["model_dir"], data=spec["data"], output_dir=spec["out"] + "/alignlab", eval_split=0.0,
         max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
-        max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
+        max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="constant", warmup_steps=0, seed=spec["seed"],
         beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
         cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto", bf16=spec["bf16"],
         compile=spec["compile"],
@@ -254,7 +265,7 @@ def trl_worker(spec: dict) -> dict:
     micro = spec["batch_size"] // spec["grad_accum"]
     args = trl.DPOConfig(
         output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
-        gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
+        gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
         max_length=spec["max_length"], beta=spec["beta"], seed=spec["seed"], logging_steps=1, save_strategy="no",
         report_to="none", use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0,
         gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
@@ -262,7 +273,7 @@ def trl_worker(spec: dict) -> dict:
     )
 
     timer = step_timer()
-    trainer = trl.DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
+    trainer = in_order(trl.DPOTrainer, spec["order"])(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
                              callbacks=[timer])
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r and "rewards/chosen" in r]
@@ -324,7 +335,7 @@ def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, floa
 
     Useful: 8N per token of the prefix-shared layout (6N policy forward+backward + 2N reference forward; N = the
     parameters in matmuls, bench/hardware.py), with P + C + R tokens per pair (the prompt once):
-        useful = 8N x mean over the job's pairs of (P + C + R) x pairs timed.
+        useful = 8N x mean over the timed steps' pairs of (P + C + R) x pairs timed.
     The same for both sides (same pairs), so the ratio of their shares is the speedup. Processed: what each side
     actually ran, padding included: 6N per policy position (8N under full checkpointing, which reruns the forward)
     + 2N per reference position (TRL runs prompt+chosen and prompt+rejected as padded rows, so it embeds the prompt
@@ -337,6 +348,13 @@ def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, floa
     processed = train_flops_per_token(n, recompute=recompute) * res["processed_policy_tokens"] \
         + forward_flops_per_token(n) * res["processed_reference_tokens"]
     return useful, processed
+
+
+def timed_layout(layout: list[int], order: list[int], batch_size: int) -> float:
+    """Mean layout tokens of the pairs in the timed steps (2..n): both sides visit the pairs in `order`
+    (peer.alignlab_order), the first step's `batch_size` of them untimed."""
+    timed = [layout[i] for i in order[batch_size:]] or [layout[i] for i in order]
+    return sum(timed) / len(timed)
 
 
 def main() -> None:
@@ -373,9 +391,10 @@ def main() -> None:
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
             "threads": args.threads, "path": args.path, "bf16": args.bf16,
             "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile}
+    spec["order"] = alignlab_order(n_pairs, args.seed)  # TRL visits the pairs in alignlab's order
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16",
                                 "gradient_checkpointing", "compile")}
-    n, per_pair = matmul_params(load_config(spec["model_dir"])), sum(layout) / len(layout)
+    n, per_pair = matmul_params(load_config(spec["model_dir"])), timed_layout(layout, spec["order"], args.batch_size)
     compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second",
             job={"model": args.model, "matmul_params": n, "layout_tokens_per_pair": round(per_pair, 1), **job},
             flops=lambda r: flops(r, n, per_pair),

@@ -277,7 +277,7 @@ def trl_worker(spec: dict) -> dict:
         learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
         seed=spec["seed"], logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=spec["bf16"],
         gradient_checkpointing=False, use_vllm=False, dataloader_num_workers=0, disable_tqdm=True,
-        log_completions=False,
+        log_completions=False, use_bias_correction_kl=False,  # plain k3 as alignlab's (TRL 1.16 weights it by the ratio)
     )
 
     class CpuAndPeak(TrainerCallback):

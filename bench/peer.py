@@ -115,6 +115,27 @@ def run_as_worker(args: Any, workers: dict[str, Callable[[dict], dict]]) -> bool
     return True
 
 
+def alignlab_order(n: int, seed: int) -> list[int]:
+    """The order alignlab's loop visits n examples in its first epoch (train/loop.py Sampler: a torch.randperm
+    seeded with `seed`). The TRL side samples in the same order (`in_order`), so both sides' first, untimed step
+    and their timed steps hold the same rows: with throughput counted in rows a second, rows of other lengths in
+    the timed steps would move the ratio."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def in_order(trainer_cls: Any, order: list[int]) -> Any:
+    """A transformers Trainer subclass whose training data loader visits the dataset in `order` (alignlab_order)
+    instead of its own seeded shuffle."""
+
+    class InOrder(trainer_cls):
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            return list(order)
+
+    return InOrder
+
+
 def step_timer() -> Any:
     """A transformers TrainerCallback collecting the seconds of each optimizer step (TRL side)."""
     from transformers import TrainerCallback

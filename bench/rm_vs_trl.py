@@ -38,7 +38,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from peer import add_shared_args, compare, logged_steps, peak_rss_mb, run_as_worker, step_timer
+from peer import (
+    add_shared_args,
+    alignlab_order,
+    compare,
+    in_order,
+    logged_steps,
+    peak_rss_mb,
+    run_as_worker,
+    step_timer,
+)
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -90,7 +99,7 @@ def trl_worker(spec: dict) -> dict:
         gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
     )
     timer = step_timer()
-    trainer = trl.RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
+    trainer = in_order(trl.RewardTrainer, spec["order"])(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
     return {"step_seconds": timer.seconds[: spec["steps"]], "peak_memory_mb": peak_rss_mb(),
@@ -154,6 +163,7 @@ def main() -> None:
             "lr": args.lr, "seed": args.seed, "threads": args.threads, "bf16": args.bf16,
             "forward_path": args.forward_path, "gradient_checkpointing": args.gradient_checkpointing,
             "compile": args.compile}
+    spec["order"] = alignlab_order(args.steps * args.batch_size, args.seed)  # TRL visits the pairs in alignlab's order
     job = {"model": args.model, "data": args.data, **{k: spec[k] for k in (
         "steps", "batch_size", "max_length", "threads", "bf16", "forward_path", "gradient_checkpointing", "compile")}}
     compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second", job=job,

@@ -10,19 +10,23 @@ and ~10 minutes on a busy 2-core CPU; micro-batch 4 x 512 needed ~5 GB and was O
 The job: the same model directory (fp32, full fine-tuning), the same rows (steps x batch_size rows of
 alpaca_en_demo.json, written once as TRL conversational prompt/completion JSONL and read by both),
 the same batch (batch_size per optimizer step, grad_accum micro-batches), max_length, learning rate,
-schedule, seed and torch thread count, completion-only loss on both. Each side runs in its own
+schedule (constant, no warmup: the two libraries' cosine schedules place the floor a step apart, so final
+losses before 4 Dec 2026 23:40 UTC, run with cosine on both, came from slightly different schedules), seed and
+torch thread count, completion-only loss on both. Each side runs in its own
 process (so peak RSS is its own); TRL runs in its own virtual environment (default
 /tmp/alignlab-bench-trl, created here with `pip install torch==<ours> trl`, no system site packages);
 it is never a dependency of alignlab. Both sides use their defaults otherwise: alignlab packs
 padding-free and applies the LM head chunk-wise to completion tokens; TRL pads each micro-batch
-(its default `padding_free=False`) and computes full logits plus its entropy/accuracy metrics.
+(its default `padding_free=False`) and applies its fused LM head (TRL 1.16 SFTTrainer: tiles of up to 4,096
+positions x 32,768 vocabulary entries over every position of the padded micro-batch, recomputed in backward; no
+full [rows, vocab] logits) with its entropy/accuracy metrics.
 
 Throughput = non-padding input tokens / seconds inside optimizer steps, skipping the first step
 (warm-up). Peak memory = the process's peak RSS (model load included, the same on both sides).
 The last line is one JSON object: {"job", "machine", "alignlab": {...}, "trl": {...}, "speedup", "memory_ratio"}.
 "machine" is measured at the start of the run (bench/hardware.py): the CPU model, the load, and torch.matmul's
 bf16 and fp32 GFLOP/s on the model's MLP shapes at the job's thread count. Each side reports its torch threads,
-useful GFLOP/s (8N per real token with gradient checkpointing, 6N without; N = the parameters in matmuls),
+useful GFLOP/s (6N per real token; N = the parameters in matmuls; see `flops`),
 `share_of_peak` (useful FLOP/s over the peak of the job's dtype), and the same over every position it ran
 (`processed_*`, padding included). `--order alignlab` runs alignlab alone (no TRL, no ratios).
 
@@ -69,7 +73,7 @@ the start), first step 24.8 s with the compile; alignlab's side alone eager righ
 Eager, `--rounds 2` (A B, B A) later that day: 96.9 / 60.4 and 105.3 / 69.1 tokens/s -> 1.56x (rounds 1.60x,
 1.52x), memory 0.95 (3.63 GB against 3.84), share 0.16-0.18 / 0.10-0.12 (peak 639 GFLOP/s at the start).
 The gain is compute TRL spends and alignlab does not: padding in TRL's micro-batches, the LM head on prompt
-tokens and TRL's entropy/accuracy metrics over full logits; under bf16 also autocast's weight cache and a
+tokens and TRL's entropy/accuracy metrics over every position; under bf16 also autocast's weight cache and a
 float32 head backward (alignlab runs the chunked head's backward in the forward's precision).
 2 threads, 3 Dec 2026 later, same Xeon (`make bench-sft BENCH_ARGS="--threads 2"`: full checkpointing both sides; bf16
 peak 1,775 GFLOP/s at the start, 1,191 median), one round: 156.8 against 92.7 tokens/s -> 1.69x, memory 0.94 (3.63 GB
@@ -131,7 +135,7 @@ The allocator's part, same EPYC, 1 thread, one round each, both sides under tcma
 (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`, Debian's libtcmalloc-minimal4; the workers inherit it): full checkpointing
 127.6 / 80.0 -> 1.59x, memory 0.94 (3.30 against 3.52 GB). TRL alone under tcmalloc: 83.1 tokens/s at 3.52 GB against
 62.6 at 3.71 under glibc in the run before it; so TRL runs 8-33% faster under tcmalloc (glibc maps every block above
-32 MB afresh, zero-filled page by page, and TRL's padded [rows, vocab] float32 logits are ~100 MB a micro-batch),
+32 MB afresh, zero-filled page by page, and TRL's fused head's float32 logit tiles are ~100 MB a micro-batch),
 alignlab 2-6% (ops/buffers.py already keeps glibc's freed blocks), and part of the ratio under glibc is alignlab's
 handling of glibc. alignlab without checkpointing (its own default): 146.7-161.8 tokens/s at 3.59-3.60 GB under
 tcmalloc against 137.3-144.5 (118.6-125.5 in a slower hour) at 3.92-3.95 GB under glibc: there glibc's heap holds
@@ -154,7 +158,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from peer import add_shared_args, compare, logged_steps, peak_rss_mb, run_as_worker, step_timer
+from peer import (
+    add_shared_args,
+    alignlab_order,
+    compare,
+    in_order,
+    logged_steps,
+    peak_rss_mb,
+    run_as_worker,
+    step_timer,
+)
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -167,7 +180,7 @@ def alignlab_worker(spec: dict) -> dict:
     cfg = SFTConfig(
         model=spec["model_dir"], data=spec["data"], output_dir=spec["out"] + "/alignlab", eval_split=0.0,
         max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
-        max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="cosine", seed=spec["seed"],
+        max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="constant", warmup_steps=0, seed=spec["seed"],
         logging_steps=1, save_steps=0, resume="never", progress="none", cpu_threads=spec["threads"],
         packing=not spec["no_packing"], device="cpu",
         gradient_checkpointing={"off": False, "on": True, "selective": "selective"}[spec["gradient_checkpointing"]],
@@ -194,14 +207,14 @@ def trl_worker(spec: dict) -> dict:
     micro = spec["batch_size"] // spec["grad_accum"]
     args = trl.SFTConfig(
         output_dir=spec["out"] + "/trl", max_steps=spec["steps"], per_device_train_batch_size=micro,
-        gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
+        gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
         max_length=spec["max_length"], seed=spec["seed"], logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0, disable_tqdm=True,
         gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
     )
 
     timer = step_timer()
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
+    trainer = in_order(trl.SFTTrainer, spec["order"])(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
     trainer.train()
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "loss" in r]
     cum = [r["num_tokens"] for r in logs]
@@ -239,16 +252,18 @@ def summarize(res: dict) -> dict:
             **({"trl_version": res["trl_version"]} if "trl_version" in res else {})}
 
 
-def flops(res: dict, n: int, recompute: bool) -> tuple[float, float]:
-    """(useful, processed) FLOPs of a side's timed steps. Useful: 8N per real (non-padding) token when the job
-    checkpoints (`recompute`: the forward runs again), 6N without (bench/hardware.py); both sides train the same
-    rows, so their useful FLOPs match and the ratio of their shares is the speedup. Processed: what the side ran
-    over every position, padding included (TRL pads each micro-batch; alignlab packs): 8N per position under full
-    checkpointing, 6N without it or under selective recomputation (which reruns no matrix product)."""
+def flops(res: dict, n: int) -> tuple[float, float]:
+    """(useful, processed) FLOPs of a side's timed steps. Useful: 6N per real (non-padding) token, the usual model
+    FLOPs (bench/hardware.py; a recomputed forward is work the job chose, not work it needs, as in the DPO
+    bench); both sides train the same rows, so their useful FLOPs match and the ratio of their shares is the
+    speedup. Processed: what the side ran over every position, padding included (TRL pads each micro-batch;
+    alignlab packs): 8N per position under full checkpointing, 6N without it or under selective recomputation
+    (which reruns no matrix product). Shares before 4 Dec 2026 23:50 UTC counted 8N as useful under
+    checkpointing: three quarters of them is this count."""
     from hardware import train_flops_per_token
 
     processed = train_flops_per_token(n, recompute=res["gradient_checkpointing"] == "on") * res["processed_tokens"]
-    return train_flops_per_token(n, recompute=recompute) * res["tokens"], processed
+    return train_flops_per_token(n, recompute=False) * res["tokens"], processed
 
 
 
@@ -284,11 +299,12 @@ def main() -> None:
             "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "no_packing": args.no_packing, "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16,
             "compile": args.compile}
+    spec["order"] = alignlab_order(args.steps * args.batch_size, args.seed)  # TRL visits the rows in alignlab's order
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "threads", "gradient_checkpointing", "bf16",
                            "compile")}
     n = matmul_params(load_config(spec["model_dir"]))
     compare(HERE, args, spec, out, summarize, rate="tokens_per_second", job={"model": args.model, "matmul_params": n, **job},
-            flops=lambda r: flops(r, n, spec["gradient_checkpointing"] != "off"),
+            flops=lambda r: flops(r, n),
             describe=lambda r: f"{r['tokens_per_second']:>9,.1f} tokens/s  peak {r['peak_memory_mb']:,.0f} MB"
                                f"  final loss {r['final_loss']:.4f}")
 

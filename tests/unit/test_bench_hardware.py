@@ -56,12 +56,13 @@ def test_flops_per_token_and_share(bench):
 
 
 def test_sft_flops_recompute_or_not(bench):
+    """Useful: 6N per real token whatever the checkpointing (model FLOPs, as the DPO bench counts); processed:
+    8N per position under full checkpointing (the forward runs twice), 6N without or under selective."""
     sft = bench("sft_vs_trl")
     res = {"tokens": 500, "processed_tokens": 600, "gradient_checkpointing": "on"}
-    assert sft.flops(res, 10, True) == (80 * 500, 80 * 600)
-    assert sft.flops({**res, "gradient_checkpointing": "off"}, 10, False) == (60 * 500, 60 * 600)
-    # alignlab's selective side in a checkpointed job: the job's useful 8N, but it ran 6N per position
-    assert sft.flops({**res, "gradient_checkpointing": "selective"}, 10, True) == (80 * 500, 60 * 600)
+    assert sft.flops(res, 10) == (60 * 500, 80 * 600)
+    assert sft.flops({**res, "gradient_checkpointing": "off"}, 10) == (60 * 500, 60 * 600)
+    assert sft.flops({**res, "gradient_checkpointing": "selective"}, 10) == (60 * 500, 60 * 600)
 
 
 def test_dpo_flops_prefix_layout(bench):
@@ -72,6 +73,18 @@ def test_dpo_flops_prefix_layout(bench):
     # full checkpointing reruns the policy's forward (8N per policy position); selective reruns no matrix product
     assert dpo.flops({**res, "gradient_checkpointing": "full"}, 10, 200.0) == (80 * 200 * 4, 80 * 1000 + 20 * 900)
     assert dpo.flops({**res, "gradient_checkpointing": "selective"}, 10, 200.0) == dpo.flops(res, 10, 200.0)
+
+
+def test_both_sides_visit_rows_in_alignlabs_order_and_flops_count_the_timed_ones(bench):
+    """peer.alignlab_order is the order alignlab's loop takes (its Sampler, same seed), which the TRL side is given;
+    the DPO bench's useful FLOPs average the layout tokens of the pairs in the timed steps, not of all pairs."""
+    from alignlab.train.loop import Sampler
+
+    peer, dpo = bench("peer"), bench("dpo_vs_trl")
+    order = peer.alignlab_order(8, 42)
+    assert order == Sampler(8, 2, 42).step_indices(0) + sum((Sampler(8, 2, 42).step_indices(s) for s in (1, 2, 3)), [])
+    layout = [100, 200, 300, 400, 500, 600, 700, 800]
+    assert dpo.timed_layout(layout, [7, 6, 0, 1, 2, 3, 4, 5], 2) == (100 + 200 + 300 + 400 + 500 + 600) / 6
 
 
 def test_dpo_summarize_skips_the_first_step_and_scales_tokens(bench):

@@ -76,3 +76,35 @@ def test_vllm_peer_hook_runs_the_peer_script_in_another_python(tmp_path, capsys,
     rate = bench.run_vllm(sys.executable, "tiny-random", [[1, 2], [3]], Args)
     out = capsys.readouterr().out
     assert out.count(" vllm: ") == 2 and "   12 tokens" in out and rate > 0
+
+
+def test_bf16_sampling_is_compared_with_bf16_generate(capsys, monkeypatch):
+    """--bf16: TRL generates under bf16 autocast (GRPOConfig's default bf16=True), so our bf16 sampler's speedup is
+    taken against model.generate under autocast; the float32 generate figure is reported under its own name. The
+    HF bf16 side really runs under autocast (its forward sees autocast on)."""
+    spec = importlib.util.spec_from_file_location("gen_vs_hf", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+    real = bench.run_hf
+
+    def spy(model, *a, **k):
+        if k.get("bf16"):
+            handle = model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+            try:
+                return real(model, *a, **k)
+            finally:
+                handle.remove()
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(bench, "run_hf", spy)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--model", "tiny-random", "--prompts", "2", "--n", "2", "--max-new-tokens", "4", "--rounds", "1",
+                    "--bf16", "--roofline-batch", "0"])
+    finally:
+        torch.set_num_threads(threads)
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seen and all(seen)
+    assert abs(last["speedup_bf16"] - last["ours_bf16_tokens_per_s"] / last["hf_bf16_tokens_per_s"]) < 0.02
+    assert abs(last["speedup_bf16_vs_fp32_generate"] - last["ours_bf16_tokens_per_s"] / last["hf_tokens_per_s"]) < 0.02
