@@ -9,7 +9,7 @@ side loads its own second copy), the same pairs (the first steps x batch_size pa
 dpo_en_demo.json that fit in max_length without truncation, written once as TRL conversational
 preference JSONL and read by both), the same batch, grad_accum, max_length, beta, learning rate,
 schedule (constant, no warmup: the two libraries' cosine schedules place the floor a step apart, so final
-losses before 4 Dec 2026 23:40 UTC, run with cosine on both, came from slightly different schedules), seed and
+losses before 4 Dec 2026 23:36 UTC, run with cosine on both, came from slightly different schedules), seed and
 torch thread count, the sigmoid DPO loss on both. Each side runs in its own
 process (so peak RSS is its own); TRL runs in its own virtual environment (default
 /tmp/alignlab-bench-trl, created once by bench/peer.py with `pip install torch==<ours> trl`, so both

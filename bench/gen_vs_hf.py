@@ -20,7 +20,7 @@ as-is.
 
 Also reported: our sampler with bf16 weights (`--bf16`, SamplingConfig.weights_dtype) against `model.generate`
 under bf16 autocast (`speedup_bf16`: TRL's path with its default GRPOConfig bf16=True) and against float32
-generate (`speedup_bf16_vs_fp32_generate`; before 4 Dec 2026 23:40 UTC `speedup_bf16` was this one), the machine's memory
+generate (`speedup_bf16_vs_fp32_generate`; before 4 Dec 2026 23:36 UTC `speedup_bf16` was this one), the machine's memory
 read bandwidth (measured here) and, at `--roofline-batch` rows (16), decode tokens/s against the
 bandwidth limit (every weight read once per step) for fp32 and bf16 weights; and vLLM's CPU build as a
 second peer when `--vllm-python` names the Python of a venv holding it (bench/vllm_peer.py).
@@ -110,7 +110,7 @@ at batch 16, fp32 106.8 tokens/s = 15% of 690, bf16 280.6 = 20% of 1,379. Withou
 by arithmetic, not by reading the weights: 16 x 2 x 134M FLOPs at the 210 GFLOP/s this CPU's bf16 products reach on
 large shapes would allow ~780 tokens/s, below the bandwidth limit, and 16-row products reach well under that rate.
 vLLM, bound the same way, runs level with us.
-4 Dec 23:40 UTC, same EPYC, `--model smollm2-135m-instruct --bf16 --rounds 1` (no vLLM): generate 118.9 tokens/cpu-s in
+4 Dec 23:30 UTC, same EPYC, `--model smollm2-135m-instruct --bf16 --rounds 1` (no vLLM): generate 118.9 tokens/cpu-s in
 float32 and 181.4 under bf16 autocast; ours fp32 182.9 (1.54x), ours bf16 350.2 -> **1.93x** generate under autocast
 (the like-for-like figure; 2.95x against float32 generate, the figure earlier runs reported as `speedup_bf16`); read
 bandwidth 27.2 GB/s; at batch 16 fp32 126.9 tokens/s = 16% of 808, bf16 310.1 = 19% of 1,616.

@@ -11,7 +11,7 @@ The job: the same model directory (fp32, full fine-tuning), the same rows (steps
 alpaca_en_demo.json, written once as TRL conversational prompt/completion JSONL and read by both),
 the same batch (batch_size per optimizer step, grad_accum micro-batches), max_length, learning rate,
 schedule (constant, no warmup: the two libraries' cosine schedules place the floor a step apart, so final
-losses before 4 Dec 2026 23:40 UTC, run with cosine on both, came from slightly different schedules), seed and
+losses before 4 Dec 2026 23:36 UTC, run with cosine on both, came from slightly different schedules), seed and
 torch thread count, completion-only loss on both. Each side runs in its own
 process (so peak RSS is its own); TRL runs in its own virtual environment (default
 /tmp/alignlab-bench-trl, created here with `pip install torch==<ours> trl`, no system site packages);
@@ -258,7 +258,7 @@ def flops(res: dict, n: int) -> tuple[float, float]:
     bench); both sides train the same rows, so their useful FLOPs match and the ratio of their shares is the
     speedup. Processed: what the side ran over every position, padding included (TRL pads each micro-batch;
     alignlab packs): 8N per position under full checkpointing, 6N without it or under selective recomputation
-    (which reruns no matrix product). Shares before 4 Dec 2026 23:50 UTC counted 8N as useful under
+    (which reruns no matrix product). Shares before 4 Dec 2026 23:36 UTC counted 8N as useful under
     checkpointing: three quarters of them is this count."""
     from hardware import train_flops_per_token
 
