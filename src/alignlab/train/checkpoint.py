@@ -145,10 +145,8 @@ def save_checkpoint(
         tmp.mkdir()
         save_model(model, tmp, tokenizer, state_dict=model_state)
         torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        for r, rng in enumerate(rank_rng or []):
-            if r:
-                torch.save(rng, tmp / f"rng-{r}.pt")
+        for r, rng in enumerate(rank_rng or [rng_state()]):  # rank 0's is rng.pt
+            torch.save(rng, tmp / (f"rng-{r}.pt" if r else "rng.pt"))
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         if extras is not None:
