@@ -181,6 +181,8 @@ float32 (fp32 matmul peak 103 GFLOP/s): alignlab 12.47 s/step (generation 4.81, 
 share 0.45 -> 1.27x, memory 0.90, speedup_at_peak **2.24x**: float32's 2.5x cannot be reached on this CPU at these
 FLOPs (729 GFLOP a step: 7.1 s at the peak against the 6.3 s 2.5x needs). bf16 (peak 217): alignlab 6.22 s/step
 (generation 2.01, update 3.22), share 0.54; TRL 11.90, share 0.28 -> 1.91x, memory 0.86, speedup_at_peak 3.52x.
+Then TRL's KL was made the plain k3 (use_bias_correction_kl=False: TRL 1.16 weights k3 by the ratio by default), 23:42
+UTC, bf16: alignlab 6.47 s/step, share 0.52; TRL 12.50, share 0.27 -> 1.93x, memory 0.86, speedup_at_peak 3.74x.
 """
 
 from __future__ import annotations

@@ -148,6 +148,10 @@ micro-batch of two rows of up to 256 tokens, 5,595 -> 5,582 positions over the t
 `--rounds 2`, bf16 matmul peak 200-217 at the starts: full checkpointing on both 115.4 / 72.9 and 128.3 / 71.2 tokens/s
 -> 1.69x (1.58x, 1.80x), memory 0.95 (3.36-3.44 GB against 3.62-3.64); selective 144.9 / 74.8 and 135.0 / 73.3 ->
 1.89x (1.94x, 1.84x), memory 0.99: within the runs' spread of the 15:00 ones, as expected of 0.2% fewer positions.
+4 Dec 23:40 UTC, same EPYC, after TRL was made to visit the rows in alignlab's order with a constant learning rate on
+both and useful FLOPs became 6N a token, `--bf16 --gradient-checkpointing selective --threads 1`, one round, peak 219:
+143.4 against 76.9 tokens/s -> 1.86x, memory 1.00 (3.68 against 3.69 GB), share 0.53 / 0.28, speedup_at_peak 3.53x;
+final losses 1.7521 / 1.7467.
 """
 
 from __future__ import annotations
