@@ -26,3 +26,40 @@ def test_every_row_kind_round_trips(tmp_path):
         assert back == row, (task, to_record(row))
     assert to_record(rows[1][0]) == {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}
     assert "messages" in to_record(rows[3][0])
+
+
+def test_a_file_holds_one_shape_so_every_row_reads_back(tmp_path):
+    """A reader detects the format from the first record: when one conversation trains several assistant turns
+    (messages), a single-turn one is written as messages too (it reads back the same); a row that trains only
+    its last turn after earlier assistant turns cannot share such a file."""
+    import pytest
+
+    from alignlab.data.convert import to_records
+    from alignlab.errors import AlignlabError
+
+    multi = SFTRow([U, A, {"role": "user", "content": "More?"}, B], 1, chat=True)
+    single = SFTRow([U, A], 1, chat=True)
+    path = write_records(tmp_path / "mixed.jsonl", to_records([multi, single]))
+    import json
+
+    assert [set(json.loads(line)) for line in path.read_text().splitlines()] == [{"messages"}, {"messages"}]
+    back = load_rows(path, task="sft").rows
+    assert len(back) == 2
+    for row, original in zip(back, (multi, single)):
+        row.origin = None
+        assert row == original
+    last_turn_only = SFTRow([U, A, {"role": "user", "content": "More?"}, B], 3, chat=True)
+    with pytest.raises(AlignlabError, match="row 1"):
+        to_records([multi, last_turn_only])
+    assert to_records([single, last_turn_only]) == [to_record(single), to_record(last_turn_only)]
+
+
+def test_written_files_get_a_plain_files_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_records(tmp_path / "out.jsonl", [to_record(SFTRow([U, A], 1))])
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -112,3 +112,12 @@ def test_sft_unpaired_and_prompt_mappings_with_system_and_plain_text():
     assert row == UnpairedRow([U("Q")], [A("A")], False)
     (row,) = convert({"q": "Q", "a": 7}, parse_columns("prompt=q,answer=a"))
     assert row == PromptRow([U("Q")], answer="7")
+
+
+def test_a_null_cell_under_a_selector_is_a_problem_not_the_text_none():
+    m = parse_columns("prompt=q,chosen=good,rejected=bad[0]")
+    (row,) = convert({"q": "Q", "good": "yes", "bad": ["no", "nope"]}, m)
+    assert row.rejected[0]["content"] == "no"
+    with pytest.raises(RowProblem) as e:
+        convert({"q": "Q", "good": "yes", "bad": None}, m)
+    assert (e.value.kind, e.value.field) == ("missing_field", "bad")

@@ -101,8 +101,9 @@ def test_mixture_splits_each_source_then_weights_its_training_rows(tmp_path, cap
     split = train_eval_rows(_cfg(mix, eval_split=0.2), _load())
     assert (len(split.train), len(split.held_out)) == (24, 6)
     parts = split.info["sources"]
-    assert [(p["train_rows"], len(p["train_records"]), len(p["held_out_records"])) for p in parts] == [
-        (8, 16, 4), (16, 8, 2)]
+    # train_records: the records a row was trained on (a's weight 0.5 trains 8 of its 16 split records)
+    assert [(p["train_rows"], p["split_records"], len(p["train_records"]), len(p["held_out_records"]))
+            for p in parts] == [(8, 16, 8, 4), (16, 8, 8, 2)]
     held = {(r.origin.file, r.origin.index) for r in split.held_out}
     assert not held & {(r.origin.file, r.origin.index) for r in split.train}
     assert "data mixture:" in capsys.readouterr().out

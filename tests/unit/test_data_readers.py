@@ -128,3 +128,18 @@ def test_hub_id_without_network_is_a_clean_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(AlignlabError, match="hub dataset"):
         read_records("no-such-owner-xyz/no-such-dataset")
+
+
+def test_a_quote_left_open_in_a_csv_is_a_problem_at_its_line(tmp_path):
+    """Not one record whose cell holds the rest of the file."""
+    p = tmp_path / "d.csv"
+    p.write_text('q,a\n1,"abc\n2,3\n4,5\n')
+    out = read_records(p)
+    assert _values(out) == [] and [(x.kind, x.line) for x in out.problems] == [("bad_value", 2)]
+
+
+def test_more_json_after_a_json_arrays_end_is_a_problem(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(RECS[:1]) + "\n" + json.dumps(RECS[1:]) + "\n")
+    out = read_records(p)
+    assert _values(out) == RECS[:1] and [(x.kind, x.line) for x in out.problems] == [("invalid_json", 2)]

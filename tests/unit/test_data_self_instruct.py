@@ -74,3 +74,15 @@ def test_bad_seed_file(tmp_path):
     p.write_text('{"instruction": "ok task here"}\n{"input": "no instruction"}\n')
     with pytest.raises(AlignlabError, match="record 1"):
         load_seed_tasks(p)
+
+
+def test_seed_files_are_read_by_the_data_layers_reader(tmp_path):
+    """A BOM and a U+2028 inside a JSON string (a line break to str.splitlines, not to JSON lines) both load."""
+    import json
+
+    from alignlab.data.self_instruct import load_seed_tasks
+
+    p = tmp_path / "seeds.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"instruction": "Join\u2028these lines."}, ensure_ascii=False)
+                                      + "\n" + json.dumps({"instruction": "Name three fruits."}) + "\n").encode())
+    assert [t.instruction for t in load_seed_tasks(p)] == ["Join\u2028these lines.", "Name three fruits."]

@@ -162,24 +162,15 @@ def _print_report(rep: dict[str, Any]) -> None:
 
 
 def _text_only(path: str) -> list[str] | None:
-    """The texts of a pretraining file (.txt, or records that hold only `text`), else None."""
-    from pathlib import Path
+    """The documents of a pretraining corpus (data/corpus.py: what `alignlab pretrain` reads), else None."""
+    from alignlab.data.corpus import corpus_texts
 
-    if Path(path).suffix == ".txt" and Path(path).is_file():
-        return [Path(path).read_text(encoding="utf-8", errors="replace")]
-    if not Path(path).is_file():
-        return None
-    from alignlab.data.readers import read_records
-
-    values = [r.value for r in read_records(path).records]
-    if values and all(isinstance(v, dict) and set(v) == {"text"} and isinstance(v["text"], str) for v in values):
-        return [v["text"] for v in values]
-    return None
+    return corpus_texts(path)
 
 
 def _text_report(path: str, texts: list[str], args: argparse.Namespace) -> int:
     rep: dict[str, Any] = {"path": str(path), "format": "text", "task": "pretrain", "documents": len(texts),
-                           "characters": sum(len(t) for t in texts), "lines": sum(t.count("\n") + 1 for t in texts)}
+                           "characters": sum(len(t) for t in texts), "lines": sum(len(t.splitlines()) for t in texts)}
     if args.tokenizer:
         tok = _load_tokenizer(args.tokenizer)
         backend = getattr(tok, "backend_tokenizer", None)
@@ -237,17 +228,23 @@ def _convert_configure(p: argparse.ArgumentParser) -> None:
 
 @command("data convert", "rewrite a file (a table through --columns) in TRL's standard format", _convert_configure)
 def convert_cmd(args: argparse.Namespace) -> int:
-    from alignlab.data.convert import to_record, write_records
+    from alignlab.data.convert import to_records, write_records
+    from alignlab.data.rows import validate_row
     from alignlab.data.sources import load_rows
 
     res = load_rows(args.input, task=args.task, format=args.format, columns=args.columns,
                     on_bad_row=args.on_bad_row)
-    if not res.rows:
+    # a judged pair may keep an empty response (its votes still say which is better); a file of pairs read back
+    # would reject it, so it is left out and counted
+    rows = [r for r in res.rows if not validate_row(r)]
+    empty = len(res.rows) - len(rows)
+    if not rows:
         raise AlignlabError(f"{args.input}: no usable rows to convert")
-    write_records(args.output, [to_record(r) for r in res.rows])
-    left = f"; skipped {res.skipped}" if res.skipped else ""
+    write_records(args.output, to_records(rows))
+    left = f"; left out {empty} with an empty response" if empty else ""
+    left += f"; skipped {res.skipped}" if res.skipped else ""
     left += f"; dropped {res.dropped}" if res.dropped else ""
-    print(f"wrote {len(res.rows)} {res.task} rows ({res.format} -> TRL format) to {args.output}{left}",
+    print(f"wrote {len(rows)} {res.task} rows ({res.format} -> TRL format) to {args.output}{left}",
           file=sys.stderr)
     return 0
 

@@ -23,8 +23,34 @@ def _side(messages: list[Message], chat: bool) -> Any:
     return messages if chat else "".join(m["content"] for m in messages)
 
 
+def to_records(rows: list[Row]) -> list[dict[str, Any]]:
+    """The rows as TRL-format records of ONE shape per kind, as a reader detects a file's format from its first
+    record: when some conversation trains several assistant turns ({messages}), every chat SFT row is written as
+    {messages}; a row that trains only its last turn after earlier assistant turns cannot be, and is an error."""
+    from alignlab.errors import AlignlabError
+
+    sft = [r for r in rows if isinstance(r, SFTRow) and r.chat]
+    if not any(_needs_messages(r) for r in sft):
+        return [to_record(r) for r in rows]
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, SFTRow) and row.chat:
+            if any(m["role"] == "assistant" for m in row.messages[: row.num_prompt]):
+                raise AlignlabError(f"row {i}: trains only its last assistant turn after earlier ones, but other "
+                                    "rows train every turn (TRL's messages format); a file holds one shape: "
+                                    "convert them separately")
+            out.append({"messages": row.messages})
+        else:
+            out.append(to_record(row))
+    return out
+
+
+def _needs_messages(row: SFTRow) -> bool:
+    return sum(m["role"] == "assistant" for m in row.messages[row.num_prompt:]) > 1
+
+
 def to_record(row: Row) -> dict[str, Any]:
-    """One row as a TRL-format record (see the module docstring)."""
+    """One row as a TRL-format record (see the module docstring; a file of rows: `to_records`)."""
     if isinstance(row, PreferenceRow):
         rec = {"prompt": _side(row.prompt, row.chat), "chosen": _side(row.chosen, row.chat),
                "rejected": _side(row.rejected, row.chat)}
@@ -36,7 +62,7 @@ def to_record(row: Row) -> dict[str, Any]:
                 "label": row.label}
     if isinstance(row, SFTRow):
         prompt, rest = row.messages[: row.num_prompt], row.messages[row.num_prompt:]
-        if row.chat and sum(m["role"] == "assistant" for m in rest) > 1:
+        if row.chat and _needs_messages(row):
             return {"messages": row.messages}  # every assistant turn is trained: TRL's messages format
         return {"prompt": _side(prompt, row.chat), "completion": _side(rest, row.chat)}
     if isinstance(row, PromptRow):
@@ -53,6 +79,9 @@ def write_records(path: str | Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # a plain new file's mode (mkstemp makes it 0600, which the rename would keep)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")

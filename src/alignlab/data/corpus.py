@@ -21,14 +21,35 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def corpus_texts(path: str | Path) -> list[str] | None:
+    """The documents of a pretraining corpus: a UTF-8 .txt file (one document), or a file of records that hold
+    only `text` (JSONL/JSON/parquet, as c4-style corpora ship); None for any other file."""
+    from alignlab.data.readers import read_records
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if p.suffix == ".txt":
+        try:
+            return [p.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as e:
+            raise AlignlabError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    values = [r.value for r in read_records(p).records]
+    if values and all(isinstance(v, dict) and set(v) == {"text"} and isinstance(v["text"], str) for v in values):
+        return [v["text"] for v in values]
+    return None
+
+
 def read_corpus(path: str, val_fraction: float) -> tuple[str, str]:
+    """(training text, validation text): the corpus's documents joined by blank lines, the last `val_fraction`
+    of it (cut at a line break) held out."""
     p = Path(path)
     if not p.is_file():
         raise AlignlabError(f"data: corpus file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise AlignlabError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    texts = corpus_texts(p)
+    if texts is None:
+        raise AlignlabError(f"{p}: not a text corpus: give a UTF-8 .txt file, or records that hold only 'text'")
+    text = "\n\n".join(texts)
     cut = int(len(text) * (1 - val_fraction))
     # Cut at a line break so no word is split across the two parts.
     cut = text.rfind("\n", 0, cut) + 1 or cut

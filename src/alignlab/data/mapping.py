@@ -139,6 +139,8 @@ def _values(rec: dict, col: str, sel: int | str | None, sep: str) -> list[str]:
         if isinstance(value, list):
             raise RowProblem("wrong_type", col, f"column '{col}' holds a list; pick one with {col}[0] or {col}[*]")
         return [_as_text(value, col)]
+    if value is None:  # a null cell: not the text "None"
+        raise RowProblem("missing_field", col, f"column '{col}' is null")
     items = value if isinstance(value, list) else [s.strip() for s in str(value).split(sep) if s.strip()]
     items = [_as_text(v, col) for v in items]
     if sel == "*":

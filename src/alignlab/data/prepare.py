@@ -130,7 +130,8 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
         held += part_held
         parts.append({"data": src.path, "sha256": file_sha256(src.path), "data_offset": src.data_offset,
                       "data_limit": src.data_limit, "weight": src.weight, "train_rows": len(used),
-                      "train_records": _ids(rows), "held_out_records": _ids(part_held)})
+                      "split_records": len(_ids(rows)),  # the source's training split, before its weight
+                      "train_records": _ids(used), "held_out_records": _ids(part_held)})
     if cfg.eval_data:
         held = load(cfg.eval_data)
         parts.append({"data": str(cfg.eval_data), "sha256": file_sha256(cfg.eval_data), "eval_data": True,
@@ -143,7 +144,7 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
     _say_duplicates(duplicates)
     if len(sources) > 1:
         print("data mixture: " + "; ".join(f"{p['data']} {p['train_rows']} train rows (weight {p['weight']:g} "
-                                           f"of {len(p['train_records'])} records), {len(p['held_out_records'])} "
+                                           f"of {p['split_records']} records), {len(p['held_out_records'])} "
                                            "held out" for p in parts if "weight" in p), flush=True)
     info = {"eval_split": 0.0 if cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
             "max_eval_rows": cfg.max_eval_rows, "scored_rows": min(len(held), cfg.max_eval_rows),

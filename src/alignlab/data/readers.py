@@ -206,6 +206,10 @@ def _read_json_array(text: str, source: str) -> tuple[list[Record], list[Problem
         items.append(_parsed(value, len(items), line, source))
         pos = _WS.match(text, pos).end()
         if pos < len(text) and text[pos] == "]":
+            end = _WS.match(text, pos + 1).end()
+            if end < len(text):  # a second array or JSON lines after the first: not one JSON document
+                return _split([*items, Problem("invalid_json", source, len(items), text.count("\n", 0, end) + 1,
+                                               None, "more JSON after the array's closing ']'")])
             return _split(items)
         if pos >= len(text) or text[pos] != ",":
             return _split([*items, _eof_problem(source, len(items), text, pos)])
@@ -225,7 +229,8 @@ def _read_csv(text: str, source: str, delimiter: str) -> tuple[list[Record], lis
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     # newline="": records end at \r, \n or \r\n outside quotes only (not at \x0b, \x85, U+2028, ... as
     # str.splitlines() would), and reader.line_num still counts physical lines for the problem reports.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    # strict: a quote left open ends in an error at its line, not in one cell holding the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     records, problems = [], []
     try:
         header = next(reader)

@@ -55,17 +55,18 @@ class Task:
 
 
 def load_seed_tasks(path: str | Path | None = None) -> list[Task]:
-    """Seed tasks from a JSONL/JSON file of {instruction, input?, output?} records (default: the shipped set)."""
-    import json
+    """Seed tasks from a JSONL/JSON file of {instruction, input?, output?} records (default: the shipped set), read
+    by the data layer's reader (a BOM, U+2028 inside strings, problems named by line)."""
+    from alignlab.data.readers import read_records
 
     p = Path(path) if path else SEED_TASKS
     if not p.is_file():
         raise AlignlabError(f"self-instruct: seed file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
-    try:
-        records = json.loads(text) if p.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    except json.JSONDecodeError as e:
-        raise AlignlabError(f"{p}: not valid JSON/JSONL ({e})") from None
+    out = read_records(p)
+    if out.problems:
+        first = out.problems[0]
+        raise AlignlabError(f"{p}: not valid JSON/JSONL (line {first.line}: {first.message})")
+    records = [r.value for r in out.records]
     tasks = []
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():

@@ -26,7 +26,8 @@ class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has n
     """scratch: build a new Llama from the size keys below; or a model directory to continue pretraining (with
     `lora`, adapters on it; a scratch model trains in full)."""
     data: str = "tinyshakespeare/input.txt"
-    """Plain-text corpus (UTF-8); the default is read from $ALIGNLAB_DATA (relative paths: see alignlab.config)."""
+    """Corpus: a UTF-8 .txt file, or records holding only `text` (JSONL/JSON/parquet; documents joined by blank
+    lines); the default is read from $ALIGNLAB_DATA (relative paths: see alignlab.config)."""
     max_eval_rows: int = 200
     """At most this many validation blocks are scored at each evaluation."""
     distributed: Literal["ddp", "fsdp"] = "ddp"

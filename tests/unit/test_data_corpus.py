@@ -1,0 +1,27 @@
+"""data/corpus.py: what `alignlab pretrain` and `alignlab data inspect` read as a corpus."""
+
+import json
+
+import pytest
+
+from alignlab.data.corpus import corpus_texts, read_corpus
+from alignlab.errors import AlignlabError
+
+
+def test_text_records_are_documents_and_txt_must_be_utf8(tmp_path):
+    """A JSONL of records holding only `text` (c4-style) is its documents, not the JSON syntax; a .txt file in
+    another encoding is an error naming the byte, for inspect as for pretrain; other records are not a corpus."""
+    docs = tmp_path / "c4.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("first doc.", "second doc.")))
+    assert corpus_texts(docs) == ["first doc.", "second doc."]
+    train, val = read_corpus(str(docs), 0.4)
+    assert train + val == "first doc.\n\nsecond doc." and "{" not in train
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(AlignlabError, match="not UTF-8 text"):
+        corpus_texts(latin)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    assert corpus_texts(pairs) is None
+    with pytest.raises(AlignlabError, match="not a text corpus"):
+        read_corpus(str(pairs), 0.1)
