@@ -219,6 +219,33 @@ def test_decoupled_and_length_adaptive_gae():
     cfg = PPOConfig(lam_alpha=1.0, whiten_advantages=False, kl_coef=0.0)
     adv, _ = compute_advantages(cfg, ro, 0.0)
     assert torch.allclose(adv, torch.tensor([[0.125, 0.75]]))
+    # lam_alpha 0.05 on a 2-token answer: 1 - 1/(0.05 * 2) = -9, clamped to 0: the TD residuals, not an
+    # alternating, growing series
+    adv, _ = compute_advantages(PPOConfig(lam_alpha=0.05, whiten_advantages=False, kl_coef=0.0), ro, 0.0)
+    assert torch.allclose(adv, torch.tensor([[-0.25, 0.75]]))
+
+
+def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_losss_beta(tmp_path, monkeypatch):
+    """adaptive_kl multiplies its coefficient: from 0 it never moves. Online DPO's beta, when not set, is the loss's
+    own (simpo 2.0), as offline DPO's is."""
+    import alignlab
+    import alignlab.train.preference as preference
+
+    with pytest.raises(AlignlabError, match="adaptive_kl"):
+        PPOConfig(adaptive_kl=True, kl_coef=0.0).validate()
+    betas = []
+    real = preference.PreferenceStep
+
+    def recording(mix, reference, *, beta, **kw):
+        betas.append(beta)
+        return real(mix, reference, beta=beta, **kw)
+
+    monkeypatch.setattr(preference, "PreferenceStep", recording)
+    common = dict(model="tiny-random", data="builtin:reverse", num_prompts=8, reward="exact_match", max_steps=1,
+                  batch_size=2, max_new_tokens=4, eval_prompts=0, progress="none", cpu_threads=1, output_dir=None)
+    alignlab.online_dpo(loss=["simpo"], **common)
+    alignlab.online_dpo(loss=["simpo"], beta=0.5, **common)
+    assert betas == [2.0, 0.5]
 
 
 def test_scale_rewards_group_batch_none():

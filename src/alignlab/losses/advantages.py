@@ -275,8 +275,8 @@ def _gae_spec(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
     lambdas (VAPO's decoupled GAE: returns from lam_critic, usually 1.0, unbiased for the value target)."""
     rewards = shape_rewards(x.rewards, x.mask, x.kl, x.kl_coef)
     lam: float | Tensor = x.lam
-    if x.lam_alpha is not None:
-        lam = 1.0 - 1.0 / (x.lam_alpha * x.mask.sum(-1).clamp(min=1.0))
+    if x.lam_alpha is not None:  # clamped at 0: answers shorter than 1 / alpha tokens would get a negative lambda
+        lam = (1.0 - 1.0 / (x.lam_alpha * x.mask.sum(-1).clamp(min=1.0))).clamp(min=0.0)
     adv, returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=lam)
     if x.lam_critic is not None:
         returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=x.lam_critic)[1]

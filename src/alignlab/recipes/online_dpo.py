@@ -35,5 +35,5 @@ def run(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, rows:
     reference: Any = NoReference()
     if mix.needs_reference:
         reference = ModelReference(state.reference) if state.reference is not None else AdapterReference()
-    state.dpo = PreferenceStep(mix, reference, beta=cfg.beta)
+    state.dpo = PreferenceStep(mix, reference, beta=cfg.beta if cfg.beta is not None else mix.default_beta)
     return train_rl(state, dpo_step, "online-dpo", records=rows, eval_records=eval_rows, callbacks=callbacks)

@@ -32,9 +32,8 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo", *, model: Any = None, to
     world = World.from_env(cfg.device)
     seed_everything(cfg.seed)
     estimator = get_estimator(cfg.estimator)
-    # kl_coef 0 (DAPO drops the KL term) needs no frozen copy and no reference forward, unless adaptive_kl may
-    # raise it later
-    reference = cfg.kl_coef > 0 or getattr(cfg, "adaptive_kl", False)
+    # kl_coef 0 (DAPO drops the KL term) needs no frozen copy and no reference forward (adaptive_kl needs kl_coef > 0)
+    reference = cfg.kl_coef > 0
     state = build_state(cfg, world, reference=reference, critic=estimator.needs_critic, model=model, tokenizer=tokenizer,
                         reward_fn=reward_fn or get_reward(cfg.reward, weights=cfg.reward_weights, **cfg.reward_options))
     state.estimator, state.objective = estimator, get_policy_loss(cfg.policy_loss)

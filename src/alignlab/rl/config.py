@@ -189,7 +189,8 @@ class PolicyGradientConfig(RLConfig):
     lam_critic: float | None = None
     """Decoupled GAE (VAPO, Yuan et al. 2025): lambda of the critic's returns (1.0 in the paper); null = lam."""
     lam_alpha: float | None = None
-    """Length-adaptive policy lambda = 1 - 1/(lam_alpha * length) per answer (VAPO Eq. 7, alpha 0.05); null: lam."""
+    """Length-adaptive policy lambda = 1 - 1/(lam_alpha * length) per answer (VAPO Eq. 7, alpha 0.05), at least 0
+    (answers shorter than 1 / lam_alpha tokens); null: lam."""
     value_warmup_steps: int = 0
     """gae: the first N steps train only the critic; the policy starts moving once its values are meaningful (VAPO)."""
     value_model: str | None = None
@@ -251,6 +252,8 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
         if self.value_warmup_steps and not spec.needs_critic:
             raise ConfigError(f"value_warmup_steps: {self.estimator} has no critic to warm up")
+        if self.adaptive_kl and self.kl_coef <= 0:  # the controller multiplies: 0 stays 0
+            raise ConfigError("adaptive_kl: needs a starting kl_coef > 0 (its updates multiply the coefficient)")
 
     def response_budget(self) -> int:
         """Most model tokens an answer can hold: max_new_tokens, times max_turns for an env episode."""
@@ -283,11 +286,14 @@ class OnlineDPOConfig(RLConfig):
     """Weights of a loss mix (default 1 each)."""
     loss_params: dict[str, Any] = field(default_factory=dict)
     """Per-loss parameters, e.g. {ipo: {...}}."""
-    beta: float = 0.1
-    """DPO beta: strength of the implicit KL to the reference."""
+    beta: float | None = None
+    """DPO beta: strength of the implicit KL to the reference; null: the loss's own default (0.1 for dpo, 2.0 for
+    simpo, ...), as offline `alignlab dpo`."""
 
     def validate(self) -> None:
         super().validate()
+        if self.beta is not None and self.beta <= 0:
+            raise ConfigError(f"beta: must be positive, got {self.beta}")
         if self.num_generations < 2:
             raise ConfigError(f"num_generations: online DPO needs >= 2 answers per prompt, got {self.num_generations}")
         if self.batch_size % self.grad_accum:

@@ -106,6 +106,9 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward_fn,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:
+        if model is not None and not cfg.value_model:
+            raise AlignlabError("value_model: the critic is loaded from a model name or directory, and this policy "
+                                "is an in-memory model; give value_model=<path or alias> (e.g. its reward model)")
         state.critic, opt = build_critic(cfg, world.device)
         state.train_critic = world.wrap(state.critic)
         state.optimizers.append(opt)
@@ -130,7 +133,7 @@ def _save(state: RLState, out: Path, step: int, config_yaml: str) -> None:
     """checkpoint-<step> with the critic and its optimizer and the KL coefficient (rank 0; others wait)."""
     import torch
 
-    from alignlab.train.checkpoint import save_checkpoint, save_model
+    from alignlab.train.checkpoint import save_checkpoint, save_model, step_state
 
     if state.world.is_main:
         def extras(d: Path) -> None:
@@ -139,7 +142,10 @@ def _save(state: RLState, out: Path, step: int, config_yaml: str) -> None:
                 torch.save(state.optimizers[1].state_dict(), d / "critic_optimizer.pt")
 
         kl = state.kl_ctl.value if state.kl_ctl is not None else None
-        save_checkpoint(out, step, state.policy, state.optimizers[0], {"kl_coef": kl}, tokenizer=state.tokenizer,
+        # online DPO's loss state (BCO's running reward mean) changes later steps' numbers: saved as offline DPO's
+        extra = step_state(state.dpo) if state.dpo is not None else {}
+        save_checkpoint(out, step, state.policy, state.optimizers[0], {"kl_coef": kl, **extra},
+                        tokenizer=state.tokenizer,
                         config_yaml=config_yaml, keep_last=state.cfg.keep_last, extras=extras)
     state.world.barrier()
 
@@ -148,7 +154,12 @@ def _resume(state: RLState, ckpt: Path) -> int:
     """Load a checkpoint into the state; returns its step."""
     from dataclasses import replace
 
-    from alignlab.train.checkpoint import load_checkpoint, load_model_weights, load_tensors
+    from alignlab.train.checkpoint import (
+        load_checkpoint,
+        load_model_weights,
+        load_tensors,
+        restore_step_state,
+    )
 
     info = load_checkpoint(ckpt, state.policy, state.optimizers[0])
     if state.critic is not None:
@@ -156,6 +167,8 @@ def _resume(state: RLState, ckpt: Path) -> int:
         state.optimizers[1].load_state_dict(load_tensors(ckpt / "critic_optimizer.pt"))
     if state.kl_ctl is not None and info.get("kl_coef") is not None:
         state.kl_ctl = replace(state.kl_ctl, value=float(info["kl_coef"]))
+    if state.dpo is not None:
+        restore_step_state(state.dpo, info)
     return int(info["step"])
 
 

@@ -182,7 +182,7 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     """Sample, rank, one DPO optimizer step on the pairs (no step when every group tied)."""
     from alignlab.data.pairs import PairCollator
     from alignlab.models.attention import uses_spans
-    from alignlab.train.loop import to_device
+    from alignlab.train.loop import step_totals, to_device
 
     cfg, world, k = state.cfg, state.world, state.cfg.num_generations
     samples, rewards, timing = sample_and_score(state, step, rows, logprobs=False)
@@ -202,9 +202,14 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
         collate = PairCollator(state.tokenizer.pad_token_id, "prefix" if cfg.prefix_sharing else "plain",
                                pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(state.train_policy))
         parts = [p or c[:1] or pairs[:1] for p, c in zip(mine, chunks)]
+        batches = [collate(p) for p in parts]
+        for b, p in zip(batches, mine):
+            if not p:  # a filler runs at weight 0: none of its tokens count in the step's totals
+                b["totals"] = {k: 0 for k in b.get("totals", {})}
+        step_totals(batches, float(len(pairs)), world)  # the chosen-NLL of sft/orpo mixes: the step's token mean
         out = optimizer_step(state.optimizers[0],
-                             [lambda p=p: state.dpo(state.train_policy, to_device(collate(p), state.device))
-                              for p in parts],
+                             [lambda b=b: state.dpo(state.train_policy, to_device(b, state.device))
+                              for b in batches],
                              [float(len(p)) for p in mine], total=float(len(pairs)), world_size=world.size,
                              max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
                              compute=lambda: state.compute(cache=False))
