@@ -106,7 +106,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward_fn,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)
     if critic:
-        if model is not None and not cfg.value_model:
+        if not cfg.value_model and str(cfg.model).startswith("<in-memory"):  # alignlab.api's label: no path
             raise AlignlabError("value_model: the critic is loaded from a model name or directory, and this policy "
                                 "is an in-memory model; give value_model=<path or alias> (e.g. its reward model)")
         state.critic, opt = build_critic(cfg, world.device)
