@@ -298,3 +298,12 @@ def test_a_ranks_episodes_are_sampled_as_in_one_process(tiny_tokenizer):
     rank1_without_offset = play(state, rows[1:], 2, sampling)
     assert [e.response_ids for e in rank1] == [e.response_ids for e in one[2:]]
     assert [e.response_ids for e in rank1_without_offset] != [e.response_ids for e in one[2:]]
+
+
+def test_a_bad_calculation_or_tool_call_is_an_error_message_not_a_crash():
+    """0 ** -1 raised ZeroDivisionError out of the evaluator, and thousands of nested brackets a RecursionError out
+    of the JSON parser: either ended the rollout. Both come back to the model as tool errors."""
+    with pytest.raises(ValueError, match="zero to a negative power"):
+        safe_eval("0 ** -1")
+    (call,) = parse_tool_calls("<tool_call>" + "[" * 3000 + "</tool_call>")
+    assert call.error == "tool call is nested too deeply"

@@ -127,3 +127,33 @@ def test_judge_reward_pairwise_against_reference():
 def test_plain_numbers_respect_thousands_groups():
     assert math_equal("1,000", "1000") and not math_equal("1,2", "12")
     assert math_equal("12,345.5 m", "12345.5")
+
+
+def test_a_bare_latex_reference_is_the_answer_and_a_lone_letter_is_not_a_unit():
+    """MATH-style references are bare LaTeX: '\\frac{2}{3}' is the answer, not its last number 3 (which made
+    \\boxed{3} right and \\boxed{2/3} wrong). After a number, a word of two letters or more is a unit ('1000
+    apples'); a lone letter or a constant is part of the answer ('2x' is not 2, '4 pi' is not 4)."""
+    from alignlab.rollout.verify_math import make_math_reward
+
+    reward = make_math_reward()
+    pairs = [("\\boxed{2/3}", "\\frac{2}{3}", 1.0), ("\\boxed{3}", "\\frac{2}{3}", 0.0),
+             ("\\boxed{0.5}", "\\frac{1}{2}", 1.0), ("\\boxed{2}", "3\\sqrt{2}", 0.0),
+             ("\\boxed{2}", "\\boxed{2x}", 0.0), ("\\boxed{4}", "\\boxed{4 pi}", 0.0),
+             ("\\boxed{1000 apples}", "1,000", 1.0), ("so #### 72", "Natalia ... #### 72", 1.0)]
+    got = reward(["q"] * len(pairs), [c for c, _, _ in pairs], answer=[r for _, r, _ in pairs])
+    assert got == [w for _, _, w in pairs]
+
+
+def test_exiting_early_with_status_zero_does_not_pass_the_tests():
+    """Success used to be the exit status alone: `sys.exit(0)` or `os._exit(0)` before the appended asserts scored
+    1 on any task. The asserts now pass only when the harness's nonce (unknown to the program) is printed after
+    them."""
+    from alignlab.rollout.code_reward import make_code_reward
+
+    reward = make_code_reward()
+    tests = "assert add(2, 3) == 5"
+    programs = ["def add(a, b):\n    return a + b\n", "import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
+                "def add(a, b):\n    return a - b\n"]
+    got = reward(["q"] * 4, [f"```python\n{p}```" for p in programs], tests=[tests] * 4)
+    assert got == [1.0, 0.0, 0.0, 0.0]
+    assert reward(["q"], ["```python\nimport sys\nsys.exit(0)\n```"], tests=[[tests, tests]]) == [0.0]

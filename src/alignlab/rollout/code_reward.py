@@ -48,16 +48,34 @@ def _same_output(got: str, want: str) -> bool:
     return norm(got) == norm(want)
 
 
+# Assertion tests pass when a line the program cannot know is printed after them: the harness reads a fresh nonce
+# from stdin before the program runs and prints it after the tests. Exiting early with status 0 (sys.exit(0),
+# os._exit(0)), which passed every test when success was the exit status alone, now fails; a program would have
+# to find and call the harness's own function to pass without its tests.
+_HARNESS_HEAD = ("def __alignlab_harness():\n    import sys\n    nonce = sys.stdin.readline().strip()\n"
+                 "    return lambda: sys.stdout.write('\\n' + nonce + '\\n')\n"
+                 "__alignlab_done = __alignlab_harness()\ndel __alignlab_harness\n\n")
+
+
+def _asserts_pass(program: str, tests: str, limits: SandboxLimits) -> bool:
+    import uuid
+
+    nonce = uuid.uuid4().hex
+    res = run_python(_HARNESS_HEAD + program + "\n\n" + tests + "\n\n__alignlab_done()\n", stdin=nonce + "\n",
+                     limits=limits)
+    return res.passed and res.stdout.rstrip().endswith(nonce)
+
+
 def run_tests(program: str, tests: Any, limits: SandboxLimits, *, where: str = "") -> tuple[int, int]:
     """(cases passed, cases) for one program; ``tests`` in one of the module's three shapes."""
     if isinstance(tests, str):
-        return int(run_python(program + "\n\n" + tests + "\n", limits=limits).passed), 1
+        return int(_asserts_pass(program, tests, limits)), 1
     if not isinstance(tests, (list, tuple)) or not tests:
         raise AlignlabError(f"reward code: {where}tests must be a string or a non-empty list, got {type(tests).__name__}")
     passed = 0
     for i, case in enumerate(tests):
         if isinstance(case, str):
-            passed += run_python(program + "\n\n" + case + "\n", limits=limits).passed
+            passed += _asserts_pass(program, case, limits)
         elif isinstance(case, dict) and "input" in case and "output" in case:
             res = run_python(program, stdin=str(case["input"]), limits=limits)
             passed += res.passed and _same_output(res.stdout, str(case["output"]))

@@ -24,8 +24,10 @@ __all__ = ["extract_final_answer", "make_math_reward", "math_equal"]
 MAX_ANSWER_CHARS = 300
 """Longer extracted answers score 0 unparsed: parsing is unbounded in time off the main thread."""
 
-# A number (thousands separated by commas only in groups of three, so "1,2" is not 12) and maybe a unit.
-_PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:\\%|%)?\s*[A-Za-z .]*$")
+# A number (thousands separated by commas only in groups of three, so "1,2" is not 12) and maybe a unit: words of
+# two or more letters ("apples", "cm"), never a lone letter or a constant ("2x", "3i", "4 pi" are not 2, 3, 4).
+_PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:\\%|%)?"
+                           r"(?:\s*(?!(?:pi|e|i)\b)[A-Za-z]{2,}\.?)*\s*$")
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -91,6 +93,14 @@ def math_equal(prediction: str | None, reference: str | None) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
+def reference_answer(text: str) -> str:
+    """A row's reference answer: its marked final answer (\\boxed{}, ####, "answer is"), else the whole text. A
+    bare reference is the answer as written (MATH's "\\frac{2}{3}"), never its last number ("3"), which the
+    last-number fallback of `extract_final_answer` would take: that fallback is for completions."""
+    marked = "\\boxed{" in text or "\\fbox{" in text or "####" in text or re.search(r"answer\s*(?:is|:)", text, re.I)
+    return (extract_final_answer(text) if marked else None) or text.strip().strip("$ ").strip()
+
+
 def make_math_reward(answer_field: str = "answer"):
     """RewardFn: 1.0 when the completion's final answer equals the row's ``answer_field``, else 0.0."""
 
@@ -100,7 +110,7 @@ def make_math_reward(answer_field: str = "answer"):
             raise AlignlabError(f"reward math: the rows have no '{answer_field}' field with reference answers")
         out = []
         for completion, ref in zip(completions, refs):
-            gold = extract_final_answer(str(ref)) if ref is not None else None
+            gold = reference_answer(str(ref)) if ref is not None else None
             out.append(1.0 if math_equal(extract_final_answer(completion), gold) else 0.0)
         return out
 

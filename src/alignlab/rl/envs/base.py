@@ -70,6 +70,9 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
         except json.JSONDecodeError as e:
             calls.append(ToolCall("", {}, f"tool call is not valid JSON: {e.msg}"))
             continue
+        except RecursionError:  # thousands of nested brackets: the model's error, not the rollout's
+            calls.append(ToolCall("", {}, "tool call is nested too deeply"))
+            continue
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             calls.append(ToolCall("", {}, 'tool call needs {"name": ..., "arguments": {...}}'))
             continue
@@ -77,7 +80,7 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
         if isinstance(args, str):  # some templates serialise arguments as a JSON string
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 args = None
         if not isinstance(args, dict):
             calls.append(ToolCall(obj["name"], {}, "tool call arguments must be a JSON object"))

@@ -51,6 +51,8 @@ def _power(base: int | float, exp: int | float) -> int | float:
         result = base ** exp
     except OverflowError as e:
         raise ValueError("result too large") from e
+    except ZeroDivisionError as e:  # 0 ** -1: an answer for the model, not an exception out of the rollout
+        raise ValueError("division by zero (zero to a negative power)") from e
     if isinstance(result, complex):
         raise ValueError("complex result (fractional power of a negative number)")
     return result
