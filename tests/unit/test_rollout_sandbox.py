@@ -165,3 +165,43 @@ def test_no_network_and_no_signals_outside():
         server.close()
     res = run_python(f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)", limits=FAST)
     assert not res.passed and "PermissionError" in res.stderr  # and this test process is still here
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or os.uname().machine != "x86_64", reason="root on x86_64: the host this guards")
+def test_a_root_program_cannot_touch_the_host_beyond_landlocks_reach(tmp_path):
+    """Landlock covers writes and TCP only. As root the program also changed modes, owners and times of files
+    outside its directory, set the trainer's rlimits and priority, read its environment (API keys), and sent UDP.
+    Capabilities are dropped and seccomp refuses the rest: every attempt fails, the file is as it was."""
+    if not isolation()["seccomp"]:
+        pytest.skip("no seccomp here")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("host data\n")
+    os.chmod(victim, 0o600)
+    before = victim.stat()
+    program = f"""
+import os, resource, socket
+out = []
+def attempt(name, fn):
+    try:
+        fn()
+        out.append(name + " ok")
+    except OSError:
+        out.append(name + " denied")
+p = os.getppid()
+attempt("chmod", lambda: os.chmod({str(victim)!r}, 0o777))
+attempt("chown", lambda: os.chown({str(victim)!r}, 65534, 65534))
+attempt("utime", lambda: os.utime({str(victim)!r}, (0, 0)))
+attempt("environ", lambda: open(f"/proc/{{p}}/environ", "rb").read())
+attempt("prlimit", lambda: resource.prlimit(p, resource.RLIMIT_NOFILE, (8, 8)))
+attempt("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, p, 19))
+attempt("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+print(";".join(out))
+"""
+    res = run_python(program)
+    assert res.stdout.strip().split(";") == [f"{n} denied" for n in ("chmod", "chown", "utime", "environ", "prlimit",
+                                                                     "setpriority", "udp")], res.stderr
+    after = victim.stat()
+    assert (after.st_mode, after.st_uid, after.st_mtime) == (before.st_mode, before.st_uid, before.st_mtime)
+    import resource
+
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 8  # this process (the sandbox's parent) kept its limits

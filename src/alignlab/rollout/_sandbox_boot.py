@@ -2,7 +2,8 @@
 itself down, then execs the untrusted program. Standard library only (ctypes); imports nothing from
 alignlab, so nothing of the host process leaks in.
 
-Order matters: rlimits first (the exec'd program inherits them), then no_new_privs, then Landlock
+Order matters: rlimits first (the exec'd program inherits them), then, as root, every capability dropped
+(bounding set included, so the exec'd interpreter gets none back), then no_new_privs, then Landlock
 (filesystem writes only beneath the scratch directory, no TCP, no signals or abstract sockets
 outside), then a seccomp filter that refuses every new process (threads stay allowed), then exec.
 Each step the parent asked for must succeed; a failure exits 126 with the reason on stderr, so a
@@ -19,9 +20,17 @@ import sys
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _NR = {  # (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self) are the same on both
-    "x86_64": {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "arch": 0xC000003E},
-    "aarch64": {"fork": None, "vfork": None, "clone": 220, "clone3": 435, "arch": 0xC00000B7},
+    "x86_64": {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "arch": 0xC000003E,
+               # what Landlock does not cover and a root process could still do to the host: file modes, owners,
+               # times, xattrs (90-94, 132, 188-199, 235, 260, 261, 268, 280, 452), other processes' priority and
+               # scheduling (141, 142, 144, 203, 251), the host's names (170, 171), and sockets (41: UDP and unix
+               # sockets outside the scratch directory are not Landlock's; a program under test needs none)
+               "deny": (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452,
+                        141, 142, 144, 203, 251, 170, 171, 41),
+               "prlimit64": 302, "ioctl": 16, "capset": 126},
+    "aarch64": {"fork": None, "vfork": None, "clone": 220, "clone3": 435, "arch": 0xC00000B7, "capset": 91},
 }
+_FS_IOC_SETFLAGS, _FS_IOC_FSSETXATTR = 0x40086602, 0x401C5820  # chattr (+i on a file outside the scratch dir)
 _LL_CREATE, _LL_ADD, _LL_RESTRICT = 444, 445, 446
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 
@@ -54,6 +63,20 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(which, value)
 
 
+def drop_capabilities() -> None:
+    """As root: empty the bounding set (so the exec'd interpreter gets no capability back) and the current sets. A
+    root process keeps its uid, but without CAP_SYS_PTRACE, CAP_DAC_* or CAP_SYS_ADMIN it cannot read another
+    process's environment (the trainer's API keys) or act as the administrator."""
+    for cap in range(64):
+        if _LIBC.prctl(24, ctypes.c_ulong(cap), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)):
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability this kernel knows
+                break
+            _die(f"dropping capability {cap} failed: {os.strerror(ctypes.get_errno())}")
+    header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0), 8)  # _LINUX_CAPABILITY_VERSION_3
+    data = ctypes.create_string_buffer(bytes(24), 24)  # two {effective, permitted, inheritable}: all empty
+    _syscall(_NR[platform.machine()]["capset"], header, data)
+
+
 def landlock(scratch: str, abi: int) -> None:
     """Handle every write-like filesystem right and allow them only beneath ``scratch``."""
     fs = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)
@@ -84,15 +107,21 @@ def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
 
 def no_new_processes() -> None:
     """seccomp-bpf: fork/vfork/clone3 and any clone without CLONE_THREAD fail with EPERM (clone3 with
-    ENOSYS, so libc falls back to clone for threads); a foreign ABI is killed."""
+    ENOSYS, so libc falls back to clone for threads); on x86_64 also what Landlock leaves open to a root
+    process (`_NR["x86_64"]["deny"]`, another pid's rlimits, chattr); a foreign ABI is killed."""
     nr = _NR[platform.machine()]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, eperm, enosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
-    denied = [n for n in (nr["fork"], nr["vfork"]) if n is not None]
+    denied = [n for n in (nr["fork"], nr["vfork"], *nr.get("deny", ())) if n is not None]
     prog = [_bpf(ld, 4), _bpf(jeq, nr["arch"], 1, 0), _bpf(ret, kill), _bpf(ld, 0),
             _bpf(jge, 0x40000000, 0, 1), _bpf(ret, eperm)]  # x32 syscalls: refuse
     for n in denied:
         prog += [_bpf(jeq, n, 0, 1), _bpf(ret, eperm)]
+    if "prlimit64" in nr:  # another process's limits (the trainer's): refused; its own (pid 0) allowed
+        prog += [_bpf(jeq, nr["prlimit64"], 0, 3), _bpf(ld, 16), _bpf(jeq, 0, 1, 0), _bpf(ret, eperm), _bpf(ld, 0)]
+    if "ioctl" in nr:  # file attribute flags (chattr): refused; every other ioctl allowed
+        prog += [_bpf(jeq, nr["ioctl"], 0, 5), _bpf(ld, 24), _bpf(jeq, _FS_IOC_SETFLAGS, 2, 0),
+                 _bpf(jeq, _FS_IOC_FSSETXATTR, 1, 0), _bpf(0x05, 1), _bpf(ret, eperm), _bpf(ld, 0)]
     prog += [_bpf(jeq, nr["clone3"], 0, 1), _bpf(ret, enosys),
              _bpf(jeq, nr["clone"], 0, 3),  # not clone: jump to allow
              _bpf(ld, 16),  # args[0] (flags), low 32 bits
@@ -113,6 +142,8 @@ def main() -> None:
         set_limits(cfg)
     except (OSError, ValueError) as e:
         _die(f"setrlimit failed: {e}")
+    if sys.platform == "linux" and os.geteuid() == 0 and platform.machine() in _NR:
+        drop_capabilities()
     if sys.platform == "linux" and _LIBC.prctl(PR_SET_NO_NEW_PRIVS, *(ctypes.c_ulong(v) for v in (1, 0, 0, 0))):
         _die(f"no_new_privs failed: {os.strerror(ctypes.get_errno())}")
     if cfg["landlock_abi"] > 0:
