@@ -205,3 +205,12 @@ print(";".join(out))
     import resource
 
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 8  # this process (the sandbox's parent) kept its limits
+
+
+def test_filling_the_disk_file_by_file_is_stopped():
+    """RLIMIT_FSIZE bounds one file; a program writing 1 MiB files without end is killed by the disk watchdog once
+    its directory holds more than disk_mb, long before its time limit."""
+    program = "blob = b'x' * (1 << 20)\ni = 0\nwhile True:\n    open(f'f{i}', 'wb').write(blob)\n    i += 1\n"
+    res = run_python(program, limits=SandboxLimits(timeout_s=20, cpu_s=20, file_size_mb=1, disk_mb=8))
+    assert not res.passed and not res.timed_out and res.wall_s < 10
+    assert "went over 8 MiB" in res.stderr

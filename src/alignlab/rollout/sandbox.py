@@ -61,11 +61,14 @@ class SandboxLimits:
     """RLIMIT_NPROC (counts the whole user's processes; not enforced for root, hence seccomp too)."""
     open_files: int = 64
     """RLIMIT_NOFILE."""
+    disk_mb: int = 64
+    """Bytes the scratch directory may hold in all (MiB): RLIMIT_FSIZE bounds one file, so a watchdog sums the
+    directory every 20 ms and kills the program over this (or over 10,000 entries)."""
     max_output_bytes: int = 65536
     """Bytes of stdout and of stderr read back; the rest is dropped (``output_truncated``)."""
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 64 or self.file_size_mb < 1:
+        if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 64 or self.file_size_mb < 1 or self.disk_mb < 1:
             raise AlignlabError(f"sandbox: limits too small or negative: {self}")
 
 
@@ -174,10 +177,16 @@ def _run(cfg: dict, stdin: str, limits: SandboxLimits, io_dir: str, token: str) 
     with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, open(paths["stderr"], "wb") as ferr:
         proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, env=cfg["env"], cwd=cfg["scratch"],
                                 start_new_session=True, close_fds=True)
+        over_disk = False
         try:
-            proc.wait(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            while proc.poll() is None:  # the wall-clock limit, and the disk watchdog every 20 ms
+                if time.monotonic() - start > limits.timeout_s:
+                    timed_out = True
+                    break
+                if _over_disk(cfg["scratch"], limits.disk_mb * 1024 * 1024):
+                    over_disk = True
+                    break
+                time.sleep(0.02)
         finally:
             _kill_group(proc.pid)
             proc.wait()
@@ -186,8 +195,34 @@ def _run(cfg: dict, stdin: str, limits: SandboxLimits, io_dir: str, token: str) 
     wall = time.monotonic() - start
     out, out_cut = _read_capped(paths["stdout"], limits.max_output_bytes)
     err, err_cut = _read_capped(paths["stderr"], limits.max_output_bytes)
+    if over_disk:
+        err += f"\nsandbox: killed: the scratch directory went over {limits.disk_mb} MiB (disk_mb)\n"
     rc = None if timed_out else proc.returncode
     return SandboxResult(rc, out, err, timed_out, out_cut or err_cut, wall)
+
+
+def _over_disk(root: str, budget: int, max_entries: int = 10_000) -> bool:
+    """Whether the directory holds more than `budget` bytes (allocated blocks) or `max_entries` entries."""
+    total, entries, stack = 0, 0, [root]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    entries += 1
+                    if entries > max_entries:
+                        return True
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if total > budget:
+                        return True
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except OSError:
+            continue
+    return False
 
 
 def _kill_group(pgid: int) -> None:
