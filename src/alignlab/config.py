@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from alignlab.config_paths import _dataclass_of, data_root, override_paths, resolve_paths, resolved_defaults
+from alignlab.config_paths import data_root, leaf_config, override_paths, resolve_paths, resolved_defaults
 from alignlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -191,13 +191,8 @@ def parse_value(text: str) -> Any:
 
 def _leaf_annotation(cls: type, dotted: str) -> Any:
     """The annotation of `a.b.c` in `cls` (through nested dataclasses), or None when there is no such key."""
-    *parents, leaf = dotted.split(".")
-    target: Any = cls
-    for part in parents:
-        target = _dataclass_of(typing.get_type_hints(target).get(part)) if dataclasses.is_dataclass(target) else None
-        if target is None:
-            return None
-    return typing.get_type_hints(target).get(leaf) if dataclasses.is_dataclass(target) else None
+    target = leaf_config(cls, dotted)
+    return typing.get_type_hints(target).get(dotted.split(".")[-1]) if target is not None else None
 
 
 def _text_only(tp: Any) -> bool:

@@ -103,16 +103,22 @@ def resolved_defaults(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def override_paths(cls: type, dotted: str, value: Any) -> Any:
-    """Resolve a command-line value against the working directory then $ALIGNLAB_DATA, when it is a path."""
-    *parents, leaf = dotted.split(".")
+def leaf_config(cls: type, dotted: str) -> type | None:
+    """The (nested) config dataclass that holds key `a.b.c` (lora.r, judge.model ...), or None."""
     target: Any = cls
-    for part in parents:  # walk nested dataclasses: lora.r, judge.model ...
+    for part in dotted.split(".")[:-1]:
         hints = typing.get_type_hints(target) if dataclasses.is_dataclass(target) else {}
         target = _dataclass_of(hints.get(part))
         if target is None:
-            return value
-    bases = [Path.cwd(), data_root()]
-    if dataclasses.is_dataclass(target):
-        return resolve_paths(target, {leaf: value}, bases, "" if not parents else ".".join(parents) + ".")[leaf]
-    return value
+            return None
+    return target if dataclasses.is_dataclass(target) else None
+
+
+def override_paths(cls: type, dotted: str, value: Any) -> Any:
+    """Resolve a command-line value against the working directory then $ALIGNLAB_DATA, when it is a path."""
+    target = leaf_config(cls, dotted)
+    if target is None:
+        return value
+    *parents, leaf = dotted.split(".")
+    return resolve_paths(target, {leaf: value}, [Path.cwd(), data_root()],
+                         "" if not parents else ".".join(parents) + ".")[leaf]

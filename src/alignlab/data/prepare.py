@@ -138,10 +138,7 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
                       "train_records": [], "held_out_records": _ids(held)})
     # a held-out row with the content of a training row (a repeated record, a built-in set that repeats, eval_data
     # overlapping data) would be scored after training on it: it is not scored
-    trained = {_content(r) for r in train}
-    unseen = [r for r in held if _content(r) not in trained]
-    duplicates, held = len(held) - len(unseen), unseen
-    _say_duplicates(duplicates)
+    held, duplicates = _not_trained(train, held)
     if len(sources) > 1:
         print("data mixture: " + "; ".join(f"{p['data']} {p['train_rows']} train rows (weight {p['weight']:g} "
                                            f"of {p['split_records']} records), {len(p['held_out_records'])} "
@@ -152,10 +149,14 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
     return Split(train, held, held[: cfg.max_eval_rows], info)
 
 
-def _say_duplicates(n: int) -> None:
-    if n:
-        print(f"held out: {n} rows equal to training rows are not scored (split.json: held_out_duplicates_of_train)",
-              flush=True)
+def _not_trained(train: list, held: list) -> tuple[list, int]:
+    """(the held-out rows whose content no training row has, how many were left out); says so when any was."""
+    trained = {_content(r) for r in train}
+    unseen = [r for r in held if _content(r) not in trained]
+    if len(unseen) < len(held):
+        print(f"held out: {len(held) - len(unseen)} rows equal to training rows are not scored (split.json: "
+              "held_out_duplicates_of_train)", flush=True)
+    return unseen, len(held) - len(unseen)
 
 
 def _content(row: Any) -> str:
@@ -248,11 +249,9 @@ def run_split(cfg: Any, load: Callable[[Any], list], records: list | None = None
         held = load(cfg.eval_data)
     else:
         train, held = split_eval(train, cfg.eval_split, cfg.seed)
-    trained = {_content(r) for r in train}
-    unseen = [r for r in held if _content(r) not in trained]
-    _say_duplicates(len(held) - len(unseen))
+    unseen, duplicates = _not_trained(train, held)
     info = {"data": "in memory" if records is not None else str(cfg.data),
             "eval_data": "in memory" if eval_records is not None else cfg.eval_data,
             "eval_split": 0.0 if eval_records is not None or cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
-            "train_rows": len(train), "held_out_rows": len(unseen), "held_out_duplicates_of_train": len(held) - len(unseen)}
+            "train_rows": len(train), "held_out_rows": len(unseen), "held_out_duplicates_of_train": duplicates}
     return Split(train, unseen, unseen[: cfg.max_eval_rows], info)

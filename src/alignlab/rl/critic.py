@@ -51,7 +51,7 @@ def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the new scalar head's init is reproducible
         critic = load_scorer(cfg.value_model or cfg.model, device=device)
-    from alignlab.train.checkpoint import is_peft
+    from alignlab.models.prepare import is_peft
 
     if is_peft(critic):  # a reward model saved as an adapter (loaded frozen): base + adapter merged, then trained
         critic = critic.merge_and_unload().requires_grad_(True)
