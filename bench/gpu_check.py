@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated check names (default: all): "
                    + ", ".join([*CHECKS, *BENCHES]))
     p.add_argument("--timeout", type=int, default=75, help="seconds per check")
-    p.add_argument("--out", default="", help="where runs go (default: a temporary folder)")
+    p.add_argument("--out", default="", help="where runs go, kept (default: a temporary folder, removed at the end)")
     p.add_argument("--prepare", metavar="DIR", help="copy data and the model's config/tokenizer to DIR, then exit")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     n = matmul_params(args.model)
     print(f"gpu-check: {info['device']}, torch {info['torch']}, {info['matmul_dtype']} matmul "
           f"{info['matmul_flops'] / 1e12:.1f} TFLOP/s measured; model {args.model} (N = {n / 1e6:.1f}M in matmuls); "
-          f"bf16 {args.bf16}; {args.steps} steps per check; runs in {out}", flush=True)
+          f"bf16 {args.bf16}; {args.steps} steps per check; runs in {out}{'' if args.out else ' (removed at the end)'}", flush=True)
     path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))  # keep a carried site
     env = {**os.environ, "ALIGNLAB_DATA": str(data_root), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     results, t_all = {}, time.perf_counter()
@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             res["error"] = " | ".join(tail)[-400:]
         results[name] = {"ok": ok, **res}
         print(line(name, ok, res), flush=True)
+    if not args.out:  # each check saves a checkpoint: the default folder would leave GBs behind
+        shutil.rmtree(out, ignore_errors=True)
     passed = sum(r["ok"] for r in results.values())
     print(json.dumps({"machine": info, "model": args.model, "bf16": args.bf16, "steps": args.steps,
                       "passed": passed, "failed": len(results) - passed,

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -99,6 +100,8 @@ def add_shared_args(p: Any) -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the sides this many times, the order reversed each round (A B, B A, A B ...); the speedup "
                         "is the geometric mean of the rounds' ratios, which cancels a steady drift of the machine")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the run folders (checkpoints of both sides, about 1 GB for SmolLM2); default: removed")
     p.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
 
@@ -187,6 +190,15 @@ def compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[
     the job's dtype). With flops, `speedup_at_peak` = speedup / alignlab's share of peak: the ratio alignlab would
     reach against the same TRL run if every useful FLOP of its step ran at that peak, the most this machine
     allows at these FLOPs."""
+    try:
+        _compare(script, args, spec, out, summarize, rate=rate, describe=describe, job=job, flops=flops, peak=peak)
+    finally:  # each side saves a full checkpoint: left behind, a handful of runs fills a small disk
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _compare(script: Path, args: Any, spec: dict, out: Path, summarize: Callable[[dict], dict], *, rate: str,
+             describe: Callable[[dict], str], job: dict, flops: Any, peak: Any) -> None:
     sides = args.order.split(",")
     trl_python = ensure_trl_venv(Path(args.trl_venv)) if "trl" in sides else None
     machine = measure_machine(spec["model_dir"], args.threads)

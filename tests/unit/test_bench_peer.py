@@ -25,10 +25,13 @@ def test_rounds_alternate_and_average_the_ratios(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(peer, "measure_machine", lambda model_dir, threads: {
         "cpu_model": "cpu", "load_average_1m": 0.0,
         "peak_matmul": {"torch_threads": 1, "bf16_gflops": 1.0, "fp32_gflops": 1.0}})
-    args = argparse.Namespace(order="alignlab,trl", trl_venv=str(tmp_path), threads=1, rounds=2)
-    peer.compare(Path("x.py"), args, {"model_dir": "m"}, tmp_path, lambda r: r, rate="rate",
+    args = argparse.Namespace(order="alignlab,trl", trl_venv=str(tmp_path), threads=1, rounds=2, keep=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    peer.compare(Path("x.py"), args, {"model_dir": "m"}, out, lambda r: r, rate="rate",
                  describe=lambda r: f"{r['rate']:.3f}", job={})
     assert calls == ["alignlab", "trl", "trl", "alignlab"]
+    assert not out.exists()  # the run folders (a checkpoint per side) are removed unless --keep
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # round ratios 2 x 1.1 = 2.2 and 2 / 1.1 = 1.818 (the slowing machine favours the side run first); their
     # geometric mean is the true 2
