@@ -215,3 +215,14 @@ def test_group_estimators_properties(seed, k):
     assert torch.allclose(rloo_advantages(r, k), dr * k / (k - 1))
     std = r.reshape(3, k).std(-1, keepdim=True)
     assert torch.allclose(grpo_advantages(r, k, eps=1e-6), (dr.reshape(3, k) / (std + 1e-6)).reshape(-1))
+
+
+@pytest.mark.parametrize("value", [0.3, 1.2, 2.7, 13.37, 100.1])
+def test_groups_of_equal_float32_rewards_get_exactly_zero(value):
+    # the float32 mean of 8 equal rewards is rounded: r - mean was a tiny constant, and the division by
+    # std + eps (std exactly 0) made it a same-sign advantage for every sample (100.1 gave +7.6)
+    rewards = torch.cat([torch.full((8,), value), torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])])
+    for fn in (grpo_advantages, dr_grpo_advantages, rloo_advantages):
+        adv = fn(rewards, 8)
+        assert torch.equal(adv[:8], torch.zeros(8)), fn.__name__
+        assert adv[8:].abs().sum() > 0  # a group with a spread still learns

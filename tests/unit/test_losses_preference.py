@@ -231,3 +231,22 @@ def test_orpo_is_finite_when_the_averaged_logp_is_near_zero():
     # log odds = (c - r) - (log1mexp(c) - log1mexp(r)) = 2 - (-20.7233 - log(1 - e^-2) = -0.1454) = 22.578
     # loss = -c + 0.1 * softplus(-22.578) = 1e-9 + 0.1 * 1.57e-10
     assert torch.isfinite(losses).all() and losses.item() == pytest.approx(1e-9 + 0.1 * math.exp(-22.578), rel=1e-3)
+
+
+def test_orpo_gradient_is_finite_for_a_chosen_answer_of_probability_one():
+    # float32 log-probs round to exactly 0.0 at logit margins above ~30: the odds are infinite and autograd met
+    # inf * 0 = NaN, which poisoned the whole step; the loss value was (and stays) right
+    logits = torch.zeros(2, 50)
+    logits[0, 3] = logits[1, 7] = 40.0
+    logits.requires_grad_()
+    pi_c = torch.log_softmax(logits, -1)[torch.arange(2), torch.tensor([3, 7])].mean().reshape(1)
+    assert pi_c.item() == 0.0
+    loss, _, _ = P.orpo(pi_c, torch.tensor([-2.0]), None, None, beta=0.1)
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert loss.item() == pytest.approx(0.0, abs=1e-20)
+    # away from 0 the shift changes nothing
+    a, _, _ = P.orpo(torch.tensor([-1e-9]), torch.tensor([-2.0]), None, None, beta=0.1)
+    x = torch.tensor([-1e-9], dtype=torch.float64)
+    log_odds = (x + 2.0) - (torch.log(-torch.expm1(x)) - math.log(-math.expm1(-2.0)))
+    assert a.item() == pytest.approx(float(1e-9 - 0.1 * torch.nn.functional.logsigmoid(log_odds)), rel=1e-6)

@@ -106,3 +106,13 @@ def test_every_paired_loss_is_finite_on_random_logps(name):
     mix = combine(name)
     out = mix.compute(summed, averaged, beta=mix.default_beta)
     assert out.losses.shape == (4,) and torch.isfinite(out.losses).all()
+
+
+@pytest.mark.parametrize("loss,key,value", [("cdpo", "label_smoothing", -0.5), ("cdpo", "label_smoothing", 1.5),
+                                            ("simpo", "label_smoothing", 2.0), ("robust", "label_smoothing", 0.5),
+                                            ("kto", "desirable_weight", -0.5), ("kto", "undesirable_weight", -1.0)])
+def test_parameters_out_of_range_are_config_errors(loss, key, value):
+    # cdpo with -0.5 was unbounded below, 1.5 reversed the labels; robust failed only at the first step
+    with pytest.raises(AlignlabError, match=rf"loss_params\.{loss}\.{key}: must be in"):
+        combine(loss, params={loss: {key: value}})
+    combine(loss, params={loss: {key: 0.25 if "smoothing" in key else 2.0}})

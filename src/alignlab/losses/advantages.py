@@ -151,7 +151,14 @@ def group_normalized_advantages(
     centred = groups - groups.mean(-1, keepdim=True)
     if scale_by_std:
         centred = centred / (groups.std(-1, keepdim=True) + eps)
-    return centred.reshape(-1)
+    return _zero_if_equal(groups, centred).reshape(-1)
+
+
+def _zero_if_equal(groups: Tensor, adv: Tensor) -> Tensor:
+    """Exactly 0 for groups whose rewards are all equal: a rounded float32 mean (8 x 0.3 does not average to 0.3)
+    leaves r - mean a tiny constant, which the std division (std exactly 0, so by eps) blows up to a same-sign
+    advantage for every sample of the prompt (8 rewards of 100.1 gave +7.6 each)."""
+    return adv.masked_fill((groups == groups[:, :1]).all(-1, keepdim=True), 0.0)
 
 
 def grpo_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> Tensor:
@@ -170,7 +177,7 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     ``A_i = r_i - mean_{j != i} r_j = K / (K - 1) * (r_i - mean_g)``, [N] -> [N]. Needs K >= 2."""
     groups = _groups(rewards, group_size, 2, "rloo_advantages")
     baseline = (groups.sum(-1, keepdim=True) - groups) / (group_size - 1)
-    return (groups - baseline).reshape(-1)
+    return _zero_if_equal(groups, groups - baseline).reshape(-1)
 
 
 @torch.no_grad()

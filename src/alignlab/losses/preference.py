@@ -206,7 +206,11 @@ def orpo(
     used, which equals TRL when all chosen answers have the same length.
     Rewards are beta * avg logp (TRL's ORPO metric).
     """
-    log_odds = (pi_c - pi_r) - (log1mexp(pi_c) - log1mexp(pi_r))
+    # An answer of probability exactly 1 (avg logp 0.0, reached in float32 at logit margins above ~30, where the NLL
+    # term drives chosen answers) has infinite odds: the loss is right but its gradient is inf * 0 = NaN. Moving
+    # exact zeros to -1e-20 keeps every value (the odds-ratio term is then ~1e-20) and a finite gradient.
+    pi_c_, pi_r_ = (x - 1e-20 * (x > -1e-20) for x in (pi_c, pi_r))
+    log_odds = (pi_c_ - pi_r_) - (log1mexp(pi_c_) - log1mexp(pi_r_))
     losses = _nll_term(pi_c, nll) - beta * F.logsigmoid(log_odds)
     return losses, beta * pi_c.detach(), beta * pi_r.detach()
 

@@ -47,6 +47,8 @@ class LossSpec:
     """Reads `reward_mean=`, a running mean of implicit rewards the caller keeps (see RunningMean)."""
     summary: str = ""
     """One line for `--help` and docs."""
+    limits: Mapping[str, tuple[float, float, bool]] = field(default_factory=dict)
+    """Allowed range of a parameter: (low, high, high_included); checked when the config is built."""
 
     @property
     def logp_kind(self) -> str:
@@ -61,8 +63,15 @@ class LossSpec:
         return frozenset(kw - {"beta", "nll", "reward_mean"})
 
 
-def _spec(name, fn, *, ref, avg, paired=True, params=None, beta=0.1, **kw) -> LossSpec:
-    return LossSpec(name, fn, ref, avg, paired, MappingProxyType(dict(params or {})), beta, **kw)
+def _spec(name, fn, *, ref, avg, paired=True, params=None, beta=0.1, limits=None, **kw) -> LossSpec:
+    return LossSpec(name, fn, ref, avg, paired, MappingProxyType(dict(params or {})), beta,
+                    limits=MappingProxyType(dict(limits or {})), **kw)
+
+
+# Label smoothing is a flip probability: above 0.5 the labels are reversed, below 0 the loss is unbounded below;
+# robust DPO's unbiased loss divides by 1 - 2 eps (Chowdhury et al. 2024, Eq. 9), so 0.5 itself is out.
+_SMOOTHING = {"label_smoothing": (0.0, 0.5, True)}
+_INF = float("inf")
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -70,9 +79,11 @@ LOSSES: dict[str, LossSpec] = {
     for s in (
         _spec("dpo", P.dpo, ref=True, avg=False, summary="DPO sigmoid loss (Rafailov et al. 2023)"),
         _spec(
-            "cdpo", P.cdpo, ref=True, avg=False, params={"label_smoothing": 0.1}, summary="conservative DPO"
+            "cdpo", P.cdpo, ref=True, avg=False, params={"label_smoothing": 0.1}, limits=_SMOOTHING,
+            summary="conservative DPO",
         ),
-        _spec("robust", P.robust, ref=True, avg=False, params={"label_smoothing": 0.1}, summary="robust DPO"),
+        _spec("robust", P.robust, ref=True, avg=False, params={"label_smoothing": 0.1},
+              limits={"label_smoothing": (0.0, 0.5, False)}, summary="robust DPO"),
         _spec("ipo", P.ipo, ref=True, avg=True, summary="IPO squared loss on averaged log-ratios"),
         _spec("hinge", P.hinge, ref=True, avg=False, summary="SLiC/RSO hinge loss"),
         _spec("sigmoid_norm", P.sigmoid_norm, ref=True, avg=True, beta=5.0, summary="length-normalised DPO"),
@@ -82,6 +93,7 @@ LOSSES: dict[str, LossSpec] = {
             ref=False,
             avg=True,
             params={"gamma": 0.5, "label_smoothing": 0.0},
+            limits=_SMOOTHING,
             beta=2.0,
             summary="SimPO, reference-free with target margin",
         ),
@@ -106,6 +118,7 @@ LOSSES: dict[str, LossSpec] = {
             avg=False,
             paired=False,
             params={"desirable_weight": 1.0, "undesirable_weight": 1.0},
+            limits={"desirable_weight": (0.0, _INF, False), "undesirable_weight": (0.0, _INF, False)},
             summary="KTO, unpaired labels",
         ),
     )
@@ -315,5 +328,12 @@ def combine(
             raise AlignlabError(
                 f"loss_params.{spec.name}: unknown {sorted(bad)}; valid: {sorted(spec.param_names) or 'none'}"
             )
-        merged.append(MappingProxyType({**spec.default_params, **given}))
+        values = {**spec.default_params, **given}
+        for key, (low, high, high_in) in spec.limits.items():
+            v = values[key]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (low <= v and (v <= high if high_in
+                                                                                            else v < high)):
+                raise AlignlabError(f"loss_params.{spec.name}.{key}: must be in [{low}, {high}{']' if high_in else ')'}"
+                                    f", got {v!r}")
+        merged.append(MappingProxyType(values))
     return LossMix(specs, tuple(weights), tuple(merged))
