@@ -111,3 +111,9 @@ def test_renderings_escape_text_and_colour_by_sign():
     console = Console(record=True, width=80, color_system="truecolor")
     render_rich(credits, ["x"], console=console)
     assert "implicit reward" in console.export_text()
+
+
+def test_completion_logps_refuse_an_empty_prompt():
+    # the slice started at -1: the row got one value (the last token's) for a 12-token completion
+    with pytest.raises(AlignlabError, match="at least one prompt token"):
+        completion_logps(tiny_lm(), [[], [5, 6]], [[7] * 12, [8, 9]], pad_id=0)

@@ -94,3 +94,17 @@ def test_chatbot_arena_records():
     assert fit["A"] - fit["B"] == pytest.approx(400 * math.log10(2), abs=0.01)
     with pytest.raises(AlignlabError, match="winner"):
         fit_bradley_terry([{"model_a": "A", "model_b": "B"}])
+
+
+def test_a_model_absent_from_a_bootstrap_replicate_is_left_out_of_it():
+    # A and B split 18 games; C lost its only 2 games to A and is absent from ~1 replicate in 8. The ridge pinned
+    # an absent C at theta 0, so its upper bound was exactly 1000 (above A and B), and the made-up value moved
+    # the centring of A's and B's replicates too
+    battles = [("A", "B", 1.0)] * 9 + [("A", "B", 0.0)] * 9 + [("A", "C", 1.0)] * 2
+    table = {r.model: r for r in bradley_terry_ratings(battles, n_boot=2000, seed=0).ratings}
+    c, a = table["C"], table["A"]
+    assert c.low < c.rating < c.high < a.low < a.rating < a.high
+    assert c.high - c.low < 400 and a.high - a.low < 400
+    anchored = {r.model: r for r in bradley_terry_ratings(battles, n_boot=500, seed=0, anchor="A").ratings}
+    assert anchored["A"].low == anchored["A"].high == 1000.0
+    assert anchored["C"].high < 1000.0

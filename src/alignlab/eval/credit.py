@@ -55,6 +55,8 @@ def completion_logps(model: Any, prompts: Sequence[list[int]], completions: Sequ
 
     if len(prompts) != len(completions):
         raise AlignlabError(f"completion_logps: {len(prompts)} prompts but {len(completions)} completions")
+    if any(len(p) == 0 for p in prompts):  # the first completion token would have nothing to be predicted from
+        raise AlignlabError("completion_logps: every sequence needs at least one prompt token (e.g. BOS)")
     out: list[list[float]] = []
     was_training = model.training
     model.eval()

@@ -85,10 +85,21 @@ class Judge:
                                 f"and {len(answers_b)} answers B")
         self.comparisons += len(prompts)
 
-    def stats(self) -> dict[str, Any]:
-        """Counts for eval.json and the report."""
-        return {"judge": self.name, "comparisons": self.comparisons, "malformed": dict(self.malformed),
-                "malformed_total": int(sum(self.malformed.values()))}
+    def counters(self) -> dict[str, Counter]:
+        """A snapshot of the running counts, for `stats(since=...)`."""
+        return {"comparisons": Counter(n=self.comparisons), "malformed": Counter(self.malformed)}
+
+    def stats(self, since: dict[str, Counter] | None = None) -> dict[str, Any]:
+        """Counts for eval.json and the report; with `since` (a `counters()` snapshot) only what came after it, so
+        one judge shared by several checkpoints reports each checkpoint's own comparisons."""
+        c = self.counters()
+        if since is not None:
+            c = {k: v - since.get(k, Counter()) for k, v in c.items()}
+        return {"judge": self.name, "comparisons": c["comparisons"]["n"], "malformed": dict(c["malformed"]),
+                "malformed_total": int(sum(c["malformed"].values())), **self._extra_stats(c)}
+
+    def _extra_stats(self, counts: dict[str, Counter]) -> dict[str, Any]:
+        return {}
 
 
 # ----------------------------------------------------------------------------- score-based judges
@@ -293,6 +304,7 @@ class LLMJudge(Judge):
 
     def __post_init__(self) -> None:
         Judge.__init__(self)
+        self.grades = 0  # answers graded alone (mode single, or the grade evaluation)
         if self.mode not in ("pairwise", "single"):
             raise AlignlabError(f"llm judge: mode must be 'pairwise' or 'single', got {self.mode!r}")
         self.name = f"llm_{self.mode}"
@@ -352,6 +364,7 @@ class LLMJudge(Judge):
 
     def grade_batch(self, prompts: Sequence[Any], answers: Sequence[str]) -> list[tuple[float | None, str | None]]:
         """MT-Bench single-answer grades: [(rating or None, malformed kind or None)]."""
+        self.grades += len(answers)
         asks = [self.single_template.format(prompt=prompt_text(p), answer=a) for p, a in zip(prompts, answers)]
         return [self._parsed(r, parse_rating)[:2] for r in self._ask(asks)]
 
@@ -368,9 +381,13 @@ class LLMJudge(Judge):
                 out.append(JudgeResult(1.0 if ga > gb else 0.5 if ga == gb else 0.0, raw))
         return out
 
-    def stats(self) -> dict[str, Any]:
-        out = super().stats()
-        total = sum(self.order_agreement.values())
+    def counters(self) -> dict[str, Counter]:
+        return {**super().counters(), "order_agreement": Counter(self.order_agreement),
+                "grades": Counter(n=self.grades)}
+
+    def _extra_stats(self, counts: dict[str, Counter]) -> dict[str, Any]:
+        out: dict[str, Any] = {"grades": counts["grades"]["n"]} if counts["grades"]["n"] else {}
+        total = sum(counts["order_agreement"].values())
         if total:  # how often the two orders agree: low values mean position bias or noise
-            out["order_agreement"] = self.order_agreement["agree"] / total
+            out["order_agreement"] = counts["order_agreement"]["agree"] / total
         return out

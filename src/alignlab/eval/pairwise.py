@@ -71,8 +71,10 @@ class JudgeConfig:
             raise AlignlabError("judge: a reward_model judge needs model: <scorer checkpoint>")
         if self.kind == "function" and not self.reward:
             raise AlignlabError("judge: a function judge needs reward: <name or module.path:function>")
-        if self.max_tokens < 1 or self.max_retries < 0 or self.timeout <= 0:
-            raise AlignlabError("judge: max_tokens >= 1, max_retries >= 0 and timeout > 0 are required")
+        if self.max_tokens < 1 or self.max_retries < 0 or self.timeout <= 0 or self.temperature < 0 \
+                or self.concurrency < 1 or self.scale <= 0:
+            raise AlignlabError("judge: max_tokens >= 1, max_retries >= 0, timeout > 0, temperature >= 0, "
+                                "concurrency >= 1 and scale > 0 are required")
 
 
 def build_judge(cfg: JudgeConfig, *, device: str = "cpu") -> Judge:

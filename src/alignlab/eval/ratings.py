@@ -183,7 +183,8 @@ def _fit_theta(enc: _Encoded, weights: np.ndarray, reg: float) -> np.ndarray:
 
 
 def _to_elo(theta: np.ndarray, anchor: int | None, base: float, scale: float) -> np.ndarray:
-    offset = theta.mean() if anchor is None else theta[anchor]
+    """NaN entries (models absent from a bootstrap replicate) stay NaN and are left out of the mean."""
+    offset = np.nanmean(theta) if anchor is None else theta[anchor]
     return base + scale / math.log(10.0) * (theta - offset)
 
 
@@ -239,9 +240,22 @@ def bradley_terry_ratings(
         boots = np.empty((n_boot, n))
         for k in range(n_boot):
             weights = rng.multinomial(m, np.full(m, 1.0 / m)).astype(np.float64)
-            boots[k] = _to_elo(_fit_theta(enc, weights, reg), anchor_i, base, scale)
+            drawn = weights > 0
+            present = np.zeros(n, dtype=bool)
+            present[enc.a[drawn]] = present[enc.b[drawn]] = True
+            # A model in no drawn battle has no rating in this replicate (the ridge would pin it at theta 0, a
+            # made-up value that also moved the centring of all the others): it is left out, as Chatbot Arena's
+            # bootstrap leaves it out; so is a replicate without the anchor. Without an anchor, the models
+            # present are centred where their point ratings are (not at `base`, which is the mean of all).
+            theta = np.where(present, _fit_theta(enc, weights, reg), np.nan)
+            if anchor_i is None:
+                boots[k] = _to_elo(theta, None, base, scale) + (point[present].mean() - base)
+            else:
+                boots[k] = _to_elo(theta, anchor_i, base, scale) if present[anchor_i] else np.nan
         alpha = (1.0 - confidence) / 2.0
-        low, high = np.quantile(boots, alpha, axis=0), np.quantile(boots, 1.0 - alpha, axis=0)
+        seen = ~np.isnan(boots).all(axis=0)  # a model absent from every replicate keeps its point as both bounds
+        low[seen] = np.nanquantile(boots[:, seen], alpha, axis=0)
+        high[seen] = np.nanquantile(boots[:, seen], 1.0 - alpha, axis=0)
     games = np.bincount(enc.a, minlength=n) + np.bincount(enc.b, minlength=n)
     scored = np.bincount(enc.a, enc.s, n) + np.bincount(enc.b, 1.0 - enc.s, n)
     table = [

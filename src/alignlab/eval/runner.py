@@ -121,6 +121,8 @@ class EvalConfig:
             raise AlignlabError("eval: checkpoints is empty; name at least one model to evaluate")
         if not self.evaluations:
             raise AlignlabError("eval: evaluations is empty; add e.g. {kind: win_rate, data: prompts.jsonl}")
+        if self.n_boot < 1 or self.batch_size < 1:
+            raise AlignlabError(f"eval: n_boot and batch_size must be >= 1, got {self.n_boot} and {self.batch_size}")
         for spec in self.evaluations:
             if spec.kind == "win_rate" and not (spec.baseline or self.baseline):
                 raise AlignlabError("eval: a win_rate evaluation needs a baseline (top level or in the item)")
@@ -233,11 +235,12 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     out = []
     for name in ctx.cfg.checkpoints:
         a = ctx.texts(name, spec, rows)
+        before = judge.counters()
         res = compare_answers(judge, rows, a, b, batch_size=ctx.cfg.batch_size, n_boot=ctx.cfg.n_boot,
                               seed=ctx.cfg.seed, fields=_fields(rows))
         wr = res.win_rate
         lc = lc_for_comparison(res.outcomes, a, b, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
-        details = {**res.to_dict(), **info, "baseline": baseline, "judge": judge.stats(),
+        details = {**res.to_dict(), **info, "baseline": baseline, "judge": judge.stats(since=before),
                    "lc_win_rate": lc.to_dict() if lc else None, "examples": _examples(rows, a, b, res)}
         out.append(_record(spec, name, "win_rate", wr.rate if wr else None, wr.low if wr else None,
                            wr.high if wr else None, wr.n if wr else 0, details))
@@ -253,8 +256,9 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     names = list(dict.fromkeys(ctx.cfg.checkpoints + ([spec.baseline or ctx.cfg.baseline]
                                                       if (spec.baseline or ctx.cfg.baseline) else [])))
     answers = {name: ctx.texts(name, spec, rows) for name in names}
+    before = judge.counters()
     battles, malformed = round_robin(judge, rows, answers, batch_size=ctx.cfg.batch_size, fields=_fields(rows))
-    details = {**info, "battles": len(battles), "malformed": malformed, "judge": judge.stats()}
+    details = {**info, "battles": len(battles), "malformed": malformed, "judge": judge.stats(since=before)}
     if len({m for b in battles for m in b[:2]}) < 2:
         return [_record(spec, name, "rating", None, n=0, details=details) for name in names]
     table = bradley_terry_ratings(battles, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
@@ -275,7 +279,9 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     judge = ctx.judge(replace(spec.judge, mode="single"))
     out = []
     for name in ctx.cfg.checkpoints:
-        grades = judge.grade_batch(rows, ctx.texts(name, spec, rows))
+        answers = ctx.texts(name, spec, rows)
+        before = judge.counters()
+        grades = judge.grade_batch(rows, answers)
         values = np.array([g for g, _ in grades if g is not None])
         malformed: dict[str, int] = {}
         for _, kind in grades:
@@ -284,7 +290,7 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         low, high = (bootstrap_mean_interval(values, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
                      if values.size > 1 else (None, None))
         mean = float(values.mean()) if values.size else None
-        details = {**info, "grades": [g for g, _ in grades], "malformed": malformed, "judge": judge.stats()}
+        details = {**info, "grades": [g for g, _ in grades], "malformed": malformed, "judge": judge.stats(since=before)}
         out.append(_record(spec, name, "grade", mean, low, high, int(values.size), details))
     return out
 
@@ -346,6 +352,12 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
     from alignlab.config import to_dict
 
     cfg.validate()
+    for spec in cfg.evaluations:  # judges are checked before any model loads: a bad one would fail mid-run
+        if spec.kind in ("win_rate", "ratings", "grade") and judge is None:
+            spec.judge.validate()
+        if spec.kind == "grade" and judge is not None and not hasattr(judge, "grade_batch"):
+            raise AlignlabError(f"evaluation {spec.name or spec.kind}: grade needs an llm judge that grades single "
+                                f"answers (eval.judges.LLMJudge); the judge given is a {type(judge).__name__}")
     start = time.perf_counter()
     ctx = _Context(cfg, judge)
     ctx.models.update(models or {})
