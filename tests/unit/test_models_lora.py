@@ -127,3 +127,31 @@ def test_portable_name_keeps_hub_ids_and_own_dirs(tmp_path):
 
     assert portable_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert portable_name(str(tmp_path / "my-model")) == str(tmp_path / "my-model")
+
+
+def test_an_adapter_folder_as_the_starting_model(tmp_path):
+    # a LoRA SFT output as `model:` of the next stage (DPO, RM, PPO's critic): get_peft_model reset its adapter
+    # (the policy was the bare base) and saved the new one against an empty base; without lora: training
+    # stopped at "no trainable parameters"; a scorer from it crashed in peft
+    from types import SimpleNamespace
+
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.prepare import prepare_model
+
+    model = _adapted()
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(AlignlabError, match="already carries a LoRA adapter.*alignlab merge"):
+        prepare_model(SimpleNamespace(model=str(tmp_path / "adapter"), chat_template=None,
+                                      lora=LoraConfig(r=4, alpha=8)))
+    _, full = prepare_model(SimpleNamespace(model=str(tmp_path / "adapter"), chat_template=None, lora=None))
+    assert not any("lora" in n for n, _ in full.named_parameters()) and all(p.requires_grad for p in full.parameters())
+    assert torch.allclose(_logits(full.eval()), _logits(model), atol=1e-5, rtol=0)  # base + adapter, merged
+    scorer = load_scorer(str(tmp_path / "adapter"))
+    merged = model.merge_and_unload()
+    for name, p in merged.model.state_dict().items():  # the scorer's backbone is base + adapter
+        assert torch.equal(scorer.model.state_dict()[name], p), name
+    # an adapter folder without its weights: peft took the path for a hub repo id
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    for load in (load_model, load_scorer, lambda p: merge_adapter(p, tmp_path / "out")):
+        with pytest.raises(AlignlabError, match="no adapter weights"):
+            load(str(tmp_path / "adapter"))

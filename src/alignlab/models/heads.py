@@ -48,7 +48,7 @@ def load_scorer(
     path = resolve_model(name)
     if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
         return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                    allow_pickle=allow_pickle)
+                                    allow_pickle=allow_pickle, **kwargs)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -78,18 +78,21 @@ def load_scorer(
 
 
 def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
-    """A LoRA reward/value adapter: its base as a scorer, then the adapter (and its trained head) on top."""
-    import json
-
+    """A LoRA reward/value adapter: its base as a scorer, then the adapter (and its trained head) on top. A causal
+    LM's adapter (a LoRA SFT output) is a causal-LM checkpoint like any other: folded into its base, whose
+    backbone the scorer takes, with a new head."""
     from peft import PeftModel
 
-    from alignlab.models.load import check_weights
+    from alignlab.models.load import adapter_base, load_model
 
-    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_name:
-        raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty")
-    check_weights(path, kw.get("allow_pickle", False))  # before peft unpickles anything
-    return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
+    base_name, task = adapter_base(path, kw.get("allow_pickle", False))  # before peft unpickles anything
+    if task == "SEQ_CLS":
+        return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
+    scorer = load_scorer(base_name, **kw)
+    merged = load_model(str(path), **kw).merge_and_unload()
+    prefix = scorer.base_model_prefix
+    getattr(scorer, prefix).load_state_dict(getattr(merged, prefix).state_dict())
+    return scorer
 
 
 def _head_module(model: Any) -> Any:

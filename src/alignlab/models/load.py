@@ -131,6 +131,18 @@ def check_weights(path: Path, allow_pickle: bool) -> str:
     return fmt
 
 
+def adapter_base(path: Path, allow_pickle: bool) -> tuple[str, str]:
+    """A peft adapter folder's (base model name, task_type), its weights checked first (present, and not pickle
+    unless allowed) so that neither peft nor the hub ever sees a folder without them."""
+    if check_weights(path, allow_pickle) == "none":
+        raise AlignlabError(f"{str(path)!r} has adapter_config.json but no adapter weights (adapter_model.safetensors)")
+    meta = json.loads((path / "adapter_config.json").read_text())
+    if not meta.get("base_model_name_or_path"):
+        raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty; cannot find "
+                            "the base model")
+    return meta["base_model_name_or_path"], meta.get("task_type") or "CAUSAL_LM"
+
+
 def to_dtype(dtype: Any) -> Any:
     import torch
 
@@ -176,7 +188,7 @@ def load_model(
     local = Path(path)
     if local.is_dir() and (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
         return _load_adapter_model(local, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                   allow_pickle=allow_pickle)
+                                   allow_pickle=allow_pickle, **kwargs)
     if local.is_dir() and check_weights(local, allow_pickle) == "none":
         raise AlignlabError(f"{path!r} has a config.json but no weights (*.safetensors or *.bin)")
     try:
@@ -202,10 +214,10 @@ def load_model(
 def _load_adapter_model(path: Path, **kw: Any) -> PreTrainedModel:
     from peft import PeftModel
 
-    check_weights(path, kw["allow_pickle"])
-    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_name:
-        raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty")
+    base_name, task = adapter_base(path, kw["allow_pickle"])
+    if task == "SEQ_CLS":
+        raise AlignlabError(f"{path} is a reward/value (SEQ_CLS) adapter, not a language model's: load it with "
+                            "load_scorer, or as a judge/scorer/value_model")
     base = load_model(base_name, **kw)
     return PeftModel.from_pretrained(base, str(path))
 

@@ -96,6 +96,14 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> Any:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from alignlab.models.prepare import is_peft
+
+    if is_peft(model):
+        # get_peft_model on a loaded adapter resets it, and the new adapter would be saved against the bare base
+        # (peft records one base, not base + adapter)
+        raise AlignlabError("lora: the model already carries a LoRA adapter (model: names an adapter folder); to train "
+                            "a new adapter on it, fold it into its base first (`alignlab merge ADAPTER_DIR MERGED_DIR`,"
+                            " then model: MERGED_DIR), or drop lora: to fine-tune base + adapter in full")
     if cfg.qlora:
         reason = qlora_available()
         if reason:
@@ -186,24 +194,19 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = 
     """Fold a saved LoRA adapter into its base weights and write a plain HF checkpoint (safetensors) plus
     the tokenizer to `out_dir`, loadable by `AutoModelForCausalLM.from_pretrained` (or, for a reward/value
     adapter, `AutoModelForSequenceClassification`). The output appears complete or not at all."""
-    import json
 
     from peft import PeftModel
 
-    from alignlab.models.load import check_weights, load_model, load_tokenizer
+    from alignlab.models.load import adapter_base, load_model, load_tokenizer
 
     adapter_dir, out_dir = Path(adapter_dir).expanduser(), Path(out_dir).expanduser()
     cfg_file = adapter_dir / "adapter_config.json"
     if not cfg_file.is_file():
         raise AlignlabError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json)")
-    check_weights(adapter_dir, allow_pickle)  # before peft unpickles anything
+    base_name, task = adapter_base(adapter_dir, allow_pickle)  # before peft unpickles anything
     if out_dir.exists() and any(out_dir.iterdir()):
         raise AlignlabError(f"{out_dir}: output directory exists and is not empty; choose a new one")
-    meta = json.loads(cfg_file.read_text())
-    base_name = meta.get("base_model_name_or_path")
-    if not base_name:
-        raise AlignlabError(f"{cfg_file}: field base_model_name_or_path is empty; cannot find the base model")
-    if meta.get("task_type") == "SEQ_CLS":
+    if task == "SEQ_CLS":
         from alignlab.models.heads import load_scorer
 
         base = load_scorer(base_name, dtype=dtype)
