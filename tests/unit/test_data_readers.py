@@ -143,3 +143,12 @@ def test_more_json_after_a_json_arrays_end_is_a_problem(tmp_path):
     p.write_text(json.dumps(RECS[:1]) + "\n" + json.dumps(RECS[1:]) + "\n")
     out = read_records(p)
     assert _values(out) == RECS[:1] and [(x.kind, x.line) for x in out.problems] == [("invalid_json", 2)]
+
+
+def test_a_json_file_holding_one_messages_record_is_one_record(tmp_path):
+    # {"messages": [...]} was taken for a wrapped list: two records {"role": ...} that no format reads
+    p = tmp_path / "one.json"
+    for rec in ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+                {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}):
+        p.write_text(json.dumps(rec))
+        assert _values(read_records(p)) == [rec]

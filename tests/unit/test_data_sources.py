@@ -247,3 +247,18 @@ def test_prompt_task_checks_only_the_prompt(tmp_path):
     g = tmp_path / "p.jsonl"
     g.write_text('{"prompt": "Q", "chosen": "", "rejected": "no"}\n')
     assert load(g, task="prompt").rows[0].prompt == [{"role": "user", "content": "Q"}]
+
+
+def test_a_conversation_opening_with_an_assistant_turn_is_a_bad_row(tmp_path):
+    # its first trained turn has nothing before it: chat templates refuse to render an empty conversation (the
+    # SFT run stopped blaming the template) and SmolLM2's would have trained its own default system turn
+    p = tmp_path / "greeting.jsonl"
+    p.write_text(json.dumps({"conversations": [{"from": "gpt", "value": "Hi! How can I help?"},
+                                               {"from": "human", "value": "A joke?"},
+                                               {"from": "gpt", "value": "Why did the chicken cross the road?"}]})
+                 + "\n" + json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                   {"role": "assistant", "content": "Hello!"}]}) + "\n")
+    with pytest.raises(DataError, match=r"record 0\) field 'conversations': empty_prompt: the conversation opens"):
+        load_rows(p)
+    res = load_rows(p, on_bad_row="skip")
+    assert len(res.rows) == 1 and res.skipped == {"empty_prompt": 1}

@@ -31,8 +31,8 @@ class DataSource:
     """At most this many records from data_offset on (null: to the end)."""
 
     def validate(self) -> None:
-        if not self.weight > 0:
-            raise ConfigError(f"data: weight of {self.path} must be positive, got {self.weight}")
+        if not 0 < self.weight < float("inf"):
+            raise ConfigError(f"data: weight of {self.path} must be positive and finite, got {self.weight}")
         if self.data_offset < 0 or (self.data_limit is not None and self.data_limit < 1):
             raise ConfigError(f"data: {self.path}: data_offset must be >= 0 and data_limit >= 1 or null")
 

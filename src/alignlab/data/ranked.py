@@ -125,21 +125,14 @@ def as_pairs(rows: list[RankedRow]) -> list[RankedRow]:
 
 
 def tokenize_example(row: RankedRow, tok: Any, max_length: int, max_prompt_length: int | None) -> RewardExample:
-    """Each completion's full sequence; when the longest does not fit, every prompt is cut to the same budget."""
-    from alignlab.data.rows import UnpairedRow
-    from alignlab.data.tokenize import tokenize_unpaired
+    """Each completion's full sequence; when the longest does not fit, one shared prompt is cut to the same budget
+    for every completion (tokenised together, as a DPO pair's, so a BPE merge across one completion's boundary does
+    not shift the others' window)."""
+    from alignlab.data.tokenize import _joint, _truncate
 
-    def tokenized(limit: int | None, budget: int | None) -> list:
-        return [tokenize_unpaired(UnpairedRow(row.prompt, c, True, row.chat, row.origin), tok, limit, budget)
-                for c in row.completions]
-
-    whole = tokenized(None, None)
-    n_prompt = max(len(x.prompt_ids) for x in whole)
-    longest = max(len(x.completion_ids) for x in whole)
-    too_long = max_prompt_length is not None and n_prompt > max_prompt_length
-    if n_prompt + longest > max_length or too_long:
-        whole = tokenized(max_length, max_prompt_length if max_prompt_length is not None else max_length // 2)
-    return RewardExample([x.prompt_ids + x.completion_ids for x in whole], row.margin)
+    prompt, comps = _joint(tok, row.prompt, row.completions, row.chat, row.origin)
+    prompt, comps, _, _ = _truncate(prompt, comps, max_length, max_prompt_length, "end")
+    return RewardExample([prompt + c for c in comps], row.margin)
 
 
 def ranked_examples(rows: list[RankedRow], tok: Any, max_length: int, max_prompt_length: int | None,

@@ -169,12 +169,16 @@ def _parse_line(line: str, index: int, lineno: int, source: str) -> Record | Pro
 
 def _read_json_object_or_lines(text: str, source: str) -> tuple[list[Record], list[Problem]]:
     """A .json that is not an array: one object whose only value is the record list ({"data": [...]}),
-    one object (one record), or JSON lines under a .json name."""
+    one object (one record, {"messages": [...]} included), or JSON lines under a .json name."""
     try:
         value = _DECODER.decode(text)
     except (json.JSONDecodeError, RecursionError):  # line by line, each problem then names its line
         return _read_json_lines(text, source)
-    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+    from alignlab.data.formats import detect_format
+
+    # {"messages": [...]} or {"conversations": [...]} is one record of a known format, not a wrapped list
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list) \
+            and detect_format(value) is None:
         return _split([_parsed(v, i, None, source) for i, v in enumerate(next(iter(value.values())))])
     return _split([_parsed(value, 0, 1, source)])
 

@@ -158,6 +158,11 @@ def validate_row(row: Row, allow_empty_response: bool = False) -> list[tuple[str
         out.append(("empty_prompt", "prompt", "the prompt has no non-empty user text"))
     if isinstance(row, SFTRow):
         trained = [m for m in row.messages[row.num_prompt:] if m["role"] == "assistant"]
+        if row.chat and row.num_prompt == 0 and trained:
+            # no turn to render before it (chat templates refuse an empty conversation, and SmolLM2's would put
+            # its default system turn inside the trained span); LLaMA-Factory refuses such rows too
+            out.append(("empty_prompt", row.field, "the conversation opens with an assistant turn: add the user (or "
+                                                   "system) turn it answers"))
         if not trained:
             out.append(("empty_completion", row.field, "no assistant message to train on"))
         elif any(not m["content"].strip() for m in trained):
