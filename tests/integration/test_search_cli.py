@@ -17,3 +17,14 @@ def test_generate_search_mcts(tmp_path, capsys):
     assert all(r["implicit_reward"] == 0.0 and 1 <= r["num_tokens"] <= 5 for r in recs)
     assert "model calls" in capsys.readouterr().err
     assert main(["generate", "tiny-random", "--prompt", "Hi", "--search", "mcts"]) == 2  # no --ref
+
+
+def test_flags_the_searches_would_ignore_are_refused(capsys):
+    # `--search mcts --regex '[0-9]+'` printed unconstrained text, `--beams --stop` was not cut
+    base = ["generate", "tiny-random", "--prompt", "Hi", "--raw", "--max-new-tokens", "4"]
+    for extra, flag in ((["--search", "mcts", "--ref", "tiny-random", "--regex", "[0-9]+"], "--regex"),
+                        (["--beams", "2", "--stop", "oo"], "--stop"),
+                        (["--beams", "2", "--temperature", "0.7"], "--temperature"),
+                        (["--budget", "12"], "--budget apply to --search only")):
+        assert main(base + extra) == 2
+        assert flag in capsys.readouterr().err

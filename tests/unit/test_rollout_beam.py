@@ -106,3 +106,20 @@ def test_live_beams_at_the_length_limit_still_compete_with_finished_ones(seed, p
                          length_penalty=1.0, early_stopping=True, eos_token_id=2, pad_token_id=0)
     assert hyp.completion_ids == out[0, len(ids):].tolist()
     assert hyp.finish_reason == "length"
+
+
+def test_two_eos_ids_keep_the_beam_full_as_transformers_does():
+    # the candidate pool was 2 x beams: with two EOS ids ranking high, fewer than num_beams live continuations
+    # survived a step and the search went on narrower than HF's (one search in ~430 differed, this one)
+    model, tok = tiny_lm(4)
+    model.generation_config.eos_token_id = [2, 7]
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+        model.lm_head.weight[2] *= 1.6
+        model.lm_head.weight[7] = model.lm_head.weight[2] * 1.02
+    ids = tok("The film was").input_ids
+    ours = beam_search(model, tok, [ids], BeamConfig(num_beams=3, max_new_tokens=10, length_penalty=3.0))[0]
+    out = model.generate(torch.tensor([ids]), num_beams=3, do_sample=False, max_new_tokens=10, length_penalty=3.0,
+                         early_stopping=True, eos_token_id=[2, 7], pad_token_id=0)[0, len(ids):].tolist()
+    hf = out[:next((i + 1 for i, t in enumerate(out) if t in (2, 7)), len(out))]
+    assert ours.completion_ids == hf == [26, 12, 36, 88, 50, 63, 72, 7]

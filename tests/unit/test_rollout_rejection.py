@@ -6,19 +6,20 @@ from alignlab.rollout.sampling import ScoredGroup
 
 
 def _group(prompt_ids, completions, rewards):
-    samples = [Sample(0, j, prompt_ids, c, f"t{c}", "eos") for j, c in enumerate(completions)]
+    # as generate() gives them: an answer that ends at once is [EOS] (id 2 here) with text ''
+    samples = [Sample(0, j, prompt_ids, c, f"t{c}" if c and c != [2] else "", "eos") for j, c in enumerate(completions)]
     return ScoredGroup("p", samples, rewards)
 
 
 def test_keeps_the_best_across_rounds():
     """Round 1: prompt 0 rewards (0.2, 0.9) -> keeps [12]; prompt 1 (0.5, 0.5) -> first of equals, [21].
     Round 2: prompt 0 best 0.4 < 0.9 -> unchanged; prompt 1 best 0.7 > 0.5 -> replaced by [23]; an empty
-    completion with reward 5 never enters. Pool mean after round 2: (0.9 + 0.7) / 2 = 0.8."""
+    completion ([EOS] alone, text '') with reward 5 never enters. Pool mean after round 2: (0.9 + 0.7) / 2 = 0.8."""
     pool = BestPerPrompt()
     s1 = pool.update([_group([1], [[11], [12]], [0.2, 0.9]), _group([2], [[21], [22]], [0.5, 0.5])], 1)
     assert s1["pool_reward_mean"] == 0.7 and s1["replaced"] == 0 and s1["round_best_mean"] == 0.7
     assert s1["sample_reward_mean"] == (0.2 + 0.9 + 0.5 + 0.5) / 4
-    s2 = pool.update([_group([1], [[13], [14]], [0.4, 0.1]), _group([2], [[], [23]], [5.0, 0.7])], 2)
+    s2 = pool.update([_group([1], [[13], [14]], [0.4, 0.1]), _group([2], [[2], [23]], [5.0, 0.7])], 2)
     assert abs(s2["pool_reward_mean"] - 0.8) < 1e-12 and s2["replaced"] == 1
     assert [(k.completion_ids, k.round) for k in pool.best.values()] == [([12], 1), ([23], 2)]
     assert pool.examples() == [{"input_ids": [1, 12], "labels": [-100, 12]},
@@ -33,3 +34,15 @@ def test_examples_are_cut_to_max_length_as_the_data_layer_cuts():
     assert pool.examples(8) == [{"input_ids": [3, 4, 5, 6, 10, 11, 12, 13], "labels": [-100] * 4 + [10, 11, 12, 13]}]
     assert pool.examples(11) == pool.examples() == [{"input_ids": [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14],
                                                      "labels": [-100] * 6 + [10, 11, 12, 13, 14]}]
+
+
+def test_a_negative_min_margin_is_refused_rather_than_pairing_ties():
+    import pytest
+
+    from alignlab.errors import AlignlabError
+    from alignlab.rollout.sampling import BestOfN, preference_records
+
+    res = BestOfN([_group([1], [[11], [12]], [0.5, 0.5])], {})
+    assert preference_records(res, 0.0) == [] and res.dropped == {"tie": 1}
+    with pytest.raises(AlignlabError, match="min-margin must be >= 0"):
+        preference_records(res, -1.0)

@@ -166,3 +166,24 @@ def test_a_request_larger_than_the_batch_decodes_as_continuous_generate(tiny):
         ids, lps, _ = got[s.prompt_index * 2 + s.sample_index]
         assert ids == s.completion_ids
         assert lps == pytest.approx(s.logprobs, abs=1e-4)
+
+
+def test_a_request_with_bad_settings_fails_alone(tiny, engine):
+    # its settings were first read at admission, on the scheduler thread: the error cancelled every live request
+    # and the bad one itself got no event (its reader hung)
+    from alignlab.errors import AlignlabError
+
+    model, tok = tiny
+    p = _prompts(tok)[0]
+    alone = generate(model, tok, [p], SamplingConfig(max_new_tokens=30, greedy=True)).samples[0]
+    good = engine.submit(Request([p], 1, SeqParams(max_tokens=30, temperature=0)))
+    with pytest.raises(AlignlabError, match="temperature must be > 0"):
+        engine.submit(Request([tok("x").input_ids], 1, SeqParams(max_tokens=4, temperature=-1.0)))
+    assert collect(good)[0][0] == alone.completion_ids
+    # one that fails when it is opened (here: its generator) is told so, and the others go on
+    broken = Request([tok("x").input_ids], 1, SeqParams(max_tokens=4, temperature=0))
+    broken.params.generator = lambda device: 1 / 0
+    good = engine.submit(Request([p], 1, SeqParams(max_tokens=30, temperature=0)))
+    engine.submit(broken)
+    assert broken.events.get(timeout=60)[0] == "error"
+    assert collect(good)[0][0] == alone.completion_ids

@@ -107,7 +107,10 @@ def _search(model: Any, prompt: list[int], cfg: BeamConfig, eos: set[int]) -> tu
     for step in range(cfg.max_new_tokens):
         cand = scores[:, None] + torch.log_softmax(logits.double(), -1)  # [beams, V], float64 sums
         vocab = cand.shape[-1]
-        top, flat = cand.reshape(-1).topk(min(2 * cfg.num_beams, cand.numel()))
+        # HF's pool: max(2, 1 + number of EOS ids) x beams, so num_beams non-EOS continuations always survive (with
+        # two EOS ids, 2 x beams could hold fewer: the search went on narrower than HF's)
+        pool = max(2, 1 + len(eos)) * cfg.num_beams
+        top, flat = cand.reshape(-1).topk(min(pool, cand.numel()))
         keep_rows, keep_toks, keep_scores, new_beams = [], [], [], []
         for r, (s, f) in enumerate(zip(top.tolist(), flat.tolist())):
             b, t = divmod(f, vocab)

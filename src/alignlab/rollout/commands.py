@@ -58,9 +58,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="MCTS on the implicit reward beta*log(pi/pi_ref) of MODEL (a DPO policy) against --ref "
                         "(Rafailov et al. 2024); one completion per prompt, --budget model calls per prompt")
     p.add_argument("--ref", default=None, help="--search: the reference model the policy was trained against")
-    p.add_argument("--beta", type=float, default=0.1, help="--search: the policy's DPO beta (default 0.1)")
-    p.add_argument("--budget", type=int, default=96, help="--search: model calls per prompt (default 96)")
-    p.add_argument("--search-top-k", type=int, default=4, help="--search: children per expanded node (default 4)")
+    p.add_argument("--beta", type=float, default=None, help="--search: the policy's DPO beta (default 0.1)")
+    p.add_argument("--budget", type=int, default=None, help="--search: model calls per prompt (default 96)")
+    p.add_argument("--search-top-k", type=int, default=None, help="--search: children per expanded node (default 4)")
     from alignlab.rollout.speculative import add_speculative_args
 
     add_speculative_args(p)
@@ -147,10 +147,9 @@ def run_generate(args: argparse.Namespace) -> int:
     from alignlab.rollout.speculative import decoding_from_args
 
     decoding = decoding_from_args(args, "generate")
+    _refuse_unused_flags(args)
     model, tok = _load(args)
     if args.beams is not None:
-        if cfg.json_schema is not None or cfg.regex is not None:
-            raise AlignlabError("generate: --beams does not apply --json-schema/--regex; sample instead")
         return _run_beams(args, model, tok, prompts)
     if args.search is not None:
         from alignlab.rollout.search import run_search_command
@@ -178,6 +177,27 @@ def run_generate(args: argparse.Namespace) -> int:
             print(f"--- prompt {s.prompt_index} sample {s.sample_index} ({s.finish_reason})\n{s.text}")
     _report(res)
     return 0
+
+
+def _refuse_unused_flags(args: argparse.Namespace) -> None:
+    """Beam search and MCTS decode deterministically over the model's own log-probs: sampling settings given with
+    them would be silently ignored (an MCTS answer printed unconstrained under --regex), so they are refused; so
+    are the search's own flags without --search."""
+    if args.beams is not None or args.search is not None:
+        sampling = [flag for flag, given in (
+            ("--temperature", args.temperature != 1.0), ("--top-p", args.top_p != 1.0), ("--top-k", args.top_k != 0),
+            ("--greedy", args.greedy), ("--stop", args.stop), ("--seed", args.seed != 0),
+            ("--batch-size", args.batch_size != 64), ("--weights-dtype", args.weights_dtype != "model"),
+            ("--json-schema", args.json_schema is not None), ("--regex", args.regex is not None)) if given]
+        if sampling:
+            mode = "--beams" if args.beams is not None else "--search"
+            raise AlignlabError(f"generate: {mode} does not apply {', '.join(sampling)} (sampling settings); drop "
+                                "them, or sample instead")
+    if args.search is None:
+        search = [flag for flag, value in (("--ref", args.ref), ("--beta", args.beta), ("--budget", args.budget),
+                                           ("--search-top-k", args.search_top_k)) if value is not None]
+        if search:
+            raise AlignlabError(f"generate: {', '.join(search)} apply to --search only")
 
 
 def _run_beams(args: argparse.Namespace, model: Any, tok: Any, prompts: list[Any]) -> int:
@@ -225,6 +245,8 @@ def run_best_of_n(args: argparse.Namespace) -> int:
 
     if not args.prompts or not args.out:
         raise AlignlabError("best-of-n: --prompts FILE and --out FILE.jsonl are required")
+    if not args.min_margin >= 0:  # before sampling: the records would refuse it only after
+        raise AlignlabError(f"best-of-n: --min-margin must be >= 0, got {args.min_margin}")
     cfg = _sampling(args)
     reward = get_reward(args.reward, **_reward_options(args.reward_arg))
     prompts = _file_prompts(args)

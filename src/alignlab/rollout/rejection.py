@@ -40,7 +40,8 @@ class BestPerPrompt:
         round that finds nothing better changes nothing). Empty completions never enter."""
         replaced, round_best = 0, []
         for i, g in enumerate(groups):
-            scored = [(r, k) for k, (r, s) in enumerate(zip(g.rewards, g.samples)) if s.completion_ids]
+            # an answer that ends at once is [EOS] with text '': never empty ids, so the text decides
+            scored = [(r, k) for k, (r, s) in enumerate(zip(g.rewards, g.samples)) if s.text.strip()]
             if not scored:
                 continue
             r, k = max(scored, key=lambda x: (x[0], -x[1]))  # highest reward, first sample among equals

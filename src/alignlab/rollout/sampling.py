@@ -81,7 +81,10 @@ def sample_and_score(model: Any, tokenizer: Any, prompts: list[Any], reward: Rew
 
 def preference_records(result: BestOfN, min_margin: float = 0.0) -> list[dict]:
     """Best vs worst sample of each prompt. Empty completions never take part (loaders refuse them); a
-    prompt is skipped when fewer than two distinct texts remain or the reward gap is <= min_margin."""
+    prompt is skipped when fewer than two distinct texts remain or the reward gap is <= min_margin (>= 0: a
+    negative one would turn ties into pairs)."""
+    if not min_margin >= 0:
+        raise AlignlabError(f"best-of-n: --min-margin must be >= 0, got {min_margin}")
     out, dropped = [], Counter()
     for g in result.groups:
         scored = [(r, s.text) for r, s in zip(g.rewards, g.samples) if s.text.strip()]

@@ -121,6 +121,9 @@ class Engine:
     # ------------------------------------------------------------ API for other threads
 
     def submit(self, req: Request) -> Request:
+        """Queue `req`; its sampling settings are checked here, so a bad one is the caller's error (it was met only
+        at admission, on the scheduler thread, where it cancelled every live request)."""
+        req.params.sampling_config()
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"serve: the queue is full ({self.max_queue} requests waiting)")
@@ -208,7 +211,12 @@ class Engine:
                 # max_queue waiting ones (queue_depth), not held outside the count
                 if not self._waiting or ((self.rows or take) and free < self._waiting[0].n):
                     break
-                self._open_request(self._waiting.popleft())
+                req = self._waiting.popleft()
+                try:
+                    self._open_request(req)
+                except Exception as e:  # this request fails alone; the others go on
+                    req.cancel()
+                    req.events.put(("error", f"{type(e).__name__}: {e}"[:500]))
                 continue
             req, i = self._units[0]
             if req.cancelled:

@@ -189,8 +189,8 @@ def run_search_command(args: Any, model: Any, tokenizer: Any, prompts: list[Any]
         raise AlignlabError("generate: --search mcts needs --ref (the reference the policy was trained against)")
     if args.n not in (None, 1):
         raise AlignlabError("generate: --search returns one completion per prompt; drop --n")
-    cfg = MCTSConfig(budget=args.budget, beta=args.beta, top_k=args.search_top_k,
-                     max_new_tokens=args.max_new_tokens)
+    given = {"budget": args.budget, "beta": args.beta, "top_k": args.search_top_k}
+    cfg = MCTSConfig(max_new_tokens=args.max_new_tokens, **{k: v for k, v in given.items() if v is not None})
     results = mcts_search(model, load_model(args.ref, device=args.device), tokenizer, prompts, cfg)
     records = []
     for i, r in enumerate(results):
