@@ -10,8 +10,10 @@ Relative data paths are resolved as they are read (config_paths.py).
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -124,14 +126,19 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # nan passes every range check (all comparisons are false); no key means inf
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -245,8 +252,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             data = resolve_paths(cls, data, [path.resolve().parent, data_root()])
         except ConfigError as e:
             raise ConfigError(f"{e} (in {path})") from None
-    from_file = data
-    data = resolved_defaults(cls, data)
+    from_file = copy.deepcopy(data)  # as the file gave it, for _blame: the overrides below change `data`
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -260,6 +266,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         except ConfigError as e:
             raise ConfigError(f"{e} (command-line override {item!r})") from None
         apply_override(data, dotted, value)
+    data = resolved_defaults(cls, data)  # after the overrides: a default path the command line replaced is not read
     try:
         return from_dict(cls, data)
     except ConfigError as e:

@@ -163,3 +163,31 @@ def test_rm_smollm2_truthfulqa_beats_chance(data_dir, tmp_path):
     scorer = load_scorer(str(out))  # the merged scorer is a plain HF checkpoint
     assert type(scorer).__name__ == "LlamaForSequenceClassification"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_rm_lora_merge_interrupted_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path, monkeypatch):
+    # the merged scorer was written straight into output_dir after the closing metrics row: a kill during that
+    # write left a truncated model.safetensors in a run a rerun called finished ("nothing to do")
+    import transformers
+
+    data, out = marker_pairs(tmp_path / "pairs.jsonl", n=40), tmp_path / "rm_lora"
+    args = (f"data={data}", f"output_dir={out}", "max_steps=4", "save_steps=2", "resume=auto",
+            "lora={r: 4, alpha: 8, dropout: 0.0}")
+    real = transformers.PreTrainedModel.save_pretrained
+
+    def dies_in_the_merge(self, directory, *a, **kw):
+        if Path(directory).name == ".merged.tmp":
+            real(self, directory, *a, **kw)
+            raise KeyboardInterrupt  # killed after the merged weights were staged, before they moved in
+        return real(self, directory, *a, **kw)
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", dies_in_the_merge)
+    assert rm(*args) != 0  # "alignlab rm: interrupted"
+    assert "train_runtime" not in (out / "metrics.jsonl").read_text()  # not finished
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", real)
+    assert rm(*args) == 0  # resumes from checkpoint-4 and merges
+    assert "train_runtime" in (out / "metrics.jsonl").read_text() and not (out / ".merged.tmp").exists()
+    assert not (out / "adapter_config.json").exists() and (out / "adapter" / "adapter_config.json").is_file()
+    cfg = load_config(RewardConfig, out / "config.yaml")
+    assert reevaluate(out, cfg, load_scorer(str(out)).eval())["eval_accuracy"] is not None

@@ -96,3 +96,37 @@ def test_save_roundtrip_with_docs(tmp_path):
 
 def test_field_docs():
     assert field_docs(Cfg)["lora"] == "Adapter settings; null trains all weights."
+
+
+def _recipe(name):
+    from alignlab.recipes.dpo import DPOConfig
+    from alignlab.recipes.pretrain import PretrainConfig
+    from alignlab.recipes.sft import SFTConfig
+    from alignlab.rl.config import PolicyGradientConfig
+
+    return {"sft": SFTConfig, "dpo": DPOConfig, "pretrain": PretrainConfig, "grpo": PolicyGradientConfig}[name]
+
+
+@pytest.mark.parametrize("recipe,override,message", [
+    ("sft", "learning_rate=nan", "must be a finite number"),  # nan passes every range check
+    ("sft", "epochs=inf", "must be a finite number"),
+    ("sft", "weight_decay=-1", "weight_decay: must be >= 0"),
+    ("sft", "logprob_chunk_size=0", "logprob_chunk_size and pack_length must be >= 1"),  # crashed after loading
+    ("sft", "max_eval_rows=0", "max_eval_rows: must be at least 1"),
+    ("sft", "cpu_threads=-1", "cpu_threads: must be >= 0"),
+    ("sft", "data_format=prompt_completion", "data_format: must be one of .*prompt-completion"),  # --help said so
+    ("dpo", "max_prompt_length=-3", r"max_prompt_length: must be in \[1, max_length\)"),  # every prompt emptied
+    ("pretrain", "num_heads=0", "num_heads, num_kv_heads"),  # ZeroDivisionError inside validate
+    ("grpo", "mini_batch_size=-4", "mini_batch_size: must be >= 0"),  # 16 % -4 == 0: trained nothing, exit 0
+    ("grpo", "kl_coef=-1", r"kl_coef: must be in \[0.0, inf\]"),
+    ("grpo", "gamma=2", r"gamma: must be in \[0.0, 1.0\]"),
+    ("grpo", "max_turns=0", r"max_turns: must be in \[1, inf\]"),
+    ("grpo", "dual_clip=0.5", "dual_clip > 1"),  # met at the first update, after sampling
+    ("grpo", "overlong.buffer=-1", "overlong: max_tokens, buffer and penalty must be >= 0"),
+])
+def test_out_of_range_values_are_refused_before_any_work(recipe, override, message, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "p", "completion": "c"}\n')
+    extra = [] if recipe == "grpo" else [f"data={data}"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(_recipe(recipe), None, [override, *extra])

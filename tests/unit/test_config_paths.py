@@ -101,6 +101,8 @@ def test_default_path_resolves_from_any_directory(layout):
     try:
         with pytest.raises(ConfigError, match=r"data: shared/missing.json not found; looked for .*the default"):
             load_config(WithDefault)
+        # a missing default the command line replaces is never looked for (`pretrain data=my.txt` failed on it)
+        assert load_config(WithDefault, None, ["data=shared/x.json"]).data == cfg.data
     finally:
         WithDefault.__dataclass_fields__["data"].default = "shared/x.json"
 

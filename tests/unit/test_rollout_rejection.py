@@ -46,3 +46,17 @@ def test_a_negative_min_margin_is_refused_rather_than_pairing_ties():
     assert preference_records(res, 0.0) == [] and res.dropped == {"tie": 1}
     with pytest.raises(AlignlabError, match="min-margin must be >= 0"):
         preference_records(res, -1.0)
+
+
+def test_prompt_tables_in_no_known_format_are_read_through_columns(tmp_path):
+    # the README promises `columns` / `data_format` to every command that reads data; rejection sampling and medusa
+    # refused both keys, so a table such as TruthfulQA's CSV could not be used
+    from alignlab.recipes.rejection_sampling import RejectionSamplingConfig, _split
+
+    table = tmp_path / "questions.csv"
+    table.write_text("Question,Best Answer\n" + "".join(f"What is {i} plus {i}?,{2 * i}\n" for i in range(8)))
+    cfg = RejectionSamplingConfig(data=str(table), columns={"prompt": "Question"}, prompts=8, eval_split=0.25,
+                                  output_dir=str(tmp_path / "out"))
+    split = _split(cfg)
+    assert len(split.train) == 6 and len(split.scored) == 2
+    assert {r.prompt[0]["content"] for r in split.train + split.scored} == {f"What is {i} plus {i}?" for i in range(8)}

@@ -83,6 +83,22 @@ def test_engine_selection_follows_config_then_accelerate(monkeypatch):
         fsdp.resolve_strategy("ddp", 2)
 
 
+def test_online_rl_refuses_an_accelerate_config_it_would_ignore(monkeypatch):
+    # grpo / ppo / online-dpo / distill trained plain DDP under a DeepSpeed or FSDP accelerate config
+    from types import SimpleNamespace
+
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.rl.loop import build_state
+
+    two_ranks = SimpleNamespace(size=2)
+    for var, message in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "DDP only")):
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+        monkeypatch.setenv(var, "true")
+        with pytest.raises(AlignlabError, match=message):
+            build_state(PolicyGradientConfig(), two_ranks, reward_fn=None, reference=False, critic=False)
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_sharded_training_matches_plain_and_resumes_from_a_full_checkpoint(one_rank_group, tmp_path, tie):
     """3 steps x 2 micro-batches on the sharded model == the same on the plain model (1e-6); the gathered

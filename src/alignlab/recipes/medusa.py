@@ -24,6 +24,10 @@ class MedusaConfig(TrainConfig):
     line as `alignlab medusa MODEL`."""
     data: str = ""
     """Prompt file (any format alignlab reads as prompts) the base completes to make the self-distillation set."""
+    data_format: str | None = None
+    """Force the prompt file's format (e.g. sharegpt, alpaca, hh); null detects it."""
+    columns: dict[str, str] | str | None = None
+    """Column mapping for a prompt table in no known format, e.g. {prompt: Question} for TruthfulQA's CSV."""
     num_heads: int = 3
     """K extra heads; head k guesses the token k + 1 places after the base's next token."""
     head_layers: int = 1
@@ -73,7 +77,8 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
     tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     base = load_model(cfg.model, device=world.device)
     def load(path: str) -> list:  # the first `prompts` rows of data; all of eval_data
-        rows = load_rows(path, task="prompt", on_bad_row=cfg.on_bad_row).rows
+        rows = load_rows(path, task="prompt", format=cfg.data_format, columns=cfg.columns,
+                         on_bad_row=cfg.on_bad_row).rows
         return rows[: cfg.prompts] if path == cfg.data else rows
 
     split = train_eval_rows(cfg, load)  # held out by eval_split alone; max_eval_rows bounds scoring only

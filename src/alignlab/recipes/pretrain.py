@@ -74,6 +74,10 @@ class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has n
                                   "and sizes")
         if self.lora is not None and self.model == "scratch":
             raise ConfigError("lora: adapters need a pretrained model to continue from; a scratch model trains in full")
+        if min(self.num_heads, self.num_kv_heads, self.hidden_size, self.num_layers, self.vocab_size,
+               self.intermediate_size) < 1:
+            raise ConfigError("vocab_size, hidden_size, num_layers, num_heads, num_kv_heads and intermediate_size must "
+                              "be >= 1")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ConfigError("hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads")
         if not 0.0 < self.val_fraction < 1.0:

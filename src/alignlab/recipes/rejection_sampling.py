@@ -23,6 +23,10 @@ from alignlab.train.config import TrainConfig
 class RejectionSamplingConfig(TrainConfig):
     data: str = "builtin:sentiment"
     """Prompt file (any format alignlab reads) or a built-in set (builtin:sentiment, builtin:reverse, ...)."""
+    data_format: str | None = None
+    """Force the prompt file's format (e.g. sharegpt, alpaca, hh); null detects it."""
+    columns: dict[str, str] | str | None = None
+    """Column mapping for a prompt table in no known format, e.g. {prompt: Question} for TruthfulQA's CSV."""
     prompts: int = 64
     """Prompts used (the first N; built-in sets generate N), before the held-out split (eval_split)."""
     rounds: int = 3
@@ -56,7 +60,8 @@ def _split(cfg: RejectionSamplingConfig) -> Any:
     def load(path: str) -> list:  # the first `prompts` rows of data (built-in sets make that many); all of eval_data
         if path.startswith(BUILTIN_PREFIX):
             return builtin_rows(path, cfg.prompts, cfg.seed)
-        rows = load_rows(path, task="prompt", on_bad_row=cfg.on_bad_row).rows
+        rows = load_rows(path, task="prompt", format=cfg.data_format, columns=cfg.columns,
+                         on_bad_row=cfg.on_bad_row).rows
         return rows[: cfg.prompts] if path == cfg.data else rows
 
     split = train_eval_rows(cfg, load)

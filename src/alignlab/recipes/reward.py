@@ -72,6 +72,10 @@ class RewardConfig(RowDataConfig):
     learning_rate: float = 1e-5
     """Peak learning rate (full fine-tuning ~5e-6..2e-5; LoRA ~1e-4..5e-4)."""
 
+    @classmethod
+    def data_formats(cls) -> tuple[str, ...]:
+        return (*super().data_formats(), "ranked")
+
     def validate(self) -> None:
         super().validate()
         if self.center_coef < 0:
@@ -124,7 +128,7 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     from alignlab.models.attention import uses_spans
     from alignlab.models.prepare import is_peft
     from alignlab.train.loop import evaluate, seed_everything, train
-    from alignlab.train.reward import RewardStep, finish_lora, load_reward_model
+    from alignlab.train.reward import MergeAtFinalSave, RewardStep, load_reward_model
     from alignlab.train.world import World
 
     world = World.from_env(cfg.device)
@@ -145,12 +149,11 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     def eval_fn(m: Any) -> dict[str, float]:
         return evaluate(m, step_fn, eval_set, collate, batch_size=micro, device=world.device, cfg=cfg)
 
+    merge = [MergeAtFinalSave(model, tokenizer, cfg.output_dir, world.is_main)] if is_peft(model) and cfg.merge_lora else []
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
-                   callbacks=callbacks, split=split)
+                   callbacks=[*callbacks, *merge], split=split)
     if world.is_main:
-        if is_peft(model) and cfg.merge_lora:
-            finish_lora(model, tokenizer, cfg.output_dir)
         last = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else {}).items() if k != "step"}
         print(f"rm done: {result.step} steps in {result.train_runtime:.1f}s; {last}; scorer in {cfg.output_dir}",
               flush=True)

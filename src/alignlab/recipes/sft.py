@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.config import check_pad_multiple
+from alignlab.config import ConfigError, check_pad_multiple
 from alignlab.errors import AlignlabError
 from alignlab.train.data_config import RowDataConfig
 
@@ -42,6 +42,9 @@ class SFTConfig(RowDataConfig):
     def validate(self) -> None:
         super().validate()
         check_pad_multiple(self.pad_to_multiple_of)
+        if self.logprob_chunk_size < 1 or (self.pack_length is not None and self.pack_length < 1):
+            raise ConfigError(f"logprob_chunk_size and pack_length must be >= 1, got {self.logprob_chunk_size} and "
+                              f"{self.pack_length}")
 
 
 def load_sft_rows(path: str, cfg: SFTConfig) -> list:

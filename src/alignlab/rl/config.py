@@ -238,8 +238,26 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"mini_batch_size ({mb}) must divide the rollout ({self.batch_size} prompts x "
                               f"{self.num_generations} samples = {n}) and be a multiple of grad_accum "
                               f"({self.grad_accum})")
+        if self.mini_batch_size < 0:  # n % -4 == 0 passed the check above, then range(0, n, -4) trained nothing
+            raise ConfigError(f"mini_batch_size: must be >= 0 (0: the whole rollout), got {self.mini_batch_size}")
         if self.ppo_epochs < 1:
             raise ConfigError(f"ppo_epochs: must be >= 1, got {self.ppo_epochs}")
+        ranges = {"kl_coef": (self.kl_coef, 0.0, None), "entropy_coef": (self.entropy_coef, 0.0, None),
+                  "gamma": (self.gamma, 0.0, 1.0), "lam": (self.lam, 0.0, 1.0), "lam_critic": (self.lam_critic, 0.0, 1.0),
+                  "lam_alpha": (self.lam_alpha, 0.0, None), "kl_target": (self.kl_target, 0.0, None),
+                  "value_learning_rate": (self.value_learning_rate, 0.0, None),
+                  "max_turns": (self.max_turns, 1, None), "max_resample_rounds": (self.max_resample_rounds, 0, None),
+                  "value_warmup_steps": (self.value_warmup_steps, 0, None)}
+        for name, (value, low, high) in ranges.items():
+            if value is not None and (value < low or (high is not None and value > high)):
+                raise ConfigError(f"{name}: must be in [{low}, {'inf' if high is None else high}], got {value}")
+        if any(e is not None and e < 0 for e in (self.epsilon_low, self.epsilon_high, self.value_clip)) or \
+                (self.dual_clip is not None and self.dual_clip <= 1):  # else met at the first update, after sampling
+            raise ConfigError(f"epsilon_low, epsilon_high and value_clip must be >= 0 and dual_clip > 1, got "
+                              f"{self.epsilon_low}, {self.epsilon_high}, {self.value_clip}, {self.dual_clip}")
+        if self.overlong is not None and (self.overlong.buffer < 0 or self.overlong.max_tokens < 0
+                                          or self.overlong.penalty < 0):
+            raise ConfigError(f"overlong: max_tokens, buffer and penalty must be >= 0, got {self.overlong}")
         from alignlab.losses.policy import get_policy_loss
 
         if self.dual_clip is not None and not get_policy_loss(self.policy_loss).supports_dual_clip:

@@ -91,9 +91,16 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     from alignlab.models.prepare import prepare_model
     from alignlab.ops.embedding import keep_embedding_grad
     from alignlab.rl.critic import build_critic, without_dropout
+    from alignlab.train.fsdp import resolve_strategy
     from alignlab.train.optim import build_optimizer
     from alignlab.train.reference import build_reference, resolve_reference_kind
 
+    # accelerate's DeepSpeed / FSDP plugins act only on code calling Accelerator.prepare: refused (DeepSpeed, in
+    # resolve_strategy) or named here, rather than silently running plain DDP
+    if resolve_strategy("ddp", world.size) != "ddp":
+        raise AlignlabError("accelerate launch is configured for FSDP (ACCELERATE_USE_FSDP), and the online RL "
+                            "commands are data-parallel with DDP only; launch with an accelerate config without "
+                            "FSDP, or with torchrun (docs/distributed.md)")
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)

@@ -76,6 +76,8 @@ class RunConfig:
             raise ConfigError("eval_steps and save_steps must not be negative")
         if self.keep_last < 1:
             raise ConfigError(f"keep_last: must be at least 1, got {self.keep_last}")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"cpu_threads: must be >= 0 (0: torch's default), got {self.cpu_threads}")
         from alignlab.train.callbacks import check_trackers
 
         check_trackers(self.report_to)
@@ -134,6 +136,8 @@ class OptimConfig:
             raise ConfigError(f"learning_rate: must be positive, got {self.learning_rate}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:  # a negative floor turns the late schedule into gradient ascent
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm: must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
         if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0 and self.adam_eps > 0):
@@ -180,5 +184,8 @@ class TrainConfig(OptimConfig, RunConfig):  # base order: RunConfig's keys list 
         OptimConfig.validate(self)
         if self.max_length < 1:
             raise ConfigError(f"max_length: must be at least 1, got {self.max_length}")
+        if self.max_eval_rows < 1:
+            raise ConfigError(f"max_eval_rows: must be at least 1 (eval_split 0 turns evaluation off), got "
+                              f"{self.max_eval_rows}")
         if not 0.0 <= self.eval_split < 1.0:
             raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")

@@ -19,7 +19,7 @@ class RowDataConfig(TrainConfig):
     [{path: a.jsonl, weight: 1.0}, {path: b.json, weight: 0.5, data_limit: 500}, ...] where weight is how many
     times a source's training rows count (0.5: a seeded half); per-source counts are printed and saved."""
     data_format: str | None = None
-    """Force the data format (e.g. alpaca, sharegpt, hh, preference, messages, prompt_completion); null
+    """Force the data format (e.g. alpaca, sharegpt, hh, preference, messages, prompt-completion); null
     detects it (`alignlab data inspect FILE` shows what is detected)."""
     columns: dict[str, Any] | str | None = None
     """Column mapping for tables in no known format, e.g. {prompt: Question, chosen: Best Answer,
@@ -32,12 +32,22 @@ class RowDataConfig(TrainConfig):
     """Use at most this many records from data_offset on (null: to the end); the held-out split (eval_split)
     is made inside this range."""
 
+    @classmethod
+    def data_formats(cls) -> tuple[str, ...]:
+        from alignlab.data.sources import FORMATS
+
+        return FORMATS
+
     def validate(self) -> None:
         super().validate()
         if self.data_offset < 0:
             raise ConfigError(f"data_offset: must be >= 0, got {self.data_offset}")
         if self.data_limit is not None and self.data_limit < 1:
             raise ConfigError(f"data_limit: must be >= 1 or null, got {self.data_limit}")
+        known = self.data_formats()
+        if self.data_format is not None and self.data_format not in known:  # else met after the model loaded
+            raise ConfigError(f"data_format: must be one of {', '.join(known)} (or null: detected), got "
+                              f"{self.data_format!r}")
         sources = sources_of(self.data, self.data_offset, self.data_limit)  # checks a mixture's sources
         if isinstance(self.data, list):
             self.data = sources  # plain paths in the list become DataSource(path, weight 1)

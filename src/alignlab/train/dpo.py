@@ -60,6 +60,9 @@ class DPOConfig(RowDataConfig):
             raise ConfigError(f"beta: must be positive, got {self.beta}")
         if self.row_tokens < 0 or self.logprob_chunk_size < 1:
             raise ConfigError("row_tokens must be >= 0 and logprob_chunk_size >= 1")
+        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
+            # <= 0 cut every prompt to nothing, silently
+            raise ConfigError(f"max_prompt_length: must be in [1, max_length), got {self.max_prompt_length}")
         check_pad_multiple(self.pad_to_multiple_of)
 
 

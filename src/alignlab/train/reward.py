@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.train.callbacks import Callback
 
 
 def ranking_metrics(scores: Any, mask: Any) -> dict[str, Any]:
@@ -79,17 +80,41 @@ def load_reward_model(cfg: Any) -> tuple[Any, Any]:
 
 
 def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
-    """Move the adapter the loop saved to out/adapter and write the merged scorer to out."""
+    """Move the adapter the loop saved to out/adapter and write the merged scorer to out. The merged files are
+    written to a folder of their own and moved in whole, so a kill leaves the adapter's output or the merged one,
+    never a half-written model.safetensors; `MergeAtFinalSave` runs this before the loop's closing metrics row,
+    so an interrupted merge leaves an unfinished run, which a rerun resumes and merges again."""
+    import os
     import shutil
     from pathlib import Path
 
     out = Path(out)
+    staged = out / ".merged.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(staged))
+    tokenizer.save_pretrained(str(staged))
     adapter = out / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     adapter.mkdir()
     for p in out.iterdir():
         if p.is_file() and p.name.startswith("adapter_"):
             p.rename(adapter / p.name)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    for p in sorted(staged.iterdir(), key=lambda p: p.name == "model.safetensors"):  # the weights last
+        os.replace(p, out / p.name)
+    staged.rmdir()
+
+
+class MergeAtFinalSave(Callback):
+    """merge_lora: the merged scorer is written at the loop's final save, before its closing metrics row."""
+
+    def __init__(self, model: Any, tokenizer: Any, out: Any, is_main: bool):
+        from pathlib import Path
+
+        self.model, self.tokenizer, self.out, self.is_main = model, tokenizer, Path(out), is_main
+
+    def on_save(self, step: int, path: Any) -> None:
+        from pathlib import Path
+
+        if self.is_main and Path(path) == self.out:  # checkpoints are out/checkpoint-N
+            finish_lora(self.model, self.tokenizer, self.out)
