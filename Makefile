@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ALIGNLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-slow lint constraints bench-sft bench-dpo bench-rm bench-gen bench-grpo gpu-check clean
+.PHONY: demo test test-slow test-parity lint constraints bench-sft bench-dpo bench-rm bench-gen bench-grpo gpu-check clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -33,6 +33,14 @@ constraints: $(BIN)/.installed
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow
+
+# Numerical parity with TRL (tests/parity: DPO, KTO, GRPO, RM, SFT), run in the TRL venv the benchmarks use
+# (made once by bench/peer.py); alignlab's own venv skips these files, as it has no TRL.
+TRL_VENV ?= /tmp/alignlab-bench-trl
+test-parity: $(BIN)/.installed
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from peer import ensure_trl_venv; ensure_trl_venv(Path('$(TRL_VENV)'))"
+	$(TRL_VENV)/bin/python -c "import pytest" 2>/dev/null || $(TRL_VENV)/bin/pip install -q pytest
+	PYTHONPATH=src $(TRL_VENV)/bin/python -m pytest -o addopts= -q -p no:warnings tests/parity
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench

@@ -57,17 +57,22 @@ def logged_steps(output_dir: str) -> tuple[list[dict], list[int], list[float]]:
     return rows, tokens, [t / r["tokens_per_second"] for t, r in zip(tokens, rows)]
 
 
+TRL_VERSION = "1.16.0"  # the peer every figure and tests/parity compare with (its internals: _compute_loss, _metrics)
+
+
 def ensure_trl_venv(venv: Path) -> Path:
-    """A venv holding TRL with the same torch release as ours (created once, reused after)."""
+    """A venv holding TRL_VERSION with the same torch release as ours (created once, reused after)."""
     python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0:
+    check = f"import trl, sys; sys.exit(trl.__version__ != {TRL_VERSION!r})"
+    if python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
         return python
     import torch
 
     torch_version = torch.__version__.split("+")[0]
-    print(f"creating {venv} with torch=={torch_version} and trl (once) ...", flush=True)
+    print(f"creating {venv} with torch=={torch_version} and trl=={TRL_VERSION} (once) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", "trl"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"trl=={TRL_VERSION}"],
+                   check=True)
     return python
 
 

@@ -7,7 +7,9 @@ Runs where TRL is importable, skips otherwise (TRL is not an alignlab dependency
 Both sides run their real code: TRL's `GRPOTrainer._compute_loss` and `_generate_and_score_completions`,
 alignlab's `rl.update.policy_update` (policy objective + KL term + entropy bonus + aggregation through
 `train.step.optimizer_step`), `rl.update.advantages` (the estimator registry) and the pure loss functions.
-float32 throughout; loss and metrics to 1e-5 relative / 1e-6 absolute, gradients to 1e-5 / 1e-7.
+float32 throughout (TRL's configs default to bf16=True, which autocasts its CPU forward to bfloat16 and moves
+the log-probs by ~1e-3: the trainers here get bf16=False); loss and metrics to 1e-5 relative / 1e-6 absolute,
+gradients to 1e-5 / 1e-7, log-probs to 1e-5. beta = kl_coef = 0.05 (alignlab's default; TRL's is 0).
 
 1. The loss step on hand-made tensors (policy, old and reference log-probs off-policy so the clip is active,
    ragged masks, per-sequence advantages); TRL's log-prob forward and alignlab's `policy_logprobs` are
@@ -21,10 +23,14 @@ float32 throughout; loss and metrics to 1e-5 relative / 1e-6 absolute, gradients
        grpo + importance_sampling_level="sequence" (GSPO) -> gspo, seq-mean-token-mean
        cispo (epsilon_high = E)    -> cispo, epsilon_low 1.0, epsilon_high E - 1
    beta -> kl_coef (k3, the same per-token estimator); metrics: clip_ratio/region_mean -> clip_frac,
-   entropy -> entropy, kl -> token-mean of kl_penalty(.., "k3").
+   entropy -> entropy, kl -> token-mean of kl_penalty(.., "k3"); alignlab's approx_kl (k3 of KL(old || new)) has no
+   TRL counterpart.
    sapo, vespo and luspo have no alignlab counterpart; alignlab's dual_clip has none in TRL.
 2. End to end on a tiny random Llama: TRL samples and scores a batch, both compute log-probs,
    reference log-probs, advantages (scale_rewards group / batch / none), the loss and the parameter gradient.
+   One prompt is a token shorter (left padding: TRL passes no position ids, alignlab counts real tokens; RoPE
+   makes that the same numbers); answers are cut short in the masks as if EOS had come (the random model never
+   samples it).
 
 Documented differences, tested as relations instead of equalities:
 - TRL's `use_bias_correction_kl` (default True) multiplies the per-token KL by the importance ratio; alignlab's KL
@@ -64,7 +70,7 @@ from alignlab.rl.rollout import Rollout, old_policy_metrics, policy_logprobs  # 
 
 N, K, T, BUDGET = 8, 4, 6, 8
 TOL = {"rel": 1e-5, "abs": 1e-6}
-PROMPTS = [{"prompt": "The capital of France is"}, {"prompt": "Two plus two equals"}]  # same token length
+PROMPTS = [{"prompt": "The capital of France is"}, {"prompt": "Two plus two equals"}]  # 5 and 4 tokens
 
 
 class GradCapture(torch.optim.Optimizer):
@@ -99,7 +105,7 @@ def trl_trainer(tok, model_dir, reward=None, **kw):
     kw = {"beta": 0.05, "use_bias_correction_kl": False, **kw}
     args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=N, num_generations=K,
                           max_completion_length=kw.pop("max_completion_length", BUDGET), use_cpu=True,
-                          report_to=[], logging_steps=1, **kw)
+                          report_to=[], logging_steps=1, bf16=False, **kw)
     reward = reward or (lambda completion_ids, **_: [float(sum(c) % 5) for c in completion_ids])
     tr = trl.GRPOTrainer(model=model_dir, reward_funcs=[reward], args=args,
                          train_dataset=datasets.Dataset.from_list(PROMPTS), processing_class=tok)
@@ -117,11 +123,13 @@ def al_state(model, params, **cfg):
                            kl_ctl=SimpleNamespace(value=cfg.kl_coef))
 
 
-def rollout(mask, ids=None, prompt=None, **kw):
+def rollout(mask, ids=None, prompt=None, prompt_mask=None, **kw):
+    """alignlab's Rollout of left-padded prompts and right-padded completions (rl/rollout.py pack_rollout's layout)."""
     n, t = mask.shape
     ids = torch.zeros((n, t), dtype=torch.long) if ids is None else ids
     prompt = torch.zeros((n, 1), dtype=torch.long) if prompt is None else prompt
-    attn = torch.cat([torch.ones_like(prompt), mask.long()], 1)
+    prompt_mask = torch.ones_like(prompt) if prompt_mask is None else prompt_mask
+    attn = torch.cat([prompt_mask, mask.long()], 1)
     return Rollout(torch.cat([prompt, ids], 1), attn, (attn.cumsum(-1) - 1).clamp(min=0),
                    ids.masked_fill(mask == 0, -100), mask.float(), prompt.shape[1], t, **kw)
 
@@ -153,7 +161,7 @@ def trl_step(tr, x, on_policy=False):
               "old_per_token_logps": None if on_policy else x["old"], "num_items_in_batch": x["mask"].sum()}
     loss = tr._compute_loss(tr.model, inputs)
     loss.backward()
-    return float(loss), lp.grad, {k: v[-1] for k, v in tr._metrics["train"].items()}
+    return float(loss.detach()), lp.grad, {k: v[-1] for k, v in tr._metrics["train"].items()}
 
 
 def al_step(x, monkeypatch, on_policy=False, **cfg):
@@ -179,7 +187,7 @@ CASES = {  # id: (TRL GRPOConfig kwargs, alignlab PolicyGradientConfig kwargs)
     "gspo-paper-eps": ({"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": 3e-4,
                         "epsilon_high": 4e-4}, {"policy_loss": "gspo"}),
     "cispo": ({"loss_type": "cispo", "epsilon_high": 1.15}, {"policy_loss": "cispo", "epsilon_high": 0.15}),
-    "grpo-no-kl": ({"loss_type": "grpo", "beta": 0.0}, {"loss_agg": "seq-mean-token-mean", "kl_coef": 0.0}),
+    "grpo-no-kl": ({"loss_type": "grpo", "beta": 0.0}, {"loss_agg": "seq-mean-token-mean"}),  # kl_coef = beta = 0
 }
 
 
@@ -290,7 +298,8 @@ def test_generated_batch_end_to_end_matches_trl(tok, model_dir, case):
         for p in tr.ref_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     out = tr._generate_and_score_completions([PROMPTS[0]] * K + [PROMPTS[1]] * K)
-    assert out["prompt_mask"].all() and out.get("old_per_token_logps") is None  # on-policy, no left padding
+    assert out.get("old_per_token_logps") is None  # on-policy: TRL uses its forward's own log-probs, detached
+    assert not out["prompt_mask"].all()  # left padding: TRL passes no position ids, alignlab counts real tokens
     # ragged answers, as if EOS had come early (the random model never samples it)
     lengths = torch.tensor([6, 2, 5, 1, 4, 6, 3, 5])
     out["completion_mask"] = (torch.arange(T)[None] < lengths[:, None]).long() * out["completion_mask"]
@@ -304,7 +313,7 @@ def test_generated_batch_end_to_end_matches_trl(tok, model_dir, case):
     tr.model.zero_grad(set_to_none=True)
     logged = {k: v[-1] for k, v in tr._metrics["train"].items()}
 
-    ro = rollout(out["completion_mask"], out["completion_ids"], out["prompt_ids"], rewards=rewards)
+    ro = rollout(out["completion_mask"], out["completion_ids"], out["prompt_ids"], out["prompt_mask"], rewards=rewards)
     idx = torch.arange(N)
     with torch.no_grad():
         ro.old_logprobs = policy_logprobs(tr.model, ro, idx, 1.0)[0]
@@ -318,7 +327,7 @@ def test_generated_batch_end_to_end_matches_trl(tok, model_dir, case):
 
     # advantages: the registry (eps 1e-6) against TRL's (eps 1e-4), and grpo_advantages at TRL's eps exactly
     adv, _ = update.advantages(state, ro)
-    assert torch.equal(adv[:, 0] * (mask[:, 0]), adv[:, 0])  # every row has a first token
+    torch.testing.assert_close(adv, adv[:, :1] * mask)  # one advantage per answer, on its tokens
     adv_al, adv_trl = adv[:, 0], out["advantages"]
     assert adv_trl.abs().max() > 0.1
     scale = state.cfg.scale_rewards
@@ -332,11 +341,12 @@ def test_generated_batch_end_to_end_matches_trl(tok, model_dir, case):
         torch.testing.assert_close(grpo_advantages(rewards, K, eps=1e-4), adv_trl, rtol=1e-5, atol=1e-6)
     assert logged["reward"] == pytest.approx(float(rewards.mean()), **TOL)
 
-    # the loss step on TRL's advantages: loss, parameter gradient, metrics
+    # the loss step on TRL's advantages: loss, parameter gradient, metrics (on-policy every ratio is 1, so gspo
+    # equals token-level ppo_clip here; part 1 tells them apart)
     metrics = update.policy_update(state, ro, adv_trl[:, None] * mask, idx, tr.beta)
-    assert metrics["loss"] == pytest.approx(float(loss), rel=1e-5, abs=1e-6)
+    assert metrics["loss"] == pytest.approx(float(loss.detach()), **TOL)
     for a, t in zip(state.optimizers[0].grads, t_grads):
-        torch.testing.assert_close(a, t, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(a, t, rtol=1e-5, atol=1e-7)
     assert max(float(g.abs().max()) for g in t_grads) > 1e-4
     assert metrics["entropy"] == pytest.approx(logged["entropy"], **TOL)
     assert metrics["clip_frac"] == pytest.approx(logged["clip_ratio/region_mean"], **TOL)  # 0: on-policy

@@ -125,7 +125,7 @@ def test_loss_gradient_kl_rewards_match_trl(tok, case):
         model.zero_grad()
         loss, metrics = step(model, PairCollator(tok.pad_token_id, path)(pairs))
         loss.backward()
-        assert float(loss) == pytest.approx(float(trl_loss), rel=1e-5, abs=1e-5), path
+        assert float(loss.detach()) == pytest.approx(float(trl_loss.detach()), rel=1e-5, abs=1e-5), path
         torch.testing.assert_close(grads(model), trl_grad, rtol=1e-5, atol=1e-5 * scale, msg=path)
         mine = {k: float(v) for k, v in metrics.items() if k in METRICS}
         assert mine.keys() == logged.keys(), path

@@ -25,3 +25,11 @@ def test_text_records_are_documents_and_txt_must_be_utf8(tmp_path):
     assert corpus_texts(pairs) is None
     with pytest.raises(AlignlabError, match="not a text corpus"):
         read_corpus(str(pairs), 0.1)
+
+
+def test_a_broken_line_of_a_text_corpus_is_an_error_not_a_lost_document(tmp_path):
+    # the reader's problems were dropped: `data inspect` counted 2 documents and exited 0, pretrain lost line 2
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"text": "hello world"}\n{"text": "second doc"\n{"text": "third"}\n')
+    with pytest.raises(AlignlabError, match=r"(?s)1 record\(s\) of this text corpus cannot be read.*c.jsonl:2"):
+        read_corpus(str(p), 0.0)

@@ -117,3 +117,30 @@ def test_completion_logps_refuse_an_empty_prompt():
     # the slice started at -1: the row got one value (the last token's) for a 12-token completion
     with pytest.raises(AlignlabError, match="at least one prompt token"):
         completion_logps(tiny_lm(), [[], [5, 6]], [[7] * 12, [8, 9]], pad_id=0)
+
+
+def test_untrained_tokens_of_a_multi_turn_row_carry_no_credit(tmp_path):
+    # explain scored a messages row from its first trained token to the end: the later user turn and template
+    # tokens were coloured and summed into the "implicit reward" the loss never trains
+    import argparse
+    import json
+
+    from alignlab.data.sources import load_rows
+    from alignlab.data.tokenize import tokenize_sft
+    from alignlab.recipes.demo_commands import _examples
+
+    policy, tok = _lora_policy()
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}]}) + "\n")
+    args = argparse.Namespace(data=str(rows), data_format=None, columns=None, on_bad_row="error", limit=None,
+                              prompt=None, completion=None)
+    _, prompts, comps, trained = _examples(args, tok)
+    labels = tokenize_sft(load_rows(rows).rows[0], tok, None).labels
+    assert trained[0] == [lab != -100 for lab in labels[len(prompts[0]):]] and not all(trained[0])
+    full = implicit_rewards(policy, tok, prompts, comps, beta=0.5)[0]
+    credit = implicit_rewards(policy, tok, prompts, comps, beta=0.5, trained=trained)[0]
+    assert credit.total == pytest.approx(sum(r for r, t in zip(full.rewards, trained[0]) if t), abs=1e-9)
+    assert all(r == 0.0 for r, t in zip(credit.rewards, trained[0]) if not t) and credit.total != full.total
+    assert 'style="color:#777"' in render_html([credit])  # shown uncoloured

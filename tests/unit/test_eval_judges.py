@@ -217,6 +217,11 @@ def test_openai_backend_retries_and_never_exposes_the_key(endpoint, monkeypatch)
     assert _Endpoint.calls[-1][1] == f"Bearer {secret}"  # the key went where it belongs
     assert _Endpoint.calls[-1][2]["model"] == "m" and _Endpoint.calls[-1][2]["temperature"] == 0.0
     assert secret not in repr(backend) and secret not in repr(vars(backend))
+    assert "top_p" not in _Endpoint.calls[-1][2]  # 1.0, every server's default, is not sent
+    # self-instruct's top_p (the paper's 0.5) never reached an endpoint
+    OpenAIBackend(endpoint + "/ok", "m", api_key_env="ALIGNLAB_TEST_JUDGE_KEY", backoff=0.01, top_p=0.5).chat_many(
+        [[{"role": "user", "content": "hi"}]])
+    assert _Endpoint.calls[-1][2]["top_p"] == 0.5
 
     deny = OpenAIBackend(endpoint + "/deny", "m", api_key_env="ALIGNLAB_TEST_JUDGE_KEY", backoff=0.01)
     (err,) = deny.chat_many([[{"role": "user", "content": "hi"}]])

@@ -65,6 +65,10 @@ def test_run_keys_and_config_checks():
         FrontierConfig(sweep={"dop": [0.1]}).validate()
     with pytest.raises(AlignlabError, match="712"):
         FrontierConfig(train_prompts=700, eval_prompts=32).validate()
+    for ns in ([2.5], [0]):  # 2.5 ran as N=2 under a key no rerun found; 0 failed after the models loaded
+        with pytest.raises(AlignlabError, match="best_of_n: N must be whole numbers >= 1"):
+            FrontierConfig(sweep={"best_of_n": ns}).validate()
+    FrontierConfig(sweep={"best_of_n": [2.0, 4]}).validate()
     FrontierConfig().validate()
 
 

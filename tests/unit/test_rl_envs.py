@@ -272,6 +272,9 @@ def test_tool_transcripts_command_writes_conversations_and_names_a_bad_record(tm
     n_plain = sum(len(r["messages"]) == 3 for r in rows)
     assert f"({n_plain} without tool calls)" in capsys.readouterr().err and 10 <= n_plain <= 30
     assert main(["data", "tool-transcripts", str(src), str(tmp_path / "x.jsonl"), "--no-tool-share", "1.5"]) == 2
+    # a negative limit was truthy: one conversation written, exit 0
+    assert main(["data", "tool-transcripts", str(src), str(tmp_path / "x.jsonl"), "--limit", "-1"]) == 2
+    assert "--limit must be >= 0" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 
 
 def test_a_ranks_episodes_are_sampled_as_in_one_process(tiny_tokenizer):

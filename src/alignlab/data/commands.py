@@ -274,6 +274,8 @@ def transcripts_cmd(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.no_tool_share <= 1.0:
         raise AlignlabError(f"--no-tool-share must be between 0 and 1, got {args.no_tool_share}")
+    if args.limit < 0 or args.max_turns < 1:  # a negative limit was truthy: one conversation written
+        raise AlignlabError(f"--limit must be >= 0 (0: all) and --max-turns >= 1, got {args.limit} and {args.max_turns}")
     read = read_records(args.input)
     if read.problems:
         raise AlignlabError(f"{read.problems[0].location()}: {read.problems[0].message}")

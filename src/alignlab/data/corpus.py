@@ -34,8 +34,14 @@ def corpus_texts(path: str | Path) -> list[str] | None:
             return [p.read_text(encoding="utf-8")]
         except UnicodeDecodeError as e:
             raise AlignlabError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    values = [r.value for r in read_records(p).records]
+    read = read_records(p)
+    values = [r.value for r in read.records]
     if values and all(isinstance(v, dict) and set(v) == {"text"} and isinstance(v["text"], str) for v in values):
+        if read.problems:  # a broken line would drop its document without a word
+            shown = "".join(f"\n  {q}" for q in read.problems[:5])
+            more = f"\n  ... and {len(read.problems) - 5} more" if len(read.problems) > 5 else ""
+            raise AlignlabError(f"{p}: {len(read.problems)} record(s) of this text corpus cannot be read; fix or "
+                                f"remove them:{shown}{more}")
         return [v["text"] for v in values]
     return None
 

@@ -74,14 +74,14 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, max_tokens: int = 256,
                  temperature: float = 0.0, timeout: float = 300.0, max_retries: int = 3, backoff: float = 0.5,
-                 concurrency: int = 4, seed: int | None = 0):
+                 concurrency: int = 4, seed: int | None = 0, top_p: float = 1.0):
         if not base_url.startswith(("http://", "https://")):
             raise AlignlabError(f"judge base_url must start with http:// or https://, got {base_url!r}")
         if api_key_env is not None and api_key_env not in os.environ:
             raise AlignlabError(f"judge api_key_env: environment variable {api_key_env} is not set")
         self.base_url = base_url.rstrip("/")
         self.model, self.api_key_env = model, api_key_env
-        self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
+        self.max_tokens, self.temperature, self.seed, self.top_p = max_tokens, temperature, seed, top_p
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.concurrency = max(1, concurrency)
 
@@ -106,6 +106,8 @@ class OpenAIBackend:
                                    "temperature": self.temperature}
         if self.seed is not None:
             payload["seed"] = self.seed
+        if self.top_p != 1.0:  # sent only when set: 1 is every server's default
+            payload["top_p"] = self.top_p
         try:
             body = self.post("/chat/completions", payload)
         except BackendError as e:

@@ -36,6 +36,9 @@ class TokenCredit:
     policy_logps: list[float]
     ref_logps: list[float]
     beta: float
+    trained: list[bool] | None = None
+    """Which tokens training scored (None: all). Others, such as a later user turn inside a multi-turn
+    conversation, get reward 0 and are shown uncoloured: the total is the sequence reward the loss trains."""
 
     @property
     def total(self) -> float:
@@ -107,9 +110,11 @@ def reference_forward(policy: Any, reference: Any = None) -> Iterator[Any]:
 
 
 def implicit_rewards(policy: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-                     *, beta: float, reference: Any = None, batch_size: int = 16) -> list[TokenCredit]:
+                     *, beta: float, reference: Any = None, batch_size: int = 16,
+                     trained: Sequence[list[bool]] | None = None) -> list[TokenCredit]:
     """Per-token implicit reward of each (prompt ids, completion ids) pair; see the module docstring.
-    `reference=None` uses the policy's disabled LoRA adapter."""
+    `reference=None` uses the policy's disabled LoRA adapter; `trained`: per completion, which tokens carry
+    credit (the others get 0; default all)."""
     if beta <= 0:
         raise AlignlabError(f"explain: beta must be positive, got {beta}")
     pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
@@ -117,9 +122,11 @@ def implicit_rewards(policy: Any, tokenizer: Any, prompts: Sequence[list[int]], 
     with reference_forward(policy, reference) as ref_model:
         ref = completion_logps(ref_model, prompts, completions, batch_size=batch_size, pad_id=pad)
     out = []
-    for c, lp, lr in zip(completions, pol, ref):
+    for i, (c, lp, lr) in enumerate(zip(completions, pol, ref)):
         pieces = [tokenizer.decode([t]) for t in c]
-        out.append(TokenCredit(pieces, [beta * (a - b) for a, b in zip(lp, lr)], lp, lr, beta))
+        mask = list(trained[i]) if trained is not None else None
+        rewards = [beta * (a - b) if mask is None or mask[k] else 0.0 for k, (a, b) in enumerate(zip(lp, lr))]
+        out.append(TokenCredit(pieces, rewards, lp, lr, beta, mask))
     return out
 
 
@@ -149,11 +156,15 @@ def render_rich(credits: Sequence[TokenCredit], prompts: Sequence[str] | None = 
         line = Text()
         if prompts is not None:
             line.append(prompts[i], style="dim")
-        for piece, r in zip(c.tokens, c.rewards):
+        for k, (piece, r) in enumerate(zip(c.tokens, c.rewards)):
+            if c.trained is not None and not c.trained[k]:
+                line.append(piece, style="dim")
+                continue
             red, green, blue = _rgb(r, scale)
             line.append(piece, style=f"black on rgb({red},{green},{blue})")
         console.print(line)
-        console.print(f"  implicit reward {c.total:+.3f} (beta {c.beta}, {len(c.tokens)} tokens)", style="dim")
+        n = len(c.tokens) if c.trained is None else sum(c.trained)
+        console.print(f"  implicit reward {c.total:+.3f} (beta {c.beta}, {n} trained tokens)", style="dim")
 
 
 def render_html(credits: Sequence[TokenCredit], prompts: Sequence[str] | None = None) -> str:
@@ -163,7 +174,10 @@ def render_html(credits: Sequence[TokenCredit], prompts: Sequence[str] | None = 
     rows = []
     for i, c in enumerate(credits):
         spans = []
-        for piece, r in zip(c.tokens, c.rewards):
+        for k, (piece, r) in enumerate(zip(c.tokens, c.rewards)):
+            if c.trained is not None and not c.trained[k]:
+                spans.append(f'<span style="color:#777">{html.escape(piece)}</span>')
+                continue
             red, green, blue = _rgb(r, scale)
             spans.append(f'<span title="{r:+.4f}" style="background:rgb({red},{green},{blue})">'
                          f"{html.escape(piece)}</span>")

@@ -231,6 +231,9 @@ class FrontierConfig:
         bad = set(self.sweep) - known
         if bad:
             raise AlignlabError(f"sweep: unknown methods {sorted(bad)}; choose from {sorted(known)}")
+        ns = self.sweep.get("best_of_n", [])
+        if any(not float(n).is_integer() or n < 1 for n in ns):  # 2.5 ran as N=2 under a key no rerun found
+            raise AlignlabError(f"sweep.best_of_n: N must be whole numbers >= 1, got {ns}")
         if self.train_prompts + self.eval_prompts > 712:
             raise AlignlabError("train_prompts + eval_prompts: at most 712 distinct movie-review openings exist")
         if min(self.steps, self.eval_every, self.batch_size, self.eval_prompts, self.eval_samples) < 1:

@@ -39,8 +39,10 @@ def _explain_configure(p) -> None:
     p.add_argument("--html", default=None, help="also write the heat-map as an HTML page here")
 
 
-def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[int]]]:
-    """(labels, prompt ids, completion ids) tokenised exactly as training tokenised them (data.tokenize)."""
+def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[int]], list[list[bool]]]:
+    """(labels, prompt ids, completion ids, trained flags) tokenised exactly as training tokenised them
+    (data.tokenize); a multi-turn row's completion runs from its first trained token to the end, and only the
+    tokens training scores (its assistant turns) are flagged."""
     from alignlab.data.rows import PreferenceRow, SFTRow
     from alignlab.data.sources import load_rows
     from alignlab.data.tokenize import tokenize_pair, tokenize_sft
@@ -57,20 +59,22 @@ def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[in
                        num_prompt=1, chat=False)]
     else:
         raise AlignlabError("explain: give --data FILE, or --prompt and --completion")
-    labels, prompts, comps = [], [], []
+    labels, prompts, comps, trained = [], [], [], []
     for i, row in enumerate(rows):
         if isinstance(row, PreferenceRow):
             pair = tokenize_pair(row, tokenizer, None)
             for name, ids in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
                 labels.append(f"row {i} {name}"), prompts.append(pair.prompt_ids), comps.append(ids)
+                trained.append([True] * len(ids))
         elif isinstance(row, SFTRow):
             ex = tokenize_sft(row, tokenizer, None)
             first = next((k for k, lab in enumerate(ex.labels) if lab != -100), len(ex.input_ids))
             labels.append(f"row {i}"), prompts.append(ex.input_ids[:first]), comps.append(ex.input_ids[first:])
+            trained.append([lab != -100 for lab in ex.labels[first:]])
         else:
             raise AlignlabError(f"explain: {args.data} row {i}: need preference or prompt/completion rows, "
                                 f"got {type(row).__name__}")
-    return labels, prompts, comps
+    return labels, prompts, comps, trained
 
 
 def _explain(args) -> None:
@@ -90,8 +94,8 @@ def _explain(args) -> None:
         raise AlignlabError(f"explain: {args.model} is not a LoRA adapter, so it has no built-in reference; "
                             "give --ref REF (e.g. the model it was trained from)")
     reference = build_reference(policy, kind, source=args.ref)
-    labels, prompts, comps = _examples(args, tokenizer)
-    credits = implicit_rewards(policy, tokenizer, prompts, comps, beta=args.beta, reference=reference)
+    labels, prompts, comps, trained = _examples(args, tokenizer)
+    credits = implicit_rewards(policy, tokenizer, prompts, comps, beta=args.beta, reference=reference, trained=trained)
     heads = [f"[{lab}] {tokenizer.decode(p, skip_special_tokens=True)}" for lab, p in zip(labels, prompts)]
     render_rich(credits, heads, Console())
     if args.html:

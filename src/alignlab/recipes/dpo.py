@@ -63,7 +63,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     train_set = dpo_examples(rows, tokenizer, cfg, data_label(cfg.data), mix.paired)
     eval_set = dpo_examples(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
     micro = cfg.micro_batch_size(world.size)
-    if not mix.paired:  # mismatched-completion groups of one process's micro-batch: the same data on any world size
+    if not mix.paired:  # donors fixed before training, in groups of a micro-batch's size: the same on any world size
         group = cfg.micro_batch_size()
         train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
     collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None,

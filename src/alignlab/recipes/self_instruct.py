@@ -86,7 +86,7 @@ def _chat(cfg: SelfInstructConfig):
     if cfg.base_url:
         backend = OpenAIBackend(cfg.base_url, cfg.model_name, api_key_env=cfg.api_key_env,
                                 max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, timeout=cfg.timeout,
-                                concurrency=cfg.concurrency, seed=cfg.seed)
+                                concurrency=cfg.concurrency, seed=cfg.seed, top_p=cfg.top_p)
     else:
         from alignlab.models.load import load_model, load_tokenizer
 
