@@ -24,6 +24,7 @@ from alignlab.data.tokenize import (
     tokenize_unpaired,
     truncation_stats,
 )
+from alignlab.errors import AlignlabError
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = ["hello world, the world is wide.", "Be terse. See you soon.", "good bad answer question"] * 40
@@ -266,3 +267,54 @@ def test_truncation_fits_and_keeps_a_contiguous_prompt_piece(prompt, completion,
     assert len(t.completion_ids) + t.completion_cut == len(full.completion_ids)
     want = full.prompt_ids[t.prompt_cut:] if keep == "end" else full.prompt_ids[: len(t.prompt_ids)]
     assert t.prompt_ids == want and t.completion_ids == full.completion_ids[: len(t.completion_ids)]
+
+
+# Toy templates with the behaviours of real families (the real ones: tests were run against TRL's copies).
+_CHATML_TURN = "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+SYSTEM_MOVES = ("{% for m in messages %}{% if m.role == 'system' %}{% if messages[-1].role == 'user' %}"  # Mistral v0.3
+                + _CHATML_TURN + "{% endif %}{% else %}" + _CHATML_TURN + "{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+THINK_LAST = ("{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n"  # Qwen3
+              "{% if loop.last %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% else %}"
+              + _CHATML_TURN + "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+NO_TOOL_ROLE = ("{% for m in messages %}{% if m.role != 'tool' %}" + _CHATML_TURN + "{% endif %}{% endfor %}"  # Phi-3
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _with_template(template):
+    t = _bpe()
+    t.chat_template = template
+    return t
+
+
+def test_a_template_that_renders_the_context_otherwise_once_answered_is_refused(tok):
+    # Mistral v0.3 moves the system prompt into the last user turn and drops it when an assistant turn ends the
+    # conversation: the split trained the user's text as the answer, and the system prompt was nowhere
+    t = _with_template(SYSTEM_MOVES)
+    row = SFTRow([S("Be terse."), U("hello"), A("world")], num_prompt=2, origin="sys.jsonl:1")
+    with pytest.raises(AlignlabError, match="sys.jsonl:1: the chat template renders the context differently"):
+        tokenize_sft(row, t, None)
+    with pytest.raises(AlignlabError, match="renders the context differently"):
+        tokenize_pair(PreferenceRow([S("Be terse."), U("hello")], [A("good")], [A("bad")]), t, None)
+    ok = tokenize_sft(SFTRow([U("hello"), A("world")], num_prompt=1), t, None)  # no system turn: no move
+    assert trained_spans(t, ok.input_ids, ok.labels) == ["world<|im_end|>"]
+
+
+def test_earlier_turns_of_a_template_that_writes_the_last_turn_otherwise(tok):
+    # Qwen3 writes <think></think> into the last assistant turn only: turn 1 rendered as the last turn is no
+    # prefix of the conversation, and its span came out empty ("renders to no tokens")
+    t = _with_template(THINK_LAST)
+    row = SFTRow([U("hello"), A("world"), U("see you"), A("soon")], num_prompt=1)
+    ex = tokenize_sft(row, t, None)
+    assert trained_spans(t, ex.input_ids, ex.labels) == ["world<|im_end|>", "<think>\n\n</think>\n\nsoon<|im_end|>"]
+
+
+def test_templates_that_drop_tool_replies_are_refused_and_named_templates_work(tok):
+    # Phi-3's template has no tool role: the tool's result vanished from what the model was trained / sampled on
+    t = _with_template(NO_TOOL_ROLE)
+    msgs = [U("hello"), A("call"), {"role": "tool", "content": "RESULT=42"}, A("world")]
+    with pytest.raises(AlignlabError, match="leaves out tool messages"):
+        tokenize_sft(SFTRow(msgs, num_prompt=1), t, None)
+    # a tokenizer with named templates (Hermes 3, Command-R) renders with its "default" one
+    named = _with_template({"default": DEFAULT_CHAT_TEMPLATE, "tool_use": NO_TOOL_ROLE})
+    assert render(named, [U("hello")], True) == render(_with_template(DEFAULT_CHAT_TEMPLATE), [U("hello")], True)

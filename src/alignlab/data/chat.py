@@ -34,15 +34,22 @@ def render(tok: Any, messages: list[Message], add_generation_prompt: bool = Fals
     """The tokenizer's chat template (or the default) applied to `messages`, as text; `where` (a row's
     origin) goes into the error message."""
     template = getattr(tok, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    if isinstance(template, dict):  # named templates (Hermes 3, Command-R): {"default": ..., "tool_use": ...}
+        template = template.get("default") or next(iter(template.values()))
+    roles = [m["role"] for m in messages]
+    at = f"{where}: " if where is not None else ""
     try:
         text = tok.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
         )
     except Exception as e:  # jinja raises TemplateError (or whatever the template's raise_exception says)
-        roles = [m["role"] for m in messages]
-        at = f"{where}: " if where is not None else ""
         raise AlignlabError(f"{at}the chat template cannot render a conversation with roles {roles}: {e}") from None
-    return text if isinstance(text, str) else "".join(text)
+    text = text if isinstance(text, str) else "".join(text)
+    dropped = [m for m in messages if m["role"] == "tool" and m["content"].strip() not in text]
+    if dropped:  # Phi-3's template has no tool role: the tool's reply vanished from the text the model saw
+        raise AlignlabError(f"{at}the chat template leaves out tool messages (roles {roles}); use a template with a "
+                            "tool role (chat_template=FILE)")
+    return text
 
 
 def split_last_turn(messages: list[Message]) -> tuple[list[Message], list[Message]]:

@@ -82,12 +82,26 @@ def _trim_tail(tok: Any, ids: list[int], start: int, end: int) -> int:
     return end
 
 
+def _check_prefix(before: str, full: str, origin: Any) -> None:
+    """A chat template must render a conversation's beginning the same whatever follows it, or no split into
+    context and answer exists: Mistral v0.3 moves the system prompt into the last user turn (and drops it when an
+    assistant turn ends the conversation), so the split trained the user's text as the answer, silently."""
+    if not full.startswith(before):
+        at = next((i for i, (a, b) in enumerate(zip(before, full)) if a != b), min(len(before), len(full)))
+        raise AlignlabError(
+            f"{origin}: the chat template renders the context differently once an answer follows it (they part at "
+            f"{before[max(0, at - 30):at + 30]!r} against {full[max(0, at - 30):at + 30]!r}), so the answer cannot be "
+            "told from the context; set chat_template to a template that renders earlier turns as they are")
+
+
 def _joint(tok: Any, prompt: list, completions: list[list], chat: bool,
            origin: Any = None) -> tuple[list[int], list[list[int]]]:
     """Prompt ids shared by every completion, and each completion's ids (see module docstring)."""
     if chat:  # the generation prompt on the prompt side, as the model will see it when generating
         p_text = render(tok, prompt, True, origin)
         texts = [render(tok, prompt + c, False, origin) for c in completions]
+        for text in texts:
+            _check_prefix(p_text, text, origin)
     else:
         p_text = text_of(prompt)
         texts = [p_text + text_of(c) for c in completions]
@@ -168,17 +182,34 @@ def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     texts = [render(tok, msgs, False, where)]
     for i in trained:
         texts += [render(tok, msgs[:i], True, where), render(tok, msgs[: i + 1], False, where)]
+    for n in range(len(trained)):
+        _check_prefix(texts[1 + 2 * n], texts[0], where)
     ids, *parts = (list(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
     labels = [IGNORE] * len(ids)
     for n, i in enumerate(trained):
         start = common_prefix_len(parts[2 * n], ids)
-        end = len(ids) if i == len(msgs) - 1 else common_prefix_len(parts[2 * n + 1], ids)
+        last = i == len(msgs) - 1
+        end = len(ids) if last else common_prefix_len(parts[2 * n + 1], ids)
+        if end <= start and not last:  # rendered otherwise when not the last turn (Qwen3: <think> in the last only)
+            end = _turn_end(tok, ids, start, parts[2 * n + 1], msgs[i], where)
         end = _trim_tail(tok, ids, start, end)
         if end <= start:
             raise AlignlabError(f"{where}: assistant message {i} renders to no tokens; does the chat "
                                 "template render assistant messages?")
         labels[start:end] = ids[start:end]
     return ids, labels
+
+
+def _turn_end(tok: Any, ids: list[int], start: int, alone: list[int], message: dict, where: Any) -> int:
+    """Where assistant turn i ends in the whole conversation when its render as the last turn is not a prefix of
+    it: just past the first end-of-turn marker after `start` (the marker: the last non-blank token of that render),
+    provided the turn's text lies before it."""
+    marker = alone[_trim_tail(tok, alone, 0, len(alone)) - 1]
+    end = next((k + 1 for k in range(start, len(ids)) if ids[k] == marker), None)
+    if end is None or message["content"].strip() not in tok.decode(ids[start:end]):
+        raise AlignlabError(f"{where}: the chat template renders assistant turns before the last one differently, "
+                            "and this one's end could not be found; set chat_template to a training template")
+    return end
 
 
 def tokenize_sft(row: SFTRow, tok: Any, max_length: int | None, max_prompt_length: int | None = None,

@@ -37,8 +37,10 @@ def _encode_messages(tokenizer: Any, messages: list[dict]) -> list[int]:
             raise AlignlabError(f"generate: message {i} needs string 'role' and 'content', got {m!r}")
     if getattr(tokenizer, "chat_template", None) is None:
         raise AlignlabError("generate: chat messages given but the tokenizer has no chat template")
+    from alignlab.data.chat import render
+
     # Render to text, then tokenise without special tokens: the template already holds BOS if it wants one.
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = render(tokenizer, messages, True, "generate")
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 

@@ -51,10 +51,11 @@ def continuation_text(tokenizer: Any, prompt_messages: list[dict], assistant_tex
     An AlignlabError when the template does not render the sampled text as a prefix (a template that
     rewrites earlier turns, e.g. one that strips reasoning, cannot keep sampled ids exact).
     """
-    render = tokenizer.apply_chat_template
-    prefix = render(prompt_messages, tokenize=False, add_generation_prompt=True) + sampled_text
-    full = render(prompt_messages + [{"role": "assistant", "content": assistant_text}] + list(new_messages),
-                  tokenize=False, add_generation_prompt=True)
+    from alignlab.data.chat import render  # wraps template errors; refuses a template that drops tool replies
+
+    prefix = render(tokenizer, prompt_messages, True, "multi-turn") + sampled_text
+    full = render(tokenizer, prompt_messages + [{"role": "assistant", "content": assistant_text}] + list(new_messages),
+                  True, "multi-turn")
     if not full.startswith(prefix):
         at = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), min(len(prefix), len(full)))
         raise AlignlabError(
