@@ -306,15 +306,13 @@ def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, ch
     """log p(targets) [N] float32 from final hidden states [N, H]: THE way the LM head is applied.
 
     `model` is the unwrapped HF causal LM. Its head is applied as its own forward does: the Linear (+ bias),
-    then `config.logit_scale` (Cohere multiplies logits by it) and `config.final_logit_softcapping` (Gemma 2:
-    tanh(l / c) * c). A plain Linear head with neither uses the fused chunked path (`chunked_token_logprobs`,
+    then `head_post` (Cohere multiplies logits by `logit_scale`, Granite divides them by `logits_scaling`, Gemma
+    soft-caps them: tanh(l / c) * c). A plain Linear head with none of these uses the fused chunked path (`chunked_token_logprobs`,
     same numbers, no [N, V] logits); otherwise logits are formed chunk by chunk through the head module.
     With `entropy`: (log-probs, each position's entropy [N] without gradient).
     """
     head = model.get_output_embeddings()
-    scale = getattr(model.config, "logit_scale", None)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if type(head) is torch.nn.Linear and not softcap and scale is None:
+    if type(head) is torch.nn.Linear and head_post(model.config) == (None, None, None):
         return chunked_token_logprobs(hidden, head.weight, targets, chunk_size=chunk_size, bias=head.bias,
                                       entropy=entropy)
     # A wrapped head (LoRA on lm_head), logit scaling or soft-capping: per-chunk logits through the module itself.
@@ -329,14 +327,25 @@ def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, ch
     return (lp, torch.cat(ent) if ent else empty) if entropy else lp
 
 
+def head_post(config: Any) -> tuple[float | None, float | None, float | None]:
+    """What a model's forward does to its head's output: (multiply by, divide by, soft-cap at), each None when
+    absent: Cohere's `logit_scale`, Granite's `logits_scaling` (1 is none), Gemma's `final_logit_softcapping`,
+    read from the text config, where multimodal wrappers (Gemma 4's ForConditionalGeneration) keep them."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    divide = getattr(text, "logits_scaling", None)
+    return (getattr(text, "logit_scale", None), divide if divide not in (None, 1, 1.0) else None,
+            getattr(text, "final_logit_softcapping", None) or None)
+
+
 def lm_head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Logits [..., V] from final hidden states [..., H] as the model's own forward forms them: its head module,
-    then `config.logit_scale` and `config.final_logit_softcapping` (see `lm_head_logprobs`)."""
+    then `head_post`'s scaling and soft-capping (see `lm_head_logprobs`)."""
     logits = model.get_output_embeddings()(hidden)
-    scale = getattr(model.config, "logit_scale", None)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    scale, divide, softcap = head_post(model.config)
     if scale is not None:
         logits = logits * scale
+    if divide is not None:
+        logits = logits / divide
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits

@@ -43,7 +43,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
 
     from alignlab.config import saved_config_text
     from alignlab.data.mixture import data_label
-    from alignlab.data.pairs import PairCollator, unpaired_as_pairs
+    from alignlab.data.pairs import PairCollator, pair_layout, unpaired_as_pairs
     from alignlab.losses import combine
     from alignlab.models.attention import uses_spans
     from alignlab.models.prepare import prepare_model
@@ -66,7 +66,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     if not mix.paired:  # donors fixed before training, in groups of a micro-batch's size: the same on any world size
         group = cfg.micro_batch_size()
         train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
-    collate = PairCollator(tokenizer.pad_token_id, cfg.forward_path, row_tokens=cfg.row_tokens or None,
+    collate = PairCollator(tokenizer.pad_token_id, pair_layout(cfg.forward_path, policy), row_tokens=cfg.row_tokens or None,
                            pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(policy))
     kind = choose_reference_kind(cfg.reference, mix.needs_reference, policy, bool(cfg.ref_model or ref_model is not None))
     if kind == "cache":

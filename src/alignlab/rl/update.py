@@ -180,7 +180,7 @@ def preference_pairs(samples: list, rewards: list[float], k: int) -> list[dict[s
 
 def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     """Sample, rank, one DPO optimizer step on the pairs (no step when every group tied)."""
-    from alignlab.data.pairs import PairCollator
+    from alignlab.data.pairs import PairCollator, pair_layout
     from alignlab.models.attention import uses_spans
     from alignlab.train.loop import step_totals, to_device
 
@@ -199,7 +199,8 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     chunks = [pairs[m::cfg.grad_accum] for m in range(cfg.grad_accum)]
     mine = [c[world.rank::world.size] for c in chunks]
     if pairs:
-        collate = PairCollator(state.tokenizer.pad_token_id, "prefix" if cfg.prefix_sharing else "plain",
+        collate = PairCollator(state.tokenizer.pad_token_id,
+                               pair_layout("prefix" if cfg.prefix_sharing else "plain", state.policy),
                                pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(state.train_policy))
         parts = [p or c[:1] or pairs[:1] for p, c in zip(mine, chunks)]
         batches = [collate(p) for p in parts]

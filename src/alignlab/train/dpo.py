@@ -79,9 +79,9 @@ def cached_sets(cfg: DPOConfig, sets: list[list], policy: Any, collate: Any, dev
 
     from alignlab.train.loop import autocast
     from alignlab.train.refcache import load_or_compute
-    from alignlab.train.reference import resolve_reference_kind, step_reference
+    from alignlab.train.reference import start_reference_kind, step_reference
 
-    live_kind = "model" if cfg.ref_model else resolve_reference_kind("auto", policy)
+    live_kind = "model" if cfg.ref_model else start_reference_kind("auto", policy)
     live = step_reference(live_kind, policy, source=cfg.ref_model or cfg.model, chunk_size=cfg.logprob_chunk_size,
                           bf16=cfg.bf16, compiled=cfg.compile)
     key_model = live.model if live_kind == "model" else policy
@@ -142,7 +142,7 @@ def train_lora_dpo(dcfg: DPOConfig, policy: Any, tokenizer: Any, progress_fn: An
     """LoRA-DPO (any paired loss of dcfg.loss) on the pairs file dcfg.data through the shared loop;
     `progress_fn(policy) -> {eval_...}` runs at every evaluation. Returns (the LoRA policy, TrainResult)."""
     from alignlab.config import saved_config_text
-    from alignlab.data.pairs import PairCollator
+    from alignlab.data.pairs import PairCollator, pair_layout
     from alignlab.data.prepare import load_task_rows
     from alignlab.losses import combine
     from alignlab.models.attention import uses_spans
@@ -153,7 +153,7 @@ def train_lora_dpo(dcfg: DPOConfig, policy: Any, tokenizer: Any, progress_fn: An
     mix = combine(dcfg.loss, dcfg.loss_weights, dcfg.loss_params)
     examples = dpo_examples(load_task_rows(dcfg.data, "preference"), tokenizer, dcfg, dcfg.data, True)
     step_fn = preference_step(dcfg, mix, "adapter" if mix.needs_reference else "none", policy)
-    collate = PairCollator(tokenizer.pad_token_id, dcfg.forward_path, row_tokens=dcfg.row_tokens,
+    collate = PairCollator(tokenizer.pad_token_id, pair_layout(dcfg.forward_path, policy), row_tokens=dcfg.row_tokens,
                            pad_to_multiple_of=dcfg.pad_to_multiple_of, spans=uses_spans(policy))
     result = train(dcfg, policy, step_fn, examples, collate, eval_fn=progress_fn, tokenizer=tokenizer,
                    config_yaml=saved_config_text(dcfg))

@@ -58,11 +58,12 @@ def supports_chunked(model: Any) -> bool:
     LoRA-wrapped lm_head: its .weight is the frozen base, so the adapter would be left out of loss and gradients)."""
     import torch
 
+    from alignlab.ops.logprobs import head_post
+
     inner = getattr(model, "module", model)
     cfg = getattr(inner, "config", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-            and type(head) is torch.nn.Linear)
+    return (cfg is None or head_post(cfg) == (None, None, None)) and type(head) is torch.nn.Linear
 
 
 def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> tuple[Any, dict[str, Any]]:
