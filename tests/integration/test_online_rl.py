@@ -166,18 +166,26 @@ def constant_then_length(prompts, completions, **_):
     return [1.0 if len(p) % 2 == 0 else float(len(c)) for p, c in zip(prompts, completions)]
 
 
+def answer_length(prompts, completions, **_):
+    return [float(len(c)) for c in completions]
+
+
 def test_dynamic_sampling_never_trains_on_a_zero_spread_group(tmp_path):
     """With a reward that ties every answer of some prompts, each step's rollout holds only groups whose rewards
     differ (zero_spread_frac 0), the dropped groups are counted, and rollout_is with the trainer's own sampler
-    gives weights of 1 up to float noise (rollout_kl_k3 about 0)."""
+    gives weights of 1 up to float noise (rollout_kl_k3 about 0). A weighted reward list's components are logged
+    over the same kept groups as reward_mean (they came from the last round's groups, dropped ones included)."""
+    tie, length = f"{__file__}:constant_then_length", f"{__file__}:answer_length"
     code = main(["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), f"output_dir={tmp_path}",
-                 "max_steps=3", "eval_prompts=0", f"reward={__file__}:constant_then_length", "dynamic_sampling=true",
-                 "max_resample_rounds=4", "rollout_is=tis"])
+                 "max_steps=3", "eval_prompts=0", f"reward=[{tie},{length}]", "reward_weights=[1.0,0.0]",
+                 "dynamic_sampling=true", "max_resample_rounds=4", "rollout_is=tis"])
     assert code == 0
     rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
     assert all(r["zero_spread_frac"] == 0.0 for r in rows)
     assert sum(r["dynamic_sampling/dropped_groups"] for r in rows) > 0
     assert all(abs(r["rollout_kl_k3"]) < 1e-6 and r["rollout_is_capped_frac"] == 0.0 for r in rows)
+    assert any(r["dynamic_sampling/rounds"] > 1 for r in rows)
+    assert all(r["reward_mean"] == pytest.approx(r[f"reward/{tie}"], abs=1e-6) for r in rows)
 
 
 def test_grpo_with_the_calculator_environment_runs(tmp_path):
@@ -256,11 +264,13 @@ def test_bf16_sampling_weights_are_corrected_by_rollout_is(tmp_path):
     assert all(r["rollout_kl_k3"] > 1e-7 and math.isfinite(r["loss"]) for r in rows)
 
 
-def test_old_logprobs_from_the_update_forward_give_the_separate_forwards_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["mask_truncated=true", "max_new_tokens=12"]])
+def test_old_logprobs_from_the_update_forward_give_the_separate_forwards_run(tmp_path, monkeypatch, extra):
     """One optimizer step per rollout (mini_batch_size = the rollout): the update's own forward gives the old
     log-probs and rollout_is weights (rl/rollout.py old_from_update), one policy forward fewer per step, with
     the separate no-grad forward's losses, metrics and final weights. Two optimizer steps per rollout keep the
-    separate forward."""
+    separate forward. With mask_truncated the KL is still that of every sampled answer on both paths (the fused one
+    measured it after truncated answers were masked: 0.0 against 0.0102)."""
     import torch
     from safetensors.torch import load_file
 
@@ -271,7 +281,7 @@ def test_old_logprobs_from_the_update_forward_give_the_separate_forwards_run(tmp
     for mod in (rollout, update):
         monkeypatch.setattr(mod, "policy_logprobs", lambda *a, f=mod.policy_logprobs, **k: calls.append(1) or f(*a, **k))
     args = ["grpo", "--config", str(ROOT / "configs/grpo_sentiment_tiny.yaml"), "max_steps=2", "eval_prompts=0",
-            "sampling_weights=bfloat16", "rollout_is=tis", f"reward={__file__}:length_reward", "cpu_threads=1"]
+            "sampling_weights=bfloat16", "rollout_is=tis", f"reward={__file__}:length_reward", "cpu_threads=1", *extra]
     runs = {}
     for name, fused in (("fused", True), ("separate", False)):
         if not fused:

@@ -262,3 +262,18 @@ def test_a_conversation_opening_with_an_assistant_turn_is_a_bad_row(tmp_path):
         load_rows(p)
     res = load_rows(p, on_bad_row="skip")
     assert len(res.rows) == 1 and res.skipped == {"empty_prompt": 1}
+
+
+def test_prompt_rows_carry_their_other_columns_to_rewards(tmp_path):
+    # only `answer` reached a reward (and only as text): a code reward's `tests` never arrived in grpo, against
+    # TRL's convention (every column but prompt and completion) that rollout/rewards.py documents
+    from alignlab.rollout.sampling import row_fields
+
+    p = tmp_path / "tasks.jsonl"
+    p.write_text(json.dumps({"prompt": "add", "answer": "3", "tests": ["assert f(1) == 2"], "difficulty": 2}) + "\n"
+                 + json.dumps({"prompt": "sub", "solution": "1"}) + "\n")
+    rows = load_rows(p, task="prompt").rows
+    assert rows[0].fields == {"answer": "3", "tests": ["assert f(1) == 2"], "difficulty": 2}
+    fields = row_fields(rows, 2)
+    assert fields == {"answer": ["3", "3", "1", "1"], "difficulty": [2, 2, None, None],
+                      "solution": [None, None, "1", "1"], "tests": [["assert f(1) == 2"]] * 2 + [None, None]}

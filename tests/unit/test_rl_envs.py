@@ -212,9 +212,29 @@ def test_run_episodes_token_budget_truncates(tiny_tokenizer):
 
     tok = tiny_tokenizer
     policy = _ScriptedPolicy(tok, {"6 * 7": [_tool_call("6*7"), "\\boxed{42}"]})
+    first_turn = len(policy.tok(_tool_call("6*7") + tok.eos_token, add_special_tokens=False)["input_ids"])
     (ep,) = run_episodes(lambda: get_env("calculator"), [{"question": "What is 6 * 7?", "answer": "42"}], tok,
-                         policy, max_response_tokens=len(policy.tok(_tool_call("6*7"))["input_ids"]) + 2)
+                         policy, max_response_tokens=first_turn)  # the model's own tokens used it up
     assert ep.truncated and not ep.done and ep.reward == 0.0 and len(policy.calls) == 1
+    # the tool's reply and the template around it do not count against the model's budget (they ended episodes
+    # whose model tokens were well within it)
+    policy = _ScriptedPolicy(tok, {"6 * 7": [_tool_call("6*7"), "\\boxed{42}"]})
+    (ep,) = run_episodes(lambda: get_env("calculator"), [{"question": "What is 6 * 7?", "answer": "42"}], tok,
+                         policy, max_response_tokens=first_turn + 1)
+    inserted = sum(len(seg.ids) for seg in ep.segments if not seg.generated)
+    assert inserted > 1 and ep.done and not ep.truncated and ep.reward == 1.0
+
+
+def test_a_special_token_inside_a_tool_call_turn_ends_that_episode_alone(tiny_tokenizer):
+    # the message content drops it (skip_special_tokens), so no render continues the sampled ids: the prefix check
+    # raised and stopped the whole RL run
+    from alignlab.rl.envs.episode import run_episodes
+
+    tok = tiny_tokenizer
+    policy = _ScriptedPolicy(tok, {"6 * 7": ["<|im_start|>" + _tool_call("6*7")], "2 + 2": ["\\boxed{4}"]})
+    rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
+    bad, good = run_episodes(lambda: get_env("calculator"), rows, tok, policy, max_response_tokens=400)
+    assert bad.truncated and bad.reward == 0.0 and (good.done, good.reward) == (True, 1.0)
 
 
 SOLUTION = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "

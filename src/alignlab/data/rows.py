@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from alignlab.errors import AlignlabError
 
@@ -89,6 +89,9 @@ class PromptRow:
     chat: bool = True
     answer: str | None = None
     origin: Origin | None = None
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    """The record's other columns (all but prompt and completion), given to rewards as keywords (TRL's
+    convention): a code reward's `tests`, a difficulty, a second reference."""
 
 
 Row = Union[SFTRow, PreferenceRow, UnpairedRow, PromptRow]

@@ -190,6 +190,10 @@ def load_rows(
     return result
 
 
+# a reward takes (prompts, completions, **fields): the record's prompt and completion are those two
+_NOT_REWARD_FIELDS = ("prompt", "completion", "prompts", "completions")
+
+
 def _first_kinds(problems: list[Problem]) -> list[str]:
     """The kind of each bad record's first problem (a record counts once in `skipped`)."""
     seen, out = set(), []
@@ -238,5 +242,8 @@ def _record_rows(value, convert, origin: Origin, result: LoadResult, dropped: Co
     issues = [i for row in out for i in validate_row(row)] if prompt_only else []
     if issues:
         return issues
+    for row in out:
+        if isinstance(row, PromptRow):
+            row.fields = {k: v for k, v in value.items() if k not in _NOT_REWARD_FIELDS}
     result.rows += out
     return []

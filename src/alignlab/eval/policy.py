@@ -21,10 +21,10 @@ def prompt_text(row: Any) -> Any:
 def score_rows(reward_fn: Callable, rows: Sequence[Any], texts: list[str], k: int) -> list[float]:
     """Reward of each completion; rows[i] is repeated k times to line up with its k samples."""
     from alignlab.rollout.rewards import score
+    from alignlab.rollout.sampling import row_fields
 
     expanded = [r for r in rows for _ in range(k)]
-    fields = {"answer": [r.answer for r in expanded]} if any(r.answer is not None for r in rows) else {}
-    return score(reward_fn, [prompt_text(r) for r in expanded], texts, **fields)
+    return score(reward_fn, [prompt_text(r) for r in expanded], texts, **row_fields(list(rows), k))
 
 
 @dataclass

@@ -182,8 +182,10 @@ class _Context:
 
 
 def _fields(rows: list) -> dict[str, list]:
-    """Dataset columns reward functions take (TRL convention): the reference answer when rows have one."""
-    return {"answer": [r.answer for r in rows]} if any(r.answer is not None for r in rows) else {}
+    """Dataset columns reward functions take (TRL convention; rollout.sampling.row_fields)."""
+    from alignlab.rollout.sampling import row_fields
+
+    return row_fields(rows, 1)
 
 
 def _record(spec: EvaluationSpec, model: str, metric: str, value: float, low: float | None = None,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from alignlab.config import ConfigError
 from alignlab.data.corpus import blocks, encode_text, read_corpus
 from alignlab.errors import AlignlabError
+from alignlab.models.tokenizer import DEFAULT_SPECIAL_TOKENS
 from alignlab.train.config import OptimConfig, RunConfig
 
 SCRATCH_KEYS = ("tokenizer", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
@@ -72,14 +73,15 @@ class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has n
             if own:
                 raise ConfigError(f"{', '.join(own)}: set only for model=scratch; {self.model} has its own tokenizer "
                                   "and sizes")
+        if self.model == "scratch" and (self.vocab_size != 512 if self.tokenizer else self.vocab_size < 256 + len(DEFAULT_SPECIAL_TOKENS)):
+            raise ConfigError(f"vocab_size: {self.vocab_size}: set only when pretrain trains the tokenizer, and then at "
+                              f"least its 256 bytes and {len(DEFAULT_SPECIAL_TOKENS)} special tokens")
         if self.lora is not None and self.model == "scratch":
             raise ConfigError("lora: adapters need a pretrained model to continue from; a scratch model trains in full")
-        if min(self.num_heads, self.num_kv_heads, self.hidden_size, self.num_layers, self.vocab_size,
-               self.intermediate_size) < 1:
-            raise ConfigError("vocab_size, hidden_size, num_layers, num_heads, num_kv_heads and intermediate_size must "
-                              "be >= 1")
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ConfigError("hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads")
+        sizes = (self.num_heads, self.num_kv_heads, self.hidden_size, self.num_layers, self.intermediate_size)
+        if min(sizes) < 1 or self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError("hidden_size, num_layers, num_heads, num_kv_heads and intermediate_size must be >= 1, "
+                              "hidden_size a multiple of num_heads, and num_heads of num_kv_heads")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
 

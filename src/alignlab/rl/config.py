@@ -340,6 +340,9 @@ class DistillConfig(OnPolicyConfig):
     """Samples per prompt."""
     learning_rate: float = 1e-4
     """Student learning rate."""
+    eval_prompts: int = 32
+    """At most this many held-out prompts are sampled at temperature / top_p (a fixed seed) at each evaluation
+    and scored by eval_kl, the divergence to the teacher on the student's own samples (0 disables evaluation)."""
 
     def validate(self) -> None:
         super().validate()
@@ -353,6 +356,11 @@ class DistillConfig(OnPolicyConfig):
             raise ConfigError(f"teacher {remote.url} is an endpoint, which returns the log-prob of each sampled token "
                               "only; the generalised JSD (kl_estimator full) needs the teacher's whole distribution "
                               "at every position: set kl_estimator=sampled (reverse KL), or load the teacher locally")
+        if self.kl_estimator == "sampled" and self.top_p < 1.0:
+            # the k1 estimate is unbiased for tokens drawn from the student's whole softmax; nucleus sampling draws
+            # from a truncated one (top_p 0.2: +0.21 nats against the exact KL)
+            raise ConfigError(f"top_p: kl_estimator sampled needs samples from the student's whole distribution "
+                              f"(top_p 1), got {self.top_p}")
         if remote is not None and self.temperature != 1.0:
             raise ConfigError(f"teacher {remote.url}: an endpoint's prompt log-probs are at temperature 1; sample "
                               f"at temperature 1 (got {self.temperature}) or load the teacher locally")

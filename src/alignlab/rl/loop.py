@@ -93,7 +93,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     from alignlab.rl.critic import build_critic, without_dropout
     from alignlab.train.fsdp import resolve_strategy
     from alignlab.train.optim import build_optimizer
-    from alignlab.train.reference import build_reference, resolve_reference_kind
+    from alignlab.train.reference import build_reference, start_reference_kind
 
     # accelerate's DeepSpeed / FSDP plugins act only on code calling Accelerator.prepare: refused (DeepSpeed, in
     # resolve_strategy) or named here, rather than silently running plain DDP
@@ -108,7 +108,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     keep_embedding_grad(policy)  # its dense gradient in the LM head's idle block (ops/embedding.py)
     frozen = None
     if reference:  # built from the starting weights, before any checkpoint is loaded (exact resume depends on it)
-        frozen = build_reference(policy, resolve_reference_kind(cfg.reference, policy), bf16=cfg.bf16,
+        frozen = build_reference(policy, start_reference_kind(cfg.reference, policy), bf16=cfg.bf16,
                                  compiled=cfg.compile)
     state = RLState(cfg, world, policy, world.wrap(policy), tokenizer, reward_fn,
                     [build_optimizer(policy, cfg)], reference=frozen, needs_reference=reference)

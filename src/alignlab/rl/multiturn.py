@@ -35,7 +35,7 @@ def sample_episodes(state: Any, step: int, rows: list, *, logprobs: bool) -> tup
                     first=world.rank * per * cfg.num_generations)
     seconds = time.perf_counter() - t0
     gathered = [e for part in world.all_gather_objects(episodes) for e in part]
-    return gathered, [e.reward for e in gathered], {"time/generation": seconds, **episode_stats(gathered)}
+    return gathered, [e.reward for e in gathered], {"time/generation": seconds}  # episode_stats: rollout.collect
 
 
 def greedy_episodes(state: Any, rows: list) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """The prompts an RL run trains on and the held-out prompts it evaluates on, split once and written down.
 
 Held-out prompts are never trained on: a file's prompts are split by `eval_split` with a seeded permutation
-(or `eval_data` is used); a built-in set draws num_prompts + eval_prompts prompts and drops held-out ones whose
-text also occurs in training. output_dir/split.json records the sources, the counts, the held-out indices and
+(or `eval_data` is used, for a built-in set too); a built-in set draws num_prompts + eval_prompts prompts and
+drops held-out ones whose text also occurs in training; and a training row equal to a held-out prompt (a file
+repeating one, an eval file sharing one) is dropped from training (counted in split.json). output_dir/split.json records the sources, the counts, the held-out indices and
 a hash of the held-out texts, so an evaluation can check it scores nothing the run trained on.
 """
 
@@ -47,6 +48,8 @@ def split_prompts(cfg: Any, records: Any = None, eval_records: Any = None) -> tu
         seen = {_text(r) for r in train}
         held = [i for i, r in enumerate(tail, cfg.num_prompts) if _text(r) not in seen]
         evals = [rows[i] for i in held]
+        if eval_data:  # the given held-out file, not the set's own tail (it was silently ignored)
+            held, evals = [], read_prompts(eval_data, 0, cfg.seed, cfg) if n_eval else []
     else:
         rows = read_prompts(data, 0, cfg.seed, cfg)
         if eval_data or cfg.eval_split == 0 or n_eval == 0:
@@ -60,8 +63,12 @@ def split_prompts(cfg: Any, records: Any = None, eval_records: Any = None) -> tu
             train = [r for i, r in enumerate(rows) if i not in drop]
             evals = [rows[i] for i in held]
     evals = evals[:n_eval]
+    # never trained on: a training row equal to a held-out one (a file repeating a prompt, an eval file sharing one)
+    scored = {_text(r) for r in evals}
+    kept = [r for r in train if _text(r) not in scored]
+    dropped, train = len(train) - len(kept), kept
     record = {"data": str(data), "eval_data": None if eval_data is None else str(eval_data),
-              "train_prompts": len(train), "eval_prompts": len(evals),
+              "train_prompts": len(train), "eval_prompts": len(evals), "train_duplicates_of_held_out": dropped,
               "eval_indices": held[:n_eval] if not eval_data else None,
               "eval_sha256": hashlib.sha256("\n".join(_text(r) for r in evals).encode()).hexdigest()}
     if len(train) < cfg.batch_size:

@@ -40,7 +40,7 @@ class Rollout:
     response: torch.Tensor
     """[N, T] completion ids, -100 on padding (labels for token_logprobs)."""
     mask: torch.Tensor
-    """[N, T] float, 1.0 on completion tokens."""
+    """[N, T] float, 1.0 on completion tokens (the trained ones, after mask_truncated and an env's tool tokens)."""
     prompt_len: int
     resp_len: int
     rewards: torch.Tensor | None = None
@@ -58,6 +58,9 @@ class Rollout:
     """Forwards use the prompt-shared layout (rl/shared_prompt.py) when the model takes span plans."""
     pad_to_multiple_of: int | None = None
     """That layout's row width is rounded up to a multiple of this (OnPolicyConfig.pad_to_multiple_of)."""
+    sampled_mask: torch.Tensor | None = None
+    """[N, T] the mask before mask_truncated zeroed truncated answers (None: `mask`): what the KL and rollout_is
+    metrics describe, whichever forward gave the old log-probs (the update's own one runs after the shaping)."""
 
 
 def pack_rollout(samples: list, pad_id: int, device: str, cfg: Any = None) -> Rollout:
@@ -190,10 +193,25 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
     all_rewards = [r for _, part, _ in gathered for r in part]
     stats = {"time/generation": t_gen, "time/scoring": time.perf_counter() - t0 - t_gen,
              "tokens_per_second": world.all_reduce_sum(res.num_tokens) / max(t_gen, 1e-9)}
-    for name in parts:
-        values = [v for _, _, p in gathered for v in p[name]]
-        stats[f"reward/{name}"] = sum(values) / len(values)
+    for name in parts:  # each sample keeps its components: logged over the samples the step trains on
+        for s, v in zip(samples, [v for _, _, p in gathered for v in p[name]]):
+            s.reward_parts = {**getattr(s, "reward_parts", {}), name: v}
     return samples, all_rewards, stats
+
+
+def sample_metrics(samples: list) -> dict[str, float]:
+    """Over the samples the step trains on (dynamic sampling's kept groups, as reward_mean): each component of a
+    weighted reward list (reward/<name>, unweighted) and, for env episodes, turns and tool use."""
+    from alignlab.rl.envs.episode import Episode
+
+    out: dict[str, float] = {}
+    for name in getattr(samples[0], "reward_parts", {}) if samples else {}:
+        out[f"reward/{name}"] = sum(s.reward_parts[name] for s in samples) / len(samples)
+    if samples and isinstance(samples[0], Episode):
+        from alignlab.rl.multiturn import episode_stats
+
+        out.update(episode_stats(samples))
+    return out
 
 
 def reference_logprobs(state: Any, ro: Rollout, size: int) -> torch.Tensor:
@@ -228,13 +246,14 @@ def old_policy_metrics(cfg: Any, ro: Rollout) -> dict[str, float]:
     from alignlab.losses.policy import kl_penalty
 
     metrics: dict[str, float] = {}
+    mask = ro.mask if ro.sampled_mask is None else ro.sampled_mask
     if cfg.rollout_is != "none":
         from alignlab.losses.rollout_is import rollout_is_weights
 
-        ro.is_weights, metrics = rollout_is_weights(ro.old_logprobs, ro.sampler_logprobs, ro.mask, cfg.rollout_is,
+        ro.is_weights, metrics = rollout_is_weights(ro.old_logprobs, ro.sampler_logprobs, mask, cfg.rollout_is,
                                                     cfg.rollout_is_cap)
     if ro.ref_logprobs is not None:
-        kl = kl_penalty(ro.old_logprobs, ro.ref_logprobs, cfg.kl_estimator, max_log_ratio=20.0) * ro.mask
+        kl = kl_penalty(ro.old_logprobs, ro.ref_logprobs, cfg.kl_estimator, max_log_ratio=20.0) * mask
         metrics[f"kl_{cfg.kl_estimator}"] = float(kl.sum(-1).mean())
     return metrics
 
@@ -322,7 +341,7 @@ def collect(state: Any, step: int, rows: list) -> tuple[Rollout | None, list, di
 
         with state.compute(cache=True):
             ro.values = sharded_forward(lambda i: critic_values(state.critic, ro, i), n, size, world)
-    metrics = rollout_metrics(ro, samples, cfg.num_generations)
+    metrics = {**rollout_metrics(ro, samples, cfg.num_generations), **sample_metrics(samples)}
     if not ro.old_from_update:
         metrics.update(old_policy_metrics(cfg, ro))
     metrics.update(shape_rollout(cfg, ro, samples))
@@ -343,6 +362,7 @@ def shape_rollout(cfg: Any, ro: Rollout, samples: list) -> dict[str, float]:
         ro.rewards = ro.rewards + overlong_penalty(lengths, o.max_tokens or cfg.response_budget(), o.buffer,
                                                    o.penalty).to(ro.rewards)
     if cfg.mask_truncated:
+        ro.sampled_mask = ro.mask
         ro.mask = ro.mask * truncation_mask([s.finish_reason for s in samples]).to(ro.mask)[:, None]
         out["trained_frac"] = float((ro.mask.sum(-1) > 0).float().mean())
     if cfg.overlong is not None or cfg.length_penalty != "none":

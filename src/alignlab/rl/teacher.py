@@ -102,7 +102,25 @@ def load_teacher(cfg: Any, state: Any) -> Any:
     if model.config.vocab_size != state.policy.get_output_embeddings().weight.shape[0]:
         raise AlignlabError(f"teacher: {cfg.teacher} has a vocabulary of {model.config.vocab_size}, the "
                             f"student {cfg.model} another; distillation compares distributions token by token")
+    _check_same_tokens(cfg, state)
     return model
+
+
+def _check_same_tokens(cfg: Any, state: Any) -> None:
+    """Equal sizes are not one vocabulary: a teacher whose token i is another string than the student's scores
+    other text (two 512-token BPEs shared 262 ids). Compared where the teacher has a tokenizer of its own."""
+    from alignlab.models.load import load_tokenizer
+
+    try:
+        theirs = load_tokenizer(cfg.teacher).get_vocab()
+    except (AlignlabError, OSError, ValueError):  # no tokenizer files: the sizes, checked above, are all there is
+        return
+    ours = state.tokenizer.get_vocab()
+    if theirs != ours:
+        differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
+        raise AlignlabError(f"teacher: {cfg.teacher}'s tokenizer maps {differ} of the student's {len(ours)} tokens to "
+                            "other ids; distillation compares the two distributions token by token, so they must share "
+                            "one tokenizer")
 
 
 def teacher_token_logprobs(state: Any, ro: Any) -> Any:

@@ -54,9 +54,17 @@ def prompt_messages(prompt: Any) -> tuple[list[dict], bool]:
 
 
 def row_fields(prompts: list[Any], n: int) -> dict[str, list]:
-    """Per-completion keyword fields for rewards (prompt i's fields repeated n times): `answer` from rows."""
-    answers = [getattr(p, "answer", None) for p in prompts]
-    return {"answer": [a for a in answers for _ in range(n)]} if any(a is not None for a in answers) else {}
+    """Per-completion keyword fields for rewards, prompt i's repeated n times: every column of its record but
+    the prompt and completion (TRL's convention; None where a record lacks one), and `answer` the row's reference
+    answer where it has one."""
+    per_row = []
+    for p in prompts:
+        fields = dict(getattr(p, "fields", None) or {})
+        if getattr(p, "answer", None) is not None:
+            fields["answer"] = p.answer
+        per_row.append(fields)
+    keys = sorted({k for f in per_row for k in f})
+    return {k: [f.get(k) for f in per_row for _ in range(n)] for k in keys}
 
 
 def reward_input(prompt: Any) -> Any:

@@ -10,8 +10,11 @@ by its episode, whatever else is still running, needs them), which returns one o
 ``finish_reason`` and ``logprobs`` (a ``rollout.generate.Sample`` fits). Sampled ids are appended as
 they are (never re-tokenised) with loss mask 1; the environment's reply and the chat template around it
 are tokenised once and appended with mask 0 (see :mod:`alignlab.rl.envs.tokens`). An episode ends when
-the environment says done (its reward is the episode's), or when its response reaches
-``max_response_tokens`` before that (``truncated``, reward 0).
+the environment says done (its reward is the episode's), or when the model's own tokens reach
+``max_response_tokens`` before that (``truncated``, reward 0): tool replies and template tokens do not count
+against the model's budget (a 300-digit calculator result would have ended a one-call episode), but are held
+to as many tokens again, so a response is at most twice the budget. A tool-call turn holding a special token
+before its end (`<|endoftext|>` inside the call) cannot be continued exactly: that episode ends, truncated.
 """
 
 from __future__ import annotations
@@ -132,10 +135,16 @@ def _advance(ep: Episode, env: Environment, tokenizer: Any, out: Any, budget: in
         return True
     if result.observation is None:
         raise AlignlabError(f"env {env.name}: a step that is not done must return an observation")
+    special = set(getattr(tokenizer, "all_special_ids", None) or ()) | {
+        i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if getattr(t, "special", False)}
+    if any(t in special for t in ids[:-1]):  # the message content drops it, so no render continues these ids
+        ep.truncated = True
+        return True
     sampled_text = tokenizer.decode(ids, skip_special_tokens=False)
     delta = continuation_text(tokenizer, prompt_messages, content, sampled_text, [result.observation])
     delta_ids = list(tokenizer(delta, add_special_tokens=False).input_ids)
-    if len(ep.logprobs) + len(delta_ids) >= budget:
+    generated = sum(len(seg.ids) for seg in ep.segments if seg.generated)
+    if generated >= budget or len(ep.logprobs) - generated + len(delta_ids) > budget:
         ep.truncated = True
         return True
     ep.segments.append(Segment(tuple(delta_ids), False))
