@@ -101,10 +101,10 @@ def build_config(cls: type, config: Any, keys: dict[str, Any], in_memory: frozen
     import typing
 
     from alignlab.config import ConfigError, _coerce, from_dict
-    from alignlab.config_paths import data_root, resolve_paths, resolved_defaults
+    from alignlab.config_paths import PATH_FIELDS, data_root, resolve_paths, resolved_defaults
 
-    paths = resolve_paths(cls, {k: v for k, v in keys.items() if k not in in_memory}, [Path.cwd(), data_root()])
-    keys = {**keys, **paths}
+    bases = [Path.cwd(), data_root()]
+    keys = {**keys, **resolve_paths(cls, {k: v for k, v in keys.items() if k not in in_memory}, bases)}
     if config is None:
         return from_dict(cls, resolved_defaults(cls, keys))
     if not isinstance(config, cls):
@@ -113,6 +113,10 @@ def build_config(cls: type, config: Any, keys: dict[str, Any], in_memory: frozen
     unknown = sorted(set(keys) - fields)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]} for {cls.__name__}; allowed keys: {', '.join(sorted(fields))}")
+    # the object's own path values (its default corpus included) resolve as a config file's would
+    own = {k: getattr(config, k) for k in fields & set(PATH_FIELDS) - set(keys)
+           if isinstance(getattr(config, k), str) and getattr(config, k)}
+    keys = {**resolve_paths(cls, own, bases), **keys}
     hints = typing.get_type_hints(cls)
     cfg = dataclasses.replace(config, **{k: _coerce(v, hints[k], k) for k, v in keys.items()})
     check = getattr(cfg, "validate", None)
@@ -133,6 +137,15 @@ class _Job:
     temp_dir: str | None = None
 
 
+def _check_model_object(value: Any, name: str) -> None:
+    """An in-memory model is a torch module with an HF config; anything else is named here, not met deep inside."""
+    import torch
+
+    if not isinstance(value, torch.nn.Module) or not hasattr(value, "config"):
+        raise AlignlabError(f"{name}: expected a path, an alias or a loaded model (a transformers/peft model), got "
+                            f"{type(value).__name__}")
+
+
 def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: Any, data: Any,
          eval_data: Any) -> _Job:
     objects: dict[str, Any] = {}
@@ -142,6 +155,8 @@ def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: An
         if _is_path(value):
             keys[key] = os.fspath(value)
         else:
+            if key == "model":
+                _check_model_object(value, "model")
             objects[key] = value if key == "model" else as_records(value, key)
             keys[key] = str(objects[key]) if key != "model" else _model_label(value)
     if "model" in objects and tokenizer is None:
@@ -226,6 +241,8 @@ def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_
 
     if ref_model is not None and _is_path(ref_model):
         keys["ref_model"], ref_model = os.fspath(ref_model), None
+    elif ref_model is not None:
+        _check_model_object(ref_model, "ref_model")
     job = _job(recipe.DPOConfig, config, keys, model, tokenizer, data, eval_data)
     if (job.model is not None or ref_model is not None) and job.cfg.reference == "cache":
         if job.temp_dir:

@@ -1,6 +1,7 @@
 """alignlab from Python: lazy import, one code path with the CLI (same metrics), objects for paths."""
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -103,13 +104,15 @@ def test_rl_cli_and_python_function_give_the_same_metrics(tmp_path, command, fun
 
 
 def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_path):
+    from alignlab.models.load import load_model, load_tokenizer
+
     with pytest.raises(ConfigError, match="unknown key nope for SFTConfig"):
         alignlab.sft(data=SFT_ROWS, nope=1)
     with pytest.raises(ConfigError, match="max_steps: expected an integer"):
         alignlab.sft(data=SFT_ROWS, max_steps="many")
     with pytest.raises(AlignlabError, match="record 1 is a str"):
         alignlab.sft(data=[SFT_ROWS[0], "text"], output_dir=None, **COMMON)
-    with pytest.raises(AlignlabError, match="tokenizer"):
+    with pytest.raises(AlignlabError, match="model: expected a path, an alias or a loaded model"):
         alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
     rows = write_jsonl(tmp_path / "x.jsonl", SFT_ROWS)
     with pytest.raises(AlignlabError, match=r"models: \['b'\] are not named"):
@@ -121,8 +124,7 @@ def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_p
     with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records>.*field"):
         alignlab.sft(data=[{"prompt": "x", "completion": ""}], output_dir=None, **COMMON)
     with pytest.raises(AlignlabError, match="tokenizer"):  # refused before a temporary folder is made
-        alignlab.sft(model=object(), data=SFT_ROWS, output_dir=None)
-    from alignlab.models.load import load_model, load_tokenizer
+        alignlab.sft(model=load_model("tiny-random"), data=SFT_ROWS, output_dir=None)
 
     with pytest.raises(AlignlabError, match="reference: cache"):
         alignlab.dpo(model=load_model("tiny-random"), tokenizer=load_tokenizer("tiny-random"), data=PAIRS,
@@ -192,6 +194,12 @@ def test_a_config_object_with_keys_on_top_is_checked_and_left_unchanged():
     # An eval config whose items keep default sub-configs (the llm judge of a kl item) passes through as is.
     ev = from_dict(EvalConfig, {"checkpoints": ["a"], "reference": "r", "evaluations": [{"kind": "kl", "data": "y"}]})
     assert build_config(EvalConfig, ev, {"n_boot": 5}).n_boot == 5 and ev.n_boot == 1000
+    # the object's own relative paths resolve as the command line's do (they were left relative: a shared-data
+    # file named "gsm8k/test.jsonl" was then looked for on the hub)
+    data = os.environ.get("ALIGNLAB_DATA", str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    if (Path(data) / "gsm8k" / "test.jsonl").is_file():
+        resolved = build_config(SFTConfig, SFTConfig(data="gsm8k/test.jsonl"), {})
+        assert resolved.data == str((Path(data) / "gsm8k" / "test.jsonl").resolve())
 
 
 def test_generate_takes_an_alias_or_an_in_memory_model_and_strings_or_records():
@@ -262,3 +270,13 @@ def test_medusa_from_python_gives_the_cli_metrics(tmp_path):
     cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     assert without_timing(run.metrics) == without_timing(cli) and len(run.history) == 2
     assert run.output_dir is None and type(run.model).__name__ == "MedusaModel"
+
+
+def test_a_wrong_model_object_is_named_by_its_argument():
+    # model=123 blamed the tokenizer, then failed with AttributeError in the loop; ref_model=5 inside reference.py
+    import alignlab
+
+    with pytest.raises(AlignlabError, match="model: expected a path, an alias or a loaded model .* got int"):
+        alignlab.sft(model=123, tokenizer=object(), data=[{"prompt": "p", "completion": "c"}])
+    with pytest.raises(AlignlabError, match="ref_model: expected .* got int"):
+        alignlab.dpo(model="tiny-random", ref_model=5, data=[{"prompt": "p", "chosen": "a", "rejected": "b"}])

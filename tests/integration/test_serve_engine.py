@@ -220,6 +220,11 @@ def test_logprob_bytes_join_across_a_split_character_and_offsets_stay_in_the_tex
     assert offsets == sorted(offsets) and max(offsets) < len(text)
     emoji = [k for k, c in enumerate(content) if c["token"] == "\ufffd"]
     assert len(emoji) > 1 and {offsets[k] for k in emoji} == {text.index("😀")}
+    # an echoed prompt's offsets follow the same rule (each token's own decode counted every piece of the emoji)
+    from alignlab.serve.echo import _logprobs_object
+
+    echoed = _logprobs_object(tok, ids, [None] * len(ids), [None] * len(ids), 0, False)["text_offset"]
+    assert echoed == offsets
 
 
 def test_full_queue_gets_503_and_metrics_count_it(tiny):

@@ -147,3 +147,12 @@ def test_serve_cli_checks_the_speculative_flags():
     assert main(["serve", "tiny-random", "--port", "0", "--tree-nodes", "4"]) == 2
     assert main(["serve", "tiny-random", "--port", "0", "--speculative", "eagle=x"]) == 2
     assert main(["serve", "tiny-random", "--port", "0", "--speculative", "medusa=/x", "--tree-top-k", "0"]) == 2
+
+
+def test_serve_cli_refuses_limits_that_would_refuse_every_request(capsys):
+    # --max-connections 0, --timeout -5, --max-tokens-limit 0 and --max-body-bytes -1 each started a server that
+    # answered nothing (broken pipes, closed connections, 400 or 413 for every request)
+    for flag, value in (("--max-connections", "0"), ("--timeout", "-5"), ("--max-tokens-limit", "0"),
+                        ("--max-body-bytes", "-1")):
+        assert main(["serve", "tiny-random", "--port", "0", flag, value]) == 2
+        assert f"{flag} {value}" in capsys.readouterr().err

@@ -253,8 +253,11 @@ def test_choose_reference_kind_reads_the_specs_not_names():
     assert choose_reference_kind("auto", False, plain_model, False) == "none"
     assert choose_reference_kind("auto", True, plain_model, False) == "model"
     assert choose_reference_kind("cache", True, plain_model, True) == "cache"
-    lora = _lora(tiny())
-    assert choose_reference_kind("auto", True, lora, False) == "adapter"
+    peft = pytest.importorskip("peft")
+    fresh = peft.get_peft_model(tiny(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert choose_reference_kind("auto", True, fresh, False) == "adapter"  # B = 0: adapter off is the start
+    lora = _lora(tiny())  # an adapter holding training: a frozen copy of the starting policy
+    assert choose_reference_kind("auto", True, lora, False) == "model"
     assert choose_reference_kind("auto", True, lora, True) == "model"
     with pytest.raises(AlignlabError, match="needs reference"):
         choose_reference_kind("none", True, plain_model, False)

@@ -204,3 +204,29 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
           Collator(0, packing=True))
     reloaded = LlamaForCausalLM.from_pretrained(run_dir)
     assert_same(weights(full), weights(reloaded))
+
+
+def test_evaluation_averages_each_metric_over_the_batches_that_report_it():
+    # KTO's step leaves logps/chosen out of a batch of undesirable examples only: evaluate divided by every batch's
+    # weight, so eval_logps/chosen halved when the eval batch went from 8 to 2 (training's log was already right)
+    import torch
+
+    from alignlab.train.loop import evaluate
+
+    data = [{"x": 1.0, "desirable": True}] * 4 + [{"x": 3.0, "desirable": False}] * 4
+
+    def collate(rows):
+        return {"x": torch.tensor([r["x"] for r in rows]), "des": torch.tensor([r["desirable"] for r in rows]),
+                "num_items": len(rows)}
+
+    def step_fn(model, batch):
+        m = {}
+        if batch["des"].any():
+            m["logps/chosen"] = batch["x"][batch["des"]].mean()
+        if (~batch["des"]).any():
+            m["logps/rejected"] = batch["x"][~batch["des"]].mean()
+        return batch["x"].mean(), m
+
+    for size in (8, 2):
+        out = evaluate(torch.nn.Linear(1, 1), step_fn, data, collate, batch_size=size, device="cpu")
+        assert out == {"eval_loss": 2.0, "eval_logps/chosen": 1.0, "eval_logps/rejected": 3.0}, size

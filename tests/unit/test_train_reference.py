@@ -125,3 +125,21 @@ def test_choose_kind_and_step_reference_objects():
     assert ref.kind == "model" and ref.model is not plain
     with pytest.raises(AlignlabError, match="LoRA"):
         step_reference("adapter", plain)
+
+
+def test_a_trained_adapter_at_the_start_of_training_gets_a_frozen_copy():
+    # an in-memory LoRA SFT result given to dpo / grpo: its adapter switched off is the model BEFORE the SFT, so
+    # the reference was not the starting policy (step-0 rewards 0.38 / 0.06, kl 0.19 before any update)
+    from alignlab.train.reference import adapter_is_trained, start_reference_kind
+
+    peft = pytest.importorskip("peft")
+    fresh = peft.get_peft_model(tiny(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trained = lora(tiny())
+    assert not adapter_is_trained(fresh) and adapter_is_trained(trained)
+    assert start_reference_kind("auto", fresh) == "adapter"  # B = 0: adapter off is the start, no second copy
+    assert start_reference_kind("auto", trained) == "model"
+    assert start_reference_kind("adapter", trained) == "adapter"  # asked for explicitly
+    assert choose_reference_kind("auto", True, trained, has_ref_model=False) == "model"
+    ref = build_reference(trained, "model")  # the starting policy, adapter folded in
+    torch.testing.assert_close(logits(ref), logits(trained.eval()), atol=1e-5, rtol=0)
+    assert resolve_reference_kind("auto", trained) == "adapter"  # explain: a trained adapter's own base

@@ -54,6 +54,14 @@ def _serve(args: argparse.Namespace) -> None:
     from alignlab.rollout.speculative import decoding_from_args, parse_flag
     from alignlab.serve import ModelServer, base_url, make_http_server
 
+    limits = {"--max-connections": args.max_connections, "--max-tokens-limit": args.max_tokens_limit,
+              "--max-body-bytes": args.max_body_bytes, "--max-batch": args.max_batch, "--max-queue": args.max_queue}
+    low = [f"{flag} {value}" for flag, value in limits.items() if value < 1]
+    low += [] if args.timeout > 0 else [f"--timeout {args.timeout}"]
+    if low:  # before the model loads: such a server would refuse every request
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError(f"serve: {', '.join(low)}: the limits must be >= 1 and --timeout > 0")
     decoding = decoding_from_args(args, "serve")
     heads_dir = parse_flag(args.speculative, "serve") if decoding is not None else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)

@@ -86,7 +86,7 @@ def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
     from alignlab.models.load import adapter_base, load_model
 
     base_name, task = adapter_base(path, kw.get("allow_pickle", False))  # before peft unpickles anything
-    if task == "SEQ_CLS":
+    if task != "CAUSAL_LM":  # SEQ_CLS, or an adapter saved without a task type: a scorer's
         return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
     scorer = load_scorer(base_name, **kw)
     merged = load_model(str(path), **kw).merge_and_unload()

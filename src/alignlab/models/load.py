@@ -131,16 +131,16 @@ def check_weights(path: Path, allow_pickle: bool) -> str:
     return fmt
 
 
-def adapter_base(path: Path, allow_pickle: bool) -> tuple[str, str]:
-    """A peft adapter folder's (base model name, task_type), its weights checked first (present, and not pickle
-    unless allowed) so that neither peft nor the hub ever sees a folder without them."""
+def adapter_base(path: Path, allow_pickle: bool) -> tuple[str, str | None]:
+    """A peft adapter folder's (base model name, task_type or None), its weights checked first (present, and not
+    pickle unless allowed) so that neither peft nor the hub ever sees a folder without them."""
     if check_weights(path, allow_pickle) == "none":
         raise AlignlabError(f"{str(path)!r} has adapter_config.json but no adapter weights (adapter_model.safetensors)")
     meta = json.loads((path / "adapter_config.json").read_text())
     if not meta.get("base_model_name_or_path"):
         raise AlignlabError(f"{path / 'adapter_config.json'}: field base_model_name_or_path is empty; cannot find "
                             "the base model")
-    return meta["base_model_name_or_path"], meta.get("task_type") or "CAUSAL_LM"
+    return meta["base_model_name_or_path"], meta.get("task_type")
 
 
 def to_dtype(dtype: Any) -> Any:

@@ -54,10 +54,9 @@ def _logprobs_object(tokenizer: Any, ids: list[int], lps: list, alts: list, top:
         return f"token_id:{t}" if as_ids else tokenizer.decode([t])
 
     tokens = [spell(t) for t in ids]
-    offsets, at = [], 0
-    for t in ids:
-        offsets.append(at)
-        at += len(tokenizer.decode([t]))
+    # characters of the text before token k (as the echoed `text` decodes it), less a trailing half character: the
+    # sum of each token's own decode counted every byte piece of a multi-byte character as one U+FFFD
+    offsets = [len(tokenizer.decode(ids[:k]).rstrip("\ufffd")) if k else 0 for k in range(len(ids))]
     tops = [None if a is None else {spell(i): v for i, v in a} for a in alts] if top else None
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 

@@ -175,24 +175,26 @@ def _float(x: Any) -> float:
 
 def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, *, batch_size: int,
              device: str, cfg: TrainConfig | None = None, prefix: str = "eval_") -> dict[str, float]:
-    """Weighted mean of the step function's loss and metrics over `dataset` (no grad, eval mode)."""
+    """Weighted mean of the step function's loss and metrics over `dataset` (no grad, eval mode): each key over
+    the batches that report it (KTO's rewards/rejected is absent from a batch of desirable examples only; it
+    was averaged as if 0 there, so the eval_* values moved with the eval batch size), as in training's log."""
     import torch
 
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
-    total = 0.0
+    weights: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, len(dataset), batch_size):
             batch = to_device(collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]), device)
             with autocast(cfg, device) if cfg else nullcontext():
                 loss, metrics = step_fn(model, batch)
             w = batch_weight(batch)
-            total += w
             for k, v in {"loss": loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + _float(v) * w
+                weights[k] = weights.get(k, 0.0) + w
     model.train(was_training)
-    return {prefix + k: v / max(total, 1e-12) for k, v in sums.items()}
+    return {prefix + k: v / max(weights[k], 1e-12) for k, v in sums.items()}
 
 
 def _diverged(cfg: TrainConfig, step: int, e: NonFiniteStep, idx: list[int]) -> TrainingDiverged:

@@ -37,6 +37,34 @@ def resolve_reference_kind(requested: str, policy: Any) -> str:
     raise AlignlabError(f"reference: must be auto, adapter or model here, got {requested!r}")
 
 
+def start_reference_kind(requested: str, policy: Any) -> str:
+    """resolve_reference_kind for a run about to train `policy`: under auto, a LoRA policy whose adapter already
+    holds training (an in-memory peft model from an earlier run, say a LoRA SFT result) gets a frozen copy, since
+    its adapter switched off is the model before that training, not this run's starting point."""
+    kind = resolve_reference_kind(requested, policy)
+    if requested == "auto" and kind == "adapter" and adapter_is_trained(policy):
+        return "model"
+    return kind
+
+
+def adapter_is_trained(policy: Any) -> bool:
+    """Whether a peft policy's adapter changes its outputs: a fresh LoRA adapter has B = 0 (Hu et al. 2021, Sec.
+    4.1), so switching it off gives the same model; a trained one, or trained modules_to_save copies, do not."""
+    import torch
+
+    for name, p in policy.named_parameters():
+        if ("lora_B" in name or "lora_embedding_B" in name) and bool(torch.count_nonzero(p)):
+            return True
+    for module in policy.modules():
+        saved = getattr(module, "modules_to_save", None)
+        original = getattr(module, "original_module", None)
+        if saved is not None and original is not None:
+            for copy_ in saved.values():
+                if any(not torch.equal(a, b) for a, b in zip(copy_.parameters(), original.parameters())):
+                    return True
+    return False
+
+
 def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any = None, bf16: bool = False,
                     compiled: bool = False) -> Any:
     """The frozen reference model for `kind` "model" (None for "adapter": the policy's disabled adapter serves).
@@ -106,8 +134,9 @@ def choose_reference_kind(kind: str, needs_reference: bool, policy: Any, has_ref
     """The preference step's kind (none, adapter, model, cache) from the config's `reference`, what the
     losses need and whether a separate ref_model is given.
 
-    auto: none when no loss needs a reference; a separate ref_model when given; else resolve_reference_kind
-    (the disabled adapter for a LoRA policy, no second copy; a frozen model otherwise).
+    auto: none when no loss needs a reference; a separate ref_model when given; else start_reference_kind
+    (the disabled adapter for a LoRA policy, no second copy, unless its adapter already holds training; a frozen
+    model otherwise).
     """
     if kind not in REFERENCE_KINDS:
         raise AlignlabError(f"reference: must be one of {REFERENCE_KINDS}, got {kind!r}")
@@ -119,7 +148,7 @@ def choose_reference_kind(kind: str, needs_reference: bool, policy: Any, has_ref
         return "model"
     if kind == "cache":
         return kind
-    return resolve_reference_kind(kind, policy)
+    return start_reference_kind(kind, policy)
 
 
 def step_reference(kind: str, policy: Any, *, source: Any = None, chunk_size: int = 1024, bf16: bool = False,
