@@ -28,7 +28,6 @@ from alignlab.data.rows import PreferenceRow  # noqa: E402
 from alignlab.data.sources import load_rows  # noqa: E402
 from alignlab.data.tokenize import tokenize_pair  # noqa: E402
 from alignlab.losses import combine  # noqa: E402
-from alignlab.models.load import load_tokenizer  # noqa: E402
 from alignlab.train.preference import ModelReference, PreferenceStep  # noqa: E402
 
 PLAIN = [
@@ -44,11 +43,6 @@ CHAT = [
                 {"role": "user", "content": "and 3+3?"}],
      "chosen": [{"role": "assistant", "content": "6"}], "rejected": [{"role": "assistant", "content": "Seven."}]},
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("smollm2-135m-instruct")
 
 
 def tiny(vocab, seed):

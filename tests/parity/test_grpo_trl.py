@@ -63,7 +63,6 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from alignlab.losses.advantages import get_estimator, grpo_advantages  # noqa: E402
 from alignlab.losses.policy import aggregate_loss, get_policy_loss, kl_penalty  # noqa: E402
-from alignlab.models.load import load_tokenizer  # noqa: E402
 from alignlab.rl import update  # noqa: E402
 from alignlab.rl.config import PolicyGradientConfig  # noqa: E402
 from alignlab.rl.rollout import Rollout, old_policy_metrics, policy_logprobs  # noqa: E402
@@ -82,11 +81,6 @@ class GradCapture(torch.optim.Optimizer):
 
     def step(self, closure=None):
         self.grads = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
@@ -211,27 +205,20 @@ def test_loss_gradient_and_metrics_match_trl(tok, model_dir, monkeypatch, case):
     assert 0.05 < metrics["clip_frac"] < 0.95  # the clip is active on some tokens, not all
 
 
-def test_gspo_clip_fraction_matches_trl_when_lengths_are_equal(tok, model_dir, monkeypatch):
-    trl_kw, al_kw = CASES["gspo"]
+@pytest.mark.parametrize("case,seed,shape,logged_key", [
+    ("gspo", 3, {"full": True}, "clip_ratio/region_mean"),  # equal lengths: a token fraction is a sequence one
+    ("cispo", 4, {"positive": True}, "cispo_clip_ratio"),  # TRL counts capped tokens with positive advantage only
+])
+def test_clip_fractions_match_trl_where_their_definitions_meet(tok, model_dir, monkeypatch, case, seed, shape,
+                                                              logged_key):
+    trl_kw, al_kw = CASES[case]
     tr = trl_trainer(tok, model_dir, **trl_kw)
-    x = tensors(seed=3, full=True)
+    x = tensors(seed=seed, **shape)
     t_loss, t_grad, logged = trl_step(tr, x)
     a_loss, a_grad, metrics = al_step(x, monkeypatch, kl_coef=tr.beta, **al_kw)
     assert a_loss == pytest.approx(t_loss, **TOL)
     torch.testing.assert_close(a_grad, t_grad, rtol=1e-5, atol=1e-7)
-    assert metrics["clip_frac"] == pytest.approx(logged["clip_ratio/region_mean"], **TOL)
-    assert 0.05 < metrics["clip_frac"] < 0.95
-
-
-def test_cispo_clip_fraction_matches_trl_for_positive_advantages(tok, model_dir, monkeypatch):
-    trl_kw, al_kw = CASES["cispo"]
-    tr = trl_trainer(tok, model_dir, **trl_kw)
-    x = tensors(seed=4, positive=True)
-    t_loss, t_grad, logged = trl_step(tr, x)
-    a_loss, a_grad, metrics = al_step(x, monkeypatch, kl_coef=tr.beta, **al_kw)
-    assert a_loss == pytest.approx(t_loss, **TOL)
-    torch.testing.assert_close(a_grad, t_grad, rtol=1e-5, atol=1e-7)
-    assert metrics["clip_frac"] == pytest.approx(logged["cispo_clip_ratio"], **TOL)
+    assert metrics["clip_frac"] == pytest.approx(logged[logged_key], **TOL)
     assert 0.05 < metrics["clip_frac"] < 0.95
 
 

@@ -40,7 +40,6 @@ from alignlab.data.rows import UnpairedRow  # noqa: E402
 from alignlab.data.sources import load_rows  # noqa: E402
 from alignlab.data.tokenize import tokenize_unpaired  # noqa: E402
 from alignlab.losses import combine  # noqa: E402
-from alignlab.models.load import load_tokenizer  # noqa: E402
 from alignlab.train.preference import ModelReference, UnpairedStep  # noqa: E402
 
 DATA = [
@@ -57,19 +56,6 @@ CASES = {
     "z0_positive_weighted": (1, 0, 0.8, 1.5, False),
     "all_desirable": (1, 0, 1.0, 1.0, True),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("smollm2-135m-instruct")
 
 
 def tiny(vocab, seed):

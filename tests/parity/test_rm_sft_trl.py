@@ -62,7 +62,6 @@ from alignlab.data.ranked import RankedRow, RewardCollator, RewardExample, token
 from alignlab.data.sources import load_rows  # noqa: E402
 from alignlab.data.tokenize import IGNORE, tokenize_sft  # noqa: E402
 from alignlab.models.attention import enable_span_attention  # noqa: E402
-from alignlab.models.load import load_tokenizer  # noqa: E402
 from alignlab.train.reward import RewardStep, sequence_scores  # noqa: E402
 from alignlab.train.steps import causal_lm_step, chunked_causal_lm_step  # noqa: E402
 
@@ -113,19 +112,6 @@ MARKED_LIKE_ALIGNLAB = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>
 MARKED_LIKE_TRL = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant' }}{% generation %}"
                    "{{ '\n' + message['content'] + '<|im_end|>\n' }}{% endgeneration %}{% else %}" + TURN
                    + "{% endif %}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("smollm2-135m-instruct")
 
 
 def config(vocab, **kw):
