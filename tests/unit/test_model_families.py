@@ -7,8 +7,9 @@ import pytest
 import torch
 import transformers as T
 
-from alignlab.data.pairs import PairCollator, pair_layout
+from alignlab.data.pairs import PairCollator
 from alignlab.errors import AlignlabError
+from alignlab.models.attention import pair_layout
 from alignlab.ops.logprobs import head_post
 from alignlab.train.preference import sequence_logps
 from alignlab.train.steps import supports_chunked

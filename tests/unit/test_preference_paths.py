@@ -277,3 +277,18 @@ def test_model_reference_with_bf16_linear_weights_equals_autocast_over_fp32():
     assert ref.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert ref.model.get_input_embeddings().weight.dtype == torch.float32
     torch.testing.assert_close(ref.logps(None, batch), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("loss,weights", [("ipo", None), ("sigmoid_norm", None), (["dpo", "sft"], [0.5, 1.0])])
+def test_logged_rewards_are_beta_times_the_summed_log_ratio_whatever_the_loss(loss, weights):
+    # TRL logs beta * the summed log-ratio for every loss type, unweighted (tests/parity/test_dpo_losses_trl.py):
+    # ipo and sigmoid_norm logged their per-token averaged ratio, and a mixture weighted the rewards
+    policy, ref_model, pairs = tiny(seed=0), tiny(seed=3), make_pairs()
+    with torch.no_grad():
+        pol, ref = direct_logps(policy, pairs), direct_logps(ref_model, pairs)
+    step = PreferenceStep(combine(loss, weights), ModelReference(ref_model), beta=0.1)
+    with torch.no_grad():
+        _, metrics = step(policy, collate("prefix", None, pairs))
+    rc, rr = 0.1 * (pol[:5] - ref[:5]), 0.1 * (pol[5:] - ref[5:])
+    torch.testing.assert_close(metrics["rewards/chosen"], rc.mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(metrics["rewards/rejected"], rr.mean(), atol=1e-5, rtol=0)

@@ -160,16 +160,6 @@ def _attach_refs(batch: dict[str, Any], examples: Sequence[Any]) -> dict[str, An
     return batch
 
 
-def pair_layout(path: str, model: Any) -> str:
-    """The layout `model` can take for `path`: prefix-shared rows without span attention carry one 4D mask for every
-    layer, which drops a sliding-window layer's band (Mistral, Gemma 2/3, Phi-3 with a window: chosen log-probs off
-    by 0.7 nats at window 4), so models with local attention take packed rows, which give the plain path's numbers."""
-    from alignlab.models.attention import local_attention
-
-    config = getattr(getattr(model, "module", model), "config", None)
-    return "packed" if path == "prefix" and config is not None and local_attention(config) else path
-
-
 def unpaired_as_pairs(examples: Sequence[Any], group_size: int) -> list[dict[str, Any]]:
     """KTO examples in the pair layout: (prompt, completion, mismatched completion, label).
 

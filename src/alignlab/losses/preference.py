@@ -200,10 +200,10 @@ def orpo(
     Hong et al. 2024, "ORPO", Eq. 6-7: L = L_SFT + lambda * L_OR with
     L_OR = -log s(log odds(y_c) - log odds(y_r)), odds(y) = P / (1 - P), P = exp(avg logp).
     Uses per-token AVERAGED log-probs (as the paper and TRL's ORPOTrainer).
-    Fitting the signature: the per-pair loss is `nll_i + beta * L_OR_i`. TRL's NLL is the token-mean
-    cross-entropy over all chosen tokens of the batch (a scalar); pass it as `nll` (see
-    `alignlab.losses.sft.nll`) to match TRL exactly. Without it, -avg logp of each chosen answer is
-    used, which equals TRL when all chosen answers have the same length.
+    Fitting the signature: the per-pair loss is `nll_i + beta * L_OR_i`. TRL's ORPOTrainer takes the NLL as the
+    token-mean cross-entropy over the chosen prompt AND answer tokens of the batch (a scalar); the preference
+    step passes the mean over the answer tokens only (`nll`), so its loss is TRL's less TRL's nll_loss plus that
+    (tests/parity/test_dpo_losses_trl.py). Without `nll`, -avg logp of each chosen answer is used.
     Rewards are beta * avg logp (TRL's ORPO metric).
     """
     # An answer of probability exactly 1 (avg logp 0.0, reached in float32 at logit margins above ~30, where the NLL

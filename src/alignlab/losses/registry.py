@@ -182,7 +182,8 @@ class LossMix:
     """A weighted list of losses, e.g. RPO/MPO: `loss: [dpo, sft]`, `loss_weights: [1.0, 0.2]`.
 
     Read the capability properties to decide what to compute, then call `compute` (paired) or
-    `compute_unpaired` (kto). Losses and rewards are weighted sums, as TRL combines `loss_type` lists.
+    `compute_unpaired` (kto). The loss is the weighted sum, as TRL combines `loss_type` lists; the rewards are the
+    first loss's own (sft's only when it is alone), unweighted, as TRL computes them once whatever the weights.
     """
 
     specs: tuple[LossSpec, ...]
@@ -255,6 +256,7 @@ class LossMix:
             reward_mean = reward_mean.update(batch)
         total = chosen = rejected = 0.0
         terms: dict[str, Tensor] = {}
+        rewarding = next((s.name for s in self.specs if s.name != "sft"), self.specs[0].name)
         for spec, weight, params in zip(self.specs, self.weights, self.params):
             lp = _pick(averaged if spec.average_logps else summed, spec.logp_kind, spec.name)
             kwargs = dict(params)
@@ -266,7 +268,9 @@ class LossMix:
                 lp.policy_chosen, lp.policy_rejected, lp.ref_chosen, lp.ref_rejected, beta=beta, **kwargs
             )
             terms[spec.name] = losses.detach().mean()
-            total, chosen, rejected = total + weight * losses, chosen + weight * c, rejected + weight * r
+            total = total + weight * losses
+            if spec.name == rewarding:
+                chosen, rejected = c, r
         return LossOutput(total, chosen, rejected, terms, reward_mean if self.needs_reward_mean else None)
 
     def compute_unpaired(

@@ -142,10 +142,10 @@ def train_lora_dpo(dcfg: DPOConfig, policy: Any, tokenizer: Any, progress_fn: An
     """LoRA-DPO (any paired loss of dcfg.loss) on the pairs file dcfg.data through the shared loop;
     `progress_fn(policy) -> {eval_...}` runs at every evaluation. Returns (the LoRA policy, TrainResult)."""
     from alignlab.config import saved_config_text
-    from alignlab.data.pairs import PairCollator, pair_layout
+    from alignlab.data.pairs import PairCollator
     from alignlab.data.prepare import load_task_rows
     from alignlab.losses import combine
-    from alignlab.models.attention import uses_spans
+    from alignlab.models.attention import pair_layout, uses_spans
     from alignlab.models.lora import apply_lora
     from alignlab.train.loop import train
 

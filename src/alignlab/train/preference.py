@@ -50,7 +50,7 @@ def _attention_mask(model: Any, batch: dict) -> Any:
     from alignlab.models.attention import SPANS, local_attention
 
     config = _unwrap(model).config
-    if local_attention(config):  # one mask for every layer drops a sliding-window layer's band (data.pairs.pair_layout)
+    if local_attention(config):  # one mask for every layer drops a sliding-window layer's band (models.attention.pair_layout)
         raise AlignlabError("forward_path: prefix rows carry one mask for all layers, and this model has sliding-window "
                             "(local) attention layers; use forward_path: packed")
     impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
@@ -220,7 +220,7 @@ class PreferenceStep:
         rm = state.get("bco_reward_mean")
         self.reward_mean = None if rm is None else RunningMean(float(rm["mean"]), float(rm["count"]))
 
-    def logps(self, model: Any, batch: dict) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    def logps(self, model: Any, batch: dict) -> tuple[Any, Any, torch.Tensor, torch.Tensor, Any]:
         """(summed PairLogps | None, averaged PairLogps | None, chosen token-mean NLL, policy sums [2B])."""
         from alignlab.losses import PairLogps
 
@@ -247,11 +247,11 @@ class PreferenceStep:
         if self.mix.needs_averaged:
             denom = counts.clamp(min=1.0)
             averaged = pack(pol / denom, ref / denom if ref is not None else None)
-        return summed, averaged, nll, pol
+        return summed, averaged, nll, pol, ref
 
     def __call__(self, model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         b = int(batch["num_pairs"])
-        summed, averaged, nll, pol = self.logps(model, batch)
+        summed, averaged, nll, pol, ref = self.logps(model, batch)
         batch_mean = None
         if self.mix.needs_reward_mean and summed is not None and summed.ref_chosen is not None:
             from alignlab.losses.preference import batch_reward_mean
@@ -263,6 +263,8 @@ class PreferenceStep:
         if out.reward_mean is not None and torch.is_grad_enabled():
             self.reward_mean = out.reward_mean
         c, r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
+        if ref is not None:  # TRL's rewards whatever the loss: beta * the summed log-ratio (Rafailov et al. Eq. 5)
+            c, r = _split(self.beta * (pol - ref).detach(), b)  # (ipo's and sigmoid_norm's own are per-token means)
         pc, pr = _split(pol.detach(), b)
         metrics = {
             "rewards/chosen": c.mean(),
