@@ -95,13 +95,16 @@ def test_every_critic_free_estimator_runs(estimator, tmp_path):
 def test_online_dpo_first_step_loss_is_log2(tmp_path):
     """The policy equals its reference at step 1, so every DPO margin is 0 and the loss is
     -log sigmoid(0) = log 2 = 0.693147."""
+    length = f"{__file__}:length_reward"
     code = main(["online-dpo", "--config", str(ROOT / "configs/online_dpo_sentiment_tiny.yaml"),
-                 f"output_dir={tmp_path}", f"reward={__file__}:length_reward", "eval_prompts=0"])
+                 f"output_dir={tmp_path}", f"reward=[{length},sentiment]", "reward_weights=[1.0,0.0]", "eval_prompts=0"])
     assert code == 0
     rows = [r for r in read_metrics(tmp_path) if "reward_mean" in r]
     assert rows[0]["pairs"] > 0
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert "rewards/accuracies" in rows[0]
+    # a weighted reward list's components are logged (reward_weights' promise), here the only weighted one
+    assert rows[0][f"reward/{length}"] == pytest.approx(rows[0]["reward_mean"], abs=1e-6) and "reward/sentiment" in rows[0]
 
 
 def test_bad_reward_name_is_a_clean_cli_error(tmp_path, capsys):

@@ -318,3 +318,23 @@ def test_templates_that_drop_tool_replies_are_refused_and_named_templates_work(t
     # a tokenizer with named templates (Hermes 3, Command-R) renders with its "default" one
     named = _with_template({"default": DEFAULT_CHAT_TEMPLATE, "tool_use": NO_TOOL_ROLE})
     assert render(named, [U("hello")], True) == render(_with_template(DEFAULT_CHAT_TEMPLATE), [U("hello")], True)
+
+
+def test_escaped_tool_replies_and_generation_prompts_with_text_of_their_own(tok):
+    # the checks above must not refuse real templates: Llama 3.x writes a tool reply as `content | tojson` (escaped,
+    # so the raw text is not in the render), DeepSeek-R1 opens its generation prompt with "<think>\n", which the
+    # rendered answer turn does not hold
+    escaped = ("{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>tool\n{{ m.content | tojson }}<|im_end|>\n"
+               "{% else %}" + _CHATML_TURN + "{% endif %}{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    t = _with_template(escaped)
+    msgs = [U("hello"), A("call"), {"role": "tool", "content": 'RESULT "42"\nok'}, A("world")]
+    ex = tokenize_sft(SFTRow(msgs, num_prompt=1), t, None)
+    assert trained_spans(t, ex.input_ids, ex.labels) == ["call<|im_end|>", "world<|im_end|>"]
+    thinks = ("{% for m in messages %}" + _CHATML_TURN + "{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    t = _with_template(thinks)
+    ex = tokenize_sft(SFTRow([U("hello"), A("world"), U("see you"), A("soon")], num_prompt=1), t, None)
+    assert trained_spans(t, ex.input_ids, ex.labels) == ["world<|im_end|>", "soon<|im_end|>"]
+    pair = tokenize_pair(PreferenceRow([U("hello")], [A("good")], [A("bad")]), t, None)
+    assert t.decode(pair.chosen_ids) == "good<|im_end|>" and t.decode(pair.rejected_ids) == "bad<|im_end|>"

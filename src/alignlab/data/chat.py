@@ -14,6 +14,7 @@ No system turn is invented when the conversation has none.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from alignlab.data.rows import Message, text_of
@@ -45,7 +46,10 @@ def render(tok: Any, messages: list[Message], add_generation_prompt: bool = Fals
     except Exception as e:  # jinja raises TemplateError (or whatever the template's raise_exception says)
         raise AlignlabError(f"{at}the chat template cannot render a conversation with roles {roles}: {e}") from None
     text = text if isinstance(text, str) else "".join(text)
-    dropped = [m for m in messages if m["role"] == "tool" and m["content"].strip() not in text]
+    def kept(content: str) -> bool:  # as written, or as Llama 3.x writes it (`content | tojson`: escaped)
+        return content in text or json.dumps(content, ensure_ascii=False)[1:-1] in text
+
+    dropped = [m for m in messages if m["role"] == "tool" and not kept(m["content"].strip())]
     if dropped:  # Phi-3's template has no tool role: the tool's reply vanished from the text the model saw
         raise AlignlabError(f"{at}the chat template leaves out tool messages (roles {roles}); use a template with a "
                             "tool role (chat_template=FILE)")

@@ -83,9 +83,10 @@ def _trim_tail(tok: Any, ids: list[int], start: int, end: int) -> int:
 
 
 def _check_prefix(before: str, full: str, origin: Any) -> None:
-    """A chat template must render a conversation's beginning the same whatever follows it, or no split into
-    context and answer exists: Mistral v0.3 moves the system prompt into the last user turn (and drops it when an
-    assistant turn ends the conversation), so the split trained the user's text as the answer, silently."""
+    """A chat template must render a conversation's beginning (without the generation prompt, which may hold text the
+    answer turn does not, as DeepSeek-R1's `<think>`) the same whatever follows it, or no split into context and
+    answer exists: Mistral v0.3 moves the system prompt into the last user turn (and drops it when an assistant turn
+    ends the conversation), so the split trained the user's text as the answer, silently."""
     if not full.startswith(before):
         at = next((i for i, (a, b) in enumerate(zip(before, full)) if a != b), min(len(before), len(full)))
         raise AlignlabError(
@@ -100,8 +101,9 @@ def _joint(tok: Any, prompt: list, completions: list[list], chat: bool,
     if chat:  # the generation prompt on the prompt side, as the model will see it when generating
         p_text = render(tok, prompt, True, origin)
         texts = [render(tok, prompt + c, False, origin) for c in completions]
+        context = render(tok, prompt, False, origin)
         for text in texts:
-            _check_prefix(p_text, text, origin)
+            _check_prefix(context, text, origin)
     else:
         p_text = text_of(prompt)
         texts = [p_text + text_of(c) for c in completions]
@@ -182,8 +184,8 @@ def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     texts = [render(tok, msgs, False, where)]
     for i in trained:
         texts += [render(tok, msgs[:i], True, where), render(tok, msgs[: i + 1], False, where)]
-    for n in range(len(trained)):
-        _check_prefix(texts[1 + 2 * n], texts[0], where)
+    for i in trained:
+        _check_prefix(render(tok, msgs[:i], False, where), texts[0], where)
     ids, *parts = (list(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
     labels = [IGNORE] * len(ids)
     for n, i in enumerate(trained):

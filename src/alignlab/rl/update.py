@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from alignlab.rl.rollout import Rollout, collect, old_policy_metrics, policy_logprobs, sample_and_score
+from alignlab.rl.rollout import (
+    Rollout,
+    collect,
+    old_policy_metrics,
+    policy_logprobs,
+    sample_and_score,
+    sample_metrics,
+)
 from alignlab.train.step import optimizer_step
 
 
@@ -191,7 +198,8 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     metrics = {"reward_mean": float(r.mean()), "reward_std": float(r.std()),
                "zero_spread_frac": 1.0 - len(pairs) / len(rows), "pairs": float(len(pairs)),
                "response_length": sum(len(s.completion_ids) for s in samples) / len(samples),
-               "truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples), **timing}
+               "truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
+               **sample_metrics(samples), **timing}
     t1 = time.perf_counter()
     # Every rank holds all pairs; rank r takes its share of each of grad_accum chunks. Pairs need not split
     # evenly: a rank without pairs in a chunk runs the chunk's first pair at weight 0 (DDP needs every rank's
