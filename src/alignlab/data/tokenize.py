@@ -183,9 +183,8 @@ def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     # conversation through it (where they end); all texts go to the tokenizer in one batch.
     texts = [render(tok, msgs, False, where)]
     for i in trained:
-        texts += [render(tok, msgs[:i], True, where), render(tok, msgs[: i + 1], False, where)]
-    for i in trained:
         _check_prefix(render(tok, msgs[:i], False, where), texts[0], where)
+        texts += [render(tok, msgs[:i], True, where), render(tok, msgs[: i + 1], False, where)]
     ids, *parts = (list(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
     labels = [IGNORE] * len(ids)
     for n, i in enumerate(trained):
