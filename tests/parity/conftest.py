@@ -18,3 +18,15 @@ def tok():
     from alignlab.models.load import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_under_pytest(tmp_path_factory):
+    """TRL's output_dir and the saved tiny models (tempfile.mkdtemp() in the tests) go under pytest's own temporary
+    folder, which pytest prunes: in /tmp they were left behind, ~1 GB a run."""
+    import tempfile
+
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("trl-scratch"))
+    yield
+    tempfile.tempdir = before
