@@ -23,7 +23,14 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from alignlab.config_paths import data_root, leaf_config, override_paths, resolve_paths, resolved_defaults
+from alignlab.config_paths import (
+    PATH_FIELDS,
+    data_root,
+    leaf_config,
+    override_paths,
+    resolve_paths,
+    resolved_defaults,
+)
 from alignlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -273,6 +280,32 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if path is None:
             raise
         raise ConfigError(f"{e}{_blame(cls, from_file, str(e), path, bool(overrides))}") from None
+
+
+def build_config(cls: type, config: Any, keys: dict[str, Any], in_memory: frozenset[str] = frozenset()) -> Any:
+    """The Python API's load_config: `config` (an instance of `cls` or None) with `keys` on top, checked as the
+    command line checks: relative paths resolve against the working directory, then $ALIGNLAB_DATA (keys in
+    `in_memory` hold objects' labels, not paths). Always a new object: the caller's config is never changed."""
+    bases = [Path.cwd(), data_root()]
+    keys = {**keys, **resolve_paths(cls, {k: v for k, v in keys.items() if k not in in_memory}, bases)}
+    if config is None:
+        return from_dict(cls, resolved_defaults(cls, keys))
+    if not isinstance(config, cls):
+        raise TypeError(f"config: expected a {cls.__name__}, got {type(config).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(keys) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]} for {cls.__name__}; allowed keys: {', '.join(sorted(fields))}")
+    # the object's own path values (its default corpus included) resolve as a config file's would
+    own = {k: getattr(config, k) for k in fields & set(PATH_FIELDS) - set(keys)
+           if isinstance(getattr(config, k), str) and getattr(config, k)}
+    keys = {**resolve_paths(cls, own, bases), **keys}
+    hints = typing.get_type_hints(cls)
+    cfg = dataclasses.replace(config, **{k: _coerce(v, hints[k], k) for k, v in keys.items()})
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
+    return cfg
 
 
 def _blame(cls: type, from_file: dict[str, Any], message: str, path: Path, has_overrides: bool) -> str:

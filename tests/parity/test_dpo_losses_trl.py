@@ -103,13 +103,14 @@ def trl_trainer(tok, data, policy, ref, beta=0.1, **config):
                           processing_class=tok)
 
 
-def trl_step(trainer, examples):
-    """TRL's loss (float), gradient and logged metrics for one batch."""
+def trl_step(trainer, examples, store="_metrics"):
+    """TRL's loss (float), gradient and logged metrics for one batch (the experimental trainers log to
+    `_stored_metrics`)."""
     model = trainer.model
     model.zero_grad()
     loss = trainer.compute_loss(model, trainer.data_collator(examples))
     loss.backward()
-    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    logged = {k: v[-1] for k, v in getattr(trainer, store)["train"].items()}
     return float(loss.detach()), grads(model), logged
 
 
@@ -256,15 +257,6 @@ def experimental_trainer(kind, tok, policy, **config):
     return Trainer(model=policy, args=args, train_dataset=datasets.Dataset.from_list(PLAIN), processing_class=tok)
 
 
-def experimental_step(trainer, examples):
-    model = trainer.model
-    model.zero_grad()
-    loss = trainer.compute_loss(model, trainer.data_collator(examples))
-    loss.backward()
-    logged = {k: v[-1] for k, v in trainer._stored_metrics["train"].items()}
-    return float(loss.detach()), grads(model), logged
-
-
 def averaged_logps_metric(step, model, batch):
     """Mean over pairs of the per-token averaged chosen / rejected log-probs (CPO's and ORPO's logps/*)."""
     with torch.no_grad():
@@ -278,7 +270,7 @@ def test_simpo_matches_cpo_trainer(tok, label_smoothing):
     trainer = experimental_trainer("cpo", tok, tiny(len(tok), 0), beta=beta, loss_type="simpo", cpo_alpha=0.0,
                                    simpo_gamma=gamma, label_smoothing=label_smoothing)
     examples = [trainer.train_dataset[i] for i in range(len(PLAIN))]
-    trl_loss, trl_grad, logged = experimental_step(trainer, examples)
+    trl_loss, trl_grad, logged = trl_step(trainer, examples, "_stored_metrics")
     assert logged["nll_loss"] == 0.0
     pairs = split_pairs(examples)
     step = PreferenceStep(combine("simpo", params={"simpo": {"gamma": gamma, "label_smoothing": label_smoothing}}),
@@ -299,7 +291,7 @@ def test_orpo_matches_orpo_trainer_up_to_the_prompt_tokens_of_the_nll(tok):
     beta = 0.5
     trainer = experimental_trainer("orpo", tok, tiny(len(tok), 0), beta=beta)
     examples = [trainer.train_dataset[i] for i in range(len(PLAIN))]
-    trl_loss, trl_grad, logged = experimental_step(trainer, examples)
+    trl_loss, trl_grad, logged = trl_step(trainer, examples, "_stored_metrics")
     pairs = split_pairs(examples)
     step = PreferenceStep(combine("orpo"), NoReference(), beta=beta)
     for path in PATHS:

@@ -168,3 +168,25 @@ def round_robin(judge: Judge, prompts: Sequence[Any], answers: dict[str, Sequenc
         battles += [(a, b, o) for o in res.outcomes if o is not None]
         malformed.update(res.malformed)
     return battles, dict(malformed)
+
+
+def check_judge(spec: Any, judge: Judge | None) -> None:
+    """An evaluation's judge, checked before any work: the config's (when no judge object is given), or that a given
+    object can grade single answers for a grade evaluation."""
+    if spec.kind in ("win_rate", "ratings", "grade") and judge is None:
+        spec.judge.validate()
+    if spec.kind == "grade" and judge is not None and not hasattr(judge, "grade_batch"):
+        raise AlignlabError(f"evaluation {spec.name or spec.kind}: grade needs an llm judge that grades single "
+                            f"answers (eval.judges.LLMJudge); the judge given is a {type(judge).__name__}")
+
+
+def comparison_examples(rows: Sequence[Any], a: Sequence[str], b: Sequence[str], result: Any, k: int = 3) -> list[dict]:
+    """The first k comparisons as the report shows them: prompt, both answers (cut at 2,000 characters), the
+    outcome and the judge's raw verdict."""
+    from alignlab.eval.judges import prompt_text
+
+    def cut(text: str, limit: int = 2000) -> str:  # examples illustrate; they must not bloat the report
+        return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters]"
+
+    return [{"prompt": cut(prompt_text(rows[i])), "answer_a": cut(a[i]), "answer_b": cut(b[i]),
+             "outcome": result.outcomes[i], "judge": result.results[i].raw} for i in range(min(k, len(rows)))]

@@ -181,8 +181,7 @@ class _Context:
         return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
 
 
-def _fields(rows: list) -> dict[str, list]:
-    """Dataset columns reward functions take (TRL convention; rollout.sampling.row_fields)."""
+def _fields(rows: list) -> dict[str, list]:  # dataset columns rewards take, TRL's convention
     from alignlab.rollout.sampling import row_fields
 
     return row_fields(rows, 1)
@@ -216,19 +215,9 @@ def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return out
 
 
-def _examples(rows, a, b, result, k: int = 3) -> list[dict]:
-    from alignlab.eval.judges import prompt_text
-
-    def cut(text: str, limit: int = 2000) -> str:  # examples illustrate; they must not bloat the report
-        return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters]"
-
-    return [{"prompt": cut(prompt_text(rows[i])), "answer_a": cut(a[i]), "answer_b": cut(b[i]),
-             "outcome": result.outcomes[i], "judge": result.results[i].raw} for i in range(min(k, len(rows)))]
-
-
 def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.lc import lc_for_comparison
-    from alignlab.eval.pairwise import compare_answers
+    from alignlab.eval.pairwise import compare_answers, comparison_examples
 
     rows, info = ctx.rows(spec, "prompt")
     judge = ctx.judge(spec.judge)
@@ -243,7 +232,7 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         wr = res.win_rate
         lc = lc_for_comparison(res.outcomes, a, b, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
         details = {**res.to_dict(), **info, "baseline": baseline, "judge": judge.stats(since=before),
-                   "lc_win_rate": lc.to_dict() if lc else None, "examples": _examples(rows, a, b, res)}
+                   "lc_win_rate": lc.to_dict() if lc else None, "examples": comparison_examples(rows, a, b, res)}
         out.append(_record(spec, name, "win_rate", wr.rate if wr else None, wr.low if wr else None,
                            wr.high if wr else None, wr.n if wr else 0, details))
     return out
@@ -352,14 +341,11 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
     `models`: name -> in-memory (model, tokenizer) used instead of loading that name; `judge`: an in-memory
     eval.judges.Judge used by every evaluation that needs one (alignlab.evaluate)."""
     from alignlab.config import to_dict
+    from alignlab.eval.pairwise import check_judge
 
     cfg.validate()
     for spec in cfg.evaluations:  # judges are checked before any model loads: a bad one would fail mid-run
-        if spec.kind in ("win_rate", "ratings", "grade") and judge is None:
-            spec.judge.validate()
-        if spec.kind == "grade" and judge is not None and not hasattr(judge, "grade_batch"):
-            raise AlignlabError(f"evaluation {spec.name or spec.kind}: grade needs an llm judge that grades single "
-                                f"answers (eval.judges.LLMJudge); the judge given is a {type(judge).__name__}")
+        check_judge(spec, judge)
     start = time.perf_counter()
     ctx = _Context(cfg, judge)
     ctx.models.update(models or {})
