@@ -210,6 +210,13 @@ the same losses (0.6931 -> 0.6928).
 so both time the same pairs, 422.5 layout tokens each; a constant learning rate on both), `make bench-dpo`'s SmolLM2
 job, one thread, one round, peak 212: 0.271 against 0.083 pairs/s -> **3.27x**, memory 0.58 (3.97 GB against 6.88),
 share 0.58 / 0.18, speedup_at_peak 5.64x; final losses 0.6762 / 0.7113.
+5 Dec 04:20 UTC, same EPYC, the same job with both sides' references cached (`--reference cache`: each computes the
+reference log-probs in a pass before training and holds no reference model; TRL then takes them from the policy
+before its first update), one thread, one round, peak 220: 0.383 against 0.110 pairs/s -> 3.48x, memory 0.57 (3.65 GB
+against 6.47), share 0.59 / 0.17; final losses 0.6762 (the live reference's, as the cache's equality test requires) /
+0.7150. A cached reference saves about 0.35 GB on alignlab's side and 0.4 GB on TRL's, so the ratio stays at 0.57;
+alignlab alone with it and full recomputation peaked at 3.44 GB (0.50 of TRL's live-reference 6.88 GB, but not the
+same job as TRL's).
 """
 
 from __future__ import annotations
@@ -244,7 +251,8 @@ def alignlab_worker(spec: dict) -> dict:
         max_steps=spec["steps"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="constant", warmup_steps=0, seed=spec["seed"],
         beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
-        cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], reference="auto", bf16=spec["bf16"],
+        cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], bf16=spec["bf16"],
+        reference="cache" if spec["reference"] == "cache" else "auto", ref_cache_dir=spec["out"] + "/ref_logps",
         compile=spec["compile"],
         gradient_checkpointing={"off": False, "full": True, "selective": "selective"}[spec["gradient_checkpointing"]],
     )
@@ -274,6 +282,8 @@ def trl_worker(spec: dict) -> dict:
         report_to="none", use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0,
         gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
         disable_tqdm=True,
+        # both sides compute the reference log-probs in one pass before training and then hold no reference model
+        precompute_ref_log_probs=spec["reference"] == "cache", precompute_ref_batch_size=micro,
     )
 
     timer = step_timer()
@@ -315,7 +325,7 @@ def write_pairs(data: str, n: int, max_length: int, model: str, out: Path) -> tu
     return path, layout
 
 
-def summarize(res: dict, batch_size: int) -> dict:
+def summarize(res: dict, batch_size: int, live_reference: bool = True) -> dict:
     """Throughput over steps 2..n (the first step pays one-off costs)."""
     seconds = res["step_seconds"][1:]
     timed = len(seconds) / len(res["step_seconds"])  # the timed steps' share of the run (the same batch each)
@@ -327,6 +337,8 @@ def summarize(res: dict, batch_size: int) -> dict:
            # padding included: the run's totals times the timed steps' share
            "processed_policy_tokens": round(res["embedded_tokens"]["trained"] * timed),
            "processed_reference_tokens": round(res["embedded_tokens"]["frozen"] * timed)}
+    if not live_reference:  # the counts include the untimed reference pass (TRL runs it through the policy)
+        del out["processed_policy_tokens"], out["processed_reference_tokens"]
     if "trl_version" in res:
         out["trl_version"] = res["trl_version"]
     return out
@@ -334,7 +346,7 @@ def summarize(res: dict, batch_size: int) -> dict:
 
 
 
-def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, float]:
+def flops(res: dict, n: int, layout_tokens_per_pair: float, live_reference: bool = True) -> tuple[float, float | None]:
     """(useful, processed) FLOPs of a side's timed steps.
 
     Useful: 8N per token of the prefix-shared layout (6N policy forward+backward + 2N reference forward; N = the
@@ -346,8 +358,10 @@ def flops(res: dict, n: int, layout_tokens_per_pair: float) -> tuple[float, floa
     twice and pads; alignlab's micro-batch is one prefix row, padded only at its tail to a multiple of 16)."""
     from hardware import forward_flops_per_token, train_flops_per_token
 
-    useful = (train_flops_per_token(n, recompute=False) + forward_flops_per_token(n)) * layout_tokens_per_pair \
-        * res["pairs"]
+    ref = forward_flops_per_token(n) if live_reference else 0  # a cached reference runs before the timed steps
+    useful = (train_flops_per_token(n, recompute=False) + ref) * layout_tokens_per_pair * res["pairs"]
+    if not live_reference:  # no processed counts (summarize)
+        return useful, None
     recompute = res["gradient_checkpointing"] == "full"  # selective reruns no matrix product
     processed = train_flops_per_token(n, recompute=recompute) * res["processed_policy_tokens"] \
         + forward_flops_per_token(n) * res["processed_reference_tokens"]
@@ -377,6 +391,11 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", choices=["off", "full", "selective"], default="off",
                    help="off or full: the same on both sides; selective: alignlab's selective recomputation against "
                         "TRL's full (the only kind it has)")
+    p.add_argument("--reference", choices=["live", "cache"], default="live",
+                   help="live: a frozen reference model runs in every step (both sides' default); cache: both sides "
+                        "compute the reference log-probs in one pass before training and hold no reference model "
+                        "(alignlab `reference: cache`, TRL `precompute_ref_log_probs`); that pass is not timed on "
+                        "either side, and the FLOP counts leave the reference out")
     add_shared_args(p)
     args = p.parse_args()
     if run_as_worker(args, {"alignlab": alignlab_worker, "trl": trl_worker}):
@@ -394,14 +413,15 @@ def main() -> None:
             "out": str(out), "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
             "threads": args.threads, "path": args.path, "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile}
+            "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
+            "reference": args.reference}
     spec["order"] = alignlab_order(n_pairs, args.seed)  # TRL visits the pairs in alignlab's order
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16",
-                                "gradient_checkpointing", "compile")}
+                                "gradient_checkpointing", "compile", "reference")}
     n, per_pair = matmul_params(load_config(spec["model_dir"])), timed_layout(layout, spec["order"], args.batch_size)
-    compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size), rate="pairs_per_second",
+    compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size, args.reference == "live"), rate="pairs_per_second",
             job={"model": args.model, "matmul_params": n, "layout_tokens_per_pair": round(per_pair, 1), **job},
-            flops=lambda r: flops(r, n, per_pair),
+            flops=lambda r: flops(r, n, per_pair, args.reference == "live"),
             describe=lambda r: f"{r['pairs_per_second']:>8.3f} pairs/s  peak {r['peak_memory_mb']:,.0f} MB  "
                                f"loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}")
 
