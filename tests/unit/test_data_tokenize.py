@@ -30,13 +30,13 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = ["hello world, the world is wide.", "Be terse. See you soon.", "good bad answer question"] * 40
 
 
-def _bpe(eos_post_processor: bool = False) -> PreTrainedTokenizerFast:
+def _bpe(eos_post_processor: bool = False, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(CORPUS, trainer)
+    tk.train_from_iterator(corpus, trainer)
     if eos_post_processor:  # a tokenizer that appends EOS itself whenever special tokens are added
         tk.post_processor = processors.TemplateProcessing(
             single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", tk.token_to_id("<|endoftext|>"))])
@@ -338,3 +338,25 @@ def test_escaped_tool_replies_and_generation_prompts_with_text_of_their_own(tok)
     assert trained_spans(t, ex.input_ids, ex.labels) == ["world<|im_end|>", "soon<|im_end|>"]
     pair = tokenize_pair(PreferenceRow([U("hello")], [A("good")], [A("bad")]), t, None)
     assert t.decode(pair.chosen_ids) == "good<|im_end|>" and t.decode(pair.rejected_ids) == "bad<|im_end|>"
+
+
+LLAMA3_LIKE = ("{% for m in messages %}{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content + "
+               "'<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>"
+               "\n\n{% endif %}")
+
+
+def test_template_markers_the_tokenizer_splits_are_cut_at_their_characters():
+    # Llama 3's markers are no tokens of this tokenizer: "<|eot_id|>"'s "|>" merges with the next header's "<|" into
+    # one token, which a render ending at the turn does not have. Comparing that render's ids with the whole text's
+    # left the first turn's closing "|>" untrained (on SmolLM2's tokenizer the header's "\n\n", one token alone and
+    # two before a word, was trained as well).
+    t = _bpe(corpus=CORPUS + ["<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhello world"] * 40)
+    t.chat_template = LLAMA3_LIKE
+    assert t.decode(encode(t, render(t, [U("hello"), A("world")]), False)[-1:]) == "|>"  # the premise
+    msgs = [U("hello"), A("world"), U("see you"), A("soon")]
+    ex = tokenize_sft(SFTRow(msgs, num_prompt=1), t, None)
+    assert t.decode(ex.input_ids) == render(t, msgs)
+    assert [s.strip() for s in trained_spans(t, ex.input_ids, ex.labels)] == ["world<|eot_id|><|", "soon<|eot_id|>"]
+    pair = tokenize_pair(PreferenceRow([U("hello")], [A("good answer")], [A("bad answer")]), t, None)
+    assert t.decode(pair.chosen_ids).strip() == "good answer<|eot_id|>"
+    assert pair.prompt_ids + pair.chosen_ids == encode(t, render(t, [U("hello"), A("good answer")]), False)

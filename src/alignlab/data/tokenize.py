@@ -1,9 +1,13 @@
 """Rows -> token ids with labels, the one place tokenisation rules live (DESIGN §4).
 
-Joint tokenisation: the prompt and the prompt+completion texts are tokenised separately and the
-completion starts where the two id sequences stop matching. A BPE merge across the boundary (prompt
-"Hello wor" + completion "ld" -> " world") therefore lands in the completion, and
-`prompt_ids + completion_ids` is exactly the tokenisation of the whole text.
+Joint tokenisation: the whole text is tokenised once, and the completion starts at its first token that reaches
+past the prompt's text (character offsets; the prompt's text is where the prompt's render and the whole text agree).
+A BPE merge across the boundary (prompt "Hello wor" + completion "ld" -> " world") therefore lands in the
+completion, and `prompt_ids + completion_ids` is exactly the tokenisation of the whole text. Offsets, not a
+comparison with the prompt tokenised alone: a template marker the tokenizer does not know as one token tokenises
+otherwise before an answer (a Llama 3 header's "\n\n" is one token alone and two before a word on SmolLM2's
+tokenizer; its "<|eot_id|>" merges its ">" with the next header's "<"), and comparing ids trained the "\n\n" and
+left the end-of-turn ">" untrained. Tokenizers without offsets (pure-Python ones) compare ids.
 
 - Plain text (`chat=False`): texts are tokenised with the tokenizer's special tokens (BOS if it adds
   one) and the completion ends with exactly one EOS (trailing EOS from the text or from a tokenizer that
@@ -26,6 +30,7 @@ survives) or its start; then completions are cut to the room left. Every result 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,6 +74,29 @@ def encode(tok: Any, text: str, special: bool) -> list[int]:
     return list(tok(text, add_special_tokens=special)["input_ids"])
 
 
+def _encode(tok: Any, texts: list[str], special: bool) -> tuple[list[list[int]], list[list[tuple[int, int]] | None]]:
+    """Each text's ids and, where the tokenizer gives them, each token's character span in the text."""
+    if getattr(tok, "is_fast", False):
+        enc = tok(texts, add_special_tokens=special, return_offsets_mapping=True)
+        return [list(x) for x in enc["input_ids"]], [list(map(tuple, o)) for o in enc["offset_mapping"]]
+    return [list(x) for x in tok(texts, add_special_tokens=special)["input_ids"]], [None] * len(texts)
+
+
+def _starts(part_ids: list[int], part: str, ids: list[int], text: str, offsets: list | None, end: bool = False) -> int:
+    """The first token of `ids` (the tokenised `text`) that reaches past what `part`, a render of the conversation's
+    beginning, has in common with `text` (with end=True: past that common text without its trailing whitespace, so
+    a token ending the turn that merges with the next turn's first characters counts as this turn's). Without
+    offsets: where `part_ids` and `ids` stop matching."""
+    if offsets is None:
+        return common_prefix_len(part_ids, ids)
+    n = len(os.path.commonprefix([part, text]))
+    if end:
+        n = len(text[:n].rstrip())
+        return next((j for j, (a, _) in enumerate(offsets) if a >= n), len(ids))
+    # special tokens a tokenizer adds (BOS) span no characters: they belong to the prompt
+    return next((j for j, (a, b) in enumerate(offsets) if b > n and b > a), len(ids))
+
+
 def _eos(tok: Any) -> int:
     if tok.eos_token_id is None:
         raise AlignlabError("plain-text completions need an EOS token, and the tokenizer has none")
@@ -108,8 +136,9 @@ def _joint(tok: Any, prompt: list, completions: list[list], chat: bool,
         p_text = text_of(prompt)
         texts = [p_text + text_of(c) for c in completions]
     # One batch call: the fast tokenizer encodes the texts in parallel.
-    p_ids, *fulls = (list(x) for x in tok([p_text, *texts], add_special_tokens=not chat)["input_ids"])
-    k = min(common_prefix_len(p_ids, f) for f in fulls)
+    (p_ids, *fulls), offsets = _encode(tok, [p_text, *texts], not chat)
+    k = min(_starts(p_ids, p_text, f, t, o) for f, t, o in zip(fulls, texts, offsets[1:]))
+    k = min([k] + [common_prefix_len(fulls[0], f) for f in fulls[1:]])  # the prompt ids all completions share
     outs = []
     for f in fulls:
         if chat:
@@ -185,12 +214,12 @@ def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     for i in trained:
         _check_prefix(render(tok, msgs[:i], False, where), texts[0], where)
         texts += [render(tok, msgs[:i], True, where), render(tok, msgs[: i + 1], False, where)]
-    ids, *parts = (list(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
+    (ids, *parts), (offsets, *_) = _encode(tok, texts, False)
     labels = [IGNORE] * len(ids)
     for n, i in enumerate(trained):
-        start = common_prefix_len(parts[2 * n], ids)
+        start = _starts(parts[2 * n], texts[2 * n + 1], ids, texts[0], offsets)
         last = i == len(msgs) - 1
-        end = len(ids) if last else common_prefix_len(parts[2 * n + 1], ids)
+        end = len(ids) if last else _starts(parts[2 * n + 1], texts[2 * n + 2], ids, texts[0], offsets, end=True)
         if end <= start and not last:  # rendered otherwise when not the last turn (Qwen3: <think> in the last only)
             end = _turn_end(tok, ids, start, parts[2 * n + 1], msgs[i], where)
         end = _trim_tail(tok, ids, start, end)
