@@ -277,6 +277,10 @@ SYSTEM_MOVES = ("{% for m in messages %}{% if m.role == 'system' %}{% if message
 THINK_LAST = ("{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n"  # Qwen3
               "{% if loop.last %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% else %}"
               + _CHATML_TURN + "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+THINK_DROPPED = ("{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n{% if loop.last %}"  # Qwen3
+                 "{{ m.content }}{% else %}{{ m.content.split('</think>')[-1].lstrip('\\n') }}{% endif %}<|im_end|>\n"
+                 "{% else %}" + _CHATML_TURN + "{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 NO_TOOL_ROLE = ("{% for m in messages %}{% if m.role != 'tool' %}" + _CHATML_TURN + "{% endif %}{% endfor %}"  # Phi-3
                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -307,6 +311,11 @@ def test_earlier_turns_of_a_template_that_writes_the_last_turn_otherwise(tok):
     row = SFTRow([U("hello"), A("world"), U("see you"), A("soon")], num_prompt=1)
     ex = tokenize_sft(row, t, None)
     assert trained_spans(t, ex.input_ids, ex.labels) == ["world<|im_end|>", "<think>\n\n</think>\n\nsoon<|im_end|>"]
+    # and drops an earlier turn's reasoning: that turn trains on what the template shows (it was refused)
+    t = _with_template(THINK_DROPPED)
+    row = SFTRow([U("hello"), A("<think>\nhmm\n</think>\n\nworld"), U("see you"), A("<think>\nok\n</think>\n\nsoon")], 1)
+    ex = tokenize_sft(row, t, None)
+    assert trained_spans(t, ex.input_ids, ex.labels) == ["world<|im_end|>", "<think>\nok\n</think>\n\nsoon<|im_end|>"]
 
 
 def test_templates_that_drop_tool_replies_are_refused_and_named_templates_work(tok):

@@ -233,10 +233,13 @@ def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
 def _turn_end(tok: Any, ids: list[int], start: int, alone: list[int], message: dict, where: Any) -> int:
     """Where assistant turn i ends in the whole conversation when its render as the last turn is not a prefix of
     it: just past the first end-of-turn marker after `start` (the marker: the last non-blank token of that render),
-    provided the turn's text lies before it."""
+    provided the turn's text lies before it: its whole text, or what follows its reasoning (Qwen3's template drops
+    an earlier turn's `<think>...</think>`, and that turn trains on what the template shows)."""
     marker = alone[_trim_tail(tok, alone, 0, len(alone)) - 1]
     end = next((k + 1 for k in range(start, len(ids)) if ids[k] == marker), None)
-    if end is None or message["content"].strip() not in tok.decode(ids[start:end]):
+    span = tok.decode(ids[start:end]) if end is not None else ""
+    content = message["content"].strip()
+    if end is None or (content not in span and content.split("</think>")[-1].strip() not in span):
         raise AlignlabError(f"{where}: the chat template renders assistant turns before the last one differently, "
                             "and this one's end could not be found; set chat_template to a training template")
     return end
