@@ -126,3 +126,10 @@ def test_merged_scorer_adapter_matches(tmp_path):
     with torch.no_grad():
         got = score(merged, ids, mask)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_config_attributes_as_keyword_arguments():
+    # from_pretrained with `config=` hands unknown keywords to the model's constructor: use_cache=False was a TypeError
+    model = load_scorer("tiny-random", use_cache=False, attn_implementation="eager")
+    assert model.config.use_cache is False and model.config._attn_implementation == "eager"
+    assert model.config.num_labels == 1

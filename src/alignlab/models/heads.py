@@ -32,7 +32,8 @@ def load_scorer(
     From a causal-LM checkpoint the backbone is reused and the head `score` is new (normal(0, initializer_range)
     from torch's current RNG state: seed before calling for reproducible heads). A checkpoint saved from a
     scorer reloads with its trained head. `config.pad_token_id` is set (from the tokenizer) so batched
-    forwards work. Extra keyword arguments go to `from_pretrained` (e.g. quantization_config, device_map).
+    forwards work. Extra keyword arguments set config attributes (use_cache=False) or go to `from_pretrained`
+    (e.g. quantization_config, device_map).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -50,7 +51,10 @@ def load_scorer(
         return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                     allow_pickle=allow_pickle, **kwargs)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        # config attributes among the keyword arguments (use_cache=False) go into the config, as from_pretrained
+        # does without one; with `config=` given it would hand them to the model's constructor
+        config, kwargs = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
+                                                    **kwargs)
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not read the config of {name!r} ({path}): {e}") from e
     config.num_labels = 1
