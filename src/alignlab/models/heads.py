@@ -51,8 +51,7 @@ def load_scorer(
         return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                     allow_pickle=allow_pickle, **kwargs)
     try:
-        # config attributes among the keyword arguments (use_cache=False) go into the config, as from_pretrained
-        # does without one; with `config=` given it would hand them to the model's constructor
+        # config attributes (use_cache=False) into the config: with `config=` from_pretrained gives them to __init__
         config, kwargs = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
                                                     **kwargs)
     except (OSError, ValueError) as e:
