@@ -28,8 +28,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.data.collate import Collator
 from alignlab.train import TrainConfig, TrainingDiverged, build_optimizer, train
+from alignlab.train.batches import Sampler
 from alignlab.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from alignlab.train.loop import Sampler
 from alignlab.train.steps import causal_lm_step
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -78,7 +78,7 @@ def test_dpo_flops_prefix_layout(bench):
 def test_both_sides_visit_rows_in_alignlabs_order_and_flops_count_the_timed_ones(bench):
     """peer.alignlab_order is the order alignlab's loop takes (its Sampler, same seed), which the TRL side is given;
     the DPO bench's useful FLOPs average the layout tokens of the pairs in the timed steps, not of all pairs."""
-    from alignlab.train.loop import Sampler
+    from alignlab.train.batches import Sampler
 
     peer, dpo = bench("peer"), bench("dpo_vs_trl")
     order = peer.alignlab_order(8, 42)

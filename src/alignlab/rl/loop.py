@@ -234,9 +234,9 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     from alignlab.config import config_text
     from alignlab.ops.buffers import reused_buffers
     from alignlab.rl.prompts import split_prompts, write_split
+    from alignlab.train.batches import Sampler, total_steps
     from alignlab.train.callbacks import run_events
     from alignlab.train.checkpoint import remove_stale_temps, save_model
-    from alignlab.train.loop import Sampler, total_steps
     from alignlab.train.optim import warmup_steps_for
     from alignlab.train.resume import resume_point
     from alignlab.train.step import NonFiniteStep

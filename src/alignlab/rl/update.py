@@ -189,7 +189,7 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     """Sample, rank, one DPO optimizer step on the pairs (no step when every group tied)."""
     from alignlab.data.pairs import PairCollator
     from alignlab.models.attention import pair_layout, uses_spans
-    from alignlab.train.loop import step_totals, to_device
+    from alignlab.train.batches import step_totals, to_device
 
     cfg, world, k = state.cfg, state.world, state.cfg.num_generations
     samples, rewards, timing = sample_and_score(state, step, rows, logprobs=False)

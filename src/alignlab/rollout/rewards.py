@@ -304,7 +304,7 @@ class _RewardModelScorer:
         from alignlab.data.formats import assistant, user
         from alignlab.data.ranked import RankedRow, RewardCollator, tokenize_example
         from alignlab.models.attention import uses_spans
-        from alignlab.train.loop import to_device
+        from alignlab.train.batches import to_device
         from alignlab.train.reward import sequence_scores
 
         groups: list[tuple[Any, list[str]]] = []

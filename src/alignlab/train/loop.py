@@ -12,14 +12,11 @@ its count of trained label tokens, else 1) so that an optimizer step's gradient 
 the whole global batch whatever grad_accum and world size are (the gradient-accumulation fix
 HF Trainer applies with `num_items_in_batch`).
 
-Data order is a pure function of (seed, step): each epoch is a seeded permutation, an optimizer
-step takes the next `batch_size` indices, micro-step m on rank r takes its slice. Resuming therefore
-needs only the step; checkpoints still record the data position for readers.
+Data order is a pure function of (seed, step) (train/batches.py), so resuming needs only the step.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +32,7 @@ from alignlab.models.kept_casts import keep_weight_casts, share_input_casts
 from alignlab.models.lean_blocks import lean_blocks
 from alignlab.ops.embedding import keep_embedding_grad
 from alignlab.train import fsdp
+from alignlab.train.batches import Sampler, batch_weight, count_tokens, step_totals, to_device, total_steps
 from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
     load_checkpoint,
@@ -80,82 +78,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def total_steps(cfg: TrainConfig, num_examples: int) -> int:
-    steps_per_epoch = num_examples // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise AlignlabError(f"only {num_examples} training examples for batch_size {cfg.batch_size}")
-    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-
-
-class Sampler:
-    """Global sample j -> dataset index; epochs are seeded permutations, the partial last batch is dropped."""
-
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
-        self.per_epoch = (num_examples // batch_size) * batch_size
-        self._epoch, self._perm = -1, None
-
-    def _perm_of(self, epoch: int):
-        import torch
-
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
-        return self._perm
-
-    def step_indices(self, step: int) -> list[int]:
-        """The `batch_size` dataset indices of optimizer step `step` (all ranks, all micro-steps)."""
-        out = []
-        for j in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, pos = divmod(j, self.per_epoch)
-            out.append(self._perm_of(epoch)[pos])
-        return out
-
-    def micro_indices(self, step: int, grad_accum: int, world: World) -> list[list[int]]:
-        """This rank's indices for each micro-step of optimizer step `step`."""
-        idx = self.step_indices(step)
-        chunk = len(idx) // grad_accum
-        micro = chunk // world.size
-        return [idx[m * chunk + world.rank * micro: m * chunk + (world.rank + 1) * micro] for m in range(grad_accum)]
-
-
-def batch_weight(batch: dict) -> float:
-    """How many loss units a batch holds: `num_items`, else trained tokens (labels shifted by one), else 1."""
-    if "num_items" in batch:
-        return float(batch["num_items"])
-    labels = batch.get("labels")
-    if labels is not None and hasattr(labels, "ne"):
-        return float(labels[..., 1:].ne(-100).sum().item())
-    return 1.0
-
-
-def step_totals(batches: list[dict], units: float, world: World) -> None:
-    """Give every micro-batch the optimizer step's totals over all micro-batches and ranks: `units` (what
-    batch_weight counts) and each count a batch names in `totals`, as batch["step_totals"]. A step function
-    whose loss has a term averaged over other units (the chosen-NLL of sft/RPO/ORPO mixes: chosen tokens, under
-    a pair-weighted step) scales that term by them, so the step's gradient stays what one micro-batch holding
-    the whole global batch gives, whatever grad_accum and world size are (HF's num_items_in_batch)."""
-    names = sorted({k for b in batches for k in b.get("totals", {})})
-    sums = {k: world.all_reduce_sum(sum(float(b.get("totals", {}).get(k, 0)) for b in batches)) for k in names}
-    for b in batches:
-        b["step_totals"] = {"units": units, **sums}
-
-
-def count_tokens(batch: dict) -> int:
-    """Real (non-pad) input tokens in a batch, for tokens/s."""
-    if "num_tokens" in batch:
-        return int(batch["num_tokens"])
-    mask = batch.get("attention_mask")
-    if mask is not None:
-        return int(mask.sum().item())
-    ids = batch.get("input_ids")
-    return int(ids.numel()) if ids is not None else 0
-
-
-def to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def autocast(cfg: TrainConfig, device: str, *, cache: bool = True):
@@ -239,6 +161,128 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
     return sharded, fsdp.shard(model, bf16=cfg.bf16) if sharded else None
 
 
+@dataclass
+class _Run:
+    """What one `train` call's steps, evaluations and saves share."""
+
+    cfg: TrainConfig
+    world: World
+    model: Any
+    wrapped: Any  # the model as the step function sees it: DDP- or FSDP-wrapped, or itself
+    sharded: bool
+    optimizer: Any
+    step_fn: StepFn
+    sampler: Sampler
+    events: Any
+    eval_fn: Callable[[Any], dict[str, float]] | None
+    tokenizer: Any
+    config_yaml: str | None
+    n_total: int
+    window: LogWindow = field(default_factory=LogWindow)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    def evaluate(self, step: int) -> None:
+        if self.eval_fn is None:
+            return
+        with autocast(self.cfg, self.world.device):
+            metrics = {k: _float(v) for k, v in self.eval_fn(self.world.unwrap(self.wrapped)).items()}
+        self.model.train()
+        self.evals.append({"step": step, **metrics})
+        self.events.on_eval(step, metrics)
+
+    def checkpoint(self, step: int) -> None:
+        cfg, world, out = self.cfg, self.world, Path(self.cfg.output_dir)
+        full = fsdp.gather_full_state(self.model, self.optimizer) if self.sharded else (None, None)  # collective
+        log_window = self.window.state(world)  # collective; the metrics row after a resume continues this window
+        rank_rng = world.all_gather_objects(rng_state()) if world.size > 1 else None  # each rank's dropout
+        if world.is_main:
+            state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / self.sampler.per_epoch,
+                     "total_steps": self.n_total, "lr_scheduler": {"step": step}, "log_window": log_window,
+                     **step_state(self.step_fn)}
+            save_checkpoint(out, step, self.model, self.optimizer, state, tokenizer=self.tokenizer,
+                            config_yaml=self.config_yaml, keep_last=cfg.keep_last, model_state=full[0],
+                            optimizer_state=full[1], rank_rng=rank_rng)
+        world.barrier()
+        self.events.on_save(step, out / f"checkpoint-{step}")
+
+    def finish(self, done: int, runtime: float, last_log: dict) -> TrainResult:
+        """The final model saved (gathered from the shards under FSDP), the run's end told to the callbacks."""
+        out = Path(self.cfg.output_dir)
+        full = fsdp.gather_full_state(self.model, self.optimizer) if self.sharded else (None, None)  # collective
+        if self.world.is_main:
+            save_model(self.model, out, self.tokenizer, state_dict=full[0])
+        self.events.on_save(done, out)
+        self.events.on_train_end(done, {"step": done, "train_runtime": runtime})
+        self.world.barrier()
+        return TrainResult(done, self.n_total, runtime, last_log, self.evals)
+
+    def step(self, step: int, dataset: Sequence, collate: Callable[[list], dict], warmup: int) -> tuple[float, Any]:
+        """Optimizer step `step` (0-based) on its batch: (learning rate, gradient norm)."""
+        cfg, world, t0 = self.cfg, self.world, time.perf_counter()
+        micro = self.sampler.micro_indices(step, cfg.grad_accum, world)
+        batches = [collate([dataset[i] for i in idx]) for idx in micro]
+        weights = [batch_weight(b) for b in batches]
+        step_total = world.all_reduce_sum(sum(weights))
+        step_totals(batches, step_total, world)
+        lr = lr_at(step, base_lr=cfg.learning_rate, total_steps=self.n_total, warmup_steps=warmup,
+                   schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.window.tokens += sum(count_tokens(b) for b in batches)
+
+        def sync(last: bool):  # gradients all-reduce on the last micro-batch only
+            return fsdp.gradient_sync(self.wrapped, last) if self.sharded else world.no_sync(self.wrapped, not last)
+
+        forwards = [lambda b=b: self.step_fn(self.wrapped, to_device(b, world.device)) for b in batches]
+        try:
+            out = optimizer_step(self.optimizer, forwards, weights, total=step_total, world_size=world.size,
+                                 max_grad_norm=cfg.max_grad_norm, sync=sync,
+                                 compute=lambda: autocast(cfg, world.device, cache=False))
+        except NonFiniteStep as e:
+            self.events.on_train_end(step, None)
+            idx = micro[e.micro] if e.micro is not None else self.sampler.step_indices(step)
+            raise _diverged(cfg, step + 1, e, idx) from None
+        self.window.add(out.metrics, out.weights)
+        self.window.end_step(out.grad_norm, time.perf_counter() - t0)
+        return lr, out.grad_norm
+
+
+def _start(cfg: TrainConfig, model: Any, step_fn: StepFn, n_examples: int, world: World, *, eval_fn: Any,
+           tokenizer: Any, config_yaml: str | None, callbacks: Sequence[Callback], split: Any) -> tuple[_Run, int]:
+    """The model prepared, the optimizer, the resume guards and checkpoint, this run's config.yaml and split.json:
+    (the run, the step it starts at)."""
+    out = Path(cfg.output_dir)
+    n_total = total_steps(cfg, n_examples)
+    sampler = Sampler(n_examples, cfg.batch_size, cfg.seed)
+    cfg.micro_batch_size(world.size)  # fails early when the batch does not split evenly
+
+    sharded, wrapped = _prepare_model(cfg, model, world)
+    optimizer = build_optimizer(model, cfg)
+    start, resumed = 0, {}
+    # Guards first (same config, finished run, earlier run set aside), then this run's config.yaml.
+    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        if config_yaml is not None:
+            (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if split is not None:
+            split.save(out)
+    seed_everything(cfg.seed)
+    if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
+        resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer, world.rank)
+        start = resumed["step"]
+        restore_step_state(step_fn, resumed)  # loss state such as BCO's running mean
+        print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
+    if not sharded:
+        wrapped = world.wrap(model)
+    run = _Run(cfg, world, model, wrapped, sharded, optimizer, step_fn, sampler,
+               run_events(cfg, out, world, n_total, start, callbacks), eval_fn, tokenizer, config_yaml, n_total)
+    if ckpt is not None:
+        run.window.restore(resumed.get("log_window"), world)
+    return run, start
+
+
 def train(
     cfg: TrainConfig,
     model: Any,
@@ -269,119 +313,33 @@ def train(
     from alignlab.ops.buffers import reused_buffers
 
     world = world or World.from_env(cfg.device)
-    device = world.device
-    out = Path(cfg.output_dir)
-    n_total = total_steps(cfg, len(dataset))
-    warmup = warmup_steps_for(cfg, n_total)
-    sampler = Sampler(len(dataset), cfg.batch_size, cfg.seed)
-    cfg.micro_batch_size(world.size)  # fails early when the batch does not split evenly
-
-    sharded, wrapped = _prepare_model(cfg, model, world)
-    optimizer = build_optimizer(model, cfg)
-    start = 0
-    # Guards first (same config, finished run, earlier run set aside), then this run's config.yaml.
-    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out)
-        if config_yaml is not None:
-            (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        if split is not None:
-            split.save(out)
-    seed_everything(cfg.seed)
-    if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
-        resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer, world.rank)
-        start = resumed["step"]
-        restore_step_state(step_fn, resumed)  # loss state such as BCO's running mean
-        print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
-    if not sharded:
-        wrapped = world.wrap(model)
-    events = run_events(cfg, out, world, n_total, start, callbacks)
-    evals: list[dict[str, Any]] = []
-
-    def run_eval(step: int) -> None:
-        if eval_fn is None:
-            return
-        with autocast(cfg, device):
-            metrics = {k: _float(v) for k, v in eval_fn(world.unwrap(wrapped)).items()}
-        model.train()
-        evals.append({"step": step, **metrics})
-        events.on_eval(step, metrics)
-
-    def checkpoint(step: int) -> None:
-        full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)  # collective
-        log_window = window.state(world)  # collective; the metrics row after a resume continues this window
-        rank_rng = world.all_gather_objects(rng_state()) if world.size > 1 else None  # each rank's dropout
-        if world.is_main:
-            state = {"samples_seen": step * cfg.batch_size, "epoch": step * cfg.batch_size / sampler.per_epoch,
-                     "total_steps": n_total, "lr_scheduler": {"step": step}, "log_window": log_window,
-                     **step_state(step_fn)}
-            save_checkpoint(out, step, model, optimizer, state, tokenizer=tokenizer,
-                            config_yaml=config_yaml, keep_last=cfg.keep_last, model_state=full[0],
-                            optimizer_state=full[1], rank_rng=rank_rng)
-        world.barrier()
-        events.on_save(step, out / f"checkpoint-{step}")
-
-    def sync(last: bool):  # gradients all-reduce on the last micro-batch only
-        return fsdp.gradient_sync(wrapped, last) if sharded else world.no_sync(wrapped, not last)
-
-    window = LogWindow()
-    if ckpt is not None:
-        window.restore(resumed.get("log_window"), world)
+    run, start = _start(cfg, model, step_fn, len(dataset), world, eval_fn=eval_fn, tokenizer=tokenizer,
+                        config_yaml=config_yaml, callbacks=callbacks, split=split)
+    n_total, warmup, events = run.n_total, warmup_steps_for(cfg, run.n_total), run.events
     if start == 0:
-        run_eval(0)
+        run.evaluate(0)
     model.train()
     t_loop = time.perf_counter()
     last_log, done = {}, start
     with reused_buffers():  # scratch blocks and weight casts live across steps (ops/buffers.py)
         for step in range(start, n_total):
-            t0 = time.perf_counter()
-            micro = sampler.micro_indices(step, cfg.grad_accum, world)
-            batches = [collate([dataset[i] for i in idx]) for idx in micro]
-            weights = [batch_weight(b) for b in batches]
-            step_total = world.all_reduce_sum(sum(weights))
-            step_totals(batches, step_total, world)
-            lr = lr_at(step, base_lr=cfg.learning_rate, total_steps=n_total, warmup_steps=warmup,
-                       schedule=cfg.lr_scheduler, min_lr_ratio=cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            window.tokens += sum(count_tokens(b) for b in batches)
-
-            forwards = [lambda b=b: step_fn(wrapped, to_device(b, device)) for b in batches]
-            try:
-                out_step = optimizer_step(optimizer, forwards, weights, total=step_total, world_size=world.size,
-                                          max_grad_norm=cfg.max_grad_norm, sync=sync,
-                                          compute=lambda: autocast(cfg, device, cache=False))
-            except NonFiniteStep as e:
-                events.on_train_end(step, None)
-                idx = micro[e.micro] if e.micro is not None else sampler.step_indices(step)
-                raise _diverged(cfg, step + 1, e, idx) from None
-            window.add(out_step.metrics, out_step.weights)
-            grad_norm = out_step.grad_norm
-            window.end_step(grad_norm, time.perf_counter() - t0)
+            lr, grad_norm = run.step(step, dataset, collate, warmup)
             done = step + 1
             # A stop any callback on any rank asks for: this step is logged and evaluated, then the final save.
             stop = world.all_reduce_sum(float(events.on_step_end(done, {"grad_norm": grad_norm, "learning_rate": lr}))) > 0
 
             if done % cfg.logging_steps == 0 or done == n_total or stop:
-                last_log = window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=device)
-                last_log["epoch"] = done * cfg.batch_size / sampler.per_epoch
+                last_log = run.window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=world.device)
+                last_log["epoch"] = done * cfg.batch_size / run.sampler.per_epoch
                 events.on_log(done, last_log)
             if eval_fn is not None and ((cfg.eval_steps and done % cfg.eval_steps == 0) or done == n_total or stop):
-                run_eval(done)
+                run.evaluate(done)
             if cfg.save_steps and (done % cfg.save_steps == 0 or done == n_total):
-                checkpoint(done)
+                run.checkpoint(done)
             if stop_at is not None and done >= stop_at and done < n_total:
                 events.on_train_end(done, None)
-                return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, evals, finished=False)
+                return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, run.evals, finished=False)
             if stop:
                 break
 
-    runtime = time.perf_counter() - t_loop
-    full = fsdp.gather_full_state(model, optimizer) if sharded else (None, None)
-    if world.is_main:
-        save_model(model, out, tokenizer, state_dict=full[0])
-    events.on_save(done, out)
-    events.on_train_end(done, {"step": done, "train_runtime": runtime})
-    world.barrier()
-    return TrainResult(done, n_total, runtime, last_log, evals)
+    return run.finish(done, time.perf_counter() - t_loop, last_log)

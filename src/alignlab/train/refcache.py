@@ -117,7 +117,7 @@ def compute_reference_logps(reference: Any, model: Any, pairs: Sequence[Any], co
     `reference` is a `ModelReference` or `AdapterReference` from train/preference.py; `model` is
     the policy (used by the adapter reference, ignored by a separate model).
     """
-    from alignlab.train.loop import to_device
+    from alignlab.train.batches import to_device
 
     out = []
     advance = _progress(len(pairs), "reference log-probs") if progress else (lambda n: None)
