@@ -57,3 +57,10 @@ def test_perplexity():
     assert perplexity([math.log(0.1)] * 5) == pytest.approx(10.0)
     with pytest.raises(AlignlabError):
         perplexity(logps, torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("logps, mask", [([], None), (torch.zeros(0, 4), None), (torch.zeros(2, 3), torch.zeros(2, 3))])
+def test_no_response_tokens_is_an_error(logps, mask):
+    # [] gave n=1 and KL exactly 0; a [0, T] batch NaN with n=0
+    with pytest.raises(AlignlabError, match="no response tokens"):
+        sequence_kl(logps, logps, mask)

@@ -86,3 +86,10 @@ def test_lc_for_comparison_skips_undecided_and_report_shows_both(tmp_path):
     assert [r["metric"] for r in rows] == ["win_rate", "lc_win_rate"] and rows[1]["value"] == lc.rate
     page = write_report({"config": {}, "results": [rec], "seconds": 1.0}, tmp_path).read_text()
     assert "lc_win_rate" in page and (tmp_path / "plots" / "wr.png").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bad_lengths_are_refused(bad):
+    # one NaN length made the length SD NaN, the feature all zeros: the raw win rate came back as LC
+    with pytest.raises(AlignlabError, match=r"len_b\[2\] is"):
+        length_controlled_win_rate([1, 0, 1, 1], [10, 20, 30, 40], [12, 18, bad, 35], n_boot=1)

@@ -108,3 +108,12 @@ def test_evaluate_passk_keeps_samples_aligned_with_their_problem():
     assert out["mean_reward"] == 0.5
     with pytest.raises(AlignlabError, match="k must be"):
         evaluate_passk(model, tok, ["x"], {}, reward, n=2, ks=[3])
+
+
+def test_summary_refuses_mismatched_answers_and_non_finite_rewards():
+    # answers for 2 of 3 problems: zip scored maj@k on 2 while reporting 3 problems
+    with pytest.raises(AlignlabError, match="answers for 2 problems but rewards for 3"):
+        passk_summary([[1.0], [0.0], [1.0]], [1], answers=[["a"], ["b"]])
+    # NaN >= threshold is False: a NaN reward was a wrong answer, silently
+    with pytest.raises(AlignlabError, match="non-finite reward nan for problem 1, sample 0"):
+        passk_summary([[1.0, 0.0], [float("nan"), 1.0]], [1])

@@ -91,6 +91,8 @@ def sequence_kl(
     m = torch.ones_like(logp) if mask is None else _as_float64(mask, "sequence_kl mask")
     if m.shape != logp.shape:
         raise AlignlabError(f"sequence_kl: mask shape {tuple(m.shape)} != log-prob shape {tuple(logp.shape)}")
+    if logp.numel() == 0 or not bool((m > 0).any()):  # an estimate of nothing: n=1 and KL 0, or NaN with n=0
+        raise AlignlabError(f"sequence_kl: no response tokens (log-probs of shape {tuple(logp.shape)})")
     # Padding may hold anything (-inf, garbage); only response tokens may enter the arithmetic.
     logp, ref = torch.where(m > 0, logp, 0.0), torch.where(m > 0, ref, 0.0)
     if not bool(torch.isfinite(logp).all() and torch.isfinite(ref).all()):

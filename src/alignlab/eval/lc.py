@@ -113,6 +113,10 @@ def _check(outcomes, len_a, len_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bad = np.flatnonzero(~np.isfinite(y) | (y < 0) | (y > 1))
     if bad.size:
         raise AlignlabError(f"lc win rate: outcome {int(bad[0])} is {y[bad[0]]!r}; expected a number in [0, 1]")
+    for name, lengths in (("len_a", a), ("len_b", b)):  # one NaN made the length SD NaN: no length control at all
+        bad = np.flatnonzero(~np.isfinite(lengths))
+        if bad.size:
+            raise AlignlabError(f"lc win rate: {name}[{int(bad[0])}] is {lengths[bad[0]]!r}; expected a finite length")
     return y, a, b
 
 

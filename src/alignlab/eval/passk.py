@@ -113,6 +113,11 @@ def passk_summary(
     n = len(rewards[0])
     if any(len(r) != n for r in rewards):
         raise AlignlabError("pass@k: every problem needs the same number of samples")
+    if answers is not None and len(answers) != len(rewards):  # zip would score maj@k on the shorter list
+        raise AlignlabError(f"pass@k: answers for {len(answers)} problems but rewards for {len(rewards)}")
+    bad = next(((i, j, v) for i, row in enumerate(rewards) for j, v in enumerate(row) if not math.isfinite(v)), None)
+    if bad is not None:  # NaN >= threshold is False: counted as wrong, silently
+        raise AlignlabError(f"pass@k: non-finite reward {bad[2]} for problem {bad[0]}, sample {bad[1]}")
     correct = [[v >= threshold for v in row] for row in rewards]
     out: dict[str, float] = {"n": float(n), "problems": float(len(rewards))}
     for k in ks:
