@@ -124,7 +124,7 @@ def run_as_worker(args: Any, workers: dict[str, Callable[[dict], dict]]) -> bool
 
 
 def alignlab_order(n: int, seed: int) -> list[int]:
-    """The order alignlab's loop visits n examples in its first epoch (train/loop.py Sampler: a torch.randperm
+    """The order alignlab's loop visits n examples in its first epoch (train/batches.py Sampler: a torch.randperm
     seeded with `seed`). The TRL side samples in the same order (`in_order`), so both sides' first, untimed step
     and their timed steps hold the same rows: with throughput counted in rows a second, rows of other lengths in
     the timed steps would move the ratio."""

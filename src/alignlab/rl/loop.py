@@ -3,7 +3,7 @@ rl/update.py) -> metrics, evaluation, checkpoint. One loop for grpo, ppo and onl
 
 Exact resume (kill -9 anywhere): a checkpoint holds the policy (full or adapter) and its AdamW state, the critic
 and its AdamW state, the KL controller's coefficient, the RNG states and the step. Everything else that changes
-the numbers is a pure function of (seed, step): the prompt order (train/loop.Sampler), the sampler's seed, the
+the numbers is a pure function of (seed, step): the prompt order (train/batches.Sampler), the sampler's seed, the
 minibatch permutation, the learning rate. The reference is built from the starting weights before a
 checkpoint is loaded. metrics.jsonl is cut back to the checkpoint's step on resume, so each step appears once.
 """

@@ -4,7 +4,7 @@
 `ppo_epochs` passes over the rollout in minibatches of `mini_batch_size` sequences, each one optimizer step
 of the PPO clipped surrogate (losses/policy.py) plus GRPO's KL term and an entropy bonus, and (gae) one
 critic step on the clipped value loss. Under data parallelism every rank holds the global rollout and the
-same minibatch order; rank r takes its slice of each minibatch's micro-batches (as train/loop.Sampler does),
+same minibatch order; rank r takes its slice of each minibatch's micro-batches (as train/batches.Sampler does),
 weighted by its share of the minibatch's units, so 2 ranks give 1 rank's gradient.
 
 `dpo_step`: online DPO (Guo et al. 2024; Xiong et al. 2024): best vs worst sample of each prompt by reward,
