@@ -180,3 +180,21 @@ def test_speculative_greedy_with_own_lm_heads(tiny):
     res, stats = medusa_generate(base, m.heads, tok, prompts, cfg, MedusaDecoding(tree_top_k=3, tree_nodes=8))
     assert [s.completion_ids for s in res.samples] == [s.completion_ids for s in ref.samples]
     assert len(stats.accepted) == 3 and stats.forwards > 0
+
+
+def test_speculative_refuses_sliding_window_models(tiny):
+    # a sliding-window layer's cache keeps its window only, and the tree mask spans every past column: decoding
+    # failed with a shape error once a sequence outgrew the window (Mistral, Gemma 2/3, Qwen2 with a window)
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from alignlab.rollout.generate import SamplingConfig
+    from alignlab.rollout.speculative import medusa_generate
+
+    _, tok = tiny
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=4, tie_word_embeddings=False)
+    model = MistralForCausalLM(cfg).eval()
+    with pytest.raises(AlignlabError, match="sliding-window or chunked attention"):
+        medusa_generate(model, _perturbed(model, 0.0), tok, ["hello there"], SamplingConfig(greedy=True,
+                                                                                          max_new_tokens=12))

@@ -111,6 +111,18 @@ def _greedy_accepts(logits: Any, tokens: Any) -> tuple[Any, Any]:
     return tokens == logits.float().argmax(-1, keepdim=True), torch.zeros(tokens.shape, device=tokens.device)
 
 
+def check_full_attention(model: Any) -> None:
+    """Medusa verifies a tree against a cache that holds every past column (medusa_tree.tree_mask, gather_cache): a
+    sliding-window or chunked layer's cache keeps only its window, and decoding failed with a shape error once a
+    sequence outgrew it. Such models are refused before any decoding."""
+    from alignlab.models.attention import local_attention
+
+    config = getattr(model, "config", None)
+    if config is not None and local_attention(config):
+        raise AlignlabError(f"speculative decoding: {type(model).__name__} has sliding-window or chunked attention "
+                            "layers, and Medusa's tree verification needs full attention; decode without --speculative")
+
+
 class MedusaDecoder:
     """One prompt's speculative decoding, a step at a time (so a server can interleave it with other work).
     `start()` prefills; each `step()` verifies one tree and returns the tokens it emitted; `reason` is set
@@ -241,6 +253,7 @@ def medusa_generate(model: Any, heads: Any, tokenizer: Any, prompts: Sequence[An
 
     cfg = cfg or SamplingConfig(greedy=True)
     check_sampling(cfg)
+    check_full_attention(model)
     decoding = decoding or MedusaDecoding()
     tree = decoding.tree(heads.num_heads)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from alignlab.rollout.request import QueueFull, Request
-from alignlab.rollout.speculative import MedusaDecoder, MedusaDecoding, SpeculativeStats
+from alignlab.rollout.speculative import MedusaDecoder, MedusaDecoding, SpeculativeStats, check_full_attention
 
 __all__ = ["SpeculativeWorker"]
 
@@ -27,6 +27,7 @@ class SpeculativeWorker:
     `stats` accumulates acceptance over every request served."""
 
     def __init__(self, engine: Any, heads: Any, decoding: MedusaDecoding, max_queue: int = 256):
+        check_full_attention(engine.model)  # at start-up, not as each request's failure
         self.engine, self.heads, self.decoding, self.max_queue = engine, heads, decoding, max_queue
         self.tree = decoding.tree(heads.num_heads)
         self.stats = SpeculativeStats(0, 0, [0] * (self.tree.max_depth + 1))
