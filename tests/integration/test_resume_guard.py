@@ -45,6 +45,21 @@ def test_finished_run_rerun_unchanged_says_so_and_rewrites_nothing(data_dir, tmp
     assert snapshot(out) == before  # no file written, moved or touched
 
 
+def test_finished_run_killed_while_writing_its_report_gets_it_on_the_rerun(data_dir, tmp_path, capsys):
+    # the closing metrics row comes before report.html: a run killed while plotting was finished without a report,
+    # and every rerun stopped at "nothing to do"
+    out = tmp_path / "run"
+    assert dpo(data_dir, out) == 0
+    (out / "report.html").unlink()
+    metrics = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert dpo(data_dir, out) == 0
+    said = capsys.readouterr().out
+    assert "finished at step 2/2; nothing to do" in said and "(it was missing)" in said
+    assert "<html" in (out / "report.html").read_text(encoding="utf-8").lower()
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+
+
 def test_finished_run_is_recognised_before_the_model_loads(data_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert dpo(data_dir, out) == 0

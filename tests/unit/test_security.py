@@ -114,7 +114,7 @@ def test_pickle_adapter_is_refused_and_its_payload_never_runs(tiny, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("tamper", ["payload", "truncated"])
+@pytest.mark.parametrize("tamper", ["payload", "truncated", "model.safetensors", "trainer_state.json"])
 def test_resume_never_unpickles_a_planted_optimizer_state(tmp_path, tamper):
     """resume=auto picks the newest checkpoint; its optimizer.pt was replaced. Resume stops with a
     CheckpointError naming the file; the payload does not run."""
@@ -135,12 +135,14 @@ def test_resume_never_unpickles_a_planted_optimizer_state(tmp_path, tamper):
                       device="cpu")
     train(cfg, model(), causal_lm_step, data, Collator(0))
     marker = tmp_path / "PWNED"
-    target = tmp_path / "run" / "checkpoint-4" / "optimizer.pt"
+    # a cut model or state file was a raw SafetensorError / JSONDecodeError traceback naming no file
+    name = tamper if tamper.endswith((".safetensors", ".json")) else "optimizer.pt"
+    target = tmp_path / "run" / "checkpoint-4" / name
     if tamper == "payload":
         plant(target, marker)
     else:
-        target.write_bytes(target.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="checkpoint-4/optimizer.pt: unreadable or not a plain tensor file"):
+        target.write_bytes(target.read_bytes()[:len(target.read_bytes()) // 2])
+    with pytest.raises(CheckpointError, match=f"checkpoint-4/{name}: unreadable"):
         cfg.max_steps = 6  # extend the finished run, so it resumes from checkpoint-4 (a rerun as-is is a no-op)
         train(cfg, model(), causal_lm_step, data, Collator(0))
     assert not marker.exists()

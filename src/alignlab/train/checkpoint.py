@@ -200,7 +200,11 @@ def _weights(directory: Path, adapter: bool) -> dict[str, Any]:
         raise CheckpointError(f"{directory}: no {pattern} to resume from")
     weights: dict[str, Any] = {}
     for f in files:
-        weights.update(load_file(str(f)))
+        try:
+            weights.update(load_file(str(f)))
+        except Exception as e:  # SafetensorError (a truncated header), OSError: a broken file, named
+            raise CheckpointError(f"{f}: unreadable ({type(e).__name__}: {e}); resume from another checkpoint or "
+                                  "resume=never") from None
     return weights
 
 
@@ -235,6 +239,18 @@ def load_tensors(path: Path) -> Any:
                               "resume from another checkpoint or resume=never") from None
 
 
+def read_state(directory: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json; a truncated or edited one is a CheckpointError naming it."""
+    path = Path(directory) / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e}); resume from another checkpoint or "
+                              "resume=never") from None
+    return state
+
+
 def restore_rng(directory: Path, rank: int = 0) -> None:
     """This rank's RNG states: rng-<rank>.pt where the run had several ranks, else rng.pt (rank 0's)."""
     own = directory / f"rng-{rank}.pt"
@@ -244,7 +260,7 @@ def restore_rng(directory: Path, rank: int = 0) -> None:
 def load_checkpoint(directory: str | Path, model: Any, optimizer: Any, rank: int = 0) -> dict[str, Any]:
     """Restore weights, optimizer and this rank's RNG states; returns trainer_state (step, data position, ...)."""
     directory = Path(directory)
-    state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    state = read_state(directory)
     load_model_weights(model, directory)
     optimizer.load_state_dict(load_tensors(directory / "optimizer.pt"))
     restore_rng(directory, rank)

@@ -142,14 +142,13 @@ def gather_full_state(model: Any, optimizer: Any) -> tuple[dict, dict]:
 def load_checkpoint(directory: str | Path, model: Any, optimizer: Any, rank: int = 0) -> dict[str, Any]:
     """Resume a sharded run: every rank reads the full weights and optimizer state of `directory` and keeps
     its own shards; RNG states as in a DDP resume. Returns trainer_state (step, data position, ...)."""
-    import json
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    from alignlab.train.checkpoint import STATE_FILE, CheckpointError, load_tensors, restore_rng
+    from alignlab.train.checkpoint import CheckpointError, load_tensors, read_state, restore_rng
 
     directory = Path(directory)
-    state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    state = read_state(directory)
     weights = _checkpoint_weights(model, directory)
     optim = load_tensors(directory / "optimizer.pt")
     if any(isinstance(k, int) for k in optim.get("state", {})):

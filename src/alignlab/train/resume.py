@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlreadyDone
-from alignlab.train.checkpoint import CKPT_RE, STATE_FILE, CheckpointError, list_checkpoints
+from alignlab.train.checkpoint import CKPT_RE, STATE_FILE, CheckpointError, list_checkpoints, read_state
 
 RESUME_FREE_KEYS: frozenset[str] = frozenset({
     # how long: extending a run is the point of resuming (the schedule is recomputed for the new total)
@@ -103,6 +103,17 @@ def _length_changes(old_yaml: str, new_yaml: str) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("max_steps", "epochs") if old.get(k) != new.get(k)]
 
 
+def _finished(out: Path, ended: int, total: int, is_main: bool = True) -> AlreadyDone:
+    """The finished run's AlreadyDone, its report.html written first when missing: the closing metrics row comes
+    before the report, so a run killed while plotting it was finished without one, and every rerun stopped here."""
+    if is_main and not (out / "report.html").is_file():
+        from alignlab.eval.run_report import write_run_report
+
+        print(f"report: {write_run_report(out)} (it was missing)", flush=True)
+    return AlreadyDone(f"{out} holds this run, finished at step {ended}/{total}; nothing to do "
+                       f"(raise max_steps or epochs to train on, or resume=never to start over)")
+
+
 def stop_if_finished(output_dir: str | Path, resume: str, config_yaml: str) -> None:
     """Raise AlreadyDone when output_dir holds a finished run of this very config, run length included.
 
@@ -114,8 +125,7 @@ def stop_if_finished(output_dir: str | Path, resume: str, config_yaml: str) -> N
         return
     old = saved.read_text(encoding="utf-8")
     if not _length_changes(old, config_yaml) and not config_differences(old, config_yaml):
-        raise AlreadyDone(f"{output_dir} holds this run, finished at step {ended}/{ended}; nothing to do "
-                          f"(raise max_steps or epochs to train on, or resume=never to start over)")
+        raise _finished(Path(output_dir), ended, ended)
 
 
 def experiment_guard(output_dir: str | Path, resume: str, config_yaml: str, finished: Callable[[], bool]) -> None:
@@ -188,12 +198,11 @@ def resume_point(output_dir: str | Path, resume: str, config_yaml: str | None, t
             check_resume_config(out, config_yaml)
     ended = finished_step(out) if resume == "auto" else None
     if ended is not None and ended == total_steps:
-        raise AlreadyDone(f"{out} holds this run, finished at step {ended}/{total_steps}; nothing to do "
-                          f"(raise max_steps or epochs to train on, or resume=never to start over)")
+        raise _finished(out, ended, total_steps, is_main)
     if ckpt is None and ended is not None and ended < total_steps:
         raise CheckpointError(f"{out} holds a run that finished at step {ended} and no checkpoint to continue "
                               f"from (save_steps was 0); give a new output_dir or resume=never to start over")
-    step = int(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))["step"]) if ckpt else None
+    step = int(read_state(ckpt)["step"]) if ckpt else None
     if (step is not None and step > total_steps) or (ended is not None and ended > total_steps):
         raise CheckpointError(f"{out}: the earlier run reached step {max(step or 0, ended or 0)}, beyond this "
                               f"run's {total_steps} steps; give a new output_dir or resume=never")
