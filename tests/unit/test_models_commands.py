@@ -68,6 +68,17 @@ def test_merge_command(tmp_path, capsys):
     assert main(["merge", str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
 
 
+def test_merge_command_names_the_scorer_loader(tmp_path, capsys):
+    # a reward adapter merges into a sequence classifier: the causal-LM loader named before drops its score head
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.lora import LoraConfig, apply_lora
+
+    apply_lora(load_scorer("tiny-random"), LoraConfig(r=2, alpha=4, dropout=0.0)).save_pretrained(tmp_path / "rm")
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "rm"), str(tmp_path / "out")]) == 0
+    assert "loads with AutoModelForSequenceClassification.from_pretrained" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_model_info_smollm2(capsys):
     """The acceptance check of issue 2: offline, 134.5M parameters (134,515,008 with tied embeddings)."""

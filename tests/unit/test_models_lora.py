@@ -79,12 +79,36 @@ def test_merge_reproduces_the_adapted_model(tmp_path):
         merge_adapter(tmp_path / "merged", tmp_path / "again")
 
 
+@pytest.mark.parametrize("target", ["lm_head", "embed_tokens"])
+def test_merge_of_an_adapter_on_a_tied_head_or_embedding(tmp_path, target):
+    # tiny-random ties lm_head to embed_tokens: folding B A into the one shared tensor changed both ends of the
+    # model (merged logits off by 23 and 113), while the adapter had changed one
+    from alignlab.train.reference import step_reference
+
+    model = _adapted(LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", target]))
+    adapted = _logits(model)
+    model.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
+    merged = AutoModelForCausalLM.from_pretrained(merge_adapter(tmp_path / "adapter", tmp_path / "merged")).eval()
+    assert not merged.config.tie_word_embeddings
+    assert torch.allclose(_logits(merged), adapted, atol=1e-5, rtol=0)
+    # the frozen copy a trained in-memory adapter gets as its DPO reference is the same merge
+    ref = step_reference("model", model, source=None).model
+    assert torch.allclose(_logits(ref.eval()), adapted, atol=1e-5, rtol=0)
+
+
 def test_adapter_dir_loads_as_peft_model(tmp_path):
     model = _adapted()
     model.save_pretrained(tmp_path / "adapter")
     again = load_model(str(tmp_path / "adapter")).eval()
     assert torch.equal(_logits(again), _logits(model))
     assert load_tokenizer(str(tmp_path / "adapter")).eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("alpha", [0, -8])
+def test_lora_alpha_must_be_positive(alpha):
+    # the update is (alpha / r) B A: alpha 0 trained nothing and exited 0, a negative one flipped the update
+    with pytest.raises(AlignlabError, match="lora.alpha: must be positive"):
+        LoraConfig(alpha=alpha)
 
 
 def test_target_modules_that_do_not_exist():

@@ -143,3 +143,6 @@ def test_a_trained_adapter_at_the_start_of_training_gets_a_frozen_copy():
     ref = build_reference(trained, "model")  # the starting policy, adapter folded in
     torch.testing.assert_close(logits(ref), logits(trained.eval()), atol=1e-5, rtol=0)
     assert resolve_reference_kind("auto", trained) == "adapter"  # explain: a trained adapter's own base
+    # peft starts an embedding layer's adapter with A = 0 and B random: fresh, not trained (it built a second copy)
+    emb = peft.get_peft_model(tiny(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"]))
+    assert not adapter_is_trained(emb) and start_reference_kind("auto", emb) == "adapter"

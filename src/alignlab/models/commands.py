@@ -191,5 +191,7 @@ def _merge(args: argparse.Namespace) -> int:
     from alignlab.models.lora import merge_adapter
 
     out = merge_adapter(args.adapter_dir, args.out_dir, dtype=args.dtype)
-    print(f"merged {args.adapter_dir} into {out} (loads with AutoModelForCausalLM.from_pretrained)")
+    scorer = "ForSequenceClassification" in "".join(json.loads((out / "config.json").read_text()).get("architectures", []))
+    loader = "AutoModelForSequenceClassification" if scorer else "AutoModelForCausalLM"
+    print(f"merged {args.adapter_dir} into {out} (loads with {loader}.from_pretrained)")
     return 0

@@ -87,12 +87,13 @@ def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
     from peft import PeftModel
 
     from alignlab.models.load import adapter_base, load_model
+    from alignlab.models.lora import merge_lora
 
     base_name, task = adapter_base(path, kw.get("allow_pickle", False))  # before peft unpickles anything
     if task != "CAUSAL_LM":  # SEQ_CLS, or an adapter saved without a task type: a scorer's
         return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
     scorer = load_scorer(base_name, **kw)
-    merged = load_model(str(path), **kw).merge_and_unload()
+    merged = merge_lora(load_model(str(path), **kw))
     prefix = scorer.base_model_prefix
     getattr(scorer, prefix).load_state_dict(getattr(merged, prefix).state_dict())
     return scorer

@@ -24,7 +24,9 @@ def prepare_model(cfg: Any) -> tuple[Any, Any]:
     tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     model = load_model(cfg.model)
     if is_peft(model) and cfg.lora is None:  # a LoRA adapter folder (a LoRA SFT output, say), fine-tuned in full:
-        model = model.merge_and_unload().requires_grad_(True)  # base + adapter (peft had frozen the base)
+        from alignlab.models.lora import merge_lora
+
+        model = merge_lora(model).requires_grad_(True)  # base + adapter (peft had frozen the base)
     if cfg.lora is not None:
         from alignlab.models.lora import apply_lora
 

@@ -54,7 +54,9 @@ def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
     from alignlab.models.prepare import is_peft
 
     if is_peft(critic):  # a reward model saved as an adapter (loaded frozen): base + adapter merged, then trained
-        critic = critic.merge_and_unload().requires_grad_(True)
+        from alignlab.models.lora import merge_lora
+
+        critic = merge_lora(critic).requires_grad_(True)
     if cfg.lora is not None:
         from alignlab.models.lora import apply_lora
 

@@ -48,13 +48,20 @@ def start_reference_kind(requested: str, policy: Any) -> str:
 
 
 def adapter_is_trained(policy: Any) -> bool:
-    """Whether a peft policy's adapter changes its outputs: a fresh LoRA adapter has B = 0 (Hu et al. 2021, Sec.
-    4.1), so switching it off gives the same model; a trained one, or trained modules_to_save copies, do not."""
+    """Whether a peft policy's adapter changes its outputs: a fresh LoRA layer has one factor zero (B for a linear
+    layer, Hu et al. 2021, Sec. 4.1; A for peft's embedding layers), so switching it off gives the same model; a
+    layer with both factors non-zero, or trained modules_to_save copies, do not."""
+    import re
+
     import torch
 
+    nonzero: dict[str, set[str]] = {}
     for name, p in policy.named_parameters():
-        if ("lora_B" in name or "lora_embedding_B" in name) and bool(torch.count_nonzero(p)):
-            return True
+        m = re.search(r"lora_(?:embedding_)?([AB])\b", name)
+        if m and bool(torch.count_nonzero(p)):
+            nonzero.setdefault(name[:m.start()] + name[m.end():], set()).add(m.group(1))
+    if any(len(sides) == 2 for sides in nonzero.values()):
+        return True
     for module in policy.modules():
         saved = getattr(module, "modules_to_save", None)
         original = getattr(module, "original_module", None)
@@ -95,7 +102,9 @@ def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any =
     else:
         model = copy.deepcopy(policy)
         if is_peft(model):
-            model = model.merge_and_unload()
+            from alignlab.models.lora import merge_lora
+
+            model = merge_lora(model)
     if device is None:
         device = next(policy.parameters()).device
     model = model.to(device).eval().requires_grad_(False)

@@ -91,7 +91,9 @@ def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
     out = Path(out)
     staged = out / ".merged.tmp"
     shutil.rmtree(staged, ignore_errors=True)
-    merged = model.merge_and_unload()
+    from alignlab.models.lora import merge_lora
+
+    merged = merge_lora(model)
     merged.save_pretrained(str(staged))
     tokenizer.save_pretrained(str(staged))
     adapter = out / "adapter"
