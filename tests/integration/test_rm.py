@@ -176,7 +176,7 @@ def test_rm_lora_merge_interrupted_leaves_an_unfinished_run_that_a_rerun_complet
     real = transformers.PreTrainedModel.save_pretrained
 
     def dies_in_the_merge(self, directory, *a, **kw):
-        if Path(directory).name == ".merged.tmp":
+        if ".merged.tmp" in Path(directory).name:  # merge_adapter writes ..merged.tmp.tmp-* for .merged.tmp
             real(self, directory, *a, **kw)
             raise KeyboardInterrupt  # killed after the merged weights were staged, before they moved in
         return real(self, directory, *a, **kw)

@@ -146,3 +146,22 @@ def test_ddp_checkpoint_cannot_seed_an_fsdp_resume(one_rank_group, tmp_path):
     sharded = fsdp.shard(tiny())
     with pytest.raises(CheckpointError, match="written by a distributed=ddp run"):
         fsdp.load_checkpoint(ckpt, sharded, build_optimizer(sharded, TrainConfig()))
+
+
+def test_a_lora_scorer_checkpoint_maps_back_to_the_model_with_its_head():
+    # peft saves the scorer head's modules_to_save copy as `score.weight`; only `.default.` was mapped back, so
+    # every FSDP LoRA reward/value checkpoint was refused ("1 adapter tensors match no parameter of the model")
+    import tempfile
+    from pathlib import Path
+
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.lora import LoraConfig, apply_lora
+    from alignlab.train.checkpoint import save_model
+
+    model = apply_lora(load_scorer("tiny-random"), LoraConfig(r=2, alpha=4, dropout=0.0))
+    with tempfile.TemporaryDirectory() as d:
+        save_model(model, Path(d))
+        weights = fsdp._checkpoint_weights(model, Path(d))
+    head = "base_model.model.score.modules_to_save.default.weight"
+    assert torch.equal(weights[head], model.state_dict()[head])
+    assert sum("lora_" in k for k in weights) == sum("lora_" in k for k in model.state_dict())

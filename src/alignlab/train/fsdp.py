@@ -163,14 +163,19 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any, rank: int
 
 def _checkpoint_weights(model: Any, directory: Path) -> dict[str, Any]:
     """The checkpoint's weights under the model's own parameter names. A peft checkpoint holds only the
-    adapter, saved without the adapter name (`lora_A.weight` for the model's `lora_A.default.weight`)."""
+    adapter, saved without the adapter name (`lora_A.weight` for the model's `lora_A.default.weight`, `score.weight`
+    for `score.modules_to_save.default.weight`)."""
     from alignlab.train.checkpoint import CheckpointError, _weights, is_peft
 
     if not is_peft(model):
         return _weights(directory, adapter=False)
     saved = _weights(directory, adapter=True)
     name = f".{model.active_adapter}."
-    out = {key: saved[key.replace(name, ".")] for key in model.state_dict() if key.replace(name, ".") in saved}
+
+    def saved_key(key: str) -> str:  # a modules_to_save copy (a scorer's head) is saved under the module's own name
+        return key.replace(f".modules_to_save{name}", ".").replace(name, ".")
+
+    out = {key: saved[saved_key(key)] for key in model.state_dict() if saved_key(key) in saved}
     if len(out) != len(saved):
         raise CheckpointError(f"{directory}: {len(saved) - len(out)} adapter tensors match no parameter of the model")
     return out

@@ -79,23 +79,23 @@ def load_reward_model(cfg: Any) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
-    """Move the adapter the loop saved to out/adapter and write the merged scorer to out. The merged files are
-    written to a folder of their own and moved in whole, so a kill leaves the adapter's output or the merged one,
-    never a half-written model.safetensors; `MergeAtFinalSave` runs this before the loop's closing metrics row,
-    so an interrupted merge leaves an unfinished run, which a rerun resumes and merges again."""
+def finish_lora(out: Any) -> None:
+    """Move the adapter the loop saved to out/adapter and write the merged scorer to out. The merge starts from
+    those saved files, not the live model, whose merge under FSDP needs every rank (it hung on rank 0's alone).
+    The merged files are written to a folder of their own and moved in whole, so a kill leaves the adapter's
+    output or the merged one, never a half-written model.safetensors; `MergeAtFinalSave` runs this before the
+    loop's closing metrics row, so an interrupted merge leaves an unfinished run, which a rerun resumes and merges
+    again."""
     import os
     import shutil
     from pathlib import Path
 
+    from alignlab.models.lora import merge_adapter
+
     out = Path(out)
     staged = out / ".merged.tmp"
     shutil.rmtree(staged, ignore_errors=True)
-    from alignlab.models.lora import merge_lora
-
-    merged = merge_lora(model)
-    merged.save_pretrained(str(staged))
-    tokenizer.save_pretrained(str(staged))
+    merge_adapter(out, staged)  # the scorer base + the adapter (its score head included), tokenizer from out
     adapter = out / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     adapter.mkdir()
@@ -110,13 +110,13 @@ def finish_lora(model: Any, tokenizer: Any, out: Any) -> None:
 class MergeAtFinalSave(Callback):
     """merge_lora: the merged scorer is written at the loop's final save, before its closing metrics row."""
 
-    def __init__(self, model: Any, tokenizer: Any, out: Any, is_main: bool):
+    def __init__(self, out: Any, is_main: bool):
         from pathlib import Path
 
-        self.model, self.tokenizer, self.out, self.is_main = model, tokenizer, Path(out), is_main
+        self.out, self.is_main = Path(out), is_main
 
     def on_save(self, step: int, path: Any) -> None:
         from pathlib import Path
 
         if self.is_main and Path(path) == self.out:  # checkpoints are out/checkpoint-N
-            finish_lora(self.model, self.tokenizer, self.out)
+            finish_lora(self.out)
