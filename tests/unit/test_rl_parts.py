@@ -223,6 +223,10 @@ def test_decoupled_and_length_adaptive_gae():
     # alternating, growing series
     adv, _ = compute_advantages(PPOConfig(lam_alpha=0.05, whiten_advantages=False, kl_coef=0.0), ro, 0.0)
     assert torch.allclose(adv, torch.tensor([[-0.25, 0.75]]))
+    # lam_alpha is the policy's lambda alone: the critic's returns keep lam (lam_critic null), they took lam_alpha's
+    _, ret_alpha = compute_advantages(PPOConfig(lam=0.9, lam_alpha=0.05, whiten_advantages=False, kl_coef=0.0), ro, 0.0)
+    _, ret = compute_advantages(PPOConfig(lam=0.9, whiten_advantages=False, kl_coef=0.0), ro, 0.0)
+    assert torch.allclose(ret_alpha, ret) and torch.allclose(ret, torch.tensor([[0.925, 1.0]]))  # -0.25 + 0.9 * 0.75
 
 
 def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_losss_beta(tmp_path, monkeypatch):
@@ -233,6 +237,18 @@ def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_lo
 
     with pytest.raises(AlignlabError, match="adaptive_kl"):
         PPOConfig(adaptive_kl=True, kl_coef=0.0).validate()
+    # accepted, then met after the first sampling (DAPO needs 0 < buffer < L_max), or accepted with no effect
+    from alignlab.rl.config import OverlongConfig
+
+    for overlong, budget in ((OverlongConfig(buffer=0), 16), (OverlongConfig(buffer=4), 4),
+                             (OverlongConfig(max_tokens=3, buffer=4), 16)):
+        with pytest.raises(AlignlabError, match="0 < buffer < max_tokens"):
+            OnlineConfig(overlong=overlong, max_new_tokens=budget).validate()
+    with pytest.raises(AlignlabError, match="kimi: compares the answers to one prompt"):
+        PPOConfig(length_penalty="kimi").validate()  # one answer a prompt: its min and max length are its own
+    for key in ("lam_critic", "lam_alpha"):
+        with pytest.raises(AlignlabError, match=f"{key}: a GAE lambda; grpo has no critic"):
+            OnlineConfig(**{key: 0.5}).validate()
     betas = []
     real = preference.PreferenceStep
 
@@ -295,6 +311,22 @@ def test_loss_agg_defaults_to_the_objective_and_dr_grpo_divides_by_the_budget(ti
     dr = _sgd_delta(tiny, ro, adv, loss_agg="seq-mean-token-sum-norm", max_new_tokens=12)
     per_seq_sum = _sgd_delta(tiny, ro, adv, loss_agg="seq-mean-token-sum", max_new_tokens=12)
     assert dr.abs().max() > 0 and torch.allclose(dr * 12, per_seq_sum, atol=1e-5)  # not x 6 (the longest answer)
+
+
+def test_token_sum_norm_with_a_micro_batch_of_no_trained_token(tiny):
+    # mask_truncated can zero every answer of a micro-batch: its norm 0 stopped the run, where token-mean carries on;
+    # such a micro-batch weighs 0, so the step is the other micro-batch's, as token-mean's
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    res = generate(model, tok, ["The film", "A long review"], SamplingConfig(max_new_tokens=6, seed=3), n=2)
+    ro = pack_rollout(res.samples, tok.pad_token_id, "cpu")
+    ro.mask[2:] = 0.0
+    with torch.no_grad():
+        ro.old_logprobs = policy_logprobs(model, ro, torch.arange(4), 1.0)[0] - 0.05
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * ro.mask
+    norm = _sgd_delta(tiny, ro, adv, loss_agg="token-sum-norm", grad_accum=2)
+    assert norm.abs().max() > 0 and torch.allclose(norm, _sgd_delta(tiny, ro, adv, grad_accum=2), atol=1e-7)
 
 
 def test_overlong_counts_an_env_episode_against_its_whole_budget():

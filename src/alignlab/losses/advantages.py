@@ -114,8 +114,8 @@ def shape_rewards(
 
 
 def whiten(x: Tensor, mask: Tensor | None = None, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """``(x - mean) / sqrt(var + eps)`` over mask-1 positions (Bessel-corrected variance, as TRL and
-    OpenRLHF); ``shift_mean=False`` keeps the mean. Masked positions come back as 0."""
+    """``(x - mean) / sqrt(var + eps)`` over mask-1 positions (Bessel-corrected variance, as TRL; OpenRLHF divides
+    by the count); ``shift_mean=False`` keeps the mean. Masked positions come back as 0."""
     if mask is None:
         mask = torch.ones_like(x)
     if int(mask.sum().item()) < 2:
@@ -285,8 +285,9 @@ def _gae_spec(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
     if x.lam_alpha is not None:  # clamped at 0: answers shorter than 1 / alpha tokens would get a negative lambda
         lam = (1.0 - 1.0 / (x.lam_alpha * x.mask.sum(-1).clamp(min=1.0))).clamp(min=0.0)
     adv, returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=lam)
-    if x.lam_critic is not None:
-        returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=x.lam_critic)[1]
+    if x.lam_critic is not None or x.lam_alpha is not None:  # lam_alpha is the policy's alone (VAPO Sec. 4.1)
+        lam_critic = x.lam_critic if x.lam_critic is not None else x.lam
+        returns = gae(rewards, x.values, x.mask, gamma=x.gamma, lam=lam_critic)[1]
     return (whiten(adv, x.mask) if x.whiten and x.mask.sum() > 1 else adv), returns
 
 

@@ -255,9 +255,13 @@ class PolicyGradientConfig(RLConfig):
                 (self.dual_clip is not None and self.dual_clip <= 1):  # else met at the first update, after sampling
             raise ConfigError(f"epsilon_low, epsilon_high and value_clip must be >= 0 and dual_clip > 1, got "
                               f"{self.epsilon_low}, {self.epsilon_high}, {self.value_clip}, {self.dual_clip}")
-        if self.overlong is not None and (self.overlong.buffer < 0 or self.overlong.max_tokens < 0
-                                          or self.overlong.penalty < 0):
-            raise ConfigError(f"overlong: max_tokens, buffer and penalty must be >= 0, got {self.overlong}")
+        if self.overlong is not None:  # DAPO Eq. 13: 0 < L_cache < L_max (else met after the first sampling)
+            o = self.overlong
+            if o.max_tokens < 0 or o.penalty < 0 or not 0 < o.buffer < (o.max_tokens or self.response_budget()):
+                raise ConfigError(f"overlong: need max_tokens >= 0, penalty >= 0 and 0 < buffer < max_tokens (or "
+                                  f"the generation budget {self.response_budget()} when max_tokens is 0), got {o}")
+        if self.length_penalty == "kimi" and self.num_generations < 2:  # its min/max are over a prompt's answers
+            raise ConfigError("length_penalty kimi: compares the answers to one prompt; needs num_generations >= 2")
         from alignlab.losses.policy import get_policy_loss
 
         if self.dual_clip is not None and not get_policy_loss(self.policy_loss).supports_dual_clip:
@@ -270,6 +274,9 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
         if self.value_warmup_steps and not spec.needs_critic:
             raise ConfigError(f"value_warmup_steps: {self.estimator} has no critic to warm up")
+        for name in ("lam_critic", "lam_alpha"):
+            if getattr(self, name) is not None and not spec.needs_critic:
+                raise ConfigError(f"{name}: a GAE lambda; {self.estimator} has no critic (estimator gae has)")
         if self.adaptive_kl and self.kl_coef <= 0:  # the controller multiplies: 0 stays 0
             raise ConfigError("adaptive_kl: needs a starting kl_coef > 0 (its updates multiply the coefficient)")
 

@@ -64,7 +64,9 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
         # a micro-batch's mean over its units; token-sum-norm's constant is then its token count (see _units).
         # Dr. GRPO divides by one constant, the generation budget (Liu et al. 2025, Sec. 3.1; TRL's
         # max_completion_length), not by this rollout's longest answer, which moves the step size with other rows
-        return aggregate_loss(x, mask, mode, norm=mask.sum() if mode == "token-sum-norm" else cfg.response_budget())
+        # clamp: a micro-batch with no trained token (all its answers masked as truncated) weighs 0 and adds 0
+        norm = mask.sum().clamp(min=1) if mode == "token-sum-norm" else cfg.response_budget()
+        return aggregate_loss(x, mask, mode, norm=norm)
 
     def forward(idx: torch.Tensor):
         mask = ro.mask[idx]
