@@ -246,9 +246,14 @@ def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_lo
             OnlineConfig(overlong=overlong, max_new_tokens=budget).validate()
     with pytest.raises(AlignlabError, match="kimi: compares the answers to one prompt"):
         PPOConfig(length_penalty="kimi").validate()  # one answer a prompt: its min and max length are its own
-    for key in ("lam_critic", "lam_alpha"):
-        with pytest.raises(AlignlabError, match=f"{key}: a GAE lambda; grpo has no critic"):
-            OnlineConfig(**{key: 0.5}).validate()
+    # keys the estimator never reads (value_model=... trained without the critic it named)
+    for estimator, key, value in (("grpo", "lam_critic", 0.5), ("grpo", "lam_alpha", 0.5), ("grpo", "value_model", "x"),
+                                  ("rloo", "value_clip", None), ("grpo", "lam", 0.1), ("dr_grpo", "whiten_advantages",
+                                  False), ("grpo", "gamma", 0.5), ("rloo", "scale_rewards", "batch")):
+        with pytest.raises(AlignlabError, match=f"{key}: not used by estimator {estimator}"):
+            OnlineConfig(estimator=estimator, **{key: value}).validate()
+    OnlineConfig(estimator="reinforce_pp", gamma=0.9).validate()
+    PPOConfig(lam=0.9, lam_critic=1.0, value_model="x", gamma=0.99).validate()
     betas = []
     real = preference.PreferenceStep
 

@@ -8,7 +8,7 @@ the reward. Every key is read by the code (tests/integration/test_rl_keys.py pro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from alignlab.config import ConfigError, check_pad_multiple
@@ -272,13 +272,25 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"dynamic_sampling: needs a grouped estimator (grpo, dr_grpo, rloo, ...), not {self.estimator}")
         if self.rollout_is != "none" and not self.rollout_is_cap > 1:
             raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
-        if self.value_warmup_steps and not spec.needs_critic:
-            raise ConfigError(f"value_warmup_steps: {self.estimator} has no critic to warm up")
-        for name in ("lam_critic", "lam_alpha"):
-            if getattr(self, name) is not None and not spec.needs_critic:
-                raise ConfigError(f"{name}: a GAE lambda; {self.estimator} has no critic (estimator gae has)")
+        self._refuse_unused_estimator_keys(spec)
         if self.adaptive_kl and self.kl_coef <= 0:  # the controller multiplies: 0 stays 0
             raise ConfigError("adaptive_kl: needs a starting kl_coef > 0 (its updates multiply the coefficient)")
+
+    def _refuse_unused_estimator_keys(self, spec: Any) -> None:
+        """Keys the estimator never reads, set away from their defaults: the critic's and GAE's without a critic,
+        the discount where nothing is discounted, scale_rewards outside grpo (value_model=... quietly trained
+        without the critic it named)."""
+        unused = [] if spec.needs_critic else ["value_model", "value_learning_rate", "value_clip", "value_warmup_steps",
+                                               "lam", "lam_critic", "lam_alpha", "whiten_advantages"]
+        if self.estimator not in ("gae", "reinforce_pp", "reinforce_pp_baseline"):
+            unused.append("gamma")
+        if self.estimator != "grpo":
+            unused.append("scale_rewards")
+        defaults = {f.name: f.default for f in fields(type(self))}
+        changed = [k for k in unused if getattr(self, k) != defaults[k]]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: not used by estimator {self.estimator}"
+                              f"{'' if spec.needs_critic else ', which has no critic (estimator gae has one)'}")
 
     def response_budget(self) -> int:
         """Most model tokens an answer can hold: max_new_tokens, times max_turns for an env episode."""
