@@ -252,7 +252,7 @@ def alignlab_worker(spec: dict) -> dict:
         max_length=spec["max_length"], learning_rate=spec["lr"], lr_scheduler="constant", warmup_steps=0, seed=spec["seed"],
         beta=spec["beta"], logging_steps=1, save_steps=0, resume="never", progress="none",
         cpu_threads=spec["threads"], device="cpu", forward_path=spec["path"], bf16=spec["bf16"],
-        reference="cache" if spec["reference"] == "cache" else "auto", ref_cache_dir=spec["out"] + "/ref_logps",
+        **({"reference": "cache", "ref_cache_dir": spec["out"] + "/ref_logps"} if spec["reference"] == "cache" else {}),
         compile=spec["compile"],
         gradient_checkpointing={"off": False, "full": True, "selective": "selective"}[spec["gradient_checkpointing"]],
     )

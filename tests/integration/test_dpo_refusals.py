@@ -18,3 +18,19 @@ def test_max_length_one_refuses_before_training(data_dir, tmp_path, capsys, loss
     assert code == 2
     assert "no trainable rows" in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_reference_keys_the_run_would_not_use_are_refused(tmp_path):
+    # ref_model under reference adapter, and any reference key with simpo alone, trained as if unset
+    from alignlab.errors import AlignlabError
+    from alignlab.train.dpo import DPOConfig
+
+    with pytest.raises(AlignlabError, match="ref_model: reference adapter"):
+        DPOConfig(ref_model="tiny-random", reference="adapter").check_reference_keys(True)
+    with pytest.raises(AlignlabError, match="ref_cache_dir: only reference cache uses it"):
+        DPOConfig(ref_cache_dir=str(tmp_path)).check_reference_keys(True)
+    for keys in ({"ref_model": "tiny-random"}, {"reference": "model"}, {"reference": "cache"}):
+        with pytest.raises(AlignlabError, match=r"no chosen loss \(simpo\) uses a reference"):
+            DPOConfig(loss=["simpo"], **keys).check_reference_keys(False)
+    DPOConfig(ref_model="tiny-random", reference="cache", ref_cache_dir=str(tmp_path)).check_reference_keys(True)
+    DPOConfig(loss=["simpo"], reference="none").check_reference_keys(False)

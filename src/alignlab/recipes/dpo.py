@@ -53,6 +53,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     from alignlab.train.world import World
 
     mix = combine(cfg.loss, cfg.loss_weights, cfg.loss_params)
+    cfg.check_reference_keys(mix.needs_reference, ref_model is not None)
     world = World.from_env(cfg.device)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)

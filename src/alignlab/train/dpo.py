@@ -65,6 +65,20 @@ class DPOConfig(RowDataConfig):
             raise ConfigError(f"max_prompt_length: must be in [1, max_length), got {self.max_prompt_length}")
         check_pad_multiple(self.pad_to_multiple_of)
 
+    def check_reference_keys(self, needs_reference: bool, ref_model_given: bool = False) -> None:
+        """Reference keys the chosen losses and reference kind would not use, refused before any loading (a
+        ref_model under reference adapter, or any reference key with simpo alone, trained as if unset)."""
+        named = self.ref_model is not None or ref_model_given
+        if named and self.reference == "adapter":
+            raise ConfigError("ref_model: reference adapter (the LoRA base) does not use it; set reference auto or model")
+        if self.ref_cache_dir is not None and self.reference != "cache":
+            raise ConfigError(f"ref_cache_dir: only reference cache uses it (reference is {self.reference})")
+        if not needs_reference:
+            unused = [k for k, on in (("ref_model", named), ("reference", self.reference not in ("auto", "none")))
+                      if on]
+            if unused:
+                raise ConfigError(f"{', '.join(unused)}: no chosen loss ({', '.join(self.loss)}) uses a reference")
+
 
 def dpo_examples(rows: list, tokenizer: Any, cfg: DPOConfig, source: str, paired: bool) -> list:
     """Tokenised pairs (or unpaired examples) of the rows (data.prepare; empty completions are dropped)."""
