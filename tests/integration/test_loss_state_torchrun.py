@@ -23,8 +23,10 @@ from alignlab.cli import main
 @pytest.mark.parametrize("loss", ["bco_pair", "kto"])
 def test_two_ranks_match_one_rank(tmp_path, loss):
     data = preference_file(tmp_path / "pref.jsonl")
+    # a held-out split: KTO's eval means are per evaluation batch, which was the world's micro-batch (4 rows on one
+    # process, 2 per rank on two), so eval_logps/chosen moved with the number of ranks
     args = ["dpo", f"data={data}", "max_steps=4", "batch_size=4", f"loss=[{loss}]", "learning_rate=2e-2",
-            *[c for c in COMMON if not c.startswith("learning_rate")]]
+            "eval_split=0.25", "eval_steps=2", *[c for c in COMMON if not c.startswith(("learning_rate", "eval_split"))]]
     one = tmp_path / "one"
     assert main([*args, f"output_dir={one}"]) == 0
     two = tmp_path / "two"
@@ -34,3 +36,6 @@ def test_two_ranks_match_one_rank(tmp_path, loss):
     assert [b[s] for s in range(1, 5)] == pytest.approx([a[s] for s in range(1, 5)], abs=1e-5)
     assert abs(a[4] - a[1]) > 1e-3, "the curve must move for the comparison to mean anything"
     assert_close_weights(final_weights(one), final_weights(two), atol=1e-5)
+    for key in ("eval_loss", "eval_logps/chosen", "eval_rewards/rejected"):
+        ea, eb = curve(one, key), curve(two, key)
+        assert list(ea) == [0, 2, 4] and [eb[s] for s in ea] == pytest.approx(list(ea.values()), abs=1e-5)

@@ -63,7 +63,6 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     rows, eval_rows = split.train, split.scored
     train_set = dpo_examples(rows, tokenizer, cfg, data_label(cfg.data), mix.paired)
     eval_set = dpo_examples(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
-    micro = cfg.micro_batch_size(world.size)
     if not mix.paired:  # donors fixed before training, in groups of a micro-batch's size: the same on any world size
         group = cfg.micro_batch_size()
         train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
@@ -79,7 +78,10 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
           f"{len(train_set)} train / {len(eval_set)} eval examples", flush=True)
 
     def eval_fn(model: Any) -> dict[str, float]:
-        return evaluate(model, step_fn, eval_set, collate, batch_size=micro, device=world.device, cfg=cfg)
+        # the batch of one process whatever the world size (each rank evaluates the whole set): KTO's means and an
+        # sft term's token mean are per batch, and the world's micro-batch moved them with the number of ranks
+        return evaluate(model, step_fn, eval_set, collate, batch_size=cfg.micro_batch_size(), device=world.device,
+                        cfg=cfg)
 
     result = train(cfg, policy, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,

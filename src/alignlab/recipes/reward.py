@@ -142,12 +142,11 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     collate = RewardCollator(tokenizer.pad_token_id, spans=cfg.forward_path == "prefix" and uses_spans(model),
                              pad_to_multiple_of=cfg.pad_to_multiple_of)
     step_fn = RewardStep(cfg.loss, cfg.use_margin, cfg.center_coef)
-    micro = cfg.micro_batch_size(world.size)
     print(f"rm: loss {cfg.loss}, {len(train_set)} train / {len(eval_set)} eval examples, "
           f"{'lora' if cfg.lora else 'full'} fine-tuning of {cfg.model}", flush=True)
 
     def eval_fn(m: Any) -> dict[str, float]:
-        return evaluate(m, step_fn, eval_set, collate, batch_size=micro, device=world.device, cfg=cfg)
+        return evaluate(m, step_fn, eval_set, collate, batch_size=cfg.micro_batch_size(), device=world.device, cfg=cfg)
 
     merge = [MergeAtFinalSave(cfg.output_dir, world.is_main)] if is_peft(model) and cfg.merge_lora else []
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
