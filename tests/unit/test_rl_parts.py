@@ -382,3 +382,31 @@ def test_per_row_seed_samples_do_not_depend_on_sharding_or_batching(tiny):
     for other in (halves, small):
         assert [s.completion_ids for s in other] == [s.completion_ids for s in whole]
     assert len({tuple(s.completion_ids) for s in whole}) > 6  # the samples do differ from each other
+
+
+def test_token_metrics_do_not_depend_on_grad_accum_under_a_per_sequence_loss(tiny):
+    # clip_frac, approx_kl and entropy are token means; under seq-mean-token-mean the step weighed each micro-batch
+    # by its sequences, so they moved with grad_accum and the number of ranks (0.33 against 0.57 on two ranks)
+    import copy
+
+    from alignlab.rollout.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    res = generate(model, tok, ["The film", "A long review"], SamplingConfig(max_new_tokens=6, seed=3), n=2)
+    ro = pack_rollout(res.samples, tok.pad_token_id, "cpu")
+    ro.mask[0, 1:], ro.mask[1, 1:], ro.mask[2, 1:] = 0.0, 0.0, 0.0  # answers of 1, 1, 1 and 6 tokens
+    with torch.no_grad():
+        ro.old_logprobs = policy_logprobs(model, ro, torch.arange(4), 1.0)[0] + torch.linspace(-0.4, 0.4, 6)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * ro.mask
+
+    def metrics(grad_accum):
+        m = copy.deepcopy(model)
+        cfg = OnlineConfig(max_grad_norm=0.0, kl_coef=0.0, loss_agg="seq-mean-token-mean", grad_accum=grad_accum)
+        state = RLState(cfg, World(), m, m, tok, None, [torch.optim.SGD(m.parameters(), lr=0.0)],
+                        objective=get_policy_loss(cfg.policy_loss))
+        return policy_update(state, ro, adv, torch.arange(4), 0.0)
+
+    one, two = metrics(1), metrics(2)
+    assert 0 < one["clip_frac"] < 1
+    for key in ("clip_frac", "approx_kl", "entropy", "loss"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key

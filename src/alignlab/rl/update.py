@@ -26,7 +26,7 @@ from alignlab.rl.rollout import (
     sample_and_score,
     sample_metrics,
 )
-from alignlab.train.step import optimizer_step
+from alignlab.train.step import Weighted, optimizer_step
 
 
 def micro_slices(idx_mb: torch.Tensor, grad_accum: int, world: Any) -> list[tuple[torch.Tensor, bool]]:
@@ -45,8 +45,10 @@ def _units(mask: torch.Tensor, loss_agg: str) -> float:
     return float(mask.sum()) if loss_agg in ("token-mean", "token-sum-norm") else float(mask.shape[0])
 
 
-def _global_mean(sums: dict[str, float], world: Any) -> dict[str, float]:
-    return {k: world.all_reduce_sum(v) for k, v in sums.items()}
+def _global_mean(out: Any, world: Any) -> dict[str, float]:
+    """A step's metrics over every rank: each key's sum over its weight (train/step.py Weighted)."""
+    return {k: world.all_reduce_sum(v) / max(world.all_reduce_sum(out.weights[k]), 1e-12)
+            for k, v in out.metrics.items()}
 
 
 def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tensor, kl_coef: float) -> dict:
@@ -68,7 +70,7 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
         norm = mask.sum().clamp(min=1) if mode == "token-sum-norm" else cfg.response_budget()
         return aggregate_loss(x, mask, mode, norm=norm)
 
-    def forward(idx: torch.Tensor):
+    def forward(idx: torch.Tensor, real: bool):
         mask = ro.mask[idx]
         lp, ent = policy_logprobs(state.train_policy, ro, idx, cfg.temperature, want_entropy=True,
                                   entropy_grad=cfg.entropy_coef > 0)
@@ -87,16 +89,20 @@ def policy_update(state: Any, ro: Rollout, adv: torch.Tensor, idx_mb: torch.Tens
             loss = loss + kl_coef * agg(kl_tok, mask)
         if cfg.entropy_coef > 0:  # entropy bonus (Schulman et al. 2017, Eq. 9)
             loss = loss - cfg.entropy_coef * agg(ent, mask)
-        return loss, {"pg_loss": pg, "clip_frac": out.clip_frac, "approx_kl": out.approx_kl,
-                      "entropy": aggregate_loss(ent, mask, "token-mean")}
+        # token means, weighed by their tokens (not the loss's units: sequences under a per-sequence loss_agg, which
+        # moved them with grad_accum and the number of ranks); a filler micro-batch (micro_slices) weighs nothing
+        tokens = float(mask.sum()) if real else 0.0
+        return loss, {"pg_loss": pg, "clip_frac": Weighted(out.clip_frac, tokens),
+                      "approx_kl": Weighted(out.approx_kl, tokens),
+                      "entropy": Weighted(aggregate_loss(ent, mask, "token-mean"), tokens)}
 
     micro = micro_slices(idx_mb, cfg.grad_accum, world)
-    out = optimizer_step(state.optimizers[0], [lambda i=i: forward(i) for i, _ in micro],
+    out = optimizer_step(state.optimizers[0], [lambda i=i, r=r: forward(i, r) for i, r in micro],
                          [_units(ro.mask[i], mode) if real else 0.0 for i, real in micro],
                          total=_units(ro.mask[idx_mb], mode), world_size=world.size,
                          max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
                          compute=lambda: state.compute(cache=False))
-    return {**_global_mean(out.metrics, world), "grad_norm": out.grad_norm}
+    return {**_global_mean(out, world), "grad_norm": out.grad_norm}
 
 
 def value_update(state: Any, ro: Rollout, idx_mb: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
@@ -117,7 +123,7 @@ def value_update(state: Any, ro: Rollout, idx_mb: torch.Tensor, returns: torch.T
                          total=float(ro.mask[idx_mb].sum()),
                          world_size=world.size, max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_critic),
                          compute=lambda: state.compute(cache=False))
-    m = _global_mean(out.metrics, world)
+    m = _global_mean(out, world)
     return {"value_loss": m.pop("loss"), **m, "value_grad_norm": out.grad_norm}
 
 
@@ -224,7 +230,7 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
                              [float(len(p)) for p in mine], total=float(len(pairs)), world_size=world.size,
                              max_grad_norm=cfg.max_grad_norm, sync=state.sync(state.train_policy),
                              compute=lambda: state.compute(cache=False))
-        metrics.update(_global_mean(out.metrics, world))
+        metrics.update(_global_mean(out, world))
         metrics["grad_norm"] = out.grad_norm
     metrics["time/training"] = time.perf_counter() - t1
     return metrics

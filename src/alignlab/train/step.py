@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from alignlab.errors import AlignlabError
 
@@ -41,7 +41,17 @@ class StepOutput:
     over ranks for the global mean)."""
     weights: dict[str, float] = field(default_factory=dict)
     """Per key, the share of the global batch it was measured on, on this rank (summed over ranks: 1 for a key
-    every micro-batch reports). A metric some micro-batches leave out is its sum over this weight, not over 1."""
+    every micro-batch reports). A metric some micro-batches leave out is its sum over this weight, not over 1; a
+    `Weighted` one's weight is its own units' count."""
+
+
+class Weighted(NamedTuple):
+    """A metric that is a mean over units of its own, not the loss's (a token mean under a per-sequence loss): the
+    step weighs it by `weight`, so its logged value is the mean over every unit of the global batch whatever the
+    micro-batches and ranks (TRL all-reduces such metrics' sums and counts)."""
+
+    value: Any
+    weight: float
 
 
 def _float(x: Any) -> float:
@@ -81,8 +91,9 @@ def optimizer_step(
                 raise NonFiniteStep("loss", float(loss.detach()), m)
             (loss * scale).backward()
         for k, v in {"loss": loss, **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + _float(v) * scale / world_size
-            shares[k] = shares.get(k, 0.0) + scale / world_size
+            v, share = (v.value, _float(v.weight)) if isinstance(v, Weighted) else (v, scale / world_size)
+            sums[k] = sums.get(k, 0.0) + _float(v) * share
+            shares[k] = shares.get(k, 0.0) + share
     max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if not math.isfinite(grad_norm):
