@@ -122,7 +122,7 @@ def _recipe(name):
     ("grpo", "gamma=2", r"gamma: must be in \[0.0, 1.0\]"),
     ("grpo", "max_turns=0", r"max_turns: must be in \[1, inf\]"),
     ("grpo", "dual_clip=0.5", "dual_clip > 1"),  # met at the first update, after sampling
-    ("grpo", "overlong.buffer=-1", "overlong: max_tokens, buffer and penalty must be >= 0"),
+    ("grpo", "overlong.buffer=-1", "overlong: need max_tokens >= 0, penalty >= 0 and 0 < buffer < max_tokens"),
 ])
 def test_out_of_range_values_are_refused_before_any_work(recipe, override, message, tmp_path):
     data = tmp_path / "rows.jsonl"
