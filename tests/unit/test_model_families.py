@@ -45,6 +45,19 @@ def test_granite_logits_scaling_is_applied_as_its_forward_does():
     assert got == pytest.approx(_forward_logps(model), abs=1e-5)
 
 
+@pytest.mark.parametrize("family, keys, post", [
+    ("HyperCLOVAXConfig", {"logits_scaling": 4.0}, (4.0, None, None)),  # multiplies, where Granite divides
+    ("FalconH1Config", {"lm_head_multiplier": 0.25}, (0.25, None, None)),  # was not read at all
+])
+def test_logit_multipliers_of_other_families(family, keys, post):
+    # HyperCLOVAX's logits_scaling was taken as Granite's divisor, Falcon-H1's multiplier ignored: DPO logps off by
+    # 2.9 and 0.2 nats, GRPO's by up to 1.7
+    config_cls = getattr(T, family, None)
+    if config_cls is None:
+        pytest.skip(f"transformers has no {family}")
+    assert head_post(config_cls(**keys)) == post
+
+
 def test_head_post_reads_the_text_config_of_a_multimodal_wrapper():
     # Gemma 4's ForConditionalGeneration keeps final_logit_softcapping in text_config only
     class Wrapper:
@@ -64,3 +77,22 @@ def test_sliding_window_models_take_packed_rows_not_the_prefix_mask():
     with pytest.raises(AlignlabError, match="sliding-window"):
         sequence_logps(model, PairCollator(0, "prefix")([PAIR]))
     assert pair_layout("prefix", _model(T.LlamaConfig)) == "prefix"
+
+
+def test_recurrent_layers_take_one_sequence_a_row_and_gpt_neo_local_layers_are_local():
+    # a scan or causal convolution runs through a packed or prefix-shared row from one sequence into the next
+    # (LFM2's short convs, Mamba hybrids, Qwen3-Next's linear attention): DPO logps/rejected -97.66 against -97.80
+    from alignlab.models.attention import enable_span_attention, local_attention, recurrent_mixing
+
+    lfm2 = getattr(T, "Lfm2Config", None)
+    if lfm2 is None:
+        pytest.skip("transformers has no LFM2")
+    model = _model(lfm2, layer_types=["conv", "full_attention"])
+    assert recurrent_mixing(model) and not enable_span_attention(model)
+    assert [pair_layout(p, model) for p in ("prefix", "packed", "plain")] == ["plain"] * 3
+    plain = _model(T.LlamaConfig)
+    assert not recurrent_mixing(plain) and pair_layout("prefix", plain) == "prefix"
+    gpt2 = T.AutoModelForCausalLM.from_config(T.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100))
+    assert not recurrent_mixing(gpt2)  # GPT-2's Conv1D is a Linear
+    # GPT-Neo names its windowed layers "local" in attention_layers: its prefix rows dropped the window
+    assert local_attention(T.GPTNeoConfig(attention_types=[[["global", "local"], 1]], num_layers=2, window_size=4))

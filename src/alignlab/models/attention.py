@@ -302,13 +302,31 @@ def local_attention(config: Any) -> bool:
     sliding layers, Llama 4's attention chunks): span attention sees a whole span, so it is not for these."""
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     return bool(getattr(text, "sliding_window", None) or getattr(text, "attention_chunk_size", None)
-                or any("sliding" in str(t) or "chunked" in str(t) for t in getattr(text, "layer_types", None) or ()))
+                or any("sliding" in str(t) or "chunked" in str(t) for t in getattr(text, "layer_types", None) or ())
+                or "local" in (getattr(text, "attention_layers", None) or ()))  # GPT-Neo's local layers
+
+
+_SCANS = ("Mamba", "ShortConv", "GatedDeltaNet", "LinearAttention", "Recurrent", "Rwkv", "RWKV")
+
+
+def recurrent_mixing(model: Any) -> bool:
+    """Whether some layers mix tokens by a scan or a causal convolution rather than attention (Mamba in Jamba, Bamba,
+    Falcon-H1, Granite 4; LFM2's short convolutions; Qwen3-Next's linear attention; RWKV): a sequence boundary inside
+    a row exists only in attention masks, so such a layer runs through packed and prefix-shared rows from one
+    sequence into the next (rejected saw chosen). These models take padded rows: one sequence a row."""
+    import torch
+
+    inner = getattr(model, "module", model)
+    return any(isinstance(m, torch.nn.Conv1d) or any(k in type(m).__name__ for k in _SCANS) for m in inner.modules())
 
 
 def pair_layout(path: str, model: Any) -> str:
     """The layout `model` can take for `path`: prefix-shared rows without span attention carry one 4D mask for every
     layer, which drops a sliding-window layer's band (Mistral, Gemma 2/3, Phi-3 with a window: chosen log-probs off
-    by 0.7 nats at window 4), so models with local attention take packed rows, which give the plain path's numbers."""
+    by 0.7 nats at window 4), so models with local attention take packed rows, which give the plain path's numbers;
+    models with recurrent layers (`recurrent_mixing`) take plain rows."""
+    if path != "plain" and recurrent_mixing(model):
+        return "plain"
     config = getattr(getattr(model, "module", model), "config", None)
     return "packed" if path == "prefix" and config is not None and local_attention(config) else path
 
@@ -321,7 +339,7 @@ def enable_span_attention(model: Any) -> bool:
     if impl == SPANS:
         return True
     inner = getattr(model, "module", model)
-    if impl != "sdpa" or local_attention(inner.config):
+    if impl != "sdpa" or local_attention(inner.config) or recurrent_mixing(inner):
         return False
     _register()
     inner.set_attn_implementation(SPANS)

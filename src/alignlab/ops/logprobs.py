@@ -23,6 +23,7 @@ autocast, 1 thread, AMD EPYC, median of 8 interleaved runs: 3.35 s against 3.97 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -329,12 +330,18 @@ def lm_head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, ch
 
 def head_post(config: Any) -> tuple[float | None, float | None, float | None]:
     """What a model's forward does to its head's output: (multiply by, divide by, soft-cap at), each None when
-    absent: Cohere's `logit_scale`, Granite's `logits_scaling` (1 is none), Gemma's `final_logit_softcapping`,
-    read from the text config, where multimodal wrappers (Gemma 4's ForConditionalGeneration) keep them."""
+    absent: Cohere's `logit_scale` and Falcon-H1's `lm_head_multiplier` multiply, Granite's (and MiniCPM3's)
+    `logits_scaling` divides but HyperCLOVAX's multiplies (1 is none), Gemma's `final_logit_softcapping`; read from
+    the text config, where multimodal wrappers (Gemma 4's ForConditionalGeneration) keep them."""
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    divide = getattr(text, "logits_scaling", None)
-    return (getattr(text, "logit_scale", None), divide if divide not in (None, 1, 1.0) else None,
-            getattr(text, "final_logit_softcapping", None) or None)
+    factors = [getattr(text, k, None) for k in ("logit_scale", "lm_head_multiplier")]
+    scaling = getattr(text, "logits_scaling", None)
+    scaling = scaling if scaling not in (None, 1, 1.0) else None
+    if scaling is not None and str(getattr(text, "model_type", "")).startswith("hyperclovax"):
+        factors.append(scaling)  # "MuP: multiply logits by logits_scaling (cf. GraniteForCausalLM which divides)"
+        scaling = None
+    factors = [f for f in factors if f not in (None, 1, 1.0)]
+    return (math.prod(factors) if factors else None, scaling, getattr(text, "final_logit_softcapping", None) or None)
 
 
 def lm_head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:

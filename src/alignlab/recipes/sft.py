@@ -68,7 +68,7 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     from alignlab.data.collate import Collator
     from alignlab.data.mixture import data_label
     from alignlab.data.prepare import run_split
-    from alignlab.models.attention import uses_spans
+    from alignlab.models.attention import recurrent_mixing, uses_spans
     from alignlab.models.prepare import prepare_model
     from alignlab.train.lm import lm_step_for, perplexity_eval
     from alignlab.train.loop import seed_everything, train
@@ -83,7 +83,9 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     rows, eval_rows = split.train, split.scored
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, data_label(cfg.data))
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
-    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing, max_row_tokens=cfg.pack_length or cfg.max_length,
+    # recurrent layers run through a packed row from one example into the next: one example a row for them
+    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing and not recurrent_mixing(model),
+                       max_row_tokens=cfg.pack_length or cfg.max_length,
                        pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(model))
     step_fn = lm_step_for(model, cfg.chunked_logprobs, cfg.logprob_chunk_size)
     eval_fn = perplexity_eval(step_fn, eval_set, collate, cfg, world.device) if eval_set else None
