@@ -96,3 +96,14 @@ def test_recurrent_layers_take_one_sequence_a_row_and_gpt_neo_local_layers_are_l
     assert not recurrent_mixing(gpt2)  # GPT-2's Conv1D is a Linear
     # GPT-Neo names its windowed layers "local" in attention_layers: its prefix rows dropped the window
     assert local_attention(T.GPTNeoConfig(attention_types=[[["global", "local"], 1]], num_layers=2, window_size=4))
+
+
+def test_span_attention_only_where_the_plan_reaches_every_layer():
+    # StableLM's decoder layers call attention without the forward's keyword arguments: the plan never arrived, sdpa
+    # ran with the planned empty mask, and every packed SFT or prefix DPO batch failed with a shape error
+    from alignlab.models.attention import enable_span_attention, uses_spans
+
+    stablelm = _model(T.StableLmConfig)
+    assert not enable_span_attention(stablelm) and stablelm.config._attn_implementation == "sdpa"
+    llama = _model(T.LlamaConfig)
+    assert enable_span_attention(llama) and uses_spans(llama)

@@ -273,6 +273,8 @@ def span_attention_forward(module: Any, query: Any, key: Any, value: Any, attent
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     plan = kwargs.pop("attn_spans", None)
+    if plan is not None:
+        _PLANS_SEEN[0] += 1
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -281,6 +283,30 @@ def span_attention_forward(module: Any, query: Any, key: Any, value: Any, attent
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out = span_attention(query, key, value, plan, scaling=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
+
+
+_PLANS_SEEN = [0]  # attention calls that received a plan (the probe in enable_span_attention counts them)
+
+
+def _plan_reaches_every_layer(model: Any) -> bool:
+    """A 2-token forward with a plan: every attention layer must receive it. StableLM, Falcon, Nemotron and Doge
+    call their attention without the forward's keyword arguments, so the plan never arrived and sdpa ran with the
+    planned (empty) mask: a shape error on every packed or prefix-shared batch."""
+    import torch
+
+    from alignlab.data.layout import packed_plan
+
+    layers = getattr(model.config.get_text_config(decoder=True), "num_hidden_layers", None)
+    try:
+        device = next(model.parameters()).device
+        ids = torch.ones((1, 2), dtype=torch.long, device=device)
+        _PLANS_SEEN[0] = 0
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=planned_mask(ids), position_ids=torch.arange(2, device=device)[None],
+                  attn_spans=packed_plan([[2]], 2), use_cache=False)
+    except Exception:  # a layer ran sdpa with the planned mask, or the model takes no such forward
+        return False
+    return _PLANS_SEEN[0] == layers if layers else _PLANS_SEEN[0] > 0
 
 
 def _register() -> None:
@@ -343,6 +369,9 @@ def enable_span_attention(model: Any) -> bool:
         return False
     _register()
     inner.set_attn_implementation(SPANS)
+    if not _plan_reaches_every_layer(inner):
+        inner.set_attn_implementation("sdpa")
+        return False
     return True
 
 
