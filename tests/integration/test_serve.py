@@ -107,6 +107,9 @@ def test_completions_seed_stop_and_n(served):
     ({"messages": CHAT, "stream": "yes"}, "stream", "invalid_type"),
     ({"messages": CHAT, "presence_penalty": 0.5}, "presence_penalty", "unsupported"),
     ({"messages": CHAT, "logit_bias": {"5": 10}}, "logit_bias", "unsupported"),
+    ({"messages": CHAT, "min_tokens": 10}, "min_tokens", "unsupported"),  # vLLM's: a 200 that ignored them
+    ({"messages": CHAT, "stop_token_ids": [44]}, "stop_token_ids", "unsupported"),
+    ({"messages": CHAT, "min_p": 1.0}, "min_p", "unsupported"),
     ({"messages": CHAT, "n": 1, "best_of": 3}, "best_of", "unsupported"),
     ({"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format", "unsupported"),
     ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs", "invalid_value"),

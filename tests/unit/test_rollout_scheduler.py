@@ -187,3 +187,37 @@ def test_a_request_with_bad_settings_fails_alone(tiny, engine):
     engine.submit(broken)
     assert broken.events.get(timeout=60)[0] == "error"
     assert collect(good)[0][0] == alone.completion_ids
+
+
+def test_a_waiting_request_whose_client_left_holds_no_queue_slot(tiny):
+    # it kept its slot until admission, so with a long request decoding new ones got a spurious queue_full
+    e = Engine(*tiny, max_batch=1, max_queue=1)
+    try:
+        e.pause()
+        gone = e.submit(Request([[5, 6, 7]], 1, SeqParams(max_tokens=2)))
+        gone.cancel()
+        assert e.queue_depth == 0
+        kept = e.submit(Request([[5, 6, 7]], 1, SeqParams(max_tokens=2, temperature=0)))
+        with pytest.raises(QueueFull):
+            e.submit(Request([[8]], 1, SeqParams(max_tokens=2)))
+        e.resume()
+        assert [r for _, _, r in collect(gone).values()] == ["cancelled"]
+        assert [r for _, _, r in collect(kept).values()] == ["length"]
+    finally:
+        e.close()
+
+
+def test_a_stop_string_spelling_a_special_token_stops_a_request_that_keeps_them(tiny):
+    # stop strings were looked for in text decoded without special tokens whatever the request kept, so with
+    # skip_special_tokens false the answer's text was cut at "<|im_end|>" but decoding ran on to max_tokens
+    from alignlab.rollout.scheduler import _stop_hit
+    from alignlab.serve.protocol import parse_job
+
+    _, tok = tiny
+    eos = tok.convert_ids_to_tokens(tok.eos_token_id)
+    assert _stop_hit(tok, [eos], [5, 6, tok.eos_token_id], skip_special=False)
+    assert not _stop_hit(tok, [eos], [5, 6, tok.eos_token_id])
+    job = parse_job({"prompt": "hi", "stop": [eos], "skip_special_tokens": False, "temperature": 1e-40}, False,
+                    default_max=16, max_tokens_limit=64, max_n=4)
+    assert job.params.skip_special is False and job.skip_special is False
+    assert job.params.temperature == 0  # 1e-40 overflowed logits / T: token 0 forever with NaN log-probs (vLLM: greedy)

@@ -32,6 +32,9 @@ class SeqParams:
     """None: no log-probs; k >= 0: the sampled token's log-prob and the k most likely alternatives."""
     ignore_eos: bool = False
     """Keep decoding past EOS until max_tokens (benchmarks, tests)."""
+    skip_special: bool = True
+    """Stop strings are looked for in the text decoded as the answer is (skip_special_tokens): a stop string that
+    spells a special token then stops a request that keeps special tokens in its text."""
     first_prompt: int | None = None
     """alignlab extension (`alignlab_first_prompt`): draw each sample keyed by (seed, global row, position) as
     generate()'s per_row_seed does, the request's prompt i being global prompt first_prompt + i, so an RL

@@ -51,9 +51,9 @@ def _keys(r: _Row) -> tuple[list[int], list[int]] | None:
     return ([r.cfg.first_prompt * r.req.n + r.seq], [len(r.tokens)]) if r.cfg.per_row_seed else None
 
 
-def _stop_hit(tokenizer: Any, stops: list[str], ids: list[int]) -> bool:
+def _stop_hit(tokenizer: Any, stops: list[str], ids: list[int], skip_special: bool = True) -> bool:
     """Decode only the tail (enough tokens to spell the longest stop string: generate.stop_window): O(1) per step."""
-    text = tokenizer.decode(ids[-stop_window(stops):], skip_special_tokens=True)
+    text = tokenizer.decode(ids[-stop_window(stops):], skip_special_tokens=skip_special)
     return any(s in text for s in stops)
 
 
@@ -125,7 +125,7 @@ class Engine:
         at admission, on the scheduler thread, where it cancelled every live request)."""
         req.params.sampling_config()
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
+            if self.queue_depth >= self.max_queue:  # a request whose client left holds no slot (finished at admission)
                 raise QueueFull(f"serve: the queue is full ({self.max_queue} requests waiting)")
             req.submitted_step = self.steps
             self._waiting.append(req)
@@ -160,7 +160,7 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return sum(not r.cancelled for r in self._waiting)
 
     def tokens_per_second(self, window: float = 10.0) -> float:
         """Sampled tokens per second over the last `window` seconds of decoding."""
@@ -344,7 +344,7 @@ class Engine:
         p = r.req.params
         if not p.ignore_eos and r.tokens[-1] in self.eos:
             return "eos"
-        if p.stop and _stop_hit(self.tokenizer, p.stop, r.tokens):
+        if p.stop and _stop_hit(self.tokenizer, p.stop, r.tokens, p.skip_special):
             return "stop"
         if len(r.tokens) >= p.max_tokens or (self.context and r.pos >= self.context):
             return "length"

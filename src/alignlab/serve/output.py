@@ -188,7 +188,10 @@ def chunk(job: Job, head: dict, index: int, out: SeqOut, first: bool) -> dict | 
     """The next streamed chunk of one sample (None when there is nothing new to say)."""
     text, start, end = out.delta()
     finish = FINISH[out.reason] if out.reason in FINISH else None
-    if not text and not first and finish is None and (job.params.logprobs is None or start == end):
+    # a token whose text is held back (half a character, a stop string's prefix) still goes out with its ids and
+    # log-probs: they counted as sent, and the stream's token_ids came up short of the answer's
+    carries = (job.params.logprobs is not None or job.return_token_ids) and start < end
+    if not text and not first and finish is None and not carries:
         return None
     c: dict[str, Any] = {"index": index, "finish_reason": finish}
     if finish is not None:

@@ -134,7 +134,10 @@ def prompts(body: dict) -> list[Any]:
 # Fields that change what is sampled but that this server does not implement: refused unless left at their
 # neutral value, so a client never gets an answer it did not ask for.
 _NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "repetition_penalty": (1, 1.0),
-            "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],)}
+            "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
+            # vLLM's sampling extensions
+            "min_tokens": (0,), "min_p": (0, 0.0), "stop_token_ids": ([],), "bad_words": ([],),
+            "length_penalty": (1, 1.0), "use_beam_search": (False,)}
 
 
 def _refuse_unsupported(body: dict, n: int) -> None:
@@ -169,6 +172,8 @@ class Job:
 def parse_job(body: dict, chat: bool, *, default_max: int, max_tokens_limit: int, max_n: int) -> Job:
     """Check every honoured sampling field of a chat or completions body (see the module docstring)."""
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    if temperature < 1e-5:  # as vLLM: logits / 1e-40 overflow to inf, and softmax of inf drew token 0 with NaN log-probs
+        temperature = 0.0
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
     top_k = _integer(body, "top_k", 0, -1, 1 << 20)
     max_tokens = _integer(body, "max_tokens", None, 1, max_tokens_limit)
@@ -189,16 +194,17 @@ def parse_job(body: dict, chat: bool, *, default_max: int, max_tokens_limit: int
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options", "invalid_type")
+    skip_special = _flag(body, "skip_special_tokens", True)
     params = SeqParams(max_tokens=max_tokens or min(default_max, max_tokens_limit), temperature=temperature,
                        top_p=top_p, top_k=max(top_k, 0), stop=_stop(body),
                        seed=seed if seed is not None else random.getrandbits(63), logprobs=logprobs,
-                       ignore_eos=_flag(body, "ignore_eos", False),
+                       ignore_eos=_flag(body, "ignore_eos", False), skip_special=skip_special,
                        first_prompt=_integer(body, "alignlab_first_prompt", None, 0, 2**31))
     return Job(chat=chat, params=params, n=n, stream=_flag(body, "stream", False),
                include_usage=_flag(options or {}, "include_usage", False),
                return_token_ids=_flag(body, "return_token_ids", False),
                tokens_as_ids=_flag(body, "return_tokens_as_token_ids", False),
-               skip_special=_flag(body, "skip_special_tokens", True),
+               skip_special=skip_special,
                include_stop=_flag(body, "include_stop_str_in_output", False))
 
 

@@ -66,7 +66,7 @@ class SpeculativeWorker:
         engine, p = self.engine, req.params
         req.admitted_step = engine.steps
         req.gen, req.cfg = p.generator(engine.model.device), p.sampling_config()
-        stop = (lambda ids: _stop_hit(engine.tokenizer, p.stop, ids)) if p.stop else None
+        stop = (lambda ids: _stop_hit(engine.tokenizer, p.stop, ids, p.skip_special)) if p.stop else None
         dec = MedusaDecoder(engine.model, self.heads, self.tree, req.prompts[0], req.cfg, self.decoding,
                             eos=set() if p.ignore_eos else engine.eos, gen=req.gen, stats=self.stats,
                             stop_hit=stop)
