@@ -108,10 +108,21 @@ def token_bytes(tokenizer: Any, tid: int) -> list[int]:
     return list(tokenizer.decode([tid]).encode("utf-8"))
 
 
+def char_offset(tokenizer: Any, ids: list[int], k: int, skip_special: bool = False) -> int:
+    """Character offset of token k in the text of `ids`: the text of the tokens before it, less a trailing half
+    character that token k completes (token k starts inside that character, which begins where the half does). A
+    byte no later token completes stays a U+FFFD of the text, and counts."""
+    if not k:
+        return 0
+    before = tokenizer.decode(ids[:k], skip_special_tokens=skip_special)
+    if before.endswith("\ufffd") and not tokenizer.decode(ids[:k + 1], skip_special_tokens=skip_special).startswith(
+            before):
+        return len(before.rstrip("\ufffd"))
+    return len(before)
+
+
 def _offset(out: SeqOut, k: int) -> int:
-    """Character offset of token k in the completion's text: the text of the tokens before it, less a trailing
-    half character (token k starts inside that character, which begins where the half does)."""
-    return len(out.tokenizer.decode(out.ids[:k], skip_special_tokens=out.job.skip_special).rstrip("\ufffd")) if k else 0
+    return char_offset(out.tokenizer, out.ids, k, out.job.skip_special)
 
 
 def chat_logprobs(out: SeqOut, start: int, end: int) -> dict | None:
