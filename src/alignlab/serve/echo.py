@@ -57,7 +57,8 @@ def _logprobs_object(tokenizer: Any, ids: list[int], lps: list, alts: list, top:
     tokens = [spell(t) for t in ids]
     # characters of the text before token k (as the echoed `text` decodes it), less a trailing half character: the
     # sum of each token's own decode counted every byte piece of a multi-byte character as one U+FFFD
-    offsets = [char_offset(tokenizer, ids, k) for k in range(len(ids))]
+    text = tokenizer.decode(ids)
+    offsets = [char_offset(tokenizer, ids, k, text=text) for k in range(len(ids))]
     tops = [None if a is None else {spell(i): v for i, v in a} for a in alts] if top else None
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 

@@ -108,17 +108,18 @@ def token_bytes(tokenizer: Any, tid: int) -> list[int]:
     return list(tokenizer.decode([tid]).encode("utf-8"))
 
 
-def char_offset(tokenizer: Any, ids: list[int], k: int, skip_special: bool = False) -> int:
-    """Character offset of token k in the text of `ids`: the text of the tokens before it, less a trailing half
-    character that token k completes (token k starts inside that character, which begins where the half does). A
-    byte no later token completes stays a U+FFFD of the text, and counts."""
+def char_offset(tokenizer: Any, ids: list[int], k: int, skip_special: bool = False, text: str | None = None) -> int:
+    """Character offset of token k in `text`, the decode of `ids` so far: the text of the tokens before it, less a
+    trailing half character (token k starts inside that character, which begins where the half does). A byte that
+    a later token leaves incomplete stays a U+FFFD of the text, and counts (offsets after it were one short)."""
     if not k:
         return 0
     before = tokenizer.decode(ids[:k], skip_special_tokens=skip_special)
-    if before.endswith("\ufffd") and not tokenizer.decode(ids[:k + 1], skip_special_tokens=skip_special).startswith(
-            before):
-        return len(before.rstrip("\ufffd"))
-    return len(before)
+    if not before.endswith("\ufffd"):
+        return len(before)
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special) if text is None else text
+    kept = text.startswith(before) and text[len(before):].strip("\ufffd") != ""  # text follows it: it stays
+    return len(before) if kept else len(before.rstrip("\ufffd"))
 
 
 def _offset(out: SeqOut, k: int) -> int:
