@@ -147,3 +147,24 @@ def test_nll_term_is_the_global_token_mean_on_two_ranks(loss):
     both = [(a + b) / 2 for a, b in zip(out[0], out[1])]
     assert max(abs(x) for x in one) > 1e-3
     assert both == pytest.approx(one, abs=1e-6)
+
+
+def _gather_worker(rank: int, port: int, out):
+    import torch.distributed as dist
+
+    from alignlab.train.preference import gather_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    out[rank] = gather_ranks(torch.arange(3.0) if rank == 0 else torch.tensor([10.0, 11.0])).tolist()
+    dist.destroy_process_group()
+
+
+def test_gather_ranks_takes_unequal_shares():
+    # online DPO splits a step's pairs as they come (3 and 2): all_gather of unequal sizes failed in gloo
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_gather_worker, args=(port, out), nprocs=2, join=True)
+    assert out[0] == out[1] == [0.0, 1.0, 2.0, 10.0, 11.0]

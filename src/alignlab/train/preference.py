@@ -182,17 +182,24 @@ def gather_ranks(x: torch.Tensor) -> torch.Tensor:
 
     Batch statistics a loss keeps across steps (BCO's reward mean, KTO's reference point z0) are computed
     over the GLOBAL micro-batch this way, as TRL gathers them, so every rank holds the same value and two
-    ranks with half the batch each compute what one rank with the whole batch does. Every rank's micro-batch
-    has the same number of pairs (the loop splits the global batch evenly), as all_gather requires.
+    ranks with half the batch each compute what one rank with the whole batch does. Ranks may hold different
+    numbers (online DPO splits a step's pairs as they come: 3 and 2): each is padded to the largest for
+    all_gather, which needs equal sizes, and cut back (a mismatch failed in gloo and can hang NCCL).
     """
     import torch.distributed as dist
 
     x = x.detach()
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    n = [int(s) for s in sizes]
+    padded = torch.zeros((max(n), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:k] for p, k in zip(parts, n)])
 
 
 class PreferenceStep:
