@@ -70,6 +70,15 @@ def test_bad_reward_is_a_clean_error(tmp_path, prompts_file, capsys):
     assert "cannot import module 'nosuch.module'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode, flags, named", [("preference", ["--keep", "3", "--min-reward", "1"],
+                                                  "--keep, --min-reward"), ("sft", ["--min-margin", "1"], "--min-margin")])
+def test_best_of_n_refuses_the_other_modes_flags(tmp_path, prompts_file, capsys, mode, flags, named):
+    # accepted and ignored: the dataset was byte-identical to one without them
+    code = main(["best-of-n", "tiny-random", "--prompts", str(prompts_file), "--reward", "sentiment", "--mode", mode,
+                 *flags, "--out", str(tmp_path / "x.jsonl")])
+    assert code == 2 and f"{named} do nothing under --mode {mode}" in capsys.readouterr().err
+
+
 def test_dpo_accepts_best_of_n_pairs_as_they_are(tmp_path, prompts_file):
     """The issue's acceptance: `alignlab best-of-n` output goes into `alignlab dpo` unchanged."""
     parser = build_parser()

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from alignlab.cli import main
 
 
@@ -59,3 +61,12 @@ def test_rejection_sampling_resumes_a_crashed_experiment_exactly(tmp_path, monke
     assert "finished; nothing to do" in capsys.readouterr().out
     assert main(args(tmp_path / "cut", "samples=3")) == 2
     assert "samples: 2 -> 3" in capsys.readouterr().err
+
+
+def test_eval_steps_is_refused():
+    # accepted and never used: a round's fine-tune has no eval function
+    from alignlab.errors import AlignlabError
+    from alignlab.recipes.rejection_sampling import RejectionSamplingConfig
+
+    with pytest.raises(AlignlabError, match="eval_steps: rejection-sampling scores its held-out prompts"):
+        RejectionSamplingConfig(eval_steps=2).validate()

@@ -247,6 +247,10 @@ def run_best_of_n(args: argparse.Namespace) -> int:
         raise AlignlabError("best-of-n: --prompts FILE and --out FILE.jsonl are required")
     if not args.min_margin >= 0:  # before sampling: the records would refuse it only after
         raise AlignlabError(f"best-of-n: --min-margin must be >= 0, got {args.min_margin}")
+    unused = {"preference": ["--keep"] * (args.keep != 1) + ["--min-reward"] * (args.min_reward is not None),
+              "sft": ["--min-margin"] * (args.min_margin != 0.0)}[args.mode]
+    if unused:  # the other mode's flags were accepted and ignored
+        raise AlignlabError(f"best-of-n: {', '.join(unused)} do nothing under --mode {args.mode}")
     cfg = _sampling(args)
     reward = get_reward(args.reward, **_reward_options(args.reward_arg))
     prompts = _file_prompts(args)
