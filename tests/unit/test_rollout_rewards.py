@@ -105,3 +105,17 @@ def test_reward_model_scores_the_sequence_rm_training_scored(spans):
     for g, ids in zip(got, wanted, strict=True):
         with torch.no_grad():
             assert g == pytest.approx(model(torch.tensor([ids])).logits[0, 0].item(), abs=1e-5)
+
+
+def test_reward_model_reward_loads_on_the_device_asked_for():
+    # eval's reward_accuracy loaded its scorer on the CPU whatever `device` said (and scored 16 a forward)
+    import torch
+
+    from alignlab.errors import AlignlabError
+    from alignlab.rollout.rewards import reward_model_reward
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal below needs a machine without CUDA")
+    with pytest.raises(AlignlabError, match="CUDA"):
+        reward_model_reward(path="tiny-random", device="cuda")
+    assert reward_model_reward(path="tiny-random", device="cpu", batch_size=4).batch_size == 4

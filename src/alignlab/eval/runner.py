@@ -202,9 +202,9 @@ def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         if spec.kind == "reward_accuracy":
             from alignlab.rollout.rewards import get_reward
 
-            scorer = get_reward("reward_model", path=spec.scorer or name, max_length=spec.max_length)
-            res = measures.reward_accuracy(scorer, rows,
-                                           seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
+            scorer = get_reward("reward_model", path=spec.scorer or name, max_length=spec.max_length,
+                                device=ctx.cfg.device, batch_size=ctx.cfg.batch_size)
+            res = measures.reward_accuracy(scorer, rows, seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
         else:
             policy, tok = ctx.model(name)
             reference, _ = ctx.model(spec.reference or ctx.cfg.reference)

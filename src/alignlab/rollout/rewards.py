@@ -261,26 +261,27 @@ def format_reward(pattern: str = DEFAULT_FORMAT, full_match: bool = False) -> Re
 
 @register_reward("reward_model")
 def reward_model_reward(path: str | None = None, model: Any = None, tokenizer: Any = None,
-                        batch_size: int = 16, max_length: int | None = None) -> RewardFn:
+                        batch_size: int = 16, max_length: int | None = None, device: str = "cpu") -> RewardFn:
     """Scores from a trained reward model: the scalar at the last token of prompt + completion, tokenised as
-    `alignlab rm` trains. Give `path` (a checkpoint `alignlab rm` wrote) or an already loaded `model` and
-    `tokenizer`; `max_length` cuts a longer sequence's prompt as training does (default: the model's context)."""
+    `alignlab rm` trains. Give `path` (a checkpoint `alignlab rm` wrote, loaded on `device`) or an already loaded
+    `model` and `tokenizer`; `max_length` cuts a longer sequence's prompt as training does (default: the model's
+    context); `batch_size` sequences a forward."""
     if max_length is not None and max_length < 2:
         raise AlignlabError(f"reward reward_model: max_length must be >= 2, got {max_length}")
     if model is None:
         if path is None:
             raise AlignlabError("reward reward_model: give path: <reward model checkpoint>")
-        model, tokenizer = _load_scorer(path)
+        model, tokenizer = _load_scorer(path, device)
     if tokenizer is None:
         raise AlignlabError("reward reward_model: a loaded model needs its tokenizer too")
     return _RewardModelScorer(model, tokenizer, batch_size, max_length)
 
 
-def _load_scorer(path: str):
+def _load_scorer(path: str, device: str = "cpu"):
     from alignlab.models.heads import load_scorer
     from alignlab.models.load import load_tokenizer
 
-    return load_scorer(path).eval(), load_tokenizer(path)
+    return load_scorer(path, device=device).eval(), load_tokenizer(path)
 
 
 class _RewardModelScorer:
