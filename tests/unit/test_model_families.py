@@ -107,3 +107,21 @@ def test_span_attention_only_where_the_plan_reaches_every_layer():
     assert not enable_span_attention(stablelm) and stablelm.config._attn_implementation == "sdpa"
     llama = _model(T.LlamaConfig)
     assert enable_span_attention(llama) and uses_spans(llama)
+
+
+def test_a_router_auxiliary_loss_asked_for_is_refused(tmp_path):
+    # Qwen3-MoE with output_router_logits and a coefficient: HF's loss adds 0.5 x aux (5.860 against 4.838 here);
+    # alignlab's steps read hidden states only and dropped the term silently
+    import alignlab
+    from alignlab.models.prepare import refuse_router_loss
+
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    refuse_router_loss(_model(T.Qwen3MoeConfig, **moe))  # off by default, as in the released configs
+    model = _model(T.Qwen3MoeConfig, **moe, output_router_logits=True, router_aux_loss_coef=0.5)
+    with pytest.raises(AlignlabError, match="router's auxiliary loss"):
+        refuse_router_loss(model)
+    from alignlab.models.load import load_tokenizer
+
+    with pytest.raises(AlignlabError, match="router's auxiliary loss"):
+        alignlab.sft(model=model, tokenizer=load_tokenizer("tiny-random"), data=[{"prompt": "a", "completion": "b"}],
+                     output_dir=str(tmp_path), max_steps=1, batch_size=1)

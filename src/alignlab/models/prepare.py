@@ -15,6 +15,20 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
+def refuse_router_loss(model: Any) -> None:
+    """A mixture-of-experts config asking for its router's load-balancing loss (output_router_logits with a
+    router_aux_loss_coef): the training steps read hidden states, never the router logits, so the term was
+    dropped silently (TRL's trainers add it)."""
+    from alignlab.errors import AlignlabError
+
+    config = getattr(getattr(model, "module", model), "config", None)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(text, "output_router_logits", False) and getattr(text, "router_aux_loss_coef", 0):
+        raise AlignlabError("the model's config asks for the router's auxiliary loss (output_router_logits with "
+                            f"router_aux_loss_coef {text.router_aux_loss_coef}), which alignlab's training steps "
+                            "do not add; set output_router_logits: false in its config.json to train without it")
+
+
 def prepare_model(cfg: Any) -> tuple[Any, Any]:
     """Tokenizer and causal LM of `cfg.model`, with LoRA adapters when `cfg.lora` is set (any config with
     `model` and `lora` fields: the training configs, the RL configs)."""
