@@ -55,7 +55,8 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     max_new_tokens: int = 32
     """Longest completion; rows that reach it count as truncated."""
     temperature: float = 1.0
-    """Sampling temperature; the training forward divides logits by it too, so ratios compare like with like."""
+    """Sampling temperature. grpo, ppo and distill divide the training forward's logits by it too, so ratios compare
+    like with like; online-dpo scores its pairs at temperature 1 (as TRL's OnlineDPOTrainer)."""
     top_p: float = 1.0
     """Nucleus sampling during rollouts (1.0 = off)."""
     max_prompt_length: int = 256
@@ -79,13 +80,13 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     where the hardware has bf16 matrix units): on an Intel Xeon with AMX, one thread, SmolLM2, 2.5x the float32
     sampler's tokens/s (bench/gen_vs_hf.py), and float32 GRPO's step 2.0x TRL's instead of 1.5x
     (bench/grpo_vs_trl.py --bf16-sampling); ~1.7x the float32 sampler on an AVX512-BF16 EPYC. The samples then come
-    from slightly different numbers than the trainer's: pair it with rollout_is (the sampler's own log-probs are
-    kept for the correction)."""
+    from slightly different numbers than the trainer's: in grpo and ppo pair it with rollout_is (the sampler's own
+    log-probs are kept for the correction)."""
     rollout_engine: RemoteEngine | None = None
     """Sample rollouts on an external OpenAI-compatible engine returning token ids and log-probs ({url, model,
     server: alignlab|vllm, api_key_env, ...}: `alignlab serve`, vLLM, SGLang; docs/serving.md) instead of
     in-process. The policy's weights (full, or the LoRA adapter) are pushed to it at the start and after every
-    step; pair it with rollout_is to correct the sampler/trainer mismatch. null: sample in-process."""
+    step; in grpo and ppo pair it with rollout_is to correct the sampler/trainer mismatch. null: sample in-process."""
 
     def validate(self) -> None:
         RunConfig.validate(self)
@@ -314,7 +315,7 @@ class OnlineDPOConfig(RLConfig):
     """`alignlab online-dpo`: sample answers, rank them by the reward, one DPO-family step on best vs worst."""
 
     learning_rate: float = 5e-6
-    """Policy learning rate (TRL OnlineDPO's default scale)."""
+    """Policy learning rate (TRL 1.16's OnlineDPOConfig defaults to 5e-7; this one moves the short built-in runs)."""
     num_generations: int = 2
     """Answers sampled per prompt; the best and the worst by reward form the pair."""
     loss: list[str] = field(default_factory=lambda: ["dpo"])

@@ -152,8 +152,9 @@ def load_checkpoint(directory: str | Path, model: Any, optimizer: Any, rank: int
     weights = _checkpoint_weights(model, directory)
     optim = load_tensors(directory / "optimizer.pt")
     if any(isinstance(k, int) for k in optim.get("state", {})):
-        raise CheckpointError(f"{directory}: written by a distributed=ddp run (optimizer state keyed by position); "
-                              "resume it with distributed=ddp, or start the FSDP run with resume=never")
+        raise CheckpointError(f"{directory}: its optimizer state is keyed by position (a DDP run, or distributed="
+                              "fsdp on one process, where FSDP is off), which a sharded resume cannot map; resume "
+                              "it with the world size it was written with, or start over with resume=never")
     # strict=False: save_pretrained leaves out a tied LM head, which shares the embedding's parameter anyway.
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                    options=StateDictOptions(full_state_dict=True, strict=False))
