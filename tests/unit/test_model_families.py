@@ -125,3 +125,17 @@ def test_a_router_auxiliary_loss_asked_for_is_refused(tmp_path):
     with pytest.raises(AlignlabError, match="router's auxiliary loss"):
         alignlab.sft(model=model, tokenizer=load_tokenizer("tiny-random"), data=[{"prompt": "a", "completion": "b"}],
                      output_dir=str(tmp_path), max_steps=1, batch_size=1)
+
+
+def test_a_head_before_the_output_projection_is_refused():
+    # ModernBERT's decoder: get_decoder() is its output Linear, behind a prediction head the steps would skip
+    from alignlab.models.prepare import refuse_unusual_heads
+
+    config_cls = getattr(T, "ModernBertDecoderConfig", None)
+    if config_cls is None:
+        pytest.skip("transformers has no ModernBertDecoder")
+    model = T.ModernBertDecoderForCausalLM(config_cls(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=1, num_attention_heads=4))
+    with pytest.raises(AlignlabError, match="prediction head before the output projection"):
+        refuse_unusual_heads(model)
+    refuse_unusual_heads(_model(T.LlamaConfig))

@@ -29,6 +29,21 @@ def refuse_router_loss(model: Any) -> None:
                             "do not add; set output_router_logits: false in its config.json to train without it")
 
 
+def refuse_unusual_heads(model: Any) -> None:
+    """ModernBERT's decoder puts a prediction head (dense, activation, norm) before its output projection, and
+    get_decoder() returns that projection: the training steps read the backbone's hidden states and apply the
+    output embedding alone, which would skip the head (they failed with a TypeError)."""
+    import torch
+
+    from alignlab.errors import AlignlabError
+
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if hasattr(inner, "get_decoder") and isinstance(inner.get_decoder(), torch.nn.Linear):
+        raise AlignlabError(f"{type(inner).__name__}: its LM head runs a prediction head before the output "
+                            "projection, which alignlab's training steps do not apply; this family is not supported")
+
+
 def prepare_model(cfg: Any) -> tuple[Any, Any]:
     """Tokenizer and causal LM of `cfg.model`, with LoRA adapters when `cfg.lora` is set (any config with
     `model` and `lora` fields: the training configs, the RL configs)."""

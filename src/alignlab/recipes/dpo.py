@@ -66,7 +66,8 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     if not mix.paired:  # donors fixed before training, in groups of a micro-batch's size: the same on any world size
         group = cfg.micro_batch_size()
         train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
-    collate = PairCollator(tokenizer.pad_token_id, pair_layout(cfg.forward_path, policy), row_tokens=cfg.row_tokens or None,
+    layout = pair_layout(cfg.forward_path, policy)  # where a model cannot take the asked one, the one it can
+    collate = PairCollator(tokenizer.pad_token_id, layout, row_tokens=cfg.row_tokens or None,
                            pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(policy))
     kind = choose_reference_kind(cfg.reference, mix.needs_reference, policy, bool(cfg.ref_model or ref_model is not None))
     if kind == "cache":
@@ -74,7 +75,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     # the reference's weights: the given model, the config's names, or (an in-memory policy) its own start
     source = ref_model if ref_model is not None else (cfg.ref_model or (cfg.model if model is None else None))
     step_fn = preference_step(cfg, mix, kind, policy, source)
-    print(f"dpo: loss {list(mix.names)} beta {step_fn.beta}, reference {kind}, forward path {cfg.forward_path}, "
+    print(f"dpo: loss {list(mix.names)} beta {step_fn.beta}, reference {kind}, forward path {layout}, "
           f"{len(train_set)} train / {len(eval_set)} eval examples", flush=True)
 
     def eval_fn(model: Any) -> dict[str, float]:
