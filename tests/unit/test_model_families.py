@@ -134,7 +134,7 @@ def test_a_head_before_the_output_projection_is_refused():
     config_cls = getattr(T, "ModernBertDecoderConfig", None)
     if config_cls is None:
         pytest.skip("transformers has no ModernBertDecoder")
-    model = T.ModernBertDecoderForCausalLM(config_cls(vocab_size=100, hidden_size=32, intermediate_size=64,
+    model = T.ModernBertDecoderForCausalLM(config_cls(vocab_size=100, pad_token_id=0, hidden_size=32, intermediate_size=64,
                                                       num_hidden_layers=1, num_attention_heads=4))
     with pytest.raises(AlignlabError, match="prediction head before the output projection"):
         refuse_unusual_heads(model)
