@@ -44,10 +44,10 @@ RUNS = {
              epochs=0.5, head_layers=2, head_decay=0.5),
     ]),
     "rejection-sampling": (RejectionSamplingConfig, run_rs, [
-        dict(prompts=8, rounds=1, samples=2, max_new_tokens=4, eval_split=0.25, max_eval_rows=2),
+        dict(prompts=8, rounds=1, samples=2, max_new_tokens=4, eval_split=0.25, max_eval_rows=2, eval_steps=0),
         dict(data="FILE", prompts=8, rounds=2, samples=2, max_new_tokens=4, eval_data="EVAL", from_base=False,
              max_steps=-1, epochs=1,
-             temperature=0.7, lora=LoraConfig(r=2)),
+             temperature=0.7, lora=LoraConfig(r=2), eval_steps=0),
     ]),
 }
 

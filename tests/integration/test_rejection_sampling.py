@@ -68,5 +68,5 @@ def test_eval_steps_is_refused():
     from alignlab.errors import AlignlabError
     from alignlab.recipes.rejection_sampling import RejectionSamplingConfig
 
-    with pytest.raises(AlignlabError, match="eval_steps: rejection-sampling scores its held-out prompts"):
+    with pytest.raises(AlignlabError, match="eval_steps: rejection-sampling scores its held-out prompts after every round only"):
         RejectionSamplingConfig(eval_steps=2).validate()

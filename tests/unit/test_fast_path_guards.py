@@ -5,7 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from alignlab.data.collate import pack
-from alignlab.models.attention import enable_span_attention, local_attention, uses_spans
+from alignlab.models.attention import enable_span_attention, uses_spans
+from alignlab.models.layouts import local_attention
 from alignlab.train.steps import model_inputs
 
 

@@ -9,7 +9,7 @@ import transformers as T
 
 from alignlab.data.pairs import PairCollator
 from alignlab.errors import AlignlabError
-from alignlab.models.attention import pair_layout
+from alignlab.models.layouts import pair_layout
 from alignlab.ops.logprobs import head_post
 from alignlab.train.preference import sequence_logps
 from alignlab.train.steps import supports_chunked
@@ -82,7 +82,8 @@ def test_sliding_window_models_take_packed_rows_not_the_prefix_mask():
 def test_recurrent_layers_take_one_sequence_a_row_and_gpt_neo_local_layers_are_local():
     # a scan or causal convolution runs through a packed or prefix-shared row from one sequence into the next
     # (LFM2's short convs, Mamba hybrids, Qwen3-Next's linear attention): DPO logps/rejected -97.66 against -97.80
-    from alignlab.models.attention import enable_span_attention, local_attention, recurrent_mixing
+    from alignlab.models.attention import enable_span_attention
+    from alignlab.models.layouts import local_attention, recurrent_mixing
 
     lfm2 = getattr(T, "Lfm2Config", None)
     if lfm2 is None:
@@ -139,3 +140,14 @@ def test_a_head_before_the_output_projection_is_refused():
     with pytest.raises(AlignlabError, match="prediction head before the output projection"):
         refuse_unusual_heads(model)
     refuse_unusual_heads(_model(T.LlamaConfig))
+
+
+def test_packed_rows_only_where_the_model_keeps_their_sequences_apart():
+    # Bloom (ALiBi), MPT and XGLM build their masks without the position ids that split a packed row: each example
+    # attended to the one before it (Bloom's held-out loss 10.65 packed against 10.77 padded)
+    from alignlab.models.layouts import packs_exactly
+
+    bloom = T.AutoModelForCausalLM.from_config(T.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4))
+    assert not packs_exactly(bloom)
+    llama = _model(T.LlamaConfig)  # sdpa reads the restarting position ids: the probe finds them apart
+    assert llama.config._attn_implementation == "sdpa" and packs_exactly(llama)

@@ -323,40 +323,6 @@ def _impl(model: Any) -> str | None:
     return getattr(getattr(getattr(model, "module", model), "config", None), "_attn_implementation", None)
 
 
-def local_attention(config: Any) -> bool:
-    """Whether some layers attend only to a window or chunk of keys (Mistral's sliding_window, Gemma's and Phi-3's
-    sliding layers, Llama 4's attention chunks): span attention sees a whole span, so it is not for these."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    return bool(getattr(text, "sliding_window", None) or getattr(text, "attention_chunk_size", None)
-                or any("sliding" in str(t) or "chunked" in str(t) for t in getattr(text, "layer_types", None) or ())
-                or "local" in (getattr(text, "attention_layers", None) or ()))  # GPT-Neo's local layers
-
-
-_SCANS = ("Mamba", "ShortConv", "GatedDeltaNet", "LinearAttention", "Recurrent", "Rwkv", "RWKV")
-
-
-def recurrent_mixing(model: Any) -> bool:
-    """Whether some layers mix tokens by a scan or a causal convolution rather than attention (Mamba in Jamba, Bamba,
-    Falcon-H1, Granite 4; LFM2's short convolutions; Qwen3-Next's linear attention; RWKV): a sequence boundary inside
-    a row exists only in attention masks, so such a layer runs through packed and prefix-shared rows from one
-    sequence into the next (rejected saw chosen). These models take padded rows: one sequence a row."""
-    import torch
-
-    inner = getattr(model, "module", model)
-    return any(isinstance(m, torch.nn.Conv1d) or any(k in type(m).__name__ for k in _SCANS) for m in inner.modules())
-
-
-def pair_layout(path: str, model: Any) -> str:
-    """The layout `model` can take for `path`: prefix-shared rows without span attention carry one 4D mask for every
-    layer, which drops a sliding-window layer's band (Mistral, Gemma 2/3, Phi-3 with a window: chosen log-probs off
-    by 0.7 nats at window 4), so models with local attention take packed rows, which give the plain path's numbers;
-    models with recurrent layers (`recurrent_mixing`) take plain rows."""
-    if path != "plain" and recurrent_mixing(model):
-        return "plain"
-    config = getattr(getattr(model, "module", model), "config", None)
-    return "packed" if path == "prefix" and config is not None and local_attention(config) else path
-
-
 def enable_span_attention(model: Any) -> bool:
     """Switch an sdpa model (also inside peft/DDP wrappers) to span attention; False when it uses another kernel
     or local (sliding-window, chunked) attention, whose masks span attention would drop: such a model keeps
@@ -364,6 +330,8 @@ def enable_span_attention(model: Any) -> bool:
     impl = _impl(model)
     if impl == SPANS:
         return True
+    from alignlab.models.layouts import local_attention, recurrent_mixing
+
     inner = getattr(model, "module", model)
     if impl != "sdpa" or local_attention(inner.config) or recurrent_mixing(inner):
         return False

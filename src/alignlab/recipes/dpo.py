@@ -45,7 +45,8 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     from alignlab.data.mixture import data_label
     from alignlab.data.pairs import PairCollator, unpaired_as_pairs
     from alignlab.losses import combine
-    from alignlab.models.attention import pair_layout, uses_spans
+    from alignlab.models.attention import uses_spans
+    from alignlab.models.layouts import pair_layout
     from alignlab.models.prepare import prepare_model
     from alignlab.train.dpo import cached_sets, dpo_examples, preference_step
     from alignlab.train.loop import evaluate, seed_everything, train

@@ -130,6 +130,7 @@ def run(cfg: PretrainConfig, *, callbacks: Any = ()):
     """Train and return the loop's TrainResult; the model and tokenizer land in cfg.output_dir."""
     from alignlab.config import saved_config_text
     from alignlab.data.collate import Collator
+    from alignlab.models.layouts import packs_exactly
     from alignlab.train.lm import perplexity_eval
     from alignlab.train.loop import seed_everything, train
     from alignlab.train.steps import causal_lm_step
@@ -142,11 +143,10 @@ def run(cfg: PretrainConfig, *, callbacks: Any = ()):
     val_set = blocks(encode_text(tokenizer, val_text), cfg.max_length)[: cfg.max_eval_rows]
     if not train_set or not val_set:
         raise AlignlabError(f"{cfg.data}: corpus too short for blocks of {cfg.max_length} tokens")
-    n_params = sum(p.numel() for p in model.parameters())
     if world.is_main:
-        print(f"pretrain: {n_params / 1e6:.2f}M params, vocab {len(tokenizer)}, "
+        print(f"pretrain: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, vocab {len(tokenizer)}, "
               f"{len(train_set)} train / {len(val_set)} val blocks of {cfg.max_length}", flush=True)
-    collate = Collator(tokenizer.pad_token_id or 0, packing=cfg.packing)
+    collate = Collator(tokenizer.pad_token_id or 0, packing=cfg.packing and packs_exactly(model))
     eval_fn = perplexity_eval(causal_lm_step, val_set, collate, cfg, world.device)
     from alignlab.models.tokenizer import use_chat_template  # the chat_template key: saved with the tokenizer
 

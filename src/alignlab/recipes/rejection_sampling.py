@@ -50,8 +50,7 @@ class RejectionSamplingConfig(TrainConfig):
             raise AlignlabError("rejection-sampling: prompts, rounds, max_new_tokens >= 1, samples >= 2, "
                                 "temperature > 0")
         if self.eval_steps:  # a round's fine-tune has no eval function: the held-out prompts are scored per round
-            raise AlignlabError("eval_steps: rejection-sampling scores its held-out prompts after every round; "
-                                "it has no evaluation inside a round's fine-tune")
+            raise AlignlabError("eval_steps: rejection-sampling scores its held-out prompts after every round only")
 
 
 def _split(cfg: RejectionSamplingConfig) -> Any:

@@ -22,7 +22,8 @@ class SFTConfig(RowDataConfig):
     model: str = "smollm2-135m-instruct"
     """Model to fine-tune: HF directory, hub id (offline cache) or alias (smollm2-135m-instruct, tiny-random)."""
     packing: bool = True
-    """Padding-free packing: a micro-batch's sequences share one row with restarting positions (no pad FLOPs)."""
+    """Padding-free packing: a micro-batch's sequences share one row with restarting positions (no pad FLOPs); padded
+    rows for models a packed row would mix (recurrent layers, masks that ignore positions: models/layouts.py)."""
     pack_length: int | None = None
     """Longest packed row in tokens (null: max_length) when binning is cheaper than one long row: masked attention
     costs O(row length^2) even for masked-out blocks, binned rows pay padding; collate picks the cheaper. Models
@@ -68,7 +69,8 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     from alignlab.data.collate import Collator
     from alignlab.data.mixture import data_label
     from alignlab.data.prepare import run_split
-    from alignlab.models.attention import recurrent_mixing, uses_spans
+    from alignlab.models.attention import uses_spans
+    from alignlab.models.layouts import packs_exactly
     from alignlab.models.prepare import prepare_model
     from alignlab.train.lm import lm_step_for, perplexity_eval
     from alignlab.train.loop import seed_everything, train
@@ -83,8 +85,8 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
     rows, eval_rows = split.train, split.scored
     train_set = tokenize_rows(rows, tokenizer, cfg.max_length, data_label(cfg.data))
     eval_set = tokenize_rows(eval_rows, tokenizer, cfg.max_length, cfg.eval_data or "held-out") if eval_rows else []
-    # recurrent layers run through a packed row from one example into the next: one example a row for them
-    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing and not recurrent_mixing(model),
+    # where a packed row's sequences would see each other (recurrent layers, masks without position ids): one a row
+    collate = Collator(tokenizer.pad_token_id, packing=cfg.packing and packs_exactly(model),
                        max_row_tokens=cfg.pack_length or cfg.max_length,
                        pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(model))
     step_fn = lm_step_for(model, cfg.chunked_logprobs, cfg.logprob_chunk_size)

@@ -196,7 +196,8 @@ def preference_pairs(samples: list, rewards: list[float], k: int) -> list[dict[s
 def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
     """Sample, rank, one DPO optimizer step on the pairs (no step when every group tied)."""
     from alignlab.data.pairs import PairCollator
-    from alignlab.models.attention import pair_layout, uses_spans
+    from alignlab.models.attention import uses_spans
+    from alignlab.models.layouts import pair_layout
     from alignlab.train.batches import step_totals, to_device
 
     cfg, world, k = state.cfg, state.world, state.cfg.num_generations

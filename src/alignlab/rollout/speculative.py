@@ -115,7 +115,7 @@ def check_full_attention(model: Any) -> None:
     """Medusa verifies a tree against a cache that holds every past column (medusa_tree.tree_mask, gather_cache): a
     sliding-window or chunked layer's cache keeps only its window, and decoding failed with a shape error once a
     sequence outgrew it. Such models are refused before any decoding."""
-    from alignlab.models.attention import local_attention
+    from alignlab.models.layouts import local_attention
 
     config = getattr(model, "config", None)
     if config is not None and local_attention(config):

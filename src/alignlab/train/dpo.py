@@ -159,7 +159,8 @@ def train_lora_dpo(dcfg: DPOConfig, policy: Any, tokenizer: Any, progress_fn: An
     from alignlab.data.pairs import PairCollator
     from alignlab.data.prepare import load_task_rows
     from alignlab.losses import combine
-    from alignlab.models.attention import pair_layout, uses_spans
+    from alignlab.models.attention import uses_spans
+    from alignlab.models.layouts import pair_layout
     from alignlab.models.lora import apply_lora
     from alignlab.train.loop import train
 

@@ -47,10 +47,11 @@ def _attention_mask(model: Any, batch: dict) -> Any:
     if "block_ids" not in batch:
         return batch.get("attention_mask")
     from alignlab.data.pairs import prefix_attention_mask
-    from alignlab.models.attention import SPANS, local_attention
+    from alignlab.models.attention import SPANS
+    from alignlab.models.layouts import local_attention
 
     config = _unwrap(model).config
-    if local_attention(config):  # one mask for every layer drops a sliding-window layer's band (models.attention.pair_layout)
+    if local_attention(config):  # one mask for every layer drops a sliding-window layer's band (models.layouts.pair_layout)
         raise AlignlabError("forward_path: prefix rows carry one mask for all layers, and this model has sliding-window "
                             "(local) attention layers; use forward_path: packed")
     impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
