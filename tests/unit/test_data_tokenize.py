@@ -369,3 +369,26 @@ def test_template_markers_the_tokenizer_splits_are_cut_at_their_characters():
     pair = tokenize_pair(PreferenceRow([U("hello")], [A("good answer")], [A("bad answer")]), t, None)
     assert t.decode(pair.chosen_ids).strip() == "good answer<|eot_id|>"
     assert pair.prompt_ids + pair.chosen_ids == encode(t, render(t, [U("hello"), A("good answer")]), False)
+
+
+def test_llamafactory_v1_loss_weight_zero_keeps_an_assistant_turn_as_context(tmp_path):
+    # the weight was dropped: a 0-weighted answer ("not to be learned") was trained
+    import json
+
+    from alignlab.data.sources import load_rows
+
+    def turn(role, text, w):
+        return {"role": role, "content": [{"type": "text", "value": text}], "loss_weight": w}
+
+    path = tmp_path / "v1.jsonl"
+    path.write_text(json.dumps({"messages": [turn("user", "hello", 0.0), turn("assistant", "bad answer", 0.0),
+                                             turn("user", "question", 0.0), turn("assistant", "good answer", 1.0)]}))
+    t = _bpe()
+    row = load_rows(str(path), task="sft").rows[0]
+    ex = tokenize_sft(row, t, None)
+    assert trained_spans(t, ex.input_ids, ex.labels) == ["good answer<|im_end|>"]
+    for bad, what in ((turn("user", "hello", 1.0), "only assistant turns train"), (turn("assistant", "a", 0.5),
+                                                                                    "0 or 1 are supported")):
+        path.write_text(json.dumps({"messages": [bad, turn("assistant", "b", 1.0)]}))
+        with pytest.raises(AlignlabError, match=what):
+            load_rows(str(path), task="sft")

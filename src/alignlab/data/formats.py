@@ -109,7 +109,17 @@ def to_message(value: Any, field: str, default_role: str | None = None) -> Messa
         raise RowProblem("bad_value", f"{field}.{role_key}", f"unknown role {raw_role!r}")
     if value.get(content_key) is None:
         raise RowProblem("missing_field", f"{field}.{content_key}", f"message has no '{content_key}'")
-    return {"role": role, "content": _content(value[content_key], f"{field}.{content_key}")}
+    message: Message = {"role": role, "content": _content(value[content_key], f"{field}.{content_key}")}
+    weight = value.get("loss_weight")  # LLaMA-Factory v1: a turn at weight 0 is context, not trained
+    if weight is not None:
+        trains = role == "assistant"
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or float(weight) not in (0.0, 1.0):
+            raise RowProblem("bad_value", f"{field}.loss_weight", f"0 or 1 are supported, got {weight!r}")
+        if weight and not trains:
+            raise RowProblem("bad_value", f"{field}.loss_weight", f"only assistant turns train; this is a {role} turn")
+        if trains and not weight:
+            message["train"] = False
+    return message
 
 
 def to_messages(value: Any, field: str, default_role: str | None = None) -> list[Message]:

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 from alignlab.errors import AlignlabError
 
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant"|"tool", "content": str}
+Message = dict[str, Any]  # {"role": "system"|"user"|"assistant"|"tool", "content": str}; "train": False, a context turn
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -207,7 +207,8 @@ def tokenize_prompt(row: PromptRow, tok: Any, max_length: int | None = None, *, 
 def _chat_sft_labels(row: SFTRow, tok: Any) -> tuple[list[int], list[int]]:
     """input ids of the whole conversation and labels that keep only the trained assistant messages."""
     msgs, where = row.messages, row.origin
-    trained = [i for i in range(row.num_prompt, len(msgs)) if msgs[i]["role"] == "assistant"]
+    trained = [i for i in range(row.num_prompt, len(msgs))
+               if msgs[i]["role"] == "assistant" and msgs[i].get("train", True)]  # "train": False, a context turn
     # For turn i: the conversation before it with a generation prompt (where its tokens start) and the
     # conversation through it (where they end); all texts go to the tokenizer in one batch.
     texts = [render(tok, msgs, False, where)]
