@@ -49,7 +49,8 @@ def test_implicit_prompt_never_swallows_the_answer():
 
 def test_chosen_messages_alias_with_typed_content_parts():
     def parts(role, text):
-        return {"role": role, "content": [{"type": "text", "value": text}], "loss_weight": 0.0}
+        return {"role": role, "content": [{"type": "text", "value": text}],
+                "loss_weight": 1.0 if role == "assistant" else 0.0}  # LLaMA-Factory v1's weights
 
     rec = {"chosen_messages": [parts("system", "s"), parts("user", "q"), parts("assistant", "yes")],
            "rejected_messages": [parts("system", "s"), parts("user", "q"), parts("assistant", "no")]}
