@@ -392,3 +392,13 @@ def test_llamafactory_v1_loss_weight_zero_keeps_an_assistant_turn_as_context(tmp
         path.write_text(json.dumps({"messages": [bad, turn("assistant", "b", 1.0)]}))
         with pytest.raises(AlignlabError, match=what):
             load_rows(str(path), task="sft")
+
+
+def test_a_tokenizer_that_trims_offsets_keeps_an_answers_leading_whitespace():
+    # trimmed offsets leave whitespace outside every span: "\n    " left the answer for the prompt
+    t = _bpe()
+    t.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    assert any(b <= a for a, b in t("hello\n    world", return_offsets_mapping=True)["offset_mapping"])  # premise
+    ex = tokenize_sft(SFTRow([U("hello\n"), A("    world")], 1, chat=False), t, None)
+    assert "    world<|endoftext|>" in trained_spans(t, ex.input_ids, ex.labels)[0]
+    assert ex.input_ids == encode(t, "hello\n    world", True) + [t.eos_token_id]

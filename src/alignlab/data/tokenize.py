@@ -7,7 +7,7 @@ completion, and `prompt_ids + completion_ids` is exactly the tokenisation of the
 comparison with the prompt tokenised alone: a template marker the tokenizer does not know as one token tokenises
 otherwise before an answer (a Llama 3 header's "\n\n" is one token alone and two before a word on SmolLM2's
 tokenizer; its "<|eot_id|>" merges its ">" with the next header's "<"), and comparing ids trained the "\n\n" and
-left the end-of-turn ">" untrained. Tokenizers without offsets (pure-Python ones) compare ids.
+left the end-of-turn ">" untrained. Tokenizers without offsets (pure-Python ones) or with trimmed ones compare ids.
 
 - Plain text (`chat=False`): texts are tokenised with the tokenizer's special tokens (BOS if it adds
   one) and the completion ends with exactly one EOS (trailing EOS from the text or from a tokenizer that
@@ -74,9 +74,20 @@ def encode(tok: Any, text: str, special: bool) -> list[int]:
     return list(tok(text, add_special_tokens=special)["input_ids"])
 
 
+def _untrimmed_offsets(tok: Any) -> bool:
+    """Whether the tokenizer gives character spans that cover every character: a post-processor that trims offsets
+    (ByteLevel's or RoBERTa's trim_offsets) leaves whitespace outside every span, so an answer's leading
+    "\n    " went to the prompt."""
+    if not getattr(tok, "is_fast", False):
+        return False
+    post = getattr(getattr(tok, "backend_tokenizer", None), "post_processor", None)
+    return post is None or b'"trim_offsets":true' not in post.__getstate__()
+
+
 def _encode(tok: Any, texts: list[str], special: bool) -> tuple[list[list[int]], list[list[tuple[int, int]] | None]]:
-    """Each text's ids and, where the tokenizer gives them, each token's character span in the text."""
-    if getattr(tok, "is_fast", False):
+    """Each text's ids and, where the tokenizer gives whole spans (`_untrimmed_offsets`), each token's character
+    span in the text."""
+    if _untrimmed_offsets(tok):
         enc = tok(texts, add_special_tokens=special, return_offsets_mapping=True)
         return [list(x) for x in enc["input_ids"]], [list(map(tuple, o)) for o in enc["offset_mapping"]]
     return [list(x) for x in tok(texts, add_special_tokens=special)["input_ids"]], [None] * len(texts)
