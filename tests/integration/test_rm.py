@@ -191,3 +191,30 @@ def test_rm_lora_merge_interrupted_leaves_an_unfinished_run_that_a_rerun_complet
     assert not (out / "adapter_config.json").exists() and (out / "adapter" / "adapter_config.json").is_file()
     cfg = load_config(RewardConfig, out / "config.yaml")
     assert reevaluate(out, cfg, load_scorer(str(out)).eval())["eval_accuracy"] is not None
+
+
+def test_rm_lora_on_an_sft_adapter_folder_merges_what_it_trained(tmp_path):
+    # the merged scorer was rebuilt on the RM adapter's recorded base, the bare model under the SFT adapter: the
+    # SFT weights were dropped from output_dir (scores off by 0.22)
+    from alignlab.models.load import load_model
+    from alignlab.models.lora import LoraConfig, apply_lora
+    from alignlab.recipes.reward import run
+    from alignlab.train.reward import load_reward_model
+
+    torch.manual_seed(0)
+    sft = apply_lora(load_model("tiny-random"), LoraConfig(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for n, w in sft.named_parameters():
+            if "lora_B" in n:
+                w.normal_(0, 0.5)
+    sft.save_pretrained(tmp_path / "sft")
+    load_tokenizer("tiny-random").save_pretrained(tmp_path / "sft")
+    cfg = load_config(RewardConfig, CONFIGS / "rm_tiny.yaml", [
+        f"model={tmp_path / 'sft'}", f"data={marker_pairs(tmp_path / 'pairs.jsonl', n=8)}", "lora={r: 4, alpha: 8}",
+        "max_steps=1", "batch_size=2", "eval_split=0", f"output_dir={tmp_path / 'rm'}", "progress=none"])
+    tok, model = load_reward_model(cfg)
+    run(cfg, model=model, tokenizer=tok)
+    enc = tok(["Hello there, how are you?", "The capital of France is Paris."], return_tensors="pt", padding=True)
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(**enc).logits, merged(**enc).logits, atol=1e-5)

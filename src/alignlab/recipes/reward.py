@@ -148,7 +148,8 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     def eval_fn(m: Any) -> dict[str, float]:
         return evaluate(m, step_fn, eval_set, collate, batch_size=cfg.micro_batch_size(), device=world.device, cfg=cfg)
 
-    merge = [MergeAtFinalSave(cfg.output_dir, world.is_main)] if is_peft(model) and cfg.merge_lora else []
+    merge = [MergeAtFinalSave(model, cfg.model, tokenizer, cfg.output_dir, world.is_main)] \
+        if is_peft(model) and cfg.merge_lora else []
     result = train(cfg, model, step_fn, train_set, collate, eval_fn=eval_fn if eval_set else None,
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
                    callbacks=[*callbacks, *merge], split=split)

@@ -79,23 +79,31 @@ def load_reward_model(cfg: Any) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def finish_lora(out: Any) -> None:
-    """Move the adapter the loop saved to out/adapter and write the merged scorer to out. The merge starts from
-    those saved files, not the live model, whose merge under FSDP needs every rank (it hung on rank 0's alone).
-    The merged files are written to a folder of their own and moved in whole, so a kill leaves the adapter's
-    output or the merged one, never a half-written model.safetensors; `MergeAtFinalSave` runs this before the
-    loop's closing metrics row, so an interrupted merge leaves an unfinished run, which a rerun resumes and merges
-    again."""
+def finish_lora(model: Any, base: str, tokenizer: Any, out: Any) -> None:
+    """Move the adapter the loop saved to out/adapter and write the merged scorer to out: the live `model` merged,
+    or under FSDP, whose sharded merge needs every rank (it hung on rank 0's alone), the run's own base
+    (`load_scorer(base)`: an SFT adapter folder folded in, as at the run's start; the adapter's recorded base is
+    the bare model then) with the adapter files just saved. The merged files are written to a folder of their own
+    and moved in whole, so a kill leaves the adapter's output or the merged one, never a half-written
+    model.safetensors; `MergeAtFinalSave` runs this before the loop's closing metrics row, so an interrupted merge
+    leaves an unfinished run, which a rerun resumes and merges again."""
     import os
     import shutil
     from pathlib import Path
 
-    from alignlab.models.lora import merge_adapter
+    from peft import PeftModel
+
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.lora import merge_lora
+    from alignlab.train.fsdp import is_sharded
 
     out = Path(out)
     staged = out / ".merged.tmp"
     shutil.rmtree(staged, ignore_errors=True)
-    merge_adapter(out, staged)  # the scorer base + the adapter (its score head included), tokenizer from out
+    sharded = is_sharded(model)
+    merged = merge_lora(PeftModel.from_pretrained(load_scorer(base), str(out)) if sharded else model)
+    merged.save_pretrained(str(staged))
+    tokenizer.save_pretrained(str(staged))
     adapter = out / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     adapter.mkdir()
@@ -110,13 +118,13 @@ def finish_lora(out: Any) -> None:
 class MergeAtFinalSave(Callback):
     """merge_lora: the merged scorer is written at the loop's final save, before its closing metrics row."""
 
-    def __init__(self, out: Any, is_main: bool):
+    def __init__(self, model: Any, base: str, tokenizer: Any, out: Any, is_main: bool):
         from pathlib import Path
 
-        self.out, self.is_main = Path(out), is_main
+        self.model, self.base, self.tokenizer, self.out, self.is_main = model, base, tokenizer, Path(out), is_main
 
     def on_save(self, step: int, path: Any) -> None:
         from pathlib import Path
 
         if self.is_main and Path(path) == self.out:  # checkpoints are out/checkpoint-N
-            finish_lora(self.out)
+            finish_lora(self.model, self.base, self.tokenizer, self.out)
