@@ -133,3 +133,17 @@ def test_config_attributes_as_keyword_arguments():
     model = load_scorer("tiny-random", use_cache=False, attn_implementation="eager")
     assert model.config.use_cache is False and model.config._attn_implementation == "eager"
     assert model.config.num_labels == 1
+
+
+def test_where_to_load_from_reaches_the_weights_too(monkeypatch):
+    # AutoConfig consumed `revision`: the config came from that revision, the weights from the default one
+    seen = {}
+    real = AutoModelForSequenceClassification.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **{k: v for k, v in kwargs.items() if k != "revision"})
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", spy)
+    load_scorer("tiny-random", use_cache=False, revision="main")
+    assert seen["revision"] == "main" and "use_cache" not in seen

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+_HUB_KEYS = ("revision", "cache_dir", "token", "local_files_only", "subfolder", "force_download", "proxies")
+
+
 def load_scorer(
     name: str,
     *,
@@ -32,8 +35,7 @@ def load_scorer(
     From a causal-LM checkpoint the backbone is reused and the head `score` is new (normal(0, initializer_range)
     from torch's current RNG state: seed before calling for reproducible heads). A checkpoint saved from a
     scorer reloads with its trained head. `config.pad_token_id` is set (from the tokenizer) so batched
-    forwards work. Extra keyword arguments set config attributes (use_cache=False) or go to `from_pretrained`
-    (e.g. quantization_config, device_map).
+    forwards work. Other keyword arguments set config attributes (use_cache=False) or go to `from_pretrained`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -51,9 +53,10 @@ def load_scorer(
         return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                     allow_pickle=allow_pickle, **kwargs)
     try:
-        # config attributes (use_cache=False) into the config: with `config=` from_pretrained gives them to __init__
-        config, kwargs = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
-                                                    **kwargs)
+        # config attributes (use_cache=False) into the config (with `config=` they reach __init__), _HUB_KEYS to both
+        config, rest = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
+                                                  **kwargs)
+        kwargs = {**rest, **{k: v for k, v in kwargs.items() if k in _HUB_KEYS}}
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not read the config of {name!r} ({path}): {e}") from e
     config.num_labels = 1
