@@ -114,13 +114,13 @@ def test_a_router_auxiliary_loss_asked_for_is_refused(tmp_path):
     # Qwen3-MoE with output_router_logits and a coefficient: HF's loss adds 0.5 x aux (5.860 against 4.838 here);
     # alignlab's steps read hidden states only and dropped the term silently
     import alignlab
-    from alignlab.models.prepare import refuse_router_loss
+    from alignlab.models.prepare import refuse_untrainable
 
     moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
-    refuse_router_loss(_model(T.Qwen3MoeConfig, **moe))  # off by default, as in the released configs
+    refuse_untrainable(_model(T.Qwen3MoeConfig, **moe))  # off by default, as in the released configs
     model = _model(T.Qwen3MoeConfig, **moe, output_router_logits=True, router_aux_loss_coef=0.5)
     with pytest.raises(AlignlabError, match="router's auxiliary loss"):
-        refuse_router_loss(model)
+        refuse_untrainable(model)
     from alignlab.models.load import load_tokenizer
 
     with pytest.raises(AlignlabError, match="router's auxiliary loss"):
@@ -130,7 +130,7 @@ def test_a_router_auxiliary_loss_asked_for_is_refused(tmp_path):
 
 def test_a_head_before_the_output_projection_is_refused():
     # ModernBERT's decoder: get_decoder() is its output Linear, behind a prediction head the steps would skip
-    from alignlab.models.prepare import refuse_unusual_heads
+    from alignlab.models.prepare import refuse_untrainable
 
     config_cls = getattr(T, "ModernBertDecoderConfig", None)
     if config_cls is None:
@@ -138,8 +138,8 @@ def test_a_head_before_the_output_projection_is_refused():
     model = T.ModernBertDecoderForCausalLM(config_cls(vocab_size=100, pad_token_id=0, hidden_size=32, intermediate_size=64,
                                                       num_hidden_layers=1, num_attention_heads=4))
     with pytest.raises(AlignlabError, match="prediction head before the output projection"):
-        refuse_unusual_heads(model)
-    refuse_unusual_heads(_model(T.LlamaConfig))
+        refuse_untrainable(model)
+    refuse_untrainable(_model(T.LlamaConfig))
 
 
 def test_packed_rows_only_where_the_model_keeps_their_sequences_apart():

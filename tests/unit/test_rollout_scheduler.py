@@ -219,5 +219,5 @@ def test_a_stop_string_spelling_a_special_token_stops_a_request_that_keeps_them(
     assert not _stop_hit(tok, [eos], [5, 6, tok.eos_token_id])
     job = parse_job({"prompt": "hi", "stop": [eos], "skip_special_tokens": False, "temperature": 1e-40}, False,
                     default_max=16, max_tokens_limit=64, max_n=4)
-    assert job.params.skip_special is False and job.skip_special is False
+    assert job.params.skip_special is False
     assert job.params.temperature == 0  # 1e-40 overflowed logits / T: token 0 forever with NaN log-probs (vLLM: greedy)

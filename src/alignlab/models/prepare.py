@@ -15,10 +15,17 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-def refuse_router_loss(model: Any) -> None:
-    """A mixture-of-experts config asking for its router's load-balancing loss (output_router_logits with a
-    router_aux_loss_coef): the training steps read hidden states, never the router logits, so the term was
-    dropped silently (TRL's trainers add it)."""
+def refuse_untrainable(model: Any) -> None:
+    """Models the training steps would train on other numbers than the model's own forward gives, refused before
+    any work:
+    - a mixture-of-experts config asking for its router's load-balancing loss (output_router_logits with a
+      router_aux_loss_coef): the steps read hidden states, never the router logits, so the term was dropped
+      silently (TRL's trainers add it);
+    - ModernBERT's decoder, whose get_decoder() is its output projection behind a prediction head (dense,
+      activation, norm) that the steps, applying the output embedding to the backbone's states, would skip (they
+      failed with a TypeError)."""
+    import torch
+
     from alignlab.errors import AlignlabError
 
     config = getattr(getattr(model, "module", model), "config", None)
@@ -27,15 +34,6 @@ def refuse_router_loss(model: Any) -> None:
         raise AlignlabError("the model's config asks for the router's auxiliary loss (output_router_logits with "
                             f"router_aux_loss_coef {text.router_aux_loss_coef}), which alignlab's training steps "
                             "do not add; set output_router_logits: false in its config.json to train without it")
-
-
-def refuse_unusual_heads(model: Any) -> None:
-    """ModernBERT's decoder puts a prediction head (dense, activation, norm) before its output projection, and
-    get_decoder() returns that projection: the training steps read the backbone's hidden states and apply the
-    output embedding alone, which would skip the head (they failed with a TypeError)."""
-    import torch
-
-    from alignlab.errors import AlignlabError
 
     inner = getattr(model, "module", model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner

@@ -88,7 +88,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     in-memory policy (the Python API) used instead of cfg.model."""
     import torch
 
-    from alignlab.models.prepare import prepare_model, refuse_router_loss, refuse_unusual_heads
+    from alignlab.models.prepare import prepare_model, refuse_untrainable
     from alignlab.ops.embedding import keep_embedding_grad
     from alignlab.rl.critic import build_critic, without_dropout
     from alignlab.train.fsdp import resolve_strategy
@@ -104,8 +104,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
-    refuse_router_loss(policy)
-    refuse_unusual_heads(policy)
+    refuse_untrainable(policy)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing, cfg.compile)
     keep_embedding_grad(policy)  # its dense gradient in the LM head's idle block (ops/embedding.py)
     frozen = None

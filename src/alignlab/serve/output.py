@@ -42,7 +42,7 @@ class SeqOut:
         return (text[:at + len(stop)] if self.job.include_stop else text[:at]), stop
 
     def text(self, final: bool = False) -> str:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.job.skip_special)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.job.params.skip_special)
         cut, stop = self._cut(text)
         if final or stop is not None:
             return cut
@@ -59,7 +59,7 @@ class SeqOut:
     def stop_reason(self) -> str | None:
         if self.reason != "stop":
             return None
-        return self._cut(self.tokenizer.decode(self.ids, skip_special_tokens=self.job.skip_special))[1]
+        return self._cut(self.tokenizer.decode(self.ids, skip_special_tokens=self.job.params.skip_special))[1]
 
     def delta(self) -> tuple[str, int, int]:
         """New text since the last call, and the range of tokens not yet sent."""
@@ -123,7 +123,7 @@ def char_offset(tokenizer: Any, ids: list[int], k: int, skip_special: bool = Fal
 
 
 def _offset(out: SeqOut, k: int) -> int:
-    return char_offset(out.tokenizer, out.ids, k, out.job.skip_special)
+    return char_offset(out.tokenizer, out.ids, k, out.job.params.skip_special)
 
 
 def chat_logprobs(out: SeqOut, start: int, end: int) -> dict | None:

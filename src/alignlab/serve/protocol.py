@@ -164,7 +164,6 @@ class Job:
     include_usage: bool = False
     return_token_ids: bool = False
     tokens_as_ids: bool = False
-    skip_special: bool = True
     include_stop: bool = False
     prompt_ids: list[list[int]] = field(default_factory=list)
 
@@ -194,17 +193,15 @@ def parse_job(body: dict, chat: bool, *, default_max: int, max_tokens_limit: int
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options", "invalid_type")
-    skip_special = _flag(body, "skip_special_tokens", True)
     params = SeqParams(max_tokens=max_tokens or min(default_max, max_tokens_limit), temperature=temperature,
                        top_p=top_p, top_k=max(top_k, 0), stop=_stop(body),
                        seed=seed if seed is not None else random.getrandbits(63), logprobs=logprobs,
-                       ignore_eos=_flag(body, "ignore_eos", False), skip_special=skip_special,
+                       ignore_eos=_flag(body, "ignore_eos", False), skip_special=_flag(body, "skip_special_tokens", True),
                        first_prompt=_integer(body, "alignlab_first_prompt", None, 0, 2**31))
     return Job(chat=chat, params=params, n=n, stream=_flag(body, "stream", False),
                include_usage=_flag(options or {}, "include_usage", False),
                return_token_ids=_flag(body, "return_token_ids", False),
                tokens_as_ids=_flag(body, "return_tokens_as_token_ids", False),
-               skip_special=skip_special,
                include_stop=_flag(body, "include_stop_str_in_output", False))
 
 

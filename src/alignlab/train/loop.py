@@ -30,7 +30,7 @@ from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.models.compiled import compile_blocks
 from alignlab.models.kept_casts import keep_weight_casts, share_input_casts
 from alignlab.models.lean_blocks import lean_blocks
-from alignlab.models.prepare import refuse_router_loss, refuse_unusual_heads
+from alignlab.models.prepare import refuse_untrainable
 from alignlab.ops.embedding import keep_embedding_grad
 from alignlab.train import fsdp
 from alignlab.train.batches import Sampler, batch_weight, count_tokens, step_totals, to_device, total_steps
@@ -146,8 +146,7 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
-    refuse_router_loss(model)
-    refuse_unusual_heads(model)
+    refuse_untrainable(model)
     enable_checkpointing(model, cfg.gradient_checkpointing)
     compile_blocks(model, cfg.compile)
     if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
