@@ -227,42 +227,19 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
              on_step: Callable[[RLState, int], None] | None = None,
              prompts: tuple[list, list] | None = None, records: Any = None, eval_records: Any = None,
              callbacks: Any = ()) -> RLResult:
-    """Run the RL steps with checkpoints, exact resume, held-out evals and live metrics; returns this
-    process's per-step metrics (also in output_dir/metrics.jsonl) and saves the policy (and critic).
-    prompts: (train, held-out) PromptRows given in memory instead of cfg.data's split; records / eval_records:
-    in-memory prompt records (any supported format) split as cfg.data would be. callbacks (train.callbacks)
-    see every log, eval, save and step end; one may ask to stop (the step is evaluated and the model saved)."""
-    from alignlab.config import config_text
+    """Run the RL steps with checkpoints, exact resume, held-out evals and live metrics; returns this process's
+    per-step metrics (also in output_dir/metrics.jsonl) and saves the policy (and critic). prompts: (train, held-out)
+    PromptRows instead of cfg.data's split; records / eval_records: in-memory records split as cfg.data would be.
+    callbacks (train.callbacks) see every log, eval, save and step end; one may ask to stop (evaluated, saved)."""
     from alignlab.ops.buffers import reused_buffers
-    from alignlab.rl.prompts import split_prompts, write_split
-    from alignlab.train.batches import Sampler, total_steps
+    from alignlab.train.batches import Sampler
     from alignlab.train.callbacks import run_events
-    from alignlab.train.checkpoint import remove_stale_temps, save_model
     from alignlab.train.optim import warmup_steps_for
-    from alignlab.train.resume import resume_point
     from alignlab.train.step import NonFiniteStep
 
     cfg, world, out = state.cfg, state.world, Path(state.cfg.output_dir)
-    if cfg.batch_size % world.size:
-        raise AlignlabError(f"batch_size ({cfg.batch_size} prompts) must be a multiple of the world size ({world.size})")
-    if prompts is None:
-        train_rows, eval_rows, split = split_prompts(cfg, records, eval_records)
-    else:
-        (train_rows, eval_rows), split = prompts, {"data": "in memory", "train_prompts": len(prompts[0]),
-                                                   "eval_prompts": len(prompts[1])}
-    n_total = total_steps(cfg, len(train_rows))
-    warmup, sampler, config_yaml = warmup_steps_for(cfg, n_total), Sampler(len(train_rows), cfg.batch_size, cfg.seed), \
-        config_text(cfg)
-    # the guards: same config, a finished run says so (AlreadyDone), resume=never sets an earlier run aside
-    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out)
-        (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        write_split(out, split)
-    start = _resume(state, ckpt) if ckpt is not None else 0
-    if ckpt is not None:
-        print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
+    train_rows, eval_rows, n_total, config_yaml, start = _start(state, prompts, records, eval_records)
+    warmup, sampler = warmup_steps_for(cfg, n_total), Sampler(len(train_rows), cfg.batch_size, cfg.seed)
     events = run_events(cfg, out, world, n_total, start, callbacks)
     history: list[dict] = []
 
@@ -273,8 +250,6 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
             history.append({"step": step, **row})
         world.barrier()
 
-    extra = Sampler(len(train_rows), cfg.batch_size, cfg.seed + 1)  # dynamic sampling's extra rounds (< 1000)
-    state.more_prompts = lambda step, rnd: [train_rows[i] for i in extra.step_indices(step * 1000 + rnd)]
     if cfg.rollout_engine is not None:
         push_policy(state, out, start)  # the engine starts from this run's weights (fresh or resumed)
     if start == 0:
@@ -306,14 +281,54 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
                 events.on_save(done, out / f"checkpoint-{done}")
             if stop:
                 break
-    runtime = time.perf_counter() - t0
+    _finish(state, events, done, time.perf_counter() - t0, label, history)
+    return RLResult(done, history)
+
+
+def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tuple[list, list, int, str, int]:
+    """The prompts' split, the resume guards and checkpoint, this run's config.yaml and split: (train prompts,
+    held-out prompts, total steps, the config's text, the step the run starts at)."""
+    from alignlab.config import config_text
+    from alignlab.rl.prompts import split_prompts, write_split
+    from alignlab.train.batches import Sampler, total_steps
+    from alignlab.train.checkpoint import remove_stale_temps
+    from alignlab.train.resume import resume_point
+
+    cfg, world, out = state.cfg, state.world, Path(state.cfg.output_dir)
+    if cfg.batch_size % world.size:
+        raise AlignlabError(f"batch_size ({cfg.batch_size} prompts) must be a multiple of the world size ({world.size})")
+    if prompts is None:
+        train_rows, eval_rows, split = split_prompts(cfg, records, eval_records)
+    else:
+        (train_rows, eval_rows), split = prompts, {"data": "in memory", "train_prompts": len(prompts[0]),
+                                                   "eval_prompts": len(prompts[1])}
+    n_total, config_yaml = total_steps(cfg, len(train_rows)), config_text(cfg)
+    # the guards: same config, a finished run says so (AlreadyDone), resume=never sets an earlier run aside
+    ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        write_split(out, split)
+    start = _resume(state, ckpt) if ckpt is not None else 0
+    if ckpt is not None:
+        print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
+    extra = Sampler(len(train_rows), cfg.batch_size, cfg.seed + 1)  # dynamic sampling's extra rounds (< 1000)
+    state.more_prompts = lambda step, rnd: [train_rows[i] for i in extra.step_indices(step * 1000 + rnd)]
+    return train_rows, eval_rows, n_total, config_yaml, start
+
+
+def _finish(state: RLState, events: Any, done: int, runtime: float, label: str, history: list[dict]) -> None:
+    """The final policy (and critic) saved, the run's end told to the callbacks, the summary printed."""
+    from alignlab.train.checkpoint import save_model
+
+    out = Path(state.cfg.output_dir)
+    if state.world.is_main:
         save_model(state.policy, out, state.tokenizer)
         if state.critic is not None:  # a PPO run can be continued or its critic reused
             save_model(state.critic, out / "critic")
     events.on_save(done, out)
     events.on_train_end(done, {"step": done, "train_runtime": runtime})
-    world.barrier()
-    if world.is_main:
+    state.world.barrier()
+    if state.world.is_main:
         _summary(label, history, out)
-    return RLResult(done, history)
