@@ -290,4 +290,53 @@ def test_eval_refuses_before_any_work_what_could_only_fail_mid_run(tmp_path):
                                            {"kind": "win_rate", "data": "x.jsonl"}]))
     with pytest.raises(AlignlabError, match="grade needs an llm judge that grades single answers"):
         run(cfg(evaluations=[{"kind": "grade", "data": "x.jsonl"}]), judge=FunctionJudge(lambda p, c: 1.0))
+    # ratings of one model failed after the evaluations before it had run, and their results were lost
+    for kw in ({"checkpoints": ["a"]}, {"checkpoints": ["a"], "baseline": "a"}):
+        with pytest.raises(AlignlabError, match="ratings evaluation needs two models or more, got \\['a'\\]"):
+            cfg(**kw, evaluations=[{"kind": "perplexity", "data": "x.jsonl"}, {"kind": "ratings", "data": "x.jsonl"}])
     assert not (tmp_path / "eval.json").exists()
+
+
+class _Broken(BaseHTTPRequestHandler):
+    """A judge endpoint that cuts its reply short, or answers a status line that is not HTTP."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.close_connection = True
+        if self.path.startswith("/cut"):
+            self.send_response(200)
+            self.send_header("Content-Length", "500")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [{"mess')
+        else:
+            self.wfile.write(b"garbage\r\n\r\n")
+
+
+@pytest.mark.parametrize("path", ["/cut", "/garbled"])
+def test_a_reply_cut_short_or_garbled_is_a_failed_request_not_the_end_of_the_evaluation(path):
+    # http.client's IncompleteRead and BadStatusLine are no OSErrors: they escaped the retries and ended the run
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}{path}"
+        judge = LLMJudge(OpenAIBackend(url, "m", max_retries=1, backoff=0.01, timeout=5))
+        res = compare_answers(judge, ["q1", "q2"], ["a1", "a2"], ["b1", "b2"], n_boot=10)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert res.outcomes == [None, None] and res.malformed == {"request_failed": 4}
+
+
+def test_a_reward_model_judge_loads_its_scorer_on_the_evaluation_device(monkeypatch):
+    import alignlab.rollout.rewards as rewards
+    from alignlab.eval.pairwise import build_judge
+
+    seen = []
+    monkeypatch.setattr(rewards, "_load_scorer", lambda path, device="cpu": seen.append(device) or (object(), object()))
+    build_judge(JudgeConfig(kind="reward_model", model="runs/rm"), device="cuda")
+    assert seen == ["cuda"]  # it loaded on the reward's default, cpu, whatever `device` said

@@ -13,6 +13,7 @@ scrubbed of the key before they travel anywhere.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -149,7 +150,8 @@ class OpenAIBackend:
                 if e.code != 429 and e.code < 500:
                     raise BackendError(f"{url}: {last}") from None
                 retry_after = _retry_after(e)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            # http.client's protocol errors (a body cut short, a garbled status line) are not OSErrors.
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, http.client.HTTPException) as e:
                 last = self._scrub(f"{type(e).__name__}: {getattr(e, 'reason', e)}")
             if attempt < self.max_retries:
                 # Exponential backoff with jitter, so parallel workers do not retry in lockstep.

@@ -85,7 +85,7 @@ def build_judge(cfg: JudgeConfig, *, device: str = "cpu") -> Judge:
     if cfg.kind == "reward_model":
         from alignlab.rollout.rewards import get_reward
 
-        return RewardModelJudge(get_reward("reward_model", path=cfg.model), mode=cfg.score_mode or "soft",
+        return RewardModelJudge(get_reward("reward_model", path=cfg.model, device=device), mode=cfg.score_mode or "soft",
                                 scale=cfg.scale)
     if cfg.base_url:
         from alignlab.eval.backends import OpenAIBackend

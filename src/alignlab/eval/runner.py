@@ -81,8 +81,7 @@ class EvaluationSpec:
 
     def validate(self) -> None:
         if self.data_limit < 1 or self.data_offset < 0 or self.samples < 1:
-            raise AlignlabError(f"evaluation {self.name or self.kind}: data_limit >= 1, data_offset >= 0, "
-                                "samples >= 1")
+            raise AlignlabError(f"evaluation {self.name or self.kind}: data_limit >= 1, data_offset >= 0, samples >= 1")
         if self.kind in ("mean_reward", "passk") and not self.reward:
             raise AlignlabError(f"evaluation {self.name or self.kind}: {self.kind} needs reward: <name>")
         if self.kind != "passk" and self.passk != PassKSpec():  # they would be ignored
@@ -128,6 +127,12 @@ class EvalConfig:
                 raise AlignlabError("eval: a win_rate evaluation needs a baseline (top level or in the item)")
             if spec.kind in ("kl", "dpo_accuracy") and not (spec.reference or self.reference):
                 raise AlignlabError(f"eval: a {spec.kind} evaluation needs a reference (top level or in the item)")
+            if spec.kind == "ratings" and len(self.rated(spec)) < 2:  # else it would fail after the others ran
+                raise AlignlabError(f"eval: a ratings evaluation needs two models or more, got {self.rated(spec)}")
+
+    def rated(self, spec: EvaluationSpec) -> list[str]:
+        """A ratings evaluation's models: the checkpoints and the baseline, each once."""
+        return list(dict.fromkeys(self.checkpoints + [b for b in (spec.baseline or self.baseline,) if b]))
 
 
 class _Context:
@@ -221,8 +226,7 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
     rows, info = ctx.rows(spec, "prompt")
     judge = ctx.judge(spec.judge)
-    baseline = spec.baseline or ctx.cfg.baseline
-    b = ctx.texts(baseline, spec, rows)
+    b = ctx.texts(baseline := spec.baseline or ctx.cfg.baseline, spec, rows)
     out = []
     for name in ctx.cfg.checkpoints:
         a = ctx.texts(name, spec, rows)
@@ -244,8 +248,7 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
     rows, info = ctx.rows(spec, "prompt")
     judge = ctx.judge(spec.judge)
-    names = list(dict.fromkeys(ctx.cfg.checkpoints + ([spec.baseline or ctx.cfg.baseline]
-                                                      if (spec.baseline or ctx.cfg.baseline) else [])))
+    names = ctx.cfg.rated(spec)
     answers = {name: ctx.texts(name, spec, rows) for name in names}
     before = judge.counters()
     battles, malformed = round_robin(judge, rows, answers, batch_size=ctx.cfg.batch_size, fields=_fields(rows))
@@ -260,6 +263,7 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
 
 def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+    from collections import Counter
     from dataclasses import replace
 
     import numpy as np
@@ -274,10 +278,7 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         before = judge.counters()
         grades = judge.grade_batch(rows, answers)
         values = np.array([g for g, _ in grades if g is not None])
-        malformed: dict[str, int] = {}
-        for _, kind in grades:
-            if kind:
-                malformed[kind] = malformed.get(kind, 0) + 1
+        malformed = dict(Counter(kind for _, kind in grades if kind))
         low, high = (bootstrap_mean_interval(values, n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
                      if values.size > 1 else (None, None))
         mean = float(values.mean()) if values.size else None
@@ -320,11 +321,10 @@ def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
     rows, info = ctx.rows(spec, "prompt")
     fn = get_reward(spec.reward, **spec.reward_options)
-    fields = _fields(rows)
     out = []
     for name in ctx.cfg.checkpoints:
         res = mean_reward(fn, [prompt_arg(r) for r in rows], ctx.texts(name, spec, rows), seed=ctx.cfg.seed,
-                          n_boot=ctx.cfg.n_boot, **fields)
+                          n_boot=ctx.cfg.n_boot, **_fields(rows))
         out.append(_record(spec, name, "mean_reward", res["mean"], res["low"], res["high"], res["n"],
                            {**res, **info, "reward": spec.reward}))
     return out
