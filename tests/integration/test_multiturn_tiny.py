@@ -13,7 +13,7 @@ def test_run_episodes_with_generate_on_tiny_random():
     cfg = SamplingConfig(max_new_tokens=8, logprobs=True, seed=1)
     rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
     eps = run_episodes(lambda: get_env("calculator"), rows, tok,
-                       lambda contexts: generate(model, tok, contexts, cfg).samples, max_response_tokens=64)
+                       lambda contexts, ids: generate(model, tok, contexts, cfg).samples, max_response_tokens=64)
     for ep in eps:
         assert ep.done or ep.truncated
         assert len(ep.response_ids) == len(ep.loss_mask) == len(ep.logprobs) > 0
@@ -38,9 +38,12 @@ def test_play_ends_each_turn_at_the_envs_stop_string(monkeypatch):
     monkeypatch.setitem(base.ENVS, "stop_at_e", StopAtE)
     assert base.get_env("calculator").stop == ("</tool_call>",)
     cfg = SimpleNamespace(env="stop_at_e", max_turns=2, reward="math", env_options={}, max_new_tokens=12,
-                          generation_batch_size=8, sampling_weights="model")
+                          generation_batch_size=8, sampling_weights="model", max_prompt_length=None)
     tok = load_tokenizer("tiny-random")
+    from alignlab.rollout.rewards import get_reward
+
     state = SimpleNamespace(cfg=cfg, policy=load_model("tiny-random", device="cpu"), tokenizer=tok,
+                            reward_fn=get_reward("math"),
                             compute=lambda cache: contextlib.nullcontext())
     rows = [SimpleNamespace(chat=True, prompt=[{"role": "user", "content": f"What is {i} + 1?"}], answer=str(i + 1))
             for i in range(4)]

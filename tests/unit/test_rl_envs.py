@@ -1,6 +1,7 @@
 """Multi-turn environments: the safe calculator evaluator, tool-call parsing, the env protocol (calculator
 and python), and the token bookkeeping that keeps sampled ids exact and masks non-generated tokens."""
 
+import json
 import math
 import time
 
@@ -113,6 +114,13 @@ def test_python_tool_env_runs_code_in_the_sandbox(monkeypatch):
     env.limits = SandboxLimits(timeout_s=30.0, cpu_s=1)  # the CPU limit first: SIGXCPU reads as a time-out too
     assert "timed out after 1 s of CPU" in env.step([], loop).observation["content"]
     assert env.step([], "\\boxed{1048576}").reward == 1.0
+    # the sandbox's own kill for filling its scratch directory read as a CPU time-out
+    env.limits = SandboxLimits(timeout_s=30.0, disk_mb=8)
+    env.reset({"question": "Fill the disk.", "answer": "0"})
+    code = "import time\nfor i in range(4):\n    open(f'f{i}', 'wb').write(b'x' * 6 * 2**20)\ntime.sleep(20)"
+    fill = json.dumps({"name": "python", "arguments": {"code": code}})
+    reply = env.step([], f"<tool_call>{fill}</tool_call>").observation["content"]
+    assert reply.startswith("error: killed: the scratch directory went over 8 MiB") and "timed out" not in reply
 
 
 def test_assemble_masks_only_generated_tokens():
@@ -309,7 +317,7 @@ def test_a_ranks_episodes_are_sampled_as_in_one_process(tiny_tokenizer):
 
     cfg = PolicyGradientConfig(env="calculator", max_turns=2, reward="math", max_new_tokens=10, num_generations=2)
     state = SimpleNamespace(cfg=cfg, policy=load_model("tiny-random", device="cpu"), tokenizer=tiny_tokenizer,
-                            compute=lambda cache: contextlib.nullcontext())
+                            compute=lambda cache: contextlib.nullcontext(), reward_fn=lambda p, c, **kw: [0.0])
     rows = [SimpleNamespace(chat=True, prompt=[{"role": "user", "content": f"What is {i} + 1?"}], answer=str(i + 1))
             for i in range(2)]
 
@@ -330,3 +338,82 @@ def test_a_bad_calculation_or_tool_call_is_an_error_message_not_a_crash():
         safe_eval("0 ** -1")
     (call,) = parse_tool_calls("<tool_call>" + "[" * 3000 + "</tool_call>")
     assert call.error == "tool call is nested too deeply"
+
+
+def _turns(tok, script, cut=()):
+    """A sampler answering each episode with its next scripted turn; turns listed in `cut` end as the sampler's
+    token limit cuts them (finish_reason "length", no EOS)."""
+    from types import SimpleNamespace
+
+    def sample(contexts, ids):
+        outs = []
+        for ctx in contexts:
+            question = next(q for q in script if q in tok.decode(ctx))
+            text = script[question].pop(0)
+            ids = tok(text if text in cut else text + tok.eos_token, add_special_tokens=False)["input_ids"]
+            outs.append(SimpleNamespace(completion_ids=ids, finish_reason="length" if text in cut else "eos",
+                                        logprobs=None))
+        return outs
+
+    return sample
+
+
+def test_a_final_turn_cut_at_the_token_limit_is_a_truncated_answer(tiny_tokenizer):
+    # scored as a finished answer: truncated_frac read 0 and mask_truncated kept it in env runs
+    from alignlab.rl.envs.episode import run_episodes
+
+    cut = "6*7 is 42 but wait, let me"
+    sample = _turns(tiny_tokenizer, {"6 * 7": [cut], "2 + 2": ["\\boxed{4}"]}, cut=(cut,))
+    rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
+    first, second = run_episodes(lambda: get_env("calculator"), rows, tiny_tokenizer, sample, max_response_tokens=400)
+    assert (first.done, first.truncated, first.finish_reason, first.reward) == (True, True, "length", 1.0)
+    assert (second.done, second.truncated, second.finish_reason) == (True, False, "stop")
+
+
+def test_a_turn_a_trimming_template_cannot_continue_ends_that_episode_alone(tiny_tokenizer):
+    # Llama 3's and Gemma's templates trim a message's content: one sampled turn starting with a space raised the
+    # prefix error out of run_episodes and ended the whole RL run
+    import copy
+
+    from alignlab.rl.envs.episode import run_episodes
+
+    tok = copy.deepcopy(tiny_tokenizer)  # the fixture is shared by the module
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    sample = _turns(tok, {"6 * 7": [" " + _tool_call("6*7")], "2 + 2": [_tool_call("2+2"), "\\boxed{4}"]})
+    rows = [{"question": "What is 6 * 7?", "answer": "42"}, {"question": "What is 2 + 2?", "answer": "4"}]
+    bad, good = run_episodes(lambda: get_env("calculator"), rows, tok, sample, max_response_tokens=400)
+    assert (bad.truncated, bad.done, bad.reward) == (True, False, 0.0)
+    assert (good.done, good.truncated, good.reward, good.info["tool_calls"]) == (True, False, 1.0, 1)
+
+
+def test_env_runs_score_with_the_runs_reward_and_cut_long_prompts(tiny_tokenizer):
+    """The environment scored with get_reward(cfg.reward): reward_weights, reward_options and a Python callable
+    (alignlab.grpo(reward=fn, env=...): "unknown reward '<python fn>'") never reached it; max_prompt_length did not
+    cut an episode's opening prompt."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from alignlab.config import ConfigError
+    from alignlab.models.load import load_model
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.rl.multiturn import play
+    from alignlab.rollout.encode import encode_prompt
+
+    seen = []
+
+    def reward(prompts, completions, answer):
+        seen.append(answer)
+        return [7.0] * len(completions)
+
+    cfg = PolicyGradientConfig(env="calculator", max_turns=1, reward="math", max_new_tokens=4, max_prompt_length=24)
+    state = SimpleNamespace(cfg=cfg, policy=load_model("tiny-random", device="cpu"), tokenizer=tiny_tokenizer,
+                            compute=lambda cache: contextlib.nullcontext(), reward_fn=reward)
+    rows = [SimpleNamespace(chat=True, prompt=[{"role": "user", "content": f"What is {i} + 1?"}], answer=str(i + 1))
+            for i in range(2)]
+    episodes = play(state, rows, 1, lambda turn: dict(seed=turn))
+    assert [e.reward for e in episodes] == [7.0, 7.0] and seen == [["1"], ["2"]]
+    full = encode_prompt(tiny_tokenizer, episodes[0].messages[:2])
+    assert len(full) > 24 and episodes[0].prompt_ids == full[-24:]
+    with pytest.raises(ConfigError, match="env_options: reward and max_turns are the run's top-level keys"):
+        PolicyGradientConfig(env="calculator", env_options={"reward": "gsm8k"}).validate()

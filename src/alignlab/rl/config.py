@@ -218,7 +218,8 @@ class PolicyGradientConfig(RLConfig):
     max_turns: int = 4
     """Most assistant turns of an env episode (the last one is scored whatever it holds)."""
     env_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the environment, e.g. {reward: math} (the final answer's reward) or {timeout_s: 5} for python."""
+    """Options of the environment, e.g. {timeout_s: 5} for python or {max_tool_output: 500}; the final answer is
+    scored by the run's `reward` (with reward_weights and reward_options), the turn limit is max_turns."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling (Yu et al. 2025, Sec. 3.2): groups whose rewards are all equal carry no signal; drop them
     and sample more prompts until batch_size groups have spread (a shorter batch after max_resample_rounds)."""
@@ -269,6 +270,8 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"dual_clip: {self.policy_loss} has no dual clip")
         if self.env is not None and self.rollout_engine is not None:
             raise ConfigError("env: multi-turn episodes are sampled in-process; drop rollout_engine")
+        if {"reward", "max_turns"} & set(self.env_options):  # two places for one setting: say which one counts
+            raise ConfigError("env_options: reward and max_turns are the run's top-level keys of those names")
         if self.dynamic_sampling and not spec.grouped:
             raise ConfigError(f"dynamic_sampling: needs a grouped estimator (grpo, dr_grpo, rloo, ...), not {self.estimator}")
         if self.rollout_is != "none" and not self.rollout_is_cap > 1:

@@ -57,7 +57,8 @@ def play(state: Any, rows: list, k: int, sampling, first: int = 0) -> list:
 
     cfg = state.cfg
     turn = [0]
-    options = {"max_turns": cfg.max_turns, "reward": cfg.reward, **cfg.env_options}
+    # the run's reward as the single-turn path scores (weights, options, a Python callable), built once, not per episode
+    options = {"max_turns": cfg.max_turns, "reward": state.reward_fn, **cfg.env_options}
     stop = list(get_env(cfg.env, **options).stop)
 
     def sample(contexts: list[list[int]], ids: list[int]) -> list:
@@ -69,7 +70,7 @@ def play(state: Any, rows: list, k: int, sampling, first: int = 0) -> list:
 
     expanded = [r for r in env_rows(rows, "question", "answer") for _ in range(k)]
     return run_episodes(lambda: get_env(cfg.env, **options), expanded, state.tokenizer, sample,
-                        max_response_tokens=cfg.max_new_tokens * cfg.max_turns)
+                        max_response_tokens=cfg.max_new_tokens * cfg.max_turns, max_prompt_tokens=cfg.max_prompt_length)
 
 
 def episode_stats(episodes: list) -> dict[str, float]:

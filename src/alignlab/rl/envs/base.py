@@ -129,12 +129,13 @@ class ToolEnvironment(Environment):
     # further calls, or a made-up result, in the same turn.
     stop = ("</tool_call>",)
 
-    def __init__(self, max_turns: int = 4, reward: str = "math", question_field: str = "question",
-                 answer_field: str = "answer", max_tool_output: int = 2000):
+    def __init__(self, max_turns: int = 4, reward: str | Callable[..., list[float]] = "math",
+                 question_field: str = "question", answer_field: str = "answer", max_tool_output: int = 2000):
         super().__init__(max_turns)
         from alignlab.rollout.rewards import get_reward
 
-        self.reward_fn = get_reward(reward)
+        # a registry name, or the run's own reward (its weights and options, or a Python callable: rl/multiturn.py)
+        self.reward_fn = get_reward(reward) if isinstance(reward, str) else reward
         self.question_field, self.answer_field, self.max_tool_output = question_field, answer_field, max_tool_output
         self.row: Mapping[str, Any] = {}
         self.tool_calls = self.tool_errors = 0

@@ -10,11 +10,14 @@ by its episode, whatever else is still running, needs them), which returns one o
 ``finish_reason`` and ``logprobs`` (a ``rollout.generate.Sample`` fits). Sampled ids are appended as
 they are (never re-tokenised) with loss mask 1; the environment's reply and the chat template around it
 are tokenised once and appended with mask 0 (see :mod:`alignlab.rl.envs.tokens`). An episode ends when
-the environment says done (its reward is the episode's), or when the model's own tokens reach
+the environment says done (its reward is the episode's; ``truncated`` as well when that last turn was cut at the
+sampler's token limit, as a single-turn answer cut there is), or when the model's own tokens reach
 ``max_response_tokens`` before that (``truncated``, reward 0): tool replies and template tokens do not count
 against the model's budget (a 300-digit calculator result would have ended a one-call episode), but are held
 to as many tokens again, so a response is at most twice the budget. A tool-call turn holding a special token
-before its end (`<|endoftext|>` inside the call) cannot be continued exactly: that episode ends, truncated.
+before its end (`<|endoftext|>` inside the call), or one the chat template does not render as it was sampled (a
+template that trims whitespace around a turn's content), cannot be continued exactly: that episode ends, truncated.
+``max_prompt_tokens`` keeps an opening prompt's last tokens, as the single-turn path cuts prompts.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def run_episodes(
     sample: Callable[[list[list[int]], list[int]], Sequence[Any]],
     *,
     max_response_tokens: int,
+    max_prompt_tokens: int | None = None,
 ) -> list[Episode]:
     """Run one episode per row to the end; see the module docstring."""
     from alignlab.rollout.encode import encode_prompt
@@ -102,7 +106,9 @@ def run_episodes(
     episodes = []
     for env, row in zip(envs, rows):
         messages = env.reset(row)
-        episodes.append(Episode(prompt_ids=encode_prompt(tokenizer, messages), messages=messages))
+        prompt_ids = encode_prompt(tokenizer, messages)
+        episodes.append(Episode(prompt_ids=prompt_ids[-max_prompt_tokens:] if max_prompt_tokens else prompt_ids,
+                                messages=messages))
     active = list(range(len(rows)))
     while active:
         contexts = [episodes[i].prompt_ids + episodes[i].response_ids for i in active]
@@ -132,6 +138,7 @@ def _advance(ep: Episode, env: Environment, tokenizer: Any, out: Any, budget: in
     ep.info = dict(result.info)
     if result.done:
         ep.reward, ep.done = float(result.reward), True
+        ep.truncated = getattr(out, "finish_reason", "stop") == "length"  # scored as cut, as single-turn answers
         return True
     if result.observation is None:
         raise AlignlabError(f"env {env.name}: a step that is not done must return an observation")
@@ -141,7 +148,11 @@ def _advance(ep: Episode, env: Environment, tokenizer: Any, out: Any, budget: in
         ep.truncated = True
         return True
     sampled_text = tokenizer.decode(ids, skip_special_tokens=False)
-    delta = continuation_text(tokenizer, prompt_messages, content, sampled_text, [result.observation])
+    try:
+        delta = continuation_text(tokenizer, prompt_messages, content, sampled_text, [result.observation])
+    except AlignlabError:  # this turn's text (e.g. whitespace a template trims) has no exact continuation
+        ep.truncated = True
+        return True
     delta_ids = list(tokenizer(delta, add_special_tokens=False).input_ids)
     generated = sum(len(seg.ids) for seg in ep.segments if seg.generated)
     if generated >= budget or len(ep.logprobs) - generated + len(delta_ids) > budget:

@@ -41,6 +41,8 @@ class PythonToolEnv(ToolEnvironment):
         res = run_python(code, limits=self.limits)
         if res.timed_out:
             return f"error: timed out after {self.limits.timeout_s:g} s\n{res.stdout}"
+        if "sandbox: killed: " in res.stderr:  # the sandbox killed it for its disk use, not for time
+            return f"error: killed: {res.stderr.rsplit('sandbox: killed: ', 1)[1].strip()}\n{res.stdout}"
         # Its CPU seconds ran out (SIGXCPU at the soft limit, SIGKILL at the hard one; the wall-clock kill sets
         # timed_out instead). The CPU limit equals the timeout, so a busy loop meets either first: both are a time-out.
         if res.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
