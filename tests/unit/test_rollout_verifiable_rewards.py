@@ -157,3 +157,34 @@ def test_exiting_early_with_status_zero_does_not_pass_the_tests():
     got = reward(["q"] * 4, [f"```python\n{p}```" for p in programs], tests=[tests] * 4)
     assert got == [1.0, 0.0, 0.0, 0.0]
     assert reward(["q"], ["```python\nimport sys\nsys.exit(0)\n```"], tests=[[tests, tests]]) == [0.0]
+
+
+def test_assert_tests_read_the_program_as_written_and_cannot_be_passed_around():
+    """The harness was text put before the program: a program opening with `from __future__ import annotations`
+    was a SyntaxError (0 for a right answer), more than 64 KiB of prints pushed the nonce past the output cap (0),
+    and a wrong program passed by calling the harness's global function or reading the nonce's stdin file."""
+    from alignlab.rollout.code_reward import make_code_reward
+
+    reward = make_code_reward()
+    tests = "assert add(2, 3) == 5"
+    right = "def add(a: int, b: int) -> int:\n    return a + b\n"
+    programs = ["from __future__ import annotations\n" + right,
+                right + "for i in range(20000):\n    print('debugging line', i)\n",
+                "import os, sys\n__alignlab_done(); sys.stdout.flush(); os._exit(0)\n",
+                "import glob, os, sys\nfor f in glob.glob('/tmp/alignlab-sbx-io-*/stdin'):\n"
+                "    sys.stdout.write('\\n' + open(f).read().strip() + '\\n')\n"
+                "sys.stdout.write('\\n' + os.pread(0, 100, 0).decode().strip() + '\\n')\nsys.stdout.flush()\nos._exit(0)\n"]
+    got = reward(["q"] * 4, [f"```python\n{p}```" for p in programs], tests=[tests] * 4)
+    assert got == [1.0, 1.0, 0.0, 0.0]
+    # stdin/stdout cases longer than the output cap compare in full
+    n = 20000
+    io = [{"input": str(n), "output": "\n".join(str(i) for i in range(n)) + "\n"}]
+    assert len(io[0]["output"]) > 65536
+    count = "n = int(input())\nfor i in range(n):\n    print(i)\n"
+    assert reward(["q"] * 2, [count, count.replace("range(n)", "range(n - 1)")], tests=[io, io]) == [1.0, 0.0]
+    # a blank or JSON-text test asserts nothing: any program passed it
+    for bad in ("", "  \n", '[{"input": "1", "output": "2"}]'):
+        with pytest.raises(AlignlabError, match="row 0: tests is"):
+            reward(["q"], ["x = 1"], tests=[bad])
+    with pytest.raises(AlignlabError, match="cpu_s, memory_mb must be whole numbers"):
+        make_code_reward(cpu_s=2.5, memory_mb=1536.0)  # setrlimit refused them: every program scored 0

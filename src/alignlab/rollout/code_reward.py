@@ -48,37 +48,83 @@ def _same_output(got: str, want: str) -> bool:
     return norm(got) == norm(want)
 
 
-# Assertion tests pass when a line the program cannot know is printed after them: the harness reads a fresh nonce
-# from stdin before the program runs and prints it after the tests. Exiting early with status 0 (sys.exit(0),
-# os._exit(0)), which passed every test when success was the exit status alone, now fails; a program would have
-# to find and call the harness's own function to pass without its tests.
-_HARNESS_HEAD = ("def __alignlab_harness():\n    import sys\n    nonce = sys.stdin.readline().strip()\n"
-                 "    return lambda: sys.stdout.write('\\n' + nonce + '\\n')\n"
-                 "__alignlab_done = __alignlab_harness()\ndel __alignlab_harness\n\n")
+# Assertion tests pass when a line the program cannot know is written after them: the driver reads a fresh nonce
+# from stdin (then points stdin at an empty pipe; the sandbox has unlinked the file), runs the program and the tests
+# in a namespace of their own (no harness name in reach; the program's `from __future__` imports stay first in its
+# source) with sys.stdout discarding what they print (it is not graded, and could push the nonce past the output
+# cap), and writes the nonce to the real stdout. Exiting early with status 0 (sys.exit(0), os._exit(0)), which
+# passed every test when success was the exit status alone, fails. A program inspecting its own interpreter (the
+# calling frame, gc) could still find the nonce: the sandbox bounds what a program can do, not what it reads in itself.
+_DRIVER = """def _alignlab_driver(program, tests):
+    import io, os, sys
+    nonce = sys.stdin.readline().strip()
+    empty, end = os.pipe()
+    os.close(end)
+    os.dup2(empty, 0)
+    out = sys.stdout
+
+    class Discard(io.TextIOBase):
+        def write(self, text):
+            return len(text)
+
+    sys.stdout = Discard()
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    exec(compile(program, "solution.py", "exec"), namespace)
+    exec(compile(tests, "tests.py", "exec"), namespace)
+    out.write("\\n" + nonce + "\\n")
+    out.flush()
+_alignlab_driver(%r, %r)
+"""
 
 
 def _asserts_pass(program: str, tests: str, limits: SandboxLimits) -> bool:
     import uuid
 
     nonce = uuid.uuid4().hex
-    res = run_python(_HARNESS_HEAD + program + "\n\n" + tests + "\n\n__alignlab_done()\n", stdin=nonce + "\n",
-                     limits=limits)
+    res = run_python(_DRIVER % (program, tests), stdin=nonce + "\n", limits=limits)
     return res.passed and res.stdout.rstrip().endswith(nonce)
+
+
+def _io_pass(program: str, case: dict, limits: SandboxLimits) -> bool:
+    from dataclasses import replace
+
+    want = str(case["output"])
+    # read back all the output a right answer could have (the default cap is 64 KiB)
+    limits = replace(limits, max_output_bytes=max(limits.max_output_bytes, 2 * len(want.encode()) + 4096))
+    res = run_python(program, stdin=str(case["input"]), limits=limits)
+    return res.passed and not res.output_truncated and _same_output(res.stdout, want)
+
+
+def _check_test_source(tests: str, where: str) -> None:
+    """A blank string, or a JSON list kept as text (as APPS and TACO store theirs), asserts nothing: every program
+    would pass it."""
+    import json
+
+    if not tests.strip():
+        raise AlignlabError(f"reward code: {where}tests is empty; every program would pass it")
+    try:
+        decoded = json.loads(tests)
+    except ValueError:
+        return
+    if isinstance(decoded, (list, dict)):
+        raise AlignlabError(f"reward code: {where}tests is JSON text ({type(decoded).__name__}), not Python; give "
+                            "the decoded list of {'input': ..., 'output': ...} cases or of assert strings")
 
 
 def run_tests(program: str, tests: Any, limits: SandboxLimits, *, where: str = "") -> tuple[int, int]:
     """(cases passed, cases) for one program; ``tests`` in one of the module's three shapes."""
     if isinstance(tests, str):
+        _check_test_source(tests, where)
         return int(_asserts_pass(program, tests, limits)), 1
     if not isinstance(tests, (list, tuple)) or not tests:
         raise AlignlabError(f"reward code: {where}tests must be a string or a non-empty list, got {type(tests).__name__}")
     passed = 0
     for i, case in enumerate(tests):
         if isinstance(case, str):
+            _check_test_source(case, f"{where}test case {i}: ")
             passed += _asserts_pass(program, case, limits)
         elif isinstance(case, dict) and "input" in case and "output" in case:
-            res = run_python(program, stdin=str(case["input"]), limits=limits)
-            passed += res.passed and _same_output(res.stdout, str(case["output"]))
+            passed += _io_pass(program, case, limits)
         else:
             raise AlignlabError(
                 f"reward code: {where}test case {i} must be a string or {{'input': ..., 'output': ...}}"

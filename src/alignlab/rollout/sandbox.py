@@ -68,6 +68,9 @@ class SandboxLimits:
     """Bytes of stdout and of stderr read back; the rest is dropped (``output_truncated``)."""
 
     def __post_init__(self) -> None:
+        counts = ("cpu_s", "memory_mb", "file_size_mb", "nproc", "open_files", "disk_mb", "max_output_bytes")
+        if bad := [k for k in counts if type(getattr(self, k)) is not int]:  # setrlimit in the child refuses a float
+            raise AlignlabError(f"sandbox: {', '.join(bad)} must be whole numbers: {self}")
         if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 64 or self.file_size_mb < 1 or self.disk_mb < 1:
             raise AlignlabError(f"sandbox: limits too small or negative: {self}")
 
@@ -177,6 +180,7 @@ def _run(cfg: dict, stdin: str, limits: SandboxLimits, io_dir: str, token: str) 
     with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, open(paths["stderr"], "wb") as ferr:
         proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, env=cfg["env"], cwd=cfg["scratch"],
                                 start_new_session=True, close_fds=True)
+        os.unlink(paths["stdin"])  # the child holds it open; a program finding the file could read it again
         over_disk = False
         try:
             while proc.poll() is None:  # the wall-clock limit, and the disk watchdog every 20 ms
