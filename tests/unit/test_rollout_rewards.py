@@ -28,6 +28,12 @@ def test_sentiment_is_vader_compound():
     ("costs $1,000.50 in total", 1000.5),
     ("it is -3", -3.0),
     ("no numbers here", None),
+    # a fraction anywhere after '####' replaced the answer; nested braces hid a \frac in \boxed
+    ("#### 72\nCheck: 48 + 48/2 = 72", 72.0),
+    ("#### 72\n(3/4 of the clips were sold in April)", 72.0),
+    ("#### 3/4", 0.75),
+    ("so \\boxed{\\frac{1}{4}}", 0.25),
+    ("\\boxed{\\frac{36}{2}} and 3 more", 18.0),
 ])
 def test_extract_number(text, value):
     assert extract_number(text) == value
@@ -66,6 +72,16 @@ def test_callable_named_module_colon_function(tmp_path):
         get_reward("sentimental")
     with pytest.raises(AlignlabError, match="does not exist"):
         get_reward(f"{tmp_path}/missing.py:fn")
+
+
+def test_rewards_are_called_as_trl_calls_them():
+    # TRL passes prompts= and completions= as keywords: its documented `reward_len(completions, **kwargs)` raised
+    # "takes 1 positional argument but 2 were given"; functions naming them otherwise still get them by position
+    def reward_len(completions, **kwargs):
+        return [-abs(20 - len(c)) for c in completions]
+
+    assert score(reward_len, ["p"], ["abcde"]) == [-15.0]
+    assert score(lambda ps, cs, **kw: [len(ps[0]) + len(cs[0])], ["ab"], ["cde"]) == [5.0]
 
 
 def test_score_checks_length_and_finiteness():

@@ -108,6 +108,11 @@ def test_judge_reward_pointwise_llm_scales_and_caches():
     assert fn(["q", "q"], ["GOOD", "???"]) == [1.0, 0.0]
     assert backend.requests == 4  # GOOD from the cache; the failure is asked again
     assert fn.failures == 2 and fn.hits == 2
+    # a hit the batch's own new entries evicted (cache smaller than the batch) scored failed_value
+    small = get_reward("judge", judge=LLMJudge(_ScriptedBackend({"A": "[[10]]", "B": "[[10]]", "C": "[[10]]",
+                                                                 "D": "[[10]]"}), mode="single"), cache_size=2)
+    assert small(["q"] * 2, ["A", "B"]) == [1.0, 1.0]
+    assert small(["q"] * 3, ["A", "C", "D"]) == [1.0, 1.0, 1.0] and small.failures == 0
 
 
 def test_judge_reward_pairwise_against_reference():
@@ -139,7 +144,10 @@ def test_a_bare_latex_reference_is_the_answer_and_a_lone_letter_is_not_a_unit():
     pairs = [("\\boxed{2/3}", "\\frac{2}{3}", 1.0), ("\\boxed{3}", "\\frac{2}{3}", 0.0),
              ("\\boxed{0.5}", "\\frac{1}{2}", 1.0), ("\\boxed{2}", "3\\sqrt{2}", 0.0),
              ("\\boxed{2}", "\\boxed{2x}", 0.0), ("\\boxed{4}", "\\boxed{4 pi}", 0.0),
-             ("\\boxed{1000 apples}", "1,000", 1.0), ("so #### 72", "Natalia ... #### 72", 1.0)]
+             ("\\boxed{1000 apples}", "1,000", 1.0), ("so #### 72", "Natalia ... #### 72", 1.0),
+             # a trailing comma was kept ("18,": 0); letters written on are a unit only when they are one ("5xy")
+             ("She makes 9 * 2 = $18, every day.", "#### 18", 1.0), ("It costs $1,250, so", "1250", 1.0),
+             ("\\boxed{5xy}", "5", 0.0), ("\\boxed{3ab}", "3xy", 0.0), ("\\boxed{5cm}", "5", 1.0)]
     got = reward(["q"] * len(pairs), [c for c, _, _ in pairs], answer=[r for _, r, _ in pairs])
     assert got == [w for _, _, w in pairs]
 

@@ -52,9 +52,11 @@ class JudgeReward:
         keys = [(self.mode, prompt_text(p), c, None if r is None else str(r))
                 for p, c, r in zip(prompts, completions, refs)]
         todo: dict[tuple, int] = {}
+        known: dict[tuple, float] = {}  # read now: the batch's own new entries may evict them below
         for i, key in enumerate(keys):
             if key in self._cache:
                 self._cache.move_to_end(key)
+                known[key] = self._cache[key]
             elif key not in todo:
                 todo[key] = i
         self.hits += len(keys) - len(todo)
@@ -69,7 +71,7 @@ class JudgeReward:
             self._cache.popitem(last=False)
         out = []
         for key in keys:
-            value = self._cache.get(key, fresh.get(key))
+            value = known.get(key, fresh.get(key))
             if value is None:
                 self.failures += 1
                 value = self.failed_value

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -150,9 +151,19 @@ def import_callable(spec: str) -> Callable:
     return fn
 
 
+def _call(fn: RewardFn, prompts: list, completions: list[str], fields: dict[str, Any]) -> Any:
+    """TRL calls rewards with keywords (`def reward_len(completions, **kwargs)` is its documented example); a
+    function naming its first parameters otherwise gets them by position."""
+    try:
+        named = "completions" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins, C callables)
+        named = False
+    return fn(prompts=prompts, completions=completions, **fields) if named else fn(prompts, completions, **fields)
+
+
 def score(fn: RewardFn, prompts: Sequence[Any], completions: Sequence[str], **row_fields: Any) -> list[float]:
     """Call a reward and check its answer: one finite float per completion, else AlignlabError."""
-    out = fn(list(prompts), list(completions), **row_fields)
+    out = _call(fn, list(prompts), list(completions), row_fields)
     name = getattr(fn, "__name__", type(fn).__name__)
     try:
         values = [float(v) for v in out]
@@ -188,13 +199,19 @@ _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+"
 
 
 def extract_number(text: str) -> float | None:
-    """The final numeric answer in `text`: the last \\boxed{...}, else the number after the last '####',
-    else the last number anywhere. Commas, '$' and a trailing '.' are ignored; fractions a/b are divided."""
-    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
-    if boxed:
-        return _to_number(boxed[-1])
+    """The final numeric answer in `text`: the last \\boxed{...} (nested braces too), else the number opening the
+    line after the last '####', else the last number anywhere. Commas, '$' and a trailing '.' are ignored;
+    fractions a/b and \\frac{a}{b} are divided."""
+    from alignlab.rollout.verify_math import _braced
+
+    last = text.rfind("\\boxed{")
+    if last >= 0:
+        inner = _braced(text, text.index("{", last))
+        if inner is not None:
+            return _to_number(inner)
     if "####" in text:
-        value = _to_number(text.rsplit("####", 1)[1])
+        tail = text.rsplit("####", 1)[1].strip().splitlines()
+        value = _to_number(tail[0]) if tail else None  # its own line: a later check line's "48/2" is no answer
         if value is not None:
             return value
     numbers = re.findall(_NUMBER, text)
@@ -202,7 +219,8 @@ def extract_number(text: str) -> float | None:
 
 
 def _to_number(text: str) -> float | None:
-    frac = re.search(r"(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)", text)
+    text = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)
+    frac = re.match(r"\s*\$?\s*(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)", text)  # the answer is a fraction
     if frac and float(frac.group(2)) != 0:
         return float(frac.group(1)) / float(frac.group(2))
     found = re.search(_NUMBER, text)

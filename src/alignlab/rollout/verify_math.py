@@ -25,9 +25,11 @@ MAX_ANSWER_CHARS = 300
 """Longer extracted answers score 0 unparsed: parsing is unbounded in time off the main thread."""
 
 # A number (thousands separated by commas only in groups of three, so "1,2" is not 12) and maybe a unit: words of
-# two or more letters ("apples", "cm"), never a lone letter or a constant ("2x", "3i", "4 pi" are not 2, 3, 4).
+# two or more letters after a space ("18 dollars") or a common unit written on ("5cm"), never a lone letter, a
+# constant or letters that read as a product of variables ("2x", "3i", "4 pi", "5xy" are not 2, 3, 4, 5).
+_UNIT_ON = r"(?:cm|mm|km|kg|mg|ml|ft|in|lb|lbs|oz|hr|hrs|min|mins|sec|secs|mph|kmh)\b"
 _PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:\\%|%)?"
-                           r"(?:\s*(?!(?:pi|e|i)\b)[A-Za-z]{2,}\.?)*\s*$")
+                           rf"(?:(?:\s+|(?={_UNIT_ON}))(?!(?:pi|e|i)\b)[A-Za-z]{{2,}}\.?)*\s*$")
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -59,7 +61,8 @@ def extract_final_answer(text: str) -> str | None:
         found = phrase[-1].group(1).strip().rstrip(".")
         if found:
             return found.strip("$ ")
-    numbers = re.findall(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+", text)
+    # commas only between groups of three digits: "$18, every day" ends in 18, not "18,"
+    numbers = re.findall(r"-?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\$?\d+(?:\.\d+)?|-?\.\d+", text)
     return numbers[-1].replace("$", "") if numbers else None
 
 

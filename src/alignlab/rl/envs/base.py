@@ -154,7 +154,9 @@ class ToolEnvironment(Environment):
             replies = [self._run(call) for call in calls]
             return StepResult({"role": "tool", "content": "\n".join(replies)}, False, 0.0, self._info())
         fields = {k: [v] for k, v in self.row.items() if k != self.question_field}
-        reward = float(self.reward_fn([messages[:2]], [completion], **fields)[0])
+        from alignlab.rollout.rewards import score
+
+        reward = score(self.reward_fn, [messages[:2]], [completion], **fields)[0]
         return StepResult(None, True, reward, self._info())
 
     def _run(self, call: ToolCall) -> str:
