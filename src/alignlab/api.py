@@ -24,6 +24,8 @@ behaves as on the command line (checkpoints, final model, metrics.jsonl, config.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -66,9 +68,11 @@ class Records(list):
     def __init__(self, items: Any, what: str):
         super().__init__(items)
         self.what = what
+        # their content in the label: config.yaml's resume guard then refuses other records under the same name
+        self.digest = hashlib.sha256(json.dumps(list(self), sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     def __str__(self) -> str:
-        return f"<in-memory {self.what}: {len(self)} records>"
+        return f"<in-memory {self.what}: {len(self)} records, sha256 {self.digest}>"
 
     __repr__ = __str__
 

@@ -45,8 +45,11 @@ def resolve_path(value: str, bases: list[Path], key: str) -> str:
     for candidate in looked:
         if candidate.exists():
             return str(candidate.resolve())
-    raise ConfigError(f"{key}: {value} not found; looked for {' and '.join(str(c) for c in looked)} "
-                      "(relative paths resolve against the config file's folder, then $ALIGNLAB_DATA)")
+    folder, _, split = str(p).rpartition(":")
+    for candidate in ([Path(folder)] if Path(folder).is_absolute() else [b / folder for b in bases]) if folder else []:
+        if split and "/" not in split and candidate.is_dir():  # a split of a saved DatasetDict: DIR:SPLIT
+            return f"{candidate.resolve()}:{split}"
+    raise ConfigError(f"{key}: {value} not found; looked for {' and '.join(str(c) for c in looked)}")
 
 
 def _resolve_value(value: Any, bases: list[Path], key: str) -> Any:

@@ -121,7 +121,7 @@ def test_keys_are_checked_as_on_the_command_line_and_temp_dirs_are_removed(tmp_p
     with pytest.raises(ConfigError, match="evaluations.0..data: nowhere.jsonl not found"):  # as data= on the CLI
         alignlab.evaluate(checkpoints=["a"], evaluations=[{"kind": "perplexity", "data": "nowhere.jsonl"}])
     before = set(Path(tempfile.gettempdir()).glob("alignlab-run-*"))
-    with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records>.*field"):
+    with pytest.raises(AlignlabError, match=r"<in-memory list: 1 records, sha256 [0-9a-f]{16}>.*field"):
         alignlab.sft(data=[{"prompt": "x", "completion": ""}], output_dir=None, **COMMON)
     with pytest.raises(AlignlabError, match="tokenizer"):  # refused before a temporary folder is made
         alignlab.sft(model=load_model("tiny-random"), data=SFT_ROWS, output_dir=None)
@@ -171,9 +171,17 @@ def test_datasets_objects_in_memory_model_and_a_stopping_callback(tmp_path):
                        callbacks=[StopAt2()], **{k: v for k, v in COMMON.items() if k != "model"})
     assert res.model is model and calls == [1, 2] and res.train.step == 2
     assert "model: <in-memory LlamaForCausalLM" in (tmp_path / "config.yaml").read_text()
-    assert "data: '<in-memory datasets.Dataset: 30 records>'" in (tmp_path / "config.yaml").read_text()
+    assert "data: '<in-memory datasets.Dataset: 30 records, sha256 " in (tmp_path / "config.yaml").read_text()
     with pytest.raises(AlignlabError, match="none is 'train'"):
         alignlab.sft(data=datasets.DatasetDict({"test": ds}), output_dir=None)
+
+
+def test_other_in_memory_records_do_not_resume_a_run(tmp_path):
+    # config.yaml named them by their count alone: other records of the same count resumed the run on them
+    alignlab.sft(data=SFT_ROWS, output_dir=str(tmp_path), **{**COMMON, "max_steps": 1})
+    other = [{**r, "completion": r["completion"] + "!"} for r in SFT_ROWS]
+    with pytest.raises(AlignlabError, match=r"data: '<in-memory list: 30 records, sha256 \w+>' -> '<in-memory list: "):
+        alignlab.sft(data=other, output_dir=str(tmp_path), **{**COMMON, "max_steps": 2})
 
 
 def test_a_config_object_with_keys_on_top_is_checked_and_left_unchanged():

@@ -63,3 +63,18 @@ def test_written_files_get_a_plain_files_mode(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_context_turn_stays_untrained_when_read_back(tmp_path):
+    # written as "train": false, which the reader ignored: the context answer was trained after the round trip
+    import json
+
+    src = tmp_path / "lw.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "q1"},
+                                            {"role": "assistant", "content": "context", "loss_weight": 0},
+                                            {"role": "user", "content": "q2"},
+                                            {"role": "assistant", "content": "trained"}]}) + "\n")
+    (row,) = load_rows(str(src)).rows
+    back = roundtrip(tmp_path, row, "sft")
+    assert back.messages == row.messages and back.num_prompt == row.num_prompt
+    assert [m.get("train", True) for m in back.messages if m["role"] == "assistant"] == [False, True]

@@ -173,3 +173,38 @@ def test_tool_schemas_go_into_the_system_turn():
         with pytest.raises(RowProblem) as e:
             convert({**rec, "tools": bad})
         assert (e.value.kind, e.value.field) == (problem, "tools")
+
+
+def test_a_text_prompt_beside_conversations_that_hold_it_is_their_implicit_prompt():
+    # UltraFeedback-binarized's layout: the prompt was put before the lists again, and the user turn trained as part
+    # of each answer (TRL's maybe_extract_prompt takes the implicit prompt here)
+    q = "What color is the sky?"
+    rec = {"prompt": q, "chosen": [U(q), A("It is blue.")], "rejected": [U(q), A("It is green.")]}
+    assert convert(rec)[1] == PreferenceRow([U(q)], [A("It is blue.")], [A("It is green.")])
+    with pytest.raises(RowProblem, match="not the last user turn") as e:
+        convert({**rec, "prompt": "Another question?"})
+    assert e.value.field == "prompt"
+    # lists holding the answers alone still take the text prompt
+    assert convert({"prompt": q, "chosen": [A("a")], "rejected": [A("b")]})[1] == PreferenceRow([U(q)], [A("a")],
+                                                                                                 [A("b")])
+
+
+@pytest.mark.parametrize("rec", [
+    {"prompt": [U("q")], "chosen": [U("a")], "rejected": [A("b")]},  # an answer that is a user turn
+    {"conversations": [U("q")], "chosen": {"from": "human", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}},
+    {"chosen": [U("q"), A("x"), U("q2 a"), A("A")], "rejected": [U("q"), A("x"), U("q2 b"), A("B")]},
+])
+def test_an_answer_holding_a_user_turn_is_a_problem_not_trained_as_the_models_words(rec):
+    from alignlab.data.rows import validate_row
+
+    problems = validate_row(convert(rec)[1])
+    assert problems and {k for k, _, _ in problems} == {"prompt_mismatch"}
+    assert {f for _, f, _ in problems} <= {"chosen", "rejected"}
+
+
+@pytest.mark.parametrize("margin", [float("nan"), float("inf"), True])
+def test_a_margin_must_be_a_finite_number(margin):
+    # nan passed, then the reward model stopped at step 1 with a nan loss and advice about the learning rate
+    with pytest.raises(RowProblem) as e:
+        convert({"prompt": "q", "chosen": "a", "rejected": "b", "margin": margin})
+    assert e.value.field == "margin"

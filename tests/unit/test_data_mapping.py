@@ -42,6 +42,13 @@ def test_parse_string_and_dict_forms_agree():
     ("prompt=q,responses=a+b+c,votes=v", "exactly two"),
     ("prompt", "field=COLUMN"),
     ("prompt=q,chosen=a+b,rejected=c", "takes one column"),
+    # accepted and ignored: a column named and never read
+    ("prompt=q,label=l", "label is not read by a mapping with answer, prompt, system"),
+    ("prompt=q,completion=a,margin=m", "margin is not read"),
+    ("prompt=q,chosen=a,rejected=b,completion=c", "completion is not read"),
+    ("prompt=q,chosen=a,rejected=b,answer=c", "answer is not read"),
+    ("prompt=q,responses=a+b,votes=v,chosen=c,rejected=d", "chosen, rejected is not read"),
+    ("prompt=q,prompt=a", "'prompt' is given twice"),
 ])
 def test_bad_mappings_are_clean_errors(spec, match):
     with pytest.raises(AlignlabError, match=match):
@@ -121,3 +128,11 @@ def test_a_null_cell_under_a_selector_is_a_problem_not_the_text_none():
     with pytest.raises(RowProblem) as e:
         convert({"q": "Q", "good": "yes", "bad": None}, m)
     assert (e.value.kind, e.value.field) == ("missing_field", "bad")
+
+
+@pytest.mark.parametrize("cell", ["nan", "inf", float("nan")])
+def test_a_margin_column_must_be_finite(cell):
+    m = parse_columns("prompt=q,chosen=a,rejected=b,margin=m")
+    with pytest.raises(RowProblem, match="finite") as e:
+        convert({"q": "Q", "a": "A", "b": "B", "m": cell}, m)
+    assert e.value.field == "m"

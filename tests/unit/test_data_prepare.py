@@ -19,6 +19,7 @@ from alignlab.data.prepare import (
     trained_records,
 )
 from alignlab.data.sources import load_rows
+from alignlab.errors import AlignlabError
 from alignlab.recipes.dpo import DPOConfig
 
 
@@ -179,3 +180,39 @@ def test_in_memory_records_take_the_same_keys_as_a_file(tmp_path):
     assert (len(with_file.train), [r.prompt[0]["content"] for r in with_file.held_out]) == (20, ["e0", "e1", "e2"])
     from_python = split(None, held_records)
     assert (len(from_python.train), len(from_python.held_out)) == (20, 3)
+
+
+def test_a_mixtures_scored_rows_come_from_every_source(tmp_path):
+    # cut in source order, max_eval_rows scored the first source's held-out rows alone
+    a, b = _pairs(tmp_path / "a.jsonl", 40), _pairs(tmp_path / "b.jsonl", 40, tag="b")
+    split = train_eval_rows(_cfg([a, b], eval_split=0.5, max_eval_rows=20), _load())
+    assert len(split.held_out) == 40
+    assert sorted(Path(r.origin.file).name for r in split.scored) == ["a.jsonl"] * 10 + ["b.jsonl"] * 10
+
+
+def test_an_empty_training_set_names_the_keys_that_emptied_it(tmp_path):
+    # both ended in "no trainable rows (raise max_length?)"
+    data = _pairs(tmp_path / "p.jsonl", 20)
+    with pytest.raises(AlignlabError, match="data_offset 1000 and data_limit None select no rows of its 20"):
+        train_eval_rows(_cfg(data, data_offset=1000), _load())
+    with pytest.raises(AlignlabError, match="eval_split 0.99 holds out all of its 20 rows"):
+        train_eval_rows(_cfg(data, eval_split=0.99), _load())
+
+
+def test_resuming_on_changed_data_is_refused(tmp_path):
+    # records appended to the file: the new split held out rows the checkpoint had trained on, silently
+    from alignlab.data.prepare import write_split
+    from alignlab.train.checkpoint import CheckpointError
+
+    data = tmp_path / "p.jsonl"
+    first = train_eval_rows(_cfg(_pairs(data, 20)), _load())
+    first.save(tmp_path)
+    first.save(tmp_path, resuming=True)  # the same data: fine
+    grown = train_eval_rows(_cfg(_pairs(data, 24)), _load())
+    with pytest.raises(CheckpointError, match=r"not those the checkpoint trained on \(.*split.sources\[0\].sha256"):
+        grown.save(tmp_path, resuming=True)
+    grown.save(tmp_path)  # a fresh run on the new data writes its own split
+    assert json.loads((tmp_path / "split.json").read_text()) == grown.info
+    with pytest.raises(CheckpointError, match=r"split.train_prompts differ"):  # the RL loops' split record
+        write_split(tmp_path / "rl", {"train_prompts": 5}, resuming=False) and write_split(
+            tmp_path / "rl", {"train_prompts": 6}, resuming=True)

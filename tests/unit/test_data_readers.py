@@ -104,6 +104,13 @@ def test_datasets_save_to_disk_folder(tmp_path):
     assert _values(read_records(tmp_path / "ds")) == RECS
     datasets.DatasetDict({"train": datasets.Dataset.from_list(RECS)}).save_to_disk(str(tmp_path / "dd"))
     assert _values(read_records(tmp_path / "dd")) == RECS
+    # a split other than train, named as its error says (DIR:SPLIT was "no such file or folder")
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(RECS[:1])}).save_to_disk(str(tmp_path / "tt"))
+    with pytest.raises(AlignlabError, match="none is 'train'; name one as .*tt:SPLIT"):
+        read_records(tmp_path / "tt")
+    assert _values(read_records(f"{tmp_path / 'tt'}:test")) == RECS[:1]
+    with pytest.raises(AlignlabError, match="none is 'validation'"):
+        read_records(f"{tmp_path / 'tt'}:validation")
 
 
 def test_invalid_utf8_is_kept_as_surrogates_and_located_by_field(tmp_path):

@@ -58,6 +58,10 @@ def test_ranked_messages_record_uses_chat():
     ({"prompt": "Q", "completions": ["a", "  "]}, "completions[1]"),
     ({"prompt": "", "completions": ["a", "b"]}, "prompt"),
     ({"completions": ["a", "b"]}, "prompt"),
+    ({"prompt": "Q", "completions": ["same", "other", "same"]}, "completions[2]"),  # a pair of one answer
+    ({"prompt": [{"role": "user", "content": "Q"}], "completions": [[{"role": "user", "content": "a"}],
+                                                                   [{"role": "assistant", "content": "b"}]]},
+     "completions[0]"),  # a user turn trained as the model's answer
 ])
 def test_bad_ranked_records_name_the_field(rec, field):
     with pytest.raises(RowProblem) as e:
@@ -72,6 +76,10 @@ def test_bad_ranked_file_names_file_line_and_field(tmp_path):
     with pytest.raises(AlignlabError, match=r"r\.jsonl:2 \(record 1\): field 'completions\[1\]': empty_completion"):
         load_ranked(str(path), "error")
     assert len(load_ranked(str(path), "skip")) == 1
+    bad = tmp_path / "u.jsonl"  # invalid UTF-8 crashed inside the tokenizer, after the model loaded
+    bad.write_bytes(b'{"prompt": "Q", "completions": ["caf\xe9 a", "b"]}\n')
+    with pytest.raises(AlignlabError, match=r"u\.jsonl:1 \(record 0\): field 'completions\[0\]': invalid_utf8"):
+        load_ranked(str(bad), "error")
 
 
 def test_ranked_files_are_detected_and_pairs_come_from_the_data_layer(tmp_path):

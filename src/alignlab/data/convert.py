@@ -5,6 +5,8 @@ TRL standard (plain text, chat=False rows) and conversational (message lists, ch
 - sft: {prompt, completion}; a multi-turn conversation that trains several assistant turns: {messages};
 - unpaired: {prompt, completion, label};
 - prompt: {prompt} (+ answer when the row has one).
+An assistant turn that is context, not trained, carries `loss_weight: 0` (LLaMA-Factory's mark, which the reader
+takes).
 Reading the written file back gives the same rows (test).
 """
 
@@ -20,7 +22,14 @@ from alignlab.data.rows import Message, PreferenceRow, PromptRow, Row, SFTRow, U
 
 
 def _side(messages: list[Message], chat: bool) -> Any:
-    return messages if chat else "".join(m["content"] for m in messages)
+    return _written(messages) if chat else "".join(m["content"] for m in messages)
+
+
+def _written(messages: list[Message]) -> list[Message]:
+    """A context turn (rows' "train": False) as LLaMA-Factory writes it, `loss_weight: 0`, which the reader takes back
+    (a "train" key read back was ignored, and the turn trained)."""
+    return [{**{k: v for k, v in m.items() if k != "train"}, **({"loss_weight": 0} if m.get("train") is False else {})}
+            for m in messages]
 
 
 def to_records(rows: list[Row]) -> list[dict[str, Any]]:
@@ -39,7 +48,7 @@ def to_records(rows: list[Row]) -> list[dict[str, Any]]:
                 raise AlignlabError(f"row {i}: trains only its last assistant turn after earlier ones, but other "
                                     "rows train every turn (TRL's messages format); a file holds one shape: "
                                     "convert them separately")
-            out.append({"messages": row.messages})
+            out.append({"messages": _written(row.messages)})
         else:
             out.append(to_record(row))
     return out
@@ -63,7 +72,7 @@ def to_record(row: Row) -> dict[str, Any]:
     if isinstance(row, SFTRow):
         prompt, rest = row.messages[: row.num_prompt], row.messages[row.num_prompt:]
         if row.chat and _needs_messages(row):
-            return {"messages": row.messages}  # every assistant turn is trained: TRL's messages format
+            return {"messages": _written(row.messages)}  # every assistant turn is trained: TRL's messages format
         return {"prompt": _side(prompt, row.chat), "completion": _side(rest, row.chat)}
     if isinstance(row, PromptRow):
         rec = {"prompt": _side(row.prompt, row.chat)}

@@ -31,6 +31,7 @@ observation/tool/function -> tool, system -> system. Content may be a string or 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -225,20 +226,28 @@ def preference(rec: dict) -> Row:
         raise RowProblem("wrong_type", odd, f"'{ck}' and '{rk}' must both be text or both be message lists, as the "
                          "prompt is")
     margin = rec.get("margin")
-    if margin is not None and not isinstance(margin, (int, float)):
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
         raise RowProblem("wrong_type", "margin", f"margin must be a number, got {type(margin).__name__}")
+    if margin is not None and not math.isfinite(margin):  # the loss would be nan at the first step
+        raise RowProblem("bad_value", "margin", f"margin must be finite, got {margin}")
     if isinstance(chosen, str) or isinstance(rejected, str):
         prompt = need_text(rec, "prompt")
         return PreferenceRow([user(prompt)], [assistant(need_text(rec, ck))], [assistant(need_text(rec, rk))],
                              chat=False, margin=margin)
     c, r = to_messages(chosen, ck, "assistant"), to_messages(rejected, rk, "assistant")
-    if rec.get("prompt") is not None:
-        return PreferenceRow(to_messages(rec["prompt"], "prompt", "user"), c, r, margin=margin)
+    given = rec.get("prompt")
+    if given is not None and not (isinstance(given, str) and c and c[0]["role"] != "assistant"):
+        return PreferenceRow(to_messages(given, "prompt", "user"), c, r, margin=margin)
     # TRL implicit prompt: the shared leading turns; stop before an assistant turn that ends either
     # list so the answers themselves are never swallowed into the prompt.
     n = common_prefix_len(c, r)
     while n and n >= min(len(c), len(r)):
         n -= 1
+    if given is not None:  # UltraFeedback's layout: a text prompt beside lists that hold it (TRL maybe_extract_prompt)
+        asked = [m["content"] for m in c[:n] if m["role"] == "user"]
+        if not asked or asked[-1].strip() != given.strip():
+            raise RowProblem("prompt_mismatch", "prompt", f"the text prompt is not the last user turn of '{ck}' "
+                             f"and '{rk}', which hold the conversation")
     return PreferenceRow(c[:n], c[n:], r[n:], margin=margin)
 
 

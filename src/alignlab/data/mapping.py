@@ -29,6 +29,7 @@ name may end with a selector: `COL[N]` takes element N (0-based), `COL[*]` makes
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ def parse_columns(spec: str | dict) -> ColumnMapping:
         bad = [k for k, eq, _ in pairs if not eq]
         if bad:
             raise AlignlabError(f"columns: expected field=COLUMN items separated by commas, got {bad[0]!r}")
+        if twice := [k for k, n in Counter(k.strip() for k, _, _ in pairs).items() if n > 1]:
+            raise AlignlabError(f"columns: {twice[0]!r} is given twice (join columns with +: prompt=a+b)")
         spec = {k.strip(): v for k, _, v in pairs}
     out = ColumnMapping()
     known = TEXT_FIELDS + MULTI_FIELDS + SINGLE_FIELDS + OPTIONS
@@ -113,6 +116,10 @@ def parse_columns(spec: str | dict) -> ColumnMapping:
         raise AlignlabError("columns: responses takes exactly two columns, e.g. responses=response1+response2")
     if "prompt" not in f:
         raise AlignlabError("columns: a mapping needs prompt=COLUMN")
+    reads = {"prompt", "system"} | ({"responses", "votes"} if "responses" in f else {"chosen", "rejected", "margin"}
+                                    if "chosen" in f else {"completion", "label"} if "completion" in f else {"answer"})
+    if unread := [k for k in f if k not in reads]:  # accepted and ignored would mean a column silently unused
+        raise AlignlabError(f"columns: {', '.join(unread)} is not read by a mapping with {', '.join(sorted(reads))}")
     return out
 
 
@@ -208,6 +215,9 @@ def _margin(rec: dict, m: ColumnMapping) -> float | None:
         return None
     col = m.fields["margin"][0][0]
     try:
-        return float(_cell(rec, col))
+        value = float(_cell(rec, col))
     except (TypeError, ValueError):
         raise RowProblem("wrong_type", col, f"margin must be a number, got {rec[col]!r}") from None
+    if not math.isfinite(value):  # the loss would be nan at the first step
+        raise RowProblem("bad_value", col, f"margin must be finite, got {rec[col]!r}")
+    return value

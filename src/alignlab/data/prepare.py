@@ -81,18 +81,42 @@ class Split:
     info: dict[str, Any] = field(default_factory=dict)
     """Split settings and `sources`: per data source its file, sha256, slice, weight, counts, record ids."""
 
-    def save(self, output_dir: str | Path) -> Path:
-        """Write output_dir/split.json (`info`); an identical file is left untouched (a rerun of a finished run
-        writes nothing)."""
-        path = Path(output_dir) / "split.json"
-        text = json.dumps(self.info, indent=1) + "\n"
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
+    def save(self, output_dir: str | Path, *, resuming: bool = False) -> Path:
+        """Write output_dir/split.json (`info`): see write_split."""
+        return write_split(output_dir, self.info, resuming=resuming)
+
+
+def write_split(output_dir: str | Path, info: dict[str, Any], *, resuming: bool) -> Path:
+    """Write output_dir/split.json; an identical file is left untouched (a rerun of a finished run writes nothing).
+    Resuming, a different one is a CheckpointError: the data changed under the checkpoint (a file edited or grown,
+    another offset), so rows it trained on could now be held out and scored."""
+    path = Path(output_dir) / "split.json"
+    text = json.dumps(info, indent=1) + "\n"
+    if path.is_file():
+        old = path.read_text(encoding="utf-8")
+        if old == text:
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        if resuming:
+            from alignlab.train.checkpoint import CheckpointError
+
+            changed = _changes(json.loads(old), json.loads(text))
+            raise CheckpointError(f"{path}: the data are not those the checkpoint trained on ({', '.join(changed[:4])}"
+                                  " differ); restore them, or start afresh with resume=never")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _changes(old: Any, new: Any, where: str = "split") -> list[str]:
+    """Where two JSON values differ, as paths (split.sources[0].sha256)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)
+                for c in _changes(old.get(key), new.get(key), f"{where}.{key}")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) if a != b for c in _changes(a, b, f"{where}[{i}]")]
+    return [where]
 
 
 def _ids(rows: list) -> list[int]:
@@ -116,22 +140,33 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
     each source of a mixture, data/mixture.py); the held-out rows are `cfg.eval_data` or a seeded `eval_split`
     of those records, per source (decided by eval_split and seed alone); `max_eval_rows` only bounds how many
     held-out rows are scored, never what is trained on. A mixture's sources are weighted after the split."""
+    from itertools import zip_longest
+
     from alignlab.data.mixture import sources_of, weighted
 
     sources = sources_of(cfg.data, getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None))
-    train, held, parts = [], [], []
+    train, held_parts, parts = [], [], []
     for k, src in enumerate(sources):
-        rows = slice_records(load(src.path), src.data_offset, src.data_limit)
+        every = load(src.path)
+        rows = slice_records(every, src.data_offset, src.data_limit)
+        if not rows:
+            raise AlignlabError(f"{src.path}: data_offset {src.data_offset} and data_limit {src.data_limit} select "
+                                f"no rows of its {len(every)}")
         part_held: list = []
         if not cfg.eval_data:
             rows, part_held = split_eval(rows, cfg.eval_split, cfg.seed)
+            if not rows:
+                raise AlignlabError(f"{src.path}: eval_split {cfg.eval_split} holds out all of its "
+                                    f"{len(part_held)} rows; nothing is left to train on")
         used = weighted(rows, src.weight, cfg.seed + k) if src.weight != 1.0 else rows
         train += used
-        held += part_held
+        held_parts.append(part_held)
         parts.append({"data": src.path, "sha256": file_sha256(src.path), "data_offset": src.data_offset,
                       "data_limit": src.data_limit, "weight": src.weight, "train_rows": len(used),
                       "split_records": len(_ids(rows)),  # the source's training split, before its weight
                       "train_records": _ids(used), "held_out_records": _ids(part_held)})
+    # the sources' held-out rows taken in turn: cut at max_eval_rows, source order scored only the first sources
+    held = [r for group in zip_longest(*held_parts) for r in group if r is not None]
     if cfg.eval_data:
         held = load(cfg.eval_data)
         parts.append({"data": str(cfg.eval_data), "sha256": file_sha256(cfg.eval_data), "eval_data": True,

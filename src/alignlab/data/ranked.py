@@ -47,7 +47,7 @@ class RewardExample:
 def ranked_row(rec: dict, origin: Origin) -> RankedRow:
     """One `{"prompt", "completions"}` record -> RankedRow; a bad record raises RowProblem."""
     from alignlab.data.formats import assistant, need, to_messages, user
-    from alignlab.data.rows import RowProblem, text_of
+    from alignlab.data.rows import RowProblem, answer_turns, text_of
 
     comps, prompt = need(rec, "completions"), need(rec, "prompt")
     if not isinstance(comps, list) or len(comps) < 2:
@@ -60,6 +60,10 @@ def ranked_row(rec: dict, origin: Origin) -> RankedRow:
     for i, c in enumerate(out):
         if not text_of(c).strip():
             raise RowProblem("empty_completion", f"completions[{i}]", "the completion is empty")
+        if problem := answer_turns(c, f"completions[{i}]"):
+            raise RowProblem(*problem)
+        if c in out[:i]:  # a pair of equal answers would be trained to score one above itself
+            raise RowProblem("identical_pair", f"completions[{i}]", f"equals completions[{out.index(c)}]")
     return RankedRow(p, out, chat=chat, origin=origin)
 
 
@@ -78,7 +82,7 @@ def is_ranked_file(path: str, data_format: str | None, columns: Any) -> bool:
 
 def load_ranked(path: str, on_bad_row: str) -> list[RankedRow]:
     """Ranked rows of a ranked-list file; a bad record is an error naming it, or skipped and counted."""
-    from alignlab.data.readers import read_records
+    from alignlab.data.readers import find_bad_text, read_records
     from alignlab.data.rows import RowProblem
 
     read = read_records(path)
@@ -88,6 +92,8 @@ def load_ranked(path: str, on_bad_row: str) -> list[RankedRow]:
     for rec in read.records:
         origin = Origin(read.source, rec.index, rec.line)
         try:
+            if bad := find_bad_text(rec.value):  # as every other file's records (else a tokenizer error, later)
+                raise RowProblem("invalid_utf8", bad, "text is not valid UTF-8")
             if not isinstance(rec.value, dict):
                 raise RowProblem("wrong_type", None, f"expected a JSON object, got {type(rec.value).__name__}")
             rows.append(ranked_row(rec.value, origin))

@@ -72,6 +72,9 @@ def read_records(path: str | Path) -> ReadOutput:
     source = str(path)
     if p.is_dir():
         return ReadOutput(_read_saved_dataset(p), [], source)
+    folder, colon, split = source.rpartition(":")
+    if colon and folder and Path(folder).is_dir() and "/" not in split:  # a saved DatasetDict's split: DIR:SPLIT
+        return ReadOutput(_read_saved_dataset(Path(folder), split), [], source)
     if not p.exists():
         if _looks_like_hub_id(source):
             return ReadOutput(_read_hub(source), [], source)
@@ -271,23 +274,27 @@ def _read_parquet(path: Path) -> list[Record]:
     return [Record(r, i) for i, r in enumerate(rows)]
 
 
-def _dataset_records(ds: Any, source: str) -> list[Record]:
-    if isinstance(ds, dict):  # a DatasetDict: take the train split
+def _dataset_records(ds: Any, source: str, split: str | None = None) -> list[Record]:
+    if isinstance(ds, dict):  # a DatasetDict: the split named, else train
         splits = list(ds.keys())
-        if "train" not in splits:
-            raise AlignlabError(f"{source}: holds splits {splits} and none is 'train'; name one as {source}:SPLIT")
-        ds = ds["train"]
+        if (split or "train") not in splits:
+            raise AlignlabError(f"{source}: holds splits {splits} and none is {split or 'train'!r}; name one as "
+                                f"{source.rsplit(':', 1)[0] if split else source}:SPLIT")
+        ds = ds[split or "train"]
+    elif split is not None:
+        raise AlignlabError(f"{source}: the saved dataset has no splits; name the folder alone")
     return [Record(r, i) for i, r in enumerate(ds)]
 
 
-def _read_saved_dataset(path: Path) -> list[Record]:
+def _read_saved_dataset(path: Path, split: str | None = None) -> list[Record]:
     import datasets
 
+    source = f"{path}:{split}" if split else str(path)
     try:
         ds = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
-        raise AlignlabError(f"{path}: a folder, but not one written by datasets' save_to_disk ({e})") from None
-    return _dataset_records(ds, str(path))
+        raise AlignlabError(f"{source}: a folder, but not one written by datasets' save_to_disk ({e})") from None
+    return _dataset_records(ds, source, split)
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -176,7 +176,22 @@ def validate_row(row: Row, allow_empty_response: bool = False) -> list[tuple[str
                 out.append(("empty_completion", name, f"'{name}' is empty"))
         if row.chosen == row.rejected and text_of(row.chosen).strip():
             out.append(("identical_pair", "chosen", "chosen and rejected are identical"))
+        out += [p for name in ("chosen", "rejected") if (p := answer_turns(getattr(row, name), name))]
     elif isinstance(row, UnpairedRow):
         if not text_of(row.completion).strip():
             out.append(("empty_completion", "completion", "the completion is empty"))
+        if problem := answer_turns(row.completion, "completion"):
+            out.append(problem)
     return out
+
+
+def answer_turns(turns: list[Message], name: str) -> tuple[str, str, str] | None:
+    """A completion is the model's answer: assistant turns (tool replies between them), ending with one; a user
+    turn in it would be trained as the model's own words."""
+    for i, m in enumerate(turns):
+        if m["role"] not in ("assistant", "tool"):
+            return ("prompt_mismatch", name, f"'{name}' turn {i} is a {m['role']} turn: an answer holds assistant "
+                                             "turns only (dialogues that differ before the last answer are no pair)")
+    if turns and turns[-1]["role"] != "assistant":
+        return ("prompt_mismatch", name, f"'{name}' must end with an assistant turn")
+    return None

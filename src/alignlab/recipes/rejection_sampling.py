@@ -127,7 +127,7 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
     split = _split(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(text, encoding="utf-8")
-    split.save(out)
+    split.save(out, resuming=rounds_file.is_file())
     reward_fn = get_reward(cfg.reward, **cfg.reward_options)
     tok = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     base = load_model(cfg.model, device=cfg.device).eval()

@@ -289,7 +289,8 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
     """The prompts' split, the resume guards and checkpoint, this run's config.yaml and split: (train prompts,
     held-out prompts, total steps, the config's text, the step the run starts at)."""
     from alignlab.config import config_text
-    from alignlab.rl.prompts import split_prompts, write_split
+    from alignlab.data.prepare import write_split
+    from alignlab.rl.prompts import split_prompts
     from alignlab.train.batches import Sampler, total_steps
     from alignlab.train.checkpoint import remove_stale_temps
     from alignlab.train.resume import resume_point
@@ -309,7 +310,7 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        write_split(out, split)
+        write_split(out, split, resuming=ckpt is not None)
     start = _resume(state, ckpt) if ckpt is not None else 0
     if ckpt is not None:
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
@@ -76,6 +75,3 @@ def split_prompts(cfg: Any, records: Any = None, eval_records: Any = None) -> tu
     return train, evals, record
 
 
-def write_split(out: Path, record: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "split.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

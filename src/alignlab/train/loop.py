@@ -269,7 +269,7 @@ def _start(cfg: TrainConfig, model: Any, step_fn: StepFn, n_examples: int, world
         if config_yaml is not None:
             (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
         if split is not None:
-            split.save(out)
+            split.save(out, resuming=ckpt is not None)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step
         resumed = (fsdp.load_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer, world.rank)
