@@ -216,5 +216,41 @@ def test_rm_lora_on_an_sft_adapter_folder_merges_what_it_trained(tmp_path):
     run(cfg, model=model, tokenizer=tok)
     enc = tok(["Hello there, how are you?", "The capital of France is Paris."], return_tensors="pt", padding=True)
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    # out/adapter recorded the bare model as its base: reloaded alone (value_model, merge, reward_model path) it
+    # scored on the wrong trunk; and it held no tokenizer, so the base's chat template was used where it loaded
+    adapter = load_scorer(str(tmp_path / "rm" / "adapter")).eval()
     with torch.no_grad():
         assert torch.allclose(model.eval()(**enc).logits, merged(**enc).logits, atol=1e-5)
+        assert torch.allclose(adapter(**enc).logits, merged(**enc).logits, atol=1e-5)
+    assert load_tokenizer(str(tmp_path / "rm" / "adapter")).chat_template == tok.chat_template
+
+
+def test_a_scorer_whose_pad_is_eos_scores_the_same_token_in_transformers(tmp_path):
+    """SmolLM2 pads with its EOS: transformers pools at the last non-pad token, so the saved scorer loaded with
+    AutoModelForSequenceClassification scored the token before each row's closing EOS (0.2 against -0.02 on
+    SmolLM2). The RM now pads with another special token, in its config and tokenizer alike."""
+    import json
+    import shutil
+
+    from alignlab.models.heads import score
+    from alignlab.models.load import resolve_model
+    from alignlab.train.reward import load_reward_model
+
+    base = tmp_path / "pad_is_eos"
+    shutil.copytree(resolve_model("tiny-random"), base)
+    for name, key, value in (("config.json", "pad_token_id", 2), ("tokenizer_config.json", "pad_token", "<|im_end|>")):
+        cfg = json.loads((base / name).read_text())
+        (base / name).write_text(json.dumps({**cfg, key: value}))
+    cfg = load_config(RewardConfig, CONFIGS / "rm_tiny.yaml", [f"model={base}", f"output_dir={tmp_path / 'x'}"])
+    tok, model = load_reward_model(cfg)
+    assert tok.pad_token_id not in (None, tok.eos_token_id) and model.config.pad_token_id == tok.pad_token_id
+    model.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    rows = [tok("Is the sky blue?").input_ids + [tok.eos_token_id], tok("Yes it is.").input_ids + [tok.eos_token_id]]
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    right = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (right - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (right - len(r)) for r in rows])
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=ids, attention_mask=mask).logits[:, 0], score(model.eval(), ids, mask),
+                              atol=1e-5)

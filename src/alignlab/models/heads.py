@@ -91,14 +91,17 @@ def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
 
     from alignlab.models.load import adapter_base, load_model
     from alignlab.models.lora import merge_lora
+    from alignlab.models.prepare import is_peft
 
     base_name, task = adapter_base(path, kw.get("allow_pickle", False))  # before peft unpickles anything
     if task != "CAUSAL_LM":  # SEQ_CLS, or an adapter saved without a task type: a scorer's
-        return PeftModel.from_pretrained(load_scorer(base_name, **kw), str(path))
+        base = load_scorer(base_name, **kw)  # itself an adapter's scorer (a critic on a LoRA RM): folded first
+        return PeftModel.from_pretrained(merge_lora(base) if is_peft(base) else base, str(path))
     scorer = load_scorer(base_name, **kw)
     merged = merge_lora(load_model(str(path), **kw))
     prefix = scorer.base_model_prefix
     getattr(scorer, prefix).load_state_dict(getattr(merged, prefix).state_dict())
+    scorer.name_or_path = str(path)  # what a LoRA on this scorer records as its base: this folder, folded again
     return scorer
 
 

@@ -57,6 +57,7 @@ def build_critic(cfg: Any, device: str) -> tuple[Any, torch.optim.Optimizer]:
         from alignlab.models.lora import merge_lora
 
         critic = merge_lora(critic).requires_grad_(True)
+        critic.name_or_path = cfg.value_model  # a LoRA on it records this adapter as its base, not the bare model
     if cfg.lora is not None:
         from alignlab.models.lora import apply_lora
 

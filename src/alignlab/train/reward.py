@@ -70,13 +70,28 @@ def load_reward_model(cfg: Any) -> tuple[Any, Any]:
 
     tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     model = load_scorer(cfg.model)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    _distinct_pad(tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.lora is not None:
         from alignlab.models.lora import apply_lora
 
         model = apply_lora(model, cfg.lora)
     return tokenizer, model
+
+
+def _distinct_pad(tokenizer: Any) -> None:
+    """A reward model is scored at its sequence's last token, the EOS every row ends with; transformers'
+    ForSequenceClassification pools at the last token that is not `pad_token_id`, so where pad is EOS (SmolLM2) the
+    saved scorer loaded there scored the token before it. Pad with another special token the tokenizer has (unk,
+    bos, an added one; training masks pads, so their id changes no number), and the saved config and tokenizer say
+    so. Rows end in EOS, so a pad never hides a row's last token."""
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == eos:
+        added = [t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values() if t.special]
+        other = next((t for t in (tokenizer.unk_token, tokenizer.bos_token, *added)
+                      if t is not None and tokenizer.convert_tokens_to_ids(t) != eos), None)
+        if other is not None:
+            tokenizer.pad_token = other
 
 
 def finish_lora(model: Any, base: str, tokenizer: Any, out: Any) -> None:
@@ -102,6 +117,7 @@ def finish_lora(model: Any, base: str, tokenizer: Any, out: Any) -> None:
     shutil.rmtree(staged, ignore_errors=True)
     sharded = is_sharded(model)
     merged = merge_lora(PeftModel.from_pretrained(load_scorer(base), str(out)) if sharded else model)
+    merged.config.pad_token_id = tokenizer.pad_token_id  # as training's (load_reward_model), not the base's
     merged.save_pretrained(str(staged))
     tokenizer.save_pretrained(str(staged))
     adapter = out / "adapter"
@@ -110,6 +126,7 @@ def finish_lora(model: Any, base: str, tokenizer: Any, out: Any) -> None:
     for p in out.iterdir():
         if p.is_file() and p.name.startswith("adapter_"):
             p.rename(adapter / p.name)
+    tokenizer.save_pretrained(str(adapter))  # the run's chat template: the base's was used where it was loaded
     for p in sorted(staged.iterdir(), key=lambda p: p.name == "model.safetensors"):  # the weights last
         os.replace(p, out / p.name)
     staged.rmdir()
