@@ -208,6 +208,15 @@ def test_a_config_object_with_keys_on_top_is_checked_and_left_unchanged():
     if (Path(data) / "gsm8k" / "test.jsonl").is_file():
         resolved = build_config(SFTConfig, SFTConfig(data="gsm8k/test.jsonl"), {})
         assert resolved.data == str((Path(data) / "gsm8k" / "test.jsonl").resolve())
+        # a mixture's sources too (left relative, then "not a local file")
+        mixed = build_config(SFTConfig, SFTConfig(data=[{"path": "gsm8k/test.jsonl", "data_limit": 4}]), {})
+        assert mixed.data[0].path == resolved.data and mixed.data[0].data_limit == 4
+    # the object's own fields are checked as a file's keys are: bf16="false" (truthy text) trained under bf16
+    for bad, match in ((dict(bf16="false"), "bf16: expected true or false"),
+                       (dict(max_steps=2.5), "max_steps: expected an integer"),
+                       (dict(lr_scheduler="cosin"), "'cosin' is not one of the allowed values")):
+        with pytest.raises(ConfigError, match=match):
+            build_config(SFTConfig, SFTConfig(model="tiny-random", **bad), {})
 
 
 def test_generate_takes_an_alias_or_an_in_memory_model_and_strings_or_records():

@@ -293,7 +293,8 @@ def test_eval_refuses_before_any_work_what_could_only_fail_mid_run(tmp_path):
     # ratings of one model failed after the evaluations before it had run, and their results were lost
     for kw in ({"checkpoints": ["a"]}, {"checkpoints": ["a"], "baseline": "a"}):
         with pytest.raises(AlignlabError, match="ratings evaluation needs two models or more, got \\['a'\\]"):
-            cfg(**kw, evaluations=[{"kind": "perplexity", "data": "x.jsonl"}, {"kind": "ratings", "data": "x.jsonl"}])
+            run(cfg(**kw, evaluations=[{"kind": "perplexity", "data": "x.jsonl"}, {"kind": "ratings", "data": "x.jsonl"}]),
+                judge=FunctionJudge(lambda p, c: 1.0))
     assert not (tmp_path / "eval.json").exists()
 
 

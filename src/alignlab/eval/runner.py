@@ -127,8 +127,6 @@ class EvalConfig:
                 raise AlignlabError("eval: a win_rate evaluation needs a baseline (top level or in the item)")
             if spec.kind in ("kl", "dpo_accuracy") and not (spec.reference or self.reference):
                 raise AlignlabError(f"eval: a {spec.kind} evaluation needs a reference (top level or in the item)")
-            if spec.kind == "ratings" and len(self.rated(spec)) < 2:  # else it would fail after the others ran
-                raise AlignlabError(f"eval: a ratings evaluation needs two models or more, got {self.rated(spec)}")
 
     def rated(self, spec: EvaluationSpec) -> list[str]:
         """A ratings evaluation's models: the checkpoints and the baseline, each once."""
@@ -346,6 +344,8 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
     cfg.validate()
     for spec in cfg.evaluations:  # judges are checked before any model loads: a bad one would fail mid-run
         check_judge(spec, judge)
+        if spec.kind == "ratings" and len(cfg.rated(spec)) < 2:  # as would ratings of one model
+            raise AlignlabError(f"eval: a ratings evaluation needs two models or more, got {cfg.rated(spec)}")
     start = time.perf_counter()
     ctx = _Context(cfg, judge)
     ctx.models.update(models or {})
