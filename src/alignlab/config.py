@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -201,11 +202,22 @@ def to_dict(cfg: Any, *, given: bool = False) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value is read as YAML, so `3`, `1e-4`, `true`, `[dpo, sft]` and `null` mean what they say."""
+    """A command-line value is read as YAML, so `3`, `1e-4`, `true`, `[dpo, sft]` and `null` mean what they say;
+    but numbers as written (YAML 1.1 made seed=010 octal 8 and max_steps=1:30 sexagesimal 90: 010 is 10, 1:30 is
+    text that an integer key refuses), and a `#` is part of the value, not a comment (output_dir=runs/exp #3)."""
+    stripped = text.strip()
+    if "#" in stripped and not stripped.startswith(("[", "{", '"', "'")):
+        return stripped
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if re.fullmatch(r"[-+]?\d+", stripped):
+            return int(stripped)
+        if not re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", stripped):
+            return stripped  # hex, sexagesimal, underscores: not a number as written
+    return value
 
 
 def _leaf_annotation(cls: type, dotted: str) -> Any:

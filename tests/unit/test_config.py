@@ -40,6 +40,16 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.loss == ["ipo"]
 
 
+def test_overrides_read_numbers_as_written_and_keep_a_hash():
+    # YAML 1.1 read lora.r=010 as octal 8 and lr=1:30 as 90, and cut model=runs/sft #best at its "comment"
+    cfg = load_config(Cfg, None, ["model=runs/sft #best", "lora.r=010"])
+    assert cfg.model == "runs/sft #best" and cfg.lora.r == 10
+    with pytest.raises(ConfigError, match="lr: "):
+        load_config(Cfg, None, ["model=m", "lr=1:30"])
+    with pytest.raises(ConfigError, match="lora.r: expected an integer, got '0x10'"):
+        load_config(Cfg, None, ["model=m", "lora.r=0x10"])
+
+
 def test_dotted_override_creates_optional_nested():
     cfg = load_config(Cfg, None, ["model=m", "lora.r=32"])
     assert cfg.lora == Inner(r=32)
@@ -51,7 +61,7 @@ def test_a_text_key_keeps_the_text_yaml_would_read_as_a_number_date_or_bool():
     for text in ("010", "1.10", "0x1A", "1_000", "2024-01-31", "off"):
         assert load_config(Cfg, None, [f"model={text}"]).model == text
     cfg = load_config(Cfg, None, ["model=m", "lr=010", "lora.r=010"])
-    assert cfg.lr == 8.0 and cfg.lora == Inner(r=8)  # numbers where the key takes numbers
+    assert cfg.lr == 10.0 and cfg.lora == Inner(r=10)  # numbers, as written, where the key takes numbers
 
 
 def test_int_accepted_for_float():
