@@ -134,6 +134,9 @@ def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: An
             keys[key] = str(objects[key]) if key != "model" else _model_label(value)
     if "model" in objects and tokenizer is None:
         raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
+    if tokenizer is not None and "model" not in objects:  # it was ignored: the named model's own was loaded
+        raise AlignlabError("tokenizer: goes with an in-memory model=; a model named by path or alias loads its own "
+                            "tokenizer (to use another, load the model too and pass both)")
     temp = None
     if "output_dir" in keys and keys["output_dir"] is None:
         temp = tempfile.mkdtemp(prefix="alignlab-run-")
@@ -286,6 +289,12 @@ def _rl(cls: type, recipe_run: Any, config: Any, keys: dict[str, Any], model: An
     if isinstance(data, str) and data.startswith("builtin:"):
         keys["data"], data = data, None
     job = _job(cls, config, keys, model, tokenizer, data, eval_data)
+    if reward_fn is not None and (job.cfg.reward_weights or job.cfg.reward_options):
+        # the recipes use the callable as given: the keys would be accepted and ignored
+        if job.temp_dir:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
+        raise AlignlabError("reward_weights and reward_options are for rewards named by string; give a callable "
+                            "reward its options yourself (functools.partial) and weigh inside it")
     return _run(job, _prepare, recipe_run, callbacks, reward_fn=reward_fn)
 
 
@@ -356,6 +365,10 @@ def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None
     unused = sorted(set(models or {}) - named)
     if unused:
         raise AlignlabError(f"models: {unused} are not named in checkpoints, baseline or reference")
+    for name, pair in (models or {}).items():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise AlignlabError(f"models[{name!r}]: expected a (model, tokenizer) pair, got {type(pair).__name__}")
+        _check_model_object(pair[0], f"models[{name!r}]")
     return run(cfg, models=models, judge=judge)
 
 
@@ -372,8 +385,12 @@ def generate(model: Any, prompts: Any, *, tokenizer: Any = None, n: int = 1, **s
         from alignlab.models.load import load_model, load_tokenizer
 
         model, tokenizer = load_model(os.fspath(model)), tokenizer or load_tokenizer(os.fspath(model))
-    elif tokenizer is None:
-        raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
+    else:
+        _check_model_object(model, "model")
+        if tokenizer is None:
+            raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
+    if not (_is_path(prompts) or isinstance(prompts, (list, tuple))):
+        raise AlignlabError(f"prompts: expected a path or a list of prompts, got {type(prompts).__name__}")
     if _is_path(prompts) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)
                              and "role" not in prompts[0]):
         from alignlab.data.sources import load_rows

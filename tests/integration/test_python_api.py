@@ -229,6 +229,13 @@ def test_generate_takes_an_alias_or_an_in_memory_model_and_strings_or_records():
     assert len(by_alias.samples[0].completion_ids) == 4
     with pytest.raises(ConfigError, match="unknown key beams"):
         alignlab.generate(model, ["x"], tokenizer=tok, beams=2)
+    # raw AttributeError / TypeError / "cannot unpack" deep inside before
+    with pytest.raises(AlignlabError, match="model: expected a path, an alias or a loaded model"):
+        alignlab.generate(123, ["x"], tokenizer=tok)
+    with pytest.raises(AlignlabError, match="prompts: expected a path or a list of prompts, got int"):
+        alignlab.generate(model, 42, tokenizer=tok)
+    with pytest.raises(AlignlabError, match=r"models\['m'\]: expected a \(model, tokenizer\) pair"):
+        alignlab.evaluate(checkpoints=["m"], models={"m": model}, evaluations=[{"kind": "perplexity", "data": "x"}])
     with pytest.raises(AlignlabError, match="tokenizer"):
         alignlab.generate(model, ["x"])
 
@@ -287,6 +294,21 @@ def test_medusa_from_python_gives_the_cli_metrics(tmp_path):
     cli = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     assert without_timing(run.metrics) == without_timing(cli) and len(run.history) == 2
     assert run.output_dir is None and type(run.model).__name__ == "MedusaModel"
+
+
+def test_keys_and_objects_the_run_would_ignore_are_refused(tmp_path):
+    # a tokenizer beside a model named by alias was ignored (its own was loaded); a callable reward's
+    # reward_weights / reward_options were accepted and never applied
+    from alignlab.models.load import load_tokenizer
+
+    with pytest.raises(AlignlabError, match="tokenizer: goes with an in-memory model="):
+        alignlab.sft(tokenizer=load_tokenizer("tiny-random"), data=SFT_ROWS, output_dir=None, **COMMON)
+    before = set(Path(tempfile.gettempdir()).glob("alignlab-run-*"))
+    for extra in ({"reward_weights": [100.0]}, {"reward_options": {"target": 3}}):
+        with pytest.raises(AlignlabError, match="reward_weights and reward_options are for rewards named by string"):
+            alignlab.grpo(model="tiny-random", data="builtin:sentiment", reward=lambda p, c, **k: [0.0] * len(c),
+                          output_dir=None, max_steps=1, **extra)
+    assert set(Path(tempfile.gettempdir()).glob("alignlab-run-*")) == before  # no temporary folder left behind
 
 
 def test_a_wrong_model_object_is_named_by_its_argument():

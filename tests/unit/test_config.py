@@ -133,6 +133,10 @@ def _recipe(name):
     ("grpo", "max_turns=0", r"max_turns: must be in \[1, inf\]"),
     ("grpo", "dual_clip=0.5", "dual_clip > 1"),  # met at the first update, after sampling
     ("grpo", "overlong.buffer=-1", "overlong: need max_tokens >= 0, penalty >= 0 and 0 < buffer < max_tokens"),
+    # these were met after the models loaded (the sampler's check; a raw RuntimeError from .to(device))
+    ("grpo", "temperature=0", r"temperature must be > 0 and top_p in \(0, 1\]"),
+    ("grpo", "top_p=2", r"temperature must be > 0 and top_p in \(0, 1\]"),
+    ("sft", "device=gpu", "device: 'gpu' is not a device"),
 ])
 def test_out_of_range_values_are_refused_before_any_work(recipe, override, message, tmp_path):
     data = tmp_path / "rows.jsonl"

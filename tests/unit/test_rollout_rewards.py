@@ -84,6 +84,18 @@ def test_rewards_are_called_as_trl_calls_them():
     assert score(lambda ps, cs, **kw: [len(ps[0]) + len(cs[0])], ["ab"], ["cde"]) == [5.0]
 
 
+def test_reward_options_are_checked_and_reach_a_trl_style_function(tmp_path):
+    # a misspelt option ended in a raw TypeError traceback (exit 1)
+    with pytest.raises(AlignlabError, match="reward format: unknown option 'patern' \\(its options: pattern, full_match"):
+        get_reward("format", patern="x")
+    with pytest.raises(AlignlabError, match="unknown option 'patern'"):
+        get_reward(["math", "format"], format={"patern": "x"})
+    f = tmp_path / "trl_style.py"
+    f.write_text("def reward_len(completions, target=20, **kwargs):\n"
+                 "    return [-abs(target - len(c)) for c in completions]\n")
+    assert score(get_reward(f"{f}:reward_len", target=3), ["p"], ["abcde"]) == [-2.0]
+
+
 def test_score_checks_length_and_finiteness():
     with pytest.raises(AlignlabError, match="returned 1 values for 2"):
         score(lambda p, c, **k: [1.0], ["a", "b"], ["x", "y"])

@@ -98,6 +98,8 @@ class OnPolicyConfig(OptimConfig, RunConfig):
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.eval_prompts < 0 or self.num_prompts < 1:
             raise ConfigError("eval_prompts must be >= 0 and num_prompts >= 1")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):  # else refused by the sampler, after the models load
+            raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {self.temperature} and {self.top_p}")
         check_pad_multiple(self.pad_to_multiple_of)
         if self.rollout_engine is not None:
             self.rollout_engine.validate()

@@ -67,7 +67,12 @@ def get_reward(spec: str | Callable | Sequence[str | Callable], weights: Sequenc
     if not isinstance(spec, str) or not spec.strip():
         raise AlignlabError(f"reward: expected a name or 'module.path:function', got {spec!r}")
     if spec in _REGISTRY:
-        return _REGISTRY[spec](**options)
+        factory = _REGISTRY[spec]
+        params = inspect.signature(factory).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()) and (unknown := sorted(set(options) - set(params))):
+            raise AlignlabError(f"reward {spec}: unknown option {unknown[0]!r} (its options: "
+                                f"{', '.join(params) or 'none'})")
+        return factory(**options)
     if ":" in spec:
         fn = import_callable(spec)
         return fn if not options else _bind(fn, options)
@@ -118,7 +123,7 @@ class WeightedReward:
 
 def _bind(fn: Callable, options: dict) -> RewardFn:
     def bound(prompts, completions, **fields):
-        return fn(prompts, completions, **options, **fields)
+        return _call(fn, prompts, completions, {**options, **fields})
 
     return bound
 

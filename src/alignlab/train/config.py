@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alignlab.config import ConfigError
+from alignlab.errors import AlignlabError
 from alignlab.models.lora import LoraConfig
 
 
@@ -81,6 +82,7 @@ class RunConfig:
         from alignlab.train.callbacks import check_trackers
 
         check_trackers(self.report_to)
+        check_device(self.device)
 
 
 @dataclass
@@ -189,3 +191,22 @@ class TrainConfig(OptimConfig, RunConfig):  # base order: RunConfig's keys list 
                               f"{self.max_eval_rows}")
         if not 0.0 <= self.eval_split < 1.0:
             raise ConfigError(f"eval_split: must be in [0, 1), got {self.eval_split}")
+
+
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has, before any data or model loads (a raw RuntimeError or
+    AssertionError came out of the first .to(device))."""
+    import torch
+
+    from alignlab.models.load import resolve_device
+
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device: {device!r} is not a device (cpu, cuda, cuda:1, ... or auto)") from None
+    try:
+        resolve_device(device)
+    except AlignlabError as e:
+        raise ConfigError(str(e)) from None
