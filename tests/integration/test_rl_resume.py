@@ -136,3 +136,45 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert "learning_rate: 0.001 -> 0.5" in err and "resume=never" in err
     assert main([*args("grpo", out), "max_steps=3"]) == 0  # extending the run is allowed
     assert [r["step"] for r in read_metrics(out) if "reward_mean" in r] == [1, 2, 3]
+
+
+def test_logged_rows_are_window_means_and_resume_mid_window_logs_the_same(tmp_path):
+    """logging_steps=3: a row held the logged step's values alone (steps 1, 2, 4, 5 were nowhere on disk). It is
+    the mean over the window's steps (TRL's GRPOTrainer.log), and a run stopped after step 2's checkpoint resumes
+    with the window's first two steps in it."""
+    from alignlab.config import load_config
+    from alignlab.recipes.rl import run
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.train.callbacks import Callback
+
+    class Record(Callback):
+        def __init__(self, stop_at=None):
+            self.per_step, self.stop_at = [], stop_at
+
+        def on_step_end(self, step, metrics):
+            self.per_step.append(dict(metrics))
+
+        def on_save(self, step, path):
+            if step == self.stop_at:
+                raise KeyboardInterrupt  # killed after checkpoint-2, inside the window
+
+    def cfg(out):
+        return load_config(PolicyGradientConfig, ROOT / "configs/grpo_sentiment_tiny.yaml", [
+            f"output_dir={out}", "max_steps=6", "logging_steps=3", "save_steps=2", "eval_prompts=0", "progress=none",
+            "cpu_threads=1"])
+
+    ref = Record()
+    run(cfg(tmp_path / "ref"), callbacks=[ref])
+    rows = [r for r in read_metrics(tmp_path / "ref") if "reward_mean" in r]
+    assert [r["step"] for r in rows] == [3, 6]
+    for row, part in zip(rows, (ref.per_step[:3], ref.per_step[3:])):
+        for key in ("reward_mean", "loss", "grad_norm"):
+            assert row[key] == pytest.approx(sum(m[key] for m in part) / 3, rel=1e-6), key
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg(tmp_path / "killed"), callbacks=[Record(stop_at=2)])
+    run(cfg(tmp_path / "killed"))
+    again = [r for r in read_metrics(tmp_path / "killed") if "reward_mean" in r]
+    assert [r["step"] for r in again] == [3, 6]
+    for a, b in zip(again, rows):
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)

@@ -14,7 +14,8 @@ from alignlab.rollout import decode_step, weights
 from alignlab.rollout import generate as generate_mod
 from alignlab.rollout.generate import SamplingConfig, generate
 
-pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the packed bf16 sampler needs oneDNN")
+pytestmark = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and weights.onednn_packs_bf16()),
+                                reason="the packed bf16 sampler needs oneDNN's bf16 packing (AVX512 or AVX-NE-CONVERT)")
 
 
 def _logits_along(monkeypatch, model, tok, cfg, n, tokens=None, prompts=PROMPTS):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class RLState:
     """(state, held-out prompts) -> eval metrics; None: greedy_eval (mean reward of greedy answers)."""
     more_prompts: Callable[[int, int], list] | None = None
     """(step, round) -> fresh training prompts for dynamic sampling's extra rounds (a pure function: exact resume)."""
+    window: dict[str, list[float]] = field(default_factory=dict)
+    """Each metric's [sum, steps] since the last logged step (checkpointed: a resumed run logs the same rows)."""
 
     @property
     def device(self) -> str:
@@ -137,6 +139,16 @@ def greedy_eval(state: RLState, rows: list) -> dict[str, float]:
     return {"eval_reward": sum(rewards) / len(rewards)}
 
 
+def _window_row(window: dict[str, list[float]], lr: float) -> dict[str, float]:
+    """The logged row: each metric's mean over the steps since the last logged one (as the offline loop's LogWindow
+    and TRL's GRPOTrainer.log; it held the last step's values alone) and the current learning rate; the window is
+    emptied."""
+    row = {k: total / n for k, (total, n) in window.items()}
+    row["learning_rate"] = lr
+    window.clear()
+    return row
+
+
 def _save(state: RLState, out: Path, step: int, config_yaml: str) -> None:
     """checkpoint-<step> with the critic and its optimizer and the KL coefficient (rank 0; others wait)."""
     import torch
@@ -152,7 +164,8 @@ def _save(state: RLState, out: Path, step: int, config_yaml: str) -> None:
         kl = state.kl_ctl.value if state.kl_ctl is not None else None
         # online DPO's loss state (BCO's running reward mean) changes later steps' numbers: saved as offline DPO's
         extra = step_state(state.dpo) if state.dpo is not None else {}
-        save_checkpoint(out, step, state.policy, state.optimizers[0], {"kl_coef": kl, **extra},
+        save_checkpoint(out, step, state.policy, state.optimizers[0], {"kl_coef": kl, "log_window": state.window,
+                                                                       **extra},
                         tokenizer=state.tokenizer,
                         config_yaml=config_yaml, keep_last=state.cfg.keep_last, extras=extras)
     state.world.barrier()
@@ -177,6 +190,7 @@ def _resume(state: RLState, ckpt: Path) -> int:
         state.kl_ctl = replace(state.kl_ctl, value=float(info["kl_coef"]))
     if state.dpo is not None:
         restore_step_state(state.dpo, info)
+    state.window = {k: list(v) for k, v in (info.get("log_window") or {}).items()}
     return int(info["step"])
 
 
@@ -269,8 +283,11 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
                 push_policy(state, out, step + 1)
             done = step + 1
             stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
+            for k, v in metrics.items():
+                state.window.setdefault(k, [0.0, 0])[0] += float(v)
+                state.window[k][1] += 1
             if done % cfg.logging_steps == 0 or done == n_total or stop:
-                events.on_log(done, metrics)
+                events.on_log(done, _window_row(state.window, lr))
             history.append({"step": done, **metrics})
             if on_step is not None:
                 on_step(state, done)

@@ -79,6 +79,14 @@ def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
     return bool(_cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
 
 
+def onednn_packs_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether oneDNN's prepacked bf16 Linear (torch.ops.mkldnn._reorder_linear_weight) runs on this CPU: it needs
+    AVX512 BW/VL/DQ or AVX-NE-CONVERT, and raises a RuntimeError on an AVX2-only CPU (AMD EPYC family 25 model 1),
+    where bf16 sampling takes torch's plain bf16 products instead."""
+    flags = _cpu_flags(cpuinfo)
+    return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
+
+
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has AMX-BF16 tile instructions: where bf16 attention runs faster than fp32 (decode_step.py)."""
     return "amx_bf16" in _cpu_flags(cpuinfo)
@@ -135,7 +143,8 @@ def packed_linears(model: Any, dtype: Any, cast, rows: int) -> dict:
     Linears of a peft adapter layer (it casts their input to the adapter weight's dtype itself)."""
     import torch
 
-    if dtype != torch.bfloat16 or model.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if dtype != torch.bfloat16 or model.device.type != "cpu" or not torch.backends.mkldnn.is_available() \
+            or not onednn_packs_bf16():
         return {}
     op, pack = torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight
     adapters = {c for m in model.modules() if hasattr(m, "base_layer") for c in m.modules() if c is not m}
@@ -187,7 +196,7 @@ def sampling_forward(model: Any, cfg: Any):
 
     # a plain Llama runs without transformers' module plumbing, from its own bf16 copies (decode_step.py)
     step = (llama_step(model, cast, cfg.batch_size, cpu_has_amx())
-            if swap and torch.backends.mkldnn.is_available() else None)
+            if swap and torch.backends.mkldnn.is_available() and onednn_packs_bf16() else None)
     install = {} if step is not None else packed_linears(model, dtype, cast, cfg.batch_size)
     swaps = _param_swaps(model, install, cast) if convert and step is None else []
     kept = {m: m.__dict__["forward"] for m in install if "forward" in m.__dict__}  # a training loop's kept casts
