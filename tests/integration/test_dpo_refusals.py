@@ -34,3 +34,14 @@ def test_reference_keys_the_run_would_not_use_are_refused(tmp_path):
             DPOConfig(loss=["simpo"], **keys).check_reference_keys(False)
     DPOConfig(ref_model="tiny-random", reference="cache", ref_cache_dir=str(tmp_path)).check_reference_keys(True)
     DPOConfig(loss=["simpo"], reference="none").check_reference_keys(False)
+
+
+def test_kto_with_a_micro_batch_of_one_is_refused_before_the_model_loads(data_dir, tmp_path, capsys, monkeypatch):
+    # a raw ValueError traceback after the model had loaded
+    import alignlab.models.prepare as prepare
+
+    monkeypatch.setattr(prepare, "prepare_model", lambda cfg: pytest.fail("the model was loaded"))
+    data = data_dir / "llamafactory_demo" / "kto_en_demo.json"
+    code = main(["dpo", "--config", str(CONFIGS / "dpo_tiny.yaml"), f"data={data}", f"output_dir={tmp_path}",
+                 "loss=[kto]", "batch_size=2", "grad_accum=2", "progress=none", "max_steps=1"])
+    assert code == 2 and "kto: needs a micro-batch of 2 or more examples" in capsys.readouterr().err

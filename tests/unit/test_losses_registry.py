@@ -84,6 +84,17 @@ def test_params_override_and_validation():
         combine(["dpo", "kto"])
     with pytest.raises(AlignlabError, match="twice"):
         combine(["dpo", "dpo"])
+    # YAML 1.1 reads 5e-1 as text: SimPO crashed at its first step ('str' / 'float'), cDPO called 5e-2 out of range
+    assert combine("simpo", params={"simpo": {"gamma": "5e-1"}}).params[0]["gamma"] == 0.5
+    assert combine("cdpo", params={"cdpo": {"label_smoothing": "5e-2"}}).params[0]["label_smoothing"] == 0.05
+    for bad, match in (({"simpo": {"gamma": "abc"}}, "simpo.gamma: expected a finite number, got 'abc'"),
+                       ({"simpo": None}, "loss_params.simpo: expected a mapping")):
+        with pytest.raises(AlignlabError, match=match):
+            combine("simpo", params=bad)
+    # a negative weight turned its loss around (sft at -0.5 lowered the chosen answer's likelihood)
+    for weights in ([1.0, -0.5], [0.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(AlignlabError, match="loss_weights: each must be finite and >= 0, and one > 0"):
+            combine(["dpo", "sft"], weights)
 
 
 def test_bco_running_mean_is_explicit_state():

@@ -9,6 +9,7 @@ it reads. A new variant is one function, one line in `LOSSES`, one hand-computed
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -299,6 +300,17 @@ def _pick(lp: PairLogps | None, kind: str, name: str) -> PairLogps:
     return lp
 
 
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AlignlabError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def combine(
     losses: str | Sequence[str],
     weights: Sequence[float] | None = None,
@@ -318,6 +330,9 @@ def combine(
     weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
     if len(weights) != len(names):
         raise AlignlabError(f"loss_weights: {len(weights)} weights for {len(names)} losses {names}")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        # a negative weight turns its loss around (sft at -0.5 lowers the chosen answer's likelihood)
+        raise AlignlabError(f"loss_weights: each must be finite and >= 0, and one > 0; got {weights}")
     if len({s.paired for s in specs}) > 1 or (not specs[0].paired and len(specs) > 1):
         raise AlignlabError(f"loss: {names} mixes unpaired and paired losses (or several unpaired ones)")
     params = dict(params or {})
@@ -326,7 +341,11 @@ def combine(
         raise AlignlabError(f"loss_params: {sorted(unknown)} are not among the chosen losses {names}")
     merged = []
     for spec in specs:
-        given = dict(params.get(spec.name, {}))
+        if not isinstance(params.get(spec.name, {}), Mapping):
+            raise AlignlabError(f"loss_params.{spec.name}: expected a mapping of its parameters, got "
+                                f"{params[spec.name]!r}")
+        # every loss parameter is a number; YAML 1.1 reads 5e-1 as text (the top-level keys are coerced the same way)
+        given = {k: _number(v, f"loss_params.{spec.name}.{k}") for k, v in params.get(spec.name, {}).items()}
         bad = set(given) - spec.param_names
         if bad:
             raise AlignlabError(

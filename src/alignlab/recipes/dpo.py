@@ -48,7 +48,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     from alignlab.models.attention import uses_spans
     from alignlab.models.layouts import pair_layout
     from alignlab.models.prepare import prepare_model
-    from alignlab.train.dpo import cached_sets, dpo_examples, preference_step
+    from alignlab.train.dpo import cached_sets, check_unpaired_group, dpo_examples, preference_step
     from alignlab.train.loop import evaluate, seed_everything, train
     from alignlab.train.reference import choose_reference_kind
     from alignlab.train.world import World
@@ -56,6 +56,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     mix = combine(cfg.loss, cfg.loss_weights, cfg.loss_params)
     cfg.check_reference_keys(mix.needs_reference, ref_model is not None)
     world = World.from_env(cfg.device)
+    check_unpaired_group(cfg, world.size)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)

@@ -64,6 +64,7 @@ class DPOConfig(RowDataConfig):
             # <= 0 cut every prompt to nothing, silently
             raise ConfigError(f"max_prompt_length: must be in [1, max_length), got {self.max_prompt_length}")
         check_pad_multiple(self.pad_to_multiple_of)
+        check_unpaired_group(self, 1)
 
     def check_reference_keys(self, needs_reference: bool, ref_model_given: bool = False) -> None:
         """Reference keys the chosen losses and reference kind would not use, refused before any loading (a
@@ -78,6 +79,16 @@ class DPOConfig(RowDataConfig):
                       if on]
             if unused:
                 raise ConfigError(f"{', '.join(unused)}: no chosen loss ({', '.join(self.loss)}) uses a reference")
+
+
+def check_unpaired_group(cfg: DPOConfig, world_size: int) -> None:
+    """KTO's KL term pairs each example with another example's answer in its micro-batch: it needs two (a raw
+    ValueError after the model had loaded)."""
+    from alignlab.losses import get_loss_spec
+
+    if not all(get_loss_spec(n).paired for n in cfg.loss) and cfg.micro_batch_size(world_size) < 2:
+        raise ConfigError(f"{cfg.loss[0]}: needs a micro-batch of 2 or more examples; raise batch_size or lower "
+                          f"grad_accum (batch_size {cfg.batch_size}, grad_accum {cfg.grad_accum}, {world_size} rank(s))")
 
 
 def dpo_examples(rows: list, tokenizer: Any, cfg: DPOConfig, source: str, paired: bool) -> list:
