@@ -153,6 +153,58 @@ def test_tensorboard_tracker_writes_event_files(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_tensorboard_holds_each_step_once_after_a_resume(tmp_path):
+    # steps redone after the checkpoint were written twice (metrics.jsonl drops its rows past the checkpoint)
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class DieAt4(Callback):
+        def on_step_end(self, step, metrics):
+            if step == 4:
+                raise KeyboardInterrupt  # logged 1..3, checkpoint at 2
+
+    data, collate = counting_data(), Collator(0, packing=False)
+    for callbacks in ([DieAt4()], []):
+        cfg = cfg_for(tmp_path, logging_steps=1, save_steps=2, max_steps=5, report_to=["tensorboard"])
+        try:
+            train(cfg, tiny_llama(), causal_lm_step, data, collate, callbacks=callbacks)
+        except KeyboardInterrupt:
+            pass
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]
+
+
+def test_a_run_ended_by_an_error_still_sends_train_end_once(tmp_path):
+    # only a non-finite loss sent it: a data or reward error left progress bars running and trackers' runs open
+    class Fails(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_step_end(self, step, metrics):
+            if step == 3:
+                raise RuntimeError("a bad batch")
+
+        def on_train_end(self, step, final):
+            self.events.append((step, final))
+
+    cb = Fails()
+    with pytest.raises(RuntimeError, match="a bad batch"):
+        run_toy(tmp_path, [cb])
+    assert cb.events == [(3, None)]  # step 3 had updated the weights
+
+
 def test_no_tracker_means_no_tensorboard_folder(tmp_path):
     run_toy(tmp_path, max_steps=2)
     assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_a_resumed_runs_summary_counts_the_steps_its_seconds_cover():
+    # dpo's pairs_per_second divided every step of the run by the resumed call's seconds (16.3 against 7.5)
+    from alignlab.recipes.dpo import _summary
+    from alignlab.train.dpo import DPOConfig
+    from alignlab.train.loop import TrainResult
+
+    fresh, resumed = TrainResult(8, 8, 4.0), TrainResult(8, 8, 2.0, start_step=4)
+    assert (fresh.done_line(), resumed.done_line()) == ("8 steps in 4.0s", "4 of 8 steps in 2.0s")
+    cfg = DPOConfig(batch_size=4)
+    assert _summary(fresh, cfg)["pairs_per_second"] == _summary(resumed, cfg)["pairs_per_second"] == 8.0

@@ -31,7 +31,7 @@ def load_split(cfg: DPOConfig, task: str, records: list | None = None, eval_reco
 def _summary(result: Any, cfg: DPOConfig) -> dict[str, float]:
     last = dict(result.evals[-1]) if result.evals else {}
     last.pop("step", None)
-    pairs_s = result.step * cfg.batch_size / max(result.train_runtime, 1e-9)
+    pairs_s = (result.step - result.start_step) * cfg.batch_size / max(result.train_runtime, 1e-9)  # this call's
     return {"pairs_per_second": round(pairs_s, 3), **{k: round(v, 4) for k, v in last.items()}}
 
 
@@ -90,6 +90,6 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
                    tokenizer=tokenizer, world=world, config_yaml=saved_config_text(cfg) if world.is_main else None,
                    unit="pairs" if mix.paired else "samples", callbacks=callbacks, split=split)
     if world.is_main:
-        print(f"dpo done: {result.step} steps in {result.train_runtime:.1f}s; {_summary(result, cfg)}; "
+        print(f"dpo done: {result.done_line()}; {_summary(result, cfg)}; "
               f"model in {cfg.output_dir}", flush=True)
     return result

@@ -102,5 +102,5 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
                    config_yaml=saved_config_text(cfg) if world.is_main else None, unit="sequences",
                    callbacks=callbacks, split=split)
     summary = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else result.last_log).items()}
-    print(f"medusa done: {result.step} steps in {result.train_runtime:.1f}s; {summary}; heads in {cfg.output_dir}")
+    print(f"medusa done: {result.done_line()}; {summary}; heads in {cfg.output_dir}")
     return result, model, tokenizer

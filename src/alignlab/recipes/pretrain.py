@@ -155,6 +155,6 @@ def run(cfg: PretrainConfig, *, callbacks: Any = ()):
                    config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks)
     if world.is_main and result.evals:
         ppl = result.evals[-1]["eval_perplexity"]
-        print(f"pretrain done: {result.step} steps in {result.train_runtime:.1f}s; "
+        print(f"pretrain done: {result.done_line()}; "
               f"validation perplexity {ppl:.2f} (log {math.log(ppl):.3f})")
     return result

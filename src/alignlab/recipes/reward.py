@@ -155,6 +155,6 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
                    callbacks=[*callbacks, *merge], split=split)
     if world.is_main:
         last = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else {}).items() if k != "step"}
-        print(f"rm done: {result.step} steps in {result.train_runtime:.1f}s; {last}; scorer in {cfg.output_dir}",
+        print(f"rm done: {result.done_line()}; {last}; scorer in {cfg.output_dir}",
               flush=True)
     return result

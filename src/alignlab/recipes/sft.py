@@ -96,5 +96,5 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
                    split=split)
     if world.is_main:
         summary = {k: round(v, 4) for k, v in (result.evals[-1] if result.evals else {}).items()}
-        print(f"sft done: {result.step} steps in {result.train_runtime:.1f}s; {summary}; model in {cfg.output_dir}")
+        print(f"sft done: {result.done_line()}; {summary}; model in {cfg.output_dir}")
     return result

@@ -139,6 +139,12 @@ def greedy_eval(state: RLState, rows: list) -> dict[str, float]:
     return {"eval_reward": sum(rewards) / len(rewards)}
 
 
+def _window_add(window: dict[str, list[float]], metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+        window.setdefault(k, [0.0, 0])[0] += float(v)
+        window[k][1] += 1
+
+
 def _window_row(window: dict[str, list[float]], lr: float) -> dict[str, float]:
     """The logged row: each metric's mean over the steps since the last logged one (as the offline loop's LogWindow
     and TRL's GRPOTrainer.log; it held the last step's values alone) and the current learning rate; the window is
@@ -269,13 +275,12 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
     if start == 0:
         evaluate(0)
     t0, done = time.perf_counter(), start
-    with reused_buffers():  # scratch blocks and weight casts live across steps (ops/buffers.py)
+    with reused_buffers(), events.ended_on_error():  # scratch blocks, weight casts live across steps (ops/buffers.py)
         for step in range(start, n_total):
             lr = _set_lr(state, step, n_total, warmup)
             try:
                 metrics = step_fn(state, step, [train_rows[i] for i in sampler.step_indices(step)])
             except NonFiniteStep as e:
-                events.on_train_end(step, None)
                 raise AlignlabError(f"step {step + 1}: {e}; stopped before the update. The newest checkpoint in {out} "
                                     "is from before it: lower learning_rate") from None
             metrics["learning_rate"] = lr
@@ -283,9 +288,7 @@ def train_rl(state: RLState, step_fn: Callable[[RLState, int, list], dict], labe
                 push_policy(state, out, step + 1)
             done = step + 1
             stop = world.all_reduce_sum(float(events.on_step_end(done, metrics))) > 0
-            for k, v in metrics.items():
-                state.window.setdefault(k, [0.0, 0])[0] += float(v)
-                state.window[k][1] += 1
+            _window_add(state.window, metrics)
             if done % cfg.logging_steps == 0 or done == n_total or stop:
                 events.on_log(done, _window_row(state.window, lr))
             history.append({"step": done, **metrics})

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,20 @@ class CallbackList(Callback):
 
     def __init__(self, callbacks: Iterable[Callback] = ()):
         self.callbacks = list(callbacks)
+        self.step, self.ended = 0, False
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: {cb!r} is not an alignlab.train.callbacks.Callback")
+
+    @contextmanager
+    def ended_on_error(self) -> Iterator[None]:
+        """Around a run's steps: any exception (a bad batch, a reward that raises, Ctrl-C) still sends on_train_end
+        (None), once, so progress bars stop, trackers close their runs as failed and callbacks learn of it."""
+        try:
+            yield
+        except BaseException:
+            self.on_train_end(self.step, None)
+            raise
 
     def on_train_begin(self, run_dir: Path, total_steps: int, start_step: int) -> None:
         for cb in self.callbacks:
@@ -79,10 +91,14 @@ class CallbackList(Callback):
             cb.on_save(step, path)
 
     def on_step_end(self, step: int, metrics: dict[str, Any]) -> bool:
+        self.step = step
         # Every callback sees the event even when an earlier one already asked to stop.
         return any([bool(cb.on_step_end(step, metrics)) for cb in self.callbacks])
 
     def on_train_end(self, step: int, final: dict[str, Any] | None) -> None:
+        if self.ended:  # sent once, whichever path ends the run
+            return
+        self.ended = True
         for cb in self.callbacks:
             cb.on_train_end(step, final)
 
@@ -126,9 +142,16 @@ class TensorBoardCallback(Callback):
     """Scalars to output_dir/tensorboard with torch's SummaryWriter (needs the `tensorboard` package)."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any]):
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (missing: refused before the run starts)
+
+        self.folder, self.writer = str(Path(run_dir) / "tensorboard"), None
+
+    def on_train_begin(self, run_dir: Path, total_steps: int, start_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        # a resumed run redoes the steps after its checkpoint: their points from before the kill are dropped, as
+        # metrics.jsonl's rows are (they were written twice)
+        self.writer = SummaryWriter(self.folder, purge_step=start_step + 1 if start_step else None)
 
     def on_log(self, step: int, metrics: dict[str, Any]) -> None:
         for k, v in _scalars(metrics).items():

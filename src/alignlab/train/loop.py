@@ -70,6 +70,13 @@ class TrainResult:
     """Every evaluation's metrics with its step, first (before training) to last."""
     finished: bool = True
     """False when the run was stopped early by `stop_at` (simulated crash)."""
+    start_step: int = 0
+    """The step this call resumed from (0: a fresh run); train_runtime covers steps start_step + 1 .. step."""
+
+    def done_line(self) -> str:
+        """'N steps in T s', or after a resume 'k of N steps in T s': the seconds are this call's steps'."""
+        ran = self.step - self.start_step
+        return f"{f'{ran} of {self.step}' if self.start_step else ran} steps in {self.train_runtime:.1f}s"
 
 
 def seed_everything(seed: int) -> None:
@@ -182,6 +189,7 @@ class _Run:
     n_total: int
     window: LogWindow = field(default_factory=LogWindow)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0  # the step this call resumed from
 
     def evaluate(self, step: int) -> None:
         if self.eval_fn is None:
@@ -216,7 +224,7 @@ class _Run:
         self.events.on_save(done, out)
         self.events.on_train_end(done, {"step": done, "train_runtime": runtime})
         self.world.barrier()
-        return TrainResult(done, self.n_total, runtime, last_log, self.evals)
+        return TrainResult(done, self.n_total, runtime, last_log, self.evals, start_step=self.start)
 
     def step(self, step: int, dataset: Sequence, collate: Callable[[list], dict], warmup: int) -> tuple[float, Any]:
         """Optimizer step `step` (0-based) on its batch: (learning rate, gradient norm)."""
@@ -240,8 +248,7 @@ class _Run:
             out = optimizer_step(self.optimizer, forwards, weights, total=step_total, world_size=world.size,
                                  max_grad_norm=cfg.max_grad_norm, sync=sync,
                                  compute=lambda: autocast(cfg, world.device, cache=False))
-        except NonFiniteStep as e:
-            self.events.on_train_end(step, None)
+        except NonFiniteStep as e:  # on_train_end(None): CallbackList.ended_on_error
             idx = micro[e.micro] if e.micro is not None else self.sampler.step_indices(step)
             raise _diverged(cfg, step + 1, e, idx) from None
         self.window.add(out.metrics, out.weights)
@@ -280,6 +287,7 @@ def _start(cfg: TrainConfig, model: Any, step_fn: StepFn, n_examples: int, world
         wrapped = world.wrap(model)
     run = _Run(cfg, world, model, wrapped, sharded, optimizer, step_fn, sampler,
                run_events(cfg, out, world, n_total, start, callbacks), eval_fn, tokenizer, config_yaml, n_total)
+    run.start = start
     if ckpt is not None:
         run.window.restore(resumed.get("log_window"), world)
     return run, start
@@ -323,13 +331,12 @@ def train(
     model.train()
     t_loop = time.perf_counter()
     last_log, done = {}, start
-    with reused_buffers():  # scratch blocks and weight casts live across steps (ops/buffers.py)
+    with reused_buffers(), events.ended_on_error():  # scratch blocks, weight casts live across steps (ops/buffers.py)
         for step in range(start, n_total):
             lr, grad_norm = run.step(step, dataset, collate, warmup)
             done = step + 1
             # A stop any callback on any rank asks for: this step is logged and evaluated, then the final save.
             stop = world.all_reduce_sum(float(events.on_step_end(done, {"grad_norm": grad_norm, "learning_rate": lr}))) > 0
-
             if done % cfg.logging_steps == 0 or done == n_total or stop:
                 last_log = run.window.row(world, lr=lr, batch_size=cfg.batch_size, unit=unit, device=world.device)
                 last_log["epoch"] = done * cfg.batch_size / run.sampler.per_epoch
@@ -340,7 +347,8 @@ def train(
                 run.checkpoint(done)
             if stop_at is not None and done >= stop_at and done < n_total:
                 events.on_train_end(done, None)
-                return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, run.evals, finished=False)
+                return TrainResult(done, n_total, time.perf_counter() - t_loop, last_log, run.evals, finished=False,
+                                   start_step=start)
             if stop:
                 break
 
