@@ -230,3 +230,31 @@ def test_evaluation_averages_each_metric_over_the_batches_that_report_it():
     for size in (8, 2):
         out = evaluate(torch.nn.Linear(1, 1), step_fn, data, collate, batch_size=size, device="cpu")
         assert out == {"eval_loss": 2.0, "eval_logps/chosen": 1.0, "eval_logps/rejected": 3.0}, size
+
+
+def test_kto_reward_metrics_are_means_over_their_examples_whatever_the_batches():
+    """rewards/chosen was a micro-batch's mean weighed by the micro-batch's pairs: held-out batches with 1, 3 and 2
+    desirable examples logged 0.0329 against their examples' mean 0.0172, and a training step split 1 + 2 logged
+    0.0055 against -0.0416. Each is now weighed by its count (step.Weighted), in training and in evaluate."""
+    from types import SimpleNamespace
+
+    from alignlab.train.preference import UnpairedStep
+    from alignlab.train.step import Weighted
+
+    rewards = torch.tensor([0.3, -0.1, 0.2, 0.4, -0.6, 0.1])
+    desirable = torch.tensor([True, False, True, True, False, True])
+    out = SimpleNamespace(chosen_rewards=rewards[desirable], rejected_rewards=rewards[~desirable],
+                          terms={"kl": torch.tensor(0.0)})
+    m = UnpairedStep._metrics(out, rewards * 10, desirable)
+    assert isinstance(m["rewards/chosen"], Weighted) and m["rewards/chosen"].weight == 4
+    assert m["rewards/rejected"].weight == 2 and float(m["rewards/margins"]) == pytest.approx(0.25 - (-0.35))
+
+    def step_fn(model, batch):  # each batch's examples: their mean reward, weighed by how many
+        ids = batch["ids"]
+        return torch.tensor(0.0), {"rewards/chosen": Weighted(rewards[ids].mean(), len(ids))}
+
+    rows = [{"ids": torch.tensor([i])} for i in range(6)]
+    collate = lambda rs: {"ids": torch.cat([r["ids"] for r in rs]), "input_ids": torch.zeros(len(rs), 1)}  # noqa: E731
+    for batch_size in (1, 4, 6):
+        got = evaluate(torch.nn.Linear(1, 1), step_fn, rows, collate, batch_size=batch_size, device="cpu")
+        assert got["eval_rewards/chosen"] == pytest.approx(float(rewards.mean()), abs=1e-7), batch_size

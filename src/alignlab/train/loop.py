@@ -48,7 +48,7 @@ from alignlab.train.config import TrainConfig
 from alignlab.train.log_window import LogWindow
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
 from alignlab.train.resume import resume_point
-from alignlab.train.step import NonFiniteStep, optimizer_step
+from alignlab.train.step import NonFiniteStep, Weighted, optimizer_step
 from alignlab.train.world import World
 
 StepFn = Callable[[Any, dict], tuple[Any, dict]]
@@ -121,8 +121,9 @@ def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, 
                 loss, metrics = step_fn(model, batch)
             w = batch_weight(batch)
             for k, v in {"loss": loss, **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + _float(v) * w
-                weights[k] = weights.get(k, 0.0) + w
+                v, share = (v.value, _float(v.weight)) if isinstance(v, Weighted) else (v, w)  # as optimizer_step
+                sums[k] = sums.get(k, 0.0) + _float(v) * share
+                weights[k] = weights.get(k, 0.0) + share
     model.train(was_training)
     return {prefix + k: v / max(weights[k], 1e-12) for k, v in sums.items()}
 

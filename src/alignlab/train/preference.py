@@ -319,18 +319,24 @@ class UnpairedStep:
     def _metrics(out: Any, logps: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         """TRL's KTO metrics over every rank's examples: a rank's micro-batch may hold no desirable (or no
         undesirable) completion, and the loop all-reduces each metric name, so all ranks must report the
-        same names; computed on the gathered examples, they are also the global means."""
+        same names; computed on the gathered examples. Each is weighed by its count of examples (Weighted), so a
+        step's (and an evaluation's) value is the mean over its desirable (undesirable) examples whatever the
+        micro-batches: weighed as pairs, 1 desirable example in one micro-batch and 2 in another logged 0.0055
+        against the step's -0.0416."""
+        from alignlab.train.step import Weighted
+
         rewards = torch.zeros_like(logps)
         rewards[labels], rewards[~labels] = out.chosen_rewards.to(rewards.dtype), out.rejected_rewards.to(rewards.dtype)
         labels = gather_ranks(labels.to(logps.dtype)).bool()
         rewards, logps = gather_ranks(rewards), gather_ranks(logps)
         metrics: dict[str, Any] = {"kl": out.terms["kl"]}
-        if labels.any():
-            metrics["rewards/chosen"] = rewards[labels].mean()
-            metrics["logps/chosen"] = logps[labels].mean()
-        if (~labels).any():
-            metrics["rewards/rejected"] = rewards[~labels].mean()
-            metrics["logps/rejected"] = logps[~labels].mean()
-        if labels.any() and (~labels).any():
-            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        n_chosen, n_rejected = int(labels.sum()), int((~labels).sum())
+        if n_chosen:
+            metrics["rewards/chosen"] = Weighted(rewards[labels].mean(), n_chosen)
+            metrics["logps/chosen"] = Weighted(logps[labels].mean(), n_chosen)
+        if n_rejected:
+            metrics["rewards/rejected"] = Weighted(rewards[~labels].mean(), n_rejected)
+            metrics["logps/rejected"] = Weighted(logps[~labels].mean(), n_rejected)
+        if n_chosen and n_rejected:
+            metrics["rewards/margins"] = metrics["rewards/chosen"].value - metrics["rewards/rejected"].value
         return metrics
