@@ -96,7 +96,8 @@ class OptimConfig:
     batch_size: int = 8
     """Sequences (or pairs) per optimizer step, summed over micro-batches and ranks."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step; more saves memory at the same global batch, costs speed."""
+    """Micro-batches per optimizer step; more saves memory at the same global batch, costs speed (kto and bco_pair:
+    their batch statistics, z0 and the reward mean, come from each micro-batch, as in TRL)."""
     learning_rate: float = 2e-5
     """Peak learning rate reached after warmup (LoRA usually wants ~1e-4..3e-4, full fine-tuning ~1e-5..5e-5)."""
     weight_decay: float = 0.0
