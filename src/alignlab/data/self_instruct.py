@@ -102,8 +102,10 @@ def parse_instructions(reply: str) -> list[str]:
 
 def parse_instance(reply: str) -> tuple[str, str]:
     """(input, output) from "Input: ... Output: ..." (either marker optional); no markers: ("", reply)."""
-    m = re.search(r"(?is)output\s*:\s*(.*)$", reply)
-    output = m.group(1).strip() if m else reply.strip()
+    # the last "Output:" opening a line (an input that mentions "output:" mid-line is not cut there), else the last
+    m = ([None] + (list(re.finditer(r"(?im)^\s*output\s*:[ \t]*", reply))
+                   or list(re.finditer(r"(?i)output\s*:[ \t]*", reply))))[-1]
+    output = reply[m.end():].strip() if m else reply.strip()
     head = reply[: m.start()] if m else ""
     i = re.search(r"(?is)input\s*:\s*(.*)$", head)
     inp = i.group(1).strip() if i else ""

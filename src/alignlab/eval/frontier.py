@@ -145,7 +145,7 @@ def frontier_summary(runs: dict[str, dict]) -> dict:
         by_method.setdefault(r["method"], []).extend(p for p in r["points"] if p.get("kl") is not None)
     env = {m: envelope(ps) for m, ps in by_method.items() if ps}
     if not env:
-        return {"envelopes": {}, "highest": None, "best": {}}
+        return {"envelopes": {}, "highest": None, "best": {}, "common_kl_range": None}
     base = [p["reward"] for ps in by_method.values() for p in ps if p["kl"] == 0]
     kl_lo = 0.0 if base else max(e[0][0] for e in env.values())
     kl_max = min(max(p["kl"] for p in ps) for ps in by_method.values() if ps)
@@ -231,6 +231,8 @@ class FrontierConfig:
         bad = set(self.sweep) - known
         if bad:
             raise AlignlabError(f"sweep: unknown methods {sorted(bad)}; choose from {sorted(known)}")
+        if not self.sweep or not all(self.sweep.values()):  # else a traceback after the runs, at the summary
+            raise AlignlabError(f"sweep: give each method one value or more, got {self.sweep}")
         ns = self.sweep.get("best_of_n", [])
         if any(not float(n).is_integer() or n < 1 for n in ns):  # 2.5 ran as N=2 under a key no rerun found
             raise AlignlabError(f"sweep.best_of_n: N must be whole numbers >= 1, got {ns}")

@@ -5,7 +5,8 @@
 The keys below become an EvalConfig (checkpoints: [model], one EvaluationSpec of kind passk, no report) and
 eval/runner.py runs it, so both commands share the reading, sampling and scoring (eval/passk_eval.py). Each
 record of ``data`` is a problem: ``prompt_field`` is the question (a user message when ``chat``), and the
-``fields`` columns go to the reward (``answer`` for ``math``/``gsm8k``, ``tests`` for ``code``). Prints one JSON
+``fields`` columns, which every record must have, go to the reward (``answer`` for ``math``/``gsm8k``, ``tests``
+for ``code``) with the rows' other columns. Prints one JSON
 object and writes it to ``output`` when set.
 """
 
@@ -31,7 +32,8 @@ class PassKConfig:
     prompt_field: str = "question"
     """Column holding the problem text."""
     fields: list[str] = field(default_factory=lambda: ["answer"])
-    """Columns passed to the reward by name (answer for math/gsm8k, tests for code)."""
+    """Columns the reward needs (answer for math/gsm8k, tests for code): every record must have them (else an error
+    naming the record); the reward receives them by name, beside the rows' other columns (as TRL passes them)."""
     reward: str = "math"
     """Reward deciding correctness: math, gsm8k, code, or any registered / module.path:function reward."""
     reward_options: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +84,7 @@ def eval_config(cfg: PassKConfig, output_dir: str) -> Any:
                                 seed=cfg.seed, batch_size=cfg.batch_size),
         passk=PassKSpec(n=cfg.n, k=list(cfg.k), threshold=cfg.threshold, majority=cfg.majority,
                         fields=[f for f in cfg.fields if f != "answer"]))
+    spec.validate()  # offset=-1 scored other problems than asked, silently
     return EvalConfig(checkpoints=[cfg.model], evaluations=[spec], output_dir=output_dir, device=cfg.device,
                       report=False)
 

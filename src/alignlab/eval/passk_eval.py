@@ -41,7 +41,8 @@ class PassKSpec:
     ####, the last number), answers the math reward calls equal ("1,000", "1000.0") counting as one; turn off
     for rewards whose answers are not final answers (code)."""
     fields: list[str] = field(default_factory=list)
-    """Record columns passed to the reward by name besides the reference `answer`, e.g. [tests] for code."""
+    """Record columns the reward needs besides the reference `answer`, e.g. [tests] for code: each record must have
+    them; the reward gets them by name with the rows' other columns."""
 
     def validate(self) -> None:
         if self.n < 1 or not self.k or any(not 1 <= k <= self.n for k in self.k):

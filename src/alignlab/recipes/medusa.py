@@ -29,7 +29,8 @@ class MedusaConfig(TrainConfig):
     columns: dict[str, str] | str | None = None
     """Column mapping for a prompt table in no known format, e.g. {prompt: Question} for TruthfulQA's CSV."""
     num_heads: int = 3
-    """K extra heads; head k guesses the token k + 1 places after the base's next token."""
+    """K extra heads; head k (1..K) guesses the token k places after the base's next token: at position t, the
+    token t + k + 1 (Medusa, Cai et al. 2024)."""
     head_layers: int = 1
     """Residual blocks per head (the paper uses 1)."""
     own_lm_head: bool = False

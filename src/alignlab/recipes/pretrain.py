@@ -67,7 +67,6 @@ class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has n
             raise ConfigError(f"max_length: must be at least 1, got {self.max_length}")
         if self.model != "scratch":  # these size a scratch model; a given model has its own
             import dataclasses
-
             own = [f.name for f in dataclasses.fields(self) if f.name in SCRATCH_KEYS
                    and getattr(self, f.name) != f.default]
             if own:
@@ -82,8 +81,9 @@ class PretrainConfig(OptimConfig, RunConfig):  # not TrainConfig: a corpus has n
         if min(sizes) < 1 or self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ConfigError("hidden_size, num_layers, num_heads, num_kv_heads and intermediate_size must be >= 1, "
                               "hidden_size a multiple of num_heads, and num_heads of num_kv_heads")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.val_fraction < 1.0 or self.max_eval_rows < 1:  # -5 silently dropped 5 validation blocks
+            raise ConfigError(f"val_fraction must be in (0, 1) and max_eval_rows >= 1, got {self.val_fraction} and "
+                              f"{self.max_eval_rows}")
 
 
 def build_llama(cfg: PretrainConfig, tokenizer: Any):
