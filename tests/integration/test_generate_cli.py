@@ -63,6 +63,15 @@ def test_best_of_n_gsm8k_reward_reads_reference_answers(tmp_path, data_dir):
     assert code == 2 and not out.exists()
 
 
+def test_n_zero_is_refused_not_replaced(tmp_path, prompts_file, capsys):
+    # `args.n or 1` made --n 0 one sample (generate) and four (best-of-n)
+    for command in (["generate", "tiny-random", "--prompts", str(prompts_file)],
+                    ["best-of-n", "tiny-random", "--prompts", str(prompts_file), "--reward", "sentiment"]):
+        assert main([*command, "--n", "0", "--max-new-tokens", "2", "--out", str(tmp_path / "x.jsonl")]) == 2
+        assert not (tmp_path / "x.jsonl").exists()
+    capsys.readouterr()
+
+
 def test_bad_reward_is_a_clean_error(tmp_path, prompts_file, capsys):
     code = main(["best-of-n", "tiny-random", "--prompts", str(prompts_file), "--reward", "nosuch.module:fn",
                  "--out", str(tmp_path / "x.jsonl")])

@@ -49,3 +49,7 @@ def test_explain_with_limit_and_skip(capsys):
     assert main([*base, "--limit", "2", "--on-bad-row", "skip"]) == 0  # records 0 and 3
     out = capsys.readouterr().out
     assert "skipped bad records" in out and "row 1 chosen" in out
+    # --limit 0 printed nothing and exited 0; --prompt beside --data was ignored
+    for extra in (["--limit", "0"], ["--prompt", "XYZ", "--completion", "QQQ"]):
+        assert main([*base, *extra]) == 2
+        assert "--limit must be >= 1, and --data goes without --prompt/--completion" in capsys.readouterr().err

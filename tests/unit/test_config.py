@@ -137,6 +137,7 @@ def _recipe(name):
     ("grpo", "temperature=0", r"temperature must be > 0 and top_p in \(0, 1\]"),
     ("grpo", "top_p=2", r"temperature must be > 0 and top_p in \(0, 1\]"),
     ("sft", "device=gpu", "device: 'gpu' is not a device"),
+    ("pretrain", "max_eval_rows=-5", "max_eval_rows >= 1"),  # dropped the last 5 validation blocks, silently
 ])
 def test_out_of_range_values_are_refused_before_any_work(recipe, override, message, tmp_path):
     data = tmp_path / "rows.jsonl"

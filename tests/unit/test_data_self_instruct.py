@@ -27,6 +27,10 @@ def test_parsers():
     assert parse_instructions("   ") == []
     assert parse_instance("Input: 3, 1, 2\nOutput: 1, 2, 3") == ("3, 1, 2", "1, 2, 3")
     assert parse_instance("Input: none\nOutput: Paris.") == ("", "Paris.")
+    # an input mentioning "output:" was cut there (the first match anywhere)
+    assert parse_instance("Input: What is the expected output: of print(2+2)?\nOutput: 4") == (
+        "What is the expected output: of print(2+2)?", "4")
+    assert parse_instance("Input: 5 Output: 10") == ("5", "10")
     assert parse_instance("Just the answer.") == ("", "Just the answer.")
 
 

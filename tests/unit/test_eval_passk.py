@@ -117,3 +117,13 @@ def test_summary_refuses_mismatched_answers_and_non_finite_rewards():
     # NaN >= threshold is False: a NaN reward was a wrong answer, silently
     with pytest.raises(AlignlabError, match="non-finite reward nan for problem 1, sample 0"):
         passk_summary([[1.0, 0.0], [float("nan"), 1.0]], [1])
+
+
+def test_the_passk_command_checks_its_record_range():
+    # offset=-1 scored record 0 alone (another set than asked) and exited 0
+    from alignlab.errors import AlignlabError
+    from alignlab.eval.passk_command import PassKConfig, eval_config
+
+    for kw in ({"offset": -1, "limit": 2}, {"limit": 0}):
+        with pytest.raises(AlignlabError, match="data_limit >= 1, data_offset >= 0"):
+            eval_config(PassKConfig(model="tiny-random", data="x.jsonl", **kw), "out")

@@ -70,6 +70,9 @@ def test_run_keys_and_config_checks():
             FrontierConfig(sweep={"best_of_n": ns}).validate()
     FrontierConfig(sweep={"best_of_n": [2.0, 4]}).validate()
     FrontierConfig().validate()
+    for sweep in ({}, {"best_of_n": []}):  # a KeyError traceback at the summary, after the runs
+        with pytest.raises(AlignlabError, match="sweep: give each method one value or more"):
+            FrontierConfig(sweep=sweep).validate()
 
 
 def test_stale_runs_by_the_settings_each_method_depends_on():
