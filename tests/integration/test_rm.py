@@ -254,3 +254,29 @@ def test_a_scorer_whose_pad_is_eos_scores_the_same_token_in_transformers(tmp_pat
     with torch.no_grad():
         assert torch.allclose(hf(input_ids=ids, attention_mask=mask).logits[:, 0], score(model.eval(), ids, mask),
                               atol=1e-5)
+
+
+def test_a_lora_critic_on_a_lora_reward_model_records_that_adapter_as_its_base(tmp_path):
+    # the RM adapter was folded in, then the critic's adapter recorded the bare model as its base: out/critic
+    # reloaded (value_model: out/critic) on another trunk, values 0.19 apart
+    from alignlab.models.lora import LoraConfig, apply_lora
+    from alignlab.rl.config import PolicyGradientConfig
+    from alignlab.rl.critic import build_critic
+
+    torch.manual_seed(0)
+    rm = apply_lora(load_scorer("tiny-random"), LoraConfig(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for n, w in rm.named_parameters():
+            if "lora_B" in n:
+                w.normal_(0, 0.5)
+    rm.save_pretrained(tmp_path / "rm_adapter")
+    cfg = PolicyGradientConfig(model="tiny-random", value_model=str(tmp_path / "rm_adapter"), estimator="gae",
+                               lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    critic, _ = build_critic(cfg, "cpu")
+    assert critic.peft_config["default"].base_model_name_or_path == str(tmp_path / "rm_adapter")
+    critic.save_pretrained(tmp_path / "critic")
+    ids = torch.tensor([[5, 9, 14, 30, 2]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        again = load_scorer(str(tmp_path / "critic")).eval()(input_ids=ids, attention_mask=mask).logits
+        assert torch.allclose(critic.eval()(input_ids=ids, attention_mask=mask).logits, again, atol=1e-5)
