@@ -40,7 +40,7 @@ def test_finished_run_rerun_unchanged_says_so_and_rewrites_nothing(data_dir, tmp
     capsys.readouterr()
     assert dpo(data_dir, out) == 0
     said = capsys.readouterr().out
-    assert "finished at step 2/2; nothing to do" in said
+    assert "finished at step 2/2; nothing to do (raise max_steps or epochs to train on" in said  # it has checkpoints
     assert "pairs_per_second" not in said and "resuming" not in said
     assert snapshot(out) == before  # no file written, moved or touched
 
@@ -141,3 +141,13 @@ def test_metrics_after_a_sigkill_and_resume_hold_each_step_once(tmp_path):
     assert steps == list(range(1, 13))
     side = out / f"metrics.dropped-after-{resume_at}.jsonl"
     assert [json.loads(x)["step"] for x in side.read_text().splitlines()] == [s for s in tail if s > resume_at]
+
+
+def test_a_finished_run_without_checkpoints_is_not_told_to_raise_max_steps(data_dir, tmp_path, capsys):
+    # "raise max_steps or epochs to train on" was then refused: "no checkpoint to continue from"
+    out = tmp_path / "run"
+    assert dpo(data_dir, out, "save_steps=0") == 0
+    capsys.readouterr()
+    assert dpo(data_dir, out, "save_steps=0") == 0
+    said = capsys.readouterr().out
+    assert "nothing to do (resume=never to start over, or a new output_dir)" in said

@@ -127,3 +127,17 @@ def test_the_passk_command_checks_its_record_range():
     for kw in ({"offset": -1, "limit": 2}, {"limit": 0}):
         with pytest.raises(AlignlabError, match="data_limit >= 1, data_offset >= 0"):
             eval_config(PassKConfig(model="tiny-random", data="x.jsonl", **kw), "out")
+
+
+def test_passk_options_on_another_kind_are_refused_even_at_their_defaults():
+    # {n: 8} (the default n) on a mean_reward item was accepted and ignored
+    from alignlab.config import from_dict
+    from alignlab.errors import AlignlabError
+    from alignlab.eval.runner import EvalConfig
+
+    for passk in ({"n": 8}, {"majority": False}):
+        with pytest.raises(AlignlabError, match="passk options are read by kind passk only"):
+            from_dict(EvalConfig, {"checkpoints": ["m"], "evaluations": [
+                {"kind": "mean_reward", "data": "x.jsonl", "reward": "math", "passk": passk}]})
+    ok = from_dict(EvalConfig, {"checkpoints": ["m"], "evaluations": [{"kind": "passk", "data": "x", "reward": "math"}]})
+    assert ok.evaluations[0].passk is None  # the defaults, read as PassKSpec() by passk_results

@@ -81,6 +81,8 @@ def test_engine_selection_follows_config_then_accelerate(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(AlignlabError, match="DeepSpeed, which alignlab's training loop does not drive"):
         fsdp.resolve_strategy("ddp", 2)
+    with pytest.raises(AlignlabError, match="DeepSpeed"):  # one process trained without it, silently
+        fsdp.resolve_strategy("ddp", 1)
 
 
 def test_online_rl_refuses_an_accelerate_config_it_would_ignore(monkeypatch):

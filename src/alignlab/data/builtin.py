@@ -7,7 +7,7 @@
   ("4821=" -> "1284") or add two short numbers ("12+345=" -> "357"); each row carries its `answer`, and
   the reward `exact_match` (rollout/rewards.py) gives 1.0 for the exact answer. `write_digit_sft` writes SFT data for the same task (prompt/completion jsonl)
   so a model can be brought to a partial-accuracy start before RL.
-- `arith`: one- and two-step arithmetic word problems with 2-4 digit numbers ("A crate holds 376 apples. How many
+- `arith`: one- and two-step arithmetic word problems with 1-5 digit numbers (mostly 2-3) ("A crate holds 376 apples. How many
   apples are in 48 crates?" -> "18048"), the task of the `calculator` environment (rl/envs/calculator.py): easy to
   set up, hard to get exactly right without the tool for a small model, so the tool's worth shows in the reward.
 

@@ -85,18 +85,17 @@ def passk_results(spec: Any, ctx: Any, answer_fields: Callable[[list], dict]) ->
     from alignlab.rollout.rewards import get_reward
     from alignlab.rollout.verify_math import extract_final_answer, math_equal
 
-    label = spec.name or spec.kind
+    label, opts = spec.name or spec.kind, spec.passk or PassKSpec()  # None: the defaults
     rows, info = ctx.rows(spec, "prompt")
-    fields = {**answer_fields(rows), **record_fields(rows, spec.passk.fields, spec.data, f"evaluation {label}")}
+    fields = {**answer_fields(rows), **record_fields(rows, opts.fields, spec.data, f"evaluation {label}")}
     reward_fn = get_reward(spec.reward, **spec.reward_options)
-    metrics = [f"pass@{k}" for k in spec.passk.k] + ([f"maj@{k}" for k in spec.passk.k] if spec.passk.majority
-                                                     else [])
+    metrics = [f"pass@{k}" for k in opts.k] + ([f"maj@{k}" for k in opts.k] if opts.majority else [])
     out = []
     for name in ctx.cfg.checkpoints:
         model, tok = ctx.model(name)
-        summary = evaluate_passk(model, tok, rows, fields, reward_fn, n=spec.passk.n, ks=spec.passk.k,
-                                 sampling=spec.sampling, threshold=spec.passk.threshold,
-                                 extract=extract_final_answer if spec.passk.majority else None,
+        summary = evaluate_passk(model, tok, rows, fields, reward_fn, n=opts.n, ks=opts.k,
+                                 sampling=spec.sampling, threshold=opts.threshold,
+                                 extract=extract_final_answer if opts.majority else None,
                                  same_answer=math_equal,
                                  reward_prompts=[prompt_arg(r) for r in rows])
         details = {**summary, **info, "reward": spec.reward}

@@ -76,7 +76,7 @@ class EvaluationSpec:
     temperature 1 and no top-p/top-k (samples from the policy itself)."""
     max_length: int = 512
     """Token budget per scored sequence (prompt + completion) for accuracies and perplexity."""
-    passk: PassKSpec = field(default_factory=PassKSpec)
+    passk: PassKSpec | None = None
     """passk: samples per problem (n), the k values, what counts as correct, record columns for the reward."""
 
     def validate(self) -> None:
@@ -84,7 +84,7 @@ class EvaluationSpec:
             raise AlignlabError(f"evaluation {self.name or self.kind}: data_limit >= 1, data_offset >= 0, samples >= 1")
         if self.kind in ("mean_reward", "passk") and not self.reward:
             raise AlignlabError(f"evaluation {self.name or self.kind}: {self.kind} needs reward: <name>")
-        if self.kind != "passk" and self.passk != PassKSpec():  # they would be ignored
+        if self.kind != "passk" and self.passk is not None:  # they would be ignored (the defaults' values were not refused)
             raise AlignlabError(f"evaluation {self.name or self.kind}: passk options are read by kind passk only")
         if self.kind == "grade" and self.judge.kind != "llm":
             raise AlignlabError(f"evaluation {self.name or self.kind}: grade needs an llm judge (judge.kind: llm)")

@@ -38,14 +38,15 @@ def resolve_strategy(configured: str, world_size: int) -> str:
     """
     import os
 
-    if world_size < 2:
-        return "ddp"  # one process: nothing to shard or synchronise
+    # DeepSpeed first: one process under it (ZeRO-Offload's usual launch) trained without it, silently
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
         raise AlignlabError(
             "accelerate launch is configured for DeepSpeed, which alignlab's training loop does not drive. "
             "Use distributed=fsdp (full sharding of weights, gradients and optimizer state, as ZeRO-3) with "
             "an accelerate config without DeepSpeed, or launch with torchrun; see docs/distributed.md"
         )
+    if world_size < 2:
+        return "ddp"  # one process: nothing to shard or synchronise
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         return "fsdp"
     return configured

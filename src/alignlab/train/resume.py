@@ -110,8 +110,9 @@ def _finished(out: Path, ended: int, total: int, is_main: bool = True) -> Alread
         from alignlab.eval.run_report import write_run_report
 
         print(f"report: {write_run_report(out)} (it was missing)", flush=True)
-    return AlreadyDone(f"{out} holds this run, finished at step {ended}/{total}; nothing to do "
-                       f"(raise max_steps or epochs to train on, or resume=never to start over)")
+    more = "raise max_steps or epochs to train on, or " if any(out.glob("checkpoint-*")) else ""  # else refused
+    return AlreadyDone(f"{out} holds this run, finished at step {ended}/{total}; nothing to do ({more}resume=never "
+                       "to start over, or a new output_dir)")
 
 
 def stop_if_finished(output_dir: str | Path, resume: str, config_yaml: str) -> None:
