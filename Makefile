@@ -49,16 +49,16 @@ lint: $(BIN)/.installed
 # BENCH_ARGS go to every run, e.g. `make bench-dpo BENCH_ARGS="--threads 1"`.
 BENCH_ARGS ?=
 bench-sft: $(BIN)/.installed
-	$(BIN)/python bench/sft_vs_trl.py --bf16 $(BENCH_ARGS)
-	$(BIN)/python bench/sft_vs_trl.py --bf16 --gradient-checkpointing selective $(BENCH_ARGS)
+	$(BIN)/python bench/sft_vs_trl.py --bf16-if-fast $(BENCH_ARGS)
+	$(BIN)/python bench/sft_vs_trl.py --bf16-if-fast --gradient-checkpointing selective $(BENCH_ARGS)
 
 bench-dpo: $(BIN)/.installed
 	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random --steps 16 $(BENCH_ARGS)
-	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16 $(BENCH_ARGS)
+	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16-if-fast $(BENCH_ARGS)
 
 bench-rm: $(BIN)/.installed
-	$(BIN)/python bench/rm_vs_trl.py --bf16 $(BENCH_ARGS)
-	$(BIN)/python bench/rm_vs_trl.py --bf16 --data demo --batch-size 4 --steps 5 $(BENCH_ARGS)
+	$(BIN)/python bench/rm_vs_trl.py --bf16-if-fast $(BENCH_ARGS)
+	$(BIN)/python bench/rm_vs_trl.py --bf16-if-fast --data demo --batch-size 4 --steps 5 $(BENCH_ARGS)
 
 bench-gen: $(BIN)/.installed
 	$(BIN)/python bench/gen_vs_hf.py --model tiny-random $(BENCH_ARGS)
@@ -66,7 +66,7 @@ bench-gen: $(BIN)/.installed
 
 bench-grpo: $(BIN)/.installed
 	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 $(BENCH_ARGS)
-	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16 $(BENCH_ARGS)
+	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16-if-fast $(BENCH_ARGS)
 	$(BIN)/python bench/grpo_vs_trl.py --model smollm2-135m-instruct --threads 1 --bf16-sampling $(BENCH_ARGS)
 
 # On a CUDA GPU: every training recipe on SmolLM2 in bf16, FSDP on one GPU, throughput and MFU, one line per check

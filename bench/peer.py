@@ -92,10 +92,21 @@ def run_worker(script: Path, python: str, side: str, spec: dict, spec_path: Path
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class _Bf16IfFast(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        from alignlab.rollout.weights import cpu_has_bf16_units
+
+        namespace.bf16 = namespace.bf16 or cpu_has_bf16_units()
+
+
 def add_shared_args(p: Any) -> None:
     """The flags both benchmarks take: thread count, precision, the TRL venv, side order, worker plumbing."""
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
+    p.add_argument("--bf16-if-fast", action=_Bf16IfFast, nargs=0,
+                   help="--bf16 where this CPU has bf16 matrix units (AVX512-BF16, AMX-BF16), else float32 on both "
+                        "sides: the make targets' choice (on an AVX2-only AMD EPYC a bf16 product ran at 2 GFLOP/s "
+                        "against float32's 81)")
     p.add_argument("--compile", action="store_true",
                    help="alignlab's `compile: true` (compiled MLP and RMSNorm blocks; its one-off cost is in the "
                         "untimed first step, reported as first_step_seconds); TRL runs eager, its default")
