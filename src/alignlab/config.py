@@ -213,7 +213,7 @@ def parse_value(text: str) -> Any:
     except yaml.YAMLError:
         return text
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if re.fullmatch(r"[-+]?\d+", stripped):
+        if re.fullmatch(r"[-+]?\d+(?:_\d+)*", stripped):  # 010 is 10 (YAML 1.1: octal 8); 1_000 is 1000
             return int(stripped)
         if not re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", stripped):
             return stripped  # hex, sexagesimal, underscores: not a number as written

@@ -45,3 +45,10 @@ def test_kto_with_a_micro_batch_of_one_is_refused_before_the_model_loads(data_di
     code = main(["dpo", "--config", str(CONFIGS / "dpo_tiny.yaml"), f"data={data}", f"output_dir={tmp_path}",
                  "loss=[kto]", "batch_size=2", "grad_accum=2", "progress=none", "max_steps=1"])
     assert code == 2 and "kto: needs a micro-batch of 2 or more examples" in capsys.readouterr().err
+
+
+def test_a_loss_given_as_one_string_validates():
+    # the unpaired-group check read "dpo" letter by letter: "unknown loss 'd'"
+    from alignlab.train.dpo import DPOConfig
+
+    DPOConfig(loss="dpo").validate()

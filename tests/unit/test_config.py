@@ -48,6 +48,7 @@ def test_overrides_read_numbers_as_written_and_keep_a_hash():
         load_config(Cfg, None, ["model=m", "lr=1:30"])
     with pytest.raises(ConfigError, match="lora.r: expected an integer, got '0x10'"):
         load_config(Cfg, None, ["model=m", "lora.r=0x10"])
+    assert load_config(Cfg, None, ["model=m", "lora.r=1_000"]).lora.r == 1000  # as YAML and Python read it
 
 
 def test_dotted_override_creates_optional_nested():

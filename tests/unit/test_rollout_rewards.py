@@ -34,6 +34,7 @@ def test_sentiment_is_vader_compound():
     ("#### 3/4", 0.75),
     ("so \\boxed{\\frac{1}{4}}", 0.25),
     ("\\boxed{\\frac{36}{2}} and 3 more", 18.0),
+    ("\\boxed{x = 3/4}", 0.75), ("#### r = 1/2", 0.5),  # a label before the fraction
 ])
 def test_extract_number(text, value):
     assert extract_number(text) == value

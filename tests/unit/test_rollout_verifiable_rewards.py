@@ -147,7 +147,8 @@ def test_a_bare_latex_reference_is_the_answer_and_a_lone_letter_is_not_a_unit():
              ("\\boxed{1000 apples}", "1,000", 1.0), ("so #### 72", "Natalia ... #### 72", 1.0),
              # a trailing comma was kept ("18,": 0); letters written on are a unit only when they are one ("5xy")
              ("She makes 9 * 2 = $18, every day.", "#### 18", 1.0), ("It costs $1,250, so", "1250", 1.0),
-             ("\\boxed{5xy}", "5", 0.0), ("\\boxed{3ab}", "3xy", 0.0), ("\\boxed{5cm}", "5", 1.0)]
+             ("\\boxed{5xy}", "5", 0.0), ("\\boxed{3ab}", "3xy", 0.0), ("\\boxed{5cm}", "5", 1.0),
+             ("\\boxed{18dollars}", "18", 1.0), ("\\boxed{20GB}", "20", 1.0), ("\\boxed{2nd}", "2", 1.0)]
     got = reward(["q"] * len(pairs), [c for c, _, _ in pairs], answer=[r for _, r, _ in pairs])
     assert got == [w for _, _, w in pairs]
 
@@ -184,6 +185,18 @@ def test_assert_tests_read_the_program_as_written_and_cannot_be_passed_around():
                 "sys.stdout.write('\\n' + os.pread(0, 100, 0).decode().strip() + '\\n')\nsys.stdout.flush()\nos._exit(0)\n"]
     got = reward(["q"] * 4, [f"```python\n{p}```" for p in programs], tests=[tests] * 4)
     assert got == [1.0, 1.0, 0.0, 0.0]
+    # run as a module of its own: doctest and unittest find their tests there (in a bare dict they found none and
+    # passed a wrong program), and __file__, sys.stdout's buffer and fileno, pickle and inspect work as in a script
+    doc = 'def add(a, b):\n    """\n    >>> add(2, 3)\n    5\n    """\n    return a {} b\n'
+    doctests = "import doctest\nassert doctest.testmod().failed == 0"
+    unit = ("import unittest\nclass T(unittest.TestCase):\n    def test(self):\n        self.assertEqual(add(2, 3), 5)\n"
+            "r = unittest.main(exit=False).result\nassert r.wasSuccessful()")
+    assert reward(["q"] * 4, [doc.format("+"), doc.format("-"), doc.format("+"), doc.format("-")],
+                  tests=[doctests, doctests, unit, unit]) == [1.0, 0.0, 1.0, 0.0]
+    script = ("import os, sys, pickle, inspect\ndef add(a, b):\n    return a + b\nclass P:\n    pass\n"
+              "sys.stdout.buffer.write(b'x')\nos.write(sys.stdout.fileno(), b'y')\nassert os.path.basename(__file__)\n"
+              "pickle.dumps(P())\nassert 'return a + b' in inspect.getsource(add)\n")
+    assert reward(["q"], [script], tests=[tests]) == [1.0]
     # stdin/stdout cases longer than the output cap compare in full
     n = 20000
     io = [{"input": str(n), "output": "\n".join(str(i) for i in range(n)) + "\n"}]

@@ -148,3 +148,14 @@ def test_resume_point_finished_run_and_explicit_path(tmp_path):
     assert resume_point(tmp_path, "auto", "seed: 1\n", 8) == ckpt
     with pytest.raises(CheckpointError, match="seed: 1 -> 2"):
         resume_point(tmp_path, str(ckpt), "seed: 2\n", 8)
+
+
+def test_an_in_memory_records_label_without_its_hash_still_resumes():
+    # runs saved before the label carried a content hash could not be resumed with the same records
+    from alignlab.train.resume import config_differences
+
+    old = "data: '<in-memory list: 10 records>'\nseed: 1\n"
+    assert config_differences(old, "data: '<in-memory list: 10 records, sha256 bf65f59d87f89144>'\nseed: 1\n") == []
+    assert config_differences(old, "data: '<in-memory list: 12 records, sha256 bf65f59d87f89144>'\nseed: 1\n")
+    assert config_differences("data: '<in-memory list: 10 records, sha256 aaaa>'\n",
+                              "data: '<in-memory list: 10 records, sha256 bbbb>'\n")

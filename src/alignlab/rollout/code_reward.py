@@ -50,38 +50,38 @@ def _same_output(got: str, want: str) -> bool:
 
 # Assertion tests pass when a line the program cannot know is written after them: the driver reads a fresh nonce
 # from stdin (then points stdin at an empty pipe; the sandbox has unlinked the file), runs the program and the tests
-# in a namespace of their own (no harness name in reach; the program's `from __future__` imports stay first in its
-# source) with sys.stdout discarding what they print (it is not graded, and could push the nonce past the output
-# cap), and writes the nonce to the real stdout. Exiting early with status 0 (sys.exit(0), os._exit(0)), which
-# passed every test when success was the exit status alone, fails. A program inspecting its own interpreter (the
-# calling frame, gc) could still find the nonce: the sandbox bounds what a program can do, not what it reads in itself.
+# in a `__main__` module of their own (no harness name in reach; the program's `from __future__` imports stay first
+# in its source; doctest, unittest, pickle and inspect find what they look for there), and writes the nonce to a
+# copy of the stdout it started with. The whole stdout is read back (up to file_size_mb), so a program's own
+# prints cannot push the nonce out of sight. Exiting early with status 0 (sys.exit(0), os._exit(0)), which passed
+# every test when success was the exit status alone, fails. A program inspecting its own interpreter (the calling
+# frame, gc) could still find the nonce: the sandbox bounds what a program can do, not what it reads in itself.
 _DRIVER = """def _alignlab_driver(program, tests):
-    import io, os, sys
+    import linecache, os, sys, types
     nonce = sys.stdin.readline().strip()
     empty, end = os.pipe()
     os.close(end)
     os.dup2(empty, 0)
-    out = sys.stdout
-
-    class Discard(io.TextIOBase):
-        def write(self, text):
-            return len(text)
-
-    sys.stdout = Discard()
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    exec(compile(program, "solution.py", "exec"), namespace)
-    exec(compile(tests, "tests.py", "exec"), namespace)
-    out.write("\\n" + nonce + "\\n")
-    out.flush()
+    verdict = os.dup(1)
+    main = types.ModuleType("__main__")
+    main.__file__ = os.path.abspath("solution.py")
+    sys.modules["__main__"] = main
+    linecache.cache[main.__file__] = (len(program), None, program.splitlines(True), main.__file__)
+    exec(compile(program, main.__file__, "exec"), main.__dict__)
+    exec(compile(tests, "tests.py", "exec"), main.__dict__)
+    sys.stdout.flush()
+    os.write(verdict, ("\\n" + nonce + "\\n").encode())
 _alignlab_driver(%r, %r)
 """
 
 
 def _asserts_pass(program: str, tests: str, limits: SandboxLimits) -> bool:
     import uuid
+    from dataclasses import replace
 
     nonce = uuid.uuid4().hex
-    res = run_python(_DRIVER % (program, tests), stdin=nonce + "\n", limits=limits)
+    whole = replace(limits, max_output_bytes=max(limits.max_output_bytes, limits.file_size_mb * 2**20))
+    res = run_python(_DRIVER % (program, tests), stdin=nonce + "\n", limits=whole)
     return res.passed and res.stdout.rstrip().endswith(nonce)
 
 

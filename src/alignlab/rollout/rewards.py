@@ -225,11 +225,12 @@ def extract_number(text: str) -> float | None:
 
 def _to_number(text: str) -> float | None:
     text = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)
-    frac = re.match(r"\s*\$?\s*(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)", text)  # the answer is a fraction
-    if frac and float(frac.group(2)) != 0:
-        return float(frac.group(1)) / float(frac.group(2))
     found = re.search(_NUMBER, text)
-    return _parse(found.group(0)) if found else None
+    if found is None:
+        return None
+    value = _parse(found.group(0))
+    frac = re.match(r"\s*/\s*(\d+(?:\.\d+)?)", text[found.end():])  # the first number over another: a fraction
+    return value / float(frac.group(1)) if value is not None and frac and float(frac.group(1)) else value
 
 
 def _parse(token: str) -> float | None:

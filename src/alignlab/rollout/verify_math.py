@@ -25,9 +25,10 @@ MAX_ANSWER_CHARS = 300
 """Longer extracted answers score 0 unparsed: parsing is unbounded in time off the main thread."""
 
 # A number (thousands separated by commas only in groups of three, so "1,2" is not 12) and maybe a unit: words of
-# two or more letters after a space ("18 dollars") or a common unit written on ("5cm"), never a lone letter, a
-# constant or letters that read as a product of variables ("2x", "3i", "4 pi", "5xy" are not 2, 3, 4, 5).
-_UNIT_ON = r"(?:cm|mm|km|kg|mg|ml|ft|in|lb|lbs|oz|hr|hrs|min|mins|sec|secs|mph|kmh)\b"
+# two or more letters after a space ("18 dollars"), or written on, a word of three or more ("18dollars") or a common
+# two-letter unit or ordinal ("5cm", "20GB", "2nd"); never a lone letter, a constant or two letters that read as a
+# product of variables ("2x", "3i", "4 pi", "5xy" are not 2, 3, 4, 5).
+_UNIT_ON = r"(?:[A-Za-z]{3,}|(?i:cm|mm|km|kg|mg|ml|ft|in|lb|oz|hr|gb|mb|kb|st|nd|rd|th|am|pm)\b)"
 _PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:\\%|%)?"
                            rf"(?:(?:\s+|(?={_UNIT_ON}))(?!(?:pi|e|i)\b)[A-Za-z]{{2,}}\.?)*\s*$")
 

@@ -86,8 +86,9 @@ def check_unpaired_group(cfg: DPOConfig, world_size: int) -> None:
     ValueError after the model had loaded)."""
     from alignlab.losses import get_loss_spec
 
-    if not all(get_loss_spec(n).paired for n in cfg.loss) and cfg.micro_batch_size(world_size) < 2:
-        raise ConfigError(f"{cfg.loss[0]}: needs a micro-batch of 2 or more examples; raise batch_size or lower "
+    names = [cfg.loss] if isinstance(cfg.loss, str) else cfg.loss
+    if not all(get_loss_spec(n).paired for n in names) and cfg.micro_batch_size(world_size) < 2:
+        raise ConfigError(f"{names[0]}: needs a micro-batch of 2 or more examples; raise batch_size or lower "
                           f"grad_accum (batch_size {cfg.batch_size}, grad_accum {cfg.grad_accum}, {world_size} rank(s))")
 
 
