@@ -12,3 +12,8 @@ class ConfigError(AlignlabError, ValueError):
 class AlreadyDone(AlignlabError):
     """Not a failure: what was asked is already complete (e.g. a finished run rerun unchanged). The CLI prints
     the message and exits 0."""
+
+
+class CheckpointError(AlignlabError):
+    """A checkpoint (or what a resumed run depends on, such as its data split) could not be written, read or
+    continued; the message says which and why."""

@@ -75,7 +75,7 @@ def test_the_bf16_sampler_packs_kept_cast_linears_and_gives_their_forward_back(m
     keep_weight_casts(model)
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     packed = weights.packed_linears(model, torch.bfloat16, lambda p: p.detach().bfloat16(), 4)
-    if torch.backends.mkldnn.is_available():
+    if torch.backends.mkldnn.is_available() and weights.onednn_packs_bf16():  # else nothing is packed (AVX2 only)
         assert set(packed) == set(linears)
     from alignlab.rollout.kvcache import new_cache
 

@@ -97,7 +97,7 @@ def write_split(output_dir: str | Path, info: dict[str, Any], *, resuming: bool)
         if old == text:
             return path
         if resuming:
-            from alignlab.train.checkpoint import CheckpointError
+            from alignlab.errors import CheckpointError
 
             changed = _changes(json.loads(old), json.loads(text))
             raise CheckpointError(f"{path}: the data are not those the checkpoint trained on ({', '.join(changed[:4])}"

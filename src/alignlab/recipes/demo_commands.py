@@ -48,7 +48,8 @@ def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[in
     from alignlab.data.tokenize import tokenize_pair, tokenize_sft
     from alignlab.errors import AlignlabError
 
-    if args.limit < 1 or (args.data and (args.prompt is not None or args.completion is not None)):
+    if (args.limit is not None and args.limit < 1) or (args.data and (args.prompt is not None
+                                                                       or args.completion is not None)):
         raise AlignlabError("explain: --limit must be >= 1, and --data goes without --prompt/--completion (they were "
                             "ignored)")
     if args.data:

@@ -21,15 +21,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import CheckpointError
 from alignlab.models.prepare import is_peft
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
-
-
-class CheckpointError(AlignlabError):
-    """A checkpoint could not be written or read; the message says which and why."""
 
 
 def _fsync_tree(path: Path) -> None:
