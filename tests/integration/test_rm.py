@@ -193,20 +193,27 @@ def test_rm_lora_merge_interrupted_leaves_an_unfinished_run_that_a_rerun_complet
     assert reevaluate(out, cfg, load_scorer(str(out)).eval())["eval_accuracy"] is not None
 
 
+def _random_lora(model):
+    """`model` with a LoRA adapter (r=4) whose B factors are random: an adapter that changes the numbers."""
+    from alignlab.models.lora import LoraConfig, apply_lora
+
+    torch.manual_seed(0)
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for n, w in model.named_parameters():
+            if "lora_B" in n:
+                w.normal_(0, 0.5)
+    return model
+
+
 def test_rm_lora_on_an_sft_adapter_folder_merges_what_it_trained(tmp_path):
     # the merged scorer was rebuilt on the RM adapter's recorded base, the bare model under the SFT adapter: the
     # SFT weights were dropped from output_dir (scores off by 0.22)
     from alignlab.models.load import load_model
-    from alignlab.models.lora import LoraConfig, apply_lora
     from alignlab.recipes.reward import run
     from alignlab.train.reward import load_reward_model
 
-    torch.manual_seed(0)
-    sft = apply_lora(load_model("tiny-random"), LoraConfig(r=4, alpha=8, dropout=0.0))
-    with torch.no_grad():
-        for n, w in sft.named_parameters():
-            if "lora_B" in n:
-                w.normal_(0, 0.5)
+    sft = _random_lora(load_model("tiny-random"))
     sft.save_pretrained(tmp_path / "sft")
     load_tokenizer("tiny-random").save_pretrained(tmp_path / "sft")
     cfg = load_config(RewardConfig, CONFIGS / "rm_tiny.yaml", [
@@ -259,16 +266,11 @@ def test_a_scorer_whose_pad_is_eos_scores_the_same_token_in_transformers(tmp_pat
 def test_a_lora_critic_on_a_lora_reward_model_records_that_adapter_as_its_base(tmp_path):
     # the RM adapter was folded in, then the critic's adapter recorded the bare model as its base: out/critic
     # reloaded (value_model: out/critic) on another trunk, values 0.19 apart
-    from alignlab.models.lora import LoraConfig, apply_lora
+    from alignlab.models.lora import LoraConfig
     from alignlab.rl.config import PolicyGradientConfig
     from alignlab.rl.critic import build_critic
 
-    torch.manual_seed(0)
-    rm = apply_lora(load_scorer("tiny-random"), LoraConfig(r=4, alpha=8, dropout=0.0))
-    with torch.no_grad():
-        for n, w in rm.named_parameters():
-            if "lora_B" in n:
-                w.normal_(0, 0.5)
+    rm = _random_lora(load_scorer("tiny-random"))
     rm.save_pretrained(tmp_path / "rm_adapter")
     cfg = PolicyGradientConfig(model="tiny-random", value_model=str(tmp_path / "rm_adapter"), estimator="gae",
                                lora=LoraConfig(r=4, alpha=8, dropout=0.0))
