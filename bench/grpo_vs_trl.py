@@ -183,6 +183,11 @@ FLOPs (729 GFLOP a step: 7.1 s at the peak against the 6.3 s 2.5x needs). bf16 (
 (generation 2.01, update 3.22), share 0.54; TRL 11.90, share 0.28 -> 1.91x, memory 0.86, speedup_at_peak 3.52x.
 Then TRL's KL was made the plain k3 (use_bias_correction_kl=False: TRL 1.16 weights k3 by the ratio by default), 23:42
 UTC, bf16: alignlab 6.47 s/step, share 0.52; TRL 12.50, share 0.27 -> 1.93x, memory 0.86, speedup_at_peak 3.74x.
+
+On an AMD EPYC family 25 model 1 (AVX2 only: no AVX512, no bf16 units), 5 Dec 2026, one thread, one round, float32
+on both sides (the make target's --bf16-if-fast; bf16 products ran at 2.3 GFLOP/s here against 92 in float32):
+alignlab 14.73 s/step (generation 4.61, training 8.13), 4.10 GB; TRL 23.82 s/step, 4.53 GB -> 1.62x, memory 0.91,
+share of peak 0.54 / 0.33, speedup_at_peak 3.00; rewards 0.922 -> 0.888 and 0.913 -> 0.896.
 """
 
 from __future__ import annotations
