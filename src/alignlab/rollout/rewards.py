@@ -157,8 +157,7 @@ def import_callable(spec: str) -> Callable:
 
 
 def _call(fn: RewardFn, prompts: list, completions: list[str], fields: dict[str, Any]) -> Any:
-    """TRL calls rewards with keywords (`def reward_len(completions, **kwargs)` is its documented example); a
-    function naming its first parameters otherwise gets them by position."""
+    """TRL's call, with keywords (its `reward_len(completions, **kwargs)`), or by position for other parameter names."""
     try:
         named = "completions" in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins, C callables)
@@ -226,10 +225,8 @@ def extract_number(text: str) -> float | None:
 def _to_number(text: str) -> float | None:
     text = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)
     found = re.search(_NUMBER, text)
-    if found is None:
-        return None
-    value = _parse(found.group(0))
-    frac = re.match(r"\s*/\s*(\d+(?:\.\d+)?)", text[found.end():])  # the first number over another: a fraction
+    value = _parse(found.group(0)) if found else None
+    frac = found and re.match(r"\s*/\s*(\d+(?:\.\d+)?)", text[found.end():])  # the first number over another
     return value / float(frac.group(1)) if value is not None and frac and float(frac.group(1)) else value
 
 
