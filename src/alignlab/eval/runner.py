@@ -77,7 +77,7 @@ class EvaluationSpec:
     max_length: int = 512
     """Token budget per scored sequence (prompt + completion) for accuracies and perplexity."""
     passk: PassKSpec | None = None
-    """passk: samples per problem (n), the k values, what counts as correct, record columns for the reward."""
+    """passk only (null: its defaults): samples per problem (n), the k values, what counts as correct, columns."""
 
     def validate(self) -> None:
         if self.data_limit < 1 or self.data_offset < 0 or self.samples < 1:

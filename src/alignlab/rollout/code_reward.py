@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from alignlab.errors import AlignlabError
@@ -77,7 +78,6 @@ _alignlab_driver(%r, %r)
 
 def _asserts_pass(program: str, tests: str, limits: SandboxLimits) -> bool:
     import uuid
-    from dataclasses import replace
 
     nonce = uuid.uuid4().hex
     whole = replace(limits, max_output_bytes=max(limits.max_output_bytes, limits.file_size_mb * 2**20))
@@ -86,8 +86,6 @@ def _asserts_pass(program: str, tests: str, limits: SandboxLimits) -> bool:
 
 
 def _io_pass(program: str, case: dict, limits: SandboxLimits) -> bool:
-    from dataclasses import replace
-
     want = str(case["output"])
     # read back all the output a right answer could have (the default cap is 64 KiB)
     limits = replace(limits, max_output_bytes=max(limits.max_output_bytes, 2 * len(want.encode()) + 4096))

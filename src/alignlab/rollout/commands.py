@@ -160,7 +160,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
         res = medusa_from_flag(args.speculative, model, tok, prompts, cfg, n=args.n, decoding=decoding)
     else:
-        res = generate(model, tok, prompts, cfg, n=(1 if args.n is None else args.n))
+        res = generate(model, tok, prompts, cfg, n=1 if args.n is None else args.n)
     records = []
     for s in res.samples:
         msgs, chat = prompt_messages(prompts[s.prompt_index])
@@ -255,7 +255,8 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     reward = get_reward(args.reward, **_reward_options(args.reward_arg))
     prompts = _file_prompts(args)
     model, tok = _load(args)
-    res = sample_and_score(model, tok, prompts, reward, (4 if args.n is None else args.n), cfg)
+    n = 4 if args.n is None else args.n  # 0 reaches sample_and_score's own check
+    res = sample_and_score(model, tok, prompts, reward, n, cfg)
     records = build_records(res, args.mode, keep=args.keep, min_margin=args.min_margin,
                             min_reward=args.min_reward)
     if not records:
@@ -264,7 +265,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     write_jsonl(args.out, records)
     rewards = [r for g in res.groups for r in g.rewards]
     print(f"wrote {len(records)} {args.mode} records from {len(prompts)} prompts to {args.out} "
-          f"(reward mean {sum(rewards) / len(rewards):.4f}, best-of-{(4 if args.n is None else args.n)} mean "
+          f"(reward mean {sum(rewards) / len(rewards):.4f}, best-of-{n} mean "
           f"{sum(max(g.rewards) for g in res.groups) / len(res.groups):.4f}; left out: {res.dropped or 'none'})",
           file=sys.stderr)
     _report(res.generation)

@@ -121,7 +121,7 @@ def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, 
                 loss, metrics = step_fn(model, batch)
             w = batch_weight(batch)
             for k, v in {"loss": loss, **metrics}.items():
-                v, share = (v.value, _float(v.weight)) if isinstance(v, Weighted) else (v, w)  # as optimizer_step
+                v, share = Weighted.split(v, w)  # as optimizer_step
                 sums[k] = sums.get(k, 0.0) + _float(v) * share
                 weights[k] = weights.get(k, 0.0) + share
     model.train(was_training)
@@ -287,8 +287,8 @@ def _start(cfg: TrainConfig, model: Any, step_fn: StepFn, n_examples: int, world
     if not sharded:
         wrapped = world.wrap(model)
     run = _Run(cfg, world, model, wrapped, sharded, optimizer, step_fn, sampler,
-               run_events(cfg, out, world, n_total, start, callbacks), eval_fn, tokenizer, config_yaml, n_total)
-    run.start = start
+               run_events(cfg, out, world, n_total, start, callbacks), eval_fn, tokenizer, config_yaml, n_total,
+               start=start)
     if ckpt is not None:
         run.window.restore(resumed.get("log_window"), world)
     return run, start

@@ -53,6 +53,11 @@ class Weighted(NamedTuple):
     value: Any
     weight: float
 
+    @staticmethod
+    def split(v: Any, default: float) -> tuple[Any, float]:
+        """(value, weight) of a metric: its own weight when Weighted, else `default` (the batch's share)."""
+        return (v.value, _float(v.weight)) if isinstance(v, Weighted) else (v, default)
+
 
 def _float(x: Any) -> float:
     return float(x.item()) if hasattr(x, "item") else float(x)
@@ -91,7 +96,7 @@ def optimizer_step(
                 raise NonFiniteStep("loss", float(loss.detach()), m)
             (loss * scale).backward()
         for k, v in {"loss": loss, **metrics}.items():
-            v, share = (v.value, _float(v.weight)) if isinstance(v, Weighted) else (v, scale / world_size)
+            v, share = Weighted.split(v, scale / world_size)
             sums[k] = sums.get(k, 0.0) + _float(v) * share
             shares[k] = shares.get(k, 0.0) + share
     max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
