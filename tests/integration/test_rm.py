@@ -216,9 +216,13 @@ def test_rm_lora_on_an_sft_adapter_folder_merges_what_it_trained(tmp_path):
     sft = _random_lora(load_model("tiny-random"))
     sft.save_pretrained(tmp_path / "sft")
     load_tokenizer("tiny-random").save_pretrained(tmp_path / "sft")
+    template = tmp_path / "template.jinja"  # the run's own template, not the base's
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}[assistant] {% endif %}")
     cfg = load_config(RewardConfig, CONFIGS / "rm_tiny.yaml", [
         f"model={tmp_path / 'sft'}", f"data={marker_pairs(tmp_path / 'pairs.jsonl', n=8)}", "lora={r: 4, alpha: 8}",
-        "max_steps=1", "batch_size=2", "eval_split=0", f"output_dir={tmp_path / 'rm'}", "progress=none"])
+        "max_steps=1", "batch_size=2", "eval_split=0", f"output_dir={tmp_path / 'rm'}", "progress=none",
+        f"chat_template={template}"])
     tok, model = load_reward_model(cfg)
     run(cfg, model=model, tokenizer=tok)
     enc = tok(["Hello there, how are you?", "The capital of France is Paris."], return_tensors="pt", padding=True)
@@ -229,7 +233,7 @@ def test_rm_lora_on_an_sft_adapter_folder_merges_what_it_trained(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.eval()(**enc).logits, merged(**enc).logits, atol=1e-5)
         assert torch.allclose(adapter(**enc).logits, merged(**enc).logits, atol=1e-5)
-    assert load_tokenizer(str(tmp_path / "rm" / "adapter")).chat_template == tok.chat_template
+    assert load_tokenizer(str(tmp_path / "rm" / "adapter")).chat_template == template.read_text()
 
 
 def test_a_scorer_whose_pad_is_eos_scores_the_same_token_in_transformers(tmp_path):
