@@ -105,8 +105,8 @@ def add_shared_args(p: Any) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 weights and optimizer)")
     p.add_argument("--bf16-if-fast", action=_Bf16IfFast, nargs=0,
                    help="--bf16 where this CPU has bf16 matrix units (AVX512-BF16, AMX-BF16), else float32 on both "
-                        "sides: the make targets' choice (on an AVX2-only AMD EPYC a bf16 product ran at 2 GFLOP/s "
-                        "against float32's 81)")
+                        "sides: the make targets' choice (on an AVX2-only AMD EPYC, family 25 model 1, one thread, "
+                        "a bf16 product ran at 2 GFLOP/s against float32's 81)")
     p.add_argument("--compile", action="store_true",
                    help="alignlab's `compile: true` (compiled MLP and RMSNorm blocks; its one-off cost is in the "
                         "untimed first step, reported as first_step_seconds); TRL runs eager, its default")
