@@ -22,8 +22,10 @@ def length_reward(prompts, completions, **_):
     return [float(len(c)) for c in completions]
 
 
-# Reads that serialise the whole config (config.yaml, dataclasses.replace / asdict) touch every field: not an effect.
+# Reads that serialise the whole config (config.yaml, dataclasses.replace / asdict) touch every field, and a
+# config's own checks read the keys they check (kl_target's range with adaptive_kl off): neither is an effect.
 SERIALISERS = {"alignlab.config", "dataclasses", "copy"}
+CHECKS = {"validate", "_refuse_unused_keys", "check_unpaired_group"}
 
 
 def recording(cls: type, seen: set[str]) -> type:
@@ -32,7 +34,8 @@ def recording(cls: type, seen: set[str]) -> type:
     names = {f.name for f in dataclasses.fields(cls)}
 
     def getattribute(self, name):
-        if name in names and sys._getframe(1).f_globals.get("__name__") not in SERIALISERS:
+        caller = sys._getframe(1)
+        if name in names and caller.f_globals.get("__name__") not in SERIALISERS and caller.f_code.co_name not in CHECKS:
             seen.add(name)
         return object.__getattribute__(self, name)
 
@@ -77,7 +80,7 @@ RUNS = {
     ]),
     "online-dpo": (OnlineDPOConfig, [dict(data="FILE", eval_split=0.25, max_steps=-1, epochs=0.5), dict()]),
     "distill": (DistillConfig, [dict(teacher="tiny-random", beta=0.5, data="FILE", eval_split=0.25, max_steps=-1,
-                                     epochs=0.5)]),
+                                     epochs=0.5), dict(teacher="tiny-random")]),
 }
 
 

@@ -254,6 +254,18 @@ def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_lo
             OnlineConfig(estimator=estimator, **{key: value}).validate()
     OnlineConfig(estimator="reinforce_pp", gamma=0.9).validate()
     PPOConfig(lam=0.9, lam_critic=1.0, value_model="x", gamma=0.99).validate()
+    # a switch's own settings with the switch off were accepted and never read
+    for key, value, switch in (("kl_target", 1.0, "adaptive_kl"), ("kl_horizon", 10, "adaptive_kl"),
+                               ("rollout_is_cap", 5.0, "rollout_is"), ("max_resample_rounds", 9, "dynamic_sampling"),
+                               ("max_turns", 2, "an env"), ("env_options", {"timeout_s": 1}, "an env")):
+        with pytest.raises(AlignlabError, match=f"{key}: only used with {switch}"):
+            OnlineConfig(**{key: value}).validate()
+    OnlineConfig(adaptive_kl=True, kl_target=1.0, rollout_is="tis", rollout_is_cap=5.0, dynamic_sampling=True,
+                 max_resample_rounds=9, env="calculator", max_turns=2, reward="math").validate()
+    from alignlab.rollout.remote import RemoteEngine
+
+    with pytest.raises(AlignlabError, match="sampling_weights: bfloat16 is for in-process sampling"):
+        OnlineConfig(sampling_weights="bfloat16", rollout_engine=RemoteEngine(url="http://127.0.0.1:1")).validate()
     betas = []
     real = preference.PreferenceStep
 

@@ -29,3 +29,29 @@ def test_eval_data_replaces_a_built_in_sets_own_held_out_prompts(tmp_path):
     train, evals, record = split_prompts(cfg)
     assert [r.prompt[-1]["content"] for r in evals] == ["What is 1000 + 2000?", "What is 5 + 7?"]
     assert len(train) == 16 and record["eval_data"].endswith("e.jsonl")
+
+
+def test_the_split_names_the_files_hash_and_trained_records_and_a_resume_checks_them(tmp_path):
+    # an RL split.json held counts only: `alignlab eval` found no trained records (no leak warning) and a resume on
+    # an edited prompt file went on silently, unlike sft's
+    import pytest
+
+    from alignlab.data.prepare import trained_records, write_split
+    from alignlab.errors import CheckpointError
+
+    data = _write(tmp_path / "p.jsonl", [f"prompt {i}" for i in range(12)])
+    cfg = PolicyGradientConfig(data=data, eval_split=0.25, eval_prompts=3, batch_size=2)
+    train, evals, record = split_prompts(cfg)
+    assert sorted(trained_records(record, data) | set(record["eval_indices"])) == list(range(12))
+    assert len(trained_records(record, data)) == len(train) == 9
+    write_split(tmp_path / "run", record, resuming=False)
+    old = {k: v for k, v in record.items() if k != "sources"}  # a split.json written before sources: resumes
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "split.json").write_text(json.dumps(old, indent=1) + "\n")
+    write_split(tmp_path / "old", record, resuming=True)
+    _write(tmp_path / "p.jsonl", ["edited"] + [f"prompt {i}" for i in range(1, 12)])
+    with pytest.raises(CheckpointError, match=r"split.sources\[0\].sha256"):
+        write_split(tmp_path / "run", split_prompts(cfg)[2], resuming=True)
+    held = PolicyGradientConfig(data=data, eval_data=_write(tmp_path / "e.jsonl", ["held"]), batch_size=2)
+    sources = split_prompts(held)[2]["sources"]
+    assert [s["data"] for s in sources] == [data, str(tmp_path / "e.jsonl")] and sources[1]["train_records"] == []

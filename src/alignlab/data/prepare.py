@@ -96,10 +96,13 @@ def write_split(output_dir: str | Path, info: dict[str, Any], *, resuming: bool)
         old = path.read_text(encoding="utf-8")
         if old == text:
             return path
-        if resuming:
+        before, now = json.loads(old), json.loads(text)
+        if resuming and "sources" not in before and "sources" in now:  # written before RL splits recorded them
+            before["sources"] = now["sources"]
+        if resuming and before != now:
             from alignlab.errors import CheckpointError
 
-            changed = _changes(json.loads(old), json.loads(text))
+            changed = _changes(before, now)
             raise CheckpointError(f"{path}: the data are not those the checkpoint trained on ({', '.join(changed[:4])}"
                                   " differ); restore them, or start afresh with resume=never")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,7 @@ def _changes(old: Any, new: Any, where: str = "split") -> list[str]:
     return [where]
 
 
-def _ids(rows: list) -> list[int]:
+def record_ids(rows: list) -> list[int]:
     return sorted({record_id(r, i) for i, r in enumerate(rows)})
 
 
@@ -163,14 +166,14 @@ def train_eval_rows(cfg: Any, load: Callable[[str], list]) -> Split:
         held_parts.append(part_held)
         parts.append({"data": src.path, "sha256": file_sha256(src.path), "data_offset": src.data_offset,
                       "data_limit": src.data_limit, "weight": src.weight, "train_rows": len(used),
-                      "split_records": len(_ids(rows)),  # the source's training split, before its weight
-                      "train_records": _ids(used), "held_out_records": _ids(part_held)})
+                      "split_records": len(record_ids(rows)),  # the source's training split, before its weight
+                      "train_records": record_ids(used), "held_out_records": record_ids(part_held)})
     # the sources' held-out rows taken in turn: cut at max_eval_rows, source order scored only the first sources
     held = [r for group in zip_longest(*held_parts) for r in group if r is not None]
     if cfg.eval_data:
         held = load(cfg.eval_data)
         parts.append({"data": str(cfg.eval_data), "sha256": file_sha256(cfg.eval_data), "eval_data": True,
-                      "train_records": [], "held_out_records": _ids(held)})
+                      "train_records": [], "held_out_records": record_ids(held)})
     # a held-out row with the content of a training row (a repeated record, a built-in set that repeats, eval_data
     # overlapping data) would be scored after training on it: it is not scored
     held, duplicates = _not_trained(train, held)

@@ -8,7 +8,7 @@ the reward. Every key is read by the code (tests/integration/test_rl_keys.py pro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 from alignlab.config import ConfigError, check_pad_multiple
@@ -103,6 +103,9 @@ class OnPolicyConfig(OptimConfig, RunConfig):
         check_pad_multiple(self.pad_to_multiple_of)
         if self.rollout_engine is not None:
             self.rollout_engine.validate()
+            if self.sampling_weights != "model":
+                raise ConfigError(f"sampling_weights: {self.sampling_weights} is for in-process sampling; the "
+                                  "rollout_engine samples with its own weights")
 
 
 @dataclass
@@ -206,22 +209,19 @@ class PolicyGradientConfig(RLConfig):
     """Old-policy log-probs from the sampler (free) or the trainer (bit-identical to training math): a separate no-grad
     forward, or the update's own when the rollout gets one optimizer step (ppo_epochs 1, one minibatch, one process)."""
     rollout_is: Literal["none", "tis", "mis"] = "none"
-    """Sampler/trainer mismatch correction (Yao et al. 2025) when samples come from other weights or kernels (bf16
-    sampling, an external engine): the ratio uses the trainer's old log-probs and each token's loss is weighted by
-    trainer/sampler probability, truncated at rollout_is_cap (tis) or dropped above it (mis); rollout_kl_k3 logs
-    the mismatch."""
+    """Sampler/trainer mismatch correction (Yao et al. 2025) for samples from other weights or kernels (bf16, an
+    external engine): the ratio uses the trainer's old log-probs and each token's loss is weighted by trainer/sampler
+    probability, truncated at rollout_is_cap (tis) or dropped above it (mis); rollout_kl_k3 logs the mismatch."""
     rollout_is_cap: float = 2.0
     """Cap of the rollout_is weight (> 1)."""
     env: Literal["calculator", "python"] | None = None
-    """Multi-turn tool environment (rl/envs/): calculator (a safe arithmetic tool) or python (the code sandbox as a
-    tool). Each prompt row's question is played for up to max_turns turns; tool calls use the chat-template tool
-    format, the tool's reply comes back as a tool message, and only the model's own tokens carry loss. The final
-    answer is scored by `reward` (math or gsm8k against the row's answer); max_new_tokens bounds each turn."""
+    """Multi-turn tool environment (rl/envs/): calculator (safe arithmetic) or python (the code sandbox). Each prompt is
+    played for up to max_turns turns of max_new_tokens; tool calls use the chat template's tool format, replies come
+    back as tool messages, only the model's tokens carry loss; the final answer is scored by `reward`."""
     max_turns: int = 4
     """Most assistant turns of an env episode (the last one is scored whatever it holds)."""
     env_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the environment, e.g. {timeout_s: 5} for python or {max_tool_output: 500}; the final answer is
-    scored by the run's `reward` (with reward_weights and reward_options), the turn limit is max_turns."""
+    """Options of the env, e.g. {timeout_s: 5} for python or {max_tool_output: 500} (the reward and max_turns: above)."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling (Yu et al. 2025, Sec. 3.2): groups whose rewards are all equal carry no signal; drop them
     and sample more prompts until batch_size groups have spread (a shorter batch after max_resample_rounds)."""
@@ -278,25 +278,34 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"dynamic_sampling: needs a grouped estimator (grpo, dr_grpo, rloo, ...), not {self.estimator}")
         if self.rollout_is != "none" and not self.rollout_is_cap > 1:
             raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
-        self._refuse_unused_estimator_keys(spec)
+        self._refuse_unused_keys(spec)
         if self.adaptive_kl and self.kl_coef <= 0:  # the controller multiplies: 0 stays 0
             raise ConfigError("adaptive_kl: needs a starting kl_coef > 0 (its updates multiply the coefficient)")
 
-    def _refuse_unused_estimator_keys(self, spec: Any) -> None:
-        """Keys the estimator never reads, set away from their defaults: the critic's and GAE's without a critic,
-        the discount where nothing is discounted, scale_rewards outside grpo (value_model=... quietly trained
-        without the critic it named)."""
+    def _refuse_unused_keys(self, spec: Any) -> None:
+        """Keys set away from their defaults that nothing reads (value_model=... quietly trained without the critic
+        it named): the critic's and GAE's without a critic, the discount where nothing is discounted, scale_rewards
+        outside grpo, a switch's own settings with the switch off."""
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
+
+        def changed(keys: list[str]) -> list[str]:
+            return [k for k in keys if getattr(self, k) != defaults[k]]
+
         unused = [] if spec.needs_critic else ["value_model", "value_learning_rate", "value_clip", "value_warmup_steps",
                                                "lam", "lam_critic", "lam_alpha", "whiten_advantages"]
         if self.estimator not in ("gae", "reinforce_pp", "reinforce_pp_baseline"):
             unused.append("gamma")
         if self.estimator != "grpo":
             unused.append("scale_rewards")
-        defaults = {f.name: f.default for f in fields(type(self))}
-        changed = [k for k in unused if getattr(self, k) != defaults[k]]
-        if changed:
-            raise ConfigError(f"{', '.join(changed)}: not used by estimator {self.estimator}"
+        if changed(unused):
+            raise ConfigError(f"{', '.join(changed(unused))}: not used by estimator {self.estimator}"
                               f"{'' if spec.needs_critic else ', which has no critic (estimator gae has one)'}")
+        for keys, switch, on in ((["kl_target", "kl_horizon"], "adaptive_kl: true", self.adaptive_kl),
+                                 (["rollout_is_cap"], "rollout_is: tis or mis", self.rollout_is != "none"),
+                                 (["max_resample_rounds"], "dynamic_sampling: true", self.dynamic_sampling),
+                                 (["env_options", "max_turns"], "an env", self.env is not None)):
+            if not on and changed(keys):
+                raise ConfigError(f"{', '.join(changed(keys))}: only used with {switch}")
 
     def response_budget(self) -> int:
         """Most model tokens an answer can hold: max_new_tokens, times max_turns for an env episode."""

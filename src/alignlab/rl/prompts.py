@@ -34,6 +34,13 @@ def _text(row: Any) -> str:
     return json.dumps(row.prompt, sort_keys=True)
 
 
+def _source(path: str, train: list, held: list) -> dict[str, Any]:
+    from alignlab.data.prepare import file_sha256, record_ids
+
+    return {"data": path, "sha256": file_sha256(path), "train_records": record_ids(train),
+            "held_out_records": record_ids(held)}
+
+
 def split_prompts(cfg: Any, records: Any = None, eval_records: Any = None) -> tuple[list, list, dict[str, Any]]:
     """(train prompts, held-out prompts, the split record); in-memory records replace cfg.data / eval_data."""
     import torch
@@ -70,6 +77,10 @@ def split_prompts(cfg: Any, records: Any = None, eval_records: Any = None) -> tu
               "train_prompts": len(train), "eval_prompts": len(evals), "train_duplicates_of_held_out": dropped,
               "eval_indices": held[:n_eval] if not eval_data else None,
               "eval_sha256": hashlib.sha256("\n".join(_text(r) for r in evals).encode()).hexdigest()}
+    if isinstance(data, str):  # as the offline split's: what `alignlab eval` warns about, what a resume checks
+        record["sources"] = [_source(data, train, [] if eval_data else evals)]
+        if isinstance(eval_data, str):
+            record["sources"].append({**_source(eval_data, [], evals), "eval_data": True})
     if len(train) < cfg.batch_size:
         raise AlignlabError(f"data: {len(train)} training prompts for batch_size {cfg.batch_size}")
     return train, evals, record
