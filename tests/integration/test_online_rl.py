@@ -228,6 +228,7 @@ def test_grpo_with_alignlab_serve_as_rollout_engine_equals_in_process(tmp_path):
         assert main([*args, f"output_dir={tmp_path / 'local'}"]) == 0
         assert main([*args, f"output_dir={tmp_path / 'remote'}",
                      f"rollout_engine={{url: '{url}', model: policy}}"]) == 0
+        served = server.engine.requests_done  # the engine sampled each step's rollout (not the trainer)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -242,6 +243,7 @@ def test_grpo_with_alignlab_serve_as_rollout_engine_equals_in_process(tmp_path):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
     # every push went to a new directory (vLLM keys its prefix cache by path); only the newest is kept
     assert [p.name for p in (tmp_path / "remote/rollout_weights").iterdir()] == ["step-3"]
+    assert served == 3
 
 
 def test_grpo_console_lines_show_reward_and_named_kl(tmp_path, capsys):

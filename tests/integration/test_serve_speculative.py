@@ -153,6 +153,18 @@ def test_serve_cli_refuses_limits_that_would_refuse_every_request(capsys):
     # --max-connections 0, --timeout -5, --max-tokens-limit 0 and --max-body-bytes -1 each started a server that
     # answered nothing (broken pipes, closed connections, 400 or 413 for every request)
     for flag, value in (("--max-connections", "0"), ("--timeout", "-5"), ("--max-tokens-limit", "0"),
-                        ("--max-body-bytes", "-1")):
+                        ("--max-body-bytes", "-1"), ("--max-n", "0")):
         assert main(["serve", "tiny-random", "--port", "0", flag, value]) == 2
         assert f"{flag} {value}" in capsys.readouterr().err
+
+
+def test_a_grpo_group_of_32_fits_the_default_n_limit():
+    # n was capped at 16 with no flag to raise it: GRPO with num_generations 32 through `alignlab serve` failed
+    # at its first rollout (HTTP 400)
+    from alignlab.eval.commands import _serve_args
+    from alignlab.serve.protocol import parse_job
+
+    p = __import__("argparse").ArgumentParser()
+    _serve_args(p)
+    assert p.parse_args(["m"]).max_n == 64 and p.parse_args(["m", "--max-n", "128"]).max_n == 128
+    assert parse_job({"prompt": "x", "n": 32}, False, default_max=4, max_tokens_limit=8, max_n=64).n == 32

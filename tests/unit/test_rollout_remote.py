@@ -145,6 +145,38 @@ def test_bad_replies_and_unreachable_servers_are_clear_errors(served):
         generate_remote(RemoteEngine(url=srv.url, model="policy"), tok, PROMPTS[:1])
     with pytest.raises(AlignlabError, match="expected 2 choices"):
         generate_remote(RemoteEngine(url=srv.url, model="policy"), tok, PROMPTS[:1], n=2)
+    # replies that were accepted and trained on: more tokens than asked, ids outside the vocabulary, NaN log-probs,
+    # an empty answer cut for length
+    engine, cfg = RemoteEngine(url=srv.url, model="policy"), SamplingConfig(max_new_tokens=4, logprobs=True)
+    for ids, lps, finish, match in (([5] * 10, [-1.0] * 10, "length", "10 token ids for max_tokens 4"),
+                                    ([10**6], [-1.0], "stop", r"outside the vocabulary \[0, 64\)"),
+                                    ([5], [float("nan")], "stop", "finite log-prob"),
+                                    ([], [], "length", "empty with finish_reason length")):
+        srv.answer = lambda path, body, c={"index": 0, "finish_reason": finish, "token_ids": ids,
+                                             "logprobs": {"token_logprobs": lps}}: (200, {"choices": [c]})
+        with pytest.raises(AlignlabError, match=match):
+            generate_remote(engine, tok, PROMPTS[:1], cfg, vocab_size=64)
+
+
+def test_a_server_dying_mid_reply_is_a_clear_error(tmp_path):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+
+    def half_reply():  # promises 1000 bytes, sends 13, hangs up (http.client.IncompleteRead escaped as a traceback)
+        conn, _ = sock.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"choices\": [")
+        conn.close()
+
+    threading.Thread(target=half_reply, daemon=True).start()
+    _, tok = tiny_lm()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(AlignlabError, match=f"rollout engine POST {url}/v1/completions: cannot reach the server"):
+        generate_remote(RemoteEngine(url=url, model="policy"), tok, PROMPTS[:1])
+    sock.close()
 
 
 def test_split_requests_are_seeded_per_request_and_reassembled_in_order(served):

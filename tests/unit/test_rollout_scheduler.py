@@ -3,6 +3,7 @@ path (`generate`): rows that join a running batch, leave it, or share it with ot
 tokens and log-probs as they would alone."""
 
 import threading
+import time
 
 import pytest
 
@@ -203,6 +204,43 @@ def test_a_waiting_request_whose_client_left_holds_no_queue_slot(tiny):
         e.resume()
         assert [r for _, _, r in collect(gone).values()] == ["cancelled"]
         assert [r for _, _, r in collect(kept).values()] == ["length"]
+    finally:
+        e.close()
+
+
+def test_a_waiting_request_whose_client_left_does_not_block_the_queue_behind_it(tiny):
+    # it stayed at the queue's head waiting for the n slots it would never use, so a 1-slot request behind it
+    # waited for the long request decoding to end (585 decode steps against 5)
+    e = Engine(*tiny, max_batch=4, max_queue=8)
+    try:
+        e.pause()
+        long = e.submit(Request([[5, 6, 7]], 3, SeqParams(max_tokens=300, temperature=0, ignore_eos=True)))
+        e.resume()
+        while len(e.rows) < 3:
+            time.sleep(0.005)
+        e.pause()  # the next two wait together, then the first one's client leaves
+        gone = e.submit(Request([[8, 9]], 4, SeqParams(max_tokens=5, ignore_eos=True)))
+        short = e.submit(Request([[8, 9]], 1, SeqParams(max_tokens=4, temperature=0, ignore_eos=True)))
+        gone.cancel()
+        e.resume()
+        assert [r for _, _, r in collect(short).values()] == ["length"]
+        assert e.steps < 100 and [r for _, _, r in collect(gone).values()] == ["cancelled"] * 4
+        long.cancel()
+    finally:
+        e.close()
+
+
+def test_the_queue_depth_is_read_while_the_scheduler_admits(tiny):
+    # it iterated the deque the scheduler thread pops from: "deque mutated during iteration" (/health, /metrics)
+    e = Engine(*tiny, max_batch=1, max_queue=4000)
+    try:
+        e.pause()
+        reqs = [e.submit(Request([[5]], 1, SeqParams(max_tokens=1))) for _ in range(1500)]
+        e.resume()
+        while e.queue_depth:
+            pass
+        for r in reqs:
+            collect(r)
     finally:
         e.close()
 

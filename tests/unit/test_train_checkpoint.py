@@ -159,3 +159,14 @@ def test_an_in_memory_records_label_without_its_hash_still_resumes():
     assert config_differences(old, "data: '<in-memory list: 12 records, sha256 bf65f59d87f89144>'\nseed: 1\n")
     assert config_differences("data: '<in-memory list: 10 records, sha256 aaaa>'\n",
                               "data: '<in-memory list: 10 records, sha256 bbbb>'\n")
+
+
+def test_a_rollout_engines_address_and_timeout_may_change_on_resume():
+    # a run stopped by an engine timeout could not resume with a longer timeout or a restarted engine's new port
+    from alignlab.train.resume import config_differences
+
+    old = "rollout_engine:\n  url: http://127.0.0.1:1\n  timeout: 5.0\n  api_key_env: null\n  model: policy\n"
+    new = "rollout_engine:\n  url: http://127.0.0.1:2\n  timeout: 60.0\n  api_key_env: KEY\n  model: policy\n"
+    assert config_differences(old, new) == []
+    assert config_differences(old, new.replace("model: policy", "model: other")) == [
+        "rollout_engine.model: 'policy' -> 'other'"]

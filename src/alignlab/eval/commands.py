@@ -39,6 +39,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", "--batch-size", type=int, default=64,
                    help="sequences decoded together (continuous batching); as SamplingConfig.batch_size")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond the batch; beyond: 503")
+    p.add_argument("--max-n", type=int, default=64, help="largest n (samples per prompt) a request may ask")
     p.add_argument("--no-load-weights", action="store_true", help="disable POST /v1/load_weights")
     p.add_argument("--admin-token-env", default=None, help="env var holding the bearer token /v1/load_weights needs")
     p.add_argument("--weights-root", default=None, help="/v1/load_weights loads only directories under this one")
@@ -55,7 +56,8 @@ def _serve(args: argparse.Namespace) -> None:
     from alignlab.serve import ModelServer, base_url, make_http_server
 
     limits = {"--max-connections": args.max_connections, "--max-tokens-limit": args.max_tokens_limit,
-              "--max-body-bytes": args.max_body_bytes, "--max-batch": args.max_batch, "--max-queue": args.max_queue}
+              "--max-body-bytes": args.max_body_bytes, "--max-batch": args.max_batch, "--max-queue": args.max_queue,
+              "--max-n": args.max_n}
     low = [f"{flag} {value}" for flag, value in limits.items() if value < 1]
     low += [] if args.timeout > 0 else [f"--timeout {args.timeout}"]
     if low:  # before the model loads: such a server would refuse every request
@@ -74,7 +76,8 @@ def _serve(args: argparse.Namespace) -> None:
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     server = ModelServer(model, tokenizer, model_id=args.model_id or args.model, aliases=(args.model,),
                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
-                         max_batch=args.max_batch, max_queue=args.max_queue,  # weight pushes: loopback or a token
+                         max_batch=args.max_batch, max_queue=args.max_queue, max_n=args.max_n,
+                         # weight pushes: loopback or a token
                          load_weights=not args.no_load_weights and (loopback or args.admin_token_env is not None),
                          admin_token_env=args.admin_token_env, weights_root=args.weights_root,
                          speculative=speculative)

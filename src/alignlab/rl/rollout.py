@@ -180,7 +180,8 @@ def sample_and_score(state: Any, step: int, rows: list, *, logprobs: bool, round
     if cfg.rollout_engine is not None:  # the engine holds the policy's latest weights (rl/loop.py pushes them)
         from alignlab.rollout.remote import generate_remote
 
-        res = generate_remote(cfg.rollout_engine, state.tokenizer, prompt_ids, sc, n=k)
+        res = generate_remote(cfg.rollout_engine, state.tokenizer, prompt_ids, sc, n=k,
+                              vocab_size=state.policy.get_input_embeddings().num_embeddings)
     else:
         with state.compute(cache=True):
             res = generate(state.policy, state.tokenizer, prompt_ids, sc, n=k)

@@ -13,7 +13,9 @@ bodies do not need a new dependency.
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import os
 import time
 import urllib.error
@@ -88,7 +90,7 @@ def request_json(engine: RemoteEngine, method: str, route: str, body: dict | Non
             raw = reply.read()
     except urllib.error.HTTPError as e:
         raise AlignlabError(f"{label} {method} {url}: HTTP {e.code}: {_error_message(e.read())}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # OSError: timeouts, resets
         reason = getattr(e, "reason", e)
         raise AlignlabError(f"{label} {method} {url}: cannot reach the server ({reason})") from None
     try:
@@ -135,9 +137,10 @@ def completion_request(engine: RemoteEngine, prompts: list[list[int]], cfg: Samp
 
 
 def generate_remote(engine: RemoteEngine, tokenizer: Any, prompts: Sequence[Any], cfg: SamplingConfig | None = None,
-                    n: int = 1) -> GenerationResult:
+                    n: int = 1, vocab_size: int | None = None) -> GenerationResult:
     """`generate`'s result, sampled by the engine: samples prompt-major, completion_ids and (with
-    cfg.logprobs) logprobs exactly as the engine returned them, finish reasons 'eos'/'stop'/'length'."""
+    cfg.logprobs) logprobs exactly as the engine returned them, finish reasons 'eos'/'stop'/'length'.
+    vocab_size (the trained model's embedding rows): token ids at or above it are refused."""
     cfg = cfg or SamplingConfig()
     cfg.validate()
     engine.validate()
@@ -154,15 +157,18 @@ def generate_remote(engine: RemoteEngine, tokenizer: Any, prompts: Sequence[Any]
         part = encoded[lo:lo + step]
         body = completion_request(engine, part, cfg, n)
         body["seed"] = cfg.seed + k
-        got = parse_choices(request_json(engine, "POST", "/v1/completions", body), part, n, cfg, engine.url)
+        got = parse_choices(request_json(engine, "POST", "/v1/completions", body), part, n, cfg, engine.url,
+                            vocab_size)
         out.update({lo + i: rows for i, rows in got.items()})
     samples = to_samples(tokenizer, encoded, out, n, cfg.stop)
     return GenerationResult(samples, sum(len(s.completion_ids) for s in samples), time.perf_counter() - start)
 
 
-def parse_choices(reply: dict, encoded: list[list[int]], n: int, cfg: SamplingConfig, where: str) -> dict[int, list[tuple[list[int], list[float] | None, str]]]:
+def parse_choices(reply: dict, encoded: list[list[int]], n: int, cfg: SamplingConfig, where: str,
+                  vocab_size: int | None = None) -> dict[int, list[tuple[list[int], list[float] | None, str]]]:
     """Choices -> {prompt index: [(completion ids, log-probs, finish reason)] * n}, checked against the
-    request: the count, every index, the echoed prompt ids, and one log-prob per token."""
+    request: the count, every index, the echoed prompt ids, at most max_new_tokens ids in the vocabulary (none
+    only if the engine stopped), and one finite log-prob per token."""
     choices = reply.get("choices")
     if not isinstance(choices, list) or len(choices) != len(encoded) * n:
         got = len(choices) if isinstance(choices, list) else type(choices).__name__
@@ -178,16 +184,22 @@ def parse_choices(reply: dict, encoded: list[list[int]], n: int, cfg: SamplingCo
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
             raise AlignlabError(f"rollout engine {where}: choice {k} has no token_ids (the server must honour "
                                 "return_token_ids, as vLLM >= 0.10.2 and alignlab serve do)")
+        if len(ids) > cfg.max_new_tokens or any(t < 0 or (vocab_size and t >= vocab_size) for t in ids):
+            raise AlignlabError(f"rollout engine {where}: choice {k} holds {len(ids)} token ids for max_tokens "
+                                f"{cfg.max_new_tokens}, or one outside the vocabulary [0, {vocab_size or 'inf'})")
         if c.get("prompt_token_ids") not in (None, encoded[i]):
             raise AlignlabError(f"rollout engine {where}: choice {k} echoes other prompt token ids than sent")
         lps = None
         if cfg.logprobs:
             lps = (c.get("logprobs") or {}).get("token_logprobs")
-            if not isinstance(lps, list) or len(lps) != len(ids) or any(x is None for x in lps):
-                raise AlignlabError(f"rollout engine {where}: choice {k} needs one log-prob per token "
-                                    f"({len(ids)}), got {lps if lps is None else len(lps)}")
+            if not isinstance(lps, list) or len(lps) != len(ids) or not all(
+                    isinstance(x, (int, float)) and math.isfinite(x) for x in lps):
+                raise AlignlabError(f"rollout engine {where}: choice {k} needs one finite log-prob per token "
+                                    f"({len(ids)}), got {lps if not isinstance(lps, list) else lps[:8]}")
             lps = [float(x) for x in lps]
         out[i][j] = (ids, lps, _finish(c, k, where))
+        if not ids and out[i][j][2] == "length":
+            raise AlignlabError(f"rollout engine {where}: choice {k} is empty with finish_reason length")
     return out
 
 

@@ -160,7 +160,7 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return sum(not r.cancelled for r in self._waiting)
+        return sum(not r.cancelled for r in self._waiting.copy())  # a copy: the scheduler thread pops meanwhile
 
     def tokens_per_second(self, window: float = 10.0) -> float:
         """Sampled tokens per second over the last `window` seconds of decoding."""
@@ -208,8 +208,10 @@ class Engine:
         while True:
             if not self._units:
                 # a request leaves the queue only when its first prompt joins now: until then it is one of the
-                # max_queue waiting ones (queue_depth), not held outside the count
-                if not self._waiting or ((self.rows or take) and free < self._waiting[0].n):
+                # max_queue waiting ones (queue_depth), not held outside the count; one whose client left is
+                # taken at once (its rows finish as cancelled below) instead of waiting for slots it won't use
+                head = self._waiting[0] if self._waiting else None
+                if head is None or (not head.cancelled and (self.rows or take) and free < head.n):
                     break
                 req = self._waiting.popleft()
                 try:

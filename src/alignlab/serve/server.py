@@ -41,7 +41,7 @@ class ModelServer:
     heads, one at a time (serve/speculative.py)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str = "alignlab", aliases: tuple[str, ...] = (),
-                 max_body_bytes: int = 1 << 20, max_tokens_limit: int = 2048, max_n: int = 16,
+                 max_body_bytes: int = 1 << 20, max_tokens_limit: int = 2048, max_n: int = 64,
                  default_max_tokens: int = 256, record: int = 0, max_batch: int = 64, max_queue: int = 256,
                  load_weights: bool = True, admin_token_env: str | None = None, weights_root: str | None = None,
                  speculative: tuple[Any, Any] | None = None):

@@ -24,8 +24,10 @@ RESUME_FREE_KEYS: frozenset[str] = frozenset({
     # where and how the run is driven: same numbers, other place or display
     "resume", "progress", "output_dir", "cpu_threads", "device", "ref_cache_dir", "gradient_checkpointing",
     "compile", "report_to",
+    # where the rollout engine is and how long to wait for it: a resumed run pushes the checkpoint's weights to it
+    "rollout_engine.url", "rollout_engine.timeout", "rollout_engine.api_key_env",
 })
-"""Top-level config keys that may differ between a checkpoint's saved config and the run resuming from it.
+"""Config keys (dotted for nesting) that may differ between a checkpoint's saved config and the run resuming from it.
 Every other key (model, data, loss, learning rate, batch, seed, max_length, eval split ...) changes what is
 trained, so a difference there refuses the resume (`check_resume_config`)."""
 
@@ -51,7 +53,7 @@ def config_differences(old_yaml: str, new_yaml: str) -> list[str]:
     old, new = _flat(yaml.safe_load(old_yaml) or {}), _flat(yaml.safe_load(new_yaml) or {})
     diffs = []
     for key in sorted(set(old) | set(new)):
-        if key.split(".")[0] in RESUME_FREE_KEYS:
+        if key in RESUME_FREE_KEYS or key.split(".")[0] in RESUME_FREE_KEYS:
             continue
         if old.get(key) != new.get(key) and not _same_records_label(old.get(key), new.get(key)):
             a, b = (repr(side[key]) if key in side else "<absent>" for side in (old, new))
