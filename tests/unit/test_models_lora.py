@@ -114,6 +114,10 @@ def test_lora_alpha_must_be_positive(alpha):
 def test_target_modules_that_do_not_exist():
     with pytest.raises(AlignlabError, match="linear layers are named .*'q_proj'"):
         apply_lora(load_model("tiny-random"), LoraConfig(target_modules=["c_attn"]))
+    # beside a name that matches, a typo (or all-linear) was dropped silently: adapters on q_proj alone
+    for targets, bad in ((["q_proj", "v_prj"], "v_prj"), (["all-linear", "lm_head"], "all-linear")):
+        with pytest.raises(AlignlabError, match=rf"\['{bad}'\] match no module"):
+            apply_lora(load_model("tiny-random"), LoraConfig(target_modules=targets))
 
 
 def test_all_linear_and_config_from_overrides():
@@ -170,6 +174,13 @@ def test_an_adapter_folder_as_the_starting_model(tmp_path):
     _, full = prepare_model(SimpleNamespace(model=str(tmp_path / "adapter"), chat_template=None, lora=None))
     assert not any("lora" in n for n, _ in full.named_parameters()) and all(p.requires_grad for p in full.parameters())
     assert torch.allclose(_logits(full.eval()), _logits(model), atol=1e-5, rtol=0)  # base + adapter, merged
+    # pretrain and rejection sampling loaded it frozen ("the model has no trainable parameters")
+    from alignlab.recipes.pretrain import PretrainConfig, prepare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a line of text\n" * 40)
+    _, continued, _, _ = prepare(PretrainConfig(model=str(tmp_path / "adapter"), data=str(corpus)))
+    assert all(p.requires_grad for p in continued.parameters()) and not hasattr(continued, "peft_config")
     scorer = load_scorer(str(tmp_path / "adapter"))
     merged = model.merge_and_unload()
     for name, p in merged.model.state_dict().items():  # the scorer's backbone is base + adapter

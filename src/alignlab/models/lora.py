@@ -112,6 +112,15 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> Any:
             raise AlignlabError(f"lora.qlora: {reason}")
         model = _as_4bit(model)
     targets: Any = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    names = [n for n, _ in model.named_modules()]
+    # peft matches a list by name suffix and fails only when no name matches: a typo beside a good name, or
+    # all-linear beside another name (which then stood for nothing), was dropped silently
+    unmatched = [t for t in ([] if targets == "all-linear" else targets)
+                 if t == "all-linear" or not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise AlignlabError(f"lora.target_modules: {unmatched} match no module of this model (all-linear stands "
+                            f"alone); its linear layers are named {linear}")
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -49,13 +49,18 @@ def prepare_model(cfg: Any) -> tuple[Any, Any]:
     from alignlab.models.tokenizer import use_chat_template
 
     tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
-    model = load_model(cfg.model)
-    if is_peft(model) and cfg.lora is None:  # a LoRA adapter folder (a LoRA SFT output, say), fine-tuned in full:
+    return tokenizer, trainable_model(load_model(cfg.model), cfg.lora)
+
+
+def trainable_model(model: Any, lora: Any) -> Any:
+    """`model` ready to train: with `lora`, adapters on it; without, a LoRA adapter folder (a LoRA SFT output, say)
+    is merged and fine-tuned in full (base + adapter: peft had frozen the base)."""
+    if is_peft(model) and lora is None:
         from alignlab.models.lora import merge_lora
 
-        model = merge_lora(model).requires_grad_(True)  # base + adapter (peft had frozen the base)
-    if cfg.lora is not None:
+        model = merge_lora(model).requires_grad_(True)
+    if lora is not None:
         from alignlab.models.lora import apply_lora
 
-        model = apply_lora(model, cfg.lora)
-    return tokenizer, model
+        model = apply_lora(model, lora)
+    return model

@@ -111,10 +111,9 @@ def prepare(cfg: PretrainConfig) -> tuple[Any, Any, str, str]:
     train_text, val_text = read_corpus(cfg.data, cfg.val_fraction)
     if cfg.model != "scratch":
         from alignlab.models.load import load_model, load_tokenizer
-        from alignlab.models.lora import apply_lora
+        from alignlab.models.prepare import trainable_model
 
-        model = load_model(cfg.model)
-        return load_tokenizer(cfg.model), apply_lora(model, cfg.lora) if cfg.lora else model, train_text, val_text
+        return load_tokenizer(cfg.model), trainable_model(load_model(cfg.model), cfg.lora), train_text, val_text
     if cfg.tokenizer:
         from alignlab.models.load import load_tokenizer
 

@@ -109,6 +109,7 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
     from alignlab.config import config_text
     from alignlab.data.collate import pad
     from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.models.prepare import trainable_model
     from alignlab.models.tokenizer import use_chat_template
     from alignlab.rollout.generate import SamplingConfig
     from alignlab.rollout.rejection import BestPerPrompt
@@ -138,11 +139,7 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + r)
         stats = pool.update(sample_and_score(policy, tok, split.train, reward_fn, cfg.samples, sampling).groups, r)
         seed_everything(cfg.seed + r)  # the round's fresh adapter is the same whether or not earlier rounds replayed
-        student = load_model(cfg.model) if cfg.from_base or r == 1 else policy
-        if cfg.lora is not None and (cfg.from_base or r == 1):
-            from alignlab.models.lora import apply_lora
-
-            student = apply_lora(student, cfg.lora)
+        student = trainable_model(load_model(cfg.model), cfg.lora) if cfg.from_base or r == 1 else policy
         round_cfg = replace(cfg, output_dir=str(out / f"round_{r}"), resume="auto")
         try:
             train(round_cfg, student, causal_lm_step, pool.examples(cfg.max_length), collate, tokenizer=tok,
