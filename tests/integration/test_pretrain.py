@@ -59,3 +59,18 @@ def test_continued_pretraining_with_lora_trains_adapters_and_record_keys_are_ref
     out = tmp_path / "lora"
     assert main([*common, f"output_dir={out}", "model=tiny-random", "lora.r=2"]) == 0
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+
+
+def test_the_held_out_tail_is_written_down_and_a_resume_refuses_an_edited_corpus(tmp_path, capsys):
+    # pretrain wrote no split.json, and resumed on a corpus edited under its checkpoint
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200)))
+    args = ["pretrain", f"data={corpus}", "batch_size=2", "max_length=32", "progress=none", "cpu_threads=1",
+            f"output_dir={tmp_path / 'run'}", "save_steps=1"]
+    assert main([*args, "max_steps=1"]) == 0
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["data"] == str(corpus) and split["val_fraction"] == 0.1 and len(split["sha256"]) == 64
+    assert split["held_out_chars"] == len(corpus.read_text()) - split["train_chars"] > 0
+    corpus.write_text(corpus.read_text().replace("line 3:", "line 3;"))
+    assert main([*args, "max_steps=2"]) != 0
+    assert "split.sha256 differ" in capsys.readouterr().err

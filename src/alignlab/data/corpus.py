@@ -60,3 +60,13 @@ def read_corpus(path: str, val_fraction: float) -> tuple[str, str]:
     # Cut at a line break so no word is split across the two parts.
     cut = text.rfind("\n", 0, cut) + 1 or cut
     return text[:cut], text[cut:]
+
+
+def corpus_split(path: str, val_fraction: float, train_text: str, val_text: str) -> dict:
+    """What split.json records of read_corpus's split: the file and its sha256 (a resume refuses an edited corpus),
+    the fraction held out and the characters on each side of the cut."""
+    from alignlab.data.prepare import file_sha256
+
+    return {"data": str(path), "sha256": file_sha256(path), "val_fraction": val_fraction,
+            "held_out": "the text's last val_fraction, cut at a line break", "train_chars": len(train_text),
+            "held_out_chars": len(val_text)}

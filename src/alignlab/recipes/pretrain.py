@@ -1,10 +1,8 @@
-"""`alignlab pretrain`: a byte-level BPE tokenizer and a small Llama trained from scratch on a text corpus.
-
-The path for research on tiny models and for tests that need a model that knows some language.
-The corpus is split by position (the last `val_fraction` of the text is validation, never seen by
-the tokenizer or the model), cut into non-overlapping blocks of `max_length` tokens, and trained
-with the shared loop and LM step; validation perplexity is exp(mean token cross-entropy).
-"""
+"""`alignlab pretrain`: a byte-level BPE tokenizer and a small Llama trained from scratch on a text corpus, the path
+for research on tiny models and for tests that need a model that knows some language. The corpus is split by position
+(the last `val_fraction` of the text is validation, never seen by the tokenizer or the model; split.json records it),
+cut into non-overlapping blocks of `max_length` tokens, and trained with the shared loop and LM step; validation
+perplexity is exp(mean token cross-entropy)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from alignlab.config import ConfigError
-from alignlab.data.corpus import blocks, encode_text, read_corpus
+from alignlab.data.corpus import blocks, corpus_split, encode_text, read_corpus
 from alignlab.errors import AlignlabError
 from alignlab.models.tokenizer import DEFAULT_SPECIAL_TOKENS
 from alignlab.train.config import OptimConfig, RunConfig
@@ -129,6 +127,7 @@ def run(cfg: PretrainConfig, *, callbacks: Any = ()):
     """Train and return the loop's TrainResult; the model and tokenizer land in cfg.output_dir."""
     from alignlab.config import saved_config_text
     from alignlab.data.collate import Collator
+    from alignlab.data.prepare import Split
     from alignlab.models.layouts import packs_exactly
     from alignlab.train.lm import perplexity_eval
     from alignlab.train.loop import seed_everything, train
@@ -145,13 +144,15 @@ def run(cfg: PretrainConfig, *, callbacks: Any = ()):
     if world.is_main:
         print(f"pretrain: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, vocab {len(tokenizer)}, "
               f"{len(train_set)} train / {len(val_set)} val blocks of {cfg.max_length}", flush=True)
+    split = Split(train_set, val_set, val_set, {**corpus_split(cfg.data, cfg.val_fraction, train_text, val_text),
+                                                "train_blocks": len(train_set), "scored_blocks": len(val_set)})
     collate = Collator(tokenizer.pad_token_id or 0, packing=cfg.packing and packs_exactly(model))
     eval_fn = perplexity_eval(causal_lm_step, val_set, collate, cfg, world.device)
     from alignlab.models.tokenizer import use_chat_template  # the chat_template key: saved with the tokenizer
 
     result = train(cfg, model, causal_lm_step, train_set, collate, eval_fn=eval_fn,
                    tokenizer=use_chat_template(tokenizer, cfg.chat_template), world=world,
-                   config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks)
+                   config_yaml=saved_config_text(cfg) if world.is_main else None, callbacks=callbacks, split=split)
     if world.is_main and result.evals:
         ppl = result.evals[-1]["eval_perplexity"]
         print(f"pretrain done: {result.done_line()}; "
