@@ -319,3 +319,21 @@ def test_a_wrong_model_object_is_named_by_its_argument():
         alignlab.sft(model=123, tokenizer=object(), data=[{"prompt": "p", "completion": "c"}])
     with pytest.raises(AlignlabError, match="ref_model: expected .* got int"):
         alignlab.dpo(model="tiny-random", ref_model=5, data=[{"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+
+def test_a_reference_model_object_is_left_as_given():
+    # ref_model= was frozen, put in eval mode and (bf16) had its Linear weights rounded to bf16 in place, so a
+    # float32 forward of it failed afterwards; ref_model=model froze the policy ("no trainable parameters")
+    import torch
+
+    from alignlab.models.load import load_model, load_tokenizer
+
+    policy, ref, tok = load_model("tiny-random"), load_model("tiny-random"), load_tokenizer("tiny-random")
+    ref.train()
+    before = {n: (p.dtype, p.requires_grad) for n, p in ref.named_parameters()}
+    common = {**COMMON, "max_steps": 1}
+    alignlab.dpo(**{**common, "model": policy}, tokenizer=tok, ref_model=ref, data=PAIRS, output_dir=None, bf16=True)
+    assert {n: (p.dtype, p.requires_grad) for n, p in ref.named_parameters()} == before and ref.training
+    ref(torch.tensor([[1, 2, 3]]))  # float32 forward
+    result = alignlab.dpo(**{**common, "model": policy}, tokenizer=tok, ref_model=policy, data=PAIRS, output_dir=None)
+    assert result.history[0]["loss"] == pytest.approx(0.6931, abs=1e-4)  # the reference is the starting policy

@@ -63,3 +63,42 @@ def test_a_large_gradient_block_is_reused_only_while_nothing_else_holds_it():
     big.grad = None
     buffers.reuse_gradient(big)
     assert big.grad is None
+
+
+def test_weights_changed_by_a_callback_after_an_evaluation_are_not_trained_on_as_stale_casts(tmp_path):
+    # an on_eval callback rescaling the weights through p.data: the next step reused the bf16 casts the evaluation
+    # made in the same optimizer step (p.data writes bump no version counter, `with no_grad(): p.mul_` does): the
+    # two runs ended 0.0115 apart
+    import functools
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.data.collate import Collator
+    from alignlab.train import TrainConfig, evaluate, train
+    from alignlab.train.callbacks import Callback
+    from alignlab.train.steps import chunked_causal_lm_step
+
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": (ids := torch.randint(1, 97, (12,), generator=g).tolist()), "labels": ids} for _ in range(16)]
+    step = functools.partial(chunked_causal_lm_step, chunk_size=8)
+
+    class Rescale(Callback):
+        def on_eval(self, s, metrics):
+            for p in model.parameters():
+                if via_data:
+                    p.data.mul_(0.9)
+                else:
+                    with torch.no_grad():
+                        p.mul_(0.9)
+
+    final = {}
+    for via_data in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+        cfg = TrainConfig(output_dir=str(tmp_path / str(via_data)), max_steps=3, batch_size=4, learning_rate=1e-2,
+                          progress="none", device="cpu", bf16=True, eval_steps=1, lr_scheduler="constant")
+        ev = lambda m: evaluate(m, step, data[:4], Collator(0, packing=True), batch_size=4, device="cpu")  # noqa: E731
+        train(cfg, model, step, data, Collator(0, packing=True), eval_fn=ev, callbacks=[Rescale()])
+        final[via_data] = model.state_dict()
+    assert all(torch.equal(final[True][k], final[False][k]) for k in final[True])

@@ -25,7 +25,8 @@ the kernel's clear_page, and the process took ~230k page faults (~900 MB of zero
 
 Same numbers as fresh tensors (tests). Weights change in an optimizer step without telling anyone (the fused AdamW
 writes them without bumping their version counters), so the optimizer-step core calls `weights_updated()` after
-each step; any other in-place change is caught by the weight's version counter.
+each step, and the loop after its callbacks' evaluation and save events; any other in-place change is caught by
+the weight's version counter, except a write through `.data`, which autograd does not see: call `weights_updated()`.
 """
 
 from __future__ import annotations

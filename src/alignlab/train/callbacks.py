@@ -54,6 +54,14 @@ class Callback:
         """The loop ended at `step`: `final` is the closing row ({step, train_runtime}), None on an error."""
 
 
+def _weights_may_have_changed() -> None:
+    """A callback may change the weights, through `.data` too (no version bump): the evaluation's kept casts of
+    this optimizer step would be reused stale by the next training forward (ops/buffers.py)."""
+    from alignlab.ops.buffers import weights_updated
+
+    weights_updated()
+
+
 class CallbackList(Callback):
     """Sends each event to every callback in order; `on_step_end` is True when any of them asks to stop."""
 
@@ -85,10 +93,12 @@ class CallbackList(Callback):
     def on_eval(self, step: int, metrics: dict[str, Any]) -> None:
         for cb in self.callbacks:
             cb.on_eval(step, metrics)
+        _weights_may_have_changed()
 
     def on_save(self, step: int, path: Path) -> None:
         for cb in self.callbacks:
             cb.on_save(step, path)
+        _weights_may_have_changed()
 
     def on_step_end(self, step: int, metrics: dict[str, Any]) -> bool:
         self.step = step

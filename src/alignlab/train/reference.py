@@ -97,11 +97,9 @@ def build_reference(policy: Any, kind: str, *, source: Any = None, device: Any =
         from alignlab.models.load import load_model
 
         model = load_model(source)
-    elif source is not None:
-        model = source
-    else:
-        model = copy.deepcopy(policy)
-        if is_peft(model):
+    else:  # a copy: the caller's object (even the policy itself) is left as given, unfrozen and in its dtypes
+        model = copy.deepcopy(policy if source is None else source)
+        if source is None and is_peft(model):
             from alignlab.models.lora import merge_lora
 
             model = merge_lora(model)
