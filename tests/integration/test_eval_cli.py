@@ -232,3 +232,28 @@ def test_secret_never_written_and_report_files(evaluated):
 def test_shipped_eval_configs_load(name):
     cfg = load_config(EvalConfig, ROOT / "configs" / name)
     assert cfg.checkpoints and cfg.evaluations
+
+
+def test_one_sample_gets_no_interval_and_eval_json_is_strict_json(tmp_path):
+    # a single sample's kl and mean_reward claimed a zero-width 95% interval [v, v], and eval.json held bare NaN
+    # (their standard errors), which strict JSON parsers refuse
+    import json
+
+    import yaml
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hello"}) + "\n")
+    sampling = {"max_new_tokens": 3, "seed": 0}
+    cfg = {"checkpoints": ["tiny-random"], "reference": "tiny-random", "output_dir": str(tmp_path / "out"),
+           "report": False, "n_boot": 20, "device": "cpu",
+           "evaluations": [{"kind": "kl", "data": str(prompts), "samples": 1, "sampling": sampling},
+                           {"kind": "mean_reward", "data": str(prompts), "reward": "sentiment", "sampling": sampling}]}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(tmp_path / "e.yaml")]) == 0
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    results = json.loads((tmp_path / "out" / "eval.json").read_text(), parse_constant=refuse)["results"]
+    assert [(r["metric"], r["n"], r["low"], r["high"]) for r in results] == [
+        ("kl_k3", 1, None, None), ("mean_reward", 1, None, None)]

@@ -50,3 +50,25 @@ def test_sft_on_a_mixture_reports_and_saves_each_source(tmp_path, capsys):
     parts = json.loads((out / "split.json").read_text())["sources"]
     assert [(p["data"], p["weight"], p["train_rows"], len(p["held_out_records"])) for p in parts] == [
         (a, 0.5, 8, 5), (b, 2.0, 12, 2)]
+
+
+def test_a_scorer_or_baseline_trained_on_the_scored_records_is_warned_about(tmp_path):
+    # only the checkpoints' split.json was read: a reward model given as `scorer:` (reward_accuracy measures it), or
+    # a baseline (win_rate, ratings: rated too) scoring its own training records gave no warning
+    from types import SimpleNamespace
+
+    from alignlab.data.prepare import file_sha256, write_split
+    from alignlab.eval.leakage import leak_warnings
+
+    data = _sft_file(tmp_path / "d.jsonl")
+    for run in ("rm", "base", "ckpt"):
+        write_split(tmp_path / run, {"sources": [{"data": data, "sha256": file_sha256(data),
+                                                 "train_records": [0, 1] if run != "ckpt" else []}]}, resuming=False)
+    spec = lambda kind, **kw: SimpleNamespace(kind=kind, name=None, data=data, scorer=kw.get("scorer"),  # noqa: E731
+                                              baseline=kw.get("baseline"))
+    evals = [spec("reward_accuracy", scorer=str(tmp_path / "rm")), spec("ratings"), spec("win_rate"), spec("kl")]
+    cfg = SimpleNamespace(evaluations=evals, checkpoints=[str(tmp_path / "ckpt")], baseline=str(tmp_path / "base"))
+    lines = leak_warnings(cfg, {id(e): [0, 1, 2] for e in evals})
+    assert [line.split(" scores")[0] for line in lines] == [
+        "warning: evaluation reward_accuracy", "warning: evaluation ratings", "warning: evaluation win_rate"]
+    assert "rm's run trained on (scorer; records 0..1" in lines[0] and "(baseline; records 0..1" in lines[1]

@@ -9,6 +9,7 @@ run trained on are reported: those numbers are not held-out numbers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def trained_on(checkpoint: str, data: str, records: list[int]) -> list[int]:
@@ -24,16 +25,22 @@ def trained_on(checkpoint: str, data: str, records: list[int]) -> list[int]:
     return sorted({r for r in records if r in trained})
 
 
-def leak_warnings(evaluations: list, checkpoints: list[str], records_of: dict[int, list[int]]) -> list[str]:
-    """One line per (evaluation, checkpoint) that scores records the checkpoint's run trained on;
+def leak_warnings(cfg: Any, records_of: dict[int, list[int]]) -> list[str]:
+    """One line per (evaluation, model) that scores records the model's run trained on: the checkpoints, and an
+    item's own scorer (reward_accuracy) and baseline (win_rate, ratings), whose numbers are reported too;
     `records_of[id(spec)]`: the record ids an evaluation scored."""
     out = []
-    for spec in evaluations:
+    for spec in cfg.evaluations:
         records = records_of.get(id(spec), [])
-        for name in checkpoints:
+        models = {name: "checkpoint" for name in cfg.checkpoints}
+        if spec.scorer:
+            models.setdefault(spec.scorer, "scorer")
+        if spec.kind in ("win_rate", "ratings") and (spec.baseline or cfg.baseline):
+            models.setdefault(spec.baseline or cfg.baseline, "baseline")
+        for name, role in models.items():
             seen = trained_on(name, spec.data, records)
             if seen:
                 out.append(f"warning: evaluation {spec.name or spec.kind} scores {len(seen)} of {len(records)} "
-                           f"records of {spec.data} that {name}'s run trained on (records {seen[0]}..{seen[-1]}; "
-                           f"see its split.json): its numbers are not held-out numbers")
+                           f"records of {spec.data} that {name}'s run trained on ({'' if role == 'checkpoint' else role + '; '}"
+                           f"records {seen[0]}..{seen[-1]}; see its split.json): its numbers are not held-out numbers")
     return out

@@ -52,8 +52,9 @@ def completion_logps(model: Any, pairs: Sequence[tuple[list[int], list[int]]], *
     return out
 
 
-def _interval(x: np.ndarray, seed: int, n_boot: int) -> tuple[float, float]:
-    return bootstrap_mean_interval(x, n_boot=n_boot, seed=seed) if x.size > 1 else (float(x.mean()),) * 2
+def _interval(x: np.ndarray, seed: int, n_boot: int) -> tuple[float | None, float | None]:
+    """A bootstrap interval of the mean; none from one value (a zero-width interval would claim certainty)."""
+    return bootstrap_mean_interval(x, n_boot=n_boot, seed=seed) if x.size > 1 else (None, None)
 
 
 def _pair_accuracy(chosen: np.ndarray, rejected: np.ndarray, seed: int, n_boot: int) -> dict[str, Any]:

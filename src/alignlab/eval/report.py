@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,18 @@ def secret_values(config: Any) -> list[str]:
 
     walk(config)
     return [os.environ[n] for n in names if os.environ.get(n)]
+
+
+def json_text(payload: Any) -> str:
+    """eval.json's text: NaN and infinities (a standard error of one sample) as null, so strict parsers read it."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return json.dumps(clean(payload), indent=2, default=str)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

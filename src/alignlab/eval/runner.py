@@ -9,7 +9,6 @@ Models are loaded once and answers generated once per (model, prompt set, sampli
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -295,9 +294,9 @@ def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
         policy, tok = ctx.model(name)
         gen = ctx.generations(name, spec, rows, n=spec.samples)
         res = kl_from_samples(policy, reference, gen, batch_size=ctx.cfg.batch_size, pad_id=tok.pad_token_id or 0)
-        se = res["k3_se"] if res["k3_se"] == res["k3_se"] else 0.0  # nan with one sample
-        out.append(_record(spec, name, "kl_k3", res["k3"], res["k3"] - 1.96 * se, res["k3"] + 1.96 * se, res["n"],
-                           {**res, **info}))
+        se = res["k3_se"]  # nan with one sample: no interval
+        low, high = (res["k3"] - 1.96 * se, res["k3"] + 1.96 * se) if se == se else (None, None)
+        out.append(_record(spec, name, "kl_k3", res["k3"], low, high, res["n"], {**res, **info}))
     return out
 
 
@@ -356,7 +355,7 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
         results += _RUNNERS[spec.kind](spec, ctx)
     from alignlab.eval.leakage import leak_warnings
 
-    warnings = leak_warnings(cfg.evaluations, cfg.checkpoints, ctx.records)
+    warnings = leak_warnings(cfg, ctx.records)
     for line in warnings:
         print(line, file=sys.stderr, flush=True)
     payload = {"config": to_dict(cfg), "results": results, "warnings": warnings,
@@ -364,9 +363,9 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "eval.json.tmp"
-    from alignlab.eval.report import redact, secret_values
+    from alignlab.eval.report import json_text, redact, secret_values
 
-    text = redact(json.dumps(payload, indent=2, default=str), secret_values(payload["config"]))
+    text = redact(json_text(payload), secret_values(payload["config"]))
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out / "eval.json")
     if cfg.report:
