@@ -71,6 +71,17 @@ def test_key_changes_with_weights_data_and_settings():
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
     assert cache_key(model, pairs, {"max_length": 64}) != base
+    # a reference whose config.json changed (rope scaling, norm epsilon) in the same folder: its log-probs moved
+    # (~1 nat a sequence for rms_norm_eps 0.5) but no tensor of its state_dict did (RoPE's inv_freq is not in it)
+    for change in ({"rms_norm_eps": 0.5}, {"rope_theta": 100.0}):
+        other = tiny()
+        other.config.update(change)
+        assert cache_key(other, pairs, {"max_length": 64}) != cache_key(tiny(), pairs, {"max_length": 64})
+    scaled = LlamaForCausalLM(LlamaConfig(**{**tiny().config.to_dict(), "rope_scaling": {"rope_type": "linear",
+                                                                                           "factor": 8.0}}))
+    scaled.load_state_dict(tiny().state_dict())
+    scaled.config = tiny().config  # the same config object's keys: only the inv_freq buffer differs
+    assert cache_key(scaled, pairs, {"max_length": 64}) != cache_key(tiny(), pairs, {"max_length": 64})
 
 
 def test_key_ignores_lora_adapter_weights():

@@ -8,7 +8,7 @@ finds the file and skips the pass entirely.
 
 The cache key is a hash of
   - the reference weights (every parameter and buffer, bytes included; LoRA adapter tensors are
-    left out because the reference of a LoRA policy is its base with the adapter disabled),
+    left out because the reference of a LoRA policy is its base with the adapter disabled) and its config,
   - the tokenised data (every pair's prompt/chosen/rejected ids, in order), which already changes
     with the chat template, the tokenizer and truncation,
   - the settings dict the caller passes (max_length, max_prompt_length, template, ...), so a
@@ -39,9 +39,15 @@ def _is_adapter_tensor(name: str) -> bool:
 
 
 def weights_fingerprint(model: Any) -> str:
-    """blake2b of every named parameter and buffer (name, dtype, shape, bytes), adapters excluded."""
+    """blake2b of every named parameter and buffer (name, dtype, shape, bytes; non-persistent buffers such as RoPE's
+    inv_freq too), adapters excluded, and of the model's config (rope scaling, norm epsilon: values no tensor holds)."""
     h = hashlib.blake2b(digest_size=20)
-    state = model.state_dict()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        settings = {k: v for k, v in config.to_dict().items()
+                    if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    state = {**dict(model.named_buffers()), **model.state_dict()}
     for name in sorted(state):
         if _is_adapter_tensor(name):
             continue
