@@ -10,9 +10,9 @@ keys as keyword arguments; keywords win over the config object, and the result i
 `--config FILE key=value` is on the command line (unknown keys, wrong types and cross-field errors raise
 `ConfigError`). Where the command line takes a path, these also take objects:
 
-- `model` (and DPO's `ref_model`): a `PreTrainedModel`, plain or peft, used as it is (not copied; training
-  changes it in place) with its `tokenizer=`. With `lora` set, adapters are added to a plain model. DPO's
-  reference for an in-memory policy without `ref_model` is a frozen copy of it taken before training.
+- `model` (and DPO's `ref_model`): a `PreTrainedModel`, plain or peft, with its `tokenizer=`; `model` is trained in
+  place (not copied; with `lora`, adapters are added to a plain model), the reference is a frozen copy of
+  `ref_model` (left as given), or of the policy before training without one.
 - `data` / `eval_data`: a list of dicts in any format the files may hold (`columns` mapping included), a
   `datasets.Dataset`, or a `DatasetDict` (its `train` split). Records are validated as file rows are.
 - `callbacks`: `alignlab.train.callbacks.Callback` objects (log, eval, save, step end; a stop request).
@@ -180,11 +180,13 @@ def _finish(job: _Job, model: Any, tokenizer: Any, result: Any) -> RunResult:
 
 
 def _run(job: _Job, load: Any, recipe_run: Any, callbacks: Any, **extra: Any) -> RunResult:
-    """Seed, load (or take) the model, run the recipe; the temporary output_dir goes whatever happens."""
+    """Check the batch against the ranks, seed, load (or take) the model, run the recipe; removes a temp output_dir."""
     from alignlab.models.tokenizer import use_chat_template
     from alignlab.train.loop import seed_everything
+    from alignlab.train.world import World
 
     try:
+        World.for_run(job.cfg)
         seed_everything(job.cfg.seed)  # as the recipe does before loading: LoRA and new heads start the same
         if job.model is None:
             tokenizer, model = load(job.cfg)
@@ -245,8 +247,7 @@ def reward_model(config: Any = None, /, *, model: Any = None, tokenizer: Any = N
 
 
 def pretrain(config: Any = None, /, *, callbacks: Any = (), **keys: Any) -> RunResult:
-    """Pretraining from scratch (`alignlab pretrain`): a BPE tokenizer and a small Llama trained on a text file;
-    keys are PretrainConfig's. The trained model and tokenizer are loaded back into the result."""
+    """Pretraining (`alignlab pretrain`); keys are PretrainConfig's; the result holds the model and its tokenizer."""
     from alignlab.models.load import load_model, load_tokenizer
     from alignlab.recipes import pretrain as recipe
 

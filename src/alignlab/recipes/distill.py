@@ -18,7 +18,7 @@ def run(cfg: DistillConfig, *, model: Any = None, tokenizer: Any = None, rows: A
     from alignlab.train.loop import seed_everything
     from alignlab.train.world import World
 
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     seed_everything(cfg.seed)
     state = build_state(cfg, world, reward_fn=None, reference=False, critic=False, model=model, tokenizer=tokenizer)
     state.teacher = load_teacher(cfg, state)  # a frozen local model, or a RemoteTeacher endpoint

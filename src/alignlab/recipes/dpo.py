@@ -55,7 +55,7 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
 
     mix = combine(cfg.loss, cfg.loss_weights, cfg.loss_params)
     cfg.check_reference_keys(mix.needs_reference, ref_model is not None)
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     check_unpaired_group(cfg, world.size)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)

@@ -94,7 +94,7 @@ def run_rl(cfg: FrontierConfig, method: str, coef: float, ctx: dict) -> dict:
                lora=LoraConfig(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0), seed=cfg.seed,
                cpu_threads=cfg.cpu_threads, progress="plain", logging_steps=max(1, cfg.eval_every // 2))
     rcfg.validate()
-    state = build_state(rcfg, World.from_env(rcfg.device), reward_fn=ctx["reward_fn"], reference=True,
+    state = build_state(rcfg, World.for_run(rcfg), reward_fn=ctx["reward_fn"], reference=True,
                         critic=get_estimator(rcfg.estimator).needs_critic)
     state.estimator, state.kl_ctl = get_estimator(rcfg.estimator), FixedKLController(coef)
     state.objective = get_policy_loss(rcfg.policy_loss)

@@ -73,7 +73,7 @@ def run(cfg: MedusaConfig, *, callbacks: Any = ()) -> tuple[Any, Any, Any]:
 
     if not cfg.data:
         raise AlignlabError("medusa: give a prompt file, e.g. data=prompts.jsonl (any format alignlab reads)")
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     seed_everything(cfg.seed)
     tokenizer = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
     base = load_model(cfg.model, device=world.device)

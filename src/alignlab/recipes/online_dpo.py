@@ -27,7 +27,7 @@ def run(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, rows:
     from alignlab.train.preference import AdapterReference, ModelReference, NoReference, PreferenceStep
     from alignlab.train.world import World
 
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     seed_everything(cfg.seed)
     mix = combine(cfg.loss, cfg.loss_weights, cfg.loss_params)
     state = build_state(cfg, world, reference=mix.needs_reference, critic=False, model=model, tokenizer=tokenizer,

@@ -134,7 +134,7 @@ def run(cfg: PretrainConfig, *, callbacks: Any = ()):
     from alignlab.train.steps import causal_lm_step
     from alignlab.train.world import World
 
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     seed_everything(cfg.seed)
     tokenizer, model, train_text, val_text = prepare(cfg)
     train_set = blocks(encode_text(tokenizer, train_text), cfg.max_length)

@@ -131,7 +131,7 @@ def run(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None, rows: li
     from alignlab.train.reward import MergeAtFinalSave, RewardStep, load_reward_model
     from alignlab.train.world import World
 
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     seed_everything(cfg.seed)  # the new head's initial weights come from this seed

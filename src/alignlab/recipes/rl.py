@@ -29,7 +29,7 @@ def run(cfg: PolicyGradientConfig, label: str = "grpo", *, model: Any = None, to
     from alignlab.train.loop import seed_everything
     from alignlab.train.world import World
 
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     seed_everything(cfg.seed)
     estimator = get_estimator(cfg.estimator)
     # kl_coef 0 (DAPO drops the KL term) needs no frozen copy and no reference forward (adaptive_kl needs kl_coef > 0)

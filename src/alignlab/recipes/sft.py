@@ -78,7 +78,7 @@ def run(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, rows: list 
 
     if not cfg.data and rows is None:
         raise AlignlabError("data: give a training file, e.g. data=../shared/data/llamafactory_demo/alpaca_en_demo.json")
-    world = World.from_env(cfg.device)
+    world = World.for_run(cfg)
     seed_everything(cfg.seed)
     tokenizer, model = prepare_model(cfg) if model is None else (tokenizer, model)
     split = run_split(cfg, lambda src: load_sft_rows(src, cfg), rows, eval_rows)

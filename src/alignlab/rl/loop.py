@@ -316,8 +316,6 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
     from alignlab.train.resume import resume_point
 
     cfg, world, out = state.cfg, state.world, Path(state.cfg.output_dir)
-    if cfg.batch_size % world.size:
-        raise AlignlabError(f"batch_size ({cfg.batch_size} prompts) must be a multiple of the world size ({world.size})")
     if prompts is None:
         train_rows, eval_rows, split = split_prompts(cfg, records, eval_records)
     else:
