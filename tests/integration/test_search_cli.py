@@ -28,3 +28,16 @@ def test_flags_the_searches_would_ignore_are_refused(capsys):
                         (["--budget", "12"], "--budget apply to --search only")):
         assert main(base + extra) == 2
         assert flag in capsys.readouterr().err
+
+
+def test_flags_of_the_other_prompt_source_are_refused(tmp_path, capsys):
+    # --raw with --prompts FILE, and --limit/--columns/--data-format/--on-bad-row with inline --prompt, were
+    # accepted and ignored (--limit 0 still generated every prompt)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Hi"}\n')
+    base = ["generate", "tiny-random", "--max-new-tokens", "2"]
+    for extra, message in ((["--prompts", str(prompts), "--raw"], "--raw apply to --prompt only"),
+                           (["--prompt", "Hi", "--limit", "0", "--columns", "prompt=q"],
+                            "--limit, --columns apply to --prompts only")):
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err

@@ -52,3 +52,33 @@ def test_char_tokenizer_round_trips():
 @pytest.fixture
 def lm():
     return tiny_lm()
+
+
+def test_a_stop_string_with_special_tokens_inside_it_is_found():
+    # the checker decoded the last len(stop bytes) + 4 tokens, but special tokens decode to nothing: with five of
+    # them between "a" and "b", stop "ab" was missed and the row ran on to EOS with "abcd" as its text
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.rollout.generate import SamplingConfig, generate, stop_tail
+
+    tok = char_tokenizer()
+    specials = [f"<sp{i}>" for i in range(5)]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # a bigram chain: x -> a -> <sp0..4> -> b -> c -> d -> eos
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.copy_(torch.eye(len(tok), 128))
+        model.lm_head.weight.zero_()
+        chain = tok.convert_tokens_to_ids(["x", "a", *specials, "b", "c", "d"]) + [2]
+        for cur, nxt in zip(chain, chain[1:]):
+            model.lm_head.weight[nxt, cur] = 10.0
+    (s,) = generate(model, tok, ["x"], SamplingConfig(greedy=True, max_new_tokens=12, stop=["ab"])).samples
+    assert (s.finish_reason, s.text, len(s.completion_ids)) == ("stop", "", 7)
+    assert stop_tail([9] * 3 + [100] * 20, ["ab"], {100}) == [9] * 3 + [100] * 20  # special ids counted past
+    assert stop_tail(list(range(20)), ["ab"]) == list(range(14, 20))

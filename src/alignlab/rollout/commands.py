@@ -137,6 +137,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if bool(args.prompts) == bool(args.prompt):
         raise AlignlabError("generate: give either --prompts FILE or one or more --prompt TEXT")
+    other = [flag for flag, given in (("--raw", args.raw), ("--limit", args.limit is not None),
+                                      ("--columns", args.columns is not None), ("--on-bad-row", args.on_bad_row != "error"),
+                                      ("--data-format", args.data_format is not None))
+             if given and (flag == "--raw") == bool(args.prompts)]
+    if other:  # accepted and ignored: --raw with a file, the file's own flags with inline prompts
+        raise AlignlabError(f"generate: {', '.join(other)} apply to {'--prompt' if args.prompts else '--prompts'} only")
     cfg = _sampling(args)
     if args.prompts:
         prompts = _file_prompts(args)

@@ -144,10 +144,9 @@ class Engine:
             if eos[r]:
                 self.reason[row] = "eos"
         if self.stop_hit is not None:
-            window = getattr(self.stop_hit, "window", None)
             for r in (~eos).nonzero()[:, 0].tolist():
                 row, c = int(self.live[r]), int(self.count[r])
-                if self.stop_hit(self.toks[row, max(0, c - window) if window else 0:c].tolist()):
+                if self.stop_hit(self.toks[row, :c]):  # a view: the checker reads only its tail
                     self.length[row], self.reason[row] = c, "stop"
                     done[r] = True
         return done

@@ -218,24 +218,30 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def stop_window(stops: list[str]) -> int:
-    """Latest tokens that can spell any of `stops`: its UTF-8 bytes (a token holds at least one byte; one
-    character may take up to four tokens under byte-level BPE), plus a few for a character cut at the edge."""
-    return max(len(s.encode("utf-8")) for s in stops) + 4
+def stop_tail(ids: Any, stops: list[str], special: Any = frozenset()) -> list[int]:
+    """The latest ids (a list or a 1-d tensor) that can spell any of `stops`: its UTF-8 bytes in tokens (a token
+    holds at least one byte; one character may take up to four tokens under byte-level BPE), plus a few for a
+    character cut at the edge, not counting `special` ids (skipped in decoding, they spell nothing)."""
+    need, k = max(len(s.encode("utf-8")) for s in stops) + 4, 0
+    while True:
+        k = max(2 * k, need)
+        tail = ids[-k:]
+        tail = tail.tolist() if hasattr(tail, "tolist") else list(tail)
+        if k >= len(ids) or sum(t not in special for t in tail) >= need:
+            return tail
 
 
 def _stop_checker(tokenizer: Any, stops: list[str]):
     """Return fn(completion_ids) -> bool, or None without stop strings. Only the tail is decoded each step
-    (enough tokens to spell the longest stop string: `stop_window`), so checking stays O(1) per step."""
+    (enough tokens to spell the longest stop string: `stop_tail`), so checking stays O(1) per step."""
     if not stops:
         return None
-    tail = stop_window(stops)
+    special = frozenset(getattr(tokenizer, "all_special_ids", ()))
 
-    def hit(ids: list[int]) -> bool:
-        text = tokenizer.decode(ids[-tail:], skip_special_tokens=True)
+    def hit(ids: Any) -> bool:
+        text = tokenizer.decode(stop_tail(ids, stops, special), skip_special_tokens=True)
         return any(s in text for s in stops)
 
-    hit.window = tail  # the engine hands over only this many latest tokens
     return hit
 
 

@@ -4,8 +4,8 @@ Waiting prompts that fit are prefilled together (a prompt's n samples share its 
 running batch, and a row LEAVES the batch (and the KV cache) the step it finishes or its client goes away. One
 decode step is one forward over all live rows, so 8 concurrent 32-token requests cost 31 decode steps, not
 8 x 32 (iteration-level scheduling: Orca, Yu et al. 2022, OSDI, Sec. 3; vLLM). A prompt's n rows join when n of
-`max_batch` slots are free (one prompt always joins an empty batch). The batched KV cache
-(rollout/kvcache.py, generate()'s too) is right-aligned; position ids are per row, so a row sees the positions it would alone.
+`max_batch` slots are free (or the batch is empty). The batched KV cache (rollout/kvcache.py, generate()'s too)
+is right-aligned with per-row position ids: a row sees the positions it would alone.
 
 Each request has its own `torch.Generator` seeded with its seed and draws one uniform per live row per step in
 row order, as `generate()` draws (or, with the alignlab_first_prompt extension, per-row keyed draws, as
@@ -28,7 +28,7 @@ from typing import Any
 
 from alignlab.errors import AlignlabError
 from alignlab.rollout.encode import eos_token_ids
-from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next, stop_window
+from alignlab.rollout.generate import SamplingConfig, forward_kwargs, sample_next, stop_tail
 from alignlab.rollout.kvcache import full_attention, new_cache
 from alignlab.rollout.request import QueueFull, Request, SeqParams
 from alignlab.rollout.weights import keep_last
@@ -52,8 +52,9 @@ def _keys(r: _Row) -> tuple[list[int], list[int]] | None:
 
 
 def _stop_hit(tokenizer: Any, stops: list[str], ids: list[int], skip_special: bool = True) -> bool:
-    """Decode only the tail (enough tokens to spell the longest stop string: generate.stop_window): O(1) per step."""
-    text = tokenizer.decode(ids[-stop_window(stops):], skip_special_tokens=skip_special)
+    """Decode only the tail (enough tokens to spell the longest stop string: generate.stop_tail): O(1) per step."""
+    text = tokenizer.decode(stop_tail(ids, stops, set(tokenizer.all_special_ids) if skip_special else ()),
+                            skip_special_tokens=skip_special)
     return any(s in text for s in stops)
 
 
@@ -119,7 +120,6 @@ class Engine:
         _ENGINES.add(self)
 
     # ------------------------------------------------------------ API for other threads
-
     def submit(self, req: Request) -> Request:
         """Queue `req`; its sampling settings are checked here, so a bad one is the caller's error (it was met only
         at admission, on the scheduler thread, where it cancelled every live request)."""
