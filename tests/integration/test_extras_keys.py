@@ -52,10 +52,19 @@ RUNS = {
 }
 
 
+# Keys the shared base classes bring that these commands cannot honour: set, they are refused by name.
+REFUSED = {"medusa": {"lora": LoraConfig(r=2)}, "rejection-sampling": {"eval_steps": 5}}
+
+
 @pytest.mark.parametrize("command", sorted(RUNS))
 def test_every_extras_config_key_is_read(command, tmp_path):
+    from alignlab.errors import AlignlabError
+
     cls, go, runs = RUNS[command]
-    seen: set[str] = set()
+    for key, value in REFUSED[command].items():
+        with pytest.raises(AlignlabError, match=key):
+            cls(**{**TINY, "eval_steps": 0, key: value}).validate()
+    seen: set[str] = set(REFUSED[command])
     for i, extra in enumerate(runs):
         files = {"FILE": prompts(tmp_path), "EVAL": prompts(tmp_path, 4, "held_out")}  # held-out rows of their own
         extra = {k: files.get(v, v) if isinstance(v, str) else v for k, v in extra.items()}
