@@ -2,6 +2,7 @@
 path (`generate`): rows that join a running batch, leave it, or share it with other requests decode the same
 tokens and log-probs as they would alone."""
 
+import sys
 import threading
 import time
 
@@ -235,13 +236,16 @@ def test_the_queue_depth_is_read_while_the_scheduler_admits(tiny):
     e = Engine(*tiny, max_batch=1, max_queue=4000)
     try:
         e.pause()
-        reqs = [e.submit(Request([[5]], 1, SeqParams(max_tokens=1))) for _ in range(1500)]
+        reqs = [e.submit(Request([[5]], 1, SeqParams(max_tokens=1))) for _ in range(300)]
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # hand the GIL back and forth often: the reads interleave with the pops
         e.resume()
         while e.queue_depth:
             pass
         for r in reqs:
             collect(r)
     finally:
+        sys.setswitchinterval(switch)
         e.close()
 
 

@@ -84,11 +84,12 @@ def test_lora_policy_model_reference_folds_the_adapter_and_adapter_kind_builds_n
 
 
 def test_source_model_and_bf16_linear_weights():
-    """A given source model is the reference (not the policy); bf16 stores Linear weights in bfloat16 and
-    leaves the embeddings in float32."""
+    """A copy of a given source model is the reference (not the policy; the source is left as given); bf16 stores
+    Linear weights in bfloat16 and leaves the embeddings in float32."""
     policy, other = tiny(0), tiny(1)
     ref = build_reference(policy, "model", source=other, bf16=True)
-    assert ref is other
+    assert ref is not other and torch.equal(ref.get_input_embeddings().weight, other.get_input_embeddings().weight)
+    assert other.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
     assert ref.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     assert ref.get_input_embeddings().weight.dtype == torch.float32
 
