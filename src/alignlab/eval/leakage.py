@@ -38,9 +38,9 @@ def leak_warnings(cfg: Any, records_of: dict[int, list[int]]) -> list[str]:
         if spec.kind in ("win_rate", "ratings") and (spec.baseline or cfg.baseline):
             models.setdefault(spec.baseline or cfg.baseline, "baseline")
         for name, role in models.items():
-            seen = trained_on(name, spec.data, records)
+            seen, note = trained_on(name, spec.data, records), "" if role == "checkpoint" else f"{role}; "
             if seen:
                 out.append(f"warning: evaluation {spec.name or spec.kind} scores {len(seen)} of {len(records)} "
-                           f"records of {spec.data} that {name}'s run trained on ({'' if role == 'checkpoint' else role + '; '}"
-                           f"records {seen[0]}..{seen[-1]}; see its split.json): its numbers are not held-out numbers")
+                           f"records of {spec.data} that {name}'s run trained on ({note}records {seen[0]}..{seen[-1]}; "
+                           "see its split.json): its numbers are not held-out numbers")
     return out
