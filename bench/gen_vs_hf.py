@@ -114,6 +114,12 @@ vLLM, bound the same way, runs level with us.
 float32 and 181.4 under bf16 autocast; ours fp32 182.9 (1.54x), ours bf16 350.2 -> **1.93x** generate under autocast
 (the like-for-like figure; 2.95x against float32 generate, the figure earlier runs reported as `speedup_bf16`); read
 bandwidth 27.2 GB/s; at batch 16 fp32 126.9 tokens/s = 16% of 808, bf16 310.1 = 19% of 1,616.
+AMD EPYC family 25 model 1 (AVX2 only: no AVX512, no bf16 units; 2 CPUs), 5 Dec 2026 11:00-11:25 UTC, one thread,
+machine otherwise idle, `--vllm-python ...`: ours (float32) 171.7 tokens/cpu-s against model.generate's 101.2 (1.70x);
+vLLM 0.32 in bf16 (then the only dtype the bench gave it) 22.3 tokens/s wall, a seventh of ours: this CPU has no bf16
+units. With `--vllm-dtype` (auto: float32 here) and `--rounds 2 --roofline-batch 0`: ours 164.2 against vLLM float32
+129.8 tokens/s wall -> **1.26x**, model.generate 99.4 (1.65x). Decode at batch 16 against the read-bandwidth roofline
+(20.4 GB/s measured): float32 116.1 tokens/s = 19% of 607.7, bf16 33.8 = 3% (bf16 products run at 2 GFLOP/s here).
 """
 
 from __future__ import annotations
@@ -282,6 +288,14 @@ def roofline(model, tok, prompts, batch: int, bandwidth: float, timer) -> dict:
     return out
 
 
+def vllm_dtype(args) -> str:
+    if args.vllm_dtype != "auto":
+        return args.vllm_dtype
+    from alignlab.rollout.weights import cpu_has_bf16_units
+
+    return "bfloat16" if args.device != "cpu" or cpu_has_bf16_units() else "float32"
+
+
 def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
     """Median wall tokens/s of vLLM on the same batch, in its own venv (bench/vllm_peer.py)."""
     import subprocess
@@ -290,7 +304,7 @@ def run_vllm(python: str, model: str, prompts: list[list[int]], args) -> float:
     from alignlab.models.load import resolve_model
 
     job = {"model": resolve_model(model), "prompts": prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-           "rounds": args.rounds}
+           "rounds": args.rounds, "dtype": vllm_dtype(args)}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or torch.get_num_threads()))
     # vLLM's CPU defaults failed to start its engine here (thread binding on a shared 2-core machine): no binding,
     # and a KV cache of 2 GiB (the batch needs ~0.1), unless the caller set them.
@@ -324,6 +338,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None, help="our rows in flight (default: all at once)")
     ap.add_argument("--vllm-python", metavar="PATH", help="python of a venv with vLLM: run bench/vllm_peer.py "
                     "there on the same batch and report it as a second peer (wall clock)")
+    ap.add_argument("--vllm-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="vLLM's weights: auto = bfloat16 on a GPU or a CPU with bf16 matrix units, else float32 (an "
+                         "AVX2-only EPYC ran vLLM's bf16 at 22 tokens/s on this batch)")
     ap.add_argument("--roofline-batch", type=int, default=16, help="batch of the roofline measurement (0 = skip)")
     args = ap.parse_args(argv)
     model, tok = load(args.model, args.device)
@@ -364,7 +381,8 @@ def main(argv=None) -> dict:
                       speedup_bf16=round(b / hb, 2), speedup_bf16_vs_fp32_generate=round(b / h, 2))
     if args.vllm_python:
         v = run_vllm(args.vllm_python, args.model, prompts, args)
-        result.update(vllm_tokens_per_s=round(v, 1), speedup_vs_vllm_wall=round(rate(ours, "wall") / v, 2))
+        result.update(vllm_tokens_per_s=round(v, 1), vllm_dtype=vllm_dtype(args),
+                      speedup_vs_vllm_wall=round(rate(ours, "wall") / v, 2))
         if args.bf16:
             result["speedup_bf16_vs_vllm_wall"] = round(rate(ours_bf16, "wall") / v, 2)
     if args.roofline_batch:

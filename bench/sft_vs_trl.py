@@ -157,6 +157,10 @@ On an AMD EPYC family 25 model 1 (AVX2 only: no AVX512, no bf16 units), 5 Dec 20
 on both sides (the make target's --bf16-if-fast; bf16 products ran at 2.3 GFLOP/s here against 92 in float32):
 full checkpointing on both: alignlab 70.2 tokens/s, 3.17 GB; TRL 37.9 tokens/s, 3.60 GB -> 1.85x, memory 0.88, share
 of peak 0.60 / 0.33; final loss 1.7496 against 1.7439.
+The same CPU, 5 Dec 10:42-10:52 UTC, one thread, one round, machine otherwise idle, float32: full checkpointing on
+both 68.7 against 46.6 tokens/s -> 1.47x, memory 0.89 (3.18 GB against 3.57), share 0.60 / 0.41, speedup_at_peak
+2.47x; `--gradient-checkpointing selective` 77.7 against 45.2 -> 1.72x, memory 1.01 (3.58 GB against 3.53), share
+0.68 / 0.39. alignlab's side ran as in the morning (70.2 there), TRL's 19-23% faster than the morning's 37.9.
 """
 
 from __future__ import annotations
