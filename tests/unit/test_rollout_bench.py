@@ -70,7 +70,7 @@ def test_vllm_peer_hook_runs_the_peer_script_in_another_python(tmp_path, capsys,
     spec.loader.exec_module(bench)
 
     class Args:
-        n, max_new_tokens, rounds, threads = 2, 3, 2, 1
+        n, max_new_tokens, rounds, threads, device, vllm_dtype = 2, 3, 2, 1, "cpu", "auto"
 
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     rate = bench.run_vllm(sys.executable, "tiny-random", [[1, 2], [3]], Args)
