@@ -68,25 +68,25 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     numbers: one padding-free row with span attention for grpo/ppo/distill and PPO's critic (rl/shared_prompt.py; a
     model not on alignlab's span attention uses padded rows), DPO's prefix-shared pair layout for online-dpo."""
     pad_to_multiple_of: int | None = 16
-    """Round the width of those training forwards' rows up to a multiple of this (pad tokens in a span of their
-    own, never attended to or trained on; null: no rounding). oneDNN compiles and caches a kernel per new matrix
-    shape (why: SFTConfig.pad_to_multiple_of, recipes/sft.py), and every rollout has a new token count: a SmolLM2
-    GRPO step ran ~20 new product shapes for its update and reference forwards, and the kept kernels grew the
-    process. `make bench-grpo`'s bf16 job (Intel Xeon with AMX, one thread), 64 steps: peak memory 4.24 GB
-    against 4.67 GB unrounded, the same final reward; speed unchanged within noise (24 steps, two runs each: 94.9
-    and 96.0 s against 94.5 and 93.0). Same numbers within bf16 rounding (test; within 1e-6 in float32)."""
+    """Round the width of those training forwards' rows up to a multiple of this (pad tokens in a span of their own,
+    never attended to or trained on; null: no rounding): oneDNN keeps a kernel per new matrix shape and every rollout
+    has new token counts; `make bench-grpo`'s bf16 job (Intel Xeon with AMX, one thread, 64 steps) peaked at 4.24 GB
+    against 4.67 unrounded, same reward and speed. Same numbers within bf16 rounding (1e-6 in float32; tests)."""
     sampling_weights: Literal["model", "auto", "float32", "bfloat16"] = "model"
     """Weights the in-process sampler uses: as trained (model), or a bf16 copy made once per rollout (bfloat16; auto
-    where the hardware has bf16 matrix units): on an Intel Xeon with AMX, one thread, SmolLM2, 2.5x the float32
-    sampler's tokens/s (bench/gen_vs_hf.py), and float32 GRPO's step 2.0x TRL's instead of 1.5x
-    (bench/grpo_vs_trl.py --bf16-sampling); ~1.7x the float32 sampler on an AVX512-BF16 EPYC. The samples then come
-    from slightly different numbers than the trainer's: in grpo and ppo pair it with rollout_is (the sampler's own
-    log-probs are kept for the correction)."""
+    where the hardware has bf16 matrix units): 2.5x the float32 sampler's tokens/s on an Intel Xeon with AMX (one
+    thread, SmolLM2; bench/gen_vs_hf.py), ~1.7x on an AVX512-BF16 EPYC. Samples then come from slightly different
+    numbers than the trainer's: in grpo and ppo pair it with rollout_is (the sampler's log-probs are kept for it)."""
     rollout_engine: RemoteEngine | None = None
-    """Sample rollouts on an external OpenAI-compatible engine returning token ids and log-probs ({url, model,
-    server: alignlab|vllm, api_key_env, ...}: `alignlab serve`, vLLM, SGLang; docs/serving.md) instead of
-    in-process. The policy's weights (full, or the LoRA adapter) are pushed to it at the start and after every
-    step; in grpo and ppo pair it with rollout_is to correct the sampler/trainer mismatch. null: sample in-process."""
+    """Sample rollouts on an OpenAI-compatible engine returning token ids and log-probs ({url, model, server:
+    alignlab|vllm, api_key_env, ...}: `alignlab serve`, vLLM, SGLang; docs/serving.md), pushing it the policy's weights
+    (or LoRA adapter) at the start and after every step; in grpo and ppo pair it with rollout_is. null: in-process."""
+
+    def micro_batch_size(self, world_size: int = 1) -> int:
+        """Prompts one rank samples a step (batch_size counts prompts here; grad_accum splits each minibatch)."""
+        if self.batch_size % world_size:
+            raise ConfigError(f"batch_size ({self.batch_size} prompts) must be a multiple of the world size ({world_size})")
+        return self.batch_size // world_size
 
     def validate(self) -> None:
         RunConfig.validate(self)

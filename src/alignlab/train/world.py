@@ -58,13 +58,7 @@ class World:
         """from_env(cfg.device), the run's batch checked against the world size before anything loads (it failed
         after the models loaded and the reference pass ran)."""
         world = cls.from_env(cfg.device)
-        if not hasattr(cfg, "num_generations"):
-            cfg.micro_batch_size(world.size)
-        elif cfg.batch_size % world.size:  # online RL: the batch's prompts are dealt to the ranks
-            from alignlab.errors import AlignlabError
-
-            raise AlignlabError(f"batch_size ({cfg.batch_size} prompts) must be a multiple of the world size "
-                                f"({world.size})")
+        cfg.micro_batch_size(world.size)  # offline: rows per rank and micro-step; online RL: prompts per rank
         return world
 
     def wrap(self, model: Any) -> Any:
