@@ -340,7 +340,7 @@ def main(argv=None) -> dict:
                     "there on the same batch and report it as a second peer (wall clock)")
     ap.add_argument("--vllm-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                     help="vLLM's weights: auto = bfloat16 on a GPU or a CPU with bf16 matrix units, else float32 (an "
-                         "AVX2-only EPYC ran vLLM's bf16 at 22 tokens/s on this batch)")
+                         "AVX2-only AMD EPYC, one thread, ran vLLM's bf16 at 22 tokens/s on this batch)")
     ap.add_argument("--roofline-batch", type=int, default=16, help="batch of the roofline measurement (0 = skip)")
     args = ap.parse_args(argv)
     model, tok = load(args.model, args.device)
