@@ -121,6 +121,11 @@ def test_python_tool_env_runs_code_in_the_sandbox(monkeypatch):
     fill = json.dumps({"name": "python", "arguments": {"code": code}})
     reply = env.step([], f"<tool_call>{fill}</tool_call>").observation["content"]
     assert reply.startswith("error: killed: the scratch directory went over 8 MiB") and "timed out" not in reply
+    # a failed run is a tool error, as a calculator's is (tool_errors counted none of them)
+    assert env.tool_errors == 1  # reset() started the count again
+    crash = json.dumps({"name": "python", "arguments": {"code": "print(1 / 0)"}})
+    assert env.step([], f"<tool_call>{crash}</tool_call>").observation["content"].startswith("error: exit status 1:")
+    assert env.tool_errors == 2
 
 
 def test_assemble_masks_only_generated_tokens():
@@ -338,6 +343,13 @@ def test_a_bad_calculation_or_tool_call_is_an_error_message_not_a_crash():
         safe_eval("0 ** -1")
     (call,) = parse_tool_calls("<tool_call>" + "[" * 3000 + "</tool_call>")
     assert call.error == "tool call is nested too deeply"
+    # an integer past Python's 4,300-digit limit raised a plain ValueError out of the parser
+    big = "9" * 5000
+    (call,) = parse_tool_calls(f'<tool_call>{{"name": "calculator", "arguments": {{"x": {big}}}}}</tool_call>')
+    assert call.error.startswith("tool call is not valid JSON: Exceeds the limit")
+    args = json.dumps(f'{{"x": {big}}}')
+    (call,) = parse_tool_calls(f'<tool_call>{{"name": "calculator", "arguments": {args}}}</tool_call>')
+    assert call.error == "tool call arguments must be a JSON object"
 
 
 def _turns(tok, script, cut=()):

@@ -214,3 +214,29 @@ def test_filling_the_disk_file_by_file_is_stopped():
     res = run_python(program, limits=SandboxLimits(timeout_s=20, cpu_s=20, file_size_mb=1, disk_mb=8))
     assert not res.passed and not res.timed_out and res.wall_s < 10
     assert "went over 8 MiB" in res.stderr
+
+
+def test_deleted_open_files_and_memfds_count_against_disk_mb():
+    """The watchdog summed the directory only: a program deleting each 16 MiB file it wrote and keeping it open (or
+    writing into memfds) held 640 MiB under disk_mb=64 and exited 0."""
+    keep_deleted = ("import os\nheld = []\nfor i in range(10):\n    f = open(f'f{i}', 'wb')\n"
+                    "    f.write(b'x' * (16 << 20)); f.flush(); os.unlink(f'f{i}'); held.append(f)\n"
+                    "import time; time.sleep(0.5)\n")
+    memfds = ("import os, time\nheld = []\nfor i in range(10):\n    fd = os.memfd_create(f'm{i}')\n"
+              "    os.write(fd, b'x' * (16 << 20)); held.append(fd)\ntime.sleep(0.5)\n")
+    for program in (keep_deleted, memfds):
+        res = run_python(program, limits=SandboxLimits(timeout_s=20, cpu_s=20, file_size_mb=32, disk_mb=64))
+        assert not res.passed and "went over 64 MiB" in res.stderr, res
+
+
+def test_a_deep_tree_is_removed_and_bad_timeouts_are_refused(tmp_path, monkeypatch):
+    """shutil.rmtree recursed (Python 3.11): a program nesting 1,500 folders made run_python raise RecursionError
+    and left its folders in the temp dir. A NaN timeout_s never expired."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    deep = "import os\nfor i in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nprint('ok')\n"
+    res = run_python(deep, limits=FAST)
+    assert res.passed and res.stdout.strip() == "ok"
+    assert not list(tmp_path.iterdir())
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(AlignlabError, match="limits too small"):
+            SandboxLimits(timeout_s=bad)

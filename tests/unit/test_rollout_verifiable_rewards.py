@@ -134,6 +134,15 @@ def test_plain_numbers_respect_thousands_groups():
     assert math_equal("12,345.5 m", "12345.5")
 
 
+def test_large_answers_are_compared_exactly():
+    """A tolerance relative to the reference's size passed GSM8K's 1450001 for 1450000 in both rewards (math-verify
+    rounds floats to 6 decimals and says no)."""
+    for pred, ref in (("1450001", "1450000"), ("12345690", "12345678"), ("999999", "1000000")):
+        assert not math_equal(pred, ref)
+        assert get_reward("gsm8k")(["q"], [f"#### {pred}"], answer=[f"#### {ref}"]) == [0.0]
+    assert math_equal("2.0000001", "2") and math_equal("1450000.0", "1,450,000")
+
+
 def test_a_bare_latex_reference_is_the_answer_and_a_lone_letter_is_not_a_unit():
     """MATH-style references are bare LaTeX: '\\frac{2}{3}' is the answer, not its last number 3 (which made
     \\boxed{3} right and \\boxed{2/3} wrong). After a number, a word of two letters or more is a unit ('1000
@@ -185,6 +194,13 @@ def test_assert_tests_read_the_program_as_written_and_cannot_be_passed_around():
                 "sys.stdout.write('\\n' + os.pread(0, 100, 0).decode().strip() + '\\n')\nsys.stdout.flush()\nos._exit(0)\n"]
     got = reward(["q"] * 4, [f"```python\n{p}```" for p in programs], tests=[tests] * 4)
     assert got == [1.0, 1.0, 0.0, 0.0]
+    # the driver's exec and os.write are its own, and the tests are in no file: a program replacing the builtins,
+    # leaving a trace function to jump over the tests, or reading them from main.py to fake the answers got 1
+    hacks = ["import builtins\nbuiltins.exec = lambda *a: None\n", "import builtins\nbuiltins.compile = lambda *a: None\n",
+             "import sys\ndef skip(frame, event, arg):\n    if event == 'line' and frame.f_code.co_filename == 'tests.py':\n"
+             "        frame.f_lineno += 1\n    return skip\nsys.settrace(skip)\ndef add(a, b):\n    return 0\n",
+             "src = open('main.py').read()\nadd = (lambda a, b: 5) if 'add(2, ' + '3) == 5' in src else None\n"]
+    assert reward(["q"] * 4, [f"```python\n{p}```" for p in hacks], tests=[tests] * 4) == [0.0] * 4
     # run as a module of its own: doctest and unittest find their tests there (in a bare dict they found none and
     # passed a wrong program), and __file__, sys.stdout's buffer and fileno, pickle and inspect work as in a script
     doc = 'def add(a, b):\n    """\n    >>> add(2, 3)\n    5\n    """\n    return a {} b\n'

@@ -50,16 +50,22 @@ def _same_output(got: str, want: str) -> bool:
 
 
 # Assertion tests pass when a line the program cannot know is written after them: the driver reads a fresh nonce
-# from stdin (then points stdin at an empty pipe; the sandbox has unlinked the file), runs the program and the tests
-# in a `__main__` module of their own (no harness name in reach; the program's `from __future__` imports stay first
-# in its source; doctest, unittest, pickle and inspect find what they look for there), and writes the nonce to a
-# copy of the stdout it started with. The whole stdout is read back (up to file_size_mb), so a program's own
-# prints cannot push the nonce out of sight. Exiting early with status 0 (sys.exit(0), os._exit(0)), which passed
-# every test when success was the exit status alone, fails. A program inspecting its own interpreter (the calling
-# frame, gc) could still find the nonce: the sandbox bounds what a program can do, not what it reads in itself.
-_DRIVER = """def _alignlab_driver(program, tests):
+# and the tests from stdin (then points stdin at an empty pipe; the sandbox has unlinked the file), so neither is in
+# any file the program can read; it compiles the tests and binds exec, os.write and the trace setters to locals
+# before the program runs, so a program replacing builtins.exec or os.write, or leaving a trace function to jump
+# over the tests, changes nothing the driver calls. The program and the tests run in a `__main__` module of their own
+# (no harness name in reach; the program's `from __future__` imports stay first in its source; doctest, unittest,
+# pickle and inspect find what they look for there), and the nonce goes to a copy of the stdout the driver started
+# with. The whole stdout is read back (up to file_size_mb), so a program's own prints cannot push the nonce out of
+# sight. Exiting early with status 0 (sys.exit(0), os._exit(0)), which passed every test when success was the exit
+# status alone, fails. What an in-process harness cannot stop: a program reading its own interpreter's frames
+# (sys._getframe, gc) finds the nonce, and an assert trusts the values the program returns (an object whose == is
+# always true passes `assert f(x) == y`); give stdin/stdout cases where a policy may learn such tricks.
+_DRIVER = """def _alignlab_driver(program):
     import linecache, os, sys, types
     nonce = sys.stdin.readline().strip()
+    tests = compile(sys.stdin.read(), "tests.py", "exec")
+    run, write, settrace, setprofile = exec, os.write, sys.settrace, sys.setprofile
     empty, end = os.pipe()
     os.close(end)
     os.dup2(empty, 0)
@@ -68,11 +74,13 @@ _DRIVER = """def _alignlab_driver(program, tests):
     main.__file__ = os.path.abspath("solution.py")
     sys.modules["__main__"] = main
     linecache.cache[main.__file__] = (len(program), None, program.splitlines(True), main.__file__)
-    exec(compile(program, main.__file__, "exec"), main.__dict__)
-    exec(compile(tests, "tests.py", "exec"), main.__dict__)
+    run(compile(program, main.__file__, "exec"), main.__dict__)
+    settrace(None)
+    setprofile(None)
+    run(tests, main.__dict__)
     sys.stdout.flush()
-    os.write(verdict, ("\\n" + nonce + "\\n").encode())
-_alignlab_driver(%r, %r)
+    write(verdict, ("\\n" + nonce + "\\n").encode())
+_alignlab_driver(%r)
 """
 
 
@@ -81,7 +89,7 @@ def _asserts_pass(program: str, tests: str, limits: SandboxLimits) -> bool:
 
     nonce = uuid.uuid4().hex
     whole = replace(limits, max_output_bytes=max(limits.max_output_bytes, limits.file_size_mb * 2**20))
-    res = run_python(_DRIVER % (program, tests), stdin=nonce + "\n", limits=whole)
+    res = run_python(_DRIVER % (program,), stdin=nonce + "\n" + tests, limits=whole)
     return res.passed and res.stdout.rstrip().endswith(nonce)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from alignlab.errors import AlignlabError
+from alignlab.rollout.verify_math import _braced, numbers_equal
 
 
 class RewardFn(Protocol):
@@ -206,7 +207,6 @@ def extract_number(text: str) -> float | None:
     """The final numeric answer in `text`: the last \\boxed{...} (nested braces too), else the number opening the
     line after the last '####', else the last number anywhere. Commas, '$' and a trailing '.' are ignored;
     fractions a/b and \\frac{a}{b} are divided."""
-    from alignlab.rollout.verify_math import _braced
 
     last = text.rfind("\\boxed{")
     if last >= 0:
@@ -237,8 +237,8 @@ def _parse(token: str) -> float | None:
         return None
 
 
-def numbers_match(a: float | None, b: float | None, rel_tol: float = 1e-6) -> bool:
-    return a is not None and b is not None and math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+def numbers_match(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and numbers_equal(a, b)
 
 
 @register_reward("gsm8k")

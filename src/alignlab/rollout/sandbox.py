@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import platform
 import shutil
@@ -63,7 +64,8 @@ class SandboxLimits:
     """RLIMIT_NOFILE."""
     disk_mb: int = 64
     """Bytes the scratch directory may hold in all (MiB): RLIMIT_FSIZE bounds one file, so a watchdog sums the
-    directory every 20 ms and kills the program over this (or over 10,000 entries)."""
+    directory, with the files the program deleted but keeps open and its memfds, every 20 ms and kills the program
+    over this (or over 10,000 entries)."""
     max_output_bytes: int = 65536
     """Bytes of stdout and of stderr read back; the rest is dropped (``output_truncated``)."""
 
@@ -71,7 +73,8 @@ class SandboxLimits:
         counts = ("cpu_s", "memory_mb", "file_size_mb", "nproc", "open_files", "disk_mb", "max_output_bytes")
         if bad := [k for k in counts if type(getattr(self, k)) is not int]:  # setrlimit in the child refuses a float
             raise AlignlabError(f"sandbox: {', '.join(bad)} must be whole numbers: {self}")
-        if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 64 or self.file_size_mb < 1 or self.disk_mb < 1:
+        small = self.cpu_s < 1 or self.memory_mb < 64 or self.file_size_mb < 1 or self.disk_mb < 1
+        if small or not 0 < self.timeout_s < math.inf:  # a NaN timeout_s never expired
             raise AlignlabError(f"sandbox: limits too small or negative: {self}")
 
 
@@ -158,8 +161,19 @@ def run_python(
         }
         return _run(cfg, stdin, limits, io_dir, token)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(io_dir, ignore_errors=True)
+        _remove(scratch)
+        _remove(io_dir)
+
+
+def _remove(path: str) -> None:
+    """Delete a folder the program filled. shutil.rmtree recurses on Python < 3.12 (a tree 1,500 folders deep
+    raised RecursionError past ignore_errors and left both folders behind); rm walks any depth."""
+    if shutil.which("rm") and subprocess.run(["rm", "-rf", "--", path], stderr=subprocess.DEVNULL).returncode == 0:
+        return
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        pass
 
 
 def _write_files(scratch: str, files: Mapping[str, str]) -> None:
@@ -187,7 +201,7 @@ def _run(cfg: dict, stdin: str, limits: SandboxLimits, io_dir: str, token: str) 
                 if time.monotonic() - start > limits.timeout_s:
                     timed_out = True
                     break
-                if _over_disk(cfg["scratch"], limits.disk_mb * 1024 * 1024):
+                if _over_disk(cfg["scratch"], limits.disk_mb * 1024 * 1024, proc.pid):
                     over_disk = True
                     break
                 time.sleep(0.02)
@@ -205,9 +219,28 @@ def _run(cfg: dict, stdin: str, limits: SandboxLimits, io_dir: str, token: str) 
     return SandboxResult(rc, out, err, timed_out, out_cut or err_cut, wall)
 
 
-def _over_disk(root: str, budget: int, max_entries: int = 10_000) -> bool:
-    """Whether the directory holds more than `budget` bytes (allocated blocks) or `max_entries` entries."""
-    total, entries, stack = 0, 0, [root]
+def _open_unlinked_bytes(pid: int) -> int:
+    """Blocks held by files the process keeps open after deleting them, and by its memfds: neither is in the
+    directory (a program writing 16 MiB files, deleting each and keeping it open, held 640 MiB under disk_mb=64)."""
+    total, fds = 0, f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fds, name))
+            if target.endswith(" (deleted)") or target.startswith("/memfd:"):
+                total += os.stat(os.path.join(fds, name)).st_blocks * 512
+        except OSError:
+            continue
+    return total
+
+
+def _over_disk(root: str, budget: int, pid: int | None = None, max_entries: int = 10_000) -> bool:
+    """Whether the directory, with the process's deleted-but-open files, holds more than `budget` bytes (allocated
+    blocks) or `max_entries` entries."""
+    total, entries, stack = (_open_unlinked_bytes(pid) if pid else 0), 0, [root]
     while stack:
         try:
             with os.scandir(stack.pop()) as it:

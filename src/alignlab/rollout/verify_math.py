@@ -77,13 +77,19 @@ def _plain_number(answer: str) -> float | None:
         return None
 
 
+def numbers_equal(a: float, b: float) -> bool:
+    """Equal final answers: within 1e-6, absolute (math-verify rounds floats to 6 decimals). A tolerance relative to
+    the reference's size would pass GSM8K's 1450001 for 1450000."""
+    return abs(a - b) <= 1e-6
+
+
 def math_equal(prediction: str | None, reference: str | None) -> bool:
     """True when two extracted answers are mathematically equal (numbers first, then math-verify)."""
     if not prediction or not reference or len(prediction) > MAX_ANSWER_CHARS:
         return False
     a, b = _plain_number(prediction), _plain_number(reference)
     if a is not None and b is not None:
-        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+        return numbers_equal(a, b)
     try:
         from math_verify import parse, verify
     except ImportError as e:  # a declared dependency; say how to get it rather than scoring 0 silently

@@ -70,6 +70,9 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
         except json.JSONDecodeError as e:
             calls.append(ToolCall("", {}, f"tool call is not valid JSON: {e.msg}"))
             continue
+        except ValueError as e:  # an integer past Python's 4,300-digit limit
+            calls.append(ToolCall("", {}, f"tool call is not valid JSON: {e}"))
+            continue
         except RecursionError:  # thousands of nested brackets: the model's error, not the rollout's
             calls.append(ToolCall("", {}, "tool call is nested too deeply"))
             continue
@@ -80,7 +83,7 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
         if isinstance(args, str):  # some templates serialise arguments as a JSON string
             try:
                 args = json.loads(args)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
                 args = None
         if not isinstance(args, dict):
             calls.append(ToolCall(obj["name"], {}, "tool call arguments must be a JSON object"))

@@ -39,14 +39,15 @@ class PythonToolEnv(ToolEnvironment):
         if not isinstance(code, str) or not code.strip():
             raise ValueError('python needs {"code": "<program>"}')
         res = run_python(code, limits=self.limits)
+        # a failed run is a tool error (ValueError: the environment counts it in `tool_errors`, as the calculator's)
         if res.timed_out:
-            return f"error: timed out after {self.limits.timeout_s:g} s\n{res.stdout}"
+            raise ValueError(f"timed out after {self.limits.timeout_s:g} s\n{res.stdout}")
         if "sandbox: killed: " in res.stderr:  # the sandbox killed it for its disk use, not for time
-            return f"error: killed: {res.stderr.rsplit('sandbox: killed: ', 1)[1].strip()}\n{res.stdout}"
+            raise ValueError(f"killed: {res.stderr.rsplit('sandbox: killed: ', 1)[1].strip()}\n{res.stdout}")
         # Its CPU seconds ran out (SIGXCPU at the soft limit, SIGKILL at the hard one; the wall-clock kill sets
         # timed_out instead). The CPU limit equals the timeout, so a busy loop meets either first: both are a time-out.
         if res.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-            return f"error: timed out after {self.limits.cpu_s} s of CPU\n{res.stdout}"
+            raise ValueError(f"timed out after {self.limits.cpu_s} s of CPU\n{res.stdout}")
         if res.returncode != 0:
-            return f"error (exit status {res.returncode}):\n{res.stdout}{res.stderr}"
+            raise ValueError(f"exit status {res.returncode}:\n{res.stdout}{res.stderr}")
         return res.stdout if res.stdout.strip() else "(no output; use print)"
