@@ -166,3 +166,35 @@ def test_distill_from_a_served_teacher_lowers_the_held_out_kl(tmp_path):
         httpd.server_close()
     evals = [r["eval_kl"] for r in result.history if "eval_kl" in r]
     assert len(evals) == 2 and evals[-1] < 0.8 * evals[0], evals
+
+
+def test_a_served_teacher_with_another_tokenizer_is_refused(teacher):
+    """A local teacher's tokenizer was compared with the student's, an endpoint's never: a teacher served with
+    another 512-token BPE (252 ids read apart) was distilled from. The probe's ids, echoed, must decode the same."""
+    from types import SimpleNamespace
+
+    from alignlab.errors import AlignlabError
+    from alignlab.models.tokenizer import train_bpe_tokenizer
+    from alignlab.rl.teacher import _check_remote_tokens
+
+    student = SimpleNamespace(tokenizer=teacher["tok"])
+    _check_remote_tokens(RemoteTeacher(url=teacher["url"], model="teacher"), student)  # the same tokenizer
+    other = train_bpe_tokenizer(["To be, or not to be, that is the question."] * 50 + ["the king is dead"] * 50,
+                                vocab_size=len(teacher["tok"]))
+    httpd = make_http_server(ModelServer(teacher["model"], other, model_id="other"), "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(AlignlabError, match="its tokenizer reads the student's tokens of .* as"):
+            _check_remote_tokens(RemoteTeacher(url=base_url(httpd).removesuffix("/v1"), model="other"), student)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_new_teacher_timeout_or_key_variable_resumes():
+    """As a rollout engine's: how long to wait and where the key is change no number; another URL is another teacher."""
+    from alignlab.train.resume import config_differences
+
+    saved = "teacher:\n  url: http://h:8000\n  timeout: 600.0\n  api_key_env: null\n"
+    assert config_differences(saved, saved.replace("600.0", "1200.0").replace("null", "KEY")) == []
+    assert config_differences(saved, saved.replace("h:8000", "other:8000"))

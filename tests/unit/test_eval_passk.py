@@ -127,6 +127,9 @@ def test_the_passk_command_checks_its_record_range():
     for kw in ({"offset": -1, "limit": 2}, {"limit": 0}):
         with pytest.raises(AlignlabError, match="data_limit >= 1, data_offset >= 0"):
             eval_config(PassKConfig(model="tiny-random", data="x.jsonl", **kw), "out")
+    # k=[] sampled every problem, then crashed with an IndexError
+    with pytest.raises(AlignlabError, match=r"every k in \[1, n\] \(n=2, k=\[\]\)"):
+        eval_config(PassKConfig(model="tiny-random", data="x.jsonl", n=2, k=[]), "out")
 
 
 def test_passk_options_on_another_kind_are_refused_even_at_their_defaults():

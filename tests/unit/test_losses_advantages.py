@@ -226,3 +226,21 @@ def test_groups_of_equal_float32_rewards_get_exactly_zero(value):
         adv = fn(rewards, 8)
         assert torch.equal(adv[:8], torch.zeros(8)), fn.__name__
         assert adv[8:].abs().sum() > 0  # a group with a spread still learns
+
+
+def test_integer_and_bool_rewards_are_promoted_to_float():
+    """In the rewards' own integer dtype the KL penalty, the values and the discounts were truncated to whole
+    numbers (gae of 0/1 rewards returned the rewards), and bool rewards raised out of arange."""
+    m = torch.ones(2, 3)
+    kl = torch.full((2, 3), 0.9)
+    assert torch.allclose(shape_rewards(torch.tensor([1, 0]), m, kl, 0.5),
+                          torch.tensor([[-0.45, -0.45, 0.55], [-0.45, -0.45, -0.45]]))
+    assert torch.allclose(discounted_returns(torch.tensor([[0, 0, 1], [0, 0, 0]]), m, gamma=0.9),
+                          torch.tensor([[0.81, 0.9, 1.0], [0.0, 0.0, 0.0]]))
+    values = torch.full((2, 3), 0.1)
+    for ints in (torch.tensor([[0, 0, 1], [0, 0, 0]]), torch.tensor([[False, False, True], [False, False, False]])):
+        got, want = gae(ints, values, m, lam=0.95), gae(ints.float(), values, m, lam=0.95)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    got = reinforce_pp_advantages(torch.tensor([True, False]), m, kl=kl, kl_coef=0.5)
+    want = reinforce_pp_advantages(torch.tensor([1.0, 0.0]), m, kl=kl, kl_coef=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -186,6 +186,9 @@ def test_adaptive_kl_controller_update():
     with pytest.raises(AlignlabError):
         ctl.update(float("nan"), 1)
     assert FixedKLController(0.05).update(123.0, 10).value == 0.05
+    # a batch past five horizons made the factor negative (1 - 0.2 * 32 / 5): a batch moves beta by the full
+    # clipped error at most
+    assert AdaptiveKLController(0.05, 6.0, 5).update(0.01, 32).value == pytest.approx(0.05 * 0.8)
 
 
 @settings(max_examples=50, deadline=None)

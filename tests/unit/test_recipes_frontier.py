@@ -49,6 +49,18 @@ def test_below_its_first_point_a_method_is_credited_the_base_models_reward():
     assert no_base["common_kl_range"] == [0.5, 1]
 
 
+def test_a_first_point_below_the_base_model_does_not_lower_a_method_below_it():
+    """Best-of-2 can score below the base model (0.45 against 0.5); the base stays within any budget, so its
+    height is 0.5 until its 0.6 at KL 0.8 (grid [0, 1]: 40 points below 0.8 at 0.5, 10 at 0.6 -> 0.52), not
+    0.45 from KL 0.2 on (which made dpo, 0.5004, the highest)."""
+    runs = {"dpo": {"method": "dpo", "points": [_p(0, 0.5), _p(1, 0.502)]},
+            "bon": {"method": "best_of_n", "points": [_p(0.2, 0.45), _p(0.8, 0.6), _p(1.0, 0.6)]}}
+    s = frontier_summary(runs)
+    grid = [i / 49 for i in range(50)]
+    assert s["mean_reward_on_common_kl"]["best_of_n"] == pytest.approx(sum(0.6 if g >= 0.8 else 0.5 for g in grid) / 50)
+    assert s["highest"] == "best_of_n"
+
+
 def test_summary_says_tie_when_envelopes_are_equal():
     runs = {"a 1": {"method": "a", "points": [_p(0, 0.0)]}, "b 1": {"method": "b", "points": [_p(0, 0.0)]}}
     assert frontier_summary(runs)["highest"] == "tie: a, b"

@@ -254,12 +254,22 @@ def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_lo
             OnlineConfig(estimator=estimator, **{key: value}).validate()
     OnlineConfig(estimator="reinforce_pp", gamma=0.9).validate()
     PPOConfig(lam=0.9, lam_critic=1.0, value_model="x", gamma=0.99).validate()
+    # the critic is named only where a critic's key is among them: gae does not read scale_rewards either
+    with pytest.raises(AlignlabError, match=r"scale_rewards: not used by estimator rloo$"):
+        OnlineConfig(estimator="rloo", scale_rewards="batch").validate()
+    with pytest.raises(AlignlabError, match="lam: not used by estimator grpo, which has no critic"):
+        OnlineConfig(lam=0.1).validate()
     # a switch's own settings with the switch off were accepted and never read
     for key, value, switch in (("kl_target", 1.0, "adaptive_kl"), ("kl_horizon", 10, "adaptive_kl"),
                                ("rollout_is_cap", 5.0, "rollout_is"), ("max_resample_rounds", 9, "dynamic_sampling"),
-                               ("max_turns", 2, "an env"), ("env_options", {"timeout_s": 1}, "an env")):
+                               ("max_turns", 2, "an env"), ("env_options", {"timeout_s": 1}, "an env"),
+                               ("kl_estimator", "k2", "kl_coef > 0")):
         with pytest.raises(AlignlabError, match=f"{key}: only used with {switch}"):
-            OnlineConfig(**{key: value}).validate()
+            OnlineConfig(**{key: value}, **({"kl_coef": 0.0} if key == "kl_estimator" else {})).validate()
+    # adaptive_kl settings the controller refuses were met after the models had loaded
+    for bad in ({"kl_target": 0.0}, {"kl_horizon": -5}, {"kl_horizon": 0}):
+        with pytest.raises(AlignlabError, match="adaptive_kl: needs kl_coef > 0 .* kl_target > 0 and kl_horizon >= 1"):
+            OnlineConfig(adaptive_kl=True, **bad).validate()
     OnlineConfig(adaptive_kl=True, kl_target=1.0, rollout_is="tis", rollout_is_cap=5.0, dynamic_sampling=True,
                  max_resample_rounds=9, env="calculator", max_turns=2, reward="math").validate()
     from alignlab.rollout.remote import RemoteEngine

@@ -137,9 +137,10 @@ def envelope(points: list[dict]) -> list[tuple[float, float]]:
 def frontier_summary(runs: dict[str, dict]) -> dict:
     """Each method's envelope and the method whose envelope is highest on average over the KL range every
     method covers (a step function evaluated on 50 points from 0 to the smallest of the methods' largest KL).
-    Every method starts from the base model, so below a method's first point its best reward within that KL
-    budget is the base model's (the mean reward of the KL-0 points, the runs' step-0 evaluations); without
-    any KL-0 point the range starts at the largest of the methods' first KLs instead."""
+    Every method starts from the base model, so a method without a KL-0 point of its own (best-of-N) reaches at
+    least the base model's reward within any KL budget (the mean reward of the KL-0 points, the runs' step-0
+    evaluations), below its first point and where that point (N = 2) is lower; without any KL-0 point the range
+    starts at the largest of the methods' first KLs instead."""
     by_method: dict[str, list[dict]] = {}
     for r in runs.values():
         by_method.setdefault(r["method"], []).extend(p for p in r["points"] if p.get("kl") is not None)
@@ -153,10 +154,11 @@ def frontier_summary(runs: dict[str, dict]) -> dict:
         return {"envelopes": env, "highest": None, "common_kl_range": None,
                 "best": {m: {"reward": e[-1][1], "kl": e[-1][0]} for m, e in env.items()}}
     grid = [kl_lo + (kl_max - kl_lo) * i / 49 for i in range(50)] if kl_max > kl_lo else [kl_lo]
-    base_reward = sum(base) / len(base) if base else None
+    base_reward = [sum(base) / len(base)] if base else []
 
     def height(e: list[tuple[float, float]]) -> float:
-        vals = [max((r for k, r in e if k <= g), default=base_reward) for g in grid]
+        floor = base_reward if e[0][0] > 0 else []  # a KL-0 point of its own is in its envelope already
+        vals = [max([*floor, *(r for k, r in e if k <= g)]) for g in grid]
         return sum(vals) / len(vals)
 
     heights = {m: height(e) for m, e in env.items()}

@@ -85,6 +85,7 @@ def eval_config(cfg: PassKConfig, output_dir: str) -> Any:
         passk=PassKSpec(n=cfg.n, k=list(cfg.k), threshold=cfg.threshold, majority=cfg.majority,
                         fields=[f for f in cfg.fields if f != "answer"]))
     spec.validate()  # offset=-1 scored other problems than asked, silently
+    spec.passk.validate()  # k=[] sampled every problem, then crashed with an IndexError
     return EvalConfig(checkpoints=[cfg.model], evaluations=[spec], output_dir=output_dir, device=cfg.device,
                       report=False)
 

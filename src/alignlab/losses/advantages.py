@@ -57,6 +57,7 @@ def gae(
     Returns:
         (advantages [B, T], returns [B, T] = advantages + values), both 0 where ``mask`` is 0.
     """
+    rewards = _real(rewards)
     mask = mask.to(rewards.dtype)
     keep = mask > 0
     values = torch.where(keep, values.to(rewards.dtype), torch.zeros_like(rewards))
@@ -78,6 +79,7 @@ def discounted_returns(rewards: Tensor, mask: Tensor, *, gamma: float = 1.0) -> 
 
     Masked positions are skipped (the sum carries across them) and come back as 0.
     """
+    rewards = _real(rewards)
     mask = mask.to(rewards.dtype)
     running = torch.zeros_like(rewards[:, 0])
     out = torch.zeros_like(rewards)
@@ -102,7 +104,7 @@ def shape_rewards(
         kl: [B, T] per-token KL estimate, e.g. ``policy.kl_penalty(logp, ref_logp, "k1")``; None for none.
         kl_coef: the KL coefficient beta (e.g. ``AdaptiveKLController.value``).
     """
-    mask = mask.to(seq_rewards.dtype)
+    mask = mask.to(_real(seq_rewards).dtype)
     rewards = torch.zeros_like(mask)
     if kl is not None and kl_coef != 0.0:
         rewards = -kl_coef * kl.to(mask.dtype) * mask
@@ -132,7 +134,13 @@ def _groups(rewards: Tensor, group_size: int, min_size: int, who: str) -> Tensor
             f"{who}: group_size must be >= {min_size} and divide the number of rewards "
             f"(got group_size={group_size}, N={rewards.numel()})"
         )
-    return rewards.reshape(-1, group_size)
+    return _real(rewards).reshape(-1, group_size)
+
+
+def _real(x: Tensor) -> Tensor:
+    """Integer or bool rewards (0/1 verifiers) as float32: in their own dtype the KL penalty, values and discounts
+    were truncated to whole numbers."""
+    return x if x.is_floating_point() else x.float()
 
 
 @torch.no_grad()

@@ -82,7 +82,7 @@ def kl_penalty(
 class AdaptiveKLController:
     """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences", Eq. 2).
 
-    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta <- beta * (1 + e * n_steps / horizon)``.
+    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta <- beta * (1 + e * min(n_steps / horizon, 1))``.
     The coefficient rises when the measured KL exceeds the target and falls when it is below.
     Immutable: :meth:`update` returns a new controller.
     """
@@ -107,7 +107,9 @@ class AdaptiveKLController:
             # A NaN KL would silently poison beta for the rest of the run.
             raise AlignlabError(f"AdaptiveKLController.update: KL is not finite ({current_kl})")
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        return replace(self, value=self.value * (1.0 + error * n_steps / self.horizon))
+        # A batch larger than the horizon moves beta by the full clipped error, not more: past 5 horizons the
+        # factor went negative (and beta with it).
+        return replace(self, value=self.value * (1.0 + error * min(n_steps / self.horizon, 1.0)))
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,7 @@ class PolicyGradientConfig(RLConfig):
     """Lower ratio clip 1 - epsilon_low (Schulman et al. 2017, Eq. 7); null: the objective's paper value
     (ppo_clip 0.2, gspo 3e-4, cispo 1.0 = no lower bound)."""
     epsilon_high: float | None = None
-    """Upper ratio clip 1 + epsilon_high (DAPO clip-higher, Yu et al. 2025, Eq. 10: 0.28); null: the objective's
-    paper value (ppo_clip 0.2, gspo 4e-4, cispo 0.28)."""
+    """Upper ratio clip 1 + epsilon_high (DAPO Eq. 10: 0.28); null: paper value (ppo_clip 0.2, gspo 4e-4, cispo 0.28)."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); null disables."""
     kl_coef: float = 0.05
@@ -184,8 +183,7 @@ class PolicyGradientConfig(RLConfig):
     mask_truncated: bool = False
     """Answers cut at max_new_tokens carry no loss (DAPO's overlong filtering)."""
     length_penalty: Literal["none", "kimi"] = "none"
-    """kimi: add Kimi k1.5's length reward (Sec. 2.3.3): within a group, shorter correct answers (reward > 0) gain up
-    to +0.5, longer ones lose up to 0.5; wrong answers are only penalised."""
+    """kimi: Kimi k1.5's length reward in a group (Sec. 2.3.3): +-0.5 by length for right answers, <= 0 for wrong."""
     whiten_advantages: bool = True
     """Whiten GAE advantages over the rollout (PPO practice); grouped estimators are already normalised."""
     gamma: float = 1.0
@@ -195,8 +193,7 @@ class PolicyGradientConfig(RLConfig):
     lam_critic: float | None = None
     """Decoupled GAE (VAPO, Yuan et al. 2025): lambda of the critic's returns (1.0 in the paper); null = lam."""
     lam_alpha: float | None = None
-    """Length-adaptive policy lambda = 1 - 1/(lam_alpha * length) per answer (VAPO Eq. 7, alpha 0.05), at least 0
-    (answers shorter than 1 / lam_alpha tokens); null: lam."""
+    """Length-adaptive policy lambda max(0, 1 - 1/(lam_alpha * length)) per answer (VAPO Eq. 7, alpha 0.05); null: lam."""
     value_warmup_steps: int = 0
     """gae: the first N steps train only the critic; the policy starts moving once its values are meaningful (VAPO)."""
     value_model: str | None = None
@@ -248,7 +245,7 @@ class PolicyGradientConfig(RLConfig):
             raise ConfigError(f"ppo_epochs: must be >= 1, got {self.ppo_epochs}")
         ranges = {"kl_coef": (self.kl_coef, 0.0, None), "entropy_coef": (self.entropy_coef, 0.0, None),
                   "gamma": (self.gamma, 0.0, 1.0), "lam": (self.lam, 0.0, 1.0), "lam_critic": (self.lam_critic, 0.0, 1.0),
-                  "lam_alpha": (self.lam_alpha, 0.0, None), "kl_target": (self.kl_target, 0.0, None),
+                  "lam_alpha": (self.lam_alpha, 0.0, None),
                   "value_learning_rate": (self.value_learning_rate, 0.0, None),
                   "max_turns": (self.max_turns, 1, None), "max_resample_rounds": (self.max_resample_rounds, 0, None),
                   "value_warmup_steps": (self.value_warmup_steps, 0, None)}
@@ -279,8 +276,9 @@ class PolicyGradientConfig(RLConfig):
         if self.rollout_is != "none" and not self.rollout_is_cap > 1:
             raise ConfigError(f"rollout_is_cap: must be > 1, got {self.rollout_is_cap}")
         self._refuse_unused_keys(spec)
-        if self.adaptive_kl and self.kl_coef <= 0:  # the controller multiplies: 0 stays 0
-            raise ConfigError("adaptive_kl: needs a starting kl_coef > 0 (its updates multiply the coefficient)")
+        if self.adaptive_kl and not (self.kl_coef > 0 and self.kl_target > 0 and self.kl_horizon >= 1):
+            raise ConfigError(f"adaptive_kl: needs kl_coef > 0 (its updates multiply it), kl_target > 0 and kl_horizon "
+                              f">= 1, got {self.kl_coef}, {self.kl_target}, {self.kl_horizon}")
 
     def _refuse_unused_keys(self, spec: Any) -> None:
         """Keys set away from their defaults that nothing reads (value_model=... quietly trained without the critic
@@ -291,16 +289,18 @@ class PolicyGradientConfig(RLConfig):
         def changed(keys: list[str]) -> list[str]:
             return [k for k in keys if getattr(self, k) != defaults[k]]
 
-        unused = [] if spec.needs_critic else ["value_model", "value_learning_rate", "value_clip", "value_warmup_steps",
-                                               "lam", "lam_critic", "lam_alpha", "whiten_advantages"]
+        critic = ["value_model", "value_learning_rate", "value_clip", "value_warmup_steps", "lam", "lam_critic",
+                  "lam_alpha", "whiten_advantages"]
+        unused = [] if spec.needs_critic else list(critic)
         if self.estimator not in ("gae", "reinforce_pp", "reinforce_pp_baseline"):
             unused.append("gamma")
         if self.estimator != "grpo":
             unused.append("scale_rewards")
-        if changed(unused):
-            raise ConfigError(f"{', '.join(changed(unused))}: not used by estimator {self.estimator}"
-                              f"{'' if spec.needs_critic else ', which has no critic (estimator gae has one)'}")
+        if changed(unused):  # the critic named only where one of its keys is among them
+            hint = ", which has no critic (estimator gae has one)" if set(changed(critic)) & set(unused) else ""
+            raise ConfigError(f"{', '.join(changed(unused))}: not used by estimator {self.estimator}{hint}")
         for keys, switch, on in ((["kl_target", "kl_horizon"], "adaptive_kl: true", self.adaptive_kl),
+                                 (["kl_estimator"], "kl_coef > 0 (no reference, no KL)", self.kl_coef > 0),
                                  (["rollout_is_cap"], "rollout_is: tis or mis", self.rollout_is != "none"),
                                  (["max_resample_rounds"], "dynamic_sampling: true", self.dynamic_sampling),
                                  (["env_options", "max_turns"], "an env", self.env is not None)):

@@ -60,10 +60,9 @@ def _model_name(teacher: RemoteTeacher) -> str:
     return str(listed[0]["id"])
 
 
-def remote_token_logprobs(teacher: RemoteTeacher, sequences: list[list[int]]) -> list[list[float]]:
-    """log p_teacher(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1 of each token-id sequence, from one request.
-    The reply is checked: one choice per sequence, every index once, the echoed ids (when the server returns
-    them) equal to those sent, and a number for every token after the first."""
+def _echo(teacher: RemoteTeacher, sequences: list[list[int]]) -> list[dict]:
+    """The choices of one echo request (the prompts' own log-probs), in the order of `sequences`; checked: one
+    choice per sequence, every index once, the echoed ids (when the server returns them) equal to those sent."""
     from alignlab.rollout.remote import request_json
 
     teacher.validate()
@@ -74,20 +73,45 @@ def remote_token_logprobs(teacher: RemoteTeacher, sequences: list[list[int]]) ->
     if not isinstance(choices, list) or len(choices) != len(sequences):
         raise AlignlabError(f"{where}: expected {len(sequences)} choices, got "
                             f"{len(choices) if isinstance(choices, list) else type(choices).__name__}")
-    out: list[list[float] | None] = [None] * len(sequences)
+    out: list[dict | None] = [None] * len(sequences)
     for c in choices:
         i = c.get("index")
         if not isinstance(i, int) or not 0 <= i < len(sequences) or out[i] is not None:
             raise AlignlabError(f"{where}: bad or repeated choice index {i!r}")
-        ids = sequences[i]
-        if c.get("prompt_token_ids") not in (None, ids):
+        if c.get("prompt_token_ids") not in (None, sequences[i]):
             raise AlignlabError(f"{where}: choice {i} echoes other token ids than sent")
+        out[i] = c
+    return out  # type: ignore[return-value]
+
+
+def remote_token_logprobs(teacher: RemoteTeacher, sequences: list[list[int]]) -> list[list[float]]:
+    """log p_teacher(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1 of each token-id sequence, from one request
+    (checked as `_echo` says, and a number for every token after the first)."""
+    out = []
+    for i, (c, ids) in enumerate(zip(_echo(teacher, sequences), sequences)):
         lps = (c.get("logprobs") or {}).get("token_logprobs")
         if not isinstance(lps, list) or len(lps) < len(ids) or any(x is None for x in lps[1:len(ids)]):
-            raise AlignlabError(f"{where}: choice {i} has no prompt log-prob for each of its {len(ids)} tokens (the "
-                                "server must honour echo with max_tokens 0 and logprobs, as vLLM and alignlab serve do)")
-        out[i] = [float(x) for x in lps[1:len(ids)]]
-    return out  # type: ignore[return-value]
+            raise AlignlabError(f"teacher {teacher.url}: choice {i} has no prompt log-prob for each of its {len(ids)} "
+                                "tokens (the server must honour echo with max_tokens 0 and logprobs, as vLLM and "
+                                "alignlab serve do)")
+        out.append([float(x) for x in lps[1:len(ids)]])
+    return out
+
+
+# Words, digits, accents, CJK and symbols: two tokenizers that differ anywhere common read some of these apart.
+_PROBE = "Distillation check: the quick brown fox jumps over 13 lazy dogs; naïve café, 数学 ∑ x² = 42.\n"
+
+
+def _check_remote_tokens(teacher: RemoteTeacher, state: Any) -> None:
+    """The endpoint must read the student's token ids as the student does: the ids of a probe text, echoed, come
+    back decoded by the server's tokenizer (vLLM and alignlab serve return that text), which must be the student's
+    decoding. A teacher served with another tokenizer was trained against unchecked."""
+    ids = state.tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    text, want = _echo(teacher, [ids])[0].get("text"), state.tokenizer.decode(ids)
+    if isinstance(text, str) and text and text != want:
+        raise AlignlabError(f"teacher {teacher.url}: its tokenizer reads the student's tokens of {want!r} as "
+                            f"{text!r}; distillation compares the two distributions token by token, so they must "
+                            "share one tokenizer")
 
 
 def load_teacher(cfg: Any, state: Any) -> Any:
@@ -95,13 +119,18 @@ def load_teacher(cfg: Any, state: Any) -> Any:
     remote = remote_teacher(cfg.teacher)
     if remote is not None:
         remote.validate()
+        _check_remote_tokens(remote, state)
         return remote
     from alignlab.models.load import load_model
 
-    model = load_model(cfg.teacher).to(state.world.device).eval().requires_grad_(False)
-    if model.config.vocab_size != state.policy.get_output_embeddings().weight.shape[0]:
-        raise AlignlabError(f"teacher: {cfg.teacher} has a vocabulary of {model.config.vocab_size}, the "
-                            f"student {cfg.model} another; distillation compares distributions token by token")
+    try:
+        model = load_model(cfg.teacher).to(state.world.device).eval().requires_grad_(False)
+    except AlignlabError as e:  # the loader's message named no key: it read as the student's `model`
+        raise AlignlabError(f"teacher: {e}") from e
+    student = state.policy.get_output_embeddings().weight.shape[0]
+    if model.config.vocab_size != student:
+        raise AlignlabError(f"teacher: {cfg.teacher} has a vocabulary of {model.config.vocab_size}, the student "
+                            f"{cfg.model} {student}; distillation compares distributions token by token")
     _check_same_tokens(cfg, state)
     return model
 

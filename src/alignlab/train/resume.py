@@ -26,6 +26,8 @@ RESUME_FREE_KEYS: frozenset[str] = frozenset({
     "compile", "report_to",
     # where the rollout engine is and how long to wait for it: a resumed run pushes the checkpoint's weights to it
     "rollout_engine.url", "rollout_engine.timeout", "rollout_engine.api_key_env",
+    # how long to wait for a teacher endpoint and which variable holds its key: the same teacher answers
+    "teacher.timeout", "teacher.api_key_env",
 })
 """Config keys (dotted for nesting) that may differ between a checkpoint's saved config and the run resuming from it.
 Every other key (model, data, loss, learning rate, batch, seed, max_length, eval split ...) changes what is
