@@ -42,6 +42,13 @@ def test_a_large_gradient_block_is_reused_only_while_nothing_else_holds_it():
     reused (their tensor keeps its values); outside `reused_buffers` nothing is kept."""
     big, small = torch.nn.Parameter(torch.zeros(9000, 1000)), torch.nn.Parameter(torch.zeros(10))  # 36 MB, 40 B
     with buffers.reused_buffers():
+        # only a gradient some backward asks back is kept: every other large one stayed alive through the next
+        # step beside its fresh one (a second copy of an untied head's or a big model's gradients at the peak)
+        other = torch.nn.Parameter(torch.zeros(9000, 1000))
+        other.grad = torch.ones_like(other)
+        buffers.keep_gradients([other])
+        assert not [k for k in buffers._LOCAL.buffers if k[0] == "grad"]
+        buffers.reuse_gradient(big), buffers.reuse_gradient(small)  # the first step's backward: nothing kept yet
         big.grad, small.grad = torch.ones_like(big), torch.ones_like(small)
         ptr = big.grad.data_ptr()
         buffers.keep_gradients([big, small])

@@ -44,6 +44,20 @@ def test_warmup_ratio_rounds_up():
     assert math.isclose(lr_at(0, base_lr=1.0, total_steps=30, warmup_steps=2), 1 / 3)
 
 
+
+def test_whole_products_are_not_rounded_up_past_themselves():
+    """0.07 x 100 is 7.000000000000001 in floats: ceil gave 8 warmup steps, and 1.1 epochs of 100 steps 111."""
+    from alignlab.train.batches import epoch_note, total_steps
+
+    assert [warmup_steps_for(TrainConfig(warmup_ratio=r), n) for r, n in ((0.07, 100), (0.14, 100), (0.28, 25))] \
+        == [7, 14, 7]
+    assert [total_steps(TrainConfig(epochs=e, batch_size=1), 100) for e in (1.1, 2.2, 0.55)] == [110, 220, 55]
+    # the examples past the last whole batch of an epoch are left out of it: the run says so
+    assert epoch_note(15, 8) == ("each epoch trains 8 of the 15 examples (whole batches of 8); the 7 left over "
+                                 "differ from epoch to epoch")
+    assert epoch_note(16, 8) is None
+
+
 def test_param_groups_decay_only_matrices_and_skip_frozen():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
     model[2].weight.requires_grad_(False)

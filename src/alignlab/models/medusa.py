@@ -169,7 +169,10 @@ def load_medusa(directory: str | Path, base: Any) -> MedusaHeads:
 def medusa_step(model: MedusaModel, batch: dict, decay: float = 0.8) -> tuple[torch.Tensor, dict[str, Any]]:
     """Medusa-1 loss (Eq. 2): sum_k decay^k * CE(head_k(h_t), labels[t + k + 1]) over positions whose target
     is trained, divided by the batch's trained next-token count (the loop's unit, `batch_weight`).
-    Metrics: each head's top-1 accuracy on its targets (`head{k}_accuracy`, k = 1..K)."""
+    Metrics: each head's top-1 accuracy on its targets (`head{k}_accuracy`, k = 1..K), weighed by its own target
+    count (a plain mean per micro-batch moved with the batch size, and a batch without targets counted 0)."""
+    from alignlab.train.step import Weighted
+
     with torch.no_grad():
         out = model.base(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                          output_hidden_states=True, logits_to_keep=batch["input_ids"].new_zeros(0), use_cache=False)
@@ -183,12 +186,12 @@ def medusa_step(model: MedusaModel, batch: dict, decay: float = 0.8) -> tuple[to
         target = labels[:, shift:]
         mask = target.ne(-100)
         if not mask.any():
-            metrics[f"head{k + 1}_accuracy"] = torch.tensor(0.0)
             continue
         logits = model.heads.project(k, hidden[:, :-shift][mask]).float()  # trained positions only: [N, V]
         ce = nn.functional.cross_entropy(logits, target[mask], reduction="sum")
         total = total + (decay ** (k + 1)) * ce
-        metrics[f"head{k + 1}_accuracy"] = (logits.argmax(-1) == target[mask]).float().mean().detach()
+        hits = (logits.argmax(-1) == target[mask]).float()
+        metrics[f"head{k + 1}_accuracy"] = Weighted(hits.mean().detach(), hits.numel())
     return total / units, metrics
 
 

@@ -17,9 +17,9 @@ the kernel's clear_page, and the process took ~230k page faults (~900 MB of zero
   head's gradient: ops/embedding.py);
 - `kept_cast(weight, dtype)`: a trainable weight's low-precision copy, made once per optimizer step (not once
   per forward: grad_accum micro-batches share it) and written into the same block every step;
-- `keep_gradients` / `reuse_gradient`: a gradient too large for the heap (SmolLM2's [V, H] embedding, 113 MB) is
-  kept when the step core sets `.grad` to None, and given back, zeroed, as that parameter's `.grad` by the input
-  embedding's next backward (ops/embedding.py), so autograd adds into it in place instead of copying into a fresh
+- `keep_gradients` / `reuse_gradient`: a gradient too large for the heap (SmolLM2's [V, H] embedding, 113 MB) whose
+  backward asks for it back is kept when the step core sets `.grad` to None, and given back, zeroed, as that
+  parameter's `.grad` by the input embedding's next backward (ops/embedding.py), so autograd adds into it in place instead of copying into a fresh
   mapping: ~28 ms against ~200 ms a step (Xeon, one thread). Only a block nothing else holds (no other reference,
   no view) is reused, so a gradient someone kept from an earlier step is never overwritten.
 
@@ -150,12 +150,18 @@ def kept_cast(weight: Any, dtype: Any) -> Any:
 
 
 def keep_gradients(params: Any) -> None:
-    """Inside `reused_buffers`: keep each gradient above the heap's block size for `reuse_gradient`. The step core
-    calls it just before it sets the gradients to None."""
+    """Inside `reused_buffers`: keep each gradient above the heap's block size that `reuse_gradient` has asked for
+    (a backward that gives it back: the input embedding's). The step core calls it just before it sets the
+    gradients to None. Any other kept gradient stayed alive through the next step beside its fresh one: a second
+    copy of every large gradient (an untied head, a 7B model's matrices) at the peak."""
     kept = getattr(_LOCAL, "buffers", None)
     if kept is None:
         return
+    wanted = kept.get("grad_wanted", {})
     for p in params:
+        ref = wanted.get(id(p))
+        if ref is None or ref() is not p:
+            continue
         g = p.grad
         if g is not None and g.numel() * g.element_size() > _MAX_HEAP_BLOCK and g.is_contiguous() and not g.is_sparse:
             kept[("grad", id(p))] = (weakref.ref(p), g)
@@ -167,7 +173,10 @@ def reuse_gradient(param: Any) -> None:
     import torch
 
     kept = getattr(_LOCAL, "buffers", None)
-    if kept is None or param.grad is not None:
+    if kept is None:
+        return
+    kept.setdefault("grad_wanted", {})[id(param)] = weakref.ref(param)  # keep_gradients keeps this one from now on
+    if param.grad is not None:
         return
     hit = kept.pop(("grad", id(param)), None)
     if hit is None or hit[0]() is not param:

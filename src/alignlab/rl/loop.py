@@ -311,7 +311,7 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
     from alignlab.config import config_text
     from alignlab.data.prepare import write_split
     from alignlab.rl.prompts import split_prompts
-    from alignlab.train.batches import Sampler, total_steps
+    from alignlab.train.batches import Sampler, epoch_note, total_steps
     from alignlab.train.checkpoint import remove_stale_temps
     from alignlab.train.resume import resume_point
 
@@ -325,6 +325,8 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
     # the guards: same config, a finished run says so (AlreadyDone), resume=never sets an earlier run aside
     ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
+        if note := epoch_note(len(train_rows), cfg.batch_size):
+            print(note.replace("examples", "prompts"), flush=True)
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         (out / "config.yaml").write_text(config_yaml, encoding="utf-8")

@@ -111,16 +111,41 @@ def _greedy_accepts(logits: Any, tokens: Any) -> tuple[Any, Any]:
     return tokens == logits.float().argmax(-1, keepdim=True), torch.zeros(tokens.shape, device=tokens.device)
 
 
+def _rope_types(config: Any) -> set[str]:
+    """The rope types a config names (transformers 5's rope_parameters, per layer type or not; older rope_scaling)."""
+    found: set[str] = set()
+    for spec in (getattr(config, "rope_parameters", None), getattr(config, "rope_scaling", None)):
+        for part in (spec.values() if isinstance(spec, dict) and "rope_type" not in spec and "type" not in spec
+                     else [spec]):
+            if isinstance(part, dict):
+                found.add(str(part.get("rope_type", part.get("type", "default"))))
+    return found
+
+
 def check_full_attention(model: Any) -> None:
-    """Medusa verifies a tree against a cache that holds every past column (medusa_tree.tree_mask, gather_cache): a
-    sliding-window or chunked layer's cache keeps only its window, and decoding failed with a shape error once a
-    sequence outgrew it. Such models are refused before any decoding."""
+    """Medusa verifies a tree against a cache that holds every past column (medusa_tree.tree_mask, gather_cache),
+    each node at position past + depth: a sliding-window or chunked layer's cache keeps only its window (a shape
+    error once a sequence outgrew it); ALiBi takes a key's bias from its index in the cache, not its position
+    (MPT's greedy output differed from plain greedy); dynamic-NTK and LongRoPE frequencies follow the largest
+    position in the forward, which the deepest node raises for every node. Such models are refused before any
+    decoding."""
     from alignlab.models.layouts import local_attention
 
     config = getattr(model, "config", None)
-    if config is not None and local_attention(config):
-        raise AlignlabError(f"speculative decoding: {type(model).__name__} has sliding-window or chunked attention "
-                            "layers, and Medusa's tree verification needs full attention; decode without --speculative")
+    if config is None:
+        return
+    name = type(model).__name__
+    if local_attention(config):
+        raise AlignlabError(f"speculative decoding: {name} has sliding-window or chunked attention layers, and "
+                            "Medusa's tree verification needs full attention; decode without --speculative")
+    alibi = getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False)
+    if alibi is True or getattr(config, "model_type", "") in ("bloom", "mpt"):
+        raise AlignlabError(f"speculative decoding: {name} uses ALiBi position biases, which Medusa's tree positions "
+                            "cannot express; decode without --speculative")
+    if moving := _rope_types(config) & {"dynamic", "longrope"}:
+        raise AlignlabError(f"speculative decoding: {name}'s {', '.join(sorted(moving))} rope scaling changes its "
+                            "frequencies with the longest position of a forward, which a tree verification raises; "
+                            "decode without --speculative")
 
 
 class MedusaDecoder:
@@ -134,6 +159,9 @@ class MedusaDecoder:
         self.model, self.heads, self.tree, self.prompt, self.cfg = model, heads, tree, prompt, cfg
         self.eos, self.gen, self.stats, self.stop_hit, self.row = eos, gen, stats, stop_hit, row
         self.kv = forward_kwargs(model)
+        # positions a node may take: a learned-position table ends at the context (IndexError past it)
+        self.context = getattr(model.config, "max_position_embeddings", None) or 2**62
+        self._cut: dict[int, MedusaTree] = {}
         self.done: list[int] = []
         self.reason: str | None = None
         self.cache = self.logits = self.top = None
@@ -146,6 +174,15 @@ class MedusaDecoder:
             eps, delta, temp = decoding.typical_epsilon, decoding.typical_delta, cfg.temperature
             self.accepts = lambda logits, toks: typical_accepts(logits, toks, temp, eps, delta,
                                                                 lambda s: filter_logits(s, cfg))
+
+    def _tree_within(self, depth: int) -> MedusaTree:
+        """The tree's nodes at most `depth` after the root (BFS order keeps them first): deeper ones could not be
+        emitted (max_new_tokens) or would sit past the context."""
+        if depth >= self.tree.max_depth:
+            return self.tree
+        if depth not in self._cut:
+            self._cut[depth] = build_tree([p for p in self.tree.paths[1:] if len(p) <= depth], self.heads.num_heads)
+        return self._cut[depth]
 
     def _forward(self, ids: list[int], pos: Any, mask: Any = None) -> Any:
         """Final hidden states [L, H] of `ids` at positions `pos` [L] after the cache (no logits formed)."""
@@ -213,12 +250,13 @@ class MedusaDecoder:
         if t0 in self.eos or self.cfg.max_new_tokens - len(self.done) == 1:  # nothing after t0 is wanted
             return self._emit([t0])
         st, t = self.stats, time.perf_counter()
-        tokens = self.tree.tokens(t0, self.candidates)
         past = len(self.prompt) + len(self.done)
-        mask = tree_mask(self.tree, past, self.model, self.model.device)
-        hidden = self._forward(tokens, past + self.tree.depth, mask)
+        tree = self._tree_within(min(self.cfg.max_new_tokens - len(self.done), self.context - past) - 1)
+        tokens = tree.tokens(t0, self.candidates)
+        mask = tree_mask(tree, past, self.model, self.model.device)
+        hidden = self._forward(tokens, past + tree.depth, mask)
         t = st.add_time("verify_forward", t)
-        verdict = walk(self.tree, tokens, hidden, self._logits, self.accepts)
+        verdict = walk(tree, tokens, hidden, self._logits, self.accepts)
         st.add_time("accept", t)
         st.forwards += 1
         st.accepted[len(verdict.path) - 1] += 1

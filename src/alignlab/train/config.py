@@ -92,7 +92,8 @@ class OptimConfig:
     max_steps: int = -1
     """Optimizer steps to run; -1 means run `epochs` passes over the data instead."""
     epochs: float = 1.0
-    """Passes over the training data when max_steps is -1 (fractions allowed)."""
+    """Passes over the training data when max_steps is -1 (fractions allowed). An epoch is whole batches of its own
+    shuffle: the examples past the last whole batch (a different few each epoch) are left out of it."""
     batch_size: int = 8
     """Sequences (or pairs) per optimizer step, summed over micro-batches and ranks."""
     grad_accum: int = 1

@@ -33,7 +33,15 @@ from alignlab.models.lean_blocks import lean_blocks
 from alignlab.models.prepare import refuse_untrainable
 from alignlab.ops.embedding import keep_embedding_grad
 from alignlab.train import fsdp
-from alignlab.train.batches import Sampler, batch_weight, count_tokens, step_totals, to_device, total_steps
+from alignlab.train.batches import (
+    Sampler,
+    batch_weight,
+    count_tokens,
+    epoch_note,
+    step_totals,
+    to_device,
+    total_steps,
+)
 from alignlab.train.callbacks import Callback, run_events
 from alignlab.train.checkpoint import (
     load_checkpoint,
@@ -272,6 +280,8 @@ def _start(cfg: TrainConfig, model: Any, step_fn: StepFn, n_examples: int, world
     # Guards first (same config, finished run, earlier run set aside), then this run's config.yaml.
     ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
+        if note := epoch_note(n_examples, cfg.batch_size):
+            print(note, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         if config_yaml is not None:

@@ -49,7 +49,7 @@ def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:
     """warmup_steps when set, else warmup_ratio of the total (rounded up so a small ratio still warms up)."""
     if cfg.warmup_steps > 0:
         return cfg.warmup_steps
-    return math.ceil(cfg.warmup_ratio * total_steps)
+    return math.ceil(round(cfg.warmup_ratio * total_steps, 9))  # 0.07 x 100 is 7.000000000000001 in floats
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
