@@ -100,3 +100,28 @@ def test_text_files_are_pretraining_text(capsys, tmp_path):
     assert main(["data", "inspect", str(docs)]) == 0
     out = capsys.readouterr().out
     assert "pretraining text" in out and "2 document(s), 12 characters" in out
+
+
+def test_ranked_lists_are_reported_as_rm_reads_them_and_not_converted(capsys, tmp_path):
+    """A ranked-list file was read as prompt-only: inspect said 2 usable rows and exit 0 over a record `alignlab
+    rm` stops on, and convert wrote the prompts alone, every completion dropped."""
+    good = tmp_path / "ranked.jsonl"
+    good.write_text(json.dumps({"prompt": "Q1", "completions": ["a", "b", "c"]}) + "\n"
+                    + json.dumps({"prompt": "Q2", "completions": ["d", "e"]}) + "\n")
+    code, rep, _ = run_json(capsys, str(good))
+    assert code == 0 and rep == {"path": str(good), "format": "ranked", "task": "reward (ranked lists)", "rows": 2,
+                                 "completions": 5}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q1", "completions": ["a", "b"]}) + "\n"
+                   + json.dumps({"prompt": "Q2", "completions": ["d"]}) + "\n")
+    assert main(["data", "inspect", str(bad)]) == 2
+    assert "bad.jsonl:2 (record 1): field 'completions'" in capsys.readouterr().err
+    assert main(["data", "convert", str(good), str(tmp_path / "out.jsonl")]) == 2
+    assert "ranked lists" in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
+
+
+def test_sample_and_max_length_must_be_positive(capsys, pairs):
+    # --sample -1 measured all rows but the last (a slice), --max-length 0 reported every row cut to nothing
+    for flag, value in (("--sample", "-1"), ("--sample", "0"), ("--max-length", "0")):
+        assert main(["data", "inspect", str(pairs), flag, value]) == 2
+        assert "--sample and --max-length must be >= 1" in capsys.readouterr().err

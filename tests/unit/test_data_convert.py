@@ -78,3 +78,17 @@ def test_a_context_turn_stays_untrained_when_read_back(tmp_path):
     back = roundtrip(tmp_path, row, "sft")
     assert back.messages == row.messages and back.num_prompt == row.num_prompt
     assert [m.get("train", True) for m in back.messages if m["role"] == "assistant"] == [False, True]
+
+
+def test_a_prompt_records_other_columns_survive_conversion(tmp_path):
+    """convert wrote prompt and answer only: a code reward's tests, a difficulty were gone. Keys that name another
+    format (question, completion, ...) stay out, so the record still reads back as a prompt."""
+    src = write_records(tmp_path / "in.jsonl", [{"prompt": "Write add.", "tests": ["assert add(1, 2) == 3"],
+                                                 "difficulty": 2, "answer": "3"}])
+    rows = load_rows(src, task="prompt").rows
+    rec = to_record(rows[0])
+    assert rec == {"prompt": "Write add.", "tests": ["assert add(1, 2) == 3"], "difficulty": 2, "answer": "3"}
+    back = load_rows(write_records(tmp_path / "out.jsonl", [rec]), task="prompt")
+    assert back.format == "prompt-only" and back.rows[0].fields == rows[0].fields
+    qa = PromptRow([U], chat=False, answer="4", fields={"question": "Hi?", "completion": "x", "level": 1})
+    assert to_record(qa) == {"prompt": "Hi?", "level": 1, "answer": "4"}

@@ -180,6 +180,16 @@ def test_in_memory_records_take_the_same_keys_as_a_file(tmp_path):
     assert (len(with_file.train), [r.prompt[0]["content"] for r in with_file.held_out]) == (20, ["e0", "e1", "e2"])
     from_python = split(None, held_records)
     assert (len(from_python.train), len(from_python.held_out)) == (20, 3)
+    # the file's hash and trained record ids are written down as for a file's split (they were left out: a resume
+    # on an edited file went on, and `alignlab eval` knew of no trained record)
+    (source,) = from_python.info["sources"]
+    assert source["sha256"] == file_sha256(data) and source["train_records"] == list(range(20))
+    from_python.save(tmp_path)
+    _pairs(tmp_path / "p.jsonl", 20, tag="edited")
+    from alignlab.train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="sha256"):
+        split(None, held_records).save(tmp_path, resuming=True)
 
 
 def test_a_mixtures_scored_rows_come_from_every_source(tmp_path):

@@ -75,8 +75,8 @@ def test_pipeline_counts_and_rouge_filter():
 
 def test_bad_seed_file(tmp_path):
     p = tmp_path / "seeds.jsonl"
-    p.write_text('{"instruction": "ok task here"}\n{"input": "no instruction"}\n')
-    with pytest.raises(AlignlabError, match="record 1"):
+    p.write_text('{"instruction": "ok task here"}\n\n{"input": "no instruction"}\n')
+    with pytest.raises(AlignlabError, match=r"seeds.jsonl:3 \(record 1\)"):  # its line, past the blank one
         load_seed_tasks(p)
 
 

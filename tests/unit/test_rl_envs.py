@@ -304,6 +304,11 @@ def test_tool_transcripts_command_writes_conversations_and_names_a_bad_record(tm
     rows = [json.loads(line) for line in (tmp_path / "mixed.jsonl").read_text().splitlines()]
     n_plain = sum(len(r["messages"]) == 3 for r in rows)
     assert f"({n_plain} without tool calls)" in capsys.readouterr().err and 10 <= n_plain <= 30
+    # a solution without an annotated calculation has no tool call at share 0 either: the count said 0
+    src.write_text(json.dumps({"question": "q1", "answer": SOLUTION}) + "\n"
+                   + json.dumps({"question": "q2", "answer": "Two and two make four.\n#### 4"}) + "\n")
+    assert main(["data", "tool-transcripts", str(src), str(tmp_path / "plain.jsonl")]) == 0
+    assert "wrote 2 conversations (1 without tool calls)" in capsys.readouterr().err
     assert main(["data", "tool-transcripts", str(src), str(tmp_path / "x.jsonl"), "--no-tool-share", "1.5"]) == 2
     # a negative limit was truthy: one conversation written, exit 0
     assert main(["data", "tool-transcripts", str(src), str(tmp_path / "x.jsonl"), "--limit", "-1"]) == 2

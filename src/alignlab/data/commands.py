@@ -49,7 +49,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("path", help="file (.jsonl .json .gz .parquet .csv .tsv), datasets save folder, or hub id")
     p.add_argument("--format", help="skip detection: sharegpt, messages, preference, prompt-completion, unpaired, "
-                   "prompt-only, alpaca, question-answer, hh")
+                   "prompt-only, alpaca, question-answer, hh, ranked")
     p.add_argument("--task", choices=_TASKS, help="convert rows to this task (default: the format's own)")
     p.add_argument("--columns", help="column mapping, e.g. 'prompt=Question,chosen=Best Answer,"
                    "rejected=Incorrect Answers[0]' (see alignlab.data.mapping)")
@@ -185,13 +185,40 @@ def _text_report(path: str, texts: list[str], args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranked(path: str, data_format: str | None, columns: Any) -> bool:
+    """A ranked-list file (prompt + completions, best first: what `alignlab rm` reads): read as prompt-only
+    before, its completions unchecked (inspect) or dropped (convert)."""
+    from pathlib import Path
+
+    from alignlab.data.ranked import is_ranked_file
+
+    return (data_format == "ranked" or Path(path).is_file()) and is_ranked_file(path, data_format, columns)
+
+
+def _ranked_report(args: argparse.Namespace) -> int:
+    """What `alignlab rm` makes of a ranked-list file; a bad record stops it (exit 2) as it stops training."""
+    from alignlab.data.ranked import load_ranked
+
+    rows = load_ranked(args.path, args.on_bad_row)
+    rep = {"path": str(args.path), "format": "ranked", "task": "reward (ranked lists)", "rows": len(rows),
+           "completions": sum(len(r.completions) for r in rows)}
+    print(json.dumps(rep, ensure_ascii=False) if args.json else
+          f"{args.path}: format ranked (what `alignlab rm` reads), {rep['rows']} usable lists of "
+          f"{rep['completions']} completions")
+    return 0
+
+
 @command("data inspect", "detected format and task, usable rows, problems, token lengths", _configure)
 def inspect_cmd(args: argparse.Namespace) -> int:
     from alignlab.data.sources import load_rows
 
+    if args.sample < 1 or (args.max_length is not None and args.max_length < 1):  # sliced rows[:-1], or cut all
+        raise AlignlabError(f"--sample and --max-length must be >= 1, got {args.sample} and {args.max_length}")
     texts = _text_only(args.path) if not (args.format or args.task or args.columns) else None
     if texts is not None:
         return _text_report(args.path, texts, args)
+    if args.task is None and _ranked(args.path, args.format, args.columns):
+        return _ranked_report(args)
 
     res = load_rows(args.path, task=args.task, format=args.format, columns=args.columns, on_bad_row="skip")
     rep: dict[str, Any] = {
@@ -232,6 +259,9 @@ def convert_cmd(args: argparse.Namespace) -> int:
     from alignlab.data.rows import validate_row
     from alignlab.data.sources import load_rows
 
+    if _ranked(args.input, args.format, args.columns):
+        raise AlignlabError(f"{args.input}: ranked lists (a prompt and its completions, best first) are read by "
+                            "`alignlab rm` as they are; TRL's formats hold pairs, so there is nothing to convert to")
     res = load_rows(args.input, task=args.task, format=args.format, columns=args.columns,
                     on_bad_row=args.on_bad_row)
     # a judged pair may keep an empty response (its votes still say which is better); a file of pairs read back
@@ -258,7 +288,7 @@ def _transcripts_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="write at most this many conversations (0: all)")
     p.add_argument("--no-tool-share", type=float, default=0.0, help="write this share of the solutions (chosen by "
                    "--seed) without tool calls, the arithmetic done in the text: the warm-up then leaves to RL "
-                   "when the tool pays (default 0: every solution calls it)")
+                   "when the tool pays (default 0: every solution with an annotated calculation calls it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the choice of solutions --no-tool-share writes "
                    "without the tool (default 0)")
     p.add_argument("--question-field", default="question")
@@ -292,7 +322,7 @@ def transcripts_cmd(args: argparse.Namespace) -> int:
             left_out += 1
         else:
             out.append({"messages": messages})
-            plain += not tool
+            plain += not any(m["role"] == "tool" for m in messages)  # drawn plain, or no annotated calculation
         if args.limit and len(out) >= args.limit:
             break
     if not out:

@@ -58,6 +58,11 @@ def _needs_messages(row: SFTRow) -> bool:
     return sum(m["role"] == "assistant" for m in row.messages[row.num_prompt:]) > 1
 
 
+_FORMAT_KEYS = frozenset({"prompt", "answer", "question", "messages", "conversations", "chosen", "rejected",
+                          "chosen_messages", "rejected_messages", "completion", "label", "instruction", "input",
+                          "output", "system", "text"})
+
+
 def to_record(row: Row) -> dict[str, Any]:
     """One row as a TRL-format record (see the module docstring; a file of rows: `to_records`)."""
     if isinstance(row, PreferenceRow):
@@ -75,7 +80,9 @@ def to_record(row: Row) -> dict[str, Any]:
             return {"messages": _written(row.messages)}  # every assistant turn is trained: TRL's messages format
         return {"prompt": _side(prompt, row.chat), "completion": _side(rest, row.chat)}
     if isinstance(row, PromptRow):
-        rec = {"prompt": _side(row.prompt, row.chat)}
+        # the record's other columns (a code reward's tests, a difficulty) come along, but not those that would
+        # make a reader take the record for another format
+        rec = {"prompt": _side(row.prompt, row.chat), **{k: v for k, v in row.fields.items() if k not in _FORMAT_KEYS}}
         if row.answer is not None:
             rec["answer"] = row.answer
         return rec

@@ -275,10 +275,13 @@ def run_split(cfg: Any, load: Callable[[Any], list], records: list | None = None
         if not cfg.data:
             raise AlignlabError("data: give a training file (or pass records from Python)")
         return train_eval_rows(cfg, load)
+    sources: list = []
     if records is None:  # a training file, held-out rows from Python: the file's records all train
         whole = copy.copy(cfg)
         whole.eval_data, whole.eval_split = None, 0.0
-        train = train_eval_rows(whole, load).train
+        from_file = train_eval_rows(whole, load)
+        # its hashes and trained record ids: a resume on an edited file is refused, `eval` warns of a leak
+        train, sources = from_file.train, from_file.info["sources"]
     else:
         train = slice_records(load(records), getattr(cfg, "data_offset", 0), getattr(cfg, "data_limit", None))
     if eval_records is not None:
@@ -291,5 +294,6 @@ def run_split(cfg: Any, load: Callable[[Any], list], records: list | None = None
     info = {"data": "in memory" if records is not None else str(cfg.data),
             "eval_data": "in memory" if eval_records is not None else cfg.eval_data,
             "eval_split": 0.0 if eval_records is not None or cfg.eval_data else cfg.eval_split, "seed": cfg.seed,
-            "train_rows": len(train), "held_out_rows": len(unseen), "held_out_duplicates_of_train": duplicates}
+            "train_rows": len(train), "held_out_rows": len(unseen), "held_out_duplicates_of_train": duplicates,
+            **({"sources": sources} if sources else {})}
     return Split(train, unseen, unseen[: cfg.max_eval_rows], info)

@@ -58,6 +58,7 @@ def load_seed_tasks(path: str | Path | None = None) -> list[Task]:
     """Seed tasks from a JSONL/JSON file of {instruction, input?, output?} records (default: the shipped set), read
     by the data layer's reader (a BOM, U+2028 inside strings, problems named by line)."""
     from alignlab.data.readers import read_records
+    from alignlab.data.rows import Origin
 
     p = Path(path) if path else SEED_TASKS
     if not p.is_file():
@@ -66,11 +67,11 @@ def load_seed_tasks(path: str | Path | None = None) -> list[Task]:
     if out.problems:
         first = out.problems[0]
         raise AlignlabError(f"{p}: not valid JSON/JSONL (line {first.line}: {first.message})")
-    records = [r.value for r in out.records]
     tasks = []
-    for i, r in enumerate(records):
+    for rec in out.records:
+        r = rec.value
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
-            raise AlignlabError(f"{p}: record {i} needs a non-empty string field 'instruction'")
+            raise AlignlabError(f"{Origin(str(p), rec.index, rec.line)}: needs a non-empty string field 'instruction'")
         tasks.append(Task(r["instruction"].strip(), str(r.get("input") or ""), str(r.get("output") or ""), "seed"))
     if not tasks:
         raise AlignlabError(f"{p}: no seed tasks")
