@@ -11,8 +11,9 @@ keys as keyword arguments; keywords win over the config object, and the result i
 `ConfigError`). Where the command line takes a path, these also take objects:
 
 - `model` (and DPO's `ref_model`): a `PreTrainedModel`, plain or peft, with its `tokenizer=`; `model` is trained in
-  place (not copied; with `lora`, adapters are added to a plain model), the reference is a frozen copy of
-  `ref_model` (left as given), or of the policy before training without one.
+  place (not copied; with `lora`, adapters are added to a plain model, whose weights a kept output_dir holds as
+  base_model/ for them), the reference is a frozen copy of `ref_model` (left as given), or of the policy before
+  training without one.
 - `data` / `eval_data`: a list of dicts in any format the files may hold (`columns` mapping included), a
   `datasets.Dataset`, or a `DatasetDict` (its `train` split). Records are validated as file rows are.
 - `callbacks`: `alignlab.train.callbacks.Callback` objects (log, eval, save, step end; a stop request).
@@ -24,8 +25,6 @@ behaves as on the command line (checkpoints, final model, metrics.jsonl, config.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -33,6 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.api_inputs import (
+    Records,
+    as_records,
+    check_judge,
+    check_model_object,
+    check_tokenizer,
+    is_mixture,
+    is_path,
+    model_label,
+)
 from alignlab.config import build_config
 from alignlab.errors import AlignlabError
 
@@ -62,42 +71,6 @@ class RunResult:
         return [r for r in self.metrics if "loss" in r]
 
 
-class Records(list):
-    """In-memory records passed to the data layer; `str()` names them in messages and in config.yaml."""
-
-    def __init__(self, items: Any, what: str):
-        super().__init__(items)
-        self.what = what
-        # their content in the label: config.yaml's resume guard then refuses other records under the same name
-        self.digest = hashlib.sha256(json.dumps(list(self), sort_keys=True, default=repr).encode()).hexdigest()[:16]
-
-    def __str__(self) -> str:
-        return f"<in-memory {self.what}: {len(self)} records, sha256 {self.digest}>"
-
-    __repr__ = __str__
-
-
-def as_records(obj: Any, key: str) -> Records:
-    """A list of dicts, a datasets.Dataset or a DatasetDict (train split) as Records."""
-    if isinstance(obj, dict) and hasattr(obj, "column_names"):  # a DatasetDict
-        if "train" not in obj:
-            raise AlignlabError(f"{key}: the DatasetDict has splits {list(obj)} and none is 'train'; pass ds[SPLIT]")
-        obj = obj["train"]
-    if hasattr(obj, "to_list") and hasattr(obj, "column_names"):  # a datasets.Dataset
-        return Records(obj.to_list(), "datasets.Dataset")
-    if isinstance(obj, (list, tuple)):
-        bad = next((i for i, r in enumerate(obj) if not isinstance(r, dict)), None)
-        if bad is not None:
-            raise AlignlabError(f"{key}: record {bad} is a {type(obj[bad]).__name__}, expected a dict")
-        return Records(obj, "list")
-    raise AlignlabError(f"{key}: expected a path, a list of dicts, a datasets.Dataset or DatasetDict; "
-                        f"got {type(obj).__name__}")
-
-
-def _is_path(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike))
-
-
 @dataclass
 class _Job:
     """A training call's config plus the objects that stand in for paths."""
@@ -110,28 +83,23 @@ class _Job:
     temp_dir: str | None = None
 
 
-def _check_model_object(value: Any, name: str) -> None:
-    """An in-memory model is a torch module with an HF config; anything else is named here, not met deep inside."""
-    import torch
-
-    if not isinstance(value, torch.nn.Module) or not hasattr(value, "config"):
-        raise AlignlabError(f"{name}: expected a path, an alias or a loaded model (a transformers/peft model), got "
-                            f"{type(value).__name__}")
-
-
 def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: Any, data: Any,
          eval_data: Any) -> _Job:
     objects: dict[str, Any] = {}
     for key, value in (("model", model), ("data", data), ("eval_data", eval_data)):
         if value is None:
             continue
-        if _is_path(value):
+        if is_path(value):
             keys[key] = os.fspath(value)
+        elif key != "model" and is_mixture(value):  # the config key's own form: [{path, weight}, ...]
+            keys[key] = list(value)
         else:
             if key == "model":
-                _check_model_object(value, "model")
+                check_model_object(value, "model")
             objects[key] = value if key == "model" else as_records(value, key)
-            keys[key] = str(objects[key]) if key != "model" else _model_label(value)
+            keys[key] = str(objects[key]) if key != "model" else model_label(value)
+    if tokenizer is not None:
+        check_tokenizer(tokenizer)
     if "model" in objects and tokenizer is None:
         raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
     if tokenizer is not None and "model" not in objects:  # it was ignored: the named model's own was loaded
@@ -150,26 +118,33 @@ def _job(cls: type, config: Any, keys: dict[str, Any], model: Any, tokenizer: An
     return _Job(cfg, objects.get("model"), tokenizer, objects.get("data"), objects.get("eval_data"), temp)
 
 
-def _model_label(model: Any) -> str:
-    return f"<in-memory {type(model).__name__} from {getattr(model, 'name_or_path', '') or '?'}>"
-
-
-def _with_lora(model: Any, cfg: Any) -> Any:
+def _with_lora(model: Any, job: _Job) -> Any:
+    """The in-memory model with the run's LoRA adapters. Its weights need not be those of the name it came from
+    (trained or edited in memory): the adapters' base is then `output_dir/base_model`, which `_finish` writes (the
+    alias recorded before loaded other weights, silently)."""
     from alignlab.train.checkpoint import is_peft
 
-    if cfg.lora is None:
+    if job.cfg.lora is None:
         return model
     if is_peft(model):
         raise AlignlabError("lora: the in-memory model already has peft adapters; drop lora= to train them")
     from alignlab.models.lora import apply_lora
 
-    return apply_lora(model, cfg.lora)
+    peft = apply_lora(model, job.cfg.lora)
+    if not job.temp_dir:
+        for adapter in peft.peft_config.values():
+            adapter.base_model_name_or_path = str(Path(job.cfg.output_dir).resolve() / "base_model")
+    return peft
 
 
 def _finish(job: _Job, model: Any, tokenizer: Any, result: Any) -> RunResult:
     from alignlab.train.metrics import read_metrics
 
     out = Path(job.cfg.output_dir)
+    if job.model is not None and job.cfg.lora is not None and not job.temp_dir:
+        from alignlab.models.lora import save_base_weights
+
+        save_base_weights(model, out / "base_model")  # what the adapters were trained on (_with_lora)
     try:
         metrics = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
     finally:
@@ -191,7 +166,7 @@ def _run(job: _Job, load: Any, recipe_run: Any, callbacks: Any, **extra: Any) ->
         if job.model is None:
             tokenizer, model = load(job.cfg)
         else:  # chat_template applies to a given tokenizer too
-            tokenizer, model = use_chat_template(job.tokenizer, job.cfg.chat_template), _with_lora(job.model, job.cfg)
+            tokenizer, model = use_chat_template(job.tokenizer, job.cfg.chat_template), _with_lora(job.model, job)
         result = recipe_run(job.cfg, model=model, tokenizer=tokenizer, rows=job.records,
                             eval_rows=job.eval_records, callbacks=list(callbacks or ()), **extra)
     except BaseException:
@@ -217,10 +192,10 @@ def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_
     from alignlab.models.prepare import prepare_model
     from alignlab.recipes import dpo as recipe
 
-    if ref_model is not None and _is_path(ref_model):
+    if ref_model is not None and is_path(ref_model):
         keys["ref_model"], ref_model = os.fspath(ref_model), None
     elif ref_model is not None:
-        _check_model_object(ref_model, "ref_model")
+        check_model_object(ref_model, "ref_model")
     job = _job(recipe.DPOConfig, config, keys, model, tokenizer, data, eval_data)
     if (job.model is not None or ref_model is not None) and job.cfg.reference == "cache":
         if job.temp_dir:
@@ -228,7 +203,7 @@ def dpo(config: Any = None, /, *, model: Any = None, tokenizer: Any = None, ref_
         raise AlignlabError("reference: cache keys its files by the models named in the config; with an "
                             "in-memory model use reference=model (or auto)")
     if ref_model is not None:
-        job.cfg.ref_model = _model_label(ref_model)
+        job.cfg.ref_model = model_label(ref_model)
     # an in-memory policy without ref_model: the recipe's reference is a frozen copy of its starting weights
     return _run(job, prepare_model, recipe.run, callbacks, ref_model=ref_model)
 
@@ -369,7 +344,9 @@ def evaluate(config: Any = None, /, *, models: dict[str, tuple[Any, Any]] | None
     for name, pair in (models or {}).items():
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise AlignlabError(f"models[{name!r}]: expected a (model, tokenizer) pair, got {type(pair).__name__}")
-        _check_model_object(pair[0], f"models[{name!r}]")
+        check_model_object(pair[0], f"models[{name!r}]")
+        check_tokenizer(pair[1], f"models[{name!r}] tokenizer")
+    check_judge(judge)
     return run(cfg, models=models, judge=judge)
 
 
@@ -382,19 +359,23 @@ def generate(model: Any, prompts: Any, *, tokenizer: Any = None, n: int = 1, **s
     from alignlab.rollout.generate import generate as sample
 
     cfg = build_config(SamplingConfig, None, sampling)
-    if _is_path(model):
+    if type(n) is not int or n < 1:  # "2" and 2.5 failed deep inside the sampler
+        raise AlignlabError(f"n: completions per prompt must be a whole number >= 1, got {n!r}")
+    if tokenizer is not None:
+        check_tokenizer(tokenizer)
+    if is_path(model):
         from alignlab.models.load import load_model, load_tokenizer
 
         model, tokenizer = load_model(os.fspath(model)), tokenizer or load_tokenizer(os.fspath(model))
     else:
-        _check_model_object(model, "model")
+        check_model_object(model, "model")
         if tokenizer is None:
             raise AlignlabError("tokenizer: an in-memory model needs its tokenizer (tokenizer=...)")
-    if not (_is_path(prompts) or isinstance(prompts, (list, tuple))):
+    if not (is_path(prompts) or isinstance(prompts, (list, tuple))):
         raise AlignlabError(f"prompts: expected a path or a list of prompts, got {type(prompts).__name__}")
-    if _is_path(prompts) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)
+    if is_path(prompts) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)
                              and "role" not in prompts[0]):
         from alignlab.data.sources import load_rows
 
-        prompts = load_rows(prompts if _is_path(prompts) else as_records(prompts, "prompts"), task="prompt").rows
+        prompts = load_rows(prompts if is_path(prompts) else as_records(prompts, "prompts"), task="prompt").rows
     return sample(model, tokenizer, list(prompts), cfg, n=n)

@@ -337,3 +337,50 @@ def test_a_reference_model_object_is_left_as_given():
     ref(torch.tensor([[1, 2, 3]]))  # float32 forward
     result = alignlab.dpo(**{**common, "model": policy}, tokenizer=tok, ref_model=policy, data=PAIRS, output_dir=None)
     assert result.history[0]["loss"] == pytest.approx(0.6931, abs=1e-4)  # the reference is the starting policy
+
+
+def test_lora_on_an_in_memory_model_saves_the_weights_it_trained_on(tmp_path):
+    """The adapter named the alias the model came from (tiny-random), not the weights in memory (an SFT, an edit):
+    `load_model(output_dir)` and `alignlab merge` rebuilt another model, 2.3 logits off, silently."""
+    import torch
+
+    from alignlab.models.load import load_model, load_tokenizer
+
+    model, tok = load_model("tiny-random"), load_tokenizer("tiny-random")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))  # trained in memory: no folder holds these weights
+    result = alignlab.dpo(**{**COMMON, "model": model, "max_steps": 1}, tokenizer=tok, data=PAIRS,
+                          output_dir=str(tmp_path / "run"), lora={"r": 4})
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "run" / "base_model").resolve())
+    x = torch.tensor([[5, 17, 99, 3]])
+    with torch.no_grad():
+        assert torch.equal(load_model(str(tmp_path / "run"))(x).logits, result.model.eval()(x).logits)
+
+
+def test_bad_objects_and_a_mixture_keyword_are_taken_as_the_command_line_takes_them(tmp_path):
+    """A tokenizer name, a plain function as judge and n="2" failed deep inside (TypeError, AttributeError after
+    the models loaded); data=[{path, weight}] was read as two records instead of the config key's mixture."""
+    from alignlab.eval.judges import FunctionJudge
+    from alignlab.models.load import load_model
+
+    model = load_model("tiny-random")
+    a, b = write_jsonl(tmp_path / "a.jsonl", SFT_ROWS), write_jsonl(tmp_path / "b.jsonl", SFT_ROWS[:10])
+    evals = [{"kind": "perplexity", "data": str(a)}]
+    with pytest.raises(AlignlabError, match="tokenizer: expected a loaded tokenizer .* got str"):
+        alignlab.sft(**{**COMMON, "model": model}, tokenizer="tiny-random", data=SFT_ROWS, output_dir=None)
+    with pytest.raises(AlignlabError, match=r"models\['x'\] tokenizer: expected a loaded tokenizer"):
+        alignlab.evaluate(models={"x": (model, "tiny-random")}, checkpoints=["x"], evaluations=evals)
+    for judge in (lambda *a: 0, "sentiment"):
+        with pytest.raises(AlignlabError, match="judge: expected an alignlab.eval.judges.Judge"):
+            alignlab.evaluate(judge=judge, checkpoints=["tiny-random"], evaluations=evals)
+    assert FunctionJudge  # the wrapper the message names
+    for n in ("2", 2.5, 0):
+        with pytest.raises(AlignlabError, match="n: completions per prompt must be a whole number >= 1"):
+            alignlab.generate("tiny-random", ["hi"], n=n, max_new_tokens=2)
+    mix = [{"path": str(a), "weight": 1.0}, {"path": str(b), "weight": 2.0}]
+    by_key = alignlab.sft(data=mix, output_dir=str(tmp_path / "k"), **{**COMMON, "max_steps": 1})
+    assert main(["sft", *cli_args({**COMMON, "max_steps": 1, "data": mix, "output_dir": str(tmp_path / "c")})]) == 0
+    cli = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert without_timing(by_key.metrics) == without_timing(cli)

@@ -200,6 +200,15 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         yield model
 
 
+def save_base_weights(model: Any, out_dir: str | Path) -> Path:
+    """The weights a peft model's adapters sit on, without them, as a plain HF checkpoint: an in-memory base (trained
+    or edited in this process) that no folder holds, for its adapter_config.json to name."""
+    base = model.get_base_model()
+    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+    base.save_pretrained(out_dir, state_dict=state)
+    return Path(out_dir)
+
+
 def merge_lora(model: Any) -> Any:
     """peft's `merge_and_unload`, with a tied input embedding and output head untied first when an adapter sits on
     either: folding B A into the one shared tensor changed both ends of the model, while the adapter had changed
