@@ -62,6 +62,8 @@ def test_reference_free_mix_needs_no_reference():
     mix = combine("simpo")
     assert not mix.needs_reference and mix.needs_averaged and not mix.needs_summed
     assert mix.default_beta == 2.0 and dict(mix.params[0]) == {"gamma": 0.5, "label_smoothing": 0.0}
+    # sft reads no beta: listed first, its 0.1 was simpo's (and sigmoid_norm's 5.0 became 0.1)
+    assert combine(["sft", "simpo"]).default_beta == combine(["simpo", "sft"]).default_beta == 2.0
     out = mix.compute(None, PairLogps(AVERAGED.policy_chosen, AVERAGED.policy_rejected), beta=2.0)
     expected = P.simpo(AVERAGED.policy_chosen, AVERAGED.policy_rejected, beta=2.0, gamma=0.5)[0]
     torch.testing.assert_close(out.losses, expected)

@@ -4,6 +4,7 @@ Three completions, beta = 0.1, SUMMED log-probs:
     policy = [-10, -12, -9], ref = [-11, -11, -9] -> r = [1, -1, 0]; labels [desirable, undesirable, desirable]
 """
 
+import pytest
 import torch
 
 from alignlab.losses import combine
@@ -91,3 +92,36 @@ def test_kto_mismatched_pairs_never_score_a_completion_under_its_own_prompt():
     assert [o["rejected_ids"][0] - 100 for o in unpaired_as_pairs(examples, 2)] == [5, 5, 1, 1, 3, 3]
     one = [{**e, "prompt_ids": [1]} for e in examples[:4]]  # one prompt throughout: the neighbour, as before
     assert [o["rejected_ids"][0] - 100 for o in unpaired_as_pairs(one, 2)] == [1, 0, 3, 2]
+
+
+def test_a_borrowed_completion_is_cut_to_what_fits_after_the_prompt():
+    """The KL row joins one example's prompt to another's completion, which was cut against its own prompt: rows
+    ran to 125 tokens under max_length 96 (TRL cuts its KL inputs to max_length), and a learned-position model
+    raised IndexError."""
+    from alignlab.data.pairs import unpaired_as_pairs
+
+    examples = [{"prompt_ids": [1] * 50, "completion_ids": [2] * 10, "label": True},
+                {"prompt_ids": [3] * 5, "completion_ids": [4] * 55, "label": False}]
+    out = unpaired_as_pairs(examples, 2, max_length=60)
+    assert [len(o["prompt_ids"]) + len(o["rejected_ids"]) for o in out] == [60, 15]
+    assert out[0]["rejected_ids"] == [4] * 10 and out[1]["chosen_ids"] == [4] * 55  # own completions untouched
+    assert len(unpaired_as_pairs(examples, 2)[0]["rejected_ids"]) == 55  # no max_length: as given
+
+
+def test_kto_needs_one_class_weighted_and_its_margin_comes_from_the_reduced_means():
+    """Both weights 0 made the loss 0 and training a no-op; a single 0 drops one class and stays allowed. The margin
+    was a per-micro-batch value averaged over the micro-batches holding both labels: at eval batch 2 it read
+    +0.258 where chosen - rejected was -0.154. The step leaves it to the loop, which takes the difference."""
+    from alignlab.errors import AlignlabError
+    from alignlab.train.preference import UnpairedStep
+    from alignlab.train.step import add_margins
+
+    with pytest.raises(AlignlabError, match="both 0"):
+        combine("kto", params={"kto": {"desirable_weight": 0.0, "undesirable_weight": 0.0}})
+    combine("kto", params={"kto": {"desirable_weight": 0.0}})
+    assert add_margins({"rewards/chosen": 0.1, "rewards/rejected": 0.3})["rewards/margins"] == pytest.approx(-0.2)
+    assert add_margins({"rewards/chosen": 1.0, "rewards/rejected": 0.0, "rewards/margins": 5.0})["rewards/margins"] == 5.0
+
+    out = combine("kto").compute_unpaired(POLICY, REF, LABELS, torch.tensor([-20.0, -20.0]),
+                                          torch.tensor([-21.0, -22.0]), beta=0.1)
+    assert "rewards/margins" not in UnpairedStep._metrics(out, POLICY, LABELS)

@@ -160,7 +160,8 @@ def _attach_refs(batch: dict[str, Any], examples: Sequence[Any]) -> dict[str, An
     return batch
 
 
-def unpaired_as_pairs(examples: Sequence[Any], group_size: int) -> list[dict[str, Any]]:
+def unpaired_as_pairs(examples: Sequence[Any], group_size: int,
+                      max_length: int | None = None) -> list[dict[str, Any]]:
     """KTO examples in the pair layout: (prompt, completion, mismatched completion, label).
 
     KTO's reference point z0 is a KL estimate from MISMATCHED pairs (Ethayarajh et al. 2024,
@@ -171,7 +172,9 @@ def unpaired_as_pairs(examples: Sequence[Any], group_size: int) -> list[dict[str
     chosen and rejected of a prompt side by side) borrows from the nearest earlier example in the whole set
     that has another prompt. Only when every example has the same prompt is it its neighbour's completion.
     The borrowed completion takes the "rejected" slot, so the prefix-shared path runs each prompt once for
-    both, and cached reference log-probs cover the KL term too.
+    both, and cached reference log-probs cover the KL term too. With `max_length` the borrowed completion is cut to
+    what fits after this prompt (it was cut against its own prompt: rows ran past max_length, and past a
+    learned-position model's table), as TRL cuts its KL inputs.
     """
     if group_size < 2:
         raise ValueError("KTO needs at least 2 examples per micro-batch to form mismatched pairs")
@@ -193,8 +196,11 @@ def unpaired_as_pairs(examples: Sequence[Any], group_size: int) -> list[dict[str
         size = min(group_size, len(examples) - start)
         for i in range(start, start + size):
             ex, other = examples[i], examples[donor(i, start, size)]
-            out.append({"prompt_ids": list(_field(ex, "prompt_ids")), "chosen_ids": list(_field(ex, "completion_ids")),
-                        "rejected_ids": list(_field(other, "completion_ids")), "label": bool(_field(ex, "label"))})
+            prompt, borrowed = list(_field(ex, "prompt_ids")), list(_field(other, "completion_ids"))
+            if max_length is not None:
+                borrowed = borrowed[: max(1, max_length - len(prompt))]
+            out.append({"prompt_ids": prompt, "chosen_ids": list(_field(ex, "completion_ids")),
+                        "rejected_ids": borrowed, "label": bool(_field(ex, "label"))})
     return out
 
 

@@ -226,7 +226,8 @@ class LossMix:
 
     @property
     def default_beta(self) -> float:
-        return self.specs[0].default_beta
+        """The first preference loss's (sft reads no beta: [sft, simpo] took its 0.1 for simpo's 2.0)."""
+        return next((s for s in self.specs if s.name != "sft"), self.specs[0]).default_beta
 
     def compute(
         self,
@@ -358,5 +359,8 @@ def combine(
                                                                                             else v < high)):
                 raise AlignlabError(f"loss_params.{spec.name}.{key}: must be in [{low}, {high}{']' if high_in else ')'}"
                                     f", got {v!r}")
+        if spec.name == "kto" and values["desirable_weight"] == values["undesirable_weight"] == 0:
+            raise AlignlabError("loss_params.kto: desirable_weight and undesirable_weight are both 0; the loss would "
+                                "be 0 and nothing trained")
         merged.append(MappingProxyType(values))
     return LossMix(specs, tuple(weights), tuple(merged))

@@ -67,7 +67,8 @@ def run(cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, ref_model: 
     eval_set = dpo_examples(eval_rows, tokenizer, cfg, cfg.eval_data or "held-out", mix.paired) if eval_rows else []
     if not mix.paired:  # donors fixed before training, in groups of a micro-batch's size: the same on any world size
         group = cfg.micro_batch_size()
-        train_set, eval_set = unpaired_as_pairs(train_set, group), unpaired_as_pairs(eval_set, group) if eval_set else []
+        train_set = unpaired_as_pairs(train_set, group, cfg.max_length)
+        eval_set = unpaired_as_pairs(eval_set, group, cfg.max_length) if eval_set else []
     layout = pair_layout(cfg.forward_path, policy)  # where a model cannot take the asked one, the one it can
     collate = PairCollator(tokenizer.pad_token_id, layout, row_tokens=cfg.row_tokens or None,
                            pad_to_multiple_of=cfg.pad_to_multiple_of, spans=uses_spans(policy))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignlab.train.metrics import peak_memory_mb
+from alignlab.train.step import add_margins
 from alignlab.train.world import World
 
 
@@ -49,7 +50,7 @@ class LogWindow:
     def row(self, world: World, *, lr: float, batch_size: int, unit: str, device: str) -> dict[str, float]:
         """Means over the window (task metrics over ranks; the grad norm is already global), then reset."""
         sums, weights = reduce_keys(world, self.sums), reduce_keys(world, self.weights)
-        row = {k: v / weights[k] for k, v in sums.items() if weights[k] > 0}
+        row = add_margins({k: v / weights[k] for k, v in sums.items() if weights[k] > 0})
         row["grad_norm"] = self.grad_norm / self.steps
         row["learning_rate"] = lr
         tokens = world.all_reduce_sum(self.tokens)

@@ -56,7 +56,7 @@ from alignlab.train.config import TrainConfig
 from alignlab.train.log_window import LogWindow
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
 from alignlab.train.resume import resume_point
-from alignlab.train.step import NonFiniteStep, Weighted, optimizer_step
+from alignlab.train.step import NonFiniteStep, Weighted, add_margins, optimizer_step
 from alignlab.train.world import World
 
 StepFn = Callable[[Any, dict], tuple[Any, dict]]
@@ -133,7 +133,7 @@ def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, 
                 sums[k] = sums.get(k, 0.0) + _float(v) * share
                 weights[k] = weights.get(k, 0.0) + share
     model.train(was_training)
-    return {prefix + k: v / max(weights[k], 1e-12) for k, v in sums.items()}
+    return {prefix + k: v for k, v in add_margins({k: v / max(weights[k], 1e-12) for k, v in sums.items()}).items()}
 
 
 def _diverged(cfg: TrainConfig, step: int, e: NonFiniteStep, idx: list[int]) -> TrainingDiverged:

@@ -322,7 +322,8 @@ class UnpairedStep:
         same names; computed on the gathered examples. Each is weighed by its count of examples (Weighted), so a
         step's (and an evaluation's) value is the mean over its desirable (undesirable) examples whatever the
         micro-batches: weighed as pairs, 1 desirable example in one micro-batch and 2 in another logged 0.0055
-        against the step's -0.0416."""
+        against the step's -0.0416. The margin is not a per-micro-batch value: weighed as pairs over the micro-batches
+        holding both labels, it moved with the batch size (and its sign flipped)."""
         from alignlab.train.step import Weighted
 
         rewards = torch.zeros_like(logps)
@@ -337,6 +338,4 @@ class UnpairedStep:
         if n_rejected:
             metrics["rewards/rejected"] = Weighted(rewards[~labels].mean(), n_rejected)
             metrics["logps/rejected"] = Weighted(logps[~labels].mean(), n_rejected)
-        if n_chosen and n_rejected:
-            metrics["rewards/margins"] = metrics["rewards/chosen"].value - metrics["rewards/rejected"].value
-        return metrics
+        return metrics  # rewards/margins: the loop's, from the reduced means (train/step.py add_margins)

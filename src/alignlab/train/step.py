@@ -59,6 +59,14 @@ class Weighted(NamedTuple):
         return (v.value, _float(v.weight)) if isinstance(v, Weighted) else (v, default)
 
 
+def add_margins(row: dict[str, float]) -> dict[str, float]:
+    """rewards/margins = rewards/chosen - rewards/rejected where the step left it out (KTO: its two means weigh
+    different example counts, so only their reduced values give the margin); `row` itself, for chaining."""
+    if "rewards/margins" not in row and "rewards/chosen" in row and "rewards/rejected" in row:
+        row["rewards/margins"] = row["rewards/chosen"] - row["rewards/rejected"]
+    return row
+
+
 def _float(x: Any) -> float:
     return float(x.item()) if hasattr(x, "item") else float(x)
 
