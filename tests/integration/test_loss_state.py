@@ -168,3 +168,22 @@ def test_gather_ranks_takes_unequal_shares():
     out = mp.Manager().dict()
     mp.spawn(_gather_worker, args=(port, out), nprocs=2, join=True)
     assert out[0] == out[1] == [0.0, 1.0, 2.0, 10.0, 11.0]
+
+
+def test_an_online_dpo_filler_micro_batch_leaves_bcos_running_mean_alone():
+    """A step with fewer pairs than grad_accum slots runs a copy of a pair at weight 0 in each empty slot: its
+    rewards went into BCO's running mean (toward the copied pair) and counted as a batch (count 8 for 4 real)."""
+    from alignlab.data.pairs import PairCollator
+    from alignlab.losses import combine
+    from alignlab.train.preference import ModelReference, PreferenceStep
+
+    policy, ref = _tiny(), _tiny()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    pairs, collate = _pairs(2), PairCollator(0, "plain")
+    step = PreferenceStep(combine("bco_pair"), ModelReference(ref), beta=0.1)
+    step(policy, collate(pairs[:1]))
+    after_real = step.reward_mean
+    step(policy, {**collate(pairs[1:]), "filler": True})
+    assert step.reward_mean == after_real and after_real.count == 1

@@ -263,9 +263,15 @@ def test_rl_settings_that_could_not_work_are_refused_and_online_dpo_takes_the_lo
     for key, value, switch in (("kl_target", 1.0, "adaptive_kl"), ("kl_horizon", 10, "adaptive_kl"),
                                ("rollout_is_cap", 5.0, "rollout_is"), ("max_resample_rounds", 9, "dynamic_sampling"),
                                ("max_turns", 2, "an env"), ("env_options", {"timeout_s": 1}, "an env"),
-                               ("kl_estimator", "k2", "kl_coef > 0")):
+                               ("kl_estimator", "k2", "kl_coef > 0"), ("reference", "model", "kl_coef > 0")):
         with pytest.raises(AlignlabError, match=f"{key}: only used with {switch}"):
-            OnlineConfig(**{key: value}, **({"kl_coef": 0.0} if key == "kl_estimator" else {})).validate()
+            OnlineConfig(**{key: value}, **({"kl_coef": 0.0} if key in ("kl_estimator", "reference") else {})).validate()
+    # a reference-free online-dpo loss: reference: model built a frozen copy nothing read (offline dpo refuses it)
+    from alignlab.rl.config import OnlineDPOConfig
+
+    with pytest.raises(AlignlabError, match=r"reference: no chosen loss \(simpo\) uses a reference"):
+        OnlineDPOConfig(loss=["simpo"], reference="model").validate()
+    OnlineDPOConfig(loss=["dpo"], reference="model").validate()
     # adaptive_kl settings the controller refuses were met after the models had loaded
     for bad in ({"kl_target": 0.0}, {"kl_horizon": -5}, {"kl_horizon": 0}):
         with pytest.raises(AlignlabError, match="adaptive_kl: needs kl_coef > 0 .* kl_target > 0 and kl_horizon >= 1"):

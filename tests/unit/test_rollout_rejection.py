@@ -60,3 +60,20 @@ def test_prompt_tables_in_no_known_format_are_read_through_columns(tmp_path):
     split = _split(cfg)
     assert len(split.train) == 6 and len(split.scored) == 2
     assert {r.prompt[0]["content"] for r in split.train + split.scored} == {f"What is {i} plus {i}?" for i in range(8)}
+
+
+def test_best_of_n_can_leave_out_cut_samples_and_keeps_distinct_texts():
+    """Samples cut at max_new_tokens were written as finished answers (sft and dpo then train an EOS after the cut),
+    with nothing said; `drop_truncated` leaves them out, counted. sft mode with keep 2 wrote "hello" twice and
+    dropped "hey"."""
+    from alignlab.rollout.sampling import BestOfN, preference_records, sft_records
+
+    samples = [Sample(0, 0, [1], [11], "hello", "eos"), Sample(0, 1, [1], [11], "hello", "eos"),
+               Sample(0, 2, [1], [12], "hey", "eos"), Sample(0, 3, [1], [13, 14], "a long one cut", "length")]
+    res = BestOfN([ScoredGroup("p", samples, [1.0, 1.0, 0.5, 2.0])], {})
+    assert [r["completion"] for r in sft_records(res, keep=2)] == ["a long one cut", "hello"]
+    assert [r["completion"] for r in sft_records(res, keep=2, drop_truncated=True)] == ["hello", "hey"]
+    assert res.dropped["cut_at_max_new_tokens"] == 1 and res.dropped["duplicate"] >= 1
+    pair = preference_records(res, drop_truncated=True)[0]
+    assert (pair["chosen"], pair["rejected"]) == ("hello", "hey")
+    assert preference_records(res)[-1]["chosen"] == "a long one cut"  # kept by default, as before

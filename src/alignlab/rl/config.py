@@ -69,14 +69,12 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     model not on alignlab's span attention uses padded rows), DPO's prefix-shared pair layout for online-dpo."""
     pad_to_multiple_of: int | None = 16
     """Round the width of those training forwards' rows up to a multiple of this (pad tokens in a span of their own,
-    never attended to or trained on; null: no rounding): oneDNN keeps a kernel per new matrix shape and every rollout
-    has new token counts; `make bench-grpo`'s bf16 job (Intel Xeon with AMX, one thread, 64 steps) peaked at 4.24 GB
-    against 4.67 unrounded, same reward and speed. Same numbers within bf16 rounding (1e-6 in float32; tests)."""
+    never attended to or trained on; null: no rounding): oneDNN keeps a kernel per new matrix shape, and every rollout
+    has new token counts (`make bench-grpo`, bf16, Xeon: 4.24 GB peak against 4.67). Same numbers (tests)."""
     sampling_weights: Literal["model", "auto", "float32", "bfloat16"] = "model"
     """Weights the in-process sampler uses: as trained (model), or a bf16 copy made once per rollout (bfloat16; auto
-    where the hardware has bf16 matrix units): 2.5x the float32 sampler's tokens/s on an Intel Xeon with AMX (one
-    thread, SmolLM2; bench/gen_vs_hf.py), ~1.7x on an AVX512-BF16 EPYC. Samples then come from slightly different
-    numbers than the trainer's: in grpo and ppo pair it with rollout_is (the sampler's log-probs are kept for it)."""
+    where the hardware has bf16 matrix units: 2.5x the float32 tokens/s on a Xeon with AMX, bench/gen_vs_hf.py).
+    Samples then come from other numbers than the trainer's: in grpo and ppo pair it with rollout_is."""
     rollout_engine: RemoteEngine | None = None
     """Sample rollouts on an OpenAI-compatible engine returning token ids and log-probs ({url, model, server:
     alignlab|vllm, api_key_env, ...}: `alignlab serve`, vLLM, SGLang; docs/serving.md), pushing it the policy's weights
@@ -300,7 +298,7 @@ class PolicyGradientConfig(RLConfig):
             hint = ", which has no critic (estimator gae has one)" if set(changed(critic)) & set(unused) else ""
             raise ConfigError(f"{', '.join(changed(unused))}: not used by estimator {self.estimator}{hint}")
         for keys, switch, on in ((["kl_target", "kl_horizon"], "adaptive_kl: true", self.adaptive_kl),
-                                 (["kl_estimator"], "kl_coef > 0 (no reference, no KL)", self.kl_coef > 0),
+                                 (["kl_estimator", "reference"], "kl_coef > 0 (no reference, no KL)", self.kl_coef > 0),
                                  (["rollout_is_cap"], "rollout_is: tis or mis", self.rollout_is != "none"),
                                  (["max_resample_rounds"], "dynamic_sampling: true", self.dynamic_sampling),
                                  (["env_options", "max_turns"], "an env", self.env is not None)):
@@ -348,8 +346,10 @@ class OnlineDPOConfig(RLConfig):
             raise ConfigError(f"beta: must be positive, got {self.beta}")
         if self.num_generations < 2:
             raise ConfigError(f"num_generations: online DPO needs >= 2 answers per prompt, got {self.num_generations}")
-        if self.batch_size % self.grad_accum:
-            raise ConfigError("batch_size must be a multiple of grad_accum")
+        from alignlab.losses import combine  # torch: only when validating
+
+        if self.reference != "auto" and not combine(self.loss, self.loss_weights, self.loss_params).needs_reference:
+            raise ConfigError(f"reference: no chosen loss ({', '.join(self.loss)}) uses a reference")
 
 
 @dataclass

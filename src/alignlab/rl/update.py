@@ -222,8 +222,9 @@ def dpo_step(state: Any, step: int, rows: list) -> dict[str, float]:
         parts = [p or c[:1] or pairs[:1] for p, c in zip(mine, chunks)]
         batches = [collate(p) for p in parts]
         for b, p in zip(batches, mine):
-            if not p:  # a filler runs at weight 0: none of its tokens count in the step's totals
-                b["totals"] = {k: 0 for k in b.get("totals", {})}
+            if not p:  # a filler runs at weight 0: none of its tokens count in the step's totals, nor its
+                b["totals"] = {k: 0 for k in b.get("totals", {})}  # rewards in BCO's running mean
+                b["filler"] = True
         step_totals(batches, float(len(pairs)), world)  # the chosen-NLL of sft/orpo mixes: the step's token mean
         out = optimizer_step(state.optimizers[0],
                              [lambda b=b: state.dpo(state.train_policy, to_device(b, state.device))

@@ -76,6 +76,8 @@ def _best_of_n_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, default=1, help="sft mode: samples kept per prompt")
     p.add_argument("--min-margin", type=float, default=0.0, help="preference: skip pairs whose reward gap is at most this (0 drops ties)")
     p.add_argument("--min-reward", type=float, default=None, help="sft: drop samples scoring below this")
+    p.add_argument("--drop-truncated", action="store_true", help="leave out samples cut at --max-new-tokens (sft "
+                   "and dpo train an end-of-sequence token after every completion; kept by default, and counted)")
 
 
 def _sampling(args: argparse.Namespace):
@@ -264,7 +266,8 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     n = 4 if args.n is None else args.n  # 0 reaches sample_and_score's own check
     res = sample_and_score(model, tok, prompts, reward, n, cfg)
     records = build_records(res, args.mode, keep=args.keep, min_margin=args.min_margin,
-                            min_reward=args.min_reward)
+                            min_reward=args.min_reward, drop_truncated=args.drop_truncated)
+    cut = sum(s.finish_reason == "length" for s in res.generation.samples)
     if not records:
         raise AlignlabError(f"best-of-n: no {args.mode} records survived (left out: {res.dropped}); "
                             "try more samples (--n) or a higher temperature")
@@ -274,5 +277,8 @@ def run_best_of_n(args: argparse.Namespace) -> int:
           f"(reward mean {sum(rewards) / len(rewards):.4f}, best-of-{n} mean "
           f"{sum(max(g.rewards) for g in res.groups) / len(res.groups):.4f}; left out: {res.dropped or 'none'})",
           file=sys.stderr)
+    if cut and not args.drop_truncated:
+        print(f"{cut} of {len(res.generation.samples)} samples were cut at --max-new-tokens {args.max_new_tokens} "
+              "and may be in the records as finished answers (--drop-truncated leaves them out)", file=sys.stderr)
     _report(res.generation)
     return 0

@@ -87,16 +87,29 @@ def sample_and_score(model: Any, tokenizer: Any, prompts: list[Any], reward: Rew
     return BestOfN(groups, gen)
 
 
-def preference_records(result: BestOfN, min_margin: float = 0.0) -> list[dict]:
-    """Best vs worst sample of each prompt. Empty completions never take part (loaders refuse them); a
-    prompt is skipped when fewer than two distinct texts remain or the reward gap is <= min_margin (>= 0: a
-    negative one would turn ties into pairs)."""
+def _usable(g: ScoredGroup, drop_truncated: bool, dropped: Counter) -> list[tuple[float, int, Sample]]:
+    """(reward, index, sample) of a group's samples that may become records: non-empty (loaders refuse an empty
+    completion), and with `drop_truncated` not cut at max_new_tokens (sft and dpo train an end-of-sequence token
+    after every completion: a cut one teaches stopping mid-sentence)."""
+    out = []
+    for i, (r, s) in enumerate(zip(g.rewards, g.samples)):
+        if not s.text.strip():
+            dropped["empty_completion"] += 1
+        elif drop_truncated and s.finish_reason == "length":
+            dropped["cut_at_max_new_tokens"] += 1
+        else:
+            out.append((r, i, s))
+    return out
+
+
+def preference_records(result: BestOfN, min_margin: float = 0.0, drop_truncated: bool = False) -> list[dict]:
+    """Best vs worst sample of each prompt, from `_usable`'s samples; a prompt is skipped when fewer than two
+    distinct texts remain or the reward gap is <= min_margin (>= 0: a negative one would turn ties into pairs)."""
     if not min_margin >= 0:
         raise AlignlabError(f"best-of-n: --min-margin must be >= 0, got {min_margin}")
     out, dropped = [], Counter()
     for g in result.groups:
-        scored = [(r, s.text) for r, s in zip(g.rewards, g.samples) if s.text.strip()]
-        dropped["empty_completion"] += len(g.samples) - len(scored)
+        scored = [(r, s.text) for r, _, s in _usable(g, drop_truncated, dropped)]
         if len({t for _, t in scored}) < 2:
             dropped["fewer_than_two_distinct"] += 1
             continue
@@ -118,20 +131,21 @@ def preference_records(result: BestOfN, min_margin: float = 0.0) -> list[dict]:
     return out
 
 
-def sft_records(result: BestOfN, keep: int = 1, min_reward: float | None = None) -> list[dict]:
-    """Rejection sampling: the `keep` highest-scoring non-empty samples of each prompt (at least
-    `min_reward` when given), one record each."""
+def sft_records(result: BestOfN, keep: int = 1, min_reward: float | None = None,
+                drop_truncated: bool = False) -> list[dict]:
+    """Rejection sampling: the `keep` highest-scoring distinct texts among each prompt's `_usable` samples (at
+    least `min_reward` when given), one record each."""
     if keep < 1:
         raise AlignlabError(f"best-of-n: keep must be >= 1, got {keep}")
     out, dropped = [], Counter()
     for g in result.groups:
-        ranked = sorted(zip(g.rewards, range(len(g.samples)), g.samples), key=lambda x: (-x[0], x[1]))
-        kept = 0
+        ranked = sorted(_usable(g, drop_truncated, dropped), key=lambda x: (-x[0], x[1]))
+        kept, texts = 0, set()
         for r, _, s in ranked:
             if kept == keep:
                 break
-            if not s.text.strip():
-                dropped["empty_completion"] += 1
+            if s.text in texts:  # a second copy of a kept text is no second example
+                dropped["duplicate"] += 1
                 continue
             if min_reward is not None and r < min_reward:
                 dropped["below_min_reward"] += 1
@@ -143,15 +157,15 @@ def sft_records(result: BestOfN, keep: int = 1, min_reward: float | None = None)
                 rec = {"prompt": "".join(m["content"] for m in msgs), "completion": s.text}
             rec["reward"] = r
             out.append(rec)
-            kept += 1
+            kept, texts = kept + 1, texts | {s.text}
     result.dropped.update({k: v for k, v in dropped.items() if v})
     return out
 
 
 def build_records(result: BestOfN, mode: str, keep: int = 1, min_margin: float = 0.0,
-                  min_reward: float | None = None) -> list[dict]:
+                  min_reward: float | None = None, drop_truncated: bool = False) -> list[dict]:
     if mode == "preference":
-        return preference_records(result, min_margin)
+        return preference_records(result, min_margin, drop_truncated)
     if mode == "sft":
-        return sft_records(result, keep, min_reward)
+        return sft_records(result, keep, min_reward, drop_truncated)
     raise AlignlabError(f"best-of-n: mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -260,15 +260,20 @@ class PreferenceStep:
     def __call__(self, model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         b = int(batch["num_pairs"])
         summed, averaged, nll, pol, ref = self.logps(model, batch)
-        batch_mean = None
+        batch_mean, real = None, True
         if self.mix.needs_reward_mean and summed is not None and summed.ref_chosen is not None:
             from alignlab.losses.preference import batch_reward_mean
 
-            parts = (summed.policy_chosen, summed.policy_rejected, summed.ref_chosen, summed.ref_rejected)
-            batch_mean = batch_reward_mean(*(gather_ranks(t) for t in parts), beta=self.beta)
+            # online DPO's filler micro-batches (a rank or a slot without pairs: weight 0) hold no rows of the
+            # batch: their rewards moved BCO's running mean toward the copied pair, and counted as a batch
+            filler = bool(batch.get("filler"))
+            parts = [gather_ranks(t[:0] if filler else t) for t in (summed.policy_chosen, summed.policy_rejected,
+                                                                       summed.ref_chosen, summed.ref_rejected)]
+            real = parts[0].numel() > 0
+            batch_mean = batch_reward_mean(*parts, beta=self.beta) if real else None
         out = self.mix.compute(summed, averaged, beta=self.beta, nll=nll if self.mix.uses_nll else None,
                                reward_mean=self.reward_mean, batch_reward_mean=batch_mean)
-        if out.reward_mean is not None and torch.is_grad_enabled():
+        if out.reward_mean is not None and torch.is_grad_enabled() and real:
             self.reward_mean = out.reward_mean
         c, r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
         if ref is not None:  # TRL's rewards whatever the loss: beta * the summed log-ratio (Rafailov et al. Eq. 5)
