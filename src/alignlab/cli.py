@@ -59,12 +59,13 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 def config_command(name: str, help: str, config_cls: type, run: Callable[[Any], Any]) -> None:
     """Register `alignlab NAME [--config FILE] [key=value ...]` that builds `config_cls` and calls `run(cfg)`."""
-    from alignlab.config import describe, load_config
+    from alignlab.config import describe, load_config, nested_configs
 
     def configure(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", "-c", help="YAML file with config keys (overrides on the command line win)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted for nesting")
-        p.epilog = f"config keys ({config_cls.__name__}):\n{describe(config_cls)}"
+        nested = "".join(f"\n\nkeys of {key} ({c.__name__}):\n{describe(c)}" for key, c in nested_configs(config_cls))
+        p.epilog = f"config keys ({config_cls.__name__}):\n{describe(config_cls)}{nested}"
         p.formatter_class = argparse.RawDescriptionHelpFormatter
 
     def invoke(args: argparse.Namespace) -> int | None:

@@ -367,6 +367,31 @@ def describe(cls: type) -> str:
     return "\n".join(out)
 
 
+def nested_configs(cls: type) -> list[tuple[str, type]]:
+    """(dotted key, dataclass) of each config a config's fields hold (one, an optional one, a list of them), depth
+    first, each once: `--help` lists their keys too (eval items' data_offset, samples, judge.base_url, ... were in
+    no help)."""
+    out: list[tuple[str, type]] = []
+    seen = {cls}
+
+    def classes(tp: Any) -> list[type]:
+        if dataclasses.is_dataclass(tp):
+            return [tp]
+        return [c for arg in typing.get_args(tp) for c in classes(arg)]
+
+    def walk(c: type, prefix: str) -> None:
+        hints = typing.get_type_hints(c)
+        for f in dataclasses.fields(c):
+            for t in classes(hints[f.name]):
+                if t not in seen:
+                    seen.add(t)
+                    out.append((prefix + f.name, t))
+                    walk(t, f"{prefix}{f.name}.")
+
+    walk(cls, "")
+    return out
+
+
 def saved_config_text(cfg: Any) -> str:
     """The text the training loop stores with every checkpoint (`config_text`); also written to
     output_dir/config.yaml unless an earlier run's is there: the loop's resume guard compares that one first."""

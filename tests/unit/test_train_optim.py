@@ -16,21 +16,28 @@ def test_warmup_is_linear_from_first_step():
 
 
 def test_cosine_values():
-    """warmup 2, total 7 -> decay over steps 2..6 (span 4); progress 0, .25, .5, .75, 1.
+    """warmup 2, total 7 -> decay over steps 2..6, span 5 (transformers' convention: the floor is reached just
+    after the last step, which still learns); progress 0, .2, .4, .6, .8.
 
-    cosine: (1 + cos(pi p)) / 2 = 1, 0.853553, 0.5, 0.146447, 0; with min_lr_ratio 0.1:
-    0.1 + 0.9 * those = 1, 0.868198, 0.55, 0.231802, 0.1.
+    cosine: (1 + cos(pi p)) / 2 = 1, 0.904508, 0.654508, 0.345492, 0.095492; with min_lr_ratio 0.1:
+    0.1 + 0.9 * those = 1, 0.914058, 0.689058, 0.410942, 0.185942. Ending at the floor on the last step gave it
+    learning rate 0: a run of N steps made N - 1 updates.
     """
     got = [lr_at(s, base_lr=1.0, total_steps=7, warmup_steps=2) for s in range(2, 7)]
-    assert got == pytest.approx([1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    assert got == pytest.approx([1.0, 0.904508, 0.654508, 0.345492, 0.095492], abs=1e-6)
     floor = [lr_at(s, base_lr=1.0, total_steps=7, warmup_steps=2, min_lr_ratio=0.1) for s in range(2, 7)]
-    assert floor == pytest.approx([1.0, 0.868198, 0.55, 0.231802, 0.1], abs=1e-6)
+    assert floor == pytest.approx([1.0, 0.914058, 0.689058, 0.410942, 0.185942], abs=1e-6)
+    from transformers import get_cosine_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=7)
+    assert [hf.lr_lambdas[0](s) for s in range(2, 7)] == pytest.approx(got)
 
 
 def test_linear_and_constant():
-    """linear, no warmup, total 5: 1, .75, .5, .25, 0; constant stays at the peak after warmup."""
+    """linear, no warmup, total 5: 1, .8, .6, .4, .2; constant stays at the peak after warmup."""
     lin = [lr_at(s, base_lr=1.0, total_steps=5, schedule="linear") for s in range(5)]
-    assert lin == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert lin == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
     const = [lr_at(s, base_lr=2.0, total_steps=5, warmup_steps=1, schedule="constant") for s in range(3)]
     assert const == pytest.approx([1.0, 2.0, 2.0])
     with pytest.raises(ValueError, match="unknown lr schedule"):

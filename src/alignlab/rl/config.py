@@ -317,7 +317,7 @@ class PPOConfig(PolicyGradientConfig):
     kl_in_reward: bool = True
     """PPO shapes -beta*KL into the per-token reward (InstructGPT)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """k1 = log pi - log ref per token, the shaped-reward estimator; metrics log it as kl_k1."""
+    """k1 = log pi - log ref per token, the shaped-reward estimator; metrics log it as kl_<name>."""
     num_generations: int = 1
     """Samples per prompt; PPO with a critic needs no groups."""
 

@@ -31,11 +31,12 @@ class RunConfig:
     seed: int = 42
     """Seeds python, numpy and torch, the data order and dropout; the same seed gives the same run."""
     logging_steps: int = 10
-    """Write a metrics.jsonl line (and a progress update) every N optimizer steps."""
+    """Write a metrics.jsonl line (and a progress update) every N optimizer steps (RL commands: RL steps)."""
     eval_steps: int = 0
-    """Evaluate every N optimizer steps (0: only before and after training when there is eval data)."""
+    """Evaluate every N optimizer steps (RL commands: RL steps; 0: only before and after training when there is eval
+    data)."""
     save_steps: int = 0
-    """Write a resumable checkpoint every N optimizer steps (0: only the final model)."""
+    """Write a resumable checkpoint every N optimizer steps (RL commands: RL steps; 0: only the final model)."""
     keep_last: int = 2
     """Keep only the newest N checkpoints (the final model in output_dir is always kept)."""
     resume: str = "auto"
@@ -90,7 +91,8 @@ class OptimConfig:
     """The optimizer, its schedule and the batch arithmetic of one optimizer step."""
 
     max_steps: int = -1
-    """Optimizer steps to run; -1 means run `epochs` passes over the data instead."""
+    """Optimizer steps to run; -1 means run `epochs` passes over the data instead. RL commands count RL steps: a
+    rollout and its updates (ppo_epochs x minibatches optimizer steps), as do the schedule and the warmup."""
     epochs: float = 1.0
     """Passes over the training data when max_steps is -1 (fractions allowed). An epoch is whole batches of its own
     shuffle: the examples past the last whole batch (a different few each epoch) are left out of it."""
@@ -110,7 +112,8 @@ class OptimConfig:
     adam_eps: float = 1e-8
     """AdamW epsilon."""
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warmup: cosine or linear to min_lr_ratio * learning_rate at the last step, or constant."""
+    """Decay after warmup: cosine or linear toward min_lr_ratio * learning_rate, reached just after the last step
+    (as transformers' schedules), or constant."""
     warmup_steps: int = 0
     """Linear warmup steps; wins over warmup_ratio when > 0."""
     warmup_ratio: float = 0.0

@@ -27,16 +27,18 @@ def lr_at(
     """Learning rate for optimizer step `step` (0-based).
 
     Warmup is linear, (step + 1) / (warmup + 1) of the peak, so step 0 already learns (nanoGPT's
-    convention). After warmup, `progress` runs from 0 at step=warmup to 1 at step=total_steps-1 and
-    cosine gives min + (peak - min) * (1 + cos(pi * progress)) / 2 (Loshchilov & Hutter 2017, eq. 5);
-    linear gives peak - (peak - min) * progress; constant gives the peak.
+    convention). After warmup, `progress` = (step - warmup) / (total_steps - warmup), 0 at step=warmup and
+    reaching 1 only after the last step (as transformers' schedules: ending at 1 on the last step made that step's
+    learning rate the floor, 0 by default, so a run of N steps took N - 1 updates); cosine gives
+    min + (peak - min) * (1 + cos(pi * progress)) / 2 (Loshchilov & Hutter 2017, eq. 5); linear gives
+    peak - (peak - min) * progress; constant gives the peak.
     """
     if step < warmup_steps:
         return base_lr * (step + 1) / (warmup_steps + 1)
     if schedule == "constant":
         return base_lr
     floor = base_lr * min_lr_ratio
-    span = max(1, total_steps - 1 - warmup_steps)
+    span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     if schedule == "cosine":
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
