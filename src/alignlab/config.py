@@ -344,11 +344,9 @@ def config_text(cfg: Any, name: str = "config.yaml") -> str:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write `config_text(cfg)` to `path` (atomically: a temp file renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(config_text(cfg, path.name), encoding="utf-8")
-    tmp.replace(path)
+    from alignlab.files import write_text_atomic
+
+    write_text_atomic(path, config_text(cfg, Path(path).name))
 
 
 def describe(cls: type) -> str:

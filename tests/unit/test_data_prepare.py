@@ -226,3 +226,32 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"split.train_prompts differ"):  # the RL loops' split record
         write_split(tmp_path / "rl", {"train_prompts": 5}, resuming=False) and write_split(
             tmp_path / "rl", {"train_prompts": 6}, resuming=True)
+
+
+def test_a_model_folder_changed_under_a_checkpoint_refuses_the_resume(tmp_path):
+    """A resume rebuilt the reference (teacher, critic, LoRA base) from a folder that had changed since the
+    checkpoint (the SFT run it started from, extended in place) and trained other numbers, silently."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.data.prepare import write_split
+    from alignlab.train.checkpoint import CheckpointError
+    from alignlab.train.resume import model_sources
+
+    folder = tmp_path / "sft"
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    model.save_pretrained(folder)
+    cfg = SimpleNamespace(model=str(folder), ref_model="tiny-random", teacher=None, reward_options={"path": None})
+    before = model_sources(cfg)
+    assert list(before) == ["model"]  # aliases and unset keys are not fingerprinted
+    write_split(tmp_path / "run", {"seed": 1, "models": before}, resuming=False)
+    write_split(tmp_path / "run", {"seed": 1, "models": model_sources(cfg)}, resuming=True)  # unchanged: fine
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.01)
+    model.save_pretrained(folder)
+    with pytest.raises(CheckpointError, match=r"model folders are not those .*split.models.model"):
+        write_split(tmp_path / "run", {"seed": 1, "models": model_sources(cfg)}, resuming=True)
+    old = tmp_path / "old"
+    write_split(old, {"seed": 1}, resuming=False)  # a split written before models were recorded still resumes
+    write_split(old, {"seed": 1, "models": model_sources(cfg)}, resuming=True)

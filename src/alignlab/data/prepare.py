@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +88,8 @@ class Split:
 def write_split(output_dir: str | Path, info: dict[str, Any], *, resuming: bool) -> Path:
     """Write output_dir/split.json; an identical file is left untouched (a rerun of a finished run writes nothing).
     Resuming, a different one is a CheckpointError: the data changed under the checkpoint (a file edited or grown,
-    another offset), so rows it trained on could now be held out and scored."""
+    another offset), so rows it trained on could now be held out and scored, or a model folder it reads did
+    (`models`, train/resume.py model_sources)."""
     path = Path(output_dir) / "split.json"
     text = json.dumps(info, indent=1) + "\n"
     if path.is_file():
@@ -97,19 +97,18 @@ def write_split(output_dir: str | Path, info: dict[str, Any], *, resuming: bool)
         if old == text:
             return path
         before, now = json.loads(old), json.loads(text)
-        if resuming and "sources" not in before and "sources" in now:  # written before RL splits recorded them
-            before["sources"] = now["sources"]
+        for key in ("sources", "models"):  # written before splits recorded them
+            if resuming and key not in before and key in now:
+                before[key] = now[key]
         if resuming and before != now:
             from alignlab.errors import CheckpointError
 
             changed = _changes(before, now)
-            raise CheckpointError(f"{path}: the data are not those the checkpoint trained on ({', '.join(changed[:4])}"
-                                  " differ); restore them, or start afresh with resume=never")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+            raise CheckpointError(f"{path}: the data or model folders are not those the checkpoint trained on "
+                                  f"({', '.join(changed[:4])} differ); restore them, or start afresh with resume=never")
+    from alignlab.files import write_text_atomic
+
+    return write_text_atomic(path, text)
 
 
 def _changes(old: Any, new: Any, where: str = "split") -> list[str]:

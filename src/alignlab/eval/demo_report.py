@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +105,9 @@ def write_report(cfg: Any, results: dict[str, Any], cmp: dict[str, Any], evals: 
         f"{render_html(credits, credit_prompts)}"
         f"<h2>config</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre></body></html>"
     )
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from alignlab.files import write_text_atomic
+
+    return write_text_atomic(out / "report.html", page)
 
 
 def print_summary(results: dict[str, Any], path: Path) -> None:

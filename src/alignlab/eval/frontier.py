@@ -55,11 +55,10 @@ def stale_runs(data: dict, config: dict, where: str) -> dict[str, dict]:
 def save_points(path: Path, data: dict) -> None:
     """Write points.json through a temporary file and a rename: a crash mid-write leaves the previous file."""
     import json
-    import os
 
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from alignlab.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def preference_pairs(cfg: FrontierConfig, config: dict, out: Path, ctx: dict, saved_runs: bool) -> Path:

@@ -232,8 +232,6 @@ def write_report(payload: dict, out_dir: str | Path) -> Path:
     overview = plot_checkpoints(results, out / "plots" / "all_checkpoints.png")
     page = redact(render_html(payload, images, overview.read_bytes() if overview else None),
                   secret_values(payload.get("config", {})))
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from alignlab.files import write_text_atomic
+
+    return write_text_atomic(out / "report.html", page)

@@ -14,7 +14,6 @@ import base64
 import html
 import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -177,8 +176,6 @@ def write_run_report(run_dir: str | Path, *others: str | Path, out: str | Path |
         for i, base in enumerate(metric_order(names)):
             images[base] = _plot(base, runs, Path(tmp) / f"{i}.png").read_bytes()
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".tmp")
-    part.write_text(render_run_report(runs, images), encoding="utf-8")
-    os.replace(part, path)
-    return path
+    from alignlab.files import write_text_atomic
+
+    return write_text_atomic(path, render_run_report(runs, images))

@@ -9,7 +9,6 @@ Models are loaded once and answers generated once per (model, prompt set, sampli
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -362,12 +361,10 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
                "seconds": time.perf_counter() - start}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "eval.json.tmp"
     from alignlab.eval.report import json_text, redact, secret_values
+    from alignlab.files import write_text_atomic
 
-    text = redact(json_text(payload), secret_values(payload["config"]))
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / "eval.json")
+    write_text_atomic(out / "eval.json", redact(json_text(payload), secret_values(payload["config"])))
     if cfg.report:
         from alignlab.eval.report import write_report
 

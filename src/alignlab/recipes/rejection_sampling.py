@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError, AlreadyDone
+from alignlab.files import write_text_atomic
 from alignlab.train.config import TrainConfig
 
 
@@ -127,7 +128,7 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
     seed_everything(cfg.seed)
     split = _split(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(text, encoding="utf-8")
+    write_text_atomic(out / "config.yaml", text)
     split.save(out, resuming=rounds_file.is_file())
     reward_fn = get_reward(cfg.reward, **cfg.reward_options)
     tok = use_chat_template(load_tokenizer(cfg.model), cfg.chat_template)
@@ -149,9 +150,7 @@ def run(cfg: RejectionSamplingConfig) -> list[dict]:
         policy = student.eval()
         rounds.append({**stats, **_held_out(policy, base, tok, split.scored, reward_fn, cfg)})
         print(f"round {r}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items() if k != "round"), flush=True)
-        tmp = rounds_file.with_suffix(".json.tmp")  # renamed into place: a kill never leaves half a rounds.json
-        tmp.write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(rounds_file)
+        write_text_atomic(rounds_file, json.dumps(rounds, indent=1) + "\n")  # a kill never leaves half of it
     _plot(rounds, out / "rounds.png")
     print(f"rejection sampling done: {cfg.rounds} rounds; rounds.json and rounds.png in {out}")
     return rounds

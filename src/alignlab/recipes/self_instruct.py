@@ -9,12 +9,12 @@ data=FILE` reads as Alpaca. Stage counts are printed and saved beside the output
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.errors import AlignlabError
+from alignlab.files import write_text_atomic
 
 
 @dataclass
@@ -116,10 +116,7 @@ def run(cfg: SelfInstructConfig) -> dict:
                         rouge_threshold=cfg.rouge_threshold, min_words=cfg.min_words, max_words=cfg.max_words,
                         seed=cfg.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
     out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps([t.alpaca() for t in res.tasks], indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps([t.alpaca() for t in res.tasks], indent=1, ensure_ascii=False))
     counts = {"seed_tasks": len(seeds), **dict(sorted(res.counts.items()))}
     out.with_name(out.name + ".counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
     print("self-instruct stages: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.files import write_text_atomic
 from alignlab.train.world import World
 
 
@@ -313,7 +314,7 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
     from alignlab.rl.prompts import split_prompts
     from alignlab.train.batches import Sampler, epoch_note, total_steps
     from alignlab.train.checkpoint import remove_stale_temps
-    from alignlab.train.resume import resume_point
+    from alignlab.train.resume import model_sources, resume_point
 
     cfg, world, out = state.cfg, state.world, Path(state.cfg.output_dir)
     if prompts is None:
@@ -329,8 +330,8 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
             print(note.replace("examples", "prompts"), flush=True)
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
-        (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        write_split(out, split, resuming=ckpt is not None)
+        write_text_atomic(out / "config.yaml", config_yaml)
+        write_split(out, {**split, **({"models": m} if (m := model_sources(cfg)) else {})}, resuming=ckpt is not None)
     start = _resume(state, ckpt) if ckpt is not None else 0
     if ckpt is not None:
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import AlignlabError
+from alignlab.files import write_text_atomic
 from alignlab.models.checkpointing import enable_checkpointing
 from alignlab.models.compiled import compile_blocks
 from alignlab.models.kept_casts import keep_weight_casts, share_input_casts
@@ -55,7 +56,7 @@ from alignlab.train.checkpoint import (
 from alignlab.train.config import TrainConfig
 from alignlab.train.log_window import LogWindow
 from alignlab.train.optim import build_optimizer, lr_at, warmup_steps_for
-from alignlab.train.resume import resume_point
+from alignlab.train.resume import model_sources, resume_point
 from alignlab.train.step import NonFiniteStep, Weighted, add_margins, optimizer_step
 from alignlab.train.world import World
 
@@ -233,7 +234,13 @@ class _Run:
         self.events.on_save(done, out)
         self.events.on_train_end(done, {"step": done, "train_runtime": runtime})
         self.world.barrier()
-        return TrainResult(done, self.n_total, runtime, last_log, self.evals, start_step=self.start)
+        evals = self.evals
+        if not evals and done == self.start and (out / "metrics.jsonl").is_file():
+            # resumed with no step left (a kill in the final save): the run's last evaluation is on disk
+            from alignlab.train.metrics import read_metrics
+
+            evals = [r for r in read_metrics(out) if any(k.startswith("eval_") for k in r)][-1:]
+        return TrainResult(done, self.n_total, runtime, last_log, evals, start_step=self.start)
 
     def step(self, step: int, dataset: Sequence, collate: Callable[[list], dict], warmup: int) -> tuple[float, Any]:
         """Optimizer step `step` (0-based) on its batch: (learning rate, gradient norm)."""
@@ -285,8 +292,10 @@ def _start(cfg: TrainConfig, model: Any, step_fn: StepFn, n_examples: int, world
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         if config_yaml is not None:
-            (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            write_text_atomic(out / "config.yaml", config_yaml)
         if split is not None:
+            if models := model_sources(cfg):
+                split.info["models"] = models
             split.save(out, resuming=ckpt is not None)
     seed_everything(cfg.seed)
     if ckpt is not None:  # weights, AdamW moments, RNG states; the data position follows from the step

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignlab.files import write_text_atomic
+
 
 def peak_memory_mb(device: str = "cpu") -> float:
     """Peak accelerator memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB."""
@@ -172,9 +174,7 @@ def _truncate_after(path: Path, step: int) -> None:
     while side.exists():
         side, n = path.with_name(f"metrics.dropped-after-{step}.{n}.jsonl"), n + 1
     side.write_text("".join(dropped), encoding="utf-8")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(keep))
     print(f"{path}: resuming at step {step}; {len(dropped)} later rows moved to {side.name}", flush=True)
 
 

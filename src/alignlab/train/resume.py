@@ -232,3 +232,35 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE} in it)")
     return path
+
+
+_MODEL_KEYS = ("model", "ref_model", "teacher", "value_model")
+_MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "adapter_config.json")
+
+
+def model_sources(cfg: Any) -> dict[str, str]:
+    """{key: fingerprint} of each local model folder a run reads (model, ref_model, teacher, value_model, a reward
+    model's reward_options.path), for split.json: a resume rebuilds the reference, teacher, critic, reward model and
+    a LoRA policy's base from them, so a folder changed under a checkpoint (the SFT run it started from, extended in
+    place) trained other numbers, silently. Aliases, hub ids and in-memory models are left out."""
+    found = {k: getattr(cfg, k, None) for k in _MODEL_KEYS}
+    options = getattr(cfg, "reward_options", None)
+    if isinstance(options, dict):
+        found["reward_options.path"] = options.get("path")
+    return {k: folder_fingerprint(Path(v)) for k, v in found.items() if isinstance(v, str) and Path(v).is_dir()}
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over a model folder's weight and config files: each one's name, size and 16 evenly spaced 64 KB
+    samples of its bytes (any training changes them all; a 7B model is not read whole at every start)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted({p for pattern in _MODEL_FILES for p in folder.glob(pattern)}):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}\n".encode())
+        with open(f, "rb") as fh:
+            for i in range(16):
+                fh.seek(size * i // 16)
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()
