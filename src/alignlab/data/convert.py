@@ -82,7 +82,8 @@ def to_record(row: Row) -> dict[str, Any]:
     if isinstance(row, PromptRow):
         # the record's other columns (a code reward's tests, a difficulty) come along, but not those that would
         # make a reader take the record for another format
-        rec = {"prompt": _side(row.prompt, row.chat), **{k: v for k, v in row.fields.items() if k not in _FORMAT_KEYS}}
+        rec = {"prompt": _side(row.prompt, row.chat)}
+        rec.update((k, v) for k, v in row.fields.items() if k not in _FORMAT_KEYS)
         if row.answer is not None:
             rec["answer"] = row.answer
         return rec

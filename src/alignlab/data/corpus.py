@@ -91,5 +91,5 @@ def corpus_split(path: str, val_fraction: float, train_text: str, val_text: str)
     from alignlab.data.prepare import file_sha256
 
     return {"data": str(path), "sha256": file_sha256(path), "val_fraction": val_fraction,
-            "held_out": "the text's last val_fraction, cut at a line break or space within 1%", "train_chars": len(train_text),
-            "held_out_chars": len(val_text)}
+            "held_out": "the text's last val_fraction, cut at a line break or space within 1%",
+            "train_chars": len(train_text), "held_out_chars": len(val_text)}

@@ -19,8 +19,8 @@ the kernel's clear_page, and the process took ~230k page faults (~900 MB of zero
   per forward: grad_accum micro-batches share it) and written into the same block every step;
 - `keep_gradients` / `reuse_gradient`: a gradient too large for the heap (SmolLM2's [V, H] embedding, 113 MB) whose
   backward asks for it back is kept when the step core sets `.grad` to None, and given back, zeroed, as that
-  parameter's `.grad` by the input embedding's next backward (ops/embedding.py), so autograd adds into it in place instead of copying into a fresh
-  mapping: ~28 ms against ~200 ms a step (Xeon, one thread). Only a block nothing else holds (no other reference,
+  parameter's `.grad` by the input embedding's next backward (ops/embedding.py), so autograd adds into it in place
+  instead of copying into a fresh mapping: ~28 ms against ~200 ms a step (Xeon, one thread). Only a block nothing else holds (no other reference,
   no view) is reused, so a gradient someone kept from an earlier step is never overwritten.
 
 Same numbers as fresh tensors (tests). Weights change in an optimizer step without telling anyone (the fused AdamW

@@ -331,7 +331,8 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         write_text_atomic(out / "config.yaml", config_yaml)
-        write_split(out, {**split, **({"models": m} if (m := model_sources(cfg)) else {})}, resuming=ckpt is not None)
+        models = model_sources(cfg)  # the folders the reference, critic and reward model are rebuilt from
+        write_split(out, {**split, "models": models} if models else split, resuming=ckpt is not None)
     start = _resume(state, ckpt) if ckpt is not None else 0
     if ckpt is not None:
         print(f"resuming from {ckpt} at step {start}/{n_total}", flush=True)
