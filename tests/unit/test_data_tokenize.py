@@ -402,3 +402,38 @@ def test_a_tokenizer_that_trims_offsets_keeps_an_answers_leading_whitespace():
     ex = tokenize_sft(SFTRow([U("hello\n"), A("    world")], 1, chat=False), t, None)
     assert "    world<|endoftext|>" in trained_spans(t, ex.input_ids, ex.labels)[0]
     assert ex.input_ids == encode(t, "hello\n    world", True) + [t.eos_token_id]
+
+
+def test_truncation_drops_the_template_tail_before_any_prompt_token(tok):
+    """The template's "\\n" after the last <|im_end|> trains nothing, but counted as completion it made truncation cut
+    prompt tokens (14 of a 36-token SmolLM2 chat at max_length 35) and keep the "\\n"."""
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE
+    row = SFTRow([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hello world"},
+                  {"role": "assistant", "content": "good answer"}], 2, chat=True)
+    full = tokenize_sft(row, tok, None)
+    trained_end = max(i for i, lab in enumerate(full.labels) if lab != -100) + 1
+    assert trained_end < len(full.input_ids)  # the template's tail, untrained
+    cut = tokenize_sft(row, tok, trained_end)
+    assert (cut.prompt_cut, cut.completion_cut) == (0, 0)
+    assert cut.input_ids == full.input_ids[:trained_end] and cut.labels == full.labels[:trained_end]
+
+
+def test_a_spelt_out_end_of_turn_marker_is_said_at_load(capsys):
+    """Without an <|im_end|> token the default template spells it out: training writes the marker, generation
+    stops at EOS only and ran on to max_new_tokens, while the docstring said it generated correctly."""
+    from alignlab.models.tokenizer import ensure_chat_ready
+
+    plain = GPT2TokenizerFast(tokenizer_object=_bpe_without_markers(), eos_token="<|endoftext|>")
+    ensure_chat_ready(plain)
+    assert "no <|im_end|> token" in capsys.readouterr().err
+    ensure_chat_ready(_bpe())  # has the markers (and a template once applied): nothing said
+    assert "im_end" not in capsys.readouterr().err
+
+
+def _bpe_without_markers() -> Tokenizer:
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tk

@@ -8,7 +8,8 @@
 
 A generation prompt is `<|im_start|>assistant\\n`. The end-of-turn marker `<|im_end|>` should be a
 single special token of the tokenizer (add it with `tok.add_special_tokens(...)` and resize the model's
-embeddings when it is not) so the model can learn to stop; the text works with any tokenizer either way.
+embeddings when it is not) so the model can learn to stop: spelt out in ordinary tokens it trains, but
+generation stops at EOS only unless "<|im_end|>" is a stop string.
 No system turn is invented when the conversation has none.
 """
 

@@ -262,6 +262,9 @@ def tokenize_sft(row: SFTRow, tok: Any, max_length: int | None, max_prompt_lengt
     """input_ids and labels (-100 except on trained assistant tokens and, for plain text, EOS)."""
     if row.chat:
         ids, labels = _chat_sft_labels(row, tok)
+        if max_length is not None and len(ids) > max_length:  # the template's text after the last trained token
+            end = max((i + 1 for i, lab in enumerate(labels) if lab != IGNORE), default=len(ids))  # (its "\n")
+            ids, labels = ids[:end], labels[:end]  # trains nothing: it goes before any prompt token does
     else:
         prompt, (comp,) = _joint(tok, row.messages[: row.num_prompt], [row.messages[row.num_prompt:]], False, row.origin)
         ids, labels = prompt + comp, [IGNORE] * len(prompt) + comp

@@ -96,8 +96,9 @@ def ensure_chat_ready(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
     Padding with EOS is safe because padded positions are masked out of attention and labels. The
     default template's `<|im_start|>`/`<|im_end|>` markers are only single tokens if the vocabulary has
-    them; otherwise they are spelt out in ordinary tokens, which still trains and generates correctly.
-    Returns the same object, changed in place.
+    them; otherwise they are spelt out in ordinary tokens: training learns to write the marker, but generation
+    stops at EOS only, so a reply runs on past it to max_new_tokens unless "<|im_end|>" is a stop string (printed
+    when the template is applied). Returns the same object, changed in place.
     """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -109,6 +110,12 @@ def ensure_chat_ready(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        if "<|im_end|>" not in tokenizer.get_vocab():
+            import sys
+
+            print(f"tokenizer {tokenizer.name_or_path!r}: no <|im_end|> token, so the default chat template spells "
+                  "it out; a chat model trained on it stops at EOS only: give '<|im_end|>' as a stop string (or add "
+                  "the markers as special tokens and resize the embeddings)", file=sys.stderr, flush=True)
     return tokenizer
 
 
