@@ -135,7 +135,7 @@ def test_untrained_tokens_of_a_multi_turn_row_carry_no_credit(tmp_path):
         {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}]}) + "\n")
     args = argparse.Namespace(data=str(rows), data_format=None, columns=None, on_bad_row="error", limit=None,
-                              prompt=None, completion=None)
+                              prompt=None, completion=None, max_length=None)
     _, prompts, comps, trained = _examples(args, tok)
     labels = tokenize_sft(load_rows(rows).rows[0], tok, None).labels
     assert trained[0] == [lab != -100 for lab in labels[len(prompts[0]):]] and not all(trained[0])
@@ -144,3 +144,25 @@ def test_untrained_tokens_of_a_multi_turn_row_carry_no_credit(tmp_path):
     assert credit.total == pytest.approx(sum(r for r, t in zip(full.rewards, trained[0]) if t), abs=1e-9)
     assert all(r == 0.0 for r, t in zip(credit.rewards, trained[0]) if not t) and credit.total != full.total
     assert 'style="color:#777"' in render_html([credit])  # shown uncoloured
+
+
+def test_explain_cuts_rows_as_training_did_with_max_length(tmp_path):
+    """Rows were scored whole: a row past the run's max_length was summed over tokens training never saw (a
+    1,068-token row for a run trained at 128). --max-length cuts them as the data layer cut them in training."""
+    import argparse
+    import json
+
+    from alignlab.data.sources import load_rows
+    from alignlab.data.tokenize import tokenize_pair
+    from alignlab.recipes.demo_commands import _examples
+
+    _, tok = _lora_policy()
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text(json.dumps({"prompt": "word " * 40, "chosen": "good " * 30, "rejected": "bad " * 20}) + "\n")
+    args = argparse.Namespace(data=str(rows), data_format=None, columns=None, on_bad_row="error", limit=None,
+                              prompt=None, completion=None, max_length=None)
+    whole = _examples(args, tok)
+    cut = _examples(argparse.Namespace(**{**vars(args), "max_length": 32}), tok)
+    pair = tokenize_pair(load_rows(rows).rows[0], tok, 32)
+    assert cut[1][0] == pair.prompt_ids and cut[2] == [pair.chosen_ids, pair.rejected_ids]
+    assert len(cut[1][0]) + len(cut[2][0]) <= 32 < len(whole[1][0]) + len(whole[2][0])

@@ -29,6 +29,8 @@ def _explain_configure(p) -> None:
     p.add_argument("--prompt", default=None, help="one prompt (plain text) instead of --data")
     p.add_argument("--completion", default=None, help="its completion (plain text; EOS is appended)")
     p.add_argument("--beta", type=float, default=0.1, help="the DPO beta the policy was trained with (default 0.1)")
+    p.add_argument("--max-length", type=int, default=None, help="the max_length the policy was trained with: rows "
+                   "are cut as training cut them (default: scored whole)")
     p.add_argument("--limit", type=int, default=8, help="explain at most this many rows of --data (default 8); "
                    "records after them are not read")
     p.add_argument("--columns", default=None, metavar="MAPPING", help="column mapping for a table in no known "
@@ -41,13 +43,15 @@ def _explain_configure(p) -> None:
 
 def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[int]], list[list[bool]]]:
     """(labels, prompt ids, completion ids, trained flags) tokenised exactly as training tokenised them
-    (data.tokenize); a multi-turn row's completion runs from its first trained token to the end, and only the
-    tokens training scores (its assistant turns) are flagged."""
+    (data.tokenize; cut at --max-length, as training cut them, when given); a multi-turn row's completion runs from
+    its first trained token to the end, and only the tokens training scores (its assistant turns) are flagged."""
     from alignlab.data.rows import PreferenceRow, SFTRow
     from alignlab.data.sources import load_rows
     from alignlab.data.tokenize import tokenize_pair, tokenize_sft
     from alignlab.errors import AlignlabError
 
+    if args.max_length is not None and args.max_length < 2:
+        raise AlignlabError(f"explain: --max-length must be >= 2, got {args.max_length}")
     if (args.limit is not None and args.limit < 1) or (args.data and (args.prompt is not None
                                                                        or args.completion is not None)):
         raise AlignlabError("explain: --limit must be >= 1, and --data goes without --prompt/--completion (they were "
@@ -66,12 +70,12 @@ def _examples(args, tokenizer) -> tuple[list[str], list[list[int]], list[list[in
     labels, prompts, comps, trained = [], [], [], []
     for i, row in enumerate(rows):
         if isinstance(row, PreferenceRow):
-            pair = tokenize_pair(row, tokenizer, None)
+            pair = tokenize_pair(row, tokenizer, args.max_length)
             for name, ids in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
                 labels.append(f"row {i} {name}"), prompts.append(pair.prompt_ids), comps.append(ids)
                 trained.append([True] * len(ids))
         elif isinstance(row, SFTRow):
-            ex = tokenize_sft(row, tokenizer, None)
+            ex = tokenize_sft(row, tokenizer, args.max_length)
             first = next((k for k, lab in enumerate(ex.labels) if lab != -100), len(ex.input_ids))
             labels.append(f"row {i}"), prompts.append(ex.input_ids[:first]), comps.append(ex.input_ids[first:])
             trained.append([lab != -100 for lab in ex.labels[first:]])
