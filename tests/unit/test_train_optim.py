@@ -62,7 +62,7 @@ def test_whole_products_are_not_rounded_up_past_themselves():
     # the examples past the last whole batch of an epoch are left out of it: the run says so
     assert epoch_note(15, 8) == ("each epoch trains 8 of the 15 examples (whole batches of 8); the 7 left over "
                                  "differ from epoch to epoch")
-    assert epoch_note(16, 8) is None
+    assert epoch_note(16, 8) is None and epoch_note(10, 4, "prompts").startswith("each epoch trains 8 of the 10 prompts")
 
 
 def test_param_groups_decay_only_matrices_and_skip_frozen():

@@ -70,10 +70,10 @@ class OnPolicyConfig(OptimConfig, RunConfig):
     pad_to_multiple_of: int | None = 16
     """Round the width of those training forwards' rows up to a multiple of this (pad tokens in a span of their own,
     never attended to or trained on; null: no rounding): oneDNN keeps a kernel per new matrix shape, and every rollout
-    has new token counts (`make bench-grpo`, bf16, Xeon: 4.24 GB peak against 4.67). Same numbers (tests)."""
+    has new token counts (bench-grpo, bf16, Xeon AMX, 1 thread: 4.24 GB peak against 4.67). Same numbers (tests)."""
     sampling_weights: Literal["model", "auto", "float32", "bfloat16"] = "model"
     """Weights the in-process sampler uses: as trained (model), or a bf16 copy made once per rollout (bfloat16; auto
-    where the hardware has bf16 matrix units: 2.5x the float32 tokens/s on a Xeon with AMX, bench/gen_vs_hf.py).
+    where the hardware has bf16 matrix units: 2.5x the float32 tokens/s on a Xeon with AMX, 1 thread; gen_vs_hf).
     Samples then come from other numbers than the trainer's: in grpo and ppo pair it with rollout_is."""
     rollout_engine: RemoteEngine | None = None
     """Sample rollouts on an OpenAI-compatible engine returning token ids and log-probs ({url, model, server:

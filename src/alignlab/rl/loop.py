@@ -326,8 +326,8 @@ def _start(state: RLState, prompts: Any, records: Any, eval_records: Any) -> tup
     # the guards: same config, a finished run says so (AlreadyDone), resume=never sets an earlier run aside
     ckpt = resume_point(out, cfg.resume, config_yaml, n_total, is_main=world.is_main)
     if world.is_main:
-        if note := epoch_note(len(train_rows), cfg.batch_size):
-            print(note.replace("examples", "prompts"), flush=True)
+        if note := epoch_note(len(train_rows), cfg.batch_size, "prompts"):
+            print(note, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         write_text_atomic(out / "config.yaml", config_yaml)

@@ -22,13 +22,13 @@ def total_steps(cfg: TrainConfig, num_examples: int) -> int:
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(round(cfg.epochs * steps_per_epoch, 9)))
 
 
-def epoch_note(num_examples: int, batch_size: int) -> str | None:
+def epoch_note(num_examples: int, batch_size: int, unit: str = "examples") -> str | None:
     """What a run says when the data do not fill whole batches: each epoch leaves the rest out (a different rest
     each epoch, each being its own shuffle), which a user expecting every example once per epoch should know."""
     rest = num_examples % batch_size
     if not rest:
         return None
-    return (f"each epoch trains {num_examples - rest} of the {num_examples} examples (whole batches of {batch_size}); "
+    return (f"each epoch trains {num_examples - rest} of the {num_examples} {unit} (whole batches of {batch_size}); "
             f"the {rest} left over differ from epoch to epoch")
 
 
