@@ -165,6 +165,15 @@ def test_compare_answers_win_rate_counts_undecided():
     assert res.malformed == {"no_verdict": 2}
 
 
+def test_compare_answers_refuses_lists_of_other_lengths():
+    """Checked per batch only, 5 answers for 3 prompts at batch_size 3 were judged on the first 3 (win rate 1.0)."""
+    judge = FunctionJudge(lambda prompts, completions, **kw: [float(len(c)) for c in completions])
+    with pytest.raises(AlignlabError, match="one entry per prompt"):
+        compare_answers(judge, ["q"] * 3, ["long answer"] * 5, ["b"] * 3, n_boot=10, batch_size=3)
+    with pytest.raises(AlignlabError, match="answer"):
+        compare_answers(judge, ["q"] * 3, ["a"] * 3, ["b"] * 3, n_boot=10, batch_size=3, fields={"answer": ["1"]})
+
+
 def test_judge_config_refuses_keys_and_checks_sources():
     with pytest.raises(ConfigError, match="unknown key api_key"):
         from_dict(JudgeConfig, {"base_url": "http://127.0.0.1:1/v1", "api_key": "sk-123"})

@@ -57,6 +57,9 @@ def test_perplexity():
     assert perplexity([math.log(0.1)] * 5) == pytest.approx(10.0)
     with pytest.raises(AlignlabError):
         perplexity(logps, torch.zeros(2, 2))
+    # a mask of another shape broadcast over the log-probs: 8.0 (4 selected tokens' sum over 2) instead of an error
+    with pytest.raises(AlignlabError, match="mask shape"):
+        perplexity(torch.log(torch.full((2, 3), 0.5)), torch.tensor([1, 1, 0]))
 
 
 @pytest.mark.parametrize("logps, mask", [([], None), (torch.zeros(0, 4), None), (torch.zeros(2, 3), torch.zeros(2, 3))])

@@ -127,6 +127,8 @@ def perplexity(token_logps, mask=None) -> float:
     """
     logp = _as_float64(token_logps, "perplexity token_logps")
     m = torch.ones_like(logp) if mask is None else _as_float64(mask, "perplexity mask")
+    if m.shape != logp.shape:
+        raise AlignlabError(f"perplexity: mask shape {tuple(m.shape)} is not token_logps' {tuple(logp.shape)}")
     tokens = float(m.sum())
     if tokens == 0:
         raise AlignlabError("perplexity: no tokens under the mask")

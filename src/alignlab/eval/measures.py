@@ -102,6 +102,18 @@ def dpo_accuracy(policy: Any, reference: Any, tokenizer: Any, rows: Sequence[Any
     return out
 
 
+def check_same_vocabulary(policy: tuple[Any, Any], reference: tuple[Any, Any], policy_name: str,
+                          reference_name: str) -> Any:
+    """The reference model of a (model, tokenizer) pair, which scores the policy's token ids: refused where its
+    vocabulary (output size or token strings) differs, as it would score other text."""
+    sizes = [m.get_output_embeddings().weight.shape[0] for m, _ in (policy, reference)]
+    if sizes[0] != sizes[1] or policy[1].get_vocab() != reference[1].get_vocab():
+        raise AlignlabError(f"reference {reference_name!r} has another vocabulary than {policy_name!r} (output size "
+                            f"{sizes[1]} against {sizes[0]}, or other tokens at the same ids): its log-probs of the "
+                            f"policy's token ids would score other text")
+    return reference[0]
+
+
 def kl_from_samples(policy: Any, reference: Any, result: Any, *, batch_size: int = 8, pad_id: int = 0) -> dict:
     """KL(policy || reference) from a GenerationResult sampled from the policy: token log-probs of each
     sample under both models (temperature 1), then eval.kl.sequence_kl (k1 and k3)."""
@@ -130,8 +142,10 @@ def perplexity_on_rows(model: Any, tokenizer: Any, rows: Sequence[Any], *, max_l
     seqs, trained = [], []
     for r in rows:
         t = tokenize_sft(r, tokenizer, max_length)
-        first = next((i for i, lab in enumerate(t.labels) if lab != -100), len(t.labels))
-        if first < len(t.input_ids) and first > 0:
+        # a row trained from its first token (empty prompt, no BOS) is scored from its second: the first has no
+        # context, and training's shifted loss leaves it out too
+        first = max(next((i for i, lab in enumerate(t.labels) if lab != -100), len(t.labels)), 1)
+        if first < len(t.input_ids):
             seqs.append((t.input_ids[:first], t.input_ids[first:]))
             # scored from the first trained token on, kept where trained: a multi-turn row's later user turns and
             # the template's text after an end-of-turn token are context, not targets (as eval_perplexity in training)

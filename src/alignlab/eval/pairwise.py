@@ -139,9 +139,13 @@ def compare_answers(judge: Judge, prompts: Sequence[Any], answers_a: Sequence[st
                     fields: dict[str, Sequence[Any]] | None = None) -> PairwiseResult:
     """Judge A's answers against B's on every prompt; win rate of A with ties counted half.
     `fields`: per-prompt columns for reward-function judges (e.g. {"answer": [...]} for gsm8k)."""
+    fields = fields or {}
+    lengths = {"prompts": len(prompts), "answers_a": len(answers_a), "answers_b": len(answers_b),
+               **{k: len(v) for k, v in fields.items()}}
+    if len(set(lengths.values())) > 1:
+        raise AlignlabError(f"compare_answers: one entry per prompt in each list, got lengths {lengths}")
     before = Counter(judge.malformed)
     results: list[JudgeResult] = []
-    fields = fields or {}
     for i in range(0, len(prompts), batch_size):
         cut = slice(i, i + batch_size)
         results += judge.compare_batch(prompts[cut], answers_a[cut], answers_b[cut],

@@ -235,3 +235,26 @@ def write_report(payload: dict, out_dir: str | Path) -> Path:
     from alignlab.files import write_text_atomic
 
     return write_text_atomic(out / "report.html", page)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def print_table(results: list[dict], console: Any = None) -> None:
+    """The results as a rich table: evaluation, model, metric, value, interval, n, undecided judge replies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="alignlab eval")
+    for col in ("evaluation", "model", "metric", "value", "interval", "n", "malformed"):
+        # fold, not ellipsis: a truncated checkpoint path or evaluation name would be useless
+        table.add_column(col, justify="right" if col in ("value", "n", "malformed") else "left", overflow="fold")
+    from alignlab.eval.lc import with_lc_rows
+
+    for r in with_lc_rows(results):  # the length-controlled win rate beside each raw one
+        interval = f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r["low"] is not None else "-"
+        bad = r["details"].get("malformed")
+        table.add_row(r["evaluation"], r["model"], r["metric"], _fmt(r["value"]), interval, _fmt(r["n"]),
+                      _fmt(sum(bad.values())) if isinstance(bad, dict) else "-")
+    (console or Console()).print(table)

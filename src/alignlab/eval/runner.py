@@ -105,7 +105,8 @@ class EvalConfig:
     device: str = "auto"
     """cpu, cuda, or auto (CUDA when present)."""
     n_boot: int = 1000
-    """Bootstrap resamples for every interval."""
+    """Bootstrap resamples for the intervals of accuracies, win rates, ratings and mean rewards (kl and passk
+    report value +- 1.96 standard errors)."""
     seed: int = 0
     """Seed for the bootstrap (sampling has its own seed under each evaluation's sampling)."""
     batch_size: int = 8
@@ -152,6 +153,13 @@ class _Context:
 
             self.models[name] = (load_model(name, device=self.cfg.device).eval(), load_tokenizer(name))
         return self.models[name]
+
+    def reference(self, spec: EvaluationSpec, policy: str) -> Any:
+        """The evaluation's reference model, checked to read the policy's token ids as the same tokens."""
+        from alignlab.eval.measures import check_same_vocabulary
+
+        name = spec.reference or self.cfg.reference
+        return check_same_vocabulary(self.model(policy), self.model(name), policy, name)
 
     def generations(self, name: str, spec: EvaluationSpec, rows: list, n: int = 1) -> Any:
         # keyed on the prompts themselves: two evaluations of one file may read different columns or formats
@@ -208,7 +216,7 @@ def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
             res = measures.reward_accuracy(scorer, rows, seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
         else:
             policy, tok = ctx.model(name)
-            reference, _ = ctx.model(spec.reference or ctx.cfg.reference)
+            reference = ctx.reference(spec, name)
             res = measures.dpo_accuracy(policy, reference, tok, rows, beta=spec.beta, max_length=spec.max_length,
                                         batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed, n_boot=ctx.cfg.n_boot)
         out.append(_record(spec, name, "accuracy", res["accuracy"], res["low"], res["high"], res["n"],
@@ -287,10 +295,10 @@ def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     from alignlab.eval.measures import kl_from_samples
 
     rows, info = ctx.rows(spec, "prompt")
-    reference, _ = ctx.model(spec.reference or ctx.cfg.reference)
     out = []
     for name in ctx.cfg.checkpoints:
         policy, tok = ctx.model(name)
+        reference = ctx.reference(spec, name)
         gen = ctx.generations(name, spec, rows, n=spec.samples)
         res = kl_from_samples(policy, reference, gen, batch_size=ctx.cfg.batch_size, pad_id=tok.pad_token_id or 0)
         se = res["k3_se"]  # nan with one sample: no interval
@@ -369,28 +377,8 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
         from alignlab.eval.report import write_report
 
         write_report(payload, out)
+    from alignlab.eval.report import print_table
+
     print_table(results, console=console)
     return payload
 
-
-def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
-def print_table(results: list[dict], console: Any = None) -> None:
-    """The results as a rich table: evaluation, model, metric, value, interval, n, undecided judge replies."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="alignlab eval")
-    for col in ("evaluation", "model", "metric", "value", "interval", "n", "malformed"):
-        # fold, not ellipsis: a truncated checkpoint path or evaluation name would be useless
-        table.add_column(col, justify="right" if col in ("value", "n", "malformed") else "left", overflow="fold")
-    from alignlab.eval.lc import with_lc_rows
-
-    for r in with_lc_rows(results):  # the length-controlled win rate beside each raw one
-        interval = f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r["low"] is not None else "-"
-        bad = r["details"].get("malformed")
-        table.add_row(r["evaluation"], r["model"], r["metric"], _fmt(r["value"]), interval, _fmt(r["n"]),
-                      _fmt(sum(bad.values())) if isinstance(bad, dict) else "-")
-    (console or Console()).print(table)
