@@ -288,7 +288,7 @@ def trl_worker(spec: dict) -> dict:
         gradient_accumulation_steps=spec["grad_accum"], learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
         max_length=spec["max_length"], beta=spec["beta"], seed=spec["seed"], logging_steps=1, save_strategy="no",
         report_to="none", use_cpu=True, bf16=spec["bf16"], dataloader_num_workers=0,
-        gradient_checkpointing=spec["gradient_checkpointing"] != "off",  # TRL has only full checkpointing
+        gradient_checkpointing=spec["trl_gradient_checkpointing"] == "full",  # TRL has only full checkpointing
         disable_tqdm=True,
         # both sides compute the reference log-probs in one pass before training and then hold no reference model
         precompute_ref_log_probs=spec["reference"] == "cache", precompute_ref_batch_size=micro,
@@ -301,7 +301,7 @@ def trl_worker(spec: dict) -> dict:
     logs = [r for r in trainer.state.log_history if "loss" in r and "rewards/chosen" in r]
     return {"step_seconds": timer.seconds, "peak_memory_mb": peak_rss_mb(), "losses": [r["loss"] for r in logs],
             "trl_version": trl.__version__,
-            "gradient_checkpointing": "off" if spec["gradient_checkpointing"] == "off" else "full"}
+            "gradient_checkpointing": spec["trl_gradient_checkpointing"]}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -399,6 +399,11 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", choices=["off", "full", "selective"], default="off",
                    help="off or full: the same on both sides; selective: alignlab's selective recomputation against "
                         "TRL's full (the only kind it has)")
+    p.add_argument("--trl-gradient-checkpointing", choices=["same", "off", "full"], default="same",
+                   help="TRL's side on its own: same (the default: off when alignlab's is off, else full), off (TRL's "
+                        "fastest setting on this job) or full (its default in DPOConfig); e.g. `--gradient-checkpointing "
+                        "full --trl-gradient-checkpointing off` sets alignlab's memory-saving setting against TRL's "
+                        "fastest")
     p.add_argument("--reference", choices=["live", "cache"], default="live",
                    help="live: a frozen reference model runs in every step (both sides' default); cache: both sides "
                         "compute the reference log-probs in one pass before training and hold no reference model "
@@ -422,10 +427,12 @@ def main() -> None:
             "max_length": args.max_length, "beta": args.beta, "lr": args.lr, "seed": args.seed,
             "threads": args.threads, "path": args.path, "bf16": args.bf16,
             "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-            "reference": args.reference}
+            "reference": args.reference,
+            "trl_gradient_checkpointing": args.trl_gradient_checkpointing if args.trl_gradient_checkpointing != "same"
+            else "off" if args.gradient_checkpointing == "off" else "full"}
     spec["order"] = alignlab_order(n_pairs, args.seed)  # TRL visits the pairs in alignlab's order
     job = {k: spec[k] for k in ("steps", "batch_size", "grad_accum", "max_length", "beta", "threads", "path", "bf16",
-                                "gradient_checkpointing", "compile", "reference")}
+                                "gradient_checkpointing", "trl_gradient_checkpointing", "compile", "reference")}
     n, per_pair = matmul_params(load_config(spec["model_dir"])), timed_layout(layout, spec["order"], args.batch_size)
     compare(HERE, args, spec, out, lambda res: summarize(res, args.batch_size, args.reference == "live"), rate="pairs_per_second",
             job={"model": args.model, "matmul_params": n, "layout_tokens_per_pair": round(per_pair, 1), **job},
