@@ -99,11 +99,18 @@ def test_smollm2_lora_lowers_held_out_dpo_loss(data_dir, tmp_path):
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] and evals[-1]["eval_rewards/margins"] > 0
 
 
-@pytest.mark.parametrize("reference", ["model", "cache"])
-def test_compiled_blocks_keep_step_zero_at_log_2_in_bf16(data_dir, tmp_path, reference):
+@pytest.mark.parametrize("reference, lora", [("model", False), ("cache", False), ("cache", True)])
+def test_compiled_blocks_keep_step_zero_at_log_2_in_bf16(data_dir, tmp_path, reference, lora):
     """compile=true with bf16, where compiled blocks round differently from eager ones: the reference runs the same
-    compiled blocks, so the first train loss is log 2 exactly as without compile (models/compiled.py)."""
+    compiled blocks, so the first train loss is log 2 exactly as without compile (models/compiled.py). A LoRA
+    policy's cached reference is the policy itself, adapter off: its log-probs were cached before training compiled
+    the blocks (loss 0.6931465), and an eager run's cache was reused under compile."""
+    cache = [f"ref_cache_dir={tmp_path / 'cache'}"] if reference == "cache" else []
+    adapter = ["lora.r=4", "lora.alpha=8"] if lora else []
+    if lora:  # an eager run's cache first: not the compiled run's
+        assert dpo(data_dir, tmp_path / "eager", "max_steps=1", "bf16=true", "eval_split=0", "reference=cache",
+                   *cache, *adapter) == 0
     assert dpo(data_dir, tmp_path, "max_steps=2", "compile=true", "bf16=true", "eval_split=0",
-               f"reference={reference}", *([f"ref_cache_dir={tmp_path / 'cache'}"] if reference == "cache" else [])) == 0
+               f"reference={reference}", *cache, *adapter) == 0
     first = next(r for r in read_metrics(tmp_path) if "grad_norm" in r)
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-7)

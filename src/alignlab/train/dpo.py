@@ -110,11 +110,16 @@ def cached_sets(cfg: DPOConfig, sets: list[list], policy: Any, collate: Any, dev
     live_kind = "model" if cfg.ref_model else start_reference_kind("auto", policy)
     live = step_reference(live_kind, policy, source=cfg.ref_model or cfg.model, chunk_size=cfg.logprob_chunk_size,
                           bf16=cfg.bf16, compiled=cfg.compile)
+    if live_kind == "adapter":  # the reference is the policy's own blocks: compiled as training will run them
+        from alignlab.models.compiled import compile_blocks
+
+        compile_blocks(policy, cfg.compile)
     key_model = live.model if live_kind == "model" else policy
     settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "model": cfg.model,
                 "ref_model": cfg.ref_model, "data_format": cfg.data_format}
-    if cfg.bf16:  # a separate reference then computes under bf16 autocast; float32 keys unchanged
-        settings["bf16"] = True
+    # a separate reference then computes under bf16 autocast, compiled blocks round otherwise: keys apart (the
+    # float32, eager keys unchanged)
+    settings.update({k: True for k in ("bf16", "compile") if getattr(cfg, k)})
     out = []
     for examples in sets:
         if not examples:
