@@ -109,3 +109,19 @@ def test_weights_changed_by_a_callback_after_an_evaluation_are_not_trained_on_as
         train(cfg, model, step, data, Collator(0, packing=True), eval_fn=ev, callbacks=[Rescale()])
         final[via_data] = model.state_dict()
     assert all(torch.equal(final[True][k], final[False][k]) for k in final[True])
+
+
+def test_a_frozen_cast_is_not_reused_by_a_later_run_after_the_weight_was_trained():
+    """A frozen head's bf16 cast was kept for the whole process, keyed on the weight's version counter, which a fused
+    AdamW step (or a write through .data) does not bump: LoRA DPO, then full SFT of the merged model, then LoRA DPO
+    again in one process scored chosen at -40.56 against -24.40 with the head's old cast."""
+    from alignlab.ops.buffers import frozen_cast
+
+    w = torch.randn(8, 4)
+    first = frozen_cast(w, torch.bfloat16)
+    assert frozen_cast(w, torch.bfloat16) is first  # kept while nothing changed
+    w.data.add_(1.0)  # as a fused optimizer step: the version counter stays
+    with buffers.reused_buffers():  # the next training run
+        assert torch.equal(frozen_cast(w, torch.bfloat16), w.to(torch.bfloat16))
+        w.data.add_(1.0)
+    assert torch.equal(frozen_cast(w, torch.bfloat16), w.to(torch.bfloat16))  # after it

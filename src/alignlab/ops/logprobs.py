@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alignlab.ops.buffers import kept_cast, scratch
+from alignlab.ops.buffers import frozen_cast, kept_cast, scratch
 from alignlab.ops.embedding import find_tie
 
 IGNORE_INDEX = -100
@@ -52,7 +52,6 @@ def token_logprobs(
     return (-nll).reshape(labels.shape)
 
 
-_FROZEN_CASTS: dict[int, tuple[Any, int, torch.dtype, torch.Tensor]] = {}
 
 
 def _head_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -62,27 +61,11 @@ def _head_weight(weight: torch.Tensor) -> torch.Tensor:
     if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
         dtype = torch.get_autocast_dtype(device)
         if not weight.requires_grad:
-            return _frozen_cast(weight, dtype)
+            return frozen_cast(weight, dtype)
         # A trainable head: one cast per optimizer step inside the loops' reused_buffers (ops/buffers.py), shared
         # by the step's micro-batches and kept in one block; elsewhere one per pass.
         return kept_cast(weight, dtype)
     return weight
-
-
-def _frozen_cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # A frozen head (a reference model's tied embedding) is the same every step: keep its cast (keyed by the
-    # tensor and its version counter, so an in-place change recasts; dropped with the weight) instead of
-    # paying a [V, H] copy per forward (~0.2 s a step for SmolLM2's 49k x 576 on one core).
-    import weakref
-
-    key = id(weight)
-    hit = _FROZEN_CASTS.get(key)
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == dtype:
-        return hit[3]
-    low = weight.detach().to(dtype)
-    _FROZEN_CASTS[key] = (weakref.ref(weight, lambda _, k=key: _FROZEN_CASTS.pop(k, None)), weight._version,
-                          dtype, low)
-    return low
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
