@@ -376,6 +376,5 @@ def test_sft_loss_accuracy_grads_on_identical_ids_match_trl(tok, tmp_path):
             loss.backward()
             tol = TOL if step is chunked_causal_lm_step else FULL_LOGITS_TOL
             assert float(loss) == pytest.approx(float(trl_loss), **tol), (packing, step.__name__)
-            if "mean_token_accuracy" in metrics:
-                assert float(metrics["mean_token_accuracy"]) == pytest.approx(logged["mean_token_accuracy"], **TOL)
+            assert float(metrics["mean_token_accuracy"]) == pytest.approx(logged["mean_token_accuracy"], **TOL)
             assert_same_grads(grads(mine_model), theirs, tol)

@@ -203,12 +203,15 @@ def test_chunked_step_equals_plain_step_and_gradients(attn):
             model = tiny_llama("sdpa" if step is causal_lm_step else attn).train()
             head_calls = []
             model.lm_head.register_forward_hook(lambda *a, calls=head_calls: calls.append(1))
-            loss, _ = step(model, batch)
+            loss, metrics = step(model, batch)
             loss.backward()
             # the chunked step never calls the head module (its empty matmul still cast the weight under autocast)
             assert bool(head_calls) == (step is causal_lm_step)
-            grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+            grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()], metrics))
         torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=0)
+        # the same logged metrics: the chunked step logged no token accuracy
+        assert grads[0][2].keys() == grads[1][2].keys() == {"mean_token_accuracy"}
+        assert float(grads[0][2]["mean_token_accuracy"]) == float(grads[1][2]["mean_token_accuracy"])
         for a, b in zip(grads[0][1], grads[1][1]):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 

@@ -156,7 +156,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size, ignore_index, entropy=False):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, ignore_index, entropy=False, predictions=None):
         n, acc = hidden.shape[0], _acc_dtype(hidden.dtype)
         out = hidden.new_empty(n, dtype=acc)
         lse = hidden.new_empty(n, dtype=acc)
@@ -170,6 +170,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             sl = slice(start, start + chunk_size)
             logits = chunks.logits(sl)
+            if predictions is not None:  # before the in-place logsumexp below destroys the logits
+                torch.argmax(logits, -1, out=predictions[sl])
             picked = logits.gather(-1, safe[sl].unsqueeze(-1)).squeeze(-1)
             if unit_grad_h is None and ent is not None:
                 lse[sl], ent[sl] = _logsumexp_entropy_(logits, scratch("exp", logits.shape[0], logits.shape[1],
@@ -211,7 +213,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         acc = lse.dtype
         g = torch.where(valid, grad_out.to(acc), 0.0)
         if unit_grad_h is not None:
-            return (unit_grad_h * g[:, None]).to(hidden.dtype), None, None, None, None, None, None
+            return (unit_grad_h * g[:, None]).to(hidden.dtype), None, None, None, None, None, None, None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = hidden.new_empty(hidden.shape) if need_h else None
         grad_w = None  # [V, H]: the first chunk's product, later chunks added (no zero-filled buffer)
@@ -249,7 +251,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         if grad_w is not None and tie is not None and tie.deposit(grad_w):
             grad_w = None  # the tied embedding's backward adds it to its own
         grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def chunked_token_logprobs(
@@ -260,6 +262,7 @@ def chunked_token_logprobs(
     bias: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
     entropy: bool = False,
+    predictions: torch.Tensor | None = None,
 ) -> Any:
     """Same as `token_logprobs(hidden @ weight.T + bias, labels)` without the full logits.
 
@@ -269,6 +272,8 @@ def chunked_token_logprobs(
     Gradients flow to hidden, weight and bias; peak extra memory is O(chunk_size * V) floats.
     With `entropy`, (log-probs, entropy [N] of each row's softmax, `entropy_from_logits`'s value to rounding, no
     gradient) from the same chunks: one more [chunk, V] buffer, no more matmuls.
+    `predictions`, an [N] int64 tensor, is filled with each row's argmax (the greedy token, for token accuracy) in
+    the forward: one more read of each chunk's logits.
     """
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(
@@ -276,7 +281,7 @@ def chunked_token_logprobs(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedLogprobs.apply(hidden, weight, bias, labels, chunk_size, ignore_index, entropy)
+    return _ChunkedLogprobs.apply(hidden, weight, bias, labels, chunk_size, ignore_index, entropy, predictions)
 
 
 def scored_tokens(prompt_ids: list, completion_ids: list) -> int:

@@ -88,8 +88,11 @@ def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> t
     mask = target.ne(-100)
     hidden = final[:, :-1][mask]  # [trained tokens, H]
     weight, bias = output_weights(model)
-    logps = chunked_token_logprobs(hidden, weight, target[mask], chunk_size=chunk_size, bias=bias)
-    return -logps.sum() / mask.sum().clamp(min=1), {}
+    labels = target[mask]
+    predicted = labels.new_empty(labels.shape)  # each position's argmax, filled chunk by chunk
+    logps = chunked_token_logprobs(hidden, weight, labels, chunk_size=chunk_size, bias=bias, predictions=predicted)
+    n = mask.sum().clamp(min=1)
+    return -logps.sum() / n, {"mean_token_accuracy": ((predicted == labels).sum() / n).detach()}
 
 
 def causal_lm_step(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
