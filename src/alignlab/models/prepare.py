@@ -15,7 +15,7 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-def refuse_untrainable(model: Any) -> None:
+def refuse_untrainable(model: Any, bf16: bool = False) -> None:
     """Models the training steps would train on other numbers than the model's own forward gives, refused before
     any work:
     - a mixture-of-experts config asking for its router's load-balancing loss (output_router_logits with a
@@ -23,7 +23,9 @@ def refuse_untrainable(model: Any) -> None:
       silently (TRL's trainers add it);
     - ModernBERT's decoder, whose get_decoder() is its output projection behind a prediction head (dense,
       activation, norm) that the steps, applying the output embedding to the backbone's states, would skip (they
-      failed with a TypeError)."""
+      failed with a TypeError);
+    - with `bf16` (autocast over float32 master weights and optimizer states), trainable parameters in a lower
+      precision (an in-memory model loaded in bf16): they trained in pure bf16, most small updates rounded away."""
     import torch
 
     from alignlab.errors import AlignlabError
@@ -40,6 +42,11 @@ def refuse_untrainable(model: Any) -> None:
     if hasattr(inner, "get_decoder") and isinstance(inner.get_decoder(), torch.nn.Linear):
         raise AlignlabError(f"{type(inner).__name__}: its LM head runs a prediction head before the output "
                             "projection, which alignlab's training steps do not apply; this family is not supported")
+    low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if bf16 and low:
+        raise AlignlabError(f"bf16: true keeps float32 master weights and optimizer states, but the model's trainable "
+                            f"parameters are {', '.join(low)}; pass the model in float32 (model.float()), or bf16: "
+                            "false to train it in its own dtype")
 
 
 def prepare_model(cfg: Any) -> tuple[Any, Any]:

@@ -107,7 +107,7 @@ def build_state(cfg: Any, world: World, *, reward_fn: Callable | None, reference
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     tokenizer, policy = prepare_model(cfg) if model is None else (tokenizer, model)
-    refuse_untrainable(policy)
+    refuse_untrainable(policy, cfg.bf16)
     without_dropout(policy.to(world.device), cfg.gradient_checkpointing, cfg.compile)
     keep_embedding_grad(policy)  # its dense gradient in the LM head's idle block (ops/embedding.py)
     frozen = None

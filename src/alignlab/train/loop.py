@@ -163,7 +163,7 @@ def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, An
 
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
-    refuse_untrainable(model)
+    refuse_untrainable(model, cfg.bf16)
     enable_checkpointing(model, cfg.gradient_checkpointing)
     compile_blocks(model, cfg.compile)
     if not getattr(model, "hf_device_map", None):  # device-mapped (e.g. 4-bit QLoRA) models stay put
