@@ -168,6 +168,26 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     assert bad["step"] == 3 and len(bad["indices"]) == 4
 
 
+def test_each_rank_writes_the_rows_of_its_own_non_finite_loss(tmp_path):
+    """Under 2 processes every rank whose loss was NaN wrote its half of the batch to one bad_batch.json, the last
+    writer's half winning while the other rank's error named the file for its rows. A loss's rows are its rank's
+    (in its own file for rank r > 0); a gradient norm's are the whole step's, written by rank 0 alone."""
+    from alignlab.train.loop import _diverged
+    from alignlab.train.step import NonFiniteStep
+
+    cfg = cfg_for(tmp_path)
+    for rank, rows in ((0, [32, 25]), (1, [10, 21])):
+        err = _diverged(cfg, 2, NonFiniteStep("loss", float("nan"), 0), rows, rank)
+        name = "bad_batch.json" if rank == 0 else "bad_batch.rank1.json"
+        assert name in str(err) and json.loads((tmp_path / name).read_text())["indices"] == rows
+    assert json.loads((tmp_path / "bad_batch.rank1.json").read_text())["rank"] == 1
+    (tmp_path / "bad_batch.json").unlink()
+    _diverged(cfg, 2, NonFiniteStep("gradient norm", float("nan"), None), [32, 25, 10, 21], 1)
+    assert not (tmp_path / "bad_batch.json").exists()  # rank 0 writes the step's rows
+    _diverged(cfg, 2, NonFiniteStep("gradient norm", float("nan"), None), [32, 25, 10, 21], 0)
+    assert json.loads((tmp_path / "bad_batch.json").read_text())["indices"] == [32, 25, 10, 21]
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})

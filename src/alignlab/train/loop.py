@@ -137,23 +137,26 @@ def evaluate(model: Any, step_fn: StepFn, dataset: Sequence, collate: Callable, 
     return {prefix + k: v for k, v in add_margins({k: v / max(weights[k], 1e-12) for k, v in sums.items()}).items()}
 
 
-def _diverged(cfg: TrainConfig, step: int, e: NonFiniteStep, idx: list[int]) -> TrainingDiverged:
-    """The error for a non-finite loss or gradient at optimizer step `step` (1-based), with its rows written out."""
-    bad = _write_bad_batch(cfg, step, idx, f"{e.what} {e.value}")
+def _diverged(cfg: TrainConfig, step: int, e: NonFiniteStep, idx: list[int], rank: int = 0) -> TrainingDiverged:
+    """The error for a non-finite loss or gradient at optimizer step `step` (1-based), with its rows written out.
+
+    A gradient norm is the same on every rank, and `idx` is the whole step's rows: rank 0 writes bad_batch.json. A
+    loss is this rank's micro-batch (`idx`: its rows), possibly on this rank alone: each rank whose loss failed
+    writes its own file (rank r > 0: bad_batch.rank<r>.json), with no collective on the way out."""
+    bad = Path(cfg.output_dir) / ("bad_batch.json" if rank == 0 else f"bad_batch.rank{rank}.json")
+    if rank == 0 or e.micro is not None:
+        import json
+
+        from alignlab.files import write_text_atomic
+
+        bad.parent.mkdir(parents=True, exist_ok=True)
+        record = {"step": step, "what": f"{e.what} {e.value}", **({"rank": rank} if rank else {}), "indices": idx}
+        write_text_atomic(bad, json.dumps(record) + "\n")
     where = f"micro-batch {e.micro}, " if e.micro is not None else ""
     return TrainingDiverged(
         f"{e.what} is {e.value} at step {step} ({where}dataset indices {idx[:8]}{'...' if len(idx) > 8 else ''}; "
         f"all in {bad}); stopping before the update. The newest checkpoint in {cfg.output_dir} is from before the "
         "divergence: lower learning_rate or check those rows.")
-
-
-def _write_bad_batch(cfg: TrainConfig, step: int, indices: list[int], what: str) -> Path:
-    import json
-
-    path = Path(cfg.output_dir) / "bad_batch.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"step": step, "what": what, "indices": indices}) + "\n", encoding="utf-8")
-    return path
 
 
 def _prepare_model(cfg: TrainConfig, model: Any, world: World) -> tuple[bool, Any]:
@@ -266,7 +269,7 @@ class _Run:
                                  compute=lambda: autocast(cfg, world.device, cache=False))
         except NonFiniteStep as e:  # on_train_end(None): CallbackList.ended_on_error
             idx = micro[e.micro] if e.micro is not None else self.sampler.step_indices(step)
-            raise _diverged(cfg, step + 1, e, idx) from None
+            raise _diverged(cfg, step + 1, e, idx, world.rank) from None
         self.window.add(out.metrics, out.weights)
         self.window.end_step(out.grad_norm, time.perf_counter() - t0)
         return lr, out.grad_norm
