@@ -87,6 +87,24 @@ def test_saved_scorer_reloads_with_its_head(scorer, tmp_path):
     assert info["architecture"] == "LlamaForSequenceClassification" and info["parameters"] == 106_816 + 64
 
 
+def test_a_scorer_without_a_trained_head_is_refused_where_one_is_needed(scorer, tmp_path):
+    """reward: reward_model, reward_accuracy and reward-model judges took a language model's checkpoint (a DPO
+    policy) with a new random head and scored noise (accuracy 0.56, then 0.34 with another seed)."""
+    from alignlab.models.load import load_model, load_tokenizer
+    from alignlab.rollout.rewards import get_reward
+
+    with pytest.raises(AlignlabError, match="'tiny-random' is not a reward model"):
+        get_reward("reward_model", path="tiny-random")
+    lm = apply_lora(load_model("tiny-random"), LoraConfig(r=2, alpha=4, dropout=0.0))
+    lm.save_pretrained(tmp_path / "sft_adapter")  # a causal LM's adapter: folded into a backbone, new head
+    with pytest.raises(AlignlabError, match="not a reward model"):
+        load_scorer(str(tmp_path / "sft_adapter"), trained_head=True)
+    load_scorer(str(tmp_path / "sft_adapter"))  # a value model or a reward model to train starts there
+    scorer.save_pretrained(tmp_path / "rm")
+    load_tokenizer("tiny-random").save_pretrained(tmp_path / "rm")
+    assert get_reward("reward_model", path=str(tmp_path / "rm"))(["a"], ["b"])  # a trained head loads
+
+
 def test_lora_scorer_trains_the_head(scorer):
     torch.manual_seed(0)
     model = apply_lora(load_scorer("tiny-random"), LoraConfig(r=2, alpha=4, dropout=0.0))

@@ -136,15 +136,19 @@ def test_reward_model_scores_the_sequence_rm_training_scored(spans):
             assert g == pytest.approx(model(torch.tensor([ids])).logits[0, 0].item(), abs=1e-5)
 
 
-def test_reward_model_reward_loads_on_the_device_asked_for():
+def test_reward_model_reward_loads_on_the_device_asked_for(tmp_path):
     # eval's reward_accuracy loaded its scorer on the CPU whatever `device` said (and scored 16 a forward)
     import torch
 
     from alignlab.errors import AlignlabError
+    from alignlab.models.heads import load_scorer
+    from alignlab.models.load import load_tokenizer
     from alignlab.rollout.rewards import reward_model_reward
 
     if torch.cuda.is_available():
         pytest.skip("the refusal below needs a machine without CUDA")
+    load_scorer("tiny-random").save_pretrained(tmp_path)  # a reward model: a trained (here: saved) head
+    load_tokenizer("tiny-random").save_pretrained(tmp_path)
     with pytest.raises(AlignlabError, match="CUDA"):
-        reward_model_reward(path="tiny-random", device="cuda")
-    assert reward_model_reward(path="tiny-random", device="cpu", batch_size=4).batch_size == 4
+        reward_model_reward(path=str(tmp_path), device="cuda")
+    assert reward_model_reward(path=str(tmp_path), device="cpu", batch_size=4).batch_size == 4

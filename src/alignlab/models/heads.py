@@ -28,13 +28,15 @@ def load_scorer(
     device: str = "cpu",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    trained_head: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """An `AutoModelForSequenceClassification` with one output from `name` (alias, dir or hub id).
 
     From a causal-LM checkpoint the backbone is reused and the head `score` is new (normal(0, initializer_range)
     from torch's current RNG state: seed before calling for reproducible heads). A checkpoint saved from a
-    scorer reloads with its trained head. `config.pad_token_id` is set (from the tokenizer) so batched
+    scorer reloads with its trained head. `trained_head`: refuse a checkpoint without one (a scorer's use: a new
+    head's scores are noise). `config.pad_token_id` is set (from the tokenizer) so batched
     forwards work. Other keyword arguments set config attributes (use_cache=False) or go to `from_pretrained`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -51,7 +53,7 @@ def load_scorer(
     path = resolve_model(name)
     if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
         return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                    allow_pickle=allow_pickle, **kwargs)
+                                    allow_pickle=allow_pickle, trained_head=trained_head, **kwargs)
     try:
         # config attributes (use_cache=False) into the config (with `config=` they reach __init__), _HUB_KEYS to both
         config, rest = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
@@ -65,16 +67,19 @@ def load_scorer(
     if Path(path).is_dir():
         check_weights(Path(path), allow_pickle)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
             config=config,
             dtype=to_dtype(dtype),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
+            output_loading_info=True,
             **{**NO_HUB_KERNELS, **kwargs},
         )
     except (OSError, ValueError) as e:
         raise AlignlabError(f"could not load {name!r} as a scorer: {e}") from e
+    if trained_head and any(k.split(".")[0] in ("score", "classifier") for k in info["missing_keys"]):
+        _no_trained_head(name)
     from alignlab.models.attention import enable_span_attention
 
     enable_span_attention(model)  # sdpa unless a forward passes a span plan (RewardCollator's prefix-shared rows)
@@ -94,15 +99,24 @@ def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
     from alignlab.models.prepare import is_peft
 
     base_name, task = adapter_base(path, kw.get("allow_pickle", False))  # before peft unpickles anything
-    if task != "CAUSAL_LM":  # SEQ_CLS, or an adapter saved without a task type: a scorer's
+    trained_head = kw.pop("trained_head")
+    if task != "CAUSAL_LM":  # SEQ_CLS, or an adapter saved without a task type: a scorer's, its head in the adapter
         base = load_scorer(base_name, **kw)  # itself an adapter's scorer (a critic on a LoRA RM): folded first
         return PeftModel.from_pretrained(merge_lora(base) if is_peft(base) else base, str(path))
+    if trained_head:
+        _no_trained_head(str(path))
     scorer = load_scorer(base_name, **kw)
     merged = merge_lora(load_model(str(path), **kw))
     prefix = scorer.base_model_prefix
     getattr(scorer, prefix).load_state_dict(getattr(merged, prefix).state_dict())
     scorer.name_or_path = str(path)  # what a LoRA on this scorer records as its base: this folder, folded again
     return scorer
+
+
+def _no_trained_head(name: str) -> None:
+    raise AlignlabError(f"{name!r} is not a reward model: its checkpoint has no trained scalar head (a language model's "
+                        "checkpoint, a DPO policy say, would score with a new random head); give a folder `alignlab "
+                        "rm` wrote")
 
 
 def _head_module(model: Any) -> Any:

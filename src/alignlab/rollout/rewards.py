@@ -302,7 +302,7 @@ def _load_scorer(path: str, device: str = "cpu"):
     from alignlab.models.heads import load_scorer
     from alignlab.models.load import load_tokenizer
 
-    return load_scorer(path, device=device).eval(), load_tokenizer(path)
+    return load_scorer(path, device=device, trained_head=True).eval(), load_tokenizer(path)
 
 
 class _RewardModelScorer:
