@@ -6,6 +6,7 @@ the judge's API key never reaches eval.json, the report or the console."""
 import json
 import math
 import threading
+import typing
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,28 @@ def test_one_sample_gets_no_interval_and_eval_json_is_strict_json(tmp_path):
     results = json.loads((tmp_path / "out" / "eval.json").read_text(), parse_constant=refuse)["results"]
     assert [(r["metric"], r["n"], r["low"], r["high"]) for r in results] == [
         ("kl_k3", 1, None, None), ("mean_reward", 1, None, None)]
+
+
+def test_bad_rows_and_missing_models_are_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """A column mapping that names no column, or a misspelt checkpoint, failed only when its item or model came up,
+    after the evaluations before it had run (minutes with real models), and eval.json is written at the end."""
+    import alignlab.models.load as load
+    from alignlab.errors import AlignlabError
+    from alignlab.eval.context import TASKS
+    from alignlab.eval.runner import EvaluationSpec, run
+
+    assert set(TASKS) == set(typing.get_args(typing.get_type_hints(EvaluationSpec)["kind"]))  # every kind's rows
+    loads: list[str] = []
+    monkeypatch.setattr(load, "load_model", lambda name, **kw: loads.append(name))
+    sft, pairs = _jsonl(tmp_path / "sft.jsonl", SFT), _jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    good = {"kind": "perplexity", "data": sft}
+    for checkpoints, bad, match in (
+            (["tiny-random"], {"kind": "dpo_accuracy", "data": pairs, "columns": {"prompt": "prompt", "chosen": "Best Answr", "rejected": "rejected"}},
+             "Best Answr"),
+            (["tiny-random", str(tmp_path / "runs" / "missing")], good, "does not exist")):
+        cfg = load_config(EvalConfig, None, [f"checkpoints={json.dumps(checkpoints)}", "reference=tiny-random",
+                                              f"output_dir={tmp_path / 'out'}", "report=false",
+                                              f"evaluations={json.dumps([good, bad])}"])
+        with pytest.raises(AlignlabError, match=match):
+            run(cfg)
+        assert loads == []

@@ -86,7 +86,7 @@ def passk_results(spec: Any, ctx: Any, answer_fields: Callable[[list], dict]) ->
     from alignlab.rollout.verify_math import extract_final_answer, math_equal
 
     label, opts = spec.name or spec.kind, spec.passk or PassKSpec()  # None: the defaults
-    rows, info = ctx.rows(spec, "prompt")
+    rows, info = ctx.rows(spec)
     fields = {**answer_fields(rows), **record_fields(rows, opts.fields, spec.data, f"evaluation {label}")}
     reward_fn = get_reward(spec.reward, **spec.reward_options)
     metrics = [f"pass@{k}" for k in opts.k] + ([f"maj@{k}" for k in opts.k] if opts.majority else [])

@@ -8,7 +8,6 @@ Models are loaded once and answers generated once per (model, prompt set, sampli
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignlab.errors import AlignlabError
+from alignlab.eval.context import EvalContext
 from alignlab.eval.pairwise import JudgeConfig
 from alignlab.eval.passk_eval import PassKSpec, passk_results
 from alignlab.rollout.generate import SamplingConfig
@@ -132,64 +132,6 @@ class EvalConfig:
         return list(dict.fromkeys(self.checkpoints + [b for b in (spec.baseline or self.baseline,) if b]))
 
 
-class _Context:
-    """Loaded models and generated answers shared by every evaluation of one run."""
-
-    def __init__(self, cfg: EvalConfig, judge: Any = None):
-        self.cfg, self.judge_object = cfg, judge
-        self.models: dict[str, tuple[Any, Any]] = {}
-        self.answers: dict[tuple, Any] = {}
-        self.records: dict[int, list[int]] = {}  # id(spec) -> record ids of the rows it scores
-
-    def judge(self, spec_judge: Any) -> Any:
-        """The run's judge: the in-memory Judge the Python API was given, else the one the spec configures."""
-        from alignlab.eval.pairwise import build_judge
-
-        return self.judge_object if self.judge_object is not None else build_judge(spec_judge, device=self.cfg.device)
-
-    def model(self, name: str) -> tuple[Any, Any]:
-        if name not in self.models:
-            from alignlab.models.load import load_model, load_tokenizer
-
-            self.models[name] = (load_model(name, device=self.cfg.device).eval(), load_tokenizer(name))
-        return self.models[name]
-
-    def reference(self, spec: EvaluationSpec, policy: str) -> Any:
-        """The evaluation's reference model, checked to read the policy's token ids as the same tokens."""
-        from alignlab.eval.measures import check_same_vocabulary
-
-        name = spec.reference or self.cfg.reference
-        return check_same_vocabulary(self.model(policy), self.model(name), policy, name)
-
-    def generations(self, name: str, spec: EvaluationSpec, rows: list, n: int = 1) -> Any:
-        # keyed on the prompts themselves: two evaluations of one file may read different columns or formats
-        key = (name, hashlib.sha256(repr(rows).encode()).hexdigest(), repr(spec.sampling), n)
-        if key not in self.answers:
-            from alignlab.rollout.generate import generate
-
-            model, tok = self.model(name)
-            self.answers[key] = generate(model, tok, rows, spec.sampling, n=n)
-        return self.answers[key]
-
-    def texts(self, name: str, spec: EvaluationSpec, rows: list) -> list[str]:
-        return [s.text for s in self.generations(name, spec, rows).samples]
-
-    def rows(self, spec: EvaluationSpec, task: str) -> tuple[list, dict]:
-        """The evaluation's rows of `task`: records [data_offset, data_offset + data_limit) of its file."""
-        from alignlab.data.prepare import record_id, slice_records
-        from alignlab.data.sources import load_rows
-
-        res = load_rows(spec.data, task=task, format=spec.format, columns=spec.columns or None,
-                        on_bad_row=spec.on_bad_row)
-        rows = slice_records(res.rows, spec.data_offset, spec.data_limit)
-        if not rows:
-            raise AlignlabError(f"evaluation {spec.name or spec.kind}: {spec.data} has no {task} rows in records "
-                                f"{spec.data_offset}..{spec.data_offset + spec.data_limit - 1} (it has "
-                                f"{len(res.rows)} rows)")
-        self.records[id(spec)] = [record_id(r, spec.data_offset + i) for i, r in enumerate(rows)]
-        return rows, {"rows": len(rows), "skipped_rows": dict(res.skipped)}
-
-
 def _fields(rows: list) -> dict[str, list]:  # dataset columns rewards take, TRL's convention
     from alignlab.rollout.sampling import row_fields
 
@@ -202,10 +144,10 @@ def _record(spec: EvaluationSpec, model: str, metric: str, value: float, low: fl
             "value": value, "low": low, "high": high, "n": n, "details": details or {}}
 
 
-def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _accuracy(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from alignlab.eval import measures
 
-    rows, info = ctx.rows(spec, "preference")
+    rows, info = ctx.rows(spec)
     out = []
     for name in ctx.cfg.checkpoints:
         if spec.kind == "reward_accuracy":
@@ -224,11 +166,11 @@ def _accuracy(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return out
 
 
-def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _win_rate(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from alignlab.eval.lc import lc_for_comparison
     from alignlab.eval.pairwise import compare_answers, comparison_examples
 
-    rows, info = ctx.rows(spec, "prompt")
+    rows, info = ctx.rows(spec)
     judge = ctx.judge(spec.judge)
     b = ctx.texts(baseline := spec.baseline or ctx.cfg.baseline, spec, rows)
     out = []
@@ -246,11 +188,11 @@ def _win_rate(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return out
 
 
-def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _ratings(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from alignlab.eval.pairwise import round_robin
     from alignlab.eval.ratings import bradley_terry_ratings
 
-    rows, info = ctx.rows(spec, "prompt")
+    rows, info = ctx.rows(spec)
     judge = ctx.judge(spec.judge)
     names = ctx.cfg.rated(spec)
     answers = {name: ctx.texts(name, spec, rows) for name in names}
@@ -266,7 +208,7 @@ def _ratings(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
             else _record(spec, name, "rating", None, n=0, details=details) for name in names]
 
 
-def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _grade(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from collections import Counter
     from dataclasses import replace
 
@@ -274,7 +216,7 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
 
     from alignlab.eval.winrate import bootstrap_mean_interval
 
-    rows, info = ctx.rows(spec, "prompt")
+    rows, info = ctx.rows(spec)
     judge = ctx.judge(replace(spec.judge, mode="single"))
     out = []
     for name in ctx.cfg.checkpoints:
@@ -291,10 +233,10 @@ def _grade(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return out
 
 
-def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _kl(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from alignlab.eval.measures import kl_from_samples
 
-    rows, info = ctx.rows(spec, "prompt")
+    rows, info = ctx.rows(spec)
     out = []
     for name in ctx.cfg.checkpoints:
         policy, tok = ctx.model(name)
@@ -307,10 +249,10 @@ def _kl(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return out
 
 
-def _perplexity(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _perplexity(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from alignlab.eval.measures import perplexity_on_rows
 
-    rows, info = ctx.rows(spec, "sft")
+    rows, info = ctx.rows(spec)
     out = []
     for name in ctx.cfg.checkpoints:
         model, tok = ctx.model(name)
@@ -319,11 +261,11 @@ def _perplexity(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
     return out
 
 
-def _mean_reward(spec: EvaluationSpec, ctx: _Context) -> list[dict]:
+def _mean_reward(spec: EvaluationSpec, ctx: EvalContext) -> list[dict]:
     from alignlab.eval.measures import mean_reward, prompt_arg
     from alignlab.rollout.rewards import get_reward
 
-    rows, info = ctx.rows(spec, "prompt")
+    rows, info = ctx.rows(spec)
     fn = get_reward(spec.reward, **spec.reward_options)
     out = []
     for name in ctx.cfg.checkpoints:
@@ -353,8 +295,9 @@ def run(cfg: EvalConfig, *, console: Any = None, models: dict[str, tuple[Any, An
         if spec.kind == "ratings" and len(cfg.rated(spec)) < 2:  # as would ratings of one model
             raise AlignlabError(f"eval: a ratings evaluation needs two models or more, got {cfg.rated(spec)}")
     start = time.perf_counter()
-    ctx = _Context(cfg, judge)
+    ctx = EvalContext(cfg, judge)
     ctx.models.update(models or {})
+    ctx.check_inputs()  # every item's rows and every model name before any model loads
     results: list[dict] = []
     for i, spec in enumerate(cfg.evaluations, 1):  # one line each, terminal or not: evaluations take minutes
         print(f"eval {i}/{len(cfg.evaluations)}: {spec.name or spec.kind} ({time.perf_counter() - start:.0f}s)",
