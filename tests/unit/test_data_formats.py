@@ -117,6 +117,23 @@ def test_question_answer():
         "question-answer", SFTRow([U("1+1?"), A("so 2\n#### 2")], 1))
 
 
+def test_trl_language_modelling_text_trains_every_token_as_sft_trainer():
+    """TRL's standard language-modelling rows ({"text"}) were refused by sft ("cannot tell the format"): SFTTrainer
+    trains them as text + EOS with every token a target; so does this plain-text row with an empty prompt."""
+    from alignlab.data.tokenize import tokenize_sft
+    from alignlab.models.load import load_tokenizer
+
+    rec = {"text": "The quick brown fox jumps over the lazy dog."}
+    assert detect_format(rec) == "text" and detect_format({"text": "a", "id": 3}) is None
+    row = CONVERTERS["text"](rec)
+    assert isinstance(row, SFTRow) and not row.chat and row.messages[1]["content"] == rec["text"]
+    tok = load_tokenizer("tiny-random")
+    t = tokenize_sft(row, tok, 64)
+    assert t.input_ids == tok(rec["text"] + tok.eos_token).input_ids and t.labels == t.input_ids
+    with pytest.raises(RowProblem, match="expected text"):
+        CONVERTERS["text"]({"text": 3})
+
+
 def test_hh_transcript_split_into_turns():
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine"
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: go away"

@@ -153,8 +153,8 @@ def test_impossible_task_and_bad_arguments_are_clean_errors(tmp_path):
 
 def test_format_override_and_undetectable_file(tmp_path):
     p = tmp_path / "d.jsonl"
-    p.write_text(json.dumps({"text": "hello"}) + "\n")
-    with pytest.raises(AlignlabError, match=r"cannot tell the format .*keys: \['text'\]"):
+    p.write_text(json.dumps({"body": "hello"}) + "\n")
+    with pytest.raises(AlignlabError, match=r"cannot tell the format .*keys: \['body'\]"):
         load_rows(p)
     q = tmp_path / "qa.jsonl"
     q.write_text(json.dumps({"prompt": "p", "completion": "c", "question": "x"}) + "\n")

@@ -18,6 +18,8 @@ on purpose (a tied vote). Formats (name: what a record looks like -> natural tas
   with `chosen`/`rejected` strings instead of `output` -> preference; the user turn is instruction and
   input joined by a blank line.
 - `question-answer`: `question`, `answer` (GSM8K) -> sft.
+- `text`: TRL's standard language-modelling rows, `text` alone -> sft of plain text with an empty prompt: every
+  token is trained (from the second: the first has no context) and one EOS ends it, as SFTTrainer trains them.
 - `hh`: Anthropic HH `chosen`/`rejected` transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") split into
   turns; the dialogue before the last answer must be the same in both, else a `prompt_mismatch` problem.
   Read for prompts only (task "prompt"), an HH or explicit-prompt preference record is read through
@@ -274,6 +276,10 @@ def prompt_only(rec: dict) -> Row:
     return PromptRow(prompt, chat=chat, answer=answer if isinstance(answer, str) else None)
 
 
+def text(rec: dict) -> Row:
+    return SFTRow([user(""), assistant(need_text(rec, "text"))], 1, chat=False, field="text")
+
+
 def join_parts(parts: list[str]) -> str:
     return "\n\n".join(p for p in parts if p.strip())
 
@@ -360,6 +366,7 @@ CONVERTERS: dict[str, Callable[[dict], Row | list[Row]]] = {
     "alpaca": alpaca,
     "question-answer": question_answer,
     "hh": hh,
+    "text": text,
 }
 
 
@@ -389,4 +396,6 @@ def detect_format(rec: Any) -> str | None:
         return "question-answer"
     if "prompt" in keys:
         return "prompt-only"
+    if keys == {"text"}:
+        return "text"
     return None
