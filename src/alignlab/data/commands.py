@@ -102,7 +102,9 @@ def _lengths(row: Any, task: str, tok: Any, max_length: int | None) -> tuple[dic
     if task == "sft":
         t = T.tokenize_sft(row, tok, max_length)
         trained = sum(1 for lab in t.labels if lab != T.IGNORE)
-        return {"total": len(t.input_ids) + t.prompt_cut + t.completion_cut, "trained": trained}, t
+        # untruncated: a cut chat row also loses the template's text after its last trained token, in no cut count
+        whole = t if max_length is None else T.tokenize_sft(row, tok, None)
+        return {"total": len(whole.input_ids), "trained": trained}, t
     if task == "preference":
         t = T.tokenize_pair(row, tok, max_length)
         p, c, r = len(t.prompt_ids) + t.prompt_cut, len(t.chosen_ids) + t.chosen_cut, len(t.rejected_ids) + t.rejected_cut
