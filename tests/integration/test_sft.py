@@ -83,6 +83,10 @@ def test_sft_lora_then_merge_generates(data_dir, tmp_path):
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     assert (out / "checkpoint-4" / "adapter_model.safetensors").is_file()
     assert main(["merge", str(out), str(merged)]) == 0
+    # the run's split goes with the merged weights (eval warns on trained-on rows), from a checkpoint's run too
+    assert (merged / "split.json").read_bytes() == (out / "split.json").read_bytes()
+    assert main(["merge", str(out / "checkpoint-4"), str(tmp_path / "merged4")]) == 0
+    assert (tmp_path / "merged4" / "split.json").read_bytes() == (out / "split.json").read_bytes()
     model = AutoModelForCausalLM.from_pretrained(merged)
     tok = AutoTokenizer.from_pretrained(merged)
     ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,

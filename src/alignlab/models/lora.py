@@ -232,7 +232,8 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = 
                   allow_pickle: bool = False) -> Path:
     """Fold a saved LoRA adapter into its base weights and write a plain HF checkpoint (safetensors) plus
     the tokenizer to `out_dir`, loadable by `AutoModelForCausalLM.from_pretrained` (or, for a reward/value
-    adapter, `AutoModelForSequenceClassification`). The output appears complete or not at all."""
+    adapter, `AutoModelForSequenceClassification`), with the run's split.json (the adapter's folder's, or the run's
+    above a checkpoint-N). The output appears complete or not at all."""
 
     from peft import PeftModel
 
@@ -259,6 +260,12 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = 
     try:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # what the run trained on goes with its weights: eval warns when it scores those rows (eval/leakage.py)
+        run_dir = adapter_dir.parent if adapter_dir.name.startswith("checkpoint-") else adapter_dir
+        for split in (adapter_dir / "split.json", run_dir / "split.json"):
+            if split.is_file():
+                shutil.copyfile(split, tmp / "split.json")
+                break
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.rename(tmp, out_dir)
