@@ -55,6 +55,7 @@ bench-sft: $(BIN)/.installed
 bench-dpo: $(BIN)/.installed
 	$(BIN)/python bench/dpo_vs_trl.py --model tiny-random --steps 16 $(BENCH_ARGS)
 	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16-if-fast $(BENCH_ARGS)
+	$(BIN)/python bench/dpo_vs_trl.py --model smollm2-135m-instruct --batch-size 2 --steps 4 --max-length 512 --bf16-if-fast --gradient-checkpointing full --trl-gradient-checkpointing off $(BENCH_ARGS)
 
 bench-rm: $(BIN)/.installed
 	$(BIN)/python bench/rm_vs_trl.py --bf16-if-fast $(BENCH_ARGS)

@@ -225,6 +225,19 @@ memory 0.56, share of peak 0.64 / 0.20; loss 0.6931 -> 0.6928 on both.
 The same CPU, 5 Dec 10:52 UTC, one thread, one round, machine otherwise idle, float32: alignlab 0.153 pairs/s, 4.45
 GB; TRL 0.039 pairs/s, 7.88 GB -> 3.92x, memory 0.56, share of peak 0.73 / 0.19, speedup_at_peak 5.40x; loss 0.6931
 -> 0.6928 on both.
+Where alignlab's 4.45 GB goes there (the peak in the MLP backward; /proc/self/smaps and mallinfo2 sampled every 3 ms,
+one thread): the two float32 models as mappings of the checkpoint file, 1.03 GB (the same on TRL's side); glibc's heap
+2.56 GB of which only 1.50-1.91 GB in use (AdamW moments, gradients, activations), the rest freed blocks it cannot
+reuse for the next request; 0.69 GB of large blocks (the [V, H] embedding's moments and gradient, the head's logit
+block). The heap's slack grows step by step (3.6, 3.9, 4.5 GB at steps 1-3). Tried and not kept: the mmap threshold at
+1 MB (3.95 GB, 22% slower steps: page faults), 2 MB (4.17), 4 MB (4.51); AdamW's moments allocated before the first
+step (4.47; gradients too: 4.86). Selective recomputation: 4.16 GB at the same speed; full recomputation: 3.70 GB.
+5 Dec 15:56 UTC, same CPU, machine otherwise idle, float32, alignlab's full recomputation against TRL without
+(`--gradient-checkpointing full --trl-gradient-checkpointing off`, make bench-dpo's third line: TRL's fastest setting
+on this job, its DPOConfig default being full recomputation), `--rounds 2`: 0.128 / 0.042 and 0.120 / 0.041 pairs/s
+-> 2.99x (rounds 3.05x, 2.93x), memory **0.48** (3.73 GB against 7.80), share of peak 0.57-0.61 / 0.20; the same at 2
+threads (fp32 peak 181 GFLOP/s), one round: 0.228 against 0.061 pairs/s -> **3.74x**, memory **0.48** (3.71 GB against
+7.78), share 0.57 / 0.15. Loss 0.6931 -> 0.6928 on both sides throughout.
 """
 
 from __future__ import annotations
