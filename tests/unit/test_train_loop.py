@@ -182,8 +182,9 @@ def test_each_rank_writes_the_rows_of_its_own_non_finite_loss(tmp_path):
         assert name in str(err) and json.loads((tmp_path / name).read_text())["indices"] == rows
     assert json.loads((tmp_path / "bad_batch.rank1.json").read_text())["rank"] == 1
     (tmp_path / "bad_batch.json").unlink()
-    _diverged(cfg, 2, NonFiniteStep("gradient norm", float("nan"), None), [32, 25, 10, 21], 1)
-    assert not (tmp_path / "bad_batch.json").exists()  # rank 0 writes the step's rows
+    err = _diverged(cfg, 2, NonFiniteStep("gradient norm", float("nan"), None), [32, 25, 10, 21], 1)
+    assert not (tmp_path / "bad_batch.json").exists()  # rank 0 writes the step's rows, where rank 1 says they are
+    assert "bad_batch.json" in str(err) and "rank1" not in str(err)
     _diverged(cfg, 2, NonFiniteStep("gradient norm", float("nan"), None), [32, 25, 10, 21], 0)
     assert json.loads((tmp_path / "bad_batch.json").read_text())["indices"] == [32, 25, 10, 21]
 

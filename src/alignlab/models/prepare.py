@@ -42,8 +42,8 @@ def refuse_untrainable(model: Any, bf16: bool = False) -> None:
     if hasattr(inner, "get_decoder") and isinstance(inner.get_decoder(), torch.nn.Linear):
         raise AlignlabError(f"{type(inner).__name__}: its LM head runs a prediction head before the output "
                             "projection, which alignlab's training steps do not apply; this family is not supported")
-    low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
-    if bf16 and low:
+    low = bf16 and sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if low:
         raise AlignlabError(f"bf16: true keeps float32 master weights and optimizer states, but the model's trainable "
                             f"parameters are {', '.join(low)}; pass the model in float32 (model.float()), or bf16: "
                             "false to train it in its own dtype")

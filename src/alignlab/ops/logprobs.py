@@ -52,8 +52,6 @@ def token_logprobs(
     return (-nll).reshape(labels.shape)
 
 
-
-
 def _head_weight(weight: torch.Tensor) -> torch.Tensor:
     # Under autocast, cast the [V, H] head once per pass: autocast caches casts of leaf weights but not of
     # the transposed view the matmul takes, so every chunk (and the backward) paid a full copy of it.

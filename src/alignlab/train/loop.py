@@ -143,8 +143,9 @@ def _diverged(cfg: TrainConfig, step: int, e: NonFiniteStep, idx: list[int], ran
     A gradient norm is the same on every rank, and `idx` is the whole step's rows: rank 0 writes bad_batch.json. A
     loss is this rank's micro-batch (`idx`: its rows), possibly on this rank alone: each rank whose loss failed
     writes its own file (rank r > 0: bad_batch.rank<r>.json), with no collective on the way out."""
-    bad = Path(cfg.output_dir) / ("bad_batch.json" if rank == 0 else f"bad_batch.rank{rank}.json")
-    if rank == 0 or e.micro is not None:
+    own = rank > 0 and e.micro is not None
+    bad = Path(cfg.output_dir) / (f"bad_batch.rank{rank}.json" if own else "bad_batch.json")
+    if rank == 0 or own:
         import json
 
         from alignlab.files import write_text_atomic

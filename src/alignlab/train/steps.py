@@ -67,7 +67,7 @@ def supports_chunked(model: Any) -> bool:
 
 
 def chunked_causal_lm_step(model: Any, batch: dict, chunk_size: int = 1024) -> tuple[Any, dict[str, Any]]:
-    """Same loss as `causal_lm_step`, but the [tokens, vocab] logits never exist.
+    """Same loss and token accuracy as `causal_lm_step`, but the [tokens, vocab] logits never exist.
 
     The decoder returns its final (normed) hidden states and the model's head is never called (a DDP/FSDP
     wrapper's forward runs with an empty `logits_to_keep`: an int would slice one position, a strided view that
