@@ -274,7 +274,8 @@ def test_bad_rows_and_missing_models_are_refused_before_any_model_loads(tmp_path
     sft, pairs = _jsonl(tmp_path / "sft.jsonl", SFT), _jsonl(tmp_path / "pairs.jsonl", PAIRS)
     good = {"kind": "perplexity", "data": sft}
     for checkpoints, bad, match in (
-            (["tiny-random"], {"kind": "dpo_accuracy", "data": pairs, "columns": {"prompt": "prompt", "chosen": "Best Answr", "rejected": "rejected"}},
+            (["tiny-random"], {"kind": "dpo_accuracy", "data": pairs,
+                               "columns": {"prompt": "prompt", "chosen": "Best Answr", "rejected": "rejected"}},
              "Best Answr"),
             (["tiny-random", str(tmp_path / "runs" / "missing")], good, "does not exist")):
         cfg = load_config(EvalConfig, None, [f"checkpoints={json.dumps(checkpoints)}", "reference=tiny-random",

@@ -170,7 +170,7 @@ def test_compare_answers_refuses_lists_of_other_lengths():
     judge = FunctionJudge(lambda prompts, completions, **kw: [float(len(c)) for c in completions])
     with pytest.raises(AlignlabError, match="one entry per prompt"):
         compare_answers(judge, ["q"] * 3, ["long answer"] * 5, ["b"] * 3, n_boot=10, batch_size=3)
-    with pytest.raises(AlignlabError, match="answer"):
+    with pytest.raises(AlignlabError, match="'answer': 1"):
         compare_answers(judge, ["q"] * 3, ["a"] * 3, ["b"] * 3, n_boot=10, batch_size=3, fields={"answer": ["1"]})
 
 

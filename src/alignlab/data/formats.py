@@ -18,8 +18,7 @@ on purpose (a tied vote). Formats (name: what a record looks like -> natural tas
   with `chosen`/`rejected` strings instead of `output` -> preference; the user turn is instruction and
   input joined by a blank line.
 - `question-answer`: `question`, `answer` (GSM8K) -> sft.
-- `text`: TRL's standard language-modelling rows, `text` alone -> sft of plain text with an empty prompt: every
-  token is trained (from the second: the first has no context) and one EOS ends it, as SFTTrainer trains them.
+- `text`: TRL's language-modelling rows, `text` alone -> plain-text sft, empty prompt, all trained (as SFTTrainer).
 - `hh`: Anthropic HH `chosen`/`rejected` transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") split into
   turns; the dialogue before the last answer must be the same in both, else a `prompt_mismatch` problem.
   Read for prompts only (task "prompt"), an HH or explicit-prompt preference record is read through

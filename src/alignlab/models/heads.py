@@ -39,31 +39,15 @@ def load_scorer(
     head's scores are noise). `config.pad_token_id` is set (from the tokenizer) so batched
     forwards work. Other keyword arguments set config attributes (use_cache=False) or go to `from_pretrained`.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    from alignlab.models.load import (
-        NO_HUB_KERNELS,
-        check_weights,
-        load_tokenizer,
-        resolve_device,
-        resolve_model,
-        to_dtype,
-    )
+    from alignlab.models.load import NO_HUB_KERNELS, check_weights, resolve_device, resolve_model, to_dtype
 
     path = resolve_model(name)
     if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
         return _load_scorer_adapter(Path(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                     allow_pickle=allow_pickle, trained_head=trained_head, **kwargs)
-    try:
-        # config attributes (use_cache=False) into the config (with `config=` they reach __init__), _HUB_KEYS to both
-        config, rest = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
-                                                  **kwargs)
-        kwargs = {**rest, **{k: v for k, v in kwargs.items() if k in _HUB_KEYS}}
-    except (OSError, ValueError) as e:
-        raise AlignlabError(f"could not read the config of {name!r} ({path}): {e}") from e
-    config.num_labels = 1
-    if getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = load_tokenizer(path, trust_remote_code=trust_remote_code).pad_token_id
+    config, kwargs = _scorer_config(name, path, trust_remote_code, kwargs)
     if Path(path).is_dir():
         check_weights(Path(path), allow_pickle)
     try:
@@ -86,6 +70,25 @@ def load_scorer(
     if "device_map" in kwargs or "quantization_config" in kwargs:
         return model  # placed (and quantised) by from_pretrained
     return model.to(resolve_device(device))
+
+
+def _scorer_config(name: str, path: str, trust_remote_code: bool, kwargs: dict) -> tuple[Any, dict]:
+    """`path`'s config with one output and a pad id (from the tokenizer: batched forwards), and the keyword arguments
+    left for `from_pretrained`: config attributes (use_cache=False) go into the config (with `config=` they reach
+    __init__), _HUB_KEYS to both."""
+    from transformers import AutoConfig
+
+    from alignlab.models.load import load_tokenizer
+
+    try:
+        config, rest = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
+                                                  **kwargs)
+    except (OSError, ValueError) as e:
+        raise AlignlabError(f"could not read the config of {name!r} ({path}): {e}") from e
+    config.num_labels = 1
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = load_tokenizer(path, trust_remote_code=trust_remote_code).pad_token_id
+    return config, {**rest, **{k: v for k, v in kwargs.items() if k in _HUB_KEYS}}
 
 
 def _load_scorer_adapter(path: Path, **kw: Any) -> Any:
